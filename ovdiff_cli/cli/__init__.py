@@ -1,0 +1,1 @@
+"""The `ovdiff` command line: thin Typer commands over the library's stages."""

@@ -1,0 +1,59 @@
+"""`ovdiff cache info|verify`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from .common import CacheOpt, QuietOpt, VerboseOpt, make_run
+
+app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("info")
+def info(cache: CacheOpt = None, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
+    """Where the cache is, its schema version, size and what it holds.
+
+    Example: ovdiff cache info --cache ~/.cache/ovdiff
+    """
+    run = make_run(cache, None, verbose=verbose, quiet=quiet)
+    nfo = run.cache.info()
+    table = Table(show_header=False, box=None)
+    for k in ("path", "schema_version", "classes", "support_entries", "text_embeddings", "entries"):
+        table.add_row(k.replace("_", " "), str(nfo[k]))
+    table.add_row("used", _size(nfo["used_bytes"]))
+    table.add_row("map size", _size(nfo["map_size"]))
+    run.console.print(table)
+
+
+@app.command("verify")
+def verify(
+    cache: CacheOpt = None,
+    repair: bool = typer.Option(False, "--repair", help="Delete broken entries so the next run rebuilds them."),
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Decode every entry, check shapes, metadata and checksums; exit 1 if anything is broken.
+
+    Example: ovdiff cache verify --repair
+    """
+    run = make_run(cache, None, verbose=verbose, quiet=quiet)
+    problems = run.cache.verify(repair=repair)
+    if not problems:
+        run.say("[green]cache is sound[/]")
+        return
+    for p in problems:
+        run.err.print(f"[red]broken[/] {p.key}: {p.reason}", highlight=False)
+    if repair:
+        run.say(f"removed {len(problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
+        return
+    run.err.print(f"{len(problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
+    raise typer.Exit(1)

@@ -1,0 +1,151 @@
+"""Options every command accepts, spelled once, and the per-run context they build."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+
+if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..models.presets import ModelHub, Preset
+
+CacheOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache", envvar="OVDIFF_CACHE", help="Cache directory [default: $OVDIFF_CACHE, else the user cache dir].", show_default=False),
+]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option("--preset", envvar="OVDIFF_PRESET", help="Models: sd15 (real weights), tiny, sd15-random, procedural [default: sd15].", show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support sets (part of the cache key).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")]
+SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False)]
+ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file.", show_default=False)]
+DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name or local weights file.", show_default=False)]
+ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination [default: sd+dino+clip].", show_default=False)]
+ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam [default: ncut].", show_default=False)]
+ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
+
+
+@dataclass
+class Run:
+    """What one command invocation works with: options resolved, cache opened, models built lazily."""
+
+    run: RunConfig
+    cache_dir: Path
+    console: Console
+    err: Console
+    verbose: bool = False
+    quiet: bool = False
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    protos: ProtoConfig = field(default_factory=ProtoConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    _cache: Cache | None = None
+    _hub: ModelHub | None = None
+
+    @property
+    def preset(self) -> Preset:
+        from ..models.presets import get_preset
+
+        return get_preset(self.run.preset)
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            from ..cache import Cache
+
+            self._cache = Cache(self.cache_dir)
+        return self._cache
+
+    @property
+    def hub(self) -> ModelHub:
+        if self._hub is None:
+            from ..models.presets import ModelHub
+
+            self._hub = ModelHub(self.preset, self.run.device, self.run.dtype, self.run.model_overrides, self.run.seed)
+        return self._hub
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg)
+
+    def progress(self):
+        """A rich progress bar (disabled with --quiet)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.err, disable=self.quiet, transient=False,
+        )
+
+
+def make_run(
+    cache: Path | None,
+    preset: str | None,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    verbose: bool = False,
+    quiet: bool = False,
+    sd_model: str | None = None,
+    clip_model: str | None = None,
+    dino_model: str | None = None,
+    sample: dict | None = None,
+    protos: dict | None = None,
+    segment: dict | None = None,
+) -> Run:
+    """Resolve options: preset defaults first, then whatever the user gave explicitly (non-None)."""
+    from ..cache import default_cache_dir
+    from ..models.presets import get_preset
+
+    p = get_preset(preset)
+    run_cfg = RunConfig(
+        preset=p.name, device=device, dtype=dtype, seed=seed,
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model},
+    )
+
+    def merged(cls, preset_over: dict, user: dict | None):
+        vals = dict(preset_over)
+        vals.update({k: v for k, v in (user or {}).items() if v is not None})
+        return dataclasses.replace(cls(), **vals)
+
+    return Run(
+        run=run_cfg,
+        cache_dir=Path(cache) if cache else default_cache_dir(),
+        console=Console(),
+        err=Console(stderr=True),
+        verbose=verbose,
+        quiet=quiet,
+        sample=merged(SampleConfig, p.sample, sample),
+        protos=merged(ProtoConfig, p.protos, protos),
+        segment=merged(SegmentConfig, p.segment, segment),
+    )
+
+
+def read_classes_file(path: Path | None) -> str | None:
+    """The text of --classes-file, or a one-line error."""
+    from ..errors import OvdiffError
+
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OvdiffError(f"cannot read --classes-file {path}: {getattr(e, 'strerror', None) or e}") from e
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """Print one error line and exit."""
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -1,0 +1,69 @@
+"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+NEGATIVE_PROMPT = "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
+PROMPT_TEMPLATE = "A good picture of a {}"
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Support-set generation (paper §3 "Support set generation", App. C.5)."""
+
+    n_images: int = 32
+    prompt_template: str = PROMPT_TEMPLATE
+    negative_prompt: str = NEGATIVE_PROMPT
+    guidance_scale: float = 8.0
+    steps: int = 30
+    size: int = 512
+    batch_size: int = 4
+    attribution_size: int = 64  # every attribution map is resized to this square
+
+    def fingerprint_fields(self) -> dict:
+        """Settings that change the pixels; n_images and batch_size do not (images are seeded one by one)."""
+        d = asdict(self)
+        for k in ("n_images", "batch_size"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class ProtoConfig:
+    """Prototype construction (paper §3 "Representing categories", Tables A.5-A.7)."""
+
+    extractor: str = "sd+dino+clip"
+    mask_proposer: str = "ncut"
+    k_parts: int = 32
+    kmeans_iters: int = 30
+    sd_timestep: int = 200
+    feature_size: int = 512  # support images are featurised at this side length
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Inference (paper §3 "Segmentation via prototype matching", App. C.5)."""
+
+    windows: tuple[int, ...] = (448, 336)
+    stride: int = 224
+    short_side: int = 448
+    slide: bool = True
+    use_filter: bool = True
+    eta: int = 10
+    stuff_threshold: float = 0.85
+    stuff_filter: bool = True
+    background: bool = True
+    proto_kinds: tuple[str, ...] = ("class", "instance", "part")
+    filter_size: int = 224
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how models run; shared by every command."""
+
+    preset: str = "sd15"
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    model_overrides: dict = field(default_factory=dict)

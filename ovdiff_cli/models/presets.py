@@ -1,0 +1,197 @@
+"""Model presets and the per-run model hub.
+
+A preset only decides which models get built (real weights, tiny random, full-size random, or the
+procedural world) and the default sizes that suit them; every stage runs the same code on all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import OvdiffError
+from .sd import SD15_HUB_ID
+from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named choice of models plus default sizes (overrides of the config dataclasses)."""
+
+    name: str
+    description: str
+    weights: str  # "hub": real weights; "tiny"/"full": random weights; "procedural": the toy world
+    models: dict[str, str] = field(default_factory=dict)
+    sample: dict[str, Any] = field(default_factory=dict)
+    protos: dict[str, Any] = field(default_factory=dict)
+    segment: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "sd15",
+            "Stable Diffusion v1.5 + OpenAI CLIP ViT-B/16 + DINO ViT-B/8, real weights (the paper's setup)",
+            "hub",
+            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "mae": MAE_SPEC},
+        ),
+        Preset(
+            "tiny",
+            "the same model classes, tiny configs, seeded random weights: offline, seconds on a CPU (noise images)",
+            "tiny",
+            models={"sd": "tiny", "clip": "tiny", "dino": "tiny", "mae": "tiny"},
+            sample={"n_images": 4, "steps": 4, "size": 64, "attribution_size": 16},
+            protos={"k_parts": 4, "feature_size": 64},
+            segment={"windows": (96, 64), "stride": 48, "short_side": 96, "eta": 4},
+        ),
+        Preset(
+            "sd15-random",
+            "full-size SD1.5 / CLIP ViT-B/16 / DINO ViT-B/8 architectures with random weights, for benchmarks",
+            "full",
+            models={"sd": "random", "clip": "random", "dino": "random", "mae": "random"},
+        ),
+        Preset(
+            "procedural",
+            "a procedural world of coloured shapes with known truth and a hand-made extractor: offline, meaningful masks",
+            "procedural",
+            models={"sd": "procedural", "clip": "procedural", "dino": "procedural"},
+            sample={"n_images": 8, "size": 128, "attribution_size": 32, "steps": 1},
+            protos={"extractor": "procedural", "k_parts": 8, "feature_size": 128},
+            segment={"windows": (128, 96), "stride": 64, "short_side": 128, "eta": 4},
+        ),
+    )
+}
+
+
+def get_preset(name: str | None) -> Preset:
+    """The preset called `name` (default `$OVDIFF_PRESET`, else sd15), or a one-line error listing them."""
+    name = name or os.environ.get("OVDIFF_PRESET") or "sd15"
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise OvdiffError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" → cuda > mps > cpu; anything else must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise OvdiffError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OvdiffError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto" → fp16 on GPU, fp32 on CPU."""
+    table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+             "float32": torch.float32}
+    if dtype == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    try:
+        return table[dtype]
+    except KeyError:
+        raise OvdiffError(f"unknown dtype {dtype!r}; use auto, fp16, bf16 or fp32") from None
+
+
+class ModelHub:
+    """Builds each model at most once per run, on first use; counts calls of the expensive stages.
+
+    `calls` lets tests and benchmarks check that cached work is never redone
+    (e.g. `calls["generate"]`, `calls["extract"]`).
+    """
+
+    def __init__(
+        self,
+        preset: Preset,
+        device: str = "auto",
+        dtype: str = "auto",
+        overrides: dict[str, str] | None = None,
+        seed: int = 0,
+    ):
+        self.preset = preset
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.models = dict(preset.models)
+        self.models.update({k: v for k, v in (overrides or {}).items() if v})
+        self.seed = seed
+        self.calls: dict[str, int] = {}
+        self._built: dict[str, Any] = {}
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.calls[what] = self.calls.get(what, 0) + n
+
+    def _once(self, key: str, build):
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
+    def identity(self) -> dict[str, str]:
+        """Model sources as recorded in cache metadata."""
+        return {"preset": self.preset.name, **self.models}
+
+    # -- raw models ---------------------------------------------------------------
+
+    def sd(self):
+        from .sd import load_sd, random_sd
+
+        spec = self.models["sd"]
+        if spec in ("tiny", "random"):
+            return self._once("sd", lambda: random_sd("tiny" if spec == "tiny" else "full", self.seed, self.device, self.dtype))
+        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype))
+
+    def clip(self):
+        from .vit import load_clip
+
+        return self._once("clip", lambda: load_clip(self.models["clip"], self.device, self.dtype, self.seed))
+
+    def vit(self, kind: str):
+        from .vit import load_timm_vit
+
+        if kind not in self.models:
+            raise OvdiffError(f"preset {self.preset.name!r} has no {kind} model")
+        return self._once(kind, lambda: load_timm_vit(self.models[kind], kind, self.device, self.dtype, self.seed))
+
+    # -- stage implementations -------------------------------------------------------
+
+    def generator(self):
+        """The support-set generator (SD with attribution capture, or the procedural world)."""
+        if self.preset.weights == "procedural":
+            from ..procedural import ProceduralGenerator
+
+            return self._once("generator", lambda: ProceduralGenerator(self))
+        from ..sampling import SDGenerator
+
+        return self._once("generator", lambda: SDGenerator(self))
+
+    def extractor(self, spec: str):
+        """Dense features for an extractor spec such as `sd+dino+clip`."""
+        from ..features import build_extractor
+
+        return self._once(f"extractor:{spec}", lambda: build_extractor(spec, self))
+
+    def scorer(self):
+        """The image/text scorer of the category pre-filter."""
+        if self.preset.weights == "procedural":
+            from ..procedural import ProceduralScorer
+
+            return self._once("scorer", lambda: ProceduralScorer(self))
+        from ..filter import ClipScorer
+
+        return self._once("scorer", lambda: ClipScorer(self))
+
+    def mask_proposer(self, name: str):
+        from ..masks import build_proposer
+
+        return self._once(f"proposer:{name}", lambda: build_proposer(name, self))

@@ -1,0 +1,54 @@
+"""Class names: validation and the normal form used for cache keys."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from .errors import OvdiffError
+
+MAX_NAME_LENGTH = 1000
+
+
+def normalise(name: str) -> str:
+    """Unicode NFC and trimmed whitespace; case is kept (it can matter to the prompt)."""
+    return unicodedata.normalize("NFC", name).strip()
+
+
+def validate(name: str) -> str:
+    """Return the normal form of `name`, or raise a one-line error saying what is wrong."""
+    norm = normalise(name)
+    if not norm:
+        raise OvdiffError("class name is blank: give each class a word or phrase, e.g. --classes cat,dog")
+    if len(norm) > MAX_NAME_LENGTH:
+        raise OvdiffError(
+            f"class name of {len(norm)} characters is too long (at most {MAX_NAME_LENGTH}): "
+            f"'{norm[:40]}…'"
+        )
+    bad = [c for c in norm if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co") and c not in "\u200d"]
+    if bad:
+        raise OvdiffError(f"class name {norm[:60]!r} contains control characters ({', '.join(repr(c) for c in bad[:3])})")
+    return norm
+
+
+def parse_class_list(spec: str | None, file_text: str | None = None, extra: list[str] | None = None) -> list[str]:
+    """Class names from a comma list, a file (one per line) and positional names, in order.
+
+    Duplicates (after normalisation) are an error: a repeated class would silently change
+    the label indices that the outputs' palette and legend depend on.
+    """
+    names: list[str] = list(extra or [])
+    if spec is not None:
+        if not spec.strip():
+            raise OvdiffError("--classes is empty: give a comma-separated list, e.g. --classes cat,dog,sky")
+        names.extend(spec.split(","))
+    if file_text is not None:
+        names.extend(line for line in file_text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    for raw in names:
+        norm = validate(raw)
+        if norm in seen:
+            raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
+        seen[norm] = raw
+        out.append(norm)
+    return out

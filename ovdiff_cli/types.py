@@ -1,0 +1,99 @@
+"""The small interfaces every stage plugs into, and the typed values that pass between stages.
+
+Real models (Stable Diffusion, CLIP, DINO) and the procedural world implement the same
+protocols, so the pipeline never special-cases a preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import SampleConfig
+
+
+@dataclass
+class Sample:
+    """One support image and its attribution map.
+
+    image: HxWx3 uint8 RGB. attribution: hxw float32, >= 0, larger = more attention to the class name.
+    """
+
+    image: np.ndarray
+    attribution: np.ndarray
+
+
+class Generator(Protocol):
+    """Draws support images of a class, with attribution maps (paper §3, "Support set generation")."""
+
+    def identity(self) -> dict:
+        """Model ids/revisions and scheduler: recorded in the cache and part of the support-set key."""
+        ...
+
+    def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
+        """One sample per seed; the same (class_name, seed, config) always gives the same sample."""
+        ...
+
+
+class Extractor(Protocol):
+    """Dense features Φ_v (paper §3, App. C.2).
+
+    `__call__(images)`: images (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride`,
+    → (B,D,H/stride,W/stride) float32, each part L2-normalised per location.
+    """
+
+    name: str
+    stride: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class MaskProposer(Protocol):
+    """Class-agnostic object proposals Γ (paper §3): binary masks on the feature grid."""
+
+    name: str
+
+    def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        """image HxWx3 uint8; features (D,h,w) → list of (h,w) bool masks (possibly empty)."""
+        ...
+
+
+class ImageTextScorer(Protocol):
+    """An aligned image/text encoder pair (CLIP) for the category pre-filter."""
+
+    def identity(self) -> str:
+        """Fingerprint of the text tower: the key under which text embeddings are cached."""
+        ...
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) float32 RGB in [0,1] at the scorer's input size → (B,E) unit vectors."""
+        ...
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        """T prompts → (T,E) unit vectors."""
+        ...
+
+
+PROTO_KINDS = ("class", "instance", "part")
+
+
+@dataclass
+class ClassPrototypes:
+    """Prototypes of one class (paper §3 "Prototype aggregation").
+
+    fg / bg map a prototype kind ("class", "instance", "part") to an (n, D) float32 array.
+    Stuff classes have no bg prototypes. `sources` maps "fg/instance" etc. to the support
+    image index each prototype row came from (-1 for prototypes pooled over all images), for --explain.
+    """
+
+    name: str
+    kind: str  # "thing" or "stuff"
+    fg: dict[str, np.ndarray]
+    bg: dict[str, np.ndarray] = field(default_factory=dict)
+    pid: str = ""
+    sources: dict[str, np.ndarray] = field(default_factory=dict)
