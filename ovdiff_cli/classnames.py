@@ -1,0 +1,131 @@
+"""Class names of the eight benchmarks, as their label maps number them, and the paper's corrections.
+
+The raw lists are mmsegmentation's (`mmseg/datasets/*.py`) and, for COCO-Object, GroupViT's/TCL's
+`COCOObjectDataset`: index i of a list is label value i of the converted label maps (after
+`reduce_zero_label` where the benchmark uses it). Only ADE's `'bed '` loses mmseg's stray space.
+
+App. C.3 of the paper renames "certain class names to fix errors (pottedplant → potted plant),
+resolve ambiguity (mouse → computer mouse) or change to more common spelling/word (aeroplane →
+airplane), resulting in 14 fixes" on VOC, Context and Object; it names only those three. The other
+eleven below are our reading of the same three rules, applied to the names prior work (TCL) feeds its
+text encoder; `CORRECTIONS` counts 4 (VOC) + 5 (Context) + 5 (Object) = 14. VOC-20 and Context-59 share
+their parent's fixes. ADE, COCO-Stuff and Cityscapes (Table A.8, "following TCL") keep their names.
+"""
+
+from __future__ import annotations
+
+VOC = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+# mmseg's PascalContextDataset (60): background + the 59 classes in alphabetical order, as
+# tools/dataset_converters/pascal_context.py numbers them.
+CONTEXT = (
+    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
+    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
+    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground", "horse",
+    "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform", "pottedplant",
+    "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table", "track",
+    "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+)  # fmt: skip
+
+COCO_THINGS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+COCO_STUFF_ONLY = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard",
+    "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard",
+    "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone",
+    "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit", "furniture-other", "grass",
+    "gravel", "ground-other", "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss",
+    "mountain", "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic",
+    "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad",
+    "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw",
+    "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable", "wall-brick",
+    "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+
+OBJECT = ("background", *COCO_THINGS)  # GroupViT's convert_coco_object.py: 0 = every stuff/unlabelled pixel
+STUFF = COCO_THINGS + COCO_STUFF_ONLY
+
+ADE = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence",
+    "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column",
+    "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator",
+    "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway",
+    "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land",
+    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
+    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)  # fmt: skip
+
+CITYSCAPES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+
+RAW_CLASSES: dict[str, tuple[str, ...]] = {
+    "voc": VOC,
+    "voc20": VOC[1:],
+    "context": CONTEXT,
+    "context59": CONTEXT[1:],
+    "object": OBJECT,
+    "ade": ADE,
+    "stuff": STUFF,
+    "cityscapes": CITYSCAPES,
+}
+
+# Benchmark family -> {raw name: corrected name}. Why each: "error" (words run together),
+# "ambiguity" (the name has a more common other sense that diffusion models draw), "spelling/word".
+CORRECTIONS: dict[str, dict[str, str]] = {
+    "voc": {
+        "aeroplane": "airplane",  # word (paper's example)
+        "diningtable": "dining table",  # error
+        "pottedplant": "potted plant",  # error (paper's example)
+        "tvmonitor": "tv monitor",  # error
+    },
+    "context": {
+        "aeroplane": "airplane",  # word
+        "pottedplant": "potted plant",  # error
+        "tvmonitor": "tv monitor",  # error
+        "mouse": "computer mouse",  # ambiguity (paper's example)
+        "keyboard": "computer keyboard",  # ambiguity (piano keyboards)
+    },
+    "object": {
+        "mouse": "computer mouse",  # ambiguity
+        "keyboard": "computer keyboard",  # ambiguity
+        "remote": "remote control",  # ambiguity (an adjective alone)
+        "hair drier": "hair dryer",  # spelling
+        "tv": "television",  # word (abbreviation)
+    },
+}
+
+FAMILY = {"voc": "voc", "voc20": "voc", "context": "context", "context59": "context", "object": "object"}
+
+
+def class_names(dataset: str, raw: bool = False) -> list[str]:
+    """The class names of `dataset` in label order: corrected (App. C.3) unless `raw`."""
+    names = list(RAW_CLASSES[dataset])
+    if raw:
+        return names
+    fixes = CORRECTIONS.get(FAMILY.get(dataset, ""), {})
+    return [fixes.get(n, n) for n in names]

@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests never reach a network: the hub is forced offline before anything imports it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("OVDIFF_CACHE", None)
+os.environ.pop("OVDIFF_PRESET", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+VOC_SAMPLE = SHARED_DATA / "voc-sample" / "VOC2012"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_hub():
+    """One tiny-preset model hub for the whole session (models build once, in seconds)."""
+    from ovdiff_cli.models.presets import ModelHub, get_preset
+
+    return ModelHub(get_preset("tiny"), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def procedural_hub():
+    from ovdiff_cli.models.presets import ModelHub, get_preset
+
+    return ModelHub(get_preset("procedural"), device="cpu", dtype="fp32")
