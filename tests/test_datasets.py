@@ -1,0 +1,190 @@
+"""Each reader on a two-image fake tree in its mmsegmentation layout, plus the real VOC sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovdiff_cli.classnames import CORRECTIONS, RAW_CLASSES
+from ovdiff_cli.datasets import DATASET_NAMES, load_dataset
+from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.palette import voc_palette
+
+VOC_SAMPLE = Path(__file__).parents[2] / "shared" / "data" / "voc-sample" / "VOC2012"
+
+# name: (dataset folder, image path, label path, split file) written out here, independently of the code.
+LAYOUTS = {
+    "voc": ("VOC2012", "JPEGImages/{id}.jpg", "SegmentationClass/{id}.png", "ImageSets/Segmentation/val.txt"),
+    "context": ("VOC2010", "JPEGImages/{id}.jpg", "SegmentationClassContext/{id}.png",
+                "ImageSets/SegmentationContext/val.txt"),
+    "object": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_instanceTrainIds.png", None),
+    "stuff": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_labelTrainIds.png", None),
+    "ade": ("ADEChallengeData2016", "images/validation/{id}.jpg", "annotations/validation/{id}.png", None),
+    "cityscapes": ("cityscapes", "leftImg8bit/val/{city}/{id}_leftImg8bit.png",
+                   "gtFine/val/{city}/{id}_gtFine_labelTrainIds.png", None),
+}  # fmt: skip
+LAYOUTS["voc20"] = LAYOUTS["voc"]
+LAYOUTS["context59"] = LAYOUTS["context"]
+
+IDS = {
+    "voc": ["2007_000033", "2007_000042"],
+    "context": ["2008_000002", "2008_000019"],
+    "object": ["000000000139", "000000000285"],
+    "stuff": ["000000000139", "000000000285"],
+    "ade": ["ADE_val_00000001", "ADE_val_00000002"],
+    "cityscapes": ["frankfurt_000000_000294", "lindau_000000_000019"],
+}
+IDS["voc20"], IDS["context59"] = IDS["voc"], IDS["context"]
+
+# Raw label values written to disk, and the class indices the reader must return for them.
+RAW_VALUES = {
+    "voc": ([0, 5, 20, 255], [0, 5, 20, 255]),
+    "voc20": ([0, 1, 20, 255], [255, 0, 19, 255]),
+    "context": ([0, 1, 59, 30], [0, 1, 59, 30]),
+    "context59": ([0, 1, 59, 30], [255, 0, 58, 29]),
+    "object": ([0, 1, 80, 255], [0, 1, 80, 255]),
+    "ade": ([0, 1, 150, 75], [255, 0, 149, 74]),
+    "stuff": ([0, 170, 91, 255], [0, 170, 91, 255]),
+    "cityscapes": ([0, 18, 7, 255], [0, 18, 7, 255]),
+}
+NUM_CLASSES = {"voc": 21, "voc20": 20, "context": 60, "context59": 59, "object": 81, "ade": 150, "stuff": 171,
+               "cityscapes": 19}  # fmt: skip
+BACKGROUND = {"voc", "context", "object"}
+
+
+def _save_label(path: Path, arr: np.ndarray, palette: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(arr.astype(np.uint8))  # mode L: values are labels
+    if palette:  # VOC ships palette PNGs: the palette index is the label
+        im = Image.frombytes("P", im.size, im.tobytes())
+        im.putpalette(voc_palette().ravel().tolist())
+    im.save(path)
+
+
+def make_tree(base: Path, name: str, extra_unlisted: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """Write a 2-image fake dataset under base/<folder>; return that folder and the expected labels."""
+    folder, img_t, lbl_t, split = LAYOUTS[name]
+    root = base / folder
+    raw_vals, want_vals = RAW_VALUES[name]
+    expected = {}
+    for k, i in enumerate(IDS[name]):
+        city = i.split("_")[0]
+        h, w = 6 + k, 8
+        raw = np.array(raw_vals, dtype=np.uint8)[np.arange(h * w).reshape(h, w) % 4]
+        expected[i] = np.array(want_vals, dtype=np.uint8)[np.arange(h * w).reshape(h, w) % 4]
+        img = root / img_t.format(id=i, city=city)
+        img.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 40 * k, dtype=np.uint8)).save(img)
+        _save_label(root / lbl_t.format(id=i, city=city), raw, palette=name in ("voc", "voc20"))
+    if split:
+        (root / split).parent.mkdir(parents=True, exist_ok=True)
+        (root / split).write_text("\n".join(IDS[name]) + "\n")
+        if extra_unlisted:  # an image outside the split must not be read
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / img_t.format(id="2099_999999", city=""))
+    return root, expected
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_reader_on_fake_tree(tmp_path, name):
+    root, expected = make_tree(tmp_path, name)
+    ds = load_dataset(name, root)
+    assert ds.name == name and len(ds) == 2
+    assert len(ds.classes) == NUM_CLASSES[name] == ds.num_classes
+    assert ds.has_background == (name in BACKGROUND)
+    assert (ds.classes[0] == "background") == ds.has_background
+    items = list(ds)
+    assert [it.id for it in items] == IDS[name]
+    for it in items:
+        assert it.label.dtype == np.uint8 and it.label.ndim == 2
+        np.testing.assert_array_equal(it.label, expected[it.id])
+        assert it.image_path.is_file()
+        assert it.image().shape == (*it.label.shape, 3)
+    assert len(load_dataset(name, root, limit=1)) == 1
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_reader_accepts_parent_folder(tmp_path, name):
+    root, _ = make_tree(tmp_path, name)
+    assert load_dataset(name, tmp_path).root == root
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_wrong_layout_names_missing_path(tmp_path, name):
+    root, _ = make_tree(tmp_path, name)
+    label_dir = root / LAYOUTS[name][2].split("/{")[0]
+    label_dir.rename(label_dir.with_name(label_dir.name + "_moved"))
+    with pytest.raises(OvdiffError) as err:
+        load_dataset(name, root)
+    msg = str(err.value)
+    assert "\n" not in msg and str(label_dir) in msg and "expected" in msg
+
+
+@pytest.mark.parametrize("name", ["voc", "context"])
+def test_missing_split_file(tmp_path, name):
+    root, _ = make_tree(tmp_path, name)
+    split = root / LAYOUTS[name][3]
+    split.unlink()
+    with pytest.raises(OvdiffError, match=str(split)):
+        load_dataset(name, root)
+
+
+def test_missing_label_file_is_named(tmp_path):
+    root, _ = make_tree(tmp_path, "stuff")
+    gone = root / "annotations/val2017/000000000285_labelTrainIds.png"
+    gone.unlink()
+    with pytest.raises(OvdiffError, match=str(gone)):
+        load_dataset("stuff", root)
+
+
+def test_wrong_label_kind_is_caught(tmp_path):
+    root, _ = make_tree(tmp_path, "cityscapes")
+    lbl = root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png"
+    _save_label(lbl, np.full((7, 8), 33, np.uint8), palette=False)  # a labelIds map, not trainIds
+    ds = load_dataset("cityscapes", root)
+    with pytest.raises(OvdiffError, match="labelTrainIds"):
+        list(ds)
+
+
+def test_ambiguous_parent_is_an_error(tmp_path):
+    make_tree(tmp_path, "voc")
+    make_tree(tmp_path / "VOCdevkit", "voc")
+    with pytest.raises(OvdiffError, match="candidates"):
+        load_dataset("voc", tmp_path)
+
+
+def test_root_not_a_folder(tmp_path):
+    with pytest.raises(OvdiffError, match="not a folder"):
+        load_dataset("ade", tmp_path / "nope")
+    with pytest.raises(OvdiffError, match="unknown dataset"):
+        load_dataset("kitti", tmp_path)
+
+
+def test_corrected_and_raw_names(tmp_path):
+    root, _ = make_tree(tmp_path, "voc")
+    fixed = load_dataset("voc", root).classes
+    raw = load_dataset("voc", root, raw_names=True).classes
+    assert raw == list(RAW_CLASSES["voc"])
+    assert "potted plant" in fixed and "airplane" in fixed and "pottedplant" not in fixed
+    assert sum(len(v) for v in CORRECTIONS.values()) == 14  # App. C.3: "resulting in 14 fixes"
+    root, _ = make_tree(tmp_path, "context59")
+    assert "computer mouse" in load_dataset("context59", root).classes
+
+
+@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason="shared VOC sample not present")
+def test_real_voc_sample():
+    ds = load_dataset("voc", VOC_SAMPLE)
+    assert len(ds) == 1
+    item = ds[0]
+    assert item.id == "2007_000063"
+    assert item.label.shape == (375, 500)
+    assert set(np.unique(item.label).tolist()) == {0, 9, 12, 255}
+    assert ds.classes[9] == "chair" and ds.classes[12] == "dog"
+    assert item.image().shape == (375, 500, 3)
+    voc20 = load_dataset("voc20", VOC_SAMPLE.parent)  # parent folder accepted
+    lab = voc20[0].label
+    assert set(np.unique(lab).tolist()) == {8, 11, 255}
+    assert voc20.classes[8] == "chair" and voc20.classes[11] == "dog"
+    np.testing.assert_array_equal(lab == 255, (item.label == 0) | (item.label == 255))
