@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -256,13 +257,18 @@ class Cache:
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
             except lmdb.Error as e:
-                msg = str(e)
-                if "No space left" in msg or "ENOSPC" in msg or "Disk quota" in msg:
-                    raise CacheError(
-                        f"disk full while writing the cache at {self.root}: free space or use another --cache; "
-                        "classes committed before are intact"
-                    ) from e
-                raise CacheError(f"cache write failed at {self.root}: {msg}") from e
+                raise CacheError(self._write_failure(e)) from e
+
+    def _write_failure(self, error: lmdb.Error) -> str:
+        """Say why a commit failed; a full disk is the usual cause and shows as EIO/ENOSPC/EFBIG."""
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            free = -1
+        where = f"cannot write the cache at {self.root} ({error})"
+        if 0 <= free < 64 << 20:
+            return f"{where}: the disk is full ({free >> 20} MiB free); free space or use another --cache — classes committed before are intact"
+        return f"{where}: check free space, file-size limits and permissions; classes committed before are intact"
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:

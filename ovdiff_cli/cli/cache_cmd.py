@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .common import CacheOpt, QuietOpt, VerboseOpt, make_run
+from .common import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, QuietOpt, SeedOpt, VerboseOpt, make_run
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
 
@@ -19,12 +19,20 @@ def _size(n: int) -> str:
 
 
 @app.command("info")
-def info(cache: CacheOpt = None, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
+def info(
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Where the cache is, its schema version, size and what it holds.
 
     Example: ovdiff cache info --cache ~/.cache/ovdiff
     """
-    run = make_run(cache, None, verbose=verbose, quiet=quiet)
+    run = make_run(cache, preset, device, dtype, seed, verbose=verbose, quiet=quiet)
     nfo = run.cache.info()
     table = Table(show_header=False, box=None)
     for k in ("path", "schema_version", "classes", "support_entries", "text_embeddings", "entries"):
@@ -38,6 +46,10 @@ def info(cache: CacheOpt = None, verbose: VerboseOpt = False, quiet: QuietOpt = 
 def verify(
     cache: CacheOpt = None,
     repair: bool = typer.Option(False, "--repair", help="Delete broken entries so the next run rebuilds them."),
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -45,7 +57,7 @@ def verify(
 
     Example: ovdiff cache verify --repair
     """
-    run = make_run(cache, None, verbose=verbose, quiet=quiet)
+    run = make_run(cache, preset, device, dtype, seed, verbose=verbose, quiet=quiet)
     problems = run.cache.verify(repair=repair)
     if not problems:
         run.say("[green]cache is sound[/]")
