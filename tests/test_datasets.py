@@ -188,3 +188,13 @@ def test_real_voc_sample():
     assert set(np.unique(lab).tolist()) == {8, 11, 255}
     assert voc20.classes[8] == "chair" and voc20.classes[11] == "dog"
     np.testing.assert_array_equal(lab == 255, (item.label == 0) | (item.label == 255))
+
+
+def test_images_read_as_stored_without_exif_rotation(tmp_path):
+    root, _ = make_tree(tmp_path, "ade")
+    path = root / "images/validation/ADE_val_00000001.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(path, exif=exif)
+    item = load_dataset("ade", root)[0]
+    assert item.image().shape == (6, 8, 3) == (*item.label.shape, 3)
