@@ -35,3 +35,13 @@ def procedural_hub():
     from ovdiff_cli.models.presets import ModelHub, get_preset
 
     return ModelHub(get_preset("procedural"), device="cpu", dtype="fp32")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` need real weights (and ideally a GPU): they run only with OVDIFF_SLOW=1."""
+    if os.environ.get("OVDIFF_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs real weights: set OVDIFF_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
