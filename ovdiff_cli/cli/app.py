@@ -8,6 +8,7 @@ import sys
 import typer
 
 from . import cache_cmd
+from . import sample as sample_cmd
 
 app = typer.Typer(
     name="ovdiff",
@@ -19,6 +20,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cache_cmd.app, name="cache")
+app.command("sample")(sample_cmd.sample)
 
 
 def main() -> None:
