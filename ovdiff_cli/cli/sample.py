@@ -85,7 +85,7 @@ def _sample_classes(run, classes: list[str]) -> None:
 
     check_config(run.sample)
     n = run.sample.n_images
-    start = time.perf_counter()
+    start, generated_before = time.perf_counter(), run.hub.calls.get("generate", 0)
     with run.progress() as bar:
         overall = bar.add_task("all classes", total=n * len(classes))
         for k, name in enumerate(classes):
@@ -99,7 +99,7 @@ def _sample_classes(run, classes: list[str]) -> None:
             bar.update(task, visible=False)
             if run.verbose:
                 run.say(f"{name}: {meta['n_images']} images, support set {sid}")
-    new = run.hub.calls.get("generate", 0)
+    new = run.hub.calls.get("generate", 0) - generated_before
     run.say(
         f"{len(classes)} class(es), {n} images each: {new} generated, {n * len(classes) - new} already cached "
         f"({time.perf_counter() - start:.1f} s); cache {run.cache_dir}"

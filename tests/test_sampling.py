@@ -1,0 +1,249 @@
+"""Support sets on the tiny preset: attribution capture, cache layout, reproducibility, resume, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ovdiff_cli import sampling
+from ovdiff_cli.cache import Cache
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.config import SampleConfig
+from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
+
+TINY = dataclasses.replace(SampleConfig(), **get_preset("tiny").sample, batch_size=2)  # 4 images, 64 px, 4 steps
+
+
+def generated(hub) -> int:
+    return hub.calls.get("generate", 0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_hub):
+    """'cat' sampled alone into its own cache: the images every other run must reproduce."""
+    cache = Cache(tmp_path_factory.mktemp("ref"))
+    sid, meta = sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)
+    return cache, sid, meta
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_image_seed_depends_only_on_class_seed_and_index():
+    s = sampling.image_seed("cat", 0, 3)
+    assert s == sampling.image_seed("cat", 0, 3)
+    others = {sampling.image_seed(*k) for k in [("cat", 0, 2), ("cat", 1, 3), ("dog", 0, 3), ("Cat", 0, 3)]}
+    assert s not in others and len(others) == 4
+    assert all(0 <= x < 2**63 for x in others | {s})
+
+
+def test_support_id_changes_with_pixels_not_with_count_or_batch():
+    ident = {"model": "m", "revision": None, "scheduler": "dpmsolver++"}
+    sid = sampling.support_id("cat", 0, ident, TINY)
+    assert sid == sampling.support_id("cat", 0, ident, dataclasses.replace(TINY, n_images=9, batch_size=1))
+    assert sid != sampling.support_id("cat", 0, ident, dataclasses.replace(TINY, steps=5))
+    assert sid != sampling.support_id("cat", 0, dict(ident, model="other"), TINY)
+    assert sid != sampling.support_id("cat", 1, ident, TINY)
+
+
+@pytest.mark.parametrize(
+    "template,name,first",
+    [
+        ("A good picture of a {}", "cat", 6),
+        ("A good picture of a {}", "chocolate glazed donut", 6),
+        ("A good picture of a {}", "hot-dog stand", 6),
+        ("{} in the wild", "potted plant", 1),
+    ],
+)
+def test_class_token_indices_cover_exactly_the_name(template, name, first):
+    tok = offline_clip_tokenizer()
+    idx = sampling.class_token_indices(tok, template, name)
+    full = tok(template.format(name)).input_ids
+    name_ids = tok(name, add_special_tokens=False).input_ids
+    assert idx == list(range(first, first + len(name_ids)))
+    assert [full[i] for i in idx] == name_ids
+    prefix, suffix = template.split("{}")
+    assert full[: idx[0]] == [tok.bos_token_id] + tok(prefix, add_special_tokens=False).input_ids
+    assert full[idx[-1] + 1 :] == tok(suffix, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    if name == "chocolate glazed donut":
+        assert len(idx) == 3
+
+
+def test_class_token_indices_drop_tokens_past_the_context():
+    tok = offline_clip_tokenizer()
+    idx = sampling.class_token_indices(tok, "A good picture of a {}", " ".join(["cat"] * 100))
+    assert idx == list(range(6, 76))  # position 76 is the end-of-text token
+
+
+def test_check_config_names_the_bad_option():
+    with pytest.raises(OvdiffError, match="--prompt-template"):
+        sampling.check_config(dataclasses.replace(TINY, prompt_template="a photo"))
+    with pytest.raises(OvdiffError, match="--size"):
+        sampling.check_config(dataclasses.replace(TINY, size=60))
+    with pytest.raises(OvdiffError, match="--batch-size"):
+        sampling.check_config(dataclasses.replace(TINY, batch_size=0))
+
+
+def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
+    """Output identical to AttnProcessor2_0; recorded map = diffusers' own attention probabilities
+    of the chosen tokens, summed over heads, for the conditional (second) half of the batch only."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8).eval()
+    hidden = torch.randn(4, 9, 16)  # [neg, neg, pos, pos], 3x3 positions
+    text = torch.randn(4, 7, 12)
+    tokens = [2, 3]
+    rec = sampling.AttributionRecorder(tokens, cfg=True)
+    with torch.no_grad():
+        attn.set_processor(sampling.CapturingCrossAttnProcessor(rec))
+        out = attn(hidden, encoder_hidden_states=text)
+        attn.set_processor(AttnProcessor2_0())
+        ref_out = attn(hidden, encoder_hidden_states=text)
+        q = attn.head_to_batch_dim(attn.to_q(hidden[2:]))
+        k = attn.head_to_batch_dim(attn.to_k(text[2:]))
+        probs = attn.get_attention_scores(q, k).reshape(2, 2, 9, 7)  # (B, heads, n, tokens)
+    assert torch.equal(out, ref_out)
+    expected = probs[..., tokens].sum(dim=(1, 3))
+    assert torch.allclose(rec.sums[9], expected, atol=1e-6)
+    maps = rec.maps(6)
+    assert maps.shape == (2, 6, 6) and (maps >= 0).all()
+
+
+def test_self_attention_keeps_the_fast_path_and_processors_are_restored(tiny_hub):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = tiny_hub.sd().unet
+    procs = sampling.capture_processors(unet, sampling.AttributionRecorder([6], cfg=True))
+    cross = [k for k in procs if k.endswith("attn2.processor")]
+    assert cross and all(isinstance(procs[k], sampling.CapturingCrossAttnProcessor) for k in cross)
+    assert all(type(p) is AttnProcessor2_0 for k, p in procs.items() if k not in cross)
+    before = unet.attn_processors
+    tiny_hub.generator().generate("cat", [1], TINY)
+    after = unet.attn_processors
+    assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
+
+
+# --------------------------------------------------------------------------- support sets
+
+
+def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_hub):
+    cache, sid, meta = reference
+    assert meta["n_images"] == TINY.n_images
+    assert meta["name"] == "cat" and meta["norm"] == "cat" and meta["seed"] == 0
+    assert meta["prompt"] == "A good picture of a cat" and meta["negative_prompt"] == TINY.negative_prompt
+    assert meta["steps"] == 4 and meta["guidance_scale"] == 8.0 and meta["size"] == 64
+    assert meta["scheduler"] == "dpmsolver++" and meta["attribution_size"] == 16
+    assert meta["token_indices"] == [6]
+    assert meta["generator"] == tiny_hub.generator().identity() and meta["models"]["preset"] == "tiny"
+    assert meta["created_at"]
+    samples = sampling.load_samples(cache, sid, TINY.n_images)
+    for s in samples:
+        assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
+        assert s.attribution.shape == (16, 16) and s.attribution.dtype == np.float32
+        assert np.isfinite(s.attribution).all() and (s.attribution >= 0).all() and s.attribution.sum() > 0
+    assert not np.array_equal(samples[0].image, samples[1].image)
+    assert cache.verify() == []
+    with pytest.raises(OvdiffError, match="ovdiff sample"):
+        sampling.load_samples(cache, sid, TINY.n_images + 1)
+
+
+def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_hub):
+    cfg = dataclasses.replace(TINY, n_images=1)
+    _, meta = sampling.ensure_support_set(Cache(tmp_path), tiny_hub, " chocolate glazed donut ", 0, cfg)
+    assert meta["name"] == " chocolate glazed donut " and meta["norm"] == "chocolate glazed donut"
+    assert meta["token_indices"] == [6, 7, 8]
+
+
+def test_same_class_and_seed_reproduce_whatever_else_is_sampled(reference, tmp_path, tiny_hub):
+    ref_cache, ref_sid, _ = reference
+    cache = Cache(tmp_path)
+    sampling.ensure_support_set(cache, tiny_hub, "dog", 0, TINY)
+    sid, _ = sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)
+    assert sid == ref_sid
+    for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
+    other_sid, _ = sampling.ensure_support_set(cache, tiny_hub, "cat", 1, dataclasses.replace(TINY, n_images=1))
+    assert other_sid != sid
+    assert not np.array_equal(cache.support_image(other_sid, 0), cache.support_image(sid, 0))
+
+
+def test_killed_run_resumes_and_generates_only_the_rest(reference, tmp_path, tiny_hub):
+    ref_cache, ref_sid, _ = reference
+    cache = Cache(tmp_path)
+
+    def killed_after_first_batch(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    start = generated(tiny_hub)
+    with pytest.raises(KeyboardInterrupt):
+        sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY, killed_after_first_batch)
+    assert generated(tiny_hub) - start == 2
+    sid = sampling.support_id("cat", 0, tiny_hub.generator().identity(), TINY)
+    assert cache.support_meta(sid)["n_images"] == 2
+
+    seen = []
+    sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY, lambda d, t: seen.append((d, t)))
+    assert generated(tiny_hub) - start == 4
+    assert seen == [(2, 4), (4, 4)]
+    for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
+
+    sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)  # complete: nothing to do
+    assert generated(tiny_hub) - start == 4
+
+
+def test_contact_sheet_lays_out_image_and_heat_map_pairs(reference):
+    cache, sid, _ = reference
+    samples = sampling.load_samples(cache, sid, 4)
+    sheet = sampling.contact_sheet(samples[:3], "cat", thumb=32, columns=2)
+    assert sheet.size == (4 + 2 * (2 * 32 + 4 + 4), 24 + 2 * (32 + 4) + 4)
+    px = np.asarray(sheet)
+    first_overlay = px[24 : 24 + 32, 4 + 32 + 4 : 4 + 64 + 4]
+    assert not np.array_equal(first_overlay, np.asarray(samples[0].image)[::2, ::2])  # heat map drawn
+    assert (px[24 + 36 :, 4 + 72 :] == 255).all()  # the 4th cell stays empty
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_samples_then_shows_a_contact_sheet(tmp_path):
+    runner = CliRunner()
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# vocabulary\nchocolate glazed donut\n", encoding="utf-8")
+    common = ["--preset", "tiny", "--cache", str(tmp_path / "c"), "--device", "cpu", "--n-images", "2", "--steps", "2"]
+    res = runner.invoke(app, ["sample", "cat", "--classes-file", str(classes), *common])
+    assert res.exit_code == 0, res.output
+    assert "4 generated, 0 already cached" in res.output
+
+    res = runner.invoke(app, ["sample", "cat", *common, "-q"])
+    assert res.exit_code == 0 and res.output == ""
+
+    res = runner.invoke(app, ["sample", "--show", "chocolate glazed donut", "--out", str(tmp_path / "s.png"), *common])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.size == (4 + 2 * (2 * 160 + 8), 24 + 160 + 8)
+
+    res = runner.invoke(app, ["sample", "--show", "dog", "--out", str(tmp_path / "d.png"), *common])
+    assert isinstance(res.exception, OvdiffError) and "ovdiff sample \"dog\"" in str(res.exception)
+    assert not (tmp_path / "d.png").exists()
+
+
+def test_cli_rejects_missing_names_and_show_without_out(tmp_path):
+    runner = CliRunner()
+    common = ["--preset", "tiny", "--cache", str(tmp_path)]
+    res = runner.invoke(app, ["sample", *common])
+    assert isinstance(res.exception, OvdiffError) and "no class names" in str(res.exception)
+    res = runner.invoke(app, ["sample", "--show", "cat", *common])
+    assert isinstance(res.exception, OvdiffError) and "--out" in str(res.exception)
+    res = runner.invoke(app, ["sample", "cat", "cat", *common])
+    assert isinstance(res.exception, OvdiffError) and "twice" in str(res.exception)
