@@ -227,7 +227,8 @@ class SDGenerator:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
 
     def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
-        """One batch: image i from `seeds[i]` (a torch.Generator each, on the hub's device).
+        """One batch: image i from `seeds[i]` (a CPU torch.Generator each, so the noise, and the image,
+        is the same on every device).
 
         Returns images (size, size, 3) uint8 and attribution maps (attribution_size²) float32 >= 0.
         """
@@ -238,7 +239,7 @@ class SDGenerator:
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
-        generators = [torch.Generator(device=self.hub.device).manual_seed(s) for s in seeds]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
         original = unet.attn_processors
         unet.set_attn_processor(capture_processors(unet, recorder))
         try:

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 CacheOpt = Annotated[
     Optional[Path],
-    typer.Option("--cache", envvar="OVDIFF_CACHE", help="Cache directory [default: $OVDIFF_CACHE, else the user cache dir].", show_default=False),
+    typer.Option("--cache", envvar="OVDIFF_CACHE", help="Cache directory \\[default: $OVDIFF_CACHE, else the user cache dir].", show_default=False),
 ]
 PresetOpt = Annotated[
     Optional[str],
-    typer.Option("--preset", envvar="OVDIFF_PRESET", help="Models: sd15 (real weights), tiny, sd15-random, procedural [default: sd15].", show_default=False),
+    typer.Option("--preset", envvar="OVDIFF_PRESET", help="Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: sd15].", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.")]
@@ -33,8 +33,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name or local weights file.", show_default=False)]
-ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination [default: sd+dino+clip].", show_default=False)]
-ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam [default: ncut].", show_default=False)]
+ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination \\[default: sd+dino+clip].", show_default=False)]
+ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam \\[default: ncut].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
 
 

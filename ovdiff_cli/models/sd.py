@@ -70,9 +70,6 @@ def _finish(parts: SDComponents, device: torch.device, dtype: torch.dtype) -> SD
             m.to(dtype=dtype)
         m.eval()
         m.requires_grad_(False)
-    # The VAE decodes in fp32 where fp16 overflows to NaN in its last layers.
-    if dtype == torch.float16:
-        parts.vae.to(dtype=torch.float32)
     return parts
 
 
