@@ -8,6 +8,7 @@ import sys
 import typer
 
 from . import cache_cmd
+from . import eval as eval_cmd
 from . import sample as sample_cmd
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(cache_cmd.app, name="cache")
 app.command("sample")(sample_cmd.sample)
+app.command("eval")(eval_cmd.eval_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,199 @@
+"""`ovdiff eval`: score ovdiff (or saved masks) on a segmentation benchmark under one protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from .common import (
+    CacheOpt,
+    ClipModelOpt,
+    DeviceOpt,
+    DinoModelOpt,
+    DtypeOpt,
+    ExtractorOpt,
+    PresetOpt,
+    ProposerOpt,
+    QuietOpt,
+    Run,
+    SdModelOpt,
+    SeedOpt,
+    VerboseOpt,
+    make_run,
+)
+
+if TYPE_CHECKING:
+    from ..datasets import SegDataset
+    from ..evaluate import EvalResult, Predict
+
+DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without)."
+
+
+def eval_cmd(
+    dataset: Annotated[str, typer.Argument(help=DATASETS_HELP, show_default=False)],
+    root: Annotated[Path, typer.Option("--root", help="The dataset folder in its mmsegmentation layout, e.g. data/VOC2012.", show_default=False)],
+    pred: Annotated[Optional[Path], typer.Option("--pred", help="Score saved masks <id>.png from this folder instead of running a model.", show_default=False)] = None,
+    offset: Annotated[Optional[int], typer.Option("--offset", help="With --pred: dataset index = mask value - offset \\[default: 0 with background, 1 without, as ovdiff segment writes].", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated support-set seeds; reports mean ± σ over them \\[default: --seed].", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images of the split, for a quick look.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json and report.html here.", show_default=False)] = None,
+    raw_names: Annotated[bool, typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3).")] = False,
+    no_bg_protos: Annotated[bool, typer.Option("--no-bg-protos", help="Ablation: no background prototypes; background by thresholding similarity (Table A.1).")] = False,
+    use_filter: Annotated[Optional[bool], typer.Option("--filter/--no-filter", help="CLIP category pre-filter \\[default: on].", show_default=False)] = None,
+    stuff_filter: Annotated[Optional[bool], typer.Option("--stuff-filter/--no-stuff-filter", help="Drop things' bg prototypes that look like stuff \\[default: on].", show_default=False)] = None,
+    slide: Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Sliding windows 448+336 px \\[default: on].", show_default=False)] = None,
+    protos: Annotated[Optional[str], typer.Option("--protos", help="Prototype kinds to use: any of class,instance,part \\[default: all].", show_default=False)] = None,
+    extractor: ExtractorOpt = None,
+    mask_proposer: ProposerOpt = None,
+    n_images: Annotated[Optional[int], typer.Option("--n-images", help="Support images per class N \\[default: 32; offline presets fewer].", show_default=False)] = None,
+    sd_model: SdModelOpt = None,
+    clip_model: ClipModelOpt = None,
+    dino_model: DinoModelOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate on a benchmark split: per-class IoU, mIoU, pixel accuracy, seconds/image.
+
+    Protocol of the prior work (TCL/GroupViT): short side 448, sliding windows, ignore label 255, mIoU
+    from one confusion matrix over the split. Without-background benchmarks ignore background pixels
+    and use no background prototypes (paper A.3).
+
+    Example: ovdiff eval voc --root data/VOC2012 --seeds 0,1,2,3,4 --out reports/voc
+
+    Example: ovdiff eval voc --root data/VOC2012 --pred masks/ --out reports/mine
+    """
+    from ..datasets import load_dataset
+    from ..evaluate import predictions_from_dir, write_report
+    from ..errors import OvdiffError
+
+    kinds = _parse_kinds(protos)
+    run = make_run(
+        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
+        dino_model=dino_model, sample={"n_images": n_images},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer},
+        segment={"use_filter": use_filter, "stuff_filter": stuff_filter, "slide": slide, "proto_kinds": kinds},
+    )
+    ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names)
+    if out is not None and out.exists() and not out.is_dir():
+        raise OvdiffError(f"--out {out} is a file: give a folder for metrics.json and report.html")
+    if pred is not None:
+        if seeds is not None:
+            raise OvdiffError("--seeds needs a model; --pred scores masks that already exist")
+        results = [_score(run, ds, predictions_from_dir(pred, ds, offset), "masks")]
+    else:
+        if offset is not None:
+            raise OvdiffError("--offset only applies to --pred")
+        seed_list = _parse_seeds(seeds, seed)
+        results = [_score(run, ds, _model_predictor(run, ds, s, no_bg_protos), f"seed {s}") for s in seed_list]
+    _print_results(run, ds, results)
+    if out is not None:
+        json_path, html_path = write_report(results[-1], out, ds, runs=results if len(results) > 1 else None)
+        run.say(f"wrote {json_path} and {html_path}")
+
+
+def _parse_kinds(spec: str | None) -> tuple[str, ...] | None:
+    from ..errors import OvdiffError
+    from ..types import PROTO_KINDS
+
+    if spec is None:
+        return None
+    kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
+    bad = [k for k in kinds if k not in PROTO_KINDS]
+    if bad or not kinds:
+        raise OvdiffError(f"--protos {spec!r}: choose a comma list of {', '.join(PROTO_KINDS)}")
+    return kinds
+
+
+def _parse_seeds(spec: str | None, default: int) -> list[int]:
+    from ..errors import OvdiffError
+
+    if spec is None:
+        return [default]
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise OvdiffError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2,3,4") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise OvdiffError(f"--seeds {spec!r}: give distinct comma-separated integers")
+    return seeds
+
+
+def _model_predictor(run: Run, ds: SegDataset, seed: int, no_bg_protos: bool) -> Predict:
+    """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them."""
+    import dataclasses
+
+    from ..segment import Segmenter
+    from ..vocab import ensure_classes
+
+    names = ds.classes[1:] if ds.has_background else ds.classes
+    with run.progress() as bar:
+        task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
+
+        def on_event(stage: str, name: str, done: int, total: int) -> None:
+            if stage == "class_done":
+                bar.advance(task)
+            bar.update(task, description=f"{stage}: {name[:30]} (seed {seed})")
+
+        classes = ensure_classes(run.cache, run.hub, names, seed, run.sample, run.protos, on_event=on_event)
+    cfg = dataclasses.replace(run.segment, background=ds.has_background, bg_protos=ds.has_background and not no_bg_protos)
+    segmenter = Segmenter(run.hub, classes, cfg, run.protos.extractor, run.cache)
+    shift = 0 if ds.has_background else 1  # segment labels: 0 = background, class k of the list = k
+
+    def predict(image, info):
+        return segmenter.predict(image).labels - shift
+
+    return predict
+
+
+def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
+    from ..evaluate import evaluate
+
+    with run.progress() as bar:
+        task = bar.add_task(f"{ds.name} ({what})", total=len(ds))
+
+        def on_image(done: int, total: int, running: float) -> None:
+            bar.update(task, completed=done, description=f"{ds.name} ({what}) mIoU {100 * running:.1f}")
+
+        return evaluate(ds, predict, on_image=on_image)
+
+
+def _print_results(run: Run, ds: SegDataset, results: list[EvalResult]) -> None:
+    import math
+
+    from rich.table import Table
+
+    from ..evaluate import aggregate
+
+    if run.quiet:
+        return
+    summary = aggregate(results) if len(results) > 1 else None
+    table = Table(title=f"{ds.name}: {results[-1].n_images} images, {len(ds.classes)} classes")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+
+    def fmt(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
+
+    for j, name in enumerate(ds.classes):
+        if summary and summary["per_class_iou"][name]:
+            s = summary["per_class_iou"][name]
+            table.add_row(name, f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
+        else:
+            table.add_row(name, fmt(results[-1].per_class_iou[j]))
+    table.add_section()
+    if summary:
+        table.add_row("[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]")
+        pa = summary["pixel_accuracy"]
+        table.add_row("pixel accuracy", f"{100 * pa['mean']:.1f} ± {100 * pa['std']:.1f}")
+    else:
+        table.add_row("[bold]mIoU[/]", f"[bold]{fmt(results[-1].miou)}[/]")
+        table.add_row("pixel accuracy", fmt(results[-1].pixel_accuracy))
+    table.add_row("seconds/image", f"{sum(r.seconds_per_image for r in results) / len(results):.2f}")
+    run.console.print(table)
