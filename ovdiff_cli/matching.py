@@ -1,0 +1,278 @@
+"""Segmentation by prototype matching (paper §3 "Segmentation via prototype matching", App. C.5).
+
+Pure torch. A `Vocabulary` holds every prototype of the classes in play with its label: the
+foreground prototypes of class k get label k (its 1-based position in the class list), and the
+background label 0 owns the union of the things' background prototypes that survive the "stuff"
+filter. A pixel takes the label of its most similar prototype (cosine), computed in sliding
+windows whose scores are averaged, then upsampled to the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .types import ClassPrototypes
+
+NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a prototype came from: class `cls` (0-based), "fg" or "bg", its kind and row."""
+
+    cls: int
+    group: str
+    kind: str
+    row: int
+
+
+@dataclass
+class Vocabulary:
+    """The prototypes in play, grouped by label.
+
+    protos: (P,D) float32 unit rows, sorted by `owner`; owner: (P,) int64 index into `labels`;
+    labels: the label of each local label index (0 = background, k = names[k-1]); index: (P,) int64
+    position of each prototype in the full vocabulary (what --explain reports); bg_threshold: when
+    set, background is scored by this constant instead of prototypes (paper A.2, "w/o bg prototypes").
+    """
+
+    names: list[str]
+    protos: torch.Tensor
+    owner: torch.Tensor
+    labels: list[int]
+    provenance: list[Provenance]
+    index: torch.Tensor
+    bg_threshold: float | None = None
+
+    def __len__(self) -> int:
+        return self.protos.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
+        return replace(self, protos=self.protos.to(device, dtype), owner=self.owner.to(device),
+                       index=self.index.to(device))  # fmt: skip
+
+    def restrict(self, keep: list[int]) -> Vocabulary:
+        """Only the classes `keep` (0-based): their fg prototypes, and their bg prototypes as background."""
+        keep_set = set(keep)
+        rows = [i for i, p in enumerate(self.provenance) if p.cls in keep_set]
+        sel = torch.tensor(rows, dtype=torch.long, device=self.protos.device)
+        old_labels = [self.labels[int(o)] for o in self.owner[sel].tolist()] if rows else []
+        labels = sorted({lab for lab in self.labels if lab == 0 and self.bg_threshold is not None}
+                        | set(old_labels))  # fmt: skip
+        pos = {lab: i for i, lab in enumerate(labels)}
+        return Vocabulary(
+            self.names, self.protos[sel], torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long,
+                                                       device=self.protos.device),
+            labels, [self.provenance[i] for i in rows], self.index[sel], self.bg_threshold,
+        )  # fmt: skip
+
+
+def stuff_filter(bg: torch.Tensor, stuff_fg: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep-mask (N,) bool of background prototypes bg (N,D) whose cosine similarity to every
+    stuff foreground prototype stuff_fg (M,D) is at most `threshold` (paper §3 "Stuff filtering")."""
+    return _unlike_stuff(bg, stuff_fg, threshold)
+
+
+def _unlike_stuff(bg: torch.Tensor, stuff_fg: torch.Tensor, threshold: float) -> torch.Tensor:
+    if bg.shape[0] == 0 or stuff_fg.shape[0] == 0:
+        return torch.ones(bg.shape[0], dtype=torch.bool)
+    sims = F.normalize(bg.float(), dim=1) @ F.normalize(stuff_fg.float(), dim=1).T
+    return sims.max(dim=1).values <= threshold
+
+
+def assemble_vocabulary(
+    classes: list[ClassPrototypes],
+    kinds: tuple[str, ...] = ("class", "instance", "part"),
+    background: bool = True,
+    stuff_filter: bool = True,
+    stuff_threshold: float = 0.85,
+    bg_threshold: float | None = None,
+) -> Vocabulary:
+    """The vocabulary of `classes`: fg prototypes of the given kinds, plus a background label.
+
+    background=False labels every pixel with a named class (paper A.3). With `bg_threshold`, the
+    background is every pixel whose best fg similarity is below it, and no bg prototypes are used.
+    Otherwise the background owns the bg prototypes of the thing classes; stuff classes keep fg
+    prototypes only, and with `stuff_filter` a thing's bg prototype is dropped when its cosine
+    to any stuff class's fg prototype exceeds `stuff_threshold`.
+    """
+    if not classes:
+        raise ValueError("a vocabulary needs at least one class")
+    dim = _dim(classes)
+    prov: list[Provenance] = []
+    rows: list[np.ndarray] = []
+    owners: list[int] = []
+
+    def take(ci: int, group: str, table: dict[str, np.ndarray], keep: torch.Tensor | None = None) -> None:
+        offset = 0
+        for kind in kinds:
+            arr = np.asarray(table.get(kind, np.zeros((0, 0), np.float32)), np.float32).reshape(-1, dim)
+            for r in range(arr.shape[0]):
+                if keep is None or keep[offset + r]:
+                    prov.append(Provenance(ci, group, kind, r))
+                    rows.append(arr[r])
+                    owners.append(0 if group == "bg" else ci + 1)
+            offset += arr.shape[0]
+
+    use_bg = background and bg_threshold is None
+    if use_bg:
+        stuff_fg = _stack([c.fg for c in classes if c.kind == "stuff"], kinds)
+        for ci, c in enumerate(classes):
+            if c.kind == "stuff":
+                continue
+            bg = _stack([c.bg], kinds)
+            keep = _unlike_stuff(bg, stuff_fg, stuff_threshold) if stuff_filter else None
+            take(ci, "bg", c.bg, keep)
+    for ci, c in enumerate(classes):
+        take(ci, "fg", c.fg)
+    if not any(o > 0 for o in owners):
+        raise ValueError("no foreground prototypes of the requested kinds in any class")
+    labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
+    pos = {lab: i for i, lab in enumerate(labels)}
+    protos = F.normalize(torch.from_numpy(np.stack(rows)), dim=1)
+    return Vocabulary(
+        [c.name for c in classes], protos, torch.tensor([pos[o] for o in owners], dtype=torch.long), labels,
+        prov, torch.arange(len(rows)), bg_threshold if background else None,
+    )  # fmt: skip
+
+
+def _dim(classes: list[ClassPrototypes]) -> int:
+    for c in classes:
+        for arr in c.fg.values():
+            if np.ndim(arr) == 2 and np.shape(arr)[0]:
+                return int(np.shape(arr)[1])
+    raise ValueError("no foreground prototypes in any class")
+
+
+def _stack(tables: list[dict[str, np.ndarray]], kinds: tuple[str, ...]) -> torch.Tensor:
+    arrs = [np.asarray(t[k], np.float32) for t in tables for k in kinds if k in t and np.size(t[k])]
+    if not arrs:
+        return torch.zeros(0, 1)
+    return torch.from_numpy(np.concatenate(arrs))
+
+
+def match(features: torch.Tensor, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per label, the best cosine over its prototypes.
+
+    features: (B,D,h,w) float. Returns scores (B,L,h,w) float32 in [-1,1] (L = len(vocab.labels))
+    and best (B,L,h,w) int64, the winning prototype's `vocab.index` (-1 for a thresholded background).
+    """
+    f = F.normalize(features.float(), dim=1)
+    sims = torch.einsum("pd,bdhw->bphw", vocab.protos.to(f.device, torch.float32), f)
+    b, _, h, w = f.shape
+    scores = torch.full((b, len(vocab.labels), h, w), NO_SCORE, device=f.device)
+    best = torch.full((b, len(vocab.labels), h, w), -1, dtype=torch.long, device=f.device)
+    owner = vocab.owner.to(f.device)
+    counts = torch.bincount(owner, minlength=len(vocab.labels)).tolist()
+    start = 0
+    for lab, n in enumerate(counts):  # prototypes are sorted by owner: one slice per label
+        if n:
+            val, idx = sims[:, start : start + n].max(dim=1)
+            scores[:, lab], best[:, lab] = val, vocab.index.to(f.device)[start + idx]
+        start += n
+    if vocab.bg_threshold is not None and vocab.labels and vocab.labels[0] == 0:
+        scores[:, 0] = vocab.bg_threshold
+    return scores, best
+
+
+def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y0,x0,y1,x1) windows of side `window` every `stride` px, the last flush with the border.
+
+    Together they cover every pixel; along a side shorter than the window there is one window,
+    clipped to the image (the caller pads it).
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
+
+    def starts(n: int) -> list[int]:
+        if n <= window:
+            return [0]
+        s = list(range(0, n - window + 1, stride))
+        return s if s[-1] == n - window else s + [n - window]
+
+    return [(y, x, min(y + window, height), min(x + window, width)) for y in starts(height) for x in starts(width)]
+
+
+Extract = Callable[[torch.Tensor], torch.Tensor]
+
+
+def slide_match(
+    image: torch.Tensor,
+    extract: Extract,
+    vocab: Vocabulary,
+    stride_px: int,
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+    with_best: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Average label scores over sliding windows of each size (or one pass with windows=None).
+
+    image: (3,H,W) float RGB in [0,1]; extract maps (B,3,S,S) with S a multiple of `stride_px` to
+    (B,D,S/stride_px,S/stride_px). Window scores are upsampled (bilinear) to the window's pixels
+    and averaged where windows overlap. Returns scores (L,H,W) float32 and, with `with_best`, the
+    prototype (`vocab.index`) with the highest similarity per label and pixel over all windows,
+    (L,H,W) int64; else None.
+    """
+    _, height, width = image.shape
+    L, dev = len(vocab.labels), image.device
+    total = torch.zeros(L, height, width, device=dev)
+    count = torch.zeros(1, height, width, device=dev)
+    best_sim = torch.full((L, height, width), NO_SCORE, device=dev) if with_best else None
+    best_idx = torch.full((L, height, width), -1, dtype=torch.long, device=dev) if with_best else None
+    passes = [(w, window_boxes(height, width, w, stride)) for w in windows] if windows else [(None, [(0, 0, height, width)])]
+    for size, boxes in passes:
+        ph, pw = (-(-n // stride_px) * stride_px for n in ((size, size) if size else (height, width)))
+        for i in range(0, len(boxes), batch):
+            chunk = boxes[i : i + batch]
+            crops = torch.stack([F.pad(image[:, y0:y1, x0:x1], (0, pw - (x1 - x0), 0, ph - (y1 - y0)), mode="replicate")
+                                 for y0, x0, y1, x1 in chunk])  # fmt: skip
+            scores, best = match(extract(crops), vocab)
+            up = F.interpolate(scores, size=(ph, pw), mode="bilinear", align_corners=False)
+            best_up = F.interpolate(best.float(), size=(ph, pw), mode="nearest").long() if with_best else None
+            for j, (y0, x0, y1, x1) in enumerate(chunk):
+                s = up[j, :, : y1 - y0, : x1 - x0]
+                total[:, y0:y1, x0:x1] += s
+                count[:, y0:y1, x0:x1] += 1
+                if with_best:
+                    region = best_sim[:, y0:y1, x0:x1]
+                    better = s > region
+                    region[better] = s[better]
+                    best_idx[:, y0:y1, x0:x1][better] = best_up[j, :, : y1 - y0, : x1 - x0][better]
+    return total / count, best_idx
+
+
+def upsample_argmax(
+    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.
+
+    Working band by band keeps memory at L×band×width whatever the image size; the result equals
+    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64
+    and, given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64.
+    """
+    L, h, w = scores.shape
+    labels = np.empty((height, width), np.int64)
+    winner = np.empty((height, width), np.int64) if best is not None else None
+    scale = h / height
+    for r0 in range(0, height, band):
+        r1 = min(r0 + band, height)
+        y = ((torch.arange(r0, r1, device=scores.device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
+        y0 = y.floor().long().clamp_max(h - 1)
+        y1 = (y0 + 1).clamp_max(h - 1)
+        wy = (y - y0).clamp(0, 1).float()[None, :, None]
+        rows = scores[:, y0] * (1 - wy) + scores[:, y1] * wy  # (L, band, w)
+        full = F.interpolate(rows[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)[0]
+        lab = full.argmax(0)
+        labels[r0:r1] = lab.cpu().numpy()
+        if best is not None:
+            ny = ((torch.arange(r0, r1, device=scores.device) * h) // height).clamp_max(h - 1)
+            nx = ((torch.arange(width, device=scores.device) * w) // width).clamp_max(w - 1)
+            picked = best[:, ny][:, :, nx]  # (L, band, W) nearest
+            winner[r0:r1] = picked.gather(0, lab[None]).squeeze(0).cpu().numpy()
+    return labels, winner
