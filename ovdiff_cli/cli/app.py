@@ -6,13 +6,32 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from . import cache_cmd
 from . import eval as eval_cmd
 from . import sample as sample_cmd
 
+
+class _Group(TyperGroup):
+    """Turns a user error raised by any command into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        from ..errors import OvdiffError
+
+        try:
+            return super().invoke(ctx)
+        except OvdiffError as e:
+            if os.environ.get("OVDIFF_DEBUG"):
+                raise
+            from .common import fail
+
+            fail(str(e), e.exit_code)
+
+
 app = typer.Typer(
     name="ovdiff",
+    cls=_Group,
     help="Open-vocabulary segmentation with no training: Stable Diffusion draws a support set for each "
     "class name, frozen extractors turn it into prototypes, and images are labelled by their nearest prototype.",
     no_args_is_help=True,
@@ -26,17 +45,9 @@ app.command("eval")(eval_cmd.eval_cmd)
 
 
 def main() -> None:
-    """Console entry point: user errors become one line and a non-zero exit (traceback with OVDIFF_DEBUG=1)."""
-    from ..errors import OvdiffError
-
+    """Console entry point (user errors are handled by the group: one line, traceback with OVDIFF_DEBUG=1)."""
     try:
         app()
-    except OvdiffError as e:
-        if os.environ.get("OVDIFF_DEBUG"):
-            raise
-        from .common import fail
-
-        fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         print("interrupted: work committed so far is kept in the cache; re-run to resume", file=sys.stderr)
         sys.exit(130)
