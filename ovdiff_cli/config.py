@@ -54,6 +54,8 @@ class SegmentConfig:
     stuff_threshold: float = 0.85
     stuff_filter: bool = True
     background: bool = True
+    bg_prototypes: bool = True  # False: background = best fg similarity below fg_threshold (paper A.2)
+    fg_threshold: float = 0.72
     proto_kinds: tuple[str, ...] = ("class", "instance", "part")
     filter_size: int = 224
 
