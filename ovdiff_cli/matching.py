@@ -10,7 +10,7 @@ windows whose scores are averaged, then upsampled to the image size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,8 +37,11 @@ class Vocabulary:
 
     protos: (P,D) float32 unit rows, sorted by `owner`; owner: (P,) int64 index into `labels`;
     labels: the label of each local label index (0 = background, k = names[k-1]); index: (P,) int64
-    position of each prototype in the full vocabulary (what --explain reports); bg_threshold: when
-    set, background is scored by this constant instead of prototypes (paper A.2, "w/o bg prototypes").
+    position of each prototype in the full vocabulary (what --explain reports); stuff_sim: (P,C)
+    float32, a bg prototype's best cosine to each stuff class's fg prototypes (NO_SCORE elsewhere),
+    so the stuff filter can follow the classes kept for an image; bg_threshold: when set, background
+    is scored by this constant instead of prototypes (paper A.2, "w/o bg prototypes"); bank: the
+    full vocabulary a restricted one was cut from (`index` points into it).
     """
 
     names: list[str]
@@ -47,42 +50,57 @@ class Vocabulary:
     labels: list[int]
     provenance: list[Provenance]
     index: torch.Tensor
+    stuff_sim: torch.Tensor
+    stuff_threshold: float | None = 0.85
     bg_threshold: float | None = None
+    bank: Vocabulary | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.protos.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
         return replace(self, protos=self.protos.to(device, dtype), owner=self.owner.to(device),
-                       index=self.index.to(device))  # fmt: skip
+                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device),
+                       bank=None if self.bank is None else self.bank.to(device, dtype))  # fmt: skip
+
+    def source(self, index: int) -> Provenance:
+        """Provenance of the prototype at position `index` of the full vocabulary."""
+        return (self.bank or self).provenance[index]
 
     def restrict(self, keep: list[int]) -> Vocabulary:
-        """Only the classes `keep` (0-based): their fg prototypes, and their bg prototypes as background."""
-        keep_set = set(keep)
-        rows = [i for i, p in enumerate(self.provenance) if p.cls in keep_set]
-        sel = torch.tensor(rows, dtype=torch.long, device=self.protos.device)
-        old_labels = [self.labels[int(o)] for o in self.owner[sel].tolist()] if rows else []
-        labels = sorted({lab for lab in self.labels if lab == 0 and self.bg_threshold is not None}
-                        | set(old_labels))  # fmt: skip
+        """Only the classes `keep` (0-based): their fg prototypes and, as background, their bg
+        prototypes that pass the stuff filter against the stuff classes among `keep`."""
+        if self.bank is not None:
+            return self.bank.restrict(keep)
+        cols = torch.tensor(sorted(set(keep)), dtype=torch.long, device=self.protos.device)
+        in_keep = torch.zeros(len(self.names), dtype=torch.bool, device=self.protos.device)
+        in_keep[cols] = True
+        owner_cls = torch.tensor([p.cls for p in self.provenance], dtype=torch.long, device=self.protos.device)
+        rows = in_keep[owner_cls]
+        if self.stuff_threshold is not None:
+            rows &= self.stuff_sim[:, cols].max(dim=1).values <= self.stuff_threshold
+        sel = torch.nonzero(rows).flatten()
+        old_labels = [self.labels[o] for o in self.owner[sel].tolist()]
+        labels = sorted(set(old_labels) | ({0} if self.bg_threshold is not None else set()))
         pos = {lab: i for i, lab in enumerate(labels)}
         return Vocabulary(
-            self.names, self.protos[sel], torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long,
-                                                       device=self.protos.device),
-            labels, [self.provenance[i] for i in rows], self.index[sel], self.bg_threshold,
+            self.names, self.protos[sel],
+            torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long, device=self.protos.device),
+            labels, [self.provenance[i] for i in sel.tolist()], self.index[sel], self.stuff_sim[sel],
+            self.stuff_threshold, self.bg_threshold, self,
         )  # fmt: skip
 
 
 def stuff_filter(bg: torch.Tensor, stuff_fg: torch.Tensor, threshold: float) -> torch.Tensor:
     """Keep-mask (N,) bool of background prototypes bg (N,D) whose cosine similarity to every
     stuff foreground prototype stuff_fg (M,D) is at most `threshold` (paper §3 "Stuff filtering")."""
-    return _unlike_stuff(bg, stuff_fg, threshold)
-
-
-def _unlike_stuff(bg: torch.Tensor, stuff_fg: torch.Tensor, threshold: float) -> torch.Tensor:
     if bg.shape[0] == 0 or stuff_fg.shape[0] == 0:
         return torch.ones(bg.shape[0], dtype=torch.bool)
-    sims = F.normalize(bg.float(), dim=1) @ F.normalize(stuff_fg.float(), dim=1).T
-    return sims.max(dim=1).values <= threshold
+    return _max_cosine(bg, stuff_fg) <= threshold
+
+
+def _max_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T).max(dim=1).values
 
 
 def assemble_vocabulary(
@@ -99,46 +117,41 @@ def assemble_vocabulary(
     background is every pixel whose best fg similarity is below it, and no bg prototypes are used.
     Otherwise the background owns the bg prototypes of the thing classes; stuff classes keep fg
     prototypes only, and with `stuff_filter` a thing's bg prototype is dropped when its cosine
-    to any stuff class's fg prototype exceeds `stuff_threshold`.
+    to any stuff class's fg prototype exceeds `stuff_threshold` (`restrict` re-applies this to
+    the stuff classes kept for one image).
     """
     if not classes:
         raise ValueError("a vocabulary needs at least one class")
     dim = _dim(classes)
     prov: list[Provenance] = []
-    rows: list[np.ndarray] = []
-    owners: list[int] = []
-
-    def take(ci: int, group: str, table: dict[str, np.ndarray], keep: torch.Tensor | None = None) -> None:
-        offset = 0
-        for kind in kinds:
-            arr = np.asarray(table.get(kind, np.zeros((0, 0), np.float32)), np.float32).reshape(-1, dim)
-            for r in range(arr.shape[0]):
-                if keep is None or keep[offset + r]:
-                    prov.append(Provenance(ci, group, kind, r))
-                    rows.append(arr[r])
-                    owners.append(0 if group == "bg" else ci + 1)
-            offset += arr.shape[0]
-
-    use_bg = background and bg_threshold is None
-    if use_bg:
-        stuff_fg = _stack([c.fg for c in classes if c.kind == "stuff"], kinds)
+    blocks: list[np.ndarray] = []
+    for group in ("bg", "fg") if background and bg_threshold is None else ("fg",):
         for ci, c in enumerate(classes):
-            if c.kind == "stuff":
-                continue
-            bg = _stack([c.bg], kinds)
-            keep = _unlike_stuff(bg, stuff_fg, stuff_threshold) if stuff_filter else None
-            take(ci, "bg", c.bg, keep)
-    for ci, c in enumerate(classes):
-        take(ci, "fg", c.fg)
-    if not any(o > 0 for o in owners):
+            if group == "bg" and c.kind == "stuff":
+                continue  # stuff classes keep fg prototypes only
+            table = c.bg if group == "bg" else c.fg
+            for kind in kinds:
+                arr = np.asarray(table.get(kind, np.zeros((0, dim))), np.float32).reshape(-1, dim)
+                prov += [Provenance(ci, group, kind, r) for r in range(arr.shape[0])]
+                blocks.append(arr)
+    owners = [0 if p.group == "bg" else p.cls + 1 for p in prov]
+    if not any(owners):
         raise ValueError("no foreground prototypes of the requested kinds in any class")
+    protos = F.normalize(torch.from_numpy(np.concatenate(blocks)), dim=1)
+    stuff_sim = torch.full((len(prov), len(classes)), NO_SCORE)
+    is_bg = torch.tensor([p.group == "bg" for p in prov])
+    for ci, c in enumerate(classes):
+        fg = _stack([c.fg], kinds)
+        if c.kind == "stuff" and is_bg.any() and fg.shape[0]:
+            stuff_sim[is_bg, ci] = _max_cosine(protos[is_bg], fg)
     labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
     pos = {lab: i for i, lab in enumerate(labels)}
-    protos = F.normalize(torch.from_numpy(np.stack(rows)), dim=1)
-    return Vocabulary(
+    full = Vocabulary(
         [c.name for c in classes], protos, torch.tensor([pos[o] for o in owners], dtype=torch.long), labels,
-        prov, torch.arange(len(rows)), bg_threshold if background else None,
+        prov, torch.arange(len(prov)), stuff_sim, stuff_threshold if stuff_filter else None,
+        bg_threshold if background else None,
     )  # fmt: skip
+    return full.restrict(list(range(len(classes))))
 
 
 def _dim(classes: list[ClassPrototypes]) -> int:

@@ -1,0 +1,133 @@
+"""Prototype matching: vocabulary assembly, the stuff filter, window tiling, sliding scores, upsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovdiff_cli.matching import (
+    assemble_vocabulary,
+    match,
+    slide_match,
+    stuff_filter,
+    upsample_argmax,
+    window_boxes,
+)
+from ovdiff_cli.types import ClassPrototypes
+
+
+def unit(*v: float) -> np.ndarray:
+    a = np.asarray(v, np.float32)
+    return a / np.linalg.norm(a)
+
+
+def test_stuff_filter_drops_exactly_the_bg_prototypes_above_threshold():
+    stuff_fg = torch.tensor(np.stack([unit(1, 0, 0), unit(0, 1, 0)]))
+    angles = np.deg2rad([10, 30, 40, 60, 89])  # cosines to the first stuff prototype: .985 .866 .766 .5 .017
+    bg = torch.tensor(np.stack([unit(np.cos(a), 0, np.sin(a)) for a in angles]))
+    keep = stuff_filter(bg, stuff_fg, 0.85)
+    assert keep.tolist() == [False, False, True, True, True]
+    assert stuff_filter(bg, stuff_fg, 0.99).all()
+    assert stuff_filter(bg, torch.zeros(0, 3), 0.85).all()  # no stuff in play: nothing dropped
+
+
+def _classes() -> list[ClassPrototypes]:
+    kite = ClassPrototypes(
+        "kite", "thing",
+        fg={"class": unit(1, 0, 0, 0)[None], "instance": np.stack([unit(1, .1, 0, 0), unit(1, 0, .1, 0)])},
+        bg={"class": unit(0, 1, 0, 0)[None], "instance": np.stack([unit(0, 1, .05, 0), unit(0, 0, 0, 1)])},
+    )  # fmt: skip
+    sky = ClassPrototypes("sky", "stuff", fg={"class": unit(0, 1, 0, 0)[None]}, bg={"class": unit(0, 0, 0, 1)[None]})
+    return [kite, sky]
+
+
+def test_vocabulary_labels_background_union_and_stuff_filter():
+    v = assemble_vocabulary(_classes(), ("class", "instance"), stuff_threshold=0.85)
+    # kite's bg rows like the sky are dropped; the stuff class contributes no bg at all
+    bg = [p for p in v.provenance if p.group == "bg"]
+    assert [(p.cls, p.kind, p.row) for p in bg] == [(0, "instance", 1)]
+    assert v.labels == [0, 1, 2]
+    owners = [v.labels[o] for o in v.owner.tolist()]
+    assert owners == sorted(owners) and owners.count(1) == 3 and owners.count(2) == 1
+    assert torch.allclose(v.protos.norm(dim=1), torch.ones(len(v)))
+    unfiltered = assemble_vocabulary(_classes(), ("class", "instance"), stuff_filter=False)
+    assert sum(p.group == "bg" for p in unfiltered.provenance) == 3
+    plain = assemble_vocabulary(_classes(), ("class",), background=False)
+    assert plain.labels == [1, 2] and all(p.group == "fg" for p in plain.provenance)
+    thresholded = assemble_vocabulary(_classes(), ("class",), bg_threshold=0.72)
+    assert thresholded.labels == [0, 1, 2] and all(p.group == "fg" for p in thresholded.provenance)
+
+
+def test_match_takes_best_prototype_per_label_and_restrict_keeps_chosen_classes():
+    v = assemble_vocabulary(_classes(), ("class", "instance"))
+    feats = torch.tensor(np.stack([unit(1, .1, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 0, 1)]).T.reshape(1, 4, 1, 3))
+    scores, best = match(feats, v)
+    assert scores.shape == (1, 3, 1, 3)
+    assert scores[0].argmax(0).flatten().tolist() == [1, 2, 0]  # kite, sky, background
+    winner = best[0].gather(0, scores[0].argmax(0, keepdim=True))[0, 0].tolist()
+    assert [v.source(i).kind for i in winner] == ["instance", "class", "instance"]
+    # without the sky in play, kite's sky-like bg prototype is back: the sky pixel becomes background
+    only_kite = v.restrict([0])
+    assert only_kite.labels == [0, 1] and sum(p.group == "bg" for p in only_kite.provenance) == 3
+    s2, b2 = match(feats, only_kite)
+    assert [only_kite.labels[i] for i in s2[0].argmax(0).flatten().tolist()] == [1, 0, 0]
+    assert {only_kite.source(i) for i in b2.flatten().tolist()} <= set(only_kite.provenance)
+    assert v.restrict([0, 1]).provenance == v.provenance
+    thresholded = assemble_vocabulary(_classes(), ("class",), bg_threshold=0.72)
+    s3, _ = match(F.normalize(feats + 0.5, dim=1), thresholded)
+    assert torch.all(s3[0, 0] == 0.72)
+
+
+@pytest.mark.parametrize(
+    "height,width,window,stride",
+    [(448, 597, 448, 224), (448, 597, 336, 224), (500, 500, 336, 224), (100, 50, 448, 224),
+     (448, 448, 448, 224), (449, 1000, 336, 100), (7, 3, 4, 4)],
+)  # fmt: skip
+def test_window_tiling_covers_every_pixel(height, width, window, stride):
+    boxes = window_boxes(height, width, window, stride)
+    cover = np.zeros((height, width), int)
+    for y0, x0, y1, x1 in boxes:
+        assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
+        assert y1 - y0 == min(window, height) and x1 - x0 == min(window, width)
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    assert max(b[2] for b in boxes) == height and max(b[3] for b in boxes) == width  # flush with the border
+
+
+def test_upsample_argmax_equals_full_interpolation_in_bands():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 13, 17, generator=g)
+    best = torch.randint(0, 50, (5, 13, 17), generator=g)
+    labels, winner = upsample_argmax(scores, 61, 45, best, band=7)
+    full = F.interpolate(scores[None], size=(61, 45), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert np.array_equal(labels, full.numpy())
+    near = F.interpolate(best[None].float(), size=(61, 45), mode="nearest")[0].long()
+    assert np.array_equal(winner, near.gather(0, full[None])[0].numpy())
+
+
+def test_slide_match_averages_windows_over_the_whole_image():
+    """A left/right two-colour image: every pixel scored, the border between the classes found."""
+    protos = [
+        ClassPrototypes("red", "thing", fg={"class": unit(1, 0, 0)[None]}),
+        ClassPrototypes("blue", "thing", fg={"class": unit(0, 0, 1)[None]}),
+    ]
+    v = assemble_vocabulary(protos, ("class",), background=False)
+    img = torch.zeros(3, 40, 72)
+    img[0, :, :36] = 1
+    img[2, :, 36:] = 1
+    calls = []
+
+    def extract(crops: torch.Tensor) -> torch.Tensor:  # stride-4 mean colour
+        calls.append(tuple(crops.shape))
+        return F.avg_pool2d(crops, 4) + 1e-3
+
+    for windows in [(32, 24), None]:
+        calls.clear()
+        scores, best = slide_match(img, extract, v, 4, windows, stride=16, batch=3, with_best=True)
+        assert scores.shape == (2, 40, 72) and best.min() >= 0
+        lab = scores.argmax(0)
+        assert (lab[:, :34] == 0).all() and (lab[:, 38:] == 1).all()
+        assert all(c[2] % 4 == 0 and c[3] % 4 == 0 for c in calls)
+    assert calls == [(1, 3, 40, 72)]  # one pass without windows
