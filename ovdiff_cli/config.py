@@ -39,6 +39,8 @@ class ProtoConfig:
     kmeans_iters: int = 30
     sd_timestep: int = 200
     feature_size: int = 512  # support images are featurised at this side length
+    batch_size: int = 8  # support images per extractor call
+    kmeans_max_points: int = 16384  # K-means runs on a seeded subsample of at most this many masked cells
 
 
 @dataclass(frozen=True)

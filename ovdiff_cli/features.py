@@ -1,0 +1,369 @@
+"""Dense feature extractors Φ_v (paper §3, App. C.2) and their `+` combinations.
+
+Each part turns RGB images into a feature grid: Stable Diffusion's UNet cross-attention queries
+(stride 8), CLIP ViT-B/16 keys of the second-to-last block (stride 16), DINO ViT-B/8 or MAE keys of
+the last block (stride 8 / 16). A combination resizes every part to the finest grid, L2-normalises
+each part per location (so no part dominates by its scale) and concatenates them: a location's
+vector then has norm √(number of parts), and its cosine similarity is the mean of the parts' cosines.
+
+Output tensors are float32 on the hub's device (the matching stage compares them there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .config import ProtoConfig
+from .errors import OvdiffError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.presets import ModelHub
+    from .types import Extractor
+
+PARTS = ("sd", "clip", "dino", "mae")
+NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
+SD_TIMESTEP = ProtoConfig.sd_timestep  # paper App. C.2: t=200
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def parse_spec(spec: str) -> list[str]:
+    """`sd+dino+clip` → ["sd", "dino", "clip"], or a one-line error naming the valid parts."""
+    parts = [p.strip().lower() for p in spec.split("+")]
+    bad = [p for p in parts if p not in PARTS]
+    if not spec.strip() or bad:
+        raise OvdiffError(
+            f"unknown extractor part {(bad or [spec])[0]!r} in --extractor {spec!r}; "
+            f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')"
+        )
+    if len(set(parts)) != len(parts):
+        raise OvdiffError(f"--extractor {spec!r} names a part twice")
+    return parts
+
+
+def _fit(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Bilinearly resize (B,3,H,W) up to the next multiple of `multiple` on each side (no-op if it is one)."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    th, tw = math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple
+    if (th, tw) == (h, w):
+        return images
+    return F.interpolate(images, size=(th, tw), mode="bilinear", align_corners=False)
+
+
+def _normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    m = images.new_tensor(mean).view(1, 3, 1, 1)
+    s = images.new_tensor(std).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+# --------------------------------------------------------------------------- Stable Diffusion
+
+
+def sd_feature_layers(unet) -> list:
+    """The UNet cross-attention layers the paper reads queries from (App. C.2, Table A.6), by position.
+
+    First cross-attention layer of the first down block, every layer of the mid block, every layer
+    of the first and second cross-attention up blocks (paper's Up-1, Up-2), the last layer of the last
+    up block. On SD1.5 these are 9 of its 16 layers (indices 0, 6-12, 15); smaller UNets with fewer
+    layers per block get the same selection. Returns the `Transformer2DModel`s.
+    """
+    down = [b for b in unet.down_blocks if getattr(b, "attentions", None)]
+    up = [b for b in unet.up_blocks if getattr(b, "attentions", None)]
+    mid = list(getattr(unet.mid_block, "attentions", None) or [])
+    if not down or len(up) < 3 or not mid:
+        raise ValueError("UNet does not have SD1.5's layout of cross-attention blocks")
+    return [down[0].attentions[0], *mid, *up[-3].attentions, *up[-2].attentions, up[-1].attentions[-1]]
+
+
+class SDPart:
+    """Queries of SD's cross-attention layers at t=200, empty prompt (App. C.2); stride 8.
+
+    Image → VAE latent (mean, × scaling factor) → noised to `timestep` with a fixed noise field →
+    one UNet pass; each hooked layer's `attn2.to_q` output is bilinearly resized to the latent grid
+    and the layers are concatenated (channels 320+1280+3·1280+3·640+320 = 7680 on SD1.5).
+    """
+
+    name = "sd"
+    stride = 8
+
+    def __init__(self, hub: ModelHub, timestep: int = SD_TIMESTEP):
+        import torch
+
+        self.hub = hub
+        self.sd = hub.sd()
+        self.timestep = timestep
+        self.layers = sd_feature_layers(self.sd.unet)
+        tok = self.sd.tokenizer
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            self.empty = self.sd.text_encoder(ids.to(hub.device))[0]
+        alphas = self.sd.scheduler.alphas_cumprod
+        if not 0 <= timestep < len(alphas):
+            raise OvdiffError(f"SD timestep must be in 0..{len(alphas) - 1}, got {timestep}")
+        self.alpha_bar = float(alphas[timestep])
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
+        g = torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+        return torch.randn((1, *shape), generator=g)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1], H and W multiples of 8 → (B,C,H/8,W/8) in the UNet's dtype."""
+        import torch
+        import torch.nn.functional as F
+
+        unet, vae = self.sd.unet, self.sd.vae
+        with torch.inference_mode():
+            x = images.to(self.hub.device, vae.dtype) * 2 - 1
+            z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            b, _, h, w = z0.shape
+            noise = self._noise(tuple(z0.shape[1:])).to(z0.device, z0.dtype)
+            zt = math.sqrt(self.alpha_bar) * z0 + math.sqrt(1 - self.alpha_bar) * noise
+            captured: list[torch.Tensor] = []
+            hooks = [
+                blk.attn2.to_q.register_forward_hook(lambda _m, _i, out: captured.append(out))
+                for layer in self.layers
+                for blk in layer.transformer_blocks
+            ]
+            try:
+                t = torch.full((b,), self.timestep, device=zt.device, dtype=torch.long)
+                unet(zt.to(unet.dtype), t, encoder_hidden_states=self.empty.expand(b, -1, -1).to(unet.dtype))
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            maps = [F.interpolate(_to_grid(q, h, w), size=(h, w), mode="bilinear", align_corners=False) for q in captured]
+            return torch.cat(maps, dim=1)
+
+
+def _to_grid(q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, L, C) tokens of a UNet level whose grid is the latent grid divided by a power of two → (B,C,h',w')."""
+    b, n, c = q.shape
+    f = 1
+    while True:
+        gh, gw = math.ceil(h / f), math.ceil(w / f)
+        if gh * gw == n:
+            return q.transpose(1, 2).reshape(b, c, gh, gw)
+        if gh * gw < n:
+            raise ValueError(f"{n} query tokens do not fit a {h}x{w} latent grid")
+        f *= 2
+
+
+# --------------------------------------------------------------------------- CLIP
+
+
+class ClipKeysPart:
+    """Keys of the second-to-last block of open_clip's VisionTransformer (App. C.2); stride = patch (16).
+
+    open_clip does not resize positional embeddings at run time: the grid part is resized here
+    (bicubic, once per input size) so the model runs at the inference window size.
+    """
+
+    name = "clip"
+
+    def __init__(self, hub: ModelHub):
+        self.hub = hub
+        self.visual = hub.clip().model.visual
+        if len(self.visual.transformer.resblocks) < 2:
+            raise ValueError("CLIP vision tower needs at least two blocks")
+        self.stride = int(self.visual.conv1.stride[0])
+        self.mean = tuple(getattr(self.visual, "image_mean", None) or OPENAI_CLIP_MEAN)
+        self.std = tuple(getattr(self.visual, "image_std", None) or OPENAI_CLIP_STD)
+        self._pos: dict[tuple[int, int], torch.Tensor] = {}
+
+    def positional(self, gh: int, gw: int) -> torch.Tensor:
+        """(1 + gh·gw, C) positional embedding for a gh×gw patch grid."""
+        import torch
+        import torch.nn.functional as F
+
+        if (gh, gw) not in self._pos:
+            pos = self.visual.positional_embedding
+            cls, grid = pos[:1], pos[1:]
+            g = math.isqrt(grid.shape[0])
+            if (g, g) == (gh, gw):
+                self._pos[(gh, gw)] = pos
+            else:
+                img = grid.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)
+                img = F.interpolate(img, size=(gh, gw), mode="bicubic", align_corners=False)
+                grid = img.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(pos.dtype)
+                self._pos[(gh, gw)] = torch.cat([cls, grid], dim=0)
+        return self._pos[(gh, gw)]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] → (B,C,H/16,W/16) keys (class token dropped)."""
+        import torch
+        import torch.nn.functional as F
+
+        v = self.visual
+        dtype = v.conv1.weight.dtype
+        with torch.inference_mode():
+            x = _normalise(_fit(images.to(self.hub.device, torch.float32), self.stride), self.mean, self.std)
+            x = v.conv1(x.to(dtype))
+            b, c, gh, gw = x.shape
+            x = x.reshape(b, c, gh * gw).permute(0, 2, 1)
+            cls = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, -1, -1)
+            x = torch.cat([cls, x], dim=1) + self.positional(gh, gw).to(x.dtype)
+            x = v.ln_pre(v.patch_dropout(x))
+            blocks = v.transformer.resblocks
+            if not v.transformer.batch_first:
+                x = x.transpose(0, 1)
+            for blk in blocks[:-2]:
+                x = blk(x)
+            if not v.transformer.batch_first:
+                x = x.transpose(0, 1)
+            blk = blocks[-2]
+            w, bias = blk.attn.in_proj_weight, blk.attn.in_proj_bias
+            d = w.shape[1]
+            keys = F.linear(blk.ln_1(x), w[d : 2 * d], None if bias is None else bias[d : 2 * d])
+            return keys[:, 1:].transpose(1, 2).reshape(b, d, gh, gw)
+
+
+# --------------------------------------------------------------------------- DINO / MAE (timm)
+
+
+class TimmKeysPart:
+    """Keys of the last block of a timm ViT (DINO ViT-B/8, MAE), prefix tokens dropped; stride = patch."""
+
+    def __init__(self, hub: ModelHub, kind: str):
+        self.hub = hub
+        self.name = kind
+        self.model = hub.vit(kind)
+        if len(self.model.blocks) < 2:
+            raise ValueError(f"{kind} ViT needs at least two blocks")
+        self.stride = int(self.model.patch_embed.patch_size[0])
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(cfg.get("std") or IMAGENET_STD)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] → (B,C,H/p,W/p) keys of `blocks[-1].attn.qkv`."""
+        import torch
+
+        m = self.model
+        dtype = m.patch_embed.proj.weight.dtype
+        with torch.inference_mode():
+            x = _normalise(_fit(images.to(self.hub.device, torch.float32), self.stride), self.mean, self.std)
+            b, _, h, w = x.shape
+            gh, gw = h // self.stride, w // self.stride
+            # Keys are a per-token projection of the last block's input: prefix tokens are not needed.
+            (tokens,) = m.forward_intermediates(
+                x.to(dtype), indices=[len(m.blocks) - 2], stop_early=True, intermediates_only=True, output_fmt="NLC"
+            )
+            blk = m.blocks[-1]
+            attn = blk.attn
+            qkv = attn.qkv(blk.norm1(tokens))
+            n = qkv.shape[1]
+            k = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 1]
+            k = attn.k_norm(k.transpose(1, 2)).transpose(1, 2).reshape(b, n, -1)
+            return k.transpose(1, 2).reshape(b, -1, gh, gw)
+
+
+# --------------------------------------------------------------------------- combination
+
+
+class CombinedExtractor:
+    """Runs the parts of a spec such as `sd+dino+clip` and concatenates their L2-normalised features.
+
+    `__call__(images)`: (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` →
+    (B, ΣD_part, H/stride, W/stride) float32 on the hub's device; within each part's channel slice
+    (`slices`), every location has unit L2 norm.
+    """
+
+    def __init__(self, spec: str, hub: ModelHub):
+        self.hub = hub
+        names = parse_spec(spec)
+        self.name = "+".join(names)
+        builders = {
+            "sd": lambda: SDPart(hub),
+            "clip": lambda: ClipKeysPart(hub),
+            "dino": lambda: TimmKeysPart(hub, "dino"),
+            "mae": lambda: TimmKeysPart(hub, "mae"),
+        }
+        self.parts = [builders[n]() for n in names]
+        self.stride = min(p.stride for p in self.parts)
+        self.slices: dict[str, slice] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
+        self.hub.count("extract", b)
+        grid = (h // self.stride, w // self.stride)
+        out, start = [], 0
+        for part in self.parts:
+            f = part(images).float()
+            if tuple(f.shape[-2:]) != grid:
+                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            out.append(F.normalize(f, dim=1))
+            self.slices[part.name] = slice(start, start + f.shape[1])
+            start += f.shape[1]
+        return torch.cat(out, dim=1)
+
+
+def build_extractor(spec: str, hub: ModelHub) -> Extractor:
+    """The extractor named by `spec` (parts joined by `+`, or `procedural` for the toy world).
+
+    Its settings are fixed (SD at t=200), so the spec alone names the features: prototypes and
+    target images built from the same spec are comparable.
+    """
+    if spec == "procedural":
+        from .procedural import ProceduralExtractor
+
+        return ProceduralExtractor(hub)
+    return CombinedExtractor(spec, hub)
+
+
+# --------------------------------------------------------------------------- many images
+
+
+def images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """HxWx3 uint8 RGB images → (B,3,size,size) float32 in [0,1] (antialiased bilinear resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for img in images:
+        t = torch.tensor(np.asarray(img, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        out.append(t)
+    return torch.cat(out)
+
+
+def extract_images(
+    extractor: Extractor,
+    images: list[np.ndarray],
+    size: int,
+    batch_size: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Features of many images with one loaded extractor, `batch_size` at a time.
+
+    images: HxWx3 uint8, each resized to size×size (size a multiple of the stride) →
+    (N, D, size/stride, size/stride) float32. `on_progress(done, total)` after each batch.
+    """
+    import torch
+
+    if size % extractor.stride:
+        raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
+    feats = []
+    for i in range(0, len(images), batch_size):
+        feats.append(extractor(images_to_tensor(images[i : i + batch_size], size)))
+        if on_progress:
+            on_progress(min(i + batch_size, len(images)), len(images))
+    return torch.cat(feats)

@@ -1,0 +1,350 @@
+"""The vocabulary stage: class names → cached prototypes, building only what is missing.
+
+For each class: sample its support set (sampling stage), extract features of the support images,
+propose fg/bg masks, aggregate prototypes, and commit the class in one cache transaction. A class
+already cached for the same (name, seed, extractor, models, settings) is loaded with no model
+loaded or called, so a vocabulary grows one class at a time and segmenting never regenerates.
+
+Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
+bytes). Exported files carry the prototypes and records, not the support images.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import names as naming
+from .cache import now_iso, short_hash
+from .errors import OvdiffError
+from .types import PROTO_KINDS, ClassPrototypes
+
+if TYPE_CHECKING:
+    import torch
+
+    from .cache import Cache
+    from .config import ProtoConfig, SampleConfig
+    from .models.presets import ModelHub
+    from .types import Extractor, MaskProposer, Sample
+
+PROTO_VERSION = 1  # bump when the way prototypes are computed changes: old entries are then rebuilt
+EXPORT_FORMAT = "ovdiff-prototypes"
+EXPORT_VERSION = "1"
+OnEvent = Callable[[str, str, int, int], None]
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def check_proto_config(cfg: ProtoConfig) -> None:
+    """Reject settings that cannot build prototypes, naming the option, before any model loads."""
+    from .features import parse_spec
+    from .masks import PROPOSERS
+
+    if cfg.extractor != "procedural":
+        parse_spec(cfg.extractor)
+    if cfg.mask_proposer not in PROPOSERS:
+        raise OvdiffError(f"unknown --mask-proposer {cfg.mask_proposer!r}; choose one of: {', '.join(PROPOSERS)}")
+    if cfg.k_parts < 1:
+        raise OvdiffError(f"--k-parts must be at least 1, got {cfg.k_parts}")
+    if cfg.feature_size < 8:
+        raise OvdiffError(f"feature size must be at least 8 pixels, got {cfg.feature_size}")
+    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
+        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
+
+
+def model_identity(hub: ModelHub, proto_cfg: ProtoConfig) -> dict:
+    """The model sources a class's prototypes depend on: generator, extractor parts, proposer.
+
+    The hub's seed is included because it seeds the random-weight presets' models.
+    """
+    from .features import PARTS
+
+    used = {"sd"} | {p for p in proto_cfg.extractor.split("+") if p in PARTS}
+    if proto_cfg.mask_proposer == "sam":
+        used.add("sam")
+    models = {k: hub.models[k] for k in sorted(used) if k in hub.models}
+    return {"preset": hub.preset.name, "weights_seed": hub.seed, **models}
+
+
+def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig) -> str:
+    """What fixes a support set's pixels apart from the models: name, seed, sampler settings, N."""
+    return short_hash("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
+
+
+def prototype_id(class_norm: str, seed: int, extractor: str, sid: str, proto_cfg: ProtoConfig, models: dict | None = None) -> str:
+    """Cache key of one class's prototypes (24 hex characters).
+
+    sid: the support set's key (`support_key`, computable without loading the generator); models:
+    `model_identity(hub, proto_cfg)`. Also keyed by the mask proposer, K and the K-means and feature
+    settings; not by stuff/thing, which is recorded and can change in place.
+    """
+    return short_hash(
+        "protos", PROTO_VERSION, class_norm, seed, extractor, sid, models or {}, proto_cfg.mask_proposer,
+        proto_cfg.k_parts, proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, proto_cfg.feature_size,
+    )  # fmt: skip
+
+
+def class_id(class_norm: str, seed: int, hub: ModelHub, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+    """`prototype_id` for a class under this hub and these settings (no model is loaded)."""
+    return prototype_id(
+        class_norm, seed, proto_cfg.extractor, support_key(class_norm, seed, sample_cfg), proto_cfg,
+        model_identity(hub, proto_cfg),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_class(cache: Cache, pid: str) -> ClassPrototypes:
+    """The prototypes of cached class `pid` as float32 arrays, with their support-image sources."""
+    rec = cache.class_record(pid)
+    if rec is None:
+        raise OvdiffError(f"no cached class with id {pid}: see 'ovdiff protos list'")
+    wanted = [n for n in rec["arrays"] if n.split("/", 1)[-1] in (*PROTO_KINDS, "instance_src")]
+    arrays = cache.class_arrays(pid, wanted)
+    protos: dict[str, dict[str, np.ndarray]] = {"fg": {}, "bg": {}}
+    sources: dict[str, np.ndarray] = {}
+    for group in ("fg", "bg"):
+        for kind in PROTO_KINDS:
+            a = arrays.get(f"{group}/{kind}")
+            if a is None:
+                continue
+            protos[group][kind] = a.astype(np.float32, copy=False)
+            src = arrays[f"{group}/instance_src"] if kind == "instance" else np.full(len(a), -1, np.int64)
+            sources[f"{group}/{kind}"] = src.astype(np.int64, copy=False)
+    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources)
+
+
+def find_classes(cache: Cache, name: str | None = None) -> list[tuple[str, dict]]:
+    """(pid, record) of the cached classes, all or those called `name` (normalised), oldest first."""
+    norm = naming.validate(name) if name is not None else None
+    found = [(pid, rec) for pid, rec in cache.classes() if norm is None or rec.get("norm") == norm]
+    return sorted(found, key=lambda pr: (pr[1].get("created_at", ""), pr[0]))
+
+
+def prototype_counts(record: dict) -> dict[str, int]:
+    """Rows per group ("fg", "bg") from a record's array listing."""
+    counts = {"fg": 0, "bg": 0}
+    for name, spec in record.get("arrays", {}).items():
+        group, _, kind = name.partition("/")
+        if group in counts and kind in PROTO_KINDS:
+            counts[group] += spec["shape"][0]
+    return counts
+
+
+# --------------------------------------------------------------------------- building
+
+
+def support_masks(
+    samples: list[Sample],
+    extractor: Extractor,
+    proposer: MaskProposer,
+    size: int,
+    batch_size: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
+    """Features and fg/bg masks of support images.
+
+    → features (N,D,h,w) float32 (size×size images), fg and bg (N,h,w) bool, and how many images fell
+    back to Otsu thresholding because the proposer found nothing.
+    """
+    from .features import extract_images
+    from .masks import fg_bg_masks
+
+    feats = extract_images(extractor, [s.image for s in samples], size, batch_size, on_progress)
+    grid = tuple(feats.shape[-2:])
+    fg, bg, fallbacks = [], [], 0
+    for s, f in zip(samples, feats, strict=True):
+        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, grid)
+        fg.append(m_fg)
+        bg.append(m_bg)
+        fallbacks += how == "otsu"
+    return feats, np.stack(fg), np.stack(bg), fallbacks
+
+
+def _build(
+    cache: Cache, hub: ModelHub, norm: str, pid: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kind: str, kind_source: str, on_event: OnEvent | None,
+) -> None:  # fmt: skip
+    """Sample (what is missing), extract, mask, aggregate, and commit one class in one transaction."""
+    from .prototypes import build_prototypes
+    from .sampling import ensure_support_set, load_samples
+
+    def progress(stage: str):
+        return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
+
+    sid, meta = ensure_support_set(cache, hub, norm, seed, sample_cfg, progress("sample"))
+    samples = load_samples(cache, sid, sample_cfg.n_images)
+    extractor = hub.extractor(proto_cfg.extractor)
+    proposer = hub.mask_proposer(proto_cfg.mask_proposer)
+    feats, fg, bg, fallbacks = support_masks(
+        samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract")
+    )
+    arrays = build_prototypes(
+        feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
+    )
+    record = {
+        "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor, "support_id": sid,
+        "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
+        "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+        "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+        "feature_grid": list(feats.shape[-2:]), "n_images": len(samples), "otsu_fallbacks": fallbacks,
+        "kind": kind, "kind_source": kind_source, "models": hub.identity(), "generator": meta.get("generator"),
+        "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
+    }  # fmt: skip
+    cache.put_class(pid, record, arrays)
+    if on_event:
+        on_event("prototypes", norm, 1, 1)
+
+
+def _make_stuff(cache: Cache, pid: str, rec: dict, kind_source: str) -> None:
+    """Thing → stuff needs no model: drop the bg prototypes, keep everything else."""
+    arrays = {n: a for n, a in cache.class_arrays(pid).items() if not n.startswith("bg/")}
+    rec = {k: v for k, v in rec.items() if k != "arrays"}
+    cache.put_class(pid, dict(rec, kind="stuff", kind_source=kind_source, created_at=now_iso()), arrays)
+
+
+def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
+    from .stuff import KINDS
+
+    out = {}
+    for name, kind in (kinds or {}).items():
+        if kind not in KINDS:
+            raise OvdiffError(f"class {name!r}: kind must be 'stuff' or 'thing', got {kind!r}")
+        out[naming.validate(name)] = kind
+    return out
+
+
+def add_command(norms: list[str], seed: int, hub: ModelHub, proto_cfg: ProtoConfig) -> str:
+    """The `ovdiff protos add …` line that builds these classes with these settings."""
+    parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in norms), "--seed", str(seed),
+             "--preset", hub.preset.name, "--extractor", proto_cfg.extractor]  # fmt: skip
+    if proto_cfg.mask_proposer != "ncut":
+        parts += ["--mask-proposer", proto_cfg.mask_proposer]
+    return " ".join(parts)
+
+
+def ensure_classes(
+    cache: Cache,
+    hub: ModelHub,
+    names: list[str],
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+    build: bool = True,
+    on_event: OnEvent | None = None,
+) -> list[ClassPrototypes]:
+    """The prototypes of every class in `names` (in that order), building those not cached.
+
+    A cached class is read without loading or calling any model. A missing one is built (sampling
+    only the support images not yet cached) under a per-class lock, re-checked once the lock is
+    held, so concurrent processes build each class once. `kinds` overrides stuff/thing per class
+    ("user" in the record); a cached class whose kind differs is converted in place (thing → stuff
+    drops bg prototypes; stuff → thing re-extracts from the cached support set). With build=False
+    nothing is written and a missing or differently-kinded class is an error naming the command
+    that builds it. on_event(stage, class, done, total), stage in "sample", "extract",
+    "prototypes", "cached".
+    """
+    from .stuff import classify
+
+    check_proto_config(proto_cfg)
+    norms = [naming.validate(n) for n in names]
+    overrides = _check_kinds(kinds)
+    unknown = sorted(set(overrides) - set(norms))
+    if unknown:
+        raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
+    pids = {n: class_id(n, seed, hub, sample_cfg, proto_cfg) for n in norms}
+
+    def stale(n: str, rec: dict | None) -> bool:
+        return rec is None or (n in overrides and rec["kind"] != overrides[n])
+
+    if not build:
+        todo = [n for n in dict.fromkeys(norms) if stale(n, cache.class_record(pids[n]))]
+        if todo:
+            raise OvdiffError(
+                f"no prototypes cached for {', '.join(map(repr, todo))} with extractor {proto_cfg.extractor}, "
+                f"seed {seed}, preset {hub.preset.name}: run '{add_command(todo, seed, hub, proto_cfg)}'"
+            )
+    for n in dict.fromkeys(norms):
+        pid = pids[n]
+        if not stale(n, cache.class_record(pid)):
+            if on_event:
+                on_event("cached", n, 1, 1)
+            continue
+        with cache.lock(pid):
+            rec = cache.class_record(pid)  # another process may have built it while we waited
+            if not stale(n, rec):
+                continue
+            if rec is not None and overrides[n] == "stuff":
+                _make_stuff(cache, pid, rec, "user")
+                continue
+            kind, source = (overrides[n], "user") if n in overrides else classify(n, hub, cache)
+            _build(cache, hub, n, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
+    return [load_class(cache, pids[n]) for n in norms]
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+def export_classes(cache: Cache, pids: list[str], path: Path | str) -> int:
+    """Write classes to one .safetensors file: arrays as "<pid>/<array>", records as JSON metadata.
+
+    Support images are not included: `protos show` and a stuff → thing change need them, and re-sample.
+    Returns the number of bytes written.
+    """
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    records: dict[str, dict] = {}
+    for pid in pids:
+        rec = cache.class_record(pid)
+        if rec is None:
+            raise OvdiffError(f"no cached class with id {pid}: see 'ovdiff protos list'")
+        records[pid] = {k: v for k, v in rec.items() if k != "arrays"}
+        for name, arr in cache.class_arrays(pid).items():
+            tensors[f"{pid}/{name}"] = np.ascontiguousarray(arr)
+    meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "records": json.dumps(records, ensure_ascii=False)}
+    path = Path(path)
+    try:
+        save_file(tensors, str(path), metadata=meta)
+    except OSError as e:
+        raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
+    return path.stat().st_size
+
+
+def import_classes(cache: Cache, path: Path | str) -> list[str]:
+    """Read a file written by `export_classes` into the cache (bit-exact); returns the pids, in file order.
+
+    A class already in the cache under the same id is replaced; each class is one transaction.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != EXPORT_FORMAT:
+                raise OvdiffError(f"{path} is not an ovdiff prototype export (no '{EXPORT_FORMAT}' metadata)")
+            if meta.get("version") != EXPORT_VERSION:
+                raise OvdiffError(f"{path} is export version {meta.get('version')}; this ovdiff reads {EXPORT_VERSION}")
+            records = json.loads(meta["records"])
+            arrays: dict[str, dict[str, np.ndarray]] = {pid: {} for pid in records}
+            for k in f.keys():
+                pid, _, name = k.partition("/")
+                if pid not in arrays:
+                    raise OvdiffError(f"{path}: array {k!r} belongs to no class record")
+                arrays[pid][name] = f.get_tensor(k)
+    except FileNotFoundError as e:
+        raise OvdiffError(f"no such file: {path}") from e
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise OvdiffError(f"cannot read {path} as an ovdiff prototype export: {e}") from e
+    for pid, rec in records.items():
+        cache.put_class(pid, rec, arrays[pid])
+    return list(records)
