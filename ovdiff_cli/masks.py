@@ -274,3 +274,40 @@ def build_proposer(name: str, hub: ModelHub) -> MaskProposer:
     if name == "sam":
         return SamProposer(hub, hub.models.get("sam") or SAM_SPEC)
     raise OvdiffError(f"unknown mask proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
+
+
+# --------------------------------------------------------------------------- pictures
+
+FG_COLOUR = (230, 30, 30)
+BG_COLOUR = (30, 80, 230)
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """image HxWx3 uint8, masks hxw uint8 (1 fg, 2 bg, 0 neither) → HxWx3 uint8: fg tinted red, bg blue (Fig. C.8)."""
+    code = resize_mask(np.asarray(masks) == 1, image.shape[:2]).astype(np.uint8)
+    code[resize_mask(np.asarray(masks) == 2, image.shape[:2]) & (code == 0)] = 2
+    out = image.astype(np.float32)
+    for value, colour in ((1, FG_COLOUR), (2, BG_COLOUR)):
+        sel = code == value
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(colour, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: int = 160, columns: int = 6):
+    """A PIL image: a title line over a grid of support images with their fg (red) and bg (blue) masks.
+
+    images: N HxWx3 uint8; masks (N,h,w) uint8 as stored in the cache.
+    """
+    from PIL import Image, ImageDraw
+
+    if not images:
+        raise ValueError("mask sheet of no images")
+    pad, head = 4, 24
+    cols = min(columns, len(images))
+    rows = math.ceil(len(images) / cols)
+    sheet = Image.new("RGB", (pad + cols * (thumb + pad), head + rows * (thumb + pad) + pad), "white")
+    ImageDraw.Draw(sheet).text((pad, 6), title, fill="black")
+    for i, (img, m) in enumerate(zip(images, masks, strict=True)):
+        tile = Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
+        sheet.paste(tile, (pad + (i % cols) * (thumb + pad), head + (i // cols) * (thumb + pad)))
+    return sheet

@@ -348,3 +348,28 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
     for pid, rec in records.items():
         cache.put_class(pid, rec, arrays[pid])
     return list(records)
+
+
+def match_classes(
+    cache: Cache, targets: list[str] | None, seed: int | None = None, extractor: str | None = None
+) -> list[tuple[str, dict]]:
+    """Cached classes matching any target (a class name, or an id or id prefix of 6+ characters), filtered.
+
+    No targets: every class. A target that matches nothing is an error naming `ovdiff protos list`.
+    """
+    every = find_classes(cache)
+
+    def keep(rec: dict) -> bool:
+        return (seed is None or rec.get("seed") == seed) and (extractor is None or rec.get("extractor") == extractor)
+
+    if not targets:
+        return [(p, r) for p, r in every if keep(r)]
+    out: dict[str, dict] = {}
+    for t in targets:
+        norm = naming.validate(t)
+        hits = [(p, r) for p, r in every if keep(r) and (r.get("norm") == norm or (len(t) >= 6 and p.startswith(t)))]
+        if not hits:
+            filters = "".join([f", seed {seed}" if seed is not None else "", f", extractor {extractor}" if extractor else ""])
+            raise OvdiffError(f"no cached class matches {t!r}{filters}: see 'ovdiff protos list'")
+        out.update(hits)
+    return list(out.items())

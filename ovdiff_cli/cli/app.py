@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 
 from . import cache_cmd
 from . import eval as eval_cmd
+from . import protos as protos_cmd
 from . import sample as sample_cmd
 
 
@@ -40,6 +41,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(protos_cmd.app, name="protos")
 app.command("sample")(sample_cmd.sample)
 app.command("eval")(eval_cmd.eval_cmd)
 

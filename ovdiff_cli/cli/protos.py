@@ -1,0 +1,306 @@
+"""`ovdiff protos add|list|rm|show|export|import`: build, inspect and share class prototypes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..config import ProtoConfig, SampleConfig
+from .common import (
+    CacheOpt,
+    ClassesFileOpt,
+    ClipModelOpt,
+    DeviceOpt,
+    DinoModelOpt,
+    DtypeOpt,
+    ExtractorOpt,
+    PresetOpt,
+    ProposerOpt,
+    QuietOpt,
+    SdModelOpt,
+    SeedOpt,
+    VerboseOpt,
+    make_run,
+    read_classes_file,
+)
+
+app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
+
+_P, _S = ProtoConfig(), SampleConfig()  # defaults shown in --help; presets may override them
+NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
+TargetsArg = Annotated[Optional[list[str]], typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)]
+SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)]
+ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only classes of this extractor \\[default: any].", show_default=False)]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _prototypes(rec: dict) -> str:
+    from ..vocab import prototype_counts
+
+    c = prototype_counts(rec)
+    return f"{c['fg']} fg" + (f" + {c['bg']} bg" if c["bg"] else "")
+
+
+@app.command("add")
+def add(
+    class_names: NamesArg = None,
+    classes_file: ClassesFileOpt = None,
+    stuff: Annotated[Optional[list[str]], typer.Option("--stuff", help="Treat this class as stuff: fg prototypes only (repeatable; adds the class).", show_default=False)] = None,
+    thing: Annotated[Optional[list[str]], typer.Option("--thing", help="Treat this class as a thing: fg and bg prototypes (repeatable; adds the class).", show_default=False)] = None,
+    extractor: ExtractorOpt = None,
+    mask_proposer: ProposerOpt = None,
+    k_parts: Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)] = None,
+    n_images: Annotated[Optional[int], typer.Option("--n-images", help=f"Support images per class N \\[default: {_S.n_images}].", show_default=False)] = None,
+    sam_model: Annotated[Optional[str], typer.Option("--sam-model", help="SAM hub id or local directory for --mask-proposer sam \\[default: facebook/sam-vit-base].", show_default=False)] = None,
+    sd_model: SdModelOpt = None,
+    clip_model: ClipModelOpt = None,
+    dino_model: DinoModelOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample what is missing, then build and cache the prototypes of each class.
+
+    Classes already cached with the same seed, extractor and models are not touched. Stuff or
+    thing comes from a built-in table (COCO-Stuff, Context, ADE20K) unless --stuff/--thing say.
+
+    Example: ovdiff protos add cat dog "chocolate glazed donut" --stuff sky
+
+    Example: ovdiff protos add --classes-file voc.txt --extractor sd --mask-proposer threshold
+    """
+    from ..errors import OvdiffError
+    from ..names import parse_class_list, validate
+    from ..vocab import ensure_classes, find_classes
+
+    run = make_run(
+        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
+        dino_model=dino_model, sample={"n_images": n_images},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
+    )  # fmt: skip
+    if sam_model:
+        run.run = dataclasses.replace(run.run, model_overrides={**run.run.model_overrides, "sam": sam_model})
+    classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
+    kinds: dict[str, str] = {}
+    for kind, given in (("stuff", stuff or []), ("thing", thing or [])):
+        for name in given:
+            norm = validate(name)
+            if kinds.get(norm, kind) != kind:
+                raise OvdiffError(f"class {norm!r} is given both --stuff and --thing")
+            kinds[norm] = kind
+            if norm not in classes:
+                classes.append(norm)
+    if not classes:
+        raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
+
+    before = dict(run.hub.calls)
+    with run.progress() as bar:
+        tasks: dict[tuple[str, str], int] = {}
+
+        def on_event(stage: str, name: str, done: int, total: int) -> None:
+            if stage == "cached":
+                return
+            key = (stage, name)
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{stage:<10} {name}", total=total)
+            bar.update(tasks[key], completed=done, total=total)
+
+        protos = ensure_classes(run.cache, run.hub, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
+    if run.quiet:
+        return
+    records = dict(find_classes(run.cache))
+    table = Table(title=f"prototypes in {run.cache_dir}")
+    for col in ("class", "kind", "prototypes", "otsu fallbacks", "id"):
+        table.add_column(col)
+    for p in protos:
+        rec = records[p.pid]
+        table.add_row(p.name, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
+                      f"{rec['otsu_fallbacks']}/{rec['n_images']}", p.pid[:12])  # fmt: skip
+    run.console.print(table)
+    calls = {k: run.hub.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
+    run.say(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
+            f"{calls['generate']} images generated, {calls['extract']} featurised")  # fmt: skip
+
+
+@app.command("list")
+def list_cmd(
+    targets: TargetsArg = None,
+    seed: SeedFilterOpt = None,
+    extractor: ExtractorFilterOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Table of cached classes: class, seed, extractor, prototypes, stuff/thing, size on disk, id.
+
+    With -q, one tab-separated line per class (id, class, seed, extractor, kind) for scripts.
+
+    Example: ovdiff protos list --extractor sd+dino+clip
+    """
+    from ..vocab import match_classes
+
+    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    found = match_classes(run.cache, targets, seed, extractor)
+    if quiet:
+        for pid, rec in found:
+            typer.echo(f"{pid}\t{rec['name']}\t{rec['seed']}\t{rec['extractor']}\t{rec['kind']}")
+        return
+    if not found:
+        run.say(f"no classes cached in {run.cache_dir}: add some with 'ovdiff protos add NAME'")
+        return
+    table = Table(title=f"{len(found)} class(es) in {run.cache_dir}")
+    cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (["proposer", "K", "N", "preset", "created"] if verbose else [])
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
+    for pid, rec in found:
+        row = [rec["name"], str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], _human(run.cache.class_size(pid)), pid[:12]]
+        if verbose:
+            row += [rec["mask_proposer"], str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
+        table.add_row(*row)
+    run.console.print(table)
+
+
+@app.command("rm")
+def rm(
+    targets: TargetsArg = None,
+    seed: SeedFilterOpt = None,
+    extractor: ExtractorFilterOpt = None,
+    with_support: Annotated[bool, typer.Option("--with-support", help="Also delete the support images, unless another cached class uses them.")] = False,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Remove cached classes (every seed and extractor of a name, unless filtered).
+
+    Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
+    """
+    from ..errors import OvdiffError
+    from ..vocab import find_classes, match_classes
+
+    if not targets:
+        raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
+    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    doomed = match_classes(run.cache, targets, seed, extractor)
+    gone = {pid for pid, _ in doomed}
+    still_used = {rec.get("support_id") for pid, rec in find_classes(run.cache) if pid not in gone}
+    for pid, rec in doomed:
+        run.cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
+        if verbose:
+            run.say(f"removed {rec['name']} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
+    run.say(f"removed {len(doomed)} class(es) from {run.cache_dir}")
+
+
+@app.command("show")
+def show(
+    target: Annotated[str, typer.Argument(help="Class name or id.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Sheet to write (PNG or JPEG).", show_default=False)],
+    seed: SeedFilterOpt = None,
+    extractor: ExtractorFilterOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Draw a class's support images with their foreground (red) and background (blue) masks.
+
+    When several cached classes match, the newest is drawn (narrow with --seed / --extractor).
+
+    Example: ovdiff protos show cat --out cat-masks.png
+    """
+    from ..errors import OvdiffError
+    from ..masks import mask_sheet
+    from ..vocab import match_classes
+
+    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
+    masks = run.cache.class_arrays(pid, ["masks"])["masks"]
+    try:
+        images = [run.cache.support_image(rec["support_id"], i) for i in range(len(masks))]
+    except KeyError:
+        raise OvdiffError(
+            f"the support images of {rec['name']!r} are not in this cache (imported prototypes carry none): "
+            f"'ovdiff sample \"{rec['name']}\" --seed {rec['seed']} --preset {rec['models'].get('preset')}' redraws them"
+        ) from None
+    title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
+             "fg red, bg blue")  # fmt: skip
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mask_sheet(images, masks, title).save(out)
+    except (OSError, ValueError) as e:
+        raise OvdiffError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e
+    run.say(f"wrote {out} ({len(images)} support images of {rec['name']!r}, id {pid[:12]})")
+
+
+@app.command("export")
+def export(
+    file: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    targets: TargetsArg = None,
+    seed: SeedFilterOpt = None,
+    extractor: ExtractorFilterOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write cached classes (all, or those named) to one .safetensors file to share a vocabulary.
+
+    Prototypes, masks and records travel; support images do not.
+
+    Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
+    """
+    from ..errors import OvdiffError
+    from ..vocab import export_classes, match_classes
+
+    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    found = match_classes(run.cache, targets, seed, extractor)
+    if not found:
+        raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")
+    size = export_classes(run.cache, [pid for pid, _ in found], file)
+    run.say(f"wrote {file}: {len(found)} class(es), {_human(size)}")
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="A file written by 'ovdiff protos export'.", show_default=False)],
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Load classes exported by 'ovdiff protos export' into the cache, bit for bit.
+
+    Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
+    """
+    from ..vocab import import_classes
+
+    run = make_run(cache, preset, device, dtype, seed, verbose, quiet)
+    pids = import_classes(run.cache, file)
+    names = [run.cache.class_record(p)["name"] for p in pids]
+    run.say(f"imported {len(pids)} class(es) into {run.cache_dir}: {', '.join(names)}")
