@@ -51,7 +51,7 @@ WORLD: dict[str, Look] = {
         Look("road", "stuff", (104, 104, 110), "speckle"),
         Look("kite", "thing", (222, 48, 60), "stripes", "diamond", "sky"),
         Look("ball", "thing", (242, 196, 40), "smooth", "disc", "grass"),
-        Look("boat", "thing", (150, 88, 40), "smooth", "boat", "water", accent=(236, 234, 222)),
+        Look("boat", "thing", (150, 88, 40), "smooth", "boat", "water", accent=(250, 250, 250)),
         Look("car", "thing", (176, 44, 168), "checker", "car", "road", accent=(30, 30, 34)),
     )
 }
@@ -164,8 +164,9 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
 def support_sample(name: str, seed: int, size: int, attribution_size: int) -> Sample:
     """One support image of `name`: a thing on its context, or a landscape where the stuff dominates.
 
-    The attribution is the region's coverage at `attribution_size`², blurred and with a little noise,
-    as coarse and imperfect as a diffusion model's cross-attention (always ≥ 0).
+    The attribution is the region's coverage at `attribution_size`², blurred, squared (attention
+    peaks inside an object and fades at its border) and with a little noise, as coarse and
+    imperfect as a diffusion model's cross-attention (always ≥ 0).
     """
     look = look_of(name)
     rng = np.random.default_rng(_digest("support", WORLD_VERSION, name, seed))
@@ -187,7 +188,7 @@ def support_sample(name: str, seed: int, size: int, attribution_size: int) -> Sa
         region, accent = _shape(look, size, size, cy, cx, obj)
         _paint(canvas, rng, look, region, accent)
     att = np.asarray(Image.fromarray(region).resize((attribution_size, attribution_size), Image.Resampling.BILINEAR))
-    att = _blur(att, attribution_size / 24) + rng.uniform(0, 0.06, att.shape).astype(np.float32)
+    att = _blur(att, attribution_size / 24) ** 2 + rng.uniform(0, 0.06, att.shape).astype(np.float32)
     return Sample(canvas.round().astype(np.uint8), np.maximum(att, 0).astype(np.float32))
 
 
@@ -198,8 +199,11 @@ def render_scene(
 
     Sky above a random horizon, one ground stuff below, one to three things on their contexts
     (a kite in the sky, a ball on grass, a boat on water, a car on the road). Label k marks
-    `classes[k-1]`, 0 everything not in `classes`, 255 a thin band on every boundary (as VOC).
+    `classes[k-1]`, 0 everything not in `classes`, 255 a band about 5 px wide on every boundary
+    (as VOC's "void" outlines).
     """
+    import cv2
+
     h, w = size
     horizon = int(h * rng.uniform(0.3, 0.55))
     ground = GROUNDS[rng.integers(len(GROUNDS))]
@@ -224,9 +228,8 @@ def render_scene(
     label = np.array([index.get(n, 0) for n in world], dtype=np.uint8)[truth]
     edge = np.zeros((h, w), bool)
     edge[1:] |= label[1:] != label[:-1]
-    edge[:-1] |= label[1:] != label[:-1]
     edge[:, 1:] |= label[:, 1:] != label[:, :-1]
-    edge[:, :-1] |= label[:, 1:] != label[:, :-1]
+    edge = cv2.dilate(edge.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # ~5 px, as VOC's
     label[edge] = 255
     return canvas.round().astype(np.uint8), label
 
@@ -315,14 +318,15 @@ class ProceduralExtractor:
 
 
 SCORER_DIM = 64
-_PRESENCE_SCALE = 0.01  # a class covering 1% of the image is detected with strength 0.63
+_PRESENCE_SCALE = 0.003  # a class covering 0.3% of the image is detected with strength 0.63
 
 
 class ProceduralScorer:
     """types.ImageTextScorer: a world-aware stand-in for CLIP.
 
-    Images embed as how strongly each world class is present (pixels near the class's colours,
-    saturating like a detector's confidence); a prompt "a kite and a boat" embeds as the normalised
+    Images embed as how strongly each world class is present (pixels whose smoothed colour is near
+    the class's colours, away from edges, saturating like a detector's confidence); a prompt
+    "a kite and a boat" embeds as the normalised
     sum of its named classes' directions. World classes own one axis each; other names get a
     hashed direction, so they never match an image.
     """
@@ -350,14 +354,17 @@ class ProceduralScorer:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) float RGB in [0,1] → (B,64) unit vectors."""
-        x = images.float().cpu().permute(0, 2, 3, 1).reshape(images.shape[0], -1, 3)
+        smooth = F.avg_pool2d(images.float().cpu(), 5, stride=1, padding=2, count_include_pad=False)  # textures out
+        x = smooth.permute(0, 2, 3, 1).reshape(images.shape[0], -1, 3)
         dist = torch.cdist(x, self.anchors[None].expand(x.shape[0], -1, -1))  # (B,N,A)
         near, which = dist.min(-1)
-        owner = self.owners[which]
+        owner = self.owners[which].view(images.shape[0], 1, *images.shape[-2:])
+        close = (near < 0.25).view_as(owner)
         out = torch.zeros(images.shape[0], SCORER_DIM)
         for i in range(len(self.names)):
-            share = ((owner == i) & (near < 0.2)).float().mean(1)
-            out[:, i] = 1 - torch.exp(-share / _PRESENCE_SCALE)
+            hit = ((owner == i) & close).float()
+            solid = -F.max_pool2d(-hit, 5, stride=1, padding=2)  # eroded: blended edge colours do not count
+            out[:, i] = 1 - torch.exp(-solid.mean((1, 2, 3)) / _PRESENCE_SCALE)
         return F.normalize(out + 1e-6, dim=1)
 
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:

@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
             "procedural",
             models={"sd": "procedural", "clip": "procedural", "dino": "procedural"},
             sample={"n_images": 8, "size": 128, "attribution_size": 32, "steps": 1},
-            protos={"extractor": "procedural", "k_parts": 8, "feature_size": 128},
+            protos={"extractor": "procedural", "mask_proposer": "threshold", "k_parts": 8, "feature_size": 128},
             segment={"windows": (128, 96), "stride": 64, "short_side": 128, "eta": 4},
         ),
     )
