@@ -1,0 +1,96 @@
+"""The category pre-filter: the scoring rule, the η cap, the subset choice, and the text-embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovdiff_cli.cache import Cache
+from ovdiff_cli.filter import CategoryFilter, best_subset, select_classes, subset_prompt, subsets
+
+E = 8
+
+
+def emb(*v: float) -> torch.Tensor:
+    return F.normalize(torch.tensor(v + (0.0,) * (E - len(v))), dim=0)
+
+
+def test_scoring_rule_is_softmax_of_raw_cosines_against_one_over_c():
+    image = emb(1, 1, 0.2)
+    classes = torch.stack([emb(1), emb(0, 1), emb(0, 0, 1), emb(0, 0, 0, 1)])
+    # cosines .70 .70 .14 0: with CLIP's logit scale (100) only the first two would pass, but
+    # unscaled probabilities are .32 .32 .18 .16 against 1/4
+    assert select_classes(image, classes, eta=10) == [0, 1]
+    cos = classes @ image
+    assert torch.allclose(cos.softmax(0)[:2], torch.full((2,), 0.32), atol=0.01)
+
+
+def test_eta_caps_the_candidates_to_the_best_scores():
+    image = emb(1, 0.9, 0.8, 0.7, 0.1, 0.1)
+    classes = torch.stack([emb(*([0] * i + [1])) for i in range(6)])
+    assert select_classes(image, classes, eta=10) == [0, 1, 2, 3]
+    assert select_classes(image, classes, eta=2) == [0, 1]
+    assert select_classes(image, classes, eta=1) == [0]
+
+
+def test_subsets_in_list_order_and_best_subset_choice():
+    assert subsets([3, 1]) == [[1], [3], [1, 3]]
+    assert len(subsets(list(range(5)))) == 31
+    assert subset_prompt(["kite", "sky"]) == "a kite and a sky"
+    image = emb(1, 1, 0, 0)
+    prompts = torch.stack([emb(1), emb(0, 1), emb(0, 0, 1), emb(1, 1), emb(1, 0, 1), emb(0, 1, 1), emb(1, 1, 1)])
+    assert best_subset(image, [0, 1, 2], prompts) == [0, 1]
+
+
+class StubScorer:
+    """Texts embed by the classes they name; an image shows class i by a white i-th block in its top row."""
+
+    names = ["cat", "dog", "sky", "car"]
+
+    def __init__(self):
+        self.text_calls = 0
+        self.encoded: list[str] = []
+
+    def identity(self) -> str:
+        return "stub/v1"
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        present = images[:, 0, 28, 28::56][:, : len(self.names)] > 0.5  # 56-px blocks of the top row
+        return F.normalize(torch.cat([present.float(), torch.zeros(len(images), E - len(self.names))], 1) + 1e-4, dim=1)
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        self.text_calls += 1
+        self.encoded += prompts
+        out = []
+        for p in prompts:
+            v = torch.zeros(E)
+            for i, n in enumerate(self.names):
+                if f"a {n}" in p.split(" and "):
+                    v[i] = 1
+            out.append(F.normalize(v, dim=0))
+        return torch.stack(out)
+
+
+def image_with(present: list[int]) -> np.ndarray:
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[0, present, :] = 255
+    return np.repeat(np.repeat(img, 56, 0), 56, 1)
+
+
+def test_category_filter_keeps_the_present_classes_and_caches_text(cache_dir):
+    cache = Cache(cache_dir)
+    scorer = StubScorer()
+    f = CategoryFilter(scorer, cache, StubScorer.names, eta=3, size=224)
+    assert f.select(image_with([0, 2])) == [0, 2]
+    first = scorer.text_calls
+    assert first == 2  # the class prompts, then the subset prompts
+    assert f.select(image_with([0, 2])) == [0, 2]
+    assert scorer.text_calls == first  # memory
+    fresh = StubScorer()
+    again = CategoryFilter(fresh, Cache(cache_dir), StubScorer.names, eta=3, size=224)
+    assert again.select(image_with([0, 2])) == [0, 2]
+    assert fresh.text_calls == 0  # every prompt came from the LMDB cache
+    again.select(image_with([1, 3]))
+    assert fresh.encoded and all(" and " in p or p in ("a dog", "a car") for p in fresh.encoded)
+    assert "a dog and a car" in fresh.encoded and "a cat and a sky" not in fresh.encoded
