@@ -299,7 +299,7 @@ class ProceduralExtractor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) float RGB in [0,1], H and W multiples of 8 → (B,26,H/8,W/8) float32 unit vectors."""
+        """(B,3,H,W) float RGB in [0,1], H and W multiples of 8 → (B,20,H/8,W/8) float32 unit vectors."""
         self.hub.count("extract", images.shape[0])
         x = images.float()
         mean = F.avg_pool2d(x, 8)
