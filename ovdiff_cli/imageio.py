@@ -1,0 +1,179 @@
+"""Images in and out of `ovdiff segment`: finding inputs, loading any picture robustly, writing masks.
+
+Loading turns whatever Pillow reads into HxWx3 uint8 RGB the way a viewer shows it: EXIF
+orientation applied, the first frame of an animation, grayscale / palette / 16-bit / float
+scaled to 8 bits, transparency composited on white. Pictures beyond `MAX_PIXELS` are refused
+before decoding, so one huge file cannot exhaust memory. Outputs are written atomically
+(temporary file, then rename), so an interrupted run never leaves a truncated mask behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .errors import OvdiffError
+from .palette import colorize, voc_palette
+
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit: refused above it
+MAX_LABELS = 254  # palette indices 0..254 (255 is VOC's "ignore")
+
+
+class ImageError(OvdiffError):
+    """One input image cannot be read; the job reports it and goes on with the others."""
+
+
+def readable_suffixes() -> set[str]:
+    """File suffixes (lower case) of every format this Pillow can open."""
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An image to segment and the name of its outputs (relative to --out, without suffix)."""
+
+    path: Path
+    name: str
+
+
+def discover(inputs: list[str], recursive: bool = False) -> list[InputImage]:
+    """Files, folders (their images; all levels with `recursive`) and glob patterns, in order.
+
+    Outputs mirror a folder's layout; a file or glob match is named by its stem. Two inputs that
+    would share an output name (a.jpg and a.png) keep their suffix in it (a_jpg, a_png).
+    """
+    suffixes = readable_suffixes()
+    found: list[InputImage] = []
+    for spec in inputs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in suffixes)
+            found += [InputImage(f, f.relative_to(p).with_suffix("").as_posix()) for f in files]
+        elif p.is_file():
+            found.append(InputImage(p, p.stem))
+        elif glob.has_magic(spec):
+            files = sorted(Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=recursive))
+            found += [InputImage(f, f.stem) for f in files if f.is_file() and f.suffix.lower() in suffixes]
+        else:
+            raise OvdiffError(f"input {spec} not found: give image files, folders or glob patterns")
+    unique = list({i.path.resolve(): i for i in reversed(found)}.values())[::-1]  # first mention wins
+    if not unique:
+        hint = "" if recursive else " (add --recursive to look into subfolders)"
+        raise OvdiffError(f"no images found in {', '.join(inputs)}{hint}")
+    names: dict[str, int] = {}
+    for i in unique:
+        names[i.name] = names.get(i.name, 0) + 1
+    return [InputImage(i.path, f"{i.name}_{i.path.suffix.lstrip('.').lower()}") if names[i.name] > 1 else i
+            for i in unique]  # fmt: skip
+
+
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 RGB as a viewer shows the picture at `path`, or an ImageError saying why not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+                        f"{max_pixels / 1e6:.0f}: downscale it first"
+                    )
+                im.seek(0)  # animations: the first frame
+                return to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from e
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode → HxWx3 uint8: high bit depths scaled, transparency composited on white."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im).astype(np.float64)
+        top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0 if a.max(initial=0) <= 255 else 65535.0
+        if a.max(initial=0) > 65535:
+            top = float(a.max())
+        gray = np.clip(a / top * 255, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_mask(labels: np.ndarray, path: Path) -> None:
+    """(H,W) integer labels in 0..254 → a palette PNG (VOC colours) whose index is the label."""
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABELS):
+        raise ValueError(f"labels must be in 0..{MAX_LABELS}")
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    im.putpalette(voc_palette().reshape(-1).tolist())
+    _atomic(path, lambda tmp: im.save(tmp, format="PNG", optimize=True))
+
+
+def save_picture(rgb: np.ndarray, path: Path) -> None:
+    """HxWx3 uint8 → JPEG (quality 90) or PNG, by the suffix of `path`."""
+    im = Image.fromarray(rgb)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    _atomic(path, lambda tmp: im.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})))
+
+
+def save_json(obj: object, path: Path) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def legend_panel(entries: list[tuple[tuple[int, int, int], str]], height: int, width: int = 180) -> np.ndarray:
+    """(height,width,3) uint8: a white panel with one colour swatch and name per entry."""
+    panel = Image.new("RGB", (width, max(height, 14 * len(entries) + 8)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    font = _font()
+    for i, (colour, name) in enumerate(entries):
+        y = 4 + 14 * i
+        draw.rectangle([4, y, 14, y + 10], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+        draw.text((20, y - 1), name if len(name) <= 26 else name[:25] + "…", fill=(0, 0, 0), font=font)
+    return np.asarray(panel)
+
+
+def overlay_picture(image: np.ndarray, labels: np.ndarray, names: dict[int, str], alpha: float = 0.5) -> np.ndarray:
+    """The image blended with its coloured labels, and a legend of the labels present on the right.
+
+    image HxWx3 uint8, labels (H,W) int, names: label → class name. Returns (H',W+180,3) uint8.
+    """
+    colours = colorize(labels)
+    blend = ((1 - alpha) * image.astype(np.float32) + alpha * colours).round().astype(np.uint8)
+    pal = voc_palette()
+    present = [int(v) for v in np.unique(labels)]
+    panel = legend_panel([(tuple(pal[v]), names.get(v, str(v))) for v in present], image.shape[0])
+    canvas = np.full((panel.shape[0], image.shape[1] + panel.shape[1], 3), 255, np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = blend
+    canvas[:, image.shape[1] :] = panel
+    return canvas
