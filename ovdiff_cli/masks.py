@@ -213,11 +213,7 @@ class NCutProposer:
             size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
             f = F.adaptive_avg_pool2d(f[None], size)[0]
         objects = ncut_objects(f.cpu().numpy(), self.tau, self.eps, self.max_objects)
-        objects = [resize_mask(o, (h, w)) for o in objects]
-        if not objects:
-            return []
-        rest = ~np.logical_or.reduce(objects)
-        return objects + ([rest] if rest.any() else [])
+        return with_background([resize_mask(o, (h, w)) for o in objects])
 
 
 class ThresholdProposer:
@@ -238,31 +234,43 @@ class SamProposer:
 
     name = "sam"
 
-    def __init__(self, hub: ModelHub, spec: str, points_per_batch: int = 64):
+    def __init__(self, hub: ModelHub, spec: str, points_per_side: int = 32, points_per_batch: int = 64):
         from transformers import pipeline
 
-        self.points_per_batch = points_per_batch
+        self.points_per_side, self.points_per_batch = points_per_side, points_per_batch
         try:
             self.pipe = pipeline("mask-generation", model=spec, device=hub.device, dtype=hub.dtype)
         except Exception as e:  # hub, network, file and format errors all end the same way for the user
             from .models.sd import weights_hint
 
-            raise ModelLoadError(weights_hint("SAM", spec, e, "--sam-model")) from e
+            hint = weights_hint("SAM", spec, e, "--sam-model")
+            raise ModelLoadError(f"{hint}; or use --mask-proposer ncut, which needs no extra weights") from e
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        """image HxWx3 uint8 → SAM's masks reduced to the (h,w) grid of `features`, plus the background."""
         from PIL import Image
 
-        _, h, w = features.shape
-        out = self.pipe(Image.fromarray(image), points_per_batch=self.points_per_batch)
-        masks = []
-        for m in out["masks"]:
-            cell = resize_map(np.asarray(m, dtype=np.float32), (h, w)) >= 0.5
-            if cell.any():
-                masks.append(cell)
-        if not masks:
-            return []
-        rest = ~np.logical_or.reduce(masks)
-        return masks + ([rest] if rest.any() else [])
+        out = self.pipe(Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch)
+        return with_background(masks_on_grid([np.asarray(m) for m in out["masks"]], tuple(features.shape[-2:])))
+
+
+def masks_on_grid(masks: list[np.ndarray], shape: tuple[int, int]) -> list[np.ndarray]:
+    """HxW masks → shape bool masks by area (a cell is in when at least half of it is); empty ones dropped."""
+    import cv2
+
+    cells = [
+        cv2.resize(np.asarray(m, dtype=np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
+        for m in masks
+    ]
+    return [c for c in cells if c.any()]
+
+
+def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
+    """Object masks plus the complement of their union as the background proposal (if not empty)."""
+    if not objects:
+        return []
+    rest = ~np.logical_or.reduce(objects)
+    return objects + ([rest] if rest.any() else [])
 
 
 def build_proposer(name: str, hub: ModelHub) -> MaskProposer:

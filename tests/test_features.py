@@ -1,0 +1,115 @@
+"""Feature extractors on the tiny preset: shapes, per-part normalisation, and keys equal to the models' own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.features import (
+    ClipKeysPart,
+    SDPart,
+    TimmKeysPart,
+    build_extractor,
+    extract_images,
+    parse_spec,
+    sd_feature_layers,
+)
+
+
+def test_spec_errors_name_the_choices():
+    assert parse_spec("SD+dino") == ["sd", "dino"]
+    with pytest.raises(OvdiffError, match="unknown extractor part 'vgg'.*sd, clip, dino, mae"):
+        parse_spec("sd+vgg")
+    with pytest.raises(OvdiffError, match="twice"):
+        parse_spec("clip+clip")
+
+
+@pytest.mark.parametrize(
+    ("spec", "stride"), [("sd", 8), ("clip", 16), ("dino", 8), ("mae", 16), ("sd+dino+clip", 8)]
+)
+def test_shapes_and_unit_norm_per_part(tiny_hub, spec, stride):
+    ext = build_extractor(spec, tiny_hub)
+    assert ext.name == spec and ext.stride == stride
+    before = tiny_hub.calls.get("extract", 0)
+    x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(0))  # not CLIP's native 224
+    f = ext(x)
+    assert tiny_hub.calls["extract"] - before == 2
+    assert f.dtype == torch.float32 and f.shape[0] == 2 and tuple(f.shape[-2:]) == (96 // stride, 64 // stride)
+    assert list(ext.slices) == spec.split("+")
+    assert sum(s.stop - s.start for s in ext.slices.values()) == f.shape[1]
+    for sl in ext.slices.values():
+        torch.testing.assert_close(f[:, sl].norm(dim=1), torch.ones(2, *f.shape[-2:]))
+
+
+def test_sizes_not_multiple_of_stride_are_refused(tiny_hub):
+    with pytest.raises(ValueError, match="multiple of the extractor stride 8"):
+        build_extractor("dino", tiny_hub)(torch.rand(1, 3, 60, 64))
+
+
+def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_hub):
+    part = ClipKeysPart(tiny_hub)
+    v = part.visual
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    blk = v.transformer.resblocks[-2]
+    hook = blk.attn.register_forward_pre_hook(lambda _m, args: seen.update(kx=args[1]))
+    try:
+        with torch.inference_mode():
+            v((x - torch.tensor(part.mean).view(1, 3, 1, 1)) / torch.tensor(part.std).view(1, 3, 1, 1))
+    finally:
+        hook.remove()
+    d = blk.attn.in_proj_weight.shape[1]
+    want = F.linear(seen["kx"], blk.attn.in_proj_weight[d : 2 * d], blk.attn.in_proj_bias[d : 2 * d])[:, 1:]
+    got = part(x)
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), want, rtol=1e-5, atol=1e-5)
+    assert part.positional(14, 14) is v.positional_embedding
+    assert tuple(part(torch.rand(1, 3, 96, 96)).shape[-2:]) == (6, 6)
+    assert part.positional(6, 6).shape == (37, v.positional_embedding.shape[1])
+
+
+def test_dino_keys_equal_timm_qkv_at_any_size(tiny_hub):
+    part = TimmKeysPart(tiny_hub, "dino")
+    m = part.model
+    x = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(2))
+    seen = {}
+    hook = m.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: seen.update(qkv=out))
+    try:
+        with torch.inference_mode():
+            m.forward_features((x - torch.tensor(part.mean).view(1, 3, 1, 1)) / torch.tensor(part.std).view(1, 3, 1, 1))
+    finally:
+        hook.remove()
+    c = seen["qkv"].shape[-1] // 3
+    want = seen["qkv"][:, m.num_prefix_tokens :, c : 2 * c]
+    got = part(x)
+    assert tuple(got.shape) == (1, c, 6, 10)
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), want, rtol=1e-5, atol=1e-5)
+
+
+def test_sd_layers_by_position_and_features_are_batch_independent(tiny_hub):
+    unet = tiny_hub.sd().unet
+    layers = sd_feature_layers(unet)
+    ups = unet.up_blocks
+    expected = [unet.down_blocks[0].attentions[0], *unet.mid_block.attentions, *ups[1].attentions,
+                *ups[2].attentions, ups[3].attentions[-1]]  # fmt: skip
+    assert [id(layer) for layer in layers] == [id(e) for e in expected]
+    part = SDPart(tiny_hub)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    one, three = part(x[1:2]), part(x)
+    assert one.shape == (1, sum(layer.transformer_blocks[0].attn2.to_q.out_features for layer in layers), 8, 8)
+    torch.testing.assert_close(one, three[1:2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(part(x[1:2]), one)  # fixed noise: the same image gives the same features
+
+
+def test_extract_images_batches_and_resizes(tiny_hub):
+    ext = build_extractor("dino", tiny_hub)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (40, 64, 100)]
+    seen = []
+    f = extract_images(ext, images, 64, batch_size=2, on_progress=lambda d, t: seen.append((d, t)))
+    assert tuple(f.shape) == (3, 64, 8, 8) and seen == [(2, 3), (3, 3)]
+    torch.testing.assert_close(f[1:2], extract_images(ext, images[1:2], 64))
+    with pytest.raises(OvdiffError, match="multiple of the extractor's stride"):
+        extract_images(build_extractor("clip", tiny_hub), images, 72)

@@ -1,0 +1,148 @@
+"""fg/bg masks: the attribution rule on constructed proposals, the Otsu fallback, normalised cuts, SAM plumbing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovdiff_cli.errors import ModelLoadError, OvdiffError
+from ovdiff_cli.masks import (
+    NCutProposer,
+    SamProposer,
+    build_proposer,
+    fg_bg_masks,
+    masks_on_grid,
+    ncut_objects,
+    otsu_masks,
+    otsu_threshold,
+    overlay_masks,
+    select_fg_bg,
+)
+
+
+def _box(shape, r0, r1, c0, c1):
+    m = np.zeros(shape, bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def test_fg_is_highest_and_bg_lowest_mean_attribution():
+    # Attribution at 16x16, proposals on an 8x8 grid: the map is resized to the proposals' grid.
+    att = np.zeros((16, 16), np.float32)
+    att[0:8, 0:8] = 1.0  # top-left quadrant: strongest
+    att[8:16, 8:16] = 0.5  # bottom-right: middling
+    top_left, bottom_right = _box((8, 8), 0, 4, 0, 4), _box((8, 8), 4, 8, 4, 8)
+    rest = ~(top_left | bottom_right)
+    empty = np.zeros((8, 8), bool)
+    fg, bg = select_fg_bg([bottom_right, empty, rest, top_left], att)
+    assert (fg == top_left).all() and (bg == rest).all()
+    # bg never overlaps fg, even when proposals do
+    fg, bg = select_fg_bg([top_left, _box((8, 8), 0, 8, 0, 8) & ~_box((8, 8), 0, 2, 0, 2)], att)
+    assert (fg == top_left).all() and not (bg & fg).any() and bg.sum() == 64 - 16
+    # one usable proposal: bg is its complement
+    fg, bg = select_fg_bg([empty, bottom_right], att)
+    assert (fg == bottom_right).all() and (bg == ~bottom_right).all()
+
+
+def test_otsu_fallback_when_proposals_are_empty():
+    att = np.full((16, 16), 0.1, np.float32)
+    att[4:12, 4:12] = 0.9
+    for proposals in ([], [np.zeros((8, 8), bool)]):
+        fg, bg, how = fg_bg_masks(proposals, att, (8, 8))
+        assert how == "otsu" and (fg == _box((8, 8), 2, 6, 2, 6)).all() and (bg == ~fg).all()
+    fg, bg, how = fg_bg_masks([_box((8, 8), 0, 2, 0, 2)], att, (8, 8))
+    assert how == "proposals"
+
+
+def test_otsu_threshold_splits_two_modes_and_constant_maps_are_all_foreground():
+    rng = np.random.default_rng(0)
+    low, high = rng.normal(1, 0.1, 500), rng.normal(5, 0.1, 300)
+    t = otsu_threshold(np.concatenate([low, high]))
+    assert low.max() <= t < high.min()
+    fg, bg = otsu_masks(np.full((4, 4), 0.3))
+    assert fg.all() and not bg.any()
+
+
+def _blob_features(h=16, w=16, d=32, seed=0):
+    """Noise around a background direction, with two blobs of their own directions."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(d, h, w)) * 0.3
+    f[1] += 3
+    blob_a, blob_b = _box((h, w), 3, 8, 4, 10), _box((h, w), 10, 14, 9, 15)
+    f[:, blob_a] += np.eye(d)[0][:, None] * 3 - np.eye(d)[1][:, None] * 3
+    f[:, blob_b] += np.eye(d)[2][:, None] * 3 - np.eye(d)[1][:, None] * 3
+    return f, blob_a, blob_b
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_ncut_finds_constructed_objects():
+    f, blob_a, blob_b = _blob_features()
+    objects = ncut_objects(f)
+    assert len(objects) >= 2
+    assert max(_iou(o, blob_a) for o in objects) > 0.9 and max(_iou(o, blob_b) for o in objects) > 0.9
+    assert not (objects[0] & objects[1]).any()
+
+
+def test_ncut_proposer_pools_large_grids_and_adds_the_background():
+    f, blob_a, blob_b = _blob_features()
+    big = torch.from_numpy(np.kron(f, np.ones((1, 3, 3)))).float()  # 48x48 grid → pooled to 32x32
+    proposals = NCutProposer().propose(np.zeros((8, 8, 3), np.uint8), big)
+    assert all(p.shape == (48, 48) and p.dtype == bool for p in proposals)
+    big_a = np.kron(blob_a, np.ones((3, 3), bool))
+    assert max(_iou(p, big_a) for p in proposals) > 0.8
+    union = np.logical_or.reduce(proposals[:-1])
+    assert (proposals[-1] == ~union).all()  # the background proposal
+
+
+def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_hub):
+    assert build_proposer("threshold", tiny_hub).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
+    with pytest.raises(OvdiffError, match="ncut, threshold, sam"):
+        build_proposer("cutler", tiny_hub)
+
+
+def test_sam_without_weights_explains_how_to_get_them(tiny_hub, tmp_path):
+    with pytest.raises(ModelLoadError, match="--sam-model.*--mask-proposer ncut"):
+        SamProposer(tiny_hub, str(tmp_path / "no-sam-here"))
+
+
+def test_sam_masks_reduce_to_the_grid_by_area():
+    full = np.zeros((32, 32), bool)  # reduced to a 4x4 grid of 8x8 cells
+    full[0:16, 0:14] = True  # cells (0..1, 0) whole, (0..1, 1) three quarters: in
+    full[16:18, 0:8] = True  # cell (2, 0) a quarter: out
+    (m,) = masks_on_grid([full, np.zeros((32, 32), bool)], (4, 4))
+    assert (m == _box((4, 4), 0, 2, 0, 2)).all()
+
+
+def test_tiny_sam_runs_through_the_pipeline(tiny_hub, tmp_path):
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    torch.manual_seed(0)
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, output_channels=32,
+                                      image_size=256, mlp_dim=64, global_attn_indexes=[0], window_size=4, num_pos_feats=16),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256, mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
+                                                 iou_head_hidden_dim=32),
+    )  # fmt: skip
+    SamModel(cfg).save_pretrained(tmp_path)
+    proc = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    SamProcessor(image_processor=proc).save_pretrained(tmp_path)
+    proposer = SamProposer(tiny_hub, str(tmp_path), points_per_side=4)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    proposals = proposer.propose(image, torch.zeros(8, 8, 8))
+    assert isinstance(proposals, list) and all(p.shape == (8, 8) and p.dtype == bool for p in proposals)
+
+
+def test_overlay_tints_fg_red_and_bg_blue():
+    image = np.full((8, 8, 3), 128, np.uint8)
+    codes = np.zeros((4, 4), np.uint8)
+    codes[0, 0], codes[3, 3] = 1, 2
+    out = overlay_masks(image, codes).astype(int)
+    assert out[0, 0, 0] > 150 and out[0, 0, 2] < 100  # fg red
+    assert out[7, 7, 2] > 150 and out[7, 7, 0] < 100  # bg blue
+    assert (out[4, 0] == 128).all()  # neither: untouched

@@ -1,0 +1,247 @@
+"""The stuff table, the vocabulary stage over the cache, export/import, and `ovdiff protos` through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ovdiff_cli import stuff
+from ovdiff_cli.cache import Cache
+from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.config import ProtoConfig, SampleConfig
+from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.vocab import (
+    class_id,
+    ensure_classes,
+    export_classes,
+    find_classes,
+    import_classes,
+    load_class,
+)
+
+TINY = get_preset("tiny")
+SAMPLE = dataclasses.replace(SampleConfig(), **TINY.sample)
+PROTOS = dataclasses.replace(ProtoConfig(), **TINY.protos)
+
+# --------------------------------------------------------------------------- stuff / things
+
+
+def test_table_covers_every_benchmark_name_without_contradiction():
+    assert not stuff.STUFF & stuff.THINGS
+    assert [n for n in stuff.covered_names() if stuff.lookup(n) is None] == []
+    assert all(stuff.lookup(n) == "thing" for n in COCO_THINGS)
+    # COCO-Stuff's 91 stuff labels are stuff, except the paper's own correction (blanket is bedding)
+    assert [n for n in COCO_STUFF_ONLY if stuff.lookup(n) != "stuff"] == ["blanket"]
+
+
+def test_paper_corrections_of_chatgpt():
+    for name in ("glass", "blanket", "trade name"):
+        assert stuff.classify(name) == ("thing", "table")
+    for name in ("land", "sand", "snow", "ground", "earth"):
+        assert stuff.classify(name) == ("stuff", "table")
+
+
+def test_lookup_ignores_case_separators_and_plurals():
+    assert stuff.classify("Sky") == ("stuff", "table")
+    assert stuff.classify("floor-other") == ("stuff", "table")
+    assert stuff.classify("cats") == ("thing", "table")
+    assert stuff.classify("glasses") == ("thing", "table")
+    assert stuff.classify("shelf") == ("stuff", "table")
+    assert stuff.classify("chocolate glazed donut") == ("thing", "fallback")  # head noun
+    assert stuff.classify("glass of water") == ("thing", "fallback")
+    assert stuff.classify("pikachu") == ("thing", "fallback")  # no hub: the default
+
+
+class _FakeScorer:
+    """Text space where a prompt's embedding is one-hot on the 'sea' / 'cat' axis if it mentions them."""
+
+    def __init__(self):
+        self.encoded = 0
+
+    def identity(self) -> str:
+        return "fake-text"
+
+    def encode_texts(self, prompts):
+        self.encoded += len(prompts)
+        out = torch.full((len(prompts), 3), 0.01)
+        for i, p in enumerate(prompts):
+            out[i, 0] += p in ("a sea", "a ocean")
+            out[i, 1] += p in ("a cat", "a kitten")
+            out[i, 2] += 0.001 * i  # ties broken, but never near the two axes
+        return torch.nn.functional.normalize(out, dim=1)
+
+
+class _FakeHub:
+    def __init__(self):
+        self.text = _FakeScorer()
+
+    def scorer(self):
+        return self.text
+
+
+def test_unknown_names_take_the_nearest_table_name_in_text_space(cache_dir):
+    hub, cache = _FakeHub(), Cache(cache_dir)
+    assert stuff.nearest_known("ocean", hub, cache) == ("stuff", "sea")
+    assert stuff.classify("kitten", hub, cache) == ("thing", "fallback")
+    n_table = len(stuff.STUFF | stuff.THINGS)
+    assert hub.text.encoded == n_table + 2  # the table once (cached), then one prompt per new name
+
+
+# --------------------------------------------------------------------------- the vocabulary stage
+
+
+def _calls(hub) -> tuple[int, int]:
+    return hub.calls.get("generate", 0), hub.calls.get("extract", 0)
+
+
+def test_adding_b_after_a_never_recomputes_a(tiny_hub, cache_dir):
+    cache = Cache(cache_dir)
+    g0, e0 = _calls(tiny_hub)
+    (cat,) = ensure_classes(cache, tiny_hub, ["cat"], 0, SAMPLE, PROTOS)
+    assert _calls(tiny_hub) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)
+    pid_a = class_id("cat", 0, tiny_hub, SAMPLE, PROTOS)
+    rec_a = cache.class_record(pid_a)
+    arrays_a = cache.class_arrays(pid_a)
+
+    g1, e1 = _calls(tiny_hub)
+    events = []
+    both = ensure_classes(cache, tiny_hub, ["cat", "dog"], 0, SAMPLE, PROTOS, on_event=lambda *e: events.append(e))
+    assert _calls(tiny_hub) == (g1 + SAMPLE.n_images, e1 + SAMPLE.n_images)  # dog only
+    assert ("cached", "cat", 1, 1) in events and not any(e[1] == "cat" and e[0] != "cached" for e in events)
+    assert cache.class_record(pid_a) == rec_a
+    for name, arr in cache.class_arrays(pid_a).items():
+        np.testing.assert_array_equal(arr, arrays_a[name])
+
+    g2, e2 = _calls(tiny_hub)
+    again = ensure_classes(cache, tiny_hub, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
+    assert _calls(tiny_hub) == (g2, e2)
+    assert [p.name for p in again] == ["dog", "cat"] and again[1].pid == both[0].pid == cat.pid
+
+    # the class's prototypes: float32, Eq. 1 rows per image, parts ≤ K, sources for --explain
+    assert cat.kind == "thing" and set(cat.fg) == set(cat.bg) == {"class", "instance", "part"}
+    d = cat.fg["class"].shape[1]
+    assert all(a.dtype == np.float32 and a.shape[1] == d for a in (*cat.fg.values(), *cat.bg.values()))
+    assert len(cat.fg["instance"]) <= SAMPLE.n_images and len(cat.fg["part"]) <= PROTOS.k_parts
+    assert cat.sources["fg/class"].tolist() == [-1] and len(cat.sources["fg/instance"]) == len(cat.fg["instance"])
+    assert rec_a["kind_source"] == "table" and rec_a["extractor"] == PROTOS.extractor
+    assert rec_a["arrays"]["masks"]["shape"] == [SAMPLE.n_images, *rec_a["feature_grid"]]
+
+
+def test_missing_classes_without_build_name_the_command(tiny_hub, cache_dir):
+    g0, e0 = _calls(tiny_hub)
+    with pytest.raises(OvdiffError, match=r"no prototypes cached for 'zebra'.*ovdiff protos add zebra --seed 3 --preset tiny"):
+        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, PROTOS, build=False)
+    assert _calls(tiny_hub) == (g0, e0)
+    with pytest.raises(OvdiffError, match="unknown extractor part"):
+        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
+
+
+def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(tiny_hub, cache_dir):
+    cache = Cache(cache_dir)
+    sky, horse = ensure_classes(cache, tiny_hub, ["sky", "horse"], 0, SAMPLE, PROTOS)
+    assert sky.kind == "stuff" and sky.bg == {} and not any(n.startswith("bg/") for n in cache.class_record(sky.pid)["arrays"])
+    assert horse.kind == "thing" and horse.bg
+
+    g0, e0 = _calls(tiny_hub)
+    (horse_stuff,) = ensure_classes(cache, tiny_hub, ["horse"], 0, SAMPLE, PROTOS, kinds={"horse": "stuff"})
+    assert _calls(tiny_hub) == (g0, e0)  # thing → stuff only drops the bg prototypes
+    assert horse_stuff.bg == {} and cache.class_record(horse.pid)["kind_source"] == "user"
+    np.testing.assert_array_equal(horse_stuff.fg["part"], horse.fg["part"])
+
+    (sky_thing,) = ensure_classes(cache, tiny_hub, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "thing"})
+    assert _calls(tiny_hub) == (g0, e0 + SAMPLE.n_images)  # stuff → thing re-extracts, never re-samples
+    assert sky_thing.kind == "thing" and sky_thing.bg and sky_thing.pid == sky.pid
+    np.testing.assert_array_equal(sky_thing.fg["instance"], sky.fg["instance"])
+    with pytest.raises(OvdiffError, match="kind must be 'stuff' or 'thing'"):
+        ensure_classes(cache, tiny_hub, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "blob"})
+
+
+def test_threshold_proposer_uses_the_otsu_fallback_everywhere(tiny_hub, cache_dir):
+    cfg = dataclasses.replace(PROTOS, mask_proposer="threshold", extractor="dino")
+    (p,) = ensure_classes(Cache(cache_dir), tiny_hub, ["boat"], 0, SAMPLE, cfg)
+    rec = Cache(cache_dir).class_record(p.pid)
+    assert rec["otsu_fallbacks"] == SAMPLE.n_images and rec["mask_proposer"] == "threshold"
+    assert p.pid != class_id("boat", 0, tiny_hub, SAMPLE, PROTOS)  # proposer and extractor are in the key
+
+
+def test_export_rm_import_round_trips_bit_exactly(tiny_hub, cache_dir, tmp_path):
+    cache = Cache(cache_dir)
+    ensure_classes(cache, tiny_hub, ["cat", "sky"], 0, SAMPLE, PROTOS)
+    before = {pid: (rec, cache.class_arrays(pid)) for pid, rec in find_classes(cache)}
+    path = tmp_path / "vocab.safetensors"
+    assert export_classes(cache, list(before), path) > 0
+    for pid in before:
+        cache.remove_class(pid)
+    assert find_classes(cache) == []
+    assert sorted(import_classes(cache, path)) == sorted(before)
+    for pid, (rec, arrays) in before.items():
+        assert cache.class_record(pid) == rec
+        got = cache.class_arrays(pid)
+        assert set(got) == set(arrays)
+        for name, a in arrays.items():
+            assert got[name].dtype == a.dtype and got[name].tobytes() == a.tobytes() and got[name].shape == a.shape
+    assert load_class(cache, next(iter(before))).fg["class"].dtype == np.float32
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(OvdiffError, match="cannot read"):
+        import_classes(cache, tmp_path / "junk.safetensors")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _run(*args):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
+    common = ["--preset", "tiny", "--cache", str(cache_dir), "--device", "cpu"]
+    r = _run("protos", "add", "cat", "--stuff", "sky", "-q", *common)
+    assert r.exit_code == 0, r.output
+    r = _run("protos", "list", *common)
+    assert r.exit_code == 0 and "cat" in r.output and "sky" in r.output and "stuff" in r.output
+    assert re.search(r"\d+ fg \+ \d+ bg", r.output)
+    lines = _run("protos", "list", "-q", *common).output.strip().splitlines()
+    assert sorted(line.split("\t")[1] for line in lines) == ["cat", "sky"]
+
+    sheet = tmp_path / "sheet.png"
+    r = _run("protos", "show", "cat", "--out", str(sheet), *common)
+    assert r.exit_code == 0 and sheet.stat().st_size > 0
+
+    exported = tmp_path / "v.safetensors"
+    assert _run("protos", "export", str(exported), *common).exit_code == 0
+    assert _run("protos", "rm", "cat", "sky", *common).exit_code == 0
+    assert _run("protos", "list", "-q", *common).output.strip() == ""
+    r = _run("protos", "import", str(exported), *common)
+    assert r.exit_code == 0 and "imported 2 class(es)" in r.output
+    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 2
+
+    pid = lines[0].split("\t")[0]
+    assert _run("protos", "rm", pid[:8], "--with-support", *common).exit_code == 0
+    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 1
+
+
+def test_protos_cli_errors_are_one_line(cache_dir):
+    common = ["--preset", "tiny", "--cache", str(cache_dir)]
+    for args, msg in [
+        (("add", "cat", "--extractor", "sd+vgg"), "unknown extractor part"),
+        (("add", "--stuff", "sky", "--thing", "sky"), "both --stuff and --thing"),
+        (("rm", "nothing-here"), "no cached class matches"),
+        (("show", "cat", "--out", "x.png"), "no cached class matches"),
+    ]:
+        r = CliRunner().invoke(app, ["protos", *args, *common])
+        assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_every_protos_command_shows_an_example():
+    for cmd in ("add", "list", "rm", "show", "export", "import"):
+        r = CliRunner().invoke(app, ["protos", cmd, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and "Example: ovdiff protos " + cmd in r.output
+        for opt in ("--cache", "--preset", "--device", "--dtype", "--seed", "--verbose", "--quiet"):
+            assert opt in r.output, (cmd, opt)
