@@ -177,3 +177,45 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, names: dict[int, str]
     canvas[: image.shape[0], : image.shape[1]] = blend
     canvas[:, image.shape[1] :] = panel
     return canvas
+
+
+EXPLAIN_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                            (145, 30, 180), (70, 240, 240), (240, 50, 230)], np.uint8)  # fmt: skip
+
+
+def save_index_map(index: np.ndarray, path: Path) -> None:
+    """(H,W) integers in 0..65535 → a 16-bit grayscale PNG (the value is the index)."""
+    im = Image.fromarray(np.asarray(index, dtype=np.uint16))
+    _atomic(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def explain_picture(image: np.ndarray, regions: list[np.ndarray], supports: list[tuple[np.ndarray, np.ndarray, str]],
+                    thumb: int = 128) -> np.ndarray:  # fmt: skip
+    """The image with the pixels each chosen prototype won tinted in its colour (left), and for each
+    prototype the support image it came from with its source region tinted alike, and a caption.
+
+    image HxWx3 uint8; regions: (H,W) bool per prototype; supports: (support image hxwx3 uint8,
+    source region (h',w') bool on any grid, caption) per prototype. Returns an HxW'x3 uint8 picture.
+    """
+    left = image.astype(np.float32)
+    for colour, region in zip(EXPLAIN_COLOURS, regions, strict=False):
+        left[region] = 0.45 * left[region] + 0.55 * colour
+    tiles = []
+    font = _font()
+    for colour, (sup, src, caption) in zip(EXPLAIN_COLOURS, supports, strict=False):
+        s = np.asarray(Image.fromarray(sup).resize((thumb, thumb), Image.Resampling.BILINEAR)).astype(np.float32)
+        m = np.asarray(Image.fromarray(src.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 0
+        s[m] = 0.45 * s[m] + 0.55 * colour
+        tile = Image.new("RGB", (thumb + 8 + 200, thumb + 8), (255, 255, 255))
+        tile.paste(Image.fromarray(s.astype(np.uint8)), (4, 4))
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle([thumb + 12, 6, thumb + 22, 16], fill=tuple(int(c) for c in colour))
+        for j, line in enumerate(caption.split("\n")):
+            draw.text((thumb + 12, 20 + 12 * j), line[:34], fill=(0, 0, 0), font=font)
+        tiles.append(np.asarray(tile))
+    right = np.concatenate(tiles, 0) if tiles else np.full((image.shape[0], 8, 3), 255, np.uint8)
+    height = max(image.shape[0], right.shape[0])
+    canvas = np.full((height, image.shape[1] + 8 + right.shape[1], 3), 255, np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = left.round().astype(np.uint8)
+    canvas[: right.shape[0], image.shape[1] + 8 :] = right
+    return canvas

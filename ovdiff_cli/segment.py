@@ -195,3 +195,80 @@ def save_legend(names: list[str], background: bool, out_dir: Path) -> Path:
     path = Path(out_dir) / "classes.json"
     save_json(legend(names, background), path)
     return path
+
+
+# --------------------------------------------------------------------------- explain (paper A.5)
+
+
+class Explainer:
+    """Writes, per image, which prototype won each pixel and where in the support set it came from.
+
+    explain/<name>.json lists the prototypes that won pixels (class, fg/bg, kind, row, pixel count,
+    bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
+    winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
+    explain/<name>.png shows the `top` largest regions next to their support-image sources.
+    """
+
+    def __init__(self, segmenter: Segmenter, cache, top: int = 6):
+        self.seg, self.cache, self.top = segmenter, cache, top
+        self._arrays: dict[int, dict] = {}
+
+    def _class_data(self, ci: int) -> dict:
+        if ci not in self._arrays:
+            c = self.seg.classes[ci]
+            rec = self.cache.class_record(c.pid) if (self.cache is not None and c.pid) else None
+            wanted = [n for n in ("masks", "fg/part_labels", "bg/part_labels") if rec and n in rec["arrays"]]
+            arrays = self.cache.class_arrays(c.pid, wanted) if rec else {}
+            self._arrays[ci] = {"support_id": rec.get("support_id") if rec else None, **arrays}
+        return self._arrays[ci]
+
+    def source(self, index: int) -> tuple[int | None, np.ndarray | None, str]:
+        """(support image, region on the feature grid, description) of prototype `index`."""
+        p = self.seg.vocab.source(index)
+        data = self._class_data(p.cls)
+        code = 1 if p.group == "fg" else 2
+        masks = data.get("masks")
+        if p.kind == "instance":
+            src = self.seg.classes[p.cls].sources.get(f"{p.group}/instance")
+            img = int(src[p.row]) if src is not None and p.row < len(src) else None
+            region = masks[img] == code if (masks is not None and img is not None) else None
+            return img, region, f"{p.group} mask of support image {img}"
+        if p.kind == "part" and f"{p.group}/part_labels" in data:
+            parts = data[f"{p.group}/part_labels"] == p.row
+            img = int(parts.reshape(len(parts), -1).sum(1).argmax())
+            return img, parts[img], f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)"
+        if masks is not None:
+            img = int((masks == code).reshape(len(masks), -1).sum(1).argmax())
+            return img, masks[img] == code, f"mean of all {p.group} masks (largest shown)"
+        return None, None, "no support data cached"
+
+    def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:
+        from .imageio import explain_picture, save_index_map
+
+        winner = seg.winner
+        ids, counts = np.unique(winner, return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        entries, regions, supports = [], [], []
+        for k in order:
+            idx, n = int(ids[k]), int(counts[k])
+            if idx < 0:
+                entries.append({"index": -1, "prototype": "background threshold", "pixels": n})
+                continue
+            p = self.seg.vocab.source(idx)
+            ys, xs = np.nonzero(winner == idx)
+            img, region, how = self.source(idx)
+            entries.append({
+                "index": idx, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
+                "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
+                "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                "support_image": img, "support_region": how,
+            })  # fmt: skip
+            sid = self._class_data(p.cls).get("support_id")
+            if len(supports) < self.top and img is not None and region is not None and sid:
+                regions.append(winner == idx)
+                caption = f"{self.seg.classes[p.cls].name}\n{p.group} {p.kind} #{p.row}\n{n} px\n{how}"
+                supports.append((self.cache.support_image(sid, img), region, caption))
+        save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
+                  out_dir / f"{item.name}.json")  # fmt: skip
+        save_index_map(np.where(winner < 0, 0, winner + 1), out_dir / f"{item.name}.winner.png")
+        save_picture(explain_picture(image, regions, supports), out_dir / f"{item.name}.png")

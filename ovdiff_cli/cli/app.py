@@ -12,6 +12,7 @@ from . import cache_cmd
 from . import eval as eval_cmd
 from . import protos as protos_cmd
 from . import sample as sample_cmd
+from . import segment as segment_cmd
 
 
 class _Group(TyperGroup):
@@ -44,6 +45,7 @@ app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(protos_cmd.app, name="protos")
 app.command("sample")(sample_cmd.sample)
 app.command("eval")(eval_cmd.eval_cmd)
+app.command("segment")(segment_cmd.segment)
 
 
 def main() -> None:
