@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import cache_cmd
+from . import demo as demo_cmd
 from . import eval as eval_cmd
 from . import protos as protos_cmd
 from . import sample as sample_cmd
@@ -46,6 +47,7 @@ app.add_typer(protos_cmd.app, name="protos")
 app.command("sample")(sample_cmd.sample)
 app.command("eval")(eval_cmd.eval_cmd)
 app.command("segment")(segment_cmd.segment)
+app.command("demo")(demo_cmd.demo)
 
 
 def main() -> None:
