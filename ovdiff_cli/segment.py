@@ -94,7 +94,7 @@ class Segmenter:
         # 2. resize to the working size
         h, w = working_size(height, width, self.cfg.short_side)
         work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
-        x = torch.from_numpy(np.ascontiguousarray(work)).to(self.hub.device).permute(2, 0, 1).float() / 255
+        x = torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.hub.device).permute(2, 0, 1).float() / 255
 
         # 3. sliding-window matching (feature time measured apart)
         def extract(crops: torch.Tensor) -> torch.Tensor:
