@@ -88,20 +88,21 @@ def select_fg_bg(proposals: list[np.ndarray], attribution: np.ndarray) -> tuple[
     """The paper's rule: fg = the proposal of highest mean attribution, bg = the one of lowest.
 
     proposals: non-empty list of hxw bool masks on the feature grid; attribution: any size, >= 0,
-    resized to hxw. Empty proposals are ignored. With a single usable proposal, bg is its complement.
-    bg never overlaps fg. Returns (fg, bg) hxw bool.
+    resized to hxw. Empty proposals are ignored; among equally low ones the largest is the bg (more
+    context). With a single usable proposal, bg is its complement. bg never overlaps fg.
+    Returns (fg, bg) hxw bool.
     """
     masks = [np.asarray(m, dtype=bool) for m in proposals if np.asarray(m).any()]
     if not masks:
         raise ValueError("select_fg_bg needs at least one non-empty proposal (use fg_bg_masks for the fallback)")
     a = resize_map(attribution, masks[0].shape)
     means = np.array([a[m].mean() for m in masks])
-    fg = masks[int(np.argmax(means))]
+    areas = np.array([m.sum() for m in masks])
+    i_fg = int(np.argmax(means))
     if len(masks) == 1:
-        return fg, ~fg
-    order = np.argsort(means, kind="stable")
-    bg = masks[int(order[0])] if int(order[0]) != int(np.argmax(means)) else masks[int(order[1])]
-    return fg, bg & ~fg
+        return masks[i_fg], ~masks[i_fg]
+    order = [int(i) for i in np.lexsort((-areas, means)) if i != i_fg]
+    return masks[i_fg], masks[order[0]] & ~masks[i_fg]
 
 
 def fg_bg_masks(
@@ -121,11 +122,11 @@ def fg_bg_masks(
 # --------------------------------------------------------------------------- normalised cuts
 
 
-def _second_eigvec(affinity: np.ndarray) -> np.ndarray:
+def _second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
     """Generalised eigenvector of (D−W)v = λDv for the second-smallest λ (the Ncut relaxation).
 
-    Solved as the second-largest eigenvector y of D^-½ W D^-½ (v = D^-½ y): Lanczos on large
-    graphs (a fixed start vector keeps it deterministic), dense on small ones.
+    Solved as the second-largest eigenpair (μ, y) of D^-½ W D^-½ (v = D^-½ y, λ = 1 − μ): Lanczos on
+    large graphs (a fixed start vector keeps it deterministic), dense on small ones. Returns (μ, v).
     """
     import scipy.linalg
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
@@ -134,22 +135,18 @@ def _second_eigvec(affinity: np.ndarray) -> np.ndarray:
     s = 1 / np.sqrt(d)
     m = s[:, None] * affinity * s[None, :]
     n = len(d)
-    y = None
     if n > 128:
-        v0 = np.random.default_rng(0).standard_normal(n)
         try:
-            _, vecs = eigsh(m, k=2, which="LA", v0=v0)
-            y = vecs[:, 0]
+            vals, vecs = eigsh(m, k=2, which="LA", v0=np.random.default_rng(0).standard_normal(n))
+            return float(vals[0]), s * vecs[:, 0]
         except ArpackNoConvergence:
-            y = None
-    if y is None:
-        _, vecs = scipy.linalg.eigh(m, subset_by_index=[n - 2, n - 2])
-        y = vecs[:, 0]
-    return s * y
+            pass
+    vals, vecs = scipy.linalg.eigh(m, subset_by_index=[n - 2, n - 2])
+    return float(vals[0]), s * vecs[:, 0]
 
 
 def ncut_objects(
-    features: np.ndarray, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3
+    features: np.ndarray, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, min_mu: float = 0.05
 ) -> list[np.ndarray]:
     """MaskCut-style object masks from a feature grid (CutLER, Wang et al. 2023).
 
@@ -157,7 +154,9 @@ def ncut_objects(
     second generalised eigenvector splits the graph at its mean; the side holding the eigenvector's
     largest magnitude is the object unless it holds 3 or 4 image corners; only the connected part
     around that seed is kept. Found objects leave the graph and the cut repeats, up to `max_objects`
-    times. Returns hxw bool masks, disjoint, largest-contrast first.
+    times. As in Shi & Malik's recursion, cutting stops when the graph has no cluster structure left:
+    second eigenvalue μ of D^-½WD^-½ below `min_mu` (a homogeneous region has μ = 0, and splitting
+    it would only cut noise). Returns hxw bool masks, disjoint, in the order found.
     """
     from scipy import ndimage
 
@@ -173,7 +172,9 @@ def ncut_objects(
         idx = np.flatnonzero(free)
         if len(idx) < 3:
             break
-        v = _second_eigvec(aff[np.ix_(idx, idx)])
+        mu, v = _second_eigvec(aff[np.ix_(idx, idx)])
+        if mu < min_mu:
+            break
         part = np.zeros(h * w, dtype=bool)
         part[idx[v > v.mean()]] = True
         if part[corners].sum() >= 3 or not part[idx[np.argmax(np.abs(v))]]:

@@ -146,3 +146,24 @@ def test_overlay_tints_fg_red_and_bg_blue():
     assert out[0, 0, 0] > 150 and out[0, 0, 2] < 100  # fg red
     assert out[7, 7, 2] > 150 and out[7, 7, 0] < 100  # bg blue
     assert (out[4, 0] == 128).all()  # neither: untouched
+
+
+@pytest.mark.parametrize("name", ["kite", "ball", "sky", "grass"])
+def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(procedural_hub, name):
+    """In the procedural world the attribution map is the class's own soft mask: fg must hold it, bg must not."""
+    from ovdiff_cli.features import images_to_tensor
+    from ovdiff_cli.masks import resize_map
+    from ovdiff_cli.procedural import support_sample
+    from ovdiff_cli.sampling import image_seed
+
+    extractor, proposer = procedural_hub.extractor("procedural"), build_proposer("ncut", procedural_hub)
+    recalls, fallbacks = [], 0
+    for i in range(6):
+        s = support_sample(name, image_seed(name, 0, i), 128, 32)
+        f = extractor(images_to_tensor([s.image], 128))[0]
+        fg, bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, tuple(f.shape[-2:]))
+        core = resize_map(s.attribution, fg.shape) > 0.5
+        recalls.append((fg & core).sum() / core.sum())
+        assert not (bg & core).any()
+        fallbacks += how == "otsu"
+    assert np.median(recalls) >= 0.9 and fallbacks < 6
