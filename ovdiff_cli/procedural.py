@@ -149,7 +149,7 @@ def _paint(canvas: np.ndarray, rng: np.random.Generator, look: Look, cover: np.n
 
 
 def _landscape(rng: np.random.Generator, h: int, w: int, horizon: int, ground: str) -> np.ndarray:
-    """(h,w) float canvas with sky above row `horizon` and `ground` below, as float32 RGB (h,w,3)."""
+    """(h,w,3) float32 RGB: sky above row `horizon`, `ground` below."""
     canvas = _texture(rng, WORLD["sky"], h, w)
     canvas[horizon:] = _texture(rng, look_of(ground), h - horizon, w)
     return canvas
