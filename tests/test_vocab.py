@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 
@@ -132,6 +133,24 @@ def test_adding_b_after_a_never_recomputes_a(tiny_hub, cache_dir):
     assert cat.sources["fg/class"].tolist() == [-1] and len(cat.sources["fg/instance"]) == len(cat.fg["instance"])
     assert rec_a["kind_source"] == "table" and rec_a["extractor"] == PROTOS.extractor
     assert rec_a["arrays"]["masks"]["shape"] == [SAMPLE.n_images, *rec_a["feature_grid"]]
+
+
+def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_hub, cache_dir, monkeypatch):
+    """Two processes adding the same class: the second finds it built once it holds the lock."""
+    cache, other = Cache(cache_dir), Cache(cache_dir)
+    real_lock = cache.lock
+
+    @contextlib.contextmanager
+    def lock_lost_to_another_process(name):
+        ensure_classes(other, tiny_hub, ["cow"], 0, SAMPLE, PROTOS)  # the other process wins the race
+        with real_lock(name):
+            yield
+
+    monkeypatch.setattr(cache, "lock", lock_lost_to_another_process)
+    g0, e0 = _calls(tiny_hub)
+    (cow,) = ensure_classes(cache, tiny_hub, ["cow"], 0, SAMPLE, PROTOS)
+    assert _calls(tiny_hub) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)  # built once, by the other
+    assert cow.pid == class_id("cow", 0, tiny_hub, SAMPLE, PROTOS)
 
 
 def test_missing_classes_without_build_name_the_command(tiny_hub, cache_dir):
