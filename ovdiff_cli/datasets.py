@@ -159,15 +159,21 @@ class SegDataset:
     `limit` images in split order (the order of the split file, or sorted file names).
     """
 
-    def __init__(self, name: str, root: Path | str, limit: int | None = None, raw_names: bool = False):
+    def __init__(
+        self, name: str, root: Path | str, limit: int | None = None, raw_names: bool = False,
+        custom_classes: list[str] | None = None,
+    ):
         if name not in SPECS:
             raise OvdiffError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
         if limit is not None and limit < 1:
             raise OvdiffError(f"--limit must be at least 1, got {limit}")
         self.spec = SPECS[name]
         self.name = name
-        self.classes = class_names(name, raw=raw_names)
         self.has_background = self.spec.has_background
+        if custom_classes is None:
+            self.classes = class_names(name, raw=raw_names)
+        else:  # a custom dataset in this benchmark's layout: label k names custom_classes[k-1] (or [k])
+            self.classes = (["background"] if self.has_background else []) + list(custom_classes)
         self.root = resolve_root(self.spec, Path(root).expanduser())
         self.infos = _list_items(self.spec, self.root, limit)
         self._by_id = {info.id: info for info in self.infos}
@@ -211,9 +217,16 @@ class SegDataset:
         return f"SegDataset({self.name!r}, root={str(self.root)!r}, n={len(self)})"
 
 
-def load_dataset(name: str, root: Path | str, limit: int | None = None, raw_names: bool = False) -> SegDataset:
-    """The reader for benchmark `name` (one of DATASET_NAMES) on the dataset folder `root`."""
-    return SegDataset(name, root, limit=limit, raw_names=raw_names)
+def load_dataset(
+    name: str, root: Path | str, limit: int | None = None, raw_names: bool = False,
+    custom_classes: list[str] | None = None,
+) -> SegDataset:
+    """The reader for benchmark `name` (one of DATASET_NAMES) on the dataset folder `root`.
+
+    `custom_classes` replaces the benchmark's class list for a dataset of your own in its layout
+    (background, where the benchmark has one, stays label 0).
+    """
+    return SegDataset(name, root, limit=limit, raw_names=raw_names, custom_classes=custom_classes)
 
 
 def _expected(spec: Spec) -> str:

@@ -39,6 +39,7 @@ def eval_cmd(
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated support-set seeds; reports mean ± σ over them \\[default: --seed].", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images of the split, for a quick look.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json and report.html here.", show_default=False)] = None,
+    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="Class names of a dataset of your own in this layout, one per line, line k = label k \\[default: classes.txt in --root if present].", show_default=False)] = None,
     raw_names: Annotated[bool, typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3).")] = False,
     no_bg_protos: Annotated[bool, typer.Option("--no-bg-protos", help="Ablation: no background prototypes; background by thresholding similarity (Table A.1).")] = False,
     use_filter: Annotated[Optional[bool], typer.Option("--filter/--no-filter", help="CLIP category pre-filter \\[default: on].", show_default=False)] = None,
@@ -68,6 +69,8 @@ def eval_cmd(
     Example: ovdiff eval voc --root data/VOC2012 --seeds 0,1,2,3,4 --out reports/voc
 
     Example: ovdiff eval voc --root data/VOC2012 --pred masks/ --out reports/mine
+
+    Example (offline): ovdiff demo --out demo && ovdiff eval voc --root demo/data --preset procedural
     """
     from ..datasets import load_dataset
     from ..evaluate import predictions_from_dir, write_report
@@ -80,7 +83,10 @@ def eval_cmd(
         protos={"extractor": extractor, "mask_proposer": mask_proposer},
         segment={"use_filter": use_filter, "stuff_filter": stuff_filter, "slide": slide, "proto_kinds": kinds},
     )
-    ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names)
+    custom = _custom_classes(root, classes_file)
+    ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
+    if custom is not None:
+        run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {', '.join(custom)}")
     if out is not None and out.exists() and not out.is_dir():
         raise OvdiffError(f"--out {out} is a file: give a folder for metrics.json and report.html")
     if pred is not None:
@@ -96,6 +102,17 @@ def eval_cmd(
     if out is not None:
         json_path, html_path = write_report(results[-1], out, ds, runs=results if len(results) > 1 else None)
         run.say(f"wrote {json_path} and {html_path}")
+
+
+def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:
+    """--classes-file, else a classes.txt in --root (as `ovdiff demo` writes beside its VOC tree)."""
+    from ..names import parse_class_list
+    from .common import read_classes_file
+
+    path = classes_file if classes_file is not None else Path(root).expanduser() / "classes.txt"
+    if classes_file is None and not path.is_file():
+        return None
+    return parse_class_list(None, read_classes_file(path))
 
 
 def _parse_kinds(spec: str | None) -> tuple[str, ...] | None:
@@ -135,14 +152,17 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, no_bg_protos: bool) ->
     names = ds.classes[1:] if ds.has_background else ds.classes
     with run.progress() as bar:
         task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
+        built: set[str] = set()
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
-            if stage == "class_done":
-                bar.advance(task)
-            bar.update(task, description=f"{stage}: {name[:30]} (seed {seed})")
+            built.add(name)
+            bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
         classes = ensure_classes(run.cache, run.hub, names, seed, run.sample, run.protos, on_event=on_event)
-    cfg = dataclasses.replace(run.segment, background=ds.has_background, bg_protos=ds.has_background and not no_bg_protos)
+        bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
+    cfg = dataclasses.replace(
+        run.segment, background=ds.has_background, bg_prototypes=ds.has_background and not no_bg_protos
+    )
     segmenter = Segmenter(run.hub, classes, cfg, run.protos.extractor, run.cache)
     shift = 0 if ds.has_background else 1  # segment labels: 0 = background, class k of the list = k
 
