@@ -221,16 +221,16 @@ class Cache:
         with self._read() as txn:
             return [None if (v := txn.get(k)) is None else bytes(v) for k in keys]
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Items whose key starts with `prefix`, read in one snapshot."""
+    def scan(self, prefix: bytes, values: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
+        """Items whose key starts with `prefix`, read in one snapshot (values None when not wanted)."""
         with self._read() as txn:
             cur = txn.cursor()
             items = []
             if cur.set_range(prefix):
-                for k, v in cur:
+                for k in cur.iternext(keys=True, values=False):
                     if not k.startswith(prefix):
                         break
-                    items.append((bytes(k), bytes(v)))
+                    items.append((bytes(k), bytes(cur.value()) if values else None))
         yield from items
 
     def write(self, items: dict[bytes, bytes | None]) -> None:
@@ -285,7 +285,7 @@ class Cache:
         """Location, sizes and counts, for `ovdiff cache info`."""
         st = self.env.stat()
         nfo = self.env.info()
-        n_support = sum(1 for k, _ in self.scan(b"s/") if k.count(b"/") == 1)
+        n_support = sum(1 for k, _ in self.scan(b"s/", values=False) if k.count(b"/") == 1)
         return {
             "path": str(self.root),
             "schema_version": SCHEMA_VERSION,
@@ -294,7 +294,7 @@ class Cache:
             "entries": st["entries"],
             "classes": len(self.classes()),
             "support_entries": n_support,
-            "text_embeddings": sum(1 for _ in self.scan(b"t/")),
+            "text_embeddings": sum(1 for _ in self.scan(b"t/", values=False)),
         }
 
     # -- arrays ------------------------------------------------------------------
@@ -347,7 +347,7 @@ class Cache:
             blob = encode_array(arr)
             items[class_array_key(pid, name)] = blob
             listing[name] = {"dtype": np.asarray(arr).dtype.str, "shape": list(np.shape(arr))}
-        old = [k for k, _ in self.scan(class_array_key(pid, "")) if k not in items]
+        old = [k for k, _ in self.scan(class_array_key(pid, ""), values=False) if k not in items]
         items.update({k: None for k in old})
         items[class_key(pid)] = _json(dict(record, arrays=listing, created_at=record.get("created_at", now_iso())))
         self.write(items)
@@ -365,23 +365,20 @@ class Cache:
         return out
 
     def classes(self) -> list[tuple[str, dict]]:
-        """(pid, record) of every complete class, in key order."""
-        out = []
-        for k, v in self.scan(b"p/"):
-            parts = k.decode().split("/")
-            if len(parts) == 2:
-                out.append((parts[1], json.loads(v)))
-        return out
+        """(pid, record) of every complete class, in key order; arrays are not read."""
+        pids = [k.decode().split("/")[1] for k, _ in self.scan(b"p/", values=False) if k.count(b"/") == 1]
+        records = self.get_many([class_key(pid) for pid in pids])
+        return [(pid, json.loads(raw)) for pid, raw in zip(pids, records, strict=True) if raw is not None]
 
     def class_size(self, pid: str) -> int:
         return sum(len(k) + len(v) for k, v in self.scan(class_key(pid)))
 
     def remove_class(self, pid: str, with_support: bool = False) -> None:
         rec = self.class_record(pid)
-        keys = [k for k, _ in self.scan(class_key(pid) + b"/")] + [class_key(pid)]
+        keys = [k for k, _ in self.scan(class_key(pid) + b"/", values=False)] + [class_key(pid)]
         if with_support and rec and rec.get("support_id"):
             sid = rec["support_id"]
-            keys += [k for k, _ in self.scan(support_key(sid) + b"/")] + [support_key(sid)]
+            keys += [k for k, _ in self.scan(support_key(sid) + b"/", values=False)] + [support_key(sid)]
         self.write({k: None for k in keys})
 
     # -- text embeddings ----------------------------------------------------------

@@ -37,7 +37,6 @@ class ProtoConfig:
     mask_proposer: str = "ncut"
     k_parts: int = 32
     kmeans_iters: int = 30
-    sd_timestep: int = 200
     feature_size: int = 512  # support images are featurised at this side length
     batch_size: int = 8  # support images per extractor call
     kmeans_max_points: int = 16384  # K-means runs on a seeded subsample of at most this many masked cells

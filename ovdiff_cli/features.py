@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import ProtoConfig
 from .errors import OvdiffError
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
 PARTS = ("sd", "clip", "dino", "mae")
 NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
-SD_TIMESTEP = ProtoConfig.sd_timestep  # paper App. C.2: t=200
+SD_TIMESTEP = 200  # paper App. C.2; fixed, so the extractor spec alone names the features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -73,7 +73,7 @@ class Run:
         if self._hub is None:
             from ..models.presets import ModelHub
 
-            self._hub = ModelHub(self.preset, self.run.device, self.run.dtype, self.run.model_overrides, self.run.seed)
+            self._hub = ModelHub(self.preset, self.run.device, self.run.dtype, self.run.model_overrides)
         return self._hub
 
     def say(self, msg: str) -> None:
