@@ -35,6 +35,18 @@ ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP 
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name or local weights file.", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination \\[default: sd+dino+clip].", show_default=False)]
 ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam \\[default: ncut].", show_default=False)]
+_S = SegmentConfig()  # defaults shown in --help; presets may override them
+FilterOpt = Annotated[Optional[bool], typer.Option("--filter/--no-filter", help="CLIP category pre-filter \\[default: on].", show_default=False)]
+EtaOpt = Annotated[Optional[int], typer.Option("--eta", help=f"At most this many classes per image after the filter \\[default: {_S.eta}].", show_default=False)]
+SlideOpt = Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Sliding windows, or one pass over the whole image \\[default: slide].", show_default=False)]
+WindowsOpt = Annotated[Optional[str], typer.Option("--windows", help=f"Window sizes in px \\[default: {','.join(map(str, _S.windows))}].", show_default=False)]
+StrideOpt = Annotated[Optional[int], typer.Option("--stride", help=f"Window stride in px \\[default: {_S.stride}].", show_default=False)]
+ShortSideOpt = Annotated[Optional[int], typer.Option("--short-side", help=f"Images are resized to this short side first \\[default: {_S.short_side}].", show_default=False)]
+NoBgProtosOpt = Annotated[bool, typer.Option("--no-bg-protos", help="Ablation: no background prototypes; background where the best fg similarity is below --fg-threshold (paper A.2).")]
+FgThresholdOpt = Annotated[Optional[float], typer.Option("--fg-threshold", help=f"Threshold for --no-bg-protos \\[default: {_S.fg_threshold}].", show_default=False)]
+NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep things' bg prototypes that look like a stuff class.")]
+StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
+ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help="Prototype kinds to use, any of class,instance,part \\[default: all].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
 
 
@@ -131,6 +143,46 @@ def make_run(
         protos=merged(ProtoConfig, p.protos, protos),
         segment=merged(SegmentConfig, p.segment, segment),
     )
+
+
+def segment_overrides(
+    use_filter: bool | None = None,
+    eta: int | None = None,
+    slide: bool | None = None,
+    windows: str | None = None,
+    stride: int | None = None,
+    short_side: int | None = None,
+    no_bg_protos: bool = False,
+    fg_threshold: float | None = None,
+    no_stuff_filter: bool = False,
+    stuff_threshold: float | None = None,
+    protos: str | None = None,
+) -> dict:
+    """The method switches shared by `segment` and `eval`, checked, as SegmentConfig overrides."""
+    from ..errors import OvdiffError
+    from ..types import PROTO_KINDS
+
+    kinds = None
+    if protos is not None:
+        kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
+        if not kinds or any(k not in PROTO_KINDS for k in kinds):
+            raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
+    for option, value in (("--eta", eta), ("--stride", stride), ("--short-side", short_side)):
+        if value is not None and value < 1:
+            raise OvdiffError(f"{option} must be at least 1, got {value}")
+    sizes = None
+    if windows is not None:
+        try:
+            sizes = tuple(int(v) for v in windows.split(",") if v.strip())
+        except ValueError:
+            raise OvdiffError(f"--windows takes comma-separated pixel sizes, e.g. 448,336; got {windows!r}") from None
+        if not sizes or min(sizes) < 8:
+            raise OvdiffError(f"--windows sizes must be at least 8 px; got {windows!r}")
+    return {
+        "use_filter": use_filter, "eta": eta, "slide": slide, "windows": sizes, "stride": stride,
+        "short_side": short_side, "bg_prototypes": False if no_bg_protos else None, "fg_threshold": fg_threshold,
+        "stuff_filter": False if no_stuff_filter else None, "stuff_threshold": stuff_threshold, "proto_kinds": kinds,
+    }
 
 
 def read_classes_file(path: Path | None) -> str | None:

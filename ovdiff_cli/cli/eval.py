@@ -13,15 +13,27 @@ from .common import (
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    EtaOpt,
     ExtractorOpt,
+    FgThresholdOpt,
+    FilterOpt,
+    NoBgProtosOpt,
+    NoStuffFilterOpt,
     PresetOpt,
     ProposerOpt,
+    ProtoKindsOpt,
     QuietOpt,
     Run,
     SdModelOpt,
     SeedOpt,
+    ShortSideOpt,
+    SlideOpt,
+    StrideOpt,
+    StuffThresholdOpt,
     VerboseOpt,
+    WindowsOpt,
     make_run,
+    segment_overrides,
 )
 
 if TYPE_CHECKING:
@@ -41,11 +53,17 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json and report.html here.", show_default=False)] = None,
     classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="Class names of a dataset of your own in this layout, one per line, line k = label k \\[default: classes.txt in --root if present].", show_default=False)] = None,
     raw_names: Annotated[bool, typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3).")] = False,
-    no_bg_protos: Annotated[bool, typer.Option("--no-bg-protos", help="Ablation: no background prototypes; background by thresholding similarity (Table A.1).")] = False,
-    use_filter: Annotated[Optional[bool], typer.Option("--filter/--no-filter", help="CLIP category pre-filter \\[default: on].", show_default=False)] = None,
-    stuff_filter: Annotated[Optional[bool], typer.Option("--stuff-filter/--no-stuff-filter", help="Drop things' bg prototypes that look like stuff \\[default: on].", show_default=False)] = None,
-    slide: Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Sliding windows 448+336 px \\[default: on].", show_default=False)] = None,
-    protos: Annotated[Optional[str], typer.Option("--protos", help="Prototype kinds to use: any of class,instance,part \\[default: all].", show_default=False)] = None,
+    use_filter: FilterOpt = None,
+    eta: EtaOpt = None,
+    slide: SlideOpt = None,
+    windows: WindowsOpt = None,
+    stride: StrideOpt = None,
+    short_side: ShortSideOpt = None,
+    no_bg_protos: NoBgProtosOpt = False,
+    fg_threshold: FgThresholdOpt = None,
+    no_stuff_filter: NoStuffFilterOpt = False,
+    stuff_threshold: StuffThresholdOpt = None,
+    protos: ProtoKindsOpt = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     n_images: Annotated[Optional[int], typer.Option("--n-images", help="Support images per class N \\[default: 32; offline presets fewer].", show_default=False)] = None,
@@ -76,12 +94,12 @@ def eval_cmd(
     from ..evaluate import predictions_from_dir, write_report
     from ..errors import OvdiffError
 
-    kinds = _parse_kinds(protos)
+    method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
+                               no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
         dino_model=dino_model, sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer},
-        segment={"use_filter": use_filter, "stuff_filter": stuff_filter, "slide": slide, "proto_kinds": kinds},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer}, segment=method,
     )
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
@@ -97,7 +115,7 @@ def eval_cmd(
         if offset is not None:
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
-        results = [_score(run, ds, _model_predictor(run, ds, s, no_bg_protos), f"seed {s}") for s in seed_list]
+        results = [_score(run, ds, _model_predictor(run, ds, s), f"seed {s}") for s in seed_list]
     _print_results(run, ds, results)
     if out is not None:
         json_path, html_path = write_report(results[-1], out, ds, runs=results if len(results) > 1 else None)
@@ -115,19 +133,6 @@ def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:
     return parse_class_list(None, read_classes_file(path))
 
 
-def _parse_kinds(spec: str | None) -> tuple[str, ...] | None:
-    from ..errors import OvdiffError
-    from ..types import PROTO_KINDS
-
-    if spec is None:
-        return None
-    kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
-    bad = [k for k in kinds if k not in PROTO_KINDS]
-    if bad or not kinds:
-        raise OvdiffError(f"--protos {spec!r}: choose a comma list of {', '.join(PROTO_KINDS)}")
-    return kinds
-
-
 def _parse_seeds(spec: str | None, default: int) -> list[int]:
     from ..errors import OvdiffError
 
@@ -142,7 +147,7 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
     return seeds
 
 
-def _model_predictor(run: Run, ds: SegDataset, seed: int, no_bg_protos: bool) -> Predict:
+def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them."""
     import dataclasses
 
@@ -160,9 +165,9 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, no_bg_protos: bool) ->
 
         classes = ensure_classes(run.cache, run.hub, names, seed, run.sample, run.protos, on_event=on_event)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
-    cfg = dataclasses.replace(
-        run.segment, background=ds.has_background, bg_prototypes=ds.has_background and not no_bg_protos
-    )
+    # Benchmarks without background score named classes only, with no bg prototypes (paper A.3).
+    cfg = dataclasses.replace(run.segment, background=ds.has_background,
+                              bg_prototypes=ds.has_background and run.segment.bg_prototypes)  # fmt: skip
     segmenter = Segmenter(run.hub, classes, cfg, run.protos.extractor, run.cache)
     shift = 0 if ds.has_background else 1  # segment labels: 0 = background, class k of the list = k
 

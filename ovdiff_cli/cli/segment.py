@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .common import (
     CacheOpt,
@@ -18,31 +17,28 @@ from .common import (
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    EtaOpt,
     ExtractorOpt,
+    FgThresholdOpt,
+    FilterOpt,
+    NoBgProtosOpt,
+    NoStuffFilterOpt,
     PresetOpt,
     ProposerOpt,
+    ProtoKindsOpt,
     QuietOpt,
     SdModelOpt,
     SeedOpt,
+    ShortSideOpt,
+    SlideOpt,
+    StrideOpt,
+    StuffThresholdOpt,
     VerboseOpt,
+    WindowsOpt,
     make_run,
     read_classes_file,
+    segment_overrides,
 )
-
-_S = SegmentConfig()  # defaults shown in --help; presets may override them
-
-
-def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise OvdiffError(f"{option} takes comma-separated pixel sizes, e.g. 448,336; got {text!r}") from None
-    if not vals or min(vals) < 8:
-        raise OvdiffError(f"{option} sizes must be at least 8 px; got {text!r}")
-    return vals
-
 
 def check_out_dir(out: Path) -> Path:
     """`out` as a writable folder (created), or a one-line error before any work starts."""
@@ -65,18 +61,18 @@ def segment(
     classes_file: ClassesFileOpt = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders of input folders.")] = False,
     no_build: Annotated[bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")] = False,
-    use_filter: Annotated[Optional[bool], typer.Option("--filter/--no-filter", help=f"CLIP category pre-filter \\[default: {'on' if _S.use_filter else 'off'}].", show_default=False)] = None,
-    eta: Annotated[Optional[int], typer.Option("--eta", help=f"At most this many classes per image after the filter \\[default: {_S.eta}].", show_default=False)] = None,
-    slide: Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Sliding windows, or one pass over the whole image \\[default: slide].", show_default=False)] = None,
-    windows: Annotated[Optional[str], typer.Option("--windows", help=f"Window sizes in px \\[default: {','.join(map(str, _S.windows))}].", show_default=False)] = None,
-    stride: Annotated[Optional[int], typer.Option("--stride", help=f"Window stride in px \\[default: {_S.stride}].", show_default=False)] = None,
-    short_side: Annotated[Optional[int], typer.Option("--short-side", help=f"Images are resized to this short side first \\[default: {_S.short_side}].", show_default=False)] = None,
+    use_filter: FilterOpt = None,
+    eta: EtaOpt = None,
+    slide: SlideOpt = None,
+    windows: WindowsOpt = None,
+    stride: StrideOpt = None,
+    short_side: ShortSideOpt = None,
     no_background: Annotated[bool, typer.Option("--no-background", help="Every pixel gets a named class (no background label, paper A.3).")] = False,
-    no_bg_prototypes: Annotated[bool, typer.Option("--no-bg-prototypes", help="Background by thresholding the best fg similarity (--fg-threshold) instead of bg prototypes (paper A.2 ablation).")] = False,
-    fg_threshold: Annotated[Optional[float], typer.Option("--fg-threshold", help=f"Threshold for --no-bg-prototypes \\[default: {_S.fg_threshold}].", show_default=False)] = None,
-    no_stuff_filter: Annotated[bool, typer.Option("--no-stuff-filter", help="Keep things' bg prototypes that look like a stuff class.")] = False,
-    stuff_threshold: Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)] = None,
-    protos: Annotated[Optional[str], typer.Option("--protos", help="Prototype kinds to use \\[default: class,instance,part].", show_default=False)] = None,
+    no_bg_protos: NoBgProtosOpt = False,
+    fg_threshold: FgThresholdOpt = None,
+    no_stuff_filter: NoStuffFilterOpt = False,
+    stuff_threshold: StuffThresholdOpt = None,
+    protos: ProtoKindsOpt = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
     extractor: ExtractorOpt = None,
@@ -106,28 +102,15 @@ def segment(
     from ..imageio import discover
     from ..names import parse_class_list
     from ..segment import Explainer, Segmenter, save_legend, segment_paths
-    from ..types import PROTO_KINDS
     from ..vocab import ensure_classes
 
-    kinds = None
-    if protos is not None:
-        kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
-        bad = [k for k in kinds if k not in PROTO_KINDS]
-        if bad or not kinds:
-            raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
-    if eta is not None and eta < 1:
-        raise OvdiffError(f"--eta must be at least 1, got {eta}")
-    if stride is not None and stride < 1:
-        raise OvdiffError(f"--stride must be at least 1, got {stride}")
+    method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
+                               no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
         dino_model=dino_model, protos={"extractor": extractor, "mask_proposer": mask_proposer},
-        segment={"use_filter": use_filter, "eta": eta, "slide": slide, "windows": _ints(windows, "--windows"),
-                 "stride": stride, "short_side": short_side, "background": False if no_background else None,
-                 "bg_prototypes": False if no_bg_prototypes else None, "fg_threshold": fg_threshold,
-                 "stuff_filter": False if no_stuff_filter else None, "stuff_threshold": stuff_threshold,
-                 "proto_kinds": kinds},
-    )  # fmt: skip
+        segment={**method, "background": False if no_background else None},
+    )
     names = parse_class_list(classes, read_classes_file(classes_file))
     if not names:
         raise OvdiffError("no classes given: use --classes cat,dog,sky or --classes-file FILE")
