@@ -170,10 +170,12 @@ class SegDataset:
         self.spec = SPECS[name]
         self.name = name
         self.has_background = self.spec.has_background
+        self.title = self.spec.title
         if custom_classes is None:
             self.classes = class_names(name, raw=raw_names)
         else:  # a custom dataset in this benchmark's layout: label k names custom_classes[k-1] (or [k])
             self.classes = (["background"] if self.has_background else []) + list(custom_classes)
+            self.title = f"{len(self.classes)} classes of your own, in the {name} layout"
         self.root = resolve_root(self.spec, Path(root).expanduser())
         self.infos = _list_items(self.spec, self.root, limit)
         self._by_id = {info.id: info for info in self.infos}

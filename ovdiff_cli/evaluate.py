@@ -333,7 +333,7 @@ td{{padding:1px 6px;font-size:13px}} .name{{text-align:right;white-space:nowrap}
 .bar{{height:12px}} .val{{font-variant-numeric:tabular-nums}} .sd,.note{{color:#777}}
 figure{{display:inline-block;margin:0 1em 1em 0}} figcaption{{font-size:13px}}
 </style></head><body>
-<h1>{esc(dataset.spec.title)}</h1><p>{head}</p>
+<h1>{esc(dataset.title)}</h1><p>{head}</p>
 <h2>IoU per class (%)</h2><table>{''.join(rows)}</table>
 {gallery("Best images", result.best())}
 {gallery("Worst images", result.worst(), {i for i, _ in result.best()})}
