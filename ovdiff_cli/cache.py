@@ -89,9 +89,30 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def check_png(blob: bytes) -> None:
+    """Raise ValueError unless `blob` is a whole PNG whose every chunk matches its CRC-32."""
+    if blob[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG (bad signature)")
+    off = 8
+    while off + 12 <= len(blob):
+        (n,) = struct.unpack_from(">I", blob, off)
+        kind = blob[off + 4 : off + 8]
+        if off + 12 + n > len(blob):
+            break
+        (crc,) = struct.unpack_from(">I", blob, off + 8 + n)
+        if zlib.crc32(blob[off + 4 : off + 8 + n]) != crc:
+            raise ValueError(f"PNG chunk {kind.decode(errors='replace')} at byte {off}: checksum mismatch")
+        if kind == b"IEND":
+            return
+        off += 12 + n
+    raise ValueError("PNG is truncated (no IEND chunk)")
+
+
 def decode_png(blob: bytes) -> np.ndarray:
-    """PNG bytes → HxWx3 uint8 RGB."""
+    """PNG bytes → HxWx3 uint8 RGB; every chunk's CRC is checked first."""
     from PIL import Image
+
+    check_png(blob)
 
     with Image.open(io.BytesIO(blob)) as im:
         return np.asarray(im.convert("RGB"))
@@ -158,11 +179,34 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("ovdiff"))
 
 
+def _env_map_size() -> int:
+    """`$OVDIFF_CACHE_MAP_SIZE` (bytes) if set, else DEFAULT_MAP_SIZE: the initial map of a new environment."""
+    raw = os.environ.get("OVDIFF_CACHE_MAP_SIZE")
+    if not raw:
+        return DEFAULT_MAP_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 4096:
+        raise CacheError(f"OVDIFF_CACHE_MAP_SIZE must be a number of bytes of at least 4096, got {raw!r}")
+    return size
+
+
+def _corrupt(key: bytes, error: Exception) -> CacheError:
+    return CacheError(
+        f"cache entry {key.decode(errors='replace')} is corrupt ({error}): "
+        "run 'ovdiff cache verify --repair', then re-run to rebuild it"
+    )
+
+
 class Cache:
     """One cache directory: an LMDB environment plus lock files for classes being built."""
 
-    def __init__(self, root: Path | str, map_size: int = DEFAULT_MAP_SIZE, create: bool = True):
+    def __init__(self, root: Path | str, map_size: int | None = None, create: bool = True):
         self.root = Path(root).expanduser()
+        if map_size is None:
+            map_size = _env_map_size()
         path = self.root / ENV_DIRNAME
         if not path.exists() and not create:
             raise CacheError(f"no cache at {self.root}: build one with 'ovdiff protos add NAME'")
@@ -301,13 +345,21 @@ class Cache:
 
     def get_array(self, key: bytes) -> np.ndarray | None:
         raw = self.get(key)
-        return None if raw is None else decode_array(raw)
+        return None if raw is None else self._decode(key, raw, decode_array)
+
+    @staticmethod
+    def _decode(key: bytes, raw: bytes, decode: Callable):
+        """decode(raw), or a one-line CacheError naming the entry and the repair command."""
+        try:
+            return decode(raw)
+        except (ValueError, KeyError, TypeError, OSError, SyntaxError, EOFError, struct.error) as e:
+            raise _corrupt(key, e) from e
 
     # -- support sets ------------------------------------------------------------
 
     def support_meta(self, sid: str) -> dict | None:
         raw = self.get(support_key(sid))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else self._decode(support_key(sid), raw, json.loads)
 
     def put_support_batch(
         self, sid: str, meta: dict, start: int, images: list[np.ndarray], attributions: list[np.ndarray]
@@ -325,7 +377,7 @@ class Cache:
         raw = self.get(image_key(sid, i))
         if raw is None:
             raise KeyError(f"support image {i} of {sid} missing")
-        return decode_png(raw)
+        return self._decode(image_key(sid, i), raw, decode_png)
 
     def attribution(self, sid: str, i: int) -> np.ndarray:
         arr = self.get_array(attribution_key(sid, i))
@@ -337,7 +389,7 @@ class Cache:
 
     def class_record(self, pid: str) -> dict | None:
         raw = self.get(class_key(pid))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else self._decode(class_key(pid), raw, json.loads)
 
     def put_class(self, pid: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
         """Commit one class's prototypes and its record in one transaction; the record lists the arrays."""
@@ -361,14 +413,15 @@ class Cache:
         out = {}
         for n, b in zip(wanted, blobs, strict=True):
             if b is not None:
-                out[n] = decode_array(b)
+                out[n] = self._decode(class_array_key(pid, n), b, decode_array)
         return out
 
     def classes(self) -> list[tuple[str, dict]]:
         """(pid, record) of every complete class, in key order; arrays are not read."""
         pids = [k.decode().split("/")[1] for k, _ in self.scan(b"p/", values=False) if k.count(b"/") == 1]
         records = self.get_many([class_key(pid) for pid in pids])
-        return [(pid, json.loads(raw)) for pid, raw in zip(pids, records, strict=True) if raw is not None]
+        return [(pid, self._decode(class_key(pid), raw, json.loads))
+                for pid, raw in zip(pids, records, strict=True) if raw is not None]  # fmt: skip
 
     def class_size(self, pid: str) -> int:
         return sum(len(k) + len(v) for k, v in self.scan(class_key(pid)))
@@ -384,8 +437,8 @@ class Cache:
     # -- text embeddings ----------------------------------------------------------
 
     def text_embeddings(self, model_fp: str, prompts: list[str]) -> list[np.ndarray | None]:
-        blobs = self.get_many([text_key(model_fp, p) for p in prompts])
-        return [None if b is None else decode_array(b) for b in blobs]
+        keys = [text_key(model_fp, p) for p in prompts]
+        return [None if b is None else self._decode(k, b, decode_array) for k, b in zip(keys, self.get_many(keys), strict=True)]
 
     def put_text_embeddings(self, model_fp: str, embeddings: dict[str, np.ndarray]) -> None:
         self.write({text_key(model_fp, p): encode_array(e) for p, e in embeddings.items()})
@@ -395,13 +448,17 @@ class Cache:
     def verify(self, repair: bool = False) -> list[Problem]:
         """Decode every entry and cross-check records; with `repair`, delete what is broken.
 
+        Checks: JSON records parse; array blobs decode with their checksums, shapes and dtypes as
+        their class record lists, float values finite (attribution maps also >= 0); support images
+        decode at the support set's size; every image and array a record lists exists.
         Repair keeps units whole: a broken array removes its whole class (rebuilt by the next
         `protos add`), a broken support image truncates its support set to the images before it
-        (sampling resumes from there).
+        (sampling resumes from there) and removes the classes built from the lost images.
         """
         problems: list[Problem] = []
         items = dict(self.scan(b""))
         records: dict[str, dict] = {}
+        supports: dict[str, dict] = {}
         truncate: dict[str, int] = {}
         drop: set[bytes] = set()
 
@@ -409,24 +466,36 @@ class Cache:
             problems.append(Problem(k.decode(errors="replace"), why))
             drop.add(k)
 
-        for k, v in items.items():
+        def cut(sid: str, i: int) -> None:
+            truncate[sid] = min(truncate.get(sid, i), i)
+
+        for k, v in items.items():  # key order: a record sorts before its entries
             parts = k.decode(errors="replace").split("/")
             try:
                 if k == SCHEMA_KEY:
                     json.loads(v)
                 elif parts[0] == "s" and len(parts) == 2:
                     meta = json.loads(v)
-                    for i in range(int(meta["n_images"])):
+                    n = int(meta["n_images"])
+                    supports[parts[1]] = meta
+                    for i in range(n):
                         if image_key(parts[1], i) not in items or attribution_key(parts[1], i) not in items:
-                            bad(k, f"support set lists {meta['n_images']} images but image {i} is missing")
-                            truncate[parts[1]] = min(truncate.get(parts[1], i), i)
+                            bad(k, f"support set lists {n} images but image {i} is missing")
+                            cut(parts[1], i)
                             drop.discard(k)
                             break
                 elif parts[0] == "s" and len(parts) == 4 and parts[2] in ("img", "att"):
+                    meta = supports.get(parts[1], {})
                     if parts[2] == "img":
-                        decode_png(v)
+                        img = decode_png(v)
+                        size = meta.get("size")
+                        if size is not None and img.shape[:2] != (size, size):
+                            raise ValueError(f"image is {img.shape[1]}x{img.shape[0]}, the support set's size is {size}")
                     else:
                         a = decode_array(v)
+                        side = meta.get("attribution_size")
+                        if side is not None and a.shape != (side, side):
+                            raise ValueError(f"attribution map of shape {list(a.shape)}, expected [{side}, {side}]")
                         if not np.isfinite(a).all() or (a < 0).any():
                             raise ValueError("attribution map has negative or non-finite values")
                 elif parts[0] == "p" and len(parts) == 2:
@@ -445,9 +514,11 @@ class Cache:
                     bad(k, "unknown key")
             except Exception as e:  # any decode failure is a finding, not a crash
                 bad(k, f"{type(e).__name__}: {e}")
-                if parts[0] == "s" and len(parts) == 4:
+                if parts[0] == "s" and len(parts) == 4 and parts[3].isdigit():
                     drop.discard(k)
-                    truncate[parts[1]] = min(truncate.get(parts[1], int(parts[3])), int(parts[3]))
+                    cut(parts[1], int(parts[3]))
+                elif parts[0] == "s" and len(parts) == 2:
+                    cut(parts[1], 0)  # an unreadable support record: the whole set is resampled
         # Arrays against their class records (shape and dtype as recorded; orphans).
         for k, v in items.items():
             parts = k.decode(errors="replace").split("/")
@@ -463,6 +534,11 @@ class Cache:
                     continue
                 if spec is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
                     bad(k, "array does not match its class record")
+        # Classes built from support images that are broken: their masks point at lost images.
+        for pid, rec in records.items():
+            sid = rec.get("support_id")
+            if sid in truncate and truncate[sid] < int(rec.get("n_images") or 0) and class_key(pid) not in drop:
+                bad(class_key(pid), f"class {rec.get('name')!r} was built from support image {truncate[sid]} of {sid}, which is broken")
         if repair and (drop or truncate):
             for k in list(drop):
                 parts = k.decode(errors="replace").split("/")
@@ -471,12 +547,12 @@ class Cache:
                     drop.update(kk for kk in items if kk.startswith(class_key(parts[1]) + b"/"))
             updates: dict[bytes, bytes | None] = {k: None for k in drop}
             for sid, n in truncate.items():
-                raw = items.get(support_key(sid))
-                if raw is not None:
-                    meta = json.loads(raw)
-                    updates[support_key(sid)] = _json(dict(meta, n_images=min(n, meta["n_images"])))
+                meta = supports.get(sid)
+                if meta is not None:
+                    updates[support_key(sid)] = _json(dict(meta, n_images=min(n, int(meta["n_images"]))))
                 for kk in items:
-                    if kk.startswith(support_key(sid) + b"/") and int(kk.decode().rsplit("/", 1)[1]) >= n:
+                    tail = kk.decode(errors="replace").rsplit("/", 1)[-1]
+                    if kk.startswith(support_key(sid) + b"/") and (not tail.isdigit() or int(tail) >= n):
                         updates[kk] = None
             self.write(updates)
         return problems

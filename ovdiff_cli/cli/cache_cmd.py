@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, QuietOpt, SeedOpt, VerboseOpt, make_run
@@ -63,7 +64,7 @@ def verify(
         run.say("[green]cache is sound[/]")
         return
     for p in problems:
-        run.err.print(f"[red]broken[/] {p.key}: {p.reason}", highlight=False)
+        run.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
     if repair:
         run.say(f"removed {len(problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
         return

@@ -97,7 +97,7 @@ class Run:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.err, disable=self.quiet, transient=False,
         )
 
@@ -132,7 +132,7 @@ def make_run(
         vals.update({k: v for k, v in (user or {}).items() if v is not None})
         return dataclasses.replace(cls(), **vals)
 
-    return Run(
+    run = Run(
         run=run_cfg,
         cache_dir=Path(cache) if cache else default_cache_dir(),
         console=Console(),
@@ -143,6 +143,13 @@ def make_run(
         protos=merged(ProtoConfig, p.protos, protos),
         segment=merged(SegmentConfig, p.segment, segment),
     )
+    # Bad sampling/prototype options are refused here, before any progress bar or model starts.
+    from ..sampling import check_config
+    from ..vocab import check_proto_config
+
+    check_config(run.sample)
+    check_proto_config(run.protos)
+    return run
 
 
 def segment_overrides(
@@ -199,5 +206,7 @@ def read_classes_file(path: Path | None) -> str | None:
 
 def fail(msg: str, code: int = 2) -> None:
     """Print one error line and exit."""
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     sys.exit(code)

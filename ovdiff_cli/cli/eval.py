@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .common import (
     CacheOpt,
@@ -104,7 +105,7 @@ def eval_cmd(
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
     if custom is not None:
-        run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {', '.join(custom)}")
+        run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {escape(', '.join(custom))}")
     if out is not None and out.exists() and not out.is_dir():
         raise OvdiffError(f"--out {out} is a file: give a folder for metrics.json and report.html")
     if pred is not None:
@@ -209,9 +210,9 @@ def _print_results(run: Run, ds: SegDataset, results: list[EvalResult]) -> None:
     for j, name in enumerate(ds.classes):
         if summary and summary["per_class_iou"][name]:
             s = summary["per_class_iou"][name]
-            table.add_row(name, f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
+            table.add_row(escape(name), f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
         else:
-            table.add_row(name, fmt(results[-1].per_class_iou[j]))
+            table.add_row(escape(name), fmt(results[-1].per_class_iou[j]))
     table.add_section()
     if summary:
         table.add_row("[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import ProtoConfig, SampleConfig
@@ -128,7 +129,7 @@ def add(
         table.add_column(col)
     for p in protos:
         rec = records[p.pid]
-        table.add_row(p.name, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
+        table.add_row(escape(p.name), f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
                       f"{rec['otsu_fallbacks']}/{rec['n_images']}", p.pid[:12])  # fmt: skip
     run.console.print(table)
     calls = {k: run.hub.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
@@ -170,7 +171,7 @@ def list_cmd(
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
     for pid, rec in found:
-        row = [rec["name"], str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], _human(run.cache.class_size(pid)), pid[:12]]
+        row = [escape(rec["name"]), str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], _human(run.cache.class_size(pid)), pid[:12]]
         if verbose:
             row += [rec["mask_proposer"], str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
         table.add_row(*row)
@@ -206,7 +207,7 @@ def rm(
     for pid, rec in doomed:
         run.cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
         if verbose:
-            run.say(f"removed {rec['name']} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
+            run.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
     run.say(f"removed {len(doomed)} class(es) from {run.cache_dir}")
 
 
@@ -250,7 +251,7 @@ def show(
         mask_sheet(images, masks, title).save(out)
     except (OSError, ValueError) as e:
         raise OvdiffError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e
-    run.say(f"wrote {out} ({len(images)} support images of {rec['name']!r}, id {pid[:12]})")
+    run.say(f"wrote {out} ({len(images)} support images of {escape(repr(rec['name']))}, id {pid[:12]})")
 
 
 @app.command("export")
@@ -303,4 +304,4 @@ def import_cmd(
     run = make_run(cache, preset, device, dtype, seed, verbose, quiet)
     pids = import_classes(run.cache, file)
     names = [run.cache.class_record(p)["name"] for p in pids]
-    run.say(f"imported {len(pids)} class(es) into {run.cache_dir}: {', '.join(names)}")
+    run.say(f"imported {len(pids)} class(es) into {run.cache_dir}: {escape(', '.join(names))}")

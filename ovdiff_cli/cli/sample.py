@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ..config import SampleConfig
 from .common import (
@@ -98,7 +99,7 @@ def _sample_classes(run, classes: list[str]) -> None:
             sid, meta = ensure_support_set(run.cache, run.hub, name, run.run.seed, run.sample, on_progress)
             bar.update(task, visible=False)
             if run.verbose:
-                run.say(f"{name}: {meta['n_images']} images, support set {sid}")
+                run.say(f"{escape(name)}: {meta['n_images']} images, support set {sid}")
     new = run.hub.calls.get("generate", 0) - generated_before
     run.say(
         f"{len(classes)} class(es), {n} images each: {new} generated, {n * len(classes) - new} already cached "
@@ -126,4 +127,4 @@ def _write_sheet(run, show: str, out: Path) -> None:
         contact_sheet(samples, title).save(out)
     except (OSError, ValueError) as e:
         raise OvdiffError(f"cannot write contact sheet {out}: {getattr(e, 'strerror', None) or e}") from e
-    run.say(f"wrote {out} ({len(samples)} support images of {norm!r})")
+    run.say(f"wrote {out} ({len(samples)} support images of {escape(repr(norm))})")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import OvdiffError
@@ -136,7 +137,7 @@ def segment(
         def on_image(item, error: str | None) -> None:
             bar.advance(task)
             if error:
-                run.err.print(f"[yellow]skipped[/] {error}", highlight=False, soft_wrap=True)
+                run.err.print(f"[yellow]skipped[/] {escape(error)}", highlight=False, soft_wrap=True)
 
         summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
                                 explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image)  # fmt: skip
@@ -154,6 +155,7 @@ def segment(
                 + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
                 + (f" · explanations: {out_dir / 'explain'}" if explain else ""))  # fmt: skip
     if summary.failures:
-        run.err.print(f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/]; the others were written",
-                      highlight=False)  # fmt: skip
+        failed = escape(", ".join(path for path, _ in summary.failures[:10])) + (" …" if len(summary.failures) > 10 else "")
+        run.err.print(f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/] ({failed}); the others were written",
+                      highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
