@@ -456,7 +456,8 @@ class Cache:
         (sampling resumes from there) and removes the classes built from the lost images.
         """
         problems: list[Problem] = []
-        items = dict(self.scan(b""))
+        keys = [k for k, _ in self.scan(b"", values=False)]  # values are read one at a time: memory stays flat
+        keyset = set(keys)
         records: dict[str, dict] = {}
         supports: dict[str, dict] = {}
         truncate: dict[str, int] = {}
@@ -469,7 +470,10 @@ class Cache:
         def cut(sid: str, i: int) -> None:
             truncate[sid] = min(truncate.get(sid, i), i)
 
-        for k, v in items.items():  # key order: a record sorts before its entries
+        for k in keys:  # key order: a record sorts before its entries
+            v = self.get(k)
+            if v is None:  # deleted by another process since the key scan
+                continue
             parts = k.decode(errors="replace").split("/")
             try:
                 if k == SCHEMA_KEY:
@@ -479,7 +483,7 @@ class Cache:
                     n = int(meta["n_images"])
                     supports[parts[1]] = meta
                     for i in range(n):
-                        if image_key(parts[1], i) not in items or attribution_key(parts[1], i) not in items:
+                        if image_key(parts[1], i) not in keyset or attribution_key(parts[1], i) not in keyset:
                             bad(k, f"support set lists {n} images but image {i} is missing")
                             cut(parts[1], i)
                             drop.discard(k)
@@ -501,13 +505,19 @@ class Cache:
                 elif parts[0] == "p" and len(parts) == 2:
                     records[parts[1]] = json.loads(v)
                     for name in records[parts[1]]["arrays"]:
-                        if class_array_key(parts[1], name) not in items:
+                        if class_array_key(parts[1], name) not in keyset:
                             bad(k, f"class {records[parts[1]].get('name')!r}: array {name} missing")
                             break
                 elif parts[0] == "p" and len(parts) >= 4 and parts[2] == "a":
                     a = decode_array(v)
                     if a.dtype.kind == "f" and not np.isfinite(a).all():
                         raise ValueError("array has non-finite values")
+                    rec = records.get(parts[1])
+                    spec = None if rec is None else rec["arrays"].get("/".join(parts[3:]))
+                    if rec is None:
+                        bad(k, "prototype array without a class record (orphan)")
+                    elif spec is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
+                        bad(k, "array does not match its class record")
                 elif parts[0] == "t" and len(parts) == 2:
                     decode_array(v)
                 else:
@@ -519,21 +529,6 @@ class Cache:
                     cut(parts[1], int(parts[3]))
                 elif parts[0] == "s" and len(parts) == 2:
                     cut(parts[1], 0)  # an unreadable support record: the whole set is resampled
-        # Arrays against their class records (shape and dtype as recorded; orphans).
-        for k, v in items.items():
-            parts = k.decode(errors="replace").split("/")
-            if parts[0] == "p" and len(parts) >= 4 and parts[2] == "a" and k not in drop:
-                rec = records.get(parts[1])
-                if rec is None:
-                    bad(k, "prototype array without a class record (orphan)")
-                    continue
-                spec = rec["arrays"].get("/".join(parts[3:]))
-                try:
-                    a = decode_array(v)
-                except ValueError:
-                    continue
-                if spec is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
-                    bad(k, "array does not match its class record")
         # Classes built from support images that are broken: their masks point at lost images.
         for pid, rec in records.items():
             sid = rec.get("support_id")
@@ -544,13 +539,13 @@ class Cache:
                 parts = k.decode(errors="replace").split("/")
                 if parts[0] == "p":
                     drop.add(class_key(parts[1]))
-                    drop.update(kk for kk in items if kk.startswith(class_key(parts[1]) + b"/"))
+                    drop.update(kk for kk in keys if kk.startswith(class_key(parts[1]) + b"/"))
             updates: dict[bytes, bytes | None] = {k: None for k in drop}
             for sid, n in truncate.items():
                 meta = supports.get(sid)
                 if meta is not None:
                     updates[support_key(sid)] = _json(dict(meta, n_images=min(n, int(meta["n_images"]))))
-                for kk in items:
+                for kk in keys:
                     tail = kk.decode(errors="replace").rsplit("/", 1)[-1]
                     if kk.startswith(support_key(sid) + b"/") and (not tail.isdigit() or int(tail) >= n):
                         updates[kk] = None
