@@ -8,6 +8,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from . import bench as bench_cmd
 from . import cache_cmd
 from . import demo as demo_cmd
 from . import eval as eval_cmd
@@ -48,6 +49,7 @@ app.command("sample")(sample_cmd.sample)
 app.command("eval")(eval_cmd.eval_cmd)
 app.command("segment")(segment_cmd.segment)
 app.command("demo")(demo_cmd.demo)
+app.command("bench")(bench_cmd.bench)
 
 
 def main() -> None:

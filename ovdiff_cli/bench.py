@@ -1,0 +1,611 @@
+"""The speed and memory figures of issue 7, measured the same way on any machine (`ovdiff bench`).
+
+Every figure is the median, with min and max, of `repeats` runs after one warm-up (the first call at
+a new input shape pays for kernel selection). A ratio is formed within each repeat, its two sides
+run back to back in alternating order so that drift on a shared machine hits both, and the median
+of those ratios is reported. Models are the random-weight presets: speed needs the architectures
+and their FLOPs, not the weights. On a CPU the sizes are reduced so the whole bench takes minutes;
+on CUDA they are the paper's (App. C.5) except for a bounded support set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .classnames import VOC
+from .config import ProtoConfig, SampleConfig, SegmentConfig
+from .errors import OvdiffError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .cache import Cache
+    from .models.presets import ModelHub
+    from .types import ClassPrototypes, Sample
+
+RESULTS_VERSION = 1
+SAMPLE_CLASS = "cat"
+EXTRA_CLASS = "giraffe"  # the class added to a cached vocabulary: in the stuff table, so no text lookup
+MEMORY_CLASSES = ("cat", "dog", "bird")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes and counts of one bench run (all recorded in the results)."""
+
+    preset: str
+    repeats: int
+    n_images: int  # support images per class: sampling and prototypes
+    steps: int
+    size: int  # sampling side, px
+    feature_size: int  # support images are featurised at this side
+    k_parts: int
+    short_side: int
+    windows: tuple[int, ...]
+    stride: int
+    eta: int  # category filter, in the segment and filter sections
+    segment_images: int
+    image_hw: tuple[int, int]  # test images: VOC's typical 375×500
+    bank_classes: int  # named classes of the synthetic prototype bank (+ background)
+    bank_rows: int  # instance and part prototypes per class and group (paper: N = K = 32)
+    vocab_preset: str
+    vocab_cached: int  # classes already cached before one more is added
+    vocab_repeats: int  # tiny builds take a fraction of a second: more repeats steady the ratio
+    memory_preset: str
+    memory_counts: tuple[int, int]
+    memory_hw: tuple[int, int]
+
+
+# The incremental-vocabulary and memory sections are the same everywhere: they measure bookkeeping
+# and streaming, which a small preset shows without the hours that full-size classes would take.
+_SMALL = dict(vocab_preset="tiny", vocab_cached=20, vocab_repeats=7, memory_preset="procedural",
+              memory_counts=(10, 200), memory_hw=(120, 160))  # fmt: skip
+
+
+def bench_settings(device_type: str, quick: bool = False, preset: str | None = None,
+                   repeats: int | None = None) -> BenchSettings:  # fmt: skip
+    """Reduced sizes on a CPU, the paper's on CUDA, seconds-long ones with `quick` (tiny preset)."""
+    if quick:
+        s = BenchSettings(
+            "tiny", 1, n_images=2, steps=2, size=64, feature_size=64, k_parts=4, short_side=96, windows=(96, 64),
+            stride=48, eta=4, segment_images=1, image_hw=(120, 160), bank_classes=20, bank_rows=32,
+            **dict(_SMALL, vocab_cached=3, vocab_repeats=1, memory_counts=(2, 6), memory_hw=(60, 80)),
+        )  # fmt: skip
+    elif device_type == "cuda":
+        s = BenchSettings(
+            "sd15-random", 3, n_images=8, steps=30, size=512, feature_size=512, k_parts=32, short_side=448,
+            windows=(448, 336), stride=224, eta=10, segment_images=10, image_hw=(375, 500), bank_classes=20,
+            bank_rows=32, **_SMALL,
+        )  # fmt: skip
+    else:  # the paper's windows 448/336, stride 224 and short side 448, scaled by 4/7
+        s = BenchSettings(
+            "sd15-random", 3, n_images=2, steps=2, size=256, feature_size=256, k_parts=32, short_side=256,
+            windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,
+            bank_rows=32, **_SMALL,
+        )  # fmt: skip
+    if repeats is not None and repeats < 1:
+        raise OvdiffError(f"--repeats must be at least 1, got {repeats}")
+    if repeats is None:
+        return replace(s, preset=preset or s.preset)
+    return replace(s, preset=preset or s.preset, repeats=repeats, vocab_repeats=max(repeats, s.vocab_repeats))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def figure(label: str, unit: str, runs: list[float], at_most: float | None = None) -> dict:
+    """Median, min and max of `runs`; with a target, whether the median meets it."""
+    out: dict[str, Any] = {"label": label, "unit": unit, "median": float(np.median(runs)), "min": float(min(runs)),
+                           "max": float(max(runs)), "runs": [float(r) for r in runs]}  # fmt: skip
+    if at_most is not None:
+        out["target_at_most"] = at_most
+        out["pass"] = bool(out["median"] <= at_most)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(seconds, result) of fn(), waiting for the GPU's queued work."""
+    _sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return time.perf_counter() - t0, result
+
+
+def alternating(a: Callable[[], Any], b: Callable[[], Any], repeats: int, device: torch.device,
+                after_a: Callable[[], Any] | None = None) -> tuple[list[float], list[float]]:  # fmt: skip
+    """Seconds of `a` and of `b` per repeat, run back to back, a first on even repeats and b first on odd;
+    `after_a` runs untimed after each call of `a` (to undo what it did)."""
+    ta, tb = [], []
+    for r in range(repeats):
+        for which in (a, b) if r % 2 == 0 else (b, a):
+            (ta if which is a else tb).append(timed(which, device)[0])
+            if which is a and after_a is not None:
+                after_a()
+    return ta, tb
+
+
+class TimedScorer:
+    """An ImageTextScorer that adds up the time of its forward passes (the filter's backbone work)."""
+
+    def __init__(self, inner, device: torch.device):
+        self.inner, self.device = inner, device
+        self.seconds = 0.0
+        self.prompts = 0
+
+    def identity(self) -> str:
+        return self.inner.identity()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        dt, out = timed(lambda: self.inner.encode_images(images), self.device)
+        self.seconds += dt
+        return out
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        dt, out = timed(lambda: self.inner.encode_texts(prompts), self.device)
+        self.seconds += dt
+        self.prompts += len(prompts)
+        return out
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def preset_configs(preset: str) -> tuple[SampleConfig, ProtoConfig, SegmentConfig]:
+    """The configs a command gets for `preset` with no options given."""
+    from .models.presets import get_preset
+
+    p = get_preset(preset)
+    return replace(SampleConfig(), **p.sample), replace(ProtoConfig(), **p.protos), replace(SegmentConfig(), **p.segment)
+
+
+def write_images(folder: Path, n: int, hw: tuple[int, int], seed: int) -> Path:
+    """n smooth random JPEGs of size hw in `folder` (content is irrelevant to random-weight models)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    for i in range(n):
+        coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
+    return folder
+
+
+def synthetic_bank(names: list[str], dim: int, rows: int, seed: int) -> list[ClassPrototypes]:
+    """Thing classes with random unit prototypes of the paper's sizes: 1 class, `rows` instance and
+    `rows` part prototypes for fg and for bg. Matching cost depends on these shapes only."""
+    from .types import ClassPrototypes
+
+    rng = np.random.default_rng(seed)
+
+    def unit(n: int) -> np.ndarray:
+        a = rng.standard_normal((n, dim)).astype(np.float32)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    def group() -> dict[str, np.ndarray]:
+        return {"class": unit(1), "instance": unit(rows), "part": unit(rows)}
+
+    return [ClassPrototypes(name=n, kind="thing", fg=group(), bg=group()) for n in names]
+
+
+def fresh_cache(root: Path, prefix: str) -> Cache:
+    """An empty cache in a new folder under `root`."""
+    from .cache import Cache
+
+    return Cache(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def bench_sampling(hub: ModelHub, s: BenchSettings, seed: int) -> tuple[dict, list[Sample]]:
+    """Seconds per image of our sampler (attribution capture) and of the stock diffusers pipeline.
+
+    Same components, prompt, negative prompt, guidance, steps, size and per-image seeds; both decode
+    with the VAE (the stock call to float arrays, ours to uint8 plus attribution maps).
+    Returns the section and the last support set drawn (the prototypes section featurises it).
+    """
+    import torch
+
+    from .sampling import image_seed
+
+    cfg = replace(SampleConfig(), n_images=s.n_images, steps=s.steps, size=s.size, batch_size=s.n_images)
+    generator = hub.generator()
+    pipe = hub.sd().pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    seeds = [image_seed(SAMPLE_CLASS, seed, i) for i in range(s.n_images)]
+    drawn: list[Sample] = []
+
+    def ours() -> None:
+        drawn[:] = generator.generate(SAMPLE_CLASS, seeds, cfg)
+
+    def stock() -> None:
+        pipe(prompt=[cfg.prompt_template.format(SAMPLE_CLASS)] * len(seeds),
+             negative_prompt=[cfg.negative_prompt] * len(seeds), guidance_scale=cfg.guidance_scale,
+             num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size,
+             generator=[torch.Generator().manual_seed(x) for x in seeds], output_type="np")  # fmt: skip
+
+    ours()  # warm-up
+    stock()
+    t_ours, t_stock = alternating(ours, stock, s.repeats, hub.device)
+    n = len(seeds)
+    section = {
+        "figures": {
+            "capture": figure("with attribution capture", "s/image", [t / n for t in t_ours]),
+            "stock": figure("stock diffusers pipeline", "s/image", [t / n for t in t_stock]),
+            "ratio": figure("capture / stock", "×", [a / b for a, b in zip(t_ours, t_stock, strict=True)], 1.15),
+        },
+        "notes": [f"{n} image(s) of '{SAMPLE_CLASS}' per call, {s.steps} DPM-Solver++ steps, {s.size} px, "
+                  f"guidance {cfg.guidance_scale}; both decode with the VAE"],
+    }  # fmt: skip
+    return section, list(drawn)
+
+
+def bench_prototypes(hub: ModelHub, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, int]:
+    """Seconds per class of the three prototype stages on the support set just drawn.
+
+    features: the extractor over every support image; masks: proposals and the fg/bg rule;
+    K-means: Eq. 1, the class prototype and the K-means part prototypes (build_prototypes).
+    Returns the section and the extractor's feature dimension D.
+    """
+    from .features import extract_images
+    from .masks import fg_bg_masks
+    from .prototypes import build_prototypes
+
+    base = preset_configs(s.preset)[1]
+    cfg = replace(base, feature_size=s.feature_size, k_parts=s.k_parts)
+    extractor = hub.extractor(cfg.extractor)
+    proposer = hub.mask_proposer(cfg.mask_proposer)
+
+    def once() -> tuple[float, float, float, int]:
+        t_feat, feats = timed(lambda: extract_images(extractor, [x.image for x in samples], cfg.feature_size,
+                                                     cfg.batch_size), hub.device)  # fmt: skip
+        grid = tuple(feats.shape[-2:])
+        t_mask, masks = timed(lambda: [fg_bg_masks(proposer.propose(x.image, f), x.attribution, grid)[:2]
+                                       for x, f in zip(samples, feats, strict=True)], hub.device)  # fmt: skip
+        fg, bg = (np.stack(m) for m in zip(*masks, strict=True))
+        t_km, _ = timed(lambda: build_prototypes(feats, fg, bg, cfg.k_parts, seed, False, cfg.kmeans_iters,
+                                                 cfg.kmeans_max_points), hub.device)  # fmt: skip
+        return t_feat, t_mask, t_km, int(feats.shape[1])
+
+    dim = once()[3]  # warm-up
+    runs = [once() for _ in range(s.repeats)]
+    feat, mask, km, _ = (list(col) for col in zip(*runs, strict=True))
+    section = {
+        "figures": {
+            "features": figure("features", "s/class", feat),
+            "masks": figure("masks", "s/class", mask),
+            "kmeans": figure("K-means + aggregation", "s/class", km),
+            "total": figure("total (without sampling)", "s/class", [sum(r[:3]) for r in runs]),
+        },
+        "notes": [f"{len(samples)} support image(s) per class at {cfg.feature_size} px, extractor {cfg.extractor} "
+                  f"(D={dim}), proposer {cfg.mask_proposer}, K={cfg.k_parts}"],
+    }  # fmt: skip
+    return section, dim
+
+
+def bench_segment(hub: ModelHub, s: BenchSettings, folder: Path, dim: int, root: Path, seed: int) -> dict:
+    """Seconds per image by step, and the share of the time spent outside the backbones' forward passes.
+
+    The prototype bank is synthesised (random unit vectors of the real shapes and dimension): building
+    that many real classes takes hours on a CPU, and matching cost depends on shapes only. Backbones:
+    the extractor ("features") and the filter's CLIP image/text forward passes; everything else
+    (matching, upsampling, image IO, filter bookkeeping) is overhead.
+    """
+    from .imageio import discover, load_image
+    from .segment import Segmenter, segment_paths
+
+    names = list(VOC[1 : 1 + s.bank_classes])
+    cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
+    spec = preset_configs(s.preset)[1].extractor
+    segmenter = Segmenter(hub, synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"))
+    scorer = TimedScorer(segmenter.filter.scorer, hub.device)
+    segmenter.filter.scorer = scorer
+    items = discover([str(folder)])
+    kept = [len(segmenter.filter.select(load_image(i.path))) for i in items]  # warm-up: text embeddings cached
+    segment_paths(segmenter, items[:1], root / "masks-warmup")
+    rows = []
+    for r in range(s.repeats):
+        scorer.seconds = 0.0
+        job = segment_paths(segmenter, items, root / f"masks-{r}")
+        if job.failures:
+            raise OvdiffError(f"bench image failed: {job.failures[0][1]}")
+        rows.append({"wall": job.seconds, **job.timings, "clip": scorer.seconds})
+    return _segment_section(rows, len(items), kept, len(segmenter.vocab), cfg, spec, dim, s)
+
+
+def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, cfg: SegmentConfig, spec: str,
+                     dim: int, s: BenchSettings) -> dict:  # fmt: skip
+    def per(key: str) -> list[float]:
+        return [r[key] / n for r in rows]
+
+    overhead = [100 * (r["wall"] - r["features"] - r["clip"]) / r["wall"] for r in rows]
+    with_filter = [100 * (r["wall"] - r["features"]) / r["wall"] for r in rows]
+    return {
+        "figures": {
+            "total": figure("total", "s/image", per("wall")),
+            "features": figure("feature extraction (backbones)", "s/image", per("features")),
+            "filter": figure("CLIP filter", "s/image", per("filter")),
+            "filter_clip": figure("  of which CLIP forward", "s/image", per("clip")),
+            "matching": figure("matching", "s/image", per("matching")),
+            "upsample_io": figure("upsampling + IO", "s/image", per("upsample_io")),
+            "overhead_share": figure("not backbone forward passes", "%", overhead, 15.0),
+            "overhead_share_filter": figure("  counting the whole filter as overhead", "%", with_filter),
+        },
+        "notes": [f"{n} image(s) per run; prototype bank SYNTHESISED for timing: {s.bank_classes} classes + background, "
+                  f"fg+bg × (1 class + {s.bank_rows} instance + {s.bank_rows} part) random unit vectors, D={dim} ({n_protos} prototypes); "
+                  f"extractor {spec}, short side {cfg.short_side}, windows {'/'.join(map(str, cfg.windows))}, stride "
+                  f"{cfg.stride}, η={cfg.eta}; the filter kept {np.mean(kept):.1f} classes per image on average"],
+    }  # fmt: skip
+
+
+def bench_filter(hub: ModelHub, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
+    """The category filter on one image with a fresh cache (cold: every prompt encoded) and again with
+    a new filter over the same cache (warm: every embedding read from LMDB, none encoded)."""
+    from .filter import CategoryFilter
+
+    names = list(VOC[1 : 1 + s.bank_classes])
+    cfg = preset_configs(s.preset)[2]
+    CategoryFilter(hub.scorer(), None, names[:2], s.eta, cfg.filter_size).select(image)  # warm-up
+    cold, warm, prompts = [], [], []
+    for _ in range(s.repeats):
+        cache = fresh_cache(root, "filter-")
+        scorer = TimedScorer(hub.scorer(), hub.device)
+        cold.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), hub.device)[0])
+        prompts.append(scorer.prompts)
+        warm.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), hub.device)[0])
+        if scorer.prompts != prompts[-1]:
+            raise OvdiffError("the warm filter encoded prompts: the text-embedding cache missed")
+    return {
+        "figures": {
+            "cold": figure("cold text-embedding cache", "s/image", cold),
+            "warm": figure("warm text-embedding cache", "s/image", warm),
+            "speedup": figure("cold / warm", "×", [c / w for c, w in zip(cold, warm, strict=True)]),
+            "prompts": figure("prompts encoded when cold", "prompts", prompts),
+        },
+        "notes": [f"{len(names)} classes, η={s.eta}, CLIP at {cfg.filter_size} px; both include the image forward pass"],
+    }
+
+
+def bench_vocab(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> dict:
+    """Adding one class to a cached vocabulary vs building it alone; generator calls on a second run."""
+    from .models.presets import ModelHub, get_preset
+    from .vocab import class_id, ensure_classes
+
+    hub = ModelHub(get_preset(s.vocab_preset), device, dtype, seed=seed)
+    sample_cfg, proto_cfg, _ = preset_configs(s.vocab_preset)
+    names = list(VOC[1 : 1 + s.vocab_cached])
+    base = fresh_cache(root, "vocab-")
+    ensure_classes(base, hub, names, seed, sample_cfg, proto_cfg)  # also the warm-up: every model built and run
+    extra_pid = class_id(EXTRA_CLASS, seed, hub, sample_cfg, proto_cfg)
+    fresh = iter([fresh_cache(root, "alone-") for _ in range(s.vocab_repeats)])  # opened before the clock starts
+
+    def add() -> None:
+        ensure_classes(base, hub, [*names, EXTRA_CLASS], seed, sample_cfg, proto_cfg)
+
+    def alone() -> None:
+        ensure_classes(next(fresh), hub, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
+
+    t_add, t_alone = alternating(add, alone, s.vocab_repeats, hub.device,
+                                 after_a=lambda: base.remove_class(extra_pid, with_support=True))  # fmt: skip
+    first, second = second_run_calls(s, device, dtype, seed, root)
+    return {
+        "figures": {
+            "add": figure(f"add 1 class to {len(names)} cached", "s", t_add),
+            "alone": figure("build that class alone", "s", t_alone),
+            "ratio": figure("add / alone", "×", [a / b for a, b in zip(t_add, t_alone, strict=True)], 1.05),
+            "first_run_calls": figure("generator calls, first segment run", "images", [first]),
+            "second_run_calls": figure("generator calls, second segment run", "images", [second], 0),
+        },
+        "notes": [f"preset {s.vocab_preset}, {s.vocab_repeats} repeats (full-size classes take minutes each on a "
+                  f"CPU); the second run has a new model hub and the same cache, as a new process would"],
+    }  # fmt: skip
+
+
+def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> tuple[int, int]:
+    """Generator calls (images drawn) of two segment runs with the same classes and cache, each with its own hub."""
+    from .models.presets import ModelHub, get_preset
+
+    cache = fresh_cache(root, "runs-")
+    folder = write_images(root / "runs-images", 2, s.memory_hw, seed)
+    calls = []
+    for r in range(2):
+        hub = ModelHub(get_preset(s.vocab_preset), device, dtype, seed=seed)
+        segment_folder(hub, cache, folder, root / f"runs-masks-{r}", seed)
+        calls.append(hub.calls.get("generate", 0))
+    return calls[0], calls[1]
+
+
+def segment_folder(hub: ModelHub, cache: Cache, folder: Path, out: Path, seed: int) -> None:
+    """What `ovdiff segment FOLDER --classes MEMORY_CLASSES` does with the preset's defaults."""
+    from .imageio import discover
+    from .segment import Segmenter, segment_paths
+    from .vocab import ensure_classes
+
+    sample_cfg, proto_cfg, seg_cfg = preset_configs(hub.preset.name)
+    classes = ensure_classes(cache, hub, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
+    segment_paths(Segmenter(hub, classes, seg_cfg, proto_cfg.extractor, cache), discover([str(folder)]), out)
+
+
+# Runs `ovdiff ARGS…` and writes its peak RSS in KiB to the file named first. VmHWM is the high-water
+# mark of the process's own address space: the ru_maxrss of wait4() would report the parent's RSS,
+# which Linux carries over from the fork into the exec'd child.
+_PEAK_WRAPPER = """
+import runpy, sys
+out = sys.argv.pop(1)
+sys.argv[0] = "ovdiff"
+try:
+    runpy.run_module("ovdiff_cli", run_name="__main__")
+finally:
+    try:
+        kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    except OSError:
+        import resource
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    open(out, "w").write(str(kib))
+"""
+
+
+def child_peak_rss(args: list[str], root: Path, tag: str) -> float:
+    """Peak resident memory (MiB) of `ovdiff ARGS…` run to completion in a new process."""
+    peak, log = root / f"{tag}.peak", root / f"{tag}.log"
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak), *args], stdout=f,
+                              stderr=subprocess.STDOUT).returncode  # fmt: skip
+    if code:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise OvdiffError(f"memory run exited with {code}: {' | '.join(tail)}")
+    return int(peak.read_text()) / 1024
+
+
+def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> dict:
+    """Peak RSS of `ovdiff segment` processes over few and many images (prototypes already cached)."""
+    from .models.presets import ModelHub, get_preset
+
+    small, large = s.memory_counts
+    folders = {n: write_images(root / f"memory-{n}", n, s.memory_hw, seed) for n in (small, large)}
+    cache = fresh_cache(root, "memory-")
+    hub = ModelHub(get_preset(s.memory_preset), device, dtype, seed=seed)
+    segment_folder(hub, cache, folders[small], root / "memory-warmup", seed)  # builds the classes
+
+    def run(n: int) -> float:
+        return child_peak_rss(["segment", str(folders[n]), "--out", str(root / f"memory-out-{n}"), "--classes",
+                               ",".join(MEMORY_CLASSES), "--no-build", "--quiet", "--preset", s.memory_preset,
+                               "--cache", str(cache.root), "--device", device, "--dtype", dtype, "--seed", str(seed)],
+                              root, f"memory-{n}")  # fmt: skip
+
+    peaks: dict[int, list[float]] = {small: [], large: []}
+    for r in range(s.repeats):
+        for n in (small, large) if r % 2 == 0 else (large, small):
+            peaks[n].append(run(n))
+    growth = [100 * (b - a) / a for a, b in zip(peaks[small], peaks[large], strict=True)]
+    return {
+        "figures": {
+            "small": figure(f"peak RSS, {small} images", "MiB", peaks[small]),
+            "large": figure(f"peak RSS, {large} images", "MiB", peaks[large]),
+            "growth": figure(f"growth {small} → {large} images", "%", growth, 5.0),
+        },
+        "notes": [f"`ovdiff segment` in a new process per run, preset {s.memory_preset} (hundreds of full-size "
+                  f"images take hours on a CPU), {len(MEMORY_CLASSES)} cached classes, {s.memory_hw[1]}×"
+                  f"{s.memory_hw[0]} JPEGs; peak RSS = VmHWM"],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def machine(hub: ModelHub) -> dict:
+    """Where the figures came from: the same fields on every machine."""
+    import torch
+
+    cpu = _cpu_name()
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(hub.device),
+        "device_name": torch.cuda.get_device_name(hub.device) if hub.device.type == "cuda" else cpu,
+        "dtype": str(hub.dtype).removeprefix("torch."),
+    }  # fmt: skip
+
+
+def _load() -> float | None:
+    """The 1-minute load average: other work on a shared machine slows every figure."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
+              say: Say | None = None) -> dict:  # fmt: skip
+    """Every section in turn, in a scratch folder `root`; returns the results document."""
+    from .imageio import load_image
+    from .models.presets import ModelHub, get_preset
+
+    say = say or (lambda _msg: None)
+    hub = ModelHub(get_preset(s.preset), device, dtype, seed=seed)
+    if hub.preset.weights == "procedural":
+        raise OvdiffError("the bench times Stable Diffusion sampling: use an SD preset (sd15-random, tiny, sd15)")
+    start = time.perf_counter()
+    load = _load()
+    sections: dict[str, dict] = {}
+    say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.repeats} repeats")
+    sections["sampling"], samples = bench_sampling(hub, s, seed)
+    say("prototypes: features, masks, K-means")
+    sections["prototypes"], dim = bench_prototypes(hub, samples, s, seed)
+    folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
+    say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
+    sections["segment"] = bench_segment(hub, s, folder, dim, root, seed)
+    say(f"filter: η={s.eta}, cold and warm text-embedding cache")
+    sections["filter"] = bench_filter(hub, s, load_image(next(folder.glob("*.jpg"))), root)
+    say(f"vocabulary: {s.vocab_cached} cached classes + 1 ({s.vocab_preset} preset)")
+    sections["vocabulary"] = bench_vocab(s, device, dtype, seed, root)
+    say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
+    sections["memory"] = bench_memory(s, device, dtype, seed, root)
+    return {
+        "version": RESULTS_VERSION,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine(hub), "load_average_at_start": load, "load_average_at_end": _load()},
+        "settings": {**asdict(s), "device": str(hub.device), "dtype": str(hub.dtype).removeprefix("torch."), "seed": seed},
+        "sections": sections,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(value: float, unit: str) -> str:
+    """A figure for the table: counts as integers, the rest to three significant digits."""
+    if unit in ("images", "prompts"):
+        return f"{value:.0f}"
+    return f"{value:.1f}" if unit in ("%", "MiB") else f"{value:.3g}"
+
+
+def table_rows(results: dict) -> list[tuple[str, ...]]:
+    """(section, figure, median, min, max, unit, target, verdict) for every figure."""
+    rows = []
+    for name, section in results["sections"].items():
+        for i, f in enumerate(section["figures"].values()):
+            target = f"≤ {fmt(f['target_at_most'], f['unit'])}" if "target_at_most" in f else ""
+            verdict = ("pass" if f["pass"] else "MISS") if "pass" in f else ""
+            rows.append((name if i == 0 else "", f["label"], fmt(f["median"], f["unit"]), fmt(f["min"], f["unit"]),
+                         fmt(f["max"], f["unit"]), f["unit"], target, verdict))  # fmt: skip
+    return rows
+
+
+def markdown_table(results: dict) -> str:
+    """The table as markdown (for the README's Performance section)."""
+    head = ("section", "figure", "median", "min", "max", "unit", "target", "")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
+    return "\n".join(lines)

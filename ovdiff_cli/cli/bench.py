@@ -1,0 +1,91 @@
+"""`ovdiff bench`: time sampling, prototypes, segmentation, the filter cache, the vocabulary and memory."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
+
+
+@contextlib.contextmanager
+def workspace(cache: Path | None) -> Iterator[Path]:
+    """The folder the bench's caches and images go to: `cache` (kept), else a temporary one (removed)."""
+    if cache is not None:
+        cache = Path(cache).expanduser()
+        cache.mkdir(parents=True, exist_ok=True)
+        yield cache
+        return
+    with tempfile.TemporaryDirectory(prefix="ovdiff-bench-") as tmp:
+        yield Path(tmp)
+
+
+def results_table(results: dict) -> Table:
+    from ..bench import table_rows
+
+    m, s = results["machine"], results["settings"]
+    table = Table(title=f"ovdiff bench · preset {s['preset']} · {m['device_name']} ({m['device']}, {m['dtype']}) · "
+                        f"{s['repeats']} repeat(s) · {results['wall_s']:.0f} s")  # fmt: skip
+    for col, justify in (("section", "left"), ("figure", "left"), ("median", "right"), ("min", "right"),
+                         ("max", "right"), ("unit", "left"), ("target", "left"), ("", "left")):  # fmt: skip
+        table.add_column(col, justify=justify)
+    for row in table_rows(results):
+        if row[0]:
+            table.add_section()
+        table.add_row(*row[:-1], "[green]pass[/]" if row[-1] == "pass" else "[bold red]MISS[/]" if row[-1] else "")
+    return table
+
+
+def bench(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path("bench/results.json"),
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 3; 1 with --quick].", show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).")] = False,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure speed and memory and write them to --out, with the settings and the machine.
+
+    On a CPU the sizes are reduced (2 support images, 2 steps, 256 px, windows 256/192) so the run
+    takes minutes; on CUDA they are the paper's (8 support images per class). Each figure is the
+    median of --repeats runs, with min and max; ratios are measured within one run.
+
+    Example: ovdiff bench --out bench/results.json
+    """
+    from ..bench import bench_settings, markdown_table, run_bench
+    from ..imageio import save_json
+    from ..models.presets import resolve_device
+
+    settings = bench_settings(resolve_device(device).type, quick, preset, repeats)
+    err = Console(stderr=True)
+    say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
+    with workspace(cache) as root:
+        results = run_bench(settings, root, device, dtype, seed, say)
+    save_json(results, out)
+    if quiet:
+        return
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
+        console.width = 132
+    console.print(results_table(results))
+    m = results["machine"]
+    console.print(f"[bold]machine[/]: {m['device_name']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, "
+                  f"{m['memory_gib']} GiB, torch {m['torch']}, {m['platform']}; load average "
+                  f"{m['load_average_at_start']} at start, {m['load_average_at_end']} at end", highlight=False)
+    for name, section in results["sections"].items():
+        for note in section["notes"]:
+            console.print(f"[bold]{name}[/]: {note}", highlight=False)
+    if verbose:
+        console.print(markdown_table(results), highlight=False, soft_wrap=True)
+    console.print(f"results: {out}", highlight=False)

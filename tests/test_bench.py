@@ -1,0 +1,80 @@
+"""`ovdiff bench --quick`: every section and figure is written, with finite numbers (speed is never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from ovdiff_cli.bench import bench_settings, figure, markdown_table
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.errors import OvdiffError
+
+SECTIONS = {
+    "sampling": {"capture", "stock", "ratio"},
+    "prototypes": {"features", "masks", "kmeans", "total"},
+    "segment": {"total", "features", "filter", "filter_clip", "matching", "upsample_io", "overhead_share",
+                "overhead_share_filter"},
+    "filter": {"cold", "warm", "speedup", "prompts"},
+    "vocabulary": {"add", "alone", "ratio", "first_run_calls", "second_run_calls"},
+    "memory": {"small", "large", "growth"},
+}  # fmt: skip
+TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
+           ("vocabulary", "second_run_calls"), ("memory", "growth")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "r.json"
+    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text()), res.output
+
+
+def test_quick_bench_writes_every_section_with_finite_figures(quick_results):
+    results, _ = quick_results
+    assert set(results["sections"]) == set(SECTIONS)
+    for name, keys in SECTIONS.items():
+        figures = results["sections"][name]["figures"]
+        assert set(figures) == keys, name
+        for key, f in figures.items():
+            values = [f["median"], f["min"], f["max"], *f["runs"]]
+            assert all(math.isfinite(v) for v in values), (name, key)
+            assert f["min"] <= f["median"] <= f["max"]
+            assert ("target_at_most" in f) == ((name, key) in TARGETS), (name, key)
+
+
+def test_results_record_machine_settings_and_exact_counts(quick_results):
+    results, output = quick_results
+    assert {"platform", "cpu_count", "torch", "device_name"} <= set(results["machine"])
+    assert results["settings"]["preset"] == "tiny" and results["settings"]["repeats"] == 1
+    vocab = results["sections"]["vocabulary"]["figures"]
+    assert vocab["second_run_calls"]["median"] == 0 and vocab["second_run_calls"]["pass"]
+    assert vocab["first_run_calls"]["median"] > 0
+    assert results["sections"]["filter"]["figures"]["prompts"]["median"] > 0
+    assert "SYNTHESISED" in results["sections"]["segment"]["notes"][0]
+    assert "overhead" in output and "results:" in output
+
+
+def test_markdown_table_has_a_row_per_figure(quick_results):
+    results, _ = quick_results
+    rows = markdown_table(results).splitlines()
+    assert len(rows) == 2 + sum(len(k) for k in SECTIONS.values())
+
+
+def test_settings_reduced_on_cpu_and_paper_on_cuda():
+    cpu, gpu = bench_settings("cpu"), bench_settings("cuda")
+    assert cpu.preset == gpu.preset == "sd15-random"
+    assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
+    assert cpu.size < gpu.size and cpu.steps < gpu.steps
+    assert bench_settings("cpu", repeats=5).repeats == 5
+    with pytest.raises(OvdiffError, match="--repeats"):
+        bench_settings("cpu", repeats=0)
+
+
+def test_figure_median_and_target():
+    f = figure("x", "×", [1.2, 1.0, 1.1], at_most=1.15)
+    assert (f["median"], f["min"], f["max"], f["pass"]) == (1.1, 1.0, 1.2, True)
+    assert "target_at_most" not in figure("y", "s", [1.0])
