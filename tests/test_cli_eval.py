@@ -68,3 +68,19 @@ def test_eval_missing_split_names_the_file(tmp_path):
     res = runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(tmp_path), "--cache", str(tmp_path / "c")])
     assert res.exit_code == 2
     assert "val.txt" in res.output
+
+
+def test_eval_real_voc_image_end_to_end_on_tiny(tmp_path):
+    """The issue's command on the real VOC sample: models, prototypes for 20 classes, report."""
+    from conftest import VOC_SAMPLE
+
+    if not VOC_SAMPLE.is_dir():
+        pytest.skip("shared/data/voc-sample is not beside the repository")
+    out = tmp_path / "report"
+    res = runner.invoke(app, ["eval", "voc", "--root", str(VOC_SAMPLE), "--preset", "tiny", "--n-images", "2",
+                              "--cache", str(tmp_path / "c"), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 1 and 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["per_class_iou"]["dog"] is not None  # the dog is in the ground truth: scored
+    assert "dining table" in (out / "report.html").read_text()
