@@ -244,7 +244,7 @@ class SamProposer:
         except Exception as e:  # hub, network, file and format errors all end the same way for the user
             from .models.sd import weights_hint
 
-            hint = weights_hint("SAM", spec, e, "--sam-model")
+            hint = weights_hint("SAM", spec, e, "--sam-model DIR")
             raise ModelLoadError(f"{hint}; or use --mask-proposer ncut, which needs no extra weights") from e
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:

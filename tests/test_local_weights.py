@@ -52,3 +52,17 @@ def test_missing_local_directory_is_one_clear_line(tmp_path):
                                    "--cache", str(tmp_path / "c"), "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 2
     assert "Stable Diffusion" in res.output and "--sd-model" in res.output and "Traceback" not in res.output
+
+
+def test_dino_loads_from_a_downloaded_folder(tmp_path):
+    """A folder as `hf download timm/vit_base_patch8_224.dino --local-dir DIR` leaves it (full size, random)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = timm.create_model("vit_base_patch8_224", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    hub = ModelHub(get_preset("sd15"), device="cpu", dtype="fp32", overrides={"dino": str(tmp_path)})
+    loaded = hub.vit("dino")
+    assert torch.equal(loaded.blocks[-1].attn.qkv.weight, model.blocks[-1].attn.qkv.weight)
+    assert loaded(torch.rand(1, 3, 64, 48)).shape == (1, 768)  # any input size

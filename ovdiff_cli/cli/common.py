@@ -31,8 +31,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support s
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")]
 SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False)]
-ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file.", show_default=False)]
-DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name or local weights file.", show_default=False)]
+ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
+DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination \\[default: sd+dino+clip].", show_default=False)]
 ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam \\[default: ncut].", show_default=False)]
 _S = SegmentConfig()  # defaults shown in --help; presets may override them

@@ -29,6 +29,19 @@ class ClipModel:
     source: str
 
 
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def _weights_file(path: Path) -> Path:
+    """A weights file, or the one inside a downloaded repository folder (`hf download … --local-dir`)."""
+    if path.is_dir():
+        for name in _WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {path}")
+    return path
+
+
 def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return model
@@ -56,12 +69,13 @@ def load_clip(spec: str, device: torch.device, dtype: torch.dtype, seed: int = 0
             if spec.startswith("hf-hub:"):
                 model = open_clip.create_model(spec)
             elif Path(spec).expanduser().exists():
-                model = open_clip.create_model("ViT-B-16", pretrained=str(Path(spec).expanduser()))
+                model = open_clip.create_model("ViT-B-16", pretrained=str(_weights_file(Path(spec).expanduser())))
             else:
                 name, _, tag = spec.partition(":")
                 model = open_clip.create_model(name, pretrained=tag or "openai")
         except Exception as e:
-            raise ModelLoadError(weights_hint("CLIP", spec, e, "--clip-model")) from e
+            repo = "timm/vit_base_patch16_clip_224.openai" if spec == CLIP_SPEC else None
+            raise ModelLoadError(weights_hint("CLIP", spec, e, "--clip-model DIR", repo)) from e
     return ClipModel(_prepare(model, device, dtype), tokenizer, spec)
 
 
@@ -89,10 +103,10 @@ def load_timm_vit(
                 name = DINO_SPEC if kind == "dino" else MAE_SPEC
                 model = timm.create_model(
                     name, pretrained=True, num_classes=0, dynamic_img_size=True,
-                    pretrained_cfg_overlay=dict(file=str(local)),
+                    pretrained_cfg_overlay=dict(file=str(_weights_file(local))),
                 )
             else:
                 model = timm.create_model(spec, pretrained=True, num_classes=0, dynamic_img_size=True)
         except Exception as e:
-            raise ModelLoadError(weights_hint(kind.upper(), spec, e, option)) from e
+            raise ModelLoadError(weights_hint(kind.upper(), spec, e, f"{option} DIR", f"timm/{spec}")) from e
     return _prepare(model, device, dtype)
