@@ -4,7 +4,7 @@ Pure functions over torch tensors (any device). For each of fg and bg:
 - instance prototypes: the mean feature inside each support image's mask (Eq. 1);
 - the class prototype: the instances' mean weighted by mask size;
 - part prototypes: K-means centroids of the masked features of all images (K=32 by default).
-Stuff classes keep fg prototypes only (paper §3 "Stuff filtering", Table A.7 discussion).
+Stuff classes keep fg prototypes only (paper §3 "Stuff filtering").
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
-
-GROUPS = ("fg", "bg")
 
 
 def instance_prototypes(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
