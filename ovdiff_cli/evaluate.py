@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image, read_index_png
+from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from .errors import OvdiffError
 from .metrics import ConfusionMatrix
 from .palette import colorize, rgb_to_labels
