@@ -91,14 +91,6 @@ class Vocabulary:
         )  # fmt: skip
 
 
-def stuff_filter(bg: torch.Tensor, stuff_fg: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Keep-mask (N,) bool of background prototypes bg (N,D) whose cosine similarity to every
-    stuff foreground prototype stuff_fg (M,D) is at most `threshold` (paper §3 "Stuff filtering")."""
-    if bg.shape[0] == 0 or stuff_fg.shape[0] == 0:
-        return torch.ones(bg.shape[0], dtype=torch.bool)
-    return _max_cosine(bg, stuff_fg) <= threshold
-
-
 def _max_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T).max(dim=1).values
 
@@ -269,7 +261,7 @@ def upsample_argmax(
     F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64
     and, given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64.
     """
-    L, h, w = scores.shape
+    _, h, w = scores.shape
     labels = np.empty((height, width), np.int64)
     winner = np.empty((height, width), np.int64) if best is not None else None
     scale = h / height

@@ -11,7 +11,6 @@ from ovdiff_cli.matching import (
     assemble_vocabulary,
     match,
     slide_match,
-    stuff_filter,
     upsample_argmax,
     window_boxes,
 )
@@ -24,13 +23,19 @@ def unit(*v: float) -> np.ndarray:
 
 
 def test_stuff_filter_drops_exactly_the_bg_prototypes_above_threshold():
-    stuff_fg = torch.tensor(np.stack([unit(1, 0, 0), unit(0, 1, 0)]))
     angles = np.deg2rad([10, 30, 40, 60, 89])  # cosines to the first stuff prototype: .985 .866 .766 .5 .017
-    bg = torch.tensor(np.stack([unit(np.cos(a), 0, np.sin(a)) for a in angles]))
-    keep = stuff_filter(bg, stuff_fg, 0.85)
-    assert keep.tolist() == [False, False, True, True, True]
-    assert stuff_filter(bg, stuff_fg, 0.99).all()
-    assert stuff_filter(bg, torch.zeros(0, 3), 0.85).all()  # no stuff in play: nothing dropped
+    thing = ClassPrototypes("boat", "thing", fg={"class": unit(0, 0, 1)[None]},
+                            bg={"instance": np.stack([unit(np.cos(a), 0, np.sin(a)) for a in angles])})  # fmt: skip
+    water = ClassPrototypes("water", "stuff", fg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])})
+
+    def kept_bg_rows(v) -> list[int]:
+        return [p.row for p in v.provenance if p.group == "bg"]
+
+    v = assemble_vocabulary([thing, water], ("instance", "class"), stuff_threshold=0.85)
+    assert kept_bg_rows(v) == [2, 3, 4]
+    lenient = assemble_vocabulary([thing, water], ("instance", "class"), stuff_threshold=0.99)
+    assert kept_bg_rows(lenient) == [0, 1, 2, 3, 4]
+    assert kept_bg_rows(v.restrict([0])) == [0, 1, 2, 3, 4]  # no stuff in play: nothing dropped
 
 
 def _classes() -> list[ClassPrototypes]:
