@@ -24,7 +24,7 @@ from PIL import Image
 from .config import SegmentConfig
 from .errors import OvdiffError
 from .filter import CategoryFilter
-from .imageio import ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
+from .imageio import MAX_LABELS, ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
 from .matching import assemble_vocabulary, slide_match, upsample_argmax
 from .types import ClassPrototypes
 
@@ -35,9 +35,9 @@ LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=Tru
 class Segmentation:
     """One image's result.
 
-    labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index of the
-    prototype that decided each pixel (`Segmenter.vocab.provenance[i]`), -1 where the background
-    was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
+    labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index, in the full
+    vocabulary, of the prototype that decided each pixel (`Segmenter.vocab.source(i)`), -1 where the
+    background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
     timings: seconds spent in "filter", "features", "matching" and "upsample_io".
     """
 
@@ -60,8 +60,8 @@ class Segmenter:
                  window_batch: int = 8):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with: give --classes")
-        if len(classes) > 254:
-            raise OvdiffError(f"{len(classes)} classes given; masks hold at most 254 (palette PNG indices)")
+        if len(classes) > MAX_LABELS:
+            raise OvdiffError(f"{len(classes)} classes given; masks hold at most {MAX_LABELS} (palette PNG indices)")
         self.hub, self.cfg, self.classes = hub, cfg, classes
         self.extractor = hub.extractor(extractor_spec)
         self.vocab = assemble_vocabulary(
