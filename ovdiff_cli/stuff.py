@@ -2,8 +2,9 @@
 
 The paper asked ChatGPT; we ship a table instead, covering COCO-Stuff (80 things, 91 stuff),
 Pascal Context and ADE20K, Cityscapes and Pascal VOC, raw and corrected names. Precedence:
-1. the corrections App. C.6 spells out: glass, blanket, trade name are things (instances of tableware,
-   bedding, signage); land, sand, snow, ground, earth are stuff;
+1. App. C.6's remarks on ChatGPT's answers: glass, blanket, trade name are things (instances of
+   tableware, bedding, signage); land and sand are stuff, like snow and ground; and, our addition
+   (ChatGPT said thing, the paper is silent), earth is stuff;
 2. COCO-Stuff's own split for its 171 labels (the paper measures ChatGPT against it), a label's
    "-other"/"-stuff" base name included (floor-other → floor);
 3. for the remaining Context/ADE/Cityscapes names, the same rule COCO-Stuff applies: regions without
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from .models.presets import ModelHub
 
 KINDS = ("thing", "stuff")
-TEXT_PROMPT = "a {}"  # the category pre-filter's class prompt: its cached embeddings are shared
 
 
 def key(name: str) -> str:
@@ -36,7 +36,8 @@ def key(name: str) -> str:
     return " ".join(re.sub(r"[-_]", " ", name.lower()).split())
 
 
-# Paper App. C.6: ChatGPT's answers the authors call wrong, with the right kind.
+# Paper App. C.6: the kinds the authors give where they discuss ChatGPT's answers (glass, blanket, trade
+# name, land, sand; snow and ground ChatGPT had right), plus earth (ChatGPT: thing; stuff by COCO's rule).
 PAPER_FIXES = {"glass": "thing", "blanket": "thing", "trade name": "thing",
                "land": "stuff", "sand": "stuff", "snow": "stuff", "ground": "stuff", "earth": "stuff"}  # fmt: skip
 
@@ -142,9 +143,11 @@ def nearest_known(name: str, hub: ModelHub, cache: Cache | None = None) -> tuple
     """
     import torch
 
+    from .filter import class_prompt  # the category pre-filter's prompt: the cached embeddings are shared
+
     scorer = hub.scorer()
     known = sorted(STUFF | THINGS)
-    prompts = [TEXT_PROMPT.format(n) for n in known] + [TEXT_PROMPT.format(name)]
+    prompts = [class_prompt(n) for n in known] + [class_prompt(name)]
     fp = scorer.identity()
     cached = cache.text_embeddings(fp, prompts) if cache is not None else [None] * len(prompts)
     missing = [p for p, e in zip(prompts, cached, strict=True) if e is None]
