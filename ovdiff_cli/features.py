@@ -59,6 +59,12 @@ def _fit(images: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.interpolate(images, size=(th, tw), mode="bilinear", align_corners=False)
 
 
+def clip_mean_std(visual) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of an open_clip vision tower's inputs: its own, else OpenAI CLIP's."""
+    return (tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN),
+            tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD))  # fmt: skip
+
+
 def _normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     m = images.new_tensor(mean).view(1, 3, 1, 1)
     s = images.new_tensor(std).view(1, 3, 1, 1)
@@ -176,8 +182,7 @@ class ClipKeysPart:
         if len(self.visual.transformer.resblocks) < 2:
             raise ValueError("CLIP vision tower needs at least two blocks")
         self.stride = int(self.visual.conv1.stride[0])
-        self.mean = tuple(getattr(self.visual, "image_mean", None) or OPENAI_CLIP_MEAN)
-        self.std = tuple(getattr(self.visual, "image_std", None) or OPENAI_CLIP_STD)
+        self.mean, self.std = clip_mean_std(self.visual)
         self._pos: dict[tuple[int, int], torch.Tensor] = {}
 
     def positional(self, gh: int, gw: int) -> torch.Tensor:

@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .features import clip_mean_std
 from .types import ImageTextScorer
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def class_prompt(name: str) -> str:
@@ -126,6 +124,9 @@ class ClipScorer:
         self.hub = hub
         self.clip = hub.clip()
         self.device, self.dtype = hub.device, hub.dtype
+        mean, std = clip_mean_std(self.clip.model.visual)  # as the CLIP feature extractor normalises
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     def identity(self) -> str:
         src = self.clip.source
@@ -135,9 +136,7 @@ class ClipScorer:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) float RGB in [0,1] → (B,E) float32 unit vectors (CLIP mean/std normalisation)."""
-        mean = torch.tensor(OPENAI_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(OPENAI_STD, device=self.device).view(1, 3, 1, 1)
-        x = ((images.to(self.device).float() - mean) / std).to(self.dtype)
+        x = ((images.to(self.device).float() - self.mean) / self.std).to(self.dtype)
         return F.normalize(self.clip.model.encode_image(x).float(), dim=-1)
 
     @torch.no_grad()

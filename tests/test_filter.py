@@ -94,3 +94,18 @@ def test_category_filter_keeps_the_present_classes_and_caches_text(cache_dir):
     again.select(image_with([1, 3]))
     assert fresh.encoded and all(" and " in p or p in ("a dog", "a car") for p in fresh.encoded)
     assert "a dog and a car" in fresh.encoded and "a cat and a sky" not in fresh.encoded
+
+
+def test_clip_scorer_truncated_context_equals_open_clip_encode_text(tiny_hub):
+    """Cutting the context to the longest prompt is exact (causal mask, end-token pooling)."""
+    scorer = tiny_hub.scorer()
+    model = scorer.clip.model
+    assert model.text_pool_type == "argmax" and model.attn_mask is not None  # the truncating path runs
+    prompts = ["a cat", "a chocolate glazed donut and a sky", "a dog and a cat and a potted plant"]
+    with torch.no_grad():
+        want = F.normalize(model.encode_text(scorer.clip.tokenizer(prompts)).float(), dim=-1)
+    torch.testing.assert_close(scorer.encode_texts(prompts, batch=2), want, rtol=1e-4, atol=1e-5)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = F.normalize(model.encode_image((x - scorer.mean) / scorer.std).float(), dim=-1)
+    torch.testing.assert_close(scorer.encode_images(x), ref)
