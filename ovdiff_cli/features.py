@@ -32,6 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+POS_CACHE = 8  # CLIP positional embeddings kept, one per input grid size
 
 
 def parse_spec(spec: str) -> list[str]:
@@ -171,7 +172,9 @@ class ClipKeysPart:
     """Keys of the second-to-last block of open_clip's VisionTransformer (App. C.2); stride = patch (16).
 
     open_clip does not resize positional embeddings at run time: the grid part is resized here
-    (bicubic, once per input size) so the model runs at the inference window size.
+    (bicubic, once per input size) so the model runs at the inference window size. The last
+    `POS_CACHE` sizes are kept: sliding windows need two, one pass per image (--no-slide over
+    pictures of many shapes) would otherwise keep one per aspect ratio for the whole run.
     """
 
     name = "clip"
@@ -191,6 +194,8 @@ class ClipKeysPart:
         import torch.nn.functional as F
 
         if (gh, gw) not in self._pos:
+            if len(self._pos) >= POS_CACHE:
+                del self._pos[next(iter(self._pos))]  # the oldest size
             pos = self.visual.positional_embedding
             cls, grid = pos[:1], pos[1:]
             g = math.isqrt(grid.shape[0])
