@@ -221,12 +221,26 @@ def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def add_command(norms: list[str], seed: int, hub: ModelHub, proto_cfg: ProtoConfig) -> str:
-    """The `ovdiff protos add …` line that builds these classes with these settings."""
+def add_command(norms: list[str], seed: int, hub: ModelHub, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+    """The `ovdiff protos add …` line that builds these classes under the same cache keys: seed, preset,
+    extractor and mask proposer always; N, K and model sources where they differ from the preset's."""
+    from dataclasses import replace
+
+    from .config import ProtoConfig, SampleConfig
+
     parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in norms), "--seed", str(seed),
-             "--preset", hub.preset.name, "--extractor", proto_cfg.extractor]  # fmt: skip
-    if proto_cfg.mask_proposer != "ncut":
-        parts += ["--mask-proposer", proto_cfg.mask_proposer]
+             "--preset", hub.preset.name, "--extractor", proto_cfg.extractor,
+             "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
+    if sample_cfg.n_images != replace(SampleConfig(), **hub.preset.sample).n_images:
+        parts += ["--n-images", str(sample_cfg.n_images)]
+    if proto_cfg.k_parts != replace(ProtoConfig(), **hub.preset.protos).k_parts:
+        parts += ["--k-parts", str(proto_cfg.k_parts)]
+    options = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model"}
+    if proto_cfg.mask_proposer == "sam":
+        options["sam"] = "--sam-model"
+    for model, option in options.items():
+        if hub.models.get(model) and hub.models[model] != hub.preset.models.get(model):
+            parts += [option, shlex.quote(hub.models[model])]
     return " ".join(parts)
 
 
@@ -270,7 +284,7 @@ def ensure_classes(
         if todo:
             raise OvdiffError(
                 f"no prototypes cached for {', '.join(map(repr, todo))} with extractor {proto_cfg.extractor}, "
-                f"seed {seed}, preset {hub.preset.name}: run '{add_command(todo, seed, hub, proto_cfg)}'"
+                f"seed {seed}, preset {hub.preset.name}: run '{add_command(todo, seed, hub, sample_cfg, proto_cfg)}'"
             )
     for n in dict.fromkeys(norms):
         pid = pids[n]

@@ -158,6 +158,12 @@ def test_missing_classes_without_build_name_the_command(tiny_hub, cache_dir):
     with pytest.raises(OvdiffError, match=r"no prototypes cached for 'zebra'.*ovdiff protos add zebra --seed 3 --preset tiny"):
         ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_hub) == (g0, e0)
+    # the command repeats every setting that keys the class and differs from the preset's
+    odd = dataclasses.replace(PROTOS, mask_proposer="threshold", k_parts=2)
+    with pytest.raises(OvdiffError, match=r"--mask-proposer threshold --n-images 2 --k-parts 2'"):
+        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
+    with pytest.raises(OvdiffError, match=r"--mask-proposer ncut'"):
+        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, PROTOS, build=False)
     with pytest.raises(OvdiffError, match="unknown extractor part"):
         ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
 
