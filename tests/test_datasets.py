@@ -13,7 +13,7 @@ from ovdiff_cli.datasets import DATASET_NAMES, load_dataset
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.palette import voc_palette
 
-VOC_SAMPLE = Path(__file__).parents[2] / "shared" / "data" / "voc-sample" / "VOC2012"
+from conftest import VOC_SAMPLE
 
 # name: (dataset folder, image path, label path, split file) written out here, independently of the code.
 LAYOUTS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -63,5 +64,8 @@ def test_cli_eval_several_seeds_reports_mean_and_std(tree, tmp_path):
     metrics = eval_cli(tree, tmp_path / "cache", tmp_path / "seeds", "--seeds", "0,1", "--limit", "4")
     agg = metrics["aggregate"]
     assert agg["n_runs"] == 2 and agg["miou"]["n"] == 2
-    assert agg["miou"]["std"] >= 0 and 0 < agg["miou"]["mean"] <= 1
+    runs = agg["runs_miou"]
+    assert metrics["miou"] == runs[-1] and runs[0] != runs[1]  # the report details the last seed; seeds differ
+    assert agg["miou"]["mean"] == pytest.approx(np.mean(runs)) and agg["miou"]["std"] == pytest.approx(np.std(runs))
+    assert 0 < agg["miou"]["mean"] <= 1
     assert len(Cache(tmp_path / "cache").classes()) == 2 * len(LABELLED)  # each seed has its own prototypes

@@ -15,7 +15,7 @@ from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir, write_report
 from ovdiff_cli.palette import colorize, voc_palette
 
-VOC_SAMPLE = Path(__file__).parents[2] / "shared" / "data" / "voc-sample" / "VOC2012"
+from conftest import VOC_SAMPLE
 
 
 def naive_miou(pairs, n):

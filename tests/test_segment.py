@@ -44,8 +44,8 @@ def test_outputs_palette_pngs_of_image_size_and_legend(world_dir, tmp_path):
     assert [e["index"] for e in legend["labels"]] == list(range(len(LABELLED) + 1))
     assert all(e["color"] == voc_palette()[e["index"]].tolist() for e in legend["labels"])
     for img in sorted(images.iterdir()):
-        with Image.open(out / f"{img.stem}.png") as m:
-            assert m.mode == "P" and m.size == Image.open(img).size
+        with Image.open(out / f"{img.stem}.png") as m, Image.open(img) as im:
+            assert m.mode == "P" and m.size == im.size
             assert np.array_equal(np.asarray(m.getpalette()[:768]).reshape(-1, 3), voc_palette())
             values = np.asarray(m)
         assert set(np.unique(values)) <= set(range(len(LABELLED) + 1)) and len(np.unique(values)) > 1
@@ -60,8 +60,8 @@ def test_outputs_palette_pngs_of_image_size_and_legend(world_dir, tmp_path):
     names[0], names[4] = names[4], names[0]
     res = segment([str(images), "--classes", ",".join(names), "--out", str(swapped), "--no-build"], world_dir / "cache")
     assert res.exit_code == 0, res.output
-    a = np.asarray(Image.open(out / "world_00000.png"))
-    b = np.asarray(Image.open(swapped / "world_00000.png"))
+    with Image.open(out / "world_00000.png") as ma, Image.open(swapped / "world_00000.png") as mb:
+        a, b = np.asarray(ma), np.asarray(mb)
     assert np.array_equal(np.where(a == 1, 5, np.where(a == 5, 1, a)), b)
 
 
