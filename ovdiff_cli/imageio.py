@@ -179,6 +179,20 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, names: dict[int, str]
     return canvas
 
 
+def tile_sheet(tiles: list[Image.Image], title: str, columns: int, pad: int = 4, head: int = 24) -> Image.Image:
+    """A white picture: a title line, then `tiles` (PIL images of one size) in rows of `columns`."""
+    if not tiles:
+        raise ValueError("a sheet of no tiles")
+    w, h = tiles[0].size
+    cols = min(columns, len(tiles))
+    rows = -(-len(tiles) // cols)
+    sheet = Image.new("RGB", (pad + cols * (w + pad), head + rows * (h + pad) + pad), "white")
+    ImageDraw.Draw(sheet).text((pad, 6), title, fill="black")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (pad + (i % cols) * (w + pad), head + (i // cols) * (h + pad)))
+    return sheet
+
+
 EXPLAIN_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                             (145, 30, 180), (70, 240, 240), (240, 50, 230)], np.uint8)  # fmt: skip
 

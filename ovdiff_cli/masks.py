@@ -307,16 +307,12 @@ def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: i
 
     images: N HxWx3 uint8; masks (N,h,w) uint8 as stored in the cache.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
+
+    from .imageio import tile_sheet
 
     if not images:
         raise ValueError("mask sheet of no images")
-    pad, head = 4, 24
-    cols = min(columns, len(images))
-    rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (pad + cols * (thumb + pad), head + rows * (thumb + pad) + pad), "white")
-    ImageDraw.Draw(sheet).text((pad, 6), title, fill="black")
-    for i, (img, m) in enumerate(zip(images, masks, strict=True)):
-        tile = Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
-        sheet.paste(tile, (pad + (i % cols) * (thumb + pad), head + (i // cols) * (thumb + pad)))
-    return sheet
+    tiles = [Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
+             for img, m in zip(images, masks, strict=True)]  # fmt: skip
+    return tile_sheet(tiles, title, columns)

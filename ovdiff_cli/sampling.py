@@ -351,19 +351,17 @@ def heat_overlay(image: np.ndarray, attribution: np.ndarray, alpha: float = 0.55
 
 def contact_sheet(samples: list[Sample], title: str, thumb: int = 160, columns: int = 4) -> Image.Image:
     """A grid of (image | attribution heat map) pairs under a title line, `columns` pairs per row."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
+
+    from .imageio import tile_sheet
 
     if not samples:
         raise ValueError("contact sheet of no samples")
-    pad, head = 4, 24
-    cols = min(columns, len(samples))
-    rows = math.ceil(len(samples) / cols)
-    cell_w, cell_h = 2 * thumb + pad, thumb
-    sheet = Image.new("RGB", (pad + cols * (cell_w + pad), head + rows * (cell_h + pad) + pad), "white")
-    ImageDraw.Draw(sheet).text((pad, 6), title, fill="black")
-    for i, s in enumerate(samples):
-        x = pad + (i % cols) * (cell_w + pad)
-        y = head + (i // cols) * (cell_h + pad)
+    pad = 4
+    pairs = []
+    for s in samples:
+        pair = Image.new("RGB", (2 * thumb + pad, thumb), "white")
         for j, arr in enumerate((s.image, heat_overlay(s.image, s.attribution))):
-            sheet.paste(Image.fromarray(arr).resize((thumb, thumb), Image.Resampling.BILINEAR), (x + j * (thumb + pad), y))
-    return sheet
+            pair.paste(Image.fromarray(arr).resize((thumb, thumb), Image.Resampling.BILINEAR), (j * (thumb + pad), 0))
+        pairs.append(pair)
+    return tile_sheet(pairs, title, columns, pad=pad)
