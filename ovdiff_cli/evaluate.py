@@ -254,21 +254,15 @@ def _png_b64(rgb: np.ndarray, width: int) -> str:
 
 
 def write_report(
-    result: EvalResult,
-    out_dir: Path | str,
-    dataset: SegDataset,
-    overlays: dict[str, np.ndarray] | None = None,
-    runs: list[EvalResult] | None = None,
+    result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None
 ) -> tuple[Path, Path]:
     """Write `metrics.json` and a self-contained `report.html` into `out_dir`; return their paths.
 
-    `overlays` maps image id → either an (H,W) prediction in dataset indices (rendered here against
-    the image and ground truth) or a ready HxWx3 uint8 picture; by default the best and worst
-    images' predictions kept by `evaluate`. `runs` (several seeds) adds mean ± σ (see `aggregate`).
+    The report shows the best and worst images' predictions that `evaluate` kept, each against its
+    image and ground truth. `runs` (several seeds) adds mean ± σ (see `aggregate`).
     """
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    preds = result.predictions if overlays is None else overlays
     metrics = result.to_dict()
     metrics["classes"] = list(result.classes)
     summary = aggregate(runs) if runs else None
@@ -279,13 +273,11 @@ def write_report(
 
     figures: dict[str, str] = {}
     for i, _ in result.best() + result.worst():
-        if i in figures or i not in preds:
+        if i in figures or i not in result.predictions:
             continue
-        pic = np.asarray(preds[i])
-        if pic.ndim == 2:
-            item = dataset[i]
-            pic = overlay(load_image(item.image_path), pic, item.label, dataset.has_background)
-        figures[i] = _png_b64(pic.astype(np.uint8), 2 * PANEL_WIDTH + 8)
+        item = dataset[i]
+        pic = overlay(load_image(item.image_path), result.predictions[i], item.label, dataset.has_background)
+        figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
     html_path = out / "report.html"
     html_path.write_text(_html(result, dataset, figures, summary))
     return json_path, html_path
