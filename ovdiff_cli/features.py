@@ -102,21 +102,21 @@ class SDPart:
     name = "sd"
     stride = 8
 
-    def __init__(self, hub: ModelHub, timestep: int = SD_TIMESTEP):
+    def __init__(self, hub: ModelHub):
         import torch
 
         self.hub = hub
         self.sd = hub.sd()
-        self.timestep = timestep
+        self.timestep = SD_TIMESTEP  # not a parameter: the spec "sd" must name one feature space
         self.layers = sd_feature_layers(self.sd.unet)
         tok = self.sd.tokenizer
         ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.inference_mode():
             self.empty = self.sd.text_encoder(ids.to(hub.device))[0]
         alphas = self.sd.scheduler.alphas_cumprod
-        if not 0 <= timestep < len(alphas):
-            raise OvdiffError(f"SD timestep must be in 0..{len(alphas) - 1}, got {timestep}")
-        self.alpha_bar = float(alphas[timestep])
+        if not 0 <= self.timestep < len(alphas):
+            raise OvdiffError(f"SD timestep must be in 0..{len(alphas) - 1}, got {self.timestep}")
+        self.alpha_bar = float(alphas[self.timestep])
 
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         import torch
