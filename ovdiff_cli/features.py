@@ -364,15 +364,20 @@ def extract_images(
     """Features of many images with one loaded extractor, `batch_size` at a time.
 
     images: HxWx3 uint8, each resized to size×size (size a multiple of the stride) →
-    (N, D, size/stride, size/stride) float32. `on_progress(done, total)` after each batch.
+    (N, D, size/stride, size/stride) float32, written batch by batch into one tensor (no second copy
+    for a final concatenation: N=32 support images of sd+dino+clip at 512 px are 4.8 GB).
+    `on_progress(done, total)` after each batch.
     """
-    import torch
-
     if size % extractor.stride:
         raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
-    feats = []
+    if not images:
+        raise ValueError("extract_images needs at least one image")
+    out = None
     for i in range(0, len(images), batch_size):
-        feats.append(extractor(images_to_tensor(images[i : i + batch_size], size)))
+        f = extractor(images_to_tensor(images[i : i + batch_size], size))
+        if out is None:
+            out = f.new_empty((len(images), *f.shape[1:]))
+        out[i : i + len(f)] = f
         if on_progress:
             on_progress(min(i + batch_size, len(images)), len(images))
-    return torch.cat(feats)
+    return out
