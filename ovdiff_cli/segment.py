@@ -153,18 +153,19 @@ def segment_paths(
     out_dir: Path,
     overlay: bool = False,
     explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
-    on_image: Callable[[InputImage, str | None], None] | None = None,
+    on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
 ) -> JobSummary:
     """Segment each input into `out_dir/<name>.png` (+ overlays/<name>.jpg, explain/…); skip bad images.
 
-    `on_image(item, error)` is called after each input (error None when it was written).
+    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
+    message when it failed).
     """
     out_dir = Path(out_dir)
     names = {0: "background", **{k + 1: c.name for k, c in enumerate(segmenter.classes)}}
     summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
     start = time.perf_counter()
     for item in inputs:
-        error = None
+        error, seg = None, None
         try:
             t0 = time.perf_counter()
             image = load_image(item.path)
@@ -183,10 +184,11 @@ def segment_paths(
         except (ImageError, OSError, ValueError, torch.OutOfMemoryError) as e:
             error = str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
             summary.failures.append((str(item.path), error))
+            seg = None
             if isinstance(e, torch.OutOfMemoryError):
                 torch.cuda.empty_cache()
         if on_image is not None:
-            on_image(item, error)
+            on_image(item, seg, error)
     summary.seconds = time.perf_counter() - start
     return summary
 

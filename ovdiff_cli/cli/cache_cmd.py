@@ -60,6 +60,10 @@ def verify(
     """
     run = make_run(cache, preset, device, dtype, seed, verbose=verbose, quiet=quiet)
     problems = run.cache.verify(repair=repair)
+    if verbose:
+        nfo = run.cache.info()
+        run.say(f"checked {nfo['entries']} entries: {nfo['classes']} classes, {nfo['support_entries']} support sets, "
+                f"{nfo['text_embeddings']} text embeddings")  # fmt: skip
     if not problems:
         run.say("[green]cache is sound[/]")
         return

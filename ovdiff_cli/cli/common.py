@@ -122,6 +122,8 @@ def make_run(
     from ..models.presets import get_preset
 
     p = get_preset(preset)
+    if protos and protos.get("extractor"):  # one spelling per extractor, so the cache key ignores case and spaces
+        protos = dict(protos, extractor="+".join(part.strip().lower() for part in protos["extractor"].split("+")))
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model},

@@ -186,6 +186,8 @@ def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
 
         def on_image(done: int, total: int, running: float) -> None:
             bar.update(task, completed=done, description=f"{ds.name} ({what}) mIoU {100 * running:.1f}")
+            if run.verbose:
+                run.err.print(f"{escape(ds.infos[done - 1].id)}: running mIoU {100 * running:.1f}", highlight=False)
 
         return evaluate(ds, predict, on_image=on_image)
 

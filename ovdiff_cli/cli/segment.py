@@ -134,10 +134,14 @@ def segment(
         save_legend(names, run.segment.background, out_dir)
         task = bar.add_task("segment", total=len(items))
 
-        def on_image(item, error: str | None) -> None:
+        def on_image(item, seg, error: str | None) -> None:
             bar.advance(task)
             if error:
                 run.err.print(f"[yellow]skipped[/] {escape(error)}", highlight=False, soft_wrap=True)
+            elif run.verbose:
+                kept = ", ".join(names[i] for i in seg.selected)
+                run.err.print(f"{escape(item.name)}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
+                              f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
         summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
                                 explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image)  # fmt: skip
