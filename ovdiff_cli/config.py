@@ -59,6 +59,7 @@ class SegmentConfig:
     fg_threshold: float = 0.72
     proto_kinds: tuple[str, ...] = ("class", "instance", "part")
     filter_size: int = 224
+    image_batch: int = 4  # images segmented together: their windows share the extractor's batches
 
 
 @dataclass(frozen=True)

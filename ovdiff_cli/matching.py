@@ -206,6 +206,93 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> list[tupl
 Extract = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass
+class _Canvas:
+    """One image's running window sums: label scores, window counts and, for --explain, the winners."""
+
+    total: torch.Tensor  # (L,H,W)
+    count: torch.Tensor  # (1,H,W)
+    best_sim: torch.Tensor | None
+    best_idx: torch.Tensor | None
+
+    @classmethod
+    def blank(cls, labels: int, height: int, width: int, device: torch.device, with_best: bool) -> _Canvas:
+        shape = (labels, height, width)
+        return cls(
+            torch.zeros(shape, device=device), torch.zeros(1, height, width, device=device),
+            torch.full(shape, NO_SCORE, device=device) if with_best else None,
+            torch.full(shape, -1, dtype=torch.long, device=device) if with_best else None,
+        )  # fmt: skip
+
+    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor, best: torch.Tensor | None) -> None:
+        """scores (L,ph,pw) of the padded window at `box`; best (L,ph,pw) prototype indices or None."""
+        y0, x0, y1, x1 = box
+        s = scores[:, : y1 - y0, : x1 - x0]
+        self.total[:, y0:y1, x0:x1] += s
+        self.count[:, y0:y1, x0:x1] += 1
+        if self.best_sim is not None:
+            region = self.best_sim[:, y0:y1, x0:x1]
+            better = s > region
+            region[better] = s[better]
+            self.best_idx[:, y0:y1, x0:x1][better] = best[:, : y1 - y0, : x1 - x0][better]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.total / self.count, self.best_idx
+
+
+def _windows(image: torch.Tensor, stride_px: int, windows: tuple[int, ...] | None, stride: int):
+    """(padded shape, box, crop) of every window of `image` (3,H,W), each pass of sizes in turn.
+
+    Crops are padded (replicate) up to a multiple of `stride_px`; without windows, one whole-image crop.
+    """
+    _, height, width = image.shape
+    passes = [(w, window_boxes(height, width, w, stride)) for w in windows] if windows else [(None, [(0, 0, height, width)])]
+    for size, boxes in passes:
+        ph, pw = (-(-n // stride_px) * stride_px for n in ((size, size) if size else (height, width)))
+        for y0, x0, y1, x1 in boxes:
+            crop = F.pad(image[:, y0:y1, x0:x1], (0, pw - (x1 - x0), 0, ph - (y1 - y0)), mode="replicate")
+            yield (ph, pw), (y0, x0, y1, x1), crop
+
+
+def slide_match_many(
+    images: list[torch.Tensor],
+    vocabs: list[Vocabulary],
+    extract: Extract,
+    stride_px: int,
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+    with_best: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`slide_match` over several images at once: windows of the same size from all images share
+    the extractor's batches (the backbones' cost), and each window is matched against its own
+    image's vocabulary, so per-image category filtering still applies. Results in input order.
+    """
+    canvases = [_Canvas.blank(len(v.labels), im.shape[1], im.shape[2], im.device, with_best)
+                for im, v in zip(images, vocabs, strict=True)]  # fmt: skip
+    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
+    for i, image in enumerate(images):
+        for shape, box, crop in _windows(image, stride_px, windows, stride):
+            by_shape.setdefault(shape, []).append((i, box, crop))
+    for shape, jobs in by_shape.items():
+        for k in range(0, len(jobs), batch):
+            chunk = jobs[k : k + batch]
+            feats = extract(torch.stack([crop for _, _, crop in chunk]))
+            start = 0
+            while start < len(chunk):  # consecutive windows of one image are matched together
+                i = chunk[start][0]
+                stop = start
+                while stop < len(chunk) and chunk[stop][0] == i:
+                    stop += 1
+                scores, best = match(feats[start:stop], vocabs[i])
+                up = F.interpolate(scores, size=shape, mode="bilinear", align_corners=False)
+                best_up = F.interpolate(best.float(), size=shape, mode="nearest").long() if with_best else None
+                for j in range(start, stop):
+                    canvases[i].add(chunk[j][1], up[j - start], None if best_up is None else best_up[j - start])
+                start = stop
+    return [c.result() for c in canvases]
+
+
 def slide_match(
     image: torch.Tensor,
     extract: Extract,
@@ -224,32 +311,7 @@ def slide_match(
     prototype (`vocab.index`) with the highest similarity per label and pixel over all windows,
     (L,H,W) int64; else None.
     """
-    _, height, width = image.shape
-    L, dev = len(vocab.labels), image.device
-    total = torch.zeros(L, height, width, device=dev)
-    count = torch.zeros(1, height, width, device=dev)
-    best_sim = torch.full((L, height, width), NO_SCORE, device=dev) if with_best else None
-    best_idx = torch.full((L, height, width), -1, dtype=torch.long, device=dev) if with_best else None
-    passes = [(w, window_boxes(height, width, w, stride)) for w in windows] if windows else [(None, [(0, 0, height, width)])]
-    for size, boxes in passes:
-        ph, pw = (-(-n // stride_px) * stride_px for n in ((size, size) if size else (height, width)))
-        for i in range(0, len(boxes), batch):
-            chunk = boxes[i : i + batch]
-            crops = torch.stack([F.pad(image[:, y0:y1, x0:x1], (0, pw - (x1 - x0), 0, ph - (y1 - y0)), mode="replicate")
-                                 for y0, x0, y1, x1 in chunk])  # fmt: skip
-            scores, best = match(extract(crops), vocab)
-            up = F.interpolate(scores, size=(ph, pw), mode="bilinear", align_corners=False)
-            best_up = F.interpolate(best.float(), size=(ph, pw), mode="nearest").long() if with_best else None
-            for j, (y0, x0, y1, x1) in enumerate(chunk):
-                s = up[j, :, : y1 - y0, : x1 - x0]
-                total[:, y0:y1, x0:x1] += s
-                count[:, y0:y1, x0:x1] += 1
-                if with_best:
-                    region = best_sim[:, y0:y1, x0:x1]
-                    better = s > region
-                    region[better] = s[better]
-                    best_idx[:, y0:y1, x0:x1][better] = best_up[j, :, : y1 - y0, : x1 - x0][better]
-    return total / count, best_idx
+    return slide_match_many([image], [vocab], extract, stride_px, windows, stride, batch, with_best)[0]
 
 
 def upsample_argmax(

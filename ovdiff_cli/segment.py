@@ -6,12 +6,14 @@
 3. sliding-window matching of dense features against the kept classes' prototypes;
 4. bilinear upsampling of the label scores to the image size, then argmax.
 
-`segment_paths` streams a list of inputs through it, one image in memory at a time: each image is
-read, segmented and written before the next is read, and a bad image is recorded and skipped.
+`segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
+whose windows share the extractor's batches): each group is read, segmented and written before the
+next is read, and a bad image is recorded and skipped.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from .config import SegmentConfig
 from .errors import OvdiffError
 from .filter import CategoryFilter
 from .imageio import MAX_LABELS, ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
-from .matching import assemble_vocabulary, slide_match, upsample_argmax
+from .matching import assemble_vocabulary, slide_match_many, upsample_argmax
 from .types import ClassPrototypes
 
 LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
@@ -82,40 +84,60 @@ class Segmenter:
 
     def predict(self, image: np.ndarray, explain: bool = False) -> Segmentation:
         """image HxWx3 uint8 RGB → Segmentation (labels at the image's size)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-        times = {"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0}
-        height, width = image.shape[:2]
-        # 1. category pre-filter
-        t0 = time.perf_counter()
-        selected = self.filter.select(image) if self.filter is not None else list(range(len(self.classes)))
-        vocab = self._device_vocab.restrict(selected)
-        times["filter"] = time.perf_counter() - t0
-        # 2. resize to the working size
-        h, w = working_size(height, width, self.cfg.short_side)
-        work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
-        x = torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.hub.device).permute(2, 0, 1).float() / 255
+        return self.predict_many([image], explain)[0]
+
+    def predict_many(self, images: list[np.ndarray], explain: bool = False) -> list[Segmentation]:
+        """Several HxWx3 uint8 RGB images at once: their windows share the extractor's batches.
+
+        Results equal `predict` image by image; the shared feature and matching time is split
+        evenly between the images in their timings.
+        """
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+        times = [{"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0} for _ in images]
+        selected, vocabs, xs = [], [], []
+        for image, t in zip(images, times, strict=True):
+            # 1. category pre-filter
+            t0 = time.perf_counter()
+            keep = self.filter.select(image) if self.filter is not None else list(range(len(self.classes)))
+            selected.append(keep)
+            vocabs.append(self._device_vocab.restrict(keep))
+            t["filter"] = time.perf_counter() - t0
+            # 2. resize to the working size
+            height, width = image.shape[:2]
+            h, w = working_size(height, width, self.cfg.short_side)
+            work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
+            xs.append(torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.hub.device).permute(2, 0, 1).float() / 255)
 
         # 3. sliding-window matching (feature time measured apart)
+        feature_time = 0.0
+
         def extract(crops: torch.Tensor) -> torch.Tensor:
+            nonlocal feature_time
             t = time.perf_counter()
             out = self.extractor(crops)
             self._sync()
-            times["features"] += time.perf_counter() - t
+            feature_time += time.perf_counter() - t
             return out
 
         t0 = time.perf_counter()
         windows = tuple(self.cfg.windows) if self.cfg.slide else None
-        scores, best = slide_match(x, extract, vocab, self.extractor.stride, windows, self.cfg.stride,
+        results = slide_match_many(xs, vocabs, extract, self.extractor.stride, windows, self.cfg.stride,
                                    self.window_batch, with_best=explain)  # fmt: skip
         self._sync()
-        times["matching"] = time.perf_counter() - t0 - times["features"]
-        # 4. upsample to the image size, argmax
-        t0 = time.perf_counter()
-        local, winner = upsample_argmax(scores, height, width, best)
-        labels = np.asarray(vocab.labels, dtype=np.int32)[local]
-        times["upsample_io"] = time.perf_counter() - t0
-        return Segmentation(labels, selected, times, None if winner is None else winner.astype(np.int32))
+        matching_time = time.perf_counter() - t0 - feature_time
+        # 4. upsample to each image's size, argmax
+        out = []
+        for image, (scores, best), vocab, keep, t in zip(images, results, vocabs, selected, times, strict=True):
+            t["features"] = feature_time / len(images)
+            t["matching"] = matching_time / len(images)
+            t0 = time.perf_counter()
+            local, winner = upsample_argmax(scores, image.shape[0], image.shape[1], best)
+            labels = np.asarray(vocab.labels, dtype=np.int32)[local]
+            t["upsample_io"] = time.perf_counter() - t0
+            out.append(Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32)))
+        return out
 
 
 # --------------------------------------------------------------------------- the folder job
@@ -147,6 +169,31 @@ def legend(names: list[str], background: bool) -> dict:
     }
 
 
+_FAILURES = (ImageError, OSError, ValueError, torch.OutOfMemoryError)
+
+
+def _describe(item: InputImage, e: Exception) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    return str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
+
+
+def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool) -> list[Segmentation | Exception]:
+    """Segment a group together; if that fails, image by image, so one bad image fails alone."""
+    try:
+        return segmenter.predict_many(images, explain)
+    except _FAILURES as e:
+        if len(images) == 1:
+            return [e]
+    out: list[Segmentation | Exception] = []
+    for image in images:
+        try:
+            out.append(segmenter.predict(image, explain))
+        except _FAILURES as e:
+            out.append(e)
+    return out
+
+
 def segment_paths(
     segmenter: Segmenter,
     inputs: Iterable[InputImage],
@@ -154,9 +201,12 @@ def segment_paths(
     overlay: bool = False,
     explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
     on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
+    image_batch: int = 4,
 ) -> JobSummary:
     """Segment each input into `out_dir/<name>.png` (+ overlays/<name>.jpg, explain/…); skip bad images.
 
+    Inputs are read `image_batch` at a time and segmented together (their windows share the
+    extractor's batches); memory is bounded by that group, whatever the number of inputs.
     `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
     message when it failed).
     """
@@ -164,31 +214,43 @@ def segment_paths(
     names = {0: "background", **{k + 1: c.name for k, c in enumerate(segmenter.classes)}}
     summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
     start = time.perf_counter()
-    for item in inputs:
-        error, seg = None, None
-        try:
+
+    def report(item: InputImage, seg: Segmentation | None, error: str | None) -> None:
+        if error is not None:
+            summary.failures.append((str(item.path), error))
+        if on_image is not None:
+            on_image(item, seg, error)
+
+    stream = iter(inputs)
+    while group := list(itertools.islice(stream, max(1, image_batch))):
+        loaded: list[tuple[InputImage, np.ndarray, float]] = []
+        for item in group:
             t0 = time.perf_counter()
-            image = load_image(item.path)
-            io_time = time.perf_counter() - t0
-            seg = segmenter.predict(image, explain=explainer is not None)
-            t0 = time.perf_counter()
-            save_mask(seg.labels, out_dir / f"{item.name}.png")
-            if overlay:
-                save_picture(overlay_picture(image, seg.labels, names), out_dir / "overlays" / f"{item.name}.jpg")
-            if explainer is not None:
-                explainer(item, image, seg, out_dir / "explain")
-            seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
+            try:
+                loaded.append((item, load_image(item.path), time.perf_counter() - t0))
+            except _FAILURES as e:
+                report(item, None, _describe(item, e))
+        segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None) if loaded else []
+        for (item, image, io_time), seg in zip(loaded, segs, strict=True):
+            if isinstance(seg, Exception):
+                report(item, None, _describe(item, seg))
+                continue
+            try:
+                t0 = time.perf_counter()
+                save_mask(seg.labels, out_dir / f"{item.name}.png")
+                if overlay:
+                    save_picture(overlay_picture(image, seg.labels, names), out_dir / "overlays" / f"{item.name}.jpg")
+                if explainer is not None:
+                    explainer(item, image, seg, out_dir / "explain")
+                seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
+            except _FAILURES as e:
+                report(item, None, _describe(item, e))
+                continue
             for k, v in seg.timings.items():
                 summary.timings[k] = summary.timings.get(k, 0.0) + v
             summary.written += 1
-        except (ImageError, OSError, ValueError, torch.OutOfMemoryError) as e:
-            error = str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
-            summary.failures.append((str(item.path), error))
-            seg = None
-            if isinstance(e, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()
-        if on_image is not None:
-            on_image(item, seg, error)
+            report(item, seg, None)
+        del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -163,3 +163,42 @@ def test_discover_folders_globs_recursion_and_name_clashes(tmp_path):
     assert [i.name for i in discover([str(tmp_path / "*.png"), str(tmp_path / "a.png")])] == ["a"]
     with pytest.raises(Exception, match="no images found"):
         discover([str(tmp_path / "*.gif")])
+
+
+def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(procedural_hub, tmp_path):
+    """predict_many batches windows of several images through the backbone; results are unchanged."""
+    import dataclasses
+
+    from ovdiff_cli.cache import Cache
+    from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
+    from ovdiff_cli.procedural import LABELLED, render_scene
+    from ovdiff_cli.segment import Segmenter
+    from ovdiff_cli.vocab import ensure_classes
+
+    p = procedural_hub.preset
+    sample_cfg, proto_cfg = (dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos))
+    seg_cfg = dataclasses.replace(SegmentConfig(), **p.segment)
+    cache = Cache(tmp_path / "cache")
+    classes = ensure_classes(cache, procedural_hub, list(LABELLED), 0, sample_cfg, proto_cfg)
+    seg = Segmenter(procedural_hub, classes, seg_cfg, proto_cfg.extractor, cache)
+    rng = np.random.default_rng(7)
+    images = [render_scene(rng)[0] for _ in range(3)]
+    calls = []
+    inner = seg.extractor
+
+    class Counting:
+        stride = inner.stride
+
+        def __call__(self, crops):
+            calls.append(crops.shape[0])
+            return inner(crops)
+
+    seg.extractor = Counting()
+    one_by_one = [seg.predict(im, explain=True) for im in images]
+    alone_calls = len(calls)
+    calls.clear()
+    together = seg.predict_many(images, explain=True)
+    assert len(calls) < alone_calls  # windows of different images went through the backbone together
+    for a, b in zip(one_by_one, together):
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.winner, b.winner)
+        assert a.selected == b.selected

@@ -74,6 +74,7 @@ def segment(
     no_stuff_filter: NoStuffFilterOpt = False,
     stuff_threshold: StuffThresholdOpt = None,
     protos: ProtoKindsOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images segmented together (their windows share the backbones' batches) \\[default: 4].", show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
     extractor: ExtractorOpt = None,
@@ -105,12 +106,14 @@ def segment(
     from ..segment import Explainer, Segmenter, save_legend, segment_paths
     from ..vocab import ensure_classes
 
+    if batch_size is not None and batch_size < 1:
+        raise OvdiffError(f"--batch-size must be at least 1, got {batch_size}")
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
         dino_model=dino_model, protos={"extractor": extractor, "mask_proposer": mask_proposer},
-        segment={**method, "background": False if no_background else None},
+        segment={**method, "background": False if no_background else None, "image_batch": batch_size},
     )
     names = parse_class_list(classes, read_classes_file(classes_file))
     if not names:
@@ -144,7 +147,8 @@ def segment(
                               f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
         summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
-                                explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image)  # fmt: skip
+                                explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
+                                image_batch=run.segment.image_batch)  # fmt: skip
     if not run.quiet:
         table = Table(title=f"ovdiff segment → {out_dir}")
         for col in ("images", "written", "failed", "s/image", "features", "filter", "matching", "upsample+io"):
