@@ -63,7 +63,14 @@ def load_clip(spec: str, device: torch.device, dtype: torch.dtype, seed: int = 0
             quick_gelu=True,
         )
     elif spec == "random":
-        model = open_clip.create_model("ViT-B-16", pretrained=None)
+        import logging
+
+        level = logging.root.level  # open_clip warns on the root logger that no weights were loaded: intended here
+        logging.root.setLevel(logging.ERROR)
+        try:
+            model = open_clip.create_model("ViT-B-16", pretrained=None)
+        finally:
+            logging.root.setLevel(level)
     else:
         try:
             if spec.startswith("hf-hub:"):
