@@ -9,12 +9,28 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("OVDIFF_CACHE", None)
 os.environ.pop("OVDIFF_PRESET", None)
 
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOC_SAMPLE = SHARED_DATA / "voc-sample" / "VOC2012"
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, options: str):
+    """A tmpfs mounted at `where` (root only; CI runs as root), or the test skipped with the reason."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}; needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture

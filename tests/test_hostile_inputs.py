@@ -31,6 +31,8 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.imageio import load_image
 from ovdiff_cli.procedural import render_scene, write_voc
 
+from conftest import mounted_tmpfs
+
 REPO = Path(__file__).resolve().parents[1]
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 runner = CliRunner()
@@ -164,15 +166,8 @@ def test_folder_with_no_images_is_one_line(tmp_path):
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A read-only tmpfs: root writes anywhere else, so this is how an unwritable folder looks to root."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs (needs root): {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_unwritable_output_folder_is_one_line_before_any_work(read_only_dir, image, tmp_path):

@@ -29,6 +29,8 @@ from ovdiff_cli import cache as cache_mod
 from ovdiff_cli.cache import Cache
 from ovdiff_cli.cli.app import app
 
+from conftest import mounted_tmpfs
+
 REPO = Path(__file__).resolve().parents[1]
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
@@ -368,18 +370,12 @@ def test_map_size_setting_is_checked(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; CI runs as root), unmounted afterwards."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        forget(mnt / "cache")
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    """A 1 MiB tmpfs, unmounted afterwards."""
+    with mounted_tmpfs(tmp_path / "disk", "size=1m") as mnt:
+        try:
+            yield mnt
+        finally:
+            forget(mnt / "cache")
 
 
 def test_full_disk_is_one_clear_error_and_keeps_earlier_classes(tiny_disk, tmp_path):
