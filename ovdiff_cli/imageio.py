@@ -216,16 +216,23 @@ def explain_picture(image: np.ndarray, regions: list[np.ndarray], supports: list
         left[region] = 0.45 * left[region] + 0.55 * colour
     tiles = []
     font = _font()
+    width = min(480, max([200] + [int(font.getlength(line)) + 8 for *_, caption in supports for line in caption.split("\n")]))
+
+    def fit(line: str) -> str:  # a caption line cut to the column, for class names of any length
+        room = (width - 8) / max(font.getlength(line), 1)
+        return line if room >= 1 else line[: max(1, int(len(line) * room) - 1)] + "…"
+
     for colour, (sup, src, caption) in zip(EXPLAIN_COLOURS, supports, strict=False):
         s = np.asarray(Image.fromarray(sup).resize((thumb, thumb), Image.Resampling.BILINEAR)).astype(np.float32)
         m = np.asarray(Image.fromarray(src.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 0
         s[m] = 0.45 * s[m] + 0.55 * colour
-        tile = Image.new("RGB", (thumb + 8 + 200, thumb + 8), (255, 255, 255))
+        lines = caption.split("\n")
+        tile = Image.new("RGB", (thumb + 12 + width, thumb + 8), (255, 255, 255))
         tile.paste(Image.fromarray(s.astype(np.uint8)), (4, 4))
         draw = ImageDraw.Draw(tile)
         draw.rectangle([thumb + 12, 6, thumb + 22, 16], fill=tuple(int(c) for c in colour))
-        for j, line in enumerate(caption.split("\n")):
-            draw.text((thumb + 12, 20 + 12 * j), line[:34], fill=(0, 0, 0), font=font)
+        for j, line in enumerate(lines):
+            draw.text((thumb + 12, 20 + 12 * j), fit(line), fill=(0, 0, 0), font=font)
         tiles.append(np.asarray(tile))
     right = np.concatenate(tiles, 0) if tiles else np.full((image.shape[0], 8, 3), 255, np.uint8)
     height = max(image.shape[0], right.shape[0])
