@@ -6,17 +6,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, QuietOpt, SeedOpt, VerboseOpt, make_run
+from .common import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, QuietOpt, SeedOpt, VerboseOpt, human_size, make_run
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @app.command("info")
@@ -38,8 +30,8 @@ def info(
     table = Table(show_header=False, box=None)
     for k in ("path", "schema_version", "classes", "support_entries", "text_embeddings", "entries"):
         table.add_row(k.replace("_", " "), str(nfo[k]))
-    table.add_row("used", _size(nfo["used_bytes"]))
-    table.add_row("map size", _size(nfo["map_size"]))
+    table.add_row("used", human_size(nfo["used_bytes"]))
+    table.add_row("map size", human_size(nfo["map_size"]))
     run.console.print(table)
 
 

@@ -194,6 +194,15 @@ def segment_overrides(
     }
 
 
+def human_size(n: float) -> str:
+    """Bytes for a table: 512 B, 1.5 KiB, 3.2 MiB, 1.1 GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def read_classes_file(path: Path | None) -> str | None:
     """The text of --classes-file, or a one-line error."""
     from ..errors import OvdiffError

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..errors import OvdiffError
 from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, make_run
@@ -27,17 +26,19 @@ def demo(
 
     Draws held-out scenes with known truth in the VOC layout (OUT/data), builds prototypes for the
     world's classes from procedurally generated support sets (cache: OUT/cache unless --cache),
-    segments the scenes into OUT/masks with overlays, and scores them (mIoU, confusion matrix over
+    segments the scenes into OUT/masks with overlays, and scores those masks as `ovdiff eval --pred`
+    does (report in OUT/report; mIoU from one confusion matrix over
     the split, as mmsegmentation does).
 
     Example: ovdiff demo --out demo/ --images 24
     """
-    from ..datasets import read_index_png
+    from ..datasets import load_dataset
+    from ..evaluate import evaluate, predictions_from_dir, write_report
     from ..imageio import discover
-    from ..metrics import ConfusionMatrix
     from ..procedural import write_voc
     from ..segment import Segmenter, save_legend, segment_paths
     from ..vocab import ensure_classes
+    from .eval import print_results
     from .segment import check_out_dir
 
     if preset != "procedural":
@@ -62,19 +63,13 @@ def demo(
                                 on_image=lambda *_: bar.advance(task))  # fmt: skip
     if summary.failures:
         raise OvdiffError(f"{len(summary.failures)} demo image(s) failed: {summary.failures[0][1]}")
-    cm = ConfusionMatrix(len(names) + 1)
-    for i in ids:
-        cm.update(read_index_png(masks / f"{i}.png"), read_index_png(data / "VOC2012" / "SegmentationClass" / f"{i}.png"))
+    dataset = load_dataset("voc", data, custom_classes=names)
+    result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
+    _, report = write_report(result, root / "report", dataset)
     if run.quiet:
         return
-    table = Table(title=f"procedural world: {len(ids)} held-out scenes")
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    for name, iou in zip(["background", *names], cm.iou(), strict=True):
-        table.add_row(name, "n/a" if iou != iou else f"{100 * iou:.1f}")
-    table.add_row("[bold]mIoU[/]", f"[bold]{100 * cm.miou():.1f}[/]")
-    run.console.print(table)
-    run.say(f"{summary.seconds_per_image:.3f} s/image · masks: {masks} · overlays: {masks / 'overlays'} · "
-            f"truth: {data / 'VOC2012' / 'SegmentationClass'}")  # fmt: skip
+    print_results(run, dataset, [result], summary.seconds_per_image)
+    run.say(f"masks: {masks} · overlays: {masks / 'overlays'} · "
+            f"truth: {data / 'VOC2012' / 'SegmentationClass'} · report: {report}")  # fmt: skip
     run.say(f"next: ovdiff segment {data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
             f"--classes-file {data / 'classes.txt'} --out {root / 'explained'} --explain")  # fmt: skip

@@ -117,7 +117,7 @@ def eval_cmd(
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
         results = [_score(run, ds, _model_predictor(run, ds, s), f"seed {s}") for s in seed_list]
-    _print_results(run, ds, results)
+    print_results(run, ds, results)
     if out is not None:
         json_path, html_path = write_report(results[-1], out, ds, runs=results if len(results) > 1 else None)
         run.say(f"wrote {json_path} and {html_path}")
@@ -192,7 +192,8 @@ def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
         return evaluate(ds, predict, on_image=on_image)
 
 
-def _print_results(run: Run, ds: SegDataset, results: list[EvalResult]) -> None:
+def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None) -> None:
+    """The per-class table; `seconds_per_image` when the predictions were timed elsewhere (saved masks)."""
     import math
 
     from rich.table import Table
@@ -223,5 +224,7 @@ def _print_results(run: Run, ds: SegDataset, results: list[EvalResult]) -> None:
     else:
         table.add_row("[bold]mIoU[/]", f"[bold]{fmt(results[-1].miou)}[/]")
         table.add_row("pixel accuracy", fmt(results[-1].pixel_accuracy))
-    table.add_row("seconds/image", f"{sum(r.seconds_per_image for r in results) / len(results):.2f}")
+    if seconds_per_image is None:
+        seconds_per_image = sum(r.seconds_per_image for r in results) / len(results)
+    table.add_row("seconds/image", f"{seconds_per_image:.3f}")
     run.console.print(table)

@@ -25,6 +25,7 @@ from .common import (
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
+    human_size,
     make_run,
     read_classes_file,
 )
@@ -36,14 +37,6 @@ NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Class names (quot
 TargetsArg = Annotated[Optional[list[str]], typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)]
 SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)]
 ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only classes of this extractor \\[default: any].", show_default=False)]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _prototypes(rec: dict) -> str:
@@ -171,7 +164,7 @@ def list_cmd(
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
     for pid, rec in found:
-        row = [escape(rec["name"]), str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], _human(run.cache.class_size(pid)), pid[:12]]
+        row = [escape(rec["name"]), str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], human_size(run.cache.class_size(pid)), pid[:12]]
         if verbose:
             row += [rec["mask_proposer"], str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
         table.add_row(*row)
@@ -281,7 +274,7 @@ def export(
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")
     size = export_classes(run.cache, [pid for pid, _ in found], file)
-    run.say(f"wrote {file}: {len(found)} class(es), {_human(size)}")
+    run.say(f"wrote {file}: {len(found)} class(es), {human_size(size)}")
 
 
 @app.command("import")
