@@ -1,0 +1,63 @@
+"""Cache keys are users' data: these golden ids were computed before the architecture refactor (issue 11)
+and must never change silently, or every cached support set and class would be rebuilt.
+
+Change a value here only together with a deliberate key change (e.g. a bumped PROTO_VERSION), and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ovdiff_cli.config import ProtoConfig, SampleConfig
+from ovdiff_cli.models.presets import ModelHub, get_preset
+from ovdiff_cli.sampling import support_id
+from ovdiff_cli.vocab import class_id
+
+
+def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
+    p = get_preset(preset)
+    return dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos)
+
+
+# (preset, class, seed) → (support_id, class_id) with the preset's defaults
+GOLDEN = {
+    ("tiny", "cat", 0): ("e79951666df513d51ce08907", "d5520c069bbe360dd9bd66b4"),
+    ("tiny", "sky", 1): ("872e76bf9225fd8f6ea1ff85", "5fe8c646c5ab57e5cfbf3884"),
+    ("tiny", "chocolate glazed donut", 0): ("2d74426784b3d1557b6b6ff7", "7cf63954ed3aeb56ff710a81"),
+    ("procedural", "cat", 0): ("992c0c1e6f8664d1bb345bc5", "4fe8f2a055d06bb93e72e3b6"),
+    ("procedural", "sky", 1): ("2521dcb2637521ecafb0842a", "0c8267a79d1b3692486cc843"),
+    ("procedural", "chocolate glazed donut", 0): ("20f004f864c3e7c4fb55b777", "f6570011198dc22d15ad862a"),
+}
+
+
+@pytest.mark.parametrize("key", list(GOLDEN), ids=lambda k: f"{k[0]}-{k[1]}-{k[2]}")
+def test_support_and_class_ids_are_pinned(key):
+    preset, name, seed = key
+    sample_cfg, proto_cfg = configs(preset)
+    hub = ModelHub(get_preset(preset), "cpu", "fp32")
+    assert (support_id(name, seed, hub.generator().identity(), sample_cfg),
+            class_id(name, seed, hub, sample_cfg, proto_cfg)) == GOLDEN[key]  # fmt: skip
+
+
+def test_class_ids_of_other_settings_are_pinned():
+    sample_cfg, proto_cfg = configs("tiny")
+    hub = ModelHub(get_preset("tiny"), "cpu", "fp32")
+    assert class_id("cat", 0, hub, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == "deac601c0143528d296d824f"
+    assert class_id("cat", 0, hub, sample_cfg, dataclasses.replace(proto_cfg, extractor="dino+clip")) == "556a51101c63ecdd4af09208"
+    assert class_id("cat", 0, hub, dataclasses.replace(sample_cfg, n_images=8), proto_cfg) == "d4aa070f1efb1108e9aa8c2b"
+    sam = ModelHub(get_preset("tiny"), "cpu", "fp32", overrides={"sam": "x/sam"})
+    assert class_id("cat", 0, sam, sample_cfg, dataclasses.replace(proto_cfg, mask_proposer="sam")) == "58c8571810458a80d308afeb"
+    # the real-weight presets, by spec alone (no weights here)
+    for preset, plain, local in (("sd15", "427b51354ccc5967c244b4f1", "f9b6401476765e99cb8fbef1"),
+                                 ("sd15-random", "68c011158e1bd23f1b309d01", "80597b3621a6132e45a6537f")):  # fmt: skip
+        s, p = configs(preset)
+        assert class_id("cat", 0, ModelHub(get_preset(preset), "cpu", "fp32"), s, p) == plain
+        over = ModelHub(get_preset(preset), "cpu", "fp32", overrides={"sd": "/w/sd15", "clip": "/w/clip"})
+        assert class_id("cat", 0, over, s, p) == local
+
+
+def test_text_embedding_ids_are_pinned():
+    assert ModelHub(get_preset("tiny"), "cpu", "fp32").scorer().identity() == "open_clip-text:tiny@seed0"
+    assert ModelHub(get_preset("procedural"), "cpu", "fp32").scorer().identity() == "procedural-scorer/v1"
