@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from .cache import Cache
-    from .models.presets import ModelHub
+    from .compose import Stages
     from .types import ClassPrototypes, Sample
 
 RESULTS_VERSION = 1
@@ -218,7 +218,7 @@ def fresh_cache(root: Path, prefix: str) -> Cache:
 # --------------------------------------------------------------------------- sections
 
 
-def bench_sampling(hub: ModelHub, s: BenchSettings, seed: int) -> tuple[dict, list[Sample]]:
+def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, list[Sample]]:
     """Seconds per image of our sampler (attribution capture) and of the stock diffusers pipeline.
 
     Same components, prompt, negative prompt, guidance, steps, size and per-image seeds; both decode
@@ -230,8 +230,8 @@ def bench_sampling(hub: ModelHub, s: BenchSettings, seed: int) -> tuple[dict, li
     from .sampling import image_seed
 
     cfg = replace(SampleConfig(), n_images=s.n_images, steps=s.steps, size=s.size, batch_size=s.n_images)
-    generator = hub.generator()
-    pipe = hub.sd().pipeline()
+    generator = stages.generator()
+    pipe = stages.store.sd().pipeline()
     pipe.set_progress_bar_config(disable=True)
     seeds = [image_seed(SAMPLE_CLASS, seed, i) for i in range(s.n_images)]
     drawn: list[Sample] = []
@@ -247,7 +247,7 @@ def bench_sampling(hub: ModelHub, s: BenchSettings, seed: int) -> tuple[dict, li
 
     ours()  # warm-up
     stock()
-    t_ours, t_stock = alternating(ours, stock, s.repeats, hub.device)
+    t_ours, t_stock = alternating(ours, stock, s.repeats, stages.device)
     n = len(seeds)
     section = {
         "figures": {
@@ -261,7 +261,7 @@ def bench_sampling(hub: ModelHub, s: BenchSettings, seed: int) -> tuple[dict, li
     return section, list(drawn)
 
 
-def bench_prototypes(hub: ModelHub, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, int]:
+def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, int]:
     """Seconds per class of the three prototype stages on the support set just drawn.
 
     features: the extractor over every support image; masks: proposals and the fg/bg rule;
@@ -274,18 +274,18 @@ def bench_prototypes(hub: ModelHub, samples: list[Sample], s: BenchSettings, see
 
     base = preset_configs(s.preset)[1]
     cfg = replace(base, feature_size=s.feature_size, k_parts=s.k_parts)
-    extractor = hub.extractor(cfg.extractor)
-    proposer = hub.mask_proposer(cfg.mask_proposer)
+    extractor = stages.extractor(cfg.extractor)
+    proposer = stages.mask_proposer(cfg.mask_proposer)
 
     def once() -> tuple[float, float, float, int]:
         t_feat, feats = timed(lambda: extract_images(extractor, [x.image for x in samples], cfg.feature_size,
-                                                     cfg.batch_size), hub.device)  # fmt: skip
+                                                     cfg.batch_size), stages.device)  # fmt: skip
         grid = tuple(feats.shape[-2:])
         t_mask, masks = timed(lambda: [fg_bg_masks(proposer.propose(x.image, f), x.attribution, grid)[:2]
-                                       for x, f in zip(samples, feats, strict=True)], hub.device)  # fmt: skip
+                                       for x, f in zip(samples, feats, strict=True)], stages.device)  # fmt: skip
         fg, bg = (np.stack(m) for m in zip(*masks, strict=True))
         t_km, _ = timed(lambda: build_prototypes(feats, fg, bg, cfg.k_parts, seed, False, cfg.kmeans_iters,
-                                                 cfg.kmeans_max_points), hub.device)  # fmt: skip
+                                                 cfg.kmeans_max_points), stages.device)  # fmt: skip
         return t_feat, t_mask, t_km, int(feats.shape[1])
 
     dim = once()[3]  # warm-up
@@ -304,7 +304,7 @@ def bench_prototypes(hub: ModelHub, samples: list[Sample], s: BenchSettings, see
     return section, dim
 
 
-def bench_segment(hub: ModelHub, s: BenchSettings, folder: Path, dim: int, root: Path, seed: int) -> dict:
+def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: int, root: Path, seed: int) -> dict:
     """Seconds per image by step, and the share of the time spent outside the backbones' forward passes.
 
     The prototype bank is synthesised (random unit vectors of the real shapes and dimension): building
@@ -313,14 +313,14 @@ def bench_segment(hub: ModelHub, s: BenchSettings, folder: Path, dim: int, root:
     (matching, upsampling, image IO, filter bookkeeping) is overhead.
     """
     from .imageio import discover, load_image
-    from .segment import Segmenter, segment_paths
+    from .segment import segment_paths
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
     spec = preset_configs(s.preset)[1].extractor
-    segmenter = Segmenter(hub, synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"))
-    scorer = TimedScorer(segmenter.filter.scorer, hub.device)
-    segmenter.filter.scorer = scorer
+    scorer = TimedScorer(stages.scorer(), stages.device)
+    segmenter = stages.segmenter(synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"),
+                                 scorer=scorer)  # fmt: skip
     items = discover([str(folder)])
     kept = [len(segmenter.filter.select(load_image(i.path))) for i in items]  # warm-up: text embeddings cached
     segment_paths(segmenter, items[:1], root / "masks-warmup")
@@ -359,21 +359,21 @@ def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, c
     }  # fmt: skip
 
 
-def bench_filter(hub: ModelHub, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
+def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
     """The category filter on one image with a fresh cache (cold: every prompt encoded) and again with
     a new filter over the same cache (warm: every embedding read from LMDB, none encoded)."""
     from .filter import CategoryFilter
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = preset_configs(s.preset)[2]
-    CategoryFilter(hub.scorer(), None, names[:2], s.eta, cfg.filter_size).select(image)  # warm-up
+    CategoryFilter(stages.scorer(), None, names[:2], s.eta, cfg.filter_size).select(image)  # warm-up
     cold, warm, prompts = [], [], []
     for _ in range(s.repeats):
         cache = fresh_cache(root, "filter-")
-        scorer = TimedScorer(hub.scorer(), hub.device)
-        cold.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), hub.device)[0])
+        scorer = TimedScorer(stages.scorer(), stages.device)
+        cold.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0])
         prompts.append(scorer.prompts)
-        warm.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), hub.device)[0])
+        warm.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0])
         if scorer.prompts != prompts[-1]:
             raise OvdiffError("the warm filter encoded prompts: the text-embedding cache missed")
     return {
@@ -387,45 +387,46 @@ def bench_filter(hub: ModelHub, s: BenchSettings, image: np.ndarray, root: Path)
     }
 
 
-def cache_synthetic_classes(cache: Cache, hub: ModelHub, names: list[str], dim: int, rows: int, seed: int,
+def cache_synthetic_classes(cache: Cache, stages: Stages, names: list[str], dim: int, rows: int, seed: int,
                             sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> None:  # fmt: skip
     """Cache `names` as classes of the paper's size (random unit prototypes, `rows` instance and part
     rows, fg and bg) under the ids `ensure_classes` looks up, so reading them costs what real ones do."""
-    from .vocab import class_id
+    from .keys import class_id
 
     for proto in synthetic_bank(names, dim, rows, seed):
         arrays = {f"{g}/{kind}": a for g, protos in (("fg", proto.fg), ("bg", proto.bg)) for kind, a in protos.items()}
         arrays.update({f"{g}/instance_src": np.arange(rows, dtype=np.int64) for g in ("fg", "bg")})
         record = {"name": proto.name, "norm": proto.name, "seed": seed, "extractor": proto_cfg.extractor,
                   "kind": "thing", "kind_source": "bench", "n_images": rows}  # fmt: skip
-        cache.put_class(class_id(proto.name, seed, hub, sample_cfg, proto_cfg), record, arrays)
+        cache.put_class(class_id(proto.name, seed, stages.specs, sample_cfg, proto_cfg), record, arrays)
 
 
-def bench_vocab(hub: ModelHub, s: BenchSettings, dim: int, device: str, dtype: str, seed: int, root: Path) -> dict:
+def bench_vocab(stages: Stages, s: BenchSettings, dim: int, device: str, dtype: str, seed: int, root: Path) -> dict:
     """Adding one class to a cached vocabulary vs building it alone; generator calls on a second run.
 
     The added class is really built (sampled, featurised, clustered) with the bench's models and
     settings; the cached ones are synthetic classes of the paper's size (N = K = bank_rows) under
     the ids the vocabulary stage looks up, since building them would take most of the bench.
     """
-    from .vocab import class_id, ensure_classes
+    from .keys import class_id
+    from .vocab import ensure_classes
 
     base_sample, base_proto, _ = preset_configs(s.preset)
     sample_cfg = replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size)
     proto_cfg = replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts)
     names = list(VOC[1 : 1 + s.vocab_cached])
     base = fresh_cache(root, "vocab-")
-    cache_synthetic_classes(base, hub, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
-    extra_pid = class_id(EXTRA_CLASS, seed, hub, sample_cfg, proto_cfg)
+    cache_synthetic_classes(base, stages, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
+    extra_pid = class_id(EXTRA_CLASS, seed, stages.specs, sample_cfg, proto_cfg)
     fresh = iter([fresh_cache(root, "alone-") for _ in range(s.repeats)])  # opened before the clock starts
 
     def add() -> None:
-        ensure_classes(base, hub, [*names, EXTRA_CLASS], seed, sample_cfg, proto_cfg)
+        ensure_classes(base, stages, [*names, EXTRA_CLASS], seed, sample_cfg, proto_cfg)
 
     def alone() -> None:
-        ensure_classes(next(fresh), hub, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
+        ensure_classes(next(fresh), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
 
-    t_add, t_alone = alternating(add, alone, s.repeats, hub.device,
+    t_add, t_alone = alternating(add, alone, s.repeats, stages.device,
                                  after_a=lambda: base.remove_class(extra_pid, with_support=True))  # fmt: skip
     first, second = second_run_calls(s, device, dtype, seed, root)
     return {
@@ -439,33 +440,33 @@ def bench_vocab(hub: ModelHub, s: BenchSettings, dim: int, device: str, dtype: s
         "notes": [f"'{EXTRA_CLASS}' built for real ({s.n_images} images, {s.steps} steps, {s.size} px) beside "
                   f"{len(names)} cached classes of the paper's size (synthetic, {s.bank_rows} instance + "
                   f"{s.bank_rows} part prototypes per group, D={dim}); generator calls: preset {s.vocab_preset}, "
-                  f"the second run with a new model hub and the same cache, as a new process would"],
+                  f"the second run with new stages (new models) and the same cache, as a new process would"],
     }  # fmt: skip
 
 
 def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> tuple[int, int]:
-    """Generator calls (images drawn) of two segment runs with the same classes and cache, each with its own hub."""
-    from .models.presets import ModelHub, get_preset
+    """Generator calls (images drawn) of two segment runs with the same classes and cache, each with its own stages and models."""
+    from .compose import Stages
 
     cache = fresh_cache(root, "runs-")
     folder = write_images(root / "runs-images", 2, s.memory_hw, seed)
     calls = []
     for r in range(2):
-        hub = ModelHub(get_preset(s.vocab_preset), device, dtype, seed=seed)
-        segment_folder(hub, cache, folder, root / f"runs-masks-{r}", seed)
-        calls.append(hub.calls.get("generate", 0))
+        stages = Stages.for_run(s.vocab_preset, device, dtype)
+        segment_folder(stages, cache, folder, root / f"runs-masks-{r}", seed)
+        calls.append(stages.calls.get("generate", 0))
     return calls[0], calls[1]
 
 
-def segment_folder(hub: ModelHub, cache: Cache, folder: Path, out: Path, seed: int) -> None:
+def segment_folder(stages: Stages, cache: Cache, folder: Path, out: Path, seed: int) -> None:
     """What `ovdiff segment FOLDER --classes MEMORY_CLASSES` does with the preset's defaults."""
     from .imageio import discover
-    from .segment import Segmenter, segment_paths
+    from .segment import segment_paths
     from .vocab import ensure_classes
 
-    sample_cfg, proto_cfg, seg_cfg = preset_configs(hub.preset.name)
-    classes = ensure_classes(cache, hub, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
-    segment_paths(Segmenter(hub, classes, seg_cfg, proto_cfg.extractor, cache), discover([str(folder)]), out)
+    sample_cfg, proto_cfg, seg_cfg = preset_configs(stages.specs.preset.name)
+    classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
+    segment_paths(stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache), discover([str(folder)]), out)
 
 
 # Runs `ovdiff ARGS…` and writes its peak RSS in KiB to the file named first. VmHWM is the high-water
@@ -501,13 +502,13 @@ def child_peak_rss(args: list[str], root: Path, tag: str) -> float:
 
 def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> dict:
     """Peak RSS of `ovdiff segment` processes over few and many images (prototypes already cached)."""
-    from .models.presets import ModelHub, get_preset
+    from .compose import Stages
 
     small, large = s.memory_counts
     folders = {n: write_images(root / f"memory-{n}", n, s.memory_hw, seed) for n in (small, large)}
     cache = fresh_cache(root, "memory-")
-    hub = ModelHub(get_preset(s.memory_preset), device, dtype, seed=seed)
-    segment_folder(hub, cache, folders[small], root / "memory-warmup", seed)  # builds the classes
+    stages = Stages.for_run(s.memory_preset, device, dtype)
+    segment_folder(stages, cache, folders[small], root / "memory-warmup", seed)  # builds the classes
 
     def run(n: int) -> float:
         return child_peak_rss(["segment", str(folders[n]), "--out", str(root / f"memory-out-{n}"), "--classes",
@@ -535,7 +536,7 @@ def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Pat
 # --------------------------------------------------------------------------- the run
 
 
-def machine(hub: ModelHub) -> dict:
+def machine(stages: Stages) -> dict:
     """Where the figures came from: the same fields on every machine."""
     import torch
 
@@ -544,9 +545,9 @@ def machine(hub: ModelHub) -> dict:
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(hub.device),
-        "device_name": torch.cuda.get_device_name(hub.device) if hub.device.type == "cuda" else cpu,
-        "dtype": str(hub.dtype).removeprefix("torch."),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(stages.device),
+        "device_name": torch.cuda.get_device_name(stages.device) if stages.device.type == "cuda" else cpu,
+        "dtype": str(stages.dtype).removeprefix("torch."),
     }  # fmt: skip
 
 
@@ -568,34 +569,34 @@ def _cpu_name() -> str:
 def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
               say: Say | None = None) -> dict:  # fmt: skip
     """Every section in turn, in a scratch folder `root`; returns the results document."""
+    from .compose import Stages
     from .imageio import load_image
-    from .models.presets import ModelHub, get_preset
 
     say = say or (lambda _msg: None)
-    hub = ModelHub(get_preset(s.preset), device, dtype, seed=seed)
-    if hub.preset.weights == "procedural":
+    stages = Stages.for_run(s.preset, device, dtype)  # weights seeded as every command seeds them
+    if stages.specs.preset.weights == "procedural":
         raise OvdiffError("the bench times Stable Diffusion sampling: use an SD preset (sd15-random, tiny, sd15)")
     start = time.perf_counter()
     load = _load()
     sections: dict[str, dict] = {}
     say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.repeats} repeats")
-    sections["sampling"], samples = bench_sampling(hub, s, seed)
+    sections["sampling"], samples = bench_sampling(stages, s, seed)
     say("prototypes: features, masks, K-means")
-    sections["prototypes"], dim = bench_prototypes(hub, samples, s, seed)
+    sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed)
     folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
     say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
-    sections["segment"] = bench_segment(hub, s, folder, dim, root, seed)
+    sections["segment"] = bench_segment(stages, s, folder, dim, root, seed)
     say(f"filter: η={s.eta}, cold and warm text-embedding cache")
-    sections["filter"] = bench_filter(hub, s, load_image(next(folder.glob("*.jpg"))), root)
+    sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
     say(f"vocabulary: {s.vocab_cached} cached classes + 1")
-    sections["vocabulary"] = bench_vocab(hub, s, dim, device, dtype, seed, root)
+    sections["vocabulary"] = bench_vocab(stages, s, dim, device, dtype, seed, root)
     say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
     sections["memory"] = bench_memory(s, device, dtype, seed, root)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(hub), "load_average_at_start": load, "load_average_at_end": _load()},
-        "settings": {**asdict(s), "device": str(hub.device), "dtype": str(hub.dtype).removeprefix("torch."), "seed": seed},
+        "machine": {**machine(stages), "load_average_at_start": load, "load_average_at_end": _load()},
+        "settings": {**asdict(s), "device": str(stages.device), "dtype": str(stages.dtype).removeprefix("torch."), "seed": seed},
         "sections": sections,
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+def normalise_extractor(spec: str) -> str:
+    """One spelling per extractor spec, part of the cache key: parts lower-cased and stripped
+    ("SD + DINO+CLIP" → "sd+dino+clip"). `ProtoConfig` applies it to itself, so Python and CLI agree."""
+    return "+".join(part.strip().lower() for part in spec.split("+"))
+
+
 NEGATIVE_PROMPT = "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
 PROMPT_TEMPLATE = "A good picture of a {}"
 
@@ -40,6 +46,9 @@ class ProtoConfig:
     feature_size: int = 512  # support images are featurised at this side length
     batch_size: int = 8  # support images per extractor call
     kmeans_max_points: int = 16384  # K-means runs on a seeded subsample of at most this many masked cells
+
+    def __post_init__(self):
+        object.__setattr__(self, "extractor", normalise_extractor(self.extractor))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Dense feature extractors Φ_v (paper §3, App. C.2) and their `+` combinations.
+"""Paper §3 "Class prototypes" (App. C.2): the dense feature extractors Φ_v and their `+` combinations.
 
 Each part turns RGB images into a feature grid: Stable Diffusion's UNet cross-attention queries
 (stride 8), CLIP ViT-B/16 keys of the second-to-last block (stride 16), DINO ViT-B/8 or MAE keys of
@@ -6,7 +6,8 @@ the last block (stride 8 / 16). A combination resizes every part to the finest g
 each part per location (so no part dominates by its scale) and concatenates them: a location's
 vector then has norm √(number of parts), and its cosine similarity is the mean of the parts' cosines.
 
-Output tensors are float32 on the hub's device (the matching stage compares them there).
+Output tensors are float32 on the models' device (the matching stage compares them there). Each part
+takes the model it reads in its constructor; `compose.build_extractor` builds them from a spec.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import OvdiffError
+from .config import normalise_extractor
 
 if TYPE_CHECKING:
     import torch
 
-    from .models.presets import ModelHub
+    from .models.sd import SDComponents
+    from .models.vit import ClipModel
     from .types import Extractor
 
 PARTS = ("sd", "clip", "dino", "mae")
@@ -37,7 +40,7 @@ POS_CACHE = 8  # CLIP positional embeddings kept, one per input grid size
 
 def parse_spec(spec: str) -> list[str]:
     """`sd+dino+clip` → ["sd", "dino", "clip"], or a one-line error naming the valid parts."""
-    parts = [p.strip().lower() for p in spec.split("+")]
+    parts = normalise_extractor(spec).split("+")
     bad = [p for p in parts if p not in PARTS]
     if not spec.strip() or bad:
         raise OvdiffError(
@@ -102,17 +105,16 @@ class SDPart:
     name = "sd"
     stride = 8
 
-    def __init__(self, hub: ModelHub):
+    def __init__(self, sd: SDComponents, device: torch.device):
         import torch
 
-        self.hub = hub
-        self.sd = hub.sd()
+        self.sd, self.device = sd, device
         self.timestep = SD_TIMESTEP  # not a parameter: the spec "sd" must name one feature space
         self.layers = sd_feature_layers(self.sd.unet)
         tok = self.sd.tokenizer
         ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.inference_mode():
-            self.empty = self.sd.text_encoder(ids.to(hub.device))[0]
+            self.empty = self.sd.text_encoder(ids.to(device))[0]
         alphas = self.sd.scheduler.alphas_cumprod
         if not 0 <= self.timestep < len(alphas):
             raise OvdiffError(f"SD timestep must be in 0..{len(alphas) - 1}, got {self.timestep}")
@@ -131,7 +133,7 @@ class SDPart:
 
         unet, vae = self.sd.unet, self.sd.vae
         with torch.inference_mode():
-            x = images.to(self.hub.device, vae.dtype) * 2 - 1
+            x = images.to(self.device, vae.dtype) * 2 - 1
             z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
             b, _, h, w = z0.shape
             noise = self._noise(tuple(z0.shape[1:])).to(z0.device, z0.dtype)
@@ -179,9 +181,9 @@ class ClipKeysPart:
 
     name = "clip"
 
-    def __init__(self, hub: ModelHub):
-        self.hub = hub
-        self.visual = hub.clip().model.visual
+    def __init__(self, clip: ClipModel, device: torch.device):
+        self.device = device
+        self.visual = clip.model.visual
         if len(self.visual.transformer.resblocks) < 2:
             raise ValueError("CLIP vision tower needs at least two blocks")
         self.stride = int(self.visual.conv1.stride[0])
@@ -216,7 +218,7 @@ class ClipKeysPart:
         v = self.visual
         dtype = v.conv1.weight.dtype
         with torch.inference_mode():
-            x = _normalise(_fit(images.to(self.hub.device, torch.float32), self.stride), self.mean, self.std)
+            x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
             x = v.conv1(x.to(dtype))
             b, c, gh, gw = x.shape
             x = x.reshape(b, c, gh * gw).permute(0, 2, 1)
@@ -243,10 +245,10 @@ class ClipKeysPart:
 class TimmKeysPart:
     """Keys of the last block of a timm ViT (DINO ViT-B/8, MAE), prefix tokens dropped; stride = patch."""
 
-    def __init__(self, hub: ModelHub, kind: str):
-        self.hub = hub
+    def __init__(self, model: torch.nn.Module, kind: str, device: torch.device):
+        self.device = device
         self.name = kind
-        self.model = hub.vit(kind)
+        self.model = model
         if len(self.model.blocks) < 2:
             raise ValueError(f"{kind} ViT needs at least two blocks")
         self.stride = int(self.model.patch_embed.patch_size[0])
@@ -261,7 +263,7 @@ class TimmKeysPart:
         m = self.model
         dtype = m.patch_embed.proj.weight.dtype
         with torch.inference_mode():
-            x = _normalise(_fit(images.to(self.hub.device, torch.float32), self.stride), self.mean, self.std)
+            x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
             b, _, h, w = x.shape
             gh, gw = h // self.stride, w // self.stride
             # Keys are a per-token projection of the last block's input: prefix tokens are not needed.
@@ -281,24 +283,19 @@ class TimmKeysPart:
 
 
 class CombinedExtractor:
-    """Runs the parts of a spec such as `sd+dino+clip` and concatenates their L2-normalised features.
+    """Runs parts (`SDPart`, `ClipKeysPart`, `TimmKeysPart`, in spec order) and concatenates their
+    L2-normalised features; its name is the spec, e.g. `sd+dino+clip`.
 
     `__call__(images)`: (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` →
-    (B, ΣD_part, H/stride, W/stride) float32 on the hub's device; within each part's channel slice
+    (B, ΣD_part, H/stride, W/stride) float32 on the parts' device; within each part's channel slice
     (`slices`), every location has unit L2 norm.
     """
 
-    def __init__(self, spec: str, hub: ModelHub):
-        self.hub = hub
-        names = parse_spec(spec)
-        self.name = "+".join(names)
-        builders = {
-            "sd": lambda: SDPart(hub),
-            "clip": lambda: ClipKeysPart(hub),
-            "dino": lambda: TimmKeysPart(hub, "dino"),
-            "mae": lambda: TimmKeysPart(hub, "mae"),
-        }
-        self.parts = [builders[n]() for n in names]
+    def __init__(self, parts: list):
+        if not parts:
+            raise ValueError("an extractor needs at least one part")
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
         self.stride = min(p.stride for p in self.parts)
         self.slices: dict[str, slice] = {}
 
@@ -311,7 +308,6 @@ class CombinedExtractor:
         b, _, h, w = images.shape
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
-        self.hub.count("extract", b)
         grid = (h // self.stride, w // self.stride)
         out, start = [], 0
         for part in self.parts:
@@ -322,19 +318,6 @@ class CombinedExtractor:
             self.slices[part.name] = slice(start, start + f.shape[1])
             start += f.shape[1]
         return torch.cat(out, dim=1)
-
-
-def build_extractor(spec: str, hub: ModelHub) -> Extractor:
-    """The extractor named by `spec` (parts joined by `+`, or `procedural` for the toy world).
-
-    Its settings are fixed (SD at t=200), so the spec alone names the features: prototypes and
-    target images built from the same spec are comparable.
-    """
-    if spec == "procedural":
-        from .procedural import ProceduralExtractor
-
-        return ProceduralExtractor(hub)
-    return CombinedExtractor(spec, hub)
 
 
 # --------------------------------------------------------------------------- many images

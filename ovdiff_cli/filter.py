@@ -1,4 +1,4 @@
-"""The CLIP category pre-filter (paper §3 "Category pre-filtering"; the rule of the authors' code).
+"""Paper §3 "Category pre-filtering": the CLIP filter that picks the classes present (the authors' rule).
 
 1. Class prompts "a <class>"; the image-to-prompt cosines go through a softmax *without* CLIP's
    logit scale, and classes with probability ≥ 1/|C| are kept (if none, the top η by score);
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .features import clip_mean_std
+from .keys import clip_text_id
 from .types import ImageTextScorer
 
 
@@ -118,20 +119,19 @@ class CategoryFilter:
 
 
 class ClipScorer:
-    """types.ImageTextScorer over the hub's open_clip model (OpenAI CLIP ViT-B/16 by default)."""
+    """types.ImageTextScorer over an open_clip model (OpenAI CLIP ViT-B/16 by default).
 
-    def __init__(self, hub):
-        self.hub = hub
-        self.clip = hub.clip()
-        self.device, self.dtype = hub.device, hub.dtype
+    weights_seed: the seed of random weights (tiny / random specs), part of the embeddings' cache key.
+    """
+
+    def __init__(self, clip, device: torch.device, dtype: torch.dtype, weights_seed: int = 0):
+        self.clip, self.device, self.dtype, self.weights_seed = clip, device, dtype, weights_seed
         mean, std = clip_mean_std(self.clip.model.visual)  # as the CLIP feature extractor normalises
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     def identity(self) -> str:
-        src = self.clip.source
-        seeded = f"@seed{self.hub.seed}" if src in ("tiny", "random") else ""
-        return f"open_clip-text:{src}{seeded}"
+        return clip_text_id(self.clip.source, self.weights_seed)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

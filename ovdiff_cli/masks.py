@@ -1,4 +1,4 @@
-"""Foreground/background masks of support images (paper §3 "Class prototypes", App. C.5).
+"""Paper §3 "Class prototypes" (App. C.5): the foreground/background masks of support images.
 
 A proposer Γ gives class-agnostic binary masks on the feature grid, one of them for the
 background; the proposal with the highest mean attribution is the foreground, the one with the
@@ -16,16 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ModelLoadError, OvdiffError
-
 if TYPE_CHECKING:
     import torch
 
-    from .models.presets import ModelHub
-    from .types import MaskProposer
-
 PROPOSERS = ("ncut", "threshold", "sam")
-SAM_SPEC = "facebook/sam-vit-base"
 
 
 # --------------------------------------------------------------------------- maps
@@ -235,17 +229,9 @@ class SamProposer:
 
     name = "sam"
 
-    def __init__(self, hub: ModelHub, spec: str, points_per_side: int = 32, points_per_batch: int = 64):
-        from transformers import pipeline
-
-        self.points_per_side, self.points_per_batch = points_per_side, points_per_batch
-        try:
-            self.pipe = pipeline("mask-generation", model=spec, device=hub.device, dtype=hub.dtype)
-        except Exception as e:  # hub, network, file and format errors all end the same way for the user
-            from .models.sd import weights_hint
-
-            hint = weights_hint("SAM", spec, e, "--sam-model DIR")
-            raise ModelLoadError(f"{hint}; or use --mask-proposer ncut, which needs no extra weights") from e
+    def __init__(self, pipe, points_per_side: int = 32, points_per_batch: int = 64):
+        """pipe: transformers' `mask-generation` pipeline (`models.sam.load_sam`)."""
+        self.pipe, self.points_per_side, self.points_per_batch = pipe, points_per_side, points_per_batch
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
         """image HxWx3 uint8 → SAM's masks reduced to the (h,w) grid of `features`, plus the background."""
@@ -272,17 +258,6 @@ def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
         return []
     rest = ~np.logical_or.reduce(objects)
     return objects + ([rest] if rest.any() else [])
-
-
-def build_proposer(name: str, hub: ModelHub) -> MaskProposer:
-    """The proposer called `name`; `sam` loads `hub.models["sam"]` (default facebook/sam-vit-base)."""
-    if name == "ncut":
-        return NCutProposer()
-    if name == "threshold":
-        return ThresholdProposer()
-    if name == "sam":
-        return SamProposer(hub, hub.models.get("sam") or SAM_SPEC)
-    raise OvdiffError(f"unknown mask proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
 
 
 # --------------------------------------------------------------------------- pictures

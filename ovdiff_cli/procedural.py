@@ -271,14 +271,10 @@ def write_voc(root: Path | str, n_images: int, seed: int = 0) -> list[str]:
 class ProceduralGenerator:
     """types.Generator for the world: draws support images with their attribution maps."""
 
-    def __init__(self, hub):
-        self.hub = hub
-
     def identity(self) -> dict:
         return {"generator": "procedural", "world_version": WORLD_VERSION}
 
     def generate(self, class_name: str, seeds: list[int], config) -> list:
-        self.hub.count("generate", len(seeds))
         return [support_sample(class_name, s, config.size, config.attribution_size) for s in seeds]
 
 
@@ -294,13 +290,9 @@ class ProceduralExtractor:
     name = EXTRACTOR_NAME
     stride = 8
 
-    def __init__(self, hub):
-        self.hub = hub
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) float RGB in [0,1], H and W multiples of 8 → (B,20,H/8,W/8) float32 unit vectors."""
-        self.hub.count("extract", images.shape[0])
         x = images.float()
         mean = F.avg_pool2d(x, 8)
         std = (F.avg_pool2d(x * x, 8) - mean**2).clamp_min(0).sqrt()
@@ -331,8 +323,7 @@ class ProceduralScorer:
     hashed direction, so they never match an image.
     """
 
-    def __init__(self, hub):
-        self.hub = hub
+    def __init__(self):
         self.names = list(WORLD)
         anchors, owners = [], []
         for i, lk in enumerate(WORLD.values()):

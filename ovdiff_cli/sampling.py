@@ -1,4 +1,4 @@
-"""Support-set generation with cross-attention attribution maps (paper §3 "Support set generation").
+"""Paper §3 "Support set generation": Stable Diffusion draws each class's support set, with attribution maps.
 
 Stable Diffusion draws N images of "A good picture of a <class>"; while it denoises, the
 cross-attention probabilities of the class-name tokens are summed over every cross-attention
@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import names
-from .cache import Cache, now_iso, short_hash
+from .cache import Cache, now_iso
 from .errors import OvdiffError
+from .keys import SCHEDULER, support_id
 from .types import Sample
 
 if TYPE_CHECKING:
@@ -28,9 +29,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .config import SampleConfig
-    from .models.presets import ModelHub
-
-SCHEDULER = "dpmsolver++"
+    from .models.sd import SDComponents
+    from .types import StageSource
 
 
 # --------------------------------------------------------------------------- seeds and keys
@@ -40,11 +40,6 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
     """Seed of image `index` of a class: a hash, so it depends on nothing but these three values."""
     digest = hashlib.sha256(json.dumps([class_norm, base_seed, index], ensure_ascii=False).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def support_id(class_norm: str, seed: int, generator_identity: dict, config: SampleConfig) -> str:
-    """Cache key of a support set: everything that changes its pixels, nothing that does not (N, batch)."""
-    return short_hash(class_norm, seed, generator_identity, config.fingerprint_fields())
 
 
 def check_config(config: SampleConfig) -> None:
@@ -214,9 +209,8 @@ class SDGenerator:
     same UNet also serves as a feature extractor.
     """
 
-    def __init__(self, hub: ModelHub):
-        self.hub = hub
-        self.sd = hub.sd()
+    def __init__(self, sd: SDComponents):
+        self.sd = sd
         self.pipe = self.sd.pipeline()
         self.pipe.set_progress_bar_config(disable=True)
 
@@ -235,7 +229,6 @@ class SDGenerator:
         import torch
 
         check_config(config)
-        self.hub.count("generate", len(seeds))
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
@@ -266,7 +259,7 @@ class SDGenerator:
 # --------------------------------------------------------------------------- support sets
 
 
-def _new_meta(class_name: str, norm: str, seed: int, config: SampleConfig, generator, hub: ModelHub) -> dict:
+def _new_meta(class_name: str, norm: str, seed: int, config: SampleConfig, generator, stages: StageSource) -> dict:
     meta = {
         "name": class_name,
         "norm": norm,
@@ -275,9 +268,9 @@ def _new_meta(class_name: str, norm: str, seed: int, config: SampleConfig, gener
         **config.fingerprint_fields(),
         "scheduler": SCHEDULER,
         "generator": generator.identity(),
-        "models": hub.identity(),
-        "device": str(hub.device),
-        "dtype": str(hub.dtype).removeprefix("torch."),
+        "models": stages.specs.identity(),
+        "device": str(stages.device),
+        "dtype": str(stages.dtype).removeprefix("torch."),
         "created_at": now_iso(),
         "n_images": 0,
     }
@@ -288,7 +281,7 @@ def _new_meta(class_name: str, norm: str, seed: int, config: SampleConfig, gener
 
 def ensure_support_set(
     cache: Cache,
-    hub: ModelHub,
+    stages: StageSource,
     class_name: str,
     seed: int,
     config: SampleConfig,
@@ -298,20 +291,23 @@ def ensure_support_set(
 
     Only missing images are generated, batch by batch, each batch committed in one transaction:
     a killed run loses at most one batch and the next run resumes. A lock per support set makes a
-    second process wait, then find the work done. `on_progress(done, total)` counts images.
+    second process wait, then find the work done. `on_progress(done, total)` counts images. The
+    generator (Stable Diffusion) is built only when an image is missing.
     """
     check_config(config)
     norm = names.validate(class_name)
-    generator = hub.generator()
-    sid = support_id(norm, seed, generator.identity(), config)
+    sid = support_id(norm, seed, stages.specs, config)
     total = config.n_images
     meta = cache.support_meta(sid)
     if meta is None or meta["n_images"] < total:
         with cache.lock(sid):
-            meta = cache.support_meta(sid) or _new_meta(class_name, norm, seed, config, generator, hub)
-            done = meta["n_images"]
+            meta = cache.support_meta(sid)  # another process may have drawn them while we waited
+            done = 0 if meta is None else meta["n_images"]
             if on_progress:
                 on_progress(min(done, total), total)
+            generator = stages.generator() if done < total else None
+            if meta is None:
+                meta = _new_meta(class_name, norm, seed, config, generator, stages)
             while done < total:
                 seeds = [image_seed(norm, seed, i) for i in range(done, min(done + config.batch_size, total))]
                 samples = generator.generate(norm, seeds, config)

@@ -1,4 +1,4 @@
-"""The segmenter (paper §3 "Segmentation via prototype matching") and the folder-streaming job.
+"""Paper §3 "Segmentation via prototype matching": the segmenter, and the folder-streaming job around it.
 
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
 1. category pre-filter: the classes CLIP sees in the image (optional);
@@ -28,7 +28,7 @@ from .errors import OvdiffError
 from .filter import CategoryFilter
 from .imageio import MAX_LABELS, ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
 from .matching import assemble_vocabulary, slide_match_many, upsample_argmax
-from .types import ClassPrototypes
+from .types import ClassPrototypes, Extractor, ImageTextScorer
 
 LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
 
@@ -56,31 +56,37 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 class Segmenter:
-    """Segments images against a fixed list of classes; build once, call `predict` per image."""
+    """Segments images against a fixed list of classes; build once, call `predict` per image.
 
-    def __init__(self, hub, classes: list[ClassPrototypes], cfg: SegmentConfig, extractor_spec: str, cache=None,
+    extractor: the features the classes' prototypes were built from; scorer: the category filter's
+    image/text scorer (None: no filter, whatever `cfg.use_filter` says); cache: where the filter's
+    text embeddings are kept (None: memory only). `compose.Stages.segmenter` builds one for a run.
+    """
+
+    def __init__(self, extractor: Extractor, classes: list[ClassPrototypes], cfg: SegmentConfig,
+                 device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
                  window_batch: int = 8):  # fmt: skip
         if not classes:
-            raise OvdiffError("no classes to segment with: give --classes")
+            raise OvdiffError("no classes to segment with")
         if len(classes) > MAX_LABELS:
             raise OvdiffError(f"{len(classes)} classes given; masks hold at most {MAX_LABELS} (palette PNG indices)")
-        self.hub, self.cfg, self.classes = hub, cfg, classes
-        self.extractor = hub.extractor(extractor_spec)
+        self.cfg, self.classes, self.device = cfg, classes, device
+        self.extractor = extractor
         self.vocab = assemble_vocabulary(
             classes, cfg.proto_kinds, background=cfg.background, stuff_filter=cfg.stuff_filter,
             stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
         )  # fmt: skip
-        self._device_vocab = self.vocab.to(hub.device)
+        self._device_vocab = self.vocab.to(device)
         self.filter = (
-            CategoryFilter(hub.scorer(), cache, [c.name for c in classes], cfg.eta, cfg.filter_size)
-            if cfg.use_filter and len(classes) > 1
+            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size)
+            if scorer is not None and cfg.use_filter and len(classes) > 1
             else None
         )
         self.window_batch = window_batch
 
     def _sync(self) -> None:
-        if self.hub.device.type == "cuda":
-            torch.cuda.synchronize(self.hub.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def predict(self, image: np.ndarray, explain: bool = False) -> Segmentation:
         """image HxWx3 uint8 RGB → Segmentation (labels at the image's size)."""
@@ -108,7 +114,7 @@ class Segmenter:
             height, width = image.shape[:2]
             h, w = working_size(height, width, self.cfg.short_side)
             work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
-            xs.append(torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.hub.device).permute(2, 0, 1).float() / 255)
+            xs.append(torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.device).permute(2, 0, 1).float() / 255)
 
         # 3. sliding-window matching (feature time measured apart)
         feature_time = 0.0

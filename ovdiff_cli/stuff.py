@@ -26,7 +26,7 @@ from .classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, 
 
 if TYPE_CHECKING:
     from .cache import Cache
-    from .models.presets import ModelHub
+    from .types import StageSource
 
 KINDS = ("thing", "stuff")
 
@@ -135,7 +135,7 @@ def head_noun(name: str) -> str:
     return words[-1] if words else ""
 
 
-def nearest_known(name: str, hub: ModelHub, cache: Cache | None = None) -> tuple[str, str]:
+def nearest_known(name: str, stages: StageSource, cache: Cache | None = None) -> tuple[str, str]:
     """(kind, table name) of the table name closest to `name` by cosine in the scorer's text space.
 
     Table embeddings are cached under the scorer's identity, so this costs one text encoding after
@@ -145,7 +145,7 @@ def nearest_known(name: str, hub: ModelHub, cache: Cache | None = None) -> tuple
 
     from .filter import class_prompt  # the category pre-filter's prompt: the cached embeddings are shared
 
-    scorer = hub.scorer()
+    scorer = stages.scorer()  # built only now: most names are in the table
     known = sorted(STUFF | THINGS)
     prompts = [class_prompt(n) for n in known] + [class_prompt(name)]
     fp = scorer.identity()
@@ -163,10 +163,10 @@ def nearest_known(name: str, hub: ModelHub, cache: Cache | None = None) -> tuple
     return ("stuff" if best in STUFF else "thing"), best
 
 
-def classify(name: str, hub: ModelHub | None = None, cache: Cache | None = None) -> tuple[str, str]:
+def classify(name: str, stages: StageSource | None = None, cache: Cache | None = None) -> tuple[str, str]:
     """(kind, source) of a class name: kind "stuff" or "thing"; source "table" or "fallback".
 
-    Fallbacks: head noun in the table, then (with a hub) the nearest table name in text space,
+    Fallbacks: head noun in the table, then (given the stages, whose scorer it builds) the nearest table name in text space,
     then "thing".
     """
     kind = lookup(name)
@@ -175,6 +175,6 @@ def classify(name: str, hub: ModelHub | None = None, cache: Cache | None = None)
     kind = lookup(head_noun(name)) if " " in key(name) else None
     if kind is not None:
         return kind, "fallback"
-    if hub is not None:
-        return nearest_known(name, hub, cache)[0], "fallback"
+    if stages is not None:
+        return nearest_known(name, stages, cache)[0], "fallback"
     return "thing", "fallback"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig
+    from .models.presets import ModelSpecs
 
 
 @dataclass
@@ -77,6 +78,26 @@ class ImageTextScorer(Protocol):
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
         """T prompts → (T,E) unit vectors."""
         ...
+
+
+class StageSource(Protocol):
+    """What the pipeline functions (`ensure_support_set`, `ensure_classes`) need from a run: the model
+    specs that name the cache keys, where models run, and each stage, built on first use.
+
+    `compose.Stages` is the implementation; nothing is built until a stage is asked for.
+    """
+
+    specs: ModelSpecs
+    device: torch.device
+    dtype: torch.dtype
+
+    def generator(self) -> Generator: ...
+
+    def extractor(self, spec: str) -> Extractor: ...
+
+    def mask_proposer(self, name: str) -> MaskProposer: ...
+
+    def scorer(self) -> ImageTextScorer: ...
 
 
 PROTO_KINDS = ("class", "instance", "part")

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import names as naming
-from .cache import now_iso, short_hash
+from .cache import now_iso
 from .errors import OvdiffError
+from .keys import PROTO_VERSION, class_id, support_key
 from .types import PROTO_KINDS, ClassPrototypes
 
 if TYPE_CHECKING:
@@ -29,16 +30,15 @@ if TYPE_CHECKING:
 
     from .cache import Cache
     from .config import ProtoConfig, SampleConfig
-    from .models.presets import ModelHub
-    from .types import Extractor, MaskProposer, Sample
+    from .models.presets import ModelSpecs
+    from .types import Extractor, MaskProposer, Sample, StageSource
 
-PROTO_VERSION = 1  # bump when the way prototypes are computed changes: old entries are then rebuilt
 EXPORT_FORMAT = "ovdiff-prototypes"
 EXPORT_VERSION = "1"
 OnEvent = Callable[[str, str, int, int], None]
 
 
-# --------------------------------------------------------------------------- keys
+# --------------------------------------------------------------------------- settings
 
 
 def check_proto_config(cfg: ProtoConfig) -> None:
@@ -56,46 +56,6 @@ def check_proto_config(cfg: ProtoConfig) -> None:
         raise OvdiffError(f"feature size must be at least 8 pixels, got {cfg.feature_size}")
     if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
         raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
-
-
-def model_identity(hub: ModelHub, proto_cfg: ProtoConfig) -> dict:
-    """The model sources a class's prototypes depend on: generator, extractor parts, proposer.
-
-    The hub's seed is included because it seeds the random-weight presets' models.
-    """
-    from .features import PARTS
-
-    used = {"sd"} | {p for p in proto_cfg.extractor.split("+") if p in PARTS}
-    if proto_cfg.mask_proposer == "sam":
-        used.add("sam")
-    models = {k: hub.models[k] for k in sorted(used) if k in hub.models}
-    return {"preset": hub.preset.name, "weights_seed": hub.seed, **models}
-
-
-def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig) -> str:
-    """What fixes a support set's pixels apart from the models: name, seed, sampler settings, N."""
-    return short_hash("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
-
-
-def prototype_id(class_norm: str, seed: int, extractor: str, sid: str, proto_cfg: ProtoConfig, models: dict | None = None) -> str:
-    """Cache key of one class's prototypes (24 hex characters).
-
-    sid: the support set's key (`support_key`, computable without loading the generator); models:
-    `model_identity(hub, proto_cfg)`. Also keyed by the mask proposer, K and the K-means and feature
-    settings; not by stuff/thing, which is recorded and can change in place.
-    """
-    return short_hash(
-        "protos", PROTO_VERSION, class_norm, seed, extractor, sid, models or {}, proto_cfg.mask_proposer,
-        proto_cfg.k_parts, proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, proto_cfg.feature_size,
-    )  # fmt: skip
-
-
-def class_id(class_norm: str, seed: int, hub: ModelHub, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
-    """`prototype_id` for a class under this hub and these settings (no model is loaded)."""
-    return prototype_id(
-        class_norm, seed, proto_cfg.extractor, support_key(class_norm, seed, sample_cfg), proto_cfg,
-        model_identity(hub, proto_cfg),
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- reading
@@ -169,7 +129,7 @@ def support_masks(
 
 
 def _build(
-    cache: Cache, hub: ModelHub, norm: str, pid: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    cache: Cache, stages: StageSource, norm: str, pid: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
     kind: str, kind_source: str, on_event: OnEvent | None,
 ) -> None:  # fmt: skip
     """Sample (what is missing), extract, mask, aggregate, and commit one class in one transaction."""
@@ -179,10 +139,10 @@ def _build(
     def progress(stage: str):
         return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
 
-    sid, meta = ensure_support_set(cache, hub, norm, seed, sample_cfg, progress("sample"))
+    sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
     samples = load_samples(cache, sid, sample_cfg.n_images)
-    extractor = hub.extractor(proto_cfg.extractor)
-    proposer = hub.mask_proposer(proto_cfg.mask_proposer)
+    extractor = stages.extractor(proto_cfg.extractor)
+    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
     feats, fg, bg, fallbacks = support_masks(
         samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract")
     )
@@ -195,7 +155,7 @@ def _build(
         "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
         "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
         "feature_grid": list(feats.shape[-2:]), "n_images": len(samples), "otsu_fallbacks": fallbacks,
-        "kind": kind, "kind_source": kind_source, "models": hub.identity(), "generator": meta.get("generator"),
+        "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(), "generator": meta.get("generator"),
         "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
     }  # fmt: skip
     cache.put_class(pid, record, arrays)
@@ -221,7 +181,7 @@ def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def add_command(norms: list[str], seed: int, hub: ModelHub, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+def add_command(norms: list[str], seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
     """The `ovdiff protos add …` line that builds these classes under the same cache keys: seed, preset,
     extractor and mask proposer always; N, K and model sources where they differ from the preset's."""
     from dataclasses import replace
@@ -229,24 +189,24 @@ def add_command(norms: list[str], seed: int, hub: ModelHub, sample_cfg: SampleCo
     from .config import ProtoConfig, SampleConfig
 
     parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in norms), "--seed", str(seed),
-             "--preset", hub.preset.name, "--extractor", proto_cfg.extractor,
+             "--preset", specs.preset.name, "--extractor", proto_cfg.extractor,
              "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
-    if sample_cfg.n_images != replace(SampleConfig(), **hub.preset.sample).n_images:
+    if sample_cfg.n_images != replace(SampleConfig(), **specs.preset.sample).n_images:
         parts += ["--n-images", str(sample_cfg.n_images)]
-    if proto_cfg.k_parts != replace(ProtoConfig(), **hub.preset.protos).k_parts:
+    if proto_cfg.k_parts != replace(ProtoConfig(), **specs.preset.protos).k_parts:
         parts += ["--k-parts", str(proto_cfg.k_parts)]
     options = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model"}
     if proto_cfg.mask_proposer == "sam":
         options["sam"] = "--sam-model"
     for model, option in options.items():
-        if hub.models.get(model) and hub.models[model] != hub.preset.models.get(model):
-            parts += [option, shlex.quote(hub.models[model])]
+        if specs.models.get(model) and specs.models[model] != specs.preset.models.get(model):
+            parts += [option, shlex.quote(specs.models[model])]
     return " ".join(parts)
 
 
 def ensure_classes(
     cache: Cache,
-    hub: ModelHub,
+    stages: StageSource,
     names: list[str],
     seed: int,
     sample_cfg: SampleConfig,
@@ -274,7 +234,7 @@ def ensure_classes(
     unknown = sorted(set(overrides) - set(norms))
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
-    pids = {n: class_id(n, seed, hub, sample_cfg, proto_cfg) for n in norms}
+    pids = {n: class_id(n, seed, stages.specs, sample_cfg, proto_cfg) for n in norms}
 
     def stale(n: str, rec: dict | None) -> bool:
         return rec is None or (n in overrides and rec["kind"] != overrides[n])
@@ -284,7 +244,7 @@ def ensure_classes(
         if todo:
             raise OvdiffError(
                 f"no prototypes cached for {', '.join(map(repr, todo))} with extractor {proto_cfg.extractor}, "
-                f"seed {seed}, preset {hub.preset.name}: run '{add_command(todo, seed, hub, sample_cfg, proto_cfg)}'"
+                f"seed {seed}, preset {stages.specs.preset.name}: run '{add_command(todo, seed, stages.specs, sample_cfg, proto_cfg)}'"
             )
     for n in dict.fromkeys(norms):
         pid = pids[n]
@@ -299,8 +259,8 @@ def ensure_classes(
             if rec is not None and overrides[n] == "stuff":
                 _make_stuff(cache, pid, rec, "user")
                 continue
-            kind, source = (overrides[n], "user") if n in overrides else classify(n, hub, cache)
-            _build(cache, hub, n, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
+            kind, source = (overrides[n], "user") if n in overrides else classify(n, stages, cache)
+            _build(cache, stages, n, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
     return [load_class(cache, pids[n]) for n in norms]
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never reach a network: the hub is forced offline before anything imports it."""
+"""Shared fixtures. Tests never reach a network: the Hugging Face hub is forced offline before anything imports it."""
 
 from __future__ import annotations
 
@@ -39,18 +39,18 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_hub():
-    """One tiny-preset model hub for the whole session (models build once, in seconds)."""
-    from ovdiff_cli.models.presets import ModelHub, get_preset
+def tiny_stages():
+    """The tiny preset's stages for the whole session, built as every command builds them (models once, in seconds)."""
+    from ovdiff_cli.compose import Stages
 
-    return ModelHub(get_preset("tiny"), device="cpu", dtype="fp32")
+    return Stages.for_run("tiny", device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="session")
-def procedural_hub():
-    from ovdiff_cli.models.presets import ModelHub, get_preset
+def procedural_stages():
+    from ovdiff_cli.compose import Stages
 
-    return ModelHub(get_preset("procedural"), device="cpu", dtype="fp32")
+    return Stages.for_run("procedural", device="cpu", dtype="fp32")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,6 @@ from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.datasets import load_dataset
 from ovdiff_cli.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, write_voc
-from ovdiff_cli.segment import Segmenter
 from ovdiff_cli.vocab import ensure_classes
 
 runner = CliRunner()
@@ -36,14 +35,14 @@ def eval_cli(tree, cache, out, *extra):
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_cli_eval_equals_in_process_miou(tree, tmp_path, procedural_hub):
-    p = procedural_hub.preset
+def test_cli_eval_equals_in_process_miou(tree, tmp_path, procedural_stages):
+    p = procedural_stages.specs.preset
     sample_cfg = dataclasses.replace(SampleConfig(), **p.sample)
     proto_cfg = dataclasses.replace(ProtoConfig(), **p.protos)
     seg_cfg = dataclasses.replace(SegmentConfig(), **p.segment)
     cache = Cache(tmp_path / "cache")
-    classes = ensure_classes(cache, procedural_hub, list(LABELLED), 0, sample_cfg, proto_cfg)
-    seg = Segmenter(procedural_hub, classes, seg_cfg, proto_cfg.extractor, cache)
+    classes = ensure_classes(cache, procedural_stages, list(LABELLED), 0, sample_cfg, proto_cfg)
+    seg = procedural_stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache)
     ds = load_dataset("voc", tree, custom_classes=list(LABELLED))
     cm = ConfusionMatrix(len(LABELLED) + 1)
     for item in ds:

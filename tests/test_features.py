@@ -13,7 +13,6 @@ from ovdiff_cli.features import (
     ClipKeysPart,
     SDPart,
     TimmKeysPart,
-    build_extractor,
     extract_images,
     parse_spec,
     sd_feature_layers,
@@ -31,13 +30,13 @@ def test_spec_errors_name_the_choices():
 @pytest.mark.parametrize(
     ("spec", "stride"), [("sd", 8), ("clip", 16), ("dino", 8), ("mae", 16), ("sd+dino+clip", 8)]
 )
-def test_shapes_and_unit_norm_per_part(tiny_hub, spec, stride):
-    ext = build_extractor(spec, tiny_hub)
+def test_shapes_and_unit_norm_per_part(tiny_stages, spec, stride):
+    ext = tiny_stages.extractor(spec)
     assert ext.name == spec and ext.stride == stride
-    before = tiny_hub.calls.get("extract", 0)
+    before = tiny_stages.calls.get("extract", 0)
     x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(0))  # not CLIP's native 224
     f = ext(x)
-    assert tiny_hub.calls["extract"] - before == 2
+    assert tiny_stages.calls["extract"] - before == 2
     assert f.dtype == torch.float32 and f.shape[0] == 2 and tuple(f.shape[-2:]) == (96 // stride, 64 // stride)
     assert list(ext.slices) == spec.split("+")
     assert sum(s.stop - s.start for s in ext.slices.values()) == f.shape[1]
@@ -45,13 +44,13 @@ def test_shapes_and_unit_norm_per_part(tiny_hub, spec, stride):
         torch.testing.assert_close(f[:, sl].norm(dim=1), torch.ones(2, *f.shape[-2:]))
 
 
-def test_sizes_not_multiple_of_stride_are_refused(tiny_hub):
+def test_sizes_not_multiple_of_stride_are_refused(tiny_stages):
     with pytest.raises(ValueError, match="multiple of the extractor stride 8"):
-        build_extractor("dino", tiny_hub)(torch.rand(1, 3, 60, 64))
+        tiny_stages.extractor("dino")(torch.rand(1, 3, 60, 64))
 
 
-def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_hub):
-    part = ClipKeysPart(tiny_hub)
+def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_stages):
+    part = ClipKeysPart(tiny_stages.store.clip(), tiny_stages.device)
     v = part.visual
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     seen = {}
@@ -74,8 +73,8 @@ def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_hub):
     assert len(part._pos) == POS_CACHE and (6, 6) not in part._pos
 
 
-def test_dino_keys_equal_timm_qkv_at_any_size(tiny_hub):
-    part = TimmKeysPart(tiny_hub, "dino")
+def test_dino_keys_equal_timm_qkv_at_any_size(tiny_stages):
+    part = TimmKeysPart(tiny_stages.store.vit("dino"), "dino", tiny_stages.device)
     m = part.model
     x = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(2))
     seen = {}
@@ -92,14 +91,14 @@ def test_dino_keys_equal_timm_qkv_at_any_size(tiny_hub):
     torch.testing.assert_close(got.flatten(2).transpose(1, 2), want, rtol=1e-5, atol=1e-5)
 
 
-def test_sd_layers_by_position_and_features_are_batch_independent(tiny_hub):
-    unet = tiny_hub.sd().unet
+def test_sd_layers_by_position_and_features_are_batch_independent(tiny_stages):
+    unet = tiny_stages.store.sd().unet
     layers = sd_feature_layers(unet)
     ups = unet.up_blocks
     expected = [unet.down_blocks[0].attentions[0], *unet.mid_block.attentions, *ups[1].attentions,
                 *ups[2].attentions, ups[3].attentions[-1]]  # fmt: skip
     assert [id(layer) for layer in layers] == [id(e) for e in expected]
-    part = SDPart(tiny_hub)
+    part = SDPart(tiny_stages.store.sd(), tiny_stages.device)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     one, three = part(x[1:2]), part(x)
     assert one.shape == (1, sum(layer.transformer_blocks[0].attn2.to_q.out_features for layer in layers), 8, 8)
@@ -107,8 +106,8 @@ def test_sd_layers_by_position_and_features_are_batch_independent(tiny_hub):
     torch.testing.assert_close(part(x[1:2]), one)  # fixed noise: the same image gives the same features
 
 
-def test_extract_images_batches_and_resizes(tiny_hub):
-    ext = build_extractor("dino", tiny_hub)
+def test_extract_images_batches_and_resizes(tiny_stages):
+    ext = tiny_stages.extractor("dino")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (40, 64, 100)]
     seen = []
@@ -116,4 +115,4 @@ def test_extract_images_batches_and_resizes(tiny_hub):
     assert tuple(f.shape) == (3, 64, 8, 8) and seen == [(2, 3), (3, 3)]
     torch.testing.assert_close(f[1:2], extract_images(ext, images[1:2], 64))
     with pytest.raises(OvdiffError, match="multiple of the extractor's stride"):
-        extract_images(build_extractor("clip", tiny_hub), images, 72)
+        extract_images(tiny_stages.extractor("clip"), images, 72)

@@ -96,9 +96,9 @@ def test_category_filter_keeps_the_present_classes_and_caches_text(cache_dir):
     assert "a dog and a car" in fresh.encoded and "a cat and a sky" not in fresh.encoded
 
 
-def test_clip_scorer_truncated_context_equals_open_clip_encode_text(tiny_hub):
+def test_clip_scorer_truncated_context_equals_open_clip_encode_text(tiny_stages):
     """Cutting the context to the longest prompt is exact (causal mask, end-token pooling)."""
-    scorer = tiny_hub.scorer()
+    scorer = tiny_stages.scorer()
     model = scorer.clip.model
     assert model.text_pool_type == "argmax" and model.attn_mask is not None  # the truncating path runs
     prompts = ["a cat", "a chocolate glazed donut and a sky", "a dog and a cat and a potted plant"]

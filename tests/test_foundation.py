@@ -118,27 +118,28 @@ def test_verify_finds_and_repairs_broken_entries(cache_dir):
     assert c.support_meta("sid")["n_images"] == 1
 
 
-def test_presets_build_offline(tiny_hub):
+def test_presets_build_offline(tiny_stages):
     import torch
 
-    sd = tiny_hub.sd()
+    sd = tiny_stages.store.sd()
     assert type(sd.unet).__name__ == "UNet2DConditionModel"
     assert type(sd.vae).__name__ == "AutoencoderKL"
     assert type(sd.text_encoder).__name__ == "CLIPTextModel"
-    clip = tiny_hub.clip()
+    clip = tiny_stages.store.clip()
     assert clip.model.encode_image(torch.rand(1, 3, 224, 224)).shape[-1] == 32
-    dino = tiny_hub.vit("dino")
+    dino = tiny_stages.store.vit("dino")
     assert dino(torch.rand(1, 3, 64, 64)).ndim == 2
 
 
 def test_real_preset_without_weights_names_the_model_and_the_way_out(monkeypatch, tmp_path):
     from ovdiff_cli.errors import ModelLoadError
-    from ovdiff_cli.models.presets import ModelHub, get_preset
+    from ovdiff_cli.models.presets import ModelSpecs
+    from ovdiff_cli.models.store import ModelStore
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    hub = ModelHub(get_preset("sd15"), device="cpu", dtype="fp32")
+    store = ModelStore(ModelSpecs.of("sd15"), device="cpu", dtype="fp32")
     with pytest.raises(ModelLoadError, match="stable-diffusion-v1-5.*--sd-model.*--preset tiny"):
-        hub.sd()
+        store.sd()
 
 
 def test_unknown_preset_lists_choices():

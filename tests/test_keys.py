@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 
+from ovdiff_cli.compose import Stages
 from ovdiff_cli.config import ProtoConfig, SampleConfig
-from ovdiff_cli.models.presets import ModelHub, get_preset
-from ovdiff_cli.sampling import support_id
-from ovdiff_cli.vocab import class_id
+from ovdiff_cli.keys import class_id, generator_identity, support_id, text_embedding_id
+from ovdiff_cli.models.presets import ModelSpecs, get_preset
 
 
 def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
@@ -36,28 +36,43 @@ GOLDEN = {
 def test_support_and_class_ids_are_pinned(key):
     preset, name, seed = key
     sample_cfg, proto_cfg = configs(preset)
-    hub = ModelHub(get_preset(preset), "cpu", "fp32")
-    assert (support_id(name, seed, hub.generator().identity(), sample_cfg),
-            class_id(name, seed, hub, sample_cfg, proto_cfg)) == GOLDEN[key]  # fmt: skip
+    specs = ModelSpecs.of(preset)
+    assert (support_id(name, seed, specs, sample_cfg), class_id(name, seed, specs, sample_cfg, proto_cfg)) == GOLDEN[key]
 
 
 def test_class_ids_of_other_settings_are_pinned():
     sample_cfg, proto_cfg = configs("tiny")
-    hub = ModelHub(get_preset("tiny"), "cpu", "fp32")
-    assert class_id("cat", 0, hub, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == "deac601c0143528d296d824f"
-    assert class_id("cat", 0, hub, sample_cfg, dataclasses.replace(proto_cfg, extractor="dino+clip")) == "556a51101c63ecdd4af09208"
-    assert class_id("cat", 0, hub, dataclasses.replace(sample_cfg, n_images=8), proto_cfg) == "d4aa070f1efb1108e9aa8c2b"
-    sam = ModelHub(get_preset("tiny"), "cpu", "fp32", overrides={"sam": "x/sam"})
+    tiny = ModelSpecs.of("tiny")
+    assert class_id("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == "deac601c0143528d296d824f"
+    assert class_id("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="dino+clip")) == "556a51101c63ecdd4af09208"
+    assert class_id("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg) == "d4aa070f1efb1108e9aa8c2b"
+    sam = ModelSpecs.of("tiny", {"sam": "x/sam"})
     assert class_id("cat", 0, sam, sample_cfg, dataclasses.replace(proto_cfg, mask_proposer="sam")) == "58c8571810458a80d308afeb"
     # the real-weight presets, by spec alone (no weights here)
+    assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "43aa56850d2d7add1e7d8ecd"
     for preset, plain, local in (("sd15", "427b51354ccc5967c244b4f1", "f9b6401476765e99cb8fbef1"),
                                  ("sd15-random", "68c011158e1bd23f1b309d01", "80597b3621a6132e45a6537f")):  # fmt: skip
         s, p = configs(preset)
-        assert class_id("cat", 0, ModelHub(get_preset(preset), "cpu", "fp32"), s, p) == plain
-        over = ModelHub(get_preset(preset), "cpu", "fp32", overrides={"sd": "/w/sd15", "clip": "/w/clip"})
-        assert class_id("cat", 0, over, s, p) == local
+        assert class_id("cat", 0, ModelSpecs.of(preset), s, p) == plain
+        assert class_id("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p) == local
 
 
 def test_text_embedding_ids_are_pinned():
-    assert ModelHub(get_preset("tiny"), "cpu", "fp32").scorer().identity() == "open_clip-text:tiny@seed0"
-    assert ModelHub(get_preset("procedural"), "cpu", "fp32").scorer().identity() == "procedural-scorer/v1"
+    assert text_embedding_id(ModelSpecs.of("tiny")) == "open_clip-text:tiny@seed0"
+    assert text_embedding_id(ModelSpecs.of("procedural")) == "procedural-scorer/v1"
+    assert text_embedding_id(ModelSpecs.of("sd15")) == "open_clip-text:ViT-B-16:openai"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "procedural"])
+def test_keys_from_specs_equal_the_built_stages_own_identities(preset):
+    """The keys need no model; the stages, once built, must name themselves the same way."""
+    stages = Stages.for_run(preset, "cpu", "fp32")
+    assert generator_identity(stages.specs) == stages.generator().identity()
+    assert text_embedding_id(stages.specs) == stages.scorer().identity()
+
+
+def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():
+    assert ProtoConfig(extractor="SD+DINO+CLIP") == ProtoConfig(extractor=" sd + dino+clip") == ProtoConfig()
+    s, p = configs("tiny")
+    spelled = dataclasses.replace(p, extractor="Dino + CLIP")
+    assert class_id("cat", 0, ModelSpecs.of("tiny"), s, spelled) == "556a51101c63ecdd4af09208"

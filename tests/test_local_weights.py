@@ -8,8 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.models.presets import ModelHub, get_preset
+from ovdiff_cli.models.presets import ModelSpecs
 from ovdiff_cli.models.sd import random_sd
+from ovdiff_cli.models.store import ModelStore
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,7 @@ def sd_dir(tmp_path_factory):
 
 def test_sd_loads_from_a_local_directory(sd_dir):
     root, original = sd_dir
-    hub = ModelHub(get_preset("sd15"), device="cpu", dtype="fp32", overrides={"sd": str(root)})
-    loaded = hub.sd()
+    loaded = ModelStore(ModelSpecs.of("sd15", {"sd": str(root)}), device="cpu", dtype="fp32").sd()
     assert loaded.source == str(root)
     assert type(loaded.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert loaded.scheduler.config.algorithm_type == "dpmsolver++"
@@ -62,7 +62,6 @@ def test_dino_loads_from_a_downloaded_folder(tmp_path):
     torch.manual_seed(3)
     model = timm.create_model("vit_base_patch8_224", pretrained=False, num_classes=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    hub = ModelHub(get_preset("sd15"), device="cpu", dtype="fp32", overrides={"dino": str(tmp_path)})
-    loaded = hub.vit("dino")
+    loaded = ModelStore(ModelSpecs.of("sd15", {"dino": str(tmp_path)}), device="cpu", dtype="fp32").vit("dino")
     assert torch.equal(loaded.blocks[-1].attn.qkv.weight, model.blocks[-1].attn.qkv.weight)
     assert loaded(torch.rand(1, 3, 64, 48)).shape == (1, 768)  # any input size

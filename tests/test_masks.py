@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
+from ovdiff_cli.models.sam import load_sam
 from ovdiff_cli.masks import (
     NCutProposer,
     SamProposer,
-    build_proposer,
     fg_bg_masks,
     masks_on_grid,
     ncut_objects,
@@ -98,15 +99,15 @@ def test_ncut_proposer_pools_large_grids_and_adds_the_background():
     assert (proposals[-1] == ~union).all()  # the background proposal
 
 
-def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_hub):
-    assert build_proposer("threshold", tiny_hub).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
+def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_stages):
+    assert build_proposer("threshold", tiny_stages.store).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
     with pytest.raises(OvdiffError, match="ncut, threshold, sam"):
-        build_proposer("cutler", tiny_hub)
+        build_proposer("cutler", tiny_stages.store)
 
 
-def test_sam_without_weights_explains_how_to_get_them(tiny_hub, tmp_path):
+def test_sam_without_weights_explains_how_to_get_them(tiny_stages, tmp_path):
     with pytest.raises(ModelLoadError, match="--sam-model.*--mask-proposer ncut"):
-        SamProposer(tiny_hub, str(tmp_path / "no-sam-here"))
+        load_sam(str(tmp_path / "no-sam-here"), tiny_stages.device, tiny_stages.dtype)
 
 
 def test_sam_masks_reduce_to_the_grid_by_area():
@@ -117,7 +118,7 @@ def test_sam_masks_reduce_to_the_grid_by_area():
     assert (m == _box((4, 4), 0, 2, 0, 2)).all()
 
 
-def test_tiny_sam_runs_through_the_pipeline(tiny_hub, tmp_path):
+def test_tiny_sam_runs_through_the_pipeline(tiny_stages, tmp_path):
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
     from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
@@ -132,7 +133,7 @@ def test_tiny_sam_runs_through_the_pipeline(tiny_hub, tmp_path):
     SamModel(cfg).save_pretrained(tmp_path)
     proc = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
     SamProcessor(image_processor=proc).save_pretrained(tmp_path)
-    proposer = SamProposer(tiny_hub, str(tmp_path), points_per_side=4)
+    proposer = SamProposer(load_sam(str(tmp_path), tiny_stages.device, tiny_stages.dtype), points_per_side=4)
     # Random weights score every mask below SAM's quality thresholds: lift them so masks come through.
     pipe = proposer.pipe
     proposer.pipe = lambda im, **kw: pipe(im, pred_iou_thresh=0.0, stability_score_thresh=0.0, **kw)
@@ -152,14 +153,14 @@ def test_overlay_tints_fg_red_and_bg_blue():
 
 
 @pytest.mark.parametrize("name", ["kite", "ball", "sky", "grass"])
-def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(procedural_hub, name):
+def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(procedural_stages, name):
     """In the procedural world the attribution map is the class's own soft mask: fg must hold it, bg must not."""
     from ovdiff_cli.features import images_to_tensor
     from ovdiff_cli.masks import resize_map
     from ovdiff_cli.procedural import support_sample
     from ovdiff_cli.sampling import image_seed
 
-    extractor, proposer = procedural_hub.extractor("procedural"), build_proposer("ncut", procedural_hub)
+    extractor, proposer = procedural_stages.extractor("procedural"), build_proposer("ncut", procedural_stages.store)
     recalls, fallbacks = [], 0
     for i in range(6):
         s = support_sample(name, image_seed(name, 0, i), 128, 32)

@@ -13,23 +13,22 @@ from ovdiff_cli.cache import Cache
 from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, WORLD, ProceduralExtractor, ProceduralScorer, render_scene, write_voc
-from ovdiff_cli.segment import Segmenter
 from ovdiff_cli.vocab import ensure_classes
 
 
-def configs(hub):
-    p = hub.preset
+def configs(stages):
+    p = stages.specs.preset
     return (dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos),
             dataclasses.replace(SegmentConfig(), **p.segment))  # fmt: skip
 
 
-def test_generator_is_deterministic_counts_calls_and_attributes_the_object(procedural_hub):
-    gen = procedural_hub.generator()
-    sample_cfg = configs(procedural_hub)[0]
-    before = procedural_hub.calls.get("generate", 0)
+def test_generator_is_deterministic_counts_calls_and_attributes_the_object(procedural_stages):
+    gen = procedural_stages.generator()
+    sample_cfg = configs(procedural_stages)[0]
+    before = procedural_stages.calls.get("generate", 0)
     a = gen.generate("kite", [0, 1], sample_cfg)
     b = gen.generate("kite", [0], sample_cfg)
-    assert procedural_hub.calls["generate"] - before == 3
+    assert procedural_stages.calls["generate"] - before == 3
     assert np.array_equal(a[0].image, b[0].image) and not np.array_equal(a[0].image, a[1].image)
     s = a[0]
     assert s.image.shape == (128, 128, 3) and s.image.dtype == np.uint8
@@ -40,12 +39,12 @@ def test_generator_is_deterministic_counts_calls_and_attributes_the_object(proce
     assert gen.generate("chocolate glazed donut", [0], sample_cfg)[0].image.shape == (128, 128, 3)
 
 
-def test_extractor_and_scorer_interfaces(procedural_hub):
-    ext = ProceduralExtractor(procedural_hub)
+def test_extractor_and_scorer_interfaces(procedural_stages):
+    ext = ProceduralExtractor()
     f = ext(torch.rand(2, 3, 64, 96))
     assert f.shape[:2] == (2, 20) and f.shape[2:] == (8, 12)
     assert torch.allclose(f.norm(dim=1), torch.ones(2, 8, 12), atol=1e-5)
-    scorer = ProceduralScorer(procedural_hub)
+    scorer = ProceduralScorer()
     t = scorer.encode_texts(["a kite", "a kite and a sky", "a pikachu"])
     assert torch.allclose(t.norm(dim=1), torch.ones(3))
     image, label = render_scene(np.random.default_rng(3))
@@ -72,30 +71,30 @@ def test_write_voc_layout_reads_as_voc(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(procedural_hub, tmp_path_factory):
-    sample_cfg, proto_cfg, seg_cfg = configs(procedural_hub)
+def world(procedural_stages, tmp_path_factory):
+    sample_cfg, proto_cfg, seg_cfg = configs(procedural_stages)
     cache = Cache(tmp_path_factory.mktemp("world") / "cache")
-    classes = ensure_classes(cache, procedural_hub, list(LABELLED), 0, sample_cfg, proto_cfg)
+    classes = ensure_classes(cache, procedural_stages, list(LABELLED), 0, sample_cfg, proto_cfg)
     rng = np.random.default_rng(2024)
     scenes = [render_scene(rng) for _ in range(24)]
     return cache, classes, scenes, seg_cfg, proto_cfg
 
 
-def world_miou(procedural_hub, world, **changes) -> float:
+def world_miou(procedural_stages, world, **changes) -> float:
     cache, classes, scenes, seg_cfg, proto_cfg = world
-    seg = Segmenter(procedural_hub, classes, dataclasses.replace(seg_cfg, **changes), proto_cfg.extractor, cache)
+    seg = procedural_stages.segmenter(classes, dataclasses.replace(seg_cfg, **changes), proto_cfg.extractor, cache)
     cm = ConfusionMatrix(len(LABELLED) + 1)
     for image, label in scenes:
         cm.update(seg.predict(image).labels, label)
     return cm.miou()
 
 
-def test_world_segments_well_and_worse_without_background_prototypes(procedural_hub, world):
+def test_world_segments_well_and_worse_without_background_prototypes(procedural_stages, world):
     """Measured on these 24 scenes: mIoU 0.894 with everything, 0.605 without bg prototypes (fg
     threshold 0.72), 0.806 without the stuff filter, 0.875 without the category filter."""
-    full = world_miou(procedural_hub, world)
+    full = world_miou(procedural_stages, world)
     assert full > 0.8
-    assert world_miou(procedural_hub, world, bg_prototypes=False) < full - 0.15
-    assert world_miou(procedural_hub, world, stuff_filter=False) < full - 0.04
+    assert world_miou(procedural_stages, world, bg_prototypes=False) < full - 0.15
+    assert world_miou(procedural_stages, world, stuff_filter=False) < full - 0.04
     assert world[0].class_record(world[1][4].pid)["kind"] == "stuff"  # sky: the stuff filter had work to do
 

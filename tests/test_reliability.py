@@ -318,7 +318,7 @@ def test_segment_reads_while_protos_add_writes(tmp_path):
 
     cache_dir = tmp_path / "cache"
     run = make_run(cache_dir, "procedural", "cpu", "fp32")
-    ensure_classes(run.cache, run.hub, ["kite", "sky"], 0, run.sample, run.protos)
+    ensure_classes(run.cache, run.stages, ["kite", "sky"], 0, run.sample, run.protos)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(3)

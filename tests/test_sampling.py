@@ -14,21 +14,22 @@ from ovdiff_cli.cache import Cache
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.config import SampleConfig
 from ovdiff_cli.errors import OvdiffError
-from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.keys import support_id
+from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
 
 TINY = dataclasses.replace(SampleConfig(), **get_preset("tiny").sample, batch_size=2)  # 4 images, 64 px, 4 steps
 
 
-def generated(hub) -> int:
-    return hub.calls.get("generate", 0)
+def generated(stages) -> int:
+    return stages.calls.get("generate", 0)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_hub):
+def reference(tmp_path_factory, tiny_stages):
     """'cat' sampled alone into its own cache: the images every other run must reproduce."""
     cache = Cache(tmp_path_factory.mktemp("ref"))
-    sid, meta = sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)
+    sid, meta = sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
     return cache, sid, meta
 
 
@@ -44,12 +45,13 @@ def test_image_seed_depends_only_on_class_seed_and_index():
 
 
 def test_support_id_changes_with_pixels_not_with_count_or_batch():
-    ident = {"model": "m", "revision": None, "scheduler": "dpmsolver++"}
-    sid = sampling.support_id("cat", 0, ident, TINY)
-    assert sid == sampling.support_id("cat", 0, ident, dataclasses.replace(TINY, n_images=9, batch_size=1))
-    assert sid != sampling.support_id("cat", 0, ident, dataclasses.replace(TINY, steps=5))
-    assert sid != sampling.support_id("cat", 0, dict(ident, model="other"), TINY)
-    assert sid != sampling.support_id("cat", 1, ident, TINY)
+    specs = ModelSpecs.of("sd15", {"sd": "m"})
+    sid = support_id("cat", 0, specs, TINY)
+    assert sid == support_id("cat", 0, specs, dataclasses.replace(TINY, n_images=9, batch_size=1))
+    assert sid != support_id("cat", 0, specs, dataclasses.replace(TINY, steps=5))
+    assert sid != support_id("cat", 0, ModelSpecs.of("sd15", {"sd": "other"}), TINY)
+    assert sid != support_id("cat", 1, specs, TINY)
+    assert sid == support_id("cat", 0, ModelSpecs.of("sd15", {"sd": "m", "clip": "x", "dino": "y"}), TINY)
 
 
 @pytest.mark.parametrize(
@@ -116,16 +118,16 @@ def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
     assert maps.shape == (2, 6, 6) and (maps >= 0).all()
 
 
-def test_self_attention_keeps_the_fast_path_and_processors_are_restored(tiny_hub):
+def test_self_attention_keeps_the_fast_path_and_processors_are_restored(tiny_stages):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    unet = tiny_hub.sd().unet
+    unet = tiny_stages.store.sd().unet
     procs = sampling.capture_processors(unet, sampling.AttributionRecorder([6], cfg=True))
     cross = [k for k in procs if k.endswith("attn2.processor")]
     assert cross and all(isinstance(procs[k], sampling.CapturingCrossAttnProcessor) for k in cross)
     assert all(type(p) is AttnProcessor2_0 for k, p in procs.items() if k not in cross)
     before = unet.attn_processors
-    tiny_hub.generator().generate("cat", [1], TINY)
+    tiny_stages.generator().generate("cat", [1], TINY)
     after = unet.attn_processors
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
 
@@ -133,7 +135,7 @@ def test_self_attention_keeps_the_fast_path_and_processors_are_restored(tiny_hub
 # --------------------------------------------------------------------------- support sets
 
 
-def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_hub):
+def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_stages):
     cache, sid, meta = reference
     assert meta["n_images"] == TINY.n_images
     assert meta["name"] == "cat" and meta["norm"] == "cat" and meta["seed"] == 0
@@ -141,7 +143,7 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_hub):
     assert meta["steps"] == 4 and meta["guidance_scale"] == 8.0 and meta["size"] == 64
     assert meta["scheduler"] == "dpmsolver++" and meta["attribution_size"] == 16
     assert meta["token_indices"] == [6]
-    assert meta["generator"] == tiny_hub.generator().identity() and meta["models"]["preset"] == "tiny"
+    assert meta["generator"] == tiny_stages.generator().identity() and meta["models"]["preset"] == "tiny"
     assert meta["created_at"]
     samples = sampling.load_samples(cache, sid, TINY.n_images)
     for s in samples:
@@ -154,27 +156,27 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_hub):
         sampling.load_samples(cache, sid, TINY.n_images + 1)
 
 
-def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_hub):
+def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_stages):
     cfg = dataclasses.replace(TINY, n_images=1)
-    _, meta = sampling.ensure_support_set(Cache(tmp_path), tiny_hub, " chocolate glazed donut ", 0, cfg)
+    _, meta = sampling.ensure_support_set(Cache(tmp_path), tiny_stages, " chocolate glazed donut ", 0, cfg)
     assert meta["name"] == " chocolate glazed donut " and meta["norm"] == "chocolate glazed donut"
     assert meta["token_indices"] == [6, 7, 8]
 
 
-def test_same_class_and_seed_reproduce_whatever_else_is_sampled(reference, tmp_path, tiny_hub):
+def test_same_class_and_seed_reproduce_whatever_else_is_sampled(reference, tmp_path, tiny_stages):
     ref_cache, ref_sid, _ = reference
     cache = Cache(tmp_path)
-    sampling.ensure_support_set(cache, tiny_hub, "dog", 0, TINY)
-    sid, _ = sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)
+    sampling.ensure_support_set(cache, tiny_stages, "dog", 0, TINY)
+    sid, _ = sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
     assert sid == ref_sid
     for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
-    other_sid, _ = sampling.ensure_support_set(cache, tiny_hub, "cat", 1, dataclasses.replace(TINY, n_images=1))
+    other_sid, _ = sampling.ensure_support_set(cache, tiny_stages, "cat", 1, dataclasses.replace(TINY, n_images=1))
     assert other_sid != sid
     assert not np.array_equal(cache.support_image(other_sid, 0), cache.support_image(sid, 0))
 
 
-def test_killed_run_resumes_and_generates_only_the_rest(reference, tmp_path, tiny_hub):
+def test_killed_run_resumes_and_generates_only_the_rest(reference, tmp_path, tiny_stages):
     ref_cache, ref_sid, _ = reference
     cache = Cache(tmp_path)
 
@@ -182,22 +184,22 @@ def test_killed_run_resumes_and_generates_only_the_rest(reference, tmp_path, tin
         if done == 2:
             raise KeyboardInterrupt
 
-    start = generated(tiny_hub)
+    start = generated(tiny_stages)
     with pytest.raises(KeyboardInterrupt):
-        sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY, killed_after_first_batch)
-    assert generated(tiny_hub) - start == 2
-    sid = sampling.support_id("cat", 0, tiny_hub.generator().identity(), TINY)
+        sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, killed_after_first_batch)
+    assert generated(tiny_stages) - start == 2
+    sid = support_id("cat", 0, tiny_stages.specs, TINY)
     assert cache.support_meta(sid)["n_images"] == 2
 
     seen = []
-    sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY, lambda d, t: seen.append((d, t)))
-    assert generated(tiny_hub) - start == 4
+    sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, lambda d, t: seen.append((d, t)))
+    assert generated(tiny_stages) - start == 4
     assert seen == [(2, 4), (4, 4)]
     for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
 
-    sampling.ensure_support_set(cache, tiny_hub, "cat", 0, TINY)  # complete: nothing to do
-    assert generated(tiny_hub) - start == 4
+    sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)  # complete: nothing to do
+    assert generated(tiny_stages) - start == 4
 
 
 def test_contact_sheet_lays_out_image_and_heat_map_pairs(reference):

@@ -18,8 +18,8 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.config import ProtoConfig, SampleConfig
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.keys import class_id
 from ovdiff_cli.vocab import (
-    class_id,
     ensure_classes,
     export_classes,
     find_classes,
@@ -57,7 +57,7 @@ def test_lookup_ignores_case_separators_and_plurals():
     assert stuff.classify("shelf") == ("stuff", "table")
     assert stuff.classify("chocolate glazed donut") == ("thing", "fallback")  # head noun
     assert stuff.classify("glass of water") == ("thing", "fallback")
-    assert stuff.classify("pikachu") == ("thing", "fallback")  # no hub: the default
+    assert stuff.classify("pikachu") == ("thing", "fallback")  # no stages: the default
 
 
 class _FakeScorer:
@@ -79,7 +79,7 @@ class _FakeScorer:
         return torch.nn.functional.normalize(out, dim=1)
 
 
-class _FakeHub:
+class _FakeStages:
     def __init__(self):
         self.text = _FakeScorer()
 
@@ -88,41 +88,41 @@ class _FakeHub:
 
 
 def test_unknown_names_take_the_nearest_table_name_in_text_space(cache_dir):
-    hub, cache = _FakeHub(), Cache(cache_dir)
-    assert stuff.nearest_known("ocean", hub, cache) == ("stuff", "sea")
-    assert stuff.classify("kitten", hub, cache) == ("thing", "fallback")
+    stages, cache = _FakeStages(), Cache(cache_dir)
+    assert stuff.nearest_known("ocean", stages, cache) == ("stuff", "sea")
+    assert stuff.classify("kitten", stages, cache) == ("thing", "fallback")
     n_table = len(stuff.STUFF | stuff.THINGS)
-    assert hub.text.encoded == n_table + 2  # the table once (cached), then one prompt per new name
+    assert stages.text.encoded == n_table + 2  # the table once (cached), then one prompt per new name
 
 
 # --------------------------------------------------------------------------- the vocabulary stage
 
 
-def _calls(hub) -> tuple[int, int]:
-    return hub.calls.get("generate", 0), hub.calls.get("extract", 0)
+def _calls(stages) -> tuple[int, int]:
+    return stages.calls.get("generate", 0), stages.calls.get("extract", 0)
 
 
-def test_adding_b_after_a_never_recomputes_a(tiny_hub, cache_dir):
+def test_adding_b_after_a_never_recomputes_a(tiny_stages, cache_dir):
     cache = Cache(cache_dir)
-    g0, e0 = _calls(tiny_hub)
-    (cat,) = ensure_classes(cache, tiny_hub, ["cat"], 0, SAMPLE, PROTOS)
-    assert _calls(tiny_hub) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)
-    pid_a = class_id("cat", 0, tiny_hub, SAMPLE, PROTOS)
+    g0, e0 = _calls(tiny_stages)
+    (cat,) = ensure_classes(cache, tiny_stages, ["cat"], 0, SAMPLE, PROTOS)
+    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)
+    pid_a = class_id("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
     rec_a = cache.class_record(pid_a)
     arrays_a = cache.class_arrays(pid_a)
 
-    g1, e1 = _calls(tiny_hub)
+    g1, e1 = _calls(tiny_stages)
     events = []
-    both = ensure_classes(cache, tiny_hub, ["cat", "dog"], 0, SAMPLE, PROTOS, on_event=lambda *e: events.append(e))
-    assert _calls(tiny_hub) == (g1 + SAMPLE.n_images, e1 + SAMPLE.n_images)  # dog only
+    both = ensure_classes(cache, tiny_stages, ["cat", "dog"], 0, SAMPLE, PROTOS, on_event=lambda *e: events.append(e))
+    assert _calls(tiny_stages) == (g1 + SAMPLE.n_images, e1 + SAMPLE.n_images)  # dog only
     assert ("cached", "cat", 1, 1) in events and not any(e[1] == "cat" and e[0] != "cached" for e in events)
     assert cache.class_record(pid_a) == rec_a
     for name, arr in cache.class_arrays(pid_a).items():
         np.testing.assert_array_equal(arr, arrays_a[name])
 
-    g2, e2 = _calls(tiny_hub)
-    again = ensure_classes(cache, tiny_hub, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
-    assert _calls(tiny_hub) == (g2, e2)
+    g2, e2 = _calls(tiny_stages)
+    again = ensure_classes(cache, tiny_stages, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
+    assert _calls(tiny_stages) == (g2, e2)
     assert [p.name for p in again] == ["dog", "cat"] and again[1].pid == both[0].pid == cat.pid
 
     # the class's prototypes: float32, Eq. 1 rows per image, parts ≤ K, sources for --explain
@@ -135,70 +135,70 @@ def test_adding_b_after_a_never_recomputes_a(tiny_hub, cache_dir):
     assert rec_a["arrays"]["masks"]["shape"] == [SAMPLE.n_images, *rec_a["feature_grid"]]
 
 
-def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_hub, cache_dir, monkeypatch):
+def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages, cache_dir, monkeypatch):
     """Two processes adding the same class: the second finds it built once it holds the lock."""
     cache, other = Cache(cache_dir), Cache(cache_dir)
     real_lock = cache.lock
 
     @contextlib.contextmanager
     def lock_lost_to_another_process(name):
-        ensure_classes(other, tiny_hub, ["cow"], 0, SAMPLE, PROTOS)  # the other process wins the race
+        ensure_classes(other, tiny_stages, ["cow"], 0, SAMPLE, PROTOS)  # the other process wins the race
         with real_lock(name):
             yield
 
     monkeypatch.setattr(cache, "lock", lock_lost_to_another_process)
-    g0, e0 = _calls(tiny_hub)
-    (cow,) = ensure_classes(cache, tiny_hub, ["cow"], 0, SAMPLE, PROTOS)
-    assert _calls(tiny_hub) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)  # built once, by the other
-    assert cow.pid == class_id("cow", 0, tiny_hub, SAMPLE, PROTOS)
+    g0, e0 = _calls(tiny_stages)
+    (cow,) = ensure_classes(cache, tiny_stages, ["cow"], 0, SAMPLE, PROTOS)
+    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)  # built once, by the other
+    assert cow.pid == class_id("cow", 0, tiny_stages.specs, SAMPLE, PROTOS)
 
 
-def test_missing_classes_without_build_name_the_command(tiny_hub, cache_dir):
-    g0, e0 = _calls(tiny_hub)
+def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
+    g0, e0 = _calls(tiny_stages)
     with pytest.raises(OvdiffError, match=r"no prototypes cached for 'zebra'.*ovdiff protos add zebra --seed 3 --preset tiny"):
-        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, PROTOS, build=False)
-    assert _calls(tiny_hub) == (g0, e0)
+        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, PROTOS, build=False)
+    assert _calls(tiny_stages) == (g0, e0)
     # the command repeats every setting that keys the class and differs from the preset's
     odd = dataclasses.replace(PROTOS, mask_proposer="threshold", k_parts=2)
     with pytest.raises(OvdiffError, match=r"--mask-proposer threshold --n-images 2 --k-parts 2'"):
-        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
+        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
     with pytest.raises(OvdiffError, match=r"--mask-proposer ncut'"):
-        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, PROTOS, build=False)
+        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, PROTOS, build=False)
     with pytest.raises(OvdiffError, match="unknown extractor part"):
-        ensure_classes(Cache(cache_dir), tiny_hub, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
+        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
 
 
-def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(tiny_hub, cache_dir):
+def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(tiny_stages, cache_dir):
     cache = Cache(cache_dir)
-    sky, horse = ensure_classes(cache, tiny_hub, ["sky", "horse"], 0, SAMPLE, PROTOS)
+    sky, horse = ensure_classes(cache, tiny_stages, ["sky", "horse"], 0, SAMPLE, PROTOS)
     assert sky.kind == "stuff" and sky.bg == {} and not any(n.startswith("bg/") for n in cache.class_record(sky.pid)["arrays"])
     assert horse.kind == "thing" and horse.bg
 
-    g0, e0 = _calls(tiny_hub)
-    (horse_stuff,) = ensure_classes(cache, tiny_hub, ["horse"], 0, SAMPLE, PROTOS, kinds={"horse": "stuff"})
-    assert _calls(tiny_hub) == (g0, e0)  # thing → stuff only drops the bg prototypes
+    g0, e0 = _calls(tiny_stages)
+    (horse_stuff,) = ensure_classes(cache, tiny_stages, ["horse"], 0, SAMPLE, PROTOS, kinds={"horse": "stuff"})
+    assert _calls(tiny_stages) == (g0, e0)  # thing → stuff only drops the bg prototypes
     assert horse_stuff.bg == {} and cache.class_record(horse.pid)["kind_source"] == "user"
     np.testing.assert_array_equal(horse_stuff.fg["part"], horse.fg["part"])
 
-    (sky_thing,) = ensure_classes(cache, tiny_hub, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "thing"})
-    assert _calls(tiny_hub) == (g0, e0 + SAMPLE.n_images)  # stuff → thing re-extracts, never re-samples
+    (sky_thing,) = ensure_classes(cache, tiny_stages, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "thing"})
+    assert _calls(tiny_stages) == (g0, e0 + SAMPLE.n_images)  # stuff → thing re-extracts, never re-samples
     assert sky_thing.kind == "thing" and sky_thing.bg and sky_thing.pid == sky.pid
     np.testing.assert_array_equal(sky_thing.fg["instance"], sky.fg["instance"])
     with pytest.raises(OvdiffError, match="kind must be 'stuff' or 'thing'"):
-        ensure_classes(cache, tiny_hub, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "blob"})
+        ensure_classes(cache, tiny_stages, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "blob"})
 
 
-def test_threshold_proposer_uses_the_otsu_fallback_everywhere(tiny_hub, cache_dir):
+def test_threshold_proposer_uses_the_otsu_fallback_everywhere(tiny_stages, cache_dir):
     cfg = dataclasses.replace(PROTOS, mask_proposer="threshold", extractor="dino")
-    (p,) = ensure_classes(Cache(cache_dir), tiny_hub, ["boat"], 0, SAMPLE, cfg)
+    (p,) = ensure_classes(Cache(cache_dir), tiny_stages, ["boat"], 0, SAMPLE, cfg)
     rec = Cache(cache_dir).class_record(p.pid)
     assert rec["otsu_fallbacks"] == SAMPLE.n_images and rec["mask_proposer"] == "threshold"
-    assert p.pid != class_id("boat", 0, tiny_hub, SAMPLE, PROTOS)  # proposer and extractor are in the key
+    assert p.pid != class_id("boat", 0, tiny_stages.specs, SAMPLE, PROTOS)  # proposer and extractor are in the key
 
 
-def test_export_rm_import_round_trips_bit_exactly(tiny_hub, cache_dir, tmp_path):
+def test_export_rm_import_round_trips_bit_exactly(tiny_stages, cache_dir, tmp_path):
     cache = Cache(cache_dir)
-    ensure_classes(cache, tiny_hub, ["cat", "sky"], 0, SAMPLE, PROTOS)
+    ensure_classes(cache, tiny_stages, ["cat", "sky"], 0, SAMPLE, PROTOS)
     before = {pid: (rec, cache.class_arrays(pid)) for pid, rec in find_classes(cache)}
     path = tmp_path / "vocab.safetensors"
     assert export_classes(cache, list(before), path) > 0

@@ -15,7 +15,8 @@ from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 
 if TYPE_CHECKING:
     from ..cache import Cache
-    from ..models.presets import ModelHub, Preset
+    from ..compose import Stages
+    from ..models.presets import Preset
 
 CacheOpt = Annotated[
     Optional[Path],
@@ -64,7 +65,7 @@ class Run:
     protos: ProtoConfig = field(default_factory=ProtoConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     _cache: Cache | None = None
-    _hub: ModelHub | None = None
+    _stages: Stages | None = None
 
     @property
     def preset(self) -> Preset:
@@ -81,12 +82,13 @@ class Run:
         return self._cache
 
     @property
-    def hub(self) -> ModelHub:
-        if self._hub is None:
-            from ..models.presets import ModelHub
+    def stages(self) -> Stages:
+        """The run's stages (`compose.Stages`); models are built only when a stage needs them."""
+        if self._stages is None:
+            from ..compose import Stages
 
-            self._hub = ModelHub(self.preset, self.run.device, self.run.dtype, self.run.model_overrides)
-        return self._hub
+            self._stages = Stages.for_run(self.preset, self.run.device, self.run.dtype, self.run.model_overrides)
+        return self._stages
 
     def say(self, msg: str) -> None:
         if not self.quiet:
@@ -122,8 +124,6 @@ def make_run(
     from ..models.presets import get_preset
 
     p = get_preset(preset)
-    if protos and protos.get("extractor"):  # one spelling per extractor, so the cache key ignores case and spaces
-        protos = dict(protos, extractor="+".join(part.strip().lower() for part in protos["extractor"].split("+")))
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model},

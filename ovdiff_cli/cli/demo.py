@@ -36,7 +36,7 @@ def demo(
     from ..evaluate import evaluate, predictions_from_dir, write_report
     from ..imageio import discover
     from ..procedural import write_voc
-    from ..segment import Segmenter, save_legend, segment_paths
+    from ..segment import save_legend, segment_paths
     from ..vocab import ensure_classes
     from .eval import print_results
     from .segment import check_out_dir
@@ -54,9 +54,9 @@ def demo(
     masks = root / "masks"
     with run.progress() as bar:
         build = bar.add_task("prototypes", total=len(names))
-        protos = ensure_classes(run.cache, run.hub, names, run.run.seed, run.sample, run.protos,
+        protos = ensure_classes(run.cache, run.stages, names, run.run.seed, run.sample, run.protos,
                                 on_event=lambda stage, *_: bar.advance(build) if stage in ("prototypes", "cached") else None)  # fmt: skip
-        segmenter = Segmenter(run.hub, protos, run.segment, run.protos.extractor, run.cache)
+        segmenter = run.stages.segmenter(protos, run.segment, run.protos.extractor, run.cache)
         save_legend(names, True, masks)
         task = bar.add_task("segment", total=len(ids))
         summary = segment_paths(segmenter, discover([str(data / "VOC2012" / "JPEGImages")]), masks, overlay=True,

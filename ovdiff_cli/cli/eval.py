@@ -152,7 +152,6 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them."""
     import dataclasses
 
-    from ..segment import Segmenter
     from ..vocab import ensure_classes
 
     names = ds.classes[1:] if ds.has_background else ds.classes
@@ -164,12 +163,12 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
             built.add(name)
             bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
-        classes = ensure_classes(run.cache, run.hub, names, seed, run.sample, run.protos, on_event=on_event)
+        classes = ensure_classes(run.cache, run.stages, names, seed, run.sample, run.protos, on_event=on_event)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
     # Benchmarks without background score named classes only, with no bg prototypes (paper A.3).
     cfg = dataclasses.replace(run.segment, background=ds.has_background,
                               bg_prototypes=ds.has_background and run.segment.bg_prototypes)  # fmt: skip
-    segmenter = Segmenter(run.hub, classes, cfg, run.protos.extractor, run.cache)
+    segmenter = run.stages.segmenter(classes, cfg, run.protos.extractor, run.cache)
     shift = 0 if ds.has_background else 1  # segment labels: 0 = background, class k of the list = k
 
     def predict(image, info):

@@ -101,7 +101,7 @@ def add(
     if not classes:
         raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
 
-    before = dict(run.hub.calls)
+    before = dict(run.stages.calls)
     with run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
 
@@ -113,7 +113,7 @@ def add(
                 tasks[key] = bar.add_task(f"{stage:<10} {name}", total=total)
             bar.update(tasks[key], completed=done, total=total)
 
-        protos = ensure_classes(run.cache, run.hub, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
+        protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
     if run.quiet:
         return
     records = dict(find_classes(run.cache))
@@ -125,7 +125,7 @@ def add(
         table.add_row(escape(p.name), f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
                       f"{rec['otsu_fallbacks']}/{rec['n_images']}", p.pid[:12])  # fmt: skip
     run.console.print(table)
-    calls = {k: run.hub.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
+    calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.say(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
             f"{calls['generate']} images generated, {calls['extract']} featurised")  # fmt: skip
 

@@ -81,12 +81,12 @@ def sample(
 
 
 def _sample_classes(run, classes: list[str]) -> None:
-    """Sample every class with one model hub (one model load), an overall bar and one per class."""
+    """Sample every class with one set of stages (one model load), an overall bar and one per class."""
     from ..sampling import check_config, ensure_support_set
 
     check_config(run.sample)
     n = run.sample.n_images
-    start, generated_before = time.perf_counter(), run.hub.calls.get("generate", 0)
+    start, generated_before = time.perf_counter(), run.stages.calls.get("generate", 0)
     with run.progress() as bar:
         overall = bar.add_task("all classes", total=n * len(classes))
         for k, name in enumerate(classes):
@@ -96,11 +96,11 @@ def _sample_classes(run, classes: list[str]) -> None:
                 bar.update(task, completed=done)
                 bar.update(overall, completed=offset + done)
 
-            sid, meta = ensure_support_set(run.cache, run.hub, name, run.run.seed, run.sample, on_progress)
+            sid, meta = ensure_support_set(run.cache, run.stages, name, run.run.seed, run.sample, on_progress)
             bar.update(task, visible=False)
             if run.verbose:
                 run.say(f"{escape(name)}: {meta['n_images']} images, support set {sid}")
-    new = run.hub.calls.get("generate", 0) - generated_before
+    new = run.stages.calls.get("generate", 0) - generated_before
     run.say(
         f"{len(classes)} class(es), {n} images each: {new} generated, {n * len(classes) - new} already cached "
         f"({time.perf_counter() - start:.1f} s); cache {run.cache_dir}"
@@ -110,10 +110,11 @@ def _sample_classes(run, classes: list[str]) -> None:
 def _write_sheet(run, show: str, out: Path) -> None:
     from ..errors import OvdiffError
     from ..names import validate
-    from ..sampling import contact_sheet, load_samples, support_id
+    from ..keys import support_id
+    from ..sampling import contact_sheet, load_samples
 
     norm = validate(show)
-    sid = support_id(norm, run.run.seed, run.hub.generator().identity(), run.sample)
+    sid = support_id(norm, run.run.seed, run.stages.specs, run.sample)
     meta = run.cache.support_meta(sid)
     if not meta or meta["n_images"] == 0:
         raise OvdiffError(

@@ -103,7 +103,7 @@ def segment(
     """
     from ..imageio import discover
     from ..names import parse_class_list
-    from ..segment import Explainer, Segmenter, save_legend, segment_paths
+    from ..segment import Explainer, save_legend, segment_paths
     from ..vocab import ensure_classes
 
     if batch_size is not None and batch_size < 1:
@@ -131,9 +131,9 @@ def segment(
                 tasks[(stage, name)] = bar.add_task(f"{stage:<10} {name}", total=total)
             bar.update(tasks[(stage, name)], completed=done, total=total)
 
-        protos_list = ensure_classes(run.cache, run.hub, names, run.run.seed, run.sample, run.protos,
+        protos_list = ensure_classes(run.cache, run.stages, names, run.run.seed, run.sample, run.protos,
                                      build=not no_build, on_event=on_event)  # fmt: skip
-        segmenter = Segmenter(run.hub, protos_list, run.segment, run.protos.extractor, run.cache)
+        segmenter = run.stages.segmenter(protos_list, run.segment, run.protos.extractor, run.cache)
         save_legend(names, run.segment.background, out_dir)
         task = bar.add_task("segment", total=len(items))
 

@@ -1,4 +1,4 @@
-"""Model presets and the per-run model hub.
+"""Model presets, the model specs of a run, and where and in which dtype its models run.
 
 A preset only decides which models get built (real weights, tiny random, full-size random, or the
 procedural world) and the default sizes that suit them; every stage runs the same code on all of them.
@@ -7,14 +7,16 @@ procedural world) and the default sizes that suit them; every stage runs the sam
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OvdiffError
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,36 @@ def get_preset(name: str | None) -> Preset:
         raise OvdiffError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
+@dataclass(frozen=True)
+class ModelSpecs:
+    """Which models a run uses, named by spec strings alone (nothing is built): what the cache keys record.
+
+    models: role ("sd", "clip", "dino", "mae", "sam") → spec, the preset's with the user's overrides.
+    weights_seed seeds the random-weight presets' models; the CLI always uses 0.
+    """
+
+    preset: Preset
+    models: dict[str, str]
+    weights_seed: int = 0
+
+    @classmethod
+    def of(cls, preset: Preset | str | None = None, overrides: Mapping[str, str | None] | None = None,
+           weights_seed: int = 0) -> ModelSpecs:  # fmt: skip
+        """The preset's models (a name, default `$OVDIFF_PRESET`, else sd15) with the given overrides (None: keep)."""
+        p = preset if isinstance(preset, Preset) else get_preset(preset)
+        models = dict(p.models)
+        models.update({k: v for k, v in (overrides or {}).items() if v})
+        return cls(p, models, weights_seed)
+
+    def identity(self) -> dict[str, str]:
+        """Model sources as recorded in cache metadata."""
+        return {"preset": self.preset.name, **self.models}
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" → cuda > mps > cpu; anything else must be available."""
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -95,6 +125,8 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """"auto" → fp16 on GPU, fp32 on CPU."""
+    import torch
+
     table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
              "float32": torch.float32}
     if dtype == "auto":
@@ -103,95 +135,3 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return table[dtype]
     except KeyError:
         raise OvdiffError(f"unknown dtype {dtype!r}; use auto, fp16, bf16 or fp32") from None
-
-
-class ModelHub:
-    """Builds each model at most once per run, on first use; counts calls of the expensive stages.
-
-    `calls` lets tests and benchmarks check that cached work is never redone
-    (e.g. `calls["generate"]`, `calls["extract"]`).
-    """
-
-    def __init__(
-        self,
-        preset: Preset,
-        device: str = "auto",
-        dtype: str = "auto",
-        overrides: dict[str, str] | None = None,
-        seed: int = 0,
-    ):
-        self.preset = preset
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.models = dict(preset.models)
-        self.models.update({k: v for k, v in (overrides or {}).items() if v})
-        self.seed = seed
-        self.calls: dict[str, int] = {}
-        self._built: dict[str, Any] = {}
-
-    def count(self, what: str, n: int = 1) -> None:
-        self.calls[what] = self.calls.get(what, 0) + n
-
-    def _once(self, key: str, build):
-        if key not in self._built:
-            self._built[key] = build()
-        return self._built[key]
-
-    def identity(self) -> dict[str, str]:
-        """Model sources as recorded in cache metadata."""
-        return {"preset": self.preset.name, **self.models}
-
-    # -- raw models ---------------------------------------------------------------
-
-    def sd(self):
-        from .sd import load_sd, random_sd
-
-        spec = self.models["sd"]
-        if spec in ("tiny", "random"):
-            return self._once("sd", lambda: random_sd("tiny" if spec == "tiny" else "full", self.seed, self.device, self.dtype))
-        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype))
-
-    def clip(self):
-        from .vit import load_clip
-
-        return self._once("clip", lambda: load_clip(self.models["clip"], self.device, self.dtype, self.seed))
-
-    def vit(self, kind: str):
-        from .vit import load_timm_vit
-
-        if kind not in self.models:
-            raise OvdiffError(f"preset {self.preset.name!r} has no {kind} model")
-        return self._once(kind, lambda: load_timm_vit(self.models[kind], kind, self.device, self.dtype, self.seed))
-
-    # -- stage implementations -------------------------------------------------------
-
-    def generator(self):
-        """The support-set generator (SD with attribution capture, or the procedural world)."""
-        if self.preset.weights == "procedural":
-            from ..procedural import ProceduralGenerator
-
-            return self._once("generator", lambda: ProceduralGenerator(self))
-        from ..sampling import SDGenerator
-
-        return self._once("generator", lambda: SDGenerator(self))
-
-    def extractor(self, spec: str):
-        """Dense features for an extractor spec such as `sd+dino+clip`."""
-        from ..features import build_extractor
-
-        return self._once(f"extractor:{spec}", lambda: build_extractor(spec, self))
-
-    def scorer(self):
-        """The image/text scorer of the category pre-filter."""
-        if self.preset.weights == "procedural":
-            from ..procedural import ProceduralScorer
-
-            return self._once("scorer", lambda: ProceduralScorer(self))
-        from ..filter import ClipScorer
-
-        return self._once("scorer", lambda: ClipScorer(self))
-
-    def mask_proposer(self, name: str):
-        from ..masks import build_proposer
-
-        return self._once(f"proposer:{name}", lambda: build_proposer(name, self))

@@ -1,0 +1,77 @@
+"""The model store: each raw model of a run built once, on first use, from its spec.
+
+Stages never look models up: the composition module (`ovdiff_cli.compose`) asks the store for the
+models a stage needs and hands them to the stage's constructor, as segment-anything's
+`SamPredictor(sam)` takes its model. Nothing is built before it is asked for, so a run that finds
+everything in the cache loads no weights at all (`loaded` says what was built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OvdiffError
+from .presets import ModelSpecs, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from .sd import SDComponents
+    from .vit import ClipModel
+
+SAM_SPEC = "facebook/sam-vit-base"
+
+
+class ModelStore:
+    """Raw models by role (sd, clip, dino, mae, sam), built lazily on `device` in `dtype`."""
+
+    def __init__(self, specs: ModelSpecs, device: str = "auto", dtype: str = "auto"):
+        self.specs = specs
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._built: dict[str, Any] = {}
+
+    @property
+    def loaded(self) -> list[str]:
+        """The roles whose models have been built so far, in build order."""
+        return list(self._built)
+
+    def _once(self, role: str, build: Callable[[], Any]) -> Any:
+        if role not in self._built:
+            self._built[role] = build()
+        return self._built[role]
+
+    def _spec(self, role: str) -> str:
+        if role not in self.specs.models:
+            raise OvdiffError(f"preset {self.specs.preset.name!r} has no {role} model")
+        return self.specs.models[role]
+
+    def sd(self) -> SDComponents:
+        """Stable Diffusion's parts (UNet, VAE, text encoder, tokenizer, scheduler)."""
+        from .sd import load_sd, random_sd
+
+        spec, seed = self._spec("sd"), self.specs.weights_seed
+        if spec in ("tiny", "random"):
+            size = "tiny" if spec == "tiny" else "full"
+            return self._once("sd", lambda: random_sd(size, seed, self.device, self.dtype))
+        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype))
+
+    def clip(self) -> ClipModel:
+        """The open_clip model with its tokenizer."""
+        from .vit import load_clip
+
+        spec = self._spec("clip")
+        return self._once("clip", lambda: load_clip(spec, self.device, self.dtype, self.specs.weights_seed))
+
+    def vit(self, kind: str):
+        """A timm ViT: `kind` is "dino" or "mae"."""
+        from .vit import load_timm_vit
+
+        spec = self._spec(kind)
+        return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
+
+    def sam(self):
+        """transformers' SAM `mask-generation` pipeline (`sam` spec, default facebook/sam-vit-base)."""
+        from .sam import load_sam
+
+        spec = self.specs.models.get("sam") or SAM_SPEC
+        return self._once("sam", lambda: load_sam(spec, self.device, self.dtype))
