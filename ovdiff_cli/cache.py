@@ -551,3 +551,11 @@ class Cache:
                         updates[kk] = None
             self.write(updates)
         return problems
+
+
+def close_cache(root: Path | str) -> None:
+    """Close this process's LMDB environment of the cache at `root` (to unmount its filesystem, or to
+    read it raw); Cache objects of it must not be used afterwards, and a new `Cache(root)` reopens it."""
+    env = _OPEN_ENVS.pop(str((Path(root).expanduser() / ENV_DIRNAME).resolve()), None)
+    if env is not None:
+        env.close()

@@ -15,8 +15,9 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,10 @@ from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from .errors import OvdiffError
 from .metrics import ConfusionMatrix
 from .palette import colorize, rgb_to_labels
+
+if TYPE_CHECKING:
+    from .config import SegmentConfig
+    from .segment import Segmenter
 
 Predict = Callable[[np.ndarray, ItemInfo], np.ndarray]
 OnImage = Callable[[int, int, float], None]  # (images done, total, running mIoU)
@@ -140,6 +145,31 @@ def _extremes(kept: dict[str, np.ndarray], scores: dict[str, float], k: int) -> 
     order = sorted(kept, key=lambda i: -scores[i])
     wanted = set(order[:k]) | set(order[-k:])
     return {i: p for i, p in kept.items() if i in wanted}
+
+
+def benchmark_classes(dataset: SegDataset) -> list[str]:
+    """The classes a model builds for a benchmark: every named class, background excluded."""
+    return list(dataset.classes[1:] if dataset.has_background else dataset.classes)
+
+
+def protocol_config(cfg: SegmentConfig, dataset: SegDataset) -> SegmentConfig:
+    """The segment settings a benchmark is scored under: without background, named classes only and
+    no bg prototypes (paper A.3); with background, `cfg` as given."""
+    return replace(cfg, background=dataset.has_background, bg_prototypes=dataset.has_background and cfg.bg_prototypes)
+
+
+def segmenter_predictor(segmenter: Segmenter, dataset: SegDataset) -> Predict:
+    """A Predict over a segmenter built for `benchmark_classes(dataset)` under `protocol_config`.
+
+    Segment labels are 0 = background, k = the k-th class; dataset indices are shifted by one when the
+    benchmark has no background class.
+    """
+    shift = 0 if dataset.has_background else 1
+
+    def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
+        return segmenter.predict(image).labels - shift
+
+    return predict
 
 
 def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int | None = None) -> Predict:

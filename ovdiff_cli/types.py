@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from .config import SampleConfig
+    from .config import SampleConfig, SegmentConfig
     from .models.presets import ModelSpecs
 
 
@@ -84,7 +84,8 @@ class StageSource(Protocol):
     """What the pipeline functions (`ensure_support_set`, `ensure_classes`) need from a run: the model
     specs that name the cache keys, where models run, and each stage, built on first use.
 
-    `compose.Stages` is the implementation; nothing is built until a stage is asked for.
+    `compose.Stages` is the implementation; nothing is built until a stage is asked for, and
+    `segmenter` returns a `segment.Segmenter` over the run's extractor and scorer.
     """
 
     specs: ModelSpecs
@@ -98,6 +99,8 @@ class StageSource(Protocol):
     def mask_proposer(self, name: str) -> MaskProposer: ...
 
     def scorer(self) -> ImageTextScorer: ...
+
+    def segmenter(self, classes: list[ClassPrototypes], cfg: SegmentConfig, extractor_spec: str, cache=None): ...
 
 
 PROTO_KINDS = ("class", "instance", "part")

@@ -163,6 +163,35 @@ def _build(
         on_event("prototypes", norm, 1, 1)
 
 
+def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassPrototypes, seed: int, sample_cfg: SampleConfig,
+                   proto_cfg: ProtoConfig, source: str) -> str:  # fmt: skip
+    """Cache prototypes made elsewhere (an experiment, a synthetic bank) as class `protos.name` under the
+    id `ensure_classes` looks up for these settings, so they are used as built ones are; returns the id.
+
+    protos.fg / bg: kind → (n, D) arrays; instance rows take their support images from `protos.sources`
+    (-1 when unknown). No support images or masks are stored, as for an import; `source` is recorded.
+    """
+    norm = naming.validate(protos.name)
+    pid = class_id(norm, seed, specs, sample_cfg, proto_cfg)
+    arrays: dict[str, np.ndarray] = {}
+    for group, kinds in (("fg", protos.fg), ("bg", protos.bg)):
+        for kind, a in kinds.items():
+            arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
+        if "instance" in kinds:
+            src = protos.sources.get(f"{group}/instance")
+            arrays[f"{group}/instance_src"] = np.asarray(np.full(len(kinds["instance"]), -1) if src is None else src, np.int64)
+    record = {
+        "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor,
+        "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
+        "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+        "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+        "n_images": sample_cfg.n_images, "kind": protos.kind, "kind_source": source, "models": specs.identity(),
+        "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
+    }  # fmt: skip
+    cache.put_class(pid, record, arrays)
+    return pid
+
+
 def _make_stuff(cache: Cache, pid: str, rec: dict, kind_source: str) -> None:
     """Thing → stuff needs no model: drop the bg prototypes, keep everything else."""
     arrays = {n: a for n, a in cache.class_arrays(pid).items() if not n.startswith("bg/")}

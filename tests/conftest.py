@@ -53,6 +53,28 @@ def procedural_stages():
     return Stages.for_run("procedural", device="cpu", dtype="fp32")
 
 
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    """A SAM with tiny random weights saved as a local model folder (what `--sam-model DIR` loads)."""
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    root = tmp_path_factory.mktemp("tiny-sam")
+    torch.manual_seed(0)
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, output_channels=32,
+                                      image_size=256, mlp_dim=64, global_attn_indexes=[0], window_size=4, num_pos_feats=16),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256, mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
+                                                 iou_head_hidden_dim=32),
+    )  # fmt: skip
+    SamModel(cfg).save_pretrained(root)
+    proc = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    SamProcessor(image_processor=proc).save_pretrained(root)
+    return root
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `slow` need real weights (and ideally a GPU): they run only with OVDIFF_SLOW=1."""
     if os.environ.get("OVDIFF_SLOW") == "1":

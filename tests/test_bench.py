@@ -28,7 +28,9 @@ TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "r.json"
-    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
+    # seed 1: the bench's own segment run must find the classes it built (it looked them up with seed 0)
+    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32",
+                                   "--seed", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()), res.output
 
@@ -50,6 +52,7 @@ def test_results_record_machine_settings_and_exact_counts(quick_results):
     results, output = quick_results
     assert {"platform", "cpu_count", "torch", "device_name"} <= set(results["machine"])
     assert results["settings"]["preset"] == "tiny" and results["settings"]["repeats"] == 1
+    assert results["settings"]["seed"] == 1
     vocab = results["sections"]["vocabulary"]["figures"]
     assert vocab["second_run_calls"]["median"] == 0 and vocab["second_run_calls"]["pass"]
     assert vocab["first_run_calls"]["median"] > 0

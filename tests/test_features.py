@@ -68,9 +68,11 @@ def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_stages):
     assert part.positional(14, 14) is v.positional_embedding
     assert tuple(part(torch.rand(1, 3, 96, 96)).shape[-2:]) == (6, 6)
     assert part.positional(6, 6).shape == (37, v.positional_embedding.shape[1])
-    for side in range(1, 2 * POS_CACHE):  # one size per image: the cache stays bounded
-        part.positional(side, side + 1)
-    assert len(part._pos) == POS_CACHE and (6, 6) not in part._pos
+    first = part.positional(6, 6)
+    assert part.positional(6, 6) is first  # kept while it is among the last POS_CACHE sizes
+    for side in range(1, 2 * POS_CACHE):  # one size per image: the oldest sizes leave
+        last = part.positional(side, side + 1)
+    assert part.positional(6, 6) is not first and part.positional(2 * POS_CACHE - 1, 2 * POS_CACHE) is last
 
 
 def test_dino_keys_equal_timm_qkv_at_any_size(tiny_stages):

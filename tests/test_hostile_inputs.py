@@ -20,6 +20,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,7 +113,7 @@ def test_names_that_look_like_markup_are_built_and_listed_verbatim(tmp_path):
     res = runner.invoke(app, ["protos", "add", "[/x]", "[b]bold", *common])
     assert res.exit_code == 0, (res.output, res.exception)
     assert "[/x]" in res.output and "[b]bold" in res.output
-    res = runner.invoke(app, ["protos", "list", "-v", *common], env={"COLUMNS": "250"})
+    res = runner.invoke(app, ["protos", "list", "-v", "--cache", str(tmp_path / "cache")], env={"COLUMNS": "250"})
     assert res.exit_code == 0 and "[/x]" in res.output and "[b]bold" in res.output, res.output
 
 
@@ -139,10 +140,14 @@ def test_cache_of_a_newer_schema_is_refused_and_left_alone(image, tmp_path):
     for args in (["protos", "add", "kite", *PROC], ["segment", str(image), "--classes", "kite", "--out", str(tmp_path / "o"), *PROC],
                  ["protos", "list"], ["cache", "verify"], ["cache", "info"]):  # fmt: skip
         one_error_line(runner.invoke(app, [*args, *cache]), "schema version 99", "upgrade ovdiff")
-    env = cache_mod._OPEN_ENVS[str((cache_dir / cache_mod.ENV_DIRNAME).resolve())]  # raw read, no version check
-    with env.begin() as txn:
-        assert [bytes(k) for k, _ in txn.cursor()] == [SCHEMA_KEY]
-        assert json.loads(txn.get(SCHEMA_KEY))["version"] == 99
+    cache_mod.close_cache(cache_dir)
+    env = lmdb.open(str(cache_dir / cache_mod.ENV_DIRNAME), readonly=True, lock=False)  # raw read, no version check
+    try:
+        with env.begin() as txn:
+            assert [bytes(k) for k, _ in txn.cursor()] == [SCHEMA_KEY]
+            assert json.loads(txn.get(SCHEMA_KEY))["version"] == 99
+    finally:
+        env.close()
 
 
 def test_dataset_root_without_splits_stops_before_building_prototypes(tmp_path):

@@ -118,22 +118,8 @@ def test_sam_masks_reduce_to_the_grid_by_area():
     assert (m == _box((4, 4), 0, 2, 0, 2)).all()
 
 
-def test_tiny_sam_runs_through_the_pipeline(tiny_stages, tmp_path):
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
-
-    torch.manual_seed(0)
-    cfg = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, output_channels=32,
-                                      image_size=256, mlp_dim=64, global_attn_indexes=[0], window_size=4, num_pos_feats=16),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256, mask_input_channels=4),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
-                                                 iou_head_hidden_dim=32),
-    )  # fmt: skip
-    SamModel(cfg).save_pretrained(tmp_path)
-    proc = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
-    SamProcessor(image_processor=proc).save_pretrained(tmp_path)
-    proposer = SamProposer(load_sam(str(tmp_path), tiny_stages.device, tiny_stages.dtype), points_per_side=4)
+def test_tiny_sam_runs_through_the_pipeline(tiny_stages, tiny_sam_dir):
+    proposer = SamProposer(load_sam(str(tiny_sam_dir), tiny_stages.device, tiny_stages.dtype), points_per_side=4)
     # Random weights score every mask below SAM's quality thresholds: lift them so masks come through.
     pipe = proposer.pipe
     proposer.pipe = lambda im, **kw: pipe(im, pred_iou_thresh=0.0, stability_score_thresh=0.0, **kw)

@@ -188,9 +188,7 @@ def counts(out: str) -> tuple[int, int]:
 
 def forget(cache_dir: Path) -> None:
     """Close this process's LMDB environment of `cache_dir` (to unmount its filesystem)."""
-    env = cache_mod._OPEN_ENVS.pop(str((Path(cache_dir) / cache_mod.ENV_DIRNAME).resolve()), None)
-    if env is not None:
-        env.close()
+    cache_mod.close_cache(cache_dir)
 
 
 @pytest.fixture(autouse=True)
@@ -453,19 +451,19 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     res = runner.invoke(app, ["segment", str(img_dir), "--classes", "sky", "--no-build", "--out", str(tmp_path / "m2"), *common])
     assert res.exit_code == 2 and "corrupt" in res.output and "cache verify --repair" in res.output, res.output
     assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output
-    res = runner.invoke(app, ["protos", "list", *common])
+    res = runner.invoke(app, ["protos", "list", "--cache", str(cache_dir)])
     assert res.exit_code == 2 and "cache verify --repair" in res.output and "Traceback" not in res.output, res.output
 
-    res = runner.invoke(app, ["cache", "verify", *common])
+    res = runner.invoke(app, ["cache", "verify", "--cache", str(cache_dir)])
     assert res.exit_code == 1, res.output
     for key in broken:
         assert key.decode() in res.output, (key, res.output)
     assert "image is" in res.output and "checksum" in res.output
     assert f"{class_key(pid['kite']).decode()}: class 'kite' was built from support image 5" in res.output
 
-    res = runner.invoke(app, ["cache", "verify", "--repair", *common])
+    res = runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache_dir)])
     assert res.exit_code == 0 and "removed" in res.output, res.output
-    res = runner.invoke(app, ["cache", "verify", *common])
+    res = runner.invoke(app, ["cache", "verify", "--cache", str(cache_dir)])
     assert res.exit_code == 0 and "cache is sound" in res.output, res.output
     support, classes = state(cache_dir)
     assert support == {"kite": 5, "boat": 2, "sky": 8, "grass": 8, "car": 3}

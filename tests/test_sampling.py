@@ -240,6 +240,27 @@ def test_cli_samples_then_shows_a_contact_sheet(tmp_path):
     assert not (tmp_path / "d.png").exists()
 
 
+def test_cached_support_sets_and_classes_load_no_weights(tmp_path, monkeypatch):
+    """Once a class is built, sampling it again, drawing its sheet and adding it again load no model."""
+    import ovdiff_cli.models.sd
+    import ovdiff_cli.models.vit
+
+    runner = CliRunner()
+    common = ["--preset", "tiny", "--cache", str(tmp_path / "c"), "--device", "cpu", "--n-images", "2"]
+    assert runner.invoke(app, ["protos", "add", "cat", *common]).exit_code == 0
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a model was loaded although everything is cached")
+
+    for module, name in ((ovdiff_cli.models.sd, "random_sd"), (ovdiff_cli.models.vit, "load_clip"),
+                         (ovdiff_cli.models.vit, "load_timm_vit")):  # fmt: skip
+        monkeypatch.setattr(module, name, no_weights)
+    for args in (["sample", "cat"], ["sample", "--show", "cat", "--out", str(tmp_path / "s.png")], ["protos", "add", "cat"]):
+        res = runner.invoke(app, [*args, *common])
+        assert res.exit_code == 0, (args, res.output, res.exception)
+    assert (tmp_path / "s.png").is_file()
+
+
 def test_cli_rejects_missing_names_and_show_without_out(tmp_path):
     runner = CliRunner()
     common = ["--preset", "tiny", "--cache", str(tmp_path)]

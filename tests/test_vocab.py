@@ -226,8 +226,8 @@ def _run(*args):
 
 
 def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
-    common = ["--preset", "tiny", "--cache", str(cache_dir), "--device", "cpu"]
-    r = _run("protos", "add", "cat", "--stuff", "sky", "-q", *common)
+    common = ["--cache", str(cache_dir)]
+    r = _run("protos", "add", "cat", "--stuff", "sky", "-q", "--preset", "tiny", "--device", "cpu", *common)
     assert r.exit_code == 0, r.output
     r = _run("protos", "list", *common)
     assert r.exit_code == 0 and "cat" in r.output and "sky" in r.output and "stuff" in r.output
@@ -252,11 +252,37 @@ def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
     assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 1
 
 
+def test_classes_built_with_a_sam_model_are_found_by_segment_and_eval(tiny_sam_dir, tmp_path):
+    """The SAM model is part of a class's key, so every command that looks classes up takes --sam-model."""
+    from PIL import Image
+
+    from ovdiff_cli.palette import voc_palette
+    from ovdiff_cli.procedural import write_voc
+
+    write_voc(tmp_path / "data", 1)
+    truth = tmp_path / "data" / "VOC2012" / "SegmentationClass" / "world_00000.png"
+    with Image.open(truth) as im:  # a one-class dataset: kite (1), everything else background
+        labels = np.asarray(im)
+        im = Image.fromarray(np.where((labels == 1) | (labels == 255), labels, 0).astype(np.uint8), mode="P")
+        im.putpalette(voc_palette().reshape(-1).tolist())
+        im.save(truth)
+    (tmp_path / "data" / "classes.txt").write_text("kite\n")
+    common = ["--preset", "procedural", "--cache", str(tmp_path / "c"), "--device", "cpu", "--mask-proposer", "sam",
+              "--sam-model", str(tiny_sam_dir)]  # fmt: skip
+    r = _run("protos", "add", "kite", "--n-images", "2", *common)
+    assert r.exit_code == 0, r.output
+    image = str(tmp_path / "data" / "VOC2012" / "JPEGImages" / "world_00000.jpg")
+    r = _run("segment", image, "--classes", "kite", "--out", str(tmp_path / "m"), "--no-build", "--n-images", "2", *common)
+    assert r.exit_code == 0, r.output
+    r = _run("eval", "voc", "--root", str(tmp_path / "data"), "--n-images", "2", *common)
+    assert r.exit_code == 0 and "mIoU" in r.output, r.output
+
+
 def test_protos_cli_errors_are_one_line(cache_dir):
-    common = ["--preset", "tiny", "--cache", str(cache_dir)]
+    common = ["--cache", str(cache_dir)]
     for args, msg in [
-        (("add", "cat", "--extractor", "sd+vgg"), "unknown extractor part"),
-        (("add", "--stuff", "sky", "--thing", "sky"), "both --stuff and --thing"),
+        (("add", "cat", "--extractor", "sd+vgg", "--preset", "tiny"), "unknown extractor part"),
+        (("add", "--stuff", "sky", "--thing", "sky", "--preset", "tiny"), "both --stuff and --thing"),
         (("rm", "nothing-here"), "no cached class matches"),
         (("show", "cat", "--out", "x.png"), "no cached class matches"),
     ]:
@@ -264,9 +290,15 @@ def test_protos_cli_errors_are_one_line(cache_dir):
         assert r.exit_code == 2 and msg in r.output, r.output
 
 
-def test_every_protos_command_shows_an_example():
-    for cmd in ("add", "list", "rm", "show", "export", "import"):
+def test_every_protos_command_shows_an_example_and_takes_only_options_it_uses():
+    models = ("--preset", "--device", "--dtype")
+    for cmd, takes, refuses in [("add", ("--cache", *models, "--seed", "--sam-model"), ()),
+                                ("list", ("--cache", "--seed", "--extractor"), models),
+                                ("rm", ("--cache", "--with-support"), models), ("show", ("--cache",), models),
+                                ("export", ("--cache",), models), ("import", ("--cache",), (*models, "--seed"))]:  # fmt: skip
         r = CliRunner().invoke(app, ["protos", cmd, "--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0 and "Example: ovdiff protos " + cmd in r.output
-        for opt in ("--cache", "--preset", "--device", "--dtype", "--seed", "--verbose", "--quiet"):
+        for opt in (*takes, "--verbose", "--quiet"):
             assert opt in r.output, (cmd, opt)
+        for opt in refuses:
+            assert opt not in r.output, (cmd, opt)

@@ -63,7 +63,8 @@ def bench(
 
     Example: ovdiff bench --out bench/results.json
     """
-    from ..bench import bench_settings, markdown_table, run_bench
+    from ..bench import bench_settings, markdown_table
+    from ..bench_run import run_bench
     from ..imageio import save_json
     from ..models.presets import resolve_device
 

@@ -6,26 +6,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, QuietOpt, SeedOpt, VerboseOpt, human_size, make_run
+from .common import CacheOpt, QuietOpt, VerboseOpt, cache_run, human_size
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
 
 
 @app.command("info")
-def info(
-    cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    seed: SeedOpt = 0,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
+def info(cache: CacheOpt = None) -> None:
     """Where the cache is, its schema version, size and what it holds.
 
     Example: ovdiff cache info --cache ~/.cache/ovdiff
     """
-    run = make_run(cache, preset, device, dtype, seed, verbose=verbose, quiet=quiet)
+    run = cache_run(cache)
     nfo = run.cache.info()
     table = Table(show_header=False, box=None)
     for k in ("path", "schema_version", "classes", "support_entries", "text_embeddings", "entries"):
@@ -39,10 +31,6 @@ def info(
 def verify(
     cache: CacheOpt = None,
     repair: bool = typer.Option(False, "--repair", help="Delete broken entries so the next run rebuilds them."),
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    seed: SeedOpt = 0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -50,7 +38,7 @@ def verify(
 
     Example: ovdiff cache verify --repair
     """
-    run = make_run(cache, preset, device, dtype, seed, verbose=verbose, quiet=quiet)
+    run = cache_run(cache, verbose, quiet)
     problems = run.cache.verify(repair=repair)
     if verbose:
         nfo = run.cache.info()

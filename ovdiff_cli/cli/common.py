@@ -1,8 +1,10 @@
-"""Options every command accepts, spelled once, and the per-run context they build."""
+"""Options shared by several commands, declared once with their defaults read from the config
+dataclasses, the per-run context they build, and what several commands print."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +12,20 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ..errors import OvdiffError
+from ..models.sam import SAM_SPEC
 
 if TYPE_CHECKING:
     from ..cache import Cache
     from ..compose import Stages
+    from ..datasets import SegDataset
+    from ..evaluate import EvalResult
     from ..models.presets import Preset
+
+_P, _D, _S = ProtoConfig(), SampleConfig(), SegmentConfig()  # defaults shown in --help; presets may override them
 
 CacheOpt = Annotated[
     Optional[Path],
@@ -32,14 +41,16 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support s
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")]
 SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False)]
+SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
-ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help="Features: sd, clip, dino, mae or a + combination \\[default: sd+dino+clip].", show_default=False)]
-ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help="fg/bg proposals: ncut, threshold, sam \\[default: ncut].", show_default=False)]
-_S = SegmentConfig()  # defaults shown in --help; presets may override them
-FilterOpt = Annotated[Optional[bool], typer.Option("--filter/--no-filter", help="CLIP category pre-filter \\[default: on].", show_default=False)]
+ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
+ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg proposals: ncut, threshold, sam \\[default: {_P.mask_proposer}].", show_default=False)]
+KPartsOpt = Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)]
+NImagesOpt = Annotated[Optional[int], typer.Option("--n-images", help=f"Support images per class N \\[default: {_D.n_images}; the offline presets use fewer].", show_default=False)]
+FilterOpt = Annotated[Optional[bool], typer.Option("--filter/--no-filter", help=f"CLIP category pre-filter \\[default: {'on' if _S.use_filter else 'off'}].", show_default=False)]
 EtaOpt = Annotated[Optional[int], typer.Option("--eta", help=f"At most this many classes per image after the filter \\[default: {_S.eta}].", show_default=False)]
-SlideOpt = Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Sliding windows, or one pass over the whole image \\[default: slide].", show_default=False)]
+SlideOpt = Annotated[Optional[bool], typer.Option("--slide/--no-slide", help=f"Sliding windows, or one pass over the whole image \\[default: {'slide' if _S.slide else 'no-slide'}].", show_default=False)]
 WindowsOpt = Annotated[Optional[str], typer.Option("--windows", help=f"Window sizes in px \\[default: {','.join(map(str, _S.windows))}].", show_default=False)]
 StrideOpt = Annotated[Optional[int], typer.Option("--stride", help=f"Window stride in px \\[default: {_S.stride}].", show_default=False)]
 ShortSideOpt = Annotated[Optional[int], typer.Option("--short-side", help=f"Images are resized to this short side first \\[default: {_S.short_side}].", show_default=False)]
@@ -47,7 +58,7 @@ NoBgProtosOpt = Annotated[bool, typer.Option("--no-bg-protos", help="Ablation: n
 FgThresholdOpt = Annotated[Optional[float], typer.Option("--fg-threshold", help=f"Threshold for --no-bg-protos \\[default: {_S.fg_threshold}].", show_default=False)]
 NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep things' bg prototypes that look like a stuff class.")]
 StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
-ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help="Prototype kinds to use, any of class,instance,part \\[default: all].", show_default=False)]
+ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help=f"Prototype kinds to use, any of class,instance,part \\[default: {','.join(_S.proto_kinds)}].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
 
 
@@ -115,6 +126,7 @@ def make_run(
     sd_model: str | None = None,
     clip_model: str | None = None,
     dino_model: str | None = None,
+    sam_model: str | None = None,
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
@@ -126,7 +138,7 @@ def make_run(
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model},
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
     )
 
     def merged(cls, preset_over: dict, user: dict | None):
@@ -154,6 +166,14 @@ def make_run(
     return run
 
 
+def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False) -> Run:
+    """The context of a command that only reads or writes the cache (no models, no method settings)."""
+    from ..cache import default_cache_dir
+
+    return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(), console=Console(),
+               err=Console(stderr=True), verbose=verbose, quiet=quiet)  # fmt: skip
+
+
 def segment_overrides(
     use_filter: bool | None = None,
     eta: int | None = None,
@@ -168,7 +188,6 @@ def segment_overrides(
     protos: str | None = None,
 ) -> dict:
     """The method switches shared by `segment` and `eval`, checked, as SegmentConfig overrides."""
-    from ..errors import OvdiffError
     from ..types import PROTO_KINDS
 
     kinds = None
@@ -205,7 +224,6 @@ def human_size(n: float) -> str:
 
 def read_classes_file(path: Path | None) -> str | None:
     """The text of --classes-file, or a one-line error."""
-    from ..errors import OvdiffError
 
     if path is None:
         return None
@@ -215,9 +233,60 @@ def read_classes_file(path: Path | None) -> str | None:
         raise OvdiffError(f"cannot read --classes-file {path}: {getattr(e, 'strerror', None) or e}") from e
 
 
+def check_out_dir(out: Path) -> Path:
+    """`out` as a writable folder (created), or a one-line error before any work starts."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OvdiffError(f"--out {out} is a file: give a folder for the masks")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OvdiffError(f"cannot create --out folder {out}: {e.strerror}") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OvdiffError(f"--out folder {out} is not writable")
+    return out
+
+
+def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None) -> None:
+    """The per-class table of `eval` and `demo`; `seconds_per_image` when the predictions were timed
+    elsewhere (saved masks)."""
+    import math
+
+    from rich.table import Table
+
+    from ..evaluate import aggregate
+
+    if run.quiet:
+        return
+    summary = aggregate(results) if len(results) > 1 else None
+    table = Table(title=f"{ds.name}: {results[-1].n_images} images, {len(ds.classes)} classes")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+
+    def fmt(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
+
+    for j, name in enumerate(ds.classes):
+        if summary and summary["per_class_iou"][name]:
+            s = summary["per_class_iou"][name]
+            table.add_row(escape(name), f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
+        else:
+            table.add_row(escape(name), fmt(results[-1].per_class_iou[j]))
+    table.add_section()
+    if summary:
+        table.add_row("[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]")
+        pa = summary["pixel_accuracy"]
+        table.add_row("pixel accuracy", f"{100 * pa['mean']:.1f} ± {100 * pa['std']:.1f}")
+    else:
+        table.add_row("[bold]mIoU[/]", f"[bold]{fmt(results[-1].miou)}[/]")
+        table.add_row("pixel accuracy", fmt(results[-1].pixel_accuracy))
+    if seconds_per_image is None:
+        seconds_per_image = sum(r.seconds_per_image for r in results) / len(results)
+    table.add_row("seconds/image", f"{seconds_per_image:.3f}")
+    run.console.print(table)
+
+
 def fail(msg: str, code: int = 2) -> None:
     """Print one error line and exit."""
-    from rich.markup import escape
-
     Console(stderr=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -18,6 +18,8 @@ from .common import (
     ExtractorOpt,
     FgThresholdOpt,
     FilterOpt,
+    KPartsOpt,
+    NImagesOpt,
     NoBgProtosOpt,
     NoStuffFilterOpt,
     PresetOpt,
@@ -25,6 +27,7 @@ from .common import (
     ProtoKindsOpt,
     QuietOpt,
     Run,
+    SamModelOpt,
     SdModelOpt,
     SeedOpt,
     ShortSideOpt,
@@ -34,6 +37,7 @@ from .common import (
     VerboseOpt,
     WindowsOpt,
     make_run,
+    print_results,
     segment_overrides,
 )
 
@@ -67,10 +71,12 @@ def eval_cmd(
     protos: ProtoKindsOpt = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
-    n_images: Annotated[Optional[int], typer.Option("--n-images", help="Support images per class N \\[default: 32; offline presets fewer].", show_default=False)] = None,
+    n_images: NImagesOpt = None,
+    k_parts: KPartsOpt = None,
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -99,8 +105,8 @@ def eval_cmd(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer}, segment=method,
+        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
     )
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
@@ -150,11 +156,10 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
 
 def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them."""
-    import dataclasses
-
+    from ..evaluate import benchmark_classes, protocol_config, segmenter_predictor
     from ..vocab import ensure_classes
 
-    names = ds.classes[1:] if ds.has_background else ds.classes
+    names = benchmark_classes(ds)
     with run.progress() as bar:
         task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
         built: set[str] = set()
@@ -165,16 +170,8 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
 
         classes = ensure_classes(run.cache, run.stages, names, seed, run.sample, run.protos, on_event=on_event)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
-    # Benchmarks without background score named classes only, with no bg prototypes (paper A.3).
-    cfg = dataclasses.replace(run.segment, background=ds.has_background,
-                              bg_prototypes=ds.has_background and run.segment.bg_prototypes)  # fmt: skip
-    segmenter = run.stages.segmenter(classes, cfg, run.protos.extractor, run.cache)
-    shift = 0 if ds.has_background else 1  # segment labels: 0 = background, class k of the list = k
-
-    def predict(image, info):
-        return segmenter.predict(image).labels - shift
-
-    return predict
+    segmenter = run.stages.segmenter(classes, protocol_config(run.segment, ds), run.protos.extractor, run.cache)
+    return segmenter_predictor(segmenter, ds)
 
 
 def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
@@ -189,41 +186,3 @@ def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
                 run.err.print(f"{escape(ds.infos[done - 1].id)}: running mIoU {100 * running:.1f}", highlight=False)
 
         return evaluate(ds, predict, on_image=on_image)
-
-
-def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None) -> None:
-    """The per-class table; `seconds_per_image` when the predictions were timed elsewhere (saved masks)."""
-    import math
-
-    from rich.table import Table
-
-    from ..evaluate import aggregate
-
-    if run.quiet:
-        return
-    summary = aggregate(results) if len(results) > 1 else None
-    table = Table(title=f"{ds.name}: {results[-1].n_images} images, {len(ds.classes)} classes")
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-
-    def fmt(x: float) -> str:
-        return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
-
-    for j, name in enumerate(ds.classes):
-        if summary and summary["per_class_iou"][name]:
-            s = summary["per_class_iou"][name]
-            table.add_row(escape(name), f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}")
-        else:
-            table.add_row(escape(name), fmt(results[-1].per_class_iou[j]))
-    table.add_section()
-    if summary:
-        table.add_row("[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]")
-        pa = summary["pixel_accuracy"]
-        table.add_row("pixel accuracy", f"{100 * pa['mean']:.1f} ± {100 * pa['std']:.1f}")
-    else:
-        table.add_row("[bold]mIoU[/]", f"[bold]{fmt(results[-1].miou)}[/]")
-        table.add_row("pixel accuracy", fmt(results[-1].pixel_accuracy))
-    if seconds_per_image is None:
-        seconds_per_image = sum(r.seconds_per_image for r in results) / len(results)
-    table.add_row("seconds/image", f"{seconds_per_image:.3f}")
-    run.console.print(table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import ProtoConfig, SampleConfig
 from .common import (
     CacheOpt,
     ClassesFileOpt,
@@ -19,12 +17,16 @@ from .common import (
     DinoModelOpt,
     DtypeOpt,
     ExtractorOpt,
+    KPartsOpt,
+    NImagesOpt,
     PresetOpt,
     ProposerOpt,
     QuietOpt,
+    SamModelOpt,
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
+    cache_run,
     human_size,
     make_run,
     read_classes_file,
@@ -32,7 +34,6 @@ from .common import (
 
 app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
 
-_P, _S = ProtoConfig(), SampleConfig()  # defaults shown in --help; presets may override them
 NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
 TargetsArg = Annotated[Optional[list[str]], typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)]
 SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)]
@@ -54,9 +55,9 @@ def add(
     thing: Annotated[Optional[list[str]], typer.Option("--thing", help="Treat this class as a thing: fg and bg prototypes (repeatable; adds the class).", show_default=False)] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
-    k_parts: Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)] = None,
-    n_images: Annotated[Optional[int], typer.Option("--n-images", help=f"Support images per class N \\[default: {_S.n_images}].", show_default=False)] = None,
-    sam_model: Annotated[Optional[str], typer.Option("--sam-model", help="SAM hub id or local directory for --mask-proposer sam \\[default: facebook/sam-vit-base].", show_default=False)] = None,
+    k_parts: KPartsOpt = None,
+    n_images: NImagesOpt = None,
+    sam_model: SamModelOpt = None,
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
@@ -83,11 +84,9 @@ def add(
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
     )  # fmt: skip
-    if sam_model:
-        run.run = dataclasses.replace(run.run, model_overrides={**run.run.model_overrides, "sam": sam_model})
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
     kinds: dict[str, str] = {}
     for kind, given in (("stuff", stuff or []), ("thing", thing or [])):
@@ -123,7 +122,7 @@ def add(
     for p in protos:
         rec = records[p.pid]
         table.add_row(escape(p.name), f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
-                      f"{rec['otsu_fallbacks']}/{rec['n_images']}", p.pid[:12])  # fmt: skip
+                      f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", p.pid[:12])  # fmt: skip
     run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.say(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
@@ -136,9 +135,6 @@ def list_cmd(
     seed: SeedFilterOpt = None,
     extractor: ExtractorFilterOpt = None,
     cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -150,7 +146,7 @@ def list_cmd(
     """
     from ..vocab import match_classes
 
-    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    run = cache_run(cache, verbose, quiet)
     found = match_classes(run.cache, targets, seed, extractor)
     if quiet:
         for pid, rec in found:
@@ -178,9 +174,6 @@ def rm(
     extractor: ExtractorFilterOpt = None,
     with_support: Annotated[bool, typer.Option("--with-support", help="Also delete the support images, unless another cached class uses them.")] = False,
     cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -193,7 +186,7 @@ def rm(
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
-    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    run = cache_run(cache, verbose, quiet)
     doomed = match_classes(run.cache, targets, seed, extractor)
     gone = {pid for pid, _ in doomed}
     still_used = {rec.get("support_id") for pid, rec in find_classes(run.cache) if pid not in gone}
@@ -211,9 +204,6 @@ def show(
     seed: SeedFilterOpt = None,
     extractor: ExtractorFilterOpt = None,
     cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -227,7 +217,7 @@ def show(
     from ..masks import mask_sheet
     from ..vocab import match_classes
 
-    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    run = cache_run(cache, verbose, quiet)
     pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
     masks = run.cache.class_arrays(pid, ["masks"])["masks"]
     try:
@@ -254,9 +244,6 @@ def export(
     seed: SeedFilterOpt = None,
     extractor: ExtractorFilterOpt = None,
     cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -269,7 +256,7 @@ def export(
     from ..errors import OvdiffError
     from ..vocab import export_classes, match_classes
 
-    run = make_run(cache, preset, device, dtype, 0, verbose, quiet)
+    run = cache_run(cache, verbose, quiet)
     found = match_classes(run.cache, targets, seed, extractor)
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")
@@ -281,10 +268,6 @@ def export(
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="A file written by 'ovdiff protos export'.", show_default=False)],
     cache: CacheOpt = None,
-    preset: PresetOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    seed: SeedOpt = 0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -294,7 +277,7 @@ def import_cmd(
     """
     from ..vocab import import_classes
 
-    run = make_run(cache, preset, device, dtype, seed, verbose, quiet)
+    run = cache_run(cache, verbose, quiet)
     pids = import_classes(run.cache, file)
     names = [run.cache.class_record(p)["name"] for p in pids]
     run.say(f"imported {len(pids)} class(es) into {run.cache_dir}: {escape(', '.join(names))}")

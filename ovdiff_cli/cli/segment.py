@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .common import (
     CacheOpt,
@@ -22,12 +22,15 @@ from .common import (
     ExtractorOpt,
     FgThresholdOpt,
     FilterOpt,
+    KPartsOpt,
+    NImagesOpt,
     NoBgProtosOpt,
     NoStuffFilterOpt,
     PresetOpt,
     ProposerOpt,
     ProtoKindsOpt,
     QuietOpt,
+    SamModelOpt,
     SdModelOpt,
     SeedOpt,
     ShortSideOpt,
@@ -36,23 +39,11 @@ from .common import (
     StuffThresholdOpt,
     VerboseOpt,
     WindowsOpt,
+    check_out_dir,
     make_run,
     read_classes_file,
     segment_overrides,
 )
-
-def check_out_dir(out: Path) -> Path:
-    """`out` as a writable folder (created), or a one-line error before any work starts."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OvdiffError(f"--out {out} is a file: give a folder for the masks")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OvdiffError(f"cannot create --out folder {out}: {e.strerror}") from e
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OvdiffError(f"--out folder {out} is not writable")
-    return out
 
 
 def segment(
@@ -74,14 +65,17 @@ def segment(
     no_stuff_filter: NoStuffFilterOpt = False,
     stuff_threshold: StuffThresholdOpt = None,
     protos: ProtoKindsOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images segmented together (their windows share the backbones' batches) \\[default: 4].", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images segmented together (their windows share the backbones' batches) \\[default: {SegmentConfig().image_batch}].", show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
+    n_images: NImagesOpt = None,
+    k_parts: KPartsOpt = None,
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -112,7 +106,8 @@ def segment(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, protos={"extractor": extractor, "mask_proposer": mask_proposer},
+        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
     )
     names = parse_class_list(classes, read_classes_file(classes_file))

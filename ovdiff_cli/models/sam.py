@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError
-from .sd import weights_hint
 
 if TYPE_CHECKING:
     import torch
+
+SAM_SPEC = "facebook/sam-vit-base"  # the default of --sam-model
 
 
 def load_sam(spec: str, device: torch.device, dtype: torch.dtype):
     """The pipeline for `spec`, or a ModelLoadError saying how to get the weights (or do without them)."""
     from transformers import pipeline
+
+    from .sd import weights_hint
 
     try:
         return pipeline("mask-generation", model=spec, device=device, dtype=dtype)

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OvdiffError
 from .presets import ModelSpecs, resolve_device, resolve_dtype
+from .sam import SAM_SPEC
 
 if TYPE_CHECKING:
     from .sd import SDComponents
     from .vit import ClipModel
-
-SAM_SPEC = "facebook/sam-vit-base"
 
 
 class ModelStore:
@@ -71,7 +70,7 @@ class ModelStore:
 
     def sam(self):
         """transformers' SAM `mask-generation` pipeline (`sam` spec, default facebook/sam-vit-base)."""
-        from .sam import load_sam
+        from .sam import load_sam  # transformers' pipeline module loads slowly: only for SAM
 
         spec = self.specs.models.get("sam") or SAM_SPEC
         return self._once("sam", lambda: load_sam(spec, self.device, self.dtype))

@@ -1,0 +1,141 @@
+"""The dependency rule of README "Development", checked on the source: a one-way house.
+
+Imports are read from the syntax tree (module level, inside functions and under TYPE_CHECKING alike),
+so a cycle cannot hide behind a late import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ovdiff_cli"
+TESTS = Path(__file__).resolve().parent
+MAX_LINES = 500
+# cache.py is being split by the reliability work (issue 13); until then it is the one exception.
+OVER_MAX_LINES = {"cache"}
+CLI_SHARED = {"cli", "cli.app", "cli.common"}  # the app assembles commands; common holds shared options
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(name: str) -> set[str]:
+    """The package modules `name` imports, wherever in the file the import statement is."""
+    path = MODULES[name]
+    is_package = path.name == "__init__.py"
+    here = name.split(".") if name else []
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name.removeprefix("ovdiff_cli").lstrip(".") for a in node.names if a.name.startswith("ovdiff_cli")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here if is_package else here[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                stem = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            elif node.module and node.module.startswith("ovdiff_cli"):
+                stem = node.module.removeprefix("ovdiff_cli").lstrip(".")
+            else:
+                continue
+            targets = [f"{stem}.{a.name}".lstrip(".") if f"{stem}.{a.name}".lstrip(".") in MODULES else stem
+                       for a in node.names]  # fmt: skip
+        else:
+            continue
+        found |= {t for t in targets if t in MODULES and t != name}
+    return found
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(GRAPH[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_reader_sees_every_kind_of_import():
+    """The checks below are only as good as the reader: these edges exist in the source today."""
+    assert "keys" in GRAPH["vocab"]  # from .keys import … at module level
+    assert "compose" in GRAPH["cli.common"]  # inside a function, under TYPE_CHECKING too
+    assert "models.presets" in GRAPH["types"]  # under TYPE_CHECKING only
+    assert "models.store" in GRAPH["compose"] and "cli.segment" in GRAPH["cli.app"]  # from . import segment
+
+
+def test_no_import_cycle_anywhere_in_the_package():
+    assert cycles() == []
+
+
+def test_models_import_no_stage():
+    """models/ builds raw models from specs: it may use the errors and itself, nothing above."""
+    for name, deps in GRAPH.items():
+        if name.startswith("models"):
+            assert deps <= {"errors", "models"} | {m for m in MODULES if m.startswith("models.")}, (name, deps)
+
+
+def test_the_library_never_imports_the_cli():
+    for name, deps in GRAPH.items():
+        if not name.startswith("cli") and name != "__main__":
+            assert not {d for d in deps if d.startswith("cli")}, (name, deps)
+
+
+def test_no_cli_command_imports_another_command():
+    commands = {m for m in MODULES if m.startswith("cli.")} - CLI_SHARED
+    for name in commands:
+        assert not GRAPH[name] & commands, (name, GRAPH[name] & commands)
+
+
+def test_no_module_is_over_500_lines():
+    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert set(long) <= OVER_MAX_LINES, long
+
+
+def test_no_test_reaches_into_private_names_of_another_module():
+    """A test uses what a user can use: no `_name` attributes or imports (dunders are fine)."""
+    offences = []
+    for path in TESTS.glob("test_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                offences.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ovdiff_cli"):
+                offences += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                             if a.name.startswith("_") and a.name not in own]  # fmt: skip
+    assert offences == []
