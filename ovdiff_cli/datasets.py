@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .classnames import class_names
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 
 IGNORE_INDEX = 255
 
@@ -166,7 +166,7 @@ class SegDataset:
         if name not in SPECS:
             raise OvdiffError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
         if limit is not None and limit < 1:
-            raise OvdiffError(f"--limit must be at least 1, got {limit}")
+            raise InvalidSetting("limit", f"must be at least 1, got {limit}")
         self.spec = SPECS[name]
         self.name = name
         self.has_background = self.spec.has_background
@@ -234,13 +234,13 @@ def load_dataset(
 def _expected(spec: Spec) -> str:
     lay = spec.layout
     parts = [lay.image_dir + "/", lay.label_dir + "/"] + ([lay.split_file] if lay.split_file else [])
-    return f"expected --root {lay.folder}/ holding {', '.join(parts)} (mmsegmentation layout{lay.hint})"
+    return f"expected the dataset folder {lay.folder}/ holding {', '.join(parts)} (mmsegmentation layout{lay.hint})"
 
 
 def resolve_root(spec: Spec, root: Path) -> Path:
     """The dataset folder: `root` itself, or the one candidate below it (e.g. VOCdevkit/VOC2012)."""
     if not root.is_dir():
-        raise OvdiffError(f"{spec.name}: --root {root} is not a folder; {_expected(spec)}")
+        raise InvalidSetting("root", f"{root} is not a folder ({spec.name}); {_expected(spec)}")
     lay = spec.layout
 
     def looks_right(p: Path) -> bool:
@@ -249,8 +249,8 @@ def resolve_root(spec: Spec, root: Path) -> Path:
     if not looks_right(root):
         found = [root / sub for sub in lay.parents if looks_right(root / sub)]
         if len(found) > 1:
-            raise OvdiffError(f"{spec.name}: --root {root} holds {len(found)} candidates "
-                              f"({', '.join(str(f) for f in found)}): pass one of them as --root")  # fmt: skip
+            raise InvalidSetting("root", f"{root} holds {len(found)} {spec.name} candidates "
+                                         f"({', '.join(str(f) for f in found)}): give one of them")  # fmt: skip
         if found:
             root = found[0]
     for rel in (lay.image_dir, lay.label_dir):

@@ -1,4 +1,12 @@
-"""Errors a user can act on: the CLI prints their message as one line and exits non-zero."""
+"""Errors a user can act on, typed: each carries the fields of what went wrong.
+
+The library's messages name settings as the config dataclasses do (`n_images`) and never a command
+line; the CLI (`cli/common.phrase`) turns the fields into its own options and the next command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class OvdiffError(Exception):
@@ -11,5 +19,70 @@ class CacheError(OvdiffError):
     """The cache cannot be opened or written (version, disk, permissions)."""
 
 
+class InvalidSetting(OvdiffError):
+    """A setting that cannot work. setting: its config field name (`n_images`, `extractor`, `device`);
+    detail: the rest of the sentence, which starts with the setting's name."""
+
+    def __init__(self, setting: str, detail: str):
+        super().__init__(f"{setting} {detail}")
+        self.setting, self.detail = setting, detail
+
+
 class ModelLoadError(OvdiffError):
-    """Model weights could not be loaded."""
+    """Model weights could not be loaded. role: "sd", "clip", "dino", "mae" or "sam"; repo: the hub
+    repository to download for a local copy (None: the spec itself)."""
+
+    def __init__(self, model: str, role: str, spec: str, cause: Exception, repo: str | None = None):
+        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            f"cannot load {model} weights '{spec}' ({type(cause).__name__}: {why[:160]}); download them once where "
+            f"there is network (hf download {repo or spec} --local-dir DIR) and use the local copy"
+        )
+        self.model, self.role, self.spec, self.repo = model, role, spec, repo
+
+
+class MissingClasses(OvdiffError):
+    """Classes asked for without building (build=False) that are not cached under these settings.
+
+    names: the normalised names; settings: what keys them (seed, model specs, sample and proto configs).
+    """
+
+    def __init__(self, names: list[str], seed: int, specs: Any, sample_cfg: Any, proto_cfg: Any):
+        super().__init__(
+            f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
+            f"seed {seed}, preset {specs.preset.name}"
+        )
+        self.names, self.seed, self.specs, self.sample_cfg, self.proto_cfg = names, seed, specs, sample_cfg, proto_cfg
+
+
+class IncompleteSupportSet(OvdiffError):
+    """A support set holds fewer images than asked for."""
+
+    def __init__(self, sid: str, name: str, have: int, need: int):
+        super().__init__(f"support set {sid} of {name!r} holds {have} of {need} images")
+        self.sid, self.name, self.have, self.need = sid, name, have, need
+
+
+class ClassNotFound(OvdiffError):
+    """No cached class matches a name or id (with the seed / extractor filters given, if any)."""
+
+    def __init__(self, target: str, seed: int | None = None, extractor: str | None = None):
+        filters = "".join([f", seed {seed}" if seed is not None else "", f", extractor {extractor}" if extractor else ""])
+        super().__init__(f"no cached class matches {target!r}{filters}")
+        self.target, self.seed, self.extractor = target, seed, extractor
+
+
+class NoImagesFound(OvdiffError):
+    """Inputs that hold no image; recursive: whether subfolders were searched."""
+
+    def __init__(self, inputs: list[str], recursive: bool):
+        super().__init__(f"no images found in {', '.join(inputs)}" + ("" if recursive else " (subfolders not searched)"))
+        self.inputs, self.recursive = inputs, recursive
+
+
+class SupportImagesMissing(OvdiffError):
+    """A cached class whose support images are not in the cache (imported prototypes carry none)."""
+
+    def __init__(self, name: str, seed: int, preset: str | None):
+        super().__init__(f"the support images of {name!r} are not in this cache (imported prototypes carry none)")
+        self.name, self.seed, self.preset = name, seed, preset

@@ -200,7 +200,7 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
         if bad.any():
             raise OvdiffError(
                 f"prediction {path} has value {int(values[bad].max())}, too large for the {dataset.num_classes} "
-                f"classes of {dataset.name} with label offset {off}: check --offset and the class list"
+                f"classes of {dataset.name} with label offset {off}: check the offset and the class list"
             )
         return labels
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 from .config import normalise_extractor
 
 if TYPE_CHECKING:
@@ -43,12 +43,12 @@ def parse_spec(spec: str) -> list[str]:
     parts = normalise_extractor(spec).split("+")
     bad = [p for p in parts if p not in PARTS]
     if not spec.strip() or bad:
-        raise OvdiffError(
-            f"unknown extractor part {(bad or [spec])[0]!r} in --extractor {spec!r}; "
+        raise InvalidSetting(
+            "extractor", f"{spec!r}: unknown extractor part {(bad or [spec])[0]!r}; "
             f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')"
         )
     if len(set(parts)) != len(parts):
-        raise OvdiffError(f"--extractor {spec!r} names a part twice")
+        raise InvalidSetting("extractor", f"{spec!r} names a part twice")
     return parts
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .errors import OvdiffError
+from .errors import NoImagesFound, OvdiffError
 from .palette import colorize, voc_palette
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit: refused above it
@@ -67,8 +67,7 @@ def discover(inputs: list[str], recursive: bool = False) -> list[InputImage]:
             raise OvdiffError(f"input {spec} not found: give image files, folders or glob patterns")
     unique = list({i.path.resolve(): i for i in reversed(found)}.values())[::-1]  # first mention wins
     if not unique:
-        hint = "" if recursive else " (add --recursive to look into subfolders)"
-        raise OvdiffError(f"no images found in {', '.join(inputs)}{hint}")
+        raise NoImagesFound(list(inputs), recursive)
     names: dict[str, int] = {}
     for i in unique:
         names[i.name] = names.get(i.name, 0) + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 
 MAX_NAME_LENGTH = 1000
 
@@ -18,7 +18,7 @@ def validate(name: str) -> str:
     """Return the normal form of `name`, or raise a one-line error saying what is wrong."""
     norm = normalise(name)
     if not norm:
-        raise OvdiffError("class name is blank: give each class a word or phrase, e.g. --classes cat,dog")
+        raise OvdiffError("class name is blank: give each class a word or phrase, e.g. cat or 'chocolate glazed donut'")
     if len(norm) > MAX_NAME_LENGTH:
         raise OvdiffError(
             f"class name of {len(norm)} characters is too long (at most {MAX_NAME_LENGTH}): "
@@ -39,7 +39,7 @@ def parse_class_list(spec: str | None, file_text: str | None = None, extra: list
     names: list[str] = list(extra or [])
     if spec is not None:
         if not spec.strip():
-            raise OvdiffError("--classes is empty: give a comma-separated list, e.g. --classes cat,dog,sky")
+            raise InvalidSetting("classes", "is empty: give a comma-separated list, e.g. cat,dog,sky")
         names.extend(spec.split(","))
     if file_text is not None:
         names.extend(line for line in file_text.splitlines() if line.strip() and not line.lstrip().startswith("#"))

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import names
 from .cache import Cache, now_iso
-from .errors import OvdiffError
+from .errors import IncompleteSupportSet, InvalidSetting, OvdiffError
 from .keys import SCHEDULER, support_id
 from .types import Sample
 
@@ -45,20 +45,20 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
 def check_config(config: SampleConfig) -> None:
     """Reject settings that cannot sample, naming the option (before any model loads)."""
     if config.n_images < 1:
-        raise OvdiffError(f"--n-images must be at least 1, got {config.n_images}")
+        raise InvalidSetting("n_images", f"must be at least 1, got {config.n_images}")
     if config.batch_size < 1:
-        raise OvdiffError(f"--batch-size must be at least 1, got {config.batch_size}")
+        raise InvalidSetting("batch_size", f"must be at least 1, got {config.batch_size}")
     if config.steps < 1:
-        raise OvdiffError(f"--steps must be at least 1, got {config.steps}")
+        raise InvalidSetting("steps", f"must be at least 1, got {config.steps}")
     if config.size < 8 or config.size % 8:
-        raise OvdiffError(f"--size must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
+        raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
     if config.attribution_size < 1:
-        raise OvdiffError(f"attribution_size must be at least 1, got {config.attribution_size}")
+        raise InvalidSetting("attribution_size", f"must be at least 1, got {config.attribution_size}")
     if not config.guidance_scale > 0 or not math.isfinite(config.guidance_scale):
-        raise OvdiffError(f"--guidance must be a positive number, got {config.guidance_scale}")
+        raise InvalidSetting("guidance_scale", f"must be a positive number, got {config.guidance_scale}")
     if config.prompt_template.count("{}") != 1:
-        raise OvdiffError(
-            f"--prompt-template must contain '{{}}' exactly once (where the class name goes), got {config.prompt_template!r}"
+        raise InvalidSetting(
+            "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {config.prompt_template!r}"
         )
 
 
@@ -326,8 +326,7 @@ def load_samples(cache: Cache, sid: str, n: int) -> list[Sample]:
     meta = cache.support_meta(sid)
     have = 0 if meta is None else meta["n_images"]
     if have < n:
-        name = meta["name"] if meta else "CLASS"
-        raise OvdiffError(f"support set {sid} holds {have} of {n} images: run 'ovdiff sample \"{name}\"' to complete it")
+        raise IncompleteSupportSet(sid, meta["name"] if meta else "?", have, n)
     return [Sample(image=cache.support_image(sid, i), attribution=cache.attribution(sid, i)) for i in range(n)]
 
 

@@ -12,7 +12,6 @@ bytes). Exported files carry the prototypes and records, not the support images.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ import numpy as np
 
 from . import names as naming
 from .cache import now_iso
-from .errors import OvdiffError
+from .errors import ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
 from .keys import PROTO_VERSION, class_id, support_key
 from .types import PROTO_KINDS, ClassPrototypes
 
@@ -49,11 +48,11 @@ def check_proto_config(cfg: ProtoConfig) -> None:
     if cfg.extractor != "procedural":
         parse_spec(cfg.extractor)
     if cfg.mask_proposer not in PROPOSERS:
-        raise OvdiffError(f"unknown --mask-proposer {cfg.mask_proposer!r}; choose one of: {', '.join(PROPOSERS)}")
+        raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
     if cfg.k_parts < 1:
-        raise OvdiffError(f"--k-parts must be at least 1, got {cfg.k_parts}")
+        raise InvalidSetting("k_parts", f"must be at least 1, got {cfg.k_parts}")
     if cfg.feature_size < 8:
-        raise OvdiffError(f"feature size must be at least 8 pixels, got {cfg.feature_size}")
+        raise InvalidSetting("feature_size", f"must be at least 8 pixels, got {cfg.feature_size}")
     if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
         raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
 
@@ -65,7 +64,7 @@ def load_class(cache: Cache, pid: str) -> ClassPrototypes:
     """The prototypes of cached class `pid` as float32 arrays, with their support-image sources."""
     rec = cache.class_record(pid)
     if rec is None:
-        raise OvdiffError(f"no cached class with id {pid}: see 'ovdiff protos list'")
+        raise ClassNotFound(pid)
     wanted = [n for n in rec["arrays"] if n.split("/", 1)[-1] in (*PROTO_KINDS, "instance_src")]
     arrays = cache.class_arrays(pid, wanted)
     protos: dict[str, dict[str, np.ndarray]] = {"fg": {}, "bg": {}}
@@ -210,29 +209,6 @@ def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def add_command(norms: list[str], seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
-    """The `ovdiff protos add …` line that builds these classes under the same cache keys: seed, preset,
-    extractor and mask proposer always; N, K and model sources where they differ from the preset's."""
-    from dataclasses import replace
-
-    from .config import ProtoConfig, SampleConfig
-
-    parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in norms), "--seed", str(seed),
-             "--preset", specs.preset.name, "--extractor", proto_cfg.extractor,
-             "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
-    if sample_cfg.n_images != replace(SampleConfig(), **specs.preset.sample).n_images:
-        parts += ["--n-images", str(sample_cfg.n_images)]
-    if proto_cfg.k_parts != replace(ProtoConfig(), **specs.preset.protos).k_parts:
-        parts += ["--k-parts", str(proto_cfg.k_parts)]
-    options = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model"}
-    if proto_cfg.mask_proposer == "sam":
-        options["sam"] = "--sam-model"
-    for model, option in options.items():
-        if specs.models.get(model) and specs.models[model] != specs.preset.models.get(model):
-            parts += [option, shlex.quote(specs.models[model])]
-    return " ".join(parts)
-
-
 def ensure_classes(
     cache: Cache,
     stages: StageSource,
@@ -252,7 +228,7 @@ def ensure_classes(
     ("user" in the record); a cached class whose kind differs is converted in place (thing → stuff
     drops bg prototypes; stuff → thing re-extracts from the cached support set). With build=False
     nothing is written and a missing or differently-kinded class is an error naming the command
-    that builds it. on_event(stage, class, done, total), stage in "sample", "extract",
+    that builds it (MissingClasses). on_event(stage, class, done, total), stage in "sample", "extract",
     "prototypes", "cached".
     """
     from .stuff import classify
@@ -271,10 +247,7 @@ def ensure_classes(
     if not build:
         todo = [n for n in dict.fromkeys(norms) if stale(n, cache.class_record(pids[n]))]
         if todo:
-            raise OvdiffError(
-                f"no prototypes cached for {', '.join(map(repr, todo))} with extractor {proto_cfg.extractor}, "
-                f"seed {seed}, preset {stages.specs.preset.name}: run '{add_command(todo, seed, stages.specs, sample_cfg, proto_cfg)}'"
-            )
+            raise MissingClasses(todo, seed, stages.specs, sample_cfg, proto_cfg)
     for n in dict.fromkeys(norms):
         pid = pids[n]
         if not stale(n, cache.class_record(pid)):
@@ -293,6 +266,32 @@ def ensure_classes(
     return [load_class(cache, pids[n]) for n in norms]
 
 
+def remove_classes(cache: Cache, classes: list[tuple[str, dict]], with_support: bool = False) -> None:
+    """Remove classes (pid, record); with_support, also their support images unless another cached class
+    that stays uses them."""
+    gone = {pid for pid, _ in classes}
+    still_used = {rec.get("support_id") for pid, rec in find_classes(cache) if pid not in gone}
+    for pid, rec in classes:
+        cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
+
+
+def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """A cached class's support images (HxWx3 uint8) and their fg/bg masks ((N,h,w) uint8: 1 fg, 2 bg).
+
+    SupportImagesMissing when the class came without them (an import).
+    """
+    rec = cache.class_record(pid)
+    if rec is None:
+        raise ClassNotFound(pid)
+    masks = cache.class_arrays(pid, ["masks"]).get("masks")
+    try:
+        if masks is None:
+            raise KeyError("masks")
+        return [cache.support_image(rec["support_id"], i) for i in range(len(masks))], masks
+    except KeyError:
+        raise SupportImagesMissing(rec["name"], rec["seed"], rec.get("models", {}).get("preset")) from None
+
+
 # --------------------------------------------------------------------------- sharing
 
 
@@ -309,7 +308,7 @@ def export_classes(cache: Cache, pids: list[str], path: Path | str) -> int:
     for pid in pids:
         rec = cache.class_record(pid)
         if rec is None:
-            raise OvdiffError(f"no cached class with id {pid}: see 'ovdiff protos list'")
+            raise ClassNotFound(pid)
         records[pid] = {k: v for k, v in rec.items() if k != "arrays"}
         for name, arr in cache.class_arrays(pid).items():
             tensors[f"{pid}/{name}"] = np.ascontiguousarray(arr)
@@ -372,7 +371,6 @@ def match_classes(
         norm = naming.validate(t)
         hits = [(p, r) for p, r in every if keep(r) and (r.get("norm") == norm or (len(t) >= 6 and p.startswith(t)))]
         if not hits:
-            filters = "".join([f", seed {seed}" if seed is not None else "", f", extractor {extractor}" if extractor else ""])
-            raise OvdiffError(f"no cached class matches {t!r}{filters}: see 'ovdiff protos list'")
+            raise ClassNotFound(t, seed, extractor)
         out.update(hits)
     return list(out.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -132,14 +133,18 @@ def test_presets_build_offline(tiny_stages):
 
 
 def test_real_preset_without_weights_names_the_model_and_the_way_out(monkeypatch, tmp_path):
+    from ovdiff_cli.cli.common import phrase
     from ovdiff_cli.errors import ModelLoadError
     from ovdiff_cli.models.presets import ModelSpecs
     from ovdiff_cli.models.store import ModelStore
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     store = ModelStore(ModelSpecs.of("sd15"), device="cpu", dtype="fp32")
-    with pytest.raises(ModelLoadError, match="stable-diffusion-v1-5.*--sd-model.*--preset tiny"):
+    with pytest.raises(ModelLoadError, match="Stable Diffusion weights 'stable-diffusion-v1-5") as info:
         store.sd()
+    assert (info.value.role, info.value.spec) == ("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert re.search("stable-diffusion-v1-5.*--sd-model DIR.*--preset tiny", phrase(info.value))
+    assert store.loaded == []  # a model that failed to load is not kept
 
 
 def test_unknown_preset_lists_choices():

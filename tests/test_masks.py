@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
 from ovdiff_cli.models.sam import load_sam
@@ -106,8 +109,10 @@ def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_
 
 
 def test_sam_without_weights_explains_how_to_get_them(tiny_stages, tmp_path):
-    with pytest.raises(ModelLoadError, match="--sam-model.*--mask-proposer ncut"):
+    with pytest.raises(ModelLoadError, match="cannot load SAM weights") as info:
         load_sam(str(tmp_path / "no-sam-here"), tiny_stages.device, tiny_stages.dtype)
+    assert info.value.role == "sam" and "--" not in str(info.value).split("hf download")[0]
+    assert re.search("--sam-model DIR.*--mask-proposer ncut", phrase(info.value))
 
 
 def test_sam_masks_reduce_to_the_grid_by_area():

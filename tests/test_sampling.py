@@ -13,7 +13,8 @@ from ovdiff_cli import sampling
 from ovdiff_cli.cache import Cache
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.config import SampleConfig
-from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.cli.common import phrase
+from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
 from ovdiff_cli.keys import support_id
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
@@ -83,13 +84,14 @@ def test_class_token_indices_drop_tokens_past_the_context():
     assert idx == list(range(6, 76))  # position 76 is the end-of-text token
 
 
-def test_check_config_names_the_bad_option():
-    with pytest.raises(OvdiffError, match="--prompt-template"):
-        sampling.check_config(dataclasses.replace(TINY, prompt_template="a photo"))
-    with pytest.raises(OvdiffError, match="--size"):
-        sampling.check_config(dataclasses.replace(TINY, size=60))
-    with pytest.raises(OvdiffError, match="--batch-size"):
-        sampling.check_config(dataclasses.replace(TINY, batch_size=0))
+def test_check_config_names_the_bad_setting_and_the_cli_its_option():
+    for change, setting, option in [({"prompt_template": "a photo"}, "prompt_template", "--prompt-template"),
+                                    ({"size": 60}, "size", "--size"), ({"batch_size": 0}, "batch_size", "--batch-size"),
+                                    ({"guidance_scale": 0.0}, "guidance_scale", "--guidance")]:  # fmt: skip
+        with pytest.raises(InvalidSetting) as info:
+            sampling.check_config(dataclasses.replace(TINY, **change))
+        assert info.value.setting == setting and str(info.value).startswith(setting + " ") and "--" not in str(info.value)
+        assert phrase(info.value).startswith(option + " ")
 
 
 def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
@@ -152,8 +154,10 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_stages):
         assert np.isfinite(s.attribution).all() and (s.attribution >= 0).all() and s.attribution.sum() > 0
     assert not np.array_equal(samples[0].image, samples[1].image)
     assert cache.verify() == []
-    with pytest.raises(OvdiffError, match="ovdiff sample"):
+    with pytest.raises(IncompleteSupportSet) as info:
         sampling.load_samples(cache, sid, TINY.n_images + 1)
+    assert (info.value.have, info.value.need, info.value.name) == (TINY.n_images, TINY.n_images + 1, "cat")
+    assert "run 'ovdiff sample \"cat\"'" in phrase(info.value)
 
 
 def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_stages):

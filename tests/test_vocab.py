@@ -16,7 +16,9 @@ from ovdiff_cli.cache import Cache
 from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.config import ProtoConfig, SampleConfig
-from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.cli.common import phrase
+from ovdiff_cli.compose import Stages
+from ovdiff_cli.errors import MissingClasses, OvdiffError
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.keys import class_id
 from ovdiff_cli.vocab import (
@@ -155,15 +157,21 @@ def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages
 
 def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
     g0, e0 = _calls(tiny_stages)
-    with pytest.raises(OvdiffError, match=r"no prototypes cached for 'zebra'.*ovdiff protos add zebra --seed 3 --preset tiny"):
+    with pytest.raises(MissingClasses, match=r"no prototypes cached for 'zebra'") as info:
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_stages) == (g0, e0)
+    assert info.value.names == ["zebra"] and info.value.seed == 3 and "ovdiff" not in str(info.value)
+    assert "run 'ovdiff protos add zebra --seed 3 --preset tiny" in phrase(info.value)
+    assert phrase(info.value).endswith("--mask-proposer ncut'")
     # the command repeats every setting that keys the class and differs from the preset's
     odd = dataclasses.replace(PROTOS, mask_proposer="threshold", k_parts=2)
-    with pytest.raises(OvdiffError, match=r"--mask-proposer threshold --n-images 2 --k-parts 2'"):
+    with pytest.raises(MissingClasses) as info:
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
-    with pytest.raises(OvdiffError, match=r"--mask-proposer ncut'"):
-        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, PROTOS, build=False)
+    assert phrase(info.value).endswith("--mask-proposer threshold --n-images 2 --k-parts 2'")
+    sam = Stages.for_run("tiny", "cpu", "fp32", {"sam": "my/sam"})
+    with pytest.raises(MissingClasses) as info:
+        ensure_classes(Cache(cache_dir), sam, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, mask_proposer="sam"), build=False)
+    assert phrase(info.value).endswith("--mask-proposer sam --sam-model my/sam'")
     with pytest.raises(OvdiffError, match="unknown extractor part"):
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
 

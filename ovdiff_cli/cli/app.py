@@ -28,9 +28,9 @@ class _Group(TyperGroup):
         except OvdiffError as e:
             if os.environ.get("OVDIFF_DEBUG"):
                 raise
-            from .common import fail
+            from .common import fail, phrase
 
-            fail(str(e), e.exit_code)
+            fail(phrase(e), e.exit_code)
 
 
 app = typer.Typer(

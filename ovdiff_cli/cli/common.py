@@ -286,6 +286,58 @@ def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_p
     run.console.print(table)
 
 
+# Settings whose option is not "--" + the field name with dashes.
+FLAGS = {"guidance_scale": "--guidance", "image_batch": "--batch-size", "use_filter": "--filter",
+         "proto_kinds": "--protos"}  # fmt: skip
+
+
+def flag(setting: str) -> str:
+    """The command-line option of a config field: n_images → --n-images."""
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+    """The `ovdiff protos add …` line that builds these classes under the same cache keys: seed, preset,
+    extractor and mask proposer always; N, K and model sources where they differ from the preset's."""
+    import shlex
+
+    parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in names), "--seed", str(seed),
+             "--preset", specs.preset.name, "--extractor", proto_cfg.extractor,
+             "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
+    if sample_cfg.n_images != dataclasses.replace(SampleConfig(), **specs.preset.sample).n_images:
+        parts += ["--n-images", str(sample_cfg.n_images)]
+    if proto_cfg.k_parts != dataclasses.replace(ProtoConfig(), **specs.preset.protos).k_parts:
+        parts += ["--k-parts", str(proto_cfg.k_parts)]
+    roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else [])
+    for role in roles:
+        if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
+            parts += [f"--{role}-model", shlex.quote(specs.models[role])]
+    return " ".join(parts)
+
+
+def phrase(e: OvdiffError) -> str:
+    """The one line the CLI prints for a library error: its fields in the CLI's options, and the next command."""
+    from .. import errors
+
+    if isinstance(e, errors.InvalidSetting):
+        return f"{flag(e.setting)} {e.detail}"
+    if isinstance(e, errors.ModelLoadError):
+        way_out = f"{e}: pass it with --{e.role}-model DIR, or run offline with --preset tiny / --preset procedural"
+        return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
+    if isinstance(e, errors.MissingClasses):
+        return f"{e}: run '{add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}'"
+    if isinstance(e, errors.IncompleteSupportSet):
+        return f"{e}: run 'ovdiff sample \"{e.name}\"' to complete it"
+    if isinstance(e, errors.ClassNotFound):
+        return f"{e}: see 'ovdiff protos list'"
+    if isinstance(e, errors.NoImagesFound) and not e.recursive:
+        return f"no images found in {', '.join(e.inputs)} (add --recursive to look into subfolders)"
+    if isinstance(e, errors.SupportImagesMissing):
+        preset = f" --preset {e.preset}" if e.preset else ""
+        return f"{e}: 'ovdiff sample \"{e.name}\" --seed {e.seed}{preset}' redraws them"
+    return str(e)
+
+
 def fail(msg: str, code: int = 2) -> None:
     """Print one error line and exit."""
     Console(stderr=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)

@@ -182,17 +182,15 @@ def rm(
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
     from ..errors import OvdiffError
-    from ..vocab import find_classes, match_classes
+    from ..vocab import match_classes, remove_classes
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
     run = cache_run(cache, verbose, quiet)
     doomed = match_classes(run.cache, targets, seed, extractor)
-    gone = {pid for pid, _ in doomed}
-    still_used = {rec.get("support_id") for pid, rec in find_classes(run.cache) if pid not in gone}
-    for pid, rec in doomed:
-        run.cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
-        if verbose:
+    remove_classes(run.cache, doomed, with_support)
+    if verbose:
+        for pid, rec in doomed:
             run.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
     run.say(f"removed {len(doomed)} class(es) from {run.cache_dir}")
 
@@ -215,18 +213,11 @@ def show(
     """
     from ..errors import OvdiffError
     from ..masks import mask_sheet
-    from ..vocab import match_classes
+    from ..vocab import class_support, match_classes
 
     run = cache_run(cache, verbose, quiet)
     pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
-    masks = run.cache.class_arrays(pid, ["masks"])["masks"]
-    try:
-        images = [run.cache.support_image(rec["support_id"], i) for i in range(len(masks))]
-    except KeyError:
-        raise OvdiffError(
-            f"the support images of {rec['name']!r} are not in this cache (imported prototypes carry none): "
-            f"'ovdiff sample \"{rec['name']}\" --seed {rec['seed']} --preset {rec['models'].get('preset')}' redraws them"
-        ) from None
+    images, masks = class_support(run.cache, pid)
     title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
              "fg red, bg blue")  # fmt: skip
     try:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OvdiffError
+from ..errors import InvalidSetting, OvdiffError
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
 
@@ -117,9 +117,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise OvdiffError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from e
+        raise InvalidSetting("device", f"{device!r} is unknown; use auto, cpu, cuda, cuda:N or mps") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OvdiffError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+        raise InvalidSetting("device", f"{device!r} asked for but no CUDA GPU is available; use cpu")
     return dev
 
 
@@ -134,4 +134,4 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     try:
         return table[dtype]
     except KeyError:
-        raise OvdiffError(f"unknown dtype {dtype!r}; use auto, fp16, bf16 or fp32") from None
+        raise InvalidSetting("dtype", f"{dtype!r} is unknown; use auto, fp16, bf16 or fp32") from None

@@ -133,16 +133,7 @@ def load_sd(spec: str, device: torch.device, dtype: torch.dtype, revision: str |
 
         sched_cfg = DPMSolverMultistepScheduler.load_config(spec, subfolder="scheduler", **kw)
     except Exception as e:  # hub, network, file and format errors all end the same way for the user
-        raise ModelLoadError(weights_hint("Stable Diffusion", spec, e, "--sd-model DIR")) from e
+        raise ModelLoadError("Stable Diffusion", "sd", spec, e) from e
     parts = SDComponents(unet, vae, text_encoder, tokenizer, dpm_solver(sched_cfg), source=spec, revision=revision)
     return _finish(parts, device, dtype)
 
-
-def weights_hint(model: str, spec: str, error: Exception, option: str, repo: str | None = None) -> str:
-    """One line: which model, why it failed, and the two ways out (`repo`: the hub repository to fetch)."""
-    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (
-        f"cannot load {model} weights '{spec}' ({type(error).__name__}: {cause[:160]}); "
-        f"download them once where there is network (hf download {repo or spec} --local-dir DIR) and pass "
-        f"the local copy with {option}, or run offline with --preset tiny / --preset procedural"
-    )

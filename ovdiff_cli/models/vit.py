@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from .sd import weights_hint
 
 CLIP_SPEC = "ViT-B-16:openai"
 DINO_SPEC = "vit_base_patch8_224.dino"
@@ -82,7 +81,7 @@ def load_clip(spec: str, device: torch.device, dtype: torch.dtype, seed: int = 0
                 model = open_clip.create_model(name, pretrained=tag or "openai")
         except Exception as e:
             repo = "timm/vit_base_patch16_clip_224.openai" if spec == CLIP_SPEC else None
-            raise ModelLoadError(weights_hint("CLIP", spec, e, "--clip-model DIR", repo)) from e
+            raise ModelLoadError("CLIP", "clip", spec, e, repo) from e
     return ClipModel(_prepare(model, device, dtype), tokenizer, spec)
 
 
@@ -103,7 +102,6 @@ def load_timm_vit(
         name = DINO_SPEC if kind == "dino" else MAE_SPEC
         model = timm.create_model(name.split(".")[0], pretrained=False, num_classes=0, dynamic_img_size=True)
     else:
-        option = f"--{kind}-model"
         try:
             local = Path(spec).expanduser()
             if local.exists():
@@ -115,5 +113,5 @@ def load_timm_vit(
             else:
                 model = timm.create_model(spec, pretrained=True, num_classes=0, dynamic_img_size=True)
         except Exception as e:
-            raise ModelLoadError(weights_hint(kind.upper(), spec, e, f"{option} DIR", f"timm/{spec}")) from e
+            raise ModelLoadError(kind.upper(), kind, spec, e, f"timm/{spec}") from e
     return _prepare(model, device, dtype)
