@@ -165,7 +165,7 @@ def preset_configs(preset: str) -> tuple[SampleConfig, ProtoConfig, SegmentConfi
     from .models.presets import get_preset
 
     p = get_preset(preset)
-    return replace(SampleConfig(), **p.sample), replace(ProtoConfig(), **p.protos), replace(SegmentConfig(), **p.segment)
+    return p.sample, p.protos, p.segment
 
 
 def write_images(folder: Path, n: int, hw: tuple[int, int], seed: int) -> Path:

@@ -3,7 +3,6 @@ the ablation switches act, and several seeds report mean ± σ."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +11,6 @@ from typer.testing import CliRunner
 
 from ovdiff_cli.cache import Cache
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.datasets import load_dataset
 from ovdiff_cli.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, write_voc
@@ -37,9 +35,7 @@ def eval_cli(tree, cache, out, *extra):
 
 def test_cli_eval_equals_in_process_miou(tree, tmp_path, procedural_stages):
     p = procedural_stages.specs.preset
-    sample_cfg = dataclasses.replace(SampleConfig(), **p.sample)
-    proto_cfg = dataclasses.replace(ProtoConfig(), **p.protos)
-    seg_cfg = dataclasses.replace(SegmentConfig(), **p.segment)
+    sample_cfg, proto_cfg, seg_cfg = p.sample, p.protos, p.segment
     cache = Cache(tmp_path / "cache")
     classes = ensure_classes(cache, procedural_stages, list(LABELLED), 0, sample_cfg, proto_cfg)
     seg = procedural_stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache)

@@ -18,7 +18,7 @@ from ovdiff_cli.models.presets import ModelSpecs, get_preset
 
 def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
     p = get_preset(preset)
-    return dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos)
+    return p.sample, p.protos
 
 
 # (preset, class, seed) → (support_id, class_id) with the preset's defaults

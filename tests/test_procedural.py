@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from ovdiff_cli.cache import Cache
-from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, WORLD, ProceduralExtractor, ProceduralScorer, render_scene, write_voc
 from ovdiff_cli.vocab import ensure_classes
@@ -18,8 +17,7 @@ from ovdiff_cli.vocab import ensure_classes
 
 def configs(stages):
     p = stages.specs.preset
-    return (dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos),
-            dataclasses.replace(SegmentConfig(), **p.segment))  # fmt: skip
+    return p.sample, p.protos, p.segment
 
 
 def test_generator_is_deterministic_counts_calls_and_attributes_the_object(procedural_stages):

@@ -12,14 +12,13 @@ from typer.testing import CliRunner
 from ovdiff_cli import sampling
 from ovdiff_cli.cache import Cache
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.config import SampleConfig
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
 from ovdiff_cli.keys import support_id
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
 
-TINY = dataclasses.replace(SampleConfig(), **get_preset("tiny").sample, batch_size=2)  # 4 images, 64 px, 4 steps
+TINY = dataclasses.replace(get_preset("tiny").sample, batch_size=2)  # 4 images, 64 px, 4 steps
 
 
 def generated(stages) -> int:

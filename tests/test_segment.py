@@ -167,16 +167,12 @@ def test_discover_folders_globs_recursion_and_name_clashes(tmp_path):
 
 def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(procedural_stages, tmp_path):
     """predict_many batches windows of several images through the backbone; results are unchanged."""
-    import dataclasses
-
     from ovdiff_cli.cache import Cache
-    from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
     from ovdiff_cli.procedural import LABELLED, render_scene
     from ovdiff_cli.vocab import ensure_classes
 
     p = procedural_stages.specs.preset
-    sample_cfg, proto_cfg = (dataclasses.replace(SampleConfig(), **p.sample), dataclasses.replace(ProtoConfig(), **p.protos))
-    seg_cfg = dataclasses.replace(SegmentConfig(), **p.segment)
+    sample_cfg, proto_cfg, seg_cfg = p.sample, p.protos, p.segment
     cache = Cache(tmp_path / "cache")
     classes = ensure_classes(cache, procedural_stages, list(LABELLED), 0, sample_cfg, proto_cfg)
     seg = procedural_stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache)

@@ -15,7 +15,6 @@ from ovdiff_cli import stuff
 from ovdiff_cli.cache import Cache
 from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.config import ProtoConfig, SampleConfig
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import MissingClasses, OvdiffError
@@ -30,8 +29,8 @@ from ovdiff_cli.vocab import (
 )
 
 TINY = get_preset("tiny")
-SAMPLE = dataclasses.replace(SampleConfig(), **TINY.sample)
-PROTOS = dataclasses.replace(ProtoConfig(), **TINY.protos)
+SAMPLE = TINY.sample
+PROTOS = TINY.protos
 
 # --------------------------------------------------------------------------- stuff / things
 

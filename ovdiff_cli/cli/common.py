@@ -33,7 +33,7 @@ CacheOpt = Annotated[
 ]
 PresetOpt = Annotated[
     Optional[str],
-    typer.Option("--preset", envvar="OVDIFF_PRESET", help="Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: sd15].", show_default=False),
+    typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: {RunConfig().preset}].", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.")]
@@ -141,10 +141,8 @@ def make_run(
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
     )
 
-    def merged(cls, preset_over: dict, user: dict | None):
-        vals = dict(preset_over)
-        vals.update({k: v for k, v in (user or {}).items() if v is not None})
-        return dataclasses.replace(cls(), **vals)
+    def merged(preset_cfg, user: dict | None):
+        return dataclasses.replace(preset_cfg, **{k: v for k, v in (user or {}).items() if v is not None})
 
     run = Run(
         run=run_cfg,
@@ -153,9 +151,9 @@ def make_run(
         err=Console(stderr=True),
         verbose=verbose,
         quiet=quiet,
-        sample=merged(SampleConfig, p.sample, sample),
-        protos=merged(ProtoConfig, p.protos, protos),
-        segment=merged(SegmentConfig, p.segment, segment),
+        sample=merged(p.sample, sample),
+        protos=merged(p.protos, protos),
+        segment=merged(p.segment, segment),
     )
     # Bad sampling/prototype options are refused here, before any progress bar or model starts.
     from ..sampling import check_config
@@ -304,9 +302,9 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
     parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in names), "--seed", str(seed),
              "--preset", specs.preset.name, "--extractor", proto_cfg.extractor,
              "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
-    if sample_cfg.n_images != dataclasses.replace(SampleConfig(), **specs.preset.sample).n_images:
+    if sample_cfg.n_images != specs.preset.sample.n_images:
         parts += ["--n-images", str(sample_cfg.n_images)]
-    if proto_cfg.k_parts != dataclasses.replace(ProtoConfig(), **specs.preset.protos).k_parts:
+    if proto_cfg.k_parts != specs.preset.protos.k_parts:
         parts += ["--k-parts", str(proto_cfg.k_parts)]
     roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else [])
     for role in roles:

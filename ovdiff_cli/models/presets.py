@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
@@ -21,15 +22,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named choice of models plus default sizes (overrides of the config dataclasses)."""
+    """A named choice of models plus the settings that suit them: the config dataclasses' defaults
+    (the paper's), with the sizes a small preset changes."""
 
     name: str
     description: str
     weights: str  # "hub": real weights; "tiny"/"full": random weights; "procedural": the toy world
     models: dict[str, str] = field(default_factory=dict)
-    sample: dict[str, Any] = field(default_factory=dict)
-    protos: dict[str, Any] = field(default_factory=dict)
-    segment: dict[str, Any] = field(default_factory=dict)
+    sample: SampleConfig = SampleConfig()
+    protos: ProtoConfig = ProtoConfig()
+    segment: SegmentConfig = SegmentConfig()
 
 
 PRESETS: dict[str, Preset] = {
@@ -46,9 +48,9 @@ PRESETS: dict[str, Preset] = {
             "the same model classes, tiny configs, seeded random weights: offline, seconds on a CPU (noise images)",
             "tiny",
             models={"sd": "tiny", "clip": "tiny", "dino": "tiny", "mae": "tiny"},
-            sample={"n_images": 4, "steps": 4, "size": 64, "attribution_size": 16},
-            protos={"k_parts": 4, "feature_size": 64},
-            segment={"windows": (96, 64), "stride": 48, "short_side": 96, "eta": 4},
+            sample=SampleConfig(n_images=4, steps=4, size=64, attribution_size=16),
+            protos=ProtoConfig(k_parts=4, feature_size=64),
+            segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
         ),
         Preset(
             "sd15-random",
@@ -61,17 +63,17 @@ PRESETS: dict[str, Preset] = {
             "a procedural world of coloured shapes with known truth and a hand-made extractor: offline, meaningful masks",
             "procedural",
             models={"sd": "procedural", "clip": "procedural", "dino": "procedural"},
-            sample={"n_images": 8, "size": 128, "attribution_size": 32, "steps": 1},
-            protos={"extractor": "procedural", "mask_proposer": "threshold", "k_parts": 8, "feature_size": 128},
-            segment={"windows": (128, 96), "stride": 64, "short_side": 128, "eta": 4},
+            sample=SampleConfig(n_images=8, size=128, attribution_size=32, steps=1),
+            protos=ProtoConfig(extractor="procedural", mask_proposer="threshold", k_parts=8, feature_size=128),
+            segment=SegmentConfig(windows=(128, 96), stride=64, short_side=128, eta=4),
         ),
     )
 }
 
 
 def get_preset(name: str | None) -> Preset:
-    """The preset called `name` (default `$OVDIFF_PRESET`, else sd15), or a one-line error listing them."""
-    name = name or os.environ.get("OVDIFF_PRESET") or "sd15"
+    """The preset called `name` (default `$OVDIFF_PRESET`, else RunConfig's: sd15), or a one-line error listing them."""
+    name = name or os.environ.get("OVDIFF_PRESET") or RunConfig().preset
     try:
         return PRESETS[name]
     except KeyError:
