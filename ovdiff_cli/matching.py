@@ -1,4 +1,4 @@
-"""Segmentation by prototype matching (paper §3 "Segmentation via prototype matching", App. C.5).
+"""Paper §3 "Segmentation via prototype matching" (App. C.5): matching features against prototypes.
 
 Pure torch. A `Vocabulary` holds every prototype of the classes in play with its label: the
 foreground prototypes of class k get label k (its 1-based position in the class list), and the

@@ -1,4 +1,4 @@
-"""Prototype aggregation (paper §3 "Prototype aggregation", Eq. 1; Tables A.5, A.7).
+"""Paper §3 "Class prototypes": prototype aggregation (§3 "Prototype aggregation", Eq. 1; Tables A.5, A.7).
 
 Pure functions over torch tensors (any device). For each of fg and bg:
 - instance prototypes: the mean feature inside each support image's mask (Eq. 1);

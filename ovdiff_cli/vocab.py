@@ -1,4 +1,4 @@
-"""The vocabulary stage: class names → cached prototypes, building only what is missing.
+"""Paper §3 "Class prototypes", the stage: class names → cached prototypes, building only what is missing.
 
 For each class: sample its support set (sampling stage), extract features of the support images,
 propose fg/bg masks, aggregate prototypes, and commit the class in one cache transaction. A class

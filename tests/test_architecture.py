@@ -90,6 +90,22 @@ def cycles() -> list[list[str]]:
     return out
 
 
+# Paper §3's parts and the modules that hold them (README "Development" has the same map).
+ROOMS = {
+    "Support set generation": ["sampling"],
+    "Class prototypes": ["features", "masks", "prototypes", "vocab"],
+    "Category pre-filtering": ["filter"],
+    "Segmentation via prototype matching": ["matching", "segment"],
+}
+
+
+def test_each_module_of_the_method_names_its_paper_section_first():
+    for section, modules in ROOMS.items():
+        for name in modules:
+            first = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8"))).splitlines()[0]
+            assert f'§3 "{section}"' in first, (name, first)
+
+
 def test_the_import_reader_sees_every_kind_of_import():
     """The checks below are only as good as the reader: these edges exist in the source today."""
     assert "keys" in GRAPH["vocab"]  # from .keys import … at module level
