@@ -125,6 +125,9 @@ def test_adding_b_after_a_never_recomputes_a(tiny_stages, cache_dir):
     again = ensure_classes(cache, tiny_stages, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_stages) == (g2, e2)
     assert [p.name for p in again] == ["dog", "cat"] and again[1].pid == both[0].pid == cat.pid
+    fresh = Stages.for_run("tiny", "cpu", "fp32")  # a new run, as a new process: cached classes load no model
+    assert [p.pid for p in ensure_classes(cache, fresh, ["cat", "dog"], 0, SAMPLE, PROTOS)] == [cat.pid, both[1].pid]
+    assert fresh.store.loaded == [] and fresh.calls == {}
 
     # the class's prototypes: float32, Eq. 1 rows per image, parts ≤ K, sources for --explain
     assert cat.kind == "thing" and set(cat.fg) == set(cat.bg) == {"class", "instance", "part"}
