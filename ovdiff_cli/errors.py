@@ -55,6 +55,14 @@ class MissingClasses(OvdiffError):
         self.names, self.seed, self.specs, self.sample_cfg, self.proto_cfg = names, seed, specs, sample_cfg, proto_cfg
 
 
+class NoSupportSet(OvdiffError):
+    """No support image of a class is cached for this seed and these sampler settings and models."""
+
+    def __init__(self, name: str, seed: int, preset: str):
+        super().__init__(f"no support set of {name!r} (seed {seed}, preset {preset}) in this cache")
+        self.name, self.seed, self.preset = name, seed, preset
+
+
 class IncompleteSupportSet(OvdiffError):
     """A support set holds fewer images than asked for."""
 

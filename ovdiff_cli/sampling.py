@@ -20,7 +20,7 @@ import numpy as np
 
 from . import names
 from .cache import Cache, now_iso
-from .errors import IncompleteSupportSet, InvalidSetting, OvdiffError
+from .errors import IncompleteSupportSet, InvalidSetting, NoSupportSet, OvdiffError
 from .keys import SCHEDULER, support_id
 from .types import Sample
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .config import SampleConfig
+    from .models.presets import ModelSpecs
     from .models.sd import SDComponents
     from .types import StageSource
 
@@ -328,6 +329,17 @@ def load_samples(cache: Cache, sid: str, n: int) -> list[Sample]:
     if have < n:
         raise IncompleteSupportSet(sid, meta["name"] if meta else "?", have, n)
     return [Sample(image=cache.support_image(sid, i), attribution=cache.attribution(sid, i)) for i in range(n)]
+
+
+def cached_support_set(cache: Cache, specs: ModelSpecs, class_name: str, seed: int,
+                       config: SampleConfig) -> tuple[dict, list[Sample]]:  # fmt: skip
+    """(meta, every cached image) of a class's support set, found with no model loaded; NoSupportSet if none is."""
+    norm = names.validate(class_name)
+    sid = support_id(norm, seed, specs, config)
+    meta = cache.support_meta(sid)
+    if not meta or meta["n_images"] == 0:
+        raise NoSupportSet(norm, seed, specs.preset.name)
+    return meta, load_samples(cache, sid, meta["n_images"])
 
 
 # --------------------------------------------------------------------------- contact sheet

@@ -324,6 +324,8 @@ def phrase(e: OvdiffError) -> str:
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
         return f"{e}: run '{add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}'"
+    if isinstance(e, errors.NoSupportSet):
+        return f"{e}: run 'ovdiff sample \"{e.name}\"' first"
     if isinstance(e, errors.IncompleteSupportSet):
         return f"{e}: run 'ovdiff sample \"{e.name}\"' to complete it"
     if isinstance(e, errors.ClassNotFound):

@@ -109,19 +109,10 @@ def _sample_classes(run, classes: list[str]) -> None:
 
 def _write_sheet(run, show: str, out: Path) -> None:
     from ..errors import OvdiffError
-    from ..names import validate
-    from ..keys import support_id
-    from ..sampling import contact_sheet, load_samples
+    from ..sampling import cached_support_set, contact_sheet
 
-    norm = validate(show)
-    sid = support_id(norm, run.run.seed, run.stages.specs, run.sample)
-    meta = run.cache.support_meta(sid)
-    if not meta or meta["n_images"] == 0:
-        raise OvdiffError(
-            f"no support set of {norm!r} (seed {run.run.seed}, preset {run.preset.name}) in the cache at {run.cache_dir}: "
-            f"run 'ovdiff sample \"{norm}\"' first"
-        )
-    samples = load_samples(run.cache, sid, meta["n_images"])
+    meta, samples = cached_support_set(run.cache, run.stages.specs, show, run.run.seed, run.sample)
+    norm = meta["norm"]
     title = f"{meta['prompt']}  |  seed {meta['seed']}  |  {len(samples)} images, attribution maps beside them"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
