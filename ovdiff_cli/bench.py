@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from .cache import Cache
-    from .types import ClassPrototypes
+    from .types import ClassParts
 
 
 
@@ -181,21 +181,28 @@ def write_images(folder: Path, n: int, hw: tuple[int, int], seed: int) -> Path:
     return folder
 
 
-def synthetic_bank(names: list[str], dim: int, rows: int, seed: int) -> list[ClassPrototypes]:
-    """Thing classes with random unit prototypes of the paper's sizes: 1 class, `rows` instance and
-    `rows` part prototypes for fg and for bg. Matching cost depends on these shapes only."""
-    from .types import ClassPrototypes
+def synthetic_bank(names: list[str], dims: dict[str, int], rows: int, seed: int) -> list[ClassParts]:
+    """Thing classes with random unit prototypes of the paper's sizes in each part (part → D): 1
+    class, `rows` instance and `rows` part prototypes for fg and for bg. Matching cost depends on
+    these shapes only."""
+    from .types import ClassParts, ClassPrototypes
 
     rng = np.random.default_rng(seed)
 
-    def unit(n: int) -> np.ndarray:
+    def unit(n: int, dim: int) -> np.ndarray:
         a = rng.standard_normal((n, dim)).astype(np.float32)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
-    def group() -> dict[str, np.ndarray]:
-        return {"class": unit(1), "instance": unit(rows), "part": unit(rows)}
+    def group(dim: int) -> dict[str, np.ndarray]:
+        return {"class": unit(1, dim), "instance": unit(rows, dim), "part": unit(rows, dim)}
 
-    return [ClassPrototypes(name=n, kind="thing", fg=group(), bg=group()) for n in names]
+    return [ClassParts(n, "thing", {p: ClassPrototypes(n, "thing", group(d), group(d)) for p, d in dims.items()})
+            for n in names]  # fmt: skip
+
+
+def dims_text(dims: dict[str, int]) -> str:
+    """Feature dimensions per part for a bench note: "sd 7680, dino 768, clip 768"."""
+    return ", ".join(f"{p} {d}" for p, d in dims.items())
 
 
 def fresh_cache(root: Path, prefix: str) -> Cache:

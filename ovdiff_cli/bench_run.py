@@ -21,6 +21,7 @@ from .bench import (
     BenchSettings,
     TimedScorer,
     alternating,
+    dims_text,
     figure,
     fresh_cache,
     preset_configs,
@@ -90,32 +91,37 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
     return section, list(drawn)
 
 
-def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, int]:
+def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, dict[str, int]]:
     """Seconds per class of the three prototype stages on the support set just drawn.
 
-    features: the extractor over every support image; masks: proposals and the fg/bg rule;
-    K-means: Eq. 1, the class prototype and the K-means part prototypes (build_prototypes).
-    Returns the section and the extractor's feature dimension D.
+    masks: the proposer (with the features it cuts) and the fg/bg rule; features: every part of the
+    extractor over every support image; K-means: Eq. 1, the class prototype and the K-means part
+    prototypes (build_prototypes), in each part. Returns the section and each part's dimension D.
     """
-    from .features import extract_images
-    from .masks import fg_bg_masks
+    from .features import extract_images, spec_parts
+    from .masks import resize_mask
     from .prototypes import build_prototypes
+    from .vocab import support_masks
 
     base = preset_configs(s.preset)[1]
     cfg = replace(base, feature_size=s.feature_size, k_parts=s.k_parts)
-    extractor = stages.extractor(cfg.extractor)
-    proposer = stages.mask_proposer(cfg.mask_proposer)
+    images = [x.image for x in samples]
 
-    def once() -> tuple[float, float, float, int]:
-        t_feat, feats = timed(lambda: extract_images(extractor, [x.image for x in samples], cfg.feature_size,
-                                                     cfg.batch_size), stages.device)  # fmt: skip
-        grid = tuple(feats.shape[-2:])
-        t_mask, masks = timed(lambda: [fg_bg_masks(proposer.propose(x.image, f), x.attribution, grid)[:2]
-                                       for x, f in zip(samples, feats, strict=True)], stages.device)  # fmt: skip
-        fg, bg = (np.stack(m) for m in zip(*masks, strict=True))
-        t_km, _ = timed(lambda: build_prototypes(feats, fg, bg, cfg.k_parts, seed, False, cfg.kmeans_iters,
-                                                 cfg.kmeans_max_points), stages.device)  # fmt: skip
-        return t_feat, t_mask, t_km, int(feats.shape[1])
+    def once() -> tuple[float, float, float, dict[str, int]]:
+        t_mask, (fg0, bg0, _, _) = timed(lambda: support_masks(samples, stages, cfg), stages.device)
+        t_feat = t_km = 0.0
+        dims = {}
+        for name in spec_parts(cfg.extractor):
+            t, feats = timed(lambda n=name: extract_images(stages.part(n), images, cfg.feature_size, cfg.batch_size),
+                             stages.device)  # fmt: skip
+            grid = tuple(feats.shape[-2:])
+            fg = np.stack([resize_mask(m, grid) for m in fg0])
+            bg = np.stack([resize_mask(m, grid) for m in bg0])
+            t2, _ = timed(lambda f=feats, a=fg, b=bg: build_prototypes(f, a, b, cfg.k_parts, seed, False, cfg.kmeans_iters,
+                                                                       cfg.kmeans_max_points), stages.device)  # fmt: skip
+            t_feat, t_km, dims[name] = t_feat + t, t_km + t2, int(feats.shape[1])
+            del feats
+        return t_feat, t_mask, t_km, dims
 
     dim = once()[3]  # warm-up
     runs = [once() for _ in range(s.repeats)]
@@ -128,12 +134,12 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
             "total": figure("total (without sampling)", "s/class", [sum(r[:3]) for r in runs]),
         },
         "notes": [f"{len(samples)} support image(s) per class at {cfg.feature_size} px, extractor {cfg.extractor} "
-                  f"(D={dim}), proposer {cfg.mask_proposer}, K={cfg.k_parts}"],
+                  f"(D={dims_text(dim)}), proposer {cfg.mask_proposer}, K={cfg.k_parts}"],
     }  # fmt: skip
     return section, dim
 
 
-def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: int, root: Path, seed: int) -> dict:
+def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str, int], root: Path, seed: int) -> dict:
     """Seconds per image by step, and the share of the time spent outside the backbones' forward passes.
 
     The prototype bank is synthesised (random unit vectors of the real shapes and dimension): building
@@ -160,11 +166,11 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: int, root
         if job.failures:
             raise OvdiffError(f"bench image failed: {job.failures[0][1]}")
         rows.append({"wall": job.seconds, **job.timings, "clip": scorer.seconds})
-    return _segment_section(rows, len(items), kept, len(segmenter.vocab), cfg, spec, dim, s)
+    return _segment_section(rows, len(items), kept, sum(len(v) for v in segmenter.vocabs), cfg, spec, dim, s)
 
 
 def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, cfg: SegmentConfig, spec: str,
-                     dim: int, s: BenchSettings) -> dict:  # fmt: skip
+                     dim: dict[str, int], s: BenchSettings) -> dict:  # fmt: skip
     def per(key: str) -> list[float]:
         return [r[key] / n for r in rows]
 
@@ -182,7 +188,7 @@ def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, c
             "overhead_share_filter": figure("  counting the whole filter as overhead", "%", with_filter),
         },
         "notes": [f"{n} image(s) per run; prototype bank SYNTHESISED for timing: {s.bank_classes} classes + background, "
-                  f"fg+bg × (1 class + {s.bank_rows} instance + {s.bank_rows} part) random unit vectors, D={dim} ({n_protos} prototypes); "
+                  f"fg+bg × (1 class + {s.bank_rows} instance + {s.bank_rows} part) random unit vectors, D={dims_text(dim)} ({n_protos} prototypes); "
                   f"extractor {spec}, short side {cfg.short_side}, windows {'/'.join(map(str, cfg.windows))}, stride "
                   f"{cfg.stride}, η={cfg.eta}; the filter kept {np.mean(kept):.1f} classes per image on average"],
     }  # fmt: skip
@@ -216,24 +222,25 @@ def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path
     }
 
 
-def cache_synthetic_classes(cache: Cache, stages: Stages, names: list[str], dim: int, rows: int, seed: int,
+def cache_synthetic_classes(cache: Cache, stages: Stages, names: list[str], dim: dict[str, int], rows: int, seed: int,
                             sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> None:  # fmt: skip
     """Cache `names` as classes of the paper's size (random unit prototypes, `rows` instance and part
-    rows, fg and bg) under the ids `ensure_classes` looks up, so reading them costs what real ones do."""
+    rows, fg and bg, in every part) under the ids `ensure_classes` looks up, so reading them costs
+    what real ones do."""
     from .vocab import put_prototypes
 
     for proto in synthetic_bank(names, dim, rows, seed):
         put_prototypes(cache, stages.specs, proto, seed, sample_cfg, proto_cfg, source="bench")
 
 
-def bench_vocab(stages: Stages, s: BenchSettings, dim: int, device: str, dtype: str, seed: int, root: Path) -> dict:
+def bench_vocab(stages: Stages, s: BenchSettings, dim: dict[str, int], device: str, dtype: str, seed: int, root: Path) -> dict:
     """Adding one class to a cached vocabulary vs building it alone; generator calls on a second run.
 
     The added class is really built (sampled, featurised, clustered) with the bench's models and
     settings; the cached ones are synthetic classes of the paper's size (N = K = bank_rows) under
     the ids the vocabulary stage looks up, since building them would take most of the bench.
     """
-    from .keys import class_id
+    from .keys import class_ids
     from .vocab import ensure_classes
 
     base_sample, base_proto, _ = preset_configs(s.preset)
@@ -242,7 +249,7 @@ def bench_vocab(stages: Stages, s: BenchSettings, dim: int, device: str, dtype: 
     names = list(VOC[1 : 1 + s.vocab_cached])
     base = fresh_cache(root, "vocab-")
     cache_synthetic_classes(base, stages, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
-    extra_pid = class_id(EXTRA_CLASS, seed, stages.specs, sample_cfg, proto_cfg)
+    extra_pids = list(class_ids(EXTRA_CLASS, seed, stages.specs, sample_cfg, proto_cfg).values())
     fresh = iter([fresh_cache(root, "alone-") for _ in range(s.repeats)])  # opened before the clock starts
 
     def add() -> None:
@@ -252,7 +259,7 @@ def bench_vocab(stages: Stages, s: BenchSettings, dim: int, device: str, dtype: 
         ensure_classes(next(fresh), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
 
     t_add, t_alone = alternating(add, alone, s.repeats, stages.device,
-                                 after_a=lambda: base.remove_class(extra_pid, with_support=True))  # fmt: skip
+                                 after_a=lambda: [base.remove_class(p, with_support=True) for p in extra_pids])  # fmt: skip
     first, second = second_run_calls(s, device, dtype, seed, root)
     return {
         "figures": {
@@ -264,7 +271,7 @@ def bench_vocab(stages: Stages, s: BenchSettings, dim: int, device: str, dtype: 
         },
         "notes": [f"'{EXTRA_CLASS}' built for real ({s.n_images} images, {s.steps} steps, {s.size} px) beside "
                   f"{len(names)} cached classes of the paper's size (synthetic, {s.bank_rows} instance + "
-                  f"{s.bank_rows} part prototypes per group, D={dim}); generator calls: preset {s.vocab_preset}, "
+                  f"{s.bank_rows} part prototypes per group, D={dims_text(dim)}); generator calls: preset {s.vocab_preset}, "
                   f"the second run with new stages (new models) and the same cache, as a new process would"],
     }  # fmt: skip
 

@@ -1,7 +1,7 @@
 """The composition module: a run's settings → its stages, each handed the models it uses.
 
 This is the one place that knows which stage reads which model. The model store builds raw models
-(`models.store.ModelStore`); here they become the generator, the extractor, the mask proposer, the
+(`models.store.ModelStore`); here they become the generator, the extractor parts, the mask proposer, the
 category filter's scorer and the segmenter, each built on first use and kept for the run. The CLI,
 the bench and the tests all build their stages here, so they run the same objects.
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
     from .config import SampleConfig, SegmentConfig
     from .segment import Segmenter
-    from .types import ClassPrototypes, Extractor, Generator, ImageTextScorer, MaskProposer, Sample
+    from .features import Part
+    from .types import ClassParts, Extractor, Generator, ImageTextScorer, MaskProposer, Sample
 
 
 # --------------------------------------------------------------------------- stages from models
@@ -41,15 +42,15 @@ def build_generator(store: ModelStore) -> Generator:
     return SDGenerator(store.sd())
 
 
-def build_extractor(spec: str, store: ModelStore) -> Extractor:
-    """The extractor named by `spec` (parts joined by `+`, or `procedural` for the toy world).
+def build_backbone(name: str, store: ModelStore) -> Extractor:
+    """The backbone of part `name` (`sd`, `clip`, `dino`, `mae`, or `procedural` for the toy world).
 
-    Its settings are fixed (SD at t=200), so the spec alone names the features: prototypes and
-    target images built from the same spec are comparable.
+    Its settings are fixed (SD at t=200), so the part's name alone names its features: prototypes
+    and target images built from the same part are comparable.
     """
-    from .features import ClipKeysPart, CombinedExtractor, SDPart, TimmKeysPart, parse_spec
+    from .features import ClipKeysPart, SDPart, TimmKeysPart, parse_spec
 
-    if spec == "procedural":
+    if name == "procedural":
         from .procedural import ProceduralExtractor
 
         return ProceduralExtractor()
@@ -59,7 +60,18 @@ def build_extractor(spec: str, store: ModelStore) -> Extractor:
         "dino": lambda: TimmKeysPart(store.vit("dino"), "dino", store.device),
         "mae": lambda: TimmKeysPart(store.vit("mae"), "mae", store.device),
     }
-    return CombinedExtractor([builders[name]() for name in parse_spec(spec)])
+    if name not in builders:
+        parse_spec(name)  # the one-line error naming the parts
+    return builders[name]()
+
+
+def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None) -> Part:
+    """Part `name` at the run's input size for it (the preset's, else the authors'); with `calls`,
+    the images its backbone featurises are counted there."""
+    from .features import Part
+
+    backbone = build_backbone(name, store)
+    return Part(name, backbone if calls is None else CountingExtractor(backbone, calls), store.specs.input_size(name))
 
 
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
@@ -117,7 +129,7 @@ class CountingExtractor:
         self.calls["extract"] = self.calls.get("extract", 0) + int(images.shape[0])
         return self.inner(images)
 
-    def __getattr__(self, name: str) -> Any:  # parts, slices: the wrapped extractor's own
+    def __getattr__(self, name: str) -> Any:  # model, visual, sd: the wrapped backbone's own
         return getattr(self.inner, name)
 
 
@@ -163,8 +175,8 @@ class Stages:
     def generator(self) -> Generator:
         return self._once("generator", lambda: CountingGenerator(build_generator(self.store), self.calls))
 
-    def extractor(self, spec: str) -> Extractor:
-        return self._once(f"extractor:{spec}", lambda: CountingExtractor(build_extractor(spec, self.store), self.calls))
+    def part(self, name: str) -> Part:
+        return self._once(f"part:{name}", lambda: build_part(name, self.store, self.calls))
 
     def mask_proposer(self, name: str) -> MaskProposer:
         return self._once(f"proposer:{name}", lambda: build_proposer(name, self.store))
@@ -172,13 +184,15 @@ class Stages:
     def scorer(self) -> ImageTextScorer:
         return self._once("scorer", lambda: build_scorer(self.store))
 
-    def segmenter(self, classes: list[ClassPrototypes], cfg: SegmentConfig, extractor_spec: str, cache=None,
+    def segmenter(self, classes: list[ClassParts], cfg: SegmentConfig, extractor_spec: str, cache=None,
                   scorer: ImageTextScorer | None = None) -> Segmenter:  # fmt: skip
-        """A Segmenter over `classes` with this run's extractor and (when the filter runs) scorer;
-        `scorer` replaces the run's own (the bench times its forward passes)."""
+        """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
+        runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
+        from .features import spec_parts
         from .segment import Segmenter
 
         filtering = cfg.use_filter and len(classes) > 1
         if filtering and scorer is None:
             scorer = self.scorer()
-        return Segmenter(self.extractor(extractor_spec), classes, cfg, self.device, scorer if filtering else None, cache)
+        parts = [self.part(name) for name in spec_parts(extractor_spec)]
+        return Segmenter(parts, classes, cfg, self.device, scorer if filtering else None, cache)

@@ -15,6 +15,43 @@ PROMPT_TEMPLATE = "A good picture of a {}"
 
 
 @dataclass(frozen=True)
+class InputSize:
+    """How a part resizes a window (or the whole image) before extraction (sdov `predict.py`).
+
+    With `square`, every crop becomes square×square (SD 512, CLIP and MAE 448), so target features
+    match the scale at which the 512 px support images were featurised. Otherwise a crop with both
+    sides at most `cap` runs as it is (DINO), a larger one is scaled so its short side is `cap` and
+    its long side at most `long_cap`; with no cap at all, every crop runs as it is.
+    """
+
+    square: int | None = None
+    cap: int | None = None
+    long_cap: int | None = None
+
+    def __call__(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the part sees for a crop of height×width (before rounding up to its stride)."""
+        if self.square:
+            return self.square, self.square
+        if self.cap is None or max(height, width) <= self.cap:
+            return height, width
+        scale = self.cap / min(height, width)
+        if self.long_cap is not None:
+            scale = min(scale, self.long_cap / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# The input size of each extractor part at inference: the authors' (sdov predict.py: SDFeats.resize,
+# ViTFeats.resize). Presets with small models give their own equivalents (Preset.inputs).
+PART_INPUTS: dict[str, InputSize] = {
+    "sd": InputSize(square=512),
+    "clip": InputSize(square=448),
+    "dino": InputSize(cap=448, long_cap=800),
+    "mae": InputSize(square=448),
+    "procedural": InputSize(),
+}
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """Support-set generation (paper §3 "Support set generation", App. C.5)."""
 
@@ -41,6 +78,7 @@ class ProtoConfig:
 
     extractor: str = "sd+dino+clip"
     mask_proposer: str = "ncut"
+    mask_features: str = "dino"  # the part whose features ncut cuts (CutLER's MaskCut: DINO ViT-B/8 keys)
     k_parts: int = 32
     kmeans_iters: int = 30
     feature_size: int = 512  # support images are featurised at this side length

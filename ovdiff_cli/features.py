@@ -1,13 +1,13 @@
-"""Paper §3 "Class prototypes" (App. C.2): the dense feature extractors Φ_v and their `+` combinations.
+"""Paper §3 "Class prototypes" (App. C.2): the dense feature extractors Φ_v, one `Part` per feature space.
 
 Each part turns RGB images into a feature grid: Stable Diffusion's UNet cross-attention queries
 (stride 8), CLIP ViT-B/16 keys of the second-to-last block (stride 16), DINO ViT-B/8 or MAE keys of
-the last block (stride 8 / 16). A combination resizes every part to the finest grid, L2-normalises
-each part per location (so no part dominates by its scale) and concatenates them: a location's
-vector then has norm √(number of parts), and its cosine similarity is the mean of the parts' cosines.
+the last block (stride 8 / 16). A spec such as `sd+dino+clip` names several parts; as the authors
+do, each keeps its own prototypes and its own input size (`config.PART_INPUTS`), and their class
+score maps are averaged at inference (matching.py), never their features concatenated.
 
-Output tensors are float32 on the models' device (the matching stage compares them there). Each part
-takes the model it reads in its constructor; `compose.build_extractor` builds them from a spec.
+Output tensors are float32 on the models' device (the matching stage compares them there). Each
+backbone takes the model it reads in its constructor; `compose.build_part` builds a part by name.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InvalidSetting, OvdiffError
-from .config import normalise_extractor
+from .config import InputSize, normalise_extractor
 
 if TYPE_CHECKING:
     import torch
@@ -282,42 +282,43 @@ class TimmKeysPart:
 # --------------------------------------------------------------------------- combination
 
 
-class CombinedExtractor:
-    """Runs parts (`SDPart`, `ClipKeysPart`, `TimmKeysPart`, in spec order) and concatenates their
-    L2-normalised features; its name is the spec, e.g. `sd+dino+clip`.
+def spec_parts(spec: str) -> list[str]:
+    """The parts of an extractor spec: `sd+dino+clip` → ["sd", "dino", "clip"]; `procedural` → ["procedural"]."""
+    return ["procedural"] if spec == "procedural" else parse_spec(spec)
 
-    `__call__(images)`: (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` →
-    (B, ΣD_part, H/stride, W/stride) float32 on the parts' device; within each part's channel slice
-    (`slices`), every location has unit L2 norm.
+
+class Part:
+    """One feature space: a backbone (`types.Extractor`), its stride and its input size (App. C.2).
+
+    Each part of a spec keeps its own prototypes and is matched on its own (late fusion): it is
+    never resized to another part's grid or concatenated with it. `compose.build_part` builds one.
     """
 
-    def __init__(self, parts: list):
-        if not parts:
-            raise ValueError("an extractor needs at least one part")
-        self.parts = list(parts)
-        self.name = "+".join(p.name for p in self.parts)
-        self.stride = min(p.stride for p in self.parts)
-        self.slices: dict[str, slice] = {}
+    def __init__(self, name: str, backbone: Extractor, input_size: InputSize):
+        self.name, self.backbone, self.stride, self.input_size = name, backbone, backbone.stride, input_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
+        """(B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` → (B,D,H/stride,W/stride)
+        float32 on the models' device, unit L2 norm at every location."""
         import torch.nn.functional as F
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
-        b, _, h, w = images.shape
+        h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
-        grid = (h // self.stride, w // self.stride)
-        out, start = [], 0
-        for part in self.parts:
-            f = part(images).float()
-            if tuple(f.shape[-2:]) != grid:
-                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
-            out.append(F.normalize(f, dim=1))
-            self.slices[part.name] = slice(start, start + f.shape[1])
-            start += f.shape[1]
-        return torch.cat(out, dim=1)
+        return F.normalize(self.backbone(images).float(), dim=1)
+
+    def window(self, crops: torch.Tensor) -> torch.Tensor:
+        """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,
+        rounded up to the stride): (B,D,h',w') on the part's own grid."""
+        import torch.nn.functional as F
+
+        th, tw = self.input_size(*crops.shape[-2:])
+        th, tw = math.ceil(th / self.stride) * self.stride, math.ceil(tw / self.stride) * self.stride
+        if (th, tw) != tuple(crops.shape[-2:]):
+            crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return self(crops)
 
 
 # --------------------------------------------------------------------------- many images
@@ -338,17 +339,17 @@ def images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
 
 
 def extract_images(
-    extractor: Extractor,
+    extractor: Part,
     images: list[np.ndarray],
     size: int,
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Features of many images with one loaded extractor, `batch_size` at a time.
+    """Features of many images with one part, `batch_size` at a time.
 
     images: HxWx3 uint8, each resized to size×size (size a multiple of the stride) →
     (N, D, size/stride, size/stride) float32, written batch by batch into one tensor (no second copy
-    for a final concatenation: N=32 support images of sd+dino+clip at 512 px are 4.8 GB).
+    for a final concatenation: N=32 support images of sd at 512 px are 4 GB).
     `on_progress(done, total)` after each batch.
     """
     if size % extractor.stride:

@@ -1,4 +1,4 @@
-"""The cache keys, in one home: support-set id, class id (pid) and text-embedding id.
+"""The cache keys, in one home: support-set id, mask id, class-part id (pid) and text-embedding id.
 
 Every key is computed from settings and model specs alone (`ModelSpecs`), so looking a cached
 support set, class or prompt embedding up never loads a model. The extractor spec has one
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .config import ProtoConfig, SampleConfig
     from .models.presets import ModelSpecs
 
-PROTO_VERSION = 1  # bump when the way prototypes are computed changes: old entries are then rebuilt
+PROTO_VERSION = 2  # bump when the way prototypes are computed changes: old entries are then rebuilt
+MASK_VERSION = 1  # bump when the way support masks are computed changes
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
 
 
@@ -54,16 +55,28 @@ def text_embedding_id(specs: ModelSpecs) -> str:
     return clip_text_id(specs.models["clip"], specs.weights_seed)
 
 
-def model_identity(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
-    """The model sources a class's prototypes depend on: generator, extractor parts, proposer.
-
-    The weights seed is included because it seeds the random-weight presets' models.
-    """
-    used = {"sd", *proto_cfg.extractor.split("+")} - {"sam"}
-    if proto_cfg.mask_proposer == "sam":
-        used.add("sam")
+def _models(specs: ModelSpecs, used: set[str]) -> dict:
+    """Model sources among `used`, with the preset and the seed of its random weights."""
     models = {k: specs.models[k] for k in sorted(used) if k in specs.models}
     return {"preset": specs.preset.name, "weights_seed": specs.weights_seed, **models}
+
+
+def mask_models(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
+    """The model sources a class's support masks depend on: the generator and the proposer's model
+    (SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
+    from .masks import proposer_uses_features
+
+    used = {"sd"}
+    if proto_cfg.mask_proposer == "sam":
+        used.add("sam")
+    elif proposer_uses_features(proto_cfg.mask_proposer):
+        used.add(proto_cfg.mask_features)
+    return _models(specs, used)
+
+
+def part_models(specs: ModelSpecs, part: str) -> dict:
+    """The model source one part's prototypes depend on, beyond its masks."""
+    return _models(specs, {part})
 
 
 # --------------------------------------------------------------------------- the keys
@@ -79,15 +92,36 @@ def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig) -> str:
     return short_hash("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
 
 
-def class_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
-    """Cache key of one class's prototypes (24 hex characters).
+def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+    """Cache key of a class's support masks: the support set, the proposer and what it runs on.
 
-    Keyed by the support set (`support_key`), the models the class depends on (`model_identity`), the
-    extractor, the mask proposer, K and the K-means and feature settings; not by stuff/thing, which
-    is recorded and can change in place.
+    Not the extractor spec: every part of every spec built from the same support set and proposer
+    shares the masks (as the authors' CutLER masks serve SD, CLIP and DINO alike).
+    """
+    from .masks import proposer_uses_features
+
+    features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
+    return short_hash(
+        "masks", MASK_VERSION, class_norm, seed, support_key(class_norm, seed, sample_cfg), mask_models(specs, proto_cfg),
+        proto_cfg.mask_proposer, features, proto_cfg.feature_size,
+    )  # fmt: skip
+
+
+def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, proto_cfg: ProtoConfig) -> str:
+    """Cache key of one class's prototypes in one extractor part (24 hex characters).
+
+    Keyed by the masks (`mask_id`), the part and its model, K and the K-means and feature settings;
+    not by the other parts of the spec, and not by stuff/thing, which is recorded and can change in place.
     """
     return short_hash(
-        "protos", PROTO_VERSION, class_norm, seed, proto_cfg.extractor, support_key(class_norm, seed, sample_cfg),
-        model_identity(specs, proto_cfg), proto_cfg.mask_proposer, proto_cfg.k_parts, proto_cfg.kmeans_iters,
-        proto_cfg.kmeans_max_points, proto_cfg.feature_size,
+        "protos", PROTO_VERSION, class_norm, seed, part, mid, part_models(specs, part), proto_cfg.k_parts,
+        proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, proto_cfg.feature_size,
     )  # fmt: skip
+
+
+def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> dict[str, str]:
+    """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads)."""
+    from .features import spec_parts
+
+    mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg)
+    return {p: part_id(class_norm, seed, p, mid, specs, proto_cfg) for p in spec_parts(proto_cfg.extractor)}

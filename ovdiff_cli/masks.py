@@ -193,6 +193,7 @@ class NCutProposer:
     """
 
     name = "ncut"
+    uses_features = True
 
     def __init__(self, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, max_side: int = 32):
         self.tau, self.eps, self.max_objects, self.max_side = tau, eps, max_objects, max_side
@@ -215,6 +216,7 @@ class ThresholdProposer:
     """No proposals at all, so every image takes the Otsu fallback: the paper's "-CutLER" variant."""
 
     name = "threshold"
+    uses_features = False
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
         return []
@@ -228,6 +230,7 @@ class SamProposer:
     """
 
     name = "sam"
+    uses_features = False
 
     def __init__(self, pipe, points_per_side: int = 32, points_per_batch: int = 64):
         """pipe: transformers' `mask-generation` pipeline (`models.sam.load_sam`)."""
@@ -258,6 +261,16 @@ def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
         return []
     rest = ~np.logical_or.reduce(objects)
     return objects + ([rest] if rest.any() else [])
+
+
+def proposer_uses_features(name: str) -> bool:
+    """Whether the proposer called `name` reads the features (its masks then depend on them); no model loads."""
+    classes = {"ncut": NCutProposer, "threshold": ThresholdProposer, "sam": SamProposer}
+    if name not in classes:
+        from .errors import OvdiffError
+
+        raise OvdiffError(f"unknown mask proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
+    return classes[name].uses_features
 
 
 # --------------------------------------------------------------------------- pictures

@@ -1,10 +1,11 @@
 """Paper §3 "Segmentation via prototype matching" (App. C.5): matching features against prototypes.
 
-Pure torch. A `Vocabulary` holds every prototype of the classes in play with its label: the
-foreground prototypes of class k get label k (its 1-based position in the class list), and the
-background label 0 owns the union of the things' background prototypes that survive the "stuff"
-filter. A pixel takes the label of its most similar prototype (cosine), computed in sliding
-windows whose scores are averaged, then upsampled to the image size.
+Pure torch. A `Vocabulary` holds every prototype of the classes in play in one feature space
+(one extractor part) with its label: the foreground prototypes of class k get label k (its 1-based
+position in the class list), and the background label 0 owns the union of the things' background
+prototypes that survive the "stuff" filter. In each part a label scores, per pixel, the cosine of
+its most similar prototype; as the authors do, the parts' score maps are averaged (late fusion),
+then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken.
 """
 
 from __future__ import annotations
@@ -204,11 +205,12 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> list[tupl
 
 
 Extract = Callable[[torch.Tensor], torch.Tensor]
+MISSING = -1.0  # a part's score for a label it has no prototypes of (the lowest cosine, as sdov)
 
 
 @dataclass
 class _Canvas:
-    """One image's running window sums: label scores, window counts and, for --explain, the winners."""
+    """One image's running sums: label scores, score-map counts and, for --explain, the winners."""
 
     total: torch.Tensor  # (L,H,W)
     count: torch.Tensor  # (1,H,W)
@@ -224,94 +226,119 @@ class _Canvas:
             torch.full(shape, -1, dtype=torch.long, device=device) if with_best else None,
         )  # fmt: skip
 
-    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor, best: torch.Tensor | None) -> None:
-        """scores (L,ph,pw) of the padded window at `box`; best (L,ph,pw) prototype indices or None."""
+    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor, best: torch.Tensor | None = None,
+            best_sim: torch.Tensor | None = None) -> None:  # fmt: skip
+        """scores (L,h,w) of the crop at `box` (its size); best (L,h,w) prototype indices and
+        best_sim (L,h,w) their similarities, or None."""
         y0, x0, y1, x1 = box
-        s = scores[:, : y1 - y0, : x1 - x0]
-        self.total[:, y0:y1, x0:x1] += s
+        self.total[:, y0:y1, x0:x1] += scores
         self.count[:, y0:y1, x0:x1] += 1
         if self.best_sim is not None:
             region = self.best_sim[:, y0:y1, x0:x1]
-            better = s > region
-            region[better] = s[better]
-            self.best_idx[:, y0:y1, x0:x1][better] = best[:, : y1 - y0, : x1 - x0][better]
+            better = best_sim > region
+            region[better] = best_sim[better]
+            self.best_idx[:, y0:y1, x0:x1][better] = best[better]
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.total / self.count, self.best_idx
 
 
-def _windows(image: torch.Tensor, stride_px: int, windows: tuple[int, ...] | None, stride: int):
-    """(padded shape, box, crop) of every window of `image` (3,H,W), each pass of sizes in turn.
+def crops(image: torch.Tensor, windows: tuple[int, ...] | None, stride: int):
+    """(box, crop) of every window of `image` (3,H,W), each size in turn, then the whole image.
 
-    Crops are padded (replicate) up to a multiple of `stride_px`; without windows, one whole-image crop.
+    Windows are clipped to the image where it is smaller than them. The whole-image pass is one
+    more score map averaged with the windows (sdov predict.py); without windows it is the only one.
     """
     _, height, width = image.shape
-    passes = [(w, window_boxes(height, width, w, stride)) for w in windows] if windows else [(None, [(0, 0, height, width)])]
-    for size, boxes in passes:
-        ph, pw = (-(-n // stride_px) * stride_px for n in ((size, size) if size else (height, width)))
-        for y0, x0, y1, x1 in boxes:
-            crop = F.pad(image[:, y0:y1, x0:x1], (0, pw - (x1 - x0), 0, ph - (y1 - y0)), mode="replicate")
-            yield (ph, pw), (y0, x0, y1, x1), crop
+    for size in windows or ():
+        for y0, x0, y1, x1 in window_boxes(height, width, size, stride):
+            yield (y0, x0, y1, x1), image[:, y0:y1, x0:x1]
+    yield (0, 0, height, width), image
+
+
+def union_labels(vocabs: list[Vocabulary]) -> list[int]:
+    """The labels of one image over all parts' vocabularies, sorted."""
+    return sorted(set().union(*(v.labels for v in vocabs)))
 
 
 def slide_match_many(
     images: list[torch.Tensor],
-    vocabs: list[Vocabulary],
-    extract: Extract,
-    stride_px: int,
+    vocabs: list[list[Vocabulary]],
+    extracts: list[Extract],
+    offsets: list[int],
     windows: tuple[int, ...] | None = (448, 336),
     stride: int = 224,
     batch: int = 8,
     with_best: bool = False,
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """`slide_match` over several images at once: windows of the same size from all images share
-    the extractor's batches (the backbones' cost), and each window is matched against its own
-    image's vocabulary, so per-image category filtering still applies. Results in input order.
+) -> list[tuple[torch.Tensor, list[int], torch.Tensor | None]]:
+    """Late fusion over parts and crops: each part's class score maps, averaged over parts, then
+    over the sliding windows and the whole image (paper App. C.5; sdov predict.py).
+
+    images: (3,H,W) float RGB in [0,1]; vocabs[i][j]: image i's vocabulary in part j; extracts[j]
+    maps crops (B,3,h,w) to part j's features (B,D,h',w') (at the part's own input size); offsets[j]:
+    where part j's prototype indices start in the global numbering --explain reports. A label is
+    scored in each part by its best prototype there (MISSING where a part has none), upsampled
+    (bilinear) to the crop's pixels; crops of the same size from all images share the extractors'
+    batches, and each is matched against its own image's vocabularies, so per-image category
+    filtering still applies. Returns per image: scores (L,H,W) float32 over `union_labels`, those
+    labels, and with `with_best` the winning prototype per label and pixel, (L,H,W) int64 global
+    indices: the best-scoring prototype of the part with the highest score, over all crops.
     """
-    canvases = [_Canvas.blank(len(v.labels), im.shape[1], im.shape[2], im.device, with_best)
-                for im, v in zip(images, vocabs, strict=True)]  # fmt: skip
+    labels = [union_labels(v) for v in vocabs]
+    canvases = [_Canvas.blank(len(lab), im.shape[1], im.shape[2], im.device, with_best)
+                for im, lab in zip(images, labels, strict=True)]  # fmt: skip
     by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
     for i, image in enumerate(images):
-        for shape, box, crop in _windows(image, stride_px, windows, stride):
-            by_shape.setdefault(shape, []).append((i, box, crop))
+        for box, crop in crops(image, windows, stride):
+            by_shape.setdefault(tuple(crop.shape[-2:]), []).append((i, box, crop))
     for shape, jobs in by_shape.items():
         for k in range(0, len(jobs), batch):
             chunk = jobs[k : k + batch]
-            feats = extract(torch.stack([crop for _, _, crop in chunk]))
+            stack = torch.stack([crop for _, _, crop in chunk])
+            feats = [extract(stack) for extract in extracts]
             start = 0
-            while start < len(chunk):  # consecutive windows of one image are matched together
+            while start < len(chunk):  # consecutive crops of one image are matched together
                 i = chunk[start][0]
                 stop = start
                 while stop < len(chunk) and chunk[stop][0] == i:
                     stop += 1
-                scores, best = match(feats[start:stop], vocabs[i])
-                up = F.interpolate(scores, size=shape, mode="bilinear", align_corners=False)
-                best_up = F.interpolate(best.float(), size=shape, mode="nearest").long() if with_best else None
+                fused, best, best_sim = _fuse(feats, start, stop, vocabs[i], labels[i], offsets, shape, with_best)
                 for j in range(start, stop):
-                    canvases[i].add(chunk[j][1], up[j - start], None if best_up is None else best_up[j - start])
+                    canvases[i].add(chunk[j][1], fused[j - start], None if best is None else best[j - start],
+                                    None if best_sim is None else best_sim[j - start])  # fmt: skip
                 start = stop
-    return [c.result() for c in canvases]
+    out = []
+    for canvas, lab in zip(canvases, labels, strict=True):
+        scores, best = canvas.result()
+        out.append((scores, lab, best))
+    return out
 
 
-def slide_match(
-    image: torch.Tensor,
-    extract: Extract,
-    vocab: Vocabulary,
-    stride_px: int,
-    windows: tuple[int, ...] | None = (448, 336),
-    stride: int = 224,
-    batch: int = 8,
-    with_best: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Average label scores over sliding windows of each size (or one pass with windows=None).
-
-    image: (3,H,W) float RGB in [0,1]; extract maps (B,3,S,S) with S a multiple of `stride_px` to
-    (B,D,S/stride_px,S/stride_px). Window scores are upsampled (bilinear) to the window's pixels
-    and averaged where windows overlap. Returns scores (L,H,W) float32 and, with `with_best`, the
-    prototype (`vocab.index`) with the highest similarity per label and pixel over all windows,
-    (L,H,W) int64; else None.
-    """
-    return slide_match_many([image], [vocab], extract, stride_px, windows, stride, batch, with_best)[0]
+def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabulary], labels: list[int],
+          offsets: list[int], shape: tuple[int, int], with_best: bool):  # fmt: skip
+    """Mean over parts of the crops' label scores (B,L,h,w) at the crops' size, and the winners."""
+    fused = best = best_sim = None
+    for f, vocab, offset in zip(feats, vocabs, offsets, strict=True):
+        scores, idx = match(f[start:stop], vocab)
+        up = F.interpolate(scores, size=shape, mode="bilinear", align_corners=False)
+        rows = [labels.index(lab) for lab in vocab.labels]
+        full = up.new_full((up.shape[0], len(labels), *shape), MISSING)
+        full[:, rows] = up
+        fused = full if fused is None else fused + full
+        if with_best:
+            idx_up = F.interpolate(idx.float(), size=shape, mode="nearest").long()
+            idx_up = torch.where(idx_up >= 0, idx_up + offset, idx_up)
+            sim = full.new_full(full.shape, NO_SCORE)
+            sim[:, rows] = up
+            ids = torch.full(full.shape, -1, dtype=torch.long, device=full.device)
+            ids[:, rows] = idx_up
+            if best is None:
+                best, best_sim = ids, sim
+            else:
+                better = sim > best_sim
+                best_sim = torch.where(better, sim, best_sim)
+                best = torch.where(better, ids, best)
+    return fused / len(feats), best, best_sim
 
 
 def upsample_argmax(

@@ -3,7 +3,9 @@
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
 1. category pre-filter: the classes CLIP sees in the image (optional);
 2. resize so the short side is `short_side` (TCL/OVDiff inference; long side at most 2048/448 of it);
-3. sliding-window matching of dense features against the kept classes' prototypes;
+3. matching: every sliding window and the whole image, resized to each extractor part's own input
+   size, are matched against that part's prototypes of the kept classes; the per-part class score
+   maps are averaged (late fusion), then averaged over the crops;
 4. bilinear upsampling of the label scores to the image size, then argmax.
 
 `segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,8 +30,11 @@ from .config import SegmentConfig
 from .errors import OvdiffError
 from .filter import CategoryFilter
 from .imageio import MAX_LABELS, ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
-from .matching import assemble_vocabulary, slide_match_many, upsample_argmax
-from .types import ClassPrototypes, Extractor, ImageTextScorer
+from .matching import Provenance, assemble_vocabulary, slide_match_many, upsample_argmax
+from .types import ClassParts, ImageTextScorer
+
+if TYPE_CHECKING:
+    from .features import Part
 
 LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
 
@@ -38,8 +44,8 @@ class Segmentation:
     """One image's result.
 
     labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index, in the full
-    vocabulary, of the prototype that decided each pixel (`Segmenter.vocab.source(i)`), -1 where the
-    background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
+    vocabulary (all parts, numbered part after part), of the prototype that decided each pixel
+    (`Segmenter.source(i)`), -1 where the background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
     timings: seconds spent in "filter", "features", "matching" and "upsample_io".
     """
 
@@ -58,31 +64,48 @@ def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 class Segmenter:
     """Segments images against a fixed list of classes; build once, call `predict` per image.
 
-    extractor: the features the classes' prototypes were built from; scorer: the category filter's
+    parts: the extractor parts (features.Part, in spec order) the classes' prototypes were built in;
+    one vocabulary per part (`vocabs`) is matched on that part's own features, and prototypes are
+    numbered globally (part after part) for --explain: `source(i)`. scorer: the category filter's
     image/text scorer (None: no filter, whatever `cfg.use_filter` says); cache: where the filter's
     text embeddings are kept (None: memory only). `compose.Stages.segmenter` builds one for a run.
     """
 
-    def __init__(self, extractor: Extractor, classes: list[ClassPrototypes], cfg: SegmentConfig,
+    def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
                  device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
                  window_batch: int = 8):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with")
         if len(classes) > MAX_LABELS:
             raise OvdiffError(f"{len(classes)} classes given; masks hold at most {MAX_LABELS} (palette PNG indices)")
-        self.cfg, self.classes, self.device = cfg, classes, device
-        self.extractor = extractor
-        self.vocab = assemble_vocabulary(
-            classes, cfg.proto_kinds, background=cfg.background, stuff_filter=cfg.stuff_filter,
-            stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
-        )  # fmt: skip
-        self._device_vocab = self.vocab.to(device)
+        names = [p.name for p in parts]
+        for c in classes:
+            if set(names) - set(c.parts):
+                raise OvdiffError(f"class {c.name!r} has no prototypes for part(s) {', '.join(sorted(set(names) - set(c.parts)))}")
+        self.cfg, self.classes, self.device, self.parts = cfg, classes, device, parts
+        self.vocabs = [
+            assemble_vocabulary(
+                [c.parts[n] for c in classes], cfg.proto_kinds, background=cfg.background, stuff_filter=cfg.stuff_filter,
+                stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
+            )
+            for n in names
+        ]  # fmt: skip
+        sizes = [len(v.bank or v) for v in self.vocabs]
+        self.offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+        self._device_vocabs = [v.to(device) for v in self.vocabs]
         self.filter = (
             CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size)
             if scorer is not None and cfg.use_filter and len(classes) > 1
             else None
         )
         self.window_batch = window_batch
+
+    def source(self, index: int) -> tuple[str, Provenance]:
+        """(part, provenance) of prototype `index` in the global numbering of `Segmentation.winner`."""
+        for j in reversed(range(len(self.parts))):
+            if index >= self.offsets[j]:
+                return self.parts[j].name, self.vocabs[j].source(index - self.offsets[j])
+        raise IndexError(index)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -108,7 +131,7 @@ class Segmenter:
             t0 = time.perf_counter()
             keep = self.filter.select(image) if self.filter is not None else list(range(len(self.classes)))
             selected.append(keep)
-            vocabs.append(self._device_vocab.restrict(keep))
+            vocabs.append([v.restrict(keep) for v in self._device_vocabs])
             t["filter"] = time.perf_counter() - t0
             # 2. resize to the working size
             height, width = image.shape[:2]
@@ -116,31 +139,34 @@ class Segmenter:
             work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
             xs.append(torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.device).permute(2, 0, 1).float() / 255)
 
-        # 3. sliding-window matching (feature time measured apart)
+        # 3. each part on every window and the whole image, at its own input size (feature time measured apart)
         feature_time = 0.0
 
-        def extract(crops: torch.Tensor) -> torch.Tensor:
-            nonlocal feature_time
-            t = time.perf_counter()
-            out = self.extractor(crops)
-            self._sync()
-            feature_time += time.perf_counter() - t
-            return out
+        def timed(part):
+            def extract(crops: torch.Tensor) -> torch.Tensor:
+                nonlocal feature_time
+                t = time.perf_counter()
+                out = part.window(crops)
+                self._sync()
+                feature_time += time.perf_counter() - t
+                return out
+
+            return extract
 
         t0 = time.perf_counter()
         windows = tuple(self.cfg.windows) if self.cfg.slide else None
-        results = slide_match_many(xs, vocabs, extract, self.extractor.stride, windows, self.cfg.stride,
+        results = slide_match_many(xs, vocabs, [timed(p) for p in self.parts], self.offsets, windows, self.cfg.stride,
                                    self.window_batch, with_best=explain)  # fmt: skip
         self._sync()
         matching_time = time.perf_counter() - t0 - feature_time
         # 4. upsample to each image's size, argmax
         out = []
-        for image, (scores, best), vocab, keep, t in zip(images, results, vocabs, selected, times, strict=True):
+        for image, (scores, labels, best), keep, t in zip(images, results, selected, times, strict=True):
             t["features"] = feature_time / len(images)
             t["matching"] = matching_time / len(images)
             t0 = time.perf_counter()
             local, winner = upsample_argmax(scores, image.shape[0], image.shape[1], best)
-            labels = np.asarray(vocab.labels, dtype=np.int32)[local]
+            labels = np.asarray(labels, dtype=np.int32)[local]
             t["upsample_io"] = time.perf_counter() - t0
             out.append(Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32)))
         return out
@@ -273,33 +299,37 @@ def save_legend(names: list[str], background: bool, out_dir: Path) -> Path:
 class Explainer:
     """Writes, per image, which prototype won each pixel and where in the support set it came from.
 
-    explain/<name>.json lists the prototypes that won pixels (class, fg/bg, kind, row, pixel count,
-    bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
+    explain/<name>.json lists the prototypes that won pixels (class, part, fg/bg, kind, row, pixel
+    count, bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
     winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
     explain/<name>.png shows the `top` largest regions next to their support-image sources.
+
+    Under late fusion a pixel's label is the argmax of the parts' averaged scores; its winner is the
+    best prototype of that label in the part where that label scored highest (over all crops), so
+    the explanation names one prototype of one feature space.
     """
 
     def __init__(self, segmenter: Segmenter, cache, top: int = 6):
         self.seg, self.cache, self.top = segmenter, cache, top
-        self._arrays: dict[int, dict] = {}
+        self._arrays: dict[tuple[int, str], dict] = {}
 
-    def _class_data(self, ci: int) -> dict:
-        if ci not in self._arrays:
-            c = self.seg.classes[ci]
-            rec = self.cache.class_record(c.pid) if (self.cache is not None and c.pid) else None
+    def _class_data(self, ci: int, part: str) -> dict:
+        if (ci, part) not in self._arrays:
+            pid = self.seg.classes[ci].parts[part].pid
+            rec = self.cache.class_record(pid) if (self.cache is not None and pid) else None
             wanted = [n for n in ("masks", "fg/part_labels", "bg/part_labels") if rec and n in rec["arrays"]]
-            arrays = self.cache.class_arrays(c.pid, wanted) if rec else {}
-            self._arrays[ci] = {"support_id": rec.get("support_id") if rec else None, **arrays}
-        return self._arrays[ci]
+            arrays = self.cache.class_arrays(pid, wanted) if rec else {}
+            self._arrays[(ci, part)] = {"support_id": rec.get("support_id") if rec else None, **arrays}
+        return self._arrays[(ci, part)]
 
     def source(self, index: int) -> tuple[int | None, np.ndarray | None, str]:
-        """(support image, region on the feature grid, description) of prototype `index`."""
-        p = self.seg.vocab.source(index)
-        data = self._class_data(p.cls)
+        """(support image, region on the mask or part grid, description) of prototype `index`."""
+        part, p = self.seg.source(index)
+        data = self._class_data(p.cls, part)
         code = 1 if p.group == "fg" else 2
         masks = data.get("masks")
         if p.kind == "instance":
-            src = self.seg.classes[p.cls].sources.get(f"{p.group}/instance")
+            src = self.seg.classes[p.cls].parts[part].sources.get(f"{p.group}/instance")
             img = int(src[p.row]) if src is not None and p.row < len(src) else None
             region = masks[img] == code if (masks is not None and img is not None) else None
             return img, region, f"{p.group} mask of support image {img}"
@@ -324,19 +354,19 @@ class Explainer:
             if idx < 0:
                 entries.append({"index": -1, "prototype": "background threshold", "pixels": n})
                 continue
-            p = self.seg.vocab.source(idx)
+            part, p = self.seg.source(idx)
             ys, xs = np.nonzero(winner == idx)
             img, region, how = self.source(idx)
             entries.append({
                 "index": idx, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
-                "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
+                "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
                 "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                 "support_image": img, "support_region": how,
             })  # fmt: skip
-            sid = self._class_data(p.cls).get("support_id")
+            sid = self._class_data(p.cls, part).get("support_id")
             if len(supports) < self.top and img is not None and region is not None and sid:
                 regions.append(winner == idx)
-                caption = f"{self.seg.classes[p.cls].name}\n{p.group} {p.kind} #{p.row}\n{n} px\n{how}"
+                caption = f"{self.seg.classes[p.cls].name}\n{part}: {p.group} {p.kind} #{p.row}\n{n} px\n{how}"
                 supports.append((self.cache.support_image(sid, img), region, caption))
         save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
                   out_dir / f"{item.name}.json")  # fmt: skip

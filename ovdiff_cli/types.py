@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig, SegmentConfig
+    from .features import Part
     from .models.presets import ModelSpecs
 
 
@@ -42,10 +43,11 @@ class Generator(Protocol):
 
 
 class Extractor(Protocol):
-    """Dense features Φ_v (paper §3, App. C.2).
+    """A backbone of dense features Φ_v (paper §3, App. C.2); `features.Part` wraps it with its
+    input size and per-location L2 normalisation.
 
     `__call__(images)`: images (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride`,
-    → (B,D,H/stride,W/stride) float32, each part L2-normalised per location.
+    → (B,D,H/stride,W/stride) float.
     """
 
     name: str
@@ -55,9 +57,14 @@ class Extractor(Protocol):
 
 
 class MaskProposer(Protocol):
-    """Class-agnostic object proposals Γ (paper §3): binary masks on the feature grid."""
+    """Class-agnostic object proposals Γ (paper §3): binary masks on the feature grid.
+
+    `uses_features`: whether `propose` reads the features (else it is given a (0,h,w) placeholder
+    that only carries the grid), so masks are keyed by the features only when they matter.
+    """
 
     name: str
+    uses_features: bool
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
         """image HxWx3 uint8; features (D,h,w) → list of (h,w) bool masks (possibly empty)."""
@@ -85,7 +92,7 @@ class StageSource(Protocol):
     specs that name the cache keys, where models run, and each stage, built on first use.
 
     `compose.Stages` is the implementation; nothing is built until a stage is asked for, and
-    `segmenter` returns a `segment.Segmenter` over the run's extractor and scorer.
+    `segmenter` returns a `segment.Segmenter` over the run's extractor parts and scorer.
     """
 
     specs: ModelSpecs
@@ -94,13 +101,13 @@ class StageSource(Protocol):
 
     def generator(self) -> Generator: ...
 
-    def extractor(self, spec: str) -> Extractor: ...
+    def part(self, name: str) -> Part: ...
 
     def mask_proposer(self, name: str) -> MaskProposer: ...
 
     def scorer(self) -> ImageTextScorer: ...
 
-    def segmenter(self, classes: list[ClassPrototypes], cfg: SegmentConfig, extractor_spec: str, cache=None): ...
+    def segmenter(self, classes: list[ClassParts], cfg: SegmentConfig, extractor_spec: str, cache=None): ...
 
 
 PROTO_KINDS = ("class", "instance", "part")
@@ -108,7 +115,7 @@ PROTO_KINDS = ("class", "instance", "part")
 
 @dataclass
 class ClassPrototypes:
-    """Prototypes of one class (paper §3 "Prototype aggregation").
+    """Prototypes of one class in one feature space (paper §3 "Prototype aggregation").
 
     fg / bg map a prototype kind ("class", "instance", "part") to an (n, D) float32 array.
     Stuff classes have no bg prototypes. `sources` maps "fg/instance" etc. to the support
@@ -121,3 +128,20 @@ class ClassPrototypes:
     bg: dict[str, np.ndarray] = field(default_factory=dict)
     pid: str = ""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ClassParts:
+    """One class of a vocabulary: its prototypes in each part of the extractor spec, in spec order.
+
+    The authors keep one prototype set per extractor (sdov predict.py); each part's set is a
+    `ClassPrototypes` with its own cache id (`parts[p].pid`).
+    """
+
+    name: str
+    kind: str
+    parts: dict[str, ClassPrototypes]
+
+    @property
+    def pids(self) -> list[str]:
+        return [p.pid for p in self.parts.values()]

@@ -1,9 +1,11 @@
 """Paper §3 "Class prototypes", the stage: class names → cached prototypes, building only what is missing.
 
-For each class: sample its support set (sampling stage), extract features of the support images,
-propose fg/bg masks, aggregate prototypes, and commit the class in one cache transaction. A class
-already cached for the same (name, seed, extractor, models, settings) is loaded with no model
-loaded or called, so a vocabulary grows one class at a time and segmenting never regenerates.
+For each class: sample its support set (sampling stage), propose fg/bg masks once (on DINO keys for
+ncut, independent of the extractor spec), then for each part of the spec featurise the support
+images, resize the masks to that part's grid, aggregate that part's own prototypes, and commit the
+part in one cache transaction. A part already cached for the same (name, seed, masks, part model,
+settings) is loaded with no model loaded or called, so a vocabulary grows one class at a time, a
+class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
 
 Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
 bytes). Exported files carry the prototypes and records, not the support images.
@@ -21,8 +23,8 @@ import numpy as np
 from . import names as naming
 from .cache import now_iso
 from .errors import ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
-from .keys import PROTO_VERSION, class_id, support_key
-from .types import PROTO_KINDS, ClassPrototypes
+from .keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
+from .types import PROTO_KINDS, ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
     from .cache import Cache
     from .config import ProtoConfig, SampleConfig
     from .models.presets import ModelSpecs
-    from .types import Extractor, MaskProposer, Sample, StageSource
+    from .types import Sample, StageSource
 
+MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part resizes them to its own grid
 EXPORT_FORMAT = "ovdiff-prototypes"
 EXPORT_VERSION = "1"
 OnEvent = Callable[[str, str, int, int], None]
@@ -42,17 +45,18 @@ OnEvent = Callable[[str, str, int, int], None]
 
 def check_proto_config(cfg: ProtoConfig) -> None:
     """Reject settings that cannot build prototypes, naming the option, before any model loads."""
-    from .features import parse_spec
+    from .features import PARTS, spec_parts
     from .masks import PROPOSERS
 
-    if cfg.extractor != "procedural":
-        parse_spec(cfg.extractor)
+    spec_parts(cfg.extractor)
     if cfg.mask_proposer not in PROPOSERS:
         raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
+    if cfg.mask_features not in (*PARTS, "procedural"):
+        raise InvalidSetting("mask_features", f"{cfg.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
     if cfg.k_parts < 1:
         raise InvalidSetting("k_parts", f"must be at least 1, got {cfg.k_parts}")
-    if cfg.feature_size < 8:
-        raise InvalidSetting("feature_size", f"must be at least 8 pixels, got {cfg.feature_size}")
+    if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
+        raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
     if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
         raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
 
@@ -61,7 +65,7 @@ def check_proto_config(cfg: ProtoConfig) -> None:
 
 
 def load_class(cache: Cache, pid: str) -> ClassPrototypes:
-    """The prototypes of cached class `pid` as float32 arrays, with their support-image sources."""
+    """The prototypes of cached class part `pid` as float32 arrays, with their support-image sources."""
     rec = cache.class_record(pid)
     if rec is None:
         raise ClassNotFound(pid)
@@ -80,8 +84,15 @@ def load_class(cache: Cache, pid: str) -> ClassPrototypes:
     return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources)
 
 
+def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
+    """One class from its part records (part → pid)."""
+    parts = {p: load_class(cache, pid) for p, pid in pids.items()}
+    first = next(iter(parts.values()))
+    return ClassParts(first.name, first.kind, parts)
+
+
 def find_classes(cache: Cache, name: str | None = None) -> list[tuple[str, dict]]:
-    """(pid, record) of the cached classes, all or those called `name` (normalised), oldest first."""
+    """(pid, record) of the cached class parts, all or those called `name` (normalised), oldest first."""
     norm = naming.validate(name) if name is not None else None
     found = [(pid, rec) for pid, rec in cache.classes() if norm is None or rec.get("norm") == norm]
     return sorted(found, key=lambda pr: (pr[1].get("created_at", ""), pr[0]))
@@ -102,93 +113,147 @@ def prototype_counts(record: dict) -> dict[str, int]:
 
 def support_masks(
     samples: list[Sample],
-    extractor: Extractor,
-    proposer: MaskProposer,
-    size: int,
-    batch_size: int,
+    stages: StageSource,
+    proto_cfg: ProtoConfig,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
-    """Features and fg/bg masks of support images.
+) -> tuple[np.ndarray, np.ndarray, int, torch.Tensor | None]:
+    """fg/bg masks of support images on the feature_size/MASK_STRIDE grid.
 
-    → features (N,D,h,w) float32 (size×size images), fg and bg (N,h,w) bool, and how many images fell
-    back to Otsu thresholding because the proposer found nothing.
+    The proposer runs on the `mask_features` part's features when it uses features (ncut), else on
+    nothing but the grid. → fg and bg (N,g,g) bool, how many images fell back to thresholding the
+    attribution because the proposer found nothing, and the features computed (N,D,h,w) or None,
+    so the part they belong to need not extract them again.
     """
+    import torch
+    import torch.nn.functional as F
+
     from .features import extract_images
     from .masks import fg_bg_masks
 
-    feats = extract_images(extractor, [s.image for s in samples], size, batch_size, on_progress)
-    grid = tuple(feats.shape[-2:])
+    g = proto_cfg.feature_size // MASK_STRIDE
+    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
+    feats = None
+    if proposer.uses_features:
+        feats = extract_images(stages.part(proto_cfg.mask_features), [s.image for s in samples], proto_cfg.feature_size,
+                               proto_cfg.batch_size, on_progress)  # fmt: skip
     fg, bg, fallbacks = [], [], 0
-    for s, f in zip(samples, feats, strict=True):
-        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, grid)
+    for i, s in enumerate(samples):
+        if feats is None:
+            f = torch.zeros(0, g, g)
+        else:
+            f = feats[i]
+            if tuple(f.shape[-2:]) != (g, g):
+                f = F.interpolate(f[None], size=(g, g), mode="bilinear", align_corners=False)[0]
+        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, (g, g))
         fg.append(m_fg)
         bg.append(m_bg)
         fallbacks += how == "otsu"
-    return feats, np.stack(fg), np.stack(bg), fallbacks
+    return np.stack(fg), np.stack(bg), fallbacks, feats
+
+
+def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.ndarray, int] | None:
+    """The coded masks (N,g,g) uint8 and fallback count stored with any cached part of the same masks."""
+    for pid in candidates:
+        rec = cache.class_record(pid)
+        if rec is not None and rec.get("mask_id") == mid and "masks" in rec["arrays"]:
+            return cache.class_arrays(pid, ["masks"])["masks"], int(rec.get("otsu_fallbacks", 0))
+    return None
 
 
 def _build(
-    cache: Cache, stages: StageSource, norm: str, pid: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
-    kind: str, kind_source: str, on_event: OnEvent | None,
+    cache: Cache, stages: StageSource, norm: str, todo: dict[str, str], siblings: list[str], seed: int,
+    sample_cfg: SampleConfig, proto_cfg: ProtoConfig, kind: str, kind_source: str, on_event: OnEvent | None,
 ) -> None:  # fmt: skip
-    """Sample (what is missing), extract, mask, aggregate, and commit one class in one transaction."""
-    from .prototypes import build_prototypes
+    """Build the parts `todo` (part → pid) of one class, each committed in its own transaction.
+
+    Support images are sampled only where missing; the masks come from a cached part of the same
+    masks (`siblings`, pids to look in) when there is one, else from the proposer. Each part then
+    featurises the support images at feature_size, resizes the masks to its own grid and aggregates
+    its own prototypes (K-means in its own space).
+    """
+    from .masks import resize_mask
+    from .prototypes import build_prototypes, encode_masks
     from .sampling import ensure_support_set, load_samples
 
     def progress(stage: str):
         return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
 
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
     sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
     samples = load_samples(cache, sid, sample_cfg.n_images)
-    extractor = stages.extractor(proto_cfg.extractor)
-    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
-    feats, fg, bg, fallbacks = support_masks(
-        samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract")
-    )
-    arrays = build_prototypes(
-        feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
-    )
-    record = {
-        "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor, "support_id": sid,
-        "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
-        "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
-        "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-        "feature_grid": list(feats.shape[-2:]), "n_images": len(samples), "otsu_fallbacks": fallbacks,
-        "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(), "generator": meta.get("generator"),
-        "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
-    }  # fmt: skip
-    cache.put_class(pid, record, arrays)
+    found = _cached_masks(cache, siblings, mid)
+    computed: dict[str, torch.Tensor] = {}
+    if found is not None:
+        coded, fallbacks = found
+    else:
+        fg, bg, fallbacks, feats = support_masks(samples, stages, proto_cfg, progress("masks"))
+        coded = encode_masks(fg, bg)
+        if feats is not None:
+            computed[proto_cfg.mask_features] = feats
+    images = [s.image for s in samples]
+    for part_name in sorted(todo, key=lambda p: p not in computed):  # the mask features' part first: freed early
+        pid = todo[part_name]
+        feats = computed.pop(part_name, None)
+        if feats is None:
+            from .features import extract_images
+
+            feats = extract_images(stages.part(part_name), images, proto_cfg.feature_size, proto_cfg.batch_size,
+                                   progress("extract"))  # fmt: skip
+        grid = tuple(feats.shape[-2:])
+        fg = np.stack([resize_mask(m == 1, grid) for m in coded])
+        bg = np.stack([resize_mask(m == 2, grid) for m in coded])
+        arrays = build_prototypes(
+            feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
+        )
+        del feats
+        arrays["masks"] = coded  # on the mask grid: the same array in every part of these masks
+        record = {
+            "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
+            "support_id": sid, "support_key": support_key(norm, seed, sample_cfg),
+            "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
+            "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+            "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+            "feature_grid": list(grid), "mask_grid": list(coded.shape[-2:]), "n_images": len(samples),
+            "otsu_fallbacks": fallbacks, "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
+            "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
+            "proto_version": PROTO_VERSION, "created_at": now_iso(),
+        }  # fmt: skip
+        cache.put_class(pid, record, arrays)
     if on_event:
         on_event("prototypes", norm, 1, 1)
 
 
-def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassPrototypes, seed: int, sample_cfg: SampleConfig,
-                   proto_cfg: ProtoConfig, source: str) -> str:  # fmt: skip
-    """Cache prototypes made elsewhere (an experiment, a synthetic bank) as class `protos.name` under the
-    id `ensure_classes` looks up for these settings, so they are used as built ones are; returns the id.
+def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassParts, seed: int, sample_cfg: SampleConfig,
+                   proto_cfg: ProtoConfig, source: str) -> list[str]:  # fmt: skip
+    """Cache prototypes made elsewhere (an experiment, a synthetic bank) as class `protos.name`, each part
+    under the id `ensure_classes` looks up for these settings, so they are used as built ones are;
+    returns the ids in spec order.
 
-    protos.fg / bg: kind → (n, D) arrays; instance rows take their support images from `protos.sources`
-    (-1 when unknown). No support images or masks are stored, as for an import; `source` is recorded.
+    protos.parts[p].fg / bg: kind → (n, D) arrays; instance rows take their support images from
+    `sources` (-1 when unknown). No support images or masks are stored, as for an import; `source` is recorded.
     """
     norm = naming.validate(protos.name)
-    pid = class_id(norm, seed, specs, sample_cfg, proto_cfg)
-    arrays: dict[str, np.ndarray] = {}
-    for group, kinds in (("fg", protos.fg), ("bg", protos.bg)):
-        for kind, a in kinds.items():
-            arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
-        if "instance" in kinds:
-            src = protos.sources.get(f"{group}/instance")
-            arrays[f"{group}/instance_src"] = np.asarray(np.full(len(kinds["instance"]), -1) if src is None else src, np.int64)
-    record = {
-        "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor,
-        "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
-        "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
-        "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-        "n_images": sample_cfg.n_images, "kind": protos.kind, "kind_source": source, "models": specs.identity(),
-        "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
-    }  # fmt: skip
-    cache.put_class(pid, record, arrays)
-    return pid
+    pids = class_ids(norm, seed, specs, sample_cfg, proto_cfg)
+    for part, pid in pids.items():
+        one = protos.parts[part]
+        arrays: dict[str, np.ndarray] = {}
+        for group, kinds in (("fg", one.fg), ("bg", one.bg)):
+            for kind, a in kinds.items():
+                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
+            if "instance" in kinds:
+                src = one.sources.get(f"{group}/instance")
+                arrays[f"{group}/instance_src"] = np.asarray(np.full(len(kinds["instance"]), -1) if src is None else src, np.int64)
+        record = {
+            "name": norm, "norm": norm, "seed": seed, "extractor": part, "part": part,
+            "mask_id": mask_id(norm, seed, specs, sample_cfg, proto_cfg),
+            "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
+            "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+            "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+            "n_images": sample_cfg.n_images, "kind": protos.kind, "kind_source": source, "models": specs.identity(),
+            "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
+        }  # fmt: skip
+        cache.put_class(pid, record, arrays)
+    return list(pids.values())
 
 
 def _make_stuff(cache: Cache, pid: str, rec: dict, kind_source: str) -> None:
@@ -219,18 +284,22 @@ def ensure_classes(
     kinds: dict[str, str] | None = None,
     build: bool = True,
     on_event: OnEvent | None = None,
-) -> list[ClassPrototypes]:
-    """The prototypes of every class in `names` (in that order), building those not cached.
+) -> list[ClassParts]:
+    """The prototypes of every class in `names` (in that order), in every part of the extractor
+    spec, building the parts not cached.
 
-    A cached class is read without loading or calling any model. A missing one is built (sampling
-    only the support images not yet cached) under a per-class lock, re-checked once the lock is
-    held, so concurrent processes build each class once. `kinds` overrides stuff/thing per class
-    ("user" in the record); a cached class whose kind differs is converted in place (thing → stuff
-    drops bg prototypes; stuff → thing re-extracts from the cached support set). With build=False
-    nothing is written and a missing or differently-kinded class is an error naming the command
-    that builds it (MissingClasses). on_event(stage, class, done, total), stage in "sample", "extract",
-    "prototypes", "cached".
+    Each part of a class is its own cache entry, keyed by the class's support masks and that part
+    alone, so a class built for `sd+dino+clip` serves `dino` (or `sd+clip`) with no model loaded.
+    A cached part is read without loading or calling any model. Missing parts are built (sampling
+    only the support images not yet cached, reusing the masks of a cached part) under a per-class
+    lock, re-checked once the lock is held, so concurrent processes build each part once. `kinds`
+    overrides stuff/thing per class ("user" in the record); a cached part whose kind differs is
+    converted in place (thing → stuff drops bg prototypes; stuff → thing re-extracts from the
+    cached support set). With build=False nothing is written and a missing or differently-kinded
+    class is an error naming the command that builds it (MissingClasses). on_event(stage, class, done, total),
+    stage in "sample", "masks", "extract", "prototypes", "cached".
     """
+    from .features import PARTS
     from .stuff import classify
 
     check_proto_config(proto_cfg)
@@ -239,31 +308,46 @@ def ensure_classes(
     unknown = sorted(set(overrides) - set(norms))
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
-    pids = {n: class_id(n, seed, stages.specs, sample_cfg, proto_cfg) for n in norms}
+    pids = {n: class_ids(n, seed, stages.specs, sample_cfg, proto_cfg) for n in norms}
 
     def stale(n: str, rec: dict | None) -> bool:
         return rec is None or (n in overrides and rec["kind"] != overrides[n])
 
+    def todo(n: str) -> dict[str, str]:
+        return {p: pid for p, pid in pids[n].items() if stale(n, cache.class_record(pid))}
+
     if not build:
-        todo = [n for n in dict.fromkeys(norms) if stale(n, cache.class_record(pids[n]))]
-        if todo:
-            raise MissingClasses(todo, seed, stages.specs, sample_cfg, proto_cfg)
+        missing = [n for n in dict.fromkeys(norms) if todo(n)]
+        if missing:
+            raise MissingClasses(missing, seed, stages.specs, sample_cfg, proto_cfg)
     for n in dict.fromkeys(norms):
-        pid = pids[n]
-        if not stale(n, cache.class_record(pid)):
+        if not todo(n):
             if on_event:
                 on_event("cached", n, 1, 1)
             continue
-        with cache.lock(pid):
-            rec = cache.class_record(pid)  # another process may have built it while we waited
-            if not stale(n, rec):
+        mid = mask_id(n, seed, stages.specs, sample_cfg, proto_cfg)
+        with cache.lock(mid):
+            parts = todo(n)  # another process may have built them while we waited
+            if not parts:
                 continue
-            if rec is not None and overrides[n] == "stuff":
-                _make_stuff(cache, pid, rec, "user")
+            # every part these masks may already have (any spec), to reuse masks and kind from
+            siblings = [part_id(n, seed, p, mid, stages.specs, proto_cfg) for p in (*PARTS, "procedural")]
+            for p, pid in list(parts.items()):
+                rec = cache.class_record(pid)
+                if rec is not None and overrides[n] == "stuff":
+                    _make_stuff(cache, pid, rec, "user")
+                    del parts[p]
+            if not parts:
                 continue
-            kind, source = (overrides[n], "user") if n in overrides else classify(n, stages, cache)
-            _build(cache, stages, n, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
-    return [load_class(cache, pids[n]) for n in norms]
+            known = [r for r in map(cache.class_record, siblings) if r is not None]
+            if n in overrides:
+                kind, source = overrides[n], "user"
+            elif known:
+                kind, source = known[0]["kind"], known[0]["kind_source"]
+            else:
+                kind, source = classify(n, stages, cache)
+            _build(cache, stages, n, parts, siblings, seed, sample_cfg, proto_cfg, kind, source, on_event)
+    return [load_parts(cache, pids[n]) for n in norms]
 
 
 def remove_classes(cache: Cache, classes: list[tuple[str, dict]], with_support: bool = False) -> None:
@@ -355,14 +439,19 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
 def match_classes(
     cache: Cache, targets: list[str] | None, seed: int | None = None, extractor: str | None = None
 ) -> list[tuple[str, dict]]:
-    """Cached classes matching any target (a class name, or an id or id prefix of 6+ characters), filtered.
+    """Cached class parts matching any target (a class name, or an id or id prefix of 6+ characters),
+    filtered by seed and by extractor (the parts of that spec).
 
     No targets: every class. A target that matches nothing is an error naming `ovdiff protos list`.
     """
     every = find_classes(cache)
 
+    from .features import spec_parts
+
+    parts = None if extractor is None else spec_parts(extractor)
+
     def keep(rec: dict) -> bool:
-        return (seed is None or rec.get("seed") == seed) and (extractor is None or rec.get("extractor") == extractor)
+        return (seed is None or rec.get("seed") == seed) and (parts is None or rec.get("extractor") in parts)
 
     if not targets:
         return [(p, r) for p, r in every if keep(r)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ovdiff_cli.config import PART_INPUTS, InputSize
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.features import (
     POS_CACHE,
@@ -16,6 +17,7 @@ from ovdiff_cli.features import (
     extract_images,
     parse_spec,
     sd_feature_layers,
+    spec_parts,
 )
 
 
@@ -27,26 +29,59 @@ def test_spec_errors_name_the_choices():
         parse_spec("clip+clip")
 
 
-@pytest.mark.parametrize(
-    ("spec", "stride"), [("sd", 8), ("clip", 16), ("dino", 8), ("mae", 16), ("sd+dino+clip", 8)]
-)
-def test_shapes_and_unit_norm_per_part(tiny_stages, spec, stride):
-    ext = tiny_stages.extractor(spec)
-    assert ext.name == spec and ext.stride == stride
+@pytest.mark.parametrize(("name", "stride"), [("sd", 8), ("clip", 16), ("dino", 8), ("mae", 16)])
+def test_shapes_and_unit_norm_per_part(tiny_stages, name, stride):
+    part = tiny_stages.part(name)
+    assert part.name == name and part.stride == stride
     before = tiny_stages.calls.get("extract", 0)
     x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(0))  # not CLIP's native 224
-    f = ext(x)
+    f = part(x)
     assert tiny_stages.calls["extract"] - before == 2
     assert f.dtype == torch.float32 and f.shape[0] == 2 and tuple(f.shape[-2:]) == (96 // stride, 64 // stride)
-    assert list(ext.slices) == spec.split("+")
-    assert sum(s.stop - s.start for s in ext.slices.values()) == f.shape[1]
-    for sl in ext.slices.values():
-        torch.testing.assert_close(f[:, sl].norm(dim=1), torch.ones(2, *f.shape[-2:]))
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(2, *f.shape[-2:]))
 
 
 def test_sizes_not_multiple_of_stride_are_refused(tiny_stages):
     with pytest.raises(ValueError, match="multiple of the extractor stride 8"):
-        tiny_stages.extractor("dino")(torch.rand(1, 3, 60, 64))
+        tiny_stages.part("dino")(torch.rand(1, 3, 60, 64))
+
+
+def test_spec_parts():
+    assert spec_parts("sd+dino+clip") == ["sd", "dino", "clip"] and spec_parts("procedural") == ["procedural"]
+
+
+def test_the_authors_input_sizes_per_part():
+    """sdov predict.py: SD sees every crop at 512×512, CLIP (and MAE) at 448×448; DINO sees a crop as
+    it is when both sides are at most 448, else its short side at 448 with the long side at most 800."""
+    from ovdiff_cli.models.presets import ModelSpecs
+
+    assert PART_INPUTS["sd"] == InputSize(square=512) and PART_INPUTS["clip"] == InputSize(square=448)
+    assert PART_INPUTS["mae"] == InputSize(square=448) and PART_INPUTS["dino"] == InputSize(cap=448, long_cap=800)
+    assert PART_INPUTS["sd"](336, 336) == (512, 512) and PART_INPUTS["clip"](336, 200) == (448, 448)
+    dino = PART_INPUTS["dino"]
+    assert dino(336, 336) == (336, 336) and dino(448, 300) == (448, 300)
+    assert dino(448, 597) == (448, 597) and dino(448, 1000) == (358, 800) and dino(900, 600) == (672, 448)
+    for preset in ("sd15", "sd15-random"):  # the full-size presets use the authors' sizes
+        specs = ModelSpecs.of(preset)
+        assert all(specs.input_size(p) == PART_INPUTS[p] for p in ("sd", "clip", "dino", "mae"))
+
+
+def test_tiny_preset_scales_the_sizes_and_parts_see_crops_at_them(tiny_stages):
+    """The tiny preset's equivalents (support 64 px, windows 96): SD 64, CLIP 96, DINO as is up to 96."""
+    specs = tiny_stages.specs
+    assert specs.input_size("sd") == InputSize(square=64) and specs.input_size("clip") == InputSize(square=96)
+    assert specs.input_size("dino") == InputSize(cap=96, long_cap=176)
+    seen = {}
+    crops = torch.rand(2, 3, 64, 40, generator=torch.Generator().manual_seed(4))
+    for name in ("sd", "clip", "dino"):
+        part = tiny_stages.part(name)
+        backbone = part.backbone
+        part.backbone = lambda x, b=backbone, n=name: seen.setdefault(n, tuple(x.shape[-2:])) and b(x)
+        try:
+            part.window(crops)
+        finally:
+            part.backbone = backbone
+    assert seen == {"sd": (64, 64), "clip": (96, 96), "dino": (64, 40)}
 
 
 def test_clip_keys_equal_open_clip_at_native_size_and_run_at_96px(tiny_stages):
@@ -109,7 +144,7 @@ def test_sd_layers_by_position_and_features_are_batch_independent(tiny_stages):
 
 
 def test_extract_images_batches_and_resizes(tiny_stages):
-    ext = tiny_stages.extractor("dino")
+    ext = tiny_stages.part("dino")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (40, 64, 100)]
     seen = []
@@ -117,4 +152,4 @@ def test_extract_images_batches_and_resizes(tiny_stages):
     assert tuple(f.shape) == (3, 64, 8, 8) and seen == [(2, 3), (3, 3)]
     torch.testing.assert_close(f[1:2], extract_images(ext, images[1:2], 64))
     with pytest.raises(OvdiffError, match="multiple of the extractor's stride"):
-        extract_images(tiny_stages.extractor("clip"), images, 72)
+        extract_images(tiny_stages.part("clip"), images, 72)

@@ -151,7 +151,7 @@ def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(pro
     from ovdiff_cli.procedural import support_sample
     from ovdiff_cli.sampling import image_seed
 
-    extractor, proposer = procedural_stages.extractor("procedural"), build_proposer("ncut", procedural_stages.store)
+    extractor, proposer = procedural_stages.part("procedural"), build_proposer("ncut", procedural_stages.store)
     recalls, fallbacks = [], 0
     for i in range(6):
         s = support_sample(name, image_seed(name, 0, i), 128, 32)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ovdiff_cli.matching import (
     assemble_vocabulary,
     match,
-    slide_match,
+    slide_match_many,
     upsample_argmax,
     window_boxes,
 )
@@ -130,9 +130,53 @@ def test_slide_match_averages_windows_over_the_whole_image():
 
     for windows in [(32, 24), None]:
         calls.clear()
-        scores, best = slide_match(img, extract, v, 4, windows, stride=16, batch=3, with_best=True)
-        assert scores.shape == (2, 40, 72) and best.min() >= 0
+        [(scores, labels, best)] = slide_match_many([img], [[v]], [extract], [0], windows, stride=16, batch=3, with_best=True)
+        assert scores.shape == (2, 40, 72) and labels == [1, 2] and best.min() >= 0
         lab = scores.argmax(0)
         assert (lab[:, :34] == 0).all() and (lab[:, 38:] == 1).all()
-        assert all(c[2] % 4 == 0 and c[3] % 4 == 0 for c in calls)
-    assert calls == [(1, 3, 40, 72)]  # one pass without windows
+    assert calls == [(1, 3, 40, 72)]  # one pass without windows: the whole image
+
+
+def _constant_part(angle_of_width):
+    """An extractor whose features at every cell are (cos a, sin a, 0), a = angle_of_width(crop width)."""
+
+    def extract(crops: torch.Tensor) -> torch.Tensor:
+        a = angle_of_width(crops.shape[-1])
+        f = torch.tensor([np.cos(a), np.sin(a), 0.0], dtype=torch.float32)
+        return f.view(1, 3, 1, 1).expand(crops.shape[0], 3, 2, 2).clone()
+
+    return extract
+
+
+def test_the_whole_image_counts_as_one_more_crop_in_the_average():
+    """sdov predict.py: the whole image is appended to the windows and every crop weighs the same."""
+    v = assemble_vocabulary([ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]})], ("class",), background=False)
+    img = torch.zeros(3, 40, 72)
+    angle = {32: 0.3, 72: 1.2}  # window crops are 32 wide, the whole image 72
+    [(scores, _, _)] = slide_match_many([img], [[v]], [_constant_part(lambda w: angle[w])], [0], (32,), stride=16)
+    cover = torch.zeros(40, 72)
+    for y0, x0, y1, x1 in window_boxes(40, 72, 32, 16):
+        cover[y0:y1, x0:x1] += 1
+    want = (cover * np.cos(0.3) + np.cos(1.2)) / (cover + 1)
+    torch.testing.assert_close(scores[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_parts_are_fused_late_best_prototype_per_part_then_mean():
+    """Each part scores a label by its own best prototype; the parts' scores are averaged (not one
+    joint space, where one prototype must be best in both). A label a part lacks scores -1 there."""
+    a = [ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])}),
+         ClassPrototypes("y", "thing", fg={"class": unit(0, 0, 1)[None]})]  # fmt: skip
+    b = [ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(0, 1, 0), unit(1, 0, 0)])}),
+         ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]})]  # fmt: skip
+    va = assemble_vocabulary(a, ("class", "instance"), background=False)
+    vb = assemble_vocabulary(b, ("class", "instance"), background=False)
+    img = torch.zeros(3, 8, 8)
+    parts = [_constant_part(lambda w: 0.0), _constant_part(lambda w: np.pi / 2)]  # part 1 sees (1,0,0), part 2 (0,1,0)
+    [(scores, labels, best)] = slide_match_many([img], [[va, vb]], parts, [0, len(va.bank)], None, with_best=True)
+    assert labels == [1, 2]
+    torch.testing.assert_close(scores[:, 0, 0], torch.tensor([1.0, (0.0 + np.sqrt(0.5)) / 2], dtype=torch.float32))
+    # the winner of x is in part 1 (cosine 1 in both parts: the first part keeps it), that of y in part 2
+    assert va.source(int(best[0, 0, 0])).kind == "instance" and int(best[1, 0, 0]) >= len(va.bank)
+    only_b = assemble_vocabulary(b[:1], ("instance",), background=False)  # part 2 has no prototypes of y
+    [(scores, labels, _)] = slide_match_many([img], [[va, only_b]], parts, [0, len(va.bank)], None)
+    torch.testing.assert_close(scores[:, 0, 0], torch.tensor([1.0, (0.0 - 1.0) / 2]))

@@ -97,14 +97,23 @@ def test_segment_help_shows_an_example():
     assert res.exit_code == 0 and "Example: ovdiff segment photos/" in res.output
 
 
-def test_tiny_preset_on_the_real_voc_image_writes_a_mask_of_its_size(tmp_path):
+def test_tiny_preset_on_the_real_voc_image_writes_a_mask_of_its_size_and_explains_it_per_part(tmp_path):
+    """sd+dino+clip: the winner of a pixel is a prototype of the pixel's own label, in the part
+    where that label scored highest; the explanation names the part."""
     img = next((VOC_SAMPLE / "JPEGImages").glob("*.jpg"))
     out = tmp_path / "masks"
     res = runner.invoke(app, ["segment", str(img), "--classes", "cat,sky", "--out", str(out), "--cache",
-                              str(tmp_path / "cache"), "--preset", "tiny", "--device", "cpu", "-q"])  # fmt: skip
+                              str(tmp_path / "cache"), "--preset", "tiny", "--device", "cpu", "-q", "--explain"])  # fmt: skip
     assert res.exit_code == 0, res.output
     with Image.open(out / f"{img.stem}.png") as m, Image.open(img) as im:
         assert m.size == im.size and m.mode == "P"
+        labels = np.asarray(m)
+    explained = json.loads((out / "explain" / f"{img.stem}.json").read_text())
+    with Image.open(out / "explain" / f"{img.stem}.winner.png") as w:
+        winner = np.asarray(w).astype(np.int64) - 1
+    assert {p["part"] for p in explained["prototypes"]} <= {"sd", "dino", "clip"}
+    for p in explained["prototypes"]:
+        assert (labels[winner == p["index"]] == p["label"]).all()
 
 
 def test_demo_runs_offline_and_scores(tmp_path):
@@ -179,16 +188,9 @@ def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(
     rng = np.random.default_rng(7)
     images = [render_scene(rng)[0] for _ in range(3)]
     calls = []
-    inner = seg.extractor
-
-    class Counting:
-        stride = inner.stride
-
-        def __call__(self, crops):
-            calls.append(crops.shape[0])
-            return inner(crops)
-
-    seg.extractor = Counting()
+    (part,) = seg.parts
+    inner = part.backbone
+    part.backbone = lambda crops: calls.append(crops.shape[0]) or inner(crops)
     one_by_one = [seg.predict(im, explain=True) for im in images]
     alone_calls = len(calls)
     calls.clear()
@@ -197,3 +199,4 @@ def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(
     for a, b in zip(one_by_one, together):
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.winner, b.winner)
         assert a.selected == b.selected
+    part.backbone = inner

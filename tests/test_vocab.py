@@ -19,7 +19,7 @@ from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import MissingClasses, OvdiffError
 from ovdiff_cli.models.presets import get_preset
-from ovdiff_cli.keys import class_id
+from ovdiff_cli.keys import PROTO_VERSION, class_ids, mask_id
 from ovdiff_cli.vocab import (
     ensure_classes,
     export_classes,
@@ -103,40 +103,92 @@ def _calls(stages) -> tuple[int, int]:
     return stages.calls.get("generate", 0), stages.calls.get("extract", 0)
 
 
+N_PARTS = len(PROTOS.extractor.split("+"))  # each part featurises every support image once (ncut reuses dino's)
+
+
 def test_adding_b_after_a_never_recomputes_a(tiny_stages, cache_dir):
     cache = Cache(cache_dir)
     g0, e0 = _calls(tiny_stages)
     (cat,) = ensure_classes(cache, tiny_stages, ["cat"], 0, SAMPLE, PROTOS)
-    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)
-    pid_a = class_id("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
-    rec_a = cache.class_record(pid_a)
-    arrays_a = cache.class_arrays(pid_a)
+    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + N_PARTS * SAMPLE.n_images)
+    pids_a = class_ids("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
+    recs_a = {p: cache.class_record(pid) for p, pid in pids_a.items()}
+    arrays_a = {p: cache.class_arrays(pid) for p, pid in pids_a.items()}
 
     g1, e1 = _calls(tiny_stages)
     events = []
     both = ensure_classes(cache, tiny_stages, ["cat", "dog"], 0, SAMPLE, PROTOS, on_event=lambda *e: events.append(e))
-    assert _calls(tiny_stages) == (g1 + SAMPLE.n_images, e1 + SAMPLE.n_images)  # dog only
+    assert _calls(tiny_stages) == (g1 + SAMPLE.n_images, e1 + N_PARTS * SAMPLE.n_images)  # dog only
     assert ("cached", "cat", 1, 1) in events and not any(e[1] == "cat" and e[0] != "cached" for e in events)
-    assert cache.class_record(pid_a) == rec_a
-    for name, arr in cache.class_arrays(pid_a).items():
-        np.testing.assert_array_equal(arr, arrays_a[name])
+    for p, pid in pids_a.items():
+        assert cache.class_record(pid) == recs_a[p]
+        for name, arr in cache.class_arrays(pid).items():
+            np.testing.assert_array_equal(arr, arrays_a[p][name])
 
     g2, e2 = _calls(tiny_stages)
     again = ensure_classes(cache, tiny_stages, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_stages) == (g2, e2)
-    assert [p.name for p in again] == ["dog", "cat"] and again[1].pid == both[0].pid == cat.pid
+    assert [p.name for p in again] == ["dog", "cat"] and again[1].pids == both[0].pids == cat.pids == list(pids_a.values())
     fresh = Stages.for_run("tiny", "cpu", "fp32")  # a new run, as a new process: cached classes load no model
-    assert [p.pid for p in ensure_classes(cache, fresh, ["cat", "dog"], 0, SAMPLE, PROTOS)] == [cat.pid, both[1].pid]
+    assert [p.pids for p in ensure_classes(cache, fresh, ["cat", "dog"], 0, SAMPLE, PROTOS)] == [cat.pids, both[1].pids]
     assert fresh.store.loaded == [] and fresh.calls == {}
 
-    # the class's prototypes: float32, Eq. 1 rows per image, parts ≤ K, sources for --explain
-    assert cat.kind == "thing" and set(cat.fg) == set(cat.bg) == {"class", "instance", "part"}
-    d = cat.fg["class"].shape[1]
-    assert all(a.dtype == np.float32 and a.shape[1] == d for a in (*cat.fg.values(), *cat.bg.values()))
-    assert len(cat.fg["instance"]) <= SAMPLE.n_images and len(cat.fg["part"]) <= PROTOS.k_parts
-    assert cat.sources["fg/class"].tolist() == [-1] and len(cat.sources["fg/instance"]) == len(cat.fg["instance"])
-    assert rec_a["kind_source"] == "table" and rec_a["extractor"] == PROTOS.extractor
-    assert rec_a["arrays"]["masks"]["shape"] == [SAMPLE.n_images, *rec_a["feature_grid"]]
+    # one prototype set per part, each in its own space: float32, Eq. 1 rows per image, parts ≤ K
+    assert list(cat.parts) == ["sd", "dino", "clip"] and cat.kind == "thing"
+    for name, protos in cat.parts.items():
+        assert set(protos.fg) == set(protos.bg) == {"class", "instance", "part"}
+        d = protos.fg["class"].shape[1]
+        assert all(a.dtype == np.float32 and a.shape[1] == d for a in (*protos.fg.values(), *protos.bg.values()))
+        assert len(protos.fg["instance"]) <= SAMPLE.n_images and len(protos.fg["part"]) <= PROTOS.k_parts
+        assert protos.sources["fg/class"].tolist() == [-1] and len(protos.sources["fg/instance"]) == len(protos.fg["instance"])
+        rec = recs_a[name]
+        assert rec["kind_source"] == "table" and rec["extractor"] == rec["part"] == name
+        stride = tiny_stages.part(name).stride
+        assert rec["feature_grid"] == [PROTOS.feature_size // stride] * 2
+        assert rec["arrays"]["fg/part_labels"]["shape"] == [SAMPLE.n_images, *rec["feature_grid"]]
+        assert rec["arrays"]["masks"]["shape"] == [SAMPLE.n_images, *rec["mask_grid"]]
+        np.testing.assert_array_equal(arrays_a[name]["masks"], arrays_a["sd"]["masks"])  # one set of masks
+    # each part in its own space (tiny SD: 160 query channels, DINO and CLIP: 64 keys), never one joint space
+    assert {n: p.fg["class"].shape[1] for n, p in cat.parts.items()} == {"sd": 160, "dino": 64, "clip": 64}
+
+
+def test_a_class_built_for_sd_dino_clip_serves_its_parts_with_no_build(cache_dir):
+    """The masks depend on the support set and the proposer (ncut on DINO keys), not on the spec:
+    segmenting with `dino` alone after building `sd+dino+clip` loads no generator and builds nothing;
+    adding a new part (mae) reuses the support images and the masks."""
+    cache = Cache(cache_dir)
+    (full,) = ensure_classes(cache, Stages.for_run("tiny", "cpu", "fp32"), ["cat"], 0, SAMPLE, PROTOS)
+    stages = Stages.for_run("tiny", "cpu", "fp32")
+    dino_cfg = dataclasses.replace(PROTOS, extractor="dino")
+    (dino,) = ensure_classes(cache, stages, ["cat"], 0, SAMPLE, dino_cfg, build=False)
+    assert stages.calls == {} and stages.store.loaded == [] and dino.pids == [full.parts["dino"].pid]
+    np.testing.assert_array_equal(dino.parts["dino"].fg["part"], full.parts["dino"].fg["part"])
+    seg_cfg = dataclasses.replace(TINY.segment, use_filter=False)
+    labels = stages.segmenter([dino], seg_cfg, "dino", cache).predict(np.zeros((96, 120, 3), np.uint8)).labels
+    assert labels.shape == (96, 120) and "generate" not in stages.calls and stages.store.loaded == ["dino"]
+
+    (more,) = ensure_classes(cache, stages, ["cat"], 0, SAMPLE, dataclasses.replace(PROTOS, extractor="dino+mae"))
+    assert "generate" not in stages.calls and more.pids[0] == full.parts["dino"].pid  # mae built from cached images
+    np.testing.assert_array_equal(cache.class_arrays(more.pids[1], ["masks"])["masks"],
+                                  cache.class_arrays(full.pids[0], ["masks"])["masks"])  # fmt: skip
+
+
+def test_keys_follow_what_each_entry_depends_on(tiny_stages):
+    """Masks: support set + proposer (+ the features it cuts); a part: its masks + that part alone."""
+    ids = class_ids("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
+    assert class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, extractor="clip+dino")) == {
+        "clip": ids["clip"], "dino": ids["dino"]}  # fmt: skip
+    mid = mask_id("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
+    assert mid == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, extractor="sd", k_parts=2))
+    assert mid != mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, mask_features="clip"))
+    assert mid != mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, mask_proposer="threshold"))
+    assert mid != mask_id("cat", 1, tiny_stages.specs, SAMPLE, PROTOS)
+    assert mid != mask_id("cat", 0, tiny_stages.specs, dataclasses.replace(SAMPLE, n_images=2), PROTOS)
+    # the threshold proposer reads no features: which part they would come from does not matter
+    thr = dataclasses.replace(PROTOS, mask_proposer="threshold")
+    assert mask_id("cat", 0, tiny_stages.specs, SAMPLE, thr) == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(thr, mask_features="clip"))
+    assert ids["sd"] != class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, k_parts=2))["sd"]
+    assert PROTO_VERSION == 2  # version 1 entries (one joint space per spec) are never read
 
 
 def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages, cache_dir, monkeypatch):
@@ -153,8 +205,8 @@ def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages
     monkeypatch.setattr(cache, "lock", lock_lost_to_another_process)
     g0, e0 = _calls(tiny_stages)
     (cow,) = ensure_classes(cache, tiny_stages, ["cow"], 0, SAMPLE, PROTOS)
-    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + SAMPLE.n_images)  # built once, by the other
-    assert cow.pid == class_id("cow", 0, tiny_stages.specs, SAMPLE, PROTOS)
+    assert _calls(tiny_stages) == (g0 + SAMPLE.n_images, e0 + N_PARTS * SAMPLE.n_images)  # built once, by the other
+    assert cow.pids == list(class_ids("cow", 0, tiny_stages.specs, SAMPLE, PROTOS).values())
 
 
 def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
@@ -181,19 +233,21 @@ def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
 def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(tiny_stages, cache_dir):
     cache = Cache(cache_dir)
     sky, horse = ensure_classes(cache, tiny_stages, ["sky", "horse"], 0, SAMPLE, PROTOS)
-    assert sky.kind == "stuff" and sky.bg == {} and not any(n.startswith("bg/") for n in cache.class_record(sky.pid)["arrays"])
-    assert horse.kind == "thing" and horse.bg
+    assert sky.kind == "stuff" and all(p.bg == {} for p in sky.parts.values())
+    assert not any(n.startswith("bg/") for pid in sky.pids for n in cache.class_record(pid)["arrays"])
+    assert horse.kind == "thing" and all(p.bg for p in horse.parts.values())
 
     g0, e0 = _calls(tiny_stages)
     (horse_stuff,) = ensure_classes(cache, tiny_stages, ["horse"], 0, SAMPLE, PROTOS, kinds={"horse": "stuff"})
     assert _calls(tiny_stages) == (g0, e0)  # thing → stuff only drops the bg prototypes
-    assert horse_stuff.bg == {} and cache.class_record(horse.pid)["kind_source"] == "user"
-    np.testing.assert_array_equal(horse_stuff.fg["part"], horse.fg["part"])
+    assert all(p.bg == {} for p in horse_stuff.parts.values())
+    assert all(cache.class_record(pid)["kind_source"] == "user" for pid in horse.pids)
+    np.testing.assert_array_equal(horse_stuff.parts["sd"].fg["part"], horse.parts["sd"].fg["part"])
 
     (sky_thing,) = ensure_classes(cache, tiny_stages, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "thing"})
-    assert _calls(tiny_stages) == (g0, e0 + SAMPLE.n_images)  # stuff → thing re-extracts, never re-samples
-    assert sky_thing.kind == "thing" and sky_thing.bg and sky_thing.pid == sky.pid
-    np.testing.assert_array_equal(sky_thing.fg["instance"], sky.fg["instance"])
+    assert _calls(tiny_stages) == (g0, e0 + N_PARTS * SAMPLE.n_images)  # stuff → thing re-extracts, never re-samples
+    assert sky_thing.kind == "thing" and sky_thing.parts["clip"].bg and sky_thing.pids == sky.pids
+    np.testing.assert_array_equal(sky_thing.parts["dino"].fg["instance"], sky.parts["dino"].fg["instance"])
     with pytest.raises(OvdiffError, match="kind must be 'stuff' or 'thing'"):
         ensure_classes(cache, tiny_stages, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "blob"})
 
@@ -201,15 +255,16 @@ def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(t
 def test_threshold_proposer_uses_the_otsu_fallback_everywhere(tiny_stages, cache_dir):
     cfg = dataclasses.replace(PROTOS, mask_proposer="threshold", extractor="dino")
     (p,) = ensure_classes(Cache(cache_dir), tiny_stages, ["boat"], 0, SAMPLE, cfg)
-    rec = Cache(cache_dir).class_record(p.pid)
+    rec = Cache(cache_dir).class_record(p.pids[0])
     assert rec["otsu_fallbacks"] == SAMPLE.n_images and rec["mask_proposer"] == "threshold"
-    assert p.pid != class_id("boat", 0, tiny_stages.specs, SAMPLE, PROTOS)  # proposer and extractor are in the key
+    assert p.pids[0] != class_ids("boat", 0, tiny_stages.specs, SAMPLE, PROTOS)["dino"]  # the proposer is in the key
 
 
 def test_export_rm_import_round_trips_bit_exactly(tiny_stages, cache_dir, tmp_path):
     cache = Cache(cache_dir)
     ensure_classes(cache, tiny_stages, ["cat", "sky"], 0, SAMPLE, PROTOS)
     before = {pid: (rec, cache.class_arrays(pid)) for pid, rec in find_classes(cache)}
+    assert len(before) == 2 * N_PARTS
     path = tmp_path / "vocab.safetensors"
     assert export_classes(cache, list(before), path) > 0
     for pid in before:
@@ -243,7 +298,9 @@ def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
     assert r.exit_code == 0 and "cat" in r.output and "sky" in r.output and "stuff" in r.output
     assert re.search(r"\d+ fg \+ \d+ bg", r.output)
     lines = _run("protos", "list", "-q", *common).output.strip().splitlines()
-    assert sorted(line.split("\t")[1] for line in lines) == ["cat", "sky"]
+    assert sorted(line.split("\t")[1] for line in lines) == ["cat"] * 3 + ["sky"] * 3  # one entry per part
+    assert sorted(line.split("\t")[3] for line in lines if "cat" in line) == ["clip", "dino", "sd"]
+    assert len(_run("protos", "list", "-q", "--extractor", "dino+clip", *common).output.strip().splitlines()) == 4
 
     sheet = tmp_path / "sheet.png"
     r = _run("protos", "show", "cat", "--out", str(sheet), *common)
@@ -254,12 +311,12 @@ def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
     assert _run("protos", "rm", "cat", "sky", *common).exit_code == 0
     assert _run("protos", "list", "-q", *common).output.strip() == ""
     r = _run("protos", "import", str(exported), *common)
-    assert r.exit_code == 0 and "imported 2 class(es)" in r.output
-    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 2
+    assert r.exit_code == 0 and "imported 6 class(es)" in r.output
+    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 6
 
     pid = lines[0].split("\t")[0]
     assert _run("protos", "rm", pid[:8], "--with-support", *common).exit_code == 0
-    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 1
+    assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 5
 
 
 def test_classes_built_with_a_sam_model_are_found_by_segment_and_eval(tiny_sam_dir, tmp_path):

@@ -37,7 +37,7 @@ app = typer.Typer(help="Build, inspect and share class prototypes (the cached vo
 NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
 TargetsArg = Annotated[Optional[list[str]], typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)]
 SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)]
-ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only classes of this extractor \\[default: any].", show_default=False)]
+ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only the entries of these extractor parts, e.g. dino or sd+dino+clip \\[default: any].", show_default=False)]
 
 
 def _prototypes(rec: dict) -> str:
@@ -117,12 +117,13 @@ def add(
         return
     records = dict(find_classes(run.cache))
     table = Table(title=f"prototypes in {run.cache_dir}")
-    for col in ("class", "kind", "prototypes", "otsu fallbacks", "id"):
+    for col in ("class", "part", "kind", "prototypes", "otsu fallbacks", "id"):
         table.add_column(col)
     for p in protos:
-        rec = records[p.pid]
-        table.add_row(escape(p.name), f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
-                      f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", p.pid[:12])  # fmt: skip
+        for part, protos_of_part in p.parts.items():
+            rec = records[protos_of_part.pid]
+            table.add_row(escape(p.name), part, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
+                          f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", protos_of_part.pid[:12])  # fmt: skip
     run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.say(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "

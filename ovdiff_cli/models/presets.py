@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ..config import PART_INPUTS, InputSize, ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
@@ -32,6 +32,7 @@ class Preset:
     sample: SampleConfig = SampleConfig()
     protos: ProtoConfig = ProtoConfig()
     segment: SegmentConfig = SegmentConfig()
+    inputs: dict[str, InputSize] = field(default_factory=dict)  # part → its input size, over config.PART_INPUTS
 
 
 PRESETS: dict[str, Preset] = {
@@ -51,6 +52,9 @@ PRESETS: dict[str, Preset] = {
             sample=SampleConfig(n_images=4, steps=4, size=64, attribution_size=16),
             protos=ProtoConfig(k_parts=4, feature_size=64),
             segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
+            # the paper's sizes scaled to this preset (support 512 → 64, windows 448 → 96)
+            inputs={"sd": InputSize(square=64), "clip": InputSize(square=96), "dino": InputSize(cap=96, long_cap=176),
+                    "mae": InputSize(square=96)},  # fmt: skip
         ),
         Preset(
             "sd15-random",
@@ -64,7 +68,8 @@ PRESETS: dict[str, Preset] = {
             "procedural",
             models={"sd": "procedural", "clip": "procedural", "dino": "procedural"},
             sample=SampleConfig(n_images=8, size=128, attribution_size=32, steps=1),
-            protos=ProtoConfig(extractor="procedural", mask_proposer="threshold", k_parts=8, feature_size=128),
+            protos=ProtoConfig(extractor="procedural", mask_proposer="threshold", mask_features="procedural", k_parts=8,
+                               feature_size=128),  # fmt: skip
             segment=SegmentConfig(windows=(128, 96), stride=64, short_side=128, eta=4),
         ),
     )
@@ -104,6 +109,10 @@ class ModelSpecs:
     def identity(self) -> dict[str, str]:
         """Model sources as recorded in cache metadata."""
         return {"preset": self.preset.name, **self.models}
+
+    def input_size(self, part: str) -> InputSize:
+        """The input size `part` sees at inference: the preset's, else the authors' (config.PART_INPUTS)."""
+        return self.preset.inputs.get(part, PART_INPUTS[part])
 
 
 def resolve_device(device: str) -> torch.device:
