@@ -325,18 +325,15 @@ def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabul
         full = up.new_full((up.shape[0], len(labels), *shape), MISSING)
         full[:, rows] = up
         fused = full if fused is None else fused + full
-        if with_best:
+        if with_best:  # a part without the label (MISSING) never beats one with it: cosines exceed -1
             idx_up = F.interpolate(idx.float(), size=shape, mode="nearest").long()
-            idx_up = torch.where(idx_up >= 0, idx_up + offset, idx_up)
-            sim = full.new_full(full.shape, NO_SCORE)
-            sim[:, rows] = up
             ids = torch.full(full.shape, -1, dtype=torch.long, device=full.device)
-            ids[:, rows] = idx_up
+            ids[:, rows] = torch.where(idx_up >= 0, idx_up + offset, idx_up)
             if best is None:
-                best, best_sim = ids, sim
+                best, best_sim = ids, full
             else:
-                better = sim > best_sim
-                best_sim = torch.where(better, sim, best_sim)
+                better = full > best_sim
+                best_sim = torch.where(better, full, best_sim)
                 best = torch.where(better, ids, best)
     return fused / len(feats), best, best_sim
 
