@@ -3,7 +3,7 @@ one class's prototypes in each extractor part (a small slice) and one image's la
 late fusion over windows and the whole image, no category filter).
 
 A change to any of them is a deliberate, reviewed update: rerun with OVDIFF_UPDATE_GOLDEN=1 to
-rewrite tests/golden/tiny.npz, and say in the commit why the values moved.
+rewrite tests/golden/tiny_prototypes_labels.npz, and say in the commit why the values moved.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.vocab import ensure_classes
 
-GOLDEN = Path(__file__).parent / "golden" / "tiny.npz"
+GOLDEN = Path(__file__).parent / "golden" / "tiny_prototypes_labels.npz"
 TINY = get_preset("tiny")
 
 
