@@ -200,3 +200,31 @@ def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.winner, b.winner)
         assert a.selected == b.selected
     part.backbone = inner
+
+
+def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(tiny_stages):
+    """sdov predict.py on the tiny preset's scale: SD sees every crop at 64², CLIP at 96², DINO as it
+    is (the whole 96×150 image too, rounded up to its stride); the whole image is one more crop."""
+    import dataclasses
+
+    from ovdiff_cli.bench import synthetic_bank
+    from ovdiff_cli.config import SegmentConfig
+    from ovdiff_cli.matching import window_boxes
+    from ovdiff_cli.models.presets import get_preset
+
+    cfg = dataclasses.replace(SegmentConfig(), **get_preset("tiny").segment, use_filter=False)
+    classes = synthetic_bank(["cat", "dog"], {"sd": 160, "dino": 64, "clip": 64}, 3, 0)
+    seg = tiny_stages.segmenter(classes, cfg, "sd+dino+clip")
+    seen: dict[str, list] = {p.name: [] for p in seg.parts}
+    inner = {p.name: p.backbone for p in seg.parts}
+    for p in seg.parts:
+        p.backbone = lambda x, n=p.name: seen[n].extend([tuple(x.shape[-2:])] * len(x)) or inner[n](x)
+    try:
+        labels = seg.predict(np.zeros((96, 150, 3), np.uint8)).labels
+    finally:
+        for p in seg.parts:
+            p.backbone = inner[p.name]
+    assert labels.shape == (96, 150)
+    n_crops = sum(len(window_boxes(96, 150, w, cfg.stride)) for w in cfg.windows) + 1
+    assert seen["sd"] == [(64, 64)] * n_crops and seen["clip"] == [(96, 96)] * n_crops
+    assert sorted(set(seen["dino"])) == [(64, 64), (96, 96), (96, 152)] and len(seen["dino"]) == n_crops
