@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig, SegmentConfig
-    from .features import Part
     from .models.presets import ModelSpecs
 
 
@@ -101,7 +100,9 @@ class StageSource(Protocol):
 
     def generator(self) -> Generator: ...
 
-    def part(self, name: str) -> Part: ...
+    def part(self, name: str) -> Extractor:
+        """One extractor part by name (`features.Part`: L2-normalised features at the part's input size)."""
+        ...
 
     def mask_proposer(self, name: str) -> MaskProposer: ...
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from ovdiff_cli.cache import Cache
-from ovdiff_cli.config import ProtoConfig, SampleConfig, SegmentConfig
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.vocab import ensure_classes
 
@@ -33,9 +32,9 @@ def _image() -> np.ndarray:
 
 
 def _values(tiny_stages, tmp_path) -> dict[str, np.ndarray]:
-    sample = dataclasses.replace(SampleConfig(), **TINY.sample)
-    protos = dataclasses.replace(ProtoConfig(), **TINY.protos)
-    seg_cfg = dataclasses.replace(SegmentConfig(), **TINY.segment, use_filter=False)  # all three labels appear
+    sample = TINY.sample
+    protos = TINY.protos
+    seg_cfg = dataclasses.replace(TINY.segment, use_filter=False)  # all three labels appear
     cache = Cache(tmp_path / "cache")
     classes = ensure_classes(cache, tiny_stages, ["cat", "dog", "sky"], 0, sample, protos)
     out = {}

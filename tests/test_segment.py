@@ -208,11 +208,10 @@ def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(
     import dataclasses
 
     from ovdiff_cli.bench import synthetic_bank
-    from ovdiff_cli.config import SegmentConfig
     from ovdiff_cli.matching import window_boxes
     from ovdiff_cli.models.presets import get_preset
 
-    cfg = dataclasses.replace(SegmentConfig(), **get_preset("tiny").segment, use_filter=False)
+    cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
     classes = synthetic_bank(["cat", "dog"], {"sd": 160, "dino": 64, "clip": 64}, 3, 0)
     seg = tiny_stages.segmenter(classes, cfg, "sd+dino+clip")
     seen: dict[str, list] = {p.name: [] for p in seg.parts}
