@@ -9,7 +9,7 @@ windows whose scores are averaged, then upsampled to the image size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -254,6 +254,62 @@ def _windows(image: torch.Tensor, stride_px: int, windows: tuple[int, ...] | Non
             yield (ph, pw), (y0, x0, y1, x1), crop
 
 
+@dataclass
+class WindowBatch:
+    """One extractor call of the sliding-window pass: windows of one padded size, from any images.
+
+    shape: the padded window size (ph, pw) in px; jobs: (image index, (y0,x0,y1,x1) box) per window;
+    features: (B,D,ph/stride_px,pw/stride_px), the extractor's output for those windows.
+    """
+
+    shape: tuple[int, int]
+    jobs: list[tuple[int, tuple[int, int, int, int]]]
+    features: torch.Tensor
+
+
+def window_features(
+    images: list[torch.Tensor],
+    extract: Extract,
+    stride_px: int,
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+) -> Iterator[WindowBatch]:
+    """The backbones' half of `slide_match_many`: every window of every image through `extract`,
+    windows of one size sharing batches of at most `batch` (in first-seen order)."""
+    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
+    for i, image in enumerate(images):
+        for shape, box, crop in _windows(image, stride_px, windows, stride):
+            by_shape.setdefault(shape, []).append((i, box, crop))
+    for shape, jobs in by_shape.items():
+        for k in range(0, len(jobs), batch):
+            chunk = jobs[k : k + batch]
+            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk], extract(torch.stack([crop for _, _, crop in chunk])))
+
+
+def blank_canvases(sizes: list[tuple[int, int]], vocabs: list[Vocabulary], device: torch.device,
+                   with_best: bool = False) -> list[_Canvas]:  # fmt: skip
+    """One empty score canvas per image of (H,W) `sizes`, with its vocabulary's labels."""
+    return [_Canvas.blank(len(v.labels), h, w, device, with_best) for (h, w), v in zip(sizes, vocabs, strict=True)]
+
+
+def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[Vocabulary], with_best: bool = False) -> None:
+    """The matching half: add a batch's window scores to its images' canvases, each window matched
+    against its own image's vocabulary (consecutive windows of one image together)."""
+    start = 0
+    while start < len(wb.jobs):
+        i = wb.jobs[start][0]
+        stop = start
+        while stop < len(wb.jobs) and wb.jobs[stop][0] == i:
+            stop += 1
+        scores, best = match(wb.features[start:stop], vocabs[i])
+        up = F.interpolate(scores, size=wb.shape, mode="bilinear", align_corners=False)
+        best_up = F.interpolate(best.float(), size=wb.shape, mode="nearest").long() if with_best else None
+        for j in range(start, stop):
+            canvases[i].add(wb.jobs[j][1], up[j - start], None if best_up is None else best_up[j - start])
+        start = stop
+
+
 def slide_match_many(
     images: list[torch.Tensor],
     vocabs: list[Vocabulary],
@@ -268,28 +324,10 @@ def slide_match_many(
     the extractor's batches (the backbones' cost), and each window is matched against its own
     image's vocabulary, so per-image category filtering still applies. Results in input order.
     """
-    canvases = [_Canvas.blank(len(v.labels), im.shape[1], im.shape[2], im.device, with_best)
-                for im, v in zip(images, vocabs, strict=True)]  # fmt: skip
-    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
-    for i, image in enumerate(images):
-        for shape, box, crop in _windows(image, stride_px, windows, stride):
-            by_shape.setdefault(shape, []).append((i, box, crop))
-    for shape, jobs in by_shape.items():
-        for k in range(0, len(jobs), batch):
-            chunk = jobs[k : k + batch]
-            feats = extract(torch.stack([crop for _, _, crop in chunk]))
-            start = 0
-            while start < len(chunk):  # consecutive windows of one image are matched together
-                i = chunk[start][0]
-                stop = start
-                while stop < len(chunk) and chunk[stop][0] == i:
-                    stop += 1
-                scores, best = match(feats[start:stop], vocabs[i])
-                up = F.interpolate(scores, size=shape, mode="bilinear", align_corners=False)
-                best_up = F.interpolate(best.float(), size=shape, mode="nearest").long() if with_best else None
-                for j in range(start, stop):
-                    canvases[i].add(chunk[j][1], up[j - start], None if best_up is None else best_up[j - start])
-                start = stop
+    sizes = [(im.shape[1], im.shape[2]) for im in images]
+    canvases = blank_canvases(sizes, vocabs, images[0].device if images else torch.device("cpu"), with_best)
+    for wb in window_features(images, extract, stride_px, windows, stride, batch):
+        match_windows(canvases, wb, vocabs, with_best)
     return [c.result() for c in canvases]
 
 
