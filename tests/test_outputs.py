@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovdiff_cli import __version__
+import ovdiff_cli
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.maskio import decode_counts, encode_counts, rle_decode, rle_encode
 from ovdiff_cli.procedural import LABELLED, write_voc
@@ -84,7 +84,7 @@ def test_quiet_keeps_the_final_result_line(world):
 
 def test_version():
     res = runner.invoke(app, ["--version"])
-    assert res.exit_code == 0 and res.stdout.strip() == f"ovdiff {__version__}"
+    assert res.exit_code == 0 and res.stdout.strip() == f"ovdiff {ovdiff_cli.__version__}"
 
 
 # --------------------------------------------------------------------------- mask formats
@@ -213,7 +213,7 @@ def test_report_records_protocol_paper_number_and_confusion_picture(tmp_path):
     assert metrics["paper"]["miou"] == 66.3 and metrics["paper"]["table"] == "Table 1"
     p = metrics["protocol"]
     assert p["dataset"] == "voc" and p["split"].endswith("val.txt") and p["n_images"] == 2 and p["seeds"] == [0, 1]
-    assert p["segment"]["windows"] == [448, 336] and p["preset"] == "sd15" and p["ovdiff_version"] == __version__
+    assert p["segment"]["windows"] == [448, 336] and p["preset"] == "sd15" and p["ovdiff_version"] == ovdiff_cli.__version__
     assert p["classes"][16] == "potted plant"
     page = html_path.read_text()
     assert "66.3 ± 0.2" in page and "Confusion matrix" in page and "Protocol" in page and "448, 336" in page
