@@ -1,7 +1,18 @@
 """ovdiff: open-vocabulary segmentation from diffusion-generated prototypes (OVDiff).
 
-The package is importable without loading torch; heavy modules import lazily so that
-`ovdiff --help` stays instant.
+The Python API (see `ovdiff_cli.api`): `Pipeline`, `Vocabulary`, `SegmentationResult`,
+`ImageFeatures`, and `procedural_scene` for trying it offline. The package is importable without
+loading torch; these names and the heavy modules import lazily, so `ovdiff --help` stays instant.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["ImageFeatures", "Pipeline", "SegmentationResult", "Vocabulary", "__version__", "procedural_scene"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

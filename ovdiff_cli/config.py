@@ -118,3 +118,18 @@ class RunConfig:
     dtype: str = "auto"
     seed: int = 0
     model_overrides: dict = field(default_factory=dict)
+
+
+def with_overrides(base, user: dict | None, what: str = "config"):
+    """A config (`base`: a preset's SampleConfig, ProtoConfig or SegmentConfig) with the user's values
+    (None = not given), as every command and the Python API resolve options; a field the config
+    lacks is an error listing the valid ones."""
+    from dataclasses import fields, replace
+
+    from .errors import OvdiffError
+
+    names = {f.name for f in fields(base)}
+    unknown = sorted(set(user or {}) - names)
+    if unknown:
+        raise OvdiffError(f"unknown {what} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (user or {}).items() if v is not None})

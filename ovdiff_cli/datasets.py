@@ -171,6 +171,8 @@ class SegDataset:
         self.name = name
         self.has_background = self.spec.has_background
         self.title = self.spec.title
+        self.custom = custom_classes is not None  # not the benchmark's own classes: no paper number applies
+        self.raw_names = raw_names
         if custom_classes is None:
             self.classes = class_names(name, raw=raw_names)
         else:  # a custom dataset in this benchmark's layout: label k names custom_classes[k-1] (or [k])

@@ -54,7 +54,7 @@ def run_demo(
     on_event: as `ensure_classes`; on_image: as `segment_paths`.
     """
     from .datasets import load_dataset
-    from .evaluate import evaluate, predictions_from_dir, write_report
+    from .evaluate import evaluate, predictions_from_dir, protocol, write_report
     from .imageio import discover
     from .procedural import LABELLED, write_voc
     from .segment import save_legend, segment_paths
@@ -76,5 +76,7 @@ def run_demo(
         raise OvdiffError(f"{len(summary.failures)} demo image(s) failed: {summary.failures[0][1]}")
     dataset = load_dataset("voc", data, custom_classes=names)
     result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
-    _, report = write_report(result, Path(root) / "report", dataset)
+    record = protocol(dataset, [seed], stages.specs.preset.name, stages.specs.identity(), sample_cfg, proto_cfg, seg_cfg,
+                      predictions=str(masks))  # fmt: skip
+    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record)
     return DemoRun(data, masks, report, dataset, result, summary)

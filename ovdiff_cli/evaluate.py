@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .segment import Segmenter
 
 Predict = Callable[[np.ndarray, ItemInfo], np.ndarray]
+NO_CLASS = -1  # a prediction of no class that, unlike 255, is no class index of a >255-class vocabulary
 OnImage = Callable[[int, int, float], None]  # (images done, total, running mIoU)
 
 
@@ -91,11 +92,12 @@ def check_prediction(pred: np.ndarray, gt: np.ndarray, num_classes: int, source:
     if pred.dtype.kind not in "uib":
         raise OvdiffError(f"{source}: prediction has dtype {pred.dtype}: expected integer labels")
     pred = pred.astype(np.int64)
-    bad = ((pred < 0) | (pred >= num_classes)) & (pred != IGNORE_INDEX)
+    bad = ((pred < NO_CLASS) | (pred >= num_classes)) & (pred != IGNORE_INDEX)
     if bad.any():
         vals = sorted({int(v) for v in np.unique(pred[bad])[:5]})
         raise OvdiffError(
-            f"{source}: prediction has labels {vals} outside 0..{num_classes - 1} (and {IGNORE_INDEX} = no class)"
+            f"{source}: prediction has labels {vals} outside 0..{num_classes - 1} (and {IGNORE_INDEX} or "
+            f"{NO_CLASS} = no class)"
         )
     return pred
 
@@ -121,7 +123,7 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
         total += cm
         per_image[item.id] = cm.miou()
         if keep > 0 and not math.isnan(per_image[item.id]):
-            kept[item.id] = pred.astype(np.uint8)
+            kept[item.id] = pred.astype(np.int32)
             kept = _extremes(kept, per_image, keep)
         if on_image is not None:
             on_image(done, len(dataset), total.miou())
@@ -176,8 +178,9 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
     """A predictor that reads saved masks `<pred_dir>/<id>.png` instead of running a model.
 
     Masks may be index PNGs (the value is the label), palette PNGs (the palette index is the label)
-    or RGB PNGs in VOC colours (mapped back through the VOC palette). 255 means no class. The dataset
-    index is `value - offset`, and values below `offset` become 255. By default `offset` is 0 for
+    or RGB PNGs in VOC colours (mapped back through the VOC palette); 8-bit masks use 255 for no class,
+    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. The dataset
+    index is `value - offset`, and values below `offset` are no class. By default `offset` is 0 for
     benchmarks with a background class and 1 for the others: `ovdiff segment` writes 0 = background
     and the k-th listed class as k, so with the benchmark's own class list (background omitted)
     its masks score unchanged on voc/context/object and a predicted background is a miss on the rest.
@@ -193,10 +196,11 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
         path = root / f"{info.id}.png"
         if not path.is_file():
             raise OvdiffError(f"prediction {path} not found: expected one <id>.png per image of {dataset.name}")
-        values = read_mask_png(path).astype(np.int64)
+        raw = read_mask_png(path)
+        values = raw.astype(np.int64)
         labels = values - off
-        labels[(values == IGNORE_INDEX) | (labels < 0)] = IGNORE_INDEX
-        bad = (labels >= dataset.num_classes) & (labels != IGNORE_INDEX)
+        labels[((values == IGNORE_INDEX) & (raw.dtype == np.uint8)) | (labels < 0)] = NO_CLASS
+        bad = labels >= dataset.num_classes
         if bad.any():
             raise OvdiffError(
                 f"prediction {path} has value {int(values[bad].max())}, too large for the {dataset.num_classes} "
@@ -249,6 +253,53 @@ def aggregate(results: list[EvalResult]) -> dict:
     }
 
 
+# -- protocol and the paper's numbers -------------------------------------------------------------
+
+# OVDiff's mIoU (%) in the paper: Table 1 (with background; mean ± σ over 5 seeds) and Table A.8
+# (background excluded), SD1.5 + DINO + CLIP features, real weights.
+PAPER_MIOU: dict[str, dict] = {
+    "voc": {"miou": 66.3, "std": 0.2, "table": "Table 1"},
+    "context": {"miou": 29.7, "std": 0.3, "table": "Table 1"},
+    "object": {"miou": 34.6, "std": 0.3, "table": "Table 1"},
+    "voc20": {"miou": 80.9, "std": None, "table": "Table A.8"},
+    "context59": {"miou": 32.9, "std": None, "table": "Table A.8"},
+    "ade": {"miou": 14.1, "std": None, "table": "Table A.8"},
+    "stuff": {"miou": 20.3, "std": None, "table": "Table A.8"},
+    "cityscapes": {"miou": 23.4, "std": None, "table": "Table A.8"},
+}
+
+
+def paper_reference(dataset: SegDataset) -> dict | None:
+    """The paper's OVDiff mIoU for this benchmark, or None for a dataset of one's own classes."""
+    ref = PAPER_MIOU.get(dataset.name)
+    return None if ref is None or dataset.custom else dict(ref, setup="SD1.5 + DINO + CLIP, real weights (the sd15 preset's defaults)")
+
+
+def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, models: dict | None,
+             sample: object | None = None, protos: object | None = None, segment: object | None = None,
+             predictions: str | None = None) -> dict:  # fmt: skip
+    """What a run measured and how, for metrics.json and report.html: dataset, split, images, class
+    names, preset and model specs, seeds, window settings and the ovdiff version. The configs are
+    the dataclasses the run used (None when scoring saved masks)."""
+    from dataclasses import asdict
+
+    from . import __version__
+
+    layout = dataset.spec.layout
+    return {
+        "dataset": dataset.name, "title": dataset.title, "root": str(dataset.root),
+        "split": layout.split_file or layout.image_dir, "n_images": len(dataset),
+        "class_names": "custom" if dataset.custom else "raw" if dataset.raw_names else "paper (App. C.3)",
+        "classes": list(dataset.classes), "has_background": dataset.has_background,
+        "ignore_index": IGNORE_INDEX, "metric": "mIoU from one confusion matrix over the split (mmseg)",
+        "predictions": predictions, "preset": preset, "models": models, "seeds": seeds,
+        "sample": asdict(sample) if sample is not None else None,
+        "protos": asdict(protos) if protos is not None else None,
+        "segment": asdict(segment) if segment is not None else None,
+        "ovdiff_version": __version__,
+    }  # fmt: skip
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 PANEL_WIDTH = 256  # px of each half of an overlay in the report (keeps the HTML small)
@@ -258,6 +309,7 @@ def _display(labels: np.ndarray, has_background: bool) -> np.ndarray:
     """Dataset indices → VOC palette indices as `ovdiff segment` writes them (class k of a list
     without background is colour k+1), so colours agree across voc and voc20; 255 stays 255."""
     out = np.asarray(labels).astype(np.int64)
+    out[out == NO_CLASS] = IGNORE_INDEX
     if not has_background:
         out = np.where(out == IGNORE_INDEX, IGNORE_INDEX, out + 1)
     return out
@@ -283,21 +335,33 @@ def _png_b64(rgb: np.ndarray, width: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalResult] | None = None,
+                     run_protocol: dict | None = None) -> dict:  # fmt: skip
+    """metrics.json (and `ovdiff eval --json`): scores, class names, mean ± σ over `runs`, the
+    protocol and the paper's number for the benchmark (None when there is none)."""
+    metrics = result.to_dict()
+    metrics["classes"] = list(result.classes)
+    if runs:
+        metrics["aggregate"] = aggregate(runs)
+    metrics["paper"] = paper_reference(dataset)
+    metrics["protocol"] = run_protocol
+    return metrics
+
+
 def write_report(
-    result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None
-) -> tuple[Path, Path]:
+    result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None,
+    run_protocol: dict | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
     """Write `metrics.json` and a self-contained `report.html` into `out_dir`; return their paths.
 
-    The report shows the best and worst images' predictions that `evaluate` kept, each against its
-    image and ground truth. `runs` (several seeds) adds mean ± σ (see `aggregate`).
+    The report gives the protocol (see `protocol`), the paper's number beside ours when the paper
+    has one, the confusion matrix as a picture, and the best and worst images' predictions that
+    `evaluate` kept, each against its image and ground truth. `runs` (several seeds) adds mean ± σ.
     """
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    metrics = result.to_dict()
-    metrics["classes"] = list(result.classes)
-    summary = aggregate(runs) if runs else None
-    if summary:
-        metrics["aggregate"] = summary
+    metrics = metrics_document(result, dataset, runs, run_protocol)
+    summary = metrics.get("aggregate")
     json_path = out / "metrics.json"
     json_path.write_text(json.dumps(metrics, indent=2))
 
@@ -309,15 +373,56 @@ def write_report(
         pic = overlay(load_image(item.image_path), result.predictions[i], item.label, dataset.has_background)
         figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
     html_path = out / "report.html"
-    html_path.write_text(_html(result, dataset, figures, summary))
+    confusion = _png_b64(confusion_picture(result.confusion, result.classes), 10_000)
+    html_path.write_text(_html(result, dataset, figures, summary, metrics["paper"], run_protocol, confusion))
     return json_path, html_path
+
+
+def confusion_picture(counts: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The confusion matrix as a heat map: rows = ground truth, columns = prediction (the last one
+    "none": no class predicted), each row normalised to its pixels; names on the left. → HxWx3 uint8."""
+    from PIL import ImageDraw
+
+    from .imageio import _font
+
+    n = len(classes)
+    rows = counts.astype(np.float64)
+    rows = np.divide(rows, rows.sum(1, keepdims=True), out=np.zeros_like(rows), where=rows.sum(1, keepdims=True) > 0)
+    cell = int(np.clip(640 // max(n + 1, 1), 2, 20))
+    font = _font()
+    named = cell >= 8
+    left = (max(int(font.getlength(c)) for c in [*classes, "none"]) + 8) if named else 4
+    top = 16
+    heat = (255 * (1 - rows)).round().astype(np.uint8)  # white = 0, dark blue = the whole row
+    rgb = np.stack([heat, heat, np.full_like(heat, 255) - (255 - heat) // 3], -1)
+    grid = np.kron(rgb, np.ones((cell, cell, 1), np.uint8))
+    title = "rows: ground truth (each sums to 1); columns: prediction, same order, last = none"
+    width = max(left + grid.shape[1] + 4, int(font.getlength(title)) + 8)
+    canvas = Image.new("RGB", (width, top + grid.shape[0] + 4), "white")
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black", font=font)
+    if named:
+        for i, name in enumerate(classes):
+            draw.text((2, top + i * cell + (cell - 10) // 2), name, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def _brief(value: object) -> str:
+    """A protocol value on one table line: lists joined, dicts as key=value."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_brief(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return "–" if value is None else str(value)
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summary: dict | None) -> str:
+def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summary: dict | None,
+          paper: dict | None = None, run_protocol: dict | None = None, confusion: str = "") -> str:  # fmt: skip
     esc = html.escape
     pal = colorize(_display(np.arange(result.per_class_iou.size), dataset.has_background))
     rows = []
@@ -337,6 +442,15 @@ def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summ
     if summary and summary["miou"]:
         m = summary["miou"]
         head += f"<br>{summary['n_runs']} runs: mIoU {_pct(m['mean'])} ± {_pct(m['std'])} (population σ)"
+    if paper:
+        sd = f" ± {paper['std']}" if paper["std"] is not None else ""
+        head += f"<br>paper ({esc(paper['table'])}, {esc(paper['setup'])}): mIoU <b>{paper['miou']}{sd}</b>"
+    proto_rows = "".join(
+        f"<tr><td class=name>{esc(k)}</td><td>{esc(_brief(v))}</td></tr>" for k, v in (run_protocol or {}).items()
+    )
+    proto = f"<h2>Protocol</h2><table class=proto>{proto_rows}</table>" if proto_rows else ""
+    matrix = (f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{confusion}'>"
+              if confusion else "")  # fmt: skip
 
     def gallery(title: str, picks: list[tuple[str, float]], skip: frozenset[str] | set[str] = frozenset()) -> str:
         cells = [
@@ -351,12 +465,14 @@ def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summ
 <html><head><meta charset="utf-8"><title>ovdiff eval: {esc(result.dataset)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}}
-td{{padding:1px 6px;font-size:13px}} .name{{text-align:right;white-space:nowrap}} .track{{width:420px;background:#eee}}
+td{{padding:1px 6px;font-size:13px}} .proto td{{vertical-align:top}} .name{{text-align:right;white-space:nowrap}} .track{{width:420px;background:#eee}}
 .bar{{height:12px}} .val{{font-variant-numeric:tabular-nums}} .sd,.note{{color:#777}}
 figure{{display:inline-block;margin:0 1em 1em 0}} figcaption{{font-size:13px}}
 </style></head><body>
 <h1>{esc(dataset.title)}</h1><p>{head}</p>
 <h2>IoU per class (%)</h2><table>{''.join(rows)}</table>
+{matrix}
+{proto}
 {gallery("Best images", result.best())}
 {gallery("Worst images", result.worst(), {i for i, _ in result.best()})}
 </body></html>

@@ -69,6 +69,12 @@ def filter_input(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
+@torch.no_grad()
+def image_embedding(scorer: ImageTextScorer, image: np.ndarray, size: int) -> torch.Tensor:
+    """Image HxWx3 uint8 → (E,) float32 unit vector on the CPU, as the filter compares it to prompts."""
+    return scorer.encode_images(filter_input(image, size))[0].float().cpu()
+
+
 class CategoryFilter:
     """Picks the classes present in an image; text embeddings come from `cache` when it has them."""
 
@@ -106,10 +112,14 @@ class CategoryFilter:
             self._memo.popitem(last=False)
         return out
 
-    @torch.no_grad()
-    def select(self, image: np.ndarray) -> list[int]:
-        """Indices (0-based, ascending) of the classes kept for image HxWx3 uint8."""
-        img = self.scorer.encode_images(filter_input(image, self.size))[0].float().cpu()
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        """`image_embedding` with this filter's scorer and size: the only image-side work of `select`."""
+        return image_embedding(self.scorer, image, self.size)
+
+    def select(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> list[int]:
+        """Indices (0-based, ascending) of the classes kept for image HxWx3 uint8; an `embedding` from
+        `embed` (of the same scorer and size) spares the image encoder."""
+        img = self.embed(image) if embedding is None else embedding
         candidates = select_classes(img, self._class_embs, self.eta)
         if len(candidates) == 1:
             return candidates

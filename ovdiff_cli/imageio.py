@@ -1,4 +1,4 @@
-"""Images in and out of `ovdiff segment`: finding inputs, loading any picture robustly, writing masks.
+"""Images in and out of `ovdiff segment`: finding inputs, loading any picture robustly, writing pictures.
 
 Loading turns whatever Pillow reads into HxWx3 uint8 RGB the way a viewer shows it: EXIF
 orientation applied, the first frame of an animation, grayscale / palette / 16-bit / float
@@ -24,7 +24,6 @@ from .errors import NoImagesFound, OvdiffError
 from .palette import colorize, voc_palette
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit: refused above it
-MAX_LABELS = 254  # palette indices 0..254 (255 is VOC's "ignore")
 
 
 class ImageError(OvdiffError):
@@ -126,15 +125,6 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_mask(labels: np.ndarray, path: Path) -> None:
-    """(H,W) integer labels in 0..254 → a palette PNG (VOC colours) whose index is the label."""
-    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABELS):
-        raise ValueError(f"labels must be in 0..{MAX_LABELS}")
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(voc_palette().reshape(-1).tolist())
-    _atomic(path, lambda tmp: im.save(tmp, format="PNG", optimize=True))
-
-
 def save_picture(rgb: np.ndarray, path: Path) -> None:
     """HxWx3 uint8 → JPEG (quality 90) or PNG, by the suffix of `path`."""
     im = Image.fromarray(rgb)
@@ -171,7 +161,7 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray, names: dict[int, str]
     blend = ((1 - alpha) * image.astype(np.float32) + alpha * colours).round().astype(np.uint8)
     pal = voc_palette()
     present = [int(v) for v in np.unique(labels)]
-    panel = legend_panel([(tuple(pal[v]), names.get(v, str(v))) for v in present], image.shape[0])
+    panel = legend_panel([(tuple(pal[v % len(pal)]), names.get(v, str(v))) for v in present], image.shape[0])
     canvas = np.full((panel.shape[0], image.shape[1] + panel.shape[1], 3), 255, np.uint8)
     canvas[: image.shape[0], : image.shape[1]] = blend
     canvas[:, image.shape[1] :] = panel

@@ -10,7 +10,7 @@ then averaged over sliding windows and a whole-image pass, upsampled, and the ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -261,6 +261,62 @@ def union_labels(vocabs: list[Vocabulary]) -> list[int]:
     return sorted(set().union(*(v.labels for v in vocabs)))
 
 
+@dataclass
+class WindowBatch:
+    """One batch of crops through every part: crops of one size (the whole image is one more crop), from any images.
+
+    shape: the crop size (h, w) in px; jobs: (image index, (y0,x0,y1,x1) box) per crop; features:
+    per part, (B,D,h',w') that part's features of the crops (at the part's own input size).
+    """
+
+    shape: tuple[int, int]
+    jobs: list[tuple[int, tuple[int, int, int, int]]]
+    features: list[torch.Tensor]
+
+
+def window_features(
+    images: list[torch.Tensor],
+    extracts: list[Extract],
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+) -> Iterator[WindowBatch]:
+    """The backbones' half of `slide_match_many`: every crop (`crops`) of every image through each
+    part's `extracts[j]`, crops of one size sharing batches of at most `batch` (in first-seen order)."""
+    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
+    for i, image in enumerate(images):
+        for box, crop in crops(image, windows, stride):
+            by_shape.setdefault(tuple(crop.shape[-2:]), []).append((i, box, crop))
+    for shape, jobs in by_shape.items():
+        for k in range(0, len(jobs), batch):
+            chunk = jobs[k : k + batch]
+            stack = torch.stack([crop for _, _, crop in chunk])
+            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk], [extract(stack) for extract in extracts])
+
+
+def blank_canvases(sizes: list[tuple[int, int]], labels: list[list[int]], device: torch.device,
+                   with_best: bool = False) -> list[_Canvas]:  # fmt: skip
+    """One empty score canvas per image of (H,W) `sizes`, over that image's `labels` (`union_labels`)."""
+    return [_Canvas.blank(len(lab), h, w, device, with_best) for (h, w), lab in zip(sizes, labels, strict=True)]
+
+
+def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[Vocabulary]], labels: list[list[int]],
+                  offsets: list[int], with_best: bool = False) -> None:  # fmt: skip
+    """The matching half: add a batch's fused crop scores (`_fuse`) to its images' canvases, each
+    crop matched against its own image's vocabularies (consecutive crops of one image together)."""
+    start = 0
+    while start < len(wb.jobs):
+        i = wb.jobs[start][0]
+        stop = start
+        while stop < len(wb.jobs) and wb.jobs[stop][0] == i:
+            stop += 1
+        fused, best, best_sim = _fuse(wb.features, start, stop, vocabs[i], labels[i], offsets, wb.shape, with_best)
+        for j in range(start, stop):
+            canvases[i].add(wb.jobs[j][1], fused[j - start], None if best is None else best[j - start],
+                            None if best_sim is None else best_sim[j - start])  # fmt: skip
+        start = stop
+
+
 def slide_match_many(
     images: list[torch.Tensor],
     vocabs: list[list[Vocabulary]],
@@ -285,28 +341,10 @@ def slide_match_many(
     indices: the best-scoring prototype of the part with the highest score, over all crops.
     """
     labels = [union_labels(v) for v in vocabs]
-    canvases = [_Canvas.blank(len(lab), im.shape[1], im.shape[2], im.device, with_best)
-                for im, lab in zip(images, labels, strict=True)]  # fmt: skip
-    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
-    for i, image in enumerate(images):
-        for box, crop in crops(image, windows, stride):
-            by_shape.setdefault(tuple(crop.shape[-2:]), []).append((i, box, crop))
-    for shape, jobs in by_shape.items():
-        for k in range(0, len(jobs), batch):
-            chunk = jobs[k : k + batch]
-            stack = torch.stack([crop for _, _, crop in chunk])
-            feats = [extract(stack) for extract in extracts]
-            start = 0
-            while start < len(chunk):  # consecutive crops of one image are matched together
-                i = chunk[start][0]
-                stop = start
-                while stop < len(chunk) and chunk[stop][0] == i:
-                    stop += 1
-                fused, best, best_sim = _fuse(feats, start, stop, vocabs[i], labels[i], offsets, shape, with_best)
-                for j in range(start, stop):
-                    canvases[i].add(chunk[j][1], fused[j - start], None if best is None else best[j - start],
-                                    None if best_sim is None else best_sim[j - start])  # fmt: skip
-                start = stop
+    sizes = [(im.shape[1], im.shape[2]) for im in images]
+    canvases = blank_canvases(sizes, labels, images[0].device if images else torch.device("cpu"), with_best)
+    for wb in window_features(images, extracts, windows, stride, batch):
+        match_windows(canvases, wb, vocabs, labels, offsets, with_best)
     out = []
     for canvas, lab in zip(canvases, labels, strict=True):
         scores, best = canvas.result()

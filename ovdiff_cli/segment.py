@@ -8,6 +8,9 @@
    maps are averaged (late fusion), then averaged over the crops;
 4. bilinear upsampling of the label scores to the image size, then argmax.
 
+`encode_image` runs only the backbones' half (the image side of step 1, and step 3's features) and
+`Segmenter.predict_encoded` the rest, so one image's features serve any number of vocabularies.
+
 `segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
 whose windows share the extractor's batches): each group is read, segmented and written before the
 next is read, and a bad image is recorded and skipped.
@@ -29,8 +32,12 @@ from PIL import Image
 from .config import SegmentConfig
 from .errors import OvdiffError
 from .filter import CategoryFilter
-from .imageio import MAX_LABELS, ImageError, InputImage, load_image, overlay_picture, save_json, save_mask, save_picture
-from .matching import Provenance, assemble_vocabulary, slide_match_many, upsample_argmax
+from .imageio import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture
+from .maskio import MaskWriter, format_note, png_kind
+from .matching import (
+    NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
+    union_labels, upsample_argmax, window_features,
+)  # fmt: skip
 from .types import ClassParts, ImageTextScorer
 
 if TYPE_CHECKING:
@@ -46,13 +53,41 @@ class Segmentation:
     labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index, in the full
     vocabulary (all parts, numbered part after part), of the prototype that decided each pixel
     (`Segmenter.source(i)`), -1 where the background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
-    timings: seconds spent in "filter", "features", "matching" and "upsample_io".
+    timings: seconds spent in "filter", "features", "matching" and "upsample_io". scores: (K+1,h,w)
+    float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
+    the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
+    (filtered out, or no background); only with `scores`.
     """
 
     labels: np.ndarray
     selected: list[int]
     timings: dict[str, float]
     winner: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+@dataclass
+class EncodedImage:
+    """A target image with its backbone work done, to be matched against any vocabulary.
+
+    image: HxWx3 uint8 RGB; work_size: (h,w) the image was resized to; windows: every part's
+    features per crop batch (on the device), in the order `slide_match_many` forms them;
+    embedding: (E,) the filter's image embedding (None without the filter); parts: the extractor
+    parts' names, in spec order; settings: the SegmentConfig fields that shaped the crops,
+    checked against the matcher's.
+    """
+
+    image: np.ndarray
+    work_size: tuple[int, int]
+    windows: list[WindowBatch]
+    embedding: torch.Tensor | None
+    parts: tuple[str, ...]
+    settings: tuple
+    seconds: dict[str, float]
+
+
+def _window_settings(cfg: SegmentConfig) -> tuple:
+    return (cfg.short_side, cfg.slide, tuple(cfg.windows), cfg.stride, cfg.filter_size)
 
 
 def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -76,8 +111,7 @@ class Segmenter:
                  window_batch: int = 8):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with")
-        if len(classes) > MAX_LABELS:
-            raise OvdiffError(f"{len(classes)} classes given; masks hold at most {MAX_LABELS} (palette PNG indices)")
+        png_kind(len(classes))  # refuses more classes than a 16-bit mask holds
         names = [p.name for p in parts]
         for c in classes:
             if set(names) - set(c.parts):
@@ -111,19 +145,18 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def predict(self, image: np.ndarray, explain: bool = False) -> Segmentation:
+    def predict(self, image: np.ndarray, explain: bool = False, scores: bool = False) -> Segmentation:
         """image HxWx3 uint8 RGB → Segmentation (labels at the image's size)."""
-        return self.predict_many([image], explain)[0]
+        return self.predict_many([image], explain, scores)[0]
 
-    def predict_many(self, images: list[np.ndarray], explain: bool = False) -> list[Segmentation]:
+    def predict_many(self, images: list[np.ndarray], explain: bool = False, scores: bool = False) -> list[Segmentation]:
         """Several HxWx3 uint8 RGB images at once: their windows share the extractor's batches.
 
         Results equal `predict` image by image; the shared feature and matching time is split
-        evenly between the images in their timings.
+        evenly between the images in their timings. `scores` keeps each image's label scores.
         """
         for image in images:
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+            _check_image(image)
         times = [{"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0} for _ in images]
         selected, vocabs, xs = [], [], []
         for image, t in zip(images, times, strict=True):
@@ -134,10 +167,7 @@ class Segmenter:
             vocabs.append([v.restrict(keep) for v in self._device_vocabs])
             t["filter"] = time.perf_counter() - t0
             # 2. resize to the working size
-            height, width = image.shape[:2]
-            h, w = working_size(height, width, self.cfg.short_side)
-            work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
-            xs.append(torch.from_numpy(np.require(work, requirements=["C", "W"])).to(self.device).permute(2, 0, 1).float() / 255)
+            xs.append(work_tensor(image, self.cfg.short_side, self.device))
 
         # 3. each part on every window and the whole image, at its own input size (feature time measured apart)
         feature_time = 0.0
@@ -161,15 +191,86 @@ class Segmenter:
         matching_time = time.perf_counter() - t0 - feature_time
         # 4. upsample to each image's size, argmax
         out = []
-        for image, (scores, labels, best), keep, t in zip(images, results, selected, times, strict=True):
+        for image, (score, labels, best), keep, t in zip(images, results, selected, times, strict=True):
             t["features"] = feature_time / len(images)
             t["matching"] = matching_time / len(images)
-            t0 = time.perf_counter()
-            local, winner = upsample_argmax(scores, image.shape[0], image.shape[1], best)
-            labels = np.asarray(labels, dtype=np.int32)[local]
-            t["upsample_io"] = time.perf_counter() - t0
-            out.append(Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32)))
+            out.append(self._finish(image, score, labels, best, keep, t, scores))
         return out
+
+    def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
+        """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list."""
+        t0 = time.perf_counter()
+        local, winner = upsample_argmax(score, image.shape[0], image.shape[1], best)
+        full = None
+        if keep_scores:
+            full = np.full((len(self.classes) + 1, *score.shape[1:]), NO_SCORE, np.float32)
+            full[labels] = score.float().cpu().numpy()
+        labels = np.asarray(labels, dtype=np.int32)[local]
+        t["upsample_io"] = time.perf_counter() - t0
+        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full)
+
+    # -- encode once, match many (paper §3: the backbones see an image once, whatever the vocabulary)
+
+    def predict_encoded(self, enc: EncodedImage, explain: bool = False, scores: bool = False) -> Segmentation:
+        """`predict` on an encoded image, running no backbone but the filter's text side (cached)."""
+        parts = tuple(p.name for p in self.parts)
+        if enc.parts != parts or enc.settings != _window_settings(self.cfg):
+            raise OvdiffError(
+                f"image encoded with extractor {'+'.join(enc.parts)} and window settings {enc.settings}; these classes "
+                f"use {'+'.join(parts)} and {_window_settings(self.cfg)}: encode it with the same settings"
+            )
+        t = {"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0}
+        t0 = time.perf_counter()
+        if self.filter is not None:
+            keep = self.filter.select(enc.image, enc.embedding)
+        else:
+            keep = list(range(len(self.classes)))
+        vocabs = [v.restrict(keep) for v in self._device_vocabs]
+        labels = union_labels(vocabs)
+        t["filter"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        canvas = blank_canvases([enc.work_size], [labels], self.device, explain)
+        for wb in enc.windows:
+            match_windows(canvas, wb, [vocabs], [labels], self.offsets, explain)
+        score, best = canvas[0].result()
+        self._sync()
+        t["matching"] = time.perf_counter() - t0
+        return self._finish(enc.image, score, labels, best, keep, t, scores)
+
+
+def work_tensor(image: np.ndarray, short_side: int, device: torch.device) -> torch.Tensor:
+    """Step 2: HxWx3 uint8 → (3,h,w) float32 in [0,1] on `device`, resized to the working size."""
+    height, width = image.shape[:2]
+    h, w = working_size(height, width, short_side)
+    work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
+    return torch.from_numpy(np.require(work, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255
+
+
+def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: SegmentConfig, image: np.ndarray,
+                 device: torch.device, window_batch: int = 8) -> EncodedImage:  # fmt: skip
+    """Run the backbones on one HxWx3 uint8 image, as `Segmenter.predict` does: the filter's image
+    embedding (with a scorer) and every crop's features in each part (`Part.window`, at the part's
+    own input size), for `Segmenter.predict_encoded` with any classes built in those parts."""
+    _check_image(image)
+    t0 = time.perf_counter()
+    embedding = None
+    if scorer is not None and cfg.use_filter:
+        from .filter import image_embedding
+
+        embedding = image_embedding(scorer, image, cfg.filter_size)
+    t1 = time.perf_counter()
+    x = work_tensor(image, cfg.short_side, device)
+    windows = tuple(cfg.windows) if cfg.slide else None
+    batches = list(window_features([x], [p.window for p in parts], windows, cfg.stride, window_batch))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EncodedImage(image, (x.shape[1], x.shape[2]), batches, embedding, tuple(p.name for p in parts),
+                        _window_settings(cfg), {"filter": t1 - t0, "features": time.perf_counter() - t1})  # fmt: skip
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
 
 
 # --------------------------------------------------------------------------- the folder job
@@ -189,15 +290,16 @@ class JobSummary:
         return self.seconds / self.written if self.written else float("nan")
 
 
-def legend(names: list[str], background: bool) -> dict:
-    """The classes.json legend: palette index → class name and VOC colour."""
+def legend(names: list[str], background: bool, fmt: str = "png") -> dict:
+    """The classes.json legend: mask value → class name and colour (the VOC palette's, cycled past 255)."""
     from .palette import voc_palette
 
     pal = voc_palette()
     entries = ([("background", 0)] if background else []) + [(n, k + 1) for k, n in enumerate(names)]
     return {
-        "format": "palette PNG: pixel value = index below; colours are the PASCAL VOC palette",
-        "labels": [{"index": i, "name": n, "color": [int(c) for c in pal[i]]} for n, i in entries],
+        "format": format_note(fmt, len(names)),
+        "mask_format": fmt if fmt != "png" else f"png-{png_kind(len(names))}",
+        "labels": [{"index": i, "name": n, "color": [int(c) for c in pal[i % len(pal)]]} for n, i in entries],
     }
 
 
@@ -210,17 +312,18 @@ def _describe(item: InputImage, e: Exception) -> str:
     return str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
 
 
-def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool) -> list[Segmentation | Exception]:
+def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool,
+                   scores: bool = False) -> list[Segmentation | Exception]:  # fmt: skip
     """Segment a group together; if that fails, image by image, so one bad image fails alone."""
     try:
-        return segmenter.predict_many(images, explain)
+        return segmenter.predict_many(images, explain, scores)
     except _FAILURES as e:
         if len(images) == 1:
             return [e]
     out: list[Segmentation | Exception] = []
     for image in images:
         try:
-            out.append(segmenter.predict(image, explain))
+            out.append(segmenter.predict(image, explain, scores))
         except _FAILURES as e:
             out.append(e)
     return out
@@ -234,15 +337,17 @@ def segment_paths(
     explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
     on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
     image_batch: int = 4,
+    writer: MaskWriter | None = None,
 ) -> JobSummary:
     """Segment each input into `out_dir/<name>.png` (+ overlays/<name>.jpg, explain/…); skip bad images.
 
     Inputs are read `image_batch` at a time and segmented together (their windows share the
     extractor's batches); memory is bounded by that group, whatever the number of inputs.
     `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
-    message when it failed).
+    message when it failed). `writer` picks the mask format (default: PNG); it is closed at the end.
     """
     out_dir = Path(out_dir)
+    writer = writer or MaskWriter(out_dir, len(segmenter.classes))
     names = {0: "background", **{k + 1: c.name for k, c in enumerate(segmenter.classes)}}
     summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
     start = time.perf_counter()
@@ -262,14 +367,15 @@ def segment_paths(
                 loaded.append((item, load_image(item.path), time.perf_counter() - t0))
             except _FAILURES as e:
                 report(item, None, _describe(item, e))
-        segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None) if loaded else []
+        segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
+                              writer.save_scores) if loaded else []  # fmt: skip
         for (item, image, io_time), seg in zip(loaded, segs, strict=True):
             if isinstance(seg, Exception):
                 report(item, None, _describe(item, seg))
                 continue
             try:
                 t0 = time.perf_counter()
-                save_mask(seg.labels, out_dir / f"{item.name}.png")
+                writer.write(item.name, seg.labels, seg.scores)
                 if overlay:
                     save_picture(overlay_picture(image, seg.labels, names), out_dir / "overlays" / f"{item.name}.jpg")
                 if explainer is not None:
@@ -283,13 +389,26 @@ def segment_paths(
             summary.written += 1
             report(item, seg, None)
         del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
+    writer.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def save_legend(names: list[str], background: bool, out_dir: Path) -> Path:
+def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
+    """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image)."""
+    per = summary.written or 1
+    return {
+        "out": str(out_dir), "format": fmt, "legend": str(Path(out_dir) / "classes.json"), "classes": list(names),
+        "images": len(items), "written": summary.written, "failed": len(summary.failures),
+        "failures": [{"input": path, "error": error} for path, error in summary.failures],
+        "seconds": summary.seconds, "seconds_per_image": summary.seconds_per_image if summary.written else None,
+        "stage_seconds_per_image": {k: v / per for k, v in summary.timings.items()},
+    }  # fmt: skip
+
+
+def save_legend(names: list[str], background: bool, out_dir: Path, fmt: str = "png") -> Path:
     path = Path(out_dir) / "classes.json"
-    save_json(legend(names, background), path)
+    save_json(legend(names, background, fmt), path)
     return path
 
 

@@ -108,6 +108,18 @@ def prototype_counts(record: dict) -> dict[str, int]:
     return counts
 
 
+def class_summary(cache: Cache, pid: str, record: dict) -> dict:
+    """What `ovdiff protos list` shows of a cached class, JSON-ready (sizes in bytes, full id)."""
+    return {
+        "id": pid, "class": record["name"], "seed": record["seed"], "extractor": record["extractor"],
+        "prototypes": prototype_counts(record), "kind": record["kind"], "kind_source": record.get("kind_source"),
+        "size_bytes": cache.class_size(pid), "mask_proposer": record.get("mask_proposer"),
+        "k_parts": record.get("k_parts"), "n_images": record.get("n_images"),
+        "preset": record.get("models", {}).get("preset"), "models": record.get("models", {}),
+        "created_at": record.get("created_at"),
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------- building
 
 

@@ -168,7 +168,7 @@ def test_write_report(tmp_path):
     page = html_path.read_text()
     for name in ds.classes:
         assert name in page
-    assert page.count("data:image/png;base64,") == 6  # 3 best + 3 worst
+    assert page.count("data:image/png;base64,") == 7  # 3 best + 3 worst + the confusion matrix
 
 
 def test_aggregate_population_std(tmp_path):

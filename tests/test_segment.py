@@ -227,3 +227,39 @@ def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(
     n_crops = sum(len(window_boxes(96, 150, w, cfg.stride)) for w in cfg.windows) + 1
     assert seen["sd"] == [(64, 64)] * n_crops and seen["clip"] == [(96, 96)] * n_crops
     assert sorted(set(seen["dino"])) == [(64, 64), (96, 96), (96, 152)] and len(seen["dino"]) == n_crops
+
+
+def test_an_encoded_image_holds_every_parts_features_and_matches_as_predict_does(tiny_stages):
+    """Encode once, match many with late fusion: the encoded image keeps each part's features of each
+    crop batch, and predict_encoded reproduces predict (labels, winners, scores) with no backbone call."""
+    import dataclasses
+
+    from ovdiff_cli.bench import synthetic_bank
+    from ovdiff_cli.errors import OvdiffError
+    from ovdiff_cli.models.presets import get_preset
+    from ovdiff_cli.segment import encode_image
+
+    cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
+    classes = synthetic_bank(["cat", "dog", "sky"], {"sd": 160, "dino": 64, "clip": 64}, 3, 0)
+    seg = tiny_stages.segmenter(classes, cfg, "sd+dino+clip")
+    image = np.random.default_rng(0).integers(0, 256, (96, 150, 3), dtype=np.uint8)
+    enc = encode_image(seg.parts, None, cfg, image, seg.device)
+    assert enc.parts == ("sd", "dino", "clip")
+    assert all(len(wb.features) == 3 for wb in enc.windows)
+    assert [wb.features[0].shape[1] for wb in enc.windows[:1]] == [160]
+    calls = []
+    inner = {p.name: p.backbone for p in seg.parts}
+    for p in seg.parts:
+        p.backbone = lambda x, n=p.name: calls.append(n) or inner[n](x)
+    try:
+        by_encoding = seg.predict_encoded(enc, explain=True, scores=True)
+        assert calls == []
+        direct = seg.predict(image, explain=True, scores=True)
+    finally:
+        for p in seg.parts:
+            p.backbone = inner[p.name]
+    assert np.array_equal(by_encoding.labels, direct.labels) and np.array_equal(by_encoding.winner, direct.winner)
+    assert np.allclose(by_encoding.scores, direct.scores)
+    dino_only = tiny_stages.segmenter(classes, cfg, "dino")
+    with pytest.raises(OvdiffError, match="encoded with extractor sd\\+dino\\+clip"):
+        dino_only.predict_encoded(enc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -12,6 +13,7 @@ from . import bench as bench_cmd
 from . import cache_cmd
 from . import demo as demo_cmd
 from . import eval as eval_cmd
+from . import models as models_cmd
 from . import protos as protos_cmd
 from . import sample as sample_cmd
 from . import segment as segment_cmd
@@ -45,11 +47,28 @@ app = typer.Typer(
 )
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(protos_cmd.app, name="protos")
+app.add_typer(models_cmd.app, name="models")
 app.command("sample")(sample_cmd.sample)
 app.command("eval")(eval_cmd.eval_cmd)
 app.command("segment")(segment_cmd.segment)
 app.command("demo")(demo_cmd.demo)
 app.command("bench")(bench_cmd.bench)
+app.command("doctor")(models_cmd.doctor)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"ovdiff {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Open-vocabulary segmentation with no training (see 'ovdiff COMMAND --help')."""
 
 
 def main() -> None:

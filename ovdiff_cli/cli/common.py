@@ -3,7 +3,6 @@ dataclasses, the per-run context they build, and what several commands print."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from ..errors import OvdiffError
 from ..models.sam import SAM_SPEC
 
@@ -39,7 +38,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support sets (part of the cache key).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or library warnings; errors and the final result line only.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout (progress and messages go to stderr).")]
 SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False)]
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
@@ -72,6 +72,7 @@ class Run:
     err: Console
     verbose: bool = False
     quiet: bool = False
+    json: bool = False
     sample: SampleConfig = field(default_factory=SampleConfig)
     protos: ProtoConfig = field(default_factory=ProtoConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
@@ -105,6 +106,17 @@ class Run:
         if not self.quiet:
             self.console.print(msg)
 
+    def result(self, msg: str) -> None:
+        """The final result line: printed even with --quiet (to stderr with --json)."""
+        self.console.print(msg, highlight=False, soft_wrap=True)
+
+    def emit(self, obj: object) -> None:
+        """With --json: `obj` as the one JSON document on stdout."""
+        import json
+
+        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
     def progress(self):
         """A rich progress bar (disabled with --quiet)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -130,8 +142,12 @@ def make_run(
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
+    json_out: bool = False,
 ) -> Run:
-    """Resolve options: preset defaults first, then whatever the user gave explicitly (non-None)."""
+    """Resolve options: preset defaults first, then whatever the user gave explicitly (non-None).
+
+    json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
+    """
     from ..cache import default_cache_dir
     from ..models.presets import get_preset
 
@@ -141,19 +157,17 @@ def make_run(
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
     )
 
-    def merged(preset_cfg, user: dict | None):
-        return dataclasses.replace(preset_cfg, **{k: v for k, v in (user or {}).items() if v is not None})
-
     run = Run(
         run=run_cfg,
         cache_dir=Path(cache) if cache else default_cache_dir(),
-        console=Console(),
-        err=Console(stderr=True),
+        console=make_console(stderr=json_out),
+        err=make_console(stderr=True),
         verbose=verbose,
         quiet=quiet,
-        sample=merged(p.sample, sample),
-        protos=merged(p.protos, protos),
-        segment=merged(p.segment, segment),
+        json=json_out,
+        sample=with_overrides(p.sample, sample, "sample"),
+        protos=with_overrides(p.protos, protos, "protos"),
+        segment=with_overrides(p.segment, segment, "segment"),
     )
     # Bad sampling/prototype options are refused here, before any progress bar or model starts.
     from ..sampling import check_config
@@ -161,15 +175,29 @@ def make_run(
 
     check_config(run.sample)
     check_proto_config(run.protos)
+    if quiet:
+        from ..libs import quiet_libraries
+
+        quiet_libraries()
     return run
 
 
-def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False) -> Run:
+def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False) -> Run:
     """The context of a command that only reads or writes the cache (no models, no method settings)."""
     from ..cache import default_cache_dir
 
-    return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(), console=Console(),
-               err=Console(stderr=True), verbose=verbose, quiet=quiet)  # fmt: skip
+    return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(),
+               console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
+               json=json_out)  # fmt: skip
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; off a terminal (a pipe, a file) it never wraps or cuts a table's cells, so each
+    row stays on one line for grep and cut."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = 100_000
+    return console
 
 
 def segment_overrides(
@@ -243,6 +271,21 @@ def check_out_dir(out: Path) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise OvdiffError(f"--out folder {out} is not writable")
     return out
+
+
+def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
+    """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
+    from ..evaluate import aggregate, paper_reference
+
+    last = results[-1]
+    if len(results) > 1:
+        m = aggregate(results)["miou"]
+        score = f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} over {len(results)} seeds" if m else "n/a"
+    else:
+        score = "n/a" if last.miou != last.miou else f"{100 * last.miou:.1f}"
+    paper = paper_reference(ds)
+    ref = f" (paper, {paper['table']}: {paper['miou']})" if paper else ""
+    return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 
 def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None) -> None:

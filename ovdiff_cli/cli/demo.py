@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, check_out_dir, make_run, print_results
+from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, check_out_dir, make_run, print_results, result_line
 
 
 def demo(
@@ -45,6 +45,7 @@ def demo(
                         on_event=lambda stage, *_: bar.advance(build) if stage in ("prototypes", "cached") else None,
                         on_image=lambda *_: bar.advance(task))  # fmt: skip
     if run.quiet:
+        run.result(result_line(done.dataset, [done.result]))
         return
     print_results(run, done.dataset, [done.result], done.summary.seconds_per_image)
     run.say(f"drew {images} held-out scenes → {done.data / 'VOC2012'}")

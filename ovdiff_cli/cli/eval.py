@@ -18,6 +18,7 @@ from .common import (
     ExtractorOpt,
     FgThresholdOpt,
     FilterOpt,
+    JsonOpt,
     KPartsOpt,
     NImagesOpt,
     NoBgProtosOpt,
@@ -38,6 +39,7 @@ from .common import (
     WindowsOpt,
     make_run,
     print_results,
+    result_line,
     segment_overrides,
 )
 
@@ -84,6 +86,7 @@ def eval_cmd(
     seed: SeedOpt = 0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Evaluate on a benchmark split: per-class IoU, mIoU, pixel accuracy, seconds/image.
 
@@ -96,9 +99,11 @@ def eval_cmd(
     Example: ovdiff eval voc --root data/VOC2012 --pred masks/ --out reports/mine
 
     Example (offline): ovdiff demo --out demo && ovdiff eval voc --root demo/data --preset procedural
+
+    Example: ovdiff eval voc --root data/VOC2012 --json | jq .miou
     """
     from ..datasets import load_dataset
-    from ..evaluate import predictions_from_dir, write_report
+    from ..evaluate import metrics_document, predictions_from_dir, protocol, write_report
     from ..errors import OvdiffError
 
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
@@ -107,6 +112,7 @@ def eval_cmd(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
         dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
+        json_out=json_out,
     )
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
@@ -118,15 +124,23 @@ def eval_cmd(
         if seeds is not None:
             raise OvdiffError("--seeds needs a model; --pred scores masks that already exist")
         results = [_score(run, ds, predictions_from_dir(pred, ds, offset), "masks")]
+        record = protocol(ds, None, None, None, predictions=str(pred))
     else:
         if offset is not None:
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
         results = [_score(run, ds, _model_predictor(run, ds, s), f"seed {s}") for s in seed_list]
-    print_results(run, ds, results)
+        record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
+    runs = results if len(results) > 1 else None
+    if not run.json:
+        print_results(run, ds, results)
     if out is not None:
-        json_path, html_path = write_report(results[-1], out, ds, runs=results if len(results) > 1 else None)
+        json_path, html_path = write_report(results[-1], out, ds, runs=runs, run_protocol=record)
         run.say(f"wrote {json_path} and {html_path}")
+    if run.json:
+        run.emit(metrics_document(results[-1], ds, runs, record))
+    else:
+        run.result(result_line(ds, results))
 
 
 def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:

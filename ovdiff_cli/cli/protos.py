@@ -17,6 +17,7 @@ from .common import (
     DinoModelOpt,
     DtypeOpt,
     ExtractorOpt,
+    JsonOpt,
     KPartsOpt,
     NImagesOpt,
     PresetOpt,
@@ -113,20 +114,19 @@ def add(
             bar.update(tasks[key], completed=done, total=total)
 
         protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
-    if run.quiet:
-        return
-    records = dict(find_classes(run.cache))
-    table = Table(title=f"prototypes in {run.cache_dir}")
-    for col in ("class", "part", "kind", "prototypes", "otsu fallbacks", "id"):
-        table.add_column(col)
-    for p in protos:
-        for part, protos_of_part in p.parts.items():
-            rec = records[protos_of_part.pid]
-            table.add_row(escape(p.name), part, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
-                          f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", protos_of_part.pid[:12])  # fmt: skip
-    run.console.print(table)
+    if not run.quiet:
+        records = dict(find_classes(run.cache))
+        table = Table(title=f"prototypes in {run.cache_dir}")
+        for col in ("class", "part", "kind", "prototypes", "otsu fallbacks", "id"):
+            table.add_column(col)
+        for p in protos:
+            for part, protos_of_part in p.parts.items():
+                rec = records[protos_of_part.pid]
+                table.add_row(escape(p.name), part, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
+                              f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", protos_of_part.pid[:12])  # fmt: skip
+        run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
-    run.say(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
+    run.result(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
             f"{calls['generate']} images generated, {calls['extract']} featurised")  # fmt: skip
 
 
@@ -138,17 +138,24 @@ def list_cmd(
     cache: CacheOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Table of cached classes: class, seed, extractor, prototypes, stuff/thing, size on disk, id.
 
-    With -q, one tab-separated line per class (id, class, seed, extractor, kind) for scripts.
+    With -q, one tab-separated line per class (id, class, seed, extractor, kind) for scripts; with
+    --json, a JSON list with every field of the verbose table.
 
     Example: ovdiff protos list --extractor sd+dino+clip
-    """
-    from ..vocab import match_classes
 
-    run = cache_run(cache, verbose, quiet)
+    Example: ovdiff protos list --json | jq -r '.[].class'
+    """
+    from ..vocab import class_summary, match_classes
+
+    run = cache_run(cache, verbose, quiet, json_out)
     found = match_classes(run.cache, targets, seed, extractor)
+    if json_out:
+        run.emit([class_summary(run.cache, pid, rec) for pid, rec in found])
+        return
     if quiet:
         for pid, rec in found:
             typer.echo(f"{pid}\t{rec['name']}\t{rec['seed']}\t{rec['extractor']}\t{rec['kind']}")

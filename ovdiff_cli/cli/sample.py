@@ -101,7 +101,7 @@ def _sample_classes(run, classes: list[str]) -> None:
             if run.verbose:
                 run.say(f"{escape(name)}: {meta['n_images']} images, support set {sid}")
     new = run.stages.calls.get("generate", 0) - generated_before
-    run.say(
+    run.result(
         f"{len(classes)} class(es), {n} images each: {new} generated, {n * len(classes) - new} already cached "
         f"({time.perf_counter() - start:.1f} s); cache {run.cache_dir}"
     )

@@ -22,6 +22,7 @@ from .common import (
     ExtractorOpt,
     FgThresholdOpt,
     FilterOpt,
+    JsonOpt,
     KPartsOpt,
     NImagesOpt,
     NoBgProtosOpt,
@@ -67,6 +68,8 @@ def segment(
     protos: ProtoKindsOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images segmented together (their windows share the backbones' batches) \\[default: {SegmentConfig().image_batch}].", show_default=False)] = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
+    mask_format: Annotated[str, typer.Option("--format", help="Masks as png (palette; 16-bit beyond 254 classes), npz (labels, + scores with --save-scores) or coco-rle (one COCO results JSON).")] = "png",
+    save_scores: Annotated[bool, typer.Option("--save-scores", help="With --format npz: also store each label's score map (float16, working resolution).")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
@@ -83,19 +86,25 @@ def segment(
     seed: SeedOpt = 0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Segment images against a list of classes: one palette PNG per image, plus classes.json.
 
     A mask's pixel value is the class's position in --classes (1, 2, …), 0 is background, in
-    the PASCAL VOC colours. Classes missing from the cache are built first (see 'ovdiff protos add').
+    the PASCAL VOC colours; beyond 254 classes masks are 16-bit PNGs. --format npz or coco-rle
+    writes the same labels as numpy files or one COCO results JSON. Classes missing from the cache
+    are built first (see 'ovdiff protos add').
     Exit code 0 when every image was written, 1 when some failed (the others are written), 2 for
     a usage error.
 
     Example: ovdiff segment photos/ --classes cat,dog,sky --out masks/ --overlay
 
     Example (offline, no weights): ovdiff segment demo/data/VOC2012/JPEGImages --preset procedural --classes-file demo/data/classes.txt --out masks/ --explain
+
+    Example: ovdiff segment photos/ --classes-file lvis.txt --out masks/ --format coco-rle --json
     """
     from ..imageio import discover
+    from ..maskio import MaskWriter
     from ..names import parse_class_list
     from ..segment import Explainer, save_legend, segment_paths
     from ..vocab import ensure_classes
@@ -109,10 +118,12 @@ def segment(
         dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
+        json_out=json_out,
     )
     names = parse_class_list(classes, read_classes_file(classes_file))
     if not names:
         raise OvdiffError("no classes given: use --classes cat,dog,sky or --classes-file FILE")
+    writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
     out_dir = check_out_dir(out)
     items = discover(inputs, recursive)
 
@@ -129,7 +140,7 @@ def segment(
         protos_list = ensure_classes(run.cache, run.stages, names, run.run.seed, run.sample, run.protos,
                                      build=not no_build, on_event=on_event)  # fmt: skip
         segmenter = run.stages.segmenter(protos_list, run.segment, run.protos.extractor, run.cache)
-        save_legend(names, run.segment.background, out_dir)
+        save_legend(names, run.segment.background, out_dir, mask_format)
         task = bar.add_task("segment", total=len(items))
 
         def on_image(item, seg, error: str | None) -> None:
@@ -143,8 +154,12 @@ def segment(
 
         summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
                                 explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
-                                image_batch=run.segment.image_batch)  # fmt: skip
-    if not run.quiet:
+                                image_batch=run.segment.image_batch, writer=writer)  # fmt: skip
+    if run.json:
+        from ..segment import job_report
+
+        run.emit(job_report(summary, items, names, out_dir, mask_format))
+    elif not run.quiet:
         table = Table(title=f"ovdiff segment → {out_dir}")
         for col in ("images", "written", "failed", "s/image", "features", "filter", "matching", "upsample+io"):
             table.add_column(col, justify="right")
@@ -154,9 +169,11 @@ def segment(
                       f"{summary.seconds_per_image:.3f}" if summary.written else "-",
                       *(f"{t.get(k, 0.0) / per:.3f}" for k in ("features", "filter", "matching", "upsample_io")))  # fmt: skip
         run.console.print(table)
-        run.say(f"masks: {out_dir}/<name>.png · legend: {out_dir / 'classes.json'}"
-                + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
-                + (f" · explanations: {out_dir / 'explain'}" if explain else ""))  # fmt: skip
+    if not run.json:
+        masks = out_dir / "coco_results.json" if mask_format == "coco-rle" else f"{out_dir}/<name>.{mask_format}"
+        run.result(escape(f"{summary.written} mask(s): {masks} · legend: {out_dir / 'classes.json'}"
+                          + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
+                          + (f" · explanations: {out_dir / 'explain'}" if explain else "")))  # fmt: skip
     if summary.failures:
         failed = escape(", ".join(path for path, _ in summary.failures[:10])) + (" …" if len(summary.failures) > 10 else "")
         run.err.print(f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/] ({failed}); the others were written",

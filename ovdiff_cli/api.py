@@ -1,0 +1,286 @@
+"""The Python API: what `ovdiff segment` does, from a notebook or a script.
+
+    import ovdiff
+    pipe = ovdiff.Pipeline(preset="procedural", cache="ovdiff-cache")
+    vocab = pipe.vocabulary(["kite", "ball", "sky", "grass"])   # built once, then read from the cache
+    result = pipe.segment("photo.jpg", vocab)                    # path, PIL image or HxWx3 uint8 array
+    result.labels, result.class_names, result.scores, result.save("mask.png"), result.overlay()
+
+Encode once, query many: `pipe.encode(image)` runs the backbones once; `features.match(vocab)`
+then costs only the prototype matching, for as many vocabularies as you like.
+
+Presets, the cache and every option are the CLI's: `sample=`, `protos=` and `segment=` take the
+fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta": 4,
+"background": False}`), over the preset's defaults, as the CLI's options do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
+from .errors import OvdiffError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .cache import Cache
+    from .compose import Stages
+    from .models.presets import Preset
+    from .segment import EncodedImage, Segmentation, Segmenter
+    from .types import ClassParts
+
+ImageLike = Union[str, Path, "Image.Image", np.ndarray]
+OnEvent = Callable[[str, str, int, int], None]
+
+
+def as_rgb(image: ImageLike) -> np.ndarray:
+    """A path, PIL image or numpy array → HxWx3 uint8 RGB, as `ovdiff segment` reads its inputs
+    (EXIF orientation applied, any mode converted)."""
+    from PIL import Image, ImageOps
+
+    from .imageio import load_image, to_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_image(Path(image).expanduser())
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+            return np.ascontiguousarray(image)
+        if (image.ndim == 2 and image.dtype in (np.uint8, np.uint16, np.float32)) or (
+            image.ndim == 3 and image.shape[2] == 4 and image.dtype == np.uint8
+        ):  # grayscale, 16-bit, float or RGBA: converted as the CLI converts such files
+            return to_rgb(Image.fromarray(image))
+        raise OvdiffError(f"image array of dtype {image.dtype} and shape {image.shape}: expected HxWx3 uint8 RGB")
+    raise OvdiffError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an HxWx3 uint8 array")
+
+
+def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:
+    """A held-out scene of the procedural world (preset `procedural`): (H,W,3) uint8 RGB, for trying the API offline."""
+    from .procedural import render_scene
+
+    return render_scene(np.random.default_rng(seed), size=size)[0]
+
+
+@dataclass
+class Vocabulary:
+    """The classes to segment against, with their prototypes (built or read from the cache).
+
+    names: the class names (normalised); label k of a result is names[k-1], 0 is background.
+    classes: per class, its prototypes in each part of the extractor spec (`types.ClassParts`).
+    """
+
+    names: list[str]
+    classes: list[ClassParts] = field(repr=False)
+    seed: int
+    extractor: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def ids(self) -> list[dict[str, str]]:
+        """Per class, part → cache id of its prototypes there, as `ovdiff protos list` shows them."""
+        return [{part: p.pid for part, p in c.parts.items()} for c in self.classes]
+
+
+@dataclass
+class SegmentationResult:
+    """One image segmented against one vocabulary.
+
+    labels: (H,W) int32 at the image's size, 0 = background, k = class_names[k-1]. scores:
+    (K+1,h,w) float32 at the working size (short side `short_side`), row k = the window-averaged
+    cosine of label k's best prototype, -2 where label k was not scored (the filter dropped the
+    class, or there is no background); the label map is their bilinear upsampling's argmax. background:
+    whether label 0 is in play (False with segment={"background": False}). kept: the classes the CLIP
+    filter kept. timings: seconds per stage.
+    """
+
+    labels: np.ndarray
+    class_names: list[str]
+    background: bool
+    kept: list[str]
+    scores: np.ndarray | None
+    timings: dict[str, float]
+    image: np.ndarray = field(repr=False)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Label value → class name (0 → "background")."""
+        return {0: "background", **{k + 1: n for k, n in enumerate(self.class_names)}}
+
+    def present(self) -> list[str]:
+        """Names of the classes with at least one pixel, in vocabulary order (background left out)."""
+        return [self.class_names[v - 1] for v in np.unique(self.labels).tolist() if v > 0]
+
+    def mask(self, name: str) -> np.ndarray:
+        """(H,W) bool: the pixels labelled `name`."""
+        if name not in self.class_names:
+            raise OvdiffError(f"{name!r} is not in this vocabulary: {', '.join(self.class_names)}")
+        return self.labels == self.class_names.index(name) + 1
+
+    def save(self, path: str | Path) -> Path:
+        """Write the label map as `ovdiff segment` does: .png (palette PNG, 16-bit beyond 254 classes) or
+        .npz ('labels' and, when computed, 'scores')."""
+        from .maskio import MaskWriter
+
+        path = Path(path).expanduser()
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in ("png", "npz"):
+            raise OvdiffError(f"save to a .png or .npz file, not {path.name}")
+        writer = MaskWriter(path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None)
+        name = path.name[: -len(path.suffix)]
+        writer.write(name, self.labels, self.scores)
+        return writer.path(name)
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The image blended with its coloured labels, with a legend of the classes present (PIL RGB)."""
+        from PIL import Image
+
+        from .imageio import overlay_picture
+
+        return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
+
+
+@dataclass
+class ImageFeatures:
+    """A target image with the backbones' work done: `match` it against any vocabulary, cheaply."""
+
+    pipeline: Pipeline = field(repr=False)
+    encoded: EncodedImage = field(repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.encoded.image.shape[:2]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds the encoding spent in the filter's image encoder and the feature extractor."""
+        return dict(self.encoded.seconds)
+
+    def match(self, vocabulary: Vocabulary, scores: bool = True) -> SegmentationResult:
+        """Segment the encoded image against `vocabulary`: no backbone runs (the filter's prompts are cached)."""
+        segmenter = self.pipeline.segmenter(vocabulary)
+        seg = segmenter.predict_encoded(self.encoded, scores=scores)
+        return self.pipeline._result(self.encoded.image, vocabulary, seg)
+
+
+class Pipeline:
+    """Models, cache and settings of one preset: build vocabularies, segment and encode images.
+
+    preset: sd15 (default, real weights), tiny, sd15-random or procedural (offline, meaningful
+    masks); cache: the prototype cache folder (default: $OVDIFF_CACHE, else the user cache dir);
+    device/dtype: as the CLI's --device/--dtype; seed: the support sets' seed; models: model
+    sources by role ("sd", "clip", "dino", "sam"), as --sd-model etc.; sample/protos/segment:
+    overrides of SampleConfig/ProtoConfig/SegmentConfig fields. Models load on first use.
+    """
+
+    def __init__(
+        self,
+        preset: str | None = None,
+        cache: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        models: dict[str, str] | None = None,
+        sample: dict | None = None,
+        protos: dict | None = None,
+        segment: dict | None = None,
+    ):
+        from .cache import default_cache_dir
+        from .models.presets import get_preset
+        from .sampling import check_config
+        from .vocab import check_proto_config
+
+        self.preset: Preset = get_preset(preset)
+        unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam"})
+        if unknown_models:
+            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam")
+        self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+        self.device, self.dtype, self.seed, self.models = device, dtype, seed, dict(models or {})
+        self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
+        self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
+        self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
+        check_config(self.sample_config)
+        check_proto_config(self.proto_config)
+        self._cache: Cache | None = None
+        self._stages: Stages | None = None
+        self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}
+
+    def __repr__(self) -> str:
+        return f"Pipeline(preset={self.preset.name!r}, cache={str(self.cache_dir)!r}, extractor={self.proto_config.extractor!r})"
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            from .cache import Cache
+
+            self._cache = Cache(self.cache_dir)
+        return self._cache
+
+    @property
+    def stages(self) -> Stages:
+        """The run's stages (`compose.Stages`), as the CLI builds them; models load on first use."""
+        if self._stages is None:
+            from .compose import Stages
+
+            self._stages = Stages.for_run(self.preset, self.device, self.dtype, self.models)
+        return self._stages
+
+    # -- vocabularies
+
+    def vocabulary(self, names: Iterable[str], kinds: dict[str, str] | None = None, build: bool = True,
+                   on_event: OnEvent | None = None) -> Vocabulary:  # fmt: skip
+        """The prototypes of `names` (in that order): read from the cache, the missing ones built first
+        (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
+        overrides; on_event(stage, class, done, total) reports progress."""
+        from .vocab import ensure_classes
+
+        if isinstance(names, str):
+            raise OvdiffError(f"give a list of class names, not the string {names!r}")
+        names = list(names)
+        if not names:
+            raise OvdiffError("a vocabulary needs at least one class name")
+        classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
+                                 kinds, build=build, on_event=on_event)  # fmt: skip
+        return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
+
+    def segmenter(self, vocabulary: Vocabulary) -> Segmenter:
+        """The segmenter of a vocabulary (built once per vocabulary: prototypes on the device, prompts encoded)."""
+        if vocabulary.extractor != self.proto_config.extractor:
+            raise OvdiffError(f"vocabulary built with extractor {vocabulary.extractor}; this pipeline extracts "
+                              f"{self.proto_config.extractor}")  # fmt: skip
+        entry = self._segmenters.get(id(vocabulary))
+        if entry is None or entry[0] is not vocabulary:
+            entry = (vocabulary, self.stages.segmenter(vocabulary.classes, self.segment_config, vocabulary.extractor, self.cache))
+            self._segmenters[id(vocabulary)] = entry
+        return entry[1]
+
+    # -- images
+
+    def segment(self, image: ImageLike, vocabulary: Vocabulary, scores: bool = True) -> SegmentationResult:
+        """Label every pixel of `image` with a class of `vocabulary` (or background), as `ovdiff segment` does."""
+        rgb = as_rgb(image)
+        seg = self.segmenter(vocabulary).predict(rgb, scores=scores)
+        return self._result(rgb, vocabulary, seg)
+
+    def encode(self, image: ImageLike) -> ImageFeatures:
+        """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
+        from .features import spec_parts
+        from .segment import encode_image
+
+        cfg = self.segment_config
+        parts = [self.stages.part(name) for name in spec_parts(self.proto_config.extractor)]
+        scorer = self.stages.scorer() if cfg.use_filter else None
+        return ImageFeatures(self, encode_image(parts, scorer, cfg, as_rgb(image), self.stages.device))
+
+    def _result(self, rgb: np.ndarray, vocabulary: Vocabulary, seg: Segmentation) -> SegmentationResult:
+        return SegmentationResult(seg.labels, list(vocabulary.names), self.segment_config.background,
+                                  [vocabulary.names[i] for i in seg.selected], seg.scores, seg.timings, rgb)  # fmt: skip

@@ -1,0 +1,135 @@
+"""`ovdiff models download` and `ovdiff doctor`: fetch a preset's weights once; say what is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import (
+    CacheOpt,
+    ClipModelOpt,
+    DeviceOpt,
+    DinoModelOpt,
+    DtypeOpt,
+    ExtractorOpt,
+    JsonOpt,
+    PresetOpt,
+    ProposerOpt,
+    QuietOpt,
+    SamModelOpt,
+    SdModelOpt,
+    VerboseOpt,
+    make_run,
+)
+
+app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
+
+
+def _specs(run) -> dict[str, str]:
+    """The run's model specs by role: the preset's, then --sd-model etc."""
+    from ..models.presets import ModelSpecs
+
+    return ModelSpecs.of(run.preset, run.run.model_overrides).models
+
+
+@app.command("download")
+def download(
+    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Put each model in DIR/<role> instead of the HF cache, to pass as --sd-model DIR/sd etc.", show_default=False)] = None,
+    extractor: ExtractorOpt = None,
+    mask_proposer: ProposerOpt = None,
+    sd_model: SdModelOpt = None,
+    clip_model: ClipModelOpt = None,
+    dino_model: DinoModelOpt = None,
+    sam_model: SamModelOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download every weight the preset needs into the HF cache (or --local-dir), for offline runs.
+
+    The generator (SD), the filter's CLIP, the extractor's backbones and SAM when it proposes the
+    masks; with --local-dir, one folder per model. Later runs work with HF_HUB_OFFLINE=1.
+
+    Example: ovdiff models download --preset sd15
+
+    Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
+    """
+    from ..weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
+    from ..weights import download as fetch
+
+    run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
+                   dino_model=dino_model, sam_model=sam_model,
+                   protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
+    wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
+    flags = []
+    for w in wanted:
+        if w.source != "hub":
+            run.say(f"{w.role}: {escape(w.spec)} is {w.source}, nothing to download")
+            continue
+        folder = Path(local_dir).expanduser() / w.role if local_dir is not None else None
+        if (in_folder(w, folder) if folder is not None else present(w)):
+            run.say(f"{w.role}: {escape(w.repo)} already present")
+        else:
+            run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
+            fetch(w, folder)
+        if folder is not None and w.role in ROLE_OPTION:
+            flags += [ROLE_OPTION[w.role], str(folder)]
+    where = local_dir if local_dir is not None else hf_cache_dir()
+    run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
+    if flags:
+        run.result(f"use them with: {' '.join(flags)}")
+
+
+def doctor(
+    extractor: ExtractorOpt = None,
+    mask_proposer: ProposerOpt = None,
+    sd_model: SdModelOpt = None,
+    clip_model: ClipModelOpt = None,
+    dino_model: DinoModelOpt = None,
+    sam_model: SamModelOpt = None,
+    cache: CacheOpt = None,
+    preset: PresetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the device, dtype, library versions, caches and which weights are present, for bug reports.
+
+    Example: ovdiff doctor --preset sd15
+    """
+    from ..doctor import report
+
+    run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
+                   dino_model=dino_model, sam_model=sam_model,
+                   protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
+    facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
+                   run.protos.mask_proposer)  # fmt: skip
+    if json_out:
+        run.emit(facts)
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("ovdiff", "platform", "device", "gpu", "dtype", "cuda_available", "cuda_version", "torch_threads",
+                "preset", "extractor", "mask_proposer", "ovdiff_cache", "hf_cache"):  # fmt: skip
+        if key in facts:
+            table.add_row(key.replace("_", " "), escape(str(facts[key])))
+    table.add_row("libraries", escape(", ".join(f"{k} {v or 'missing'}" for k, v in facts["libraries"].items())))
+    run.console.print(table)
+    weights = Table(title="weights")
+    for col in ("role", "spec", "source", "repository", "present"):
+        weights.add_column(col)
+    for w in facts["weights"]:
+        mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[w["present"]]
+        weights.add_row(w["role"], escape(w["spec"]), w["source"], escape(w["repo"] or ""), mark)
+    run.console.print(weights)
+    missing = [w["role"] for w in facts["weights"] if w["present"] is False]
+    if missing:
+        run.result(f"missing weights: {', '.join(missing)}; fetch them with 'ovdiff models download --preset {run.preset.name}'")
+    else:
+        run.result("all weights present")

@@ -1,0 +1,127 @@
+"""The Python API (`import ovdiff`): same label maps as `ovdiff segment`, encode once / match many,
+typed results, and the README's "Python API" example run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import ovdiff
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.procedural import LABELLED, write_voc
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("apiworld")
+    write_voc(root / "data", 3, seed=11)
+    pipe = ovdiff.Pipeline(preset="procedural", cache=root / "cache", device="cpu", dtype="fp32")
+    return root, pipe
+
+
+def test_api_label_maps_equal_ovdiff_segment(world, tmp_path):
+    root, pipe = world
+    images = sorted((root / "data/VOC2012/JPEGImages").iterdir())
+    out = tmp_path / "masks"
+    res = CliRunner().invoke(app, ["segment", str(images[0].parent), "--classes", ",".join(LABELLED), "--out", str(out),
+                                   "--cache", str(root / "cache"), *PROC])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    vocab = pipe.vocabulary(LABELLED)
+    assert vocab.names == list(LABELLED)
+    for path in images:
+        with Image.open(out / f"{path.stem}.png") as m:
+            cli = np.asarray(m)
+        for given in (path, str(path), Image.open(path), np.asarray(Image.open(path).convert("RGB"))):
+            result = pipe.segment(given, vocab)
+            assert result.labels.dtype == np.int32 and np.array_equal(result.labels, cli)
+        # encode once, match many: the same labels without running the backbones again
+        features = pipe.encode(path)
+        assert np.array_equal(features.match(vocab).labels, cli)
+
+
+def test_encode_once_matches_several_vocabularies_without_backbones(world):
+    _, pipe = world
+    image = ovdiff.procedural_scene(seed=3)
+    small, large = pipe.vocabulary(["kite", "sky"]), pipe.vocabulary(LABELLED)
+    features = pipe.encode(image)
+    assert features.size == image.shape[:2] and set(features.timings) == {"filter", "features"}
+    extracted = pipe.stages.calls.get("extract", 0)  # images through the extractor (compose's counting wrapper)
+    by_features = [features.match(v) for v in (small, large, small)]
+    assert pipe.stages.calls.get("extract", 0) == extracted
+    for v, r in zip((small, large, small), by_features, strict=True):
+        direct = pipe.segment(image, v)
+        assert np.array_equal(r.labels, direct.labels)
+        assert np.allclose(r.scores, direct.scores) and r.kept == direct.kept
+    assert set(np.unique(by_features[0].labels)) <= {0, 1, 2}
+
+
+def test_result_is_typed_and_saves_as_the_cli_does(world, tmp_path):
+    _, pipe = world
+    vocab = pipe.vocabulary(LABELLED)
+    image = ovdiff.procedural_scene(seed=5)
+    r = pipe.segment(image, vocab)
+    h, w = image.shape[:2]
+    assert r.labels.shape == (h, w) and r.class_names == list(LABELLED) and r.names[0] == "background"
+    assert r.scores.shape[0] == len(LABELLED) + 1 and r.scores.dtype == np.float32
+    not_kept = [k + 1 for k, n in enumerate(LABELLED) if n not in r.kept]
+    assert np.all(r.scores[not_kept] == -2.0)
+    assert r.present() and set(r.present()) <= set(r.kept)
+    assert r.mask(r.present()[0]).sum() == (r.labels == LABELLED.index(r.present()[0]) + 1).sum()
+    with Image.open(r.save(tmp_path / "m.png")) as m:
+        assert m.mode == "P" and np.array_equal(np.asarray(m), r.labels)
+    with np.load(r.save(tmp_path / "m.npz")) as z:
+        assert np.array_equal(z["labels"], r.labels) and z["scores"].shape == r.scores.shape
+    over = r.overlay()
+    assert over.mode == "RGB" and over.size[1] >= h and over.size[0] > w
+    with pytest.raises(OvdiffError, match="not in this vocabulary"):
+        r.mask("zebra")
+
+
+def test_options_are_the_cli_options(world):
+    root, _ = world
+    with pytest.raises(OvdiffError, match="unknown segment option"):
+        ovdiff.Pipeline(preset="procedural", cache=root / "cache", segment={"etaa": 3})
+    pipe = ovdiff.Pipeline(preset="procedural", cache=root / "cache", device="cpu", segment={"background": False, "eta": 2})
+    assert pipe.segment_config.eta == 2 and pipe.segment_config.windows == (128, 96)  # preset default kept
+    r = pipe.segment(ovdiff.procedural_scene(1), pipe.vocabulary(LABELLED))
+    assert 0 not in np.unique(r.labels) and len(r.kept) <= 2
+    with pytest.raises(OvdiffError, match="no prototypes cached"):
+        pipe.vocabulary(["zebra"], build=False)
+
+
+def readme_api_block() -> str:
+    text = README.read_text()
+    section = text.split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = readme_api_block()
+    assert 'preset="procedural"' in code and "encode" in code
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(namespace["result"], ovdiff.SegmentationResult)
+
+
+def test_images_are_read_as_the_cli_reads_them():
+    from ovdiff_cli.api import as_rgb
+
+    rgb = ovdiff.procedural_scene(2)
+    assert np.array_equal(as_rgb(rgb), rgb)
+    gray = rgb[..., 0]
+    assert np.array_equal(as_rgb(gray), np.repeat(gray[..., None], 3, 2))
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], 2)
+    assert np.array_equal(as_rgb(rgba), rgb) and np.array_equal(as_rgb(Image.fromarray(rgba)), rgb)
+    for bad in (rgb.astype(np.float32), rgb[None], "no/such/file.png", 3):
+        with pytest.raises(OvdiffError):
+            as_rgb(bad)
