@@ -98,7 +98,7 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
     Returns the section and the extractor's feature dimension D.
     """
     from .features import extract_images
-    from .masks import fg_bg_masks
+    from .masks import class_masks
     from .prototypes import build_prototypes
 
     base = preset_configs(s.preset)[1]
@@ -109,11 +109,9 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
     def once() -> tuple[float, float, float, int]:
         t_feat, feats = timed(lambda: extract_images(extractor, [x.image for x in samples], cfg.feature_size,
                                                      cfg.batch_size), stages.device)  # fmt: skip
-        grid = tuple(feats.shape[-2:])
-        t_mask, masks = timed(lambda: [fg_bg_masks(proposer.propose(x.image, f), x.attribution, grid)[:2]
-                                       for x, f in zip(samples, feats, strict=True)], stages.device)  # fmt: skip
-        fg, bg = (np.stack(m) for m in zip(*masks, strict=True))
-        t_km, _ = timed(lambda: build_prototypes(feats, fg, bg, cfg.k_parts, seed, False, cfg.kmeans_iters,
+        t_mask, masks = timed(lambda: class_masks(samples, feats, proposer, getattr(extractor, "slices", None))
+                              .on_grid(feats.shape[-2:]), stages.device)  # fmt: skip
+        t_km, _ = timed(lambda: build_prototypes(feats, *masks, cfg.k_parts, seed, False, cfg.kmeans_iters,
                                                  cfg.kmeans_max_points), stages.device)  # fmt: skip
         return t_feat, t_mask, t_km, int(feats.shape[1])
 

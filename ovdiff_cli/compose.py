@@ -178,7 +178,7 @@ class Stages:
         `scorer` replaces the run's own (the bench times its forward passes)."""
         from .segment import Segmenter
 
-        filtering = cfg.use_filter and len(classes) > 1
+        filtering = cfg.use_filter and sum(c.kind != "stuff" for c in classes) > 1  # it chooses among things only
         if filtering and scorer is None:
             scorer = self.scorer()
         return Segmenter(self.extractor(extractor_spec), classes, cfg, self.device, scorer if filtering else None, cache)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .config import ProtoConfig, SampleConfig
     from .models.presets import ModelSpecs
 
-PROTO_VERSION = 1  # bump when the way prototypes are computed changes: old entries are then rebuilt
+PROTO_VERSION = 2  # bump when the way prototypes are computed changes: old entries are then rebuilt
+# 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
 
 
@@ -34,9 +35,9 @@ def sd_source(spec: str, weights_seed: int) -> str:
 def generator_identity(specs: ModelSpecs) -> dict:
     """The support-set generator's identity (what `Generator.identity()` returns), from specs alone."""
     if specs.preset.weights == "procedural":
-        from .procedural import WORLD_VERSION
+        from .procedural import ProceduralGenerator
 
-        return {"generator": "procedural", "world_version": WORLD_VERSION}
+        return ProceduralGenerator().identity()  # a constant of the world, no model
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
 
 

@@ -1,7 +1,7 @@
 """Paper §3 "Segmentation via prototype matching": the segmenter, and the folder-streaming job around it.
 
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
-1. category pre-filter: the classes CLIP sees in the image (optional);
+1. category pre-filter: the thing classes CLIP sees in the image, plus every stuff class (optional);
 2. resize so the short side is `short_side` (TCL/OVDiff inference; long side at most 2048/448 of it);
 3. sliding-window matching of dense features against the kept classes' prototypes;
 4. bilinear upsampling of the label scores to the image size, then argmax.
@@ -109,9 +109,10 @@ class Segmenter:
             stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
         )  # fmt: skip
         self._device_vocab = self.vocab.to(device)
-        self.filter = (
-            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size)
-            if scorer is not None and cfg.use_filter and len(classes) > 1
+        stuff = [c.kind == "stuff" for c in classes]
+        self.filter = (  # stuff classes bypass it: with fewer than two things there is nothing to choose
+            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
+            if scorer is not None and cfg.use_filter and stuff.count(False) > 1
             else None
         )
         self.window_batch = window_batch

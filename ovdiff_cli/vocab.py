@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from .cache import Cache
     from .config import ProtoConfig, SampleConfig
+    from .masks import ClassMasks
     from .models.presets import ModelSpecs
     from .types import Extractor, MaskProposer, Sample, StageSource
 
@@ -119,24 +120,14 @@ def support_masks(
     size: int,
     batch_size: int,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
-    """Features and fg/bg masks of support images.
-
-    → features (N,D,h,w) float32 (size×size images), fg and bg (N,h,w) bool, and how many images fell
-    back to Otsu thresholding because the proposer found nothing.
-    """
+) -> tuple[torch.Tensor, ClassMasks]:
+    """Features (N,D,h,w) float32 of support images (size×size) and their fg/bg masks
+    (`masks.class_masks`, at the images' resolution: `.on_grid` reduces them to a feature grid)."""
     from .features import extract_images
-    from .masks import fg_bg_masks
+    from .masks import class_masks
 
     feats = extract_images(extractor, [s.image for s in samples], size, batch_size, on_progress)
-    grid = tuple(feats.shape[-2:])
-    fg, bg, fallbacks = [], [], 0
-    for s, f in zip(samples, feats, strict=True):
-        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, grid)
-        fg.append(m_fg)
-        bg.append(m_bg)
-        fallbacks += how == "otsu"
-    return feats, np.stack(fg), np.stack(bg), fallbacks
+    return feats, class_masks(samples, feats, proposer, getattr(extractor, "slices", None))
 
 
 def _build(
@@ -154,18 +145,22 @@ def _build(
     samples = load_samples(cache, sid, sample_cfg.n_images)
     extractor = stages.extractor(proto_cfg.extractor)
     proposer = stages.mask_proposer(proto_cfg.mask_proposer)
-    feats, fg, bg, fallbacks = support_masks(
+    feats, masks = support_masks(
         samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract")
     )
+    fg, bg = masks.on_grid(feats.shape[-2:])
     arrays = build_prototypes(
-        feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
-    )
+        feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters,
+        proto_cfg.kmeans_max_points,
+    )  # fmt: skip
+    counts = masks.counts()
     record = {
         "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor, "support_id": sid,
         "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
         "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
         "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-        "feature_grid": list(feats.shape[-2:]), "n_images": len(samples), "otsu_fallbacks": fallbacks,
+        "feature_grid": list(feats.shape[-2:]), "n_images": len(samples),
+        "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
         "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(), "generator": meta.get("generator"),
         "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
     }  # fmt: skip
