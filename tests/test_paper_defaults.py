@@ -55,7 +55,7 @@ def test_inference_defaults():
 
 def test_the_paper_preset_keeps_every_default():
     p = PRESETS["sd15"]
-    assert p.sample == {} and p.protos == {} and p.segment == {}
+    assert p.sample == SampleConfig() and p.protos == ProtoConfig() and p.segment == SegmentConfig()
     assert p.models["sd"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert p.models["clip"] == "ViT-B-16:openai" and p.models["dino"] == "vit_base_patch8_224.dino"
 
@@ -494,7 +494,7 @@ def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):
 
     ((_, rec),) = find_classes(Cache(cache))
     assert rec["mask_proposals"] + rec["mask_thresholds"] == 2 and rec["mask_proposer"] == "ncut"
-    res = CliRunner().invoke(app, ["protos", "list", "-v", "--preset", "tiny", "--cache", cache, "--device", "cpu"],
+    res = CliRunner().invoke(app, ["protos", "list", "-v", "--cache", cache],
                              env={"COLUMNS": "250"})  # fmt: skip
     assert res.exit_code == 0 and f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds" in res.output
 
