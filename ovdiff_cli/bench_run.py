@@ -99,7 +99,7 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
     prototypes (build_prototypes), in each part. Returns the section and each part's dimension D.
     """
     from .features import extract_images, spec_parts
-    from .masks import resize_mask
+    from .masks import mask_to_grid
     from .prototypes import build_prototypes
     from .vocab import support_masks
 
@@ -115,8 +115,8 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
             t, feats = timed(lambda n=name: extract_images(stages.part(n), images, cfg.feature_size, cfg.batch_size),
                              stages.device)  # fmt: skip
             grid = tuple(feats.shape[-2:])
-            fg = np.stack([resize_mask(m, grid) for m in fg0])
-            bg = np.stack([resize_mask(m, grid) for m in bg0])
+            fg = np.stack([mask_to_grid(m, grid) for m in fg0])
+            bg = np.stack([mask_to_grid(m, grid) for m in bg0])
             t2, _ = timed(lambda f=feats, a=fg, b=bg: build_prototypes(f, a, b, cfg.k_parts, seed, False, cfg.kmeans_iters,
                                                                        cfg.kmeans_max_points), stages.device)  # fmt: skip
             t_feat, t_km, dims[name] = t_feat + t, t_km + t2, int(feats.shape[1])

@@ -191,7 +191,7 @@ class Stages:
         from .features import spec_parts
         from .segment import Segmenter
 
-        filtering = cfg.use_filter and len(classes) > 1
+        filtering = cfg.use_filter and sum(c.kind != "stuff" for c in classes) > 1  # it chooses among things only
         if filtering and scorer is None:
             scorer = self.scorer()
         parts = [self.part(name) for name in spec_parts(extractor_spec)]

@@ -1,10 +1,15 @@
 """Paper §3 "Category pre-filtering": the CLIP filter that picks the classes present (the authors' rule).
 
+The filter chooses among the *thing* classes only: every stuff class is always kept (the authors'
+`predict.py`), so |C| below counts things.
 1. Class prompts "a <class>"; the image-to-prompt cosines go through a softmax *without* CLIP's
    logit scale, and classes with probability ≥ 1/|C| are kept (if none, the top η by score);
    more than η kept → the top η.
-2. Every non-empty subset of the kept classes becomes a prompt "a <c1> and a <c2> …" (classes in
-   list order), and the subset whose prompt best matches the image (cosine) is the answer.
+2. Every non-empty subset of the kept classes becomes a prompt "a <c1> and a <c2> …", and the
+   subset whose prompt best matches the image (cosine) is the answer. Candidates, subsets and the
+   classes inside a prompt come in the authors' order: class-list order when at most η pass the
+   1/|C| rule, else best probability first (their top-η), subsets as `itertools.combinations`
+   of that list; CLIP's text tower is order-sensitive, so this decides which prompts are scored.
 
 Text embeddings are cached by prompt in the LMDB cache, so a folder never re-encodes a prompt.
 """
@@ -33,23 +38,29 @@ def subset_prompt(names: list[str]) -> str:
 
 
 def select_classes(image_emb: torch.Tensor, class_embs: torch.Tensor, eta: int) -> list[int]:
-    """Step 1: indices of the candidate classes, best score first.
+    """Step 1: indices of the candidate classes, in the order the subset prompts list them.
 
     image_emb (E,) and class_embs (C,E) unit vectors; softmax over the raw cosines (no logit scale).
+    At most η pass the 1/|C| rule → those, in class-list order; more → the η most probable, best
+    first; none → the η best scores, best first.
     """
     if eta < 1:
         raise ValueError(f"eta must be at least 1, got {eta}")
     scores = class_embs.float() @ image_emb.float()
     probs = scores.softmax(0)
     order = torch.argsort(scores, descending=True, stable=True).tolist()
-    kept = [i for i in order if probs[i] >= 1.0 / len(order)]
-    return (kept or order)[:eta]
+    passed = [i for i in range(len(order)) if probs[i] >= 1.0 / len(order)]
+    if not passed:
+        return order[:eta]
+    if len(passed) <= eta:
+        return passed
+    keep = set(passed)
+    return [i for i in order if i in keep][:eta]
 
 
 def subsets(candidates: list[int]) -> list[list[int]]:
-    """Every non-empty subset of `candidates`, each in ascending (class list) order."""
-    ordered = sorted(candidates)
-    return [list(c) for k in range(1, len(ordered) + 1) for c in itertools.combinations(ordered, k)]
+    """Every non-empty subset of `candidates`: by size, then as `itertools.combinations` of the list as given."""
+    return [list(c) for k in range(1, len(candidates) + 1) for c in itertools.combinations(candidates, k)]
 
 
 def best_subset(image_emb: torch.Tensor, candidates: list[int], prompt_embs: torch.Tensor) -> list[int]:
@@ -76,20 +87,30 @@ def image_embedding(scorer: ImageTextScorer, image: np.ndarray, size: int) -> to
 
 
 class CategoryFilter:
-    """Picks the classes present in an image; text embeddings come from `cache` when it has them."""
+    """Picks the classes present in an image; text embeddings come from `cache` when it has them.
+
+    `stuff[i]` marks class i as stuff: stuff classes are always kept and never scored, the filter
+    chooses among the others (with no or one thing class there is nothing to choose).
+    """
 
     def __init__(self, scorer: ImageTextScorer, cache, class_names: list[str], eta: int = 10,
-                 size: int = 224, memo: int = 4096):  # fmt: skip
+                 size: int = 224, memo: int = 4096, stuff: list[bool] | None = None):  # fmt: skip
         if eta < 1:
             raise ValueError(f"eta must be at least 1, got {eta}")
+        stuff = list(stuff) if stuff is not None else [False] * len(class_names)
+        if len(stuff) != len(class_names):
+            raise ValueError(f"{len(stuff)} stuff flags for {len(class_names)} classes")
         self.scorer = scorer
         self.cache = cache
-        self.names = list(class_names)
+        self.all_names = list(class_names)
+        self.stuff = [i for i, s in enumerate(stuff) if s]
+        self.things = [i for i, s in enumerate(stuff) if not s]
+        self.names = [self.all_names[i] for i in self.things]  # what CLIP chooses among
         self.eta = eta
         self.size = size
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memo_size = memo
-        self._class_embs = self.text_embeddings([class_prompt(n) for n in self.names])
+        self._class_embs = self.text_embeddings([class_prompt(n) for n in self.names]) if len(self.names) > 1 else None
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """(T,E) float32 unit vectors: from memory, else the cache, else the text encoder (then stored)."""
@@ -117,8 +138,15 @@ class CategoryFilter:
         return image_embedding(self.scorer, image, self.size)
 
     def select(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> list[int]:
-        """Indices (0-based, ascending) of the classes kept for image HxWx3 uint8; an `embedding` from
-        `embed` (of the same scorer and size) spares the image encoder."""
+        """Indices (0-based, ascending, into `class_names`) of the classes kept for image HxWx3 uint8:
+        the things CLIP picks, and every stuff class. An `embedding` from `embed` (of the same scorer
+        and size) spares the image encoder."""
+        return sorted([self.things[i] for i in self.select_things(image, embedding)] + self.stuff)
+
+    def select_things(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> list[int]:
+        """Indices into `names` (the thing classes) that the two steps keep, in subset-prompt order."""
+        if len(self.names) <= 1:
+            return list(range(len(self.names)))
         img = self.embed(image) if embedding is None else embedding
         candidates = select_classes(img, self._class_embs, self.eta)
         if len(candidates) == 1:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from .models.presets import ModelSpecs
 
 PROTO_VERSION = 2  # bump when the way prototypes are computed changes: old entries are then rebuilt
-MASK_VERSION = 1  # bump when the way support masks are computed changes
+MASK_VERSION = 2  # bump when the way support masks are computed changes: their classes are then rebuilt
+# masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
 
 
@@ -35,9 +36,9 @@ def sd_source(spec: str, weights_seed: int) -> str:
 def generator_identity(specs: ModelSpecs) -> dict:
     """The support-set generator's identity (what `Generator.identity()` returns), from specs alone."""
     if specs.preset.weights == "procedural":
-        from .procedural import WORLD_VERSION
+        from .procedural import ProceduralGenerator
 
-        return {"generator": "procedural", "world_version": WORLD_VERSION}
+        return ProceduralGenerator().identity()  # a constant of the world, no model
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
 
 

@@ -1,17 +1,25 @@
 """Paper §3 "Class prototypes" (App. C.5): the foreground/background masks of support images.
 
-A proposer Γ gives class-agnostic binary masks on the feature grid, one of them for the
+The rule of the authors' `sample_support_set.py`, on each class's N images at the support images'
+own resolution: attribution maps are resized to the image and min–max normalised to [0,1] per image. A proposer Γ gives class-agnostic binary masks, one of them for the
 background; the proposal with the highest mean attribution is the foreground, the one with the
-lowest the background. When Γ finds nothing, Otsu's threshold of the attribution map decides.
+lowest the background, which is then restricted to low attribution (A < BG_BELOW) and eroded once
+(3×3 cross) so it holds no object edges. An image with fewer than two proposals falls back to the
+proposer's thresholds: fg = A > high, bg = A < low (the band between is neither). The masks are
+then reduced to the feature grid (bilinear, any overlap counts), as the authors' prototype scripts do.
+The masks depend on the support images and the proposer only, never on the extractor spec: one set
+serves every extractor part (the class build runs this once per class, `vocab.support_masks`).
 
-Proposers: `ncut` (normalised cuts on the extractor's own features, as CutLER's MaskCut; no extra
-weights), `threshold` (no proposals: always the Otsu rule, the paper's "-CutLER" variant) and `sam`
-(transformers' SAM automatic mask generation, for users who have its weights).
+Proposers: `ncut` (normalised cuts on the `mask_features` part's features, DINO keys by default, as
+CutLER's MaskCut does; no extra weights; fixed fallback thresholds 0.2/0.5), `threshold`
+(no proposals: every image is thresholded, at a 3-class multi-Otsu of all the class's maps — the
+paper's "-CutLER" variant) and `sam` (transformers' SAM automatic mask generation).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,23 +27,14 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from .types import MaskProposer, Sample
+
 PROPOSERS = ("ncut", "threshold", "sam")
+FG_ABOVE = 0.5  # the authors' fallback: fg where the normalised attribution is above this …
+BG_BELOW = 0.2  # … bg where it is below this; also the bound on a proposal's bg
 
 
 # --------------------------------------------------------------------------- maps
-
-
-def resize_map(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """hxw float map → shape, bilinear (antialiased when shrinking); float32."""
-    import torch
-    import torch.nn.functional as F
-
-    a = np.asarray(a, dtype=np.float32)
-    if a.shape == tuple(shape):
-        return a
-    t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
-    shrink = shape[0] < a.shape[0] or shape[1] < a.shape[1]
-    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=shrink)[0, 0].numpy()
 
 
 def resize_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -48,69 +47,154 @@ def resize_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the cut of the value histogram that maximises between-class variance."""
+def mask_to_grid(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """HxW bool mask → shape bool: bilinear resize (no antialiasing), a cell is in where the result is > 0.
+
+    The authors' reduction of support masks to a feature grid (`gen_proto_*.py`).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m = np.asarray(m, dtype=bool)
+    if m.shape == tuple(shape):
+        return m
+    t = torch.from_numpy(m.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+
+
+def normalise(a: np.ndarray) -> np.ndarray:
+    """Min–max normalisation of one map to [0,1], float32; a constant map becomes all zeros."""
+    a = np.asarray(a, dtype=np.float32)
+    lo = a.min()
+    return (a - lo) / max(float(a.max() - lo), 1e-6)
+
+
+def image_attribution(attribution: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An attribution map as the masks see it: bilinearly resized to `shape`, min–max normalised.
+
+    The authors normalise before resizing and again after; resizing is linear, so that equals
+    normalising once, after. float32 in [0,1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = torch.from_numpy(np.asarray(attribution, dtype=np.float32))[None, None]
+    if tuple(a.shape[-2:]) != tuple(shape):
+        a = F.interpolate(a, size=shape, mode="bilinear", align_corners=False)
+    return normalise(a[0, 0].numpy())
+
+
+def multi_otsu(values: np.ndarray, bins: int = 256) -> tuple[float, float]:
+    """3-class multi-Otsu thresholds (low, high) of `values`: the two cuts of the value histogram that
+    maximise the between-class variance, each the centre of the last bin of the class below it
+    (as scikit-image's `threshold_multiotsu(classes=3)`). ValueError with fewer than 3 distinct values.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    if len(np.unique(v)) < 3:
+        raise ValueError("multi-Otsu needs at least 3 distinct values")
+    hist, edges = np.histogram(v, bins=bins, range=(v.min(), v.max()))
     p = hist / hist.sum()
     centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * centres)
-    w1 = 1 - w0
+    w = np.concatenate([[0.0], np.cumsum(p)])  # w[i] = mass of bins [0, i)
+    m = np.concatenate([[0.0], np.cumsum(p * centres)])
+    i, j = np.triu_indices(bins - 1, k=1)  # classes [0..i], [i+1..j], [j+1..]
+    w0, w1, w2 = w[i + 1], w[j + 1] - w[i + 1], 1 - w[j + 1]
+    m0, m1, m2 = m[i + 1], m[j + 1] - m[i + 1], m[-1] - m[j + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = -1
-    return float(edges[int(np.argmax(between)) + 1])
+        score = np.nan_to_num(m0**2 / w0) + np.nan_to_num(m1**2 / w1) + np.nan_to_num(m2**2 / w2)
+    k = int(np.argmax(score))
+    return float(centres[i[k]]), float(centres[j[k]])
 
 
-def otsu_masks(attribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """attribution hxw >= 0 → (fg, bg) hxw bool: fg above Otsu's threshold, bg its complement.
+def class_thresholds(attributions: list[np.ndarray]) -> tuple[float, float]:
+    """(low, high) of the `threshold` proposer: multi-Otsu over all the class's normalised maps at
+    their own resolution; the authors' (0.2, 0.5) when the maps have too few distinct values."""
+    try:
+        return multi_otsu(np.concatenate([normalise(a).ravel() for a in attributions]))
+    except ValueError:
+        return BG_BELOW, FG_ABOVE
 
-    A constant map carries no layout: all of it is foreground, none background.
-    """
-    a = np.asarray(attribution, dtype=np.float32)
-    if a.max() <= a.min():
-        return np.ones(a.shape, bool), np.zeros(a.shape, bool)
-    fg = a > otsu_threshold(a)
-    return fg, ~fg
+
+def erode(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 3×3 cross (scikit-image's default footprint); the border does not erode."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
 
 
 def select_fg_bg(proposals: list[np.ndarray], attribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's rule: fg = the proposal of highest mean attribution, bg = the one of lowest.
+    """The paper's rule on at least two non-empty proposals: fg = the proposal of highest mean
+    attribution, bg = the one of lowest.
 
-    proposals: non-empty list of hxw bool masks on the feature grid; attribution: any size, >= 0,
-    resized to hxw. Empty proposals are ignored; among equally low ones the largest is the bg (more
-    context). With a single usable proposal, bg is its complement. bg never overlaps fg.
-    Returns (fg, bg) hxw bool.
+    proposals: HxW bool masks (empty ones ignored); attribution HxW in [0,1]. Each pixel goes to
+    the highest-ranked proposal covering it; fg is the top proposal, bg the pixels won by the
+    lowest-ranked proposal that wins any (so bg never overlaps another proposal). Ties rank in
+    list order. Returns (fg, bg) HxW bool.
     """
     masks = [np.asarray(m, dtype=bool) for m in proposals if np.asarray(m).any()]
-    if not masks:
-        raise ValueError("select_fg_bg needs at least one non-empty proposal (use fg_bg_masks for the fallback)")
-    a = resize_map(attribution, masks[0].shape)
+    if len(masks) < 2:
+        raise ValueError("select_fg_bg needs at least two non-empty proposals (fewer take the threshold fallback)")
+    a = np.asarray(attribution, dtype=np.float32)
     means = np.array([a[m].mean() for m in masks])
-    areas = np.array([m.sum() for m in masks])
-    i_fg = int(np.argmax(means))
-    if len(masks) == 1:
-        return masks[i_fg], ~masks[i_fg]
-    order = [int(i) for i in np.lexsort((-areas, means)) if i != i_fg]
-    return masks[i_fg], masks[order[0]] & ~masks[i_fg]
+    ranked = [masks[i] for i in np.argsort(-means, kind="stable")]
+    owner = np.full(a.shape, -1)
+    for r in range(len(ranked) - 1, -1, -1):  # higher ranks overwrite lower ones
+        owner[ranked[r]] = r
+    return owner == 0, owner == owner.max()
 
 
-def fg_bg_masks(
-    proposals: list[np.ndarray], attribution: np.ndarray, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """fg/bg on an hxw grid from the proposals, or Otsu on the attribution when there are none.
+def fg_bg_masks(proposals: list[np.ndarray], attribution: np.ndarray, low: float = BG_BELOW,
+                high: float = FG_ABOVE) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+    """fg/bg of one image at its attribution's resolution HxW (normalised to [0,1]).
 
-    Returns (fg, bg, how) with how = "proposals" or "otsu" (the paper's fallback, App. C.5).
+    With two or more non-empty proposals (any resolution; resized nearest): `select_fg_bg`, then bg
+    restricted to A < BG_BELOW and eroded. Otherwise the fallback: fg = A > high, bg = A < low.
+    Returns (fg, bg, how), how = "proposals" or "thresholds".
     """
-    if any(np.asarray(m).any() for m in proposals):
-        fg, bg = select_fg_bg(proposals, attribution)
-        return fg, bg, "proposals"
-    fg, bg = otsu_masks(resize_map(attribution, shape))
-    return fg, bg, "otsu"
+    a = np.asarray(attribution, dtype=np.float32)
+    masks = [resize_mask(m, a.shape) for m in proposals if np.asarray(m).any()]
+    if len(masks) >= 2:
+        fg, bg = select_fg_bg(masks, a)
+        return fg, erode(bg & (a < BG_BELOW)), "proposals"
+    return a > high, a < low, "thresholds"
+
+
+@dataclass
+class ClassMasks:
+    """One class's support masks at the images' resolution: fg and bg (N,H,W) bool; how[n] is
+    "proposals" or "thresholds", how image n was masked. `on_grid` reduces them to a feature grid,
+    so every extractor part can take them at its own grid."""
+
+    fg: np.ndarray
+    bg: np.ndarray
+    how: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {k: self.how.count(k) for k in ("proposals", "thresholds")}
+
+    def on_grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(fg, bg) (N,*shape) bool, each mask reduced by `mask_to_grid`."""
+        shape = tuple(shape)
+        return tuple(np.stack([mask_to_grid(m, shape) for m in masks]) for masks in (self.fg, self.bg))
+
+
+def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskProposer) -> ClassMasks:
+    """The fg/bg masks of one class's support images, at the images' resolution.
+
+    samples: the N support images (HxWx3 uint8, one size) with their attribution maps; features
+    (N,D,h,w): what the proposer reads (the `mask_features` part's features for ncut; a (N,0,h,w)
+    placeholder for proposers with `uses_features` False). The proposer's fallback thresholds are
+    computed once from all N maps.
+    """
+    low, high = proposer.thresholds([s.attribution for s in samples])
+    fg, bg, how = [], [], []
+    for s, f in zip(samples, features, strict=True):
+        a = image_attribution(s.attribution, s.image.shape[:2])
+        m_fg, m_bg, h = fg_bg_masks(proposer.propose(s.image, f), a, low, high)
+        fg.append(m_fg)
+        bg.append(m_bg)
+        how.append(h)
+    return ClassMasks(np.stack(fg), np.stack(bg), how)
 
 
 # --------------------------------------------------------------------------- normalised cuts
@@ -185,11 +269,13 @@ def ncut_objects(
 
 
 class NCutProposer:
-    """Γ by normalised cuts on the extractor's features; no weights beyond the extractor's.
+    """Γ by normalised cuts on feature keys; no weights beyond the extractor's.
 
+    It reads the `mask_features` part's features, DINO keys by default (`ProtoConfig.mask_features`:
+    MaskCut cuts DINO ViT-B/8 keys and its τ is tuned for them), whatever the extractor spec.
     The grid is average-pooled to at most `max_side` per side for speed (64×64 → 32×32 keeps a
-    class's eigenproblem to about 0.2 s), and the masks are upsampled back. The complement of all
-    objects is the background proposal (the paper's Γ returns one too).
+    class's eigenproblem to about 0.2 s). The complement of all objects is the background proposal
+    (the paper's Γ returns one too). Images without proposals take the authors' fixed thresholds.
     """
 
     name = "ncut"
@@ -197,6 +283,9 @@ class NCutProposer:
 
     def __init__(self, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, max_side: int = 32):
         self.tau, self.eps, self.max_objects, self.max_side = tau, eps, max_objects, max_side
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return BG_BELOW, FG_ABOVE
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
         """image HxWx3 uint8 (unused: the features carry the image); features (D,h,w) → hxw bool masks."""
@@ -213,10 +302,14 @@ class NCutProposer:
 
 
 class ThresholdProposer:
-    """No proposals at all, so every image takes the Otsu fallback: the paper's "-CutLER" variant."""
+    """No proposals: every image is thresholded at the 3-class multi-Otsu of all the class's maps,
+    the middle band left out (the authors' variant without CutLER, the paper's "-CutLER")."""
 
     name = "threshold"
     uses_features = False
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return class_thresholds(attributions)
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
         return []
@@ -225,8 +318,8 @@ class ThresholdProposer:
 class SamProposer:
     """Γ by SAM's automatic mask generation (transformers `mask-generation` pipeline).
 
-    Masks come at image resolution and are reduced to the feature grid by area (a cell belongs to a
-    mask when at least half of it does); the complement of their union is the background proposal.
+    Masks come at image resolution; the complement of their union is the background proposal.
+    Images without proposals take the authors' fixed thresholds.
     """
 
     name = "sam"
@@ -236,23 +329,15 @@ class SamProposer:
         """pipe: transformers' `mask-generation` pipeline (`models.sam.load_sam`)."""
         self.pipe, self.points_per_side, self.points_per_batch = pipe, points_per_side, points_per_batch
 
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return BG_BELOW, FG_ABOVE
+
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
-        """image HxWx3 uint8 → SAM's masks reduced to the (h,w) grid of `features`, plus the background."""
+        """image HxWx3 uint8 → SAM's HxW masks (empty ones dropped), plus the background."""
         from PIL import Image
 
         out = self.pipe(Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch)
-        return with_background(masks_on_grid([np.asarray(m) for m in out["masks"]], tuple(features.shape[-2:])))
-
-
-def masks_on_grid(masks: list[np.ndarray], shape: tuple[int, int]) -> list[np.ndarray]:
-    """HxW masks → shape bool masks by area (a cell is in when at least half of it is); empty ones dropped."""
-    import cv2
-
-    cells = [
-        cv2.resize(np.asarray(m, dtype=np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
-        for m in masks
-    ]
-    return [c for c in cells if c.any()]
+        return with_background([m for m in (np.asarray(m, dtype=bool) for m in out["masks"]) if m.any()])
 
 
 def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
@@ -280,9 +365,10 @@ BG_COLOUR = (30, 80, 230)
 
 
 def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """image HxWx3 uint8, masks hxw uint8 (1 fg, 2 bg, 0 neither) → HxWx3 uint8: fg tinted red, bg blue (Fig. C.8)."""
-    code = resize_mask(np.asarray(masks) == 1, image.shape[:2]).astype(np.uint8)
-    code[resize_mask(np.asarray(masks) == 2, image.shape[:2]) & (code == 0)] = 2
+    """image HxWx3 uint8, masks hxw uint8 (`prototypes.encode_masks`: 1 fg, 2 bg, 3 both, 0 neither) →
+    HxWx3 uint8: fg tinted red, bg blue (Fig. C.8; a cell in both shows as fg)."""
+    code = resize_mask((np.asarray(masks) & 1) > 0, image.shape[:2]).astype(np.uint8)
+    code[resize_mask((np.asarray(masks) & 2) > 0, image.shape[:2]) & (code == 0)] = 2
     out = image.astype(np.float32)
     for value, colour in ((1, FG_COLOUR), (2, BG_COLOUR)):
         sel = code == value

@@ -70,7 +70,8 @@ class Vocabulary:
 
     def restrict(self, keep: list[int]) -> Vocabulary:
         """Only the classes `keep` (0-based): their fg prototypes and, as background, their bg
-        prototypes that pass the stuff filter against the stuff classes among `keep`."""
+        prototypes that pass the stuff filter, which is computed once against every stuff class
+        of the vocabulary (as the authors do), whichever classes an image keeps."""
         if self.bank is not None:
             return self.bank.restrict(keep)
         cols = torch.tensor(sorted(set(keep)), dtype=torch.long, device=self.protos.device)
@@ -79,7 +80,7 @@ class Vocabulary:
         owner_cls = torch.tensor([p.cls for p in self.provenance], dtype=torch.long, device=self.protos.device)
         rows = in_keep[owner_cls]
         if self.stuff_threshold is not None:
-            rows &= self.stuff_sim[:, cols].max(dim=1).values <= self.stuff_threshold
+            rows &= self.stuff_sim.max(dim=1).values <= self.stuff_threshold
         sel = torch.nonzero(rows).flatten()
         old_labels = [self.labels[o] for o in self.owner[sel].tolist()]
         labels = sorted(set(old_labels) | ({0} if self.bg_threshold is not None else set()))
@@ -110,8 +111,8 @@ def assemble_vocabulary(
     background is every pixel whose best fg similarity is below it, and no bg prototypes are used.
     Otherwise the background owns the bg prototypes of the thing classes; stuff classes keep fg
     prototypes only, and with `stuff_filter` a thing's bg prototype is dropped when its cosine
-    to any stuff class's fg prototype exceeds `stuff_threshold` (`restrict` re-applies this to
-    the stuff classes kept for one image).
+    to any stuff class's fg prototype exceeds `stuff_threshold` (all stuff classes of `classes`,
+    whichever an image keeps).
     """
     if not classes:
         raise ValueError("a vocabulary needs at least one class")

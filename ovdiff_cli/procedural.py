@@ -27,6 +27,7 @@ from .types import Sample
 
 EXTRACTOR_NAME = "procedural"
 WORLD_VERSION = 1
+ATTRIBUTION_VERSION = 2  # the support sets' attribution model (in the generator identity: a change re-samples)
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,10 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
 def support_sample(name: str, seed: int, size: int, attribution_size: int) -> Sample:
     """One support image of `name`: a thing on its context, or a landscape where the stuff dominates.
 
-    The attribution is the region's coverage at `attribution_size`², blurred, squared (attention
-    peaks inside an object and fades at its border) and with a little noise, as coarse and
-    imperfect as a diffusion model's cross-attention (always ≥ 0).
+    The attribution is the region's coverage at `attribution_size`², lightly blurred and with a
+    little noise, as coarse and imperfect as a diffusion model's cross-attention (always ≥ 0).
+    (Version 2: no longer squared, half the blur — the peaked map left thin shapes only a small
+    core above the authors' upper mask threshold.)
     """
     look = look_of(name)
     rng = np.random.default_rng(_digest("support", WORLD_VERSION, name, seed))
@@ -188,7 +190,7 @@ def support_sample(name: str, seed: int, size: int, attribution_size: int) -> Sa
         region, accent = _shape(look, size, size, cy, cx, obj)
         _paint(canvas, rng, look, region, accent)
     att = np.asarray(Image.fromarray(region).resize((attribution_size, attribution_size), Image.Resampling.BILINEAR))
-    att = _blur(att, attribution_size / 24) ** 2 + rng.uniform(0, 0.06, att.shape).astype(np.float32)
+    att = _blur(att, attribution_size / 48) + rng.uniform(0, 0.06, att.shape).astype(np.float32)
     return Sample(canvas.round().astype(np.uint8), np.maximum(att, 0).astype(np.float32))
 
 
@@ -272,7 +274,7 @@ class ProceduralGenerator:
     """types.Generator for the world: draws support images with their attribution maps."""
 
     def identity(self) -> dict:
-        return {"generator": "procedural", "world_version": WORLD_VERSION}
+        return {"generator": "procedural", "world_version": WORLD_VERSION, "attribution_version": ATTRIBUTION_VERSION}
 
     def generate(self, class_name: str, seeds: list[int], config) -> list:
         return [support_sample(class_name, s, config.size, config.attribution_size) for s in seeds]

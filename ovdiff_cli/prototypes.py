@@ -150,11 +150,20 @@ def group_prototypes(
     }
 
 
+FG, BG = 1, 2  # bits of a coded mask cell: 3 is both (a grid cell the fg and bg masks both touch)
+
+
 def encode_masks(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """(N,h,w) bool fg and bg → (N,h,w) uint8: 1 fg, 2 bg, 0 neither (fg wins where both)."""
-    out = np.where(np.asarray(bg, bool), 2, 0).astype(np.uint8)
-    out[np.asarray(fg, bool)] = 1
-    return out
+    """(N,h,w) bool fg and bg → (N,h,w) uint8 bit flags: 1 fg, 2 bg, 3 both, 0 neither.
+
+    Masks reduced to a grid (any overlap counts) may share cells; both keep them, as the authors' do."""
+    return (np.asarray(fg, bool) * FG | np.asarray(bg, bool) * BG).astype(np.uint8)
+
+
+def decode_masks(coded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_masks`' inverse: (N,h,w) uint8 → fg, bg (N,h,w) bool."""
+    coded = np.asarray(coded)
+    return (coded & FG) > 0, (coded & BG) > 0
 
 
 def build_prototypes(
@@ -171,8 +180,8 @@ def build_prototypes(
 
     features (N,D,h,w) float (any device); fg_masks, bg_masks (N,h,w) bool. Returns
     "fg/class", "fg/instance", "fg/part", "fg/instance_src", "fg/part_labels", the same under "bg/"
-    unless `stuff`, and "masks" (N,h,w) uint8 (1 fg, 2 bg, 0 neither; kept for stuff too, for the
-    contact sheet). bg part K-means uses seed+1 so fg and bg subsamples differ.
+    unless `stuff`, and "masks" (N,h,w) uint8 (`encode_masks`: 1 fg, 2 bg, 3 both, 0 neither; kept for stuff
+    too, for the contact sheet). bg part K-means uses seed+1 so fg and bg subsamples differ.
     """
     out = {"masks": encode_masks(fg_masks, bg_masks)}
     groups = {"fg": fg_masks} if stuff else {"fg": fg_masks, "bg": bg_masks}

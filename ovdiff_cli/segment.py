@@ -1,7 +1,7 @@
 """Paper §3 "Segmentation via prototype matching": the segmenter, and the folder-streaming job around it.
 
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
-1. category pre-filter: the classes CLIP sees in the image (optional);
+1. category pre-filter: the thing classes CLIP sees in the image, plus every stuff class (optional);
 2. resize so the short side is `short_side` (TCL/OVDiff inference; long side at most 2048/448 of it);
 3. matching: every sliding window and the whole image, resized to each extractor part's own input
    size, are matched against that part's prototypes of the kept classes; the per-part class score
@@ -127,9 +127,10 @@ class Segmenter:
         sizes = [len(v.bank or v) for v in self.vocabs]
         self.offsets = [sum(sizes[:j]) for j in range(len(sizes))]
         self._device_vocabs = [v.to(device) for v in self.vocabs]
-        self.filter = (
-            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size)
-            if scorer is not None and cfg.use_filter and len(classes) > 1
+        stuff = [c.kind == "stuff" for c in classes]
+        self.filter = (  # stuff classes bypass it: with fewer than two things there is nothing to choose
+            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
+            if scorer is not None and cfg.use_filter and stuff.count(False) > 1
             else None
         )
         self.window_batch = window_batch
@@ -445,20 +446,20 @@ class Explainer:
         """(support image, region on the mask or part grid, description) of prototype `index`."""
         part, p = self.seg.source(index)
         data = self._class_data(p.cls, part)
-        code = 1 if p.group == "fg" else 2
+        code = 1 if p.group == "fg" else 2  # prototypes.encode_masks' bit of the group
         masks = data.get("masks")
         if p.kind == "instance":
             src = self.seg.classes[p.cls].parts[part].sources.get(f"{p.group}/instance")
             img = int(src[p.row]) if src is not None and p.row < len(src) else None
-            region = masks[img] == code if (masks is not None and img is not None) else None
+            region = (masks[img] & code) > 0 if (masks is not None and img is not None) else None
             return img, region, f"{p.group} mask of support image {img}"
         if p.kind == "part" and f"{p.group}/part_labels" in data:
             parts = data[f"{p.group}/part_labels"] == p.row
             img = int(parts.reshape(len(parts), -1).sum(1).argmax())
             return img, parts[img], f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)"
         if masks is not None:
-            img = int((masks == code).reshape(len(masks), -1).sum(1).argmax())
-            return img, masks[img] == code, f"mean of all {p.group} masks (largest shown)"
+            img = int(((masks & code) > 0).reshape(len(masks), -1).sum(1).argmax())
+            return img, (masks[img] & code) > 0, f"mean of all {p.group} masks (largest shown)"
         return None, None, "no support data cached"
 
     def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:

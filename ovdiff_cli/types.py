@@ -56,17 +56,25 @@ class Extractor(Protocol):
 
 
 class MaskProposer(Protocol):
-    """Class-agnostic object proposals Γ (paper §3): binary masks on the feature grid.
+    """Class-agnostic object proposals Γ (paper §3) and the fallback for images where it finds none.
 
-    `uses_features`: whether `propose` reads the features (else it is given a (0,h,w) placeholder
-    that only carries the grid), so masks are keyed by the features only when they matter.
+    The masks stage (`masks.class_masks`) sees a whole class at once: it asks `thresholds` once for
+    all N attribution maps, then `propose` per image. `uses_features`: whether `propose` reads the
+    features (the `mask_features` part's, e.g. DINO keys for ncut; else it is given a (0,h,w)
+    placeholder that only carries the grid), so masks are keyed by the features only when they matter.
     """
 
     name: str
     uses_features: bool
 
     def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
-        """image HxWx3 uint8; features (D,h,w) → list of (h,w) bool masks (possibly empty)."""
+        """image HxWx3 uint8; features (D,h,w) → bool masks on the feature grid or at the image's size
+        (possibly none), one of them the background."""
+        ...
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        """(low, high) for images with fewer than two proposals: bg = A < low, fg = A > high on the
+        min–max normalised attribution A; attributions are the class's N raw hxw maps."""
         ...
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .models.presets import ModelSpecs
     from .types import Sample, StageSource
 
-MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part resizes them to its own grid
+MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
 EXPORT_FORMAT = "ovdiff-prototypes"
 EXPORT_VERSION = "1"
 OnEvent = Callable[[str, str, int, int], None]
@@ -128,19 +128,21 @@ def support_masks(
     stages: StageSource,
     proto_cfg: ProtoConfig,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, torch.Tensor | None]:
-    """fg/bg masks of support images on the feature_size/MASK_STRIDE grid.
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], torch.Tensor | None]:
+    """fg/bg masks of support images (`masks.class_masks`, the authors' rule) on the mask grid.
 
-    The proposer runs on the `mask_features` part's features when it uses features (ncut), else on
-    nothing but the grid. → fg and bg (N,g,g) bool, how many images fell back to thresholding the
-    attribution because the proposer found nothing, and the features computed (N,D,h,w) or None,
-    so the part they belong to need not extract them again.
+    The proposer reads the `mask_features` part's features when it uses features (ncut: DINO keys
+    by default, whatever the extractor spec), else a placeholder. The masks, made at the images'
+    resolution, are reduced to the feature_size/MASK_STRIDE grid (`ClassMasks.on_grid`), where they
+    are stored and from where each part reduces them to its own grid. → fg and bg (N,g,g) bool,
+    how many images took their masks from the proposals and from the thresholds
+    (`ClassMasks.counts`), and the features computed (N,D,h,w) or None, so the part they belong to
+    need not extract them again.
     """
     import torch
-    import torch.nn.functional as F
 
     from .features import extract_images
-    from .masks import fg_bg_masks
+    from .masks import class_masks
 
     g = proto_cfg.feature_size // MASK_STRIDE
     proposer = stages.mask_proposer(proto_cfg.mask_proposer)
@@ -148,27 +150,18 @@ def support_masks(
     if proposer.uses_features:
         feats = extract_images(stages.part(proto_cfg.mask_features), [s.image for s in samples], proto_cfg.feature_size,
                                proto_cfg.batch_size, on_progress)  # fmt: skip
-    fg, bg, fallbacks = [], [], 0
-    for i, s in enumerate(samples):
-        if feats is None:
-            f = torch.zeros(0, g, g)
-        else:
-            f = feats[i]
-            if tuple(f.shape[-2:]) != (g, g):
-                f = F.interpolate(f[None], size=(g, g), mode="bilinear", align_corners=False)[0]
-        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, (g, g))
-        fg.append(m_fg)
-        bg.append(m_bg)
-        fallbacks += how == "otsu"
-    return np.stack(fg), np.stack(bg), fallbacks, feats
+    masks = class_masks(samples, feats if feats is not None else torch.zeros(len(samples), 0, g, g), proposer)
+    fg, bg = masks.on_grid((g, g))
+    return fg, bg, masks.counts(), feats
 
 
-def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.ndarray, int] | None:
-    """The coded masks (N,g,g) uint8 and fallback count stored with any cached part of the same masks."""
+def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.ndarray, dict[str, int]] | None:
+    """The coded masks (N,g,g) uint8 and proposal/threshold counts stored with any cached part of the same masks."""
     for pid in candidates:
         rec = cache.class_record(pid)
         if rec is not None and rec.get("mask_id") == mid and "masks" in rec["arrays"]:
-            return cache.class_arrays(pid, ["masks"])["masks"], int(rec.get("otsu_fallbacks", 0))
+            counts = {"proposals": int(rec.get("mask_proposals", 0)), "thresholds": int(rec.get("mask_thresholds", 0))}
+            return cache.class_arrays(pid, ["masks"])["masks"], counts
     return None
 
 
@@ -183,8 +176,8 @@ def _build(
     featurises the support images at feature_size, resizes the masks to its own grid and aggregates
     its own prototypes (K-means in its own space).
     """
-    from .masks import resize_mask
-    from .prototypes import build_prototypes, encode_masks
+    from .masks import mask_to_grid
+    from .prototypes import build_prototypes, decode_masks, encode_masks
     from .sampling import ensure_support_set, load_samples
 
     def progress(stage: str):
@@ -196,9 +189,9 @@ def _build(
     found = _cached_masks(cache, siblings, mid)
     computed: dict[str, torch.Tensor] = {}
     if found is not None:
-        coded, fallbacks = found
+        coded, counts = found
     else:
-        fg, bg, fallbacks, feats = support_masks(samples, stages, proto_cfg, progress("masks"))
+        fg, bg, counts, feats = support_masks(samples, stages, proto_cfg, progress("masks"))
         coded = encode_masks(fg, bg)
         if feats is not None:
             computed[proto_cfg.mask_features] = feats
@@ -212,8 +205,7 @@ def _build(
             feats = extract_images(stages.part(part_name), images, proto_cfg.feature_size, proto_cfg.batch_size,
                                    progress("extract"))  # fmt: skip
         grid = tuple(feats.shape[-2:])
-        fg = np.stack([resize_mask(m == 1, grid) for m in coded])
-        bg = np.stack([resize_mask(m == 2, grid) for m in coded])
+        fg, bg = (np.stack([mask_to_grid(m, grid) for m in group]) for group in decode_masks(coded))
         arrays = build_prototypes(
             feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
         )
@@ -226,7 +218,8 @@ def _build(
             "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
             "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
             "feature_grid": list(grid), "mask_grid": list(coded.shape[-2:]), "n_images": len(samples),
-            "otsu_fallbacks": fallbacks, "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
+            "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
+            "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
             "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
             "proto_version": PROTO_VERSION, "created_at": now_iso(),
         }  # fmt: skip

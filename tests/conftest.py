@@ -47,6 +47,15 @@ def tiny_stages():
 
 
 @pytest.fixture(scope="session")
+def sd15_random_stages():
+    """Full-size SD1.5 / CLIP ViT-B/16 / DINO ViT-B/8 with seeded random weights (several GB of RAM:
+    one set per session, fed only tiny images)."""
+    from ovdiff_cli.compose import Stages
+
+    return Stages.for_run("sd15-random", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
 def procedural_stages():
     from ovdiff_cli.compose import Stages
 

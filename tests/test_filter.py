@@ -34,8 +34,8 @@ def test_eta_caps_the_candidates_to_the_best_scores():
     assert select_classes(image, classes, eta=1) == [0]
 
 
-def test_subsets_in_list_order_and_best_subset_choice():
-    assert subsets([3, 1]) == [[1], [3], [1, 3]]
+def test_subsets_in_candidate_order_and_best_subset_choice():
+    assert subsets([3, 1]) == [[3], [1], [3, 1]]  # the candidates' order, as given
     assert len(subsets(list(range(5)))) == 31
     assert subset_prompt(["kite", "sky"]) == "a kite and a sky"
     image = emb(1, 1, 0, 0)

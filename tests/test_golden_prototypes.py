@@ -56,7 +56,7 @@ def test_tiny_prototypes_and_label_map_match_the_golden_values(tiny_stages, tmp_
     assert set(got) == set(want)
     for name, value in want.items():
         if name == "labels":
-            assert got[name].shape == value.shape and len(np.unique(value)) == 3
+            assert got[name].shape == value.shape and {1, 2, 3} <= set(np.unique(value).tolist())  # every class appears
             assert (got[name] == value).mean() >= 0.99, "label map moved"
         else:
             np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-4, err_msg=name)

@@ -21,20 +21,21 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
     return p.sample, p.protos
 
 
-# (preset, class, seed) → (support_id, mask_id, class_ids) with the preset's defaults. The class ids
-# changed deliberately with PROTO_VERSION 2 (issue 12: one prototype set per extractor part, keyed by
-# the class's masks and that part alone); support ids did not change.
+# (preset, class, seed) → (support_id, mask_id, class_ids) with the preset's defaults. Deliberate changes:
+# PROTO_VERSION 2 (issue 12: one prototype set per extractor part, keyed by the class's masks and that
+# part alone) and MASK_VERSION 2 (the authors' support-mask rule) → every mask and class id; the
+# procedural world's attribution version 2 (in its generator identity) → its support ids.
 GOLDEN = {
-    ("tiny", "cat", 0): ("e79951666df513d51ce08907", "755b318357e4e0d2e7ede8c5",
-                         {"sd": "5eb862f5b45dc0f9d8cf136e", "dino": "8fd0aa149bdac512c7fa3f2c", "clip": "41c2505f63424e5612b09969"}),
-    ("tiny", "sky", 1): ("872e76bf9225fd8f6ea1ff85", "40a89de3c37e4454d0e0506d",
-                         {"sd": "325d9b0ed24aab4f46e3959f", "dino": "713450cbf123f979673949e4", "clip": "5b77f975982007ea54144d5e"}),
-    ("tiny", "chocolate glazed donut", 0): ("2d74426784b3d1557b6b6ff7", "38944ca300373cb2e83c1a85",
-                         {"sd": "32e2bb792a07c1ff6ee498ba", "dino": "c23eb9634cd7a46ab91db6bd", "clip": "96da8ed531d53f2fb0987bfb"}),
-    ("procedural", "cat", 0): ("992c0c1e6f8664d1bb345bc5", "9f1bbcc76ee608984d9eca13", {"procedural": "6d94b5dc873813334ad646c2"}),
-    ("procedural", "sky", 1): ("2521dcb2637521ecafb0842a", "76b4faf9fbc0966b85ac156e", {"procedural": "24206e44a32c35b664d611b1"}),
-    ("procedural", "chocolate glazed donut", 0): ("20f004f864c3e7c4fb55b777", "d922bedc25547790ea1fe092",
-                                                  {"procedural": "baec7a5bbd493ab816b8673e"}),
+    ("tiny", "cat", 0): ("e79951666df513d51ce08907", "fd5394574226957263b9d8c7",
+                         {"sd": "a7b90aa421ff708540b190a8", "dino": "5dc88cd3aae33ecc1cd9300b", "clip": "bbdb164dc87c523861de0793"}),
+    ("tiny", "sky", 1): ("872e76bf9225fd8f6ea1ff85", "b043136b65efa62b1ce3e6ff",
+                         {"sd": "6d2f6deb5235005eb4cf545b", "dino": "5f47a063f448e31e711934dc", "clip": "f69c6abd171e86b599c6a019"}),
+    ("tiny", "chocolate glazed donut", 0): ("2d74426784b3d1557b6b6ff7", "04a623f0c08226081f79f1b1",
+                         {"sd": "c89348026de2703c595d5324", "dino": "50d8f4d839b5c36cd43dbc6c", "clip": "7596ed074782bc5de1e0e8fa"}),
+    ("procedural", "cat", 0): ("120322af2af91c03a5553265", "6ab6c2136dd260662a1904b6", {"procedural": "3a8e06afe5c63ce35c22999c"}),
+    ("procedural", "sky", 1): ("2bee6905fbb770ca8e8b5798", "b38d6d82f60e1eb9b9e1db5f", {"procedural": "c64d2ee59c5c2b809212d869"}),
+    ("procedural", "chocolate glazed donut", 0): ("da6f3e3fc4c1478938f92789", "546d4b72dcc8e562e089cc8a",
+                                                  {"procedural": "70a912e19bb04e215e3e109e"}),
 }  # fmt: skip
 
 
@@ -52,16 +53,16 @@ def test_class_ids_of_other_settings_are_pinned():
     sample_cfg, proto_cfg = configs("tiny")
     tiny = ModelSpecs.of("tiny")
     # a part's id does not depend on the other parts of the spec
-    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {"sd": "5eb862f5b45dc0f9d8cf136e"}
-    assert class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"] == "fb838b3620ad3416b1c99021"
+    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {"sd": "a7b90aa421ff708540b190a8"}
+    assert class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"] == "80d4c3c870e857b390e64144"
     sam = ModelSpecs.of("tiny", {"sam": "x/sam"})
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
-    assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "884181330af19cc231c89acc"
-    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "695e0b3a2644ffd9466c994f"
+    assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "d0efe3be4f06fb6d0ecb1b6a"
+    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "5c32bf5ed340fd64548300d4"
     # the real-weight presets, by spec alone (no weights here)
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "43aa56850d2d7add1e7d8ecd"
-    for preset, plain, local in (("sd15", "00b688f3df26dc6d185c007c", "239ed7e2eeed746745c59113"),
-                                 ("sd15-random", "eced879d2924345108538d6a", "d433f78452ef0e8829d4adcd")):  # fmt: skip
+    for preset, plain, local in (("sd15", "ea1ed1da176bf570f45276a4", "e4248007869ea4995c0ceabb"),
+                                 ("sd15-random", "c3d431134ed043c32d74faed", "f522f1c601bf90df834c0947")):  # fmt: skip
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
@@ -85,4 +86,4 @@ def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():
     assert ProtoConfig(extractor="SD+DINO+CLIP") == ProtoConfig(extractor=" sd + dino+clip") == ProtoConfig()
     s, p = configs("tiny")
     spelled = dataclasses.replace(p, extractor="Dino + CLIP")
-    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {"dino": "8fd0aa149bdac512c7fa3f2c", "clip": "41c2505f63424e5612b09969"}
+    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {"dino": "5dc88cd3aae33ecc1cd9300b", "clip": "bbdb164dc87c523861de0793"}

@@ -252,11 +252,11 @@ def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(t
         ensure_classes(cache, tiny_stages, ["sky"], 0, SAMPLE, PROTOS, kinds={"sky": "blob"})
 
 
-def test_threshold_proposer_uses_the_otsu_fallback_everywhere(tiny_stages, cache_dir):
+def test_threshold_proposer_thresholds_every_image_and_the_record_says_so(tiny_stages, cache_dir):
     cfg = dataclasses.replace(PROTOS, mask_proposer="threshold", extractor="dino")
     (p,) = ensure_classes(Cache(cache_dir), tiny_stages, ["boat"], 0, SAMPLE, cfg)
     rec = Cache(cache_dir).class_record(p.pids[0])
-    assert rec["otsu_fallbacks"] == SAMPLE.n_images and rec["mask_proposer"] == "threshold"
+    assert (rec["mask_proposals"], rec["mask_thresholds"]) == (0, SAMPLE.n_images) and rec["mask_proposer"] == "threshold"
     assert p.pids[0] != class_ids("boat", 0, tiny_stages.specs, SAMPLE, PROTOS)["dino"]  # the proposer is in the key
 
 

@@ -45,7 +45,7 @@ SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hu
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
-ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg proposals: ncut, threshold, sam \\[default: {_P.mask_proposer}].", show_default=False)]
+ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg masks of support images: ncut (normalised cuts on DINO keys), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].", show_default=False)]
 KPartsOpt = Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)]
 NImagesOpt = Annotated[Optional[int], typer.Option("--n-images", help=f"Support images per class N \\[default: {_D.n_images}; the offline presets use fewer].", show_default=False)]
 FilterOpt = Annotated[Optional[bool], typer.Option("--filter/--no-filter", help=f"CLIP category pre-filter \\[default: {'on' if _S.use_filter else 'off'}].", show_default=False)]

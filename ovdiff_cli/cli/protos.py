@@ -117,17 +117,24 @@ def add(
     if not run.quiet:
         records = dict(find_classes(run.cache))
         table = Table(title=f"prototypes in {run.cache_dir}")
-        for col in ("class", "part", "kind", "prototypes", "otsu fallbacks", "id"):
+        for col in ("class", "part", "kind", "prototypes", "masks", "id"):
             table.add_column(col)
         for p in protos:
             for part, protos_of_part in p.parts.items():
                 rec = records[protos_of_part.pid]
                 table.add_row(escape(p.name), part, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
-                              f"{rec.get('otsu_fallbacks', '-')}/{rec['n_images']}", protos_of_part.pid[:12])  # fmt: skip
+                              _mask_sources(rec), protos_of_part.pid[:12])  # fmt: skip
         run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.result(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
             f"{calls['generate']} images generated, {calls['extract']} featurised")  # fmt: skip
+
+
+def _mask_sources(rec: dict) -> str:
+    """How a class's support masks were made: "P proposals, T thresholds" (of N images)."""
+    if "mask_proposals" not in rec:
+        return "?"
+    return f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds"
 
 
 @app.command("list")
@@ -164,13 +171,13 @@ def list_cmd(
         run.say(f"no classes cached in {run.cache_dir}: add some with 'ovdiff protos add NAME'")
         return
     table = Table(title=f"{len(found)} class(es) in {run.cache_dir}")
-    cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (["proposer", "K", "N", "preset", "created"] if verbose else [])
+    cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (["proposer", "masks", "K", "N", "preset", "created"] if verbose else [])
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
     for pid, rec in found:
         row = [escape(rec["name"]), str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], human_size(run.cache.class_size(pid)), pid[:12]]
         if verbose:
-            row += [rec["mask_proposer"], str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
+            row += [rec["mask_proposer"], _mask_sources(rec), str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
         table.add_row(*row)
     run.console.print(table)
 
