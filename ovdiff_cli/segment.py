@@ -11,7 +11,8 @@
 
 `segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
 whose windows share the extractor's batches): each group is read, segmented and written before the
-next is read, and a bad image is recorded and skipped.
+next is read, and a bad image is recorded and skipped. `OutputWriter` writes the results of any
+engine (the Ray engine in `distributed` too); `shard` and `pending` split and resume a job.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from .config import SegmentConfig
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 from .filter import CategoryFilter
 from .imageio import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture
 from .maskio import MaskWriter, format_note, png_kind
@@ -299,6 +300,60 @@ def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool
     return out
 
 
+class OutputWriter:
+    """Writes each image's outputs into `out_dir` and keeps the job's summary, whatever engine segmented it.
+
+    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
+    message when it failed). `masks` writes the masks in their format (default: PNG); closed by `finish`.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        out_dir: Path,
+        overlay: bool = False,
+        explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
+        on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
+        masks: MaskWriter | None = None,
+    ):
+        self.out_dir, self.overlay, self.explainer, self.on_image = Path(out_dir), overlay, explainer, on_image
+        self.masks = masks or MaskWriter(self.out_dir, len(class_names))
+        self.names = {0: "background", **{k + 1: n for k, n in enumerate(class_names)}}
+        self.summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
+        self._start = time.perf_counter()
+
+    def failed(self, item: InputImage, error: str) -> None:
+        self.summary.failures.append((str(item.path), error))
+        if self.on_image is not None:
+            self.on_image(item, None, error)
+
+    def write(self, item: InputImage, seg: Segmentation, image: np.ndarray | None = None, io_time: float = 0.0) -> None:
+        """The mask (and overlay, explanation) of one image; `image` is read again if they need it and it is None."""
+        try:
+            t0 = time.perf_counter()
+            self.masks.write(item.name, seg.labels, seg.scores)
+            if image is None and (self.overlay or self.explainer is not None):
+                image = load_image(item.path)
+            if self.overlay:
+                save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
+            if self.explainer is not None:
+                self.explainer(item, image, seg, self.out_dir / "explain")
+            seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
+        except _FAILURES as e:
+            self.failed(item, _describe(item, e))
+            return
+        for k, v in seg.timings.items():
+            self.summary.timings[k] = self.summary.timings.get(k, 0.0) + v
+        self.summary.written += 1
+        if self.on_image is not None:
+            self.on_image(item, seg, None)
+
+    def finish(self) -> JobSummary:
+        self.masks.close()
+        self.summary.seconds = time.perf_counter() - self._start
+        return self.summary
+
+
 def segment_paths(
     segmenter: Segmenter,
     inputs: Iterable[InputImage],
@@ -316,18 +371,7 @@ def segment_paths(
     `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
     message when it failed). `writer` picks the mask format (default: PNG); it is closed at the end.
     """
-    out_dir = Path(out_dir)
-    writer = writer or MaskWriter(out_dir, len(segmenter.classes))
-    names = {0: "background", **{k + 1: c.name for k, c in enumerate(segmenter.classes)}}
-    summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
-    start = time.perf_counter()
-
-    def report(item: InputImage, seg: Segmentation | None, error: str | None) -> None:
-        if error is not None:
-            summary.failures.append((str(item.path), error))
-        if on_image is not None:
-            on_image(item, seg, error)
-
+    out = OutputWriter([c.name for c in segmenter.classes], out_dir, overlay, explainer, on_image, writer)
     stream = iter(inputs)
     while group := list(itertools.islice(stream, max(1, image_batch))):
         loaded: list[tuple[InputImage, np.ndarray, float]] = []
@@ -336,32 +380,65 @@ def segment_paths(
             try:
                 loaded.append((item, load_image(item.path), time.perf_counter() - t0))
             except _FAILURES as e:
-                report(item, None, _describe(item, e))
+                out.failed(item, _describe(item, e))
         segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
-                              writer.save_scores) if loaded else []  # fmt: skip
+                              out.masks.save_scores) if loaded else []  # fmt: skip
         for (item, image, io_time), seg in zip(loaded, segs, strict=True):
             if isinstance(seg, Exception):
-                report(item, None, _describe(item, seg))
-                continue
-            try:
-                t0 = time.perf_counter()
-                writer.write(item.name, seg.labels, seg.scores)
-                if overlay:
-                    save_picture(overlay_picture(image, seg.labels, names), out_dir / "overlays" / f"{item.name}.jpg")
-                if explainer is not None:
-                    explainer(item, image, seg, out_dir / "explain")
-                seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
-            except _FAILURES as e:
-                report(item, None, _describe(item, e))
-                continue
-            for k, v in seg.timings.items():
-                summary.timings[k] = summary.timings.get(k, 0.0) + v
-            summary.written += 1
-            report(item, seg, None)
+                out.failed(item, _describe(item, seg))
+            else:
+                out.write(item, seg, image, io_time)
         del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
-    writer.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return out.finish()
+
+
+# --------------------------------------------------------------------------- resumable jobs
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """"I/N" → (I, N), 0 ≤ I < N, or a one-line error."""
+    index, _, count = spec.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if n < 1 or not 0 <= i < n:
+        raise InvalidSetting("shard", f"{spec!r}: give I/N with 0 <= I < N, e.g. 0/4 for the first of 4 shards")
+    return i, n
+
+
+def shard(items: list[InputImage], index: int, count: int) -> list[InputImage]:
+    """The inputs of shard `index` of `count`: by sorted path, the i-th goes to shard i mod count.
+
+    The shards of one input list partition it, so N jobs with --shard 0/N … N-1/N write one run's outputs.
+    """
+    order = sorted(range(len(items)), key=lambda i: str(items[i].path))
+    mine = {i for rank, i in enumerate(order) if rank % count == index}
+    return [item for i, item in enumerate(items) if i in mine]
+
+
+def check_resumable(fmt: str) -> None:
+    """Shards and resumed runs need one mask file per image: coco-rle writes one file per run."""
+    if fmt == "coco-rle":
+        raise InvalidSetting("format", "coco-rle writes one results file per run: a run in shards or resumed needs png or npz")
+
+
+def outputs(item: InputImage, out_dir: Path, overlay: bool = False, explain: bool = False, fmt: str = "png") -> list[Path]:
+    """The files a written image leaves in `out_dir` (each written atomically: present means complete)."""
+    check_resumable(fmt)
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{item.name}.{fmt}"]
+    if overlay:
+        paths.append(out_dir / "overlays" / f"{item.name}.jpg")
+    if explain:
+        paths += [out_dir / "explain" / f"{item.name}{suffix}" for suffix in (".json", ".winner.png", ".png")]
+    return paths
+
+
+def pending(items: list[InputImage], out_dir: Path, overlay: bool = False, explain: bool = False,
+            fmt: str = "png") -> list[InputImage]:  # fmt: skip
+    """The inputs missing some output (what `--skip-existing` leaves to do)."""
+    return [item for item in items if not all(p.is_file() for p in outputs(item, out_dir, overlay, explain, fmt))]
 
 
 def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:

@@ -238,8 +238,6 @@ def ensure_classes(
     that builds it (MissingClasses). on_event(stage, class, done, total), stage in "sample", "extract",
     "prototypes", "cached".
     """
-    from .stuff import classify
-
     check_proto_config(proto_cfg)
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
@@ -268,8 +266,7 @@ def ensure_classes(
             if rec is not None and overrides[n] == "stuff":
                 _make_stuff(cache, pid, rec, "user")
                 continue
-            kind, source = (overrides[n], "user") if n in overrides else classify(n, stages, cache)
-            _build(cache, stages, n, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
+            build_class(cache, stages, n, seed, sample_cfg, proto_cfg, overrides.get(n), on_event)
     return [load_class(cache, pids[n]) for n in norms]
 
 
@@ -299,6 +296,39 @@ def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]
         raise SupportImagesMissing(rec["name"], rec["seed"], rec.get("models", {}).get("preset")) from None
 
 
+def build_class(
+    cache: Cache, stages: StageSource, norm: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kind: str | None = None, on_event: OnEvent | None = None,
+) -> str:  # fmt: skip
+    """Build one class into `cache` whatever is cached for it (`kind` None: classified); returns its id.
+
+    The step `ensure_classes` runs for each missing class, and what an engine's worker runs.
+    """
+    from .stuff import classify
+
+    pid = class_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    kind, source = (kind, "user") if kind is not None else classify(norm, stages, cache)
+    _build(cache, stages, norm, pid, seed, sample_cfg, proto_cfg, kind, source, on_event)
+    return pid
+
+
+def classes_to_build(
+    cache: Cache, specs: ModelSpecs, names: list[str], seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+) -> dict[str, str | None]:  # fmt: skip
+    """The classes of `names` that `ensure_classes` would build with models (named by `specs`, none
+    loaded): normalised name → the stuff/thing override (None: classify). Classes cached, and thing →
+    stuff changes, need no model."""
+    check_proto_config(proto_cfg)
+    overrides = _check_kinds(kinds)
+    todo: dict[str, str | None] = {}
+    for n in dict.fromkeys(naming.validate(n) for n in names):
+        rec = cache.class_record(class_id(n, seed, specs, sample_cfg, proto_cfg))
+        if rec is None or (rec["kind"] != overrides.get(n, rec["kind"]) and overrides[n] == "thing"):
+            todo[n] = overrides.get(n)
+    return todo
+
+
 # --------------------------------------------------------------------------- sharing
 
 
@@ -326,6 +356,26 @@ def export_classes(cache: Cache, pids: list[str], path: Path | str) -> int:
     except OSError as e:
         raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
     return path.stat().st_size
+
+
+def export_bytes(cache: Cache, pids: list[str]) -> bytes:
+    """The bytes `export_classes` writes for these classes (how an engine's worker hands classes back)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ovdiff-export-") as tmp:
+        path = Path(tmp) / "classes.safetensors"
+        export_classes(cache, pids, path)
+        return path.read_bytes()
+
+
+def import_bytes(cache: Cache, data: bytes) -> list[str]:
+    """`import_classes` of bytes written by `export_bytes`; returns the pids, in file order."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ovdiff-import-") as tmp:
+        path = Path(tmp) / "classes.safetensors"
+        path.write_bytes(data)
+        return import_classes(cache, path)
 
 
 def import_classes(cache: Cache, path: Path | str) -> list[str]:
