@@ -45,13 +45,15 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     saying so and no figures."""
     import torch
 
-    from .bench import MEMORY_CLASSES, figure, preset_configs, write_images
+    from .bench import figure, write_images
+    from .bench_run import MEMORY_CLASSES
     from .cache import Cache
     from .compose import Stages
     from .config import RunConfig
     from .distributed import require_ray, segment_items, session
     from .errors import OvdiffError
     from .imageio import discover
+    from .models.presets import get_preset
     from .segment import OutputWriter, segment_paths
     from .vocab import ensure_classes
 
@@ -62,7 +64,8 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
         return {"figures": {}, "notes": [f"skipped: {e}"]}
     run_cfg = RunConfig(preset="procedural", device=device, dtype=dtype)
     stages = Stages.for_run("procedural", device, dtype)
-    sample_cfg, proto_cfg, seg_cfg = preset_configs("procedural")
+    preset = get_preset("procedural")
+    sample_cfg, proto_cfg, seg_cfg = preset.sample, preset.protos, preset.segment
     cache = Cache(root / "ray-cache")
     classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
     items = discover([str(write_images(root / "ray-images", images, RAY_HW, seed))])

@@ -150,9 +150,12 @@ def _driver_threads(resources: dict[str, float]) -> int | None:
 
 
 def _cause(e: Exception) -> Exception:
-    """The user's error inside a Ray task error, so it reaches the CLI as one line."""
+    """The user's error inside a Ray error (a task's, a dead actor's, memory), so it reaches the CLI as one line."""
     cause = getattr(e, "cause", None)
-    return cause if isinstance(cause, OvdiffError) else OvdiffError(f"a Ray worker failed: {cause or e}")
+    if isinstance(cause, OvdiffError):
+        return cause
+    text = str(cause or e).strip()
+    return OvdiffError(f"a Ray worker failed: {text.splitlines()[0] if text else type(e).__name__}")
 
 
 # --------------------------------------------------------------------------- class builds
@@ -228,7 +231,7 @@ def build_classes(
             while pool.has_next():
                 try:
                     norm, data = pool.get_next_unordered()
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                except ray.exceptions.RayError as e:
                     raise _cause(e) from None
                 import_bytes(cache, data)
                 built.append(norm)
@@ -311,7 +314,7 @@ def _segment_rows(
     )  # fmt: skip
     try:
         yield from out.iter_rows()
-    except ray.exceptions.RayTaskError as e:
+    except ray.exceptions.RayError as e:
         raise _cause(e) from None
 
 

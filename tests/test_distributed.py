@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
-from ovdiff_cli.bench import preset_configs  # noqa: E402
 from ovdiff_cli.cache import Cache  # noqa: E402
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
 from ovdiff_cli.distributed import build_classes  # noqa: E402
+from ovdiff_cli.models.presets import get_preset  # noqa: E402
 from ovdiff_cli.procedural import write_voc  # noqa: E402
 from ovdiff_cli.vocab import ensure_classes, export_bytes, import_bytes  # noqa: E402
 
@@ -34,10 +34,19 @@ PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One local instance (start-up costs seconds): the engine joins it instead of starting its own."""
+    """One local instance (start-up costs seconds): the engine joins it instead of starting its own.
+
+    Ray's memory monitor is off: on this shared machine it would kill our workers for others' memory.
+    """
+    saved = os.environ.get("RAY_memory_monitor_refresh_ms")
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     yield
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_memory_monitor_refresh_ms")
+    else:
+        os.environ["RAY_memory_monitor_refresh_ms"] = saved
 
 
 def worker_pids(actor: str) -> set[int]:
@@ -76,7 +85,8 @@ def same_classes(a: Cache, b: Cache) -> None:
 
 def test_classes_built_on_ray_equal_a_local_build_though_a_worker_dies(tmp_path, procedural_stages):
     names = ["kite", "ball", "boat", "car"]
-    sample, protos, _ = preset_configs("procedural")
+    preset = get_preset("procedural")
+    sample, protos = preset.sample, preset.protos
     local = Cache(tmp_path / "local")
     ensure_classes(local, procedural_stages, names, 0, sample, protos)
     ray_cache = Cache(tmp_path / "ray")
