@@ -133,7 +133,7 @@ def world(tmp_path_factory):
 def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_path):
     images = world / "data/VOC2012/JPEGImages"
     args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"),
-            "--batch-size", "1", "-q", *PROC]  # fmt: skip
+            "--batch-size", "1", "--overlay", "-q", *PROC]  # fmt: skip
     res = runner.invoke(app, ["segment", *args, "--out", str(tmp_path / "local")])
     assert res.exit_code == 0, res.output
 
@@ -153,8 +153,9 @@ def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_p
     thread.join()
     assert res.exit_code == 0, res.output
     assert killed, "no worker was killed: the test did not exercise a restart"
-    local = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert local == sorted(p.name for p in out.iterdir()) and len(local) == 7  # 6 masks + classes.json
+    local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*") if p.is_file())
+    assert local == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert len(local) == 13  # 6 masks, 6 overlays (drawn by the driver from the masks Ray sent), classes.json
     for name in local:
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
