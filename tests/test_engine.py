@@ -13,7 +13,7 @@ from ovdiff_cli.distributed import check_engine
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.imageio import InputImage
 from ovdiff_cli.procedural import write_voc
-from ovdiff_cli.segment import parse_shard, pending, shard
+from ovdiff_cli.resume import parse_shard, pending, shard
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -76,9 +76,9 @@ def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_pa
 
     calls, original = [], Segmenter.predict_many
 
-    def counted(self, images, explain=False):
+    def counted(self, images, *args):
         calls.append(len(images))
-        return original(self, images, explain)
+        return original(self, images, *args)
 
     monkeypatch.setattr(Segmenter, "predict_many", counted)
     res = segment(world, split, "--skip-existing")

@@ -113,7 +113,7 @@ def segment(
 
     Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
-    from .. import segment as job
+    from .. import resume as job
     from ..distributed import check_engine, engine_session
     from ..imageio import discover
     from ..maskio import MaskWriter
