@@ -13,7 +13,8 @@
 
 `segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
 whose windows share the extractor's batches): each group is read, segmented and written before the
-next is read, and a bad image is recorded and skipped.
+next is read, and a bad image is recorded and skipped. `OutputWriter` writes the results of any
+engine (the Ray engine in `distributed` too); `resume` splits and resumes a job.
 """
 
 from __future__ import annotations
@@ -330,6 +331,60 @@ def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool
     return out
 
 
+class OutputWriter:
+    """Writes each image's outputs into `out_dir` and keeps the job's summary, whatever engine segmented it.
+
+    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
+    message when it failed). `masks` writes the masks in their format (default: PNG); closed by `finish`.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        out_dir: Path,
+        overlay: bool = False,
+        explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
+        on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
+        masks: MaskWriter | None = None,
+    ):
+        self.out_dir, self.overlay, self.explainer, self.on_image = Path(out_dir), overlay, explainer, on_image
+        self.masks = masks or MaskWriter(self.out_dir, len(class_names))
+        self.names = {0: "background", **{k + 1: n for k, n in enumerate(class_names)}}
+        self.summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
+        self._start = time.perf_counter()
+
+    def failed(self, item: InputImage, error: str) -> None:
+        self.summary.failures.append((str(item.path), error))
+        if self.on_image is not None:
+            self.on_image(item, None, error)
+
+    def write(self, item: InputImage, seg: Segmentation, image: np.ndarray | None = None, io_time: float = 0.0) -> None:
+        """The mask (and overlay, explanation) of one image; `image` is read again if they need it and it is None."""
+        try:
+            t0 = time.perf_counter()
+            self.masks.write(item.name, seg.labels, seg.scores)
+            if image is None and (self.overlay or self.explainer is not None):
+                image = load_image(item.path)
+            if self.overlay:
+                save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
+            if self.explainer is not None:
+                self.explainer(item, image, seg, self.out_dir / "explain")
+            seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
+        except _FAILURES as e:
+            self.failed(item, _describe(item, e))
+            return
+        for k, v in seg.timings.items():
+            self.summary.timings[k] = self.summary.timings.get(k, 0.0) + v
+        self.summary.written += 1
+        if self.on_image is not None:
+            self.on_image(item, seg, None)
+
+    def finish(self) -> JobSummary:
+        self.masks.close()
+        self.summary.seconds = time.perf_counter() - self._start
+        return self.summary
+
+
 def segment_paths(
     segmenter: Segmenter,
     inputs: Iterable[InputImage],
@@ -347,18 +402,7 @@ def segment_paths(
     `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
     message when it failed). `writer` picks the mask format (default: PNG); it is closed at the end.
     """
-    out_dir = Path(out_dir)
-    writer = writer or MaskWriter(out_dir, len(segmenter.classes))
-    names = {0: "background", **{k + 1: c.name for k, c in enumerate(segmenter.classes)}}
-    summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
-    start = time.perf_counter()
-
-    def report(item: InputImage, seg: Segmentation | None, error: str | None) -> None:
-        if error is not None:
-            summary.failures.append((str(item.path), error))
-        if on_image is not None:
-            on_image(item, seg, error)
-
+    out = OutputWriter([c.name for c in segmenter.classes], out_dir, overlay, explainer, on_image, writer)
     stream = iter(inputs)
     while group := list(itertools.islice(stream, max(1, image_batch))):
         loaded: list[tuple[InputImage, np.ndarray, float]] = []
@@ -367,32 +411,16 @@ def segment_paths(
             try:
                 loaded.append((item, load_image(item.path), time.perf_counter() - t0))
             except _FAILURES as e:
-                report(item, None, _describe(item, e))
+                out.failed(item, _describe(item, e))
         segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
-                              writer.save_scores) if loaded else []  # fmt: skip
+                              out.masks.save_scores) if loaded else []  # fmt: skip
         for (item, image, io_time), seg in zip(loaded, segs, strict=True):
             if isinstance(seg, Exception):
-                report(item, None, _describe(item, seg))
-                continue
-            try:
-                t0 = time.perf_counter()
-                writer.write(item.name, seg.labels, seg.scores)
-                if overlay:
-                    save_picture(overlay_picture(image, seg.labels, names), out_dir / "overlays" / f"{item.name}.jpg")
-                if explainer is not None:
-                    explainer(item, image, seg, out_dir / "explain")
-                seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
-            except _FAILURES as e:
-                report(item, None, _describe(item, e))
-                continue
-            for k, v in seg.timings.items():
-                summary.timings[k] = summary.timings.get(k, 0.0) + v
-            summary.written += 1
-            report(item, seg, None)
+                out.failed(item, _describe(item, seg))
+            else:
+                out.write(item, seg, image, io_time)
         del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
-    writer.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return out.finish()
 
 
 def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
@@ -411,84 +439,3 @@ def save_legend(names: list[str], background: bool, out_dir: Path, fmt: str = "p
     path = Path(out_dir) / "classes.json"
     save_json(legend(names, background, fmt), path)
     return path
-
-
-# --------------------------------------------------------------------------- explain (paper A.5)
-
-
-class Explainer:
-    """Writes, per image, which prototype won each pixel and where in the support set it came from.
-
-    explain/<name>.json lists the prototypes that won pixels (class, part, fg/bg, kind, row, pixel
-    count, bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
-    winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
-    explain/<name>.png shows the `top` largest regions next to their support-image sources.
-
-    Under late fusion a pixel's label is the argmax of the parts' averaged scores; its winner is the
-    best prototype of that label in the part where that label scored highest (over all crops), so
-    the explanation names one prototype of one feature space.
-    """
-
-    def __init__(self, segmenter: Segmenter, cache, top: int = 6):
-        self.seg, self.cache, self.top = segmenter, cache, top
-        self._arrays: dict[tuple[int, str], dict] = {}
-
-    def _class_data(self, ci: int, part: str) -> dict:
-        if (ci, part) not in self._arrays:
-            pid = self.seg.classes[ci].parts[part].pid
-            rec = self.cache.class_record(pid) if (self.cache is not None and pid) else None
-            wanted = [n for n in ("masks", "fg/part_labels", "bg/part_labels") if rec and n in rec["arrays"]]
-            arrays = self.cache.class_arrays(pid, wanted) if rec else {}
-            self._arrays[(ci, part)] = {"support_id": rec.get("support_id") if rec else None, **arrays}
-        return self._arrays[(ci, part)]
-
-    def source(self, index: int) -> tuple[int | None, np.ndarray | None, str]:
-        """(support image, region on the mask or part grid, description) of prototype `index`."""
-        part, p = self.seg.source(index)
-        data = self._class_data(p.cls, part)
-        code = 1 if p.group == "fg" else 2  # prototypes.encode_masks' bit of the group
-        masks = data.get("masks")
-        if p.kind == "instance":
-            src = self.seg.classes[p.cls].parts[part].sources.get(f"{p.group}/instance")
-            img = int(src[p.row]) if src is not None and p.row < len(src) else None
-            region = (masks[img] & code) > 0 if (masks is not None and img is not None) else None
-            return img, region, f"{p.group} mask of support image {img}"
-        if p.kind == "part" and f"{p.group}/part_labels" in data:
-            parts = data[f"{p.group}/part_labels"] == p.row
-            img = int(parts.reshape(len(parts), -1).sum(1).argmax())
-            return img, parts[img], f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)"
-        if masks is not None:
-            img = int(((masks & code) > 0).reshape(len(masks), -1).sum(1).argmax())
-            return img, (masks[img] & code) > 0, f"mean of all {p.group} masks (largest shown)"
-        return None, None, "no support data cached"
-
-    def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:
-        from .imageio import explain_picture, save_index_map
-
-        winner = seg.winner
-        ids, counts = np.unique(winner, return_counts=True)
-        order = np.argsort(-counts, kind="stable")
-        entries, regions, supports = [], [], []
-        for k in order:
-            idx, n = int(ids[k]), int(counts[k])
-            if idx < 0:
-                entries.append({"index": -1, "prototype": "background threshold", "pixels": n})
-                continue
-            part, p = self.seg.source(idx)
-            ys, xs = np.nonzero(winner == idx)
-            img, region, how = self.source(idx)
-            entries.append({
-                "index": idx, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
-                "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
-                "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
-                "support_image": img, "support_region": how,
-            })  # fmt: skip
-            sid = self._class_data(p.cls, part).get("support_id")
-            if len(supports) < self.top and img is not None and region is not None and sid:
-                regions.append(winner == idx)
-                caption = f"{self.seg.classes[p.cls].name}\n{part}: {p.group} {p.kind} #{p.row}\n{n} px\n{how}"
-                supports.append((self.cache.support_image(sid, img), region, caption))
-        save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
-                  out_dir / f"{item.name}.json")  # fmt: skip
-        save_index_map(np.where(winner < 0, 0, winner + 1), out_dir / f"{item.name}.winner.png")
-        save_picture(explain_picture(image, regions, supports), out_dir / f"{item.name}.png")

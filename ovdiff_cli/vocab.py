@@ -8,14 +8,12 @@ settings) is loaded with no model loaded or called, so a vocabulary grows one cl
 class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
 
 Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
-bytes). Exported files carry the prototypes and records, not the support images.
+bytes). Sharing them (export / import) lives in `sharing`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     from .types import Sample, StageSource
 
 MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
-EXPORT_FORMAT = "ovdiff-prototypes"
-EXPORT_VERSION = "1"
 OnEvent = Callable[[str, str, int, int], None]
 
 
@@ -304,9 +300,6 @@ def ensure_classes(
     class is an error naming the command that builds it (MissingClasses). on_event(stage, class, done, total),
     stage in "sample", "masks", "extract", "prototypes", "cached".
     """
-    from .features import PARTS
-    from .stuff import classify
-
     check_proto_config(proto_cfg)
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
@@ -335,8 +328,6 @@ def ensure_classes(
             parts = todo(n)  # another process may have built them while we waited
             if not parts:
                 continue
-            # every part these masks may already have (any spec), to reuse masks and kind from
-            siblings = [part_id(n, seed, p, mid, stages.specs, proto_cfg) for p in (*PARTS, "procedural")]
             for p, pid in list(parts.items()):
                 rec = cache.class_record(pid)
                 if rec is not None and overrides[n] == "stuff":
@@ -344,14 +335,7 @@ def ensure_classes(
                     del parts[p]
             if not parts:
                 continue
-            known = [r for r in map(cache.class_record, siblings) if r is not None]
-            if n in overrides:
-                kind, source = overrides[n], "user"
-            elif known:
-                kind, source = known[0]["kind"], known[0]["kind_source"]
-            else:
-                kind, source = classify(n, stages, cache)
-            _build(cache, stages, n, parts, siblings, seed, sample_cfg, proto_cfg, kind, source, on_event)
+            build_class(cache, stages, n, seed, sample_cfg, proto_cfg, overrides.get(n), on_event, parts)
     return [load_parts(cache, pids[n]) for n in norms]
 
 
@@ -381,64 +365,56 @@ def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]
         raise SupportImagesMissing(rec["name"], rec["seed"], rec.get("models", {}).get("preset")) from None
 
 
+def build_class(
+    cache: Cache, stages: StageSource, norm: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kind: str | None = None, on_event: OnEvent | None = None, parts: dict[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """Build one class into `cache`, every part of the extractor spec or only `parts` (part → pid),
+    whatever is cached for them; returns the ids of all its parts, in spec order.
+
+    `kind` None: the kind of a cached part of the same masks (any spec), else classified. The step
+    `ensure_classes` runs (under the class's lock) for each class with missing parts, and what an
+    engine's worker runs.
+    """
+    from .features import PARTS
+    from .stuff import classify
+
+    pids = class_ids(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    # every part these masks may already have (any spec), to reuse masks and kind from
+    siblings = [part_id(norm, seed, p, mid, stages.specs, proto_cfg) for p in (*PARTS, "procedural")]
+    known = [r for r in map(cache.class_record, siblings) if r is not None]
+    if kind is not None:
+        kind, source = kind, "user"
+    elif known:
+        kind, source = known[0]["kind"], known[0]["kind_source"]
+    else:
+        kind, source = classify(norm, stages, cache)
+    _build(cache, stages, norm, dict(pids) if parts is None else parts, siblings, seed, sample_cfg, proto_cfg, kind,
+           source, on_event)  # fmt: skip
+    return list(pids.values())
+
+
+def classes_to_build(
+    cache: Cache, specs: ModelSpecs, names: list[str], seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+) -> dict[str, str | None]:  # fmt: skip
+    """The classes of `names` that `ensure_classes` would build with models (named by `specs`, none
+    loaded): normalised name → the stuff/thing override (None: classify). A class is listed when any
+    part of the spec is missing, or must turn from stuff into a thing; cached parts, and thing →
+    stuff changes, need no model."""
+    check_proto_config(proto_cfg)
+    overrides = _check_kinds(kinds)
+    todo: dict[str, str | None] = {}
+    for n in dict.fromkeys(naming.validate(n) for n in names):
+        for pid in class_ids(n, seed, specs, sample_cfg, proto_cfg).values():
+            rec = cache.class_record(pid)
+            if rec is None or (rec["kind"] != overrides.get(n, rec["kind"]) and overrides[n] == "thing"):
+                todo[n] = overrides.get(n)
+    return todo
+
+
 # --------------------------------------------------------------------------- sharing
-
-
-def export_classes(cache: Cache, pids: list[str], path: Path | str) -> int:
-    """Write classes to one .safetensors file: arrays as "<pid>/<array>", records as JSON metadata.
-
-    Support images are not included: `protos show` and a stuff → thing change need them, and re-sample.
-    Returns the number of bytes written.
-    """
-    from safetensors.numpy import save_file
-
-    tensors: dict[str, np.ndarray] = {}
-    records: dict[str, dict] = {}
-    for pid in pids:
-        rec = cache.class_record(pid)
-        if rec is None:
-            raise ClassNotFound(pid)
-        records[pid] = {k: v for k, v in rec.items() if k != "arrays"}
-        for name, arr in cache.class_arrays(pid).items():
-            tensors[f"{pid}/{name}"] = np.ascontiguousarray(arr)
-    meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "records": json.dumps(records, ensure_ascii=False)}
-    path = Path(path)
-    try:
-        save_file(tensors, str(path), metadata=meta)
-    except OSError as e:
-        raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
-    return path.stat().st_size
-
-
-def import_classes(cache: Cache, path: Path | str) -> list[str]:
-    """Read a file written by `export_classes` into the cache (bit-exact); returns the pids, in file order.
-
-    A class already in the cache under the same id is replaced; each class is one transaction.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != EXPORT_FORMAT:
-                raise OvdiffError(f"{path} is not an ovdiff prototype export (no '{EXPORT_FORMAT}' metadata)")
-            if meta.get("version") != EXPORT_VERSION:
-                raise OvdiffError(f"{path} is export version {meta.get('version')}; this ovdiff reads {EXPORT_VERSION}")
-            records = json.loads(meta["records"])
-            arrays: dict[str, dict[str, np.ndarray]] = {pid: {} for pid in records}
-            for k in f.keys():
-                pid, _, name = k.partition("/")
-                if pid not in arrays:
-                    raise OvdiffError(f"{path}: array {k!r} belongs to no class record")
-                arrays[pid][name] = f.get_tensor(k)
-    except FileNotFoundError as e:
-        raise OvdiffError(f"no such file: {path}") from e
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise OvdiffError(f"cannot read {path} as an ovdiff prototype export: {e}") from e
-    for pid, rec in records.items():
-        cache.put_class(pid, rec, arrays[pid])
-    return list(records)
 
 
 def match_classes(

@@ -20,13 +20,8 @@ from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import MissingClasses, OvdiffError
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.keys import PROTO_VERSION, class_ids, mask_id
-from ovdiff_cli.vocab import (
-    ensure_classes,
-    export_classes,
-    find_classes,
-    import_classes,
-    load_class,
-)
+from ovdiff_cli.sharing import export_classes, import_classes
+from ovdiff_cli.vocab import ensure_classes, find_classes, load_class
 
 TINY = get_preset("tiny")
 SAMPLE = TINY.sample

@@ -59,7 +59,8 @@ def bench(
 
     On a CPU the sizes are reduced (2 support images, 2 steps, 256 px, windows 256/192) so the run
     takes minutes; on CUDA they are the paper's (8 support images per class). Each figure is the
-    median of --repeats runs, with min and max; ratios are measured within one run.
+    median of --repeats runs, with min and max; ratios are measured within one run. Without --quick,
+    a last section compares `segment --engine ray` (1 and 2 workers) with the local engine.
 
     Example: ovdiff bench --out bench/results.json
     """
@@ -73,6 +74,10 @@ def bench(
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
     with workspace(cache) as root:
         results = run_bench(settings, root, device, dtype, seed, say)
+        if not quick:  # the Ray engine against the local one (its own module; skipped without the extra)
+            from ..bench_ray import bench_ray
+
+            results["sections"]["ray"] = bench_ray(root, device, dtype, seed, settings.repeats, say)
     save_json(results, out)
     if quiet:
         return

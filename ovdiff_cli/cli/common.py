@@ -60,6 +60,9 @@ NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep 
 StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
 ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help=f"Prototype kinds to use, any of class,instance,part \\[default: {','.join(_S.proto_kinds)}].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
+EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff[ray]').")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join, e.g. 10.0.0.1:6379 from 'ray start --head' \\[default: start a local Ray instance].", show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="With --engine ray: worker actors, each with the models loaded once \\[default: one per GPU of the cluster, else 2].", show_default=False)]
 
 
 @dataclass

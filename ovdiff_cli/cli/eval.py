@@ -9,11 +9,13 @@ import typer
 from rich.markup import escape
 
 from .common import (
+    AddressOpt,
     CacheOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    EngineOpt,
     EtaOpt,
     ExtractorOpt,
     FgThresholdOpt,
@@ -37,6 +39,7 @@ from .common import (
     StuffThresholdOpt,
     VerboseOpt,
     WindowsOpt,
+    WorkersOpt,
     make_run,
     print_results,
     result_line,
@@ -79,6 +82,9 @@ def eval_cmd(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     sam_model: SamModelOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -101,8 +107,11 @@ def eval_cmd(
     Example (offline): ovdiff demo --out demo && ovdiff eval voc --root demo/data --preset procedural
 
     Example: ovdiff eval voc --root data/VOC2012 --json | jq .miou
+
+    Example (a Ray cluster): ovdiff eval voc --root /shared/VOC2012 --engine ray --address HEAD:6379
     """
     from ..datasets import load_dataset
+    from ..distributed import check_engine, engine_session
     from ..evaluate import metrics_document, predictions_from_dir, protocol, write_report
     from ..errors import OvdiffError
 
@@ -114,6 +123,7 @@ def eval_cmd(
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
         json_out=json_out,
     )
+    check_engine(engine, address, workers)
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
     if custom is not None:
@@ -123,13 +133,16 @@ def eval_cmd(
     if pred is not None:
         if seeds is not None:
             raise OvdiffError("--seeds needs a model; --pred scores masks that already exist")
+        if engine != "local":
+            raise OvdiffError("--pred scores saved masks here: it takes no --engine")
         results = [_score(run, ds, predictions_from_dir(pred, ds, offset), "masks")]
         record = protocol(ds, None, None, None, predictions=str(pred))
     else:
         if offset is not None:
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
-        results = [_score(run, ds, _model_predictor(run, ds, s), f"seed {s}") for s in seed_list]
+        with engine_session(engine, address):
+            results = [_score(run, ds, _model_predictor(run, ds, s, engine, workers), f"seed {s}") for s in seed_list]
         record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
     runs = results if len(results) > 1 else None
     if not run.json:
@@ -168,8 +181,9 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
     return seeds
 
 
-def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
-    """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them."""
+def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local", workers: int | None = None) -> Predict:
+    """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them
+    (with `engine` "ray", both on Ray, in the session the caller opened)."""
     from ..evaluate import benchmark_classes, protocol_config, segmenter_predictor
     from ..vocab import ensure_classes
 
@@ -182,8 +196,17 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int) -> Predict:
             built.add(name)
             bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
+        if engine == "ray":
+            from ..distributed import build_classes
+
+            build_classes(run.cache, run.run, names, seed, run.sample, run.protos, workers=workers,
+                          on_class=lambda name, done, total: on_event("prototypes", name, done, total))  # fmt: skip
         classes = ensure_classes(run.cache, run.stages, names, seed, run.sample, run.protos, on_event=on_event)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
+    if engine == "ray":
+        from ..distributed import dataset_predictions
+
+        return dataset_predictions(run.run, classes, protocol_config(run.segment, ds), run.protos.extractor, ds, workers)
     segmenter = run.stages.segmenter(classes, protocol_config(run.segment, ds), run.protos.extractor, run.cache)
     return segmenter_predictor(segmenter, ds)
 

@@ -10,12 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (
+    AddressOpt,
     CacheOpt,
     ClassesFileOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    EngineOpt,
     ExtractorOpt,
     JsonOpt,
     KPartsOpt,
@@ -27,6 +29,7 @@ from .common import (
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
+    WorkersOpt,
     cache_run,
     human_size,
     make_run,
@@ -62,6 +65,9 @@ def add(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -78,7 +84,10 @@ def add(
     Example: ovdiff protos add cat dog "chocolate glazed donut" --stuff sky
 
     Example: ovdiff protos add --classes-file voc.txt --extractor sd --mask-proposer threshold
+
+    Example (a Ray cluster, one worker per GPU): ovdiff protos add --classes-file lvis.txt --engine ray --address HEAD:6379
     """
+    from ..distributed import build_classes, check_engine, engine_session
     from ..errors import OvdiffError
     from ..names import parse_class_list, validate
     from ..vocab import ensure_classes, find_classes
@@ -101,9 +110,19 @@ def add(
     if not classes:
         raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
 
-    before = dict(run.stages.calls)
-    with run.progress() as bar:
+    check_engine(engine, address, workers)
+    before, built = dict(run.stages.calls), None
+    with engine_session(engine, address), run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
+        if engine == "ray":
+            task = bar.add_task("classes (ray)", total=None)
+
+            def on_class(name: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, description=f"classes (ray): {name}")
+
+            built = build_classes(run.cache, run.run, classes, run.run.seed, run.sample, run.protos, kinds,
+                                  address, workers, on_class)  # fmt: skip
+            bar.update(task, completed=len(built), total=len(built), description="classes (ray)")
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
             if stage == "cached":
@@ -127,7 +146,8 @@ def add(
         run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.result(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
-            f"{calls['generate']} images generated, {calls['extract']} featurised")  # fmt: skip
+            + (f"{len(built)} built on Ray" if built is not None else
+               f"{calls['generate']} images generated, {calls['extract']} featurised"))  # fmt: skip
 
 
 def _mask_sources(rec: dict) -> str:
@@ -260,7 +280,8 @@ def export(
     Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
     """
     from ..errors import OvdiffError
-    from ..vocab import export_classes, match_classes
+    from ..sharing import export_classes
+    from ..vocab import match_classes
 
     run = cache_run(cache, verbose, quiet)
     found = match_classes(run.cache, targets, seed, extractor)
@@ -281,7 +302,7 @@ def import_cmd(
 
     Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
     """
-    from ..vocab import import_classes
+    from ..sharing import import_classes
 
     run = cache_run(cache, verbose, quiet)
     pids = import_classes(run.cache, file)

@@ -12,12 +12,14 @@ from rich.table import Table
 from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .common import (
+    AddressOpt,
     CacheOpt,
     ClassesFileOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    EngineOpt,
     EtaOpt,
     ExtractorOpt,
     FgThresholdOpt,
@@ -40,6 +42,7 @@ from .common import (
     StuffThresholdOpt,
     VerboseOpt,
     WindowsOpt,
+    WorkersOpt,
     check_out_dir,
     make_run,
     read_classes_file,
@@ -71,6 +74,8 @@ def segment(
     mask_format: Annotated[str, typer.Option("--format", help="Masks as png (palette; 16-bit beyond 254 classes), npz (labels, + scores with --save-scores) or coco-rle (one COCO results JSON).")] = "png",
     save_scores: Annotated[bool, typer.Option("--save-scores", help="With --format npz: also store each label's score map (float16, working resolution).")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: only shard I of N (by sorted path, image i goes to shard i mod N), to split a job.", show_default=False)] = None,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose outputs are already in --out (resume a job).")] = False,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     n_images: NImagesOpt = None,
@@ -79,6 +84,9 @@ def segment(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     sam_model: SamModelOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -102,15 +110,24 @@ def segment(
     Example (offline, no weights): ovdiff segment demo/data/VOC2012/JPEGImages --preset procedural --classes-file demo/data/classes.txt --out masks/ --explain
 
     Example: ovdiff segment photos/ --classes-file lvis.txt --out masks/ --format coco-rle --json
+
+    Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
+    from .. import resume as job
+    from ..distributed import check_engine, engine_session
     from ..imageio import discover
     from ..maskio import MaskWriter
     from ..names import parse_class_list
-    from ..segment import Explainer, save_legend, segment_paths
+    from ..explain import Explainer
+    from ..segment import OutputWriter, save_legend, segment_paths
     from ..vocab import ensure_classes
 
     if batch_size is not None and batch_size < 1:
         raise OvdiffError(f"--batch-size must be at least 1, got {batch_size}")
+    check_engine(engine, address, workers)
+    if engine == "ray" and explain:
+        raise OvdiffError("--explain needs the local engine: run it without --engine ray")
+    shard_of = job.parse_shard(shard) if shard is not None else None
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
@@ -126,8 +143,18 @@ def segment(
     writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
     out_dir = check_out_dir(out)
     items = discover(inputs, recursive)
+    if shard_of is not None or skip_existing:
+        job.check_resumable(mask_format)
+    if engine == "ray" and save_scores:
+        raise OvdiffError("--save-scores needs the local engine: run it without --engine ray")
+    if shard_of is not None:
+        items = job.shard(items, *shard_of)
+    if skip_existing:
+        todo = job.pending(items, out_dir, overlay, explain, mask_format)
+        run.say(f"{len(items) - len(todo)} of {len(items)} image(s) already done in {out_dir}: skipped")
+        items = todo
 
-    with run.progress() as bar:
+    with engine_session(engine, address), run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
@@ -137,9 +164,13 @@ def segment(
                 tasks[(stage, name)] = bar.add_task(f"{stage:<10} {name}", total=total)
             bar.update(tasks[(stage, name)], completed=done, total=total)
 
+        if engine == "ray" and not no_build:
+            from ..distributed import build_classes
+
+            build_classes(run.cache, run.run, names, run.run.seed, run.sample, run.protos, address=address,
+                          workers=workers, on_class=lambda name, done, total: on_event("prototypes", "(ray)", done, total))  # fmt: skip
         protos_list = ensure_classes(run.cache, run.stages, names, run.run.seed, run.sample, run.protos,
                                      build=not no_build, on_event=on_event)  # fmt: skip
-        segmenter = run.stages.segmenter(protos_list, run.segment, run.protos.extractor, run.cache)
         save_legend(names, run.segment.background, out_dir, mask_format)
         task = bar.add_task("segment", total=len(items))
 
@@ -152,9 +183,16 @@ def segment(
                 run.err.print(f"{escape(item.name)}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
                               f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
-        summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
-                                explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
-                                image_batch=run.segment.image_batch, writer=writer)  # fmt: skip
+        if engine == "ray":
+            from ..distributed import segment_items
+
+            summary = segment_items(run.run, protos_list, run.segment, run.protos.extractor, items,
+                                    OutputWriter(names, out_dir, overlay, on_image=on_image, masks=writer), address, workers)  # fmt: skip
+        else:
+            segmenter = run.stages.segmenter(protos_list, run.segment, run.protos.extractor, run.cache)
+            summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
+                                    explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
+                                    image_batch=run.segment.image_batch, writer=writer)  # fmt: skip
     if run.json:
         from ..segment import job_report
 

@@ -1,0 +1,183 @@
+"""The Ray engine against the local path, on one local Ray instance with 2 CPUs for the whole module.
+
+Each test also kills one worker process mid-run: Ray restarts it and retries its work, and the
+outputs must still equal a local run's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
+
+from ovdiff_cli.cache import Cache  # noqa: E402
+from ovdiff_cli.cli.app import app  # noqa: E402
+from ovdiff_cli.config import RunConfig  # noqa: E402
+from ovdiff_cli.distributed import build_classes  # noqa: E402
+from ovdiff_cli.models.presets import get_preset  # noqa: E402
+from ovdiff_cli.procedural import write_voc  # noqa: E402
+from ovdiff_cli.sharing import export_bytes, import_bytes  # noqa: E402
+from ovdiff_cli.vocab import ensure_classes  # noqa: E402
+
+runner = CliRunner()
+PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local instance (start-up costs seconds): the engine joins it instead of starting its own.
+
+    Ray's memory monitor is off: on this shared machine it would kill our workers for others' memory.
+    """
+    saved = os.environ.get("RAY_memory_monitor_refresh_ms")
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_memory_monitor_refresh_ms")
+    else:
+        os.environ["RAY_memory_monitor_refresh_ms"] = saved
+
+
+def worker_pids(actor: str) -> set[int]:
+    """Processes of Ray actors whose class is `actor` (Ray titles them 'ray::<class>…')."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::") and actor.encode() in cmd:
+            pids.add(int(d.name))
+    return pids
+
+
+def kill_one(actor: str, timeout: float = 60) -> int:
+    """SIGKILL one process of `actor` (waiting for one to exist, e.g. to start a task); its pid."""
+    deadline = time.monotonic() + timeout
+    while not (pids := worker_pids(actor)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = min(pids)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def same_classes(a: Cache, b: Cache) -> None:
+    """Every class of `a` is in `b` bit for bit: arrays (bytes and dtype) and records (but the creation time)."""
+    got = dict(b.classes())
+    for pid, rec in a.classes():
+        assert {k: v for k, v in got.pop(pid).items() if k != "created_at"} == {k: v for k, v in rec.items() if k != "created_at"}
+        x, y = a.class_arrays(pid), b.class_arrays(pid)
+        assert x.keys() == y.keys()
+        assert all(x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x), pid
+    assert not got
+
+
+def test_classes_built_on_ray_equal_a_local_build_though_a_worker_dies(tmp_path, procedural_stages):
+    names = ["kite", "ball", "boat", "car"]
+    preset = get_preset("procedural")
+    sample, protos = preset.sample, preset.protos
+    local = Cache(tmp_path / "local")
+    ensure_classes(local, procedural_stages, names, 0, sample, protos)
+    ray_cache = Cache(tmp_path / "ray")
+    car = next(pid for pid, rec in local.classes() if rec["name"] == "car")
+    import_bytes(ray_cache, export_bytes(local, [car]))  # already cached: must not be sent
+
+    arrived, killed, live = [], [], []
+
+    def on_class(name: str, done: int, total: int) -> None:
+        arrived.append((name, done, total))
+        if not killed:  # the worker that returned has taken the third class: kill a worker mid-build
+            killed.append(kill_one("ClassBuilder.build"))
+        live.append(worker_pids("ClassBuilder"))
+
+    run_cfg = RunConfig(preset="procedural", device="cpu", dtype="fp32")
+    built = build_classes(ray_cache, run_cfg, names, 0, sample, protos, workers=2, on_class=on_class)
+    assert sorted(built) == ["ball", "boat", "kite"]
+    assert [(d, t) for _, d, t in arrived] == [(1, 3), (2, 3), (3, 3)]
+    assert killed[0] not in live[-1] and len(live[-1]) == 2  # the dead worker was replaced, and finished its class
+    same_classes(local, ray_cache)
+    assert build_classes(ray_cache, run_cfg, names, 0, sample, protos) == []
+
+
+def test_protos_add_on_ray_equals_a_local_build_with_neural_models(tmp_path):
+    """The tiny preset's real model code: CPU workers run torch on the driver's thread count, so bit-exact."""
+    args = ["protos", "add", "cat", "sky", "--preset", "tiny", "--n-images", "2", "--device", "cpu", "--dtype", "fp32", "-q"]
+    assert runner.invoke(app, [*args, "--cache", str(tmp_path / "local")]).exit_code == 0
+    res = runner.invoke(app, [*args, "--cache", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    same_classes(Cache(tmp_path / "local"), Cache(tmp_path / "ray"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Six held-out scenes in VOC layout, and a cache with the world's classes built locally."""
+    root = tmp_path_factory.mktemp("world")
+    write_voc(root / "data", 6, seed=11)
+    res = runner.invoke(app, ["protos", "add", "--classes-file", str(root / "data/classes.txt"), "--cache",
+                              str(root / "cache"), "-q", *PROC])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_path):
+    images = world / "data/VOC2012/JPEGImages"
+    args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"),
+            "--batch-size", "1", "--overlay", "-q", *PROC]  # fmt: skip
+    res = runner.invoke(app, ["segment", *args, "--out", str(tmp_path / "local")])
+    assert res.exit_code == 0, res.output
+
+    out = tmp_path / "ray"
+    killed: list[int] = []
+
+    def killer() -> None:  # once the first mask is written, the other images are in flight: kill a worker
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if worker_pids("SegmentWorker"):
+            killed.append(kill_one("SegmentWorker"))
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    res = runner.invoke(app, ["segment", *args, "--out", str(out), "--engine", "ray", "--workers", "2"])
+    thread.join()
+    assert res.exit_code == 0, res.output
+    assert killed, "no worker was killed: the test did not exercise a restart"
+    local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*") if p.is_file())
+    assert local == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert len(local) == 13  # 6 masks, 6 overlays (drawn by the driver from the masks Ray sent), classes.json
+    for name in local:
+        assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_eval_on_ray_scores_what_the_local_engine_scores(world, tmp_path):
+    args = ["eval", "voc", "--root", str(world / "data"), "--cache", str(world / "cache"), "-q", *PROC]
+    for engine in ("local", "ray"):
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / engine), "--engine", engine])
+        assert res.exit_code == 0, res.output
+    local, remote = (json.loads((tmp_path / e / "metrics.json").read_text()) for e in ("local", "ray"))
+    assert local["n_images"] == remote["n_images"] == 6
+    assert remote["per_image_miou"] == local["per_image_miou"]
+    assert remote["per_class_iou"] == local["per_class_iou"] and np.isfinite(remote["miou"])
+
+
+def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
+    from ovdiff_cli.bench_ray import bench_ray
+
+    section = bench_ray(tmp_path, "cpu", "fp32", repeats=1, images=3, workers=(2,))
+    figures = section["figures"]
+    assert set(figures) == {"local", "ray2", "ratio2", "steady_local", "steady_ray2", "steady_ratio2", "startup"}
+    assert all(np.isfinite(f["median"]) and f["median"] > 0 for f in figures.values())
+    assert figures["ratio2"]["median"] == pytest.approx(figures["ray2"]["median"] / figures["local"]["median"])
+    assert len(list((tmp_path / "ray-out-ray2-0").glob("*.png"))) == 3
