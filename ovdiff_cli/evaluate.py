@@ -24,6 +24,7 @@ from PIL import Image
 
 from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from .errors import OvdiffError
+from .limits import in_range
 from .metrics import ConfusionMatrix
 from .palette import colorize, rgb_to_labels
 
@@ -115,6 +116,10 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
     predict_seconds = 0.0
     for done, item in enumerate(dataset, start=1):
         image = load_image(item.image_path)
+        if item.label.shape != image.shape[:2]:  # the dataset is off, not the prediction: say so
+            (h, w), (ih, iw) = item.label.shape, image.shape[:2]
+            raise OvdiffError(f"image {item.id}: the ground-truth label {item.info.label_path} is {w}x{h} but the image is "
+                              f"{iw}x{ih}: the dataset's label does not fit its image")  # fmt: skip
         t0 = time.perf_counter()
         raw = predict(image, item.info)
         predict_seconds += time.perf_counter() - t0
@@ -172,6 +177,54 @@ def segmenter_predictor(segmenter: Segmenter, dataset: SegDataset) -> Predict:
         return segmenter.predict(image).labels - shift
 
     return predict
+LEGEND_FILE = "classes.json"  # written by `ovdiff segment` beside its masks
+
+
+def _fold(name: str) -> str:
+    """A class name compared loosely: NFC, case folded, letters and digits only ("Potted plant" = "pottedplant")."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFC", name).casefold() if c.isalnum())
+
+
+def legend_lookup(path: Path, dataset: SegDataset) -> np.ndarray:
+    """(65536,) int64: mask value → dataset index (IGNORE_INDEX for 255 unless the legend names it and,
+    without background, for background; -1 for values the legend does not name), from an `ovdiff
+    segment` classes.json.
+
+    Names are matched to the dataset's classes (its corrected and raw names) loosely; a name that
+    matches none is a one-line error, so masks of other classes are never scored under wrong labels.
+    """
+    from .datasets import class_names
+
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+        entries = [(int(e["index"]), str(e["name"])) for e in labels]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OvdiffError(f"cannot read the legend {path}: {getattr(e, 'strerror', None) or e}") from e
+    known = {_fold(n): j for j, n in enumerate(dataset.classes)}
+    if dataset.classes == class_names(dataset.name):
+        known.update({_fold(n): j for j, n in enumerate(class_names(dataset.name, raw=True))})
+    lut = np.full(1 << 16, -1, np.int64)  # 8-bit and 16-bit masks
+    if IGNORE_INDEX not in {index for index, _ in entries}:
+        lut[IGNORE_INDEX] = IGNORE_INDEX  # 255 is "no class" unless the legend names it (16-bit masks)
+    unmatched = []
+    for index, name in entries:
+        if not 0 <= index < 1 << 16:
+            raise OvdiffError(f"the legend {path} lists index {index}: mask values are 0..65535")
+        if _fold(name) == "background":
+            lut[index] = 0 if dataset.has_background else IGNORE_INDEX
+        elif _fold(name) in known:
+            lut[index] = known[_fold(name)]
+        else:
+            unmatched.append(name)
+    if unmatched:
+        some = ", ".join(repr(n) for n in unmatched[:5]) + (" …" if len(unmatched) > 5 else "")
+        raise OvdiffError(
+            f"the masks' legend {path} names {some}, not among the {dataset.num_classes} classes of {dataset.name}: "
+            f"segment with the benchmark's class names (e.g. {', '.join(dataset.classes[1:4])}, …) to score the masks"
+        )
+    return lut
 
 
 def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int | None = None) -> Predict:
@@ -179,18 +232,23 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
 
     Masks may be index PNGs (the value is the label), palette PNGs (the palette index is the label)
     or RGB PNGs in VOC colours (mapped back through the VOC palette); 8-bit masks use 255 for no class,
-    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. The dataset
-    index is `value - offset`, and values below `offset` are no class. By default `offset` is 0 for
-    benchmarks with a background class and 1 for the others: `ovdiff segment` writes 0 = background
-    and the k-th listed class as k, so with the benchmark's own class list (background omitted)
-    its masks score unchanged on voc/context/object and a predicted background is a miss on the rest.
+    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. When `ovdiff
+    segment`'s legend (classes.json) lies beside the masks, its names say which dataset class each
+    value is (`legend_lookup`). Otherwise the dataset index is `value - offset`, and values below
+    `offset` are no class; by default `offset` is 0 for benchmarks with a background class and 1 for
+    the others (`ovdiff segment` writes 0 = background and the k-th listed class as k).
     """
     root = Path(pred_dir).expanduser()
     if not root.is_dir():
         raise OvdiffError(f"prediction folder {root} not found")
+    if offset is not None:
+        in_range("offset", offset, " (mask values are 0..254)")
+    lut = None
+    if (root / LEGEND_FILE).is_file():
+        if offset is not None:
+            raise OvdiffError(f"--offset and the legend {root / LEGEND_FILE} both say what mask values mean: drop --offset")
+        lut = legend_lookup(root / LEGEND_FILE, dataset)
     off = (0 if dataset.has_background else 1) if offset is None else offset
-    if off < 0:
-        raise OvdiffError(f"label offset must be 0 or more, got {off}")
 
     def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
         path = root / f"{info.id}.png"
@@ -198,6 +256,11 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
             raise OvdiffError(f"prediction {path} not found: expected one <id>.png per image of {dataset.name}")
         raw = read_mask_png(path)
         values = raw.astype(np.int64)
+        if lut is not None:
+            labels = lut[np.clip(values, 0, len(lut) - 1)]
+            if (labels < 0).any():
+                raise OvdiffError(f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name")
+            return labels
         labels = values - off
         labels[((values == IGNORE_INDEX) & (raw.dtype == np.uint8)) | (labels < 0)] = NO_CLASS
         bad = labels >= dataset.num_classes
