@@ -78,7 +78,7 @@ def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
             continue
         try:
             with Image.open(png) as im:
-                ours = im.mode == "P"
+                ours = im.mode in ("P", "I;16")  # palette masks, or 16-bit ones beyond 254 classes
         except OSError:
             ours = False
         if ours:

@@ -219,7 +219,7 @@ def test_a_classes_file_with_a_byte_order_mark_is_read(tmp_path):
 def test_a_name_beyond_the_text_encoders_context_is_said_once_in_our_words(tmp_path):
     long = " ".join(["very"] * 90) + " long kite"
     res = runner.invoke(app, ["sample", long, "kite", "--n-images", "1", "--cache", str(tmp_path / "c"), "--preset", "tiny",
-                              "--device", "cpu", "--dtype", "fp32", "-q"])  # fmt: skip
+                              "--device", "cpu", "--dtype", "fp32"])  # fmt: skip
     assert res.exit_code == 0, (res.output, res.exception)
     notes = [line for line in res.output.splitlines() if line.startswith("warning: ")]
     assert len(notes) == 1 and "92 tokens" in notes[0] and "only its first" in notes[0], res.output
