@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import ProtoConfig, SampleConfig, SegmentConfig
-from .errors import OvdiffError
 
 if TYPE_CHECKING:
     import torch
@@ -85,8 +84,10 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,
             bank_rows=32, **_SMALL,
         )  # fmt: skip
-    if repeats is not None and repeats < 1:
-        raise OvdiffError(f"--repeats must be at least 1, got {repeats}")
+    if repeats is not None:
+        from .limits import in_range
+
+        in_range("repeats", repeats)
     if repeats is None:
         return replace(s, preset=preset or s.preset)
     return replace(s, preset=preset or s.preset, repeats=repeats)

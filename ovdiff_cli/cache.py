@@ -11,19 +11,17 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
 import struct
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
+from .blobs import decode_array, decode_png, encode_array, encode_png
 from .errors import CacheError
 
 SCHEMA_VERSION = 1
@@ -31,91 +29,8 @@ SCHEMA_KEY = b"!schema"
 ENV_DIRNAME = "ovdiff.lmdb"
 DEFAULT_MAP_SIZE = 256 << 20
 
-ARRAY_MAGIC = b"OVDA"
-ARRAY_FORMAT = 1
-_ALLOWED_DTYPES = {"<f2", "<f4", "<f8", "|u1", "|b1", "<i2", "<i4", "<i8", "<u2"}
-
-# A process may open an LMDB environment only once: share it between Cache objects.
-_OPEN_ENVS: dict[str, lmdb.Environment] = {}
-
-
-# --------------------------------------------------------------------------- values
-
-
-def encode_array(a: np.ndarray) -> bytes:
-    """Self-describing little-endian array blob: magic, dtype, shape, CRC32, raw C-order bytes."""
-    a = np.ascontiguousarray(a)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    dt = a.dtype.str.encode("ascii")
-    if dt.decode() not in _ALLOWED_DTYPES:
-        raise ValueError(f"dtype {a.dtype} cannot be stored in the cache")
-    payload = a.tobytes(order="C")
-    head = ARRAY_MAGIC + struct.pack("<BB", ARRAY_FORMAT, len(dt)) + dt + struct.pack("<B", a.ndim)
-    head += struct.pack(f"<{a.ndim}Q", *a.shape)
-    return head + struct.pack("<I", zlib.crc32(payload)) + payload
-
-
-def decode_array(blob: bytes) -> np.ndarray:
-    """Inverse of `encode_array`; raises ValueError on any inconsistency (used by `cache verify`)."""
-    if blob[:4] != ARRAY_MAGIC:
-        raise ValueError("not an array blob (bad magic)")
-    fmt, dlen = struct.unpack_from("<BB", blob, 4)
-    if fmt != ARRAY_FORMAT:
-        raise ValueError(f"array format {fmt} unknown")
-    dt = blob[6 : 6 + dlen].decode("ascii")
-    if dt not in _ALLOWED_DTYPES:
-        raise ValueError(f"dtype {dt!r} not allowed")
-    (ndim,) = struct.unpack_from("<B", blob, 6 + dlen)
-    off = 7 + dlen
-    shape = struct.unpack_from(f"<{ndim}Q", blob, off)
-    off += 8 * ndim
-    (crc,) = struct.unpack_from("<I", blob, off)
-    payload = blob[off + 4 :]
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
-    if len(payload) != expected:
-        raise ValueError(f"payload of {len(payload)} bytes, expected {expected} for {dt}{list(shape)}")
-    if zlib.crc32(payload) != crc:
-        raise ValueError("checksum mismatch")
-    return np.frombuffer(payload, dtype=dt).reshape(shape).copy()
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """HxWx3 uint8 RGB → PNG bytes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def check_png(blob: bytes) -> None:
-    """Raise ValueError unless `blob` is a whole PNG whose every chunk matches its CRC-32."""
-    if blob[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG (bad signature)")
-    off = 8
-    while off + 12 <= len(blob):
-        (n,) = struct.unpack_from(">I", blob, off)
-        kind = blob[off + 4 : off + 8]
-        if off + 12 + n > len(blob):
-            break
-        (crc,) = struct.unpack_from(">I", blob, off + 8 + n)
-        if zlib.crc32(blob[off + 4 : off + 8 + n]) != crc:
-            raise ValueError(f"PNG chunk {kind.decode(errors='replace')} at byte {off}: checksum mismatch")
-        if kind == b"IEND":
-            return
-        off += 12 + n
-    raise ValueError("PNG is truncated (no IEND chunk)")
-
-
-def decode_png(blob: bytes) -> np.ndarray:
-    """PNG bytes → HxWx3 uint8 RGB; every chunk's CRC is checked first."""
-    from PIL import Image
-
-    check_png(blob)
-
-    with Image.open(io.BytesIO(blob)) as im:
-        return np.asarray(im.convert("RGB"))
+# A process may open an LMDB environment only once: share it (and whether it is read-only) between Cache objects.
+_OPEN_ENVS: dict[str, tuple[lmdb.Environment, bool]] = {}
 
 
 def _json(obj: dict) -> bytes:
@@ -161,14 +76,6 @@ def text_key(model_fp: str, prompt: str) -> bytes:
 # --------------------------------------------------------------------------- cache
 
 
-@dataclass
-class Problem:
-    """One finding of `Cache.verify`: the key and what is wrong with it."""
-
-    key: str
-    reason: str
-
-
 def default_cache_dir() -> Path:
     """`$OVDIFF_CACHE`, else the platform's user cache directory."""
     env = os.environ.get("OVDIFF_CACHE")
@@ -200,37 +107,146 @@ def _corrupt(key: bytes, error: Exception) -> CacheError:
     )
 
 
+class CacheDamaged(CacheError):
+    """The data file itself is damaged (truncated, a page overwritten): LMDB must not map it.
+
+    `problem` says what is wrong; `cache verify --repair` copies what is intact into a fresh file.
+    """
+
+    def __init__(self, root: Path, problem: str):
+        self.problem = problem
+        super().__init__(
+            f"cache {root} is damaged ({problem}): run 'ovdiff cache verify --repair' to copy every intact "
+            "class into a fresh cache (the damaged file is kept aside)"
+        )
+
+
+def _wait_for_creator(env_dir: Path) -> None:
+    """Block while another process initialises this environment (LMDB holds an exclusive lock on
+    byte 0 of lock.mdb while it writes the first meta pages), so a new file is not taken for a damaged one.
+    Closing the descriptor drops this process's POSIX locks on lock.mdb: only call it before opening."""
+    try:
+        fd = os.open(env_dir / "lock.mdb", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0, os.SEEK_SET)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _precheck(root: Path, env_dir: Path) -> None:
+    """Refuse a data file LMDB would crash on before it is mapped: empty, a meta page damaged, or
+    shorter than the pages its tree references (truncated; walked page by page when the file is short)."""
+    from . import lmdbfile
+
+    data = env_dir / "data.mdb"
+    try:
+        problem = lmdbfile.check_meta(data)
+        if problem:
+            _wait_for_creator(env_dir)
+            problem = lmdbfile.check_meta(data)
+        if not problem and lmdbfile.is_short(data):
+            for _ in range(3):  # unpinned, a writer may reuse pages of the snapshot being walked: look again
+                problem = lmdbfile.check_tree(data)
+                if problem is None:
+                    break
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CacheError(f"cannot read cache {root}: {e.strerror}") from e
+    if problem:
+        raise CacheDamaged(root, problem)
+
+
+def _check_snapshot(root: Path, env_dir: Path, env: lmdb.Environment) -> None:
+    """Walk every page of the current snapshot with bounds checks while a read transaction pins it."""
+    from . import lmdbfile
+
+    for _ in range(5):
+        with env.begin(write=False) as txn:
+            problem = lmdbfile.check_tree(env_dir / "data.mdb", txn.id())
+            if problem is not None:
+                raise CacheDamaged(root, problem)
+            if any(isinstance(m, lmdbfile.Meta) and m.txnid == txn.id() for m in lmdbfile.read_metas(env_dir / "data.mdb")[1]):
+                return
+    # five snapshots overtaken by writers while we looked: theirs were checked by their own opens
+
+
+def close_cache(root: Path | str) -> None:
+    """Close this process's LMDB environment of the cache at `root` (to replace its files, unmount its
+    filesystem, or read it raw); Cache objects of it must not be used afterwards, a new `Cache(root)` reopens it."""
+    entry = _OPEN_ENVS.pop(str((Path(root).expanduser() / ENV_DIRNAME).resolve()), None)
+    if entry is not None:
+        entry[0].close()
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write at `path` (False on a read-only filesystem, even for root)."""
+    return os.access(path, os.W_OK)
+
+
 class Cache:
-    """One cache directory: an LMDB environment plus lock files for classes being built."""
+    """One cache directory: an LMDB environment plus lock files for classes being built.
+
+    A cache this process may not write (a read-only filesystem or folder, such as a team's shared
+    vocabulary) is opened read-only: reading works, text embeddings are not stored, and any other
+    write is a one-line error. `create=False` refuses a folder that holds no cache.
+    """
 
     def __init__(self, root: Path | str, map_size: int | None = None, create: bool = True):
         self.root = Path(root).expanduser()
         if map_size is None:
             map_size = _env_map_size()
         path = self.root / ENV_DIRNAME
-        if not path.exists() and not create:
+        if not (path / "data.mdb").exists() and not create:
             raise CacheError(f"no cache at {self.root}: build one with 'ovdiff protos add NAME'")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            (self.root / "locks").mkdir(exist_ok=True)
-        except OSError as e:
-            raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
-        real = str(path.resolve())
-        env = _OPEN_ENVS.get(real)
-        if env is None:
+        if not path.exists():
             try:
-                env = lmdb.open(real, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
-            except lmdb.Error as e:
-                raise CacheError(f"cannot open cache {self.root}: {e}") from e
-            _OPEN_ENVS[real] = env
-        self.env = env
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
+        real = str(path.resolve())
+        entry = _OPEN_ENVS.get(real)
+        if entry is None:
+            _precheck(self.root, path)
+            readonly = not (_writable(path) and (not (path / "data.mdb").exists() or _writable(path / "data.mdb")))
+            env = self._open(real, map_size, readonly)
+            try:
+                _check_snapshot(self.root, path, env)
+            except BaseException:
+                env.close()
+                raise
+            entry = _OPEN_ENVS[real] = (env, readonly)
+        self.env, self.readonly = entry
+        if not self.readonly:
+            try:
+                (self.root / "locks").mkdir(exist_ok=True)
+            except OSError as e:
+                raise CacheError(f"cannot create cache directory {self.root / 'locks'}: {e.strerror}") from e
         self._check_schema()
+
+    def _open(self, real: str, map_size: int, readonly: bool) -> lmdb.Environment:
+        opts = dict(map_size=map_size, subdir=True, readahead=False, meminit=False, readonly=readonly)
+        try:
+            return lmdb.open(real, lock=True, **opts)
+        except lmdb.Error as e:
+            if readonly:  # a lock file we may not write: read without LMDB's reader table
+                try:
+                    return lmdb.open(real, lock=False, **opts)
+                except lmdb.Error:
+                    pass
+            raise CacheError(f"cannot open cache {self.root}: {e}") from e
 
     # -- low level ---------------------------------------------------------------
 
     def _check_schema(self) -> None:
         raw = self.get(SCHEMA_KEY)
         if raw is None:
+            if self.readonly:
+                return
             self.write({SCHEMA_KEY: _json({"version": SCHEMA_VERSION, "created_at": now_iso()})})
             return
         try:
@@ -253,6 +269,8 @@ class Cache:
                 self.env.set_mapsize(0)  # another process grew the map: adopt its size
         try:
             yield txn
+        except lmdb.Error as e:  # a page LMDB finds inconsistent: the file changed under a sound check
+            raise CacheDamaged(self.root, str(e)) from e
         finally:
             txn.abort()
 
@@ -291,6 +309,8 @@ class Cache:
 
     def transact(self, fn: Callable[[lmdb.Transaction], None]) -> None:
         """Run `fn` in one write transaction; on a full map, double it and run `fn` again."""
+        if self.readonly:
+            raise CacheError(f"cache {self.root} is read-only for this user: use another --cache to build or change classes")
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -317,6 +337,8 @@ class Cache:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Exclusive advisory lock across processes (released by the OS if the holder dies)."""
+        if self.readonly:
+            raise CacheError(f"cache {self.root} is read-only for this user: use another --cache to build or change classes")
         path = self.root / "locks" / f"{name}.lock"
         with open(path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -441,121 +463,7 @@ class Cache:
         return [None if b is None else self._decode(k, b, decode_array) for k, b in zip(keys, self.get_many(keys), strict=True)]
 
     def put_text_embeddings(self, model_fp: str, embeddings: dict[str, np.ndarray]) -> None:
+        """Store text embeddings; skipped on a read-only cache (they are recomputed next time)."""
+        if self.readonly:
+            return
         self.write({text_key(model_fp, p): encode_array(e) for p, e in embeddings.items()})
-
-    # -- verify -------------------------------------------------------------------
-
-    def verify(self, repair: bool = False) -> list[Problem]:
-        """Decode every entry and cross-check records; with `repair`, delete what is broken.
-
-        Checks: JSON records parse; array blobs decode with their checksums, shapes and dtypes as
-        their class record lists, float values finite (attribution maps also >= 0); support images
-        decode at the support set's size; every image and array a record lists exists.
-        Repair keeps units whole: a broken array removes its whole class (rebuilt by the next
-        `protos add`), a broken support image truncates its support set to the images before it
-        (sampling resumes from there) and removes the classes built from the lost images.
-        """
-        problems: list[Problem] = []
-        keys = [k for k, _ in self.scan(b"", values=False)]  # values are read one at a time: memory stays flat
-        keyset = set(keys)
-        records: dict[str, dict] = {}
-        supports: dict[str, dict] = {}
-        truncate: dict[str, int] = {}
-        drop: set[bytes] = set()
-
-        def bad(k: bytes, why: str) -> None:
-            problems.append(Problem(k.decode(errors="replace"), why))
-            drop.add(k)
-
-        def cut(sid: str, i: int) -> None:
-            truncate[sid] = min(truncate.get(sid, i), i)
-
-        for k in keys:  # key order: a record sorts before its entries
-            v = self.get(k)
-            if v is None:  # deleted by another process since the key scan
-                continue
-            parts = k.decode(errors="replace").split("/")
-            try:
-                if k == SCHEMA_KEY:
-                    json.loads(v)
-                elif parts[0] == "s" and len(parts) == 2:
-                    meta = json.loads(v)
-                    n = int(meta["n_images"])
-                    supports[parts[1]] = meta
-                    for i in range(n):
-                        if image_key(parts[1], i) not in keyset or attribution_key(parts[1], i) not in keyset:
-                            bad(k, f"support set lists {n} images but image {i} is missing")
-                            cut(parts[1], i)
-                            drop.discard(k)
-                            break
-                elif parts[0] == "s" and len(parts) == 4 and parts[2] in ("img", "att"):
-                    meta = supports.get(parts[1], {})
-                    if parts[2] == "img":
-                        img = decode_png(v)
-                        size = meta.get("size")
-                        if size is not None and img.shape[:2] != (size, size):
-                            raise ValueError(f"image is {img.shape[1]}x{img.shape[0]}, the support set's size is {size}")
-                    else:
-                        a = decode_array(v)
-                        side = meta.get("attribution_size")
-                        if side is not None and a.shape != (side, side):
-                            raise ValueError(f"attribution map of shape {list(a.shape)}, expected [{side}, {side}]")
-                        if not np.isfinite(a).all() or (a < 0).any():
-                            raise ValueError("attribution map has negative or non-finite values")
-                elif parts[0] == "p" and len(parts) == 2:
-                    records[parts[1]] = json.loads(v)
-                    for name in records[parts[1]]["arrays"]:
-                        if class_array_key(parts[1], name) not in keyset:
-                            bad(k, f"class {records[parts[1]].get('name')!r}: array {name} missing")
-                            break
-                elif parts[0] == "p" and len(parts) >= 4 and parts[2] == "a":
-                    a = decode_array(v)
-                    if a.dtype.kind == "f" and not np.isfinite(a).all():
-                        raise ValueError("array has non-finite values")
-                    rec = records.get(parts[1])
-                    spec = None if rec is None else rec["arrays"].get("/".join(parts[3:]))
-                    if rec is None:
-                        bad(k, "prototype array without a class record (orphan)")
-                    elif spec is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
-                        bad(k, "array does not match its class record")
-                elif parts[0] == "t" and len(parts) == 2:
-                    decode_array(v)
-                else:
-                    bad(k, "unknown key")
-            except Exception as e:  # any decode failure is a finding, not a crash
-                bad(k, f"{type(e).__name__}: {e}")
-                if parts[0] == "s" and len(parts) == 4 and parts[3].isdigit():
-                    drop.discard(k)
-                    cut(parts[1], int(parts[3]))
-                elif parts[0] == "s" and len(parts) == 2:
-                    cut(parts[1], 0)  # an unreadable support record: the whole set is resampled
-        # Classes built from support images that are broken: their masks point at lost images.
-        for pid, rec in records.items():
-            sid = rec.get("support_id")
-            if sid in truncate and truncate[sid] < int(rec.get("n_images") or 0) and class_key(pid) not in drop:
-                bad(class_key(pid), f"class {rec.get('name')!r} was built from support image {truncate[sid]} of {sid}, which is broken")
-        if repair and (drop or truncate):
-            for k in list(drop):
-                parts = k.decode(errors="replace").split("/")
-                if parts[0] == "p":
-                    drop.add(class_key(parts[1]))
-                    drop.update(kk for kk in keys if kk.startswith(class_key(parts[1]) + b"/"))
-            updates: dict[bytes, bytes | None] = {k: None for k in drop}
-            for sid, n in truncate.items():
-                meta = supports.get(sid)
-                if meta is not None:
-                    updates[support_key(sid)] = _json(dict(meta, n_images=min(n, int(meta["n_images"]))))
-                for kk in keys:
-                    tail = kk.decode(errors="replace").rsplit("/", 1)[-1]
-                    if kk.startswith(support_key(sid) + b"/") and (not tail.isdigit() or int(tail) >= n):
-                        updates[kk] = None
-            self.write(updates)
-        return problems
-
-
-def close_cache(root: Path | str) -> None:
-    """Close this process's LMDB environment of the cache at `root` (to unmount its filesystem, or to
-    read it raw); Cache objects of it must not be used afterwards, and a new `Cache(root)` reopens it."""
-    env = _OPEN_ENVS.pop(str((Path(root).expanduser() / ENV_DIRNAME).resolve()), None)
-    if env is not None:
-        env.close()

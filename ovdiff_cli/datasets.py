@@ -165,8 +165,10 @@ class SegDataset:
     ):
         if name not in SPECS:
             raise OvdiffError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
-        if limit is not None and limit < 1:
-            raise InvalidSetting("limit", f"must be at least 1, got {limit}")
+        if limit is not None:
+            from .limits import in_range
+
+            in_range("limit", limit)
         self.spec = SPECS[name]
         self.name = name
         self.has_background = self.spec.has_background

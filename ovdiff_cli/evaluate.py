@@ -24,6 +24,8 @@ from PIL import Image
 
 from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from .errors import OvdiffError
+from .legend import LEGEND_FILE, legend_lookup
+from .limits import in_range
 from .metrics import ConfusionMatrix
 from .palette import colorize, rgb_to_labels
 
@@ -115,6 +117,10 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
     predict_seconds = 0.0
     for done, item in enumerate(dataset, start=1):
         image = load_image(item.image_path)
+        if item.label.shape != image.shape[:2]:  # the dataset is off, not the prediction: say so
+            (h, w), (ih, iw) = item.label.shape, image.shape[:2]
+            raise OvdiffError(f"image {item.id}: the ground-truth label {item.info.label_path} is {w}x{h} but the image is "
+                              f"{iw}x{ih}: the dataset's label does not fit its image")  # fmt: skip
         t0 = time.perf_counter()
         raw = predict(image, item.info)
         predict_seconds += time.perf_counter() - t0
@@ -172,25 +178,28 @@ def segmenter_predictor(segmenter: Segmenter, dataset: SegDataset) -> Predict:
         return segmenter.predict(image).labels - shift
 
     return predict
-
-
 def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int | None = None) -> Predict:
     """A predictor that reads saved masks `<pred_dir>/<id>.png` instead of running a model.
 
     Masks may be index PNGs (the value is the label), palette PNGs (the palette index is the label)
     or RGB PNGs in VOC colours (mapped back through the VOC palette); 8-bit masks use 255 for no class,
-    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. The dataset
-    index is `value - offset`, and values below `offset` are no class. By default `offset` is 0 for
-    benchmarks with a background class and 1 for the others: `ovdiff segment` writes 0 = background
-    and the k-th listed class as k, so with the benchmark's own class list (background omitted)
-    its masks score unchanged on voc/context/object and a predicted background is a miss on the rest.
+    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. When `ovdiff
+    segment`'s legend (classes.json) lies beside the masks, its names say which dataset class each
+    value is (`legend_lookup`). Otherwise the dataset index is `value - offset`, and values below
+    `offset` are no class; by default `offset` is 0 for benchmarks with a background class and 1 for
+    the others (`ovdiff segment` writes 0 = background and the k-th listed class as k).
     """
     root = Path(pred_dir).expanduser()
     if not root.is_dir():
         raise OvdiffError(f"prediction folder {root} not found")
+    if offset is not None:
+        in_range("offset", offset, " (mask values are 0..254)")
+    lut = None
+    if (root / LEGEND_FILE).is_file():
+        if offset is not None:
+            raise OvdiffError(f"--offset and the legend {root / LEGEND_FILE} both say what mask values mean: drop --offset")
+        lut = legend_lookup(root / LEGEND_FILE, dataset)
     off = (0 if dataset.has_background else 1) if offset is None else offset
-    if off < 0:
-        raise OvdiffError(f"label offset must be 0 or more, got {off}")
 
     def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
         path = root / f"{info.id}.png"
@@ -198,6 +207,11 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
             raise OvdiffError(f"prediction {path} not found: expected one <id>.png per image of {dataset.name}")
         raw = read_mask_png(path)
         values = raw.astype(np.int64)
+        if lut is not None:
+            labels = lut[np.clip(values, 0, len(lut) - 1)]
+            if (labels < 0).any():
+                raise OvdiffError(f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name")
+            return labels
         labels = values - off
         labels[((values == IGNORE_INDEX) & (raw.dtype == np.uint8)) | (labels < 0)] = NO_CLASS
         bad = labels >= dataset.num_classes

@@ -43,25 +43,33 @@ class InputImage:
     name: str
 
 
-def discover(inputs: list[str], recursive: bool = False) -> list[InputImage]:
+def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = None) -> list[InputImage]:
     """Files, folders (their images; all levels with `recursive`) and glob patterns, in order.
 
     Outputs mirror a folder's layout; a file or glob match is named by its stem. Two inputs that
-    would share an output name (a.jpg and a.png) keep their suffix in it (a_jpg, a_png).
+    would share an output name (a.jpg and a.png) keep their suffix in it (a_jpg, a_png). Walking a
+    folder that holds `exclude` (the output folder) below it skips that folder: a run never segments
+    its own masks.
     """
     suffixes = readable_suffixes()
+    out = None if exclude is None else Path(exclude).expanduser().resolve()
+
+    def keep(f: Path, skip: Path | None = None) -> bool:
+        return f.is_file() and f.suffix.lower() in suffixes and (skip is None or not f.resolve().is_relative_to(skip))
+
     found: list[InputImage] = []
     for spec in inputs:
         p = Path(spec).expanduser()
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in suffixes)
+            inside = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())  # --out below this folder
+            files = sorted(f for f in p.glob(pattern) if keep(f, out if inside else None))
             found += [InputImage(f, f.relative_to(p).with_suffix("").as_posix()) for f in files]
         elif p.is_file():
             found.append(InputImage(p, p.stem))
         elif glob.has_magic(spec):
             files = sorted(Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=recursive))
-            found += [InputImage(f, f.stem) for f in files if f.is_file() and f.suffix.lower() in suffixes]
+            found += [InputImage(f, f.stem) for f in files if keep(f)]
         else:
             raise OvdiffError(f"input {spec} not found: give image files, folders or glob patterns")
     unique = list({i.path.resolve(): i for i in reversed(found)}.values())[::-1]  # first mention wins
@@ -113,12 +121,20 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs
 
 
+def file_mode() -> int:
+    """The mode a plain new file gets under this process's umask (mkstemp's own 0600 ignores it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -133,7 +149,9 @@ def save_picture(rgb: np.ndarray, path: Path) -> None:
 
 
 def save_json(obj: object, path: Path) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+    """UTF-8 JSON; the undecodable bytes of non-UTF-8 file names it mentions are written as U+FFFD."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
 def _font() -> ImageFont.ImageFont:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,17 +46,14 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
 
 def check_config(config: SampleConfig) -> None:
     """Reject settings that cannot sample, naming the option (before any model loads)."""
-    if config.n_images < 1:
-        raise InvalidSetting("n_images", f"must be at least 1, got {config.n_images}")
-    if config.batch_size < 1:
-        raise InvalidSetting("batch_size", f"must be at least 1, got {config.batch_size}")
-    if config.steps < 1:
-        raise InvalidSetting("steps", f"must be at least 1, got {config.steps}")
-    if config.size < 8 or config.size % 8:
+    from .limits import check_sample
+
+    check_sample(config)
+    if config.size % 8:
         raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
     if config.attribution_size < 1:
         raise InvalidSetting("attribution_size", f"must be at least 1, got {config.attribution_size}")
-    if not config.guidance_scale > 0 or not math.isfinite(config.guidance_scale):
+    if not config.guidance_scale > 0:
         raise InvalidSetting("guidance_scale", f"must be a positive number, got {config.guidance_scale}")
     if config.prompt_template.count("{}") != 1:
         raise InvalidSetting(
@@ -75,7 +73,7 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     """
     prefix = template.split("{}", 1)[0]
     full = tokenizer(template.format(class_name), truncation=True, max_length=tokenizer.model_max_length).input_ids
-    name_ids = tokenizer(class_name, add_special_tokens=False).input_ids
+    name_ids = tokenizer(class_name, add_special_tokens=False, verbose=False).input_ids
     start = 1 + len(tokenizer(prefix, add_special_tokens=False).input_ids)
     last = len(full) - 1  # end-of-text
     if not name_ids:
@@ -83,11 +81,34 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     if start >= last:
         raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the 77-token context")
     indices = list(range(start, min(start + len(name_ids), last)))
+    if len(indices) < len(name_ids):
+        note_long_name(class_name, len(name_ids), len(indices), tokenizer.model_max_length)
     if [full[i] for i in indices] != name_ids[: len(indices)]:
         raise OvdiffError(
             f"class name {class_name!r} does not tokenize the same inside {template!r}: separate '{{}}' with spaces"
         )
     return indices
+
+
+class LongNameWarning(UserWarning):
+    """A class name that does not fit the text encoder's context; the CLI prints it as one line."""
+
+
+_NOTED: set[str] = set()
+
+
+def note_long_name(name: str, n_tokens: int, kept: int, context: int) -> None:
+    """Say once per name, in our words, that the text encoder sees only the start of it."""
+    import warnings
+
+    if name in _NOTED:
+        return
+    _NOTED.add(name)
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    warnings.warn(LongNameWarning(
+        f"class name {shown!r} is {n_tokens} tokens; the text encoder reads {context} tokens per prompt, "
+        f"so only its first {kept} are used: a shorter name is drawn and matched as well"
+    ), stacklevel=2)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- attention capture
@@ -236,6 +257,13 @@ class SDGenerator:
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         original = unet.attn_processors
         unet.set_attn_processor(capture_processors(unet, recorder))
+        # The pipeline's own "Token indices sequence length …" and "part of your input was truncated":
+        # note_long_name said it once, in our words.
+        quiet = [logging.getLogger(n) for n in ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                                                "transformers.tokenization_utils_base")]  # fmt: skip
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.ERROR)
         try:
             latents = self.pipe(
                 prompt=[config.prompt_template.format(class_name)] * len(seeds),
@@ -248,6 +276,8 @@ class SDGenerator:
                 output_type="latent",
             ).images
         finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
             unet.set_attn_processor(original)
         with torch.inference_mode():
             # Decoded here, in the VAE's own dtype: it stays fp32 when the UNet runs fp16.
@@ -306,6 +336,10 @@ def ensure_support_set(
             done = 0 if meta is None else meta["n_images"]
             if on_progress:
                 on_progress(min(done, total), total)
+            if done < total:
+                from .limits import check_room
+
+                check_room(cache.root, total - done, config)
             generator = stages.generator() if done < total else None
             if meta is None:
                 meta = _new_meta(class_name, norm, seed, config, generator, stages)

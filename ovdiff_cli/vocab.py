@@ -42,6 +42,7 @@ OnEvent = Callable[[str, str, int, int], None]
 def check_proto_config(cfg: ProtoConfig) -> None:
     """Reject settings that cannot build prototypes, naming the option, before any model loads."""
     from .features import PARTS, spec_parts
+    from .limits import in_range
     from .masks import PROPOSERS
 
     spec_parts(cfg.extractor)
@@ -49,8 +50,7 @@ def check_proto_config(cfg: ProtoConfig) -> None:
         raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
     if cfg.mask_features not in (*PARTS, "procedural"):
         raise InvalidSetting("mask_features", f"{cfg.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
-    if cfg.k_parts < 1:
-        raise InvalidSetting("k_parts", f"must be at least 1, got {cfg.k_parts}")
+    in_range("k_parts", cfg.k_parts)
     if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
         raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
     if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
@@ -414,7 +414,7 @@ def classes_to_build(
     return todo
 
 
-# --------------------------------------------------------------------------- sharing
+# --------------------------------------------------------------------------- finding (sharing: `sharing`)
 
 
 def match_classes(

@@ -73,7 +73,7 @@ def test_settings_reduced_on_cpu_and_paper_on_cuda():
     assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
     assert cpu.size < gpu.size and cpu.steps < gpu.steps
     assert bench_settings("cpu", repeats=5).repeats == 5
-    with pytest.raises(OvdiffError, match="--repeats"):
+    with pytest.raises(OvdiffError, match="repeats must be in 1"):
         bench_settings("cpu", repeats=0)
 
 

@@ -51,7 +51,7 @@ def test_eval_pred_without_background_shifts_labels(tmp_path):
     "args, message",
     [
         (["--seeds", "0,1"], "--seeds needs a model"),
-        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "0"], "--limit must be in 1..1000000000"),
     ],
 )
 def test_eval_pred_option_errors(tmp_path, args, message):

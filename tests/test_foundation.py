@@ -10,6 +10,7 @@ import pytest
 
 from ovdiff_cli import cache as cache_mod
 from ovdiff_cli.cache import Cache, decode_array, encode_array
+from ovdiff_cli.cache_audit import verify
 from ovdiff_cli.errors import CacheError, OvdiffError
 from ovdiff_cli.names import normalise, parse_class_list, validate
 
@@ -53,10 +54,10 @@ def test_cache_round_trip_every_value_kind(cache_dir):
         assert got[k].dtype == arrays[k].dtype and np.array_equal(got[k], arrays[k])
     rec = c.class_record("pid1")
     assert rec["arrays"]["fg/class"] == {"dtype": "<f2", "shape": [1, 32]}
-    c.put_text_embeddings("clip-x", {"a cat": np.ones(4, np.float32)})
-    assert np.array_equal(c.text_embeddings("clip-x", ["a cat", "a dog"])[0], np.ones(4, np.float32))
+    c.put_text_embeddings("clip-x", {"a cat": np.full(4, 0.5, np.float32)})  # a unit vector, as the encoder's
+    assert np.array_equal(c.text_embeddings("clip-x", ["a cat", "a dog"])[0], np.full(4, 0.5, np.float32))
     assert c.text_embeddings("clip-x", ["a dog"]) == [None]
-    assert c.verify() == []
+    assert verify(c) == []
 
 
 HOSTILE = ["a,b", "a/b", 'say "hi"', "it's", "🍩 donut", "x" * 300, "Ünïcödé", "back\\slash", "semi;colon", "a|b"]
@@ -74,7 +75,7 @@ def test_hostile_class_names_make_valid_distinct_keys(cache_dir):
     assert len(pids) == len(HOSTILE)
     names = {rec["name"] for _, rec in c.classes()}
     assert names == set(HOSTILE)
-    assert c.verify() == []
+    assert verify(c) == []
 
 
 def test_names_normalise_and_reject_bad_input():
@@ -111,10 +112,10 @@ def test_verify_finds_and_repairs_broken_entries(cache_dir):
     c.put_class("pid", {"name": "cat"}, {"fg/class": np.ones((1, 4), np.float32)})
     c.put_support_batch("sid", {"name": "cat"}, 0, [np.zeros((4, 4, 3), np.uint8)] * 3, [np.ones((2, 2))] * 3)
     c.write({cache_mod.class_array_key("pid", "fg/class"): b"garbage", cache_mod.image_key("sid", 1): b"notpng"})
-    problems = c.verify()
+    problems = verify(c)
     assert {p.key for p in problems} >= {"p/pid/a/fg/class", "s/sid/img/00001"}
-    c.verify(repair=True)
-    assert c.verify() == []
+    verify(c, repair=True)
+    assert verify(c) == []
     assert c.class_record("pid") is None
     assert c.support_meta("sid")["n_images"] == 1
 

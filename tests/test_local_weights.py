@@ -52,6 +52,7 @@ def test_missing_local_directory_is_one_clear_line(tmp_path):
                                    "--cache", str(tmp_path / "c"), "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 2
     assert "Stable Diffusion" in res.output and "--sd-model" in res.output and "Traceback" not in res.output
+    assert "no such file or folder" in res.output and "hf download" not in res.output  # a typo, not a download to make
 
 
 def test_dino_loads_from_a_downloaded_folder(tmp_path):

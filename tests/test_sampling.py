@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from ovdiff_cli import sampling
 from ovdiff_cli.cache import Cache
+from ovdiff_cli.cache_audit import verify
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
@@ -152,11 +153,11 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_stages):
         assert s.attribution.shape == (16, 16) and s.attribution.dtype == np.float32
         assert np.isfinite(s.attribution).all() and (s.attribution >= 0).all() and s.attribution.sum() > 0
     assert not np.array_equal(samples[0].image, samples[1].image)
-    assert cache.verify() == []
+    assert verify(cache) == []
     with pytest.raises(IncompleteSupportSet) as info:
         sampling.load_samples(cache, sid, TINY.n_images + 1)
     assert (info.value.have, info.value.need, info.value.name) == (TINY.n_images, TINY.n_images + 1, "cat")
-    assert "run 'ovdiff sample \"cat\"'" in phrase(info.value)
+    assert "complete it with: ovdiff sample cat" in phrase(info.value)
 
 
 def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_stages):
@@ -239,7 +240,7 @@ def test_cli_samples_then_shows_a_contact_sheet(tmp_path):
         assert im.size == (4 + 2 * (2 * 160 + 8), 24 + 160 + 8)
 
     res = runner.invoke(app, ["sample", "--show", "dog", "--out", str(tmp_path / "d.png"), *common])
-    assert res.exit_code == 2 and "ovdiff sample \"dog\"" in res.output
+    assert res.exit_code == 2 and "draw it first with: ovdiff sample dog --seed 0" in res.output
     assert not (tmp_path / "d.png").exists()
 
 

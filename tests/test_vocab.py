@@ -210,17 +210,17 @@ def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_stages) == (g0, e0)
     assert info.value.names == ["zebra"] and info.value.seed == 3 and "ovdiff" not in str(info.value)
-    assert "run 'ovdiff protos add zebra --seed 3 --preset tiny" in phrase(info.value)
-    assert phrase(info.value).endswith("--mask-proposer ncut'")
+    assert "build them with: ovdiff protos add zebra --seed 3 --preset tiny" in phrase(info.value)
+    assert phrase(info.value).endswith("--mask-proposer ncut")
     # the command repeats every setting that keys the class and differs from the preset's
     odd = dataclasses.replace(PROTOS, mask_proposer="threshold", k_parts=2)
     with pytest.raises(MissingClasses) as info:
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
-    assert phrase(info.value).endswith("--mask-proposer threshold --n-images 2 --k-parts 2'")
+    assert phrase(info.value).endswith("--mask-proposer threshold --n-images 2 --k-parts 2")
     sam = Stages.for_run("tiny", "cpu", "fp32", {"sam": "my/sam"})
     with pytest.raises(MissingClasses) as info:
         ensure_classes(Cache(cache_dir), sam, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, mask_proposer="sam"), build=False)
-    assert phrase(info.value).endswith("--mask-proposer sam --sam-model my/sam'")
+    assert phrase(info.value).endswith("--mask-proposer sam --sam-model my/sam")
     with pytest.raises(OvdiffError, match="unknown extractor part"):
         ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
 
@@ -342,6 +342,7 @@ def test_classes_built_with_a_sam_model_are_found_by_segment_and_eval(tiny_sam_d
 
 def test_protos_cli_errors_are_one_line(cache_dir):
     common = ["--cache", str(cache_dir)]
+    Cache(cache_dir)  # an empty cache: rm and show find no class in it (no cache at all is another error)
     for args, msg in [
         (("add", "cat", "--extractor", "sd+vgg", "--preset", "tiny"), "unknown extractor part"),
         (("add", "--stuff", "sky", "--thing", "sky", "--preset", "tiny"), "both --stuff and --thing"),

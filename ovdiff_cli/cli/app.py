@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -19,6 +20,9 @@ from . import sample as sample_cmd
 from . import segment as segment_cmd
 
 
+_UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as the click that typer bundles defines it
+
+
 class _Group(TyperGroup):
     """Turns a user error raised by any command into one line on stderr and a non-zero exit."""
 
@@ -26,13 +30,38 @@ class _Group(TyperGroup):
         from ..errors import OvdiffError
 
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except OvdiffError as e:
             if os.environ.get("OVDIFF_DEBUG"):
                 raise
             from .common import fail, phrase
 
             fail(phrase(e), e.exit_code)
+        except _UsageError as e:  # a bad option value or a missing argument: one line, not usage text
+            if type(e).__name__ == "NoArgsIsHelpError":
+                raise
+            from .common import fail
+
+            where = e.ctx.command_path if e.ctx is not None else "ovdiff"
+            fail(f"{e.format_message()} (see '{where} --help')", e.exit_code)
+        except KeyboardInterrupt:  # here, before click turns it into a bare "Aborted!"
+            print(INTERRUPTED, file=sys.stderr)
+            sys.exit(130)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings as one plain line on stderr; others as Python shows them."""
+    from ..sampling import LongNameWarning
+
+    if issubclass(category, LongNameWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+INTERRUPTED = "interrupted: work committed so far is kept in the cache (and masks written so far in --out); re-run to resume"
 
 
 app = typer.Typer(
@@ -72,9 +101,5 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point (user errors are handled by the group: one line, traceback with OVDIFF_DEBUG=1)."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        print("interrupted: work committed so far is kept in the cache; re-run to resume", file=sys.stderr)
-        sys.exit(130)
+    """Console entry point (user errors and Ctrl-C are handled by the group: one line, traceback with OVDIFF_DEBUG=1)."""
+    app()

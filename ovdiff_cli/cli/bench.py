@@ -69,6 +69,9 @@ def bench(
     from ..imageio import save_json
     from ..models.presets import resolve_device
 
+    from ..limits import check_seed
+
+    check_seed(seed)
     settings = bench_settings(resolve_device(device).type, quick, preset, repeats)
     err = Console(stderr=True)
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))

@@ -19,7 +19,7 @@ def info(cache: CacheOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: ovdiff cache info --json
     """
-    run = cache_run(cache, json_out=json_out)
+    run = cache_run(cache, json_out=json_out, create=False)  # a mistyped --cache is an error, not a new cache
     nfo = run.cache.info()
     if json_out:
         run.emit(nfo)
@@ -46,10 +46,18 @@ def verify(
 
     Example: ovdiff cache verify --json   (exit code as without --json)
     """
-    run = cache_run(cache, verbose, quiet, json_out)
-    problems = run.cache.verify(repair=repair)
+    from ..cache import CacheDamaged
+    from ..cache_audit import verify as verify_cache
+
+    run = cache_run(cache, verbose, quiet, json_out, create=False)
+    try:
+        c = run.cache
+    except CacheDamaged as e:
+        _damaged(run, e, repair)
+        return
+    problems = verify_cache(c, repair=repair)
     if json_out:
-        nfo = run.cache.info()
+        nfo = c.info()
         run.emit({"path": str(run.cache_dir), "sound": not problems, "repaired": repair and bool(problems),
                   "entries": nfo["entries"], "classes": nfo["classes"], "support_entries": nfo["support_entries"],
                   "text_embeddings": nfo["text_embeddings"],
@@ -58,16 +66,36 @@ def verify(
             raise typer.Exit(1)
         return
     if verbose:
-        nfo = run.cache.info()
+        for pid, rec in c.classes():
+            run.say(f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {pid[:12]})")
+        nfo = c.info()
         run.say(f"checked {nfo['entries']} entries: {nfo['classes']} classes, {nfo['support_entries']} support sets, "
                 f"{nfo['text_embeddings']} text embeddings")  # fmt: skip
     if not problems:
         run.result("[green]cache is sound[/]")
         return
-    for p in problems:
-        run.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
+    _report(run, problems)
     if repair:
         run.say(f"removed {len(problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
         return
     run.err.print(f"{len(problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
     raise typer.Exit(1)
+
+
+def _report(run, problems) -> None:
+    for p in problems:
+        run.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
+
+
+def _damaged(run, error, repair: bool) -> None:
+    """A data file LMDB must not map: say so, or with --repair copy what is intact into a fresh one."""
+    from ..cache_audit import rebuild
+
+    if not repair:
+        run.err.print(f"[red]broken[/] {escape(f'data.mdb: {error.problem}')}", highlight=False, soft_wrap=True)
+        run.err.print("run 'ovdiff cache verify --repair' to copy every intact class into a fresh cache")
+        raise typer.Exit(1)
+    done = rebuild(run.cache_dir, error.problem)
+    _report(run, done.problems)
+    run.say(f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
+            f"the damaged original is kept at {escape(str(done.original))} (delete it when done)")

@@ -4,6 +4,7 @@ dataclasses, the per-run context they build, and what several commands print."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Run:
     sample: SampleConfig = field(default_factory=SampleConfig)
     protos: ProtoConfig = field(default_factory=ProtoConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    create_cache: bool = True  # False: a --cache that holds no cache is an error (commands that only read)
     _cache: Cache | None = None
     _stages: Stages | None = None
 
@@ -93,7 +95,7 @@ class Run:
         if self._cache is None:
             from ..cache import Cache
 
-            self._cache = Cache(self.cache_dir)
+            self._cache = Cache(self.cache_dir, create=self.create_cache)
         return self._cache
 
     @property
@@ -121,13 +123,56 @@ class Run:
         sys.stdout.flush()
 
     def progress(self):
-        """A rich progress bar (disabled with --quiet)."""
+        """A rich progress bar (disabled with --quiet); plain lines now and then when stderr is not a terminal."""
+        if not self.quiet and not self.err.is_terminal:
+            return PlainProgress(self.err)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
             TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.err, disable=self.quiet, transient=False,
         )
+
+
+class PlainProgress:
+    """The part of rich's Progress the commands use, printed as a plain line for a task that moved, at most
+    every `every` seconds, for logs and pipes (where rich's live bar would show only at the end)."""
+
+    def __init__(self, console: Console, every: float = 10.0):
+        self.console, self.every = console, every
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        import time
+
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "said": time.monotonic(), "start": time.monotonic()}
+        return len(self.tasks) - 1
+
+    def update(self, task: int, completed: float | None = None, total: float | None = None, description: str | None = None,
+               advance: float | None = None, visible: bool = True, **_) -> None:  # fmt: skip
+        import time
+
+        t = self.tasks[task]
+        for key, value in (("completed", completed), ("total", total), ("description", description)):
+            if value is not None:
+                t[key] = value
+        if advance:
+            t["completed"] += advance
+        now = time.monotonic()
+        if visible and now - t["said"] >= self.every:
+            t["said"] = now
+            total = "" if t["total"] is None else f"/{t['total']:g}"
+            self.console.print(f"{printable(t['description'])}: {t['completed']:g}{total} ({now - t['start']:.0f} s)",
+                               markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
 
 
 def make_run(
@@ -173,11 +218,21 @@ def make_run(
         segment=with_overrides(p.segment, segment, "segment"),
     )
     # Bad sampling/prototype options are refused here, before any progress bar or model starts.
+    from ..errors import OvdiffError
+    from ..limits import check_seed, check_segment
+    from ..models.sd import missing_local
     from ..sampling import check_config
     from ..vocab import check_proto_config
 
+    check_seed(seed)
+    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
+              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
+    for option, spec, model in models:
+        if spec and (problem := missing_local(spec, option, model)):
+            raise OvdiffError(problem)
     check_config(run.sample)
     check_proto_config(run.protos)
+    check_segment(run.segment)
     if quiet:
         from ..libs import quiet_libraries
 
@@ -185,13 +240,15 @@ def make_run(
     return run
 
 
-def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False) -> Run:
-    """The context of a command that only reads or writes the cache (no models, no method settings)."""
+def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False,
+              create: bool = True) -> Run:  # fmt: skip
+    """The context of a command that only reads or writes the cache (no models, no method settings);
+    `create=False` for commands that only read: a --cache that holds no cache is then an error."""
     from ..cache import default_cache_dir
 
     return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(),
                console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
-               json=json_out)  # fmt: skip
+               json=json_out, create_cache=create)  # fmt: skip
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -224,17 +281,14 @@ def segment_overrides(
         kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
         if not kinds or any(k not in PROTO_KINDS for k in kinds):
             raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
-    for option, value in (("--eta", eta), ("--stride", stride), ("--short-side", short_side)):
-        if value is not None and value < 1:
-            raise OvdiffError(f"{option} must be at least 1, got {value}")
-    sizes = None
+    sizes = None  # ranges are checked on the merged SegmentConfig (limits.check_segment)
     if windows is not None:
         try:
             sizes = tuple(int(v) for v in windows.split(",") if v.strip())
         except ValueError:
             raise OvdiffError(f"--windows takes comma-separated pixel sizes, e.g. 448,336; got {windows!r}") from None
-        if not sizes or min(sizes) < 8:
-            raise OvdiffError(f"--windows sizes must be at least 8 px; got {windows!r}")
+        if not sizes:
+            raise OvdiffError(f"--windows takes comma-separated pixel sizes, e.g. 448,336; got {windows!r}")
     return {
         "use_filter": use_filter, "eta": eta, "slide": slide, "windows": sizes, "stride": stride,
         "short_side": short_side, "bg_prototypes": False if no_bg_protos else None, "fg_threshold": fg_threshold,
@@ -257,16 +311,16 @@ def read_classes_file(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of a name
     except (OSError, UnicodeDecodeError) as e:
         raise OvdiffError(f"cannot read --classes-file {path}: {getattr(e, 'strerror', None) or e}") from e
 
 
-def check_out_dir(out: Path) -> Path:
+def check_out_dir(out: Path, what: str = "the masks") -> Path:
     """`out` as a writable folder (created), or a one-line error before any work starts."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise OvdiffError(f"--out {out} is a file: give a folder for the masks")
+        raise OvdiffError(f"--out {out} is a file: give a folder for {what}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -369,22 +423,27 @@ def phrase(e: OvdiffError) -> str:
         way_out = f"{e}: pass it with --{e.role}-model DIR, or run offline with --preset tiny / --preset procedural"
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
-        return f"{e}: run '{add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}'"
+        return f"{e}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):
-        return f"{e}: run 'ovdiff sample \"{e.name}\"' first"
+        return f"{e}; draw it first with: ovdiff sample {shlex.quote(e.name)} --seed {e.seed} --preset {e.preset}"
     if isinstance(e, errors.IncompleteSupportSet):
-        return f"{e}: run 'ovdiff sample \"{e.name}\"' to complete it"
+        return f"{e}; complete it with: ovdiff sample {shlex.quote(e.name)}"
     if isinstance(e, errors.ClassNotFound):
         return f"{e}: see 'ovdiff protos list'"
     if isinstance(e, errors.NoImagesFound) and not e.recursive:
         return f"no images found in {', '.join(e.inputs)} (add --recursive to look into subfolders)"
     if isinstance(e, errors.SupportImagesMissing):
         preset = f" --preset {e.preset}" if e.preset else ""
-        return f"{e}: 'ovdiff sample \"{e.name}\" --seed {e.seed}{preset}' redraws them"
+        return f"{e}; this redraws them: ovdiff sample {shlex.quote(e.name)} --seed {e.seed}{preset}"
     return str(e)
 
 
 def fail(msg: str, code: int = 2) -> None:
     """Print one error line and exit."""
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(printable(msg))}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def printable(text: str) -> str:
+    """`text` with the undecodable bytes of non-UTF-8 file names (surrogate escapes) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

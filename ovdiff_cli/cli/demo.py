@@ -31,11 +31,11 @@ def demo(
     Example: ovdiff demo --out demo/ --images 24
     """
     from ..demo import run_demo
+    from ..limits import check_seed, in_range
     from ..procedural import LABELLED
-    from ..errors import OvdiffError
 
-    if images < 1:
-        raise OvdiffError(f"--images must be at least 1, got {images}")
+    in_range("images", images)
+    check_seed(seed)
     root = check_out_dir(out)
     run = make_run(cache or root / "cache", "procedural", device, dtype, seed, verbose, quiet)
     with run.progress() as bar:

@@ -124,12 +124,16 @@ def eval_cmd(
         json_out=json_out,
     )
     check_engine(engine, address, workers)
+    if pred is None:
+        _parse_seeds(seeds, seed)  # checked before the dataset is read
     custom = _custom_classes(root, classes_file)
     ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
     if custom is not None:
         run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {escape(', '.join(custom))}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise OvdiffError(f"--out {out} is a file: give a folder for metrics.json and report.html")
+    if out is not None:
+        from .common import check_out_dir
+
+        out = check_out_dir(out, "metrics.json and report.html")  # before any work, not after the whole run
     if pred is not None:
         if seeds is not None:
             raise OvdiffError("--seeds needs a model; --pred scores masks that already exist")
@@ -148,12 +152,26 @@ def eval_cmd(
     if not run.json:
         print_results(run, ds, results)
     if out is not None:
-        json_path, html_path = write_report(results[-1], out, ds, runs=runs, run_protocol=record)
+        try:
+            json_path, html_path = write_report(results[-1], out, ds, runs=runs, run_protocol=record)
+        except OSError as e:
+            raise OvdiffError(f"cannot write the report to {out} ({e.strerror or e}); the results are kept in {_keep(results)}") from e
         run.say(f"wrote {json_path} and {html_path}")
     if run.json:
         run.emit(metrics_document(results[-1], ds, runs, record))
     else:
         run.result(result_line(ds, results))
+
+
+def _keep(results: list[EvalResult]) -> str:
+    """Save the metrics where writing is likely to work (the temporary folder) when --out failed at the end."""
+    import json
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="ovdiff-eval-", suffix=".json")
+    with open(fd, "w") as f:
+        json.dump([r.to_dict() for r in results], f, indent=2)
+    return path
 
 
 def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:
@@ -178,6 +196,10 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
         raise OvdiffError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2,3,4") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise OvdiffError(f"--seeds {spec!r}: give distinct comma-separated integers")
+    from ..limits import check_seed
+
+    for s in seeds:
+        check_seed(s, "seeds")
     return seeds
 
 

@@ -44,6 +44,14 @@ SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only class
 ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only the entries of these extractor parts, e.g. dino or sd+dino+clip \\[default: any].", show_default=False)]
 
 
+def _check_filter_seed(seed: int | None) -> None:
+    """--seed as a filter has the range of --seed, checked before the cache is opened."""
+    from ..limits import check_seed
+
+    if seed is not None:
+        check_seed(seed)
+
+
 def _prototypes(rec: dict) -> str:
     from ..vocab import prototype_counts
 
@@ -178,7 +186,8 @@ def list_cmd(
     """
     from ..vocab import class_summary, match_classes
 
-    run = cache_run(cache, verbose, quiet, json_out)
+    _check_filter_seed(seed)
+    run = cache_run(cache, verbose, quiet, json_out, create=False)
     found = match_classes(run.cache, targets, seed, extractor)
     if json_out:
         run.emit([class_summary(run.cache, pid, rec) for pid, rec in found])
@@ -221,7 +230,8 @@ def rm(
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
-    run = cache_run(cache, verbose, quiet)
+    _check_filter_seed(seed)
+    run = cache_run(cache, verbose, quiet, create=False)
     doomed = match_classes(run.cache, targets, seed, extractor)
     remove_classes(run.cache, doomed, with_support)
     if verbose:
@@ -250,7 +260,8 @@ def show(
     from ..masks import mask_sheet
     from ..vocab import class_support, match_classes
 
-    run = cache_run(cache, verbose, quiet)
+    _check_filter_seed(seed)
+    run = cache_run(cache, verbose, quiet, create=False)
     pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
     images, masks = class_support(run.cache, pid)
     title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
@@ -283,7 +294,8 @@ def export(
     from ..sharing import export_classes
     from ..vocab import match_classes
 
-    run = cache_run(cache, verbose, quiet)
+    _check_filter_seed(seed)
+    run = cache_run(cache, verbose, quiet, create=False)
     found = match_classes(run.cache, targets, seed, extractor)
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")

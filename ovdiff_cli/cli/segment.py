@@ -45,12 +45,24 @@ from .common import (
     WorkersOpt,
     check_out_dir,
     make_run,
+    printable,
     read_classes_file,
     segment_overrides,
 )
 
 
+def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
+                   shard: tuple[int, int] | None) -> None:
+    """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
+    from ..outdir import check_legend, check_no_input_overwritten, lock
+
+    check_no_input_overwritten(out_dir, items)
+    ctx.call_on_close(lock(out_dir, shard))
+    check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
+
+
 def segment(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (created).", show_default=False)],
     classes: Annotated[Optional[str], typer.Option("--classes", "-c", help="Comma-separated class names; mask value k = k-th class, 0 = background.", show_default=False)] = None,
@@ -70,6 +82,7 @@ def segment(
     stuff_threshold: StuffThresholdOpt = None,
     protos: ProtoKindsOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images segmented together (their windows share the backbones' batches) \\[default: {SegmentConfig().image_batch}].", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the masks of another class list in --out (by default such a folder is refused, so two legends never mix).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
     mask_format: Annotated[str, typer.Option("--format", help="Masks as png (palette; 16-bit beyond 254 classes), npz (labels, + scores with --save-scores) or coco-rle (one COCO results JSON).")] = "png",
     save_scores: Annotated[bool, typer.Option("--save-scores", help="With --format npz: also store each label's score map (float16, working resolution).")] = False,
@@ -119,7 +132,7 @@ def segment(
     from ..maskio import MaskWriter
     from ..names import parse_class_list
     from ..explain import Explainer
-    from ..segment import OutputWriter, save_legend, segment_paths
+    from ..segment import OutputWriter, legend, save_legend, segment_paths
     from ..vocab import ensure_classes
 
     if batch_size is not None and batch_size < 1:
@@ -137,12 +150,14 @@ def segment(
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
         json_out=json_out,
     )
+    run.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
     names = parse_class_list(classes, read_classes_file(classes_file))
     if not names:
         raise OvdiffError("no classes given: use --classes cat,dog,sky or --classes-file FILE")
     writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
     out_dir = check_out_dir(out)
-    items = discover(inputs, recursive)
+    items = discover(inputs, recursive, exclude=out_dir)
+    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background), overwrite, shard_of)
     if shard_of is not None or skip_existing:
         job.check_resumable(mask_format)
     if engine == "ray" and save_scores:
@@ -177,10 +192,10 @@ def segment(
         def on_image(item, seg, error: str | None) -> None:
             bar.advance(task)
             if error:
-                run.err.print(f"[yellow]skipped[/] {escape(error)}", highlight=False, soft_wrap=True)
+                run.err.print(f"[yellow]skipped[/] {escape(printable(error))}", highlight=False, soft_wrap=True)
             elif run.verbose:
                 kept = ", ".join(names[i] for i in seg.selected)
-                run.err.print(f"{escape(item.name)}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
+                run.err.print(f"{escape(printable(item.name))}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
                               f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
         if engine == "ray":
@@ -213,7 +228,7 @@ def segment(
                           + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
                           + (f" · explanations: {out_dir / 'explain'}" if explain else "")))  # fmt: skip
     if summary.failures:
-        failed = escape(", ".join(path for path, _ in summary.failures[:10])) + (" …" if len(summary.failures) > 10 else "")
+        failed = escape(printable(", ".join(path for path, _ in summary.failures[:10]))) + (" …" if len(summary.failures) > 10 else "")
         run.err.print(f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/] ({failed}); the others were written",
                       highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
