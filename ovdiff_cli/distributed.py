@@ -55,8 +55,10 @@ def check_engine(engine: str, address: str | None = None, workers: int | None = 
     for setting, value in (("address", address), ("workers", workers)):
         if engine != "ray" and value is not None:
             raise InvalidSetting(setting, "applies to the ray engine only")
-    if workers is not None and workers < 1:
-        raise InvalidSetting("workers", f"must be at least 1, got {workers}")
+    if workers is not None:
+        from .limits import in_range
+
+        in_range("workers", workers, " workers")
     if engine == "ray":
         require_ray()
 
