@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -78,7 +80,7 @@ def download(
             run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
             fetch(w, folder)
         if folder is not None and w.role in ROLE_OPTION:
-            flags += [ROLE_OPTION[w.role], str(folder)]
+            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
     run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
     if flags:
