@@ -6,14 +6,15 @@ the last block (stride 8 / 16). A combination resizes every part to the finest g
 each part per location (so no part dominates by its scale) and concatenates them: a location's
 vector then has norm √(number of parts), and its cosine similarity is the mean of the parts' cosines.
 
-Output tensors are float32 on the models' device (the matching stage compares them there). Each part
-takes the model it reads in its constructor; `compose.build_extractor` builds them from a spec.
+Output tensors are in the models' dtype on their device (the matching stage compares them there, with
+fp32 accumulation when that dtype is fp16/bf16). Each part takes the model it reads in its
+constructor; `compose.build_extractor` builds them from a spec.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -287,7 +288,8 @@ class CombinedExtractor:
     L2-normalised features; its name is the spec, e.g. `sd+dino+clip`.
 
     `__call__(images)`: (B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` →
-    (B, ΣD_part, H/stride, W/stride) float32 on the parts' device; within each part's channel slice
+    (B, ΣD_part, H/stride, W/stride) in the parts' dtype (fp32, or fp16/bf16 end to end on the GPU
+    path) on the parts' device; within each part's channel slice
     (`slices`), every location has unit L2 norm.
     """
 
@@ -311,10 +313,11 @@ class CombinedExtractor:
         grid = (h // self.stride, w // self.stride)
         out, start = [], 0
         for part in self.parts:
-            f = part(images).float()
+            f = part(images) if not out else part(images).to(out[0].dtype)  # the models' dtype
             if tuple(f.shape[-2:]) != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
-            out.append(F.normalize(f, dim=1))
+            norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
+            out.append(f / norm.clamp_min(1e-12).to(f.dtype))
             self.slices[part.name] = slice(start, start + f.shape[1])
             start += f.shape[1]
         return torch.cat(out, dim=1)
@@ -337,6 +340,31 @@ def images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def iter_features(
+    extractor: Extractor,
+    images: list[np.ndarray],
+    size: int,
+    batch_size: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Features of many images with one loaded extractor, `batch_size` at a time, as they are made.
+
+    images: HxWx3 uint8, each resized to size×size (size a multiple of the stride). Yields
+    (index of the batch's first image, (B, D, size/stride, size/stride) features in the extractor's
+    dtype); only one batch is alive if the caller drops it before the next. `on_progress(done, total)`
+    after each batch.
+    """
+    if size % extractor.stride:
+        raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
+    if not images:
+        raise ValueError("extracting features needs at least one image")
+    for i in range(0, len(images), batch_size):
+        f = extractor(images_to_tensor(images[i : i + batch_size], size))
+        if on_progress:
+            on_progress(min(i + batch_size, len(images)), len(images))
+        yield i, f
+
+
 def extract_images(
     extractor: Extractor,
     images: list[np.ndarray],
@@ -344,23 +372,11 @@ def extract_images(
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Features of many images with one loaded extractor, `batch_size` at a time.
-
-    images: HxWx3 uint8, each resized to size×size (size a multiple of the stride) →
-    (N, D, size/stride, size/stride) float32, written batch by batch into one tensor (no second copy
-    for a final concatenation: N=32 support images of sd+dino+clip at 512 px are 4.8 GB).
-    `on_progress(done, total)` after each batch.
-    """
-    if size % extractor.stride:
-        raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
-    if not images:
-        raise ValueError("extract_images needs at least one image")
+    """All of `iter_features` in one (N, D, size/stride, size/stride) tensor, written batch by batch
+    (no second copy for a final concatenation). For few images: a class build streams instead."""
     out = None
-    for i in range(0, len(images), batch_size):
-        f = extractor(images_to_tensor(images[i : i + batch_size], size))
+    for i, f in iter_features(extractor, images, size, batch_size, on_progress):
         if out is None:
             out = f.new_empty((len(images), *f.shape[1:]))
         out[i : i + len(f)] = f
-        if on_progress:
-            on_progress(min(i + batch_size, len(images)), len(images))
     return out

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .config import ProtoConfig, SampleConfig
     from .models.presets import ModelSpecs
 
-PROTO_VERSION = 1  # bump when the way prototypes are computed changes: old entries are then rebuilt
+PROTO_VERSION = 2  # bump when the way prototypes are computed changes: old entries are then rebuilt
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
 
 

@@ -12,7 +12,7 @@ bytes). Exported files carry the prototypes and records, not the support images.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from . import names as naming
 from .cache import now_iso
-from .errors import ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
+from .errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
 from .keys import PROTO_VERSION, class_id, support_key
 from .types import PROTO_KINDS, ClassPrototypes
 
@@ -112,31 +112,36 @@ def class_summary(cache: Cache, pid: str, record: dict) -> dict:
 # --------------------------------------------------------------------------- building
 
 
-def support_masks(
-    samples: list[Sample],
-    extractor: Extractor,
-    proposer: MaskProposer,
-    size: int,
-    batch_size: int,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
-    """Features and fg/bg masks of support images.
+class SupportStream:
+    """The support set as batches (features, fg, bg), extracted and masked as they are consumed.
 
-    → features (N,D,h,w) float32 (size×size images), fg and bg (N,h,w) bool, and how many images fell
-    back to Otsu thresholding because the proposer found nothing.
+    Iterating yields features (B,D,h,w) in the extractor's dtype (size×size images) and fg, bg
+    (B,h,w) bool, one extractor batch at a time, so a class build holds one batch of features, not
+    N. Afterwards `fallbacks` counts the images that fell back to Otsu thresholding because the
+    proposer found nothing, and `grid` is the feature grid (h, w).
     """
-    from .features import extract_images
-    from .masks import fg_bg_masks
 
-    feats = extract_images(extractor, [s.image for s in samples], size, batch_size, on_progress)
-    grid = tuple(feats.shape[-2:])
-    fg, bg, fallbacks = [], [], 0
-    for s, f in zip(samples, feats, strict=True):
-        m_fg, m_bg, how = fg_bg_masks(proposer.propose(s.image, f), s.attribution, grid)
-        fg.append(m_fg)
-        bg.append(m_bg)
-        fallbacks += how == "otsu"
-    return feats, np.stack(fg), np.stack(bg), fallbacks
+    def __init__(self, samples: list[Sample], extractor: Extractor, proposer: MaskProposer, size: int,
+                 batch_size: int, on_progress: Callable[[int, int], None] | None = None):  # fmt: skip
+        self.samples, self.extractor, self.proposer = samples, extractor, proposer
+        self.size, self.batch_size, self.on_progress = size, batch_size, on_progress
+        self.fallbacks = 0
+        self.grid: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+        from .features import iter_features
+        from .masks import fg_bg_masks
+
+        images = [s.image for s in self.samples]
+        for first, feats in iter_features(self.extractor, images, self.size, self.batch_size, self.on_progress):
+            self.grid = tuple(feats.shape[-2:])
+            fg, bg = [], []
+            for s, f in zip(self.samples[first : first + len(feats)], feats, strict=True):
+                m_fg, m_bg, how = fg_bg_masks(self.proposer.propose(s.image, f), s.attribution, self.grid)
+                fg.append(m_fg)
+                bg.append(m_bg)
+                self.fallbacks += how == "otsu"
+            yield feats, np.stack(fg), np.stack(bg)
 
 
 def _build(
@@ -154,18 +159,20 @@ def _build(
     samples = load_samples(cache, sid, sample_cfg.n_images)
     extractor = stages.extractor(proto_cfg.extractor)
     proposer = stages.mask_proposer(proto_cfg.mask_proposer)
-    feats, fg, bg, fallbacks = support_masks(
-        samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract")
-    )
-    arrays = build_prototypes(
-        feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
-    )
+    stream = SupportStream(samples, extractor, proposer, proto_cfg.feature_size, proto_cfg.batch_size, progress("extract"))
+    try:
+        arrays = build_prototypes(
+            stream, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points,
+            spill_dir=str(cache.root),  # on the cache's disk, not a /tmp that may be RAM
+        )
+    except OSError as e:  # the part-label spill: a full disk says so as a cache write would
+        raise CacheError(cache.write_failure(e)) from e
     record = {
         "name": norm, "norm": norm, "seed": seed, "extractor": proto_cfg.extractor, "support_id": sid,
         "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
         "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
         "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-        "feature_grid": list(feats.shape[-2:]), "n_images": len(samples), "otsu_fallbacks": fallbacks,
+        "feature_grid": list(stream.grid), "n_images": len(samples), "otsu_fallbacks": stream.fallbacks,
         "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(), "generator": meta.get("generator"),
         "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
     }  # fmt: skip

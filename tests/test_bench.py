@@ -14,15 +14,17 @@ from ovdiff_cli.errors import OvdiffError
 
 SECTIONS = {
     "sampling": {"capture", "stock", "ratio"},
-    "prototypes": {"features", "masks", "kmeans", "total"},
+    "prototypes": {"features", "masks", "kmeans", "kmeans_share", "total"},
     "segment": {"total", "features", "filter", "filter_clip", "matching", "upsample_io", "overhead_share",
                 "overhead_share_filter"},
     "filter": {"cold", "warm", "speedup", "prompts"},
     "vocabulary": {"add", "alone", "ratio", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
+    "class_build": {"small", "large", "growth", "beyond_models"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
-           ("vocabulary", "second_run_calls"), ("memory", "growth")}  # fmt: skip
+           ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),
+           ("class_build", "growth")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
