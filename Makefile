@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ovdiff bench --out bench/results.json
+
+# On a CUDA machine: the fp16/bf16 tests on the device, then the bench at the paper's sizes in the
+# GPU's half precision (--dtype auto: bf16 where supported, else fp16).
+bench-gpu: $(STAMP)
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make bench-gpu needs a CUDA GPU')"
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m gpu tests/test_precision.py
+	HF_HUB_OFFLINE=1 $(BIN)/ovdiff bench --device cuda --out bench/results-gpu.json --verbose
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

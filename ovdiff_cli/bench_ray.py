@@ -45,7 +45,8 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     saying so and no figures."""
     import torch
 
-    from .bench import figure, write_images
+    from .bench import write_images
+    from .benchstats import figure
     from .bench_run import MEMORY_CLASSES
     from .cache import Cache
     from .compose import Stages

@@ -17,18 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bench import (
-    BenchSettings,
-    TimedScorer,
-    alternating,
-    dims_text,
-    figure,
-    fresh_cache,
-    preset_configs,
-    synthetic_bank,
-    timed,
-    write_images,
-)
+from .bench import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
+from .benchbuild import bench_build_memory, bench_prototypes
+from .benchstats import TimedScorer, figure, interleaved_pairs, ratios, timed
 from .classnames import VOC
 from .config import ProtoConfig, SampleConfig, SegmentConfig
 from .errors import OvdiffError
@@ -38,7 +29,7 @@ if TYPE_CHECKING:
     from .compose import Stages
     from .types import Sample
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: pair ratios, spreads, the class_build section
 SAMPLE_CLASS = "cat"
 EXTRA_CLASS = "giraffe"  # the class added to a cached vocabulary: in the stuff table, so no text lookup
 MEMORY_CLASSES = ("cat", "dog", "bird")
@@ -77,66 +68,18 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
 
     ours()  # warm-up
     stock()
-    t_ours, t_stock = alternating(ours, stock, s.repeats, stages.device)
+    t_ours, t_stock = interleaved_pairs(ours, stock, s.pairs, stages.device)
     n = len(seeds)
     section = {
         "figures": {
             "capture": figure("with attribution capture", "s/image", [t / n for t in t_ours]),
             "stock": figure("stock diffusers pipeline", "s/image", [t / n for t in t_stock]),
-            "ratio": figure("capture / stock", "×", [a / b for a, b in zip(t_ours, t_stock, strict=True)], 1.15),
+            "ratio": figure("capture / stock", "×", ratios(t_ours, t_stock), 1.05),
         },
         "notes": [f"{n} image(s) of '{SAMPLE_CLASS}' per call, {s.steps} DPM-Solver++ steps, {s.size} px, "
                   f"guidance {cfg.guidance_scale}; both decode with the VAE"],
     }  # fmt: skip
     return section, list(drawn)
-
-
-def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, seed: int) -> tuple[dict, dict[str, int]]:
-    """Seconds per class of the three prototype stages on the support set just drawn.
-
-    masks: the proposer (with the features it cuts) and the fg/bg rule; features: every part of the
-    extractor over every support image; K-means: Eq. 1, the class prototype and the K-means part
-    prototypes (build_prototypes), in each part. Returns the section and each part's dimension D.
-    """
-    from .features import extract_images, spec_parts
-    from .masks import mask_to_grid
-    from .prototypes import build_prototypes
-    from .vocab import support_masks
-
-    base = preset_configs(s.preset)[1]
-    cfg = replace(base, feature_size=s.feature_size, k_parts=s.k_parts)
-    images = [x.image for x in samples]
-
-    def once() -> tuple[float, float, float, dict[str, int]]:
-        t_mask, (fg0, bg0, _, _) = timed(lambda: support_masks(samples, stages, cfg), stages.device)
-        t_feat = t_km = 0.0
-        dims = {}
-        for name in spec_parts(cfg.extractor):
-            t, feats = timed(lambda n=name: extract_images(stages.part(n), images, cfg.feature_size, cfg.batch_size),
-                             stages.device)  # fmt: skip
-            grid = tuple(feats.shape[-2:])
-            fg = np.stack([mask_to_grid(m, grid) for m in fg0])
-            bg = np.stack([mask_to_grid(m, grid) for m in bg0])
-            t2, _ = timed(lambda f=feats, a=fg, b=bg: build_prototypes(f, a, b, cfg.k_parts, seed, False, cfg.kmeans_iters,
-                                                                       cfg.kmeans_max_points), stages.device)  # fmt: skip
-            t_feat, t_km, dims[name] = t_feat + t, t_km + t2, int(feats.shape[1])
-            del feats
-        return t_feat, t_mask, t_km, dims
-
-    dim = once()[3]  # warm-up
-    runs = [once() for _ in range(s.repeats)]
-    feat, mask, km, _ = (list(col) for col in zip(*runs, strict=True))
-    section = {
-        "figures": {
-            "features": figure("features", "s/class", feat),
-            "masks": figure("masks", "s/class", mask),
-            "kmeans": figure("K-means + aggregation", "s/class", km),
-            "total": figure("total (without sampling)", "s/class", [sum(r[:3]) for r in runs]),
-        },
-        "notes": [f"{len(samples)} support image(s) per class at {cfg.feature_size} px, extractor {cfg.extractor} "
-                  f"(D={dims_text(dim)}), proposer {cfg.mask_proposer}, K={cfg.k_parts}"],
-    }  # fmt: skip
-    return section, dim
 
 
 def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str, int], root: Path, seed: int) -> dict:
@@ -184,7 +127,7 @@ def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, c
             "filter_clip": figure("  of which CLIP forward", "s/image", per("clip")),
             "matching": figure("matching", "s/image", per("matching")),
             "upsample_io": figure("upsampling + IO", "s/image", per("upsample_io")),
-            "overhead_share": figure("not backbone forward passes", "%", overhead, 15.0),
+            "overhead_share": figure("not backbone forward passes", "%", overhead, 5.0),
             "overhead_share_filter": figure("  counting the whole filter as overhead", "%", with_filter),
         },
         "notes": [f"{n} image(s) per run; prototype bank SYNTHESISED for timing: {s.bank_classes} classes + background, "
@@ -250,7 +193,7 @@ def bench_vocab(stages: Stages, s: BenchSettings, dim: dict[str, int], device: s
     base = fresh_cache(root, "vocab-")
     cache_synthetic_classes(base, stages, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
     extra_pids = list(class_ids(EXTRA_CLASS, seed, stages.specs, sample_cfg, proto_cfg).values())
-    fresh = iter([fresh_cache(root, "alone-") for _ in range(s.repeats)])  # opened before the clock starts
+    fresh = iter([fresh_cache(root, "alone-") for _ in range(s.pairs)])  # opened before the clock starts
 
     def add() -> None:
         ensure_classes(base, stages, [*names, EXTRA_CLASS], seed, sample_cfg, proto_cfg)
@@ -258,14 +201,14 @@ def bench_vocab(stages: Stages, s: BenchSettings, dim: dict[str, int], device: s
     def alone() -> None:
         ensure_classes(next(fresh), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
 
-    t_add, t_alone = alternating(add, alone, s.repeats, stages.device,
-                                 after_a=lambda: [base.remove_class(p, with_support=True) for p in extra_pids])  # fmt: skip
+    t_add, t_alone = interleaved_pairs(add, alone, s.pairs, stages.device,
+                                       after_a=lambda: [base.remove_class(p, with_support=True) for p in extra_pids])  # fmt: skip
     first, second = second_run_calls(s, device, dtype, seed, root)
     return {
         "figures": {
             "add": figure(f"add 1 class to {len(names)} cached", "s", t_add),
             "alone": figure("build that class alone", "s", t_alone),
-            "ratio": figure("add / alone", "×", [a / b for a, b in zip(t_add, t_alone, strict=True)], 1.05),
+            "ratio": figure("add / alone", "×", ratios(t_add, t_alone), 1.02),
             "first_run_calls": figure("generator calls, first segment run", "images", [first]),
             "second_run_calls": figure("generator calls, second segment run", "images", [second], 0),
         },
@@ -411,10 +354,15 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     start = time.perf_counter()
     load = _load()
     sections: dict[str, dict] = {}
-    say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.repeats} repeats")
+    # New processes first, while this one holds no model: a child's peak then never adds to ours.
+    say(f"class build: peak memory at N={s.build_counts[0]} and {s.build_counts[1]} in new processes ({s.build_preset}, {s.build_feature_size} px)")
+    sections["class_build"] = bench_build_memory(s, device, dtype, seed, root)
+    say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
+    sections["memory"] = bench_memory(s, device, dtype, seed, root)
+    say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.pairs} interleaved pairs")
     sections["sampling"], samples = bench_sampling(stages, s, seed)
     say("prototypes: features, masks, K-means")
-    sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed)
+    sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed, root)
     folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
     say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
     sections["segment"] = bench_segment(stages, s, folder, dim, root, seed)
@@ -422,8 +370,6 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
     say(f"vocabulary: {s.vocab_cached} cached classes + 1")
     sections["vocabulary"] = bench_vocab(stages, s, dim, device, dtype, seed, root)
-    say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
-    sections["memory"] = bench_memory(s, device, dtype, seed, root)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

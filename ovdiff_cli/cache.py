@@ -321,10 +321,11 @@ class Cache:
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
             except lmdb.Error as e:
-                raise CacheError(self._write_failure(e)) from e
+                raise CacheError(self.write_failure(e)) from e
 
-    def _write_failure(self, error: lmdb.Error) -> str:
-        """Say why a commit failed; a full disk is the usual cause and shows as EIO/ENOSPC/EFBIG."""
+    def write_failure(self, error: Exception) -> str:
+        """Say why a write to the cache's disk failed (a commit, or a class build's spill file); a full
+        disk is the usual cause and shows as EIO/ENOSPC/EFBIG."""
         try:
             free = shutil.disk_usage(self.root).free
         except OSError:

@@ -82,8 +82,8 @@ class ProtoConfig:
     k_parts: int = 32
     kmeans_iters: int = 30
     feature_size: int = 512  # support images are featurised at this side length
-    batch_size: int = 8  # support images per extractor call
-    kmeans_max_points: int = 16384  # K-means runs on a seeded subsample of at most this many masked cells
+    batch_size: int = 4  # support images per extractor call: one batch of features is alive at a time
+    kmeans_max_points: int = 8192  # K-means runs on a seeded sample of at most this many masked cells per region
 
     def __post_init__(self):
         object.__setattr__(self, "extractor", normalise_extractor(self.extractor))

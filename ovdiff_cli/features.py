@@ -6,14 +6,15 @@ the last block (stride 8 / 16). A spec such as `sd+dino+clip` names several part
 do, each keeps its own prototypes and its own input size (`config.PART_INPUTS`), and their class
 score maps are averaged at inference (matching.py), never their features concatenated.
 
-Output tensors are float32 on the models' device (the matching stage compares them there). Each
-backbone takes the model it reads in its constructor; `compose.build_part` builds a part by name.
+Output tensors are in the models' dtype on their device: float32 on CPU, fp16/bf16 end to end
+on the GPU path (the matching stage compares them there, with fp32 accumulation). Each backbone
+takes the model it reads in its constructor; `compose.build_part` builds a part by name.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -299,15 +300,19 @@ class Part:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` → (B,D,H/stride,W/stride)
-        float32 on the models' device, unit L2 norm at every location."""
-        import torch.nn.functional as F
+        in the models' dtype on their device, unit L2 norm at every location (its sum of squares in fp32)."""
+        import torch
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
-        return F.normalize(self.backbone(images).float(), dim=1)
+        f = self.backbone(images)
+        if not f.is_floating_point():
+            f = f.float()
+        norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
+        return f / norm.clamp_min(1e-12).to(f.dtype)
 
     def window(self, crops: torch.Tensor) -> torch.Tensor:
         """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,
@@ -338,6 +343,31 @@ def images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def iter_features(
+    extractor: Part,
+    images: list[np.ndarray],
+    size: int,
+    batch_size: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Features of many images with one loaded extractor, `batch_size` at a time, as they are made.
+
+    images: HxWx3 uint8, each resized to size×size (size a multiple of the stride). Yields
+    (index of the batch's first image, (B, D, size/stride, size/stride) features in the extractor's
+    dtype); only one batch is alive if the caller drops it before the next. `on_progress(done, total)`
+    after each batch.
+    """
+    if size % extractor.stride:
+        raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
+    if not images:
+        raise ValueError("extracting features needs at least one image")
+    for i in range(0, len(images), batch_size):
+        f = extractor(images_to_tensor(images[i : i + batch_size], size))
+        if on_progress:
+            on_progress(min(i + batch_size, len(images)), len(images))
+        yield i, f
+
+
 def extract_images(
     extractor: Part,
     images: list[np.ndarray],
@@ -345,23 +375,11 @@ def extract_images(
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Features of many images with one part, `batch_size` at a time.
-
-    images: HxWx3 uint8, each resized to size×size (size a multiple of the stride) →
-    (N, D, size/stride, size/stride) float32, written batch by batch into one tensor (no second copy
-    for a final concatenation: N=32 support images of sd at 512 px are 4 GB).
-    `on_progress(done, total)` after each batch.
-    """
-    if size % extractor.stride:
-        raise OvdiffError(f"feature size {size} must be a multiple of the extractor's stride {extractor.stride}")
-    if not images:
-        raise ValueError("extract_images needs at least one image")
+    """All of `iter_features` in one (N, D, size/stride, size/stride) tensor, written batch by batch
+    (no second copy for a final concatenation). For few images: a class build streams instead."""
     out = None
-    for i in range(0, len(images), batch_size):
-        f = extractor(images_to_tensor(images[i : i + batch_size], size))
+    for i, f in iter_features(extractor, images, size, batch_size, on_progress):
         if out is None:
             out = f.new_empty((len(images), *f.shape[1:]))
         out[i : i + len(f)] = f
-        if on_progress:
-            on_progress(min(i + batch_size, len(images)), len(images))
     return out

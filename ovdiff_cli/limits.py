@@ -27,7 +27,7 @@ MAX_K_PARTS = 4096
 MAX_SIDE = 4096  # --short-side, --windows, --stride: the paper resizes to 448
 MAX_WINDOWS = 16  # window sizes in --windows
 MAX_ETA = 254  # classes kept per image: as many as a mask can label
-MAX_COUNT = 10**9  # --limit, --images, --repeats: counts of things
+MAX_COUNT = 10**9  # --limit, --images, --repeats, --pairs: counts of things
 MAX_OFFSET = 254  # mask values are 0..254
 MAX_WORKERS = 4096  # Ray workers of one command: far beyond any cluster's GPUs
 
@@ -40,7 +40,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "k_parts": (1, MAX_K_PARTS), "eta": (1, MAX_ETA), "short_side": (8, MAX_SIDE), "stride": (8, MAX_SIDE),
     "windows": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0), "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
     "offset": (0, MAX_OFFSET), "limit": (1, MAX_COUNT), "images": (1, MAX_COUNT), "repeats": (1, MAX_COUNT),
-    "workers": (1, MAX_WORKERS),
+    "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS),
 }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ lowest the background, which is then restricted to low attribution (A < BG_BELOW
 proposer's thresholds: fg = A > high, bg = A < low (the band between is neither). The masks are
 then reduced to the feature grid (bilinear, any overlap counts), as the authors' prototype scripts do.
 The masks depend on the support images and the proposer only, never on the extractor spec: one set
-serves every extractor part (the class build runs this once per class, `vocab.support_masks`).
+serves every extractor part (the class build runs this once per class, `classbuild.mask_batches`).
 
 Proposers: `ncut` (normalised cuts on the `mask_features` part's features, DINO keys by default, as
 CutLER's MaskCut does; no extra weights; fixed fallback thresholds 0.2/0.5), `threshold`
@@ -178,15 +178,17 @@ class ClassMasks:
         return tuple(np.stack([mask_to_grid(m, shape) for m in masks]) for masks in (self.fg, self.bg))
 
 
-def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskProposer) -> ClassMasks:
+def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskProposer,
+                thresholds: tuple[float, float] | None = None) -> ClassMasks:  # fmt: skip
     """The fg/bg masks of one class's support images, at the images' resolution.
 
     samples: the N support images (HxWx3 uint8, one size) with their attribution maps; features
     (N,D,h,w): what the proposer reads (the `mask_features` part's features for ncut; a (N,0,h,w)
     placeholder for proposers with `uses_features` False). The proposer's fallback thresholds are
-    computed once from all N maps.
+    computed once from all N maps; pass them as `thresholds` (`proposer.thresholds` of the whole
+    class) to mask a class one batch of its images at a time.
     """
-    low, high = proposer.thresholds([s.attribution for s in samples])
+    low, high = proposer.thresholds([s.attribution for s in samples]) if thresholds is None else thresholds
     fg, bg, how = [], [], []
     for s, f in zip(samples, features, strict=True):
         a = image_attribution(s.attribution, s.image.shape[:2])

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .precision import mm_f32
 from .types import ClassPrototypes
 
 NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
@@ -166,12 +167,15 @@ def _stack(tables: list[dict[str, np.ndarray]], kinds: tuple[str, ...]) -> torch
 def match(features: torch.Tensor, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     """Per label, the best cosine over its prototypes.
 
-    features: (B,D,h,w) float. Returns scores (B,L,h,w) float32 in [-1,1] (L = len(vocab.labels))
+    features: (B,D,h,w) float, fp32 or fp16/bf16: half features are matched in their dtype with fp32
+    accumulation (`mm_f32`). Returns scores (B,L,h,w) float32 in [-1,1] (L = len(vocab.labels))
     and best (B,L,h,w) int64, the winning prototype's `vocab.index` (-1 for a thresholded background).
     """
-    f = F.normalize(features.float(), dim=1)
-    sims = torch.einsum("pd,bdhw->bphw", vocab.protos.to(f.device, torch.float32), f)
+    norm = torch.linalg.vector_norm(features, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+    f = features / norm.to(features.dtype)
+    protos = vocab.protos.to(f.device, f.dtype)
     b, _, h, w = f.shape
+    sims = torch.stack([mm_f32(protos, fi.flatten(1)) for fi in f]).view(b, -1, h, w)
     scores = torch.full((b, len(vocab.labels), h, w), NO_SCORE, device=f.device)
     best = torch.full((b, len(vocab.labels), h, w), -1, dtype=torch.long, device=f.device)
     owner = vocab.owner.to(f.device)

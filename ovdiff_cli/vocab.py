@@ -1,9 +1,9 @@
 """Paper §3 "Class prototypes", the stage: class names → cached prototypes, building only what is missing.
 
 For each class: sample its support set (sampling stage), propose fg/bg masks once (on DINO keys for
-ncut, independent of the extractor spec), then for each part of the spec featurise the support
-images, resize the masks to that part's grid, aggregate that part's own prototypes, and commit the
-part in one cache transaction. A part already cached for the same (name, seed, masks, part model,
+ncut, independent of the extractor spec), then for each part of the spec stream the support
+images through its extractor, resize each batch's masks to that part's grid, fold the batch into that
+part's own prototypes, and commit the part in one cache transaction. A part already cached for the same (name, seed, masks, part model,
 settings) is loaded with no model loaded or called, so a vocabulary grows one class at a time, a
 class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from . import names as naming
 from .cache import now_iso
-from .errors import ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
+from .errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
 from .keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
 from .types import PROTO_KINDS, ClassParts, ClassPrototypes
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .models.presets import ModelSpecs
     from .types import Sample, StageSource
 
-MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
 OnEvent = Callable[[str, str, int, int], None]
 
 
@@ -41,6 +40,7 @@ OnEvent = Callable[[str, str, int, int], None]
 
 def check_proto_config(cfg: ProtoConfig) -> None:
     """Reject settings that cannot build prototypes, naming the option, before any model loads."""
+    from .classbuild import MASK_STRIDE
     from .features import PARTS, spec_parts
     from .limits import in_range
     from .masks import PROPOSERS
@@ -119,38 +119,6 @@ def class_summary(cache: Cache, pid: str, record: dict) -> dict:
 # --------------------------------------------------------------------------- building
 
 
-def support_masks(
-    samples: list[Sample],
-    stages: StageSource,
-    proto_cfg: ProtoConfig,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, int], torch.Tensor | None]:
-    """fg/bg masks of support images (`masks.class_masks`, the authors' rule) on the mask grid.
-
-    The proposer reads the `mask_features` part's features when it uses features (ncut: DINO keys
-    by default, whatever the extractor spec), else a placeholder. The masks, made at the images'
-    resolution, are reduced to the feature_size/MASK_STRIDE grid (`ClassMasks.on_grid`), where they
-    are stored and from where each part reduces them to its own grid. → fg and bg (N,g,g) bool,
-    how many images took their masks from the proposals and from the thresholds
-    (`ClassMasks.counts`), and the features computed (N,D,h,w) or None, so the part they belong to
-    need not extract them again.
-    """
-    import torch
-
-    from .features import extract_images
-    from .masks import class_masks
-
-    g = proto_cfg.feature_size // MASK_STRIDE
-    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
-    feats = None
-    if proposer.uses_features:
-        feats = extract_images(stages.part(proto_cfg.mask_features), [s.image for s in samples], proto_cfg.feature_size,
-                               proto_cfg.batch_size, on_progress)  # fmt: skip
-    masks = class_masks(samples, feats if feats is not None else torch.zeros(len(samples), 0, g, g), proposer)
-    fg, bg = masks.on_grid((g, g))
-    return fg, bg, masks.counts(), feats
-
-
 def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.ndarray, dict[str, int]] | None:
     """The coded masks (N,g,g) uint8 and proposal/threshold counts stored with any cached part of the same masks."""
     for pid in candidates:
@@ -169,11 +137,12 @@ def _build(
 
     Support images are sampled only where missing; the masks come from a cached part of the same
     masks (`siblings`, pids to look in) when there is one, else from the proposer. Each part then
-    featurises the support images at feature_size, resizes the masks to its own grid and aggregates
-    its own prototypes (K-means in its own space).
+    streams the support images through its extractor at feature_size, a batch at a time, resizes
+    that batch's masks to its own grid and folds it into its prototypes (`build_prototypes`: K-means
+    in its own space on a bounded sample of masked cells), so memory does not grow with N. The part
+    the proposer reads (DINO for ncut) is built from the batches that make the masks.
     """
-    from .masks import mask_to_grid
-    from .prototypes import build_prototypes, decode_masks, encode_masks
+    from .classbuild import part_prototypes
     from .sampling import ensure_support_set, load_samples
 
     def progress(stage: str):
@@ -183,43 +152,25 @@ def _build(
     sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
     samples = load_samples(cache, sid, sample_cfg.n_images)
     found = _cached_masks(cache, siblings, mid)
-    computed: dict[str, torch.Tensor] = {}
-    if found is not None:
-        coded, counts = found
-    else:
-        fg, bg, counts, feats = support_masks(samples, stages, proto_cfg, progress("masks"))
-        coded = encode_masks(fg, bg)
-        if feats is not None:
-            computed[proto_cfg.mask_features] = feats
-    images = [s.image for s in samples]
-    for part_name in sorted(todo, key=lambda p: p not in computed):  # the mask features' part first: freed early
-        pid = todo[part_name]
-        feats = computed.pop(part_name, None)
-        if feats is None:
-            from .features import extract_images
-
-            feats = extract_images(stages.part(part_name), images, proto_cfg.feature_size, proto_cfg.batch_size,
-                                   progress("extract"))  # fmt: skip
-        grid = tuple(feats.shape[-2:])
-        fg, bg = (np.stack([mask_to_grid(m, grid) for m in group]) for group in decode_masks(coded))
-        arrays = build_prototypes(
-            feats, fg, bg, proto_cfg.k_parts, seed, kind == "stuff", proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points
-        )
-        del feats
-        arrays["masks"] = coded  # on the mask grid: the same array in every part of these masks
-        record = {
-            "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
-            "support_id": sid, "support_key": support_key(norm, seed, sample_cfg),
-            "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
-            "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
-            "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-            "feature_grid": list(grid), "mask_grid": list(coded.shape[-2:]), "n_images": len(samples),
-            "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
-            "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
-            "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
-            "proto_version": PROTO_VERSION, "created_at": now_iso(),
-        }  # fmt: skip
-        cache.put_class(pid, record, arrays)
+    built = part_prototypes(samples, stages, proto_cfg, list(todo), seed, kind == "stuff", found, str(cache.root),
+                            progress)  # fmt: skip
+    try:  # the part-label spill files live on the cache's disk: a full disk says so as a commit does
+        for part_name, arrays, counts in built:
+            record = {
+                "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
+                "support_id": sid, "support_key": support_key(norm, seed, sample_cfg),
+                "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
+                "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+                "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+                "feature_grid": list(arrays["fg/part_labels"].shape[1:]), "mask_grid": list(arrays["masks"].shape[1:]),
+                "n_images": len(samples), "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
+                "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
+                "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
+                "proto_version": PROTO_VERSION, "created_at": now_iso(),
+            }  # fmt: skip
+            cache.put_class(todo[part_name], record, arrays)
+    except OSError as e:
+        raise CacheError(cache.write_failure(e)) from e
     if on_event:
         on_event("prototypes", norm, 1, 1)
 

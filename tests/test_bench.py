@@ -8,21 +8,24 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.bench import bench_settings, figure, markdown_table
+from ovdiff_cli.bench import bench_settings, markdown_table
+from ovdiff_cli.benchstats import figure, interleaved_pairs, ratios
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.errors import OvdiffError
 
 SECTIONS = {
     "sampling": {"capture", "stock", "ratio"},
-    "prototypes": {"features", "masks", "kmeans", "total"},
+    "prototypes": {"features", "masks", "kmeans", "kmeans_share", "total"},
     "segment": {"total", "features", "filter", "filter_clip", "matching", "upsample_io", "overhead_share",
                 "overhead_share_filter"},
     "filter": {"cold", "warm", "speedup", "prompts"},
     "vocabulary": {"add", "alone", "ratio", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
+    "class_build": {"small", "large", "growth", "beyond_models"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
-           ("vocabulary", "second_run_calls"), ("memory", "growth")}  # fmt: skip
+           ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),
+           ("class_build", "growth")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +84,15 @@ def test_figure_median_and_target():
     f = figure("x", "×", [1.2, 1.0, 1.1], at_most=1.15)
     assert (f["median"], f["min"], f["max"], f["pass"]) == (1.1, 1.0, 1.2, True)
     assert "target_at_most" not in figure("y", "s", [1.0])
+
+
+def test_pairs_interleave_a_b_then_b_a_and_report_the_median_pair_ratio_with_its_spread():
+    import torch
+
+    order = []
+    ta, tb = interleaved_pairs(lambda: order.append("a"), lambda: order.append("b"), 3, torch.device("cpu"),
+                               after_a=lambda: order.append("undo"))  # fmt: skip
+    assert order == ["a", "undo", "b", "b", "a", "undo", "a", "undo", "b"] and len(ta) == len(tb) == 3
+    f = figure("r", "×", ratios([2.0, 3.0, 4.0], [2.0, 2.0, 2.0]))
+    assert (f["median"], f["min"], f["max"]) == (1.5, 1.0, 2.0)
+    assert f["spread_pct"] == 100 * 0.5 / 1.5  # median absolute deviation, % of the median

@@ -471,8 +471,8 @@ def test_masks_are_made_at_image_resolution_and_reduced_to_the_grid_bilinearly()
 
 def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatch):
     """MaskCut cuts DINO keys: the masks stage hands ncut the DINO part's features, also for `--extractor sd`."""
+    from ovdiff_cli.classbuild import mask_batches
     from ovdiff_cli.features import images_to_tensor
-    from ovdiff_cli.vocab import support_masks
 
     assert ProtoConfig().mask_features == "dino" and M.NCutProposer.uses_features
     assert not M.ThresholdProposer.uses_features and not M.SamProposer.uses_features
@@ -484,12 +484,12 @@ def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatc
     monkeypatch.setattr(tiny_stages, "mask_proposer", lambda name: p)
     cfg = dataclasses.replace(PRESETS["tiny"].protos, extractor="sd")
     image = np.random.default_rng(0).integers(0, 256, (cfg.feature_size, cfg.feature_size, 3), dtype=np.uint8)
-    fg, _, counts, feats = support_masks([Sample(image, np.ones((8, 8), np.float32))], tiny_stages, cfg)
+    ((first, coded, counts, feats),) = mask_batches([Sample(image, np.ones((8, 8), np.float32))], tiny_stages, cfg)
     dino = tiny_stages.part("dino")(images_to_tensor([image], cfg.feature_size))
     sd = tiny_stages.part("sd")(images_to_tensor([image], cfg.feature_size))
     assert p.seen == [tuple(dino.shape[1:])] and dino.shape[1] != sd.shape[1]
     torch.testing.assert_close(feats, dino)
-    assert counts == {"proposals": 0, "thresholds": 1} and fg.shape == (1, cfg.feature_size // 8, cfg.feature_size // 8)
+    assert counts == {"proposals": 0, "thresholds": 1} and coded.shape == (1, cfg.feature_size // 8, cfg.feature_size // 8)
 
 
 def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):

@@ -1,4 +1,4 @@
-"""Prototype aggregation against hand computations; K-means counts, seeding and recovery."""
+"""Prototype aggregation against hand computations; K-means counts, seeding, golden values; streaming."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ovdiff_cli.prototypes import build_prototypes, class_prototype, encode_masks, instance_prototypes, kmeans
+from ovdiff_cli.prototypes import (
+    RegionAccumulator,
+    build_prototypes,
+    class_prototype,
+    decode_masks,
+    encode_masks,
+    instance_prototypes,
+    kmeans,
+)
 
 
 def _features() -> torch.Tensor:
@@ -73,12 +81,11 @@ def test_build_prototypes_for_things_and_stuff():
     fg[:, 1:4, 1:4] = True
     bg = ~fg
     bg[3] = False  # image 3 has no background
-    thing = build_prototypes(feats, fg, bg, k=3, seed=0, stuff=False)
+    thing = build_prototypes([(feats, fg, bg)], k=3, seed=0, stuff=False)
     assert thing["fg/class"].shape == (1, 6) and thing["fg/instance"].shape == (4, 6) and thing["fg/part"].shape == (3, 6)
     assert thing["bg/instance"].shape == (3, 6) and thing["bg/instance_src"].tolist() == [0, 1, 2]
     assert thing["fg/instance_src"].tolist() == [0, 1, 2, 3]
-    assert thing["masks"].dtype == np.uint8 and (thing["masks"] == encode_masks(fg, bg)).all()
-    assert set(np.unique(thing["masks"][3])) == {0, 1} and set(np.unique(thing["masks"][0])) == {1, 2}
+    assert "masks" not in thing  # the caller stores them, on the mask grid (encode_masks)
     labels = thing["fg/part_labels"]
     assert labels.dtype == np.int16 and (labels[~fg] == -1).all() and (labels[fg] >= 0).all() and labels.max() < 3
     # each masked cell's label is its nearest part centroid
@@ -87,14 +94,116 @@ def test_build_prototypes_for_things_and_stuff():
     assert (torch.from_numpy(labels[fg]).long() == nearest).all()
     assert all(a.dtype == np.float32 for n, a in thing.items() if n.split("/")[-1] in ("class", "instance", "part"))
 
-    stuff = build_prototypes(feats, fg, bg, k=3, seed=0, stuff=True)
+    stuff = build_prototypes([(feats, fg, bg)], k=3, seed=0, stuff=True)
     assert not any(n.startswith("bg/") for n in stuff)
-    assert (stuff["masks"] == thing["masks"]).all()  # the sheet still shows the background
     for n in ("fg/class", "fg/instance", "fg/part"):
         np.testing.assert_array_equal(stuff[n], thing[n])
 
 
+def test_masks_are_coded_as_bit_flags_and_decode_back():
+    fg = np.array([[[1, 1, 0, 0]], [[0, 0, 0, 0]]], bool)
+    bg = np.array([[[0, 1, 1, 0]], [[1, 1, 1, 1]]], bool)
+    coded = encode_masks(fg, bg)
+    assert coded.dtype == np.uint8 and coded.tolist() == [[[1, 3, 2, 0]], [[2, 2, 2, 2]]]  # 3: a cell both touch
+    back = decode_masks(coded)
+    assert (back[0] == fg).all() and (back[1] == bg).all()
+
+
 def test_empty_regions_give_zero_row_prototypes():
     feats = torch.randn(2, 4, 3, 3)
-    out = build_prototypes(feats, np.ones((2, 3, 3), bool), np.zeros((2, 3, 3), bool), k=2, seed=0, stuff=False)
+    out = build_prototypes([(feats, np.ones((2, 3, 3), bool), np.zeros((2, 3, 3), bool))], k=2, seed=0, stuff=False)
     assert out["bg/class"].shape == (0, 4) and out["bg/part"].shape == (0, 4) and (out["bg/part_labels"] == -1).all()
+
+
+# Golden values: k-means++ with torch's CPU generator, then Lloyd; a change of the draws or the update shows.
+CURVE = torch.linspace(0, 1, 40).reshape(20, 2) ** 2
+CURVE_CENTROIDS = [[0.046022, 0.055884], [0.808678, 0.855358], [0.482577, 0.518738], [0.240631, 0.266272]]
+CURVE_LABELS = [0] * 8 + [3] * 4 + [2] * 4 + [1] * 4
+
+
+def test_kmeans_golden_values_in_fp32_and_bf16():
+    centroids, labels = kmeans(CURVE, 4, seed=3)
+    np.testing.assert_allclose(centroids.numpy(), CURVE_CENTROIDS, atol=2e-6)
+    assert labels.tolist() == CURVE_LABELS
+    # bf16 points: the same draws and clusters, centroids summed in fp32 from the rounded points
+    c16, l16 = kmeans(CURVE.bfloat16(), 4, seed=3)
+    assert c16.dtype == torch.float32 and l16.tolist() == CURVE_LABELS
+    np.testing.assert_allclose(c16.numpy(), CURVE_CENTROIDS, atol=2e-3)
+
+
+def _stream(feats, fg, bg, sizes, **kw):
+    """build_prototypes over batches of the given sizes."""
+    out, start = [], 0
+    for n in sizes:
+        out.append((feats[start : start + n], fg[start : start + n], bg[start : start + n]))
+        start += n
+    return build_prototypes(out, **kw)
+
+
+def _random_class(n=5, d=8, hw=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, d, hw, hw, generator=g)
+    fg = (torch.rand(n, hw, hw, generator=g) > 0.4).numpy()
+    return feats, fg, ~fg
+
+
+def test_streaming_is_independent_of_the_batching():
+    feats, fg, bg = _random_class()
+    for max_points in (1000, 40):  # everything kept / a sample of 40 of ~100 cells
+        whole = _stream(feats, fg, bg, [5], k=4, seed=0, stuff=False, max_points=max_points)
+        parts = _stream(feats, fg, bg, [2, 1, 2], k=4, seed=0, stuff=False, max_points=max_points)
+        assert whole.keys() == parts.keys()
+        for name in whole:
+            np.testing.assert_allclose(whole[name], parts[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_accumulator_equals_the_whole_set_computation_and_bounds_its_sample():
+    feats, fg, _ = _random_class()
+    acc = RegionAccumulator(8, 4, seed=0, max_points=30)
+    acc.add(feats[:3], fg[:3], 0)
+    acc.add(feats[3:], fg[3:], 3)
+    keys, points = acc.sample
+    assert len(keys) == 30 and points.shape == (30, 8) and acc.sample_capacity == 30  # never more than max_points
+    out = acc.finish()
+    inst, sizes, kept = instance_prototypes(feats, torch.from_numpy(fg))
+    np.testing.assert_allclose(out["instance"], inst.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["class"], class_prototype(inst, sizes).numpy(), rtol=1e-5, atol=1e-6)
+    assert out["instance_src"].tolist() == kept.tolist()
+    # part labels cover every masked cell (not only the 30 sampled), each its nearest centroid
+    cells = feats.permute(0, 2, 3, 1)[torch.from_numpy(fg)]
+    nearest = torch.cdist(cells, torch.from_numpy(out["part"])).argmin(1)
+    assert (out["part_labels"][~fg] == -1).all()
+    assert (torch.from_numpy(out["part_labels"][fg]).long() == nearest).all()
+    # the sample is uniform over cells: a different seed draws a different one
+    other = RegionAccumulator(8, 4, seed=1, max_points=30)
+    other.add(feats, fg, 0)
+    assert not np.array_equal(np.sort(other.sample[0]), np.sort(keys))
+
+
+def test_accumulator_rejects_mismatched_input():
+    feats, fg, _ = _random_class()
+    acc = RegionAccumulator(8, 2, seed=0)
+    with pytest.raises(ValueError, match="channels"):
+        acc.add(feats[:, :4], fg, 0)
+    acc.add(feats[:2], fg[:2], 0)
+    with pytest.raises(ValueError, match="overlap"):
+        acc.add(feats[:1], fg[:1], 1)
+    with pytest.raises(ValueError, match="grid"):
+        acc.add(feats[2:3, :, :4, :4], fg[2:3, :4, :4], 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_features_give_the_fp32_prototypes_to_their_precision(dtype):
+    feats, fg, bg = _random_class()
+    ref = _stream(feats, fg, bg, [5], k=3, seed=0, stuff=False)
+    half = _stream(feats.to(dtype), fg, bg, [5], k=3, seed=0, stuff=False)
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    for name in ("fg/class", "fg/instance", "bg/class", "bg/instance"):
+        assert half[name].dtype == np.float32
+        np.testing.assert_allclose(half[name], ref[name], atol=tol, err_msg=name)
+    # part labels: every masked cell labelled, (nearly always) by its nearest centroid of the half features
+    labels = half["fg/part_labels"]
+    assert (labels[~fg] == -1).all() and (labels[fg] >= 0).all()
+    cells = feats.to(dtype).float().permute(0, 2, 3, 1)[torch.from_numpy(fg)]
+    nearest = torch.cdist(cells, torch.from_numpy(half["fg/part"])).argmin(1)
+    assert (torch.from_numpy(labels[fg]).long() == nearest).float().mean() > 0.95

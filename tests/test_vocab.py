@@ -183,7 +183,7 @@ def test_keys_follow_what_each_entry_depends_on(tiny_stages):
     thr = dataclasses.replace(PROTOS, mask_proposer="threshold")
     assert mask_id("cat", 0, tiny_stages.specs, SAMPLE, thr) == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(thr, mask_features="clip"))
     assert ids["sd"] != class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, k_parts=2))["sd"]
-    assert PROTO_VERSION == 2  # version 1 entries (one joint space per spec) are never read
+    assert PROTO_VERSION == 3  # older entries (v1: one joint space per spec; v2: unstreamed K-means) are never read
 
 
 def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages, cache_dir, monkeypatch):

@@ -32,9 +32,9 @@ def results_table(results: dict) -> Table:
 
     m, s = results["machine"], results["settings"]
     table = Table(title=f"ovdiff bench · preset {s['preset']} · {m['device_name']} ({m['device']}, {m['dtype']}) · "
-                        f"{s['repeats']} repeat(s) · {results['wall_s']:.0f} s")  # fmt: skip
+                        f"{s['repeats']} repeat(s), {s['pairs']} pair(s) per ratio · {results['wall_s']:.0f} s")  # fmt: skip
     for col, justify in (("section", "left"), ("figure", "left"), ("median", "right"), ("min", "right"),
-                         ("max", "right"), ("unit", "left"), ("target", "left"), ("", "left")):  # fmt: skip
+                         ("max", "right"), ("spread", "right"), ("unit", "left"), ("target", "left"), ("", "left")):  # fmt: skip
         table.add_column(col, justify=justify)
     for row in table_rows(results):
         if row[0]:
@@ -45,7 +45,8 @@ def results_table(results: dict) -> Table:
 
 def bench(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path("bench/results.json"),
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 3; 1 with --quick].", show_default=False)] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 3 on CUDA; 1 with --quick].", show_default=False)] = None,
+    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 6 on CPU, 7 on CUDA; 1 with --quick].", show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).")] = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].", show_default=False)] = None,
@@ -57,10 +58,11 @@ def bench(
 ) -> None:
     """Measure speed and memory and write them to --out, with the settings and the machine.
 
-    On a CPU the sizes are reduced (2 support images, 2 steps, 256 px, windows 256/192) so the run
+    On a CPU the sizes are reduced (1 support image, 2 steps, 256 px, windows 256/192) so the run
     takes minutes; on CUDA they are the paper's (8 support images per class). Each figure is the
-    median of --repeats runs, with min and max; ratios are measured within one run. Without --quick,
-    a last section compares `segment --engine ray` (1 and 2 workers) with the local engine.
+    median of --repeats runs, with min, max and spread; each ratio the median of --pairs interleaved
+    pair ratios. The class-build section measures peak memory of one build at N=8 and N=32. Without
+    --quick, a last section compares `segment --engine ray` (1 and 2 workers) with the local engine.
 
     Example: ovdiff bench --out bench/results.json
     """
@@ -72,7 +74,7 @@ def bench(
     from ..limits import check_seed
 
     check_seed(seed)
-    settings = bench_settings(resolve_device(device).type, quick, preset, repeats)
+    settings = bench_settings(resolve_device(device).type, quick, preset, repeats, pairs)
     err = Console(stderr=True)
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
     with workspace(cache) as root:

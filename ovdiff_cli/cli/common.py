@@ -36,7 +36,7 @@ PresetOpt = Annotated[
     typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: {RunConfig().preset}].", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp16, bf16, fp32.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), fp16, bf16, fp32.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support sets (part of the cache key).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or library warnings; errors and the final result line only.")]

@@ -1,0 +1,23 @@
+"""Half-precision arithmetic with fp32 accumulation, the one rule the matching and K-means share.
+
+Features may be fp16/bf16 (the GPU path runs the backbones in half precision); products of them
+are summed in fp32 so that cosines and distances keep fp32 resolution (a bf16 cosine has ~3
+significant digits, too few to rank near-equal prototypes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M,K) @ b (K,N) → (M,N) float32, accumulated in fp32 whatever the inputs' dtype.
+
+    On CUDA half inputs stay half (cuBLAS accumulates in fp32 and writes fp32: `out_dtype`); elsewhere
+    they are upcast, since CPU half matmuls round their output to the input dtype.
+    """
+    if a.dtype == b.dtype and a.dtype in HALF and a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())

@@ -1,0 +1,65 @@
+"""The streamed class build (`classbuild`): batching changes nothing, DINO is featurised once for the
+masks and its own prototypes, and a spill file that cannot be written is a cache error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ovdiff_cli.cache import Cache
+from ovdiff_cli.errors import CacheError
+from ovdiff_cli.keys import class_ids
+from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.sampling import ensure_support_set
+from ovdiff_cli.vocab import ensure_classes
+
+TINY = get_preset("tiny")
+
+
+def _built(cache: Cache, stages, proto_cfg) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+    ensure_classes(cache, stages, ["cat"], 0, TINY.sample, proto_cfg)
+    pids = class_ids("cat", 0, stages.specs, TINY.sample, proto_cfg)
+    return {p: (cache.class_record(pid), cache.class_arrays(pid)) for p, pid in pids.items()}
+
+
+@pytest.mark.parametrize("proposer", ["ncut", "threshold"])  # threshold: multi-Otsu over all N maps, once
+def test_one_image_per_batch_builds_what_the_whole_set_at_once_builds(tiny_stages, tmp_path, proposer):
+    n = TINY.sample.n_images
+    assert n > 2
+    cfg = dataclasses.replace(TINY.protos, mask_proposer=proposer)
+    whole = _built(Cache(tmp_path / "whole"), tiny_stages, dataclasses.replace(cfg, batch_size=n))
+    single = _built(Cache(tmp_path / "single"), tiny_stages, dataclasses.replace(cfg, batch_size=1))
+    assert whole.keys() == single.keys() == {"sd", "dino", "clip"}
+    for part, (rec, arrays) in whole.items():
+        other_rec, other = single[part]
+        assert (rec["mask_proposals"], rec["mask_thresholds"]) == (other_rec["mask_proposals"], other_rec["mask_thresholds"])
+        assert arrays.keys() == other.keys() and "masks" in arrays and "fg/part_labels" in arrays
+        for name, a in arrays.items():
+            np.testing.assert_allclose(a, other[name], rtol=1e-5, atol=1e-6, err_msg=f"{part} {name}")
+
+
+def test_the_part_the_proposer_reads_is_featurised_once(tiny_stages, tmp_path):
+    """ncut cuts DINO keys: the dino part is built from the batches that make the masks, not extracted again."""
+    cache = Cache(tmp_path / "c")
+    ensure_support_set(cache, tiny_stages, "cat", 0, TINY.sample)
+    before = tiny_stages.calls.get("extract", 0)
+    ensure_classes(cache, tiny_stages, ["cat"], 0, TINY.sample, TINY.protos)
+    assert TINY.protos.extractor == "sd+dino+clip" and TINY.protos.mask_proposer == "ncut"
+    assert tiny_stages.calls["extract"] - before == 3 * TINY.sample.n_images
+
+
+def test_a_spill_file_that_cannot_be_written_is_a_cache_error(tiny_stages, tmp_path, monkeypatch):
+    import tempfile
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    cache = Cache(tmp_path / "c")
+    ensure_support_set(cache, tiny_stages, "cat", 0, TINY.sample)
+    monkeypatch.setattr(tempfile, "TemporaryFile", full_disk)
+    with pytest.raises(CacheError, match="cannot write the cache at .*No space left on device"):
+        ensure_classes(cache, tiny_stages, ["cat"], 0, TINY.sample, TINY.protos)
+    monkeypatch.undo()
+    assert all(cache.class_record(pid) is None for pid in class_ids("cat", 0, tiny_stages.specs, TINY.sample, TINY.protos).values())
