@@ -367,19 +367,3 @@ def iter_features(
             on_progress(min(i + batch_size, len(images)), len(images))
         yield i, f
 
-
-def extract_images(
-    extractor: Part,
-    images: list[np.ndarray],
-    size: int,
-    batch_size: int = 8,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """All of `iter_features` in one (N, D, size/stride, size/stride) tensor, written batch by batch
-    (no second copy for a final concatenation). For few images: a class build streams instead."""
-    out = None
-    for i, f in iter_features(extractor, images, size, batch_size, on_progress):
-        if out is None:
-            out = f.new_empty((len(images), *f.shape[1:]))
-        out[i : i + len(f)] = f
-    return out

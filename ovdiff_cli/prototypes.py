@@ -152,22 +152,22 @@ class RegionAccumulator:
     `max_points × dim` in the features' dtype plus N instance rows, whatever N.
 
     part_labels: the nearest part centroid of every masked cell needs the final centroids, which
-    exist only once all images are seen. With `labels=True` each batch's masked cells are spilled
-    to an unlinked temporary file (in the features' dtype, in `spill_dir`) and read back in chunks
-    by `finish` for that assignment: a second pass over disk, not over the extractor, and never
-    more than one chunk in memory. With `labels=False` no file is written and no labels returned.
+    exist only once all images are seen. Each batch's masked cells are therefore spilled to an
+    unlinked temporary file (in the features' dtype, in `spill_dir`) and read back in chunks by
+    `finish` for that assignment: a second pass over disk, not over the extractor, and never more
+    than one chunk in memory.
     """
 
     def __init__(self, dim: int, k: int, seed: int, iters: int = 30, max_points: int = 8192,
-                 labels: bool = True, spill_dir: str | None = None):  # fmt: skip
+                 spill_dir: str | None = None):  # fmt: skip
         if max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         self.dim, self.k, self.seed, self.iters, self.max_points = dim, k, seed, iters, max_points
-        self.labels, self.spill_dir = labels, spill_dir
+        self.spill_dir = spill_dir
         self.instances: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # image → (D,) Eq. 1 row, mask area
         self.masks: dict[int, np.ndarray] = {}  # image → (h,w) bool, where its spilled cells go
         self.grid: tuple[int, int] | None = None
-        self._points: torch.Tensor | None = None  # (max_points, D) sample, the first `_n` rows filled
+        self._points: torch.Tensor | None = None  # (max_points, D) sample, the first len(_keys) rows filled
         self._keys = np.zeros(0)
         self._spill = None
         self._spilled: list[tuple[int, int]] = []  # (image, cells) in file order
@@ -209,8 +209,7 @@ class RegionAccumulator:
                 continue
             flat = features[j].flatten(1)  # (D, h·w), a view
             self._sample(flat, cells, cell_keys(self.seed, i, h * w)[m_np[j].flatten()])
-            if self.labels:
-                self._write(i, flat[:, cells].T)
+            self._write(i, flat[:, cells].T)
 
     def _sample(self, flat: torch.Tensor, cells: torch.Tensor, keys: np.ndarray) -> None:
         """Merge one image's masked cells into the bottom-`max_points` sample by key."""
@@ -261,7 +260,7 @@ class RegionAccumulator:
 
     def finish(self) -> dict[str, np.ndarray]:
         """float32 "class" (1,D), "instance" (N',D), "part" (K',D); int64 "instance_src" (N',), the
-        support image of each instance row; with labels, int16 "part_labels" (N,h,w), the part of each
+        support image of each instance row; int16 "part_labels" (N,h,w), the part of each
         masked cell (−1 outside). No masked cell anywhere → zero-row prototype arrays."""
         if not self.masks:
             raise ValueError("no support image was added")
@@ -274,11 +273,10 @@ class RegionAccumulator:
             centroids, _ = kmeans(self._points[: len(self._keys)], self.k, self.seed, self.iters)
             out.update({"class": class_prototype(inst, sizes).cpu().numpy(), "instance": inst.cpu().numpy(),
                         "part": centroids.cpu().numpy()})  # fmt: skip
-        if self.labels:
-            dtype = self._points.dtype if self._points is not None else torch.float32
-            device = self._points.device if self._points is not None else torch.device("cpu")
-            out["part_labels"] = self._part_labels(torch.from_numpy(out["part"]).to(device), dtype, device)
-            self.close()
+        dtype = self._points.dtype if self._points is not None else torch.float32
+        device = self._points.device if self._points is not None else torch.device("cpu")
+        out["part_labels"] = self._part_labels(torch.from_numpy(out["part"]).to(device), dtype, device)
+        self.close()
         return out
 
     def close(self) -> None:

@@ -25,12 +25,10 @@ from .keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
 from .types import PROTO_KINDS, ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
-    import torch
-
     from .cache import Cache
     from .config import ProtoConfig, SampleConfig
     from .models.presets import ModelSpecs
-    from .types import Sample, StageSource
+    from .types import StageSource
 
 OnEvent = Callable[[str, str, int, int], None]
 

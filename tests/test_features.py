@@ -14,7 +14,7 @@ from ovdiff_cli.features import (
     ClipKeysPart,
     SDPart,
     TimmKeysPart,
-    extract_images,
+    iter_features,
     parse_spec,
     sd_feature_layers,
     spec_parts,
@@ -143,13 +143,16 @@ def test_sd_layers_by_position_and_features_are_batch_independent(tiny_stages):
     torch.testing.assert_close(part(x[1:2]), one)  # fixed noise: the same image gives the same features
 
 
-def test_extract_images_batches_and_resizes(tiny_stages):
+def test_iter_features_batches_resizes_and_yields_each_batch_as_it_is_made(tiny_stages):
     ext = tiny_stages.part("dino")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (40, 64, 100)]
     seen = []
-    f = extract_images(ext, images, 64, batch_size=2, on_progress=lambda d, t: seen.append((d, t)))
-    assert tuple(f.shape) == (3, 64, 8, 8) and seen == [(2, 3), (3, 3)]
-    torch.testing.assert_close(f[1:2], extract_images(ext, images[1:2], 64))
+    batches = iter_features(ext, images, 64, batch_size=2, on_progress=lambda d, t: seen.append((d, t)))
+    first, f = next(batches)
+    assert first == 0 and tuple(f.shape) == (2, 64, 8, 8) and seen == [(2, 3)]  # nothing beyond the first batch yet
+    last, g = next(batches)
+    assert last == 2 and tuple(g.shape) == (1, 64, 8, 8) and seen == [(2, 3), (3, 3)] and next(batches, None) is None
+    torch.testing.assert_close(f[1:2], next(iter_features(ext, images[1:2], 64))[1])
     with pytest.raises(OvdiffError, match="multiple of the extractor's stride"):
-        extract_images(tiny_stages.part("clip"), images, 72)
+        next(iter_features(tiny_stages.part("clip"), images, 72))
