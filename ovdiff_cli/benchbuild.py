@@ -207,7 +207,7 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
             args = [s.build_preset, device, dtype, seed, n, s.build_feature_size, s.k_parts, max_points]
             runs[n].append(child_build_memory(args, root, f"build-{n}-{r}"))
     peak = {n: [x["peak"] for x in v] for n, v in runs.items()}
-    beyond = [x["peak"] - x["models"] for x in runs[large]]
+    beyond = {n: [x["peak"] - x["models"] for x in v] for n, v in runs.items()}
     paper = s.build_feature_size == 512 and max_points == base.kmeans_max_points
     unit = runs[large][0]["measure"]
     return {
@@ -215,7 +215,8 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
             "small": figure(f"peak, N={small}", "MiB", peak[small]),
             "large": figure(f"peak, N={large}", "MiB", peak[large]),
             "growth": figure(f"growth N={small} → {large}", "%", [100 * (b - a) / a for a, b in zip(peak[small], peak[large], strict=True)], 10.0),
-            "beyond_models": figure(f"beyond the models, N={large}", "MiB", beyond, 1536.0 if paper else None),
+            "beyond_small": figure(f"beyond the models, N={small}", "MiB", beyond[small]),
+            "beyond_models": figure(f"beyond the models, N={large}", "MiB", beyond[large], 1536.0 if paper else None),
         },
         "notes": [f"one class build (features, masks, prototypes; no sampling) of synthetic support images, preset "
                   f"{s.build_preset}, {s.build_feature_size} px, K-means sample ≤ {max_points} cells per region "

@@ -47,16 +47,13 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def interleaved_pairs(a: Callable[[], Any], b: Callable[[], Any], pairs: int, device: torch.device,
-                      after_a: Callable[[], Any] | None = None) -> tuple[list[float], list[float]]:  # fmt: skip
-    """Seconds of `a` and of `b` in each of `pairs` pairs: A B, B A, A B, …; `after_a` runs untimed
-    after each call of `a` (to undo what it did). Pair i's ratio is ta[i] / tb[i]."""
+def interleaved_pairs(a: Callable[[], Any], b: Callable[[], Any], pairs: int,
+                      device: torch.device) -> tuple[list[float], list[float]]:  # fmt: skip
+    """Seconds of `a` and of `b` in each of `pairs` pairs: A B, B A, A B, …. Pair i's ratio is ta[i] / tb[i]."""
     ta, tb = [], []
     for r in range(pairs):
         for which in (a, b) if r % 2 == 0 else (b, a):
             (ta if which is a else tb).append(timed(which, device)[0])
-            if which is a and after_a is not None:
-                after_a()
     return ta, tb
 
 

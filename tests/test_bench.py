@@ -21,7 +21,7 @@ SECTIONS = {
     "filter": {"cold", "warm", "speedup", "prompts"},
     "vocabulary": {"add", "alone", "ratio", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
-    "class_build": {"small", "large", "growth", "beyond_models"},
+    "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
            ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),
@@ -90,9 +90,8 @@ def test_pairs_interleave_a_b_then_b_a_and_report_the_median_pair_ratio_with_its
     import torch
 
     order = []
-    ta, tb = interleaved_pairs(lambda: order.append("a"), lambda: order.append("b"), 3, torch.device("cpu"),
-                               after_a=lambda: order.append("undo"))  # fmt: skip
-    assert order == ["a", "undo", "b", "b", "a", "undo", "a", "undo", "b"] and len(ta) == len(tb) == 3
+    ta, tb = interleaved_pairs(lambda: order.append("a"), lambda: order.append("b"), 3, torch.device("cpu"))
+    assert order == ["a", "b", "b", "a", "a", "b"] and len(ta) == len(tb) == 3
     f = figure("r", "×", ratios([2.0, 3.0, 4.0], [2.0, 2.0, 2.0]))
     assert (f["median"], f["min"], f["max"]) == (1.5, 1.0, 2.0)
     assert f["spread_pct"] == 100 * 0.5 / 1.5  # median absolute deviation, % of the median
