@@ -93,7 +93,7 @@ def cycles() -> list[list[str]]:
 # Paper §3's parts and the modules that hold them (README "Development" has the same map).
 ROOMS = {
     "Support set generation": ["sampling"],
-    "Class prototypes": ["features", "masks", "prototypes", "vocab"],
+    "Class prototypes": ["features", "masks", "prototypes", "classbuild", "vocab"],
     "Category pre-filtering": ["filter"],
     "Segmentation via prototype matching": ["matching", "segment"],
 }
