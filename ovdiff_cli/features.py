@@ -309,8 +309,6 @@ class Part:
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
         f = self.backbone(images)
-        if not f.is_floating_point():
-            f = f.float()
         norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
         return f / norm.clamp_min(1e-12).to(f.dtype)
 
