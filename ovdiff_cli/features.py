@@ -13,6 +13,7 @@ takes the model it reads in its constructor; `compose.build_part` builds a part 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -128,31 +129,45 @@ class SDPart:
         return torch.randn((1, *shape), generator=g)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) in [0,1], H and W multiples of 8 → (B,C,H/8,W/8) in the UNet's dtype."""
+        """(B,3,H,W) in [0,1], H and W multiples of 8 → (B,C,H/8,W/8) in the UNet's dtype.
+
+        The VAE encodes one image at a time (its 512 px activations are the largest of the build)
+        and each hooked layer's queries are resized straight into their channels of the output, so
+        the features exist once, not as a list of maps and their concatenation.
+        """
         import torch
         import torch.nn.functional as F
 
         unet, vae = self.sd.unet, self.sd.vae
         with torch.inference_mode():
             x = images.to(self.device, vae.dtype) * 2 - 1
-            z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            z0 = torch.cat([vae.encode(xi).latent_dist.mean for xi in x.split(1)]) * vae.config.scaling_factor
             b, _, h, w = z0.shape
             noise = self._noise(tuple(z0.shape[1:])).to(z0.device, z0.dtype)
             zt = math.sqrt(self.alpha_bar) * z0 + math.sqrt(1 - self.alpha_bar) * noise
-            captured: list[torch.Tensor] = []
-            hooks = [
-                blk.attn2.to_q.register_forward_hook(lambda _m, _i, out: captured.append(out))
-                for layer in self.layers
-                for blk in layer.transformer_blocks
-            ]
+            blocks = [blk.attn2.to_q for layer in self.layers for blk in layer.transformer_blocks]
+            ends = list(itertools.accumulate(q.out_features for q in blocks))
+            out = torch.empty((b, ends[-1], h, w), dtype=unet.dtype, device=zt.device)
+            filled: list[int] = []
+
+            def into(i: int):
+                def hook(_m, _i, q: torch.Tensor) -> None:
+                    grid = F.interpolate(_to_grid(q, h, w), size=(h, w), mode="bilinear", align_corners=False)
+                    out[:, ends[i] - q.shape[-1] : ends[i]] = grid
+                    filled.append(i)
+
+                return hook
+
+            hooks = [q.register_forward_hook(into(i)) for i, q in enumerate(blocks)]
             try:
                 t = torch.full((b,), self.timestep, device=zt.device, dtype=torch.long)
                 unet(zt.to(unet.dtype), t, encoder_hidden_states=self.empty.expand(b, -1, -1).to(unet.dtype))
             finally:
                 for hk in hooks:
                     hk.remove()
-            maps = [F.interpolate(_to_grid(q, h, w), size=(h, w), mode="bilinear", align_corners=False) for q in captured]
-            return torch.cat(maps, dim=1)
+            if sorted(filled) != list(range(len(blocks))):
+                raise RuntimeError(f"SD feature hooks fired {len(filled)} times for {len(blocks)} layers")
+            return out
 
 
 def _to_grid(q: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -308,9 +323,10 @@ class Part:
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
-        f = self.backbone(images)
-        norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
-        return f / norm.clamp_min(1e-12).to(f.dtype)
+        with torch.inference_mode():  # in place: the backbone's output is the build's largest tensor
+            f = self.backbone(images)
+            norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
+            return f.div_(norm.clamp_min_(1e-12).to(f.dtype))
 
     def window(self, crops: torch.Tensor) -> torch.Tensor:
         """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,

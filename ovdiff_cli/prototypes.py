@@ -207,11 +207,11 @@ class RegionAccumulator:
             cells = torch.nonzero(m[j].flatten()).flatten()
             if not len(cells):
                 continue
-            flat = features[j].flatten(1)  # (D, h·w), a view
-            self._sample(flat, cells, cell_keys(self.seed, i, h * w)[m_np[j].flatten()])
-            self._write(i, flat[:, cells].T)
+            cols = features[j].flatten(1).T  # (h·w, D), a view: rows gathered from it are copied once
+            self._sample(cols, cells, cell_keys(self.seed, i, h * w)[m_np[j].flatten()])
+            self._write(i, cols[cells])
 
-    def _sample(self, flat: torch.Tensor, cells: torch.Tensor, keys: np.ndarray) -> None:
+    def _sample(self, cols: torch.Tensor, cells: torch.Tensor, keys: np.ndarray) -> None:
         """Merge one image's masked cells into the bottom-`max_points` sample by key."""
         n = len(self._keys)
         merged = np.concatenate([self._keys, keys])
@@ -225,9 +225,9 @@ class RegionAccumulator:
         evicted = np.setdiff1d(np.arange(n), keep[keep < n])
         slots = np.concatenate([evicted, np.arange(n, n + len(incoming) - len(evicted))])
         if self._points is None:
-            self._points = flat.new_empty((self.max_points, self.dim))
+            self._points = cols.new_empty((self.max_points, self.dim))
         idx = torch.from_numpy(incoming).to(cells.device)
-        self._points[torch.from_numpy(slots).to(flat.device)] = flat[:, cells[idx]].T
+        self._points[torch.from_numpy(slots).to(cols.device)] = cols[cells[idx]]
         self._keys = np.concatenate([self._keys, np.zeros(len(slots) - len(evicted))])
         self._keys[slots] = keys[incoming]
 

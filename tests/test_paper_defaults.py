@@ -44,6 +44,12 @@ def test_prototype_defaults():
     assert p.feature_size == 512  # support images are featurised at the size they were sampled at
 
 
+def test_class_build_bounds():
+    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build)."""
+    p = ProtoConfig()
+    assert p.batch_size == 1 and p.kmeans_max_points == 8192
+
+
 def test_inference_defaults():
     s = SegmentConfig()
     assert s.windows == (448, 336) and s.stride == 224 and s.short_side == 448 and s.slide
