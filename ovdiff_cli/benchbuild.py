@@ -8,9 +8,6 @@ build, so one build's allocations cannot hide the next one's.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .benchstats import figure, sync, timed
-from .errors import OvdiffError
+from .benchstats import figure, in_child, sync, timed
 
 if TYPE_CHECKING:
     import torch
@@ -181,19 +177,6 @@ def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, featur
     return {"models": models, "peak": peak, "measure": "cuda max_memory_allocated" if cuda else "VmHWM"}
 
 
-_CHILD = "import json, sys; from ovdiff_cli.benchbuild import build_memory; print(json.dumps(build_memory(*json.loads(sys.argv[1]))))"
-
-
-def child_build_memory(args: list, root: Path, tag: str) -> dict:
-    log = root / f"{tag}.log"
-    with open(log, "w") as err:
-        res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], stdout=subprocess.PIPE, stderr=err, text=True)
-    if res.returncode:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise OvdiffError(f"class-build memory run exited with {res.returncode}: {' | '.join(tail)}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> dict:
     """Peak memory of one class build at N = small and large support images, in new processes, in
     interleaved pairs; growth from small to large, and the large build's peak beyond the models."""
@@ -205,7 +188,7 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
     for r in range(s.build_pairs):
         for n in (small, large) if r % 2 == 0 else (large, small):
             args = [s.build_preset, device, dtype, seed, n, s.build_feature_size, s.k_parts, max_points]
-            runs[n].append(child_build_memory(args, root, f"build-{n}-{r}"))
+            runs[n].append(in_child("ovdiff_cli.benchbuild:build_memory", args, root, f"build-{n}-{r}"))
     peak = {n: [x["peak"] for x in v] for n, v in runs.items()}
     beyond = {n: [x["peak"] - x["models"] for x in v] for n, v in runs.items()}
     paper = s.build_feature_size == 512 and max_points == base.kmeans_max_points

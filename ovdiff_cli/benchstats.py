@@ -9,8 +9,12 @@ medians, which mix spells that only one side saw.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +63,25 @@ def interleaved_pairs(a: Callable[[], Any], b: Callable[[], Any], pairs: int,
 
 def ratios(ta: list[float], tb: list[float]) -> list[float]:
     return [x / y for x, y in zip(ta, tb, strict=True)]
+
+
+_CHILD = ("import importlib, json, sys; m, f = sys.argv[1].split(':'); "
+          "print(json.dumps(getattr(importlib.import_module(m), f)(*json.loads(sys.argv[2]))))")
+
+
+def in_child(target: str, args: list, root: Path, tag: str) -> Any:
+    """`module:function`(*args) run in a new Python process; its JSON result. The child's stderr goes
+    to root/tag.log, whose last lines name the failure if it exits non-zero."""
+    from .errors import OvdiffError
+
+    log = root / f"{tag}.log"
+    with open(log, "w") as err:
+        res = subprocess.run([sys.executable, "-c", _CHILD, target, json.dumps(args)], stdout=subprocess.PIPE,
+                             stderr=err, text=True)  # fmt: skip
+    if res.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise OvdiffError(f"bench run {tag} exited with {res.returncode}: {' | '.join(tail)}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 class TimedScorer:

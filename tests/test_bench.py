@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ovdiff_cli.bench import bench_settings, markdown_table
-from ovdiff_cli.benchstats import figure, interleaved_pairs, ratios
+from ovdiff_cli.benchstats import figure, in_child, interleaved_pairs, ratios
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.errors import OvdiffError
 
@@ -19,7 +19,7 @@ SECTIONS = {
     "segment": {"total", "features", "filter", "filter_clip", "matching", "upsample_io", "overhead_share",
                 "overhead_share_filter"},
     "filter": {"cold", "warm", "speedup", "prompts"},
-    "vocabulary": {"add", "alone", "ratio", "first_run_calls", "second_run_calls"},
+    "vocabulary": {"add", "alone", "ratio", "load", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
     "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
 }  # fmt: skip
@@ -59,6 +59,8 @@ def test_results_record_machine_settings_and_exact_counts(quick_results):
     vocab = results["sections"]["vocabulary"]["figures"]
     assert vocab["second_run_calls"]["median"] == 0 and vocab["second_run_calls"]["pass"]
     assert vocab["first_run_calls"]["median"] > 0
+    assert len(vocab["add"]["runs"]) == len(vocab["load"]["runs"]) == results["settings"]["pairs"]
+    assert "new process" in results["sections"]["vocabulary"]["notes"][0]
     assert results["sections"]["filter"]["figures"]["prompts"]["median"] > 0
     assert "SYNTHESISED" in results["sections"]["segment"]["notes"][0]
     assert "overhead" in output and "results:" in output
@@ -95,3 +97,9 @@ def test_pairs_interleave_a_b_then_b_a_and_report_the_median_pair_ratio_with_its
     f = figure("r", "×", ratios([2.0, 3.0, 4.0], [2.0, 2.0, 2.0]))
     assert (f["median"], f["min"], f["max"]) == (1.5, 1.0, 2.0)
     assert f["spread_pct"] == 100 * 0.5 / 1.5  # median absolute deviation, % of the median
+
+
+def test_in_child_returns_the_json_result_and_names_a_failure(tmp_path):
+    assert in_child("posixpath:join", ["a", "b"], tmp_path, "ok") == "a/b"
+    with pytest.raises(OvdiffError, match="bench run bad exited with 1: .*math domain error"):
+        in_child("math:sqrt", [-1], tmp_path, "bad")
