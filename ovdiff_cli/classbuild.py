@@ -10,7 +10,6 @@ the spec), from the same batches as the part whose features the proposer reads. 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -63,6 +62,7 @@ def mask_batches(
         chunk = samples[first : first + step]
         masks = class_masks(chunk, feats if feats is not None else torch.zeros(len(chunk), 0, g, g), proposer, thresholds)
         yield first, encode_masks(*masks.on_grid((g, g))), masks.counts(), feats
+        del feats, masks  # a generator's loop variables outlive the yield: drop them before the next batch
 
 
 def on_part_grid(coded: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +95,7 @@ def part_prototypes(
     there is the caller's to phrase).
     """
     from .features import iter_features
+    from .masks import proposer_uses_features
     from .prototypes import build_prototypes
 
     on = progress or (lambda stage: None)
@@ -108,6 +109,7 @@ def part_prototypes(
         for first, feats in iter_features(stages.part(part), images, proto_cfg.feature_size, proto_cfg.batch_size,
                                           on("extract")):  # fmt: skip
             yield feats, *on_part_grid(coded[first : first + len(feats)], tuple(feats.shape[-2:]))
+            del feats
 
     built: dict[str, dict[str, np.ndarray]] = {}
     if masks is not None:
@@ -121,11 +123,13 @@ def part_prototypes(
                 counts.update({k: counts[k] + v for k, v in n.items()})
                 if feats is not None and proto_cfg.mask_features in parts:
                     yield feats, *on_part_grid(code, tuple(feats.shape[-2:]))
+                del feats
 
-        batches = masked()
-        lead = next(batches, None)  # None: the stream is spent, every mask made and no part to build from it
-        if lead is not None:
-            built[proto_cfg.mask_features] = aggregate(itertools.chain([lead], batches))
+        if proposer_uses_features(proto_cfg.mask_proposer) and proto_cfg.mask_features in parts:
+            built[proto_cfg.mask_features] = aggregate(masked())
+        else:
+            for _ in masked():  # yields nothing: every mask is made, no part is built from its features
+                pass
         coded = np.concatenate(codes)
     for part in sorted(parts, key=lambda p: p not in built):  # the part built with the masks first
         arrays = built.pop(part, None) or aggregate(extracted(part, coded))

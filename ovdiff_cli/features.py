@@ -380,4 +380,5 @@ def iter_features(
         if on_progress:
             on_progress(min(i + batch_size, len(images)), len(images))
         yield i, f
+        del f  # before the next batch is made, or two would be alive while it is
 

@@ -337,6 +337,7 @@ def build_prototypes(
             for g, acc in accs.items():
                 acc.add(feats, region[g], first)
             first += len(feats)
+            del feats, fg, bg, region  # the producer makes the next batch while this loop waits on it
         if not accs:
             raise ValueError("build_prototypes needs at least one batch")
         out: dict[str, np.ndarray] = {}

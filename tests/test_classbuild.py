@@ -63,3 +63,27 @@ def test_a_spill_file_that_cannot_be_written_is_a_cache_error(tiny_stages, tmp_p
         ensure_classes(cache, tiny_stages, ["cat"], 0, TINY.sample, TINY.protos)
     monkeypatch.undo()
     assert all(cache.class_record(pid) is None for pid in class_ids("cat", 0, tiny_stages.specs, TINY.sample, TINY.protos).values())
+
+
+def test_no_earlier_batch_is_alive_while_the_next_is_made(tiny_stages, tmp_path, monkeypatch):
+    """One batch of features at a time: every layer of the stream (iter_features, the masks, the
+    accumulators) drops its batch before asking for the next, so a build's peak holds one batch."""
+    import weakref
+
+    from ovdiff_cli import features
+
+    made: list[weakref.ref] = []
+    alive_at_call: list[int] = []
+    call = features.Part.__call__
+
+    def watched(self, images):
+        alive_at_call.append(sum(r() is not None for r in made))
+        out = call(self, images)
+        made.append(weakref.ref(out))
+        return out
+
+    cache = Cache(tmp_path / "c")
+    ensure_support_set(cache, tiny_stages, "cat", 0, TINY.sample)
+    monkeypatch.setattr(features.Part, "__call__", watched)
+    ensure_classes(cache, tiny_stages, ["cat"], 0, TINY.sample, dataclasses.replace(TINY.protos, batch_size=1))
+    assert len(alive_at_call) == 3 * TINY.sample.n_images and set(alive_at_call) == {0}
