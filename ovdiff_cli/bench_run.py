@@ -206,8 +206,7 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
     The added class is really built (sampled, featurised, clustered) with the bench's models and
     settings; the cached ones are synthetic classes of the paper's size (N = K = bank_rows) under
     the ids the vocabulary stage looks up, since building them would take most of the bench. A
-    process of its own, because in the bench's main process, after the other sections, the two
-    sides drifted apart by more than the add side's own work (README, Performance).
+    process of its own, as a user's `protos add` or `segment` process starts with nothing else in it.
     """
     from .compose import Stages
     from .keys import class_ids
@@ -228,6 +227,9 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
         bases.append(fresh_cache(Path(root), "vocab-"))
         cache_synthetic_classes(bases[-1], stages, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
     with_vocab, fresh = iter(bases), iter([fresh_cache(Path(root), "alone-") for _ in range(s.pairs)])
+    # The fill wrote ~100 MB per cache a moment ago: flushed now, or the add side's first commit (LMDB
+    # syncs each one) writes the fill back to disk inside the clock, which the lone side never pays.
+    os.sync()
 
     def add() -> None:
         ensure_classes(next(with_vocab), stages, [*names, EXTRA_CLASS], seed, sample_cfg, proto_cfg)

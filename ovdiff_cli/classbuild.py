@@ -112,6 +112,7 @@ def part_prototypes(
             del feats
 
     built: dict[str, dict[str, np.ndarray]] = {}
+    reads = proposer_uses_features(proto_cfg.mask_proposer) and proto_cfg.mask_features in parts
     if masks is not None:
         coded, counts = masks
     else:  # the masks, and from the same batches the part whose features the proposer reads
@@ -121,11 +122,11 @@ def part_prototypes(
             for _, code, n, feats in mask_batches(samples, stages, proto_cfg, on("masks")):
                 codes.append(code)
                 counts.update({k: counts[k] + v for k, v in n.items()})
-                if feats is not None and proto_cfg.mask_features in parts:
+                if reads:
                     yield feats, *on_part_grid(code, tuple(feats.shape[-2:]))
                 del feats
 
-        if proposer_uses_features(proto_cfg.mask_proposer) and proto_cfg.mask_features in parts:
+        if reads:
             built[proto_cfg.mask_features] = aggregate(masked())
         else:
             for _ in masked():  # yields nothing: every mask is made, no part is built from its features
