@@ -45,7 +45,7 @@ def decode_array(blob: bytes) -> np.ndarray:
     shape = struct.unpack_from(f"<{ndim}Q", blob, off)
     off += 8 * ndim
     (crc,) = struct.unpack_from("<I", blob, off)
-    payload = blob[off + 4 :]
+    payload = memoryview(blob)[off + 4 :]  # a view: slicing bytes would copy the payload once more
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
     if len(payload) != expected:
         raise ValueError(f"payload of {len(payload)} bytes, expected {expected} for {dt}{list(shape)}")
