@@ -83,7 +83,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
         )  # fmt: skip
     else:  # the paper's windows 448/336, stride 224 and short side 448, scaled by 4/7; one support image per
         # call, so that a loaded 2-core machine runs enough pairs in under half an hour: a pair's ratio
-        # wanders by ~5% (one standard deviation) on a shared 2-core VM, the median of 12 by ~2%
+        # wanders by 4-10% (one standard deviation) on a shared 2-core VM, the median of 12 by ~2%
         s = BenchSettings(
             "sd15-random", 2, 12, n_images=1, steps=2, size=256, feature_size=256, k_parts=32, short_side=256,
             windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,

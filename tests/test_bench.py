@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from ovdiff_cli.bench import bench_settings, markdown_table
 from ovdiff_cli.benchstats import figure, in_child, interleaved_pairs, ratios
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.cli.bench import bench as bench_command
 from ovdiff_cli.errors import OvdiffError
 
 SECTIONS = {
@@ -81,6 +83,13 @@ def test_settings_reduced_on_cpu_and_paper_on_cuda():
     assert bench_settings("cpu", repeats=5).repeats == 5
     with pytest.raises(OvdiffError, match="repeats must be in 1"):
         bench_settings("cpu", repeats=0)
+
+
+def test_bench_help_states_the_default_counts():
+    hints = typing.get_type_hints(bench_command, include_extras=True)
+    for name in ("repeats", "pairs"):
+        cpu, gpu, quick = (getattr(bench_settings(*a), name) for a in (("cpu",), ("cuda",), ("cpu", True)))
+        assert f"[default: {cpu} on CPU, {gpu} on CUDA; {quick} with --quick]" in hints[name].__metadata__[0].help
 
 
 def test_figure_median_and_target():

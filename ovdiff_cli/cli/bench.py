@@ -46,7 +46,7 @@ def results_table(results: dict) -> Table:
 def bench(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path("bench/results.json"),
     repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 3 on CUDA; 1 with --quick].", show_default=False)] = None,
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 8 on CPU, 7 on CUDA; 1 with --quick].", show_default=False)] = None,
+    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 12 on CPU, 7 on CUDA; 1 with --quick].", show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).")] = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].", show_default=False)] = None,
