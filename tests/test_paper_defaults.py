@@ -71,9 +71,12 @@ def test_voc_class_names_with_the_papers_corrections():
 
     assert class_names("voc") == [
         "background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-        "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor",
+        "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "monitor",
     ]  # fmt: skip
     assert class_names("voc20") == class_names("voc")[1:]
+    # tvmonitor is "monitor" in Context too (Table C.9 lists its classes as prompted)
+    context = class_names("context")
+    assert context[55] == "monitor" and class_names("context", raw=True)[55] == "tvmonitor"
 
 
 # --------------------------------------------------------------------------- sampling (behaviour)
