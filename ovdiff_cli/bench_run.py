@@ -218,15 +218,16 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
     sample_cfg = replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size)
     proto_cfg = replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts)
     names = list(VOC[1 : 1 + s.vocab_cached])
-    ensure_classes(fresh_cache(Path(root), "vocab-warmup-"), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
+    caches = Path(root)  # where the caches go (a str here: the arguments came as JSON)
+    ensure_classes(fresh_cache(caches, "vocab-warmup-"), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
     # Each side builds into its own cache, opened (and, for `add`, filled) before the clock starts, so
     # both start from a cache that has never held the class: re-adding a removed class to one cache
     # measured a few % slower on its own (allocator and page-cache state), which is not what a user pays.
     bases = []
     for _ in range(s.pairs):
-        bases.append(fresh_cache(Path(root), "vocab-"))
+        bases.append(fresh_cache(caches, "vocab-"))
         cache_synthetic_classes(bases[-1], stages, names, dim, s.bank_rows, seed, sample_cfg, proto_cfg)
-    with_vocab, fresh = iter(bases), iter([fresh_cache(Path(root), "alone-") for _ in range(s.pairs)])
+    with_vocab, fresh = iter(bases), iter([fresh_cache(caches, "alone-") for _ in range(s.pairs)])
     # The fill wrote ~100 MB per cache a moment ago: flushed now, or the add side's first commit (LMDB
     # syncs each one) writes the fill back to disk inside the clock, which the lone side never pays.
     os.sync()
