@@ -29,10 +29,10 @@ from .errors import OvdiffError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .cache import Cache
+    from .store.cache import Cache
     from .compose import Stages
     from .models.presets import Preset
-    from .segment import EncodedImage, Segmentation, Segmenter
+    from .method.segment import EncodedImage, Segmentation, Segmenter
     from .types import ClassParts
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
@@ -44,7 +44,7 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     (EXIF orientation applied, any mode converted)."""
     from PIL import Image, ImageOps
 
-    from .imageio import load_image, to_rgb
+    from .io.images import load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         return load_image(Path(image).expanduser())
@@ -128,7 +128,7 @@ class SegmentationResult:
     def save(self, path: str | Path) -> Path:
         """Write the label map as `ovdiff segment` does: .png (palette PNG, 16-bit beyond 254 classes) or
         .npz ('labels' and, when computed, 'scores')."""
-        from .maskio import MaskWriter
+        from .io.masks import MaskWriter
 
         path = Path(path).expanduser()
         fmt = path.suffix.lower().lstrip(".")
@@ -143,7 +143,7 @@ class SegmentationResult:
         """The image blended with its coloured labels, with a legend of the classes present (PIL RGB)."""
         from PIL import Image
 
-        from .imageio import overlay_picture
+        from .io.images import overlay_picture
 
         return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
 
@@ -194,10 +194,10 @@ class Pipeline:
         protos: dict | None = None,
         segment: dict | None = None,
     ):
-        from .cache import default_cache_dir
+        from .store.cache import default_cache_dir
         from .models.presets import get_preset
-        from .sampling import check_config
-        from .vocab import check_proto_config
+        from .method.sampling import check_config
+        from .engines.vocab import check_proto_config
 
         self.preset: Preset = get_preset(preset)
         unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam"})
@@ -220,7 +220,7 @@ class Pipeline:
     @property
     def cache(self) -> Cache:
         if self._cache is None:
-            from .cache import Cache
+            from .store.cache import Cache
 
             self._cache = Cache(self.cache_dir)
         return self._cache
@@ -241,7 +241,7 @@ class Pipeline:
         """The prototypes of `names` (in that order): read from the cache, the missing ones built first
         (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
         overrides; on_event(stage, class, done, total) reports progress."""
-        from .vocab import ensure_classes
+        from .engines.vocab import ensure_classes
 
         if isinstance(names, str):
             raise OvdiffError(f"give a list of class names, not the string {names!r}")
@@ -273,8 +273,8 @@ class Pipeline:
 
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
-        from .features import spec_parts
-        from .segment import encode_image
+        from .method.features import spec_parts
+        from .method.segment import encode_image
 
         cfg = self.segment_config
         parts = [self.stages.part(name) for name in spec_parts(self.proto_config.extractor)]

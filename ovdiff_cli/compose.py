@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig, SegmentConfig
-    from .segment import Segmenter
-    from .features import Part
+    from .method.segment import Segmenter
+    from .method.features import Part
     from .types import ClassParts, Extractor, Generator, ImageTextScorer, MaskProposer, Sample
 
 
@@ -37,7 +37,7 @@ def build_generator(store: ModelStore) -> Generator:
         from .procedural import ProceduralGenerator
 
         return ProceduralGenerator()
-    from .sampling import SDGenerator
+    from .method.sampling import SDGenerator
 
     return SDGenerator(store.sd())
 
@@ -48,7 +48,7 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
     Its settings are fixed (SD at t=200), so the part's name alone names its features: prototypes
     and target images built from the same part are comparable.
     """
-    from .features import ClipKeysPart, SDPart, TimmKeysPart, parse_spec
+    from .method.features import ClipKeysPart, SDPart, TimmKeysPart, parse_spec
 
     if name == "procedural":
         from .procedural import ProceduralExtractor
@@ -68,7 +68,7 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
 def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None) -> Part:
     """Part `name` at the run's input size for it (the preset's, else the authors'); with `calls`,
     the images its backbone featurises are counted there."""
-    from .features import Part
+    from .method.features import Part
 
     backbone = build_backbone(name, store)
     return Part(name, backbone if calls is None else CountingExtractor(backbone, calls), store.specs.input_size(name))
@@ -76,7 +76,7 @@ def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None
 
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
     """The mask proposer called `name`; `sam` loads the store's SAM model."""
-    from .masks import PROPOSERS, NCutProposer, SamProposer, ThresholdProposer
+    from .method.masks import PROPOSERS, NCutProposer, SamProposer, ThresholdProposer
 
     if name == "ncut":
         return NCutProposer()
@@ -93,7 +93,7 @@ def build_scorer(store: ModelStore) -> ImageTextScorer:
         from .procedural import ProceduralScorer
 
         return ProceduralScorer()
-    from .filter import ClipScorer
+    from .method.filter import ClipScorer
 
     return ClipScorer(store.clip(), store.device, store.dtype, store.specs.weights_seed)
 
@@ -188,8 +188,8 @@ class Stages:
                   scorer: ImageTextScorer | None = None) -> Segmenter:  # fmt: skip
         """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
         runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
-        from .features import spec_parts
-        from .segment import Segmenter
+        from .method.features import spec_parts
+        from .method.segment import Segmenter
 
         filtering = cfg.use_filter and sum(c.kind != "stuff" for c in classes) > 1  # it chooses among things only
         if filtering and scorer is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import __version__
 from .libs import versions
-from .weights import hf_cache_dir, needed, present
+from .models.weights import hf_cache_dir, needed, present
 
 
 def device_facts(device: str = "auto", dtype: str = "auto") -> dict:

@@ -244,7 +244,7 @@ def write_voc(root: Path | str, n_images: int, seed: int = 0) -> list[str]:
     labelled class names in label order (label k is line k; 0 is background), ready for
     `ovdiff segment --classes-file`.
     """
-    from .palette import voc_palette
+    from .io.palette import voc_palette
 
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")

@@ -9,8 +9,8 @@ import typing
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.bench import bench_settings, markdown_table
-from ovdiff_cli.benchstats import figure, in_child, interleaved_pairs, ratios
+from ovdiff_cli.bench.settings import bench_settings, markdown_table
+from ovdiff_cli.bench.stats import figure, in_child, interleaved_pairs, ratios
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.bench import bench as bench_command
 from ovdiff_cli.errors import OvdiffError

@@ -4,7 +4,7 @@ was intact, never a signal death; read-only caches read; exports checksummed; ki
 Faults are injected into copies of one procedural-preset cache. Commands that could die by a signal
 run in a subprocess (a driver that runs many commands in one interpreter, so the suite stays quick);
 which classes a fault left intact is worked out here from the original file's pages, with a small
-LMDB page reader of the test's own (independent of `ovdiff_cli.lmdbfile`).
+LMDB page reader of the test's own (independent of `ovdiff_cli.store.lmdbfile`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovdiff_cli import cache as cache_mod
-from ovdiff_cli.cache import ENV_DIRNAME, Cache, class_array_key, encode_array
-from ovdiff_cli.cache_audit import verify
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.cache import ENV_DIRNAME, Cache, class_array_key, encode_array
+from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import app
 
 from conftest import mounted_tmpfs
@@ -481,10 +481,11 @@ import json, os, random, signal, sys, time
 import cv2, open_clip, scipy.linalg, timm, torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
-import ovdiff_cli.features, ovdiff_cli.filter, ovdiff_cli.masks, ovdiff_cli.prototypes, ovdiff_cli.stuff, ovdiff_cli.vocab
+import ovdiff_cli.method.features, ovdiff_cli.method.filter, ovdiff_cli.method.masks, ovdiff_cli.method.prototypes, ovdiff_cli.method.stuff, ovdiff_cli.engines.vocab
 import ovdiff_cli.compose, ovdiff_cli.models.store, ovdiff_cli.models.sd, ovdiff_cli.models.tokenizer, ovdiff_cli.models.vit
-from ovdiff_cli import cache, sampling
-from ovdiff_cli.cache_audit import verify
+from ovdiff_cli.store import cache
+from ovdiff_cli.method import sampling
+from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import main
 
 log_path, cache_dir, calib_dir, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ovdiff_cli.cache import Cache
+from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.errors import CacheError
-from ovdiff_cli.keys import class_ids
+from ovdiff_cli.store.keys import class_ids
 from ovdiff_cli.models.presets import get_preset
-from ovdiff_cli.sampling import ensure_support_set
-from ovdiff_cli.vocab import ensure_classes
+from ovdiff_cli.method.sampling import ensure_support_set
+from ovdiff_cli.engines.vocab import ensure_classes
 
 TINY = get_preset("tiny")
 
@@ -70,7 +70,7 @@ def test_no_earlier_batch_is_alive_while_the_next_is_made(tiny_stages, tmp_path,
     accumulators) drops its batch before asking for the next, so a build's peak holds one batch."""
     import weakref
 
-    from ovdiff_cli import features
+    from ovdiff_cli.method import features
 
     made: list[weakref.ref] = []
     alive_at_call: list[int] = []

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.datasets import class_names
-from ovdiff_cli.palette import voc_palette
+from ovdiff_cli.eval.datasets import class_names
+from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import render_scene
 
 from conftest import mounted_tmpfs
@@ -57,7 +57,7 @@ def scenes(folder: Path, n: int = 2) -> Path:
 
 def _masks(pred: Path, labels: dict[str, np.ndarray], order: list[str], spelled: list[str]) -> None:
     """Masks as `ovdiff segment --classes <order>` writes them for perfect predictions, with its legend."""
-    from ovdiff_cli.segment import save_legend
+    from ovdiff_cli.method.segment import save_legend
 
     pred.mkdir()
     voc = class_names("voc")
@@ -109,7 +109,7 @@ def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_res
     with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(ro / "r")]),
                   "cannot create --out folder")  # fmt: skip
-    from ovdiff_cli import evaluate
+    from ovdiff_cli.eval import evaluate
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -150,7 +150,7 @@ def test_segment_never_overwrites_an_input_nor_mixes_legends(cache, tmp_path):
 
 
 def test_segment_recursive_skips_its_own_output_and_out_is_locked(cache, tmp_path):
-    from ovdiff_cli.outdir import lock
+    from ovdiff_cli.io.outdir import lock
 
     images = scenes(tmp_path / "photos")
     out = images / "masks"
@@ -169,7 +169,7 @@ def test_segment_recursive_skips_its_own_output_and_out_is_locked(cache, tmp_pat
 
 def test_the_shards_of_one_job_may_write_one_folder_side_by_side_but_nothing_else_may(tmp_path):
     from ovdiff_cli.errors import OvdiffError
-    from ovdiff_cli.outdir import lock
+    from ovdiff_cli.io.outdir import lock
 
     first, second = lock(tmp_path, (0, 2)), lock(tmp_path, (1, 2))  # SLURM-array style: both at once
     try:
@@ -242,7 +242,7 @@ def test_a_name_beyond_the_text_encoders_context_is_said_once_in_our_words(tmp_p
 
 
 def test_ctrl_c_says_what_is_kept(tmp_path, monkeypatch):
-    from ovdiff_cli import vocab
+    from ovdiff_cli.engines import vocab
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

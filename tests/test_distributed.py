@@ -20,14 +20,14 @@ from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
-from ovdiff_cli.cache import Cache  # noqa: E402
+from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
-from ovdiff_cli.distributed import build_classes  # noqa: E402
+from ovdiff_cli.engines.raycluster import build_classes  # noqa: E402
 from ovdiff_cli.models.presets import get_preset  # noqa: E402
 from ovdiff_cli.procedural import write_voc  # noqa: E402
-from ovdiff_cli.sharing import export_bytes, import_bytes  # noqa: E402
-from ovdiff_cli.vocab import ensure_classes  # noqa: E402
+from ovdiff_cli.store.sharing import export_bytes, import_bytes  # noqa: E402
+from ovdiff_cli.engines.vocab import ensure_classes  # noqa: E402
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -176,7 +176,7 @@ def test_eval_on_ray_scores_what_the_local_engine_scores(world, tmp_path):
 
 
 def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
-    from ovdiff_cli.bench_ray import bench_ray
+    from ovdiff_cli.bench.engines import bench_ray
 
     section = bench_ray(tmp_path, "cpu", "fp32", repeats=1, images=3, workers=(2,))
     figures = section["figures"]

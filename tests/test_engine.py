@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.distributed import check_engine
+from ovdiff_cli.engines.raycluster import check_engine
 from ovdiff_cli.errors import OvdiffError
-from ovdiff_cli.imageio import InputImage
+from ovdiff_cli.io.images import InputImage
 from ovdiff_cli.procedural import write_voc
-from ovdiff_cli.resume import parse_shard, pending, shard
+from ovdiff_cli.engines.resume import parse_shard, pending, shard
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -75,7 +75,7 @@ def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_pa
     # resuming: only the missing mask is segmented again
     (split / masks[1]).unlink()
     before = {p.name: p.stat().st_mtime_ns for p in split.glob("*.png")}
-    from ovdiff_cli.segment import Segmenter
+    from ovdiff_cli.method.segment import Segmenter
 
     calls, original = [], Segmenter.predict_many
 
@@ -110,7 +110,7 @@ def test_engine_options_are_checked_before_any_work(monkeypatch, tmp_path):
 def test_an_unreachable_address_is_one_error_at_once():
     import socket
 
-    from ovdiff_cli.distributed import check_reachable
+    from ovdiff_cli.engines.raycluster import check_reachable
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.cache import Cache
+from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.datasets import load_dataset
-from ovdiff_cli.metrics import ConfusionMatrix
+from ovdiff_cli.eval.datasets import load_dataset
+from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, write_voc
-from ovdiff_cli.vocab import ensure_classes
+from ovdiff_cli.engines.vocab import ensure_classes
 
 runner = CliRunner()
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovdiff_cli.datasets import load_dataset
+from ovdiff_cli.eval.datasets import load_dataset
 from ovdiff_cli.errors import OvdiffError
-from ovdiff_cli.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir, write_report
-from ovdiff_cli.palette import colorize, voc_palette
+from ovdiff_cli.eval.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir, write_report
+from ovdiff_cli.io.palette import colorize, voc_palette
 
 from conftest import VOC_SAMPLE
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ovdiff_cli.config import PART_INPUTS, InputSize
 from ovdiff_cli.errors import OvdiffError
-from ovdiff_cli.features import (
+from ovdiff_cli.method.features import (
     POS_CACHE,
     ClipKeysPart,
     SDPart,

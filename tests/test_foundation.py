@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from ovdiff_cli import cache as cache_mod
-from ovdiff_cli.cache import Cache, decode_array, encode_array
-from ovdiff_cli.cache_audit import verify
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.cache import Cache, decode_array, encode_array
+from ovdiff_cli.store.audit import verify
 from ovdiff_cli.errors import CacheError, OvdiffError
 from ovdiff_cli.names import normalise, parse_class_list, validate
 

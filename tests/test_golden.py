@@ -33,8 +33,8 @@ def fixed_image(size: int) -> np.ndarray:
 
 def golden_slices(stages, preset: str) -> dict[str, np.ndarray]:
     """attribution: every 4th value of the first row block; sd/clip/dino: 4 channels × 2×2 cells."""
-    from ovdiff_cli.features import images_to_tensor
-    from ovdiff_cli.sampling import image_seed
+    from ovdiff_cli.method.features import images_to_tensor
+    from ovdiff_cli.method.sampling import image_seed
 
     sizes = SIZES[preset]
     cfg = dataclasses.replace(SampleConfig(), **sizes["sample"])

@@ -26,10 +26,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovdiff_cli import cache as cache_mod
-from ovdiff_cli.cache import SCHEMA_KEY, Cache
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.cache import SCHEMA_KEY, Cache
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.imageio import load_image
+from ovdiff_cli.io.images import load_image
 from ovdiff_cli.procedural import render_scene, write_voc
 
 from conftest import mounted_tmpfs

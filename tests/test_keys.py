@@ -12,7 +12,7 @@ import pytest
 
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.config import ProtoConfig, SampleConfig
-from ovdiff_cli.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
+from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 
 

@@ -40,7 +40,7 @@ def test_sample_with_sd_model_option(sd_dir, tmp_path):
     res = CliRunner().invoke(app, ["sample", "cat", "--preset", "sd15", "--sd-model", str(root), "--n-images", "2",
                                    "--size", "64", "--steps", "2", "--cache", str(tmp_path / "c"), "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    from ovdiff_cli.cache import Cache
+    from ovdiff_cli.store.cache import Cache
 
     (sid, meta), = [(k.decode().split("/")[1], v) for k, v in Cache(tmp_path / "c").scan(b"s/") if k.count(b"/") == 1]
     assert b'"n_images": 2' in meta and str(root).encode() in meta

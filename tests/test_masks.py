@@ -12,7 +12,7 @@ from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
 from ovdiff_cli.models.sam import load_sam
-from ovdiff_cli.masks import (
+from ovdiff_cli.method.masks import (
     NCutProposer,
     SamProposer,
     fg_bg_masks,
@@ -125,10 +125,10 @@ def test_overlay_tints_fg_red_and_bg_blue():
 @pytest.mark.parametrize("name", ["kite", "ball", "sky", "grass"])
 def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(procedural_stages, name):
     """In the procedural world the attribution map is the class's own soft mask: fg must hold it, bg must not."""
-    from ovdiff_cli.features import images_to_tensor
-    from ovdiff_cli.masks import class_masks, image_attribution, mask_to_grid
+    from ovdiff_cli.method.features import images_to_tensor
+    from ovdiff_cli.method.masks import class_masks, image_attribution, mask_to_grid
     from ovdiff_cli.procedural import support_sample
-    from ovdiff_cli.sampling import image_seed
+    from ovdiff_cli.method.sampling import image_seed
 
     extractor, proposer = procedural_stages.part("procedural"), build_proposer("ncut", procedural_stages.store)
     samples = [support_sample(name, image_seed(name, 0, i), 128, 32) for i in range(6)]

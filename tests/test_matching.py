@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.matching import (
+from ovdiff_cli.method.matching import (
     assemble_vocabulary,
     match,
     slide_match_many,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ovdiff_cli.metrics import ConfusionMatrix
+from ovdiff_cli.eval.metrics import ConfusionMatrix
 
 
 def naive_scores(pairs: list[tuple[np.ndarray, np.ndarray]], n: int, ignore: int = 255):

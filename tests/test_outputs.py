@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import ovdiff_cli
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.maskio import decode_counts, encode_counts, rle_decode, rle_encode
+from ovdiff_cli.io.masks import decode_counts, encode_counts, rle_decode, rle_encode
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 runner = CliRunner()
@@ -168,7 +168,7 @@ def test_300_classes_write_16bit_masks_that_eval_pred_scores(tmp_path):
     metrics = json.loads(res.stdout)
     assert len(metrics["per_class_iou"]) == 301
     # the same IoUs from the masks and the truth, counted here
-    from ovdiff_cli.metrics import ConfusionMatrix
+    from ovdiff_cli.eval.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(301)
     for i, pred in masks.items():
@@ -179,9 +179,9 @@ def test_300_classes_write_16bit_masks_that_eval_pred_scores(tmp_path):
 
 def test_16bit_masks_keep_label_255_and_beyond(tmp_path):
     """In a 16-bit mask, 255 is a class like any other (only 8-bit masks use it for 'no class')."""
-    from ovdiff_cli.datasets import load_dataset
-    from ovdiff_cli.evaluate import evaluate, predictions_from_dir
-    from ovdiff_cli.maskio import save_png_mask
+    from ovdiff_cli.eval.datasets import load_dataset
+    from ovdiff_cli.eval.evaluate import evaluate, predictions_from_dir
+    from ovdiff_cli.io.masks import save_png_mask
 
     ids = write_voc(tmp_path / "data", 1, seed=2)
     names = [f"c{i}" for i in range(300)]
@@ -201,8 +201,8 @@ def test_16bit_masks_keep_label_255_and_beyond(tmp_path):
 
 def test_report_records_protocol_paper_number_and_confusion_picture(tmp_path):
     from ovdiff_cli.config import SegmentConfig
-    from ovdiff_cli.datasets import load_dataset
-    from ovdiff_cli.evaluate import confusion_picture, evaluate, protocol, write_report
+    from ovdiff_cli.eval.datasets import load_dataset
+    from ovdiff_cli.eval.evaluate import confusion_picture, evaluate, protocol, write_report
 
     write_voc(tmp_path / "data", 2, seed=3)
     ds = load_dataset("voc", tmp_path / "data/VOC2012")  # the benchmark's own 21 classes: the paper has a number

@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli import masks as M
+from ovdiff_cli.method import masks as M
 from ovdiff_cli.config import NEGATIVE_PROMPT, PROMPT_TEMPLATE, ProtoConfig, SampleConfig, SegmentConfig
-from ovdiff_cli.filter import CategoryFilter, class_prompt, select_classes, subset_prompt, subsets
-from ovdiff_cli.matching import assemble_vocabulary
+from ovdiff_cli.method.filter import CategoryFilter, class_prompt, select_classes, subset_prompt, subsets
+from ovdiff_cli.method.matching import assemble_vocabulary
 from ovdiff_cli.models.presets import PRESETS
 from ovdiff_cli.types import ClassParts, ClassPrototypes, Sample
 
@@ -67,7 +67,7 @@ def test_the_paper_preset_keeps_every_default():
 
 
 def test_voc_class_names_with_the_papers_corrections():
-    from ovdiff_cli.classnames import class_names
+    from ovdiff_cli.eval.classnames import class_names
 
     assert class_names("voc") == [
         "background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -109,7 +109,7 @@ def test_sd_pipeline_is_called_with_the_papers_settings(tiny_stages, monkeypatch
 def test_sd_layers_are_the_papers_nine_cross_attention_layers():
     from diffusers import UNet2DConditionModel
 
-    from ovdiff_cli.features import sd_feature_layers
+    from ovdiff_cli.method.features import sd_feature_layers
 
     with torch.device("meta"):  # SD1.5's UNet layout, no memory
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
@@ -129,7 +129,7 @@ def test_sd_layers_are_the_papers_nine_cross_attention_layers():
 
 
 def test_sd_features_are_queries_at_t200_with_the_empty_prompt(tiny_stages):
-    from ovdiff_cli.features import SD_TIMESTEP
+    from ovdiff_cli.method.features import SD_TIMESTEP
 
     assert SD_TIMESTEP == 200
     part = tiny_stages.part("sd").backbone
@@ -181,7 +181,7 @@ def test_the_filters_clip_uses_clips_own_mean_std_at_224(tiny_stages):
     scorer = tiny_stages.scorer()
     torch.testing.assert_close(scorer.mean.flatten().cpu(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))
     torch.testing.assert_close(scorer.std.flatten().cpu(), torch.tensor([0.26862954, 0.26130258, 0.27577711]))
-    from ovdiff_cli.filter import filter_input
+    from ovdiff_cli.method.filter import filter_input
 
     assert filter_input(np.zeros((30, 50, 3), np.uint8), SegmentConfig().filter_size).shape == (1, 3, 224, 224)
 
@@ -334,7 +334,7 @@ def test_segmenter_filters_things_only(procedural_stages):
     protos = [ClassPrototypes("kite", "thing", proto(0), proto(1)), ClassPrototypes("sky", "stuff", proto(1)),
               ClassPrototypes("ball", "thing", proto(2), proto(3)), ClassPrototypes("grass", "stuff", proto(3))]  # fmt: skip
     classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
-    from ovdiff_cli.segment import Segmenter
+    from ovdiff_cli.method.segment import Segmenter
 
     seg = procedural_stages.segmenter(classes, SegmentConfig(), "procedural")
     assert seg.filter.names == ["kite", "ball"] and seg.filter.stuff == [1, 3]
@@ -480,8 +480,8 @@ def test_masks_are_made_at_image_resolution_and_reduced_to_the_grid_bilinearly()
 
 def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatch):
     """MaskCut cuts DINO keys: the masks stage hands ncut the DINO part's features, also for `--extractor sd`."""
-    from ovdiff_cli.classbuild import mask_batches
-    from ovdiff_cli.features import images_to_tensor
+    from ovdiff_cli.method.classbuild import mask_batches
+    from ovdiff_cli.method.features import images_to_tensor
 
     assert ProtoConfig().mask_features == "dino" and M.NCutProposer.uses_features
     assert not M.ThresholdProposer.uses_features and not M.SamProposer.uses_features
@@ -510,8 +510,8 @@ def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):
     res = CliRunner().invoke(app, ["protos", "add", "cat", "--preset", "tiny", "--cache", cache, "--device", "cpu",
                                    "--n-images", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    from ovdiff_cli.cache import Cache
-    from ovdiff_cli.vocab import find_classes
+    from ovdiff_cli.store.cache import Cache
+    from ovdiff_cli.engines.vocab import find_classes
 
     records = [rec for _, rec in find_classes(Cache(cache))]  # one per extractor part, the same masks
     assert sorted(r["part"] for r in records) == ["clip", "dino", "sd"] and len({r["mask_id"] for r in records}) == 1
@@ -531,7 +531,7 @@ def test_ncut_proposes_masks_on_the_default_features_of_the_full_size_architectu
     ≥ 0.3 everywhere, above τ); on SD's own noise samples no part cuts at all. NCut reads the
     `mask_features` part (DINO) whatever the extractor spec.
     """
-    from ovdiff_cli.features import images_to_tensor
+    from ovdiff_cli.method.features import images_to_tensor
 
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 60, (128, 128, 3)).astype(np.uint8)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ovdiff_cli.cache import Cache
-from ovdiff_cli.metrics import ConfusionMatrix
+from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, WORLD, ProceduralExtractor, ProceduralScorer, render_scene, write_voc
-from ovdiff_cli.vocab import ensure_classes
+from ovdiff_cli.engines.vocab import ensure_classes
 
 
 def configs(stages):
@@ -53,7 +53,7 @@ def test_extractor_and_scorer_interfaces(procedural_stages):
 
 
 def test_write_voc_layout_reads_as_voc(tmp_path):
-    from ovdiff_cli.datasets import load_dataset
+    from ovdiff_cli.eval.datasets import load_dataset
 
     ids = write_voc(tmp_path, 3, seed=1)
     assert (tmp_path / "classes.txt").read_text().split() == list(LABELLED)

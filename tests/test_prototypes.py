@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovdiff_cli.prototypes import (
+from ovdiff_cli.method.prototypes import (
     RegionAccumulator,
     build_prototypes,
     class_prototype,

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.datasets import load_dataset
-from ovdiff_cli.metrics import ConfusionMatrix
+from ovdiff_cli.eval.datasets import load_dataset
+from ovdiff_cli.eval.metrics import ConfusionMatrix
 
 from conftest import VOC_SAMPLE
 

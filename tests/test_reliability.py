@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli import cache as cache_mod
-from ovdiff_cli.cache import Cache
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.cli.app import app
 
 from conftest import mounted_tmpfs
@@ -40,7 +40,8 @@ PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 # after every key was put and before the commit (the LMDB writer lock is held when we die).
 LAUNCHER = r"""
 import os, signal, sys, time
-from ovdiff_cli import procedural, cache
+from ovdiff_cli import procedural
+from ovdiff_cli.store import cache
 
 delay = float(os.environ.get("OVDIFF_TEST_GEN_DELAY", "0"))
 gate = os.environ.get("OVDIFF_TEST_GATE")
@@ -156,7 +157,7 @@ def snapshot(cache_dir: Path) -> dict[bytes, bytes]:
 
 def assert_sound(cache_dir: Path) -> None:
     """`ovdiff cache verify` says sound (exit 0), and every visible class loads whole."""
-    from ovdiff_cli.vocab import load_class
+    from ovdiff_cli.engines.vocab import load_class
 
     res = CliRunner().invoke(app, ["cache", "verify", "--cache", str(cache_dir)])
     assert res.exit_code == 0 and "cache is sound" in res.output, res.output
@@ -312,7 +313,7 @@ def test_segment_reads_while_protos_add_writes(tmp_path):
 
     from ovdiff_cli.cli.common import make_run
     from ovdiff_cli.procedural import render_scene
-    from ovdiff_cli.vocab import ensure_classes
+    from ovdiff_cli.engines.vocab import ensure_classes
 
     cache_dir = tmp_path / "cache"
     run = make_run(cache_dir, "procedural", "cpu", "fp32")
@@ -412,7 +413,7 @@ def _flip(blob: bytes, at: int) -> bytes:
 
 
 def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_rebuild(tmp_path):
-    from ovdiff_cli.cache import attribution_key, class_array_key, class_key, encode_png, image_key
+    from ovdiff_cli.store.cache import attribution_key, class_array_key, class_key, encode_png, image_key
     from ovdiff_cli.cli.common import make_run
     from ovdiff_cli.procedural import render_scene
     from PIL import Image

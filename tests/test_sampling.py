@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ovdiff_cli import sampling
-from ovdiff_cli.cache import Cache
-from ovdiff_cli.cache_audit import verify
+from ovdiff_cli.method import sampling
+from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
-from ovdiff_cli.keys import support_id
+from ovdiff_cli.store.keys import support_id
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
 

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.imageio import ImageError, discover, load_image
-from ovdiff_cli.palette import voc_palette
+from ovdiff_cli.io.images import ImageError, discover, load_image
+from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
 
 from conftest import VOC_SAMPLE
@@ -176,9 +176,9 @@ def test_discover_folders_globs_recursion_and_name_clashes(tmp_path):
 
 def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(procedural_stages, tmp_path):
     """predict_many batches windows of several images through the backbone; results are unchanged."""
-    from ovdiff_cli.cache import Cache
+    from ovdiff_cli.store.cache import Cache
     from ovdiff_cli.procedural import LABELLED, render_scene
-    from ovdiff_cli.vocab import ensure_classes
+    from ovdiff_cli.engines.vocab import ensure_classes
 
     p = procedural_stages.specs.preset
     sample_cfg, proto_cfg, seg_cfg = p.sample, p.protos, p.segment
@@ -207,8 +207,8 @@ def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(
     is (the whole 96×150 image too, rounded up to its stride); the whole image is one more crop."""
     import dataclasses
 
-    from ovdiff_cli.bench import synthetic_bank
-    from ovdiff_cli.matching import window_boxes
+    from ovdiff_cli.bench.settings import synthetic_bank
+    from ovdiff_cli.method.matching import window_boxes
     from ovdiff_cli.models.presets import get_preset
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
@@ -234,10 +234,10 @@ def test_an_encoded_image_holds_every_parts_features_and_matches_as_predict_does
     crop batch, and predict_encoded reproduces predict (labels, winners, scores) with no backbone call."""
     import dataclasses
 
-    from ovdiff_cli.bench import synthetic_bank
+    from ovdiff_cli.bench.settings import synthetic_bank
     from ovdiff_cli.errors import OvdiffError
     from ovdiff_cli.models.presets import get_preset
-    from ovdiff_cli.segment import encode_image
+    from ovdiff_cli.method.segment import encode_image
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
     classes = synthetic_bank(["cat", "dog", "sky"], {"sd": 160, "dino": 64, "clip": 64}, 3, 0)

@@ -11,17 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ovdiff_cli import stuff
-from ovdiff_cli.cache import Cache
-from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
+from ovdiff_cli.method import stuff
+from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.eval.classnames import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import MissingClasses, OvdiffError
 from ovdiff_cli.models.presets import get_preset
-from ovdiff_cli.keys import PROTO_VERSION, class_ids, mask_id
-from ovdiff_cli.sharing import export_classes, import_classes
-from ovdiff_cli.vocab import ensure_classes, find_classes, load_class
+from ovdiff_cli.store.keys import PROTO_VERSION, class_ids, mask_id
+from ovdiff_cli.store.sharing import export_classes, import_classes
+from ovdiff_cli.engines.vocab import ensure_classes, find_classes, load_class
 
 TINY = get_preset("tiny")
 SAMPLE = TINY.sample
@@ -318,7 +318,7 @@ def test_classes_built_with_a_sam_model_are_found_by_segment_and_eval(tiny_sam_d
     """The SAM model is part of a class's key, so every command that looks classes up takes --sam-model."""
     from PIL import Image
 
-    from ovdiff_cli.palette import voc_palette
+    from ovdiff_cli.io.palette import voc_palette
     from ovdiff_cli.procedural import write_voc
 
     write_voc(tmp_path / "data", 1)

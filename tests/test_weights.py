@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli import weights
+from ovdiff_cli.models import weights
 from ovdiff_cli.cli.app import app
 
 runner = CliRunner()

@@ -53,7 +53,7 @@ class _Group(TyperGroup):
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings as one plain line on stderr; others as Python shows them."""
-    from ..sampling import LongNameWarning
+    from ..method.sampling import LongNameWarning
 
     if issubclass(category, LongNameWarning):
         print(f"warning: {message}", file=sys.stderr)

@@ -28,7 +28,7 @@ def workspace(cache: Path | None) -> Iterator[Path]:
 
 
 def results_table(results: dict) -> Table:
-    from ..bench import table_rows
+    from ..bench.settings import table_rows
 
     m, s = results["machine"], results["settings"]
     table = Table(title=f"ovdiff bench · preset {s['preset']} · {m['device_name']} ({m['device']}, {m['dtype']}) · "
@@ -66,9 +66,9 @@ def bench(
 
     Example: ovdiff bench --out bench/results.json
     """
-    from ..bench import bench_settings, markdown_table
-    from ..bench_run import run_bench
-    from ..imageio import save_json
+    from ..bench.settings import bench_settings, markdown_table
+    from ..bench.run import run_bench
+    from ..io.images import save_json
     from ..models.presets import resolve_device
 
     from ..limits import check_seed
@@ -80,7 +80,7 @@ def bench(
     with workspace(cache) as root:
         results = run_bench(settings, root, device, dtype, seed, say)
         if not quick:  # the Ray engine against the local one (its own module; skipped without the extra)
-            from ..bench_ray import bench_ray
+            from ..bench.engines import bench_ray
 
             results["sections"]["ray"] = bench_ray(root, device, dtype, seed, settings.repeats, say)
     save_json(results, out)

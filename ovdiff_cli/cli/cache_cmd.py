@@ -46,8 +46,8 @@ def verify(
 
     Example: ovdiff cache verify --json   (exit code as without --json)
     """
-    from ..cache import CacheDamaged
-    from ..cache_audit import verify as verify_cache
+    from ..store.cache import CacheDamaged
+    from ..store.audit import verify as verify_cache
 
     run = cache_run(cache, verbose, quiet, json_out, create=False)
     try:
@@ -89,7 +89,7 @@ def _report(run, problems) -> None:
 
 def _damaged(run, error, repair: bool) -> None:
     """A data file LMDB must not map: say so, or with --repair copy what is intact into a fresh one."""
-    from ..cache_audit import rebuild
+    from ..store.audit import rebuild
 
     if not repair:
         run.err.print(f"[red]broken[/] {escape(f'data.mdb: {error.problem}')}", highlight=False, soft_wrap=True)

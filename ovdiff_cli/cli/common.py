@@ -19,10 +19,10 @@ from ..errors import OvdiffError
 from ..models.sam import SAM_SPEC
 
 if TYPE_CHECKING:
-    from ..cache import Cache
+    from ..store.cache import Cache
     from ..compose import Stages
-    from ..datasets import SegDataset
-    from ..evaluate import EvalResult
+    from ..eval.datasets import SegDataset
+    from ..eval.evaluate import EvalResult
     from ..models.presets import Preset
 
 _P, _D, _S = ProtoConfig(), SampleConfig(), SegmentConfig()  # defaults shown in --help; presets may override them
@@ -93,7 +93,7 @@ class Run:
     @property
     def cache(self) -> Cache:
         if self._cache is None:
-            from ..cache import Cache
+            from ..store.cache import Cache
 
             self._cache = Cache(self.cache_dir, create=self.create_cache)
         return self._cache
@@ -196,7 +196,7 @@ def make_run(
 
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
-    from ..cache import default_cache_dir
+    from ..store.cache import default_cache_dir
     from ..models.presets import get_preset
 
     p = get_preset(preset)
@@ -221,8 +221,8 @@ def make_run(
     from ..errors import OvdiffError
     from ..limits import check_seed, check_segment
     from ..models.sd import missing_local
-    from ..sampling import check_config
-    from ..vocab import check_proto_config
+    from ..method.sampling import check_config
+    from ..engines.vocab import check_proto_config
 
     check_seed(seed)
     models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
@@ -244,7 +244,7 @@ def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, js
               create: bool = True) -> Run:  # fmt: skip
     """The context of a command that only reads or writes the cache (no models, no method settings);
     `create=False` for commands that only read: a --cache that holds no cache is then an error."""
-    from ..cache import default_cache_dir
+    from ..store.cache import default_cache_dir
 
     return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(),
                console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
@@ -332,7 +332,7 @@ def check_out_dir(out: Path, what: str = "the masks") -> Path:
 
 def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
-    from ..evaluate import aggregate, paper_reference
+    from ..eval.evaluate import aggregate, paper_reference
 
     last = results[-1]
     if len(results) > 1:
@@ -352,7 +352,7 @@ def print_results(run: Run, ds: SegDataset, results: list[EvalResult], seconds_p
 
     from rich.table import Table
 
-    from ..evaluate import aggregate
+    from ..eval.evaluate import aggregate
 
     if run.quiet:
         return

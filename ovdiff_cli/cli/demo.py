@@ -30,7 +30,7 @@ def demo(
 
     Example: ovdiff demo --out demo/ --images 24
     """
-    from ..demo import run_demo
+    from ..eval.demo import run_demo
     from ..limits import check_seed, in_range
     from ..procedural import LABELLED
 

@@ -47,8 +47,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..datasets import SegDataset
-    from ..evaluate import EvalResult, Predict
+    from ..eval.datasets import SegDataset
+    from ..eval.evaluate import EvalResult, Predict
 
 DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without)."
 
@@ -110,9 +110,9 @@ def eval_cmd(
 
     Example (a Ray cluster): ovdiff eval voc --root /shared/VOC2012 --engine ray --address HEAD:6379
     """
-    from ..datasets import load_dataset
-    from ..distributed import check_engine, engine_session
-    from ..evaluate import metrics_document, predictions_from_dir, protocol, write_report
+    from ..eval.datasets import load_dataset
+    from ..engines.raycluster import check_engine, engine_session
+    from ..eval.evaluate import metrics_document, predictions_from_dir, protocol, write_report
     from ..errors import OvdiffError
 
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
@@ -206,8 +206,8 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
 def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local", workers: int | None = None) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them
     (with `engine` "ray", both on Ray, in the session the caller opened)."""
-    from ..evaluate import benchmark_classes, protocol_config, segmenter_predictor
-    from ..vocab import ensure_classes
+    from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
+    from ..engines.vocab import ensure_classes
 
     names = benchmark_classes(ds)
     with run.progress() as bar:
@@ -219,14 +219,14 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local",
             bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
         if engine == "ray":
-            from ..distributed import build_classes
+            from ..engines.raycluster import build_classes
 
             build_classes(run.cache, run.run, names, seed, run.sample, run.protos, workers=workers,
                           on_class=lambda name, done, total: on_event("prototypes", name, done, total))  # fmt: skip
         classes = ensure_classes(run.cache, run.stages, names, seed, run.sample, run.protos, on_event=on_event)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
     if engine == "ray":
-        from ..distributed import dataset_predictions
+        from ..engines.raycluster import dataset_predictions
 
         return dataset_predictions(run.run, classes, protocol_config(run.segment, ds), run.protos.extractor, ds, workers)
     segmenter = run.stages.segmenter(classes, protocol_config(run.segment, ds), run.protos.extractor, run.cache)
@@ -234,7 +234,7 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local",
 
 
 def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
-    from ..evaluate import evaluate
+    from ..eval.evaluate import evaluate
 
     with run.progress() as bar:
         task = bar.add_task(f"{ds.name} ({what})", total=len(ds))

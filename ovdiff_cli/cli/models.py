@@ -61,8 +61,8 @@ def download(
 
     Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
     """
-    from ..weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
-    from ..weights import download as fetch
+    from ..models.weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
+    from ..models.weights import download as fetch
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
                    dino_model=dino_model, sam_model=sam_model,

@@ -53,7 +53,7 @@ def _check_filter_seed(seed: int | None) -> None:
 
 
 def _prototypes(rec: dict) -> str:
-    from ..vocab import prototype_counts
+    from ..engines.vocab import prototype_counts
 
     c = prototype_counts(rec)
     return f"{c['fg']} fg" + (f" + {c['bg']} bg" if c["bg"] else "")
@@ -95,10 +95,10 @@ def add(
 
     Example (a Ray cluster, one worker per GPU): ovdiff protos add --classes-file lvis.txt --engine ray --address HEAD:6379
     """
-    from ..distributed import build_classes, check_engine, engine_session
+    from ..engines.raycluster import build_classes, check_engine, engine_session
     from ..errors import OvdiffError
     from ..names import parse_class_list, validate
-    from ..vocab import ensure_classes, find_classes
+    from ..engines.vocab import ensure_classes, find_classes
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
@@ -184,7 +184,7 @@ def list_cmd(
 
     Example: ovdiff protos list --json | jq -r '.[].class'
     """
-    from ..vocab import class_summary, match_classes
+    from ..engines.vocab import class_summary, match_classes
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, json_out, create=False)
@@ -226,7 +226,7 @@ def rm(
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
     from ..errors import OvdiffError
-    from ..vocab import match_classes, remove_classes
+    from ..engines.vocab import match_classes, remove_classes
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
@@ -257,8 +257,8 @@ def show(
     Example: ovdiff protos show cat --out cat-masks.png
     """
     from ..errors import OvdiffError
-    from ..masks import mask_sheet
-    from ..vocab import class_support, match_classes
+    from ..method.masks import mask_sheet
+    from ..engines.vocab import class_support, match_classes
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
@@ -291,8 +291,8 @@ def export(
     Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
     """
     from ..errors import OvdiffError
-    from ..sharing import export_classes
-    from ..vocab import match_classes
+    from ..store.sharing import export_classes
+    from ..engines.vocab import match_classes
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
@@ -314,7 +314,7 @@ def import_cmd(
 
     Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
     """
-    from ..sharing import import_classes
+    from ..store.sharing import import_classes
 
     run = cache_run(cache, verbose, quiet)
     pids = import_classes(run.cache, file)

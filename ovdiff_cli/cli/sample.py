@@ -82,7 +82,7 @@ def sample(
 
 def _sample_classes(run, classes: list[str]) -> None:
     """Sample every class with one set of stages (one model load), an overall bar and one per class."""
-    from ..sampling import check_config, ensure_support_set
+    from ..method.sampling import check_config, ensure_support_set
 
     check_config(run.sample)
     n = run.sample.n_images
@@ -109,7 +109,7 @@ def _sample_classes(run, classes: list[str]) -> None:
 
 def _write_sheet(run, show: str, out: Path) -> None:
     from ..errors import OvdiffError
-    from ..sampling import cached_support_set, contact_sheet
+    from ..method.sampling import cached_support_set, contact_sheet
 
     meta, samples = cached_support_set(run.cache, run.stages.specs, show, run.run.seed, run.sample)
     norm = meta["norm"]

@@ -54,7 +54,7 @@ from .common import (
 def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
                    shard: tuple[int, int] | None) -> None:
     """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
-    from ..outdir import check_legend, check_no_input_overwritten, lock
+    from ..io.outdir import check_legend, check_no_input_overwritten, lock
 
     check_no_input_overwritten(out_dir, items)
     ctx.call_on_close(lock(out_dir, shard))
@@ -126,14 +126,14 @@ def segment(
 
     Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
-    from .. import resume as job
-    from ..distributed import check_engine, engine_session
-    from ..imageio import discover
-    from ..maskio import MaskWriter
+    from ..engines import resume as job
+    from ..engines.raycluster import check_engine, engine_session
+    from ..io.images import discover
+    from ..io.masks import MaskWriter
     from ..names import parse_class_list
-    from ..explain import Explainer
-    from ..segment import OutputWriter, legend, save_legend, segment_paths
-    from ..vocab import ensure_classes
+    from ..method.explain import Explainer
+    from ..method.segment import OutputWriter, legend, save_legend, segment_paths
+    from ..engines.vocab import ensure_classes
 
     if batch_size is not None and batch_size < 1:
         raise OvdiffError(f"--batch-size must be at least 1, got {batch_size}")
@@ -180,7 +180,7 @@ def segment(
             bar.update(tasks[(stage, name)], completed=done, total=total)
 
         if engine == "ray" and not no_build:
-            from ..distributed import build_classes
+            from ..engines.raycluster import build_classes
 
             build_classes(run.cache, run.run, names, run.run.seed, run.sample, run.protos, address=address,
                           workers=workers, on_class=lambda name, done, total: on_event("prototypes", "(ray)", done, total))  # fmt: skip
@@ -199,7 +199,7 @@ def segment(
                               f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
         if engine == "ray":
-            from ..distributed import segment_items
+            from ..engines.raycluster import segment_items
 
             summary = segment_items(run.run, protos_list, run.segment, run.protos.extractor, items,
                                     OutputWriter(names, out_dir, overlay, on_image=on_image, masks=writer), address, workers)  # fmt: skip
@@ -209,7 +209,7 @@ def segment(
                                     explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
                                     image_batch=run.segment.image_batch, writer=writer)  # fmt: skip
     if run.json:
-        from ..segment import job_report
+        from ..method.segment import job_report
 
         run.emit(job_report(summary, items, names, out_dir, mask_format))
     elif not run.quiet:

@@ -1,0 +1,129 @@
+"""The bench's Ray section: images/s of `segment --engine ray` with 1 and 2 workers against the local
+engine on the same images, and what starting a local Ray instance costs.
+
+On the procedural preset (its hand-made extractor is cheap, so the figures show the engine's own
+cost and scaling, not a backbone's). Each repeat runs the three jobs back to back in rotating order
+and forms the ratios within the repeat. A Ray job's time includes starting its actor pool and
+loading the models in each worker, as a user's job pays them; the Ray instance is started once,
+and its start-up is timed apart, in a new process each repeat. Every engine runs torch on one
+thread per worker, so 2 workers can use 2 cores where the local engine uses one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RAY_IMAGES = 32
+RAY_HW = (120, 160)
+WORKERS = (1, 2)
+
+# Times ray.init of a local instance and one task's round trip (which starts a worker process).
+_STARTUP = """
+import logging, time, ray
+t = time.perf_counter()
+ray.init(num_cpus={cpus}, include_dashboard=False, logging_level=logging.ERROR)
+ray.get(ray.remote(lambda: 0).remote())
+print(time.perf_counter() - t)
+ray.shutdown()
+"""
+
+
+def startup_seconds(cpus: int) -> float:
+    """Seconds to start a local Ray instance with `cpus` CPUs and run a first task, in a new process."""
+    out = subprocess.run([sys.executable, "-c", _STARTUP.format(cpus=cpus)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0, repeats: int = 3,
+              say: Callable[[str], None] | None = None, images: int = RAY_IMAGES,
+              workers: tuple[int, ...] = WORKERS) -> dict:  # fmt: skip
+    """The section's figures and notes (Ray with each count of `workers`); without the ray extra, a note
+    saying so and no figures."""
+    import torch
+
+    from .settings import write_images
+    from .stats import figure
+    from .run import MEMORY_CLASSES
+    from ..store.cache import Cache
+    from ..compose import Stages
+    from ..config import RunConfig
+    from ..engines.raycluster import require_ray, segment_items, session
+    from ..errors import OvdiffError
+    from ..io.images import discover
+    from ..models.presets import get_preset
+    from ..method.segment import OutputWriter, segment_paths
+    from ..engines.vocab import ensure_classes
+
+    say = say or (lambda _msg: None)
+    try:
+        require_ray()
+    except OvdiffError as e:
+        return {"figures": {}, "notes": [f"skipped: {e}"]}
+    run_cfg = RunConfig(preset="procedural", device=device, dtype=dtype)
+    stages = Stages.for_run("procedural", device, dtype)
+    preset = get_preset("procedural")
+    sample_cfg, proto_cfg, seg_cfg = preset.sample, preset.protos, preset.segment
+    cache = Cache(root / "ray-cache")
+    classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
+    items = discover([str(write_images(root / "ray-images", images, RAY_HW, seed))])
+    names = [c.name for c in classes]
+
+    arrivals: list[float] = []  # when each image of the running job was written
+
+    def arrived(*_args) -> None:
+        arrivals.append(time.perf_counter())
+
+    def local(out: Path) -> None:
+        segment_paths(stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache), items, out, on_image=arrived,
+                      image_batch=seg_cfg.image_batch)  # fmt: skip
+
+    def on_ray(workers: int) -> Callable[[Path], None]:
+        return lambda out: segment_items(run_cfg, classes, seg_cfg, proto_cfg.extractor, items,
+                                         OutputWriter(names, out, on_image=arrived), workers=workers)  # fmt: skip
+
+    jobs = {"local": local, **{f"ray{n}": on_ray(n) for n in workers}}
+    seconds: dict[str, list[float]] = {k: [] for k in jobs}
+    steady: dict[str, list[float]] = {k: [] for k in jobs}  # images/s from the first image written to the last
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        say(f"ray: start-up of a local instance, {repeats} time(s)")
+        startup = [startup_seconds(max(workers)) for _ in range(repeats)]
+        with session() as ray:
+            if 0 < ray.cluster_resources().get("GPU", 0) < max(workers):
+                raise OvdiffError(f"the Ray bench needs no GPU or at least {max(workers)} (one per worker)")
+            for r in range(repeats):
+                order = list(jobs)[r % len(jobs):] + list(jobs)[:r % len(jobs)]
+                for name in order:
+                    say(f"ray: repeat {r + 1}, {name}")
+                    arrivals.clear()
+                    t0 = time.perf_counter()
+                    jobs[name](root / f"ray-out-{name}-{r}")
+                    seconds[name].append(time.perf_counter() - t0)
+                    steady[name].append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+    finally:
+        torch.set_num_threads(threads)
+    rate = {k: [images / t for t in v] for k, v in seconds.items()}
+
+    def label(k: str) -> str:
+        return "local engine" if k == "local" else f"ray, {k[3:]} worker(s)"
+
+    def ratios(of: dict[str, list[float]], n: int) -> list[float]:
+        return [a / b for a, b in zip(of[f"ray{n}"], of["local"], strict=True)]
+
+    figures = {k: figure(f"{label(k)}, whole job", "images/s", v) for k, v in rate.items()}
+    figures.update({f"ratio{n}": figure(f"ray {n} worker(s) / local, whole job", "×", ratios(rate, n)) for n in workers})
+    figures.update({f"steady_{k}": figure(f"{label(k)}, first to last image", "images/s", v) for k, v in steady.items()})
+    figures.update({f"steady_ratio{n}": figure(f"ray {n} worker(s) / local, first to last image", "×", ratios(steady, n))
+                    for n in workers})  # fmt: skip
+    figures["startup"] = figure("start a local Ray instance + first task", "s", startup)
+    return {
+        "figures": figures,
+        "notes": [f"procedural preset, {images} JPEGs of {RAY_HW[1]}×{RAY_HW[0]}, {len(classes)} cached classes, "
+                  "torch on 1 thread per worker; a Ray job's whole time includes starting its actors and loading their "
+                  "models, as a user's job pays them; 'first to last image' leaves that out (the steady rate)"],
+    }  # fmt: skip

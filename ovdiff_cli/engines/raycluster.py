@@ -1,0 +1,387 @@
+"""The Ray engine (`--engine ray`, the `ray` extra): class builds and segmentation on a Ray cluster.
+
+The engine decides where work runs, never what it computes: its workers call the same library
+functions as the local path (`vocab.build_class`, `segment._predict_group`), so the outputs equal a
+local run's, bit for bit.
+
+- Class builds run on a pool of long-lived actors (`ClassBuilder`), each loading the models once
+  and building class after class: Ray's GPU *tasks* restart their process per call and would reload
+  SD for every class. A worker builds into a scratch cache on its node's local disk and hands each
+  class back as the bytes `protos export` writes; only the driver writes the user's cache (LMDB
+  must not live on a network filesystem). A worker whose process dies is restarted by Ray and its
+  class retried; classes already cached are never sent.
+- Segmentation streams the image paths through Ray Data: `map_batches` over an actor pool of
+  segmenters (`SegmentWorker`), each holding the extractor and the vocabulary (put once in the
+  object store). Workers read the images themselves, so the inputs must be visible at the same
+  path on every node (a shared filesystem); the driver writes the outputs as the local job does.
+
+On a CPU, torch's results depend on its thread count, so CPU workers use the driver's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidSetting, OvdiffError
+
+if TYPE_CHECKING:
+    from ..store.cache import Cache
+    from ..compose import Stages
+    from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+    from ..eval.datasets import ItemInfo, SegDataset
+    from ..eval.evaluate import Predict
+    from ..io.images import InputImage
+    from ..method.segment import JobSummary, OutputWriter
+    from ..types import ClassParts
+
+ENGINES = ("local", "ray")
+MAX_RESTARTS = 3  # a class builder's process may die this often (each time its class is retried)
+SCRATCH_PREFIX = "ovdiff-ray-"  # workers' scratch caches: <tmp>/ovdiff-ray-<job id>, one per node and job
+
+
+def check_engine(engine: str, address: str | None = None, workers: int | None = None) -> None:
+    """Refuse an unknown engine, Ray options without `--engine ray`, or a missing extra, before any work."""
+    if engine not in ENGINES:
+        raise InvalidSetting("engine", f"{engine!r} is unknown; choose one of: {', '.join(ENGINES)}")
+    for setting, value in (("address", address), ("workers", workers)):
+        if engine != "ray" and value is not None:
+            raise InvalidSetting(setting, "applies to the ray engine only")
+    if workers is not None:
+        from ..limits import in_range
+
+        in_range("workers", workers, " workers")
+    if engine == "ray":
+        require_ray()
+
+
+def require_ray():
+    """The ray module, or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise OvdiffError("the ray engine needs Ray: pip install 'ovdiff[ray]'") from None
+    return ray
+
+
+@contextlib.contextmanager
+def session(address: str | None = None) -> Iterator[Any]:
+    """Ray connected: to the cluster at `address`, else to a new local instance (shut down after).
+
+    An instance this process already joined (a notebook, the tests) is used as it is and left running.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    import logging
+
+    if address is not None:
+        check_reachable(address)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our progress bars say what Ray Data's log would
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise OvdiffError(f"cannot start or reach {where}: {e}") from e
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a connection, else a one-line error now (Ray itself retries for minutes).
+
+    Other forms ("auto", "ray://…") are left to Ray.
+    """
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise OvdiffError(f"cannot reach the Ray cluster at {address}: {e.strerror or e} (is 'ray start --head' running there?)") from None
+
+
+def engine_session(engine: str, address: str | None = None):
+    """One Ray session around a whole command with `--engine ray` (its steps share it); else nothing."""
+    return session(address) if engine == "ray" else contextlib.nullcontext()
+
+
+def worker_resources(ray, workers: int | None) -> tuple[int, dict[str, float]]:
+    """(number of workers, what each asks for): one GPU each when the cluster has GPUs, else one CPU.
+
+    Default count: one per GPU, else 2.
+    """
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n = workers or gpus or 2
+    return n, ({"num_gpus": 1} if gpus else {"num_cpus": 1})
+
+
+def _stages(run_cfg: RunConfig) -> Stages:
+    """The stages a local run of these options builds (same preset, model sources, device rule and dtype)."""
+    from ..compose import Stages
+
+    return Stages.for_run(run_cfg.preset, run_cfg.device, run_cfg.dtype, run_cfg.model_overrides)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _driver_threads(resources: dict[str, float]) -> int | None:
+    """The driver's torch thread count for CPU workers (their results then equal a local run's)."""
+    import torch
+
+    return None if "num_gpus" in resources else torch.get_num_threads()
+
+
+def _cause(e: Exception) -> Exception:
+    """The user's error inside a Ray error (a task's, a dead actor's, memory), so it reaches the CLI as one line."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, OvdiffError):
+        return cause
+    text = str(cause or e).strip()
+    return OvdiffError(f"a Ray worker failed: {text.splitlines()[0] if text else type(e).__name__}")
+
+
+# --------------------------------------------------------------------------- class builds
+
+
+class ClassBuilder:
+    """A Ray actor that loads the models once and builds class after class into a scratch cache."""
+
+    def __init__(self, run_cfg: RunConfig, sample_cfg: SampleConfig, proto_cfg: ProtoConfig, threads: int | None):
+        import ray
+
+        from ..store.cache import Cache
+
+        _set_threads(threads)
+        self.stages = _stages(run_cfg)
+        self.sample_cfg, self.proto_cfg = sample_cfg, proto_cfg
+        # One scratch cache per node and job, shared by its actors: a restarted actor resumes the
+        # support sets its predecessor had sampled.
+        self.root = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{ray.get_runtime_context().get_job_id()}"
+        self.cache = Cache(self.root)
+
+    def build(self, norm: str, seed: int, kind: str | None) -> tuple[str, bytes]:
+        """(name, export bytes) of class `norm` built under the driver's settings."""
+        from ..store.sharing import export_bytes
+        from .vocab import build_class
+
+        pids = build_class(self.cache, self.stages, norm, seed, self.sample_cfg, self.proto_cfg, kind)
+        return norm, export_bytes(self.cache, pids)
+
+    def close(self) -> None:
+        """Remove the scratch cache (the run is over; a killed actor's is left in the temp dir)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def build_classes(
+    cache: Cache,
+    run_cfg: RunConfig,
+    names: list[str],
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    on_class: Callable[[str, int, int], None] | None = None,
+) -> list[str]:
+    """Build on Ray the classes of `names` that need models, importing each into `cache` as it arrives.
+
+    `run_cfg` says which models and how they run, as for a local run. Returns the names built (none
+    when every class is cached: then Ray is not even started).
+    `on_class(name, done, total)` after each import. Afterwards `vocab.ensure_classes` finds them
+    cached (and makes the model-free thing → stuff changes).
+    """
+    from ..models.presets import ModelSpecs
+    from ..store.sharing import import_bytes
+    from .vocab import classes_to_build
+
+    specs = ModelSpecs.of(run_cfg.preset, run_cfg.model_overrides)
+    todo = classes_to_build(cache, specs, names, seed, sample_cfg, proto_cfg, kinds)
+    if not todo:
+        return []
+    with session(address) as ray:
+        from ray.util import ActorPool
+
+        n, resources = worker_resources(ray, workers)
+        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
+        threads = _driver_threads(resources)
+        actors = [actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, threads)
+                  for _ in range(min(n, len(todo)))]  # fmt: skip
+        pool = ActorPool(actors)
+        built: list[str] = []
+        try:
+            for norm, kind in todo.items():
+                pool.submit(lambda a, v: a.build.remote(*v), (norm, seed, kind))
+            while pool.has_next():
+                try:
+                    norm, data = pool.get_next_unordered()
+                except ray.exceptions.RayError as e:
+                    raise _cause(e) from None
+                import_bytes(cache, data)
+                built.append(norm)
+                if on_class is not None:
+                    on_class(norm, len(built), len(todo))
+        finally:
+            with contextlib.suppress(Exception):
+                ray.get([a.close.remote() for a in actors], timeout=30)
+            for a in actors:
+                ray.kill(a)
+    return built
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+class SegmentWorker:
+    """A Ray Data actor: the extractor and the vocabulary, loaded once; segments a batch of paths.
+
+    Rows in: index, path. Rows out: index, labels (H·W uint16 bytes: masks go beyond 254 classes), height, width, selected and
+    timings (JSON), io (seconds reading), error ("" when the image was segmented).
+    """
+
+    def __init__(self, run_cfg: RunConfig, vocab: list, seg_cfg: SegmentConfig, extractor_spec: str,
+                 loader: Callable[[str], np.ndarray], threads: int | None):  # fmt: skip
+        import ray
+
+        _set_threads(threads)
+        classes = ray.get(vocab[0])  # the vocabulary, from the object store
+        self.loader = loader
+        self.segmenter = _stages(run_cfg).segmenter(classes, seg_cfg, extractor_spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..io.images import InputImage
+        from ..method.segment import _FAILURES, _describe, _predict_group
+
+        rows: list[dict] = []
+        images, waiting = [], []  # the images read, and their rows
+        for index, path in zip(batch["index"], batch["path"], strict=True):
+            row = {"index": int(index), "labels": b"", "height": 0, "width": 0, "selected": "[]", "timings": "{}",
+                   "io": 0.0, "error": ""}  # fmt: skip
+            rows.append(row)
+            t0 = time.perf_counter()
+            try:
+                images.append(self.loader(str(path)))
+            except (*_FAILURES, OvdiffError) as e:
+                row["error"] = _describe(InputImage(Path(path), ""), e)
+                continue
+            row["io"] = time.perf_counter() - t0
+            waiting.append((row, path))
+        segs = _predict_group(self.segmenter, images, False) if images else []
+        for (row, path), seg in zip(waiting, segs, strict=True):
+            if isinstance(seg, Exception):
+                row["error"] = _describe(InputImage(Path(path), ""), seg)
+                continue
+            row.update(labels=seg.labels.astype(np.uint16).tobytes(), height=seg.labels.shape[0], width=seg.labels.shape[1],
+                       selected=json.dumps(seg.selected), timings=json.dumps(seg.timings))  # fmt: skip
+        return {k: np.array([r[k] for r in rows], dtype=object if k in ("labels", "selected", "timings", "error") else None)
+                for k in rows[0]}  # fmt: skip
+
+
+def _segment_rows(
+    ray, run_cfg: RunConfig, classes: list[ClassParts], seg_cfg: SegmentConfig, extractor_spec: str,
+    paths: list[str], loader: Callable[[str], np.ndarray], workers: int | None, image_batch: int,
+    in_order: bool = False,
+) -> Iterator[dict]:  # fmt: skip
+    """The rows `SegmentWorker` returns for `paths`, as they stream out of Ray Data (in order if asked)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = in_order
+    n, resources = worker_resources(ray, workers)
+    vocab = ray.put(classes)
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+    out = ds.map_batches(
+        SegmentWorker, batch_size=max(1, image_batch), batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(n, len(paths))),
+        fn_constructor_kwargs={"run_cfg": run_cfg, "vocab": [vocab], "seg_cfg": seg_cfg, "extractor_spec": extractor_spec,
+                               "loader": loader, "threads": _driver_threads(resources)},
+        **resources,
+    )  # fmt: skip
+    try:
+        yield from out.iter_rows()
+    except ray.exceptions.RayError as e:
+        raise _cause(e) from None
+
+
+def _labels(row: dict) -> np.ndarray:
+    return np.frombuffer(row["labels"], dtype=np.uint16).reshape(int(row["height"]), int(row["width"])).astype(np.int32)
+
+
+def segment_items(
+    run_cfg: RunConfig,
+    classes: list[ClassParts],
+    seg_cfg: SegmentConfig,
+    extractor_spec: str,
+    items: list[InputImage],
+    writer: OutputWriter,
+    address: str | None = None,
+    workers: int | None = None,
+) -> JobSummary:
+    """`segment.segment_paths` on Ray: masks (and overlays) written by `writer` as results arrive."""
+    from ..io.images import load_image
+    from ..method.segment import Segmentation
+
+    if items:
+        with session(address) as ray:
+            rows = _segment_rows(ray, run_cfg, classes, seg_cfg, extractor_spec, [str(i.path) for i in items],
+                                 load_image, workers, seg_cfg.image_batch)  # fmt: skip
+            for row in rows:
+                item = items[row["index"]]
+                if row["error"]:
+                    writer.failed(item, row["error"])
+                    continue
+                seg = Segmentation(_labels(row), json.loads(row["selected"]), json.loads(row["timings"]))
+                writer.write(item, seg, io_time=float(row["io"]))
+    return writer.finish()
+
+
+def dataset_predictions(
+    run_cfg: RunConfig,
+    classes: list[ClassParts],
+    seg_cfg: SegmentConfig,
+    extractor_spec: str,
+    dataset: SegDataset,
+    workers: int | None = None,
+) -> Predict:
+    """`evaluate.segmenter_predictor` on Ray: labels in the dataset's index space, streamed in split order.
+
+    Needs a running session (`session`). Images are read as the benchmarks store them
+    (`datasets.load_image`); the predictor must be called for the split's images in order.
+    """
+    from ..eval.datasets import load_image
+
+    ray = require_ray()
+    infos = dataset.infos
+    shift = 0 if dataset.has_background else 1  # as segmenter_predictor: segment labels, 0 = background
+    rows = _segment_rows(ray, run_cfg, classes, seg_cfg, extractor_spec, [str(i.image_path) for i in infos],
+                         load_image, workers, seg_cfg.image_batch, in_order=True)  # fmt: skip
+
+    def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
+        row = next(rows)
+        expected = infos[row["index"]]
+        if expected.id != info.id:
+            raise OvdiffError(f"Ray returned image {expected.id} where {info.id} was expected")
+        if row["error"]:
+            raise OvdiffError(row["error"])
+        return _labels(row) - shift
+
+    return predict

@@ -1,0 +1,395 @@
+"""Paper §3 "Class prototypes", the stage: class names → cached prototypes, building only what is missing.
+
+For each class: sample its support set (sampling stage), propose fg/bg masks once (on DINO keys for
+ncut, independent of the extractor spec), then for each part of the spec stream the support
+images through its extractor, resize each batch's masks to that part's grid, fold the batch into that
+part's own prototypes, and commit the part in one cache transaction. A part already cached for the same (name, seed, masks, part model,
+settings) is loaded with no model loaded or called, so a vocabulary grows one class at a time, a
+class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
+
+Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
+bytes). Sharing them (export / import) lives in `sharing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import names as naming
+from ..store.cache import now_iso
+from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
+from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
+from ..types import PROTO_KINDS, ClassParts, ClassPrototypes
+
+if TYPE_CHECKING:
+    from ..store.cache import Cache
+    from ..config import ProtoConfig, SampleConfig
+    from ..models.presets import ModelSpecs
+    from ..types import StageSource
+
+OnEvent = Callable[[str, str, int, int], None]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def check_proto_config(cfg: ProtoConfig) -> None:
+    """Reject settings that cannot build prototypes, naming the option, before any model loads."""
+    from ..method.classbuild import MASK_STRIDE
+    from ..method.features import PARTS, spec_parts
+    from ..limits import in_range
+    from ..method.masks import PROPOSERS
+
+    spec_parts(cfg.extractor)
+    if cfg.mask_proposer not in PROPOSERS:
+        raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
+    if cfg.mask_features not in (*PARTS, "procedural"):
+        raise InvalidSetting("mask_features", f"{cfg.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
+    in_range("k_parts", cfg.k_parts)
+    if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
+        raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
+    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
+        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_class(cache: Cache, pid: str) -> ClassPrototypes:
+    """The prototypes of cached class part `pid` as float32 arrays, with their support-image sources."""
+    rec = cache.class_record(pid)
+    if rec is None:
+        raise ClassNotFound(pid)
+    wanted = [n for n in rec["arrays"] if n.split("/", 1)[-1] in (*PROTO_KINDS, "instance_src")]
+    arrays = cache.class_arrays(pid, wanted)
+    protos: dict[str, dict[str, np.ndarray]] = {"fg": {}, "bg": {}}
+    sources: dict[str, np.ndarray] = {}
+    for group in ("fg", "bg"):
+        for kind in PROTO_KINDS:
+            a = arrays.get(f"{group}/{kind}")
+            if a is None:
+                continue
+            protos[group][kind] = a.astype(np.float32, copy=False)
+            src = arrays[f"{group}/instance_src"] if kind == "instance" else np.full(len(a), -1, np.int64)
+            sources[f"{group}/{kind}"] = src.astype(np.int64, copy=False)
+    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources)
+
+
+def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
+    """One class from its part records (part → pid)."""
+    parts = {p: load_class(cache, pid) for p, pid in pids.items()}
+    first = next(iter(parts.values()))
+    return ClassParts(first.name, first.kind, parts)
+
+
+def find_classes(cache: Cache, name: str | None = None) -> list[tuple[str, dict]]:
+    """(pid, record) of the cached class parts, all or those called `name` (normalised), oldest first."""
+    norm = naming.validate(name) if name is not None else None
+    found = [(pid, rec) for pid, rec in cache.classes() if norm is None or rec.get("norm") == norm]
+    return sorted(found, key=lambda pr: (pr[1].get("created_at", ""), pr[0]))
+
+
+def prototype_counts(record: dict) -> dict[str, int]:
+    """Rows per group ("fg", "bg") from a record's array listing."""
+    counts = {"fg": 0, "bg": 0}
+    for name, spec in record.get("arrays", {}).items():
+        group, _, kind = name.partition("/")
+        if group in counts and kind in PROTO_KINDS:
+            counts[group] += spec["shape"][0]
+    return counts
+
+
+def class_summary(cache: Cache, pid: str, record: dict) -> dict:
+    """What `ovdiff protos list` shows of a cached class, JSON-ready (sizes in bytes, full id)."""
+    return {
+        "id": pid, "class": record["name"], "seed": record["seed"], "extractor": record["extractor"],
+        "prototypes": prototype_counts(record), "kind": record["kind"], "kind_source": record.get("kind_source"),
+        "size_bytes": cache.class_size(pid), "mask_proposer": record.get("mask_proposer"),
+        "k_parts": record.get("k_parts"), "n_images": record.get("n_images"),
+        "preset": record.get("models", {}).get("preset"), "models": record.get("models", {}),
+        "created_at": record.get("created_at"),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.ndarray, dict[str, int]] | None:
+    """The coded masks (N,g,g) uint8 and proposal/threshold counts stored with any cached part of the same masks."""
+    for pid in candidates:
+        rec = cache.class_record(pid)
+        if rec is not None and rec.get("mask_id") == mid and "masks" in rec["arrays"]:
+            counts = {"proposals": int(rec.get("mask_proposals", 0)), "thresholds": int(rec.get("mask_thresholds", 0))}
+            return cache.class_arrays(pid, ["masks"])["masks"], counts
+    return None
+
+
+def _build(
+    cache: Cache, stages: StageSource, norm: str, todo: dict[str, str], siblings: list[str], seed: int,
+    sample_cfg: SampleConfig, proto_cfg: ProtoConfig, kind: str, kind_source: str, on_event: OnEvent | None,
+) -> None:  # fmt: skip
+    """Build the parts `todo` (part → pid) of one class, each committed in its own transaction.
+
+    Support images are sampled only where missing; the masks come from a cached part of the same
+    masks (`siblings`, pids to look in) when there is one, else from the proposer. Each part then
+    streams the support images through its extractor at feature_size, a batch at a time, resizes
+    that batch's masks to its own grid and folds it into its prototypes (`build_prototypes`: K-means
+    in its own space on a bounded sample of masked cells), so memory does not grow with N. The part
+    the proposer reads (DINO for ncut) is built from the batches that make the masks.
+    """
+    from ..method.classbuild import part_prototypes
+    from ..method.sampling import ensure_support_set, load_samples
+
+    def progress(stage: str):
+        return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
+
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
+    samples = load_samples(cache, sid, sample_cfg.n_images)
+    found = _cached_masks(cache, siblings, mid)
+    built = part_prototypes(samples, stages, proto_cfg, list(todo), seed, kind == "stuff", found, str(cache.root),
+                            progress)  # fmt: skip
+    try:  # the part-label spill files live on the cache's disk: a full disk says so as a commit does
+        for part_name, arrays, counts in built:
+            record = {
+                "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
+                "support_id": sid, "support_key": support_key(norm, seed, sample_cfg),
+                "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
+                "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+                "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+                "feature_grid": list(arrays["fg/part_labels"].shape[1:]), "mask_grid": list(arrays["masks"].shape[1:]),
+                "n_images": len(samples), "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
+                "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
+                "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
+                "proto_version": PROTO_VERSION, "created_at": now_iso(),
+            }  # fmt: skip
+            cache.put_class(todo[part_name], record, arrays)
+    except OSError as e:
+        raise CacheError(cache.write_failure(e)) from e
+    if on_event:
+        on_event("prototypes", norm, 1, 1)
+
+
+def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassParts, seed: int, sample_cfg: SampleConfig,
+                   proto_cfg: ProtoConfig, source: str) -> list[str]:  # fmt: skip
+    """Cache prototypes made elsewhere (an experiment, a synthetic bank) as class `protos.name`, each part
+    under the id `ensure_classes` looks up for these settings, so they are used as built ones are;
+    returns the ids in spec order.
+
+    protos.parts[p].fg / bg: kind → (n, D) arrays; instance rows take their support images from
+    `sources` (-1 when unknown). No support images or masks are stored, as for an import; `source` is recorded.
+    """
+    norm = naming.validate(protos.name)
+    pids = class_ids(norm, seed, specs, sample_cfg, proto_cfg)
+    for part, pid in pids.items():
+        one = protos.parts[part]
+        arrays: dict[str, np.ndarray] = {}
+        for group, kinds in (("fg", one.fg), ("bg", one.bg)):
+            for kind, a in kinds.items():
+                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
+            if "instance" in kinds:
+                src = one.sources.get(f"{group}/instance")
+                arrays[f"{group}/instance_src"] = np.asarray(np.full(len(kinds["instance"]), -1) if src is None else src, np.int64)
+        record = {
+            "name": norm, "norm": norm, "seed": seed, "extractor": part, "part": part,
+            "mask_id": mask_id(norm, seed, specs, sample_cfg, proto_cfg),
+            "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
+            "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
+            "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
+            "n_images": sample_cfg.n_images, "kind": protos.kind, "kind_source": source, "models": specs.identity(),
+            "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
+        }  # fmt: skip
+        cache.put_class(pid, record, arrays)
+    return list(pids.values())
+
+
+def _make_stuff(cache: Cache, pid: str, rec: dict, kind_source: str) -> None:
+    """Thing → stuff needs no model: drop the bg prototypes, keep everything else."""
+    arrays = {n: a for n, a in cache.class_arrays(pid).items() if not n.startswith("bg/")}
+    rec = {k: v for k, v in rec.items() if k != "arrays"}
+    cache.put_class(pid, dict(rec, kind="stuff", kind_source=kind_source, created_at=now_iso()), arrays)
+
+
+def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
+    from ..method.stuff import KINDS
+
+    out = {}
+    for name, kind in (kinds or {}).items():
+        if kind not in KINDS:
+            raise OvdiffError(f"class {name!r}: kind must be 'stuff' or 'thing', got {kind!r}")
+        out[naming.validate(name)] = kind
+    return out
+
+
+def ensure_classes(
+    cache: Cache,
+    stages: StageSource,
+    names: list[str],
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+    build: bool = True,
+    on_event: OnEvent | None = None,
+) -> list[ClassParts]:
+    """The prototypes of every class in `names` (in that order), in every part of the extractor
+    spec, building the parts not cached.
+
+    Each part of a class is its own cache entry, keyed by the class's support masks and that part
+    alone, so a class built for `sd+dino+clip` serves `dino` (or `sd+clip`) with no model loaded.
+    A cached part is read without loading or calling any model. Missing parts are built (sampling
+    only the support images not yet cached, reusing the masks of a cached part) under a per-class
+    lock, re-checked once the lock is held, so concurrent processes build each part once. `kinds`
+    overrides stuff/thing per class ("user" in the record); a cached part whose kind differs is
+    converted in place (thing → stuff drops bg prototypes; stuff → thing re-extracts from the
+    cached support set). With build=False nothing is written and a missing or differently-kinded
+    class is an error naming the command that builds it (MissingClasses). on_event(stage, class, done, total),
+    stage in "sample", "masks", "extract", "prototypes", "cached".
+    """
+    check_proto_config(proto_cfg)
+    norms = [naming.validate(n) for n in names]
+    overrides = _check_kinds(kinds)
+    unknown = sorted(set(overrides) - set(norms))
+    if unknown:
+        raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
+    pids = {n: class_ids(n, seed, stages.specs, sample_cfg, proto_cfg) for n in norms}
+
+    def stale(n: str, rec: dict | None) -> bool:
+        return rec is None or (n in overrides and rec["kind"] != overrides[n])
+
+    def todo(n: str) -> dict[str, str]:
+        return {p: pid for p, pid in pids[n].items() if stale(n, cache.class_record(pid))}
+
+    if not build:
+        missing = [n for n in dict.fromkeys(norms) if todo(n)]
+        if missing:
+            raise MissingClasses(missing, seed, stages.specs, sample_cfg, proto_cfg)
+    for n in dict.fromkeys(norms):
+        if not todo(n):
+            if on_event:
+                on_event("cached", n, 1, 1)
+            continue
+        mid = mask_id(n, seed, stages.specs, sample_cfg, proto_cfg)
+        with cache.lock(mid):
+            parts = todo(n)  # another process may have built them while we waited
+            if not parts:
+                continue
+            for p, pid in list(parts.items()):
+                rec = cache.class_record(pid)
+                if rec is not None and overrides[n] == "stuff":
+                    _make_stuff(cache, pid, rec, "user")
+                    del parts[p]
+            if not parts:
+                continue
+            build_class(cache, stages, n, seed, sample_cfg, proto_cfg, overrides.get(n), on_event, parts)
+    return [load_parts(cache, pids[n]) for n in norms]
+
+
+def remove_classes(cache: Cache, classes: list[tuple[str, dict]], with_support: bool = False) -> None:
+    """Remove classes (pid, record); with_support, also their support images unless another cached class
+    that stays uses them."""
+    gone = {pid for pid, _ in classes}
+    still_used = {rec.get("support_id") for pid, rec in find_classes(cache) if pid not in gone}
+    for pid, rec in classes:
+        cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
+
+
+def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """A cached class's support images (HxWx3 uint8) and their fg/bg masks ((N,h,w) uint8: 1 fg, 2 bg).
+
+    SupportImagesMissing when the class came without them (an import).
+    """
+    rec = cache.class_record(pid)
+    if rec is None:
+        raise ClassNotFound(pid)
+    masks = cache.class_arrays(pid, ["masks"]).get("masks")
+    try:
+        if masks is None:
+            raise KeyError("masks")
+        return [cache.support_image(rec["support_id"], i) for i in range(len(masks))], masks
+    except KeyError:
+        raise SupportImagesMissing(rec["name"], rec["seed"], rec.get("models", {}).get("preset")) from None
+
+
+def build_class(
+    cache: Cache, stages: StageSource, norm: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kind: str | None = None, on_event: OnEvent | None = None, parts: dict[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """Build one class into `cache`, every part of the extractor spec or only `parts` (part → pid),
+    whatever is cached for them; returns the ids of all its parts, in spec order.
+
+    `kind` None: the kind of a cached part of the same masks (any spec), else classified. The step
+    `ensure_classes` runs (under the class's lock) for each class with missing parts, and what an
+    engine's worker runs.
+    """
+    from ..method.features import PARTS
+    from ..method.stuff import classify
+
+    pids = class_ids(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    # every part these masks may already have (any spec), to reuse masks and kind from
+    siblings = [part_id(norm, seed, p, mid, stages.specs, proto_cfg) for p in (*PARTS, "procedural")]
+    known = [r for r in map(cache.class_record, siblings) if r is not None]
+    if kind is not None:
+        kind, source = kind, "user"
+    elif known:
+        kind, source = known[0]["kind"], known[0]["kind_source"]
+    else:
+        kind, source = classify(norm, stages, cache)
+    _build(cache, stages, norm, dict(pids) if parts is None else parts, siblings, seed, sample_cfg, proto_cfg, kind,
+           source, on_event)  # fmt: skip
+    return list(pids.values())
+
+
+def classes_to_build(
+    cache: Cache, specs: ModelSpecs, names: list[str], seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    kinds: dict[str, str] | None = None,
+) -> dict[str, str | None]:  # fmt: skip
+    """The classes of `names` that `ensure_classes` would build with models (named by `specs`, none
+    loaded): normalised name → the stuff/thing override (None: classify). A class is listed when any
+    part of the spec is missing, or must turn from stuff into a thing; cached parts, and thing →
+    stuff changes, need no model."""
+    check_proto_config(proto_cfg)
+    overrides = _check_kinds(kinds)
+    todo: dict[str, str | None] = {}
+    for n in dict.fromkeys(naming.validate(n) for n in names):
+        for pid in class_ids(n, seed, specs, sample_cfg, proto_cfg).values():
+            rec = cache.class_record(pid)
+            if rec is None or (rec["kind"] != overrides.get(n, rec["kind"]) and overrides[n] == "thing"):
+                todo[n] = overrides.get(n)
+    return todo
+
+
+# --------------------------------------------------------------------------- finding (sharing: `sharing`)
+
+
+def match_classes(
+    cache: Cache, targets: list[str] | None, seed: int | None = None, extractor: str | None = None
+) -> list[tuple[str, dict]]:
+    """Cached class parts matching any target (a class name, or an id or id prefix of 6+ characters),
+    filtered by seed and by extractor (the parts of that spec).
+
+    No targets: every class. A target that matches nothing is an error naming `ovdiff protos list`.
+    """
+    every = find_classes(cache)
+
+    from ..method.features import spec_parts
+
+    parts = None if extractor is None else spec_parts(extractor)
+
+    def keep(rec: dict) -> bool:
+        return (seed is None or rec.get("seed") == seed) and (parts is None or rec.get("extractor") in parts)
+
+    if not targets:
+        return [(p, r) for p, r in every if keep(r)]
+    out: dict[str, dict] = {}
+    for t in targets:
+        norm = naming.validate(t)
+        hits = [(p, r) for p, r in every if keep(r) and (r.get("norm") == norm or (len(t) >= 6 and p.startswith(t)))]
+        if not hits:
+            raise ClassNotFound(t, seed, extractor)
+        out.update(hits)
+    return list(out.items())

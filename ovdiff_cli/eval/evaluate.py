@@ -1,0 +1,493 @@
+"""The eval loop (paper §4, App. A.3): score a predictor on a benchmark split, and write the report.
+
+A predictor is any function `(image, info) -> labels`: image HxWx3 uint8 RGB as stored, labels (H,W)
+integers in the dataset's class-index space (255 = no class). The model, the CLI and the progress
+bar live elsewhere; this module only scores, so any segmenter (or a folder of saved masks, see
+`predictions_from_dir`) can be compared under the same protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
+from ..errors import OvdiffError
+from ..io.legend import LEGEND_FILE, legend_lookup
+from ..limits import in_range
+from .metrics import ConfusionMatrix
+from ..io.palette import colorize, rgb_to_labels
+
+if TYPE_CHECKING:
+    from ..config import SegmentConfig
+    from ..method.segment import Segmenter
+
+Predict = Callable[[np.ndarray, ItemInfo], np.ndarray]
+NO_CLASS = -1  # a prediction of no class that, unlike 255, is no class index of a >255-class vocabulary
+OnImage = Callable[[int, int, float], None]  # (images done, total, running mIoU)
+
+
+@dataclass
+class EvalResult:
+    """Scores of one run over a split. IoUs and accuracies are fractions in [0,1]; NaN = undefined."""
+
+    dataset: str
+    classes: list[str]
+    per_class_iou: np.ndarray  # (C,) float64
+    miou: float
+    pixel_accuracy: float
+    n_images: int
+    seconds_per_image: float  # mean time spent inside predict()
+    per_image_miou: dict[str, float]  # image id -> mIoU over the classes in its gt or prediction
+    confusion: np.ndarray  # (C, C+1) int64, see metrics.ConfusionMatrix
+    predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # best/worst images' labels
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """(id, mIoU) of images with a defined score, best first (ties in split order)."""
+        scored = [(i, m) for i, m in self.per_image_miou.items() if not math.isnan(m)]
+        return sorted(scored, key=lambda x: -x[1])
+
+    def best(self, k: int = 3) -> list[tuple[str, float]]:
+        return self.ranked()[:k]
+
+    def worst(self, k: int = 3) -> list[tuple[str, float]]:
+        return self.ranked()[::-1][:k]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: NaN becomes null; the confusion matrix and kept predictions are left out."""
+        return {
+            "dataset": self.dataset,
+            "n_images": self.n_images,
+            "miou": _num(self.miou),
+            "pixel_accuracy": _num(self.pixel_accuracy),
+            "seconds_per_image": _num(self.seconds_per_image),
+            "per_class_iou": {c: _num(v) for c, v in zip(self.classes, self.per_class_iou, strict=True)},
+            "best": [{"id": i, "miou": _num(m)} for i, m in self.best()],
+            "worst": [{"id": i, "miou": _num(m)} for i, m in self.worst()],
+            "per_image_miou": {i: _num(m) for i, m in self.per_image_miou.items()},
+        }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def check_prediction(pred: np.ndarray, gt: np.ndarray, num_classes: int, source: str) -> np.ndarray:
+    """The prediction as int64 if it fits the ground truth; else a one-line error naming `source`."""
+    pred = np.asarray(pred)
+    if pred.shape != gt.shape:
+        raise OvdiffError(
+            f"{source}: prediction has shape {pred.shape} but the ground truth has shape {gt.shape} (H,W): "
+            "predictions must have the image's size"
+        )
+    if pred.dtype.kind not in "uib":
+        raise OvdiffError(f"{source}: prediction has dtype {pred.dtype}: expected integer labels")
+    pred = pred.astype(np.int64)
+    bad = ((pred < NO_CLASS) | (pred >= num_classes)) & (pred != IGNORE_INDEX)
+    if bad.any():
+        vals = sorted({int(v) for v in np.unique(pred[bad])[:5]})
+        raise OvdiffError(
+            f"{source}: prediction has labels {vals} outside 0..{num_classes - 1} (and {IGNORE_INDEX} or "
+            f"{NO_CLASS} = no class)"
+        )
+    return pred
+
+
+def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = None, keep: int = 3) -> EvalResult:
+    """Run `predict` on every image of `dataset` and score it with one confusion matrix over the split.
+
+    `on_image(done, total, running_miou)` is called after each image (the CLI draws its progress bar
+    from it). The predictions of the `keep` best and worst images are kept for the report.
+    """
+    n = dataset.num_classes
+    total = ConfusionMatrix(n)
+    per_image: dict[str, float] = {}
+    kept: dict[str, np.ndarray] = {}
+    predict_seconds = 0.0
+    for done, item in enumerate(dataset, start=1):
+        image = load_image(item.image_path)
+        if item.label.shape != image.shape[:2]:  # the dataset is off, not the prediction: say so
+            (h, w), (ih, iw) = item.label.shape, image.shape[:2]
+            raise OvdiffError(f"image {item.id}: the ground-truth label {item.info.label_path} is {w}x{h} but the image is "
+                              f"{iw}x{ih}: the dataset's label does not fit its image")  # fmt: skip
+        t0 = time.perf_counter()
+        raw = predict(image, item.info)
+        predict_seconds += time.perf_counter() - t0
+        pred = check_prediction(raw, item.label, n, f"image {item.id}")
+        cm = ConfusionMatrix(n).update(pred, item.label)
+        total += cm
+        per_image[item.id] = cm.miou()
+        if keep > 0 and not math.isnan(per_image[item.id]):
+            kept[item.id] = pred.astype(np.int32)
+            kept = _extremes(kept, per_image, keep)
+        if on_image is not None:
+            on_image(done, len(dataset), total.miou())
+    count = len(per_image)
+    return EvalResult(
+        dataset=dataset.name,
+        classes=list(dataset.classes),
+        per_class_iou=total.iou(),
+        miou=total.miou(),
+        pixel_accuracy=total.pixel_accuracy(),
+        n_images=count,
+        seconds_per_image=predict_seconds / count if count else float("nan"),
+        per_image_miou=per_image,
+        confusion=total.counts.copy(),
+        predictions=kept,
+    )
+
+
+def _extremes(kept: dict[str, np.ndarray], scores: dict[str, float], k: int) -> dict[str, np.ndarray]:
+    """Keep only the k best and k worst of the kept predictions (bounded memory over a long split)."""
+    order = sorted(kept, key=lambda i: -scores[i])
+    wanted = set(order[:k]) | set(order[-k:])
+    return {i: p for i, p in kept.items() if i in wanted}
+
+
+def benchmark_classes(dataset: SegDataset) -> list[str]:
+    """The classes a model builds for a benchmark: every named class, background excluded."""
+    return list(dataset.classes[1:] if dataset.has_background else dataset.classes)
+
+
+def protocol_config(cfg: SegmentConfig, dataset: SegDataset) -> SegmentConfig:
+    """The segment settings a benchmark is scored under: without background, named classes only and
+    no bg prototypes (paper A.3); with background, `cfg` as given."""
+    return replace(cfg, background=dataset.has_background, bg_prototypes=dataset.has_background and cfg.bg_prototypes)
+
+
+def segmenter_predictor(segmenter: Segmenter, dataset: SegDataset) -> Predict:
+    """A Predict over a segmenter built for `benchmark_classes(dataset)` under `protocol_config`.
+
+    Segment labels are 0 = background, k = the k-th class; dataset indices are shifted by one when the
+    benchmark has no background class.
+    """
+    shift = 0 if dataset.has_background else 1
+
+    def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
+        return segmenter.predict(image).labels - shift
+
+    return predict
+def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int | None = None) -> Predict:
+    """A predictor that reads saved masks `<pred_dir>/<id>.png` instead of running a model.
+
+    Masks may be index PNGs (the value is the label), palette PNGs (the palette index is the label)
+    or RGB PNGs in VOC colours (mapped back through the VOC palette); 8-bit masks use 255 for no class,
+    16-bit ones (as `ovdiff segment` writes beyond 254 classes) have no such value. When `ovdiff
+    segment`'s legend (classes.json) lies beside the masks, its names say which dataset class each
+    value is (`legend_lookup`). Otherwise the dataset index is `value - offset`, and values below
+    `offset` are no class; by default `offset` is 0 for benchmarks with a background class and 1 for
+    the others (`ovdiff segment` writes 0 = background and the k-th listed class as k).
+    """
+    root = Path(pred_dir).expanduser()
+    if not root.is_dir():
+        raise OvdiffError(f"prediction folder {root} not found")
+    if offset is not None:
+        in_range("offset", offset, " (mask values are 0..254)")
+    lut = None
+    if (root / LEGEND_FILE).is_file():
+        if offset is not None:
+            raise OvdiffError(f"--offset and the legend {root / LEGEND_FILE} both say what mask values mean: drop --offset")
+        lut = legend_lookup(root / LEGEND_FILE, dataset)
+    off = (0 if dataset.has_background else 1) if offset is None else offset
+
+    def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
+        path = root / f"{info.id}.png"
+        if not path.is_file():
+            raise OvdiffError(f"prediction {path} not found: expected one <id>.png per image of {dataset.name}")
+        raw = read_mask_png(path)
+        values = raw.astype(np.int64)
+        if lut is not None:
+            labels = lut[np.clip(values, 0, len(lut) - 1)]
+            if (labels < 0).any():
+                raise OvdiffError(f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name")
+            return labels
+        labels = values - off
+        labels[((values == IGNORE_INDEX) & (raw.dtype == np.uint8)) | (labels < 0)] = NO_CLASS
+        bad = labels >= dataset.num_classes
+        if bad.any():
+            raise OvdiffError(
+                f"prediction {path} has value {int(values[bad].max())}, too large for the {dataset.num_classes} "
+                f"classes of {dataset.name} with label offset {off}: check the offset and the class list"
+            )
+        return labels
+
+    return predict
+
+
+def read_mask_png(path: Path | str) -> np.ndarray:
+    """(H,W) labels of an index, palette or VOC-coloured RGB PNG."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                return rgb_to_labels(np.asarray(im.convert("RGB")), source=str(path))
+            if im.mode == "LA":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except OSError as e:
+        raise OvdiffError(f"cannot read mask {path}: {e}") from e
+    if arr.ndim != 2:
+        raise OvdiffError(f"mask {path} has shape {arr.shape}: expected one channel")
+    return arr
+
+
+def aggregate(results: list[EvalResult]) -> dict:
+    """Mean ± σ over runs (e.g. seeds): σ is numpy's std with ddof=0 (population), as the paper's ±."""
+    if not results:
+        raise ValueError("aggregate needs at least one result")
+    first = results[0]
+    for r in results[1:]:
+        if r.dataset != first.dataset or r.classes != first.classes:
+            raise OvdiffError("cannot aggregate runs on different datasets or class lists")
+
+    def stat(values: list[float]) -> dict | None:
+        arr = np.array(values, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "n": int(arr.size)} if arr.size else None
+
+    per_class = np.stack([r.per_class_iou for r in results])
+    return {
+        "dataset": first.dataset,
+        "n_runs": len(results),
+        "std": "population (numpy std, ddof=0)",
+        "miou": stat([r.miou for r in results]),
+        "pixel_accuracy": stat([r.pixel_accuracy for r in results]),
+        "per_class_iou": {c: stat(list(per_class[:, j])) for j, c in enumerate(first.classes)},
+        "runs_miou": [_num(r.miou) for r in results],
+    }
+
+
+# -- protocol and the paper's numbers -------------------------------------------------------------
+
+# OVDiff's mIoU (%) in the paper: Table 1 (with background; mean ± σ over 5 seeds) and Table A.8
+# (background excluded), SD1.5 + DINO + CLIP features, real weights.
+PAPER_MIOU: dict[str, dict] = {
+    "voc": {"miou": 66.3, "std": 0.2, "table": "Table 1"},
+    "context": {"miou": 29.7, "std": 0.3, "table": "Table 1"},
+    "object": {"miou": 34.6, "std": 0.3, "table": "Table 1"},
+    "voc20": {"miou": 80.9, "std": None, "table": "Table A.8"},
+    "context59": {"miou": 32.9, "std": None, "table": "Table A.8"},
+    "ade": {"miou": 14.1, "std": None, "table": "Table A.8"},
+    "stuff": {"miou": 20.3, "std": None, "table": "Table A.8"},
+    "cityscapes": {"miou": 23.4, "std": None, "table": "Table A.8"},
+}
+
+
+def paper_reference(dataset: SegDataset) -> dict | None:
+    """The paper's OVDiff mIoU for this benchmark, or None for a dataset of one's own classes."""
+    ref = PAPER_MIOU.get(dataset.name)
+    return None if ref is None or dataset.custom else dict(ref, setup="SD1.5 + DINO + CLIP, real weights (the sd15 preset's defaults)")
+
+
+def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, models: dict | None,
+             sample: object | None = None, protos: object | None = None, segment: object | None = None,
+             predictions: str | None = None) -> dict:  # fmt: skip
+    """What a run measured and how, for metrics.json and report.html: dataset, split, images, class
+    names, preset and model specs, seeds, window settings and the ovdiff version. The configs are
+    the dataclasses the run used (None when scoring saved masks)."""
+    from dataclasses import asdict
+
+    from .. import __version__
+
+    layout = dataset.spec.layout
+    return {
+        "dataset": dataset.name, "title": dataset.title, "root": str(dataset.root),
+        "split": layout.split_file or layout.image_dir, "n_images": len(dataset),
+        "class_names": "custom" if dataset.custom else "raw" if dataset.raw_names else "paper (App. C.3)",
+        "classes": list(dataset.classes), "has_background": dataset.has_background,
+        "ignore_index": IGNORE_INDEX, "metric": "mIoU from one confusion matrix over the split (mmseg)",
+        "predictions": predictions, "preset": preset, "models": models, "seeds": seeds,
+        "sample": asdict(sample) if sample is not None else None,
+        "protos": asdict(protos) if protos is not None else None,
+        "segment": asdict(segment) if segment is not None else None,
+        "ovdiff_version": __version__,
+    }  # fmt: skip
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+PANEL_WIDTH = 256  # px of each half of an overlay in the report (keeps the HTML small)
+
+
+def _display(labels: np.ndarray, has_background: bool) -> np.ndarray:
+    """Dataset indices → VOC palette indices as `ovdiff segment` writes them (class k of a list
+    without background is colour k+1), so colours agree across voc and voc20; 255 stays 255."""
+    out = np.asarray(labels).astype(np.int64)
+    out[out == NO_CLASS] = IGNORE_INDEX
+    if not has_background:
+        out = np.where(out == IGNORE_INDEX, IGNORE_INDEX, out + 1)
+    return out
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, has_background: bool, alpha: float = 0.5) -> np.ndarray:
+    """HxWx3 image blended with the coloured prediction (left) and ground truth (right), side by side."""
+    img = image.astype(np.float32)
+    halves = []
+    for lab in (pred, gt):
+        col = colorize(_display(lab, has_background)).astype(np.float32)
+        halves.append(((1 - alpha) * img + alpha * col).clip(0, 255).astype(np.uint8))
+    gap = np.full((img.shape[0], 8, 3), 255, dtype=np.uint8)
+    return np.concatenate([halves[0], gap, halves[1]], axis=1)
+
+
+def _png_b64(rgb: np.ndarray, width: int) -> str:
+    im = Image.fromarray(rgb)
+    if im.width > width:
+        im = im.resize((width, max(1, round(im.height * width / im.width))), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalResult] | None = None,
+                     run_protocol: dict | None = None) -> dict:  # fmt: skip
+    """metrics.json (and `ovdiff eval --json`): scores, class names, mean ± σ over `runs`, the
+    protocol and the paper's number for the benchmark (None when there is none)."""
+    metrics = result.to_dict()
+    metrics["classes"] = list(result.classes)
+    if runs:
+        metrics["aggregate"] = aggregate(runs)
+    metrics["paper"] = paper_reference(dataset)
+    metrics["protocol"] = run_protocol
+    return metrics
+
+
+def write_report(
+    result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None,
+    run_protocol: dict | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
+    """Write `metrics.json` and a self-contained `report.html` into `out_dir`; return their paths.
+
+    The report gives the protocol (see `protocol`), the paper's number beside ours when the paper
+    has one, the confusion matrix as a picture, and the best and worst images' predictions that
+    `evaluate` kept, each against its image and ground truth. `runs` (several seeds) adds mean ± σ.
+    """
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = metrics_document(result, dataset, runs, run_protocol)
+    summary = metrics.get("aggregate")
+    json_path = out / "metrics.json"
+    json_path.write_text(json.dumps(metrics, indent=2))
+
+    figures: dict[str, str] = {}
+    for i, _ in result.best() + result.worst():
+        if i in figures or i not in result.predictions:
+            continue
+        item = dataset[i]
+        pic = overlay(load_image(item.image_path), result.predictions[i], item.label, dataset.has_background)
+        figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
+    html_path = out / "report.html"
+    confusion = _png_b64(confusion_picture(result.confusion, result.classes), 10_000)
+    html_path.write_text(_html(result, dataset, figures, summary, metrics["paper"], run_protocol, confusion))
+    return json_path, html_path
+
+
+def confusion_picture(counts: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The confusion matrix as a heat map: rows = ground truth, columns = prediction (the last one
+    "none": no class predicted), each row normalised to its pixels; names on the left. → HxWx3 uint8."""
+    from PIL import ImageDraw
+
+    from ..io.images import _font
+
+    n = len(classes)
+    rows = counts.astype(np.float64)
+    rows = np.divide(rows, rows.sum(1, keepdims=True), out=np.zeros_like(rows), where=rows.sum(1, keepdims=True) > 0)
+    cell = int(np.clip(640 // max(n + 1, 1), 2, 20))
+    font = _font()
+    named = cell >= 8
+    left = (max(int(font.getlength(c)) for c in [*classes, "none"]) + 8) if named else 4
+    top = 16
+    heat = (255 * (1 - rows)).round().astype(np.uint8)  # white = 0, dark blue = the whole row
+    rgb = np.stack([heat, heat, np.full_like(heat, 255) - (255 - heat) // 3], -1)
+    grid = np.kron(rgb, np.ones((cell, cell, 1), np.uint8))
+    title = "rows: ground truth (each sums to 1); columns: prediction, same order, last = none"
+    width = max(left + grid.shape[1] + 4, int(font.getlength(title)) + 8)
+    canvas = Image.new("RGB", (width, top + grid.shape[0] + 4), "white")
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black", font=font)
+    if named:
+        for i, name in enumerate(classes):
+            draw.text((2, top + i * cell + (cell - 10) // 2), name, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def _brief(value: object) -> str:
+    """A protocol value on one table line: lists joined, dicts as key=value."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_brief(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return "–" if value is None else str(value)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summary: dict | None,
+          paper: dict | None = None, run_protocol: dict | None = None, confusion: str = "") -> str:  # fmt: skip
+    esc = html.escape
+    pal = colorize(_display(np.arange(result.per_class_iou.size), dataset.has_background))
+    rows = []
+    for j, (name, iou) in enumerate(zip(result.classes, result.per_class_iou, strict=True)):
+        width = 0.0 if math.isnan(iou) else 100 * iou
+        colour = "#%02x%02x%02x" % tuple(int(c) for c in pal[j])
+        extra = ""
+        if summary and summary["per_class_iou"].get(name):
+            s = summary["per_class_iou"][name]
+            extra = f" <span class=sd>({_pct(s['mean'])} ± {_pct(s['std'])})</span>"
+        rows.append(
+            f"<tr><td class=name>{esc(name)}</td><td class=track><div class=bar "
+            f'style="width:{width:.1f}%;background:{colour}"></div></td><td class=val>{_pct(iou)}{extra}</td></tr>'
+        )
+    head = f"mIoU <b>{_pct(result.miou)}</b> · pixel accuracy {_pct(result.pixel_accuracy)} · {result.n_images} images"
+    head += f" · {result.seconds_per_image:.3f} s/image" if not math.isnan(result.seconds_per_image) else ""
+    if summary and summary["miou"]:
+        m = summary["miou"]
+        head += f"<br>{summary['n_runs']} runs: mIoU {_pct(m['mean'])} ± {_pct(m['std'])} (population σ)"
+    if paper:
+        sd = f" ± {paper['std']}" if paper["std"] is not None else ""
+        head += f"<br>paper ({esc(paper['table'])}, {esc(paper['setup'])}): mIoU <b>{paper['miou']}{sd}</b>"
+    proto_rows = "".join(
+        f"<tr><td class=name>{esc(k)}</td><td>{esc(_brief(v))}</td></tr>" for k, v in (run_protocol or {}).items()
+    )
+    proto = f"<h2>Protocol</h2><table class=proto>{proto_rows}</table>" if proto_rows else ""
+    matrix = (f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{confusion}'>"
+              if confusion else "")  # fmt: skip
+
+    def gallery(title: str, picks: list[tuple[str, float]], skip: frozenset[str] | set[str] = frozenset()) -> str:
+        cells = [
+            f"<figure><img alt='{esc(i)}' src='data:image/png;base64,{figures[i]}'>"
+            f"<figcaption>{esc(i)} · mIoU {_pct(m)}</figcaption></figure>"
+            for i, m in picks
+            if i in figures and i not in skip
+        ]
+        return f"<h2>{title}</h2><p class=note>left: prediction · right: ground truth</p>{''.join(cells)}" if cells else ""
+
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ovdiff eval: {esc(result.dataset)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}}
+td{{padding:1px 6px;font-size:13px}} .proto td{{vertical-align:top}} .name{{text-align:right;white-space:nowrap}} .track{{width:420px;background:#eee}}
+.bar{{height:12px}} .val{{font-variant-numeric:tabular-nums}} .sd,.note{{color:#777}}
+figure{{display:inline-block;margin:0 1em 1em 0}} figcaption{{font-size:13px}}
+</style></head><body>
+<h1>{esc(dataset.title)}</h1><p>{head}</p>
+<h2>IoU per class (%)</h2><table>{''.join(rows)}</table>
+{matrix}
+{proto}
+{gallery("Best images", result.best())}
+{gallery("Worst images", result.worst(), {i for i, _ in result.best()})}
+</body></html>
+"""

@@ -1,0 +1,121 @@
+"""The folder `ovdiff segment` writes into: never an input overwritten, never two legends mixed, one writer.
+
+A mask folder holds one set: masks of one class list, described by its `classes.json`. A run whose
+legend differs from the folder's is refused unless `overwrite`, which first removes the old set
+(the masks segment writes, its overlays/ and explain/ folders, the legend) and nothing else. A lock
+file (`.ovdiff-segment.lock`, flock) keeps a second run out while one writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import OvdiffError
+from .images import InputImage
+
+LEGEND = "classes.json"
+LOCK = ".ovdiff-segment.lock"
+SIDE_FOLDERS = ("overlays", "explain")
+
+
+def check_no_input_overwritten(out_dir: Path, items: list[InputImage]) -> None:
+    """A one-line error if a mask (or the legend) would be written over one of the inputs."""
+    inputs = {item.path.resolve() for item in items}
+    for item in items:
+        target = (out_dir / f"{item.name}.png").resolve()
+        if target in inputs:
+            raise OvdiffError(
+                f"--out {out_dir} would overwrite the input {item.path} with its mask: write the masks to another folder"
+            )
+    if (out_dir / LEGEND).resolve() in inputs:
+        raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / LEGEND}: write the masks to another folder")
+
+
+def _legend_names(legend: dict) -> list[str]:
+    return [str(e.get("name")) for e in legend.get("labels", [])]
+
+
+def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path]) -> None:
+    """Refuse to mix this run's masks with another class list's; with `overwrite`, remove the old set first.
+
+    `protect`: input files, never removed even where the old set would include them.
+    """
+    path = out_dir / LEGEND
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        old = {"labels": [{"name": f"(unreadable: {e})"}]}
+    if old.get("labels") == legend["labels"]:
+        return  # the same classes: this run refreshes the same set
+    if not overwrite:
+        names = ", ".join(_legend_names(old)[:8])
+        raise OvdiffError(
+            f"--out {out_dir} holds masks of other classes ({names}): write to another folder, "
+            "or add --overwrite to replace that set"
+        )
+    remove_mask_set(out_dir, protect)
+
+
+def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
+    """Delete what `ovdiff segment` wrote into `out_dir` (palette-PNG masks at any depth, overlays/,
+    explain/, the legend), sparing `protect`; returns the number of files removed."""
+    from PIL import Image
+
+    removed = 0
+    for side in SIDE_FOLDERS:
+        if (out_dir / side).is_dir() and not any(p.is_relative_to((out_dir / side).resolve()) for p in protect):
+            removed += sum(1 for p in (out_dir / side).rglob("*") if p.is_file())
+            shutil.rmtree(out_dir / side)
+    for png in out_dir.rglob("*.png"):
+        if png.resolve() in protect or not png.is_file():
+            continue
+        try:
+            with Image.open(png) as im:
+                ours = im.mode in ("P", "I;16")  # palette masks, or 16-bit ones beyond 254 classes
+        except OSError:
+            ours = False
+        if ours:
+            png.unlink()
+            removed += 1
+    (out_dir / LEGEND).unlink(missing_ok=True)
+    return removed
+
+
+def _flock(path: Path, mode: int, out_dir: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OvdiffError(f"cannot lock --out {out_dir}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OvdiffError(f"another 'ovdiff segment' is writing to {out_dir}: wait for it to finish, or use another --out") from None
+    return fd
+
+
+def lock(out_dir: Path, shard: tuple[int, int] | None = None) -> Callable[[], None]:
+    """Take `out_dir`'s writer lock for this run and return the function that releases it; a second
+    run into the same folder is refused while the lock is held (the OS releases it if we die).
+
+    The shards of one job (`shard` = (i, n)) write disjoint images, so they may run side by side:
+    each holds the folder's lock shared and its own shard's lock exclusively, which still keeps out
+    a whole run and a second copy of the same shard.
+    """
+    if shard is None:
+        fd = _flock(out_dir / LOCK, fcntl.LOCK_EX, out_dir)
+        return lambda: os.close(fd)
+    whole = _flock(out_dir / LOCK, fcntl.LOCK_SH, out_dir)
+    try:
+        own = _flock(out_dir / f"{LOCK}.{shard[0]}-of-{shard[1]}", fcntl.LOCK_EX, out_dir)
+    except OvdiffError:
+        os.close(whole)
+        raise
+    return lambda: (os.close(own), os.close(whole))

@@ -1,0 +1,138 @@
+"""Paper §3 "Class prototypes", one class: its support images → masks → each part's prototypes, streamed.
+
+A class's support images pass through each extractor part a batch at a time; each batch's masks are
+reduced to that part's grid and folded into the part's `prototypes.RegionAccumulator`s, then the
+batch is dropped, so a build's memory does not grow with the number of support images N. The masks
+are made once per class (`masks.class_masks`, the authors' rule, on DINO keys for ncut whatever
+the spec), from the same batches as the part whose features the proposer reads. Pure of the cache:
+`vocab` reads support sets and masks from it and commits what this yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import ProtoConfig
+    from .prototypes import Batch
+    from ..types import Sample, StageSource
+
+MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
+Progress = Callable[[str], "Callable[[int, int], None] | None"]  # stage ("masks", "extract") → on_progress(done, total)
+
+
+def mask_batches(
+    samples: list[Sample],
+    stages: StageSource,
+    proto_cfg: ProtoConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, dict[str, int], torch.Tensor | None]]:
+    """fg/bg masks of support images (`masks.class_masks`, the authors' rule), one batch at a time.
+
+    The proposer reads the `mask_features` part's features when it uses features (ncut: DINO keys
+    by default, whatever the extractor spec), else a placeholder; its fallback thresholds come once
+    from all N attribution maps, so batching changes nothing. The masks, made at the images'
+    resolution, are reduced to the feature_size/MASK_STRIDE grid (`ClassMasks.on_grid`), where they
+    are stored and from where each part reduces them to its own grid. Yields (index of the batch's
+    first image, coded masks (B,g,g) uint8 (`encode_masks`), how many of the batch took their masks
+    from the proposals and from the thresholds, the batch's features (B,D,h,w) or None), so the
+    part the features belong to is built in the same pass.
+    """
+    import torch
+
+    from .features import iter_features
+    from .masks import class_masks
+    from .prototypes import encode_masks
+
+    g = proto_cfg.feature_size // MASK_STRIDE
+    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
+    thresholds = proposer.thresholds([s.attribution for s in samples])
+    step = proto_cfg.batch_size
+    if proposer.uses_features:
+        batches = iter_features(stages.part(proto_cfg.mask_features), [s.image for s in samples],
+                                proto_cfg.feature_size, step, on_progress)  # fmt: skip
+    else:
+        batches = ((i, None) for i in range(0, len(samples), step))
+    for first, feats in batches:
+        chunk = samples[first : first + step]
+        masks = class_masks(chunk, feats if feats is not None else torch.zeros(len(chunk), 0, g, g), proposer, thresholds)
+        yield first, encode_masks(*masks.on_grid((g, g))), masks.counts(), feats
+        del feats, masks  # a generator's loop variables outlive the yield: drop them before the next batch
+
+
+def on_part_grid(coded: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Coded masks (B,g,g) on the mask grid → fg, bg (B,*grid) bool on a part's feature grid."""
+    from .masks import mask_to_grid
+    from .prototypes import decode_masks
+
+    fg, bg = (np.stack([mask_to_grid(m, grid) for m in group]) for group in decode_masks(coded))
+    return fg, bg
+
+
+def part_prototypes(
+    samples: list[Sample],
+    stages: StageSource,
+    proto_cfg: ProtoConfig,
+    parts: list[str],
+    seed: int,
+    stuff: bool,
+    masks: tuple[np.ndarray, dict[str, int]] | None = None,
+    spill_dir: str | None = None,
+    progress: Progress | None = None,
+) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, int]]]:
+    """The prototypes of one class in each of `parts`, yielded part by part as each is done.
+
+    masks: the class's coded masks (N,g,g) and their proposal/threshold counts when already known
+    (a cached part of the same masks), else None: they are made here, and the `mask_features` part,
+    when it is among `parts` and the proposer reads it, is built from the same batches. Yields
+    (part, arrays: `prototypes.build_prototypes`' plus "masks", the coded masks on the mask grid,
+    counts {"proposals", "thresholds"}). Part-label spill files go to `spill_dir` (an OSError
+    there is the caller's to phrase).
+    """
+    from .features import iter_features
+    from .masks import proposer_uses_features
+    from .prototypes import build_prototypes
+
+    on = progress or (lambda stage: None)
+    images = [s.image for s in samples]
+
+    def aggregate(batches: Iterator[Batch]) -> dict[str, np.ndarray]:
+        return build_prototypes(batches, proto_cfg.k_parts, seed, stuff, proto_cfg.kmeans_iters,
+                                proto_cfg.kmeans_max_points, spill_dir)  # fmt: skip
+
+    def extracted(part: str, coded: np.ndarray) -> Iterator[Batch]:
+        for first, feats in iter_features(stages.part(part), images, proto_cfg.feature_size, proto_cfg.batch_size,
+                                          on("extract")):  # fmt: skip
+            yield feats, *on_part_grid(coded[first : first + len(feats)], tuple(feats.shape[-2:]))
+            del feats
+
+    built: dict[str, dict[str, np.ndarray]] = {}
+    reads = proposer_uses_features(proto_cfg.mask_proposer) and proto_cfg.mask_features in parts
+    if masks is not None:
+        coded, counts = masks
+    else:  # the masks, and from the same batches the part whose features the proposer reads
+        codes, counts = [], {"proposals": 0, "thresholds": 0}
+
+        def masked() -> Iterator[Batch]:
+            for _, code, n, feats in mask_batches(samples, stages, proto_cfg, on("masks")):
+                codes.append(code)
+                counts.update({k: counts[k] + v for k, v in n.items()})
+                if reads:
+                    yield feats, *on_part_grid(code, tuple(feats.shape[-2:]))
+                del feats
+
+        if reads:
+            built[proto_cfg.mask_features] = aggregate(masked())
+        else:
+            for _ in masked():  # yields nothing: every mask is made, no part is built from its features
+                pass
+        coded = np.concatenate(codes)
+    for part in sorted(parts, key=lambda p: p not in built):  # the part built with the masks first
+        arrays = built.pop(part, None) or aggregate(extracted(part, coded))
+        arrays["masks"] = coded  # on the mask grid: the same array in every part of these masks
+        yield part, arrays, counts

@@ -1,0 +1,93 @@
+"""Paper App. A.5, explanations: which prototype won each pixel and where in the support set it came from.
+
+`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `segment.segment_paths`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..io.images import InputImage
+    from .segment import Segmentation, Segmenter
+
+
+class Explainer:
+    """Writes, per image, which prototype won each pixel and where in the support set it came from.
+
+    explain/<name>.json lists the prototypes that won pixels (class, part, fg/bg, kind, row, pixel
+    count, bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
+    winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
+    explain/<name>.png shows the `top` largest regions next to their support-image sources.
+
+    Under late fusion a pixel's label is the argmax of the parts' averaged scores; its winner is the
+    best prototype of that label in the part where that label scored highest (over all crops), so
+    the explanation names one prototype of one feature space.
+    """
+
+    def __init__(self, segmenter: Segmenter, cache, top: int = 6):
+        self.seg, self.cache, self.top = segmenter, cache, top
+        self._arrays: dict[tuple[int, str], dict] = {}
+
+    def _class_data(self, ci: int, part: str) -> dict:
+        if (ci, part) not in self._arrays:
+            pid = self.seg.classes[ci].parts[part].pid
+            rec = self.cache.class_record(pid) if (self.cache is not None and pid) else None
+            wanted = [n for n in ("masks", "fg/part_labels", "bg/part_labels") if rec and n in rec["arrays"]]
+            arrays = self.cache.class_arrays(pid, wanted) if rec else {}
+            self._arrays[(ci, part)] = {"support_id": rec.get("support_id") if rec else None, **arrays}
+        return self._arrays[(ci, part)]
+
+    def source(self, index: int) -> tuple[int | None, np.ndarray | None, str]:
+        """(support image, region on the mask or part grid, description) of prototype `index`."""
+        part, p = self.seg.source(index)
+        data = self._class_data(p.cls, part)
+        code = 1 if p.group == "fg" else 2  # prototypes.encode_masks' bit of the group
+        masks = data.get("masks")
+        if p.kind == "instance":
+            src = self.seg.classes[p.cls].parts[part].sources.get(f"{p.group}/instance")
+            img = int(src[p.row]) if src is not None and p.row < len(src) else None
+            region = (masks[img] & code) > 0 if (masks is not None and img is not None) else None
+            return img, region, f"{p.group} mask of support image {img}"
+        if p.kind == "part" and f"{p.group}/part_labels" in data:
+            parts = data[f"{p.group}/part_labels"] == p.row
+            img = int(parts.reshape(len(parts), -1).sum(1).argmax())
+            return img, parts[img], f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)"
+        if masks is not None:
+            img = int(((masks & code) > 0).reshape(len(masks), -1).sum(1).argmax())
+            return img, (masks[img] & code) > 0, f"mean of all {p.group} masks (largest shown)"
+        return None, None, "no support data cached"
+
+    def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:
+        from ..io.images import explain_picture, save_index_map, save_json, save_picture
+
+        winner = seg.winner
+        ids, counts = np.unique(winner, return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        entries, regions, supports = [], [], []
+        for k in order:
+            idx, n = int(ids[k]), int(counts[k])
+            if idx < 0:
+                entries.append({"index": -1, "prototype": "background threshold", "pixels": n})
+                continue
+            part, p = self.seg.source(idx)
+            ys, xs = np.nonzero(winner == idx)
+            img, region, how = self.source(idx)
+            entries.append({
+                "index": idx, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
+                "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
+                "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                "support_image": img, "support_region": how,
+            })  # fmt: skip
+            sid = self._class_data(p.cls, part).get("support_id")
+            if len(supports) < self.top and img is not None and region is not None and sid:
+                regions.append(winner == idx)
+                caption = f"{self.seg.classes[p.cls].name}\n{part}: {p.group} {p.kind} #{p.row}\n{n} px\n{how}"
+                supports.append((self.cache.support_image(sid, img), region, caption))
+        save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
+                  out_dir / f"{item.name}.json")  # fmt: skip
+        save_index_map(np.where(winner < 0, 0, winner + 1), out_dir / f"{item.name}.winner.png")
+        save_picture(explain_picture(image, regions, supports), out_dir / f"{item.name}.png")

@@ -1,0 +1,394 @@
+"""Paper §3 "Class prototypes" (App. C.5): the foreground/background masks of support images.
+
+The rule of the authors' `sample_support_set.py`, on each class's N images at the support images'
+own resolution: attribution maps are resized to the image and min–max normalised to [0,1] per image. A proposer Γ gives class-agnostic binary masks, one of them for the
+background; the proposal with the highest mean attribution is the foreground, the one with the
+lowest the background, which is then restricted to low attribution (A < BG_BELOW) and eroded once
+(3×3 cross) so it holds no object edges. An image with fewer than two proposals falls back to the
+proposer's thresholds: fg = A > high, bg = A < low (the band between is neither). The masks are
+then reduced to the feature grid (bilinear, any overlap counts), as the authors' prototype scripts do.
+The masks depend on the support images and the proposer only, never on the extractor spec: one set
+serves every extractor part (the class build runs this once per class, `classbuild.mask_batches`).
+
+Proposers: `ncut` (normalised cuts on the `mask_features` part's features, DINO keys by default, as
+CutLER's MaskCut does; no extra weights; fixed fallback thresholds 0.2/0.5), `threshold`
+(no proposals: every image is thresholded, at a 3-class multi-Otsu of all the class's maps — the
+paper's "-CutLER" variant) and `sam` (transformers' SAM automatic mask generation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..types import MaskProposer, Sample
+
+PROPOSERS = ("ncut", "threshold", "sam")
+FG_ABOVE = 0.5  # the authors' fallback: fg where the normalised attribution is above this …
+BG_BELOW = 0.2  # … bg where it is below this; also the bound on a proposal's bg
+
+
+# --------------------------------------------------------------------------- maps
+
+
+def resize_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """hxw bool mask → shape (nearest neighbour), bool."""
+    import cv2
+
+    m = np.asarray(m, dtype=bool)
+    if m.shape == tuple(shape):
+        return m
+    return cv2.resize(m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def mask_to_grid(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """HxW bool mask → shape bool: bilinear resize (no antialiasing), a cell is in where the result is > 0.
+
+    The authors' reduction of support masks to a feature grid (`gen_proto_*.py`).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m = np.asarray(m, dtype=bool)
+    if m.shape == tuple(shape):
+        return m
+    t = torch.from_numpy(m.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+
+
+def normalise(a: np.ndarray) -> np.ndarray:
+    """Min–max normalisation of one map to [0,1], float32; a constant map becomes all zeros."""
+    a = np.asarray(a, dtype=np.float32)
+    lo = a.min()
+    return (a - lo) / max(float(a.max() - lo), 1e-6)
+
+
+def image_attribution(attribution: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An attribution map as the masks see it: bilinearly resized to `shape`, min–max normalised.
+
+    The authors normalise before resizing and again after; resizing is linear, so that equals
+    normalising once, after. float32 in [0,1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = torch.from_numpy(np.asarray(attribution, dtype=np.float32))[None, None]
+    if tuple(a.shape[-2:]) != tuple(shape):
+        a = F.interpolate(a, size=shape, mode="bilinear", align_corners=False)
+    return normalise(a[0, 0].numpy())
+
+
+def multi_otsu(values: np.ndarray, bins: int = 256) -> tuple[float, float]:
+    """3-class multi-Otsu thresholds (low, high) of `values`: the two cuts of the value histogram that
+    maximise the between-class variance, each the centre of the last bin of the class below it
+    (as scikit-image's `threshold_multiotsu(classes=3)`). ValueError with fewer than 3 distinct values.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if len(np.unique(v)) < 3:
+        raise ValueError("multi-Otsu needs at least 3 distinct values")
+    hist, edges = np.histogram(v, bins=bins, range=(v.min(), v.max()))
+    p = hist / hist.sum()
+    centres = (edges[:-1] + edges[1:]) / 2
+    w = np.concatenate([[0.0], np.cumsum(p)])  # w[i] = mass of bins [0, i)
+    m = np.concatenate([[0.0], np.cumsum(p * centres)])
+    i, j = np.triu_indices(bins - 1, k=1)  # classes [0..i], [i+1..j], [j+1..]
+    w0, w1, w2 = w[i + 1], w[j + 1] - w[i + 1], 1 - w[j + 1]
+    m0, m1, m2 = m[i + 1], m[j + 1] - m[i + 1], m[-1] - m[j + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.nan_to_num(m0**2 / w0) + np.nan_to_num(m1**2 / w1) + np.nan_to_num(m2**2 / w2)
+    k = int(np.argmax(score))
+    return float(centres[i[k]]), float(centres[j[k]])
+
+
+def class_thresholds(attributions: list[np.ndarray]) -> tuple[float, float]:
+    """(low, high) of the `threshold` proposer: multi-Otsu over all the class's normalised maps at
+    their own resolution; the authors' (0.2, 0.5) when the maps have too few distinct values."""
+    try:
+        return multi_otsu(np.concatenate([normalise(a).ravel() for a in attributions]))
+    except ValueError:
+        return BG_BELOW, FG_ABOVE
+
+
+def erode(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 3×3 cross (scikit-image's default footprint); the border does not erode."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
+
+
+def select_fg_bg(proposals: list[np.ndarray], attribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's rule on at least two non-empty proposals: fg = the proposal of highest mean
+    attribution, bg = the one of lowest.
+
+    proposals: HxW bool masks (empty ones ignored); attribution HxW in [0,1]. Each pixel goes to
+    the highest-ranked proposal covering it; fg is the top proposal, bg the pixels won by the
+    lowest-ranked proposal that wins any (so bg never overlaps another proposal). Ties rank in
+    list order. Returns (fg, bg) HxW bool.
+    """
+    masks = [np.asarray(m, dtype=bool) for m in proposals if np.asarray(m).any()]
+    if len(masks) < 2:
+        raise ValueError("select_fg_bg needs at least two non-empty proposals (fewer take the threshold fallback)")
+    a = np.asarray(attribution, dtype=np.float32)
+    means = np.array([a[m].mean() for m in masks])
+    ranked = [masks[i] for i in np.argsort(-means, kind="stable")]
+    owner = np.full(a.shape, -1)
+    for r in range(len(ranked) - 1, -1, -1):  # higher ranks overwrite lower ones
+        owner[ranked[r]] = r
+    return owner == 0, owner == owner.max()
+
+
+def fg_bg_masks(proposals: list[np.ndarray], attribution: np.ndarray, low: float = BG_BELOW,
+                high: float = FG_ABOVE) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+    """fg/bg of one image at its attribution's resolution HxW (normalised to [0,1]).
+
+    With two or more non-empty proposals (any resolution; resized nearest): `select_fg_bg`, then bg
+    restricted to A < BG_BELOW and eroded. Otherwise the fallback: fg = A > high, bg = A < low.
+    Returns (fg, bg, how), how = "proposals" or "thresholds".
+    """
+    a = np.asarray(attribution, dtype=np.float32)
+    masks = [resize_mask(m, a.shape) for m in proposals if np.asarray(m).any()]
+    if len(masks) >= 2:
+        fg, bg = select_fg_bg(masks, a)
+        return fg, erode(bg & (a < BG_BELOW)), "proposals"
+    return a > high, a < low, "thresholds"
+
+
+@dataclass
+class ClassMasks:
+    """One class's support masks at the images' resolution: fg and bg (N,H,W) bool; how[n] is
+    "proposals" or "thresholds", how image n was masked. `on_grid` reduces them to a feature grid,
+    so every extractor part can take them at its own grid."""
+
+    fg: np.ndarray
+    bg: np.ndarray
+    how: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {k: self.how.count(k) for k in ("proposals", "thresholds")}
+
+    def on_grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(fg, bg) (N,*shape) bool, each mask reduced by `mask_to_grid`."""
+        shape = tuple(shape)
+        return tuple(np.stack([mask_to_grid(m, shape) for m in masks]) for masks in (self.fg, self.bg))
+
+
+def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskProposer,
+                thresholds: tuple[float, float] | None = None) -> ClassMasks:  # fmt: skip
+    """The fg/bg masks of one class's support images, at the images' resolution.
+
+    samples: the N support images (HxWx3 uint8, one size) with their attribution maps; features
+    (N,D,h,w): what the proposer reads (the `mask_features` part's features for ncut; a (N,0,h,w)
+    placeholder for proposers with `uses_features` False). The proposer's fallback thresholds are
+    computed once from all N maps; pass them as `thresholds` (`proposer.thresholds` of the whole
+    class) to mask a class one batch of its images at a time.
+    """
+    low, high = proposer.thresholds([s.attribution for s in samples]) if thresholds is None else thresholds
+    fg, bg, how = [], [], []
+    for s, f in zip(samples, features, strict=True):
+        a = image_attribution(s.attribution, s.image.shape[:2])
+        m_fg, m_bg, h = fg_bg_masks(proposer.propose(s.image, f), a, low, high)
+        fg.append(m_fg)
+        bg.append(m_bg)
+        how.append(h)
+    return ClassMasks(np.stack(fg), np.stack(bg), how)
+
+
+# --------------------------------------------------------------------------- normalised cuts
+
+
+def _second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
+    """Generalised eigenvector of (D−W)v = λDv for the second-smallest λ (the Ncut relaxation).
+
+    Solved as the second-largest eigenpair (μ, y) of D^-½ W D^-½ (v = D^-½ y, λ = 1 − μ): Lanczos on
+    large graphs (a fixed start vector keeps it deterministic), dense on small ones. Returns (μ, v).
+    """
+    import scipy.linalg
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    d = affinity.sum(axis=1)
+    s = 1 / np.sqrt(d)
+    m = s[:, None] * affinity * s[None, :]
+    n = len(d)
+    if n > 128:
+        try:
+            vals, vecs = eigsh(m, k=2, which="LA", v0=np.random.default_rng(0).standard_normal(n))
+            return float(vals[0]), s * vecs[:, 0]
+        except ArpackNoConvergence:
+            pass
+    vals, vecs = scipy.linalg.eigh(m, subset_by_index=[n - 2, n - 2])
+    return float(vals[0]), s * vecs[:, 0]
+
+
+def ncut_objects(
+    features: np.ndarray, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, min_mu: float = 0.05
+) -> list[np.ndarray]:
+    """MaskCut-style object masks from a feature grid (CutLER, Wang et al. 2023).
+
+    features: (D,h,w) float. Patches are nodes, cosine affinity above `tau` is 1, else `eps`. The
+    second generalised eigenvector splits the graph at its mean; the side holding the eigenvector's
+    largest magnitude is the object unless it holds 3 or 4 image corners; only the connected part
+    around that seed is kept. Found objects leave the graph and the cut repeats, up to `max_objects`
+    times. As in Shi & Malik's recursion, cutting stops when the graph has no cluster structure left:
+    second eigenvalue μ of D^-½WD^-½ below `min_mu` (a homogeneous region has μ = 0, and splitting
+    it would only cut noise). Returns hxw bool masks, disjoint, in the order found.
+    """
+    from scipy import ndimage
+
+    d, h, w = features.shape
+    x = features.reshape(d, h * w).T.astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    aff = x @ x.T
+    aff = np.where(aff > tau, 1.0, eps)
+    free = np.ones(h * w, dtype=bool)
+    corners = np.array([0, w - 1, (h - 1) * w, h * w - 1])
+    objects = []
+    for _ in range(max_objects):
+        idx = np.flatnonzero(free)
+        if len(idx) < 3:
+            break
+        mu, v = _second_eigvec(aff[np.ix_(idx, idx)])
+        if mu < min_mu:
+            break
+        part = np.zeros(h * w, dtype=bool)
+        part[idx[v > v.mean()]] = True
+        if part[corners].sum() >= 3 or not part[idx[np.argmax(np.abs(v))]]:
+            v = -v  # orient the eigenvector so that the object is its high side
+            part[:] = False
+            part[idx[v > v.mean()]] = True
+        labels, _ = ndimage.label(part.reshape(h, w))
+        obj = labels == labels.flat[idx[int(np.argmax(v))]]
+        if not obj.any() or obj.sum() == len(idx):
+            break
+        objects.append(obj)
+        free &= ~obj.ravel()
+    return objects
+
+
+class NCutProposer:
+    """Γ by normalised cuts on feature keys; no weights beyond the extractor's.
+
+    It reads the `mask_features` part's features, DINO keys by default (`ProtoConfig.mask_features`:
+    MaskCut cuts DINO ViT-B/8 keys and its τ is tuned for them), whatever the extractor spec.
+    The grid is average-pooled to at most `max_side` per side for speed (64×64 → 32×32 keeps a
+    class's eigenproblem to about 0.2 s). The complement of all objects is the background proposal
+    (the paper's Γ returns one too). Images without proposals take the authors' fixed thresholds.
+    """
+
+    name = "ncut"
+    uses_features = True
+
+    def __init__(self, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, max_side: int = 32):
+        self.tau, self.eps, self.max_objects, self.max_side = tau, eps, max_objects, max_side
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return BG_BELOW, FG_ABOVE
+
+    def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        """image HxWx3 uint8 (unused: the features carry the image); features (D,h,w) → hxw bool masks."""
+        import torch.nn.functional as F
+
+        _, h, w = features.shape
+        f = features.detach().float()
+        scale = self.max_side / max(h, w)
+        if scale < 1:
+            size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+            f = F.adaptive_avg_pool2d(f[None], size)[0]
+        objects = ncut_objects(f.cpu().numpy(), self.tau, self.eps, self.max_objects)
+        return with_background([resize_mask(o, (h, w)) for o in objects])
+
+
+class ThresholdProposer:
+    """No proposals: every image is thresholded at the 3-class multi-Otsu of all the class's maps,
+    the middle band left out (the authors' variant without CutLER, the paper's "-CutLER")."""
+
+    name = "threshold"
+    uses_features = False
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return class_thresholds(attributions)
+
+    def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        return []
+
+
+class SamProposer:
+    """Γ by SAM's automatic mask generation (transformers `mask-generation` pipeline).
+
+    Masks come at image resolution; the complement of their union is the background proposal.
+    Images without proposals take the authors' fixed thresholds.
+    """
+
+    name = "sam"
+    uses_features = False
+
+    def __init__(self, pipe, points_per_side: int = 32, points_per_batch: int = 64):
+        """pipe: transformers' `mask-generation` pipeline (`models.sam.load_sam`)."""
+        self.pipe, self.points_per_side, self.points_per_batch = pipe, points_per_side, points_per_batch
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return BG_BELOW, FG_ABOVE
+
+    def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        """image HxWx3 uint8 → SAM's HxW masks (empty ones dropped), plus the background."""
+        from PIL import Image
+
+        out = self.pipe(Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch)
+        return with_background([m for m in (np.asarray(m, dtype=bool) for m in out["masks"]) if m.any()])
+
+
+def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
+    """Object masks plus the complement of their union as the background proposal (if not empty)."""
+    if not objects:
+        return []
+    rest = ~np.logical_or.reduce(objects)
+    return objects + ([rest] if rest.any() else [])
+
+
+def proposer_uses_features(name: str) -> bool:
+    """Whether the proposer called `name` reads the features (its masks then depend on them); no model loads."""
+    classes = {"ncut": NCutProposer, "threshold": ThresholdProposer, "sam": SamProposer}
+    if name not in classes:
+        from ..errors import OvdiffError
+
+        raise OvdiffError(f"unknown mask proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
+    return classes[name].uses_features
+
+
+# --------------------------------------------------------------------------- pictures
+
+FG_COLOUR = (230, 30, 30)
+BG_COLOUR = (30, 80, 230)
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """image HxWx3 uint8, masks hxw uint8 (`prototypes.encode_masks`: 1 fg, 2 bg, 3 both, 0 neither) →
+    HxWx3 uint8: fg tinted red, bg blue (Fig. C.8; a cell in both shows as fg)."""
+    code = resize_mask((np.asarray(masks) & 1) > 0, image.shape[:2]).astype(np.uint8)
+    code[resize_mask((np.asarray(masks) & 2) > 0, image.shape[:2]) & (code == 0)] = 2
+    out = image.astype(np.float32)
+    for value, colour in ((1, FG_COLOUR), (2, BG_COLOUR)):
+        sel = code == value
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(colour, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: int = 160, columns: int = 6):
+    """A PIL image: a title line over a grid of support images with their fg (red) and bg (blue) masks.
+
+    images: N HxWx3 uint8; masks (N,h,w) uint8 as stored in the cache.
+    """
+    from PIL import Image
+
+    from ..io.images import tile_sheet
+
+    if not images:
+        raise ValueError("mask sheet of no images")
+    tiles = [Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
+             for img, m in zip(images, masks, strict=True)]  # fmt: skip
+    return tile_sheet(tiles, title, columns)

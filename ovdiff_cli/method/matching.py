@@ -1,0 +1,412 @@
+"""Paper §3 "Segmentation via prototype matching" (App. C.5): matching features against prototypes.
+
+Pure torch. A `Vocabulary` holds every prototype of the classes in play in one feature space
+(one extractor part) with its label: the foreground prototypes of class k get label k (its 1-based
+position in the class list), and the background label 0 owns the union of the things' background
+prototypes that survive the "stuff" filter. In each part a label scores, per pixel, the cosine of
+its most similar prototype; as the authors do, the parts' score maps are averaged (late fusion),
+then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .precision import mm_f32
+from ..types import ClassPrototypes
+
+NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a prototype came from: class `cls` (0-based), "fg" or "bg", its kind and row."""
+
+    cls: int
+    group: str
+    kind: str
+    row: int
+
+
+@dataclass
+class Vocabulary:
+    """The prototypes in play, grouped by label.
+
+    protos: (P,D) float32 unit rows, sorted by `owner`; owner: (P,) int64 index into `labels`;
+    labels: the label of each local label index (0 = background, k = names[k-1]); index: (P,) int64
+    position of each prototype in the full vocabulary (what --explain reports); stuff_sim: (P,C)
+    float32, a bg prototype's best cosine to each stuff class's fg prototypes (NO_SCORE elsewhere),
+    so the stuff filter can follow the classes kept for an image; bg_threshold: when set, background
+    is scored by this constant instead of prototypes (paper A.2, "w/o bg prototypes"); bank: the
+    full vocabulary a restricted one was cut from (`index` points into it).
+    """
+
+    names: list[str]
+    protos: torch.Tensor
+    owner: torch.Tensor
+    labels: list[int]
+    provenance: list[Provenance]
+    index: torch.Tensor
+    stuff_sim: torch.Tensor
+    stuff_threshold: float | None = 0.85
+    bg_threshold: float | None = None
+    bank: Vocabulary | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.protos.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
+        return replace(self, protos=self.protos.to(device, dtype), owner=self.owner.to(device),
+                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device),
+                       bank=None if self.bank is None else self.bank.to(device, dtype))  # fmt: skip
+
+    def source(self, index: int) -> Provenance:
+        """Provenance of the prototype at position `index` of the full vocabulary."""
+        return (self.bank or self).provenance[index]
+
+    def restrict(self, keep: list[int]) -> Vocabulary:
+        """Only the classes `keep` (0-based): their fg prototypes and, as background, their bg
+        prototypes that pass the stuff filter, which is computed once against every stuff class
+        of the vocabulary (as the authors do), whichever classes an image keeps."""
+        if self.bank is not None:
+            return self.bank.restrict(keep)
+        cols = torch.tensor(sorted(set(keep)), dtype=torch.long, device=self.protos.device)
+        in_keep = torch.zeros(len(self.names), dtype=torch.bool, device=self.protos.device)
+        in_keep[cols] = True
+        owner_cls = torch.tensor([p.cls for p in self.provenance], dtype=torch.long, device=self.protos.device)
+        rows = in_keep[owner_cls]
+        if self.stuff_threshold is not None:
+            rows &= self.stuff_sim.max(dim=1).values <= self.stuff_threshold
+        sel = torch.nonzero(rows).flatten()
+        old_labels = [self.labels[o] for o in self.owner[sel].tolist()]
+        labels = sorted(set(old_labels) | ({0} if self.bg_threshold is not None else set()))
+        pos = {lab: i for i, lab in enumerate(labels)}
+        return Vocabulary(
+            self.names, self.protos[sel],
+            torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long, device=self.protos.device),
+            labels, [self.provenance[i] for i in sel.tolist()], self.index[sel], self.stuff_sim[sel],
+            self.stuff_threshold, self.bg_threshold, self,
+        )  # fmt: skip
+
+
+def _max_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T).max(dim=1).values
+
+
+def assemble_vocabulary(
+    classes: list[ClassPrototypes],
+    kinds: tuple[str, ...] = ("class", "instance", "part"),
+    background: bool = True,
+    stuff_filter: bool = True,
+    stuff_threshold: float = 0.85,
+    bg_threshold: float | None = None,
+) -> Vocabulary:
+    """The vocabulary of `classes`: fg prototypes of the given kinds, plus a background label.
+
+    background=False labels every pixel with a named class (paper A.3). With `bg_threshold`, the
+    background is every pixel whose best fg similarity is below it, and no bg prototypes are used.
+    Otherwise the background owns the bg prototypes of the thing classes; stuff classes keep fg
+    prototypes only, and with `stuff_filter` a thing's bg prototype is dropped when its cosine
+    to any stuff class's fg prototype exceeds `stuff_threshold` (all stuff classes of `classes`,
+    whichever an image keeps).
+    """
+    if not classes:
+        raise ValueError("a vocabulary needs at least one class")
+    dim = _dim(classes)
+    prov: list[Provenance] = []
+    blocks: list[np.ndarray] = []
+    for group in ("bg", "fg") if background and bg_threshold is None else ("fg",):
+        for ci, c in enumerate(classes):
+            if group == "bg" and c.kind == "stuff":
+                continue  # stuff classes keep fg prototypes only
+            table = c.bg if group == "bg" else c.fg
+            for kind in kinds:
+                arr = np.asarray(table.get(kind, np.zeros((0, dim))), np.float32).reshape(-1, dim)
+                prov += [Provenance(ci, group, kind, r) for r in range(arr.shape[0])]
+                blocks.append(arr)
+    owners = [0 if p.group == "bg" else p.cls + 1 for p in prov]
+    if not any(owners):
+        raise ValueError("no foreground prototypes of the requested kinds in any class")
+    protos = F.normalize(torch.from_numpy(np.concatenate(blocks)), dim=1)
+    stuff_sim = torch.full((len(prov), len(classes)), NO_SCORE)
+    is_bg = torch.tensor([p.group == "bg" for p in prov])
+    for ci, c in enumerate(classes):
+        fg = _stack([c.fg], kinds)
+        if c.kind == "stuff" and is_bg.any() and fg.shape[0]:
+            stuff_sim[is_bg, ci] = _max_cosine(protos[is_bg], fg)
+    labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
+    pos = {lab: i for i, lab in enumerate(labels)}
+    full = Vocabulary(
+        [c.name for c in classes], protos, torch.tensor([pos[o] for o in owners], dtype=torch.long), labels,
+        prov, torch.arange(len(prov)), stuff_sim, stuff_threshold if stuff_filter else None,
+        bg_threshold if background else None,
+    )  # fmt: skip
+    return full.restrict(list(range(len(classes))))
+
+
+def _dim(classes: list[ClassPrototypes]) -> int:
+    for c in classes:
+        for arr in c.fg.values():
+            if np.ndim(arr) == 2 and np.shape(arr)[0]:
+                return int(np.shape(arr)[1])
+    raise ValueError("no foreground prototypes in any class")
+
+
+def _stack(tables: list[dict[str, np.ndarray]], kinds: tuple[str, ...]) -> torch.Tensor:
+    arrs = [np.asarray(t[k], np.float32) for t in tables for k in kinds if k in t and np.size(t[k])]
+    if not arrs:
+        return torch.zeros(0, 1)
+    return torch.from_numpy(np.concatenate(arrs))
+
+
+def match(features: torch.Tensor, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per label, the best cosine over its prototypes.
+
+    features: (B,D,h,w) float, fp32 or fp16/bf16: half features are matched in their dtype with fp32
+    accumulation (`mm_f32`). Returns scores (B,L,h,w) float32 in [-1,1] (L = len(vocab.labels))
+    and best (B,L,h,w) int64, the winning prototype's `vocab.index` (-1 for a thresholded background).
+    """
+    norm = torch.linalg.vector_norm(features, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+    f = features / norm.to(features.dtype)
+    protos = vocab.protos.to(f.device, f.dtype)
+    b, _, h, w = f.shape
+    sims = torch.stack([mm_f32(protos, fi.flatten(1)) for fi in f]).view(b, -1, h, w)
+    scores = torch.full((b, len(vocab.labels), h, w), NO_SCORE, device=f.device)
+    best = torch.full((b, len(vocab.labels), h, w), -1, dtype=torch.long, device=f.device)
+    owner = vocab.owner.to(f.device)
+    counts = torch.bincount(owner, minlength=len(vocab.labels)).tolist()
+    start = 0
+    for lab, n in enumerate(counts):  # prototypes are sorted by owner: one slice per label
+        if n:
+            val, idx = sims[:, start : start + n].max(dim=1)
+            scores[:, lab], best[:, lab] = val, vocab.index.to(f.device)[start + idx]
+        start += n
+    if vocab.bg_threshold is not None and vocab.labels and vocab.labels[0] == 0:
+        scores[:, 0] = vocab.bg_threshold
+    return scores, best
+
+
+def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y0,x0,y1,x1) windows of side `window` every `stride` px, the last flush with the border.
+
+    Together they cover every pixel; along a side shorter than the window there is one window,
+    clipped to the image (the caller pads it).
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
+
+    def starts(n: int) -> list[int]:
+        if n <= window:
+            return [0]
+        s = list(range(0, n - window + 1, stride))
+        return s if s[-1] == n - window else s + [n - window]
+
+    return [(y, x, min(y + window, height), min(x + window, width)) for y in starts(height) for x in starts(width)]
+
+
+Extract = Callable[[torch.Tensor], torch.Tensor]
+MISSING = -1.0  # a part's score for a label it has no prototypes of (the lowest cosine, as sdov)
+
+
+@dataclass
+class _Canvas:
+    """One image's running sums: label scores, score-map counts and, for --explain, the winners."""
+
+    total: torch.Tensor  # (L,H,W)
+    count: torch.Tensor  # (1,H,W)
+    best_sim: torch.Tensor | None
+    best_idx: torch.Tensor | None
+
+    @classmethod
+    def blank(cls, labels: int, height: int, width: int, device: torch.device, with_best: bool) -> _Canvas:
+        shape = (labels, height, width)
+        return cls(
+            torch.zeros(shape, device=device), torch.zeros(1, height, width, device=device),
+            torch.full(shape, NO_SCORE, device=device) if with_best else None,
+            torch.full(shape, -1, dtype=torch.long, device=device) if with_best else None,
+        )  # fmt: skip
+
+    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor, best: torch.Tensor | None = None,
+            best_sim: torch.Tensor | None = None) -> None:  # fmt: skip
+        """scores (L,h,w) of the crop at `box` (its size); best (L,h,w) prototype indices and
+        best_sim (L,h,w) their similarities, or None."""
+        y0, x0, y1, x1 = box
+        self.total[:, y0:y1, x0:x1] += scores
+        self.count[:, y0:y1, x0:x1] += 1
+        if self.best_sim is not None:
+            region = self.best_sim[:, y0:y1, x0:x1]
+            better = best_sim > region
+            region[better] = best_sim[better]
+            self.best_idx[:, y0:y1, x0:x1][better] = best[better]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.total / self.count, self.best_idx
+
+
+def crops(image: torch.Tensor, windows: tuple[int, ...] | None, stride: int):
+    """(box, crop) of every window of `image` (3,H,W), each size in turn, then the whole image.
+
+    Windows are clipped to the image where it is smaller than them. The whole-image pass is one
+    more score map averaged with the windows (sdov predict.py); without windows it is the only one.
+    """
+    _, height, width = image.shape
+    for size in windows or ():
+        for y0, x0, y1, x1 in window_boxes(height, width, size, stride):
+            yield (y0, x0, y1, x1), image[:, y0:y1, x0:x1]
+    yield (0, 0, height, width), image
+
+
+def union_labels(vocabs: list[Vocabulary]) -> list[int]:
+    """The labels of one image over all parts' vocabularies, sorted."""
+    return sorted(set().union(*(v.labels for v in vocabs)))
+
+
+@dataclass
+class WindowBatch:
+    """One batch of crops through every part: crops of one size (the whole image is one more crop), from any images.
+
+    shape: the crop size (h, w) in px; jobs: (image index, (y0,x0,y1,x1) box) per crop; features:
+    per part, (B,D,h',w') that part's features of the crops (at the part's own input size).
+    """
+
+    shape: tuple[int, int]
+    jobs: list[tuple[int, tuple[int, int, int, int]]]
+    features: list[torch.Tensor]
+
+
+def window_features(
+    images: list[torch.Tensor],
+    extracts: list[Extract],
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+) -> Iterator[WindowBatch]:
+    """The backbones' half of `slide_match_many`: every crop (`crops`) of every image through each
+    part's `extracts[j]`, crops of one size sharing batches of at most `batch` (in first-seen order)."""
+    by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
+    for i, image in enumerate(images):
+        for box, crop in crops(image, windows, stride):
+            by_shape.setdefault(tuple(crop.shape[-2:]), []).append((i, box, crop))
+    for shape, jobs in by_shape.items():
+        for k in range(0, len(jobs), batch):
+            chunk = jobs[k : k + batch]
+            stack = torch.stack([crop for _, _, crop in chunk])
+            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk], [extract(stack) for extract in extracts])
+
+
+def blank_canvases(sizes: list[tuple[int, int]], labels: list[list[int]], device: torch.device,
+                   with_best: bool = False) -> list[_Canvas]:  # fmt: skip
+    """One empty score canvas per image of (H,W) `sizes`, over that image's `labels` (`union_labels`)."""
+    return [_Canvas.blank(len(lab), h, w, device, with_best) for (h, w), lab in zip(sizes, labels, strict=True)]
+
+
+def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[Vocabulary]], labels: list[list[int]],
+                  offsets: list[int], with_best: bool = False) -> None:  # fmt: skip
+    """The matching half: add a batch's fused crop scores (`_fuse`) to its images' canvases, each
+    crop matched against its own image's vocabularies (consecutive crops of one image together)."""
+    start = 0
+    while start < len(wb.jobs):
+        i = wb.jobs[start][0]
+        stop = start
+        while stop < len(wb.jobs) and wb.jobs[stop][0] == i:
+            stop += 1
+        fused, best, best_sim = _fuse(wb.features, start, stop, vocabs[i], labels[i], offsets, wb.shape, with_best)
+        for j in range(start, stop):
+            canvases[i].add(wb.jobs[j][1], fused[j - start], None if best is None else best[j - start],
+                            None if best_sim is None else best_sim[j - start])  # fmt: skip
+        start = stop
+
+
+def slide_match_many(
+    images: list[torch.Tensor],
+    vocabs: list[list[Vocabulary]],
+    extracts: list[Extract],
+    offsets: list[int],
+    windows: tuple[int, ...] | None = (448, 336),
+    stride: int = 224,
+    batch: int = 8,
+    with_best: bool = False,
+) -> list[tuple[torch.Tensor, list[int], torch.Tensor | None]]:
+    """Late fusion over parts and crops: each part's class score maps, averaged over parts, then
+    over the sliding windows and the whole image (paper App. C.5; sdov predict.py).
+
+    images: (3,H,W) float RGB in [0,1]; vocabs[i][j]: image i's vocabulary in part j; extracts[j]
+    maps crops (B,3,h,w) to part j's features (B,D,h',w') (at the part's own input size); offsets[j]:
+    where part j's prototype indices start in the global numbering --explain reports. A label is
+    scored in each part by its best prototype there (MISSING where a part has none), upsampled
+    (bilinear) to the crop's pixels; crops of the same size from all images share the extractors'
+    batches, and each is matched against its own image's vocabularies, so per-image category
+    filtering still applies. Returns per image: scores (L,H,W) float32 over `union_labels`, those
+    labels, and with `with_best` the winning prototype per label and pixel, (L,H,W) int64 global
+    indices: the best-scoring prototype of the part with the highest score, over all crops.
+    """
+    labels = [union_labels(v) for v in vocabs]
+    sizes = [(im.shape[1], im.shape[2]) for im in images]
+    canvases = blank_canvases(sizes, labels, images[0].device if images else torch.device("cpu"), with_best)
+    for wb in window_features(images, extracts, windows, stride, batch):
+        match_windows(canvases, wb, vocabs, labels, offsets, with_best)
+    out = []
+    for canvas, lab in zip(canvases, labels, strict=True):
+        scores, best = canvas.result()
+        out.append((scores, lab, best))
+    return out
+
+
+def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabulary], labels: list[int],
+          offsets: list[int], shape: tuple[int, int], with_best: bool):  # fmt: skip
+    """Mean over parts of the crops' label scores (B,L,h,w) at the crops' size, and the winners."""
+    fused = best = best_sim = None
+    for f, vocab, offset in zip(feats, vocabs, offsets, strict=True):
+        scores, idx = match(f[start:stop], vocab)
+        up = F.interpolate(scores, size=shape, mode="bilinear", align_corners=False)
+        rows = [labels.index(lab) for lab in vocab.labels]
+        full = up.new_full((up.shape[0], len(labels), *shape), MISSING)
+        full[:, rows] = up
+        fused = full if fused is None else fused + full
+        if with_best:  # a part without the label (MISSING) never beats one with it: cosines exceed -1
+            idx_up = F.interpolate(idx.float(), size=shape, mode="nearest").long()
+            ids = torch.full(full.shape, -1, dtype=torch.long, device=full.device)
+            ids[:, rows] = torch.where(idx_up >= 0, idx_up + offset, idx_up)
+            if best is None:
+                best, best_sim = ids, full
+            else:
+                better = full > best_sim
+                best_sim = torch.where(better, full, best_sim)
+                best = torch.where(better, ids, best)
+    return fused / len(feats), best, best_sim
+
+
+def upsample_argmax(
+    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.
+
+    Working band by band keeps memory at L×band×width whatever the image size; the result equals
+    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64
+    and, given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64.
+    """
+    _, h, w = scores.shape
+    labels = np.empty((height, width), np.int64)
+    winner = np.empty((height, width), np.int64) if best is not None else None
+    scale = h / height
+    for r0 in range(0, height, band):
+        r1 = min(r0 + band, height)
+        y = ((torch.arange(r0, r1, device=scores.device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
+        y0 = y.floor().long().clamp_max(h - 1)
+        y1 = (y0 + 1).clamp_max(h - 1)
+        wy = (y - y0).clamp(0, 1).float()[None, :, None]
+        rows = scores[:, y0] * (1 - wy) + scores[:, y1] * wy  # (L, band, w)
+        full = F.interpolate(rows[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)[0]
+        lab = full.argmax(0)
+        labels[r0:r1] = lab.cpu().numpy()
+        if best is not None:
+            ny = ((torch.arange(r0, r1, device=scores.device) * h) // height).clamp_max(h - 1)
+            nx = ((torch.arange(width, device=scores.device) * w) // width).clamp_max(w - 1)
+            picked = best[:, ny][:, :, nx]  # (L, band, W) nearest
+            winner[r0:r1] = picked.gather(0, lab[None]).squeeze(0).cpu().numpy()
+    return labels, winner

@@ -1,0 +1,408 @@
+"""Paper §3 "Support set generation": Stable Diffusion draws each class's support set, with attribution maps.
+
+Stable Diffusion draws N images of "A good picture of a <class>"; while it denoises, the
+cross-attention probabilities of the class-name tokens are summed over every cross-attention
+layer, head and step (conditional branch only, as in DAAM): that sum is the attribution map A_n
+the masks stage uses to pick foreground and background. Images are seeded one by one, so image i
+of a class starts from the same noise whatever the vocabulary or an interruption in between (and,
+with the same batch size, has the same pixels; other batch sizes may differ by float rounding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import names
+from ..store.cache import Cache, now_iso
+from ..errors import IncompleteSupportSet, InvalidSetting, NoSupportSet, OvdiffError
+from ..store.keys import SCHEDULER, support_id
+from ..types import Sample
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..config import SampleConfig
+    from ..models.presets import ModelSpecs
+    from ..models.sd import SDComponents
+    from ..types import StageSource
+
+
+# --------------------------------------------------------------------------- seeds and keys
+
+
+def image_seed(class_norm: str, base_seed: int, index: int) -> int:
+    """Seed of image `index` of a class: a hash, so it depends on nothing but these three values."""
+    digest = hashlib.sha256(json.dumps([class_norm, base_seed, index], ensure_ascii=False).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def check_config(config: SampleConfig) -> None:
+    """Reject settings that cannot sample, naming the option (before any model loads)."""
+    from ..limits import check_sample
+
+    check_sample(config)
+    if config.size % 8:
+        raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
+    if config.attribution_size < 1:
+        raise InvalidSetting("attribution_size", f"must be at least 1, got {config.attribution_size}")
+    if not config.guidance_scale > 0:
+        raise InvalidSetting("guidance_scale", f"must be a positive number, got {config.guidance_scale}")
+    if config.prompt_template.count("{}") != 1:
+        raise InvalidSetting(
+            "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {config.prompt_template!r}"
+        )
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
+    """Positions of the class name's tokens in the tokenized prompt (start-of-text is position 0).
+
+    CLIP's BPE splits on whitespace and punctuation before merging, so the name tokenizes the same
+    alone as inside the template; the match is checked against the full prompt all the same.
+    Tokens cut off by the 77-token context are dropped; a name cut off entirely is an error.
+    """
+    prefix = template.split("{}", 1)[0]
+    full = tokenizer(template.format(class_name), truncation=True, max_length=tokenizer.model_max_length).input_ids
+    name_ids = tokenizer(class_name, add_special_tokens=False, verbose=False).input_ids
+    start = 1 + len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    last = len(full) - 1  # end-of-text
+    if not name_ids:
+        raise OvdiffError(f"class name {class_name!r} has no tokens: use a word or phrase")
+    if start >= last:
+        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the 77-token context")
+    indices = list(range(start, min(start + len(name_ids), last)))
+    if len(indices) < len(name_ids):
+        note_long_name(class_name, len(name_ids), len(indices), tokenizer.model_max_length)
+    if [full[i] for i in indices] != name_ids[: len(indices)]:
+        raise OvdiffError(
+            f"class name {class_name!r} does not tokenize the same inside {template!r}: separate '{{}}' with spaces"
+        )
+    return indices
+
+
+class LongNameWarning(UserWarning):
+    """A class name that does not fit the text encoder's context; the CLI prints it as one line."""
+
+
+_NOTED: set[str] = set()
+
+
+def note_long_name(name: str, n_tokens: int, kept: int, context: int) -> None:
+    """Say once per name, in our words, that the text encoder sees only the start of it."""
+    import warnings
+
+    if name in _NOTED:
+        return
+    _NOTED.add(name)
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    warnings.warn(LongNameWarning(
+        f"class name {shown!r} is {n_tokens} tokens; the text encoder reads {context} tokens per prompt, "
+        f"so only its first {kept} are used: a shorter name is drawn and matched as well"
+    ), stacklevel=2)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- attention capture
+
+
+class AttributionRecorder:
+    """Sums class-token cross-attention probabilities per attention resolution.
+
+    `sums[n]`: (B, n) float32, n = h*w query positions of one UNet level, summed over that level's
+    layers, heads and the denoising steps so far.
+    """
+
+    def __init__(self, token_indices: list[int], cfg: bool):
+        self.token_indices = token_indices
+        self.cfg = cfg
+        self.sums: dict[int, torch.Tensor] = {}
+
+    def add(self, probs: torch.Tensor) -> None:
+        """probs: (B, heads, n, tokens) softmax over the text tokens, conditional images only."""
+        m = probs[..., self.token_indices].sum(dim=(1, 3), dtype=probs.dtype)
+        if m.shape[1] in self.sums:
+            self.sums[m.shape[1]] += m
+        else:
+            self.sums[m.shape[1]] = m
+
+    def maps(self, size: int) -> torch.Tensor:
+        """(B, size, size) float32 >= 0: each level bilinearly resized to size×size, then summed.
+
+        Levels are square because the sampled images are (config.size is one side length).
+        """
+        import torch.nn.functional as F
+
+        total = None
+        for n, m in self.sums.items():
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f"cross-attention over {n} positions is not a square grid")
+            up = F.interpolate(m.reshape(-1, 1, side, side), size=(size, size), mode="bilinear",
+                               align_corners=False, antialias=side > size)[:, 0]
+            total = up if total is None else total + up
+        if total is None:
+            raise ValueError("no cross-attention was captured: the UNet has no attn2 layers")
+        return total
+
+
+class CapturingCrossAttnProcessor:
+    """Cross-attention that also hands the conditional half's class-token probabilities to a recorder.
+
+    The output is computed exactly as diffusers' AttnProcessor2_0 (fused scaled-dot-product attention);
+    only the conditional images' probabilities are formed explicitly, in float32, for the recorder.
+    Supports the layout of SD-style cross-attention (3-D hidden states, no group/spatial norm).
+    """
+
+    def __init__(self, recorder: AttributionRecorder):
+        self.recorder = recorder
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        import torch.nn.functional as F
+
+        if encoder_hidden_states is None or hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("attribution capture supports SD-style cross-attention layers only")
+        residual = hidden_states
+        batch, n_tokens = encoder_hidden_states.shape[:2]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, n_tokens, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        cond = slice(batch // 2, batch) if self.recorder.cfg else slice(0, batch)
+        scores = query[cond].float() @ key[cond].float().transpose(-1, -2) * attn.scale
+        if attention_mask is not None:
+            scores = scores + attention_mask[cond].float()
+        self.recorder.add(scores.softmax(dim=-1))
+
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def capture_processors(unet, recorder: AttributionRecorder) -> dict:
+    """A processor for every attention layer: capture on cross-attention (attn2), fused SDPA elsewhere."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    return {
+        name: CapturingCrossAttnProcessor(recorder) if name.endswith("attn2.processor") else AttnProcessor2_0()
+        for name in unet.attn_processors
+    }
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """(B,3,H,W) in [-1,1] → list of HxWx3 uint8."""
+    import torch
+
+    arr = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to("cpu", dtype=torch.uint8)
+    return list(arr.permute(0, 2, 3, 1).numpy())
+
+
+class SDGenerator:
+    """Stable Diffusion v1.5 through the stock diffusers pipeline, with attribution capture.
+
+    The UNet's attention processors are swapped in for one call and restored after it, because the
+    same UNet also serves as a feature extractor.
+    """
+
+    def __init__(self, sd: SDComponents):
+        self.sd = sd
+        self.pipe = self.sd.pipeline()
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def identity(self) -> dict:
+        return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": SCHEDULER}
+
+    def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
+        return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
+
+    def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
+        """One batch: image i from `seeds[i]` (a CPU torch.Generator each, so the noise, and the image,
+        is the same on every device).
+
+        Returns images (size, size, 3) uint8 and attribution maps (attribution_size²) float32 >= 0.
+        """
+        import torch
+
+        check_config(config)
+        unet = self.sd.unet
+        cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        original = unet.attn_processors
+        unet.set_attn_processor(capture_processors(unet, recorder))
+        # The pipeline's own "Token indices sequence length …" and "part of your input was truncated":
+        # note_long_name said it once, in our words.
+        quiet = [logging.getLogger(n) for n in ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                                                "transformers.tokenization_utils_base")]  # fmt: skip
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        try:
+            latents = self.pipe(
+                prompt=[config.prompt_template.format(class_name)] * len(seeds),
+                negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
+                height=config.size,
+                width=config.size,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                generator=generators,
+                output_type="latent",
+            ).images
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
+            unet.set_attn_processor(original)
+        with torch.inference_mode():
+            # Decoded here, in the VAE's own dtype: it stays fp32 when the UNet runs fp16.
+            vae = self.sd.vae
+            images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        maps = recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32)
+        return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
+
+
+# --------------------------------------------------------------------------- support sets
+
+
+def _new_meta(class_name: str, norm: str, seed: int, config: SampleConfig, generator, stages: StageSource) -> dict:
+    meta = {
+        "name": class_name,
+        "norm": norm,
+        "seed": seed,
+        "prompt": config.prompt_template.format(norm),
+        **config.fingerprint_fields(),
+        "scheduler": SCHEDULER,
+        "generator": generator.identity(),
+        "models": stages.specs.identity(),
+        "device": str(stages.device),
+        "dtype": str(stages.dtype).removeprefix("torch."),
+        "created_at": now_iso(),
+        "n_images": 0,
+    }
+    if hasattr(generator, "token_indices"):
+        meta["token_indices"] = generator.token_indices(norm, config)
+    return meta
+
+
+def ensure_support_set(
+    cache: Cache,
+    stages: StageSource,
+    class_name: str,
+    seed: int,
+    config: SampleConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, dict]:
+    """Make sure the first `config.n_images` support images of a class are cached; return (sid, meta).
+
+    Only missing images are generated, batch by batch, each batch committed in one transaction:
+    a killed run loses at most one batch and the next run resumes. A lock per support set makes a
+    second process wait, then find the work done. `on_progress(done, total)` counts images. The
+    generator (Stable Diffusion) is built only when an image is missing.
+    """
+    check_config(config)
+    norm = names.validate(class_name)
+    sid = support_id(norm, seed, stages.specs, config)
+    total = config.n_images
+    meta = cache.support_meta(sid)
+    if meta is None or meta["n_images"] < total:
+        with cache.lock(sid):
+            meta = cache.support_meta(sid)  # another process may have drawn them while we waited
+            done = 0 if meta is None else meta["n_images"]
+            if on_progress:
+                on_progress(min(done, total), total)
+            if done < total:
+                from ..limits import check_room
+
+                check_room(cache.root, total - done, config)
+            generator = stages.generator() if done < total else None
+            if meta is None:
+                meta = _new_meta(class_name, norm, seed, config, generator, stages)
+            while done < total:
+                seeds = [image_seed(norm, seed, i) for i in range(done, min(done + config.batch_size, total))]
+                samples = generator.generate(norm, seeds, config)
+                cache.put_support_batch(sid, meta, done, [s.image for s in samples], [s.attribution for s in samples])
+                done += len(samples)
+                if on_progress:
+                    on_progress(done, total)
+            meta = cache.support_meta(sid)
+    elif on_progress:
+        on_progress(total, total)
+    return sid, meta
+
+
+def load_samples(cache: Cache, sid: str, n: int) -> list[Sample]:
+    """The first `n` cached support images of `sid` with their attribution maps."""
+    meta = cache.support_meta(sid)
+    have = 0 if meta is None else meta["n_images"]
+    if have < n:
+        raise IncompleteSupportSet(sid, meta["name"] if meta else "?", have, n)
+    return [Sample(image=cache.support_image(sid, i), attribution=cache.attribution(sid, i)) for i in range(n)]
+
+
+def cached_support_set(cache: Cache, specs: ModelSpecs, class_name: str, seed: int,
+                       config: SampleConfig) -> tuple[dict, list[Sample]]:  # fmt: skip
+    """(meta, every cached image) of a class's support set, found with no model loaded; NoSupportSet if none is."""
+    norm = names.validate(class_name)
+    sid = support_id(norm, seed, specs, config)
+    meta = cache.support_meta(sid)
+    if not meta or meta["n_images"] == 0:
+        raise NoSupportSet(norm, seed, specs.preset.name)
+    return meta, load_samples(cache, sid, meta["n_images"])
+
+
+# --------------------------------------------------------------------------- contact sheet
+
+
+def heat_overlay(image: np.ndarray, attribution: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """image HxWx3 uint8, attribution hxw >= 0 → HxWx3 uint8: the map, min-max scaled, as a jet heat map over the image."""
+    import cv2
+
+    a = attribution.astype(np.float32) - attribution.min()
+    a = a / a.max() if a.max() > 0 else a
+    a = cv2.resize(a, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.cvtColor(cv2.applyColorMap((a * 255).round().astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return (alpha * heat + (1 - alpha) * image).round().astype(np.uint8)
+
+
+def contact_sheet(samples: list[Sample], title: str, thumb: int = 160, columns: int = 4) -> Image.Image:
+    """A grid of (image | attribution heat map) pairs under a title line, `columns` pairs per row."""
+    from PIL import Image
+
+    from ..io.images import tile_sheet
+
+    if not samples:
+        raise ValueError("contact sheet of no samples")
+    pad = 4
+    pairs = []
+    for s in samples:
+        pair = Image.new("RGB", (2 * thumb + pad, thumb), "white")
+        for j, arr in enumerate((s.image, heat_overlay(s.image, s.attribution))):
+            pair.paste(Image.fromarray(arr).resize((thumb, thumb), Image.Resampling.BILINEAR), (j * (thumb + pad), 0))
+        pairs.append(pair)
+    return tile_sheet(pairs, title, columns, pad=pad)

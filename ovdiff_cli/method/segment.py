@@ -1,0 +1,441 @@
+"""Paper §3 "Segmentation via prototype matching": the segmenter, and the folder-streaming job around it.
+
+`Segmenter.predict` runs one image through the steps of OVDiff inference:
+1. category pre-filter: the thing classes CLIP sees in the image, plus every stuff class (optional);
+2. resize so the short side is `short_side` (TCL/OVDiff inference; long side at most 2048/448 of it);
+3. matching: every sliding window and the whole image, resized to each extractor part's own input
+   size, are matched against that part's prototypes of the kept classes; the per-part class score
+   maps are averaged (late fusion), then averaged over the crops;
+4. bilinear upsampling of the label scores to the image size, then argmax.
+
+`encode_image` runs only the backbones' half (the image side of step 1, and step 3's features) and
+`Segmenter.predict_encoded` the rest, so one image's features serve any number of vocabularies.
+
+`segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
+whose windows share the extractor's batches): each group is read, segmented and written before the
+next is read, and a bad image is recorded and skipped. `OutputWriter` writes the results of any
+engine (the Ray engine in `distributed` too); `resume` splits and resumes a job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import SegmentConfig
+from ..errors import OvdiffError
+from .filter import CategoryFilter
+from ..io.images import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture
+from ..io.masks import MaskWriter, format_note, png_kind
+from .matching import (
+    NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
+    union_labels, upsample_argmax, window_features,
+)  # fmt: skip
+from ..types import ClassParts, ImageTextScorer
+
+if TYPE_CHECKING:
+    from .features import Part
+
+LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
+
+
+@dataclass
+class Segmentation:
+    """One image's result.
+
+    labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index, in the full
+    vocabulary (all parts, numbered part after part), of the prototype that decided each pixel
+    (`Segmenter.source(i)`), -1 where the background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
+    timings: seconds spent in "filter", "features", "matching" and "upsample_io". scores: (K+1,h,w)
+    float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
+    the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
+    (filtered out, or no background); only with `scores`.
+    """
+
+    labels: np.ndarray
+    selected: list[int]
+    timings: dict[str, float]
+    winner: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+@dataclass
+class EncodedImage:
+    """A target image with its backbone work done, to be matched against any vocabulary.
+
+    image: HxWx3 uint8 RGB; work_size: (h,w) the image was resized to; windows: every part's
+    features per crop batch (on the device), in the order `slide_match_many` forms them;
+    embedding: (E,) the filter's image embedding (None without the filter); parts: the extractor
+    parts' names, in spec order; settings: the SegmentConfig fields that shaped the crops,
+    checked against the matcher's.
+    """
+
+    image: np.ndarray
+    work_size: tuple[int, int]
+    windows: list[WindowBatch]
+    embedding: torch.Tensor | None
+    parts: tuple[str, ...]
+    settings: tuple
+    seconds: dict[str, float]
+
+
+def _window_settings(cfg: SegmentConfig) -> tuple:
+    return (cfg.short_side, cfg.slide, tuple(cfg.windows), cfg.stride, cfg.filter_size)
+
+
+def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) with the short side at `short_side` and the long side at most LONG_SIDE_RATIO times it."""
+    scale = min(short_side / min(height, width), short_side * LONG_SIDE_RATIO / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class Segmenter:
+    """Segments images against a fixed list of classes; build once, call `predict` per image.
+
+    parts: the extractor parts (features.Part, in spec order) the classes' prototypes were built in;
+    one vocabulary per part (`vocabs`) is matched on that part's own features, and prototypes are
+    numbered globally (part after part) for --explain: `source(i)`. scorer: the category filter's
+    image/text scorer (None: no filter, whatever `cfg.use_filter` says); cache: where the filter's
+    text embeddings are kept (None: memory only). `compose.Stages.segmenter` builds one for a run.
+    """
+
+    def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
+                 device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
+                 window_batch: int = 8):  # fmt: skip
+        if not classes:
+            raise OvdiffError("no classes to segment with")
+        png_kind(len(classes))  # refuses more classes than a 16-bit mask holds
+        names = [p.name for p in parts]
+        for c in classes:
+            if set(names) - set(c.parts):
+                raise OvdiffError(f"class {c.name!r} has no prototypes for part(s) {', '.join(sorted(set(names) - set(c.parts)))}")
+        self.cfg, self.classes, self.device, self.parts = cfg, classes, device, parts
+        self.vocabs = [
+            assemble_vocabulary(
+                [c.parts[n] for c in classes], cfg.proto_kinds, background=cfg.background, stuff_filter=cfg.stuff_filter,
+                stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
+            )
+            for n in names
+        ]  # fmt: skip
+        sizes = [len(v.bank or v) for v in self.vocabs]
+        self.offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+        self._device_vocabs = [v.to(device) for v in self.vocabs]
+        stuff = [c.kind == "stuff" for c in classes]
+        self.filter = (  # stuff classes bypass it: with fewer than two things there is nothing to choose
+            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
+            if scorer is not None and cfg.use_filter and stuff.count(False) > 1
+            else None
+        )
+        self.window_batch = window_batch
+
+    def source(self, index: int) -> tuple[str, Provenance]:
+        """(part, provenance) of prototype `index` in the global numbering of `Segmentation.winner`."""
+        for j in reversed(range(len(self.parts))):
+            if index >= self.offsets[j]:
+                return self.parts[j].name, self.vocabs[j].source(index - self.offsets[j])
+        raise IndexError(index)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def predict(self, image: np.ndarray, explain: bool = False, scores: bool = False) -> Segmentation:
+        """image HxWx3 uint8 RGB → Segmentation (labels at the image's size)."""
+        return self.predict_many([image], explain, scores)[0]
+
+    def predict_many(self, images: list[np.ndarray], explain: bool = False, scores: bool = False) -> list[Segmentation]:
+        """Several HxWx3 uint8 RGB images at once: their windows share the extractor's batches.
+
+        Results equal `predict` image by image; the shared feature and matching time is split
+        evenly between the images in their timings. `scores` keeps each image's label scores.
+        """
+        for image in images:
+            _check_image(image)
+        times = [{"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0} for _ in images]
+        selected, vocabs, xs = [], [], []
+        for image, t in zip(images, times, strict=True):
+            # 1. category pre-filter
+            t0 = time.perf_counter()
+            keep = self.filter.select(image) if self.filter is not None else list(range(len(self.classes)))
+            selected.append(keep)
+            vocabs.append([v.restrict(keep) for v in self._device_vocabs])
+            t["filter"] = time.perf_counter() - t0
+            # 2. resize to the working size
+            xs.append(work_tensor(image, self.cfg.short_side, self.device))
+
+        # 3. each part on every window and the whole image, at its own input size (feature time measured apart)
+        feature_time = 0.0
+
+        def timed(part):
+            def extract(crops: torch.Tensor) -> torch.Tensor:
+                nonlocal feature_time
+                t = time.perf_counter()
+                out = part.window(crops)
+                self._sync()
+                feature_time += time.perf_counter() - t
+                return out
+
+            return extract
+
+        t0 = time.perf_counter()
+        windows = tuple(self.cfg.windows) if self.cfg.slide else None
+        results = slide_match_many(xs, vocabs, [timed(p) for p in self.parts], self.offsets, windows, self.cfg.stride,
+                                   self.window_batch, with_best=explain)  # fmt: skip
+        self._sync()
+        matching_time = time.perf_counter() - t0 - feature_time
+        # 4. upsample to each image's size, argmax
+        out = []
+        for image, (score, labels, best), keep, t in zip(images, results, selected, times, strict=True):
+            t["features"] = feature_time / len(images)
+            t["matching"] = matching_time / len(images)
+            out.append(self._finish(image, score, labels, best, keep, t, scores))
+        return out
+
+    def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
+        """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list."""
+        t0 = time.perf_counter()
+        local, winner = upsample_argmax(score, image.shape[0], image.shape[1], best)
+        full = None
+        if keep_scores:
+            full = np.full((len(self.classes) + 1, *score.shape[1:]), NO_SCORE, np.float32)
+            full[labels] = score.float().cpu().numpy()
+        labels = np.asarray(labels, dtype=np.int32)[local]
+        t["upsample_io"] = time.perf_counter() - t0
+        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full)
+
+    # -- encode once, match many (paper §3: the backbones see an image once, whatever the vocabulary)
+
+    def predict_encoded(self, enc: EncodedImage, explain: bool = False, scores: bool = False) -> Segmentation:
+        """`predict` on an encoded image, running no backbone but the filter's text side (cached)."""
+        parts = tuple(p.name for p in self.parts)
+        if enc.parts != parts or enc.settings != _window_settings(self.cfg):
+            raise OvdiffError(
+                f"image encoded with extractor {'+'.join(enc.parts)} and window settings {enc.settings}; these classes "
+                f"use {'+'.join(parts)} and {_window_settings(self.cfg)}: encode it with the same settings"
+            )
+        t = {"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0}
+        t0 = time.perf_counter()
+        if self.filter is not None:
+            keep = self.filter.select(enc.image, enc.embedding)
+        else:
+            keep = list(range(len(self.classes)))
+        vocabs = [v.restrict(keep) for v in self._device_vocabs]
+        labels = union_labels(vocabs)
+        t["filter"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        canvas = blank_canvases([enc.work_size], [labels], self.device, explain)
+        for wb in enc.windows:
+            match_windows(canvas, wb, [vocabs], [labels], self.offsets, explain)
+        score, best = canvas[0].result()
+        self._sync()
+        t["matching"] = time.perf_counter() - t0
+        return self._finish(enc.image, score, labels, best, keep, t, scores)
+
+
+def work_tensor(image: np.ndarray, short_side: int, device: torch.device) -> torch.Tensor:
+    """Step 2: HxWx3 uint8 → (3,h,w) float32 in [0,1] on `device`, resized to the working size."""
+    height, width = image.shape[:2]
+    h, w = working_size(height, width, short_side)
+    work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
+    return torch.from_numpy(np.require(work, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255
+
+
+def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: SegmentConfig, image: np.ndarray,
+                 device: torch.device, window_batch: int = 8) -> EncodedImage:  # fmt: skip
+    """Run the backbones on one HxWx3 uint8 image, as `Segmenter.predict` does: the filter's image
+    embedding (with a scorer) and every crop's features in each part (`Part.window`, at the part's
+    own input size), for `Segmenter.predict_encoded` with any classes built in those parts."""
+    _check_image(image)
+    t0 = time.perf_counter()
+    embedding = None
+    if scorer is not None and cfg.use_filter:
+        from .filter import image_embedding
+
+        embedding = image_embedding(scorer, image, cfg.filter_size)
+    t1 = time.perf_counter()
+    x = work_tensor(image, cfg.short_side, device)
+    windows = tuple(cfg.windows) if cfg.slide else None
+    batches = list(window_features([x], [p.window for p in parts], windows, cfg.stride, window_batch))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EncodedImage(image, (x.shape[1], x.shape[2]), batches, embedding, tuple(p.name for p in parts),
+                        _window_settings(cfg), {"filter": t1 - t0, "features": time.perf_counter() - t1})  # fmt: skip
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+
+
+# --------------------------------------------------------------------------- the folder job
+
+
+@dataclass
+class JobSummary:
+    """What a `segment_paths` run did: images written, failures (input, reason), time spent."""
+
+    written: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.written if self.written else float("nan")
+
+
+def legend(names: list[str], background: bool, fmt: str = "png") -> dict:
+    """The classes.json legend: mask value → class name and colour (the VOC palette's, cycled past 255)."""
+    from ..io.palette import voc_palette
+
+    pal = voc_palette()
+    entries = ([("background", 0)] if background else []) + [(n, k + 1) for k, n in enumerate(names)]
+    return {
+        "format": format_note(fmt, len(names)),
+        "mask_format": fmt if fmt != "png" else f"png-{png_kind(len(names))}",
+        "labels": [{"index": i, "name": n, "color": [int(c) for c in pal[i % len(pal)]]} for n, i in entries],
+    }
+
+
+_FAILURES = (ImageError, OSError, ValueError, torch.OutOfMemoryError)
+
+
+def _describe(item: InputImage, e: Exception) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    return str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
+
+
+def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool,
+                   scores: bool = False) -> list[Segmentation | Exception]:  # fmt: skip
+    """Segment a group together; if that fails, image by image, so one bad image fails alone."""
+    try:
+        return segmenter.predict_many(images, explain, scores)
+    except _FAILURES as e:
+        if len(images) == 1:
+            return [e]
+    out: list[Segmentation | Exception] = []
+    for image in images:
+        try:
+            out.append(segmenter.predict(image, explain, scores))
+        except _FAILURES as e:
+            out.append(e)
+    return out
+
+
+class OutputWriter:
+    """Writes each image's outputs into `out_dir` and keeps the job's summary, whatever engine segmented it.
+
+    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
+    message when it failed). `masks` writes the masks in their format (default: PNG); closed by `finish`.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        out_dir: Path,
+        overlay: bool = False,
+        explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
+        on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
+        masks: MaskWriter | None = None,
+    ):
+        self.out_dir, self.overlay, self.explainer, self.on_image = Path(out_dir), overlay, explainer, on_image
+        self.masks = masks or MaskWriter(self.out_dir, len(class_names))
+        self.names = {0: "background", **{k + 1: n for k, n in enumerate(class_names)}}
+        self.summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
+        self._start = time.perf_counter()
+
+    def failed(self, item: InputImage, error: str) -> None:
+        self.summary.failures.append((str(item.path), error))
+        if self.on_image is not None:
+            self.on_image(item, None, error)
+
+    def write(self, item: InputImage, seg: Segmentation, image: np.ndarray | None = None, io_time: float = 0.0) -> None:
+        """The mask (and overlay, explanation) of one image; `image` is read again if they need it and it is None."""
+        try:
+            t0 = time.perf_counter()
+            self.masks.write(item.name, seg.labels, seg.scores)
+            if image is None and (self.overlay or self.explainer is not None):
+                image = load_image(item.path)
+            if self.overlay:
+                save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
+            if self.explainer is not None:
+                self.explainer(item, image, seg, self.out_dir / "explain")
+            seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
+        except _FAILURES as e:
+            self.failed(item, _describe(item, e))
+            return
+        for k, v in seg.timings.items():
+            self.summary.timings[k] = self.summary.timings.get(k, 0.0) + v
+        self.summary.written += 1
+        if self.on_image is not None:
+            self.on_image(item, seg, None)
+
+    def finish(self) -> JobSummary:
+        self.masks.close()
+        self.summary.seconds = time.perf_counter() - self._start
+        return self.summary
+
+
+def segment_paths(
+    segmenter: Segmenter,
+    inputs: Iterable[InputImage],
+    out_dir: Path,
+    overlay: bool = False,
+    explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
+    on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
+    image_batch: int = 4,
+    writer: MaskWriter | None = None,
+) -> JobSummary:
+    """Segment each input into `out_dir/<name>.png` (+ overlays/<name>.jpg, explain/…); skip bad images.
+
+    Inputs are read `image_batch` at a time and segmented together (their windows share the
+    extractor's batches); memory is bounded by that group, whatever the number of inputs.
+    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
+    message when it failed). `writer` picks the mask format (default: PNG); it is closed at the end.
+    """
+    out = OutputWriter([c.name for c in segmenter.classes], out_dir, overlay, explainer, on_image, writer)
+    stream = iter(inputs)
+    while group := list(itertools.islice(stream, max(1, image_batch))):
+        loaded: list[tuple[InputImage, np.ndarray, float]] = []
+        for item in group:
+            t0 = time.perf_counter()
+            try:
+                loaded.append((item, load_image(item.path), time.perf_counter() - t0))
+            except _FAILURES as e:
+                out.failed(item, _describe(item, e))
+        segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
+                              out.masks.save_scores) if loaded else []  # fmt: skip
+        for (item, image, io_time), seg in zip(loaded, segs, strict=True):
+            if isinstance(seg, Exception):
+                out.failed(item, _describe(item, seg))
+            else:
+                out.write(item, seg, image, io_time)
+        del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
+    return out.finish()
+
+
+def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
+    """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image)."""
+    per = summary.written or 1
+    return {
+        "out": str(out_dir), "format": fmt, "legend": str(Path(out_dir) / "classes.json"), "classes": list(names),
+        "images": len(items), "written": summary.written, "failed": len(summary.failures),
+        "failures": [{"input": path, "error": error} for path, error in summary.failures],
+        "seconds": summary.seconds, "seconds_per_image": summary.seconds_per_image if summary.written else None,
+        "stage_seconds_per_image": {k: v / per for k, v in summary.timings.items()},
+    }  # fmt: skip
+
+
+def save_legend(names: list[str], background: bool, out_dir: Path, fmt: str = "png") -> Path:
+    path = Path(out_dir) / "classes.json"
+    save_json(legend(names, background, fmt), path)
+    return path

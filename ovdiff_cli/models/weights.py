@@ -1,0 +1,131 @@
+"""The weights a preset needs: where each comes from on the Hugging Face hub, whether it is present,
+and fetching them all once (`ovdiff models download`) so that later runs work offline.
+
+Every model is named by the spec string the loaders take (`models/sd.py`, `models/vit.py`,
+`masks.py`); a spec that is a local path, or a preset's built-in random / procedural model, needs
+no download. Files go to the HF cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`), where the loaders
+look for them, or with `local_dir` to one folder per model, to pass as --sd-model DIR etc.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OvdiffError
+
+BUILT_IN = ("tiny", "random", "procedural")
+ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
+SD_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "text_encoder/config.json",
+            "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json", "vae/diffusion_pytorch_model.safetensors")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One model's weights: role ("sd", "clip", "dino", "mae", "sam"), the spec runs name it by, and
+    where it lives: `repo` on the hub with the `files` (glob patterns) the loader reads, or
+    `source` "local" (a path) / "built-in" (random or procedural, nothing to fetch)."""
+
+    role: str
+    spec: str
+    source: str  # "hub", "local" or "built-in"
+    repo: str | None = None
+    files: tuple[str, ...] = ()
+
+    @property
+    def key_files(self) -> tuple[str, ...]:
+        """The files whose presence means the weights are there (patterns without wildcards)."""
+        return tuple(f for f in self.files if "*" not in f)
+
+
+def hf_cache_dir() -> Path:
+    """The HF hub cache the loaders read: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def weights_for(role: str, spec: str) -> Weights:
+    """Where the weights named by `spec` (as --sd-model / --clip-model / … take it) come from."""
+    if spec in BUILT_IN:
+        return Weights(role, spec, "built-in")
+    if Path(spec).expanduser().exists():
+        return Weights(role, spec, "local")
+    if role == "sd":
+        return Weights(role, spec, "hub", spec, SD_FILES)
+    if role == "clip":
+        repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
+        return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors"))
+    if role in ("dino", "mae"):
+        return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
+    if role == "sam":
+        return Weights(role, spec, "hub", spec, ("config.json", "preprocessor_config.json", "model.safetensors"))
+    raise ValueError(f"unknown model role {role!r}")
+
+
+def _open_clip_repo(spec: str) -> str:
+    """The hub repository open_clip fetches `NAME:TAG` from (its pretrained table)."""
+    import open_clip
+
+    name, _, tag = spec.partition(":")
+    cfg = open_clip.get_pretrained_cfg(name, tag or "openai") or {}
+    if not cfg.get("hf_hub"):
+        raise OvdiffError(f"open_clip has no hub copy of {spec!r}: give a local weights file as the clip model")
+    model_id, _ = os.path.split(cfg["hf_hub"])  # 'org/name/' (default file) or 'org/name/file', as open_clip reads it
+    return model_id
+
+
+def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[Weights]:
+    """Every weight a run with these model specs, extractor and mask proposer loads: the generator
+    (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks."""
+    from .store import SAM_SPEC
+
+    roles = ["sd", "clip"] + [p for p in ("dino", "mae") if p in extractor.split("+")]
+    specs = {r: models[r] for r in roles if models.get(r)}
+    if mask_proposer == "sam":
+        specs["sam"] = models.get("sam") or SAM_SPEC
+    return [weights_for(role, spec) for role, spec in specs.items()]
+
+
+def present(w: Weights, cache_dir: Path | None = None) -> bool | None:
+    """Whether the weights are on disk (in the HF cache for hub weights); None for built-in models."""
+    if w.source == "built-in":
+        return None
+    if w.source == "local":
+        return Path(w.spec).expanduser().exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    root = cache_dir or hf_cache_dir()
+    return all(isinstance(try_to_load_from_cache(w.repo, f, cache_dir=str(root)), str) for f in w.key_files)
+
+
+def in_folder(w: Weights, folder: Path) -> bool:
+    """Whether a `download(..., local_dir=folder)` copy of `w` is complete."""
+    return all((folder / f).is_file() for f in w.key_files)
+
+
+Downloader = Callable[..., str]
+
+
+def download(w: Weights, local_dir: Path | None = None, downloader: Downloader | None = None) -> Path | None:
+    """Fetch `w`'s files into the HF cache (or `local_dir`); return where they are (None: nothing to fetch).
+
+    downloader: huggingface_hub's `snapshot_download` (tests pass a stand-in).
+    """
+    if w.source != "hub":
+        return None
+    if downloader is None:
+        from huggingface_hub import snapshot_download as downloader
+    try:
+        if local_dir is not None:
+            path = downloader(repo_id=w.repo, allow_patterns=list(w.files), local_dir=str(local_dir))
+        else:
+            path = downloader(repo_id=w.repo, allow_patterns=list(w.files), cache_dir=str(hf_cache_dir()))
+    except Exception as e:  # network, auth and disk errors all end as one line naming the repository
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause[:200]}") from e
+    return Path(path)

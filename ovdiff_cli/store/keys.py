@@ -1,0 +1,129 @@
+"""The cache keys, in one home: support-set id, mask id, class-part id (pid) and text-embedding id.
+
+Every key is computed from settings and model specs alone (`ModelSpecs`), so looking a cached
+support set, class or prompt embedding up never loads a model. The extractor spec has one
+spelling (`config.normalise_extractor`, which `ProtoConfig` applies to itself), so a class built
+from Python and one built from the CLI share their key. tests/test_keys.py pins the values: a change here
+invalidates users' caches and must be deliberate (bump PROTO_VERSION).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .cache import short_hash
+
+if TYPE_CHECKING:
+    from ..config import ProtoConfig, SampleConfig
+    from ..models.presets import ModelSpecs
+
+PROTO_VERSION = 3  # bump when the way prototypes are computed changes: old entries are then rebuilt
+# prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
+MASK_VERSION = 2  # bump when the way support masks are computed changes: their classes are then rebuilt
+# masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
+SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
+
+
+# --------------------------------------------------------------------------- identities of models
+
+
+def sd_source(spec: str, weights_seed: int) -> str:
+    """What a Stable Diffusion spec loads: a hub id or folder as given, `random:<size>:seed<N>` for random weights."""
+    if spec in ("tiny", "random"):
+        return f"random:{'tiny' if spec == 'tiny' else 'full'}:seed{weights_seed}"
+    return spec
+
+
+def generator_identity(specs: ModelSpecs) -> dict:
+    """The support-set generator's identity (what `Generator.identity()` returns), from specs alone."""
+    if specs.preset.weights == "procedural":
+        from ..procedural import ProceduralGenerator
+
+        return ProceduralGenerator().identity()  # a constant of the world, no model
+    return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
+
+
+def clip_text_id(source: str, weights_seed: int) -> str:
+    """Key of the text embeddings of an open_clip text tower (random weights: by their seed too)."""
+    return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if source in ("tiny", "random") else "")
+
+
+def text_embedding_id(specs: ModelSpecs) -> str:
+    """The category filter scorer's identity (`ImageTextScorer.identity()`), from specs alone."""
+    if specs.preset.weights == "procedural":
+        from ..procedural import WORLD_VERSION
+
+        return f"procedural-scorer/v{WORLD_VERSION}"
+    return clip_text_id(specs.models["clip"], specs.weights_seed)
+
+
+def _models(specs: ModelSpecs, used: set[str]) -> dict:
+    """Model sources among `used`, with the preset and the seed of its random weights."""
+    models = {k: specs.models[k] for k in sorted(used) if k in specs.models}
+    return {"preset": specs.preset.name, "weights_seed": specs.weights_seed, **models}
+
+
+def mask_models(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
+    """The model sources a class's support masks depend on: the generator and the proposer's model
+    (SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
+    from ..method.masks import proposer_uses_features
+
+    used = {"sd"}
+    if proto_cfg.mask_proposer == "sam":
+        used.add("sam")
+    elif proposer_uses_features(proto_cfg.mask_proposer):
+        used.add(proto_cfg.mask_features)
+    return _models(specs, used)
+
+
+def part_models(specs: ModelSpecs, part: str) -> dict:
+    """The model source one part's prototypes depend on, beyond its masks."""
+    return _models(specs, {part})
+
+
+# --------------------------------------------------------------------------- the keys
+
+
+def support_id(class_norm: str, seed: int, specs: ModelSpecs, config: SampleConfig) -> str:
+    """Cache key of a support set: everything that changes its pixels, nothing that does not (N, batch)."""
+    return short_hash(class_norm, seed, generator_identity(specs), config.fingerprint_fields())
+
+
+def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig) -> str:
+    """What fixes a support set's pixels apart from the models: name, seed, sampler settings, N."""
+    return short_hash("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
+
+
+def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+    """Cache key of a class's support masks: the support set, the proposer and what it runs on.
+
+    Not the extractor spec: every part of every spec built from the same support set and proposer
+    shares the masks (as the authors' CutLER masks serve SD, CLIP and DINO alike).
+    """
+    from ..method.masks import proposer_uses_features
+
+    features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
+    return short_hash(
+        "masks", MASK_VERSION, class_norm, seed, support_key(class_norm, seed, sample_cfg), mask_models(specs, proto_cfg),
+        proto_cfg.mask_proposer, features, proto_cfg.feature_size,
+    )  # fmt: skip
+
+
+def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, proto_cfg: ProtoConfig) -> str:
+    """Cache key of one class's prototypes in one extractor part (24 hex characters).
+
+    Keyed by the masks (`mask_id`), the part and its model, K and the K-means and feature settings;
+    not by the other parts of the spec, and not by stuff/thing, which is recorded and can change in place.
+    """
+    return short_hash(
+        "protos", PROTO_VERSION, class_norm, seed, part, mid, part_models(specs, part), proto_cfg.k_parts,
+        proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, proto_cfg.feature_size,
+    )  # fmt: skip
+
+
+def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> dict[str, str]:
+    """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads)."""
+    from ..method.features import spec_parts
+
+    mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg)
+    return {p: part_id(class_norm, seed, p, mid, specs, proto_cfg) for p in spec_parts(proto_cfg.extractor)}
