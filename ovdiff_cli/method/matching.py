@@ -62,9 +62,10 @@ class Vocabulary:
         return self.protos.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
-        return replace(self, protos=self.protos.to(device, dtype), owner=self.owner.to(device),
-                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device),
-                       bank=None if self.bank is None else self.bank.to(device, dtype))  # fmt: skip
+        bank = None if self.bank is None else self.bank.to(device, dtype)
+        shared = bank is not None and self.bank.protos is self.protos  # every row kept: one copy on the device too
+        return replace(self, protos=bank.protos if shared else self.protos.to(device, dtype), owner=self.owner.to(device),
+                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device), bank=bank)  # fmt: skip
 
     def source(self, index: int) -> Provenance:
         """Provenance of the prototype at position `index` of the full vocabulary."""
