@@ -78,8 +78,8 @@ class DemoSession:
                 with Image.open(io.BytesIO(data)) as im:
                     w, h = im.size
                     if w * h > self.max_pixels:
-                        raise OvdiffError(f"the picture is {w}x{h} = {w * h / 1e6:.1f} megapixels, above this "
-                                          f"server's limit of {self.max_pixels / 1e6:.1f}: downscale it first")  # fmt: skip
+                        raise OvdiffError(f"the picture is {w}x{h} = {w * h:,} pixels, above this server's limit of "
+                                          f"{self.max_pixels:,} (ovdiff serve --max-pixels): downscale it first")  # fmt: skip
                     im.seek(0)
                     return as_rgb(im)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
