@@ -13,9 +13,11 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -28,7 +30,6 @@ from typer.testing import CliRunner
 
 import ovdiff
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.errors import MissingClasses
 from ovdiff_cli.ui.session import DemoSession
 
 pytest.importorskip("uvicorn", reason="ovdiff serve needs the ui extra: pip install 'ovdiff[ui]'")
@@ -57,8 +58,12 @@ def server(tmp_path_factory):
         line = lines.get(timeout=120)
         assert line.startswith("ovdiff serve: http://"), line
         yield line.split()[2], line
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a normal stop, not the batch commands' "interrupted" exit 130
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)  # the reader thread drains the last lines
+        assert "ovdiff serve: stopped" in list(lines.queue)[-1]
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=30)
 
 
@@ -139,10 +144,24 @@ def test_explain_refuses_unknown_results_and_pixels_outside_the_picture(server):
         assert status == 400 and says in body["error"], body
 
 
-def test_no_build_session_names_the_command_that_builds_missing_classes(tmp_path):
+def test_no_build_refuses_missing_classes_naming_the_command_that_builds_them(tmp_path):
+    """The app as `ovdiff serve --no-build` assembles it, in this process: the CLI's phrasing reaches the page."""
+    import uvicorn
+
+    from ovdiff_cli.cli.common import phrase
+    from ovdiff_cli.ui.app import listen, make_app
+
     session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"), build=False)
-    with pytest.raises(MissingClasses):
-        session.segment(scene_png(), "kite")
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(make_app(session, phrase), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        status, body = post_segment(f"http://127.0.0.1:{sock.getsockname()[1]}/", scene_png(), "kite, sky")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert status == 400 and "build them with: ovdiff protos add kite sky" in body["error"], body
 
 
 def test_serve_without_the_ui_extra_says_what_to_install(monkeypatch):

@@ -45,7 +45,7 @@ def serve(
     in_range("max_classes", max_classes)
     check_seed(seed)
     try:
-        import multipart  # noqa: F401  (starlette's form parser)
+        import python_multipart  # noqa: F401  (starlette's form parser)
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
@@ -59,8 +59,11 @@ def serve(
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    if bound_host not in ("127.0.0.1", "::1"):
+        print(f"warning: listening on {bound_host}: anyone who can reach this machine can use the page", file=sys.stderr, flush=True)
     print(f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
           flush=True)  # fmt: skip
-    if bound_host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"warning: listening on {bound_host}: anyone who can reach this machine can use the page", file=sys.stderr, flush=True)
-    run(make_app(session, phrase), sock)
+    try:
+        run(make_app(session, phrase), sock)
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on: a normal stop
+        print("ovdiff serve: stopped", file=sys.stderr)

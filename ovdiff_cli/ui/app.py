@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -> Starlette:
     """The app serving `session`; `phrase` words a library error for the user (the CLI passes its own)."""
-    from multipart.exceptions import MultipartParseError
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -54,7 +53,7 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
             async with request.form(max_files=1, max_fields=2, max_part_size=session.max_bytes) as form:
                 upload, classes = form.get("image"), form.get("classes")
                 data = await upload.read() if hasattr(upload, "read") else b""
-        except (MultiPartException, MultipartParseError, HTTPException) as e:
+        except (MultiPartException, HTTPException) as e:
             return refuse(f"unreadable upload: {getattr(e, 'message', None) or getattr(e, 'detail', None) or e}")
         if not isinstance(classes, str):
             return refuse("no classes: type comma-separated class names, e.g. kite, ball, sky")
