@@ -8,6 +8,7 @@ them); without them they skip with the reason, and the HTTP tests still run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -144,24 +145,39 @@ def test_explain_refuses_unknown_results_and_pixels_outside_the_picture(server):
         assert status == 400 and says in body["error"], body
 
 
-def test_no_build_refuses_missing_classes_naming_the_command_that_builds_them(tmp_path):
-    """The app as `ovdiff serve --no-build` assembles it, in this process: the CLI's phrasing reaches the page."""
+@contextlib.contextmanager
+def in_process(session: DemoSession):
+    """The app as `ovdiff serve` assembles it (the CLI's phrasing of errors), served from this process: its URL."""
     import uvicorn
 
     from ovdiff_cli.cli.common import phrase
     from ovdiff_cli.ui.app import listen, make_app
 
-    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"), build=False)
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(make_app(session, phrase), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        status, body = post_segment(f"http://127.0.0.1:{sock.getsockname()[1]}/", scene_png(), "kite, sky")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_no_build_refuses_missing_classes_naming_the_command_that_builds_them(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"), build=False)
+    with in_process(session) as url:
+        status, body = post_segment(url, scene_png(), "kite, sky")
     assert status == 400 and "build them with: ovdiff protos add kite sky" in body["error"], body
+
+
+def test_an_upload_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"))
+    session.max_bytes = 1000  # the scene's PNG is some 34 kB
+    with in_process(session) as url:
+        status, body = post_segment(url, scene_png(), "kite, sky")
+    assert status == 413 and "bytes, above this server's limit of 1,000" in body["error"], body
+    assert not (tmp_path / "cache").exists()  # refused before any work
 
 
 def test_serve_without_the_ui_extra_says_what_to_install(monkeypatch):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import OvdiffError
 
+FORM_SLACK = 16 * 1024  # a form's bytes beyond its picture: part headers and the class names
+
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
@@ -47,8 +49,8 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
 
     async def segment(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > session.max_bytes + 65536:
-            return refuse(f"the upload is {int(declared) / 1e6:.0f} MB, above the limit of {session.max_bytes / 1e6:.0f} MB", 413)
+        if declared.isascii() and declared.isdigit() and int(declared) > session.max_bytes + FORM_SLACK:
+            return refuse(f"the upload is {int(declared):,} bytes, above this server's limit of {session.max_bytes:,}", 413)
         try:
             async with request.form(max_files=1, max_fields=2, max_part_size=session.max_bytes) as form:
                 upload, classes = form.get("image"), form.get("classes")
@@ -62,7 +64,7 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
     async def explain(request: Request) -> JSONResponse:
         q = request.query_params
         x, y = q.get("x", ""), q.get("y", "")
-        if not (x.isdigit() and y.isdigit() and q.get("id")):
+        if not (x.isascii() and x.isdigit() and y.isascii() and y.isdigit() and q.get("id")):
             return refuse("explain needs id, x and y (pixel coordinates, whole numbers from 0)")
         return await answer(session.explain, q["id"], int(x), int(y))
 

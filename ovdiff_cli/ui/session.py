@@ -71,7 +71,7 @@ class DemoSession:
         if not data:
             raise OvdiffError("no image: choose or drop a picture file")
         if len(data) > self.max_bytes:
-            raise OvdiffError(f"the file is {len(data) / 1e6:.0f} MB, above the limit of {self.max_bytes / 1e6:.0f} MB")
+            raise OvdiffError(f"the file is {len(data):,} bytes, above this server's limit of {self.max_bytes:,}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
