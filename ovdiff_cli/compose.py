@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import OvdiffError
+from .models.dense import FAMILIES
 from .models.presets import ModelSpecs, Preset
 from .models.store import ModelStore
 
@@ -60,6 +61,10 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
         "dino": lambda: TimmKeysPart(store.vit("dino"), "dino", store.device),
         "mae": lambda: TimmKeysPart(store.vit("mae"), "mae", store.device),
     }
+    if name in FAMILIES:
+        from .method.dense import dense_backbone
+
+        return dense_backbone(name, store.dense(name), store.device)
     if name not in builders:
         parse_spec(name)  # the one-line error naming the parts
     return builders[name]()

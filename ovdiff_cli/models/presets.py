@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..config import PART_INPUTS, InputSize, ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
+from .dense import FAMILIES
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
 
@@ -54,7 +55,9 @@ PRESETS: dict[str, Preset] = {
             segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
             # the paper's sizes scaled to this preset (support 512 → 64, windows 448 → 96)
             inputs={"sd": InputSize(square=64), "clip": InputSize(square=96), "dino": InputSize(cap=96, long_cap=176),
-                    "mae": InputSize(square=96)},  # fmt: skip
+                    "mae": InputSize(square=96),
+                    **{p: InputSize(cap=96, long_cap=176) if f.inputs.cap else InputSize(square=96)
+                       for p, f in FAMILIES.items()}},  # fmt: skip
         ),
         Preset(
             "sd15-random",
@@ -106,13 +109,24 @@ class ModelSpecs:
         models.update({k: v for k, v in (overrides or {}).items() if v})
         return cls(p, models, weights_seed)
 
+    def spec(self, role: str) -> str | None:
+        """The spec of `role`'s model: the preset's or the user's, else for an extractor family of
+        `models.dense` its default (`FAMILIES`; `tiny` / `random` on the random-weight presets)."""
+        if role in self.models:
+            return self.models[role]
+        if role in FAMILIES:
+            return {"hub": FAMILIES[role].spec, "tiny": "tiny", "full": "random"}.get(self.preset.weights)
+        return None
+
     def identity(self) -> dict[str, str]:
         """Model sources as recorded in cache metadata."""
         return {"preset": self.preset.name, **self.models}
 
     def input_size(self, part: str) -> InputSize:
         """The input size `part` sees at inference: the preset's, else the authors' (config.PART_INPUTS)."""
-        return self.preset.inputs.get(part, PART_INPUTS[part])
+        if part in self.preset.inputs:
+            return self.preset.inputs[part]
+        return FAMILIES[part].inputs if part in FAMILIES else PART_INPUTS[part]
 
 
 def resolve_device(device: str) -> torch.device:

@@ -40,9 +40,10 @@ class ModelStore:
         return self._built[role]
 
     def _spec(self, role: str) -> str:
-        if role not in self.specs.models:
+        spec = self.specs.spec(role)
+        if spec is None:
             raise OvdiffError(f"preset {self.specs.preset.name!r} has no {role} model")
-        return self.specs.models[role]
+        return spec
 
     def sd(self) -> SDComponents:
         """Stable Diffusion's parts (UNet, VAE, text encoder, tokenizer, scheduler)."""
@@ -67,6 +68,13 @@ class ModelStore:
 
         spec = self._spec(kind)
         return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
+
+    def dense(self, part: str):
+        """The timm ViT of an extractor family of `models.dense` (dinov2, dinov3, siglip2, …)."""
+        from .dense import load_dense
+
+        spec = self._spec(part)
+        return self._once(part, lambda: load_dense(part, spec, self.device, self.dtype, self.specs.weights_seed))
 
     def sam(self):
         """transformers' SAM `mask-generation` pipeline (`sam` spec, default facebook/sam-vit-base)."""

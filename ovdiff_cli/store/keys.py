@@ -59,7 +59,7 @@ def text_embedding_id(specs: ModelSpecs) -> str:
 
 def _models(specs: ModelSpecs, used: set[str]) -> dict:
     """Model sources among `used`, with the preset and the seed of its random weights."""
-    models = {k: specs.models[k] for k in sorted(used) if k in specs.models}
+    models = {k: specs.spec(k) for k in sorted(used) if specs.spec(k) is not None}
     return {"preset": specs.preset.name, "weights_seed": specs.weights_seed, **models}
 
 
