@@ -45,6 +45,7 @@ SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Di
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
+PartModelOpt = Annotated[Optional[list[str]], typer.Option("--part-model", help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
 ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg masks of support images: ncut (normalised cuts on DINO keys), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].", show_default=False)]
 KPartsOpt = Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)]
@@ -187,6 +188,7 @@ def make_run(
     clip_model: str | None = None,
     dino_model: str | None = None,
     sam_model: str | None = None,
+    part_models: list[str] | None = None,
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
@@ -202,7 +204,8 @@ def make_run(
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model,
+                         **parse_part_models(part_models or [])},
     )
 
     run = Run(
@@ -238,6 +241,20 @@ def make_run(
 
         quiet_libraries()
     return run
+
+
+def parse_part_models(given: list[str]) -> dict[str, str]:
+    """`--part-model dinov2=SPEC` values → {part: spec}, or a one-line error naming the families."""
+    from ..models.dense import FAMILIES
+
+    out: dict[str, str] = {}
+    for item in given:
+        part, sep, spec = item.partition("=")
+        part = part.strip().lower()
+        if not sep or part not in FAMILIES or not spec.strip():
+            raise OvdiffError(f"--part-model {item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
+        out[part] = spec.strip()
+    return out
 
 
 def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False,

@@ -16,6 +16,7 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    PartModelOpt,
     DtypeOpt,
     ExtractorOpt,
     JsonOpt,
@@ -32,10 +33,13 @@ app = typer.Typer(help="Fetch the weights a preset needs, so that later runs wor
 
 
 def _specs(run) -> dict[str, str]:
-    """The run's model specs by role: the preset's, then --sd-model etc."""
+    """The run's model specs by role: the preset's, then --sd-model etc.; each extractor family's too."""
     from ..models.presets import ModelSpecs
 
-    return ModelSpecs.of(run.preset, run.run.model_overrides).models
+    from ..models.dense import FAMILIES
+
+    specs = ModelSpecs.of(run.preset, run.run.model_overrides)
+    return {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
 
 
 @app.command("download")
@@ -46,6 +50,7 @@ def download(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -61,11 +66,12 @@ def download(
 
     Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
     """
+    from ..models.dense import FAMILIES
     from ..models.weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
     from ..models.weights import download as fetch
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
     wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
     flags = []
@@ -80,7 +86,9 @@ def download(
             run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
             fetch(w, folder)
         if folder is not None and w.role in ROLE_OPTION:
-            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]  # pasteable, as every suggested command
+            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]
+        elif folder is not None and w.role in FAMILIES:
+            flags += ["--part-model", shlex.quote(f"{w.role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
     run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
     if flags:
@@ -93,6 +101,7 @@ def doctor(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -109,7 +118,7 @@ def doctor(
     from ..doctor import report
 
     run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
     facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
                    run.protos.mask_proposer)  # fmt: skip

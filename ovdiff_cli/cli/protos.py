@@ -16,6 +16,7 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     ExtractorOpt,
@@ -73,6 +74,7 @@ def add(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -102,7 +104,7 @@ def add(
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
     )  # fmt: skip
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)

@@ -18,6 +18,7 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     EtaOpt,
@@ -96,6 +97,7 @@ def segment(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
     sam_model: SamModelOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
@@ -145,7 +147,7 @@ def segment(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
         json_out=json_out,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OvdiffError
+from .dense import FAMILIES
 
 BUILT_IN = ("tiny", "random", "procedural")
 ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
@@ -64,6 +65,9 @@ def weights_for(role: str, spec: str) -> Weights:
         return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
     if role == "sam":
         return Weights(role, spec, "hub", spec, ("config.json", "preprocessor_config.json", "model.safetensors"))
+    if role in FAMILIES:  # timm's hub copies: timm/NAME.TAG
+        repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else f"timm/{spec}"
+        return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"))
     raise ValueError(f"unknown model role {role!r}")
 
 
@@ -81,10 +85,11 @@ def _open_clip_repo(spec: str) -> str:
 
 def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[Weights]:
     """Every weight a run with these model specs, extractor and mask proposer loads: the generator
-    (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks."""
+    (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks.
+    models: role → spec, with the extractor families' resolved (`ModelSpecs.spec`)."""
     from .store import SAM_SPEC
 
-    roles = ["sd", "clip"] + [p for p in ("dino", "mae") if p in extractor.split("+")]
+    roles = ["sd", "clip"] + [p for p in ("dino", "mae", *FAMILIES) if p in extractor.split("+")]
     specs = {r: models[r] for r in roles if models.get(r)}
     if mask_proposer == "sam":
         specs["sam"] = models.get("sam") or SAM_SPEC
