@@ -93,14 +93,14 @@ def build_proposer(name: str, store: ModelStore) -> MaskProposer:
 
 
 def build_scorer(store: ModelStore) -> ImageTextScorer:
-    """The category pre-filter's image/text scorer: CLIP, or the procedural world's stand-in."""
+    """The category pre-filter's image/text scorer: CLIP (or `--filter-model`'s), or the procedural world's stand-in."""
     if store.specs.preset.weights == "procedural":
         from .procedural import ProceduralScorer
 
         return ProceduralScorer()
     from .method.filter import ClipScorer
 
-    return ClipScorer(store.clip(), store.device, store.dtype, store.specs.weights_seed)
+    return ClipScorer(store.filter_model(), store.device, store.dtype, store.specs.weights_seed)
 
 
 # --------------------------------------------------------------------------- counting wrappers

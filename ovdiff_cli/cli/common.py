@@ -45,6 +45,7 @@ SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Di
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
+FilterModelOpt = Annotated[Optional[str], typer.Option("--filter-model", help="The category filter's model: clip (the run's CLIP, the paper's), siglip2, pecore, or an open_clip NAME:TAG or hf-hub:ORG/REPO \\[default: clip].", show_default=False)]
 PartModelOpt = Annotated[Optional[list[str]], typer.Option("--part-model", help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
 ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg masks of support images: ncut (normalised cuts on DINO keys), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].", show_default=False)]
@@ -189,6 +190,7 @@ def make_run(
     dino_model: str | None = None,
     sam_model: str | None = None,
     part_models: list[str] | None = None,
+    filter_model: str | None = None,
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
@@ -205,7 +207,7 @@ def make_run(
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model,
-                         **parse_part_models(part_models or [])},
+                         "filter": check_filter_model(filter_model), **parse_part_models(part_models or [])},
     )
 
     run = Run(
@@ -255,6 +257,15 @@ def parse_part_models(given: list[str]) -> dict[str, str]:
             raise OvdiffError(f"--part-model {item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
         out[part] = spec.strip()
     return out
+
+
+def check_filter_model(spec: str | None) -> str | None:
+    """A `--filter-model` value as given, or a one-line error naming the choices."""
+    from ..models.filtermodels import FILTERS
+
+    if spec is None or spec in ("clip", *FILTERS) or ":" in spec:
+        return spec
+    raise OvdiffError(f"--filter-model {spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO")
 
 
 def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False,
@@ -427,6 +438,9 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
     for role in roles:
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
             parts += [f"--{role}-model", shlex.quote(specs.models[role])]
+    for part in proto_cfg.extractor.split("+"):  # today's families: --part-model PART=SPEC
+        if part in specs.models and specs.models[part] != specs.preset.models.get(part):
+            parts += ["--part-model", shlex.quote(f"{part}={specs.models[part]}")]
     return " ".join(parts)
 
 

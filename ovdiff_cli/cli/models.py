@@ -16,6 +16,7 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    FilterModelOpt,
     PartModelOpt,
     DtypeOpt,
     ExtractorOpt,
@@ -37,9 +38,14 @@ def _specs(run) -> dict[str, str]:
     from ..models.presets import ModelSpecs
 
     from ..models.dense import FAMILIES
+    from ..models.filtermodels import filter_source
 
     specs = ModelSpecs.of(run.preset, run.run.model_overrides)
-    return {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
+    models = {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
+    models.pop("filter", None)
+    if (source := filter_source(specs.models.get("filter"), specs.preset.weights)) is not None:
+        models["filter"] = source
+    return models
 
 
 @app.command("download")
@@ -51,6 +57,7 @@ def download(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -71,7 +78,7 @@ def download(
     from ..models.weights import download as fetch
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
     wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
     flags = []
@@ -102,6 +109,7 @@ def doctor(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -118,7 +126,7 @@ def doctor(
     from ..doctor import report
 
     run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
     facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
                    run.protos.mask_proposer)  # fmt: skip

@@ -69,6 +69,15 @@ class ModelStore:
         spec = self._spec(kind)
         return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
 
+    def filter_model(self) -> ClipModel:
+        """The category filter's image/text model: `--filter-model` (`models.filtermodels`), else the run's CLIP."""
+        from .filtermodels import filter_source, load_filter_model
+
+        source = filter_source(self.specs.models.get("filter"), self.specs.preset.weights)
+        if source is None:
+            return self.clip()
+        return self._once("filter", lambda: load_filter_model(source, self.device, self.dtype, self.specs.weights_seed))
+
     def dense(self, part: str):
         """The timm ViT of an extractor family of `models.dense` (dinov2, dinov3, siglip2, …)."""
         from .dense import load_dense

@@ -52,7 +52,7 @@ def hf_cache_dir() -> Path:
 
 def weights_for(role: str, spec: str) -> Weights:
     """Where the weights named by `spec` (as --sd-model / --clip-model / … take it) come from."""
-    if spec in BUILT_IN:
+    if spec in BUILT_IN or spec.startswith(("tiny:", "random:")):  # tiny:siglip2 etc.: a random filter model
         return Weights(role, spec, "built-in")
     if Path(spec).expanduser().exists():
         return Weights(role, spec, "local")
@@ -61,6 +61,10 @@ def weights_for(role: str, spec: str) -> Weights:
     if role == "clip":
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
         return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors"))
+    if role == "filter":  # open_clip with the tokenizer files SigLIP2 reads from its repository
+        repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
+        return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
+                                                 "special_tokens_map.json"))  # fmt: skip
     if role in ("dino", "mae"):
         return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
     if role == "sam":
@@ -86,10 +90,11 @@ def _open_clip_repo(spec: str) -> str:
 def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[Weights]:
     """Every weight a run with these model specs, extractor and mask proposer loads: the generator
     (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks.
-    models: role → spec, with the extractor families' resolved (`ModelSpecs.spec`)."""
+    models: role → spec, with the extractor families' and the filter's resolved (`ModelSpecs.spec`,
+    `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    roles = ["sd", "clip"] + [p for p in ("dino", "mae", *FAMILIES) if p in extractor.split("+")]
+    roles = ["sd", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in extractor.split("+")]
     specs = {r: models[r] for r in roles if models.get(r)}
     if mask_proposer == "sam":
         specs["sam"] = models.get("sam") or SAM_SPEC

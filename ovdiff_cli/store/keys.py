@@ -45,7 +45,8 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
 def clip_text_id(source: str, weights_seed: int) -> str:
     """Key of the text embeddings of an open_clip text tower (random weights: by their seed too)."""
-    return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if source in ("tiny", "random") else "")
+    random = source.split(":")[0] in ("tiny", "random")  # tiny, random, tiny:siglip2, …
+    return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if random else "")
 
 
 def text_embedding_id(specs: ModelSpecs) -> str:
@@ -54,7 +55,10 @@ def text_embedding_id(specs: ModelSpecs) -> str:
         from ..procedural import WORLD_VERSION
 
         return f"procedural-scorer/v{WORLD_VERSION}"
-    return clip_text_id(specs.models["clip"], specs.weights_seed)
+    from ..models.filtermodels import filter_source
+
+    source = filter_source(specs.models.get("filter"), specs.preset.weights)
+    return clip_text_id(specs.models["clip"] if source is None else source, specs.weights_seed)
 
 
 def _models(specs: ModelSpecs, used: set[str]) -> dict:
