@@ -38,6 +38,12 @@ def build_generator(store: ModelStore) -> Generator:
         from .procedural import ProceduralGenerator
 
         return ProceduralGenerator()
+    if store.specs.models.get("generator"):  # --generator: a family of models/generators.py
+        from .method.generators import FamilyGenerator
+        from .models.generators import parse_generator
+
+        family, _ = parse_generator(store.specs.models["generator"], store.specs.preset.weights)
+        return FamilyGenerator(family, store.generator_parts())
     from .method.sampling import SDGenerator
 
     return SDGenerator(store.sd())

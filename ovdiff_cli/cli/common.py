@@ -45,6 +45,7 @@ SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Di
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
+GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", help="Support-set generator beyond SD1.5: sd-turbo, sdxl, sdxl-turbo, optionally =HUB_ID_OR_DIR (Turbo: 4 steps, no guidance) \\[default: SD1.5 from --sd-model].", show_default=False)]
 FilterModelOpt = Annotated[Optional[str], typer.Option("--filter-model", help="The category filter's model: clip (the run's CLIP, the paper's), siglip2, pecore, or an open_clip NAME:TAG or hf-hub:ORG/REPO \\[default: clip].", show_default=False)]
 PartModelOpt = Annotated[Optional[list[str]], typer.Option("--part-model", help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
@@ -191,6 +192,7 @@ def make_run(
     sam_model: str | None = None,
     part_models: list[str] | None = None,
     filter_model: str | None = None,
+    generator: str | None = None,
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
@@ -207,7 +209,8 @@ def make_run(
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
         model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model,
-                         "filter": check_filter_model(filter_model), **parse_part_models(part_models or [])},
+                         "filter": check_filter_model(filter_model), "generator": generator,
+                         **parse_part_models(part_models or [])},
     )
 
     run = Run(
@@ -218,7 +221,8 @@ def make_run(
         verbose=verbose,
         quiet=quiet,
         json=json_out,
-        sample=with_overrides(p.sample, sample, "sample"),
+        sample=with_overrides(p.sample, {**generator_defaults(generator, p.weights),
+                                                **{k: v for k, v in (sample or {}).items() if v is not None}}, "sample"),
         protos=with_overrides(p.protos, protos, "protos"),
         segment=with_overrides(p.segment, segment, "segment"),
     )
@@ -257,6 +261,16 @@ def parse_part_models(given: list[str]) -> dict[str, str]:
             raise OvdiffError(f"--part-model {item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
         out[part] = spec.strip()
     return out
+
+
+def generator_defaults(spec: str | None, weights: str) -> dict:
+    """The sampler settings a `--generator` family implies unless given: a Turbo's 4 steps, no guidance."""
+    if spec is None:
+        return {}
+    from ..models.generators import TURBO_STEPS, parse_generator
+
+    family, _ = parse_generator(spec, weights)
+    return {"steps": TURBO_STEPS, "guidance_scale": 1.0} if family.turbo else {}
 
 
 def check_filter_model(spec: str | None) -> str | None:

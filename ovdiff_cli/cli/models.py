@@ -17,6 +17,7 @@ from .common import (
     DeviceOpt,
     DinoModelOpt,
     FilterModelOpt,
+    GeneratorOpt,
     PartModelOpt,
     DtypeOpt,
     ExtractorOpt,
@@ -58,6 +59,7 @@ def download(
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
     filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -78,7 +80,7 @@ def download(
     from ..models.weights import download as fetch
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
     wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
     flags = []
@@ -94,6 +96,9 @@ def download(
             fetch(w, folder)
         if folder is not None and w.role in ROLE_OPTION:
             flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]
+        elif folder is not None and w.role == "generator":
+            name = run.run.model_overrides["generator"].partition("=")[0]
+            flags += ["--generator", shlex.quote(f"{name}={folder}")]
         elif folder is not None and w.role in FAMILIES:
             flags += ["--part-model", shlex.quote(f"{w.role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
@@ -110,6 +115,7 @@ def doctor(
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
     filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -126,7 +132,7 @@ def doctor(
     from ..doctor import report
 
     run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
     facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
                    run.protos.mask_proposer)  # fmt: skip

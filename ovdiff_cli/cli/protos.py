@@ -17,6 +17,7 @@ from .common import (
     DeviceOpt,
     DinoModelOpt,
     FilterModelOpt,
+    GeneratorOpt,
     PartModelOpt,
     DtypeOpt,
     EngineOpt,
@@ -77,6 +78,7 @@ def add(
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
     filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -106,7 +108,7 @@ def add(
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
     )  # fmt: skip
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)

@@ -19,6 +19,7 @@ from .common import (
     DeviceOpt,
     DinoModelOpt,
     FilterModelOpt,
+    GeneratorOpt,
     PartModelOpt,
     DtypeOpt,
     EngineOpt,
@@ -100,6 +101,7 @@ def segment(
     dino_model: DinoModelOpt = None,
     part_model: PartModelOpt = None,
     filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
@@ -149,7 +151,7 @@ def segment(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
         json_out=json_out,

@@ -69,6 +69,21 @@ class ModelStore:
         spec = self._spec(kind)
         return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
 
+    def generator_parts(self):
+        """The components of the `--generator` family's pipeline (`models.generators`): SD's or SDXL's."""
+        from .generators import load_sdxl, parse_generator, tiny_sdxl
+        from .sd import load_sd, random_sd
+
+        family, source = parse_generator(self._spec("generator"), self.specs.preset.weights)
+        seed = self.specs.weights_seed
+        if family.pipeline == "sd":
+            build = (lambda: random_sd("tiny", seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sd(source, self.device, self.dtype))  # fmt: skip
+        else:
+            build = (lambda: tiny_sdxl(seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sdxl(source, self.device, self.dtype))  # fmt: skip
+        return self._once("generator", build)
+
     def filter_model(self) -> ClipModel:
         """The category filter's image/text model: `--filter-model` (`models.filtermodels`), else the run's CLIP."""
         from .filtermodels import filter_source, load_filter_model

@@ -69,6 +69,13 @@ def weights_for(role: str, spec: str) -> Weights:
         return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
     if role == "sam":
         return Weights(role, spec, "hub", spec, ("config.json", "preprocessor_config.json", "model.safetensors"))
+    if role == "generator":  # FAMILY or FAMILY=HUB_ID_OR_DIR (models/generators.py)
+        from .generators import generator_files, parse_generator
+
+        family, source = parse_generator(spec, "hub")
+        if Path(source).expanduser().exists():
+            return Weights(role, source, "local")
+        return Weights(role, source, "hub", source, generator_files(family))
     if role in FAMILIES:  # timm's hub copies: timm/NAME.TAG
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else f"timm/{spec}"
         return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"))
@@ -94,7 +101,9 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    roles = ["sd", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in extractor.split("+")]
+    parts = extractor.split("+")
+    roles = ["sd"] if "sd" in parts or not models.get("generator") else []  # SD1.5: generator or SD features
+    roles += ["generator", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in parts]
     specs = {r: models[r] for r in roles if models.get(r)}
     if mask_proposer == "sam":
         specs["sam"] = models.get("sam") or SAM_SPEC

@@ -40,6 +40,12 @@ def generator_identity(specs: ModelSpecs) -> dict:
         from ..procedural import ProceduralGenerator
 
         return ProceduralGenerator().identity()  # a constant of the world, no model
+    if specs.models.get("generator"):  # --generator: the family and its source
+        from ..models.generators import parse_generator
+
+        family, source = parse_generator(specs.models["generator"], specs.preset.weights)
+        return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": SCHEDULER,
+                "family": family.name}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
 
 
