@@ -15,7 +15,8 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting, OvdiffError
 from ovdiff_cli.method.sampling import AttributionRecorder, capture_processors
-from ovdiff_cli.models.generators import GENERATORS, generator_files, parse_generator
+from ovdiff_cli.models.generators import GENERATORS, parse_generator
+from ovdiff_cli.models.weights import generator_files
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import generator_identity, support_id
 
@@ -107,3 +108,19 @@ def test_protos_add_and_segment_with_sdxl_turbo_through_the_cli(tmp_path):
     assert again.exit_code == 0 and "0 images generated" in again.output, again.output
     bad = runner.invoke(app, ["sample", "cat", *common[:-2], "--steps", "30"])
     assert bad.exit_code != 0 and "--steps" in bad.output and "1 to 4" in bad.output
+
+
+def test_the_modern_preset_names_its_models_and_says_it_is_unmeasured(tmp_path, monkeypatch):
+    import json
+
+    p = PRESETS["modern"]
+    assert "NOT been measured" in p.description and p.weights == "hub"
+    assert p.sample.steps == 4 and p.sample.guidance_scale == 1.0 and p.protos.extractor == "dinov3+siglip2"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    res = CliRunner().invoke(app, ["doctor", "--json", "--preset", "modern", "--cache", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    repos = {w["role"]: w["repo"] for w in json.loads(res.stdout)["weights"]}
+    assert repos == {"generator": "stabilityai/sdxl-turbo", "clip": "timm/vit_base_patch16_clip_224.openai",
+                     "filter": "timm/ViT-B-16-SigLIP2", "dino": "timm/vit_base_patch8_224.dino",
+                     "dinov3": "timm/vit_base_patch16_dinov3.lvd1689m",
+                     "siglip2": "timm/vit_base_patch16_siglip_224.v2_webli"}  # fmt: skip

@@ -33,7 +33,7 @@ CacheOpt = Annotated[
 ]
 PresetOpt = Annotated[
     Optional[str],
-    typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: {RunConfig().preset}].", show_default=False),
+    typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural, modern (SDXL-Turbo + DINOv3 + SigLIP2, unmeasured) \\[default: {RunConfig().preset}].", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), fp16, bf16, fp32.")]
@@ -203,6 +203,7 @@ def make_run(
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
     from ..store.cache import default_cache_dir
+    from ..models.overrides import check_filter_model, generator_defaults, parse_part_models
     from ..models.presets import get_preset
 
     p = get_preset(preset)
@@ -247,39 +248,6 @@ def make_run(
 
         quiet_libraries()
     return run
-
-
-def parse_part_models(given: list[str]) -> dict[str, str]:
-    """`--part-model dinov2=SPEC` values → {part: spec}, or a one-line error naming the families."""
-    from ..models.dense import FAMILIES
-
-    out: dict[str, str] = {}
-    for item in given:
-        part, sep, spec = item.partition("=")
-        part = part.strip().lower()
-        if not sep or part not in FAMILIES or not spec.strip():
-            raise OvdiffError(f"--part-model {item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
-        out[part] = spec.strip()
-    return out
-
-
-def generator_defaults(spec: str | None, weights: str) -> dict:
-    """The sampler settings a `--generator` family implies unless given: a Turbo's 4 steps, no guidance."""
-    if spec is None:
-        return {}
-    from ..models.generators import TURBO_STEPS, parse_generator
-
-    family, _ = parse_generator(spec, weights)
-    return {"steps": TURBO_STEPS, "guidance_scale": 1.0} if family.turbo else {}
-
-
-def check_filter_model(spec: str | None) -> str | None:
-    """A `--filter-model` value as given, or a one-line error naming the choices."""
-    from ..models.filtermodels import FILTERS
-
-    if spec is None or spec in ("clip", *FILTERS) or ":" in spec:
-        return spec
-    raise OvdiffError(f"--filter-model {spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO")
 
 
 def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False,

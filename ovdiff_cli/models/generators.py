@@ -139,13 +139,3 @@ def load_sdxl(spec: str, device: torch.device, dtype: torch.dtype) -> SDXLCompon
     except Exception as e:
         raise ModelLoadError("SDXL", "generator", spec, e) from e
     return _freeze(parts, device, dtype)
-
-
-def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
-    """The files of a family's diffusers repository the loaders read (for `ovdiff models download`)."""
-    from .weights import SD_FILES
-
-    if family.pipeline == "sd":
-        return SD_FILES
-    return (*SD_FILES, "tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
-

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..config import PART_INPUTS, InputSize, ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
 from .dense import FAMILIES
+from .generators import TURBO_STEPS
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
 
@@ -64,6 +65,16 @@ PRESETS: dict[str, Preset] = {
             "full-size SD1.5 / CLIP ViT-B/16 / DINO ViT-B/8 architectures with random weights, for benchmarks",
             "full",
             models={"sd": "random", "clip": "random", "dino": "random", "mae": "random"},
+        ),
+        Preset(
+            "modern",
+            "SDXL-Turbo draws (4 steps, no guidance), DINOv3 ViT-B/16 + SigLIP2 ViT-B/16 features, SigLIP2 filter; "
+            "DINO ViT-B/8 cuts the masks. Real weights; its segmentation quality has NOT been measured on real images",
+            "hub",
+            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "generator": "sdxl-turbo", "filter": "siglip2",
+                    "dinov3": FAMILIES["dinov3"].spec, "siglip2": FAMILIES["siglip2"].spec},  # fmt: skip
+            sample=SampleConfig(steps=TURBO_STEPS, guidance_scale=1.0),
+            protos=ProtoConfig(extractor="dinov3+siglip2"),
         ),
         Preset(
             "procedural",

@@ -13,9 +13,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import OvdiffError
 from .dense import FAMILIES
+
+if TYPE_CHECKING:
+    from .generators import GeneratorFamily
 
 BUILT_IN = ("tiny", "random", "procedural")
 ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
@@ -70,7 +74,7 @@ def weights_for(role: str, spec: str) -> Weights:
     if role == "sam":
         return Weights(role, spec, "hub", spec, ("config.json", "preprocessor_config.json", "model.safetensors"))
     if role == "generator":  # FAMILY or FAMILY=HUB_ID_OR_DIR (models/generators.py)
-        from .generators import generator_files, parse_generator
+        from .generators import parse_generator
 
         family, source = parse_generator(spec, "hub")
         if Path(source).expanduser().exists():
@@ -80,6 +84,13 @@ def weights_for(role: str, spec: str) -> Weights:
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else f"timm/{spec}"
         return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"))
     raise ValueError(f"unknown model role {role!r}")
+
+
+def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
+    """The files of a generator family's diffusers repository the loaders read: SD's, and SDXL's second text encoder."""
+    if family.pipeline == "sd":
+        return SD_FILES
+    return (*SD_FILES, "tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
 
 
 def _open_clip_repo(spec: str) -> str:
@@ -101,7 +112,7 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    parts = extractor.split("+")
+    parts = extractor.split("+") + (["dino"] if mask_proposer == "ncut" else [])  # ncut cuts DINO ViT-B/8 keys
     roles = ["sd"] if "sd" in parts or not models.get("generator") else []  # SD1.5: generator or SD features
     roles += ["generator", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in parts]
     specs = {r: models[r] for r in roles if models.get(r)}
