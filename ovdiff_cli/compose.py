@@ -43,6 +43,10 @@ def build_generator(store: ModelStore) -> Generator:
         from .models.generators import parse_generator
 
         family, _ = parse_generator(store.specs.models["generator"], store.specs.preset.weights)
+        if family.pipeline == "sd3":
+            from .method.mmdit import MMDiTGenerator
+
+            return MMDiTGenerator(family, store.generator_parts())
         return FamilyGenerator(family, store.generator_parts())
     from .method.sampling import SDGenerator
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting, OvdiffError
+from ovdiff_cli.method.mmdit import JointAttributionProcessor
 from ovdiff_cli.method.sampling import AttributionRecorder, capture_processors
 from ovdiff_cli.models.generators import GENERATORS, parse_generator
 from ovdiff_cli.models.weights import generator_files
@@ -31,7 +32,10 @@ def tiny_unet(family: str):
     return stages, stages.store.generator_parts().unet
 
 
-@pytest.mark.parametrize("family", list(GENERATORS))
+UNET_FAMILIES = [g for g, f in GENERATORS.items() if f.pipeline != "sd3"]
+
+
+@pytest.mark.parametrize("family", UNET_FAMILIES)
 def test_attribution_mass_lies_on_the_class_tokens_region(family):
     """Every cross-attention layer of the family's UNet, with identity q/k projections: in every head,
     image queries inside an 8×8 grid's top-left quadrant point at the class tokens' keys, the others
@@ -66,12 +70,48 @@ def test_attribution_mass_lies_on_the_class_tokens_region(family):
 
 @pytest.mark.parametrize("family", list(GENERATORS))
 def test_each_family_draws_with_maps_and_its_identity_is_its_key(family):
-    stages, _ = tiny_unet(family)
+    stages = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"generator": family})
     gen = stages.generator()
     samples = gen.generate("cat", [1, 2], TURBO if GENERATORS[family].turbo else TINY)
     assert [s.image.shape for s in samples] == [(64, 64, 3)] * 2
     assert all(s.attribution.shape == (16, 16) and (s.attribution >= 0).all() and s.attribution.sum() > 0 for s in samples)
     assert gen.identity() == generator_identity(stages.specs) and gen.identity()["family"] == family
+
+
+def test_sd3_joint_attention_mass_lies_on_the_class_tokens_region():
+    """Every joint-attention layer of the tiny SD3 transformer, wrapped by JointAttributionProcessor,
+    with identity image-query and text-key projections: image tokens in the top-left quadrant point
+    at the class tokens, the others at other tokens; the stock processor still gives the layer's output."""
+    stages = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"generator": "sd3"})
+    model = stages.store.generator_parts().transformer
+    layers = [m for name, m in model.named_modules() if name.endswith(".attn")]
+    assert layers
+    recorder = AttributionRecorder([3, 4], cfg=False)
+    side, region = 8, torch.zeros(64, dtype=torch.bool)
+    region.view(8, 8)[:4, :4] = True
+    for attn in layers:
+        attn = copy.deepcopy(attn)
+        d, inner = attn.to_q.in_features, attn.to_q.out_features
+        with torch.no_grad():
+            attn.to_q.weight.copy_(torch.eye(inner, d))
+            attn.to_q.bias.zero_()
+            attn.add_k_proj.weight.copy_(torch.eye(inner, attn.add_k_proj.in_features))
+            attn.add_k_proj.bias.zero_()
+        attn.norm_q = attn.norm_added_k = None
+        heads = torch.arange(attn.heads) * (inner // attn.heads)
+        text = torch.zeros(1, 77, attn.add_k_proj.in_features)
+        text[0, :, heads + 1] = 1.0
+        text[0, 3:5] = 0.0
+        text[0, 3:5, heads] = 1.0
+        hidden = torch.zeros(1, side * side, d)
+        hidden[0, region.nonzero()[:, 0, None], heads] = 40.0
+        hidden[0, (~region).nonzero()[:, 0, None], heads + 1] = 40.0
+        want = attn.processor(attn, hidden, encoder_hidden_states=text)
+        got = JointAttributionProcessor(attn.processor, recorder)(attn, hidden, encoder_hidden_states=text)
+        torch.testing.assert_close(got, want)
+    maps = recorder.maps(side)[0].flatten().numpy()
+    assert maps[region.numpy()].sum() / maps.sum() > 0.99
+    assert maps[region.numpy()].mean() == pytest.approx(sum(a.heads for a in layers), rel=0.02)
 
 
 def test_turbo_refuses_many_steps_and_guidance_naming_the_option():
@@ -88,7 +128,7 @@ def test_generators_never_share_a_support_set_key():
     assert len(set(ids.values())) == len(ids)
     assert ids[None] == support_id("cat", 0, ModelSpecs.of("sd15"), TURBO)  # the paper's key is unchanged
     assert parse_generator("SDXL-Turbo", "hub") == (GENERATORS["sdxl-turbo"], "stabilityai/sdxl-turbo")
-    with pytest.raises(OvdiffError, match="sd-turbo, sdxl, sdxl-turbo"):
+    with pytest.raises(OvdiffError, match="sd-turbo, sdxl, sdxl-turbo, sd3"):
         parse_generator("flux", "hub")
     assert "text_encoder_2/model.safetensors" in generator_files(GENERATORS["sdxl"])
 

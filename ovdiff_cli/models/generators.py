@@ -6,10 +6,11 @@ before. A family here names the diffusers pipeline, a default hub id and whether
 
 - `sd-turbo`: SD 2.1's UNet, `StableDiffusionPipeline`, the SD1.5 code path with Turbo settings;
 - `sdxl`, `sdxl-turbo`: `StableDiffusionXLPipeline`, two CLIP text encoders whose token states are
-  concatenated, so a class name has the same token positions in both.
+  concatenated, so a class name has the same token positions in both;
+- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/mmdit.py).
 
 `tiny` weights (the `tiny` preset) build the same diffusers/transformers classes with a few channels,
-shaped as diffusers' own SDXL pipeline tests shape theirs; there is no full-size random SDXL.
+shaped as diffusers' own pipeline tests shape theirs; there is no full-size random copy of these.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..errors import ModelLoadError, OvdiffError
 @dataclass(frozen=True)
 class GeneratorFamily:
     name: str
-    pipeline: str  # "sd" or "sdxl"
+    pipeline: str  # "sd", "sdxl" or "sd3"
     hub_id: str
     turbo: bool
     licence: str
@@ -37,6 +38,8 @@ GENERATORS: dict[str, GeneratorFamily] = {
         GeneratorFamily("sd-turbo", "sd", "stabilityai/sd-turbo", True, "Stability AI Community licence"),
         GeneratorFamily("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", False, "CreativeML Open RAIL++-M"),
         GeneratorFamily("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo", True, "Stability AI Community licence"),
+        GeneratorFamily("sd3", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", False,
+                        "Stability AI Community licence; gated: accept the terms on the hub first"),
     )
 }
 TURBO_STEPS = 4  # a Turbo family's default steps (it takes 1–4)

@@ -76,7 +76,12 @@ class ModelStore:
 
         family, source = parse_generator(self._spec("generator"), self.specs.preset.weights)
         seed = self.specs.weights_seed
-        if family.pipeline == "sd":
+        if family.pipeline == "sd3":
+            from .mmdit import load_sd3, tiny_sd3
+
+            build = (lambda: tiny_sd3(seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sd3(source, self.device, self.dtype))  # fmt: skip
+        elif family.pipeline == "sd":
             build = (lambda: random_sd("tiny", seed, self.device, self.dtype)) if source == "tiny" else (
                 lambda: load_sd(source, self.device, self.dtype))  # fmt: skip
         else:

@@ -90,7 +90,11 @@ def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
     """The files of a generator family's diffusers repository the loaders read: SD's, and SDXL's second text encoder."""
     if family.pipeline == "sd":
         return SD_FILES
-    return (*SD_FILES, "tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
+    second = ("tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
+    if family.pipeline == "sd3":  # a transformer instead of a UNet; no T5 (models/mmdit.py)
+        return (*(f for f in SD_FILES if not f.startswith("unet/")), *second, "transformer/config.json",
+                "transformer/diffusion_pytorch_model.safetensors")  # fmt: skip
+    return (*SD_FILES, *second)
 
 
 def _open_clip_repo(spec: str) -> str:

@@ -44,7 +44,8 @@ def generator_identity(specs: ModelSpecs) -> dict:
         from ..models.generators import parse_generator
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
-        return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": SCHEDULER,
+        scheduler = "flow-match-euler" if family.pipeline == "sd3" else SCHEDULER  # method/mmdit.py's FLOW_SCHEDULER
+        return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
                 "family": family.name}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
 
