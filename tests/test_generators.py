@@ -164,3 +164,13 @@ def test_the_modern_preset_names_its_models_and_says_it_is_unmeasured(tmp_path, 
                      "filter": "timm/ViT-B-16-SigLIP2", "dino": "timm/vit_base_patch8_224.dino",
                      "dinov3": "timm/vit_base_patch16_dinov3.lvd1689m",
                      "siglip2": "timm/vit_base_patch16_siglip_224.v2_webli"}  # fmt: skip
+
+
+def test_the_suggested_protos_add_command_carries_the_new_model_options():
+    from ovdiff_cli.cli.common import add_command
+
+    specs = ModelSpecs.of("tiny", {"generator": "sdxl-turbo", "filter": "siglip2", "dinov2": "vit_small_patch14_dinov2.lvd142m"})
+    cmd = add_command(["cat"], 0, specs, TURBO, dataclasses.replace(PRESETS["tiny"].protos, extractor="sd+dinov2"))
+    assert "--generator sdxl-turbo" in cmd and "--filter-model siglip2" in cmd
+    assert "--part-model dinov2=vit_small_patch14_dinov2.lvd142m" in cmd
+    assert "--generator" not in add_command(["cat"], 0, ModelSpecs.of("modern"), TURBO, PRESETS["modern"].protos)

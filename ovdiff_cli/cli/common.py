@@ -420,6 +420,9 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
     for role in roles:
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
             parts += [f"--{role}-model", shlex.quote(specs.models[role])]
+    for role, option in (("generator", "--generator"), ("filter", "--filter-model")):
+        if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
+            parts += [option, shlex.quote(specs.models[role])]
     for part in proto_cfg.extractor.split("+"):  # today's families: --part-model PART=SPEC
         if part in specs.models and specs.models[part] != specs.preset.models.get(part):
             parts += ["--part-model", shlex.quote(f"{part}={specs.models[part]}")]
