@@ -94,3 +94,20 @@ class SupportImagesMissing(OvdiffError):
     def __init__(self, name: str, seed: int, preset: str | None):
         super().__init__(f"the support images of {name!r} are not in this cache (imported prototypes carry none)")
         self.name, self.seed, self.preset = name, seed, preset
+
+
+class MissingLibrary(OvdiffError):
+    """An optional library a call needs is not installed. package: what to pip install; call: the caller."""
+
+    def __init__(self, package: str, call: str):
+        super().__init__(f"{call} needs the optional package {package}: pip install {package}")
+        self.package, self.call = package, call
+
+
+class RemoteInput(OvdiffError):
+    """An image given as a URL: ovdiff reads local files only (it never downloads)."""
+
+    def __init__(self, url: str):
+        super().__init__(f"{url} is a URL: ovdiff reads local images only; download it first (e.g. curl -O URL) "
+                         "and give the file, a PIL image or an array")  # fmt: skip
+        self.url = url

@@ -57,7 +57,8 @@ class Segmentation:
     timings: seconds spent in "filter", "features", "matching" and "upsample_io". scores: (K+1,h,w)
     float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
     the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
-    (filtered out, or no background); only with `scores`.
+    (filtered out, or no background); only with `scores`. stats: label present → (pixels, mean
+    winning score over them), as a result lists its segments (empty where unknown: a Ray engine's).
     """
 
     labels: np.ndarray
@@ -65,6 +66,7 @@ class Segmentation:
     timings: dict[str, float]
     winner: np.ndarray | None = None
     scores: np.ndarray | None = None
+    stats: dict[int, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,14 +204,16 @@ class Segmenter:
     def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
         """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list."""
         t0 = time.perf_counter()
-        local, winner = upsample_argmax(score, image.shape[0], image.shape[1], best)
+        local, winner, means = upsample_argmax(score, image.shape[0], image.shape[1], best)
         full = None
         if keep_scores:
             full = np.full((len(self.classes) + 1, *score.shape[1:]), NO_SCORE, np.float32)
             full[labels] = score.float().cpu().numpy()
+        areas = np.bincount(local.ravel(), minlength=len(means))
+        stats = {int(labels[j]): (int(areas[j]), float(means[j])) for j in np.flatnonzero(areas).tolist()}
         labels = np.asarray(labels, dtype=np.int32)[local]
         t["upsample_io"] = time.perf_counter() - t0
-        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full)
+        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full, stats)
 
     # -- encode once, match many (paper §3: the backbones see an image once, whatever the vocabulary)
 
