@@ -114,7 +114,7 @@ def test_coco_rle_file_decodes_back_to_the_png_masks(world, tmp_path):
     assert [c["name"] for c in meta["categories"]] == list(LABELLED)
     assert json.loads((coco / "classes.json").read_text())["mask_format"] == "coco-rle"
     for img in meta["images"]:
-        with Image.open(png / f"{img['file_name']}.png") as m:
+        with Image.open(png / f"{img['file_name'].rsplit('.', 1)[0]}.png") as m:
             expected = np.asarray(m)
         rebuilt = np.zeros((img["height"], img["width"]), np.uint8)
         mine = np.zeros_like(rebuilt)

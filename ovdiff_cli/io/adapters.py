@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingLibrary
-from .masks import rle_encode
+from .masks import coco_records
 
 
 def require(module: str, package: str, call: str) -> Any:
@@ -57,10 +57,5 @@ def to_fiftyone(labels: np.ndarray, names: dict[int, str]):
 
 
 def to_coco(labels: np.ndarray, stats: dict[int, tuple[int, float]], image_id: int = 1) -> list[dict]:
-    """COCO results records, one per class present: image_id, category_id (the label value),
-    compressed-RLE segmentation, score (the mean winning score; 1.0 where unknown) and area."""
-    return [
-        {"image_id": int(image_id), "category_id": k, "segmentation": rle_encode(mask),
-         "score": 1.0 if score is None else round(score, 6), "area": int(mask.sum())}
-        for k, mask, score in things(labels, stats)
-    ]  # fmt: skip
+    """COCO results records, one per class present, as `segment --format coco-rle` writes them."""
+    return coco_records(labels, stats, image_id)

@@ -1,0 +1,66 @@
+"""Command-line outputs other tools read (issue 25): `segment --json` per image, COCO records with the
+real file name and score, and an --out folder that is never read back as input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.procedural import LABELLED, write_voc
+
+runner = CliRunner()
+PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cliinterop")
+    write_voc(root / "data", 2, seed=9)
+    return root
+
+
+def invoke(args: list[str], root: Path):
+    return runner.invoke(app, [*args, "--cache", str(root / "cache"), *PROC])
+
+
+def test_segment_json_lists_each_image_mask_classes_areas_and_scores(world, tmp_path):
+    images = world / "data/VOC2012/JPEGImages"
+    res = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(tmp_path / "m"), "--json"], world)
+    assert res.exit_code == 0, res.output
+    per_image = json.loads(res.stdout)["per_image"]
+    assert sorted(Path(r["input"]).name for r in per_image) == sorted(p.name for p in images.iterdir())
+    scores = []
+    for r in per_image:
+        with Image.open(r["mask"]) as m:
+            labels = np.asarray(m)
+        counts = np.bincount(labels.ravel())
+        present = np.flatnonzero(counts).tolist()
+        assert r["classes"] == [LABELLED[k - 1] for k in present if k > 0]
+        assert [(s["index"], s["area"]) for s in r["segments"]] == [(k, int(counts[k])) for k in present]
+        assert all(-1 <= s["score"] <= 1 for s in r["segments"])
+        scores += [s["score"] for s in r["segments"]]
+    assert len(set(scores)) > 2  # measured per segment, not a placeholder
+
+
+def test_coco_records_carry_the_file_name_and_the_segment_score(world, tmp_path):
+    images = world / "data/VOC2012/JPEGImages"
+    out = tmp_path / "coco"
+    res = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(out), "--format", "coco-rle",
+                  "--json"], world)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    per_image = {Path(r["input"]).name: r for r in json.loads(res.stdout)["per_image"]}
+    meta = json.loads((out / "coco_images.json").read_text())
+    records = json.loads((out / "coco_results.json").read_text())
+    assert sorted(i["file_name"] for i in meta["images"]) == sorted(p.name for p in images.iterdir())
+    for img in meta["images"]:
+        expect = {s["index"]: s for s in per_image[img["file_name"]]["segments"] if s["index"] > 0}
+        mine = [r for r in records if r["image_id"] == img["id"]]
+        assert {r["category_id"]: (r["score"], r["area"]) for r in mine} == {
+            k: (s["score"], s["area"]) for k, s in expect.items()}
+    assert {r["score"] for r in records} != {1.0}
