@@ -64,3 +64,34 @@ def test_coco_records_carry_the_file_name_and_the_segment_score(world, tmp_path)
         assert {r["category_id"]: (r["score"], r["area"]) for r in mine} == {
             k: (s["score"], s["area"]) for k, s in expect.items()}
     assert {r["score"] for r in records} != {1.0}
+
+
+def test_out_beside_the_inputs_is_refused_and_no_lock_file_is_left(world, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in (world / "data/VOC2012/JPEGImages").iterdir():
+        (photos / p.name).write_bytes(p.read_bytes())
+    before = sorted(p.name for p in photos.iterdir())
+    res = invoke(["segment", str(photos), "--classes", "kite,sky", "--out", str(photos)], world)
+    assert res.exit_code == 2 and "holds input images" in res.output and "--out " + str(photos / "masks") in res.output
+    assert sorted(p.name for p in photos.iterdir()) == before  # no mask, no legend, no lock file
+    out = tmp_path / "masks"
+    assert invoke(["segment", str(photos), "--classes", "kite,sky", "--out", str(out)], world).exit_code == 0
+    refused = invoke(["segment", str(photos), "--classes", "boat", "--out", str(out)], world)  # another legend
+    assert refused.exit_code == 2 and "holds masks of other classes" in refused.output
+    assert not list(out.glob(".ovdiff-segment.lock*"))
+
+
+def test_the_last_holder_of_a_lock_removes_its_file(tmp_path):
+    from ovdiff_cli.errors import OvdiffError
+    from ovdiff_cli.io.outdir import lock
+
+    first, second = lock(tmp_path, (0, 2)), lock(tmp_path, (1, 2))
+    first()
+    assert (tmp_path / ".ovdiff-segment.lock").exists()  # the other shard still holds the folder
+    with pytest.raises(OvdiffError, match="another 'ovdiff segment'"):
+        lock(tmp_path)
+    second()
+    assert not list(tmp_path.iterdir())
+    lock(tmp_path)()
+    assert not list(tmp_path.iterdir())
