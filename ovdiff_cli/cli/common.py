@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from ..errors import OvdiffError
@@ -122,11 +125,11 @@ class Run:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
-    def progress(self):
-        """A rich progress bar (disabled with --quiet); plain lines now and then when stderr is not a terminal."""
+    def progress(self) -> Progress:
+        """A rich progress bar (disabled with --quiet); off a terminal, plain lines at least every 10 s."""
         if not self.quiet and not self.err.is_terminal:
-            return PlainProgress(self.err)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            return LogProgress(self.err)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
             TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -134,45 +137,45 @@ class Run:
         )
 
 
-class PlainProgress:
-    """The part of rich's Progress the commands use, printed as a plain line for a task that moved, at most
-    every `every` seconds, for logs and pipes (where rich's live bar would show only at the end)."""
+class LogProgress(Progress):
+    """rich's Progress for logs and pipes, where its live bar would show only once, at the end: one
+    heartbeat thread prints the rows of the unfinished tasks (rich's own columns, plain text) every
+    `every` seconds of wall time, however long or short each task is, and a line while no task runs."""
 
     def __init__(self, console: Console, every: float = 10.0):
-        self.console, self.every = console, every
-        self.tasks: dict[int, dict] = {}
+        from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def __enter__(self) -> PlainProgress:
-        return self
+        super().__init__(TextColumn("{task.description}", markup=False), MofNCompleteColumn(), TimeElapsedColumn(),
+                         TextColumn("left"), TimeRemainingColumn(), console=console, disable=True)  # fmt: skip
+        self.every, self.began = every, time.monotonic()
+        self.stopping = threading.Event()
+        self.beat = threading.Thread(target=self.heartbeat, name="ovdiff-progress", daemon=True)
 
-    def __exit__(self, *exc) -> None:
-        return None
+    def start(self) -> None:
+        super().start()
+        self.began = time.monotonic()
+        self.beat.start()
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
-        import time
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.beat.is_alive():
+            self.beat.join()
+        super().stop()
 
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "said": time.monotonic(), "start": time.monotonic()}
-        return len(self.tasks) - 1
+    def heartbeat(self) -> None:
+        while not self.stopping.wait(self.every):
+            self.print_state()
 
-    def update(self, task: int, completed: float | None = None, total: float | None = None, description: str | None = None,
-               advance: float | None = None, visible: bool = True, **_) -> None:  # fmt: skip
-        import time
-
-        t = self.tasks[task]
-        for key, value in (("completed", completed), ("total", total), ("description", description)):
-            if value is not None:
-                t[key] = value
-        if advance:
-            t["completed"] += advance
-        now = time.monotonic()
-        if visible and now - t["said"] >= self.every:
-            t["said"] = now
-            total = "" if t["total"] is None else f"/{t['total']:g}"
-            self.console.print(f"{printable(t['description'])}: {t['completed']:g}{total} ({now - t['start']:.0f} s)",
-                               markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-
-    def advance(self, task: int, advance: float = 1) -> None:
-        self.update(task, advance=advance)
+    def print_state(self) -> None:
+        """The unfinished tasks' rows, or how long the command has run while none is."""
+        with self._lock:
+            active = [t for t in self.tasks if t.visible and not t.finished]
+        if active:
+            with self.console.capture() as table:
+                self.console.print(self.make_tasks_table(active), highlight=False)
+            self.console.out("\n".join(line.rstrip() for line in table.get().splitlines()), highlight=False)
+        else:
+            self.console.print(f"working … {time.monotonic() - self.began:.0f} s", highlight=False)
 
 
 def make_run(
