@@ -95,3 +95,37 @@ def test_the_last_holder_of_a_lock_removes_its_file(tmp_path):
     assert not list(tmp_path.iterdir())
     lock(tmp_path)()
     assert not list(tmp_path.iterdir())
+
+
+def test_metrics_are_fractions_and_the_report_shows_real_seconds_and_a_random_weight_warning(tmp_path):
+    from ovdiff_cli.eval.datasets import load_dataset
+    from ovdiff_cli.eval.evaluate import evaluate, protocol, write_report
+
+    write_voc(tmp_path / "data", 2, seed=3)
+    ds = load_dataset("voc", tmp_path / "data/VOC2012")
+    res = evaluate(ds, lambda image, info: np.zeros(image.shape[:2], np.int64))
+    saved = protocol(ds, [0], "tiny", None, predictions=str(tmp_path / "masks"))  # masks segmented elsewhere
+    metrics_path, html_path = write_report(res, tmp_path / "r1", ds, run_protocol=saved, seconds_per_image=1.25)
+    metrics = json.loads(metrics_path.read_text())
+    ious = [metrics["miou"], metrics["paper"]["miou"], metrics["paper"]["std"], *metrics["per_class_iou"].values()]
+    assert all(v is None or 0 <= v <= 1 for v in ious) and metrics["paper"]["miou"] == 0.663
+    assert metrics["seconds_per_image"] == 1.25
+    page = html_path.read_text()
+    assert "1.250 s/image" in page and "66.3 ± 0.2" in page
+    assert "random weights: these scores check the pipeline, they are not comparable to the paper's" in page
+    metrics_path, html_path = write_report(res, tmp_path / "r2", ds, run_protocol=protocol(ds, None, None, None,
+                                           predictions="masks"))  # fmt: skip
+    assert json.loads(metrics_path.read_text())["seconds_per_image"] is None  # reading masks is no segmenting time
+    assert "s/image" not in html_path.read_text() and "not comparable" not in html_path.read_text()
+    real = protocol(ds, [0], "sd15", None)
+    assert "not comparable" not in write_report(res, tmp_path / "r3", ds, run_protocol=real)[1].read_text()
+
+
+def test_the_demo_report_times_the_segmenting(world, tmp_path):
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--images", "2", "--device", "cpu",
+                              "--cache", str(world / "cache")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "demo/report/metrics.json").read_text())
+    assert metrics["seconds_per_image"] > 0.01  # the segment run's time, not the milliseconds of reading masks back
+    assert f"{metrics['seconds_per_image']:.3f} s/image" in (tmp_path / "demo/report/report.html").read_text()
+    assert "the procedural toy world" in (tmp_path / "demo/report/report.html").read_text()

@@ -335,7 +335,8 @@ def check_out_dir(out: Path, what: str = "the masks") -> Path:
 
 def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
-    from ..eval.evaluate import aggregate, paper_reference
+    from ..eval.evaluate import aggregate
+    from ..eval.paper import paper_reference
 
     last = results[-1]
     if len(results) > 1:
@@ -344,7 +345,7 @@ def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     else:
         score = "n/a" if last.miou != last.miou else f"{100 * last.miou:.1f}"
     paper = paper_reference(ds)
-    ref = f" (paper, {paper['table']}: {paper['miou']})" if paper else ""
+    ref = f" (paper, {paper['table']}: {100 * paper['miou']:.1f})" if paper else ""
     return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 

@@ -78,5 +78,6 @@ def run_demo(
     result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
     record = protocol(dataset, [seed], stages.specs.preset.name, stages.specs.identity(), sample_cfg, proto_cfg, seg_cfg,
                       predictions=str(masks))  # fmt: skip
-    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record)
+    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record,
+                             seconds_per_image=summary.seconds_per_image)  # segmenting, not reading the masks back
     return DemoRun(data, masks, report, dataset, result, summary)
