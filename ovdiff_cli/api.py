@@ -297,7 +297,9 @@ class Pipeline:
 
         if isinstance(names, str):
             raise OvdiffError(f"give a list of class names, not the string {names!r}")
-        names = list(names)
+        from .names import distinct, validate
+
+        names = distinct([validate(n) for n in names])
         if not names:
             raise OvdiffError("a vocabulary needs at least one class name")
         try:

@@ -129,3 +129,29 @@ def test_the_demo_report_times_the_segmenting(world, tmp_path):
     assert metrics["seconds_per_image"] > 0.01  # the segment run's time, not the milliseconds of reading masks back
     assert f"{metrics['seconds_per_image']:.3f} s/image" in (tmp_path / "demo/report/report.html").read_text()
     assert "the procedural toy world" in (tmp_path / "demo/report/report.html").read_text()
+
+
+def test_help_shows_the_ray_extra_whole():
+    res = CliRunner().invoke(app, ["segment", "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0 and "pip install 'ovdiff[ray]'" in res.output
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly_with_status_0():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for args in (["--help"], ["doctor", "--preset", "procedural", "--device", "cpu"], ["doctor", "--preset", "procedural", "--json"]):
+        proc = subprocess.Popen([sys.executable, "-m", "ovdiff_cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)  # fmt: skip
+        proc.stdout.close()  # as `| head -0` would, before a byte is written
+        err = proc.stderr.read().decode()
+        assert proc.wait() == 0 and err == "", (args, err)
+
+
+def test_doctor_lines_are_not_padded_when_piped():
+    res = runner.invoke(app, ["doctor", "--preset", "procedural", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("ovdiff ") and all(line == line.rstrip() for line in lines), lines

@@ -64,7 +64,7 @@ NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep 
 StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
 ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help=f"Prototype kinds to use, any of class,instance,part \\[default: {','.join(_S.proto_kinds)}].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff[ray]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff\\[ray]').")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join, e.g. 10.0.0.1:6379 from 'ray start --head' \\[default: start a local Ray instance].", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="With --engine ray: worker actors, each with the models loaded once \\[default: one per GPU of the cluster, else 2].", show_default=False)]
 
@@ -171,11 +171,20 @@ class LogProgress(Progress):
         with self._lock:
             active = [t for t in self.tasks if t.visible and not t.finished]
         if active:
-            with self.console.capture() as table:
-                self.console.print(self.make_tasks_table(active), highlight=False)
-            self.console.out("\n".join(line.rstrip() for line in table.get().splitlines()), highlight=False)
+            print_unpadded(self.console, self.make_tasks_table(active))
         else:
             self.console.print(f"working … {time.monotonic() - self.began:.0f} s", highlight=False)
+
+
+def print_unpadded(console: Console, renderable: object) -> None:
+    """Print `renderable`; off a terminal without the blanks rich pads each line with to the table's
+    width, so piped lines end where their text does."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as text:
+        console.print(renderable, highlight=False)
+    console.out("\n".join(line.rstrip() for line in text.get().splitlines()), highlight=False)
 
 
 def make_run(
