@@ -33,9 +33,9 @@ class ModelLoadError(OvdiffError):
     repository to download for a local copy (None: the spec itself)."""
 
     def __init__(self, model: str, role: str, spec: str, cause: Exception, repo: str | None = None):
-        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        why = " ".join(str(cause).split()) or type(cause).__name__  # whole, on one line: offline errors say what to do
         super().__init__(
-            f"cannot load {model} weights '{spec}' ({type(cause).__name__}: {why[:160]}); download them once where "
+            f"cannot load {model} weights '{spec}' ({type(cause).__name__}: {why}); download them once where "
             f"there is network (hf download {repo or spec} --local-dir DIR) and use the local copy"
         )
         self.model, self.role, self.spec, self.repo = model, role, spec, repo

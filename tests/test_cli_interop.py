@@ -155,3 +155,21 @@ def test_doctor_lines_are_not_padded_when_piped():
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith("ovdiff ") and all(line == line.rstrip() for line in lines), lines
+
+
+def test_offline_errors_are_whole_and_point_at_models_download(monkeypatch, tmp_path):
+    from ovdiff_cli.cli.common import phrase
+    from ovdiff_cli.errors import ModelLoadError
+    from ovdiff_cli.models.presets import ModelSpecs
+    from ovdiff_cli.models.store import ModelStore
+
+    cause = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                    "the cached files.\nCheck your internet connection or see how to run the library in offline mode "
+                    "at 'https://huggingface.co/docs/transformers/installation#offline-mode'.")  # fmt: skip
+    line = phrase(ModelLoadError("CLIP", "clip", "ViT-B-16:openai", cause, "timm/vit_base_patch16_clip_224.openai"))
+    assert "installation#offline-mode'." in line and "\n" not in line  # the whole cause, past 200 characters
+    assert "ovdiff models download --clip-model ViT-B-16:openai" in line and "--clip-model DIR" in line
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError) as info:
+        ModelStore(ModelSpecs.of("sd15"), device="cpu", dtype="fp32").sd()
+    assert "ovdiff models download --sd-model stable-diffusion-v1-5/stable-diffusion-v1-5" in phrase(info.value)

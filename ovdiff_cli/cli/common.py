@@ -433,7 +433,13 @@ def phrase(e: OvdiffError) -> str:
     if isinstance(e, errors.InvalidSetting):
         return f"{flag(e.setting)} {e.detail}"
     if isinstance(e, errors.ModelLoadError):
-        way_out = f"{e}: pass it with --{e.role}-model DIR, or run offline with --preset tiny / --preset procedural"
+        from ..models.weights import ROLE_OPTION
+
+        option = ROLE_OPTION.get(e.role)
+        fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
+        local = f"pass a local copy with {option} DIR, " if option else ""
+        way_out = (f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
+                   "run offline with --preset tiny / --preset procedural")  # fmt: skip
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
         return f"{e}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
