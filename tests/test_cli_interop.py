@@ -129,6 +129,14 @@ def test_the_demo_report_times_the_segmenting(world, tmp_path):
     assert metrics["seconds_per_image"] > 0.01  # the segment run's time, not the milliseconds of reading masks back
     assert f"{metrics['seconds_per_image']:.3f} s/image" in (tmp_path / "demo/report/report.html").read_text()
     assert "the procedural toy world" in (tmp_path / "demo/report/report.html").read_text()
+    figure = np.asarray(Image.open(tmp_path / "demo/figure.png"))  # the README's picture: image | mask | truth
+    with Image.open(sorted((tmp_path / "demo/masks").glob("*.png"))[0]) as m:  # the first scene's mask
+        first = np.asarray(m)
+    h, w = first.shape
+    from ovdiff_cli.io.palette import colorize
+
+    assert figure.shape == (2 * h + 12, 3 * w + 24, 3)
+    assert np.array_equal(figure[:h, w + 12: 2 * w + 12], colorize(first))
 
 
 def test_help_shows_the_ray_extra_whole():
@@ -173,3 +181,24 @@ def test_offline_errors_are_whole_and_point_at_models_download(monkeypatch, tmp_
     with pytest.raises(ModelLoadError) as info:
         ModelStore(ModelSpecs.of("sd15"), device="cpu", dtype="fp32").sd()
     assert "ovdiff models download --sd-model stable-diffusion-v1-5/stable-diffusion-v1-5" in phrase(info.value)
+
+
+def test_readme_lists_the_dependencies_of_pyproject_and_each_is_needed():
+    import ast
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    deps = [re.split(r"[<>=\[;]", d)[0].strip() for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]]
+    text = " ".join((root / "README.md").read_text().split())
+    listed = re.search(r"Dependencies \(as in `pyproject.toml`\): (.*?)\.", text).group(1)
+    assert [d.strip() for d in listed.split(",")] == deps
+    imported = set()
+    for path in (root / "ovdiff_cli").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    modules = {"open_clip_torch": "open_clip", "pillow": "PIL", "opencv-python-headless": "cv2"}
+    assert {d for d in deps if modules.get(d, d) not in imported} == set()  # torchvision went: nothing imports it
