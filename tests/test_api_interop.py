@@ -137,3 +137,8 @@ def test_build_false_names_the_call_and_the_command_that_build(pipe):
         pipe.vocabulary(["zebra"], build=False)
     assert "ovdiff.Pipeline(preset='procedural', seed=0).vocabulary(['zebra'])" in str(e.value)
     assert "ovdiff protos add 'zebra' --preset procedural --seed 0" in str(e.value)
+
+
+def test_names_differing_only_in_case_are_one_clear_error(pipe):
+    with pytest.raises(OvdiffError, match="'kite' and 'Kite' differ only in case"):
+        pipe.segment(ovdiff.procedural_scene(seed=1), ["kite", "Kite"])
