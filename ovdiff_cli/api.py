@@ -306,9 +306,8 @@ class Pipeline:
             classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
                                      kinds, build=build, on_event=on_event)  # fmt: skip
         except MissingClasses as e:
-            e.args = (f"{e}; build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), "
-                      f"or: ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}",)  # fmt: skip
-            raise
+            raise e.way_out(f"build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), or: "
+                            f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
 
     def _call(self, method: str) -> str:

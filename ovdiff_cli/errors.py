@@ -48,11 +48,15 @@ class MissingClasses(OvdiffError):
     """
 
     def __init__(self, names: list[str], seed: int, specs: Any, sample_cfg: Any, proto_cfg: Any):
-        super().__init__(
-            f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
-            f"seed {seed}, preset {specs.preset.name}"
-        )
+        self.plain = (f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
+                      f"seed {seed}, preset {specs.preset.name}")  # fmt: skip
+        super().__init__(self.plain)
         self.names, self.seed, self.specs, self.sample_cfg, self.proto_cfg = names, seed, specs, sample_cfg, proto_cfg
+
+    def way_out(self, how: str) -> MissingClasses:
+        """This error, its message followed by `how` to build the classes (the caller's words for it)."""
+        self.args = (f"{self.plain}; {how}",)
+        return self
 
 
 class NoSupportSet(OvdiffError):

@@ -142,3 +142,13 @@ def test_build_false_names_the_call_and_the_command_that_build(pipe):
 def test_names_differing_only_in_case_are_one_clear_error(pipe):
     with pytest.raises(OvdiffError, match="'kite' and 'Kite' differ only in case"):
         pipe.segment(ovdiff.procedural_scene(seed=1), ["kite", "Kite"])
+
+
+def test_the_cli_phrases_a_missing_class_once_in_its_own_words(pipe):
+    from ovdiff_cli.cli.common import phrase
+
+    with pytest.raises(MissingClasses) as e:
+        pipe.vocabulary(["zebra"], build=False)
+    line = phrase(e.value)
+    assert line.count("build them with") == 1 and "ovdiff protos add zebra --seed 0 --preset procedural" in line
+    assert "ovdiff.Pipeline(" not in line

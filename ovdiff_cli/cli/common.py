@@ -442,7 +442,7 @@ def phrase(e: OvdiffError) -> str:
                    "run offline with --preset tiny / --preset procedural")  # fmt: skip
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
-        return f"{e}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
+        return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):
         return f"{e}; draw it first with: ovdiff sample {shlex.quote(e.name)} --seed {e.seed} --preset {e.preset}"
     if isinstance(e, errors.IncompleteSupportSet):
