@@ -35,10 +35,10 @@ class DemoRun:
     data: Path  # the VOC tree (data/VOC2012) and data/classes.txt
     masks: Path  # <id>.png, classes.json, overlays/
     report: Path  # report/report.html (metrics.json beside it)
-    figure: Path  # figure.png: image | mask | truth for the first scenes
     dataset: SegDataset
     result: EvalResult
     summary: JobSummary
+    figure: Path  # figure.png: image | mask | truth for the first scenes
 
 
 def run_demo(
