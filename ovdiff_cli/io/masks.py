@@ -123,7 +123,7 @@ def rle_encode(mask: np.ndarray) -> dict:
 def coco_records(labels: np.ndarray, stats: dict[int, tuple[int, float]], image_id: int) -> list[dict]:
     """COCO results records of one label map, one per class present (background left out): image_id,
     category_id (the label value), compressed-RLE segmentation, score (the segment's mean winning
-    score; 1.0 where unknown, e.g. masks segmented by Ray workers) and area in pixels."""
+    score; 1.0 where a caller has none) and area in pixels."""
     out = []
     for k in (int(v) for v in np.unique(labels) if v > 0):
         mask = labels == k

@@ -58,7 +58,7 @@ class Segmentation:
     float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
     the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
     (filtered out, or no background); only with `scores`. stats: label present → (pixels, mean
-    winning score over them), as a result lists its segments (empty where unknown: a Ray engine's).
+    winning score over them), as a result lists its segments (Ray workers send them too).
     """
 
     labels: np.ndarray
@@ -399,7 +399,7 @@ def output_file_name(item: InputImage) -> str:
 
 def image_record(item: InputImage, mask: Path, seg: Segmentation, names: dict[int, str]) -> dict:
     """One image of `segment --json`: input, mask file, classes present, and per label present (background
-    too) its area in pixels and mean winning score (None where the engine did not report it)."""
+    too) its area in pixels and mean winning score (None where unknown)."""
     areas = np.bincount(seg.labels.ravel())
     present = np.flatnonzero(areas).tolist()
     segments = [{"label": names[k], "index": k, "area": int(areas[k]),
