@@ -188,6 +188,7 @@ def make_run(
     dino_model: str | None = None,
     sam_model: str | None = None,
     sample: dict | None = None,
+    sam2_model: str | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
     json_out: bool = False,
@@ -202,7 +203,7 @@ def make_run(
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model, "sam2": sam2_model},
     )
 
     run = Run(
