@@ -123,7 +123,7 @@ def test_photos_from_the_cli_serve_segment_by_name_until_removed(tmp_path):
     from ovdiff_cli.procedural import write_voc
 
     write_voc(tmp_path / "data", 1, seed=2)
-    photos = write_photos(tmp_path / "p", "kite", 4)
+    photos = write_photos(tmp_path / "p", "my kite", 4)  # the world draws "my kite" by its own look
     cache = ["--cache", str(tmp_path / "c")]
     res = runner.invoke(app, ["protos", "add", "my kite", "--images", str(photos), "-q", *cache, *PROC])
     assert res.exit_code == 0, res.output
