@@ -24,6 +24,7 @@ SECTIONS = {
     "vocabulary": {"add", "alone", "ratio", "load", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
     "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
+    "beyond": {"plain_miou", "pamr", "pamr_miou", "vote", "vote_miou", "photos_build", "photos_miou"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
            ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),

@@ -395,6 +395,10 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
     say(f"vocabulary: {s.vocab_cached} cached classes + 1")
     sections["vocabulary"] = bench_vocab(s, dim, device, dtype, seed, root)
+    from .beyond import bench_beyond
+
+    say("beyond the paper: --refine pamr, region voting, a class from photos (procedural world)")
+    sections["beyond"] = bench_beyond(s, root, seed)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

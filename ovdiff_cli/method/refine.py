@@ -35,24 +35,18 @@ def _offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
     return [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
-def _shifted(x: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
-    """x (C,h,w) read at (y+dy, x+dx), borders replicated; `pad` >= the largest offset."""
-    h, w = x.shape[-2:]
-    p = F.pad(x[None], (pad, pad, pad, pad), mode="replicate")[0]
-    return p[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
-
-
 def pamr_weights(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS, lam: float = PAMR_LAMBDA) -> torch.Tensor:
     """image (C,h,w) float → α (N,h,w): each pixel's softmax weights over its N = 8·len(dilations) neighbours.
 
     σ_i is the per-channel standard deviation over the 3×3 neighbourhood (centre included) at the
     neighbour's own dilation.
     """
-    pad = max(dilations)
     img = image.float()
+    h, w = img.shape[-2:]
     kappa = []
     for d in dilations:
-        ring = [_shifted(img, dy * d, dx * d, pad) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        padded = F.pad(img[None], (d, d, d, d), mode="replicate")[0]
+        ring = [padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         sigma = torch.stack(ring).std(0, unbiased=False)  # (C,h,w)
         for (dy, dx), nb in zip([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)], ring, strict=True):
             if dy or dx:
