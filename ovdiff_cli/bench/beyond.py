@@ -19,7 +19,7 @@ from .stats import figure
 if TYPE_CHECKING:
     from .settings import BenchSettings
 
-SCENES = 6
+MAX_SCENES = 6  # held-out scenes: the bench's segment image count, at most this many
 PHOTO_CLASS = "kite"
 
 
@@ -59,7 +59,7 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
     preset = get_preset("procedural")
     stages = Stages.for_run("procedural", "cpu", "fp32")
     rng = np.random.default_rng(seed)
-    scenes = [render_scene(rng) for _ in range(SCENES)]
+    scenes = [render_scene(rng) for _ in range(min(MAX_SCENES, s.segment_images))]
     truth = {id(image): label for image, label in scenes}
     generated = ensure_classes(Cache(root / "beyond-gen"), stages, list(LABELLED), seed, preset.sample, preset.protos)
 
@@ -95,7 +95,7 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
             "photos_build": figure(f"class from {preset.sample.n_images} photos", "s", builds),
             "photos_miou": figure(f"  mIoU, {PHOTO_CLASS} from photos", "%", [run(mixed)[0]]),
         },
-        "notes": [f"procedural world, {SCENES} held-out scenes of {'/'.join(map(str, scenes[0][0].shape[:2]))} px, "
+        "notes": [f"procedural world, {len(scenes)} held-out scenes of {'/'.join(map(str, scenes[0][0].shape[:2]))} px, "
                   f"classes {', '.join(LABELLED)}; the photos are the world's drawings of {PHOTO_CLASS!r} (seeds apart "
                   "from its generated set); SAM 2's own forward pass is not timed (weights needed)"],
     }  # fmt: skip

@@ -46,12 +46,12 @@ def pamr_weights(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS,
     kappa = []
     for d in dilations:
         padded = F.pad(img[None], (d, d, d, d), mode="replicate")[0]
-        ring = [padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        sigma = torch.stack(ring).std(0, unbiased=False)  # (C,h,w)
-        for (dy, dx), nb in zip([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)], ring, strict=True):
-            if dy or dx:
-                kappa.append((-(img - nb).abs() / (lam * sigma + 1e-8)).mean(0))
-    return torch.stack(kappa).softmax(0)
+        ring = torch.stack([padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+                            for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # (9,C,h,w), the centre at 4  # fmt: skip
+        sigma = ring.std(0, correction=0)  # (C,h,w)
+        k = (-(ring - img).abs() / (lam * sigma + 1e-8)).mean(1)  # (9,h,w)
+        kappa.append(torch.cat([k[:4], k[5:]]))
+    return torch.cat(kappa).softmax(0)
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, iters: int = PAMR_ITERS,
