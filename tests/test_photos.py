@@ -15,7 +15,7 @@ from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes, find_cla
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.method.photos import photo_class, read_photos
-from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.procedural import LABELLED, render_scene, support_sample
 from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import class_ids, support_key
@@ -65,11 +65,8 @@ def test_cli_refuses_bad_photos_and_writes_nothing(tmp_path):
 
 
 def test_keys_without_photos_are_unchanged_and_photos_change_them():
-    specs = P.protos
-    base = class_ids("kite", 0, __import__("ovdiff_cli").models.presets.ModelSpecs.of("procedural"), P.sample, specs)
-    from ovdiff_cli.models.presets import ModelSpecs
-
-    ms = ModelSpecs.of("procedural")
+    specs, ms = P.protos, ModelSpecs.of("procedural")
+    base = class_ids("kite", 0, ms, P.sample, specs)
     assert class_ids("kite", 0, ms, P.sample, specs, None) == base
     assert support_key("kite", 0, P.sample, None) == support_key("kite", 0, P.sample)
     a, b = class_ids("kite", 0, ms, P.sample, specs, "aa" * 12), class_ids("kite", 0, ms, P.sample, specs, "bb" * 12)
@@ -134,8 +131,7 @@ def test_photos_from_the_cli_serve_segment_by_name_until_removed(tmp_path):
     assert res.exit_code == 0, res.output  # --no-build: the photo class was found by its name
     assert json.loads(res.stdout)["written"] == 1
     assert runner.invoke(app, ["protos", "rm", "my kite", *cache]).exit_code == 0
-    assert photo_class(Cache(tmp_path / "c"), "my kite", 0, __import__("ovdiff_cli.compose", fromlist=["Stages"])
-                       .Stages.for_run("procedural").specs) is None  # fmt: skip
+    assert photo_class(Cache(tmp_path / "c"), "my kite", 0, ModelSpecs.of("procedural")) is None
 
 
 # --------------------------------------------------------------------------- Stable Diffusion (tiny random weights)

@@ -19,7 +19,6 @@ from .stats import figure
 if TYPE_CHECKING:
     from .settings import BenchSettings
 
-MAX_SCENES = 6  # held-out scenes: the bench's segment image count, at most this many
 PHOTO_CLASS = "kite"
 
 
@@ -59,7 +58,7 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
     preset = get_preset("procedural")
     stages = Stages.for_run("procedural", "cpu", "fp32")
     rng = np.random.default_rng(seed)
-    scenes = [render_scene(rng) for _ in range(min(MAX_SCENES, s.segment_images))]
+    scenes = [render_scene(rng) for _ in range(s.beyond_scenes)]
     truth = {id(image): label for image, label in scenes}
     generated = ensure_classes(Cache(root / "beyond-gen"), stages, list(LABELLED), seed, preset.sample, preset.protos)
 

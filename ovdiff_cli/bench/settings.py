@@ -56,6 +56,7 @@ class BenchSettings:
     build_counts: tuple[int, int]
     build_feature_size: int
     build_pairs: int
+    beyond_scenes: int = 6  # procedural scenes of the "beyond the paper" section (refiners, a class from photos)
 
 
 # Counting generator calls and peak memory is the same everywhere: they measure bookkeeping and
@@ -72,7 +73,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             "tiny", 1, 1, n_images=2, steps=2, size=64, feature_size=64, k_parts=4, short_side=96, windows=(96, 64),
             stride=48, eta=4, segment_images=1, image_hw=(120, 160), bank_classes=20, bank_rows=32,
             **dict(_SMALL, vocab_cached=3, memory_counts=(2, 6), memory_hw=(60, 80)),
-            build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1,
+            build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1, beyond_scenes=2,
         )  # fmt: skip
     elif device_type == "cuda":
         s = BenchSettings(
