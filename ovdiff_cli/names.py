@@ -43,12 +43,19 @@ def parse_class_list(spec: str | None, file_text: str | None = None, extra: list
         names.extend(spec.split(","))
     if file_text is not None:
         names.extend(line for line in file_text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    out: list[str] = []
+    return distinct([validate(raw) for raw in names])
+
+
+def distinct(names: list[str]) -> list[str]:
+    """`names` (normalised), or an error for a class given twice, or twice in different case (kite,
+    Kite): two labels would then share one meaning and split its pixels between them."""
     seen: dict[str, str] = {}
-    for raw in names:
-        norm = validate(raw)
+    for norm in names:
         if norm in seen:
             raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
-        seen[norm] = raw
-        out.append(norm)
-    return out
+        if norm.casefold() in {s.casefold() for s in seen}:
+            first = next(s for s in seen if s.casefold() == norm.casefold())
+            raise OvdiffError(f"classes {first!r} and {norm!r} differ only in case: give one of them "
+                              "(case is kept, as it can matter to the prompt)")  # fmt: skip
+        seen[norm] = norm
+    return names

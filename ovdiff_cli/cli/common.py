@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from ..errors import OvdiffError
@@ -61,7 +64,7 @@ NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep 
 StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
 ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help=f"Prototype kinds to use, any of class,instance,part \\[default: {','.join(_S.proto_kinds)}].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff[ray]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff\\[ray]').")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join, e.g. 10.0.0.1:6379 from 'ray start --head' \\[default: start a local Ray instance].", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="With --engine ray: worker actors, each with the models loaded once \\[default: one per GPU of the cluster, else 2].", show_default=False)]
 
@@ -122,11 +125,11 @@ class Run:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
-    def progress(self):
-        """A rich progress bar (disabled with --quiet); plain lines now and then when stderr is not a terminal."""
+    def progress(self) -> Progress:
+        """A rich progress bar (disabled with --quiet); off a terminal, plain lines at least every 10 s."""
         if not self.quiet and not self.err.is_terminal:
-            return PlainProgress(self.err)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            return LogProgress(self.err)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
             TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -134,45 +137,54 @@ class Run:
         )
 
 
-class PlainProgress:
-    """The part of rich's Progress the commands use, printed as a plain line for a task that moved, at most
-    every `every` seconds, for logs and pipes (where rich's live bar would show only at the end)."""
+class LogProgress(Progress):
+    """rich's Progress for logs and pipes, where its live bar would show only once, at the end: one
+    heartbeat thread prints the rows of the unfinished tasks (rich's own columns, plain text) every
+    `every` seconds of wall time, however long or short each task is, and a line while no task runs."""
 
     def __init__(self, console: Console, every: float = 10.0):
-        self.console, self.every = console, every
-        self.tasks: dict[int, dict] = {}
+        from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def __enter__(self) -> PlainProgress:
-        return self
+        super().__init__(TextColumn("{task.description}", markup=False), MofNCompleteColumn(), TimeElapsedColumn(),
+                         TextColumn("left"), TimeRemainingColumn(), console=console, disable=True)  # fmt: skip
+        self.every, self.began = every, time.monotonic()
+        self.stopping = threading.Event()
+        self.beat = threading.Thread(target=self.heartbeat, name="ovdiff-progress", daemon=True)
 
-    def __exit__(self, *exc) -> None:
-        return None
+    def start(self) -> None:
+        super().start()
+        self.began = time.monotonic()
+        self.beat.start()
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
-        import time
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.beat.is_alive():
+            self.beat.join()
+        super().stop()
 
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "said": time.monotonic(), "start": time.monotonic()}
-        return len(self.tasks) - 1
+    def heartbeat(self) -> None:
+        while not self.stopping.wait(self.every):
+            self.print_state()
 
-    def update(self, task: int, completed: float | None = None, total: float | None = None, description: str | None = None,
-               advance: float | None = None, visible: bool = True, **_) -> None:  # fmt: skip
-        import time
+    def print_state(self) -> None:
+        """The unfinished tasks' rows, or how long the command has run while none is."""
+        with self._lock:
+            active = [t for t in self.tasks if t.visible and not t.finished]
+        if active:
+            print_unpadded(self.console, self.make_tasks_table(active))
+        else:
+            self.console.print(f"working … {time.monotonic() - self.began:.0f} s", highlight=False)
 
-        t = self.tasks[task]
-        for key, value in (("completed", completed), ("total", total), ("description", description)):
-            if value is not None:
-                t[key] = value
-        if advance:
-            t["completed"] += advance
-        now = time.monotonic()
-        if visible and now - t["said"] >= self.every:
-            t["said"] = now
-            total = "" if t["total"] is None else f"/{t['total']:g}"
-            self.console.print(f"{printable(t['description'])}: {t['completed']:g}{total} ({now - t['start']:.0f} s)",
-                               markup=False, highlight=False, soft_wrap=True)  # fmt: skip
 
-    def advance(self, task: int, advance: float = 1) -> None:
-        self.update(task, advance=advance)
+def print_unpadded(console: Console, renderable: object) -> None:
+    """Print `renderable`; off a terminal without the blanks rich pads each line with to the table's
+    width, so piped lines end where their text does."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as text:
+        console.print(renderable, highlight=False)
+    console.out("\n".join(line.rstrip() for line in text.get().splitlines()), highlight=False)
 
 
 def make_run(
@@ -333,7 +345,8 @@ def check_out_dir(out: Path, what: str = "the masks") -> Path:
 
 def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
-    from ..eval.evaluate import aggregate, paper_reference
+    from ..eval.evaluate import aggregate
+    from ..eval.paper import paper_reference
 
     last = results[-1]
     if len(results) > 1:
@@ -342,7 +355,7 @@ def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     else:
         score = "n/a" if last.miou != last.miou else f"{100 * last.miou:.1f}"
     paper = paper_reference(ds)
-    ref = f" (paper, {paper['table']}: {paper['miou']})" if paper else ""
+    ref = f" (paper, {paper['table']}: {100 * paper['miou']:.1f})" if paper else ""
     return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 
@@ -421,10 +434,16 @@ def phrase(e: OvdiffError) -> str:
     if isinstance(e, errors.InvalidSetting):
         return f"{flag(e.setting)} {e.detail}"
     if isinstance(e, errors.ModelLoadError):
-        way_out = f"{e}: pass it with --{e.role}-model DIR, or run offline with --preset tiny / --preset procedural"
+        from ..models.weights import ROLE_OPTION
+
+        option = ROLE_OPTION.get(e.role)
+        fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
+        local = f"pass a local copy with {option} DIR, " if option else ""
+        way_out = (f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
+                   "run offline with --preset tiny / --preset procedural")  # fmt: skip
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
-        return f"{e}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
+        return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):
         return f"{e}; draw it first with: ovdiff sample {shlex.quote(e.name)} --seed {e.seed} --preset {e.preset}"
     if isinstance(e, errors.IncompleteSupportSet):

@@ -26,6 +26,7 @@ from .common import (
     SdModelOpt,
     VerboseOpt,
     make_run,
+    print_unpadded,
 )
 
 app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
@@ -116,20 +117,20 @@ def doctor(
     if json_out:
         run.emit(facts)
         return
-    table = Table(show_header=False, box=None)
+    table = Table(show_header=False, box=None, pad_edge=False)
     for key in ("ovdiff", "platform", "device", "gpu", "dtype", "cuda_available", "cuda_version", "torch_threads",
                 "preset", "extractor", "mask_proposer", "ovdiff_cache", "hf_cache"):  # fmt: skip
         if key in facts:
             table.add_row(key.replace("_", " "), escape(str(facts[key])))
     table.add_row("libraries", escape(", ".join(f"{k} {v or 'missing'}" for k, v in facts["libraries"].items())))
-    run.console.print(table)
+    print_unpadded(run.console, table)
     weights = Table(title="weights")
     for col in ("role", "spec", "source", "repository", "present"):
         weights.add_column(col)
     for w in facts["weights"]:
         mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[w["present"]]
         weights.add_row(w["role"], escape(w["spec"]), w["source"], escape(w["repo"] or ""), mark)
-    run.console.print(weights)
+    print_unpadded(run.console, weights)
     missing = [w["role"] for w in facts["weights"] if w["present"] is False]
     if missing:
         run.result(f"missing weights: {', '.join(missing)}; fetch them with 'ovdiff models download --preset {run.preset.name}'")

@@ -54,9 +54,10 @@ from .common import (
 def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
                    shard: tuple[int, int] | None) -> None:
     """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
-    from ..io.outdir import check_legend, check_no_input_overwritten, lock
+    from ..io.outdir import check_legend, check_no_input_overwritten, check_out_holds_no_input, lock
 
     check_no_input_overwritten(out_dir, items)
+    check_out_holds_no_input(out_dir, items)
     ctx.call_on_close(lock(out_dir, shard))
     check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
 

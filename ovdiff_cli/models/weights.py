@@ -126,6 +126,6 @@ def download(w: Weights, local_dir: Path | None = None, downloader: Downloader |
         else:
             path = downloader(repo_id=w.repo, allow_patterns=list(w.files), cache_dir=str(hf_cache_dir()))
     except Exception as e:  # network, auth and disk errors all end as one line naming the repository
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause[:200]}") from e
+        cause = " ".join(str(e).split()) or type(e).__name__  # whole, on one line
+        raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause}") from e
     return Path(path)
