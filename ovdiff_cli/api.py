@@ -229,7 +229,7 @@ class Pipeline:
     preset: sd15 (default, real weights), tiny, sd15-random or procedural (offline, meaningful
     masks); cache: the prototype cache folder (default: $OVDIFF_CACHE, else the user cache dir);
     device/dtype: as the CLI's --device/--dtype; seed: the support sets' seed; models: model
-    sources by role ("sd", "clip", "dino", "sam"), as --sd-model etc.; sample/protos/segment:
+    sources by role ("sd", "clip", "dino", "sam", "sam2"), as --sd-model etc.; sample/protos/segment:
     overrides of SampleConfig/ProtoConfig/SegmentConfig fields. Models load on first use.
     """
 
@@ -251,9 +251,9 @@ class Pipeline:
         from .engines.vocab import check_proto_config
 
         self.preset: Preset = get_preset(preset)
-        unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam"})
+        unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam", "sam2"})
         if unknown_models:
-            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam")
+            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam, sam2")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
         self.device, self.dtype, self.seed, self.models = device, dtype, seed, dict(models or {})
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")

@@ -210,4 +210,15 @@ class Stages:
         if filtering and scorer is None:
             scorer = self.scorer()
         parts = [self.part(name) for name in spec_parts(extractor_spec)]
-        return Segmenter(parts, classes, cfg, self.device, scorer if filtering else None, cache)
+        refiner = None if cfg.refine == "none" else self.refiner(cfg.refine)
+        return Segmenter(parts, classes, cfg, self.device, scorer if filtering else None, cache, refiner=refiner)
+
+    def refiner(self, name: str):
+        """The label-score refiner of `--refine` (beyond the paper): "pamr", or "sam2" (loads the store's SAM 2)."""
+        from .method import refine
+
+        if name == "pamr":
+            return self._once("refiner:pamr", refine.PamrRefiner)
+        if name == "sam2":
+            return self._once("refiner:sam2", lambda: refine.RegionRefiner(refine.AutomaticRegions(self.store.sam2())))
+        raise OvdiffError(f"unknown refiner {name!r}; choose one of: pamr, sam2")

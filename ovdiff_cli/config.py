@@ -10,6 +10,7 @@ def normalise_extractor(spec: str) -> str:
     return "+".join(part.strip().lower() for part in spec.split("+"))
 
 
+REFINERS = ("none", "pamr", "sam2")  # SegmentConfig.refine: none is the paper's path (method/refine.py)
 NEGATIVE_PROMPT = "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
 PROMPT_TEMPLATE = "A good picture of a {}"
 
@@ -109,6 +110,7 @@ class SegmentConfig:
     proto_kinds: tuple[str, ...] = ("class", "instance", "part")
     filter_size: int = 224
     image_batch: int = 4  # images segmented together: their windows share the extractor's batches
+    refine: str = "none"  # beyond the paper: "pamr" or "sam2" refine the label scores (method/refine.py)
 
 
 @dataclass(frozen=True)

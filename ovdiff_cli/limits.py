@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import REFINERS
 from .errors import InvalidSetting, OvdiffError
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ def check_segment(cfg: SegmentConfig) -> None:
     in_range("fg_threshold", cfg.fg_threshold, " (a cosine similarity)")
     in_range("stuff_threshold", cfg.stuff_threshold, " (a cosine similarity)")
     in_range("image_batch", cfg.image_batch, " images")
+    if cfg.refine not in REFINERS:
+        raise InvalidSetting("refine", f"{cfg.refine!r} is unknown; choose one of: {', '.join(REFINERS)}")
 
 
 def check_room(cache_root: Path, n_new: int, cfg: SampleConfig) -> None:

@@ -279,6 +279,24 @@ class ProceduralGenerator:
     def generate(self, class_name: str, seeds: list[int], config) -> list:
         return [support_sample(class_name, s, config.size, config.attribution_size) for s in seeds]
 
+    def attribute(self, class_name: str, images: list[np.ndarray], config, seeds: list[int]) -> list[np.ndarray]:
+        """Attribution maps of photos (`protos add --images`), as the world's stand-in for SD's cross-attention."""
+        return [photo_attribution(class_name, im, config.attribution_size) for im in images]
+
+
+def photo_attribution(name: str, image: np.ndarray, attribution_size: int) -> np.ndarray:
+    """How much each place of a photo looks like `name`: closeness of the smoothed colour to the class's
+    colours (its accent too), at `attribution_size`², blurred as `support_sample`'s maps (always ≥ 0)."""
+    import cv2
+
+    look = look_of(name)
+    colours = [look.colour, look.accent] if look.shape in ("boat", "car") else [look.colour]
+    smooth = cv2.blur(image.astype(np.float32), (5, 5))
+    dist = np.min([np.linalg.norm(smooth - np.asarray(c, np.float32), axis=-1) for c in colours], axis=0) / 255
+    near = np.clip(1 - dist / 0.25, 0, 1).astype(np.float32)
+    att = cv2.resize(near, (attribution_size, attribution_size), interpolation=cv2.INTER_AREA)
+    return np.maximum(_blur(att, attribution_size / 48), 0).astype(np.float32)
+
 
 class ProceduralExtractor:
     """types.Extractor: per 8×8 cell, colour mean and spread plus oriented-gradient energy.

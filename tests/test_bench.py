@@ -29,6 +29,7 @@ SECTIONS = {
                     "segment_few", "segment_many", "segment_ratio", "matching_ratio", "filter_cold", "filter_warm",
                     "filter_share", "rss_peak", "rss_beyond", "rss_vocab", "rss_beyond_ratio", "add", "alone",
                     "add_ratio"},
+    "beyond": {"plain_miou", "pamr", "pamr_miou", "vote", "vote_miou", "photos_build", "photos_miou"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
            ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),

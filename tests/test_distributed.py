@@ -202,3 +202,17 @@ def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
     assert all(np.isfinite(f["median"]) and f["median"] > 0 for f in figures.values())
     assert figures["ratio2"]["median"] == pytest.approx(figures["ray2"]["median"] / figures["local"]["median"])
     assert len(list((tmp_path / "ray-out-ray2-0").glob("*.png"))) == 3
+
+
+def test_segment_with_refine_on_ray_writes_the_local_masks(world, tmp_path):
+    images = world / "data/VOC2012/JPEGImages"
+    args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), "-q", *PROC]
+    for engine in ("local", "ray"):
+        res = runner.invoke(app, ["segment", *args, "--refine", "pamr", "--out", str(tmp_path / engine), "--engine", engine])
+        assert res.exit_code == 0, res.output
+    plain = tmp_path / "plain"
+    assert runner.invoke(app, ["segment", *args, "--out", str(plain)]).exit_code == 0
+    masks = sorted(p.name for p in (tmp_path / "local").glob("*.png"))
+    assert len(masks) == 6
+    assert all((tmp_path / "ray" / m).read_bytes() == (tmp_path / "local" / m).read_bytes() for m in masks)
+    assert any((plain / m).read_bytes() != (tmp_path / "local" / m).read_bytes() for m in masks)  # refined on Ray too

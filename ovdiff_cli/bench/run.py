@@ -416,6 +416,11 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     if "large_vocab" in only:
         say(f"large vocabulary: {s.large_classes} cached classes, each measurement in a new process")
         sections["large_vocab"] = bench_large_vocab(s, dim, device, dtype, seed, root)
+    if "beyond" in only:
+        from .beyond import bench_beyond
+
+        say("beyond the paper: --refine pamr, region voting, a class from photos (procedural world)")
+        sections["beyond"] = bench_beyond(s, root, seed)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -58,6 +58,7 @@ class BenchSettings:
     build_pairs: int
     large_classes: int  # the large-vocabulary section's cached classes
     large_pairs: int  # its interleaved pairs (segment 1,000 vs 20 classes; protos add vs alone)
+    beyond_scenes: int = 6  # procedural scenes of the "beyond the paper" section (refiners, a class from photos)
 
 
 # Counting generator calls and peak memory is the same everywhere: they measure bookkeeping and
@@ -75,7 +76,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             stride=48, eta=4, segment_images=1, image_hw=(120, 160), bank_classes=20, bank_rows=32,
             **dict(_SMALL, vocab_cached=3, memory_counts=(2, 6), memory_hw=(60, 80)),
             build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1, large_classes=30,
-            large_pairs=1,
+            large_pairs=1, beyond_scenes=2,
         )  # fmt: skip
     elif device_type == "cuda":  # 2 repeats and 3 pairs: the default sections (`default_sections`) end in minutes
         s = BenchSettings(
@@ -101,7 +102,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
     return replace(s, preset=preset or s.preset, repeats=repeats or s.repeats, pairs=pairs or s.pairs)
 
 
-SECTIONS = ("class_build", "memory", "sampling", "prototypes", "segment", "filter", "vocabulary", "large_vocab", "ray")
+SECTIONS = ("class_build", "memory", "sampling", "prototypes", "segment", "filter", "vocabulary", "large_vocab", "beyond", "ray")
 # On CUDA the default leaves out the sections that start several processes (each pays ~40 s of model
 # set-up) or measure the CPU side: the rest ends in a few minutes on an H100/H200; --sections adds them.
 _CUDA_LEFT_OUT = ("class_build", "large_vocab", "ray")

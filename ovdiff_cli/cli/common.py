@@ -206,6 +206,7 @@ def make_run(
     filter_model: str | None = None,
     generator: str | None = None,
     sample: dict | None = None,
+    sam2_model: str | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
     json_out: bool = False,
@@ -221,7 +222,7 @@ def make_run(
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model,
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model, "sam2": sam2_model,
                          "filter": check_filter_model(filter_model), "generator": generator,
                          **parse_part_models(part_models or [])},
     )

@@ -72,6 +72,7 @@ def add(
     mask_proposer: ProposerOpt = None,
     k_parts: KPartsOpt = None,
     n_images: NImagesOpt = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Beyond the paper: build the (one) class from your photos in this folder (no masks needed); --n-images adds that many generated images (default none).", show_default=False)] = None,
     sam_model: SamModelOpt = None,
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
@@ -100,6 +101,8 @@ def add(
     Example: ovdiff protos add --classes-file voc.txt --extractor sd --mask-proposer threshold
 
     Example (a Ray cluster, one worker per GPU): ovdiff protos add --classes-file lvis.txt --engine ray --address HEAD:6379
+
+    Example (your own photos, beyond the paper): ovdiff protos add "my mug" --images photos/mug/ --n-images 8
     """
     from ..engines.raycluster import build_classes, check_engine, engine_session
     from ..errors import OvdiffError
@@ -125,6 +128,8 @@ def add(
         raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
 
     check_engine(engine, address, workers)
+    if images is not None and (len(classes) != 1 or engine == "ray"):
+        raise OvdiffError("--images builds one class with the local engine: give one class name and no --engine ray")
     before, built = dict(run.stages.calls), None
     with engine_session(engine, address), run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
@@ -146,7 +151,13 @@ def add(
                 tasks[key] = bar.add_task(f"{stage:<10} {name}", total=total)
             bar.update(tasks[key], completed=done, total=total)
 
-        protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
+        if images is not None:
+            from ..engines.vocab import build_from_photos
+
+            protos = [build_from_photos(run.cache, run.stages, classes[0], images, run.run.seed, run.sample, run.protos,
+                                        n_images or 0, kinds, on_event)]  # fmt: skip
+        else:
+            protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
     if not run.quiet:
         records = dict(find_classes(run.cache))
         table = Table(title=f"prototypes in {run.cache_dir}")

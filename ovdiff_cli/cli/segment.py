@@ -93,6 +93,8 @@ def segment(
     explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: only shard I of N (by sorted path, image i goes to shard i mod N), to split a job.", show_default=False)] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose outputs are already in --out (resume a job).")] = False,
+    refine: Annotated[str, typer.Option("--refine", help="Beyond the paper: refine each label map, pamr (colour-affinity propagation, about a second per image on a CPU) or sam2 (each SAM 2 region takes the class of highest mean score; needs SAM 2 weights, --sam2-model). none is the paper's.")] = "none",
+    sam2_model: Annotated[Optional[str], typer.Option("--sam2-model", help="SAM 2 hub id or local directory for --refine sam2 \\[default: facebook/sam2.1-hiera-large].", show_default=False)] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     n_images: NImagesOpt = None,
@@ -131,6 +133,8 @@ def segment(
 
     Example: ovdiff segment photos/ --classes-file lvis.txt --out masks/ --format coco-rle --json
 
+    Example (beyond the paper, label maps snapped to SAM 2 regions): ovdiff segment photos/ --classes cat,dog,sky --out masks/ --refine sam2 --sam2-model ~/models/sam2.1-hiera-large
+
     Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
     from ..engines import resume as job
@@ -154,8 +158,8 @@ def segment(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
         dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
-        segment={**method, "background": False if no_background else None, "image_batch": batch_size},
-        json_out=json_out,
+        segment={**method, "background": False if no_background else None, "image_batch": batch_size, "refine": refine},
+        json_out=json_out, sam2_model=sam2_model,
     )
     run.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
     names = parse_class_list(classes, read_classes_file(classes_file))

@@ -138,8 +138,12 @@ def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.nda
 def _build(
     cache: Cache, stages: StageSource, norm: str, todo: dict[str, str], siblings: list[str], seed: int,
     sample_cfg: SampleConfig, proto_cfg: ProtoConfig, kind: str, kind_source: str, on_event: OnEvent | None,
+    photo: dict | None = None,
 ) -> None:  # fmt: skip
     """Build the parts `todo` (part → pid) of one class, each committed in its own transaction.
+
+    photo: the note of a class built from the user's photos (`photos.photo_class`): its support set is
+    those photos, then `sample_cfg.n_images` generated images.
 
     Support images are sampled only where missing; the masks come from a cached part of the same
     masks (`siblings`, pids to look in) when there is one, else from the proposer. Each part then
@@ -154,9 +158,13 @@ def _build(
     def progress(stage: str):
         return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
 
-    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
-    sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
-    samples = load_samples(cache, sid, sample_cfg.n_images)
+    digest = photo["photos"] if photo else None
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg, digest)
+    samples = load_samples(cache, photo["photo_set"], photo["n_photos"]) if photo else []
+    sid, meta = None, {}
+    if not photo or sample_cfg.n_images:
+        sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
+        samples += load_samples(cache, sid, sample_cfg.n_images)
     found = _cached_masks(cache, siblings, mid)
     built = part_prototypes(samples, stages, proto_cfg, list(todo), seed, kind == "stuff", found, str(cache.root),
                             progress)  # fmt: skip
@@ -164,7 +172,9 @@ def _build(
         for part_name, arrays, counts in built:
             record = {
                 "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
-                "support_id": sid, "support_key": support_key(norm, seed, sample_cfg),
+                "support_id": sid, "support_key": support_key(norm, seed, sample_cfg, digest),
+                **({"photos": digest, "photo_set": photo["photo_set"], "n_photos": photo["n_photos"],
+                    "photo_note": photo["note"]} if photo else {}),
                 "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
                 "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
                 "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
@@ -242,6 +252,7 @@ def ensure_classes(
     kinds: dict[str, str] | None = None,
     build: bool = True,
     on_event: OnEvent | None = None,
+    photos: dict[str, dict] | None = None,
 ) -> list[ClassParts]:
     """The prototypes of every class in `names` (in that order), in every part of the extractor
     spec, building the parts not cached.
@@ -256,14 +267,23 @@ def ensure_classes(
     cached support set). With build=False nothing is written and a missing or differently-kinded
     class is an error naming the command that builds it (MissingClasses). on_event(stage, class, done, total),
     stage in "sample", "masks", "extract", "prototypes", "cached".
+
+    A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
+    note) has its photos, then the note's number of generated images, as its support set.
     """
+    from dataclasses import replace
+
+    from ..method.photos import photo_class
+
     check_proto_config(proto_cfg)
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
     unknown = sorted(set(overrides) - set(norms))
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
-    pids = {n: class_ids(n, seed, stages.specs, sample_cfg, proto_cfg) for n in norms}
+    notes = {n: (photos or {}).get(n) or photo_class(cache, n, seed, stages.specs) for n in dict.fromkeys(norms)}
+    configs = {n: replace(sample_cfg, n_images=note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
+    pids = {n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()}
 
     def stale(n: str, rec: dict | None) -> bool:
         return rec is None or (n in overrides and rec["kind"] != overrides[n])
@@ -280,7 +300,7 @@ def ensure_classes(
             if on_event:
                 on_event("cached", n, 1, 1)
             continue
-        mid = mask_id(n, seed, stages.specs, sample_cfg, proto_cfg)
+        mid = mask_id(n, seed, stages.specs, configs[n], proto_cfg, notes[n] and notes[n]["photos"])
         with cache.lock(mid):
             parts = todo(n)  # another process may have built them while we waited
             if not parts:
@@ -292,7 +312,7 @@ def ensure_classes(
                     del parts[p]
             if not parts:
                 continue
-            build_class(cache, stages, n, seed, sample_cfg, proto_cfg, overrides.get(n), on_event, parts)
+            build_class(cache, stages, n, seed, configs[n], proto_cfg, overrides.get(n), on_event, parts, notes[n])
     return [load_parts(cache, pids[n]) for n in norms]
 
 
@@ -303,6 +323,8 @@ def remove_classes(cache: Cache, classes: list[tuple[str, dict]], with_support: 
     still_used = {rec.get("support_id") for pid, rec in find_classes(cache) if pid not in gone}
     for pid, rec in classes:
         cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
+        if rec.get("photo_note"):  # the name no longer stands for these photos
+            cache.write({b"u/" + rec["photo_note"].encode(): None})
 
 
 def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -317,7 +339,9 @@ def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]
     try:
         if masks is None:
             raise KeyError("masks")
-        return [cache.support_image(rec["support_id"], i) for i in range(len(masks))], masks
+        n_photos = rec.get("n_photos", 0)  # a class from photos: the photos first, then its generated images
+        images = [cache.support_image(rec["photo_set"], i) for i in range(n_photos)]
+        return images + [cache.support_image(rec["support_id"], i) for i in range(len(masks) - n_photos)], masks
     except KeyError:
         raise SupportImagesMissing(rec["name"], rec["seed"], rec.get("models", {}).get("preset")) from None
 
@@ -325,9 +349,11 @@ def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]
 def build_class(
     cache: Cache, stages: StageSource, norm: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
     kind: str | None = None, on_event: OnEvent | None = None, parts: dict[str, str] | None = None,
+    photo: dict | None = None,
 ) -> list[str]:  # fmt: skip
     """Build one class into `cache`, every part of the extractor spec or only `parts` (part → pid),
-    whatever is cached for them; returns the ids of all its parts, in spec order.
+    whatever is cached for them; returns the ids of all its parts, in spec order. `photo`: the note of
+    a class from the user's photos (`photos.photo_class`), None for a generated class.
 
     `kind` None: the kind of a cached part of the same masks (any spec), else classified. The step
     `ensure_classes` runs (under the class's lock) for each class with missing parts, and what an
@@ -336,8 +362,9 @@ def build_class(
     from ..method.features import PARTS
     from ..method.stuff import classify
 
-    pids = class_ids(norm, seed, stages.specs, sample_cfg, proto_cfg)
-    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg)
+    digest = photo["photos"] if photo else None
+    pids = class_ids(norm, seed, stages.specs, sample_cfg, proto_cfg, digest)
+    mid = mask_id(norm, seed, stages.specs, sample_cfg, proto_cfg, digest)
     # every part these masks may already have (any spec), to reuse masks and kind from
     siblings = [part_id(norm, seed, p, mid, stages.specs, proto_cfg) for p in (*PARTS, "procedural")]
     known = [r for r in map(cache.class_record, siblings) if r is not None]
@@ -348,7 +375,7 @@ def build_class(
     else:
         kind, source = classify(norm, stages, cache)
     _build(cache, stages, norm, dict(pids) if parts is None else parts, siblings, seed, sample_cfg, proto_cfg, kind,
-           source, on_event)  # fmt: skip
+           source, on_event, photo)  # fmt: skip
     return list(pids.values())
 
 
@@ -401,3 +428,23 @@ def match_classes(
             raise ClassNotFound(t, seed, extractor)
         out.update(hits)
     return list(out.items())
+
+
+def build_from_photos(
+    cache: Cache, stages: StageSource, name: str, folder: str, seed: int, sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig, n_generated: int = 0, kinds: dict[str, str] | None = None, on_event: OnEvent | None = None,
+) -> ClassParts:  # fmt: skip
+    """`protos add NAME --images DIR` (beyond the paper): the class from the user's photos, plus `n_generated`
+    generated images; the photos are read and checked before anything is written, and the note that NAME
+    stands for them is written once the class is built (`method.photos`)."""
+    from ..method.photos import ensure_photo_set, photo_note, put_photo_class, read_photos
+
+    norm = naming.validate(name)
+    if n_generated < 0:
+        raise InvalidSetting("n_images", f"must be at least 0 beside photos, got {n_generated}")
+    photos = read_photos(folder, sample_cfg.size)
+    sid = ensure_photo_set(cache, stages, norm, photos, sample_cfg)
+    note = photo_note(norm, seed, stages.specs, sid, photos, n_generated)
+    built = ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note})
+    put_photo_class(cache, norm, seed, stages.specs, note)
+    return built[0]

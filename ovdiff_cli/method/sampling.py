@@ -289,6 +289,38 @@ class SDGenerator:
         return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
 
 
+    def attribute(self, class_name: str, images: list[np.ndarray], config: SampleConfig, seeds: list[int]) -> list[np.ndarray]:
+        """Attribution maps of the user's photos (size×size×3 uint8): one UNet pass of each, noised to the
+        paper's feature timestep (t=200, as `features.SDPart`) with noise from `seeds[i]`, conditioned on
+        the prompt; the class tokens' cross-attention is captured as while sampling (no guidance: one
+        branch). Returns (attribution_size²) float32 >= 0 maps."""
+        import torch
+
+        from .features import SD_TIMESTEP
+
+        check_config(config)
+        sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
+        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg=False)
+        tok = sd.tokenizer
+        ids = tok([config.prompt_template.format(class_name)], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        alpha_bar = float(sd.scheduler.alphas_cumprod[SD_TIMESTEP])
+        original = unet.attn_processors
+        unet.set_attn_processor(capture_processors(unet, recorder))
+        try:
+            with torch.inference_mode():
+                text = sd.text_encoder(ids.to(unet.device))[0]
+                x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(unet.device, vae.dtype) / 127.5 - 1
+                z0 = torch.cat([vae.encode(xi).latent_dist.mean for xi in x.split(1)]) * vae.config.scaling_factor
+                noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+                zt = math.sqrt(alpha_bar) * z0 + math.sqrt(1 - alpha_bar) * noise.to(z0.device, z0.dtype)
+                t = torch.full((len(images),), SD_TIMESTEP, device=zt.device, dtype=torch.long)
+                unet(zt.to(unet.dtype), t, encoder_hidden_states=text.expand(len(images), -1, -1).to(unet.dtype))
+        finally:
+            unet.set_attn_processor(original)
+        return list(recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32))
+
+
 # --------------------------------------------------------------------------- support sets
 
 

@@ -44,6 +44,8 @@ from ..types import ClassParts, ImageTextScorer
 if TYPE_CHECKING:
     from .features import Part
 
+    Refiner = Callable[[np.ndarray, torch.Tensor], torch.Tensor]  # (image HxWx3 uint8, scores (L,h,w)) → refined scores
+
 LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
 
 
@@ -106,12 +108,14 @@ class Segmenter:
     one vocabulary per part (`vocabs`) is matched on that part's own features, and prototypes are
     numbered globally (part after part) for --explain: `source(i)`. scorer: the category filter's
     image/text scorer (None: no filter, whatever `cfg.use_filter` says); cache: where the filter's
-    text embeddings are kept (None: memory only). `compose.Stages.segmenter` builds one for a run.
+    text embeddings are kept (None: memory only). refiner: `refine.PamrRefiner` or `RegionRefiner`
+    (None: the paper). `compose.Stages.segmenter` builds one for a run.
     """
 
     def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
                  device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
-                 window_batch: int | None = None, merge_crops: bool | None = None):  # fmt: skip
+                 window_batch: int | None = None, merge_crops: bool | None = None,
+                 refiner: Refiner | None = None):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with")
         png_kind(len(classes))  # refuses more classes than a 16-bit mask holds
@@ -141,6 +145,7 @@ class Segmenter:
         # the passes stay per crop size (the same speed there, and the goldens' batches).
         self.merge_crops = device.type == "cuda" if merge_crops is None else merge_crops
         self.window_batch = window_batch if window_batch is not None else (32 if self.merge_crops else 8)
+        self.refiner = refiner
 
     def _resizes(self) -> list | None:
         return [p.resize for p in self.parts] if self.merge_crops else None
@@ -209,7 +214,15 @@ class Segmenter:
         return out
 
     def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
-        """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list."""
+        """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list.
+
+        With a refiner (`--refine`, beyond the paper) the scores are refined first; the kept scores
+        and the best prototype per label (--explain) are then those of the refined map."""
+        if self.refiner is not None:
+            t0 = time.perf_counter()
+            score = self.refiner(image, score)
+            self._sync()
+            t["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         local, winner, means = upsample_argmax(score, image.shape[0], image.shape[1], best)
         full = None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class ModelStore:
-    """Raw models by role (sd, clip, dino, mae, sam), built lazily on `device` in `dtype`."""
+    """Raw models by role (sd, clip, dino, mae, sam, sam2), built lazily on `device` in `dtype`."""
 
     def __init__(self, specs: ModelSpecs, device: str = "auto", dtype: str = "auto"):
         self.specs = specs
@@ -111,3 +111,10 @@ class ModelStore:
 
         spec = self.specs.models.get("sam") or SAM_SPEC
         return self._once("sam", lambda: load_sam(spec, self.device, self.dtype))
+
+    def sam2(self):
+        """transformers' SAM 2 `mask-generation` pipeline (`sam2` spec, default facebook/sam2.1-hiera-large)."""
+        from .sam2 import SAM2_SPEC, load_sam2
+
+        spec = self.specs.models.get("sam2") or SAM2_SPEC
+        return self._once("sam2", lambda: load_sam2(spec, self.device, self.dtype))

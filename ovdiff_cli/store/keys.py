@@ -100,12 +100,26 @@ def support_id(class_norm: str, seed: int, specs: ModelSpecs, config: SampleConf
     return short_hash(class_norm, seed, generator_identity(specs), config.fingerprint_fields())
 
 
-def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig) -> str:
-    """What fixes a support set's pixels apart from the models: name, seed, sampler settings, N."""
-    return short_hash("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
+def support_key(class_norm: str, seed: int, sample_cfg: SampleConfig, photos: str | None = None) -> str:
+    """What fixes a support set's pixels apart from the models: name, seed, sampler settings, N generated
+    images, and the content hash of the user's photos when there are some (`protos add --images`)."""
+    fixed = ("support", class_norm, seed, sample_cfg.fingerprint_fields(), sample_cfg.n_images)
+    return short_hash(*fixed) if photos is None else short_hash(*fixed, {"photos": photos})
 
 
-def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
+def photo_set_id(class_norm: str, photos: str, specs: ModelSpecs, config: SampleConfig) -> str:
+    """Cache key of a support set of the user's photos: their content hash, and what their attribution maps
+    depend on (the generator's model, prompt and sizes)."""
+    return short_hash("photos", class_norm, photos, generator_identity(specs), config.fingerprint_fields())
+
+
+def photo_class_id(class_norm: str, seed: int, specs: ModelSpecs) -> str:
+    """Key of the note that `class_norm` is built from the user's photos (for this seed and generator)."""
+    return short_hash("photo-class", class_norm, seed, generator_identity(specs))
+
+
+def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+            photos: str | None = None) -> str:  # fmt: skip
     """Cache key of a class's support masks: the support set, the proposer and what it runs on.
 
     Not the extractor spec: every part of every spec built from the same support set and proposer
@@ -115,7 +129,7 @@ def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleCon
 
     features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
     return short_hash(
-        "masks", MASK_VERSION, class_norm, seed, support_key(class_norm, seed, sample_cfg), mask_models(specs, proto_cfg),
+        "masks", MASK_VERSION, class_norm, seed, support_key(class_norm, seed, sample_cfg, photos), mask_models(specs, proto_cfg),
         proto_cfg.mask_proposer, features, proto_cfg.feature_size,
     )  # fmt: skip
 
@@ -132,9 +146,11 @@ def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, 
     )  # fmt: skip
 
 
-def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> dict[str, str]:
-    """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads)."""
+def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+              photos: str | None = None) -> dict[str, str]:  # fmt: skip
+    """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads);
+    `photos`: the content hash of the user's photos in its support set (None: generated images only)."""
     from ..method.features import spec_parts
 
-    mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg)
+    mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg, photos)
     return {p: part_id(class_norm, seed, p, mid, specs, proto_cfg) for p in spec_parts(proto_cfg.extractor)}
