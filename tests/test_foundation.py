@@ -151,7 +151,7 @@ def test_real_preset_without_weights_names_the_model_and_the_way_out(monkeypatch
 def test_unknown_preset_lists_choices():
     from ovdiff_cli.models.presets import get_preset
 
-    with pytest.raises(OvdiffError, match="sd15, tiny, sd15-random, procedural"):
+    with pytest.raises(OvdiffError, match="sd15, tiny, sd15-random, modern, procedural"):
         get_preset("bogus")
 
 
