@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,16 +41,20 @@ OnEvent = Callable[[str, str, int, int], None]
 
 def as_rgb(image: ImageLike) -> np.ndarray:
     """A path, PIL image or numpy array → HxWx3 uint8 RGB, as `ovdiff segment` reads its inputs
-    (EXIF orientation applied, any mode converted)."""
+    (EXIF orientation applied, any mode converted; empty pictures and those over the CLI's pixel
+    limit refused)."""
     from PIL import Image, ImageOps
 
-    from .io.images import load_image, to_rgb
+    from .io.images import check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         return load_image(Path(image).expanduser())
     if isinstance(image, Image.Image):
+        check_size(*image.size, "the image")
         return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):
+            check_size(image.shape[1], image.shape[0], "the image array")
         if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
             return np.ascontiguousarray(image)
         if (image.ndim == 2 and image.dtype in (np.uint8, np.uint16, np.float32)) or (
@@ -63,8 +67,14 @@ def as_rgb(image: ImageLike) -> np.ndarray:
 
 def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:
     """A held-out scene of the procedural world (preset `procedural`): (H,W,3) uint8 RGB, for trying the API offline."""
+    from .limits import check_seed, in_range
     from .procedural import render_scene
 
+    check_seed(seed)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise InvalidSetting("size", f"takes (height, width), got {size!r:.40}")
+    for side in size:
+        in_range("scene_side", side, " pixels")
     return render_scene(np.random.default_rng(seed), size=size)[0]
 
 
@@ -136,7 +146,10 @@ class SegmentationResult:
             raise OvdiffError(f"save to a .png or .npz file, not {path.name}")
         writer = MaskWriter(path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None)
         name = path.name[: -len(path.suffix)]
-        writer.write(name, self.labels, self.scores)
+        try:
+            writer.write(name, self.labels, self.scores)
+        except OSError as e:
+            raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
         return writer.path(name)
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
@@ -144,7 +157,9 @@ class SegmentationResult:
         from PIL import Image
 
         from .io.images import overlay_picture
+        from .limits import in_range
 
+        in_range("alpha", alpha, " (0 shows the image, 1 the labels)")
         return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
 
 
@@ -167,9 +182,15 @@ class ImageFeatures:
 
     def match(self, vocabulary: Vocabulary, scores: bool = True) -> SegmentationResult:
         """Segment the encoded image against `vocabulary`: no backbone runs (the filter's prompts are cached)."""
+        _check_vocabulary(vocabulary)
         segmenter = self.pipeline.segmenter(vocabulary)
         seg = segmenter.predict_encoded(self.encoded, scores=scores)
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
+
+
+def _check_vocabulary(vocabulary: object) -> None:
+    if not isinstance(vocabulary, Vocabulary):
+        raise OvdiffError(f"segment against a Vocabulary from pipe.vocabulary([...]), not {type(vocabulary).__name__}")
 
 
 class Pipeline:
@@ -242,18 +263,16 @@ class Pipeline:
         (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
         overrides; on_event(stage, class, done, total) reports progress."""
         from .engines.vocab import ensure_classes
+        from .names import class_list
 
-        if isinstance(names, str):
-            raise OvdiffError(f"give a list of class names, not the string {names!r}")
-        names = list(names)
-        if not names:
-            raise OvdiffError("a vocabulary needs at least one class name")
+        names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
         classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
                                  kinds, build=build, on_event=on_event)  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
 
     def segmenter(self, vocabulary: Vocabulary) -> Segmenter:
         """The segmenter of a vocabulary (built once per vocabulary: prototypes on the device, prompts encoded)."""
+        _check_vocabulary(vocabulary)
         if vocabulary.extractor != self.proto_config.extractor:
             raise OvdiffError(f"vocabulary built with extractor {vocabulary.extractor}; this pipeline extracts "
                               f"{self.proto_config.extractor}")  # fmt: skip

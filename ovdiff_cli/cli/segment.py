@@ -157,6 +157,9 @@ def segment(
     writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
     out_dir = check_out_dir(out)
     items = discover(inputs, recursive, exclude=out_dir)
+    from ..io.outdir import check_not_in_cache
+
+    check_not_in_cache(out_dir, run.cache_dir, "--out")
     _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background), overwrite, shard_of)
     if shard_of is not None or skip_existing:
         job.check_resumable(mask_format)

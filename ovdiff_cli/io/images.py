@@ -82,18 +82,25 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
             for i in unique]  # fmt: skip
 
 
+def check_size(width: int, height: int, what: object, max_pixels: int = MAX_PIXELS) -> None:
+    """An ImageError unless a picture of width x height can be segmented: not empty, at most `max_pixels`
+    (the rule for files, PIL images and arrays alike)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{what}: {width}x{height} is an empty picture: nothing to segment")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{what}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f}: downscale it first"
+        )
+
+
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """HxWx3 uint8 RGB as a viewer shows the picture at `path`, or an ImageError saying why not."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                        f"{max_pixels / 1e6:.0f}: downscale it first"
-                    )
+                check_size(*im.size, path, max_pixels)
                 im.seek(0)  # animations: the first frame
                 return to_rgb(ImageOps.exif_transpose(im))
     except ImageError:

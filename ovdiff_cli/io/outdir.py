@@ -23,6 +23,15 @@ LOCK = ".ovdiff-segment.lock"
 SIDE_FOLDERS = ("overlays", "explain")
 
 
+def check_not_in_cache(target: Path, cache_dir: Path, option: str) -> None:
+    """A one-line error if `target` (a file or folder a command writes) is the cache folder or lies inside
+    it: a command never writes over the cache it reads, nor over any file in it."""
+    where = Path(target).expanduser().resolve()
+    root = Path(cache_dir).expanduser().resolve()
+    if where == root or where.is_relative_to(root):
+        raise OvdiffError(f"{option} {target} lies inside the cache {cache_dir}, which it would damage: write it elsewhere")
+
+
 def check_no_input_overwritten(out_dir: Path, items: list[InputImage]) -> None:
     """A one-line error if a mask (or the legend) would be written over one of the inputs."""
     inputs = {item.path.resolve() for item in items}
