@@ -91,3 +91,103 @@ def test_overlay_alpha_and_save_to_a_read_only_folder_are_typed_errors(world, tm
 def test_procedural_scene_checks_its_arguments(kwargs):
     with pytest.raises(InvalidSetting):
         ovdiff.procedural_scene(**kwargs)
+
+
+# --------------------------------------------------------------------------- nothing written over the cache
+
+
+def _built_cache(world, tmp_path) -> Path:
+    root, _, _, _ = world
+    close_cache(root / "cache")
+    dst = tmp_path / "cache"
+    shutil.copytree(root / "cache", dst)
+    return dst
+
+
+def test_no_command_writes_inside_the_cache_it_reads(world, tmp_path):
+    cache = _built_cache(world, tmp_path)
+    _, _, _, images = world
+    data = cache / ENV_DIRNAME / "data.mdb"
+    before = data.read_bytes()
+    common = ["--cache", str(cache)]
+    for args in (["protos", "export", str(data), "kite"], ["protos", "export", str(cache / "v.safetensors")],
+                 ["protos", "show", "kite", "--out", str(data)],
+                 ["segment", str(images), "--classes", "kite", "--out", str(cache / ENV_DIRNAME), "--no-build", *PROC]):  # fmt: skip
+        res = runner.invoke(app, [*args, *common])
+        assert res.exit_code == 2 and "inside the cache" in res.output, (args, res.output)
+    close_cache(cache)
+    assert data.read_bytes() == before
+    res = runner.invoke(app, ["protos", "list", *common, "--json"])
+    assert res.exit_code == 0 and {c["class"] for c in json.loads(res.stdout)} == {"kite", "sky", "grass"}
+
+
+# --------------------------------------------------------------------------- cache tools
+
+
+def test_json_commands_print_a_json_error_object_on_error_exits(tmp_path):
+    for args in (["cache", "verify", "--json", "--cache", str(tmp_path / "nowhere")],
+                 ["protos", "list", "--json", "--cache", str(tmp_path / "nowhere")],
+                 ["segment", str(tmp_path / "absent.png"), "--classes", "kite", "--out", str(tmp_path / "m"), "--json", *PROC],
+                 ["cache", "info", "--json", "--cache", str(tmp_path / "nowhere")]):  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        doc = json.loads(res.stdout)
+        assert doc["exit_code"] == 2 and doc["error"] and "\n" not in doc["error"], doc
+    res = runner.invoke(app, ["cache", "verify", "--cache", str(tmp_path / "nowhere")])  # without --json: no document
+    assert res.exit_code == 2 and not res.stdout.strip().startswith("{")
+
+
+def test_verify_json_reports_a_damaged_data_file(world, tmp_path):
+    cache = _built_cache(world, tmp_path)
+    data = cache / ENV_DIRNAME / "data.mdb"
+    blob = data.read_bytes()
+    data.write_bytes(blob[: len(blob) // 3])
+    res = runner.invoke(app, ["cache", "verify", "--json", "--cache", str(cache)])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["sound"] is False and doc["repaired"] is False and "truncated" in doc["problems"][0]["reason"], doc
+    res = runner.invoke(app, ["cache", "verify", "--json", "--repair", "--cache", str(cache)])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 0 and doc["repaired"] is True and doc["problems"], res.output
+    res = runner.invoke(app, ["cache", "verify", "--json", "--cache", str(cache)])
+    assert res.exit_code == 0 and json.loads(res.stdout)["sound"] is True and json.loads(res.stdout)["problems"] == []
+
+
+@pytest.mark.parametrize("field,value", [("kind", "bogus"), ("seed", -1), ("extractor", "resnet"), ("norm", ""),
+                                         ("n_images", 0), ("name", 5), ("feature_grid", [16])])  # fmt: skip
+def test_import_and_verify_check_every_field_value(world, tmp_path, field, value):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    from ovdiff_cli.store.cache import Cache, _json, class_key
+
+    cache = _built_cache(world, tmp_path)
+    export = tmp_path / "v.safetensors"
+    assert runner.invoke(app, ["protos", "export", str(export), "kite", "--cache", str(cache)]).exit_code == 0
+    with safe_open(str(export), framework="np") as f:
+        meta = f.metadata()
+    records = json.loads(meta["records"])
+    pid = next(iter(records))
+    records[pid][field] = value
+    sums = json.loads(meta["sha256"])
+    import hashlib
+
+    meta["records"] = json.dumps(records)
+    sums["__records__"] = hashlib.sha256(meta["records"].encode()).hexdigest()  # checksums agree: only values are bad
+    meta["sha256"] = json.dumps(sums)
+    save_file(load_file(str(export)), str(export), metadata=meta)
+    fresh = tmp_path / "fresh"
+    res = runner.invoke(app, ["protos", "import", str(export), "--cache", str(fresh)])
+    assert res.exit_code == 2 and field in res.output and "nothing was imported" in res.output, res.output
+    # the same bad value written into a cache in place: verify finds it, repair removes that class alone
+    c = Cache(cache)
+    rec = c.class_record(pid)
+    c.write({class_key(pid): _json(dict(rec, **{field: value}))})
+    close_cache(cache)
+    res = runner.invoke(app, ["cache", "verify", "--json", "--cache", str(cache)])
+    doc = json.loads(res.stdout)
+    keys = [p["key"] for p in doc["problems"]]
+    assert res.exit_code == 1 and f"p/{pid}" in keys and all(k.startswith(f"p/{pid}") for k in keys), doc
+    assert runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache)]).exit_code == 0
+    res = runner.invoke(app, ["protos", "list", "--json", "--cache", str(cache)])
+    assert {c["class"] for c in json.loads(res.stdout)} == {"sky", "grass"}
