@@ -159,7 +159,7 @@ def test_import_and_verify_check_every_field_value(world, tmp_path, field, value
     from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
 
-    from ovdiff_cli.store.cache import Cache, _json, class_key
+    from ovdiff_cli.store.cache import Cache, class_key
 
     cache = _built_cache(world, tmp_path)
     export = tmp_path / "v.safetensors"
@@ -182,7 +182,7 @@ def test_import_and_verify_check_every_field_value(world, tmp_path, field, value
     # the same bad value written into a cache in place: verify finds it, repair removes that class alone
     c = Cache(cache)
     rec = c.class_record(pid)
-    c.write({class_key(pid): _json(dict(rec, **{field: value}))})
+    c.write({class_key(pid): json.dumps(dict(rec, **{field: value})).encode()})
     close_cache(cache)
     res = runner.invoke(app, ["cache", "verify", "--json", "--cache", str(cache)])
     doc = json.loads(res.stdout)
@@ -191,3 +191,35 @@ def test_import_and_verify_check_every_field_value(world, tmp_path, field, value
     assert runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache)]).exit_code == 0
     res = runner.invoke(app, ["protos", "list", "--json", "--cache", str(cache)])
     assert {c["class"] for c in json.loads(res.stdout)} == {"sky", "grass"}
+
+
+def test_repair_of_a_cut_data_file_salvages_every_class_whose_bytes_remain(world, tmp_path):
+    """A file cut short loses the tree's upper pages (LMDB writes them last; here every branch page of the
+    kept part is also zeroed, as in a large cache cut to a third): repair must read every intact leaf page.
+    A class counts as intact when every value of its prototypes and support set is still in the kept
+    bytes (a plain substring search, independent of any page reader)."""
+    from test_cache_damage import class_units, entries, kept_classes
+
+    cache = _built_cache(world, tmp_path)
+    data = cache / ENV_DIRNAME / "data.mdb"
+    blob = data.read_bytes()
+    before = entries(cache)
+    units = class_units(before)
+
+    def damaged(cut: int) -> bytes:
+        out = bytearray(blob[:cut])
+        for p in range(2, cut // 4096):
+            if int.from_bytes(out[p * 4096 + 10 : p * 4096 + 12], "little") == 1:  # a branch page
+                out[p * 4096 : (p + 1) * 4096] = bytes(4096)
+        return bytes(out)
+
+    def intact(kept: bytes) -> set[str]:
+        return {n for n, (core, support) in units.items() if all(before[k] in kept for k in core | support)}
+
+    cut = next(c for c in (len(blob) * k // 12 for k in range(4, 12)) if intact(damaged(c)))  # a third, or the least cut keeping a class
+    data.write_bytes(damaged(cut))
+    res = runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache)])
+    assert res.exit_code == 0 and "repaired" in res.output, res.output
+    after = entries(cache)
+    kept = kept_classes(before, after)
+    assert kept >= intact(damaged(cut)) and set(class_units(after)) == kept, (kept, intact(damaged(cut)), cut / len(blob))
