@@ -160,7 +160,7 @@ def segment(
     from ..io.outdir import check_not_in_cache
 
     check_not_in_cache(out_dir, run.cache_dir, "--out")
-    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background), overwrite, shard_of)
+    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background, mask_format), overwrite, shard_of)
     if shard_of is not None or skip_existing:
         job.check_resumable(mask_format)
     if engine == "ray" and save_scores:
@@ -168,7 +168,7 @@ def segment(
     if shard_of is not None:
         items = job.shard(items, *shard_of)
     if skip_existing:
-        todo = job.pending(items, out_dir, overlay, explain, mask_format)
+        todo = job.pending(items, out_dir, overlay, explain, mask_format, len(names))
         run.say(f"{len(items) - len(todo)} of {len(items)} image(s) already done in {out_dir}: skipped")
         items = todo
 

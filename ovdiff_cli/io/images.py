@@ -9,6 +9,8 @@ before decoding, so one huge file cannot exhaust memory. Outputs are written ato
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import json
 import os
@@ -135,17 +137,50 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+_STAGED: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
 def _atomic(path: Path, write) -> None:
+    """Write `path` through a temporary file renamed into place when complete; inside `staged()` the
+    rename waits until every file of the group is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        group = _STAGED.get()
+        if group is None:
+            os.replace(tmp, path)
+        else:
+            group.append((tmp, path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged():
+    """The files written inside appear together or not at all: each is complete under a temporary name
+    first, and all are renamed into place when the block ends without an error (one image's mask,
+    overlay and explanations; a full disk leaves none of them)."""
+    group: list[tuple[str, Path]] = []
+    token = _STAGED.set(group)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in group:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    for i, (tmp, path) in enumerate(group):
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            for t, _ in group[i:]:
+                Path(t).unlink(missing_ok=True)
+            raise
 
 
 def save_picture(rgb: np.ndarray, path: Path) -> None:

@@ -61,8 +61,14 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         old = {"labels": [{"name": f"(unreadable: {e})"}]}
-    if old.get("labels") == legend["labels"]:
-        return  # the same classes: this run refreshes the same set
+    same_format = old.get("mask_format", legend.get("mask_format")) == legend.get("mask_format")
+    if old.get("labels") == legend["labels"] and same_format:
+        return  # the same classes and files: this run refreshes the same set
+    if not overwrite and old.get("labels") == legend["labels"]:
+        raise OvdiffError(
+            f"--out {out_dir} holds {old.get('mask_format')} masks of these classes; this run writes "
+            f"{legend.get('mask_format')}: use the folder's --format, another folder, or --overwrite to replace that set"
+        )
     if not overwrite:
         names = ", ".join(_legend_names(old)[:8])
         raise OvdiffError(
@@ -75,6 +81,7 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
 def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
     """Delete what `ovdiff segment` wrote into `out_dir` (palette-PNG masks at any depth, overlays/,
     explain/, the legend), sparing `protect`; returns the number of files removed."""
+    import numpy as np
     from PIL import Image
 
     removed = 0
@@ -92,6 +99,17 @@ def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
             ours = False
         if ours:
             png.unlink()
+            removed += 1
+    for npz in out_dir.rglob("*.npz"):  # --format npz masks: numpy files holding 'labels'
+        if npz.resolve() in protect or not npz.is_file():
+            continue
+        try:
+            with np.load(npz) as z:
+                ours = "labels" in z.files
+        except (OSError, ValueError):
+            ours = False
+        if ours:
+            npz.unlink()
             removed += 1
     (out_dir / LEGEND).unlink(missing_ok=True)
     return removed
