@@ -281,3 +281,15 @@ def test_a_full_disk_leaves_only_whole_outputs_and_the_summary_counts_them(world
         failed = {Path(f["input"]).stem for f in doc["failures"]}
         leftovers = {p.name.split(".")[0] for p in out.rglob("im_*") if p.is_file()}
         assert not (leftovers & failed), leftovers & failed
+
+
+def test_segment_never_writes_an_overlay_over_an_input(world, tmp_path):
+    out = tmp_path / "m"
+    (out / "overlays").mkdir(parents=True)
+    shot = out / "overlays" / "im_00.jpg"
+    Image.fromarray(ovdiff.procedural_scene(seed=3)).save(shot)
+    before = shot.read_bytes()
+    res = runner.invoke(app, ["segment", str(out / "overlays"), "--classes", "kite", "--out", str(out), "--overlay",
+                              "--cache", str(world[0] / "cache"), *PROC])  # fmt: skip
+    assert res.exit_code == 2 and "would overwrite the input" in res.output, res.output
+    assert shot.read_bytes() == before

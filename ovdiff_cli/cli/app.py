@@ -53,6 +53,8 @@ class _Group(TyperGroup):
                 _json_error(f"{e.format_message()} (see '{where} --help')", "UsageError", e.exit_code)
             fail(f"{e.format_message()} (see '{where} --help')", e.exit_code)
         except KeyboardInterrupt:  # here, before click turns it into a bare "Aborted!"
+            if json_out:
+                _json_error(INTERRUPTED, "Interrupted", 130)
             print(INTERRUPTED, file=sys.stderr)
             sys.exit(130)
 

@@ -52,11 +52,11 @@ from .common import (
 
 
 def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
-                   shard: tuple[int, int] | None) -> None:
+                   shard: tuple[int, int] | None, outputs: tuple[str, bool, bool] = ("png", False, False)) -> None:
     """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
     from ..io.outdir import check_legend, check_no_input_overwritten, lock
 
-    check_no_input_overwritten(out_dir, items)
+    check_no_input_overwritten(out_dir, items, *outputs)
     ctx.call_on_close(lock(out_dir, shard))
     check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
 
@@ -160,7 +160,8 @@ def segment(
     from ..io.outdir import check_not_in_cache
 
     check_not_in_cache(out_dir, run.cache_dir, "--out")
-    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background, mask_format), overwrite, shard_of)
+    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background, mask_format), overwrite, shard_of,
+                   (mask_format, overlay, explain))
     if shard_of is not None or skip_existing:
         job.check_resumable(mask_format)
     if engine == "ray" and save_scores:

@@ -149,6 +149,7 @@ class MaskWriter:
     names: list[str] = field(default_factory=list)
     _records: list[dict] = field(default_factory=list, repr=False)
     _images: list[dict] = field(default_factory=list, repr=False)
+    _ids: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -178,12 +179,19 @@ class MaskWriter:
             np.savez_compressed(buf, **arrays)
             _atomic(self.path(name), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
         else:
-            image_id = len(self._images) + 1
+            self._ids += 1
+            image_id = self._ids
             h, w = labels.shape
             self._images.append({"id": image_id, "file_name": name, "height": int(h), "width": int(w)})
             for k in (int(v) for v in np.unique(labels) if v > 0):
                 self._records.append({"image_id": image_id, "category_id": k,
                                       "segmentation": rle_encode(labels == k), "score": 1.0})  # fmt: skip
+
+    def discard(self, name: str) -> None:
+        """Forget image `name`'s COCO records (its other outputs failed: the run counts it as not written)."""
+        ids = {i["id"] for i in self._images if i["file_name"] == name}
+        self._images = [i for i in self._images if i["id"] not in ids]
+        self._records = [r for r in self._records if r["image_id"] not in ids]
 
     def close(self) -> list[Path]:
         """Finish the run; returns the run-wide files written (COCO's two JSON files, else none)."""

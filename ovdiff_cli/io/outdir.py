@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import OvdiffError
 from .images import InputImage
+from .masks import COCO_IMAGES, COCO_RESULTS
 
 LEGEND = "classes.json"
 LOCK = ".ovdiff-segment.lock"
@@ -32,17 +33,23 @@ def check_not_in_cache(target: Path, cache_dir: Path, option: str) -> None:
         raise OvdiffError(f"{option} {target} lies inside the cache {cache_dir}, which it would damage: write it elsewhere")
 
 
-def check_no_input_overwritten(out_dir: Path, items: list[InputImage]) -> None:
-    """A one-line error if a mask (or the legend) would be written over one of the inputs."""
+def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str = "png", overlay: bool = False,
+                               explain: bool = False) -> None:  # fmt: skip
+    """A one-line error if an output (mask, overlay, explanation, the legend) would be written over one of the inputs."""
     inputs = {item.path.resolve() for item in items}
     for item in items:
-        target = (out_dir / f"{item.name}.png").resolve()
-        if target in inputs:
-            raise OvdiffError(
-                f"--out {out_dir} would overwrite the input {item.path} with its mask: write the masks to another folder"
-            )
-    if (out_dir / LEGEND).resolve() in inputs:
-        raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / LEGEND}: write the masks to another folder")
+        targets = [out_dir / f"{item.name}.{fmt}"] if fmt != "coco-rle" else []
+        targets += [out_dir / "overlays" / f"{item.name}.jpg"] if overlay else []
+        targets += [out_dir / "explain" / f"{item.name}{s}" for s in (".json", ".winner.png", ".png")] if explain else []
+        for target in targets:
+            if target.resolve() in inputs:
+                raise OvdiffError(
+                    f"--out {out_dir} would overwrite the input {target} with an output of {item.path}: "
+                    "write the outputs to another folder"
+                )
+    for name in (LEGEND, COCO_RESULTS, COCO_IMAGES) if fmt == "coco-rle" else (LEGEND,):
+        if (out_dir / name).resolve() in inputs:
+            raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
 
 
 def _legend_names(legend: dict) -> list[str]:

@@ -372,6 +372,7 @@ class OutputWriter:
                     self.explainer(item, image, seg, self.out_dir / "explain")
             seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
         except _FAILURES as e:
+            self.masks.discard(item.name)
             self.failed(item, _describe(item, e))
             return
         for k, v in seg.timings.items():
