@@ -188,6 +188,17 @@ class ImageFeatures:
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
 
 
+def _check_arguments(cache: object, models: object, overrides: dict[str, object]) -> None:
+    """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
+    if cache is not None and not isinstance(cache, (str, Path)):
+        raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
+    if models is not None and (not isinstance(models, dict) or not all(isinstance(v, (str, Path)) for v in models.values())):
+        raise InvalidSetting("models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}")
+    for name, value in overrides.items():
+        if value is not None and not isinstance(value, dict):
+            raise InvalidSetting(name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}")
+
+
 def _check_vocabulary(vocabulary: object) -> None:
     if not isinstance(vocabulary, Vocabulary):
         raise OvdiffError(f"segment against a Vocabulary from pipe.vocabulary([...]), not {type(vocabulary).__name__}")
@@ -221,11 +232,13 @@ class Pipeline:
         from .engines.vocab import check_proto_config
 
         self.preset: Preset = get_preset(preset)
+        _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
         unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam"})
         if unknown_models:
             raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.device, self.dtype, self.seed, self.models = device, dtype, seed, dict(models or {})
+        self.device, self.dtype, self.seed = device, dtype, seed
+        self.models = {role: str(spec) for role, spec in (models or {}).items()}
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
@@ -266,6 +279,8 @@ class Pipeline:
         from .names import class_list
 
         names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
+        if kinds is not None and not isinstance(kinds, dict):
+            raise InvalidSetting("kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}")
         classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
                                  kinds, build=build, on_event=on_event)  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)

@@ -293,3 +293,16 @@ def test_segment_never_writes_an_overlay_over_an_input(world, tmp_path):
                               "--cache", str(world[0] / "cache"), *PROC])  # fmt: skip
     assert res.exit_code == 2 and "would overwrite the input" in res.output, res.output
     assert shot.read_bytes() == before
+
+
+@pytest.mark.parametrize("kwargs", [{"cache": 123}, {"models": ["sd"]}, {"models": {"sd": 5}}, {"sample": 5},
+                                    {"segment": ["eta"]}, {"protos": "sd"}])  # fmt: skip
+def test_pipeline_arguments_of_the_wrong_type_are_typed_errors(kwargs, tmp_path):
+    with pytest.raises(InvalidSetting):
+        ovdiff.Pipeline(**{"preset": "procedural", "cache": tmp_path / "c", **kwargs})
+
+
+def test_vocabulary_kinds_must_be_a_table(world):
+    _, pipe, _, _ = world
+    with pytest.raises(InvalidSetting, match="kinds"):
+        pipe.vocabulary(["kite"], kinds=["stuff"])
