@@ -1,8 +1,8 @@
 """Resumable, splittable segment jobs, for any engine or scheduler: `--shard I/N` and `--skip-existing`.
 
-Every output is written atomically, yet a file may have been cut or emptied since (a copy, a full disk
-of another tool): an interrupted job resumes by skipping the images whose outputs all decode, and N jobs over the N shards of one input list
-write exactly the outputs of one run.
+Every output is written atomically, yet a file may have been cut or emptied since (a copy, another
+tool): an interrupted job resumes by skipping the images whose outputs all decode, their masks within
+the run's labels, and N jobs over the N shards of one input list write exactly the outputs of one run.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def complete(path: Path, num_classes: int | None = None) -> bool:
             with warnings.catch_warnings(), Image.open(path) as im:
                 warnings.simplefilter("ignore")
                 im.load()
-                if num_classes is None or path.parent.name in ("overlays", "explain"):
+                if num_classes is None:  # an overlay or explanation picture: decoding is enough
                     return True
                 if im.mode not in (("P",) if png_kind(num_classes) == "palette" else ("I;16", "I", "I;16B")):
                     return False
@@ -90,5 +90,8 @@ def pending(items: list[InputImage], out_dir: Path, overlay: bool = False, expla
             fmt: str = "png", num_classes: int | None = None) -> list[InputImage]:  # fmt: skip
     """The inputs missing some whole output (what `--skip-existing` leaves to do); num_classes: the
     run's vocabulary size, which its masks' labels must fit."""
-    return [item for item in items
-            if not all(complete(p, num_classes) for p in outputs(item, out_dir, overlay, explain, fmt))]  # fmt: skip
+    def done(item: InputImage) -> bool:
+        mask, *others = outputs(item, out_dir, overlay, explain, fmt)
+        return complete(mask, num_classes) and all(complete(p) for p in others)
+
+    return [item for item in items if not done(item)]
