@@ -31,6 +31,7 @@ MAX_ETA = 254  # classes kept per image: as many as a mask can label
 MAX_COUNT = 10**9  # --limit, --images, --repeats, --pairs: counts of things
 MAX_OFFSET = 254  # mask values are 0..254
 MAX_WORKERS = 4096  # Ray workers of one command: far beyond any cluster's GPUs
+MAX_PIXELS = 89_478_485  # one picture: Pillow's own decompression-bomb limit (io.images refuses above it too)
 
 # The stated range of every numeric setting, by its config field name (the CLI's option is
 # `cli.common.flag(name)`): the checks below use it, and the boundary test walks the commands'
@@ -41,7 +42,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "k_parts": (1, MAX_K_PARTS), "eta": (1, MAX_ETA), "short_side": (8, MAX_SIDE), "stride": (8, MAX_SIDE),
     "windows": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0), "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
     "offset": (0, MAX_OFFSET), "limit": (1, MAX_COUNT), "images": (1, MAX_COUNT), "repeats": (1, MAX_COUNT),
-    "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS), "alpha": (0.0, 1.0), "scene_side": (8, MAX_SIDE),
+    "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS), "port": (0, 65535), "max_pixels": (1, MAX_PIXELS),
+    "max_classes": (1, MAX_ETA), "alpha": (0.0, 1.0), "scene_side": (8, MAX_SIDE),
 }  # fmt: skip
 
 

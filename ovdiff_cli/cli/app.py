@@ -18,6 +18,7 @@ from . import models as models_cmd
 from . import protos as protos_cmd
 from . import sample as sample_cmd
 from . import segment as segment_cmd
+from . import serve as serve_cmd
 
 
 _UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as the click that typer bundles defines it
@@ -101,6 +102,7 @@ app.command("segment")(segment_cmd.segment)
 app.command("demo")(demo_cmd.demo)
 app.command("bench")(bench_cmd.bench)
 app.command("doctor")(models_cmd.doctor)
+app.command("serve")(serve_cmd.serve)
 
 
 def _print_version(value: bool) -> None:

@@ -23,9 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import NoImagesFound, OvdiffError
+from ..limits import MAX_PIXELS  # Pillow's own decompression-bomb limit: refused above it
 from .palette import colorize, voc_palette
-
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit: refused above it
 
 
 class ImageError(OvdiffError):

@@ -61,6 +61,35 @@ class Explainer:
             return img, (masks[img] & code) > 0, f"mean of all {p.group} masks (largest shown)"
         return None, None, "no support data cached"
 
+    def describe(self, winner: np.ndarray, index: int) -> dict:
+        """The JSON entry of prototype `index`: its class, label, part, group, kind, row, and the pixels
+        and bounding box it won in `winner` (a `Segmentation.winner` map)."""
+        part, p = self.seg.source(index)
+        won = winner == index
+        ys, xs = np.nonzero(won)
+        img, _, how = self.source(index)
+        return {
+            "index": index, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
+            "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": int(won.sum()),
+            "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None,
+            "support_image": img, "support_region": how,
+        }  # fmt: skip
+
+    def support(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(support image HxWx3 uint8, its source region of prototype `index`), None when not cached."""
+        part, p = self.seg.source(index)
+        img, region, _ = self.source(index)
+        sid = self._class_data(p.cls, part).get("support_id")
+        if img is None or region is None or not sid:
+            return None
+        return self.cache.support_image(sid, img), region
+
+    @staticmethod
+    def caption(entry: dict) -> str:
+        """The caption of a prototype's tile in the explanation picture."""
+        return (f"{entry['class']}\n{entry['part']}: {entry['group']} {entry['kind']} #{entry['row']}\n"
+                f"{entry['pixels']} px\n{entry['support_region']}")  # fmt: skip
+
     def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:
         from ..io.images import explain_picture, save_index_map, save_json, save_picture
 
@@ -73,20 +102,12 @@ class Explainer:
             if idx < 0:
                 entries.append({"index": -1, "prototype": "background threshold", "pixels": n})
                 continue
-            part, p = self.seg.source(idx)
-            ys, xs = np.nonzero(winner == idx)
-            img, region, how = self.source(idx)
-            entries.append({
-                "index": idx, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
-                "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": n,
-                "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
-                "support_image": img, "support_region": how,
-            })  # fmt: skip
-            sid = self._class_data(p.cls, part).get("support_id")
-            if len(supports) < self.top and img is not None and region is not None and sid:
+            entry = self.describe(winner, idx)
+            entries.append(entry)
+            support = self.support(idx) if len(supports) < self.top else None
+            if support is not None:
                 regions.append(winner == idx)
-                caption = f"{self.seg.classes[p.cls].name}\n{part}: {p.group} {p.kind} #{p.row}\n{n} px\n{how}"
-                supports.append((self.cache.support_image(sid, img), region, caption))
+                supports.append((*support, self.caption(entry)))
         save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
                   out_dir / f"{item.name}.json")  # fmt: skip
         save_index_map(np.where(winner < 0, 0, winner + 1), out_dir / f"{item.name}.winner.png")

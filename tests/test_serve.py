@@ -1,0 +1,273 @@
+"""`ovdiff serve` (issue 25): the real command on a free port, driven over HTTP and in headless Chromium.
+
+One server (procedural preset, offline, small limits so the refusals are cheap to reach) serves the
+module. The browser tests need Chromium and its driver from the system packages (CI's .ci/run installs
+them); without them they skip with the reason, and the HTTP tests still run.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import ovdiff
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.ui.session import DemoSession
+
+pytest.importorskip("uvicorn", reason="ovdiff serve needs the ui extra: pip install 'ovdiff[ui]'")
+
+CLASSES = "kite, ball, sky, grass"
+MAX_PIXELS = 30_000  # the test scene is 192x128 = 24,576 pixels
+SKY, GRASS = (10, 5), (100, 100)  # (x, y) of scene 3: sky above the horizon, grass below it
+
+
+def scene_png(seed: int = 3, size: tuple[int, int] = (128, 192)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(ovdiff.procedural_scene(seed, size)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The URL of a running `ovdiff serve --preset procedural --port 0`, and the line it printed."""
+    cache = tmp_path_factory.mktemp("serve") / "cache"
+    cmd = [sys.executable, "-m", "ovdiff_cli", "serve", "--preset", "procedural", "--cache", str(cache),
+           "--port", "0", "--max-pixels", str(MAX_PIXELS), "--max-classes", "8"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+        assert line.startswith("ovdiff serve: http://"), line
+        yield line.split()[2], line
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a normal stop, not the batch commands' "interrupted" exit 130
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)  # the reader thread drains the last lines
+        assert "ovdiff serve: stopped" in list(lines.queue)[-1]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def post_segment(url: str, image: bytes | None, classes: str | None) -> tuple[int, dict]:
+    """POST /api/segment as a browser's form does (multipart), → (status, JSON answer)."""
+    boundary = uuid.uuid4().hex
+    body = b""
+    if image is not None:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="scene.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n").encode() + image + b"\r\n"  # fmt: skip
+    if classes is not None:
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="classes"\r\n\r\n{classes}\r\n'.encode()
+    body += f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "api/segment", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return answer(req)
+
+
+def answer(req) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_serve_listens_on_this_machine_only_by_default(server):
+    url, line = server
+    assert url.startswith("http://127.0.0.1:") and "preset procedural" in line
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.status == 200 and b'id="overlay"' in r.read()
+
+
+def test_segment_answers_the_overlay_and_legend_and_a_pixel_its_winning_prototype(server):
+    url, _ = server
+    status, seg = post_segment(url, scene_png(), CLASSES)
+    assert status == 200, seg
+    assert (seg["width"], seg["height"]) == (192, 128)
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(seg["overlay"].split(",", 1)[1]))))
+    assert overlay.shape == (128, 192, 3)
+    legend = {e["name"]: e for e in seg["legend"]}
+    assert {"sky", "grass"} <= set(legend) and "kite" not in legend  # the scene has no kite
+    assert abs(sum(e["share"] for e in seg["legend"]) - 1) < 1e-3
+    assert legend["sky"]["color"] == [128, 128, 0]  # the VOC palette's colour of label 3, as classes.json has it
+    for (x, y), name in ((SKY, "sky"), (GRASS, "grass")):
+        status, why = answer(f"{url}api/explain?id={seg['id']}&x={x}&y={y}")
+        assert status == 200, why
+        proto = why["prototype"]
+        assert why["name"] == name and proto["class"] == name and proto["label"] == why["label"] == CLASSES.split(", ").index(name) + 1
+        assert proto["group"] == "fg" and proto["pixels"] > 0 and isinstance(proto["support_image"], int)
+        x0, y0, x1, y1 = proto["bbox_xyxy"]
+        assert x0 <= x < x1 and y0 <= y < y1  # the clicked pixel is among those the prototype won
+        assert why["picture"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize(
+    ("image", "classes", "says"),
+    [
+        ("big", CLASSES, "200x200 = 40,000 pixels, above this server's limit of 30,000"),  # 200x200 > --max-pixels 30000
+        ("text", CLASSES, "not a picture"),
+        ("scene", ",".join(f"c{i}" for i in range(9)), "9 classes, above this server's limit of 8"),
+        ("scene", "cat, cat", "given twice"),
+        ("scene", None, "no classes"),
+        (None, CLASSES, "no image"),
+    ],
+)
+def test_bad_requests_get_one_clear_line_and_a_400(server, image, classes, says):
+    data = {"big": scene_png(3, (200, 200)), "text": b"hello", "scene": scene_png(), None: None}[image]
+    status, body = post_segment(server[0], data, classes)
+    assert status == 400 and says in body["error"] and "\n" not in body["error"], body
+
+
+def test_explain_refuses_unknown_results_and_pixels_outside_the_picture(server):
+    url, _ = server
+    _, seg = post_segment(url, scene_png(), CLASSES)
+    for query, says in ((f"id=nope&x=1&y=1", "no longer kept"), (f"id={seg['id']}&x=192&y=0", "outside the 192x128"),
+                        (f"id={seg['id']}&x=-1&y=0", "whole numbers")):  # fmt: skip
+        status, body = answer(f"{url}api/explain?{query}")
+        assert status == 400 and says in body["error"], body
+
+
+@contextlib.contextmanager
+def in_process(session: DemoSession):
+    """The app as `ovdiff serve` assembles it (the CLI's phrasing of errors), served from this process: its URL."""
+    import uvicorn
+
+    from ovdiff_cli.cli.common import phrase
+    from ovdiff_cli.ui.app import listen, make_app
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(make_app(session, phrase), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_no_build_refuses_missing_classes_naming_the_command_that_builds_them(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"), build=False)
+    with in_process(session) as url:
+        status, body = post_segment(url, scene_png(), "kite, sky")
+    assert status == 400 and "build them with: ovdiff protos add kite sky" in body["error"], body
+
+
+def test_an_upload_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"))
+    session.max_bytes = 1000  # the scene's PNG is some 34 kB
+    with in_process(session) as url:
+        status, body = post_segment(url, scene_png(), "kite, sky")
+    assert status == 413 and "bytes, above this server's limit of 1,000" in body["error"], body
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_serve_without_the_ui_extra_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    r = CliRunner().invoke(app, ["serve", "--preset", "procedural"])
+    assert r.exit_code == 2 and "pip install 'ovdiff[ui]'" in r.output, r.output
+
+
+# -- in a real browser
+
+
+def chromium():
+    """Headless Chromium through the system's chromedriver, or the test skipped saying what is missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("no Chromium with chromedriver installed (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: pip install -e '.[dev]'")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout: float = 300):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def submit(driver, url: str, picture: Path, classes: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    driver.find_element(By.ID, "image").send_keys(str(picture))
+    field = driver.find_element(By.ID, "classes")
+    field.clear()
+    field.send_keys(classes)
+    driver.find_element(By.ID, "go").click()
+
+
+def click_pixel(driver, x: int, y: int) -> str:
+    """Click pixel (x, y) of the shown overlay (192x128) and return the explanation's text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    overlay = driver.find_element(By.ID, "overlay")
+    before = driver.find_element(By.ID, "why").text
+    w, h = overlay.size["width"], overlay.size["height"]
+    ActionChains(driver).move_to_element_with_offset(overlay, int((x + 0.5) * w / 192 - w / 2),
+                                                     int((y + 0.5) * h / 128 - h / 2)).click().perform()  # fmt: skip
+    wait_for(driver, lambda d: d.find_element(By.ID, "explanation").is_displayed() and d.find_element(By.ID, "why").text != before)
+    return driver.find_element(By.ID, "why").text
+
+
+def test_in_chromium_a_chosen_picture_is_segmented_and_a_click_explained(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(scene_png())
+    submit(browser, server[0], picture, CLASSES)
+    wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
+    overlay = browser.find_element(By.ID, "overlay")
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", overlay) == [192, 128]
+    legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
+    assert any(t.startswith("sky ") for t in legend) and any(t.startswith("grass ") for t in legend), legend
+    assert "click a pixel" in browser.find_element(By.ID, "status").text
+
+    for (x, y), name in ((SKY, "sky"), (GRASS, "grass")):
+        text = click_pixel(browser, x, y)
+        assert text.startswith(f"Pixel ({x}, {y}) is {name}: won by prototype #") and f'of "{name}"' in text, text
+        assert "support image" in text
+        support = browser.find_element(By.ID, "support")
+        assert support.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", support) > 192
+
+
+def test_in_chromium_a_refused_request_shows_its_error(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(scene_png())
+    submit(browser, server[0], picture, ",".join(f"c{i}" for i in range(9)))
+    status = wait_for(browser, lambda d: (s := d.find_element(By.ID, "status")).get_attribute("class") == "error" and s)
+    assert "9 classes, above this server's limit of 8" in status.text
+    assert not browser.find_element(By.ID, "result").is_displayed()
