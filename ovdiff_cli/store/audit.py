@@ -117,35 +117,35 @@ def _positive_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def record_problem(record: object) -> str | None:
+def record_problem(record: object, required: tuple[str, ...] = ()) -> str | None:
     """What is wrong with the values of a class record's fields (checksums cannot see a record written
-    with a bad value, e.g. `kind: "bogus"`), or None. Fields are checked where present, except those
-    every record has."""
+    with a bad value, e.g. `kind: "bogus"`), or None. Fields are checked where present; `required`
+    ones must be."""
     from ..limits import MAX_SEED
     from ..method.features import PARTS
     from ..names import validate
 
     if not isinstance(record, dict):
         return "class record is not a JSON object"
-    for key in ("name", "norm", "kind", "seed", "extractor"):
+    for key in required:
         if key not in record:
             return f"class record has no {key!r}"
-    name, norm = record["name"], record["norm"]
+    name, norm = record.get("name"), record.get("norm", record.get("name"))
     try:
-        if not isinstance(name, str) or validate(name) != norm:
+        if "name" in record and (not isinstance(name, str) or validate(name) != norm):
             return f"class record's norm {norm!r:.60} is not the normal form of its name {name!r:.60}"
     except OvdiffError as e:
         return f"class record's name: {e}"
-    if record["kind"] not in KINDS:
+    if "kind" in record and record["kind"] not in KINDS:
         return f"class record's kind is {record['kind']!r:.40}, not thing or stuff"
-    seed = record["seed"]
+    seed = record.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         return f"class record's seed {seed!r:.40} is not in 0..{MAX_SEED}"
-    extractor = record["extractor"]
+    extractor = record.get("extractor", "procedural")
     parts = extractor.split("+") if isinstance(extractor, str) else [None]
     if extractor != "procedural" and (not all(p in PARTS for p in parts) or len(set(parts)) != len(parts)):
         return f"class record's extractor {extractor!r:.40} is not an extractor spec"
-    if "part" in record and record["part"] not in (parts if extractor != "procedural" else ["procedural"]):
+    if "part" in record and "extractor" in record and record["part"] not in (parts if extractor != "procedural" else ["procedural"]):
         return f"class record's part {record['part']!r:.40} is not a part of extractor {extractor}"
     for key in ("n_images", "k_parts", "feature_size", "kmeans_iters", "kmeans_max_points"):
         if key in record and not _positive_int(record[key]):
@@ -164,7 +164,7 @@ def record_problem(record: object) -> str | None:
 
 def class_problem(record: dict, arrays: dict[str, np.ndarray]) -> str | None:
     """The first problem of a whole class (record fields and their values, every array, rows agreeing), or None."""
-    why = record_problem(record)
+    why = record_problem(record, required=("name", "norm", "kind", "seed", "extractor"))
     if why:
         return why
     if "fg/class" not in arrays:
