@@ -5,6 +5,10 @@
     vocab = pipe.vocabulary(["kite", "ball", "sky", "grass"])   # built once, then read from the cache
     result = pipe.segment("photo.jpg", vocab)                    # path, PIL image or HxWx3 uint8 array
     result.labels, result.class_names, result.scores, result.save("mask.png"), result.overlay()
+    pipe.segment("photo.jpg", ["kite", "sky"])                   # a list of names works as a vocabulary
+    pipe.segment(["a.jpg", "b.jpg"], vocab)                      # a list → a list of results (a batch)
+    result.segments                                              # [{"label", "score", "mask"}], as HF's
+    result.to_supervision(), result.to_fiftyone(), result.to_coco()
 
 Encode once, query many: `pipe.encode(image)` runs the backbones once; `features.match(vocab)`
 then costs only the prototype matching, for as many vocabularies as you like.
@@ -16,7 +20,8 @@ fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
-from .errors import InvalidSetting, OvdiffError
+from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 OnEvent = Callable[[str, str, int, int], None]
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
@@ -48,6 +54,8 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     from .io.images import check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
+        if isinstance(image, str) and URL.match(image):
+            raise RemoteInput(image)
         return load_image(Path(image).expanduser())
     if isinstance(image, Image.Image):
         check_size(*image.size, "the image")
@@ -63,6 +71,13 @@ def as_rgb(image: ImageLike) -> np.ndarray:
             return to_rgb(Image.fromarray(image))
         raise OvdiffError(f"image array of dtype {image.dtype} and shape {image.shape}: expected HxWx3 uint8 RGB")
     raise OvdiffError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an HxWx3 uint8 array")
+
+
+def is_one_image(image: object) -> bool:
+    """Whether `image` is one image (a path, PIL image or array) rather than a batch of them."""
+    from PIL import Image
+
+    return isinstance(image, (str, Path, Image.Image, np.ndarray))
 
 
 def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:
@@ -110,6 +125,7 @@ class SegmentationResult:
     class, or there is no background); the label map is their bilinear upsampling's argmax. background:
     whether label 0 is in play (False with segment={"background": False}). kept: the classes the CLIP
     filter kept. timings: seconds per stage.
+    stats: label present → (pixels, mean winning score).
     """
 
     labels: np.ndarray
@@ -119,6 +135,39 @@ class SegmentationResult:
     scores: np.ndarray | None
     timings: dict[str, float]
     image: np.ndarray = field(repr=False)
+    stats: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def segments(self) -> list[dict]:
+        """The labels present as Hugging Face's image-segmentation pipeline lists them: per label (background
+        too), {"label": name, "score": mean winning score over its pixels, "mask": (H,W) bool}."""
+        names = self.names
+        out = []
+        for k in (int(v) for v in np.unique(self.labels)):
+            stat = self.stats.get(k)
+            out.append({"label": names[k], "score": None if stat is None else stat[1], "mask": self.labels == k})
+        return out
+
+    def to_supervision(self):
+        """An `sv.Detections` (pip install supervision): one detection per class present, with its mask,
+        box, class_id (label value), confidence (mean winning score) and data["class_name"]."""
+        from .io.adapters import to_supervision
+
+        return to_supervision(self.labels, self.names, self.stats)
+
+    def to_fiftyone(self):
+        """(`fo.Segmentation`, mask targets) for FiftyOne (pip install fiftyone): `sample["ovdiff"] = seg`,
+        `dataset.mask_targets["ovdiff"] = targets`."""
+        from .io.adapters import to_fiftyone
+
+        return to_fiftyone(self.labels, self.names)
+
+    def to_coco(self, image_id: int = 1) -> list[dict]:
+        """COCO results records (compressed RLE, score, area) of the classes present, as pycocotools'
+        `loadRes` reads them; category_id is the label value (class_names[id-1])."""
+        from .io.adapters import to_coco
+
+        return to_coco(self.labels, self.stats, image_id)
 
     @property
     def names(self) -> dict[int, str]:
@@ -180,9 +229,10 @@ class ImageFeatures:
         """Seconds the encoding spent in the filter's image encoder and the feature extractor."""
         return dict(self.encoded.seconds)
 
-    def match(self, vocabulary: Vocabulary, scores: bool = True) -> SegmentationResult:
-        """Segment the encoded image against `vocabulary`: no backbone runs (the filter's prompts are cached)."""
-        _check_vocabulary(vocabulary)
+    def match(self, vocabulary: Vocabulary | Iterable[str], scores: bool = True) -> SegmentationResult:
+        """Segment the encoded image against `vocabulary` (or a list of names): no backbone runs (the
+        filter's prompts are cached)."""
+        vocabulary = self.pipeline.as_vocabulary(vocabulary)
         segmenter = self.pipeline.segmenter(vocabulary)
         seg = segmenter.predict_encoded(self.encoded, scores=scores)
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
@@ -197,11 +247,6 @@ def _check_arguments(cache: object, models: object, overrides: dict[str, object]
     for name, value in overrides.items():
         if value is not None and not isinstance(value, dict):
             raise InvalidSetting(name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}")
-
-
-def _check_vocabulary(vocabulary: object) -> None:
-    if not isinstance(vocabulary, Vocabulary):
-        raise OvdiffError(f"segment against a Vocabulary from pipe.vocabulary([...]), not {type(vocabulary).__name__}")
 
 
 class Pipeline:
@@ -247,6 +292,7 @@ class Pipeline:
         self._cache: Cache | None = None
         self._stages: Stages | None = None
         self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}
+        self._by_names: dict[tuple[str, ...], Vocabulary] = {}
 
     def __repr__(self) -> str:
         return f"Pipeline(preset={self.preset.name!r}, cache={str(self.cache_dir)!r}, extractor={self.proto_config.extractor!r})"
@@ -281,13 +327,32 @@ class Pipeline:
         names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
         if kinds is not None and not isinstance(kinds, dict):
             raise InvalidSetting("kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}")
-        classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
-                                 kinds, build=build, on_event=on_event)  # fmt: skip
+        try:
+            classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
+                                     kinds, build=build, on_event=on_event)  # fmt: skip
+        except MissingClasses as e:
+            raise e.way_out(f"build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), or: "
+                            f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
 
-    def segmenter(self, vocabulary: Vocabulary) -> Segmenter:
+    def _call(self, method: str) -> str:
+        return f"ovdiff.Pipeline(preset={self.preset.name!r}, seed={self.seed}).{method}"
+
+    def as_vocabulary(self, vocabulary: Vocabulary | Iterable[str]) -> Vocabulary:
+        """`vocabulary` itself, or the vocabulary of a list of names (built or read from the cache once
+        per pipeline, as `vocabulary(names)` does)."""
+        if isinstance(vocabulary, Vocabulary):
+            return vocabulary
+        if isinstance(vocabulary, str) or not isinstance(vocabulary, Iterable):
+            raise OvdiffError(f"give a Vocabulary or a list of class names, not the {type(vocabulary).__name__} {vocabulary!r:.80}")
+        names = tuple(vocabulary)
+        if names not in self._by_names:
+            self._by_names[names] = self.vocabulary(names)
+        return self._by_names[names]
+
+    def segmenter(self, vocabulary: Vocabulary | Iterable[str]) -> Segmenter:
         """The segmenter of a vocabulary (built once per vocabulary: prototypes on the device, prompts encoded)."""
-        _check_vocabulary(vocabulary)
+        vocabulary = self.as_vocabulary(vocabulary)
         if vocabulary.extractor != self.proto_config.extractor:
             raise OvdiffError(f"vocabulary built with extractor {vocabulary.extractor}; this pipeline extracts "
                               f"{self.proto_config.extractor}")  # fmt: skip
@@ -299,11 +364,30 @@ class Pipeline:
 
     # -- images
 
-    def segment(self, image: ImageLike, vocabulary: Vocabulary, scores: bool = True) -> SegmentationResult:
-        """Label every pixel of `image` with a class of `vocabulary` (or background), as `ovdiff segment` does."""
-        rgb = as_rgb(image)
-        seg = self.segmenter(vocabulary).predict(rgb, scores=scores)
-        return self._result(rgb, vocabulary, seg)
+    def segment(self, image: ImageLike | Iterable[ImageLike], vocabulary: Vocabulary | Iterable[str],
+                scores: bool = True) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:  # fmt: skip
+        """Label every pixel of `image` with a class of `vocabulary` (or background), as `ovdiff segment` does.
+
+        image: one image (path, PIL image, array) → one result; a list or tuple of them → a list of
+        results, segmented `image_batch` at a time as the CLI does; any other iterable (a generator of
+        paths, `Path.glob`) → an iterator of results, read lazily. vocabulary: a Vocabulary or a list
+        of class names (its prototypes built or read from the cache, as `vocabulary(names)` does).
+        """
+        vocabulary = self.as_vocabulary(vocabulary)
+        if is_one_image(image):
+            rgb = as_rgb(image)
+            return self._result(rgb, vocabulary, self.segmenter(vocabulary).predict(rgb, scores=scores))
+        if not isinstance(image, Iterable):
+            as_rgb(image)  # raises the one-image error for what is neither an image nor a batch
+        batches = self._batches(iter(image), vocabulary, scores)
+        return [r for batch in batches for r in batch] if isinstance(image, (list, tuple)) else (r for b in batches for r in b)
+
+    def _batches(self, images: Iterator[ImageLike], vocabulary: Vocabulary, scores: bool) -> Iterator[list[SegmentationResult]]:
+        import itertools
+
+        segmenter = self.segmenter(vocabulary)
+        while group := [as_rgb(i) for i in itertools.islice(images, max(1, self.segment_config.image_batch))]:
+            yield [self._result(rgb, vocabulary, seg) for rgb, seg in zip(group, segmenter.predict_many(group, scores=scores), strict=True)]
 
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
@@ -317,4 +401,4 @@ class Pipeline:
 
     def _result(self, rgb: np.ndarray, vocabulary: Vocabulary, seg: Segmentation) -> SegmentationResult:
         return SegmentationResult(seg.labels, list(vocabulary.names), self.segment_config.background,
-                                  [vocabulary.names[i] for i in seg.selected], seg.scores, seg.timings, rgb)  # fmt: skip
+                                  [vocabulary.names[i] for i in seg.selected], seg.scores, seg.timings, rgb, seg.stats)  # fmt: skip

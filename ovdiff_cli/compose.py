@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import OvdiffError
+from .models.dense import FAMILIES
 from .models.presets import ModelSpecs, Preset
 from .models.store import ModelStore
 
@@ -37,6 +38,16 @@ def build_generator(store: ModelStore) -> Generator:
         from .procedural import ProceduralGenerator
 
         return ProceduralGenerator()
+    if store.specs.models.get("generator"):  # --generator: a family of models/generators.py
+        from .method.generators import FamilyGenerator
+        from .models.generators import parse_generator
+
+        family, _ = parse_generator(store.specs.models["generator"], store.specs.preset.weights)
+        if family.pipeline == "sd3":
+            from .method.mmdit import MMDiTGenerator
+
+            return MMDiTGenerator(family, store.generator_parts())
+        return FamilyGenerator(family, store.generator_parts())
     from .method.sampling import SDGenerator
 
     return SDGenerator(store.sd())
@@ -60,6 +71,10 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
         "dino": lambda: TimmKeysPart(store.vit("dino"), "dino", store.device),
         "mae": lambda: TimmKeysPart(store.vit("mae"), "mae", store.device),
     }
+    if name in FAMILIES:
+        from .method.dense import dense_backbone
+
+        return dense_backbone(name, store.dense(name), store.device)
     if name not in builders:
         parse_spec(name)  # the one-line error naming the parts
     return builders[name]()
@@ -88,14 +103,14 @@ def build_proposer(name: str, store: ModelStore) -> MaskProposer:
 
 
 def build_scorer(store: ModelStore) -> ImageTextScorer:
-    """The category pre-filter's image/text scorer: CLIP, or the procedural world's stand-in."""
+    """The category pre-filter's image/text scorer: CLIP (or `--filter-model`'s), or the procedural world's stand-in."""
     if store.specs.preset.weights == "procedural":
         from .procedural import ProceduralScorer
 
         return ProceduralScorer()
     from .method.filter import ClipScorer
 
-    return ClipScorer(store.clip(), store.device, store.dtype, store.specs.weights_seed)
+    return ClipScorer(store.filter_model(), store.device, store.dtype, store.specs.weights_seed)
 
 
 # --------------------------------------------------------------------------- counting wrappers

@@ -33,9 +33,9 @@ class ModelLoadError(OvdiffError):
     repository to download for a local copy (None: the spec itself)."""
 
     def __init__(self, model: str, role: str, spec: str, cause: Exception, repo: str | None = None):
-        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        why = " ".join(str(cause).split()) or type(cause).__name__  # whole, on one line: offline errors say what to do
         super().__init__(
-            f"cannot load {model} weights '{spec}' ({type(cause).__name__}: {why[:160]}); download them once where "
+            f"cannot load {model} weights '{spec}' ({type(cause).__name__}: {why}); download them once where "
             f"there is network (hf download {repo or spec} --local-dir DIR) and use the local copy"
         )
         self.model, self.role, self.spec, self.repo = model, role, spec, repo
@@ -48,11 +48,15 @@ class MissingClasses(OvdiffError):
     """
 
     def __init__(self, names: list[str], seed: int, specs: Any, sample_cfg: Any, proto_cfg: Any):
-        super().__init__(
-            f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
-            f"seed {seed}, preset {specs.preset.name}"
-        )
+        self.plain = (f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
+                      f"seed {seed}, preset {specs.preset.name}")  # fmt: skip
+        super().__init__(self.plain)
         self.names, self.seed, self.specs, self.sample_cfg, self.proto_cfg = names, seed, specs, sample_cfg, proto_cfg
+
+    def way_out(self, how: str) -> MissingClasses:
+        """This error, its message followed by `how` to build the classes (the caller's words for it)."""
+        self.args = (f"{self.plain}; {how}",)
+        return self
 
 
 class NoSupportSet(OvdiffError):
@@ -94,3 +98,20 @@ class SupportImagesMissing(OvdiffError):
     def __init__(self, name: str, seed: int, preset: str | None):
         super().__init__(f"the support images of {name!r} are not in this cache (imported prototypes carry none)")
         self.name, self.seed, self.preset = name, seed, preset
+
+
+class MissingLibrary(OvdiffError):
+    """An optional library a call needs is not installed. package: what to pip install; call: the caller."""
+
+    def __init__(self, package: str, call: str):
+        super().__init__(f"{call} needs the optional package {package}: pip install {package}")
+        self.package, self.call = package, call
+
+
+class RemoteInput(OvdiffError):
+    """An image given as a URL: ovdiff reads local files only (it never downloads)."""
+
+    def __init__(self, url: str):
+        super().__init__(f"{url} is a URL: ovdiff reads local images only; download it first (e.g. curl -O URL) "
+                         "and give the file, a PIL image or an array")  # fmt: skip
+        self.url = url

@@ -53,14 +53,23 @@ def class_list(names: object, allow_empty: bool = False) -> list[str]:
     a list of text, none blank or too long, none repeated after normalisation ("kite" and "kite ")."""
     if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
         raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}")
-    out: list[str] = []
-    seen: set[str] = set()
-    for raw in names:
-        norm = validate(raw)
-        if norm in seen:
-            raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
-        seen.add(norm)
-        out.append(norm)
+    out = distinct([validate(raw) for raw in names])
     if not out and not allow_empty:
         raise InvalidSetting("classes", "is empty: give at least one class name")
     return out
+
+
+def distinct(names: list[str]) -> list[str]:
+    """`names` (normalised), or an error for a class given twice, or twice in different case (kite,
+    Kite): two labels would then share one meaning and split its pixels between them."""
+    seen: set[str] = set()
+    folded: dict[str, str] = {}
+    for norm in names:
+        if norm in seen:
+            raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
+        if norm.casefold() in folded:
+            raise OvdiffError(f"classes {folded[norm.casefold()]!r} and {norm!r} differ only in case: give one of them "
+                              "(case is kept, as it can matter to the prompt)")  # fmt: skip
+        seen.add(norm)
+        folded[norm.casefold()] = norm
+    return names

@@ -252,20 +252,39 @@ def test_ctrl_c_says_what_is_kept(tmp_path, monkeypatch):
     assert res.exit_code == 130 and "interrupted: work committed so far is kept" in res.output, res.output
 
 
-def test_progress_into_a_pipe_is_plain_lines_now_and_then():
+def test_progress_into_a_pipe_is_plain_lines_every_few_seconds_whatever_the_task_length():
+    """One heartbeat for the whole progress: a task that never moves, and many tasks each shorter than
+    the period, are both reported; nothing more once it stops."""
+    import time
+
     from rich.console import Console
 
-    from ovdiff_cli.cli.common import PlainProgress
+    from ovdiff_cli.cli.common import LogProgress
 
     buf = io.StringIO()
-    bar = PlainProgress(Console(file=buf, width=200), every=0.0)
-    with bar:
-        task = bar.add_task("segment", total=3)
-        bar.advance(task)
-        bar.update(task, completed=3)
+    with LogProgress(Console(file=buf, width=100_000), every=0.05) as bar:
+        stuck = bar.add_task("sample kite", total=8)
+        bar.advance(stuck, 3)
+        time.sleep(0.4)
+        bar.update(stuck, completed=8)
+        for i in range(20):  # short tasks, each done well within one period
+            bar.update(bar.add_task(f"prototypes c{i}", total=2), completed=2 if i < 19 else 1)
+            time.sleep(0.02)
+        time.sleep(0.15)
     lines = buf.getvalue().splitlines()
-    assert [line.split(" (")[0] for line in lines] == ["segment: 1/3", "segment: 3/3"]
-    quiet = io.StringIO()
-    slow = PlainProgress(Console(file=quiet), every=3600.0)
-    slow.update(slow.add_task("x", total=2), completed=1)
-    assert quiet.getvalue() == ""  # at most one line per `every` seconds
+    stuck_lines = [line for line in lines if line.startswith("sample kite")]
+    assert len(stuck_lines) >= 3 and all("3/8" in line for line in stuck_lines), lines
+    assert any(line.startswith("prototypes c19") and "1/2" in line for line in lines), lines
+    assert "\x1b" not in buf.getvalue() and "\r" not in buf.getvalue()  # plain lines, no terminal control
+    assert all(line == line.rstrip() for line in lines)  # no padding to the console's width
+    ended = len(buf.getvalue())
+    time.sleep(0.15)
+    assert len(buf.getvalue()) == ended
+    idle = io.StringIO()
+    with LogProgress(Console(file=idle, width=100_000), every=0.05):
+        time.sleep(0.2)  # no task at all (models loading): still a line now and then
+    assert idle.getvalue().count("working … ") >= 2
+    from ovdiff_cli.cli.common import cache_run
+
+    assert isinstance(cache_run(None).progress(), LogProgress)  # what every command gets off a terminal
+    assert not isinstance(cache_run(None, quiet=True).progress(), LogProgress)

@@ -164,6 +164,24 @@ def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_p
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
+def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world, tmp_path):
+    images = world / "data/VOC2012/JPEGImages"
+    args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), "--json",
+            "--format", "coco-rle", *PROC]  # fmt: skip
+    reports = {}
+    for engine in ("local", "ray"):
+        res = runner.invoke(app, ["segment", *args, "--out", str(tmp_path / engine), "--engine", engine])
+        assert res.exit_code == 0, res.output
+        reports[engine] = {Path(r["input"]).name: r["segments"] for r in json.loads(res.stdout)["per_image"]}
+    assert reports["local"].keys() == reports["ray"].keys()
+    for name, local in reports["local"].items():
+        remote = reports["ray"][name]
+        assert [(s["index"], s["area"]) for s in remote] == [(s["index"], s["area"]) for s in local]
+        assert [s["score"] for s in remote] == pytest.approx([s["score"] for s in local], abs=1e-5)
+    records = json.loads((tmp_path / "ray" / "coco_results.json").read_text())
+    assert records and all(r["score"] != 1.0 for r in records)  # the segment's score, not a placeholder
+
+
 def test_eval_on_ray_scores_what_the_local_engine_scores(world, tmp_path):
     args = ["eval", "voc", "--root", str(world / "data"), "--cache", str(world / "cache"), "-q", *PROC]
     for engine in ("local", "ray"):

@@ -75,7 +75,8 @@ LONG = "x" * 10_000
 BAD_LISTS = [
     ("", "--classes is empty"),
     ("kite,kite", "given twice"),
-    ("kite, Kite ,kite", "given twice"),
+    ("kite, Kite ,kite", "classes 'kite' and 'Kite' differ only in case: give one of them"),
+    ("kite , kite", "given twice"),
     ("kite, ,sky", "blank"),
     ("kite,\u3000", "blank"),
     (LONG, "10000 characters is too long"),

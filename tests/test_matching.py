@@ -106,11 +106,16 @@ def test_upsample_argmax_equals_full_interpolation_in_bands():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(5, 13, 17, generator=g)
     best = torch.randint(0, 50, (5, 13, 17), generator=g)
-    labels, winner = upsample_argmax(scores, 61, 45, best, band=7)
-    full = F.interpolate(scores[None], size=(61, 45), mode="bilinear", align_corners=False)[0].argmax(0)
+    labels, winner, means = upsample_argmax(scores, 61, 45, best, band=7)
+    up = F.interpolate(scores[None], size=(61, 45), mode="bilinear", align_corners=False)[0]
+    full = up.argmax(0)
     assert np.array_equal(labels, full.numpy())
     near = F.interpolate(best[None].float(), size=(61, 45), mode="nearest")[0].long()
     assert np.array_equal(winner, near.gather(0, full[None])[0].numpy())
+    won = up.max(0).values.double()  # each segment's score: the mean of its winning upsampled scores
+    for k in range(5):
+        expect = won[full == k].mean().item() if (full == k).any() else float("nan")
+        assert np.allclose(means[k], expect, equal_nan=True), k
 
 
 def test_slide_match_averages_windows_over_the_whole_image():

@@ -291,6 +291,7 @@ def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
     assert r.exit_code == 0, r.output
     r = _run("protos", "list", *common)
     assert r.exit_code == 0 and "cat" in r.output and "sky" in r.output and "stuff" in r.output
+    assert "2 class(es) (6 entries, one per extractor part) in" in r.output  # classes, not class × part entries
     assert re.search(r"\d+ fg \+ \d+ bg", r.output)
     lines = _run("protos", "list", "-q", *common).output.strip().splitlines()
     assert sorted(line.split("\t")[1] for line in lines) == ["cat"] * 3 + ["sky"] * 3  # one entry per part
@@ -302,11 +303,14 @@ def test_protos_cli_add_list_show_export_rm_import(cache_dir, tmp_path):
     assert r.exit_code == 0 and sheet.stat().st_size > 0
 
     exported = tmp_path / "v.safetensors"
-    assert _run("protos", "export", str(exported), *common).exit_code == 0
-    assert _run("protos", "rm", "cat", "sky", *common).exit_code == 0
+    r = _run("protos", "export", str(exported), *common)
+    assert r.exit_code == 0 and ": 2 class(es) (6 entries, one per extractor part)" in r.output
+    r = _run("protos", "rm", "cat", "sky", *common)
+    assert r.exit_code == 0 and "removed 2 class(es) (6 entries" in r.output
     assert _run("protos", "list", "-q", *common).output.strip() == ""
     r = _run("protos", "import", str(exported), *common)
-    assert r.exit_code == 0 and "imported 6 class(es)" in r.output
+    assert r.exit_code == 0 and "imported 2 class(es) (6 entries, one per extractor part)" in r.output
+    assert r.output.count("cat") == 1  # each name once
     assert len(_run("protos", "list", "-q", *common).output.strip().splitlines()) == 6
 
     pid = lines[0].split("\t")[0]

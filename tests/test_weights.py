@@ -90,3 +90,21 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
     res = runner.invoke(app, ["models", "download", "--preset", "sd15", "--cache", str(tmp_path / "c")])
     assert res.exit_code == 2 and "cannot download sd weights stable-diffusion-v1-5/stable-diffusion-v1-5" in res.output
+
+
+def test_extractor_families_are_downloaded_and_checked_under_their_part_with_part_model(fake_hub, tmp_path):
+    _, calls = fake_hub
+    args = ["--preset", "sd15", "--extractor", "sd+dinov3+siglip2", "--part-model", "dinov3=vit_small_patch16_dinov3.lvd1689m",
+            "--cache", str(tmp_path / "c")]  # fmt: skip
+    res = runner.invoke(app, ["models", "download", "--local-dir", str(tmp_path / "w"), *args])
+    assert res.exit_code == 0, res.output
+    assert [c["repo"] for c in calls][-2:] == ["timm/vit_small_patch16_dinov3.lvd1689m",
+                                               "timm/vit_base_patch16_siglip_224.v2_webli"]  # fmt: skip
+    assert f"--part-model dinov3={tmp_path / 'w' / 'dinov3'}" in res.stdout
+    calls.clear()
+    assert runner.invoke(app, ["models", "download", *args]).exit_code == 0
+    facts = json.loads(runner.invoke(app, ["doctor", "--json", *args]).stdout)
+    roles = {w["role"]: w for w in facts["weights"]}
+    assert roles["dinov3"]["repo"] == "timm/vit_small_patch16_dinov3.lvd1689m" and roles["siglip2"]["present"] is True
+    bad = runner.invoke(app, ["doctor", "--preset", "sd15", "--part-model", "dino=x", "--cache", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "PART=SPEC" in bad.output and "dinov2" in bad.output

@@ -58,6 +58,16 @@ class _Group(TyperGroup):
                 _json_error(INTERRUPTED, "Interrupted", 130)
             print(INTERRUPTED, file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # `ovdiff … | head -1`: the reader has all it wanted
+            _silence_stdout()
+            sys.exit(0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into a closed pipe says nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _json_error(message: str, kind: str, code: int) -> None:
@@ -121,5 +131,31 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point (user errors and Ctrl-C are handled by the group: one line, traceback with OVDIFF_DEBUG=1)."""
-    app()
+    """Console entry point (user errors and Ctrl-C are handled by the group: one line, traceback with OVDIFF_DEBUG=1).
+
+    A reader that closes the pipe early (`ovdiff protos list | head -1`) ends the command quietly with
+    status 0: rich (tables, --help) and click (--version) point stdout at /dev/null and exit 1 then,
+    the group does so for a plain write, and here the last flush is guarded."""
+    was_null = _stdout_is_devnull()
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = 0
+    if (_stdout_is_devnull() and not was_null) or type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+        code = 0
+    sys.exit(code)
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError):
+        return False
+    return (out.st_dev, out.st_ino) == (null.st_dev, null.st_ino)

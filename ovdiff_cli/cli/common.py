@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from ..errors import OvdiffError
@@ -33,7 +36,7 @@ CacheOpt = Annotated[
 ]
 PresetOpt = Annotated[
     Optional[str],
-    typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural \\[default: {RunConfig().preset}].", show_default=False),
+    typer.Option("--preset", envvar="OVDIFF_PRESET", help=f"Models: sd15 (real weights), tiny, sd15-random, procedural, modern (SDXL-Turbo + DINOv3 + SigLIP2, unmeasured) \\[default: {RunConfig().preset}].", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), fp16, bf16, fp32.")]
@@ -45,6 +48,9 @@ SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Di
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
+GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", help="Support-set generator beyond SD1.5: sd-turbo, sdxl, sdxl-turbo, optionally =HUB_ID_OR_DIR (Turbo: 4 steps, no guidance) \\[default: SD1.5 from --sd-model].", show_default=False)]
+FilterModelOpt = Annotated[Optional[str], typer.Option("--filter-model", help="The category filter's model: clip (the run's CLIP, the paper's), siglip2, pecore, or an open_clip NAME:TAG or hf-hub:ORG/REPO \\[default: clip].", show_default=False)]
+PartModelOpt = Annotated[Optional[list[str]], typer.Option("--part-model", help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
 ProposerOpt = Annotated[Optional[str], typer.Option("--mask-proposer", help=f"fg/bg masks of support images: ncut (normalised cuts on DINO keys), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].", show_default=False)]
 KPartsOpt = Annotated[Optional[int], typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False)]
@@ -61,7 +67,7 @@ NoStuffFilterOpt = Annotated[bool, typer.Option("--no-stuff-filter", help="Keep 
 StuffThresholdOpt = Annotated[Optional[float], typer.Option("--stuff-threshold", help=f"Stuff filter cosine threshold \\[default: {_S.stuff_threshold}].", show_default=False)]
 ProtoKindsOpt = Annotated[Optional[str], typer.Option("--protos", help=f"Prototype kinds to use, any of class,instance,part \\[default: {','.join(_S.proto_kinds)}].", show_default=False)]
 ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="A file with one class name per line.", show_default=False)]
-EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff[ray]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="Where the work runs: local (this process) or ray (a Ray cluster; pip install 'ovdiff\\[ray]').")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="With --engine ray: the cluster to join, e.g. 10.0.0.1:6379 from 'ray start --head' \\[default: start a local Ray instance].", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="With --engine ray: worker actors, each with the models loaded once \\[default: one per GPU of the cluster, else 2].", show_default=False)]
 
@@ -122,11 +128,11 @@ class Run:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
-    def progress(self):
-        """A rich progress bar (disabled with --quiet); plain lines now and then when stderr is not a terminal."""
+    def progress(self) -> Progress:
+        """A rich progress bar (disabled with --quiet); off a terminal, plain lines at least every 10 s."""
         if not self.quiet and not self.err.is_terminal:
-            return PlainProgress(self.err)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            return LogProgress(self.err)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
             TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -134,45 +140,54 @@ class Run:
         )
 
 
-class PlainProgress:
-    """The part of rich's Progress the commands use, printed as a plain line for a task that moved, at most
-    every `every` seconds, for logs and pipes (where rich's live bar would show only at the end)."""
+class LogProgress(Progress):
+    """rich's Progress for logs and pipes, where its live bar would show only once, at the end: one
+    heartbeat thread prints the rows of the unfinished tasks (rich's own columns, plain text) every
+    `every` seconds of wall time, however long or short each task is, and a line while no task runs."""
 
     def __init__(self, console: Console, every: float = 10.0):
-        self.console, self.every = console, every
-        self.tasks: dict[int, dict] = {}
+        from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def __enter__(self) -> PlainProgress:
-        return self
+        super().__init__(TextColumn("{task.description}", markup=False), MofNCompleteColumn(), TimeElapsedColumn(),
+                         TextColumn("left"), TimeRemainingColumn(), console=console, disable=True)  # fmt: skip
+        self.every, self.began = every, time.monotonic()
+        self.stopping = threading.Event()
+        self.beat = threading.Thread(target=self.heartbeat, name="ovdiff-progress", daemon=True)
 
-    def __exit__(self, *exc) -> None:
-        return None
+    def start(self) -> None:
+        super().start()
+        self.began = time.monotonic()
+        self.beat.start()
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
-        import time
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.beat.is_alive():
+            self.beat.join()
+        super().stop()
 
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "said": time.monotonic(), "start": time.monotonic()}
-        return len(self.tasks) - 1
+    def heartbeat(self) -> None:
+        while not self.stopping.wait(self.every):
+            self.print_state()
 
-    def update(self, task: int, completed: float | None = None, total: float | None = None, description: str | None = None,
-               advance: float | None = None, visible: bool = True, **_) -> None:  # fmt: skip
-        import time
+    def print_state(self) -> None:
+        """The unfinished tasks' rows, or how long the command has run while none is."""
+        with self._lock:
+            active = [t for t in self.tasks if t.visible and not t.finished]
+        if active:
+            print_unpadded(self.console, self.make_tasks_table(active))
+        else:
+            self.console.print(f"working … {time.monotonic() - self.began:.0f} s", highlight=False)
 
-        t = self.tasks[task]
-        for key, value in (("completed", completed), ("total", total), ("description", description)):
-            if value is not None:
-                t[key] = value
-        if advance:
-            t["completed"] += advance
-        now = time.monotonic()
-        if visible and now - t["said"] >= self.every:
-            t["said"] = now
-            total = "" if t["total"] is None else f"/{t['total']:g}"
-            self.console.print(f"{printable(t['description'])}: {t['completed']:g}{total} ({now - t['start']:.0f} s)",
-                               markup=False, highlight=False, soft_wrap=True)  # fmt: skip
 
-    def advance(self, task: int, advance: float = 1) -> None:
-        self.update(task, advance=advance)
+def print_unpadded(console: Console, renderable: object) -> None:
+    """Print `renderable`; off a terminal without the blanks rich pads each line with to the table's
+    width, so piped lines end where their text does."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as text:
+        console.print(renderable, highlight=False)
+    console.out("\n".join(line.rstrip() for line in text.get().splitlines()), highlight=False)
 
 
 def make_run(
@@ -187,6 +202,9 @@ def make_run(
     clip_model: str | None = None,
     dino_model: str | None = None,
     sam_model: str | None = None,
+    part_models: list[str] | None = None,
+    filter_model: str | None = None,
+    generator: str | None = None,
     sample: dict | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
@@ -197,12 +215,15 @@ def make_run(
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
     from ..store.cache import default_cache_dir
+    from ..models.overrides import check_filter_model, generator_defaults, parse_part_models
     from ..models.presets import get_preset
 
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model},
+        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model,
+                         "filter": check_filter_model(filter_model), "generator": generator,
+                         **parse_part_models(part_models or [])},
     )
 
     run = Run(
@@ -213,7 +234,8 @@ def make_run(
         verbose=verbose,
         quiet=quiet,
         json=json_out,
-        sample=with_overrides(p.sample, sample, "sample"),
+        sample=with_overrides(p.sample, {**generator_defaults(generator, p.weights),
+                                                **{k: v for k, v in (sample or {}).items() if v is not None}}, "sample"),
         protos=with_overrides(p.protos, protos, "protos"),
         segment=with_overrides(p.segment, segment, "segment"),
     )
@@ -332,7 +354,8 @@ def check_out_dir(out: Path, what: str = "the masks") -> Path:
 
 def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
-    from ..eval.evaluate import aggregate, paper_reference
+    from ..eval.evaluate import aggregate
+    from ..eval.paper import paper_reference
 
     last = results[-1]
     if len(results) > 1:
@@ -341,7 +364,7 @@ def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     else:
         score = "n/a" if last.miou != last.miou else f"{100 * last.miou:.1f}"
     paper = paper_reference(ds)
-    ref = f" (paper, {paper['table']}: {paper['miou']})" if paper else ""
+    ref = f" (paper, {paper['table']}: {100 * paper['miou']:.1f})" if paper else ""
     return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 
@@ -410,6 +433,12 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
     for role in roles:
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
             parts += [f"--{role}-model", shlex.quote(specs.models[role])]
+    for role, option in (("generator", "--generator"), ("filter", "--filter-model")):
+        if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
+            parts += [option, shlex.quote(specs.models[role])]
+    for part in proto_cfg.extractor.split("+"):  # today's families: --part-model PART=SPEC
+        if part in specs.models and specs.models[part] != specs.preset.models.get(part):
+            parts += ["--part-model", shlex.quote(f"{part}={specs.models[part]}")]
     return " ".join(parts)
 
 
@@ -420,10 +449,16 @@ def phrase(e: OvdiffError) -> str:
     if isinstance(e, errors.InvalidSetting):
         return f"{flag(e.setting)} {e.detail}"
     if isinstance(e, errors.ModelLoadError):
-        way_out = f"{e}: pass it with --{e.role}-model DIR, or run offline with --preset tiny / --preset procedural"
+        from ..models.weights import ROLE_OPTION
+
+        option = ROLE_OPTION.get(e.role)
+        fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
+        local = f"pass a local copy with {option} DIR, " if option else ""
+        way_out = (f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
+                   "run offline with --preset tiny / --preset procedural")  # fmt: skip
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
-        return f"{e}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
+        return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):
         return f"{e}; draw it first with: ovdiff sample {shlex.quote(e.name)} --seed {e.seed} --preset {e.preset}"
     if isinstance(e, errors.IncompleteSupportSet):

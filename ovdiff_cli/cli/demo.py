@@ -50,6 +50,6 @@ def demo(
     print_results(run, done.dataset, [done.result], done.summary.seconds_per_image)
     run.say(f"drew {images} held-out scenes → {done.data / 'VOC2012'}")
     run.say(f"masks: {done.masks} · overlays: {done.masks / 'overlays'} · "
-            f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report}")  # fmt: skip
+            f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}")  # fmt: skip
     run.say(f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
             f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain")  # fmt: skip

@@ -14,6 +14,9 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    FilterModelOpt,
+    GeneratorOpt,
+    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     EtaOpt,
@@ -81,6 +84,9 @@ def eval_cmd(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
@@ -119,7 +125,7 @@ def eval_cmd(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
         json_out=json_out,
     )

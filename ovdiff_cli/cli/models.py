@@ -16,6 +16,9 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    FilterModelOpt,
+    GeneratorOpt,
+    PartModelOpt,
     DtypeOpt,
     ExtractorOpt,
     JsonOpt,
@@ -26,16 +29,25 @@ from .common import (
     SdModelOpt,
     VerboseOpt,
     make_run,
+    print_unpadded,
 )
 
 app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
 
 
 def _specs(run) -> dict[str, str]:
-    """The run's model specs by role: the preset's, then --sd-model etc."""
+    """The run's model specs by role: the preset's, then --sd-model etc.; each extractor family's too."""
     from ..models.presets import ModelSpecs
 
-    return ModelSpecs.of(run.preset, run.run.model_overrides).models
+    from ..models.dense import FAMILIES
+    from ..models.filtermodels import filter_source
+
+    specs = ModelSpecs.of(run.preset, run.run.model_overrides)
+    models = {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
+    models.pop("filter", None)
+    if (source := filter_source(specs.models.get("filter"), specs.preset.weights)) is not None:
+        models["filter"] = source
+    return models
 
 
 @app.command("download")
@@ -46,6 +58,9 @@ def download(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -61,11 +76,12 @@ def download(
 
     Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
     """
+    from ..models.dense import FAMILIES
     from ..models.weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
     from ..models.weights import download as fetch
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
     wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
     flags = []
@@ -80,7 +96,12 @@ def download(
             run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
             fetch(w, folder)
         if folder is not None and w.role in ROLE_OPTION:
-            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]  # pasteable, as every suggested command
+            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]
+        elif folder is not None and w.role == "generator":
+            name = run.run.model_overrides["generator"].partition("=")[0]
+            flags += ["--generator", shlex.quote(f"{name}={folder}")]
+        elif folder is not None and w.role in FAMILIES:
+            flags += ["--part-model", shlex.quote(f"{w.role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
     run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
     if flags:
@@ -93,6 +114,9 @@ def doctor(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
@@ -109,27 +133,27 @@ def doctor(
     from ..doctor import report
 
     run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model,
+                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
     facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
                    run.protos.mask_proposer)  # fmt: skip
     if json_out:
         run.emit(facts)
         return
-    table = Table(show_header=False, box=None)
+    table = Table(show_header=False, box=None, pad_edge=False)
     for key in ("ovdiff", "platform", "device", "gpu", "dtype", "cuda_available", "cuda_version", "torch_threads",
                 "preset", "extractor", "mask_proposer", "ovdiff_cache", "hf_cache"):  # fmt: skip
         if key in facts:
             table.add_row(key.replace("_", " "), escape(str(facts[key])))
     table.add_row("libraries", escape(", ".join(f"{k} {v or 'missing'}" for k, v in facts["libraries"].items())))
-    run.console.print(table)
+    print_unpadded(run.console, table)
     weights = Table(title="weights")
     for col in ("role", "spec", "source", "repository", "present"):
         weights.add_column(col)
     for w in facts["weights"]:
         mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[w["present"]]
         weights.add_row(w["role"], escape(w["spec"]), w["source"], escape(w["repo"] or ""), mark)
-    run.console.print(weights)
+    print_unpadded(run.console, weights)
     missing = [w["role"] for w in facts["weights"] if w["present"] is False]
     if missing:
         run.result(f"missing weights: {', '.join(missing)}; fetch them with 'ovdiff models download --preset {run.preset.name}'")

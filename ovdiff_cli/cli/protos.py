@@ -16,6 +16,9 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    FilterModelOpt,
+    GeneratorOpt,
+    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     ExtractorOpt,
@@ -73,6 +76,9 @@ def add(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -102,7 +108,7 @@ def add(
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
     )  # fmt: skip
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
@@ -184,7 +190,7 @@ def list_cmd(
 
     Example: ovdiff protos list --json | jq -r '.[].class'
     """
-    from ..engines.vocab import class_summary, match_classes
+    from ..engines.vocab import class_summary, count_classes, match_classes
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, json_out, create=False)
@@ -199,7 +205,7 @@ def list_cmd(
     if not found:
         run.say(f"no classes cached in {run.cache_dir}: add some with 'ovdiff protos add NAME'")
         return
-    table = Table(title=f"{len(found)} class(es) in {run.cache_dir}")
+    table = Table(title=escape(f"{count_classes(found)} in {run.cache_dir}"))
     cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (["proposer", "masks", "K", "N", "preset", "created"] if verbose else [])
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
@@ -226,7 +232,7 @@ def rm(
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
     from ..errors import OvdiffError
-    from ..engines.vocab import match_classes, remove_classes
+    from ..engines.vocab import count_classes, match_classes, remove_classes
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
@@ -237,7 +243,7 @@ def rm(
     if verbose:
         for pid, rec in doomed:
             run.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
-    run.say(f"removed {len(doomed)} class(es) from {run.cache_dir}")
+    run.say(escape(f"removed {count_classes(doomed)} from {run.cache_dir}"))
 
 
 @app.command("show")
@@ -295,7 +301,7 @@ def export(
     """
     from ..errors import OvdiffError
     from ..store.sharing import export_classes
-    from ..engines.vocab import match_classes
+    from ..engines.vocab import count_classes, match_classes
 
     from ..io.outdir import check_not_in_cache
 
@@ -306,7 +312,7 @@ def export(
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")
     size = export_classes(run.cache, [pid for pid, _ in found], file)
-    run.say(f"wrote {file}: {len(found)} class(es), {human_size(size)}")
+    run.say(escape(f"wrote {file}: {count_classes(found)}, {human_size(size)}"))
 
 
 @app.command("import")
@@ -320,9 +326,11 @@ def import_cmd(
 
     Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
     """
+    from ..engines.vocab import count_classes
     from ..store.sharing import import_classes
 
     run = cache_run(cache, verbose, quiet)
     pids = import_classes(run.cache, file)
-    names = [run.cache.class_record(p)["name"] for p in pids]
-    run.say(f"imported {len(pids)} class(es) into {run.cache_dir}: {escape(', '.join(names))}")
+    found = [(p, run.cache.class_record(p)) for p in pids]
+    names = list(dict.fromkeys(rec["name"] for _, rec in found))
+    run.say(escape(f"imported {count_classes(found)} into {run.cache_dir}: {', '.join(names)}"))

@@ -17,6 +17,7 @@ from .common import (
     DtypeOpt,
     PresetOpt,
     QuietOpt,
+    GeneratorOpt,
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
@@ -41,6 +42,7 @@ def sample(
     show: Annotated[Optional[str], typer.Option("--show", help="Write a contact sheet of this class's cached support set to --out.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Contact sheet file (PNG/JPEG) for --show.", show_default=False)] = None,
     sd_model: SdModelOpt = None,
+    generator: GeneratorOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -63,7 +65,7 @@ def sample(
     from ..names import parse_class_list
 
     run = make_run(
-        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model,
+        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, generator=generator,
         sample={"n_images": n_images, "batch_size": batch_size, "steps": steps, "guidance_scale": guidance,
                 "size": size, "prompt_template": prompt_template, "negative_prompt": negative_prompt},
     )

@@ -18,6 +18,9 @@ from .common import (
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
+    FilterModelOpt,
+    GeneratorOpt,
+    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     EtaOpt,
@@ -54,9 +57,10 @@ from .common import (
 def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
                    shard: tuple[int, int] | None, outputs: tuple[str, bool, bool] = ("png", False, False)) -> None:
     """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
-    from ..io.outdir import check_legend, check_no_input_overwritten, lock
+    from ..io.outdir import check_legend, check_no_input_overwritten, check_out_holds_no_input, lock
 
     check_no_input_overwritten(out_dir, items, *outputs)
+    check_out_holds_no_input(out_dir, items)
     ctx.call_on_close(lock(out_dir, shard))
     check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
 
@@ -96,6 +100,9 @@ def segment(
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
+    part_model: PartModelOpt = None,
+    filter_model: FilterModelOpt = None,
+    generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
@@ -145,7 +152,7 @@ def segment(
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, sample={"n_images": n_images},
+        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size},
         json_out=json_out,

@@ -255,8 +255,8 @@ def build_classes(
 class SegmentWorker:
     """A Ray Data actor: the extractor and the vocabulary, loaded once; segments a batch of paths.
 
-    Rows in: index, path. Rows out: index, labels (H·W uint16 bytes: masks go beyond 254 classes), height, width, selected and
-    timings (JSON), io (seconds reading), error ("" when the image was segmented).
+    Rows in: index, path. Rows out: index, labels (H·W uint16 bytes: masks go beyond 254 classes), height, width, selected,
+    timings and stats (JSON: label → [pixels, mean winning score]), io (seconds reading), error ("" when the image was segmented).
     """
 
     def __init__(self, run_cfg: RunConfig, vocab: list, seg_cfg: SegmentConfig, extractor_spec: str,
@@ -276,7 +276,7 @@ class SegmentWorker:
         images, waiting = [], []  # the images read, and their rows
         for index, path in zip(batch["index"], batch["path"], strict=True):
             row = {"index": int(index), "labels": b"", "height": 0, "width": 0, "selected": "[]", "timings": "{}",
-                   "io": 0.0, "error": ""}  # fmt: skip
+                   "stats": "{}", "io": 0.0, "error": ""}  # fmt: skip
             rows.append(row)
             t0 = time.perf_counter()
             try:
@@ -292,8 +292,8 @@ class SegmentWorker:
                 row["error"] = _describe(InputImage(Path(path), ""), seg)
                 continue
             row.update(labels=seg.labels.astype(np.uint16).tobytes(), height=seg.labels.shape[0], width=seg.labels.shape[1],
-                       selected=json.dumps(seg.selected), timings=json.dumps(seg.timings))  # fmt: skip
-        return {k: np.array([r[k] for r in rows], dtype=object if k in ("labels", "selected", "timings", "error") else None)
+                       selected=json.dumps(seg.selected), timings=json.dumps(seg.timings), stats=json.dumps(seg.stats))  # fmt: skip
+        return {k: np.array([r[k] for r in rows], dtype=object if k in ("labels", "selected", "timings", "stats", "error") else None)
                 for k in rows[0]}  # fmt: skip
 
 
@@ -349,7 +349,8 @@ def segment_items(
                 if row["error"]:
                     writer.failed(item, row["error"])
                     continue
-                seg = Segmentation(_labels(row), json.loads(row["selected"]), json.loads(row["timings"]))
+                stats = {int(k): (int(n), float(v)) for k, (n, v) in json.loads(row["stats"]).items()}
+                seg = Segmentation(_labels(row), json.loads(row["selected"]), json.loads(row["timings"]), stats=stats)
                 writer.write(item, seg, io_time=float(row["io"]))
     return writer.finish()
 

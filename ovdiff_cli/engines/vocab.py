@@ -102,6 +102,14 @@ def prototype_counts(record: dict) -> dict[str, int]:
     return counts
 
 
+def count_classes(found: list[tuple[str, dict]]) -> str:
+    """How many classes the cache entries (pid, record) hold, as commands say it: a class built for
+    sd+dino+clip is one class stored as three part entries, which share its mask id."""
+    classes = len({rec.get("mask_id") or pid for pid, rec in found})
+    entries = "" if classes == len(found) else f" ({len(found)} entries, one per extractor part)"
+    return f"{classes} class(es){entries}"
+
+
 def class_summary(cache: Cache, pid: str, record: dict) -> dict:
     """What `ovdiff protos list` shows of a cached class, JSON-ready (sizes in bytes, full id)."""
     return {

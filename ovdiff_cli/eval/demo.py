@@ -2,7 +2,8 @@
 
 Held-out scenes with known truth are drawn in the VOC layout, the world's classes are built from
 procedurally generated support sets, the scenes are segmented into palette PNGs with overlays, and
-those saved masks are scored exactly as `ovdiff eval --pred` scores any tool's masks.
+those saved masks are scored exactly as `ovdiff eval --pred` scores any tool's masks. The first
+scenes, their masks and their truth side by side make `figure.png` (the README's picture).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import OvdiffError
 
@@ -35,6 +38,7 @@ class DemoRun:
     dataset: SegDataset
     result: EvalResult
     summary: JobSummary
+    figure: Path  # figure.png: image | mask | truth for the first scenes
 
 
 def run_demo(
@@ -78,5 +82,32 @@ def run_demo(
     result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
     record = protocol(dataset, [seed], stages.specs.preset.name, stages.specs.identity(), sample_cfg, proto_cfg, seg_cfg,
                       predictions=str(masks))  # fmt: skip
-    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record)
-    return DemoRun(data, masks, report, dataset, result, summary)
+    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record,
+                             seconds_per_image=summary.seconds_per_image)  # segmenting, not reading the masks back
+    from ..io.images import save_picture
+
+    figure = Path(root) / "figure.png"
+    save_picture(demo_figure(dataset, masks), figure)
+    return DemoRun(data, masks, report, dataset, result, summary, figure)
+
+
+def demo_figure(dataset: SegDataset, masks: Path, rows: int = 3) -> np.ndarray:
+    """The first `rows` scenes, each as image | ovdiff's mask | ground truth (VOC colours, black =
+    background, cream = ignored boundary), white gaps between panels → HxWx3 uint8."""
+    from PIL import Image
+
+    from ..io.images import load_image
+    from ..io.palette import colorize
+
+    lines = []
+    for i in range(min(rows, len(dataset))):
+        item = dataset[i]
+        with Image.open(masks / f"{item.id}.png") as m:
+            mask = np.asarray(m)
+        panels = [load_image(item.info.image_path), colorize(mask), colorize(item.label)]
+        gap = np.full((panels[0].shape[0], 12, 3), 255, np.uint8)
+        lines.append(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+    width = max(line.shape[1] for line in lines)
+    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
+    gap = np.full((12, width, 3), 255, np.uint8)
+    return np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)

@@ -27,6 +27,7 @@ from ..errors import OvdiffError
 from ..io.legend import LEGEND_FILE, legend_lookup
 from ..limits import in_range
 from .metrics import ConfusionMatrix
+from .paper import NOT_COMPARABLE, paper_reference, weights_kind
 from ..io.palette import colorize, rgb_to_labels
 
 if TYPE_CHECKING:
@@ -269,26 +270,6 @@ def aggregate(results: list[EvalResult]) -> dict:
 
 # -- protocol and the paper's numbers -------------------------------------------------------------
 
-# OVDiff's mIoU (%) in the paper: Table 1 (with background; mean ± σ over 5 seeds) and Table A.8
-# (background excluded), SD1.5 + DINO + CLIP features, real weights.
-PAPER_MIOU: dict[str, dict] = {
-    "voc": {"miou": 66.3, "std": 0.2, "table": "Table 1"},
-    "context": {"miou": 29.7, "std": 0.3, "table": "Table 1"},
-    "object": {"miou": 34.6, "std": 0.3, "table": "Table 1"},
-    "voc20": {"miou": 80.9, "std": None, "table": "Table A.8"},
-    "context59": {"miou": 32.9, "std": None, "table": "Table A.8"},
-    "ade": {"miou": 14.1, "std": None, "table": "Table A.8"},
-    "stuff": {"miou": 20.3, "std": None, "table": "Table A.8"},
-    "cityscapes": {"miou": 23.4, "std": None, "table": "Table A.8"},
-}
-
-
-def paper_reference(dataset: SegDataset) -> dict | None:
-    """The paper's OVDiff mIoU for this benchmark, or None for a dataset of one's own classes."""
-    ref = PAPER_MIOU.get(dataset.name)
-    return None if ref is None or dataset.custom else dict(ref, setup="SD1.5 + DINO + CLIP, real weights (the sd15 preset's defaults)")
-
-
 def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, models: dict | None,
              sample: object | None = None, protos: object | None = None, segment: object | None = None,
              predictions: str | None = None) -> dict:  # fmt: skip
@@ -306,7 +287,7 @@ def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, m
         "class_names": "custom" if dataset.custom else "raw" if dataset.raw_names else "paper (App. C.3)",
         "classes": list(dataset.classes), "has_background": dataset.has_background,
         "ignore_index": IGNORE_INDEX, "metric": "mIoU from one confusion matrix over the split (mmseg)",
-        "predictions": predictions, "preset": preset, "models": models, "seeds": seeds,
+        "predictions": predictions, "preset": preset, "weights": weights_kind(preset), "models": models, "seeds": seeds,
         "sample": asdict(sample) if sample is not None else None,
         "protos": asdict(protos) if protos is not None else None,
         "segment": asdict(segment) if segment is not None else None,
@@ -350,10 +331,15 @@ def _png_b64(rgb: np.ndarray, width: int) -> str:
 
 
 def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalResult] | None = None,
-                     run_protocol: dict | None = None) -> dict:  # fmt: skip
-    """metrics.json (and `ovdiff eval --json`): scores, class names, mean ± σ over `runs`, the
-    protocol and the paper's number for the benchmark (None when there is none)."""
+                     run_protocol: dict | None = None, seconds_per_image: float | None = None) -> dict:  # fmt: skip
+    """metrics.json (and `ovdiff eval --json`): scores (IoUs as fractions), class names, mean ± σ over
+    `runs`, the protocol and the paper's number for the benchmark (None when there is none).
+    seconds_per_image: the segmenting time per image when the masks were made elsewhere (saved masks)."""
     metrics = result.to_dict()
+    if seconds_per_image is not None:
+        metrics["seconds_per_image"] = _num(seconds_per_image)
+    elif (run_protocol or {}).get("predictions"):
+        metrics["seconds_per_image"] = None  # reading saved masks is not segmenting them
     metrics["classes"] = list(result.classes)
     if runs:
         metrics["aggregate"] = aggregate(runs)
@@ -364,9 +350,10 @@ def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalRes
 
 def write_report(
     result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None,
-    run_protocol: dict | None = None,
+    run_protocol: dict | None = None, seconds_per_image: float | None = None,
 ) -> tuple[Path, Path]:  # fmt: skip
     """Write `metrics.json` and a self-contained `report.html` into `out_dir`; return their paths.
+    seconds_per_image: as `metrics_document`.
 
     The report gives the protocol (see `protocol`), the paper's number beside ours when the paper
     has one, the confusion matrix as a picture, and the best and worst images' predictions that
@@ -374,7 +361,7 @@ def write_report(
     """
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_document(result, dataset, runs, run_protocol)
+    metrics = metrics_document(result, dataset, runs, run_protocol, seconds_per_image)
     summary = metrics.get("aggregate")
     json_path = out / "metrics.json"
     json_path.write_text(json.dumps(metrics, indent=2))
@@ -388,7 +375,8 @@ def write_report(
         figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
     html_path = out / "report.html"
     confusion = _png_b64(confusion_picture(result.confusion, result.classes), 10_000)
-    html_path.write_text(_html(result, dataset, figures, summary, metrics["paper"], run_protocol, confusion))
+    html_path.write_text(_html(result, dataset, figures, summary, metrics["paper"], run_protocol, confusion,
+                               metrics["seconds_per_image"]))  # fmt: skip
     return json_path, html_path
 
 
@@ -436,7 +424,8 @@ def _pct(x: float | None) -> str:
 
 
 def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summary: dict | None,
-          paper: dict | None = None, run_protocol: dict | None = None, confusion: str = "") -> str:  # fmt: skip
+          paper: dict | None = None, run_protocol: dict | None = None, confusion: str = "",
+          seconds_per_image: float | None = None) -> str:  # fmt: skip
     esc = html.escape
     pal = colorize(_display(np.arange(result.per_class_iou.size), dataset.has_background))
     rows = []
@@ -452,13 +441,17 @@ def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summ
             f'style="width:{width:.1f}%;background:{colour}"></div></td><td class=val>{_pct(iou)}{extra}</td></tr>'
         )
     head = f"mIoU <b>{_pct(result.miou)}</b> · pixel accuracy {_pct(result.pixel_accuracy)} · {result.n_images} images"
-    head += f" · {result.seconds_per_image:.3f} s/image" if not math.isnan(result.seconds_per_image) else ""
+    head += f" · {seconds_per_image:.3f} s/image" if seconds_per_image is not None else ""
     if summary and summary["miou"]:
         m = summary["miou"]
         head += f"<br>{summary['n_runs']} runs: mIoU {_pct(m['mean'])} ± {_pct(m['std'])} (population σ)"
     if paper:
-        sd = f" ± {paper['std']}" if paper["std"] is not None else ""
-        head += f"<br>paper ({esc(paper['table'])}, {esc(paper['setup'])}): mIoU <b>{paper['miou']}{sd}</b>"
+        sd = f" ± {_pct(paper['std'])}" if paper["std"] is not None else ""
+        head += f"<br>paper ({esc(paper['table'])}, {esc(paper['setup'])}): mIoU <b>{_pct(paper['miou'])}{sd}</b>"
+    kind = NOT_COMPARABLE.get((run_protocol or {}).get("weights"))
+    if kind:
+        head += (f"<br><b class=warn>preset {esc(str(run_protocol['preset']))} uses {kind}: these scores check the "
+                 "pipeline, they are not comparable to the paper's</b>")  # fmt: skip
     proto_rows = "".join(
         f"<tr><td class=name>{esc(k)}</td><td>{esc(_brief(v))}</td></tr>" for k, v in (run_protocol or {}).items()
     )

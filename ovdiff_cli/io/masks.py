@@ -120,6 +120,19 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"size": [int(h), int(w)], "counts": encode_counts(rle_counts(mask))}
 
 
+def coco_records(labels: np.ndarray, stats: dict[int, tuple[int, float]], image_id: int) -> list[dict]:
+    """COCO results records of one label map, one per class present (background left out): image_id,
+    category_id (the label value), compressed-RLE segmentation, score (the segment's mean winning
+    score; 1.0 where a caller has none) and area in pixels."""
+    out = []
+    for k in (int(v) for v in np.unique(labels) if v > 0):
+        mask = labels == k
+        score = stats[k][1] if k in stats else 1.0
+        out.append({"image_id": int(image_id), "category_id": k, "segmentation": rle_encode(mask),
+                    "score": round(float(score), 6), "area": int(mask.sum())})  # fmt: skip
+    return out
+
+
 def rle_decode(rle: dict) -> np.ndarray:
     """COCO compressed RLE → (H,W) uint8 mask in {0,1}."""
     h, w = rle["size"]
@@ -149,7 +162,7 @@ class MaskWriter:
     names: list[str] = field(default_factory=list)
     _records: list[dict] = field(default_factory=list, repr=False)
     _images: list[dict] = field(default_factory=list, repr=False)
-    _ids: int = field(default=0, repr=False)
+    _ids: dict[str, int] = field(default_factory=dict, repr=False)  # coco-rle: image name → its image id
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -165,8 +178,10 @@ class MaskWriter:
             return self.out_dir / COCO_RESULTS
         return self.out_dir / f"{name}.{self.fmt}"
 
-    def write(self, name: str, labels: np.ndarray, scores: np.ndarray | None = None) -> None:
-        """labels (H,W) int in 0..num_classes; scores (K+1,h,w) float, needed when `save_scores`."""
+    def write(self, name: str, labels: np.ndarray, scores: np.ndarray | None = None, file_name: str | None = None,
+              stats: dict[int, tuple[int, float]] | None = None) -> None:  # fmt: skip
+        """labels (H,W) int in 0..num_classes; scores (K+1,h,w) float, needed when `save_scores`; for
+        coco-rle, file_name: the image's file (default `name`) and stats: label → (pixels, mean score)."""
         if self.fmt == "png":
             save_png_mask(labels, self.path(name), self.num_classes)
         elif self.fmt == "npz":
@@ -179,19 +194,16 @@ class MaskWriter:
             np.savez_compressed(buf, **arrays)
             _atomic(self.path(name), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
         else:
-            self._ids += 1
-            image_id = self._ids
+            image_id = self._ids[name] = len(self._ids) + 1
             h, w = labels.shape
-            self._images.append({"id": image_id, "file_name": name, "height": int(h), "width": int(w)})
-            for k in (int(v) for v in np.unique(labels) if v > 0):
-                self._records.append({"image_id": image_id, "category_id": k,
-                                      "segmentation": rle_encode(labels == k), "score": 1.0})  # fmt: skip
+            self._images.append({"id": image_id, "file_name": file_name or name, "height": int(h), "width": int(w)})
+            self._records += coco_records(labels, stats or {}, image_id)
 
     def discard(self, name: str) -> None:
         """Forget image `name`'s COCO records (its other outputs failed: the run counts it as not written)."""
-        ids = {i["id"] for i in self._images if i["file_name"] == name}
-        self._images = [i for i in self._images if i["id"] not in ids]
-        self._records = [r for r in self._records if r["image_id"] not in ids]
+        gone = self._ids.get(name)
+        self._images = [i for i in self._images if i["id"] != gone]
+        self._records = [r for r in self._records if r["image_id"] != gone]
 
     def close(self) -> list[Path]:
         """Finish the run; returns the run-wide files written (COCO's two JSON files, else none)."""

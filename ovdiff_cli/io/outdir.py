@@ -3,7 +3,8 @@
 A mask folder holds one set: masks of one class list, described by its `classes.json`. A run whose
 legend differs from the folder's is refused unless `overwrite`, which first removes the old set
 (the masks segment writes, its overlays/ and explain/ folders, the legend) and nothing else. A lock
-file (`.ovdiff-segment.lock`, flock) keeps a second run out while one writes.
+file (`.ovdiff-segment.lock`, flock) keeps a second run out while one writes; its last holder
+removes it. Masks are never written beside input images, where a later run would read them back.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str 
     for name in (LEGEND, COCO_RESULTS, COCO_IMAGES) if fmt == "coco-rle" else (LEGEND,):
         if (out_dir / name).resolve() in inputs:
             raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
+
+
+def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
+    """A one-line error if `out_dir` is the folder of an input image: masks written beside the inputs
+    would be read back as inputs by the next run over that folder."""
+    out = out_dir.resolve()
+    beside = [item.path for item in items if item.path.resolve().parent == out]
+    if beside:
+        raise OvdiffError(f"--out {out_dir} holds input images ({beside[0].name}{', …' if len(beside) > 1 else ''}): "
+                          "the masks would be read back as inputs next time; write them to another folder, "
+                          f"e.g. --out {out_dir / 'masks'}")  # fmt: skip
 
 
 def _legend_names(legend: dict) -> list[str]:
@@ -123,16 +135,34 @@ def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
 
 
 def _flock(path: Path, mode: int, out_dir: Path) -> int:
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OvdiffError(f"cannot lock --out {out_dir}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OvdiffError(f"another 'ovdiff segment' is writing to {out_dir}: wait for it to finish, or use another --out") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # its last holder removed the file between our open and lock: lock the new one
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Let go of a lock; the last holder (who can take it exclusively) removes the file first."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise OvdiffError(f"cannot lock --out {out_dir}: {e.strerror}") from e
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
     except BlockingIOError:
+        pass  # another shard of the job still holds it
+    finally:
         os.close(fd)
-        raise OvdiffError(f"another 'ovdiff segment' is writing to {out_dir}: wait for it to finish, or use another --out") from None
-    return fd
 
 
 def lock(out_dir: Path, shard: tuple[int, int] | None = None) -> Callable[[], None]:
@@ -143,13 +173,15 @@ def lock(out_dir: Path, shard: tuple[int, int] | None = None) -> Callable[[], No
     each holds the folder's lock shared and its own shard's lock exclusively, which still keeps out
     a whole run and a second copy of the same shard.
     """
+    folder = out_dir / LOCK
     if shard is None:
-        fd = _flock(out_dir / LOCK, fcntl.LOCK_EX, out_dir)
-        return lambda: os.close(fd)
-    whole = _flock(out_dir / LOCK, fcntl.LOCK_SH, out_dir)
+        fd = _flock(folder, fcntl.LOCK_EX, out_dir)
+        return lambda: _unlock(folder, fd)
+    whole = _flock(folder, fcntl.LOCK_SH, out_dir)
+    mine = out_dir / f"{LOCK}.{shard[0]}-of-{shard[1]}"
     try:
-        own = _flock(out_dir / f"{LOCK}.{shard[0]}-of-{shard[1]}", fcntl.LOCK_EX, out_dir)
+        own = _flock(mine, fcntl.LOCK_EX, out_dir)
     except OvdiffError:
-        os.close(whole)
+        _unlock(folder, whole)
         raise
-    return lambda: (os.close(own), os.close(whole))
+    return lambda: (_unlock(mine, own), _unlock(folder, whole))

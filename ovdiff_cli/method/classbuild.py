@@ -106,8 +106,9 @@ def part_prototypes(
                                 proto_cfg.kmeans_max_points, spill_dir)  # fmt: skip
 
     def extracted(part: str, coded: np.ndarray) -> Iterator[Batch]:
-        for first, feats in iter_features(stages.part(part), images, proto_cfg.feature_size, proto_cfg.batch_size,
-                                          on("extract")):  # fmt: skip
+        extractor = stages.part(part)
+        for first, feats in iter_features(extractor, images, extractor.fit(proto_cfg.feature_size),
+                                          proto_cfg.batch_size, on("extract")):  # fmt: skip
             yield feats, *on_part_grid(coded[first : first + len(feats)], tuple(feats.shape[-2:]))
             del feats
 

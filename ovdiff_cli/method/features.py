@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidSetting, OvdiffError
 from ..config import InputSize, normalise_extractor
+from ..models.dense import FAMILIES
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ..models.vit import ClipModel
     from ..types import Extractor
 
-PARTS = ("sd", "clip", "dino", "mae")
+PARTS = ("sd", "clip", "dino", "mae", *FAMILIES)  # the paper's, then today's families (models/dense.py)
 NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
 SD_TIMESTEP = 200  # paper App. C.2; fixed, so the extractor spec alone names the features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -327,6 +328,10 @@ class Part:
             f = self.backbone(images)
             norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
             return f.div_(norm.clamp_min_(1e-12).to(f.dtype))
+
+    def fit(self, size: int) -> int:
+        """`size` rounded up to a multiple of the stride (a support set's feature size for a patch-14 ViT)."""
+        return math.ceil(size / self.stride) * self.stride
 
     def window(self, crops: torch.Tensor) -> torch.Tensor:
         """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,

@@ -11,6 +11,12 @@ The filter chooses among the *thing* classes only: every stuff class is always k
    1/|C| rule, else best probability first (their top-η), subsets as `itertools.combinations`
    of that list; CLIP's text tower is order-sensitive, so this decides which prompts are scored.
 
+A sigmoid-trained scorer (SigLIP2 through `--filter-model`) has no softmax over classes: each class
+gets its own probability σ(t·cos + b) with the model's logit scale t and bias b. Step 1 then
+normalises those probabilities to sum to one and keeps the same rule, so a class is kept when its
+probability is at least the mean over the classes: the paper's 1/|C| means "at least as likely as
+the average class", which is what it stays. Step 2 ranks by cosine as before (σ is monotone).
+
 Text embeddings are cached by prompt in the LMDB cache, so a folder never re-encodes a prompt.
 """
 
@@ -37,17 +43,23 @@ def subset_prompt(names: list[str]) -> str:
     return " and ".join(class_prompt(n) for n in names)
 
 
-def select_classes(image_emb: torch.Tensor, class_embs: torch.Tensor, eta: int) -> list[int]:
+def select_classes(image_emb: torch.Tensor, class_embs: torch.Tensor, eta: int,
+                   sigmoid: tuple[float, float] | None = None) -> list[int]:  # fmt: skip
     """Step 1: indices of the candidate classes, in the order the subset prompts list them.
 
-    image_emb (E,) and class_embs (C,E) unit vectors; softmax over the raw cosines (no logit scale).
-    At most η pass the 1/|C| rule → those, in class-list order; more → the η most probable, best
-    first; none → the η best scores, best first.
+    image_emb (E,) and class_embs (C,E) unit vectors; softmax over the raw cosines (no logit scale),
+    or with `sigmoid` = (logit scale, bias) of a SigLIP scorer its per-class sigmoid probabilities
+    normalised to sum to one. At most η pass the 1/|C| rule → those, in class-list order; more →
+    the η most probable, best first; none → the η best scores, best first.
     """
     if eta < 1:
         raise ValueError(f"eta must be at least 1, got {eta}")
     scores = class_embs.float() @ image_emb.float()
-    probs = scores.softmax(0)
+    if sigmoid is None:
+        probs = scores.softmax(0)
+    else:
+        probs = torch.sigmoid(sigmoid[0] * scores + sigmoid[1])
+        probs = probs / probs.sum().clamp_min(1e-30)
     order = torch.argsort(scores, descending=True, stable=True).tolist()
     passed = [i for i in range(len(order)) if probs[i] >= 1.0 / len(order)]
     if not passed:
@@ -148,7 +160,7 @@ class CategoryFilter:
         if len(self.names) <= 1:
             return list(range(len(self.names)))
         img = self.embed(image) if embedding is None else embedding
-        candidates = select_classes(img, self._class_embs, self.eta)
+        candidates = select_classes(img, self._class_embs, self.eta, getattr(self.scorer, "sigmoid", None))
         if len(candidates) == 1:
             return candidates
         options = subsets(candidates)
@@ -160,6 +172,7 @@ class ClipScorer:
     """types.ImageTextScorer over an open_clip model (OpenAI CLIP ViT-B/16 by default).
 
     weights_seed: the seed of random weights (tiny / random specs), part of the embeddings' cache key.
+    `sigmoid`: (logit scale, bias) for a sigmoid-trained model (SigLIP: it has a logit bias), else None.
     """
 
     def __init__(self, clip, device: torch.device, dtype: torch.dtype, weights_seed: int = 0):
@@ -167,6 +180,8 @@ class ClipScorer:
         mean, std = clip_mean_std(self.clip.model.visual)  # as the CLIP feature extractor normalises
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        bias = getattr(self.clip.model, "logit_bias", None)
+        self.sigmoid = None if bias is None else (float(self.clip.model.logit_scale.exp()), float(bias))
 
     def identity(self) -> str:
         return clip_text_id(self.clip.source, self.weights_seed)

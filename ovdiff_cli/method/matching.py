@@ -383,17 +383,21 @@ def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabul
 
 def upsample_argmax(
     scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.
 
     Working band by band keeps memory at L×band×width whatever the image size; the result equals
-    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64
-    and, given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64.
+    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64;
+    given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64; and per
+    local label its mean winning (upsampled) score over the pixels it won, (L,) float64, NaN where
+    it won none (a result's per-segment score, as Hugging Face's segmentation outputs carry one).
     """
     _, h, w = scores.shape
     labels = np.empty((height, width), np.int64)
     winner = np.empty((height, width), np.int64) if best is not None else None
     scale = h / height
+    sums = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+    counts = torch.zeros_like(sums)
     for r0 in range(0, height, band):
         r1 = min(r0 + band, height)
         y = ((torch.arange(r0, r1, device=scores.device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
@@ -402,11 +406,14 @@ def upsample_argmax(
         wy = (y - y0).clamp(0, 1).float()[None, :, None]
         rows = scores[:, y0] * (1 - wy) + scores[:, y1] * wy  # (L, band, w)
         full = F.interpolate(rows[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)[0]
-        lab = full.argmax(0)
+        value, lab = full.max(0)
         labels[r0:r1] = lab.cpu().numpy()
+        sums += torch.bincount(lab.flatten(), weights=value.flatten().double(), minlength=sums.numel())
+        counts += torch.bincount(lab.flatten(), minlength=sums.numel())
         if best is not None:
             ny = ((torch.arange(r0, r1, device=scores.device) * h) // height).clamp_max(h - 1)
             nx = ((torch.arange(width, device=scores.device) * w) // width).clamp_max(w - 1)
             picked = best[:, ny][:, :, nx]  # (L, band, W) nearest
             winner[r0:r1] = picked.gather(0, lab[None]).squeeze(0).cpu().numpy()
-    return labels, winner
+    means = (sums / counts).cpu().numpy()  # 0/0 = NaN for a label that won no pixel
+    return labels, winner, means

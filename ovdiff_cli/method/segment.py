@@ -57,7 +57,8 @@ class Segmentation:
     timings: seconds spent in "filter", "features", "matching" and "upsample_io". scores: (K+1,h,w)
     float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
     the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
-    (filtered out, or no background); only with `scores`.
+    (filtered out, or no background); only with `scores`. stats: label present → (pixels, mean
+    winning score over them), as a result lists its segments (Ray workers send them too).
     """
 
     labels: np.ndarray
@@ -65,6 +66,7 @@ class Segmentation:
     timings: dict[str, float]
     winner: np.ndarray | None = None
     scores: np.ndarray | None = None
+    stats: dict[int, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,14 +204,16 @@ class Segmenter:
     def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
         """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list."""
         t0 = time.perf_counter()
-        local, winner = upsample_argmax(score, image.shape[0], image.shape[1], best)
+        local, winner, means = upsample_argmax(score, image.shape[0], image.shape[1], best)
         full = None
         if keep_scores:
             full = np.full((len(self.classes) + 1, *score.shape[1:]), NO_SCORE, np.float32)
             full[labels] = score.float().cpu().numpy()
+        areas = np.bincount(local.ravel(), minlength=len(means))
+        stats = {int(labels[j]): (int(areas[j]), float(means[j])) for j in np.flatnonzero(areas).tolist()}
         labels = np.asarray(labels, dtype=np.int32)[local]
         t["upsample_io"] = time.perf_counter() - t0
-        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full)
+        return Segmentation(labels, keep, t, None if winner is None else winner.astype(np.int32), full, stats)
 
     # -- encode once, match many (paper §3: the backbones see an image once, whatever the vocabulary)
 
@@ -280,12 +284,14 @@ def _check_image(image: np.ndarray) -> None:
 
 @dataclass
 class JobSummary:
-    """What a `segment_paths` run did: images written, failures (input, reason), time spent."""
+    """What a `segment_paths` run did: images written, failures (input, reason), time spent, and per
+    written image its input, mask file and segments (`image_record`)."""
 
     written: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    images: list[dict] = field(default_factory=list)
 
     @property
     def seconds_per_image(self) -> float:
@@ -363,7 +369,7 @@ class OutputWriter:
         try:
             t0 = time.perf_counter()
             with staged():  # the image's files appear together, only when all are complete
-                self.masks.write(item.name, seg.labels, seg.scores)
+                self.masks.write(item.name, seg.labels, seg.scores, output_file_name(item), seg.stats)
                 if image is None and (self.overlay or self.explainer is not None):
                     image = load_image(item.path)
                 if self.overlay:
@@ -378,6 +384,7 @@ class OutputWriter:
         for k, v in seg.timings.items():
             self.summary.timings[k] = self.summary.timings.get(k, 0.0) + v
         self.summary.written += 1
+        self.summary.images.append(image_record(item, self.masks.path(item.name), seg, self.names))
         if self.on_image is not None:
             self.on_image(item, seg, None)
 
@@ -385,6 +392,21 @@ class OutputWriter:
         self.masks.close()
         self.summary.seconds = time.perf_counter() - self._start
         return self.summary
+
+
+def output_file_name(item: InputImage) -> str:
+    """The image's file name with its extension, under the folder its outputs mirror (COCO's file_name)."""
+    return (Path(item.name).parent / item.path.name).as_posix()
+
+
+def image_record(item: InputImage, mask: Path, seg: Segmentation, names: dict[int, str]) -> dict:
+    """One image of `segment --json`: input, mask file, classes present, and per label present (background
+    too) its area in pixels and mean winning score (None where unknown)."""
+    areas = np.bincount(seg.labels.ravel())
+    present = np.flatnonzero(areas).tolist()
+    segments = [{"label": names[k], "index": k, "area": int(areas[k]),
+                 "score": round(seg.stats[k][1], 6) if k in seg.stats else None} for k in present]  # fmt: skip
+    return {"input": str(item.path), "mask": str(mask), "classes": [names[k] for k in present if k > 0], "segments": segments}
 
 
 def segment_paths(
@@ -434,6 +456,7 @@ def job_report(summary: JobSummary, items: list[InputImage], names: list[str], o
         "failures": [{"input": path, "error": error} for path, error in summary.failures],
         "seconds": summary.seconds, "seconds_per_image": summary.seconds_per_image if summary.written else None,
         "stage_seconds_per_image": {k: v / per for k, v in summary.timings.items()},
+        "per_image": summary.images,
     }  # fmt: skip
 
 

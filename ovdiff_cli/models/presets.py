@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..config import PART_INPUTS, InputSize, ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
+from .dense import FAMILIES
+from .generators import TURBO_STEPS
 from .sd import SD15_HUB_ID
 from .vit import CLIP_SPEC, DINO_SPEC, MAE_SPEC
 
@@ -54,13 +56,25 @@ PRESETS: dict[str, Preset] = {
             segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
             # the paper's sizes scaled to this preset (support 512 → 64, windows 448 → 96)
             inputs={"sd": InputSize(square=64), "clip": InputSize(square=96), "dino": InputSize(cap=96, long_cap=176),
-                    "mae": InputSize(square=96)},  # fmt: skip
+                    "mae": InputSize(square=96),
+                    **{p: InputSize(cap=96, long_cap=176) if f.inputs.cap else InputSize(square=96)
+                       for p, f in FAMILIES.items()}},  # fmt: skip
         ),
         Preset(
             "sd15-random",
             "full-size SD1.5 / CLIP ViT-B/16 / DINO ViT-B/8 architectures with random weights, for benchmarks",
             "full",
             models={"sd": "random", "clip": "random", "dino": "random", "mae": "random"},
+        ),
+        Preset(
+            "modern",
+            "SDXL-Turbo draws (4 steps, no guidance), DINOv3 ViT-B/16 + SigLIP2 ViT-B/16 features, SigLIP2 filter; "
+            "DINO ViT-B/8 cuts the masks. Real weights; its segmentation quality has NOT been measured on real images",
+            "hub",
+            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "generator": "sdxl-turbo", "filter": "siglip2",
+                    "dinov3": FAMILIES["dinov3"].spec, "siglip2": FAMILIES["siglip2"].spec},  # fmt: skip
+            sample=SampleConfig(steps=TURBO_STEPS, guidance_scale=1.0),
+            protos=ProtoConfig(extractor="dinov3+siglip2"),
         ),
         Preset(
             "procedural",
@@ -106,13 +120,24 @@ class ModelSpecs:
         models.update({k: v for k, v in (overrides or {}).items() if v})
         return cls(p, models, weights_seed)
 
+    def spec(self, role: str) -> str | None:
+        """The spec of `role`'s model: the preset's or the user's, else for an extractor family of
+        `models.dense` its default (`FAMILIES`; `tiny` / `random` on the random-weight presets)."""
+        if role in self.models:
+            return self.models[role]
+        if role in FAMILIES:
+            return {"hub": FAMILIES[role].spec, "tiny": "tiny", "full": "random"}.get(self.preset.weights)
+        return None
+
     def identity(self) -> dict[str, str]:
         """Model sources as recorded in cache metadata."""
         return {"preset": self.preset.name, **self.models}
 
     def input_size(self, part: str) -> InputSize:
         """The input size `part` sees at inference: the preset's, else the authors' (config.PART_INPUTS)."""
-        return self.preset.inputs.get(part, PART_INPUTS[part])
+        if part in self.preset.inputs:
+            return self.preset.inputs[part]
+        return FAMILIES[part].inputs if part in FAMILIES else PART_INPUTS[part]
 
 
 def resolve_device(device: str) -> torch.device:

@@ -40,9 +40,10 @@ class ModelStore:
         return self._built[role]
 
     def _spec(self, role: str) -> str:
-        if role not in self.specs.models:
+        spec = self.specs.spec(role)
+        if spec is None:
             raise OvdiffError(f"preset {self.specs.preset.name!r} has no {role} model")
-        return self.specs.models[role]
+        return spec
 
     def sd(self) -> SDComponents:
         """Stable Diffusion's parts (UNet, VAE, text encoder, tokenizer, scheduler)."""
@@ -67,6 +68,42 @@ class ModelStore:
 
         spec = self._spec(kind)
         return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
+
+    def generator_parts(self):
+        """The components of the `--generator` family's pipeline (`models.generators`): SD's or SDXL's."""
+        from .generators import load_sdxl, parse_generator, tiny_sdxl
+        from .sd import load_sd, random_sd
+
+        family, source = parse_generator(self._spec("generator"), self.specs.preset.weights)
+        seed = self.specs.weights_seed
+        if family.pipeline == "sd3":
+            from .mmdit import load_sd3, tiny_sd3
+
+            build = (lambda: tiny_sd3(seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sd3(source, self.device, self.dtype))  # fmt: skip
+        elif family.pipeline == "sd":
+            build = (lambda: random_sd("tiny", seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sd(source, self.device, self.dtype))  # fmt: skip
+        else:
+            build = (lambda: tiny_sdxl(seed, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_sdxl(source, self.device, self.dtype))  # fmt: skip
+        return self._once("generator", build)
+
+    def filter_model(self) -> ClipModel:
+        """The category filter's image/text model: `--filter-model` (`models.filtermodels`), else the run's CLIP."""
+        from .filtermodels import filter_source, load_filter_model
+
+        source = filter_source(self.specs.models.get("filter"), self.specs.preset.weights)
+        if source is None:
+            return self.clip()
+        return self._once("filter", lambda: load_filter_model(source, self.device, self.dtype, self.specs.weights_seed))
+
+    def dense(self, part: str):
+        """The timm ViT of an extractor family of `models.dense` (dinov2, dinov3, siglip2, …)."""
+        from .dense import load_dense
+
+        spec = self._spec(part)
+        return self._once(part, lambda: load_dense(part, spec, self.device, self.dtype, self.specs.weights_seed))
 
     def sam(self):
         """transformers' SAM `mask-generation` pipeline (`sam` spec, default facebook/sam-vit-base)."""

@@ -13,8 +13,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import OvdiffError
+from .dense import FAMILIES
+
+if TYPE_CHECKING:
+    from .generators import GeneratorFamily
 
 BUILT_IN = ("tiny", "random", "procedural")
 ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
@@ -51,7 +56,7 @@ def hf_cache_dir() -> Path:
 
 def weights_for(role: str, spec: str) -> Weights:
     """Where the weights named by `spec` (as --sd-model / --clip-model / … take it) come from."""
-    if spec in BUILT_IN:
+    if spec in BUILT_IN or spec.startswith(("tiny:", "random:")):  # tiny:siglip2 etc.: a random filter model
         return Weights(role, spec, "built-in")
     if Path(spec).expanduser().exists():
         return Weights(role, spec, "local")
@@ -60,11 +65,36 @@ def weights_for(role: str, spec: str) -> Weights:
     if role == "clip":
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
         return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors"))
+    if role == "filter":  # open_clip with the tokenizer files SigLIP2 reads from its repository
+        repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
+        return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
+                                                 "special_tokens_map.json"))  # fmt: skip
     if role in ("dino", "mae"):
         return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
     if role == "sam":
         return Weights(role, spec, "hub", spec, ("config.json", "preprocessor_config.json", "model.safetensors"))
+    if role == "generator":  # FAMILY or FAMILY=HUB_ID_OR_DIR (models/generators.py)
+        from .generators import parse_generator
+
+        family, source = parse_generator(spec, "hub")
+        if Path(source).expanduser().exists():
+            return Weights(role, source, "local")
+        return Weights(role, source, "hub", source, generator_files(family))
+    if role in FAMILIES:  # timm's hub copies: timm/NAME.TAG
+        repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else f"timm/{spec}"
+        return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"))
     raise ValueError(f"unknown model role {role!r}")
+
+
+def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
+    """The files of a generator family's diffusers repository the loaders read: SD's, and SDXL's second text encoder."""
+    if family.pipeline == "sd":
+        return SD_FILES
+    second = ("tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
+    if family.pipeline == "sd3":  # a transformer instead of a UNet; no T5 (models/mmdit.py)
+        return (*(f for f in SD_FILES if not f.startswith("unet/")), *second, "transformer/config.json",
+                "transformer/diffusion_pytorch_model.safetensors")  # fmt: skip
+    return (*SD_FILES, *second)
 
 
 def _open_clip_repo(spec: str) -> str:
@@ -81,10 +111,14 @@ def _open_clip_repo(spec: str) -> str:
 
 def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[Weights]:
     """Every weight a run with these model specs, extractor and mask proposer loads: the generator
-    (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks."""
+    (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks.
+    models: role → spec, with the extractor families' and the filter's resolved (`ModelSpecs.spec`,
+    `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    roles = ["sd", "clip"] + [p for p in ("dino", "mae") if p in extractor.split("+")]
+    parts = extractor.split("+") + (["dino"] if mask_proposer == "ncut" else [])  # ncut cuts DINO ViT-B/8 keys
+    roles = ["sd"] if "sd" in parts or not models.get("generator") else []  # SD1.5: generator or SD features
+    roles += ["generator", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in parts]
     specs = {r: models[r] for r in roles if models.get(r)}
     if mask_proposer == "sam":
         specs["sam"] = models.get("sam") or SAM_SPEC
@@ -126,6 +160,6 @@ def download(w: Weights, local_dir: Path | None = None, downloader: Downloader |
         else:
             path = downloader(repo_id=w.repo, allow_patterns=list(w.files), cache_dir=str(hf_cache_dir()))
     except Exception as e:  # network, auth and disk errors all end as one line naming the repository
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause[:200]}") from e
+        cause = " ".join(str(e).split()) or type(e).__name__  # whole, on one line
+        raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause}") from e
     return Path(path)

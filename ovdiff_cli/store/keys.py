@@ -40,12 +40,20 @@ def generator_identity(specs: ModelSpecs) -> dict:
         from ..procedural import ProceduralGenerator
 
         return ProceduralGenerator().identity()  # a constant of the world, no model
+    if specs.models.get("generator"):  # --generator: the family and its source
+        from ..models.generators import parse_generator
+
+        family, source = parse_generator(specs.models["generator"], specs.preset.weights)
+        scheduler = "flow-match-euler" if family.pipeline == "sd3" else SCHEDULER  # method/mmdit.py's FLOW_SCHEDULER
+        return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
+                "family": family.name}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
 
 
 def clip_text_id(source: str, weights_seed: int) -> str:
     """Key of the text embeddings of an open_clip text tower (random weights: by their seed too)."""
-    return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if source in ("tiny", "random") else "")
+    random = source.split(":")[0] in ("tiny", "random")  # tiny, random, tiny:siglip2, …
+    return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if random else "")
 
 
 def text_embedding_id(specs: ModelSpecs) -> str:
@@ -54,12 +62,15 @@ def text_embedding_id(specs: ModelSpecs) -> str:
         from ..procedural import WORLD_VERSION
 
         return f"procedural-scorer/v{WORLD_VERSION}"
-    return clip_text_id(specs.models["clip"], specs.weights_seed)
+    from ..models.filtermodels import filter_source
+
+    source = filter_source(specs.models.get("filter"), specs.preset.weights)
+    return clip_text_id(specs.models["clip"] if source is None else source, specs.weights_seed)
 
 
 def _models(specs: ModelSpecs, used: set[str]) -> dict:
     """Model sources among `used`, with the preset and the seed of its random weights."""
-    models = {k: specs.models[k] for k in sorted(used) if k in specs.models}
+    models = {k: specs.spec(k) for k in sorted(used) if specs.spec(k) is not None}
     return {"preset": specs.preset.name, "weights_seed": specs.weights_seed, **models}
 
 
