@@ -9,7 +9,8 @@ import typing
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.bench.settings import bench_settings, markdown_table
+from ovdiff_cli.bench.settings import SECTIONS as SECTION_NAMES
+from ovdiff_cli.bench.settings import bench_settings, markdown_table, parse_sections
 from ovdiff_cli.bench.stats import figure, in_child, interleaved_pairs, ratios
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.bench import bench as bench_command
@@ -24,10 +25,15 @@ SECTIONS = {
     "vocabulary": {"add", "alone", "ratio", "load", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
     "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
+    "large_vocab": {"fill", "load_small", "load", "load_per_class", "load_mib", "load_anon", "load_copies", "load_file",
+                    "segment_few", "segment_many", "segment_ratio", "matching_ratio", "filter_cold", "filter_warm",
+                    "filter_share", "rss_peak", "rss_beyond", "rss_vocab", "rss_beyond_ratio", "add", "alone",
+                    "add_ratio"},
 }  # fmt: skip
 TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
            ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),
-           ("class_build", "growth")}  # fmt: skip
+           ("class_build", "growth"), ("large_vocab", "load_per_class"), ("large_vocab", "load_copies"),
+           ("large_vocab", "segment_ratio"), ("large_vocab", "rss_beyond_ratio"), ("large_vocab", "add_ratio")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,13 @@ def test_results_record_machine_settings_and_exact_counts(quick_results):
     assert results["sections"]["filter"]["figures"]["prompts"]["median"] > 0
     assert "SYNTHESISED" in results["sections"]["segment"]["notes"][0]
     assert "overhead" in output and "results:" in output
+    large = results["sections"]["large_vocab"]["figures"]
+    n = results["settings"]["large_classes"]
+    assert set(results["settings"]["sections"]) == set(SECTIONS)  # --quick: every section but ray
+    assert large["segment_many"]["label"].startswith(f"segment, {n} classes")
+    # read in one copy: the process's own memory grew by the prototypes' bytes, within 10% and 1 MiB
+    assert abs(large["load_anon"]["median"] - large["load_mib"]["median"]) <= 0.1 * large["load_mib"]["median"] + 1
+    assert len(large["add"]["runs"]) == len(large["segment_many"]["runs"]) == results["settings"]["large_pairs"]
 
 
 def test_markdown_table_has_a_row_per_figure(quick_results):
@@ -74,8 +87,29 @@ def test_markdown_table_has_a_row_per_figure(quick_results):
     assert len(rows) == 2 + sum(len(k) for k in SECTIONS.values())
 
 
+def test_sections_option_picks_sections_in_run_order_and_names_the_choices():
+    assert parse_sections(None, "cpu") == SECTION_NAMES
+    assert "ray" not in parse_sections(None, "cpu", quick=True)
+    cuda = parse_sections(None, "cuda")  # a CUDA run ends in minutes: no multi-process or CPU-side sections
+    assert {"class_build", "large_vocab", "ray"}.isdisjoint(cuda) and {"sampling", "segment", "vocabulary"} <= set(cuda)
+    assert parse_sections("large_vocab, segment", "cpu") == ("segment", "large_vocab")
+    with pytest.raises(OvdiffError, match="sections has 'segmant', not a section; choose from: class_build"):
+        parse_sections("segmant", "cpu")
+    with pytest.raises(OvdiffError, match="sections is empty"):
+        parse_sections(" , ", "cpu")
+
+
+def test_large_vocabulary_names_are_distinct_and_real_first():
+    from ovdiff_cli.bench.large import vocabulary_names
+
+    names = vocabulary_names(1000)
+    assert len(set(names)) == 1000 and names[:3] == ["aeroplane", "bicycle", "bird"]
+    assert "cat 2" in names
+
+
 def test_settings_reduced_on_cpu_and_paper_on_cuda():
     cpu, gpu = bench_settings("cpu"), bench_settings("cuda")
+    assert cpu.large_classes == gpu.large_classes == 1000
     assert cpu.preset == gpu.preset == "sd15-random"
     assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
     assert cpu.size < gpu.size and cpu.steps < gpu.steps

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
+from .settings import SECTIONS, BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .build import bench_build_memory, bench_prototypes
 from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
 from ..eval.classnames import VOC
@@ -367,12 +367,18 @@ def _cpu_name() -> str:
 
 
 def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
-              say: Say | None = None) -> dict:  # fmt: skip
-    """Every section in turn, in a scratch folder `root`; returns the results document."""
+              say: Say | None = None, only: tuple[str, ...] | None = None) -> dict:  # fmt: skip
+    """The sections `only` (default: every one but `ray`, which the command runs) in turn, in a
+    scratch folder `root`; returns the results document. A section that needs another's output
+    (prototypes: the support set drawn; segment and the vocabularies: the feature dimensions) gets
+    it from a synthetic support set when that one is left out."""
     from ..compose import Stages
     from ..io.images import load_image
+    from .build import build_once, synthetic_samples
+    from .large import bench_large_vocab
 
     say = say or (lambda _msg: None)
+    only = tuple(x for x in SECTIONS if x != "ray") if only is None else only
     stages = Stages.for_run(s.preset, device, dtype)  # weights seeded as every command seeds them
     if stages.specs.preset.weights == "procedural":
         raise OvdiffError("the bench times Stable Diffusion sampling: use an SD preset (sd15-random, tiny, sd15)")
@@ -380,26 +386,42 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     load = _load()
     sections: dict[str, dict] = {}
     # New processes first, while this one holds no model: a child's peak then never adds to ours.
-    say(f"class build: peak memory at N={s.build_counts[0]} and {s.build_counts[1]} in new processes ({s.build_preset}, {s.build_feature_size} px)")
-    sections["class_build"] = bench_build_memory(s, device, dtype, seed, root)
-    say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
-    sections["memory"] = bench_memory(s, device, dtype, seed, root)
-    say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.pairs} interleaved pairs")
-    sections["sampling"], samples = bench_sampling(stages, s, seed)
-    say("prototypes: features, masks, K-means")
-    sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed, root)
+    if "class_build" in only:
+        say(f"class build: peak memory at N={s.build_counts[0]} and {s.build_counts[1]} in new processes ({s.build_preset}, {s.build_feature_size} px)")
+        sections["class_build"] = bench_build_memory(s, device, dtype, seed, root)
+    if "memory" in only:
+        say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
+        sections["memory"] = bench_memory(s, device, dtype, seed, root)
+    samples = None
+    if "sampling" in only:
+        say(f"sampling: {s.n_images} image(s), {s.steps} steps, {s.size} px, {s.pairs} interleaved pairs")
+        sections["sampling"], samples = bench_sampling(stages, s, seed)
+    samples = samples or synthetic_samples(s.n_images, s.size, seed)
+    dim: dict[str, int] = {}
+    if "prototypes" in only:
+        say("prototypes: features, masks, K-means")
+        sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed, root)
+    elif {"segment", "vocabulary", "large_vocab"} & set(only):  # the feature dimensions, from one build
+        dim = {p: int(a["fg/class"].shape[1]) for p, a in build_once(stages, samples[:1], s.feature_size, s.k_parts, seed, root)[3].items()}
     folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
-    say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
-    sections["segment"] = bench_segment(stages, s, folder, dim, root, seed)
-    say(f"filter: η={s.eta}, cold and warm text-embedding cache")
-    sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
-    say(f"vocabulary: {s.vocab_cached} cached classes + 1")
-    sections["vocabulary"] = bench_vocab(s, dim, device, dtype, seed, root)
+    if "segment" in only:
+        say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
+        sections["segment"] = bench_segment(stages, s, folder, dim, root, seed)
+    if "filter" in only:
+        say(f"filter: η={s.eta}, cold and warm text-embedding cache")
+        sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
+    if "vocabulary" in only:
+        say(f"vocabulary: {s.vocab_cached} cached classes + 1")
+        sections["vocabulary"] = bench_vocab(s, dim, device, dtype, seed, root)
+    if "large_vocab" in only:
+        say(f"large vocabulary: {s.large_classes} cached classes, each measurement in a new process")
+        sections["large_vocab"] = bench_large_vocab(s, dim, device, dtype, seed, root)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(stages), "load_average_at_start": load, "load_average_at_end": _load()},
-        "settings": {**asdict(s), "device": str(stages.device), "dtype": str(stages.dtype).removeprefix("torch."), "seed": seed},
+        "settings": {**asdict(s), "device": str(stages.device), "dtype": str(stages.dtype).removeprefix("torch."), "seed": seed,
+                     "sections": list(only)},
         "sections": sections,
         "wall_s": round(time.perf_counter() - start, 1),
     }

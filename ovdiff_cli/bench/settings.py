@@ -56,6 +56,8 @@ class BenchSettings:
     build_counts: tuple[int, int]
     build_feature_size: int
     build_pairs: int
+    large_classes: int  # the large-vocabulary section's cached classes
+    large_pairs: int  # its interleaved pairs (segment 1,000 vs 20 classes; protos add vs alone)
 
 
 # Counting generator calls and peak memory is the same everywhere: they measure bookkeeping and
@@ -72,14 +74,15 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             "tiny", 1, 1, n_images=2, steps=2, size=64, feature_size=64, k_parts=4, short_side=96, windows=(96, 64),
             stride=48, eta=4, segment_images=1, image_hw=(120, 160), bank_classes=20, bank_rows=32,
             **dict(_SMALL, vocab_cached=3, memory_counts=(2, 6), memory_hw=(60, 80)),
-            build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1,
+            build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1, large_classes=30,
+            large_pairs=1,
         )  # fmt: skip
-    elif device_type == "cuda":
+    elif device_type == "cuda":  # 2 repeats and 3 pairs: the default sections (`default_sections`) end in minutes
         s = BenchSettings(
-            "sd15-random", 3, 7, n_images=8, steps=30, size=512, feature_size=512, k_parts=32, short_side=448,
+            "sd15-random", 2, 3, n_images=8, steps=30, size=512, feature_size=512, k_parts=32, short_side=448,
             windows=(448, 336), stride=224, eta=10, segment_images=10, image_hw=(375, 500), bank_classes=20,
             bank_rows=32, **_SMALL, build_preset="sd15-random", build_counts=(8, 32), build_feature_size=512,
-            build_pairs=1,
+            build_pairs=1, large_classes=1000, large_pairs=3,
         )  # fmt: skip
     else:  # the paper's windows 448/336, stride 224 and short side 448, scaled by 4/7; one support image per
         # call, so that a loaded 2-core machine runs enough pairs in under half an hour: a pair's ratio
@@ -88,7 +91,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             "sd15-random", 2, 12, n_images=1, steps=2, size=256, feature_size=256, k_parts=32, short_side=256,
             windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,
             bank_rows=32, **_SMALL, build_preset="sd15-random", build_counts=(8, 32), build_feature_size=128,
-            build_pairs=1,
+            build_pairs=1, large_classes=1000, large_pairs=6,
         )  # fmt: skip
     from ..limits import in_range
 
@@ -96,6 +99,33 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
         if value is not None:
             in_range(name, value)
     return replace(s, preset=preset or s.preset, repeats=repeats or s.repeats, pairs=pairs or s.pairs)
+
+
+SECTIONS = ("class_build", "memory", "sampling", "prototypes", "segment", "filter", "vocabulary", "large_vocab", "ray")
+# On CUDA the default leaves out the sections that start several processes (each pays ~40 s of model
+# set-up) or measure the CPU side: the rest ends in a few minutes on an H100/H200; --sections adds them.
+_CUDA_LEFT_OUT = ("class_build", "large_vocab", "ray")
+
+
+def default_sections(device_type: str, quick: bool = False) -> tuple[str, ...]:
+    """The sections a run without --sections measures: all on a CPU, all but `ray` with --quick, fewer on CUDA."""
+    if quick:
+        return tuple(x for x in SECTIONS if x != "ray")
+    return tuple(x for x in SECTIONS if device_type != "cuda" or x not in _CUDA_LEFT_OUT)
+
+
+def parse_sections(text: str | None, device_type: str, quick: bool = False) -> tuple[str, ...]:
+    """--sections "a,b" → the sections in run order; None → `default_sections`. Unknown names: InvalidSetting."""
+    from ..errors import InvalidSetting
+
+    if text is None:
+        return default_sections(device_type, quick)
+    wanted = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in wanted if x not in SECTIONS]
+    if unknown or not wanted:
+        what = f"has {', '.join(map(repr, unknown))}, not a section" if unknown else "is empty"
+        raise InvalidSetting("sections", f"{what}; choose from: {', '.join(SECTIONS)}")
+    return tuple(x for x in SECTIONS if x in wanted)
 
 
 # --------------------------------------------------------------------------- inputs

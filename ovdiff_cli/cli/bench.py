@@ -45,10 +45,11 @@ def results_table(results: dict) -> Table:
 
 def bench(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path("bench/results.json"),
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 3 on CUDA; 1 with --quick].", show_default=False)] = None,
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 12 on CPU, 7 on CUDA; 1 with --quick].", show_default=False)] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 2 on CUDA; 1 with --quick].", show_default=False)] = None,
+    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 12 on CPU, 3 on CUDA; 1 with --quick].", show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).")] = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].", show_default=False)] = None,
+    sections: Annotated[Optional[str], typer.Option("--sections", help="Comma-separated sections to run, e.g. segment,large_vocab: class_build, memory, sampling, prototypes, segment, filter, vocabulary, large_vocab, ray \\[default: all on CPU; on CUDA all but class_build, large_vocab and ray, so it ends in minutes; all but ray with --quick].", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].", show_default=False)] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -61,12 +62,14 @@ def bench(
     On a CPU the sizes are reduced (1 support image, 2 steps, 256 px, windows 256/192) so the run
     takes minutes; on CUDA they are the paper's (8 support images per class). Each figure is the
     median of --repeats runs, with min, max and spread; each ratio the median of --pairs interleaved
-    pair ratios. The class-build section measures peak memory of one build at N=8 and N=32. Without
-    --quick, a last section compares `segment --engine ray` (1 and 2 workers) with the local engine.
+    pair ratios. The class-build section measures peak memory of one build at N=8 and N=32, the
+    large-vocabulary one reading, filtering, segmenting with and adding to 1,000 cached classes.
+    Without --quick, a last section compares `segment --engine ray` (1 and 2 workers) with the local
+    engine.
 
     Example: ovdiff bench --out bench/results.json
     """
-    from ..bench.settings import bench_settings, markdown_table
+    from ..bench.settings import bench_settings, markdown_table, parse_sections
     from ..bench.run import run_bench
     from ..io.images import save_json
     from ..models.presets import resolve_device
@@ -75,11 +78,12 @@ def bench(
 
     check_seed(seed)
     settings = bench_settings(resolve_device(device).type, quick, preset, repeats, pairs)
+    only = parse_sections(sections, resolve_device(device).type, quick)
     err = Console(stderr=True)
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
     with workspace(cache) as root:
-        results = run_bench(settings, root, device, dtype, seed, say)
-        if not quick:  # the Ray engine against the local one (its own module; skipped without the extra)
+        results = run_bench(settings, root, device, dtype, seed, say, tuple(x for x in only if x != "ray"))
+        if "ray" in only:  # the Ray engine against the local one (its own module; skipped without the extra)
             from ..bench.engines import bench_ray
 
             results["sections"]["ray"] = bench_ray(root, device, dtype, seed, settings.repeats, say)

@@ -336,13 +336,21 @@ class Part:
     def window(self, crops: torch.Tensor) -> torch.Tensor:
         """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,
         rounded up to the stride): (B,D,h',w') on the part's own grid."""
+        return self(self._resized(crops))
+
+    def resize(self, crop: torch.Tensor) -> torch.Tensor:
+        """One crop (3,h,w) as `window` feeds it to the backbone, (3,h',w'): crops of any sizes that
+        resize alike can then share a forward pass (`matching.window_features`)."""
+        return self._resized(crop[None])[0]
+
+    def _resized(self, crops: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
         th, tw = self.input_size(*crops.shape[-2:])
         th, tw = math.ceil(th / self.stride) * self.stride, math.ceil(tw / self.stride) * self.stride
         if (th, tw) != tuple(crops.shape[-2:]):
             crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-        return self(crops)
+        return crops
 
 
 # --------------------------------------------------------------------------- many images

@@ -39,9 +39,10 @@ class Vocabulary:
 
     protos: (P,D) float32 unit rows, sorted by `owner`; owner: (P,) int64 index into `labels`;
     labels: the label of each local label index (0 = background, k = names[k-1]); index: (P,) int64
-    position of each prototype in the full vocabulary (what --explain reports); stuff_sim: (P,C)
-    float32, a bg prototype's best cosine to each stuff class's fg prototypes (NO_SCORE elsewhere),
-    so the stuff filter can follow the classes kept for an image; bg_threshold: when set, background
+    position of each prototype in the full vocabulary (what --explain reports); stuff_sim: (P,)
+    float32, a bg prototype's best cosine to any stuff class's fg prototype (NO_SCORE for fg rows
+    and without stuff classes): one number per row, not one per class, so a vocabulary of a
+    thousand classes does not hold a (P, classes) table; bg_threshold: when set, background
     is scored by this constant instead of prototypes (paper A.2, "w/o bg prototypes"); bank: the
     full vocabulary a restricted one was cut from (`index` points into it).
     """
@@ -61,9 +62,10 @@ class Vocabulary:
         return self.protos.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
-        return replace(self, protos=self.protos.to(device, dtype), owner=self.owner.to(device),
-                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device),
-                       bank=None if self.bank is None else self.bank.to(device, dtype))  # fmt: skip
+        bank = None if self.bank is None else self.bank.to(device, dtype)
+        shared = bank is not None and self.bank.protos is self.protos  # every row kept: one copy on the device too
+        return replace(self, protos=bank.protos if shared else self.protos.to(device, dtype), owner=self.owner.to(device),
+                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device), bank=bank)  # fmt: skip
 
     def source(self, index: int) -> Provenance:
         """Provenance of the prototype at position `index` of the full vocabulary."""
@@ -81,21 +83,18 @@ class Vocabulary:
         owner_cls = torch.tensor([p.cls for p in self.provenance], dtype=torch.long, device=self.protos.device)
         rows = in_keep[owner_cls]
         if self.stuff_threshold is not None:
-            rows &= self.stuff_sim.max(dim=1).values <= self.stuff_threshold
+            rows &= self.stuff_sim <= self.stuff_threshold
         sel = torch.nonzero(rows).flatten()
         old_labels = [self.labels[o] for o in self.owner[sel].tolist()]
         labels = sorted(set(old_labels) | ({0} if self.bg_threshold is not None else set()))
         pos = {lab: i for i, lab in enumerate(labels)}
+        every = len(sel) == len(self)  # rows stay sorted: the same tensors, not a second copy of the prototypes
         return Vocabulary(
-            self.names, self.protos[sel],
+            self.names, self.protos if every else self.protos[sel],
             torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long, device=self.protos.device),
-            labels, [self.provenance[i] for i in sel.tolist()], self.index[sel], self.stuff_sim[sel],
-            self.stuff_threshold, self.bg_threshold, self,
+            labels, [self.provenance[i] for i in sel.tolist()], self.index if every else self.index[sel],
+            self.stuff_sim if every else self.stuff_sim[sel], self.stuff_threshold, self.bg_threshold, self,
         )  # fmt: skip
-
-
-def _max_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).T).max(dim=1).values
 
 
 def assemble_vocabulary(
@@ -132,13 +131,17 @@ def assemble_vocabulary(
     owners = [0 if p.group == "bg" else p.cls + 1 for p in prov]
     if not any(owners):
         raise ValueError("no foreground prototypes of the requested kinds in any class")
-    protos = F.normalize(torch.from_numpy(np.concatenate(blocks)), dim=1)
-    stuff_sim = torch.full((len(prov), len(classes)), NO_SCORE)
+    protos = torch.from_numpy(np.concatenate(blocks))
+    del blocks
+    # F.normalize in place (the same values): one copy of the prototypes, not two
+    protos.div_(protos.norm(2, 1, keepdim=True).clamp_min(1e-12))
+    stuff_sim = torch.full((len(prov),), NO_SCORE)
     is_bg = torch.tensor([p.group == "bg" for p in prov])
-    for ci, c in enumerate(classes):
+    bg = F.normalize(protos[is_bg], dim=1) if is_bg.any() else None  # once, not once per stuff class
+    for c in classes:
         fg = _stack([c.fg], kinds)
-        if c.kind == "stuff" and is_bg.any() and fg.shape[0]:
-            stuff_sim[is_bg, ci] = _max_cosine(protos[is_bg], fg)
+        if c.kind == "stuff" and bg is not None and fg.shape[0]:
+            stuff_sim[is_bg] = torch.maximum(stuff_sim[is_bg], (bg @ F.normalize(fg.float(), dim=1).T).max(dim=1).values)
     labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
     pos = {lab: i for i, lab in enumerate(labels)}
     full = Vocabulary(
@@ -279,24 +282,71 @@ class WindowBatch:
     features: list[torch.Tensor]
 
 
+Resize = Callable[[torch.Tensor], torch.Tensor]  # one crop (3,h,w) → the part's input (3,h',w')
+
+
 def window_features(
     images: list[torch.Tensor],
     extracts: list[Extract],
     windows: tuple[int, ...] | None = (448, 336),
     stride: int = 224,
     batch: int = 8,
+    resizes: list[Resize | None] | None = None,
 ) -> Iterator[WindowBatch]:
     """The backbones' half of `slide_match_many`: every crop (`crops`) of every image through each
-    part's `extracts[j]`, crops of one size sharing batches of at most `batch` (in first-seen order)."""
+    part's `extracts[j]`, crops of one size sharing batches of at most `batch` (in first-seen order).
+
+    With `resizes[j]` (a part's own input size: `Part.resize`), `extracts[j]` takes crops already
+    resized, and crops of different sizes that resize alike share its forward passes: a square-input
+    part (SD, CLIP) then runs all the windows and the whole image of a chunk of `batch` crops in one
+    pass. The batches yielded, and the order of their crops, are the same either way.
+    """
     by_shape: dict[tuple[int, int], list] = {}  # first-seen order: one image reproduces the pass order
     for i, image in enumerate(images):
         for box, crop in crops(image, windows, stride):
             by_shape.setdefault(tuple(crop.shape[-2:]), []).append((i, box, crop))
-    for shape, jobs in by_shape.items():
-        for k in range(0, len(jobs), batch):
-            chunk = jobs[k : k + batch]
-            stack = torch.stack([crop for _, _, crop in chunk])
-            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk], [extract(stack) for extract in extracts])
+    if not resizes or not any(resizes):
+        for shape, jobs in by_shape.items():
+            for k in range(0, len(jobs), batch):
+                chunk = jobs[k : k + batch]
+                stack = torch.stack([crop for _, _, crop in chunk])
+                yield WindowBatch(shape, [(i, box) for i, box, _ in chunk], [extract(stack) for extract in extracts])
+        return
+    every = [job for jobs in by_shape.values() for job in jobs]
+    for k in range(0, len(every), batch):
+        chunk = every[k : k + batch]
+        feats = [_part_features([c for _, _, c in chunk], extract, resize)
+                 for extract, resize in zip(extracts, resizes, strict=True)]  # fmt: skip
+        start = 0
+        while start < len(chunk):  # one batch per run of crops of one size, as without `resizes`
+            shape, stop = tuple(chunk[start][2].shape[-2:]), start
+            while stop < len(chunk) and tuple(chunk[stop][2].shape[-2:]) == shape:
+                stop += 1
+            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk[start:stop]], [_rows(f[start:stop]) for f in feats])
+            start = stop
+
+
+def _part_features(crops_: list[torch.Tensor], extract: Extract, resize: Resize | None) -> list[tuple[torch.Tensor, int]]:
+    """One part's features of crops of any sizes, per crop (output batch, row): one forward pass per
+    input size (resized first with `resize`, else per crop size)."""
+    inputs = [resize(c) if resize is not None else c for c in crops_]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, x in enumerate(inputs):
+        groups.setdefault(tuple(x.shape[-2:]), []).append(n)
+    where: list[tuple[torch.Tensor, int]] = [None] * len(inputs)  # type: ignore[list-item]
+    for idx in groups.values():
+        out = extract(torch.stack([inputs[n] for n in idx]))
+        for row, n in enumerate(idx):
+            where[n] = (out, row)
+    return where
+
+
+def _rows(where: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """The features of a run of crops: a slice of one output batch when they are consecutive rows of it."""
+    first, row = where[0]
+    if all(o is first and r == row + n for n, (o, r) in enumerate(where)):
+        return first[row : row + len(where)]
+    return torch.stack([o[r] for o, r in where])
 
 
 def blank_canvases(sizes: list[tuple[int, int]], labels: list[list[int]], device: torch.device,
@@ -331,6 +381,7 @@ def slide_match_many(
     stride: int = 224,
     batch: int = 8,
     with_best: bool = False,
+    resizes: list[Resize | None] | None = None,
 ) -> list[tuple[torch.Tensor, list[int], torch.Tensor | None]]:
     """Late fusion over parts and crops: each part's class score maps, averaged over parts, then
     over the sliding windows and the whole image (paper App. C.5; sdov predict.py).
@@ -344,11 +395,12 @@ def slide_match_many(
     filtering still applies. Returns per image: scores (L,H,W) float32 over `union_labels`, those
     labels, and with `with_best` the winning prototype per label and pixel, (L,H,W) int64 global
     indices: the best-scoring prototype of the part with the highest score, over all crops.
+    `resizes`: see `window_features` (crops of all sizes share a part's passes).
     """
     labels = [union_labels(v) for v in vocabs]
     sizes = [(im.shape[1], im.shape[2]) for im in images]
     canvases = blank_canvases(sizes, labels, images[0].device if images else torch.device("cpu"), with_best)
-    for wb in window_features(images, extracts, windows, stride, batch):
+    for wb in window_features(images, extracts, windows, stride, batch, resizes):
         match_windows(canvases, wb, vocabs, labels, offsets, with_best)
     out = []
     for canvas, lab in zip(canvases, labels, strict=True):

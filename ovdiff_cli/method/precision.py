@@ -21,3 +21,16 @@ def mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype == b.dtype and a.dtype in HALF and a.is_cuda:
         return torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a.float(), b.float())
+
+
+def bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (..., M, K) @ b (..., K, N) → (..., M, N) float32, as `mm_f32` for batches.
+
+    On CUDA half inputs are multiplied as they are (no fp32 copy of `a`: the attribution capture's
+    queries are the largest tensors of a sampling step); elsewhere both are upcast first.
+    """
+    if a.dtype == b.dtype and a.dtype in HALF and a.is_cuda:
+        lead, (m, k), n = a.shape[:-2], a.shape[-2:], b.shape[-1]
+        out = torch.bmm(a.reshape(-1, m, k), b.reshape(-1, k, n), out_dtype=torch.float32)
+        return out.view(*lead, m, n)
+    return a.float() @ b.float()

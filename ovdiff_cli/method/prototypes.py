@@ -155,11 +155,13 @@ class RegionAccumulator:
     exist only once all images are seen. Each batch's masked cells are therefore spilled to an
     unlinked temporary file (in the features' dtype, in `spill_dir`) and read back in chunks by
     `finish` for that assignment: a second pass over disk, not over the extractor, and never more
-    than one chunk in memory.
+    than one chunk in memory. On a GPU the first `device_spill` bytes of them stay on the device
+    instead (a round trip through host memory and disk cost more than the K-means on CUDA); memory
+    is still bounded whatever N.
     """
 
     def __init__(self, dim: int, k: int, seed: int, iters: int = 30, max_points: int = 8192,
-                 spill_dir: str | None = None):  # fmt: skip
+                 spill_dir: str | None = None, device_spill: int = 256 << 20):  # fmt: skip
         if max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         self.dim, self.k, self.seed, self.iters, self.max_points = dim, k, seed, iters, max_points
@@ -170,7 +172,8 @@ class RegionAccumulator:
         self._points: torch.Tensor | None = None  # (max_points, D) sample, the first len(_keys) rows filled
         self._keys = np.zeros(0)
         self._spill = None
-        self._spilled: list[tuple[int, int]] = []  # (image, cells) in file order
+        self._spilled: list[tuple[int, int, torch.Tensor | None]] = []  # (image, cells, rows kept on the GPU or None: in the file)
+        self._device_room = device_spill
 
     @property
     def sample(self) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -232,21 +235,29 @@ class RegionAccumulator:
         self._keys[slots] = keys[incoming]
 
     def _write(self, image: int, rows: torch.Tensor) -> None:
+        """Keep one image's masked cells (rows: a gathered copy) for `_part_labels`: on the GPU while
+        there is room, else in the spill file."""
+        if rows.is_cuda and rows.nbytes <= self._device_room:
+            self._device_room -= rows.nbytes
+            self._spilled.append((image, len(rows), rows))
+            return
         if self._spill is None:
             self._spill = tempfile.TemporaryFile(dir=self.spill_dir, prefix="ovdiff-parts-")
         self._spill.write(rows.contiguous().cpu().view(torch.uint8).numpy().data)
-        self._spilled.append((image, len(rows)))
+        self._spilled.append((image, len(rows), None))
 
     def _part_labels(self, centroids: torch.Tensor, dtype: torch.dtype, device: torch.device) -> np.ndarray:
         """(N,h,w) int16 nearest centroid of every masked cell, −1 elsewhere, read back from the spill."""
         n = max(self.masks) + 1
         labels = np.full((n, *self.grid), -1, np.int16)
-        if self._spill is None:
-            return labels
-        self._spill.seek(0)
+        if self._spill is not None:
+            self._spill.seek(0)
         row_bytes = self.dim * torch.empty(0, dtype=dtype).element_size()
-        for image, cells in self._spilled:
+        for image, cells, kept in self._spilled:
             out = labels[image]
+            if kept is not None:
+                out[self.masks[image]] = nearest(kept, centroids).cpu().numpy().astype(np.int16)
+                continue
             got = []
             for start in range(0, cells, _chunk_rows(self.dim)):
                 count = min(_chunk_rows(self.dim), cells - start)
@@ -284,6 +295,7 @@ class RegionAccumulator:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        self._spilled = []
 
 
 # --------------------------------------------------------------------------- one class

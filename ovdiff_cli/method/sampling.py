@@ -168,6 +168,8 @@ class CapturingCrossAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         import torch.nn.functional as F
 
+        from .precision import bmm_f32
+
         if encoder_hidden_states is None or hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise ValueError("attribution capture supports SD-style cross-attention layers only")
         residual = hidden_states
@@ -190,7 +192,7 @@ class CapturingCrossAttnProcessor:
             key = attn.norm_k(key)
 
         cond = slice(batch // 2, batch) if self.recorder.cfg else slice(0, batch)
-        scores = query[cond].float() @ key[cond].float().transpose(-1, -2) * attn.scale
+        scores = bmm_f32(query[cond], key[cond].transpose(-1, -2)) * attn.scale
         if attention_mask is not None:
             scores = scores + attention_mask[cond].float()
         self.recorder.add(scores.softmax(dim=-1))

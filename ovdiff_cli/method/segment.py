@@ -111,7 +111,7 @@ class Segmenter:
 
     def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
                  device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
-                 window_batch: int = 8):  # fmt: skip
+                 window_batch: int | None = None, merge_crops: bool | None = None):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with")
         png_kind(len(classes))  # refuses more classes than a 16-bit mask holds
@@ -136,7 +136,14 @@ class Segmenter:
             if scorer is not None and cfg.use_filter and stuff.count(False) > 1
             else None
         )
-        self.window_batch = window_batch
+        # On a GPU all crops of a chunk (windows of both sizes and the whole image) share each part's
+        # forward passes: one launch of a backbone per chunk instead of one per crop size. On a CPU
+        # the passes stay per crop size (the same speed there, and the goldens' batches).
+        self.merge_crops = device.type == "cuda" if merge_crops is None else merge_crops
+        self.window_batch = window_batch if window_batch is not None else (32 if self.merge_crops else 8)
+
+    def _resizes(self) -> list | None:
+        return [p.resize for p in self.parts] if self.merge_crops else None
 
     def source(self, index: int) -> tuple[str, Provenance]:
         """(part, provenance) of prototype `index` in the global numbering of `Segmentation.winner`."""
@@ -180,7 +187,7 @@ class Segmenter:
             def extract(crops: torch.Tensor) -> torch.Tensor:
                 nonlocal feature_time
                 t = time.perf_counter()
-                out = part.window(crops)
+                out = part(crops) if self.merge_crops else part.window(crops)
                 self._sync()
                 feature_time += time.perf_counter() - t
                 return out
@@ -190,7 +197,7 @@ class Segmenter:
         t0 = time.perf_counter()
         windows = tuple(self.cfg.windows) if self.cfg.slide else None
         results = slide_match_many(xs, vocabs, [timed(p) for p in self.parts], self.offsets, windows, self.cfg.stride,
-                                   self.window_batch, with_best=explain)  # fmt: skip
+                                   self.window_batch, with_best=explain, resizes=self._resizes())  # fmt: skip
         self._sync()
         matching_time = time.perf_counter() - t0 - feature_time
         # 4. upsample to each image's size, argmax
@@ -253,7 +260,7 @@ def work_tensor(image: np.ndarray, short_side: int, device: torch.device) -> tor
 
 
 def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: SegmentConfig, image: np.ndarray,
-                 device: torch.device, window_batch: int = 8) -> EncodedImage:  # fmt: skip
+                 device: torch.device, window_batch: int | None = None) -> EncodedImage:  # fmt: skip
     """Run the backbones on one HxWx3 uint8 image, as `Segmenter.predict` does: the filter's image
     embedding (with a scorer) and every crop's features in each part (`Part.window`, at the part's
     own input size), for `Segmenter.predict_encoded` with any classes built in those parts."""
@@ -267,7 +274,9 @@ def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: Segment
     t1 = time.perf_counter()
     x = work_tensor(image, cfg.short_side, device)
     windows = tuple(cfg.windows) if cfg.slide else None
-    batches = list(window_features([x], [p.window for p in parts], windows, cfg.stride, window_batch))
+    merge = device.type == "cuda"  # as `Segmenter` batches crops on this device
+    batches = list(window_features([x], [p if merge else p.window for p in parts], windows, cfg.stride,
+                                   window_batch or (32 if merge else 8), [p.resize for p in parts] if merge else None))  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return EncodedImage(image, (x.shape[1], x.shape[2]), batches, embedding, tuple(p.name for p in parts),

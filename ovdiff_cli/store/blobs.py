@@ -30,14 +30,15 @@ def encode_array(a: np.ndarray) -> bytes:
     return head + struct.pack("<I", zlib.crc32(payload)) + payload
 
 
-def decode_array(blob: bytes) -> np.ndarray:
-    """Inverse of `encode_array`; raises ValueError on any inconsistency (used by `cache verify`)."""
-    if blob[:4] != ARRAY_MAGIC:
+def decode_array(blob: bytes | memoryview) -> np.ndarray:
+    """Inverse of `encode_array`; raises ValueError on any inconsistency (used by `cache verify`).
+    A memoryview (of LMDB's map) is copied once, into the returned array."""
+    if bytes(blob[:4]) != ARRAY_MAGIC:
         raise ValueError("not an array blob (bad magic)")
     fmt, dlen = struct.unpack_from("<BB", blob, 4)
     if fmt != ARRAY_FORMAT:
         raise ValueError(f"array format {fmt} unknown")
-    dt = blob[6 : 6 + dlen].decode("ascii")
+    dt = bytes(blob[6 : 6 + dlen]).decode("ascii")
     if dt not in _ALLOWED_DTYPES:
         raise ValueError(f"dtype {dt!r} not allowed")
     (ndim,) = struct.unpack_from("<B", blob, 6 + dlen)

@@ -260,10 +260,10 @@ class Cache:
             )
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
+    def _read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         while True:
             try:
-                txn = self.env.begin(write=False)
+                txn = self.env.begin(write=False, buffers=buffers)
                 break
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)  # another process grew the map: adopt its size
@@ -432,11 +432,11 @@ class Cache:
         if rec is None:
             raise KeyError(pid)
         wanted = names if names is not None else list(rec["arrays"])
-        blobs = self.get_many([class_array_key(pid, n) for n in wanted])
         out = {}
-        for n, b in zip(wanted, blobs, strict=True):
-            if b is not None:
-                out[n] = self._decode(class_array_key(pid, n), b, decode_array)
+        with self._read(buffers=True) as txn:  # decoded straight from LMDB's map: one copy of each array
+            for n in wanted:
+                if (b := txn.get(class_array_key(pid, n))) is not None:
+                    out[n] = self._decode(class_array_key(pid, n), b, decode_array)
         return out
 
     def classes(self) -> list[tuple[str, dict]]:

@@ -1,0 +1,245 @@
+"""The bench's large-vocabulary section (issue 28): a thousand classes of the paper's size in one cache.
+
+Every class is synthetic (random unit prototypes of the preset's feature dimensions, N = K =
+bank_rows) and written through `put_prototypes`, under the ids `ensure_classes` looks up, so
+reading one costs what reading a built one does. Each measurement runs in a new process, as a
+user's `segment` or `protos add` starts with nothing else in it: reading the vocabulary (time and
+memory at a tenth and at all of the classes), segmenting one encoded image with all of them
+against 20, the category filter over all of the names, and adding one real class to the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+from ..eval.classnames import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
+from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
+from .stats import figure, in_child, interleaved_pairs, ratios, timed
+
+if TYPE_CHECKING:
+    from ..store.cache import Cache
+
+
+def vocabulary_names(n: int) -> list[str]:
+    """n distinct class names: the benchmarks' own names first, then numbered variants of them
+    ("cat 2"), so prompts have the length of real ones."""
+    base = list(dict.fromkeys(x for x in (*VOC[1:], *STUFF, *ADE, *CONTEXT, *CITYSCAPES) if x != "background"))
+    out = list(base)
+    k = 2
+    while len(out) < n:
+        out += [f"{b} {k}" for b in base]
+        k += 1
+    return out[:n]
+
+
+def _configs(s: BenchSettings):
+    base_sample, base_proto, _ = preset_configs(s.preset)
+    return (replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size),
+            replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts))  # fmt: skip
+
+
+def fill_vocabulary(cache: Cache, s: BenchSettings, names: list[str], dim: dict[str, int], seed: int) -> float:
+    """Write `names` as synthetic classes of the paper's size, a hundred at a time; seconds taken."""
+    from ..compose import Stages
+    from ..engines.vocab import put_prototypes
+
+    specs = Stages.for_run(s.preset, "cpu", "fp32").specs  # ids only: no model is loaded
+    sample_cfg, proto_cfg = _configs(s)
+    t0 = time.perf_counter()
+    for i in range(0, len(names), 100):
+        for proto in synthetic_bank(names[i : i + 100], dim, s.bank_rows, seed + i):
+            put_prototypes(cache, specs, proto, seed, sample_cfg, proto_cfg, source="bench")
+    return time.perf_counter() - t0
+
+
+def _status_mib(fields: tuple[str, ...]) -> dict[str, float]:
+    out = dict.fromkeys(fields, 0.0)
+    try:
+        for line in open("/proc/self/status"):
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        pass
+
+
+def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
+    """Run in a new process: read the first n classes of the filled cache (`ensure_classes` with
+    build=False, as `segment --no-build` does). Seconds, prototype bytes and the growth of the
+    process's anonymous memory (its own copies), file-backed pages (LMDB's map: the OS page cache,
+    shared and reclaimable) and high-water mark, in MiB."""
+    from ..compose import Stages
+    from ..engines.vocab import ensure_classes
+    from ..store.cache import Cache
+
+    s = BenchSettings(**settings)
+    stages = Stages.for_run(s.preset, "cpu", "fp32")
+    sample_cfg, proto_cfg = _configs(s)
+    cache = Cache(cache_root)
+    names = vocabulary_names(n)
+    fields = ("RssAnon", "RssFile", "VmHWM")
+    _reset_peak()
+    before = _status_mib(fields)
+    t0 = time.perf_counter()
+    classes = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False)
+    seconds = time.perf_counter() - t0
+    after = _status_mib(fields)
+    nbytes = sum(a.nbytes for c in classes for p in c.parts.values() for g in (p.fg, p.bg) for a in g.values())
+    return {"seconds": seconds, "proto_mib": nbytes / 2**20, **{k: after[k] - before[k] for k in fields}}
+
+
+def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, dtype: str, seed: int, root: str) -> dict:
+    """Run in a new process: encode one image once (the backbones' work, the same whatever the
+    vocabulary), then time `predict_encoded` with the 20 first classes and with all of them in
+    interleaved pairs; the filter over all of the names cold (fresh text cache) and warm; RSS."""
+    from ..compose import Stages
+    from ..engines.vocab import ensure_classes
+    from ..io.images import load_image
+    from ..method.features import spec_parts
+    from ..method.filter import CategoryFilter
+    from ..method.segment import encode_image
+    from ..store.cache import Cache
+
+    s = BenchSettings(**settings)
+    stages = Stages.for_run(s.preset, device, dtype)
+    sample_cfg, proto_cfg = _configs(s)
+    cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
+    parts = [stages.part(p) for p in spec_parts(proto_cfg.extractor)]
+    scorer = stages.scorer()
+    image = load_image(next(Path(image_dir).glob("*.jpg")))
+    encode_image(parts, scorer, cfg, image, stages.device)  # warm-up: kernel selection at this shape
+    t_enc, enc = timed(lambda: encode_image(parts, scorer, cfg, image, stages.device), stages.device)
+    cache = Cache(cache_root)
+    names = vocabulary_names(s.large_classes)
+    _reset_peak()
+    base = _status_mib(("VmRSS",))["VmRSS"]
+    few = ensure_classes(cache, stages, names[: s.bank_classes], seed, sample_cfg, proto_cfg, build=False)
+    many = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False)
+    segs = [stages.segmenter(c, cfg, proto_cfg.extractor, cache, scorer=scorer) for c in (few, many)]
+    del few, many  # what a user's process keeps: the segmenters
+    for seg in segs:
+        seg.predict_encoded(enc)  # warm-up: the prompts are encoded and cached once
+    runs: dict[int, list[dict]] = {0: [], 1: []}
+
+    def side(j: int):
+        return lambda: runs[j].append(segs[j].predict_encoded(enc).timings)
+
+    t_many, t_few = interleaved_pairs(side(1), side(0), s.large_pairs, stages.device)
+    status = _status_mib(("VmRSS", "VmHWM"))
+    nbytes = sum(v.protos.element_size() * v.protos.numel() for v in segs[1].vocabs)
+    # the filter alone over every name: cold with a fresh text cache, then warm over the same cache
+    text_cache = fresh_cache(Path(root), "large-filter-")
+    cold, warm = [], []
+    for _ in range(s.repeats):
+        cold.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(image),
+                          stages.device)[0])  # fmt: skip
+        warm.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(image),
+                          stages.device)[0])  # fmt: skip
+        text_cache = fresh_cache(Path(root), "large-filter-")
+    return {"encode": t_enc, "many": t_many,
+            "few": t_few, "filter_many": [r["filter"] for r in runs[1]], "cold": cold, "warm": warm,
+            "rss_base": base, "rss_after": status["VmRSS"], "rss_peak": status["VmHWM"], "vocab_mib": nbytes / 2**20,
+            "kept": len(segs[1].filter.select(image)) if segs[1].filter else len(names)}  # fmt: skip
+
+
+def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: int, root: str) -> dict:
+    """Run in a new process: seconds of `protos add` of one class into the filled cache and into an
+    empty one, in interleaved pairs. Pair i builds a class neither cache has held (a new name per
+    pair, both sides the same), so no side re-adds what it removed."""
+    from ..compose import Stages
+    from ..engines.vocab import ensure_classes
+    from ..store.cache import Cache
+
+    s = BenchSettings(**settings)
+    stages = Stages.for_run(s.preset, device, dtype)
+    sample_cfg, proto_cfg = _configs(s)
+    big = Cache(cache_root)
+    extra = [f"okapi {i}" for i in range(s.large_pairs + 1)]
+
+    def build(cache: Cache, name: str) -> None:
+        ensure_classes(cache, stages, [name], seed, sample_cfg, proto_cfg, kinds={name: "thing"})
+
+    build(fresh_cache(Path(root), "large-warmup-"), extra[-1])  # models loaded, kernels chosen
+    todo_big, todo_alone = iter(extra), iter(extra)
+    empty = iter([fresh_cache(Path(root), "large-alone-") for _ in range(s.large_pairs)])  # opened before the clock, as `big`
+    os.sync()  # the fill's pages are on disk before the clock runs (see the vocabulary section)
+    t_add, t_alone = interleaved_pairs(lambda: build(big, next(todo_big)), lambda: build(next(empty), next(todo_alone)),
+                                       s.large_pairs, stages.device)  # fmt: skip
+    return {"add": t_add, "alone": t_alone}
+
+
+def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, seed: int, root: Path) -> dict:
+    """The section: fill a cache with `large_classes` synthetic classes, then each measurement in a new process."""
+    n, small = s.large_classes, max(1, s.large_classes // 10)
+    cache = fresh_cache(root, "large-")
+    t_fill = fill_vocabulary(cache, s, vocabulary_names(n), dim, seed)
+    os.sync()
+    args = [asdict(s), str(cache.root)]
+    loads: dict[int, list[dict]] = {small: [], n: []}
+    for r in range(s.repeats):
+        for k in (small, n) if r % 2 == 0 else (n, small):
+            loads[k].append(in_child("ovdiff_cli.bench.large:load_vocabulary", [*args, k, seed], root, f"large-load-{k}"))
+    folder = write_images(root / "large-images", 1, s.image_hw, seed)
+    seg = in_child("ovdiff_cli.bench.large:segment_large", [*args, str(folder), device, dtype, seed, str(root)], root,
+                   "large-segment")  # fmt: skip
+    add = in_child("ovdiff_cli.bench.large:add_pairs", [*args, device, dtype, seed, str(root)], root, "large-add")
+    return _section(s, n, small, t_fill, loads, seg, add, dim)
+
+
+def _section(s: BenchSettings, n: int, small: int, t_fill: float, loads: dict[int, list[dict]], seg: dict, add: dict,
+             dim: dict[str, int]) -> dict:  # fmt: skip
+    def col(k: int, key: str) -> list[float]:
+        return [r[key] for r in loads[k]]
+
+    per_class = [(b["seconds"] / n) / (a["seconds"] / small) for a, b in zip(loads[small], loads[n], strict=True)]
+    copies = [r["RssAnon"] / r["proto_mib"] for r in loads[n]]
+    total_many = [seg["encode"] + t for t in seg["many"]]
+    total_few = [seg["encode"] + t for t in seg["few"]]
+    share = [100 * f / t for f, t in zip(seg["filter_many"], total_many, strict=True)]
+    beyond = seg["rss_peak"] - seg["rss_base"]
+    return {
+        "figures": {
+            "fill": figure(f"write {n} classes (put_prototypes)", "s", [t_fill]),
+            "load_small": figure(f"read {small} classes", "s", col(small, "seconds")),
+            "load": figure(f"read {n} classes", "s", col(n, "seconds")),
+            "load_per_class": figure(f"  time per class, {n} / {small}", "×", per_class, 1.2),
+            "load_mib": figure(f"  prototypes of {n} classes (float32)", "MiB", col(n, "proto_mib")),
+            "load_anon": figure(f"  RSS growth, own memory, {n} classes", "MiB", col(n, "RssAnon")),
+            "load_copies": figure("  own memory / prototype bytes (copies held)", "×", copies, 1.1),
+            "load_file": figure("  RSS growth, LMDB map pages (page cache)", "MiB", col(n, "RssFile")),
+            "segment_few": figure(f"segment, {s.bank_classes} classes + background", "s/image", total_few),
+            "segment_many": figure(f"segment, {n} classes + background", "s/image", total_many),
+            "segment_ratio": figure(f"  {n} / {s.bank_classes} classes", "×", ratios(total_many, total_few), 1.3),
+            "matching_ratio": figure("  of which after the backbones, ratio", "×", ratios(seg["many"], seg["few"])),
+            "filter_cold": figure(f"filter over {n} names, cold text cache", "s/image", seg["cold"]),
+            "filter_warm": figure(f"filter over {n} names, warm text cache", "s/image", seg["warm"]),
+            "filter_share": figure(f"  warm filter's share of a segment, {n} classes", "%", share),
+            "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [seg["rss_peak"]]),
+            "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond]),
+            "rss_vocab": figure("  of which the matching vocabulary", "MiB", [seg["vocab_mib"]]),
+            "rss_beyond_ratio": figure("  beyond / prototype bytes", "×", [beyond / max(loads[n][0]["proto_mib"], 1e-9)],
+                                       2.5),  # fmt: skip
+            "add": figure(f"protos add 1 class to {n} cached", "s", add["add"]),
+            "alone": figure("build that class alone", "s", add["alone"]),
+            "add_ratio": figure("  add / alone", "×", ratios(add["add"], add["alone"]), 1.02),
+        },
+        "notes": [f"{n} SYNTHETIC classes (random unit prototypes, fg+bg × (1 class + {s.bank_rows} instance + "
+                  f"{s.bank_rows} part), D={dims_text(dim)}, all things) written with put_prototypes; each measurement "
+                  f"in a new process; reading: ensure_classes(build=False), one class at a time, each array decoded "
+                  f"straight from LMDB's memory map into one float32 copy; segment: one image encoded once "
+                  f"({seg['encode']:.3g} s, the same for any vocabulary) + predict_encoded, {s.large_pairs} interleaved "
+                  f"pairs, η={s.eta} (kept {seg['kept']}); add: {s.large_pairs} pairs, a new class name per pair"],
+    }  # fmt: skip

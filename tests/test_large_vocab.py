@@ -1,0 +1,52 @@
+"""Issue 28: what a vocabulary of a thousand classes holds. One copy of the prototypes in a
+`Vocabulary` (no (prototypes × classes) stuff table, no second copy for "every class"), and cached
+arrays decoded straight from LMDB's map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _bank(n: int, stuff: set[int]):
+    from ovdiff_cli.bench.settings import synthetic_bank
+    from ovdiff_cli.types import ClassPrototypes
+
+    out = []
+    for i, c in enumerate(synthetic_bank([f"c{i}" for i in range(n)], {"x": 16}, 4, 0)):
+        p = c.parts["x"]
+        out.append(ClassPrototypes(p.name, "stuff", p.fg) if i in stuff else p)
+    return out
+
+
+def test_a_vocabulary_of_every_class_is_one_copy_with_one_stuff_score_per_row():
+    from ovdiff_cli.method.matching import assemble_vocabulary
+
+    classes = _bank(12, stuff={3, 7})
+    v = assemble_vocabulary(classes)
+    assert v.bank is not None and v.protos.data_ptr() == v.bank.protos.data_ptr()  # not a restricted copy
+    assert v.to("cpu").protos.data_ptr() == v.to("cpu").bank.protos.data_ptr()
+    assert v.stuff_sim.shape == (len(v.bank),)  # one number per prototype, whatever the class count
+    # the number is the best cosine of a bg row to any stuff class's fg prototype (as the (P, C) table's max)
+    bg = torch.tensor([p.group == "bg" for p in v.bank.provenance])
+    stuff_fg = torch.from_numpy(np.concatenate([a for i in (3, 7) for a in classes[i].fg.values()]))
+    want = (F.normalize(v.bank.protos[bg], dim=1) @ F.normalize(stuff_fg, dim=1).T).max(dim=1).values
+    assert torch.allclose(v.bank.stuff_sim[bg], want, atol=1e-6)
+    assert (v.bank.stuff_sim[~bg] == -2.0).all()
+    # a per-image restriction keeps its own small copy
+    r = v.restrict([0, 3])
+    assert r.protos.data_ptr() != v.protos.data_ptr() and len(r) < len(v)
+
+
+def test_class_arrays_are_decoded_from_the_map_equal_to_what_was_put(tmp_path):
+    from ovdiff_cli.store.blobs import decode_array, encode_array
+    from ovdiff_cli.store.cache import Cache
+
+    a = np.random.default_rng(0).standard_normal((65, 33)).astype(np.float32)
+    assert np.array_equal(decode_array(memoryview(encode_array(a))), a)
+    cache = Cache(tmp_path / "c")
+    cache.put_class("p1", {"name": "cat"}, {"fg/instance": a, "masks": np.ones((2, 4, 4), np.uint8)})
+    got = cache.class_arrays("p1")
+    assert np.array_equal(got["fg/instance"], a) and got["fg/instance"].flags.writeable
+    assert got["masks"].dtype == np.uint8 and cache.class_arrays("p1", ["nothing"]) == {}
