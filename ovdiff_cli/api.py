@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
-from .errors import MissingClasses, OvdiffError, RemoteInput
+from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,18 +47,22 @@ URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def as_rgb(image: ImageLike) -> np.ndarray:
     """A path, PIL image or numpy array → HxWx3 uint8 RGB, as `ovdiff segment` reads its inputs
-    (EXIF orientation applied, any mode converted)."""
+    (EXIF orientation applied, any mode converted; empty pictures and those over the CLI's pixel
+    limit refused)."""
     from PIL import Image, ImageOps
 
-    from .io.images import load_image, to_rgb
+    from .io.images import check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and URL.match(image):
             raise RemoteInput(image)
         return load_image(Path(image).expanduser())
     if isinstance(image, Image.Image):
+        check_size(*image.size, "the image")
         return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):
+            check_size(image.shape[1], image.shape[0], "the image array")
         if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
             return np.ascontiguousarray(image)
         if (image.ndim == 2 and image.dtype in (np.uint8, np.uint16, np.float32)) or (
@@ -78,8 +82,14 @@ def is_one_image(image: object) -> bool:
 
 def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:
     """A held-out scene of the procedural world (preset `procedural`): (H,W,3) uint8 RGB, for trying the API offline."""
+    from .limits import check_seed, in_range
     from .procedural import render_scene
 
+    check_seed(seed)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise InvalidSetting("size", f"takes (height, width), got {size!r:.40}")
+    for side in size:
+        in_range("scene_side", side, " pixels")
     return render_scene(np.random.default_rng(seed), size=size)[0]
 
 
@@ -185,7 +195,10 @@ class SegmentationResult:
             raise OvdiffError(f"save to a .png or .npz file, not {path.name}")
         writer = MaskWriter(path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None)
         name = path.name[: -len(path.suffix)]
-        writer.write(name, self.labels, self.scores)
+        try:
+            writer.write(name, self.labels, self.scores)
+        except OSError as e:
+            raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
         return writer.path(name)
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
@@ -193,7 +206,9 @@ class SegmentationResult:
         from PIL import Image
 
         from .io.images import overlay_picture
+        from .limits import in_range
 
+        in_range("alpha", alpha, " (0 shows the image, 1 the labels)")
         return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
 
 
@@ -221,6 +236,17 @@ class ImageFeatures:
         segmenter = self.pipeline.segmenter(vocabulary)
         seg = segmenter.predict_encoded(self.encoded, scores=scores)
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
+
+
+def _check_arguments(cache: object, models: object, overrides: dict[str, object]) -> None:
+    """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
+    if cache is not None and not isinstance(cache, (str, Path)):
+        raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
+    if models is not None and (not isinstance(models, dict) or not all(isinstance(v, (str, Path)) for v in models.values())):
+        raise InvalidSetting("models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}")
+    for name, value in overrides.items():
+        if value is not None and not isinstance(value, dict):
+            raise InvalidSetting(name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}")
 
 
 class Pipeline:
@@ -251,11 +277,13 @@ class Pipeline:
         from .engines.vocab import check_proto_config
 
         self.preset: Preset = get_preset(preset)
+        _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
         unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam", "sam2"})
         if unknown_models:
             raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam, sam2")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.device, self.dtype, self.seed, self.models = device, dtype, seed, dict(models or {})
+        self.device, self.dtype, self.seed = device, dtype, seed
+        self.models = {role: str(spec) for role, spec in (models or {}).items()}
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
@@ -294,14 +322,11 @@ class Pipeline:
         (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
         overrides; on_event(stage, class, done, total) reports progress."""
         from .engines.vocab import ensure_classes
+        from .names import class_list
 
-        if isinstance(names, str):
-            raise OvdiffError(f"give a list of class names, not the string {names!r}")
-        from .names import distinct, validate
-
-        names = distinct([validate(n) for n in names])
-        if not names:
-            raise OvdiffError("a vocabulary needs at least one class name")
+        names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
+        if kinds is not None and not isinstance(kinds, dict):
+            raise InvalidSetting("kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}")
         try:
             classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
                                      kinds, build=build, on_event=on_event)  # fmt: skip

@@ -8,6 +8,7 @@ N = 32, short side 448, windows 448/336) and below what a large GPU machine can 
 from __future__ import annotations
 
 import math
+import numbers
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,13 +44,15 @@ RANGES: dict[str, tuple[float, float]] = {
     "windows": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0), "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
     "offset": (0, MAX_OFFSET), "limit": (1, MAX_COUNT), "images": (1, MAX_COUNT), "repeats": (1, MAX_COUNT),
     "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS), "port": (0, 65535), "max_pixels": (1, MAX_PIXELS),
-    "max_classes": (1, MAX_ETA),
+    "max_classes": (1, MAX_ETA), "alpha": (0.0, 1.0), "scene_side": (8, MAX_SIDE),
 }  # fmt: skip
 
 
 def in_range(setting: str, value: float | int, what: str = "") -> None:
     """InvalidSetting unless RANGES[setting] holds `value` (and, for floats, it is finite)."""
     lo, hi = RANGES[setting]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidSetting(setting, f"must be a number in {lo}..{hi}, got {type(value).__name__} {value!r:.40}")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidSetting(setting, f"must be a finite number in {lo}..{hi}, got {value}")
     if not lo <= value <= hi:

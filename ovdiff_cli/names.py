@@ -16,6 +16,8 @@ def normalise(name: str) -> str:
 
 def validate(name: str) -> str:
     """Return the normal form of `name`, or raise a one-line error saying what is wrong."""
+    if not isinstance(name, str):
+        raise InvalidSetting("classes", f"takes class names as text; got {type(name).__name__} {name!r:.60}")
     norm = normalise(name)
     if not norm:
         raise OvdiffError("class name is blank: give each class a word or phrase, e.g. cat or 'chocolate glazed donut'")
@@ -43,19 +45,31 @@ def parse_class_list(spec: str | None, file_text: str | None = None, extra: list
         names.extend(spec.split(","))
     if file_text is not None:
         names.extend(line for line in file_text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    return distinct([validate(raw) for raw in names])
+    return class_list(names, allow_empty=True)
+
+
+def class_list(names: object, allow_empty: bool = False) -> list[str]:
+    """The normal forms of a list of class names (the CLI's and the API's one rule), or a one-line error:
+    a list of text, none blank or too long, none repeated after normalisation ("kite" and "kite ")."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}")
+    out = distinct([validate(raw) for raw in names])
+    if not out and not allow_empty:
+        raise InvalidSetting("classes", "is empty: give at least one class name")
+    return out
 
 
 def distinct(names: list[str]) -> list[str]:
     """`names` (normalised), or an error for a class given twice, or twice in different case (kite,
     Kite): two labels would then share one meaning and split its pixels between them."""
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
+    folded: dict[str, str] = {}
     for norm in names:
         if norm in seen:
             raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
-        if norm.casefold() in {s.casefold() for s in seen}:
-            first = next(s for s in seen if s.casefold() == norm.casefold())
-            raise OvdiffError(f"classes {first!r} and {norm!r} differ only in case: give one of them "
+        if norm.casefold() in folded:
+            raise OvdiffError(f"classes {folded[norm.casefold()]!r} and {norm!r} differ only in case: give one of them "
                               "(case is kept, as it can matter to the prompt)")  # fmt: skip
-        seen[norm] = norm
+        seen.add(norm)
+        folded[norm.casefold()] = norm
     return names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -37,8 +38,12 @@ def test_pending_needs_every_output_the_job_would_write(tmp_path):
     item = InputImage(tmp_path / "a.jpg", "sub/a")
     (tmp_path / "out/sub").mkdir(parents=True)
     assert pending([item], tmp_path / "out") == [item]
-    (tmp_path / "out/sub/a.png").write_bytes(b"x")
-    assert pending([item], tmp_path / "out") == []
+    (tmp_path / "out/sub/a.png").write_bytes(b"x")  # present but not a mask (issue 24): redone
+    assert pending([item], tmp_path / "out") == [item]
+    from ovdiff_cli.io.masks import save_png_mask
+
+    save_png_mask(np.zeros((4, 4), np.int32), tmp_path / "out/sub/a.png", 3)
+    assert pending([item], tmp_path / "out", num_classes=3) == []
     assert pending([item], tmp_path / "out", overlay=True) == [item]  # no overlays/sub/a.jpg yet
 
 

@@ -30,6 +30,8 @@ class _Group(TyperGroup):
     def invoke(self, ctx):
         from ..errors import OvdiffError
 
+        argv = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
+        json_out = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning
@@ -39,6 +41,8 @@ class _Group(TyperGroup):
                 raise
             from .common import fail, phrase
 
+            if json_out:
+                _json_error(phrase(e), type(e).__name__, e.exit_code)
             fail(phrase(e), e.exit_code)
         except _UsageError as e:  # a bad option value or a missing argument: one line, not usage text
             if type(e).__name__ == "NoArgsIsHelpError":
@@ -46,8 +50,12 @@ class _Group(TyperGroup):
             from .common import fail
 
             where = e.ctx.command_path if e.ctx is not None else "ovdiff"
+            if json_out:
+                _json_error(f"{e.format_message()} (see '{where} --help')", "UsageError", e.exit_code)
             fail(f"{e.format_message()} (see '{where} --help')", e.exit_code)
         except KeyboardInterrupt:  # here, before click turns it into a bare "Aborted!"
+            if json_out:
+                _json_error(INTERRUPTED, "Interrupted", 130)
             print(INTERRUPTED, file=sys.stderr)
             sys.exit(130)
         except BrokenPipeError:  # `ovdiff … | head -1`: the reader has all it wanted
@@ -60,6 +68,16 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def _json_error(message: str, kind: str, code: int) -> None:
+    """With --json, an error exit still prints one JSON document on stdout, so a pipe into jq sees why."""
+    import json
+
+    from .common import printable
+
+    sys.stdout.write(json.dumps({"error": printable(message), "type": kind, "exit_code": code}, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -87,15 +87,27 @@ def _report(run, problems) -> None:
         run.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
 
 
+def _damage_report(run, problems, repaired: bool, **extra) -> dict:
+    """`cache verify --json` of a data file LMDB cannot map: the same document as for a sound one,
+    entries unknown (None), every problem listed."""
+    return {"path": str(run.cache_dir), "sound": False, "repaired": repaired, "entries": None, "classes": extra.pop("kept", None),
+            "support_entries": None, "text_embeddings": None,
+            "problems": [{"key": p.key, "reason": p.reason} for p in problems], **extra}  # fmt: skip
+
+
 def _damaged(run, error, repair: bool) -> None:
     """A data file LMDB must not map: say so, or with --repair copy what is intact into a fresh one."""
-    from ..store.audit import rebuild
+    from ..store.audit import Problem, rebuild
 
     if not repair:
+        if run.json:
+            run.emit(_damage_report(run, [Problem("data.mdb", error.problem)], repaired=False))
         run.err.print(f"[red]broken[/] {escape(f'data.mdb: {error.problem}')}", highlight=False, soft_wrap=True)
         run.err.print("run 'ovdiff cache verify --repair' to copy every intact class into a fresh cache")
         raise typer.Exit(1)
     done = rebuild(run.cache_dir, error.problem)
+    if run.json:
+        run.emit(_damage_report(run, done.problems, repaired=True, kept=done.classes, original=str(done.original)))
     _report(run, done.problems)
     run.say(f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
             f"the damaged original is kept at {escape(str(done.original))} (delete it when done)")

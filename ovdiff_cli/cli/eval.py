@@ -137,8 +137,10 @@ def eval_cmd(
     if custom is not None:
         run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {escape(', '.join(custom))}")
     if out is not None:
+        from ..io.outdir import check_not_in_cache
         from .common import check_out_dir
 
+        check_not_in_cache(out, run.cache_dir, "--out")
         out = check_out_dir(out, "metrics.json and report.html")  # before any work, not after the whole run
     if pred is not None:
         if seeds is not None:

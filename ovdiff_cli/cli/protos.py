@@ -277,8 +277,11 @@ def show(
     from ..method.masks import mask_sheet
     from ..engines.vocab import class_support, match_classes
 
+    from ..io.outdir import check_not_in_cache
+
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
+    check_not_in_cache(out, run.cache_dir, "--out")
     pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
     images, masks = class_support(run.cache, pid)
     title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
@@ -311,8 +314,11 @@ def export(
     from ..store.sharing import export_classes
     from ..engines.vocab import count_classes, match_classes
 
+    from ..io.outdir import check_not_in_cache
+
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
+    check_not_in_cache(file, run.cache_dir, "the export file")
     found = match_classes(run.cache, targets, seed, extractor)
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")

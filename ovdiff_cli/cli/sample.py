@@ -111,8 +111,10 @@ def _sample_classes(run, classes: list[str]) -> None:
 
 def _write_sheet(run, show: str, out: Path) -> None:
     from ..errors import OvdiffError
+    from ..io.outdir import check_not_in_cache
     from ..method.sampling import cached_support_set, contact_sheet
 
+    check_not_in_cache(out, run.cache_dir, "--out")
     meta, samples = cached_support_set(run.cache, run.stages.specs, show, run.run.seed, run.sample)
     norm = meta["norm"]
     title = f"{meta['prompt']}  |  seed {meta['seed']}  |  {len(samples)} images, attribution maps beside them"

@@ -55,11 +55,11 @@ from .common import (
 
 
 def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
-                   shard: tuple[int, int] | None) -> None:
+                   shard: tuple[int, int] | None, outputs: tuple[str, bool, bool] = ("png", False, False)) -> None:
     """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
     from ..io.outdir import check_legend, check_no_input_overwritten, check_out_holds_no_input, lock
 
-    check_no_input_overwritten(out_dir, items)
+    check_no_input_overwritten(out_dir, items, *outputs)
     check_out_holds_no_input(out_dir, items)
     ctx.call_on_close(lock(out_dir, shard))
     check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
@@ -168,7 +168,11 @@ def segment(
     writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
     out_dir = check_out_dir(out)
     items = discover(inputs, recursive, exclude=out_dir)
-    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background), overwrite, shard_of)
+    from ..io.outdir import check_not_in_cache
+
+    check_not_in_cache(out_dir, run.cache_dir, "--out")
+    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background, mask_format), overwrite, shard_of,
+                   (mask_format, overlay, explain))
     if shard_of is not None or skip_existing:
         job.check_resumable(mask_format)
     if engine == "ray" and save_scores:
@@ -176,7 +180,7 @@ def segment(
     if shard_of is not None:
         items = job.shard(items, *shard_of)
     if skip_existing:
-        todo = job.pending(items, out_dir, overlay, explain, mask_format)
+        todo = job.pending(items, out_dir, overlay, explain, mask_format, len(names))
         run.say(f"{len(items) - len(todo)} of {len(items)} image(s) already done in {out_dir}: skipped")
         items = todo
 

@@ -1,8 +1,8 @@
 """Resumable, splittable segment jobs, for any engine or scheduler: `--shard I/N` and `--skip-existing`.
 
-Every output is written atomically, so a file that exists is complete: an interrupted job resumes by
-skipping the images whose outputs are all there, and N jobs over the N shards of one input list
-write exactly the outputs of one run.
+Every output is written atomically, yet a file may have been cut or emptied since (a copy, another
+tool): an interrupted job resumes by skipping the images whose outputs all decode, their masks within
+the run's labels, and N jobs over the N shards of one input list write exactly the outputs of one run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import InvalidSetting
 from ..io.images import InputImage
+from ..io.masks import png_kind
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -53,7 +54,44 @@ def outputs(item: InputImage, out_dir: Path, overlay: bool = False, explain: boo
     return paths
 
 
+def complete(path: Path, num_classes: int | None = None) -> bool:
+    """Whether an output file is whole: it decodes, and a mask's labels lie in 0..num_classes (the run's
+    legend). A 0-byte, truncated or foreign file is not: the image is redone."""
+    import json
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+            return True
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                labels = z["labels"]
+        else:
+            with warnings.catch_warnings(), Image.open(path) as im:
+                warnings.simplefilter("ignore")
+                im.load()
+                if num_classes is None:  # an overlay or explanation picture: decoding is enough
+                    return True
+                if im.mode not in (("P",) if png_kind(num_classes) == "palette" else ("I;16", "I", "I;16B")):
+                    return False
+                labels = np.asarray(im)
+        return labels.ndim == 2 and (num_classes is None or labels.size == 0 or int(labels.max()) <= num_classes)
+    except Exception:  # any decoding failure means "not done": the image is segmented again
+        return False
+
+
 def pending(items: list[InputImage], out_dir: Path, overlay: bool = False, explain: bool = False,
-            fmt: str = "png") -> list[InputImage]:  # fmt: skip
-    """The inputs missing some output (what `--skip-existing` leaves to do)."""
-    return [item for item in items if not all(p.is_file() for p in outputs(item, out_dir, overlay, explain, fmt))]
+            fmt: str = "png", num_classes: int | None = None) -> list[InputImage]:  # fmt: skip
+    """The inputs missing some whole output (what `--skip-existing` leaves to do); num_classes: the
+    run's vocabulary size, which its masks' labels must fit."""
+    def done(item: InputImage) -> bool:
+        mask, *others = outputs(item, out_dir, overlay, explain, fmt)
+        return complete(mask, num_classes) and all(complete(p) for p in others)
+
+    return [item for item in items if not done(item)]

@@ -9,6 +9,8 @@ before decoding, so one huge file cannot exhaust memory. Outputs are written ato
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import json
 import os
@@ -81,18 +83,25 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
             for i in unique]  # fmt: skip
 
 
+def check_size(width: int, height: int, what: object, max_pixels: int = MAX_PIXELS) -> None:
+    """An ImageError unless a picture of width x height can be segmented: not empty, at most `max_pixels`
+    (the rule for files, PIL images and arrays alike)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{what}: {width}x{height} is an empty picture: nothing to segment")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{what}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f}: downscale it first"
+        )
+
+
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """HxWx3 uint8 RGB as a viewer shows the picture at `path`, or an ImageError saying why not."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                        f"{max_pixels / 1e6:.0f}: downscale it first"
-                    )
+                check_size(*im.size, path, max_pixels)
                 im.seek(0)  # animations: the first frame
                 return to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
@@ -127,17 +136,50 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+_STAGED: contextvars.ContextVar[list[tuple[str, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
 def _atomic(path: Path, write) -> None:
+    """Write `path` through a temporary file renamed into place when complete; inside `staged()` the
+    rename waits until every file of the group is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        group = _STAGED.get()
+        if group is None:
+            os.replace(tmp, path)
+        else:
+            group.append((tmp, path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged():
+    """The files written inside appear together or not at all: each is complete under a temporary name
+    first, and all are renamed into place when the block ends without an error (one image's mask,
+    overlay and explanations; a full disk leaves none of them)."""
+    group: list[tuple[str, Path]] = []
+    token = _STAGED.set(group)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in group:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    for i, (tmp, path) in enumerate(group):
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            for t, _ in group[i:]:
+                Path(t).unlink(missing_ok=True)
+            raise
 
 
 def save_picture(rgb: np.ndarray, path: Path) -> None:

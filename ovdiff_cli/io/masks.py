@@ -162,6 +162,7 @@ class MaskWriter:
     names: list[str] = field(default_factory=list)
     _records: list[dict] = field(default_factory=list, repr=False)
     _images: list[dict] = field(default_factory=list, repr=False)
+    _ids: dict[str, int] = field(default_factory=dict, repr=False)  # coco-rle: image name → its image id
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -193,10 +194,16 @@ class MaskWriter:
             np.savez_compressed(buf, **arrays)
             _atomic(self.path(name), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
         else:
-            image_id = len(self._images) + 1
+            image_id = self._ids[name] = len(self._ids) + 1
             h, w = labels.shape
             self._images.append({"id": image_id, "file_name": file_name or name, "height": int(h), "width": int(w)})
             self._records += coco_records(labels, stats or {}, image_id)
+
+    def discard(self, name: str) -> None:
+        """Forget image `name`'s COCO records (its other outputs failed: the run counts it as not written)."""
+        gone = self._ids.get(name)
+        self._images = [i for i in self._images if i["id"] != gone]
+        self._records = [r for r in self._records if r["image_id"] != gone]
 
     def close(self) -> list[Path]:
         """Finish the run; returns the run-wide files written (COCO's two JSON files, else none)."""

@@ -18,23 +18,39 @@ from pathlib import Path
 
 from ..errors import OvdiffError
 from .images import InputImage
+from .masks import COCO_IMAGES, COCO_RESULTS
 
 LEGEND = "classes.json"
 LOCK = ".ovdiff-segment.lock"
 SIDE_FOLDERS = ("overlays", "explain")
 
 
-def check_no_input_overwritten(out_dir: Path, items: list[InputImage]) -> None:
-    """A one-line error if a mask (or the legend) would be written over one of the inputs."""
+def check_not_in_cache(target: Path, cache_dir: Path, option: str) -> None:
+    """A one-line error if `target` (a file or folder a command writes) is the cache folder or lies inside
+    it: a command never writes over the cache it reads, nor over any file in it."""
+    where = Path(target).expanduser().resolve()
+    root = Path(cache_dir).expanduser().resolve()
+    if where == root or where.is_relative_to(root):
+        raise OvdiffError(f"{option} {target} lies inside the cache {cache_dir}, which it would damage: write it elsewhere")
+
+
+def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str = "png", overlay: bool = False,
+                               explain: bool = False) -> None:  # fmt: skip
+    """A one-line error if an output (mask, overlay, explanation, the legend) would be written over one of the inputs."""
     inputs = {item.path.resolve() for item in items}
     for item in items:
-        target = (out_dir / f"{item.name}.png").resolve()
-        if target in inputs:
-            raise OvdiffError(
-                f"--out {out_dir} would overwrite the input {item.path} with its mask: write the masks to another folder"
-            )
-    if (out_dir / LEGEND).resolve() in inputs:
-        raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / LEGEND}: write the masks to another folder")
+        targets = [out_dir / f"{item.name}.{fmt}"] if fmt != "coco-rle" else []
+        targets += [out_dir / "overlays" / f"{item.name}.jpg"] if overlay else []
+        targets += [out_dir / "explain" / f"{item.name}{s}" for s in (".json", ".winner.png", ".png")] if explain else []
+        for target in targets:
+            if target.resolve() in inputs:
+                raise OvdiffError(
+                    f"--out {out_dir} would overwrite the input {target} with an output of {item.path}: "
+                    "write the outputs to another folder"
+                )
+    for name in (LEGEND, COCO_RESULTS, COCO_IMAGES) if fmt == "coco-rle" else (LEGEND,):
+        if (out_dir / name).resolve() in inputs:
+            raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
 
 
 def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
@@ -64,8 +80,14 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         old = {"labels": [{"name": f"(unreadable: {e})"}]}
-    if old.get("labels") == legend["labels"]:
-        return  # the same classes: this run refreshes the same set
+    same_format = old.get("mask_format", legend.get("mask_format")) == legend.get("mask_format")
+    if old.get("labels") == legend["labels"] and same_format:
+        return  # the same classes and files: this run refreshes the same set
+    if not overwrite and old.get("labels") == legend["labels"]:
+        raise OvdiffError(
+            f"--out {out_dir} holds {old.get('mask_format')} masks of these classes; this run writes "
+            f"{legend.get('mask_format')}: use the folder's --format, another folder, or --overwrite to replace that set"
+        )
     if not overwrite:
         names = ", ".join(_legend_names(old)[:8])
         raise OvdiffError(
@@ -78,6 +100,7 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
 def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
     """Delete what `ovdiff segment` wrote into `out_dir` (palette-PNG masks at any depth, overlays/,
     explain/, the legend), sparing `protect`; returns the number of files removed."""
+    import numpy as np
     from PIL import Image
 
     removed = 0
@@ -95,6 +118,17 @@ def remove_mask_set(out_dir: Path, protect: set[Path]) -> int:
             ours = False
         if ours:
             png.unlink()
+            removed += 1
+    for npz in out_dir.rglob("*.npz"):  # --format npz masks: numpy files holding 'labels'
+        if npz.resolve() in protect or not npz.is_file():
+            continue
+        try:
+            with np.load(npz) as z:
+                ours = "labels" in z.files
+        except (OSError, ValueError):
+            ours = False
+        if ours:
+            npz.unlink()
             removed += 1
     (out_dir / LEGEND).unlink(missing_ok=True)
     return removed

@@ -33,7 +33,7 @@ from PIL import Image
 from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .filter import CategoryFilter
-from ..io.images import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture
+from ..io.images import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture, staged
 from ..io.masks import MaskWriter, format_note, png_kind
 from .matching import (
     NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
@@ -390,15 +390,17 @@ class OutputWriter:
         """The mask (and overlay, explanation) of one image; `image` is read again if they need it and it is None."""
         try:
             t0 = time.perf_counter()
-            self.masks.write(item.name, seg.labels, seg.scores, output_file_name(item), seg.stats)
-            if image is None and (self.overlay or self.explainer is not None):
-                image = load_image(item.path)
-            if self.overlay:
-                save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
-            if self.explainer is not None:
-                self.explainer(item, image, seg, self.out_dir / "explain")
+            with staged():  # the image's files appear together, only when all are complete
+                self.masks.write(item.name, seg.labels, seg.scores, output_file_name(item), seg.stats)
+                if image is None and (self.overlay or self.explainer is not None):
+                    image = load_image(item.path)
+                if self.overlay:
+                    save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
+                if self.explainer is not None:
+                    self.explainer(item, image, seg, self.out_dir / "explain")
             seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
         except _FAILURES as e:
+            self.masks.discard(item.name)
             self.failed(item, _describe(item, e))
             return
         for k, v in seg.timings.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OvdiffError
 from . import lmdbfile
 from .blobs import decode_array, decode_png
 from .cache import (
@@ -109,11 +110,63 @@ RECORD_KEYS = frozenset({
 })  # fmt: skip
 
 
-def class_problem(record: dict, arrays: dict[str, np.ndarray]) -> str | None:
-    """The first problem of a whole class (record fields, every array, rows agreeing), or None."""
-    for key in ("name", "norm", "kind", "seed", "extractor"):
+KINDS = ("thing", "stuff")
+
+
+def _positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def record_problem(record: object, required: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the values of a class record's fields (checksums cannot see a record written
+    with a bad value, e.g. `kind: "bogus"`), or None. Fields are checked where present; `required`
+    ones must be."""
+    from ..limits import MAX_SEED
+    from ..method.features import PARTS
+    from ..names import validate
+
+    if not isinstance(record, dict):
+        return "class record is not a JSON object"
+    for key in required:
         if key not in record:
             return f"class record has no {key!r}"
+    name, norm = record.get("name"), record.get("norm", record.get("name"))
+    try:
+        if "name" in record and (not isinstance(name, str) or validate(name) != norm):
+            return f"class record's norm {norm!r:.60} is not the normal form of its name {name!r:.60}"
+    except OvdiffError as e:
+        return f"class record's name: {e}"
+    if "kind" in record and record["kind"] not in KINDS:
+        return f"class record's kind is {record['kind']!r:.40}, not thing or stuff"
+    seed = record.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        return f"class record's seed {seed!r:.40} is not in 0..{MAX_SEED}"
+    extractor = record.get("extractor", "procedural")
+    parts = extractor.split("+") if isinstance(extractor, str) else [None]
+    if extractor != "procedural" and (not all(p in PARTS for p in parts) or len(set(parts)) != len(parts)):
+        return f"class record's extractor {extractor!r:.40} is not an extractor spec"
+    if "part" in record and "extractor" in record and record["part"] not in (parts if extractor != "procedural" else ["procedural"]):
+        return f"class record's part {record['part']!r:.40} is not a part of extractor {extractor}"
+    for key in ("n_images", "k_parts", "feature_size", "kmeans_iters", "kmeans_max_points"):
+        if key in record and not _positive_int(record[key]):
+            return f"class record's {key} is {record[key]!r:.40}, not a positive whole number"
+    for key in ("feature_grid", "mask_grid"):
+        grid = record.get(key, [1, 1])
+        if not isinstance(grid, list) or len(grid) != 2 or not all(_positive_int(g) for g in grid):
+            return f"class record's {key} is {grid!r:.40}, not [height, width]"
+    for key in ("name", "kind_source", "mask_proposer", "created_at", "support_id", "mask_id", "support_key"):
+        if key in record and not isinstance(record[key], str):
+            return f"class record's {key} is {record[key]!r:.40}, not text"
+    if "arrays" in record and not isinstance(record["arrays"], dict):
+        return "class record's arrays is not a table of arrays"
+    return None
+
+
+def class_problem(record: dict, arrays: dict[str, np.ndarray]) -> str | None:
+    """The first problem of a whole class (record fields and their values, every array, rows agreeing), or None."""
+    why = record_problem(record, required=("name", "norm", "kind", "seed", "extractor"))
+    if why:
+        return why
     if "fg/class" not in arrays:
         return "class has no fg/class prototype"
     for name, a in arrays.items():
@@ -185,6 +238,8 @@ def audit(keys: list[bytes], get: Callable[[bytes], bytes | None]) -> Audit:
                 unknown = sorted(set(out.records[parts[1]]) - RECORD_KEYS)
                 if unknown:
                     bad(k, f"class record with unknown field(s) {', '.join(map(repr, unknown))} (damaged)")
+                elif why := record_problem(out.records[parts[1]]):
+                    bad(k, why)
                 for name in out.records[parts[1]]["arrays"]:
                     if class_array_key(parts[1], name) not in keyset:
                         bad(k, f"class {out.records[parts[1]].get('name')!r}: array {name} missing")

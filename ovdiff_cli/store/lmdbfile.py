@@ -333,5 +333,63 @@ def salvage(path: Path | str) -> Salvage:
         for key, loc in w.entries.items():
             entries.setdefault(key, loc)
         if k == 0 and not w.damage:
-            break  # the current snapshot is whole: the previous one would only bring back deleted entries
+            return Salvage(pf, entries, damage)  # the current snapshot is whole: the previous one would only bring back deleted entries
+    last_pg = max(m.last_pg for m in valid if m.psize == pf.psize)
+    for key, loc in scan_leaves(pf, last_pg).items():  # what a lost branch page hid: every intact leaf page
+        entries.setdefault(key, loc)
     return Salvage(pf, entries, damage)
+
+
+def _text_key(key: bytes) -> bool:
+    """Keys of the main tree are text (the free list's are 8-byte transaction ids)."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and text.isprintable()
+
+
+def scan_leaves(pf: PageFile, last_pg: int) -> dict[bytes, tuple[int, int]]:
+    """Entries of every intact leaf page of the file, found by reading each page in turn, not by the
+    tree: when damage (a truncated file loses the root, which LMDB writes last) cuts the path from the
+    root, the leaves and overflow runs that remain are still whole. A page counts when its header,
+    bounds and every node check out; a key found on several pages keeps the one of the higher page
+    (LMDB appends new pages while it has no free ones). Freed pages may bring back entries deleted
+    since: `audit` keeps only units whose records and arrays agree."""
+    found: dict[bytes, tuple[int, int]] = {}
+    pgno = 2
+    while pgno < min(pf.npages, last_pg + 1):
+        pf.f.seek(pgno * pf.psize)
+        buf = pf.f.read(pf.psize)
+        head, _, flags, lower, upper = struct.unpack_from("<QHHHH", buf, 0)
+        if head == pgno and flags & P_OVERFLOW and not flags & (P_LEAF | P_BRANCH | P_META):
+            pgno += max(1, struct.unpack_from("<I", buf, 12)[0])  # a big value's pages: skip them
+            continue
+        pgno += 1
+        if head != pgno - 1 or flags != P_LEAF or not HEADER < lower <= upper <= pf.psize or (lower - HEADER) % 2:
+            continue
+        page: dict[bytes, tuple[int, int]] = {}
+        try:
+            for ptr in struct.unpack_from(f"<{(lower - HEADER) // 2}H", buf, HEADER):
+                if not upper <= ptr <= pf.psize - NODE:
+                    raise Damage("node out of bounds")
+                dlo, dhi, nflags, ksize = struct.unpack_from("<HHHH", buf, ptr)
+                kend, dsize = ptr + NODE + ksize, dlo | dhi << 16
+                key = buf[ptr + NODE : kend]
+                if kend > pf.psize or nflags & ~F_BIGDATA or not _text_key(key):
+                    raise Damage("not a main-tree node")
+                if nflags & F_BIGDATA:
+                    if kend + 8 > pf.psize:
+                        raise Damage("overflow number past the page")
+                    try:  # a value whose overflow pages are lost (cut off) is skipped alone
+                        page[key] = (pf._overflow(struct.unpack_from("<Q", buf, kend)[0], dsize, last_pg), dsize)
+                    except Damage:
+                        continue
+                elif kend + dsize > pf.psize:
+                    raise Damage("value past the page")
+                else:
+                    page[key] = ((pgno - 1) * pf.psize + kend, dsize)
+        except Damage:
+            continue
+        found.update(page)
+    return found
