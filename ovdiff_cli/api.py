@@ -20,7 +20,6 @@ fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 OnEvent = Callable[[str, str, int, int], None]
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
@@ -51,7 +49,7 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     limit refused)."""
     from PIL import Image, ImageOps
 
-    from .io.images import check_size, load_image, to_rgb
+    from .io.images import URL, check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and URL.match(image):
