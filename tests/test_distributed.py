@@ -164,7 +164,7 @@ def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_p
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
-def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world, tmp_path):
+def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world, tmp_path, capfd):
     images = world / "data/VOC2012/JPEGImages"
     args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), "--json",
             "--format", "coco-rle", *PROC]  # fmt: skip
@@ -180,6 +180,17 @@ def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world,
         assert [s["score"] for s in remote] == pytest.approx([s["score"] for s in local], abs=1e-5)
     records = json.loads((tmp_path / "ray" / "coco_results.json").read_text())
     assert records and all(r["score"] != 1.0 for r in records)  # the segment's score, not a placeholder
+    assert "core_worker" not in capfd.readouterr().err  # a successful run prints no Ray error line (ray#57733)
+
+
+def test_the_stderr_pump_drops_only_the_marked_lines(capfd):
+    from ovdiff_cli.engines.raycluster import _stderr_without
+
+    with _stderr_without(b"ALARM"):
+        os.write(2, b"kept 1\n[E core_worker.cc] ALARM here\nkept 2\n")
+        os.write(2, b"partial")
+    os.write(2, b" line\n")
+    assert capfd.readouterr().err == "kept 1\nkept 2\npartial line\n"
 
 
 def test_eval_on_ray_scores_what_the_local_engine_scores(world, tmp_path):
