@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import ovdiff
+
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
 from ovdiff_cli.store.cache import Cache  # noqa: E402
@@ -118,6 +120,36 @@ def test_protos_add_on_ray_equals_a_local_build_with_neural_models(tmp_path):
     res = runner.invoke(app, [*args, "--cache", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"])
     assert res.exit_code == 0, res.output
     same_classes(Cache(tmp_path / "local"), Cache(tmp_path / "ray"))
+
+
+def test_a_class_from_photos_built_on_ray_equals_a_local_build(tmp_path):
+    """`protos add NAME --images DIR --engine ray`: the driver reads the photos, a worker builds, the driver imports
+    the class and writes the note that NAME stands for the photos."""
+    from PIL import Image
+
+    from ovdiff_cli.method.photos import photo_class
+    from ovdiff_cli.models.presets import ModelSpecs
+
+    rng = np.random.default_rng(0)
+    (photos := tmp_path / "photos").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    args = ["protos", "add", "my mug", "--images", str(photos), "--n-images", "1", "--preset", "tiny", "--device", "cpu",
+            "--dtype", "fp32"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--cache", str(tmp_path / "local")])
+    assert res.exit_code == 0 and "1 images generated" in res.output, res.output
+    res = runner.invoke(app, [*args, "--cache", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"])
+    assert res.exit_code == 0 and "0 images generated, 0 featurised" in res.output, res.output  # the worker built it
+    same_classes(Cache(tmp_path / "local"), Cache(tmp_path / "ray"))
+    pipe = ovdiff.Pipeline("tiny", cache=tmp_path / "api", device="cpu", dtype="fp32")
+    vocab = pipe.photo_class("my mug", photos, n_images=1, engine="ray", workers=1)  # the same, from Python
+    assert vocab.names == ["my mug"] and pipe.stages.calls.get("extract", 0) == 0
+    same_classes(Cache(tmp_path / "local"), Cache(tmp_path / "api"))
+    records = [r for _, r in Cache(tmp_path / "ray").classes()]  # one per extractor part
+    assert records and all(r["name"] == "my mug" and r["n_photos"] == 2 and r["n_images"] == 3 for r in records)
+    notes = [photo_class(Cache(tmp_path / c), "my mug", 0, ModelSpecs.of("tiny")) for c in ("local", "ray")]
+    assert notes[1] is not None and {k: v for k, v in notes[1].items() if k != "created_at"} == {
+        k: v for k, v in notes[0].items() if k != "created_at"}
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..eval.datasets import ItemInfo, SegDataset
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
+    from ..method.photos import PhotoSet
     from ..method.segment import JobSummary, OutputWriter
     from ..types import ClassParts
 
@@ -192,6 +193,20 @@ class ClassBuilder:
         pids = build_class(self.cache, self.stages, norm, seed, self.sample_cfg, self.proto_cfg, kind)
         return norm, export_bytes(self.cache, pids)
 
+    def build_photos(self, norm: str, kind: str | None, photos: PhotoSet, note: dict) -> bytes:
+        """The export bytes of class `norm` built from the user's `photos` (read by the driver) and the
+        note's number of generated images, as `vocab.build_from_photos` builds it locally."""
+        from dataclasses import replace
+
+        from ..method.photos import ensure_photo_set
+        from ..store.sharing import export_bytes
+        from .vocab import build_class
+
+        ensure_photo_set(self.cache, self.stages, norm, photos, self.sample_cfg)
+        sample_cfg = replace(self.sample_cfg, n_images=note["n_generated"])
+        return export_bytes(self.cache, build_class(self.cache, self.stages, norm, note["seed"], sample_cfg, self.proto_cfg,
+                                                    kind, photo=note))  # fmt: skip
+
     def close(self) -> None:
         """Remove the scratch cache (the run is over; a killed actor's is left in the temp dir)."""
         shutil.rmtree(self.root, ignore_errors=True)
@@ -252,6 +267,30 @@ def build_classes(
             for a in actors:
                 ray.kill(a)
     return built
+
+
+def build_photo_class(
+    cache: Cache, run_cfg: RunConfig, sample_cfg: SampleConfig, proto_cfg: ProtoConfig, norm: str, photos: PhotoSet,
+    note: dict, kind: str | None, address: str | None = None, workers: int | None = None,
+) -> None:  # fmt: skip
+    """Build on one Ray worker the class of `photos` (`protos add NAME --images DIR --engine ray`) and import it
+    into `cache`. The photos travel with the call (the driver read and checked them); they stay in the worker's
+    scratch cache, as generated support images do."""
+    from ..store.sharing import import_bytes
+
+    with session(address) as ray:
+        _, resources = worker_resources(ray, workers)
+        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
+        builder = actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, _driver_threads(resources))
+        try:
+            data = ray.get(builder.build_photos.remote(norm, kind, photos, note))
+        except ray.exceptions.RayError as e:
+            raise _cause(e) from None
+        finally:
+            with contextlib.suppress(Exception):
+                ray.get(builder.close.remote(), timeout=30)
+            ray.kill(builder)
+    import_bytes(cache, data)
 
 
 # --------------------------------------------------------------------------- segmentation
