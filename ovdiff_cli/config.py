@@ -8,10 +8,11 @@ cache keys need (extractor parts, mask proposers, prototype kinds) live here too
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidSetting
-from .limits import MAX_WINDOWS, check_seed, in_range
+from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
@@ -147,6 +148,16 @@ class SampleConfig:
         for k in ("n_images", "batch_size"):
             d.pop(k)
         return d
+
+
+def beside_photos(cfg: SampleConfig, n_generated: int) -> SampleConfig:
+    """The sampler settings of a class built from the user's photos plus `n_generated` generated images, as
+    its cache keys and its build read them: the one SampleConfig whose n_images may be 0 (photos alone)."""
+    if isinstance(n_generated, bool) or not isinstance(n_generated, int) or not 0 <= n_generated <= MAX_N_IMAGES:
+        raise InvalidSetting("n_images", f"must be in 0..{MAX_N_IMAGES} beside photos, got {n_generated!r:.40}")
+    out = copy.copy(cfg)
+    object.__setattr__(out, "n_images", n_generated)  # past __post_init__, whose range starts at 1
+    return out
 
 
 @dataclass(frozen=True)

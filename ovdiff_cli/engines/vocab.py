@@ -252,8 +252,7 @@ def ensure_classes(
     A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
     note) has its photos, then the note's number of generated images, as its support set.
     """
-    from dataclasses import replace
-
+    from ..config import beside_photos
     from ..method.photos import photo_class
 
     norms = [naming.validate(n) for n in names]
@@ -262,7 +261,7 @@ def ensure_classes(
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
     notes = {n: (photos or {}).get(n) or photo_class(cache, n, seed, stages.specs) for n in dict.fromkeys(norms)}
-    configs = {n: replace(sample_cfg, n_images=note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
+    configs = {n: beside_photos(sample_cfg, note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
     pids = {n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()}
 
     def stale(n: str, rec: dict | None) -> bool:
