@@ -20,7 +20,6 @@ fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 OnEvent = Callable[[str, str, int, int], None]
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
@@ -51,7 +49,7 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     limit refused)."""
     from PIL import Image, ImageOps
 
-    from .io.images import check_size, load_image, to_rgb
+    from .io.images import URL, check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and URL.match(image):
@@ -334,6 +332,29 @@ class Pipeline:
             raise e.way_out(f"build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), or: "
                             f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
+
+    def photo_class(self, name: str, folder: str | Path, n_images: int = 0, kind: str | None = None,
+                    engine: str = "local", address: str | None = None, workers: int | None = None) -> Vocabulary:  # fmt: skip
+        """Beyond the paper: class `name` built from the photos in `folder` (no masks), plus `n_images` generated
+        ones, as `ovdiff protos add NAME --images DIR`; afterwards `name` in any vocabulary means these photos.
+        engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's). A one-class vocabulary."""
+        from functools import partial
+
+        from .config import RunConfig
+        from .engines.raycluster import build_photo_class, check_engine, engine_session
+        from .engines.vocab import build_from_photos
+
+        check_engine(engine, address, workers)
+        remote = None
+        if engine == "ray":
+            run_cfg = RunConfig(self.preset.name, self.device, self.dtype, self.seed, dict(self.models))
+            remote = partial(build_photo_class, self.cache, run_cfg, self.sample_config, self.proto_config,
+                             address=address, workers=workers)  # fmt: skip
+        with engine_session(engine, address):
+            built = build_from_photos(self.cache, self.stages, name, str(folder), self.seed, self.sample_config,
+                                      self.proto_config, n_images, None if kind is None else {name: kind}, None, remote)  # fmt: skip
+        self._by_names.clear()  # `name` may have meant a generated class before
+        return Vocabulary([built.name], [built], self.seed, self.proto_config.extractor)
 
     def _call(self, method: str) -> str:
         return f"ovdiff.Pipeline(preset={self.preset.name!r}, seed={self.seed}).{method}"

@@ -21,16 +21,18 @@ import numpy as np
 from .. import names as naming
 from ..store.cache import now_iso
 from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
-from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
+from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
 from ..types import PROTO_KINDS, ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
     from ..store.cache import Cache
     from ..config import ProtoConfig, SampleConfig
+    from ..method.photos import PhotoSet
     from ..models.presets import ModelSpecs
     from ..types import StageSource
 
 OnEvent = Callable[[str, str, int, int], None]
+RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
 
 
 # --------------------------------------------------------------------------- settings
@@ -433,18 +435,31 @@ def match_classes(
 def build_from_photos(
     cache: Cache, stages: StageSource, name: str, folder: str, seed: int, sample_cfg: SampleConfig,
     proto_cfg: ProtoConfig, n_generated: int = 0, kinds: dict[str, str] | None = None, on_event: OnEvent | None = None,
+    remote: RemoteBuild | None = None,
 ) -> ClassParts:  # fmt: skip
     """`protos add NAME --images DIR` (beyond the paper): the class from the user's photos, plus `n_generated`
     generated images; the photos are read and checked before anything is written, and the note that NAME
-    stands for them is written once the class is built (`method.photos`)."""
+    stands for them is written once the class is built (`method.photos`).
+
+    `remote(norm, photos, note, kind)` builds the class elsewhere (an engine's worker: `raycluster.build_photo_class`)
+    and imports it into `cache`; it runs only when the class is not cached already, and no model loads here.
+    """
     from ..method.photos import ensure_photo_set, photo_note, put_photo_class, read_photos
 
     norm = naming.validate(name)
     if n_generated < 0:
         raise InvalidSetting("n_images", f"must be at least 0 beside photos, got {n_generated}")
     photos = read_photos(folder, sample_cfg.size)
-    sid = ensure_photo_set(cache, stages, norm, photos, sample_cfg)
+    if remote is None:
+        sid = ensure_photo_set(cache, stages, norm, photos, sample_cfg)
+    else:
+        sid = photo_set_id(norm, photos.digest, stages.specs, sample_cfg)
     note = photo_note(norm, seed, stages.specs, sid, photos, n_generated)
+    if remote is not None:
+        try:
+            ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, build=False, photos={norm: note})
+        except MissingClasses:
+            remote(norm, photos, note, _check_kinds(kinds).get(norm))
     built = ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note})
     put_photo_class(cache, norm, seed, stages.specs, note)
     return built[0]
