@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .libs import versions
 from .models.weights import hf_cache_dir, needed, present
 
