@@ -47,6 +47,10 @@ def build_generator(store: ModelStore) -> Generator:
             from .method.mmdit import MMDiTGenerator
 
             return MMDiTGenerator(family, store.generator_parts())
+        if family.pipeline == "flux":
+            from .method.flux import FluxGenerator
+
+            return FluxGenerator(family, store.generator_parts())
         return FamilyGenerator(family, store.generator_parts())
     from .method.sampling import SDGenerator
 

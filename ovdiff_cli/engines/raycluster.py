@@ -356,7 +356,7 @@ def _stand_in(fd: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _stderr_without(marker: bytes) -> Iterator[None]:
+def stderr_without(marker: bytes) -> Iterator[None]:
     """Route file descriptor 2 through a pump that drops each line holding `marker` and passes the rest at once.
 
     Ray's C++ logger writes its lines to the descriptor, past Python's `sys.stderr`, one whole line per write.
@@ -413,7 +413,7 @@ def _segment_rows(
         **resources,
     )  # fmt: skip
     try:
-        with _stderr_without(FALSE_ALARM):
+        with stderr_without(FALSE_ALARM):
             yield from out.iter_rows()
     except ray.exceptions.RayError as e:
         raise _cause(e) from None

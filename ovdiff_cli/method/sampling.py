@@ -48,21 +48,24 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
 
 
 def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
-    """Positions of the class name's tokens in the tokenized prompt (start-of-text is position 0).
+    """Positions of the class name's tokens in the tokenized prompt (CLIP: start-of-text is position 0;
+    T5, FLUX's prompt tokenizer, has none).
 
-    CLIP's BPE splits on whitespace and punctuation before merging, so the name tokenizes the same
-    alone as inside the template; the match is checked against the full prompt all the same.
-    Tokens cut off by the 77-token context are dropped; a name cut off entirely is an error.
+    CLIP's BPE and T5's SentencePiece split on whitespace before merging, so the name tokenizes the
+    same alone as inside the template; the match is checked against the full prompt all the same.
+    Tokens cut off by the context (CLIP's 77) are dropped; a name cut off entirely is an error.
     """
-    prefix = template.split("{}", 1)[0]
+    prefix = template.split("{}", 1)[0].rstrip()  # SentencePiece makes a token of a trailing space
     full = tokenizer(template.format(class_name), truncation=True, max_length=tokenizer.model_max_length).input_ids
     name_ids = tokenizer(class_name, add_special_tokens=False, verbose=False).input_ids
-    start = 1 + len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    lead = len(tokenizer("").input_ids) - 1  # special tokens before the text: all but end-of-text
+    start = lead + len(tokenizer(prefix, add_special_tokens=False).input_ids)
     last = len(full) - 1  # end-of-text
     if not name_ids:
         raise OvdiffError(f"class name {class_name!r} has no tokens: use a word or phrase")
     if start >= last:
-        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the 77-token context")
+        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the "
+                          f"{tokenizer.model_max_length}-token context")  # fmt: skip
     indices = list(range(start, min(start + len(name_ids), last)))
     if len(indices) < len(name_ids):
         note_long_name(class_name, len(name_ids), len(indices), tokenizer.model_max_length)

@@ -41,10 +41,10 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
         return ProceduralGenerator().identity()  # a constant of the world, no model
     if specs.models.get("generator"):  # --generator: the family and its source
-        from ..models.generators import parse_generator
+        from ..models.generators import MMDIT_PIPELINES, parse_generator
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
-        scheduler = "flow-match-euler" if family.pipeline == "sd3" else SCHEDULER  # method/mmdit.py's FLOW_SCHEDULER
+        scheduler = "flow-match-euler" if family.pipeline in MMDIT_PIPELINES else SCHEDULER  # FLOW_SCHEDULER
         return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
                 "family": family.name}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
