@@ -153,9 +153,7 @@ def eval_cmd(
         if offset is not None:
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
-        from ..eval.evaluate import kinds_protocol
-
-        run.say(f"thing/stuff kinds: {escape(kinds_protocol(ds)['list'])}")
+        run.say(f"thing/stuff kinds: {escape(ds.kinds_record()['list'])}")
         with engine_session(engine, address):
             results = [_score(run, ds, _model_predictor(run, ds, s, engine, workers), f"seed {s}") for s in seed_list]
         record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
@@ -217,10 +215,10 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
 def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local", workers: int | None = None) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them
     (with `engine` "ray", both on Ray, in the session the caller opened)."""
-    from ..eval.evaluate import benchmark_classes, benchmark_kinds, protocol_config, segmenter_predictor
+    from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
     from ..engines.vocab import ensure_classes
 
-    names, kinds = benchmark_classes(ds), benchmark_kinds(ds)
+    names, kinds = benchmark_classes(ds), ds.kinds()
     with run.progress() as bar:
         task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
         built: set[str] = set()

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .classnames import KIND_LISTS, class_kinds
 from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from ..errors import OvdiffError
 from ..io.legend import LEGEND_FILE, legend_lookup
@@ -162,23 +161,6 @@ def benchmark_classes(dataset: SegDataset) -> list[str]:
     return list(dataset.classes[1:] if dataset.has_background else dataset.classes)
 
 
-def benchmark_kinds(dataset: SegDataset) -> dict[str, str] | None:
-    """Thing/stuff of each of `benchmark_classes(dataset)` as the authors list it; None where they list
-    none (COCO-Stuff, Cityscapes, classes of one's own): the stuff table classifies those."""
-    kinds = None if dataset.custom else class_kinds(dataset.name)
-    if kinds is None:
-        return None
-    named = dict(zip(dataset.classes, kinds, strict=True))
-    return {n: named[n] for n in benchmark_classes(dataset)}
-
-
-def kinds_protocol(dataset: SegDataset) -> dict:
-    """Which thing/stuff list the run used, and the classes it calls stuff (None: the table decided)."""
-    kinds = benchmark_kinds(dataset)
-    source = "table" if kinds is None else "authors"
-    return {"list": KIND_LISTS[source], "stuff": None if kinds is None else [n for n, k in kinds.items() if k == "stuff"]}
-
-
 def protocol_config(cfg: SegmentConfig, dataset: SegDataset) -> SegmentConfig:
     """The segment settings a benchmark is scored under: without background, named classes only and
     no bg prototypes (paper A.3); with background, `cfg` as given."""
@@ -303,7 +285,7 @@ def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, m
         "dataset": dataset.name, "title": dataset.title, "root": str(dataset.root),
         "split": layout.split_file or layout.image_dir, "n_images": len(dataset),
         "class_names": "custom" if dataset.custom else "raw" if dataset.raw_names else "paper (App. C.3)",
-        "classes": list(dataset.classes), "kinds": None if predictions else kinds_protocol(dataset),
+        "classes": list(dataset.classes), "kinds": None if predictions else dataset.kinds_record(),
         "has_background": dataset.has_background,
         "ignore_index": IGNORE_INDEX, "metric": "mIoU from one confusion matrix over the split (mmseg)",
         "predictions": predictions, "preset": preset, "weights": weights_kind(preset), "models": models, "seeds": seeds,
