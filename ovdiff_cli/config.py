@@ -81,12 +81,14 @@ class ProtoConfig:
     mask_proposer: str = "ncut"
     mask_features: str = "dino"  # the part whose features ncut cuts (CutLER's MaskCut: DINO ViT-B/8 keys)
     k_parts: int = 32
-    kmeans_iters: int = 30
+    kmeans_iters: int = 300  # the authors' scikit-learn KMeans: at most 300 Lloyd iterations, its tolerance rule
     feature_size: int = 512  # support images are featurised at this side length
     # Support images per extractor call: one batch of features is alive at a time. 1 keeps a 512 px
     # build within 1.5 GB beyond the models in fp32 (4 held 2.1 GB) and was no slower on the CPU.
     batch_size: int = 1
-    kmeans_max_points: int = 8192  # K-means runs on a seeded sample of at most this many masked cells per region
+    # None: K-means on every masked cell of a region, as the authors; a number: on a seeded sample of at
+    # most that many cells (faster for large N; not the authors')
+    kmeans_max_points: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "extractor", normalise_extractor(self.extractor))

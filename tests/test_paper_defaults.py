@@ -45,9 +45,14 @@ def test_prototype_defaults():
 
 
 def test_class_build_bounds():
-    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build)."""
+    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build).
+    K-means is the authors' (sdov gen_proto_*.py: scikit-learn's KMeans, max_iter 300, on every masked
+    cell, no sample); memory stays bounded by streaming the cells from a spill file."""
+    from ovdiff_cli.method.prototypes import KMEANS_ITERS, KMEANS_TOL
+
     p = ProtoConfig()
-    assert p.batch_size == 1 and p.kmeans_max_points == 8192
+    assert p.batch_size == 1 and p.kmeans_max_points is None
+    assert p.kmeans_iters == KMEANS_ITERS == 300 and KMEANS_TOL == 1e-4
 
 
 def test_inference_defaults():

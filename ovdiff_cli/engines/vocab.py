@@ -51,8 +51,8 @@ def check_proto_config(cfg: ProtoConfig) -> None:
     in_range("k_parts", cfg.k_parts)
     if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
         raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
-    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
-        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
+    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or (cfg.kmeans_max_points is not None and cfg.kmeans_max_points < 1):
+        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points (when set) must be at least 1")
 
 
 # --------------------------------------------------------------------------- reading
