@@ -18,6 +18,7 @@ from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting
 from ovdiff_cli.method.flux import FluxAttributionProcessor
 from ovdiff_cli.method.sampling import AttributionRecorder
+from ovdiff_cli.models.overrides import generator_defaults
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import support_id
 
@@ -153,6 +154,8 @@ def test_flux_is_schnell_and_the_families_never_share_a_support_set_key():
            for g in ("flux", "flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}  # fmt: skip
     assert key["flux"] == key["flux-schnell"]
     assert len({key[g] for g in ("flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}) == 4
+    assert generator_defaults("flux", "hub") == {"steps": 4, "guidance_scale": 1.0}
+    assert generator_defaults("flux-dev", "tiny") == {"guidance_scale": 3.5}  # FLUX's embedded guidance, not 8.0
 
 
 def test_protos_add_and_segment_with_flux_through_the_cli(tmp_path):
