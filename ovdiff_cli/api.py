@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
+from .config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
 
 if TYPE_CHECKING:
@@ -269,10 +269,8 @@ class Pipeline:
         protos: dict | None = None,
         segment: dict | None = None,
     ):
-        from .store.cache import default_cache_dir
         from .models.presets import get_preset
-        from .method.sampling import check_config
-        from .engines.vocab import check_proto_config
+        from .store.cache import default_cache_dir
 
         self.preset: Preset = get_preset(preset)
         _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
@@ -280,13 +278,12 @@ class Pipeline:
         if unknown_models:
             raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam, sam2")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.device, self.dtype, self.seed = device, dtype, seed
         self.models = {role: str(spec) for role, spec in (models or {}).items()}
+        self.run_config = RunConfig(self.preset.name, device, dtype, seed, self.models)  # each config checks itself
+        self.device, self.dtype, self.seed = device, dtype, seed
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
-        check_config(self.sample_config)
-        check_proto_config(self.proto_config)
         self._cache: Cache | None = None
         self._stages: Stages | None = None
         self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}
@@ -412,7 +409,7 @@ class Pipeline:
 
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
-        from .method.features import spec_parts
+        from .config import spec_parts
         from .method.segment import encode_image
 
         cfg = self.segment_config

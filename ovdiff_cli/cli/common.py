@@ -219,6 +219,8 @@ def make_run(
     from ..models.overrides import check_filter_model, generator_defaults, parse_part_models
     from ..models.presets import get_preset
 
+    from ..models.sd import missing_local
+
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
@@ -226,7 +228,12 @@ def make_run(
                          "filter": check_filter_model(filter_model), "generator": generator,
                          **parse_part_models(part_models or [])},
     )
-
+    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
+              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
+    for option, spec, model in models:
+        if spec and (problem := missing_local(spec, option, model)):
+            raise OvdiffError(problem)
+    # Each config checks its values as it is made, before any progress bar or model starts.
     run = Run(
         run=run_cfg,
         cache_dir=Path(cache) if cache else default_cache_dir(),
@@ -240,22 +247,6 @@ def make_run(
         protos=with_overrides(p.protos, protos, "protos"),
         segment=with_overrides(p.segment, segment, "segment"),
     )
-    # Bad sampling/prototype options are refused here, before any progress bar or model starts.
-    from ..errors import OvdiffError
-    from ..limits import check_seed, check_segment
-    from ..models.sd import missing_local
-    from ..method.sampling import check_config
-    from ..engines.vocab import check_proto_config
-
-    check_seed(seed)
-    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
-              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
-    for option, spec, model in models:
-        if spec and (problem := missing_local(spec, option, model)):
-            raise OvdiffError(problem)
-    check_config(run.sample)
-    check_proto_config(run.protos)
-    check_segment(run.segment)
     if quiet:
         from ..libs import quiet_libraries
 
@@ -297,14 +288,14 @@ def segment_overrides(
     protos: str | None = None,
 ) -> dict:
     """The method switches shared by `segment` and `eval`, checked, as SegmentConfig overrides."""
-    from ..types import PROTO_KINDS
+    from ..config import PROTO_KINDS
 
     kinds = None
     if protos is not None:
         kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
         if not kinds or any(k not in PROTO_KINDS for k in kinds):
             raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
-    sizes = None  # ranges are checked on the merged SegmentConfig (limits.check_segment)
+    sizes = None  # ranges are checked by the merged SegmentConfig itself
     if windows is not None:
         try:
             sizes = tuple(int(v) for v in windows.split(",") if v.strip())

@@ -196,14 +196,13 @@ class ClassBuilder:
     def build_photos(self, norm: str, kind: str | None, photos: PhotoSet, note: dict) -> bytes:
         """The export bytes of class `norm` built from the user's `photos` (read by the driver) and the
         note's number of generated images, as `vocab.build_from_photos` builds it locally."""
-        from dataclasses import replace
-
+        from ..config import beside_photos
         from ..method.photos import ensure_photo_set
         from ..store.sharing import export_bytes
         from .vocab import build_class
 
         ensure_photo_set(self.cache, self.stages, norm, photos, self.sample_cfg)
-        sample_cfg = replace(self.sample_cfg, n_images=note["n_generated"])
+        sample_cfg = beside_photos(self.sample_cfg, note["n_generated"])
         return export_bytes(self.cache, build_class(self.cache, self.stages, norm, note["seed"], sample_cfg, self.proto_cfg,
                                                     kind, photo=note))  # fmt: skip
 

@@ -22,7 +22,8 @@ from .. import names as naming
 from ..store.cache import now_iso
 from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
 from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
-from ..types import PROTO_KINDS, ClassParts, ClassPrototypes
+from ..config import PROTO_KINDS
+from ..types import ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
     from ..store.cache import Cache
@@ -33,28 +34,6 @@ if TYPE_CHECKING:
 
 OnEvent = Callable[[str, str, int, int], None]
 RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def check_proto_config(cfg: ProtoConfig) -> None:
-    """Reject settings that cannot build prototypes, naming the option, before any model loads."""
-    from ..method.classbuild import MASK_STRIDE
-    from ..method.features import PARTS, spec_parts
-    from ..limits import in_range
-    from ..method.masks import PROPOSERS
-
-    spec_parts(cfg.extractor)
-    if cfg.mask_proposer not in PROPOSERS:
-        raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
-    if cfg.mask_features not in (*PARTS, "procedural"):
-        raise InvalidSetting("mask_features", f"{cfg.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
-    in_range("k_parts", cfg.k_parts)
-    if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
-        raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
-    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
-        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
 
 
 # --------------------------------------------------------------------------- reading
@@ -273,18 +252,16 @@ def ensure_classes(
     A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
     note) has its photos, then the note's number of generated images, as its support set.
     """
-    from dataclasses import replace
-
+    from ..config import beside_photos
     from ..method.photos import photo_class
 
-    check_proto_config(proto_cfg)
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
     unknown = sorted(set(overrides) - set(norms))
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
     notes = {n: (photos or {}).get(n) or photo_class(cache, n, seed, stages.specs) for n in dict.fromkeys(norms)}
-    configs = {n: replace(sample_cfg, n_images=note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
+    configs = {n: beside_photos(sample_cfg, note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
     pids = {n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()}
 
     def stale(n: str, rec: dict | None) -> bool:
@@ -361,7 +338,7 @@ def build_class(
     `ensure_classes` runs (under the class's lock) for each class with missing parts, and what an
     engine's worker runs.
     """
-    from ..method.features import PARTS
+    from ..config import PARTS
     from ..method.stuff import classify
 
     digest = photo["photos"] if photo else None
@@ -389,7 +366,6 @@ def classes_to_build(
     loaded): normalised name → the stuff/thing override (None: classify). A class is listed when any
     part of the spec is missing, or must turn from stuff into a thing; cached parts, and thing →
     stuff changes, need no model."""
-    check_proto_config(proto_cfg)
     overrides = _check_kinds(kinds)
     todo: dict[str, str | None] = {}
     for n in dict.fromkeys(naming.validate(n) for n in names):
@@ -413,7 +389,7 @@ def match_classes(
     """
     every = find_classes(cache)
 
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     parts = None if extractor is None else spec_parts(extractor)
 

@@ -26,7 +26,7 @@ from ..models.generators import GeneratorFamily
 from ..types import Sample
 from .generators import check_turbo
 from .mmdit import FLOW_SCHEDULER
-from .sampling import AttributionRecorder, _to_uint8, check_config, class_token_indices
+from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +100,6 @@ class FluxGenerator:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
         import torch
 
-        check_config(config)
         if self.family.turbo:
             check_turbo(self.family.name, config)
         stride = 2 * self.pipe.vae_scale_factor  # the VAE's stride times FLUX's 2×2 latent patches

@@ -44,23 +44,6 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def check_config(config: SampleConfig) -> None:
-    """Reject settings that cannot sample, naming the option (before any model loads)."""
-    from ..limits import check_sample
-
-    check_sample(config)
-    if config.size % 8:
-        raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
-    if config.attribution_size < 1:
-        raise InvalidSetting("attribution_size", f"must be at least 1, got {config.attribution_size}")
-    if not config.guidance_scale > 0:
-        raise InvalidSetting("guidance_scale", f"must be a positive number, got {config.guidance_scale}")
-    if config.prompt_template.count("{}") != 1:
-        raise InvalidSetting(
-            "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {config.prompt_template!r}"
-        )
-
-
 # --------------------------------------------------------------------------- tokens
 
 
@@ -255,7 +238,6 @@ class SDGenerator:
         """
         import torch
 
-        check_config(config)
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
@@ -301,7 +283,6 @@ class SDGenerator:
 
         from .features import SD_TIMESTEP
 
-        check_config(config)
         sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg=False)
         tok = sd.tokenizer
@@ -362,7 +343,6 @@ def ensure_support_set(
     second process wait, then find the work done. `on_progress(done, total)` counts images. The
     generator (Stable Diffusion) is built only when an image is missing.
     """
-    check_config(config)
     norm = names.validate(class_name)
     sid = support_id(norm, seed, stages.specs, config)
     total = config.n_images
@@ -376,7 +356,7 @@ def ensure_support_set(
             if done < total:
                 from ..limits import check_room
 
-                check_room(cache.root, total - done, config)
+                check_room(cache.root, total - done, config.size, config.attribution_size)
             generator = stages.generator() if done < total else None
             if meta is None:
                 meta = _new_meta(class_name, norm, seed, config, generator, stages)

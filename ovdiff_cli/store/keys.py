@@ -77,7 +77,7 @@ def _models(specs: ModelSpecs, used: set[str]) -> dict:
 def mask_models(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
     """The model sources a class's support masks depend on: the generator and the proposer's model
     (SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
-    from ..method.masks import proposer_uses_features
+    from ..config import proposer_uses_features
 
     used = {"sd"}
     if proto_cfg.mask_proposer == "sam":
@@ -125,7 +125,7 @@ def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleCon
     Not the extractor spec: every part of every spec built from the same support set and proposer
     shares the masks (as the authors' CutLER masks serve SD, CLIP and DINO alike).
     """
-    from ..method.masks import proposer_uses_features
+    from ..config import proposer_uses_features
 
     features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
     return short_hash(
@@ -150,7 +150,7 @@ def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleC
               photos: str | None = None) -> dict[str, str]:  # fmt: skip
     """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads);
     `photos`: the content hash of the user's photos in its support set (None: generated images only)."""
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg, photos)
     return {p: part_id(class_norm, seed, p, mid, specs, proto_cfg) for p in spec_parts(proto_cfg.extractor)}
