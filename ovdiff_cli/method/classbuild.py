@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import MASK_STRIDE, proposer_uses_features
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
     from .prototypes import Batch
     from ..types import Sample, StageSource
 
-MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid (what the cache keeps, and mask sheets show)
 Progress = Callable[[str], "Callable[[int, int], None] | None"]  # stage ("masks", "extract") → on_progress(done, total)
 
 
@@ -114,7 +115,6 @@ def part_prototypes(
     to `spill_dir` (an OSError there is the caller's to phrase).
     """
     from .features import iter_features
-    from .masks import proposer_uses_features
     from .prototypes import build_prototypes
 
     on = progress or (lambda stage: None)
