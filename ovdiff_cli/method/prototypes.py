@@ -165,10 +165,10 @@ class _Centred:
     def __init__(self, cells: CellStore, tol: float):
         total = torch.zeros(cells.dim, dtype=torch.float64, device=cells.device)
         squares = torch.zeros_like(total)
-        for _, rows in cells.chunks():
-            x = rows.double()
-            total += x.sum(0)
-            squares += (x * x).sum(0)
+        for _, rows in cells.chunks():  # float64 sums of fp32 values: no float64 copy of a chunk
+            x = rows.float()
+            total += x.sum(0, dtype=torch.float64)
+            squares += (x * x).sum(0, dtype=torch.float64)
         n = len(cells)
         mean = total / n
         self.tol = float((squares / n - mean * mean).clamp_min(0).mean()) * tol
