@@ -18,6 +18,7 @@ from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting
 from ovdiff_cli.method.flux import FluxAttributionProcessor
 from ovdiff_cli.method.sampling import AttributionRecorder
+from ovdiff_cli.models.overrides import generator_defaults
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import support_id
 
@@ -49,7 +50,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region_in_both_kinds_of_block
     _, parts = schnell
     blocks = _blocks(parts.transformer)
     assert [double for _, double in blocks] == [True, False]
-    recorder = AttributionRecorder([3, 4], cfg=False)
+    recorder = AttributionRecorder([3, 4], cfg=False, size=8)
     n_text, side, region = 32, 8, torch.zeros(64, dtype=torch.bool)
     region.view(8, 8)[:4, :4] = True
     for attn, double in blocks:
@@ -75,7 +76,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region_in_both_kinds_of_block
         want = attn.processor(attn, *args, None, None)
         got = FluxAttributionProcessor(attn.processor, recorder, n_text)(attn, *args, None, None)
         torch.testing.assert_close(got, want)
-    maps = recorder.maps(side)[0].flatten().numpy()
+    maps = recorder.maps()[0].flatten().numpy()
     assert maps[region.numpy()].sum() / maps.sum() > 0.99
     assert maps[region.numpy()].mean() == pytest.approx(sum(a.heads for a, _ in blocks), rel=0.02)
 
@@ -153,6 +154,8 @@ def test_flux_is_schnell_and_the_families_never_share_a_support_set_key():
            for g in ("flux", "flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}  # fmt: skip
     assert key["flux"] == key["flux-schnell"]
     assert len({key[g] for g in ("flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}) == 4
+    assert generator_defaults("flux", "hub") == {"steps": 4, "guidance_scale": 1.0}
+    assert generator_defaults("flux-dev", "tiny") == {"guidance_scale": 3.5}  # FLUX's embedded guidance, not 8.0
 
 
 def test_protos_add_and_segment_with_flux_through_the_cli(tmp_path):
