@@ -238,16 +238,16 @@ def test_kmeans_plusplus_is_scikit_learns_greedy_seeding():
 
     x = np.random.default_rng(0).integers(0, 16, (64, 3)).astype(np.float32)
     x[-1] += 64 * x.mean(0).round() - x.sum(0)  # column sums divisible by 64: the mean is exact
-    data = prototypes._Centred(CellStore.of(torch.from_numpy(x)), prototypes.KMEANS_TOL)
+    data = prototypes.CentredCells(CellStore.of(torch.from_numpy(x)), prototypes.KMEANS_TOL)
     for k in (8, 16):
         want, _ = kmeans_plusplus(x - x.mean(0), k, random_state=np.random.RandomState(0))
-        np.testing.assert_array_equal(prototypes._kmeans_plusplus(data, k, np.random.RandomState(0)).numpy(), want)
+        np.testing.assert_array_equal(prototypes.kmeans_plusplus(data, k, np.random.RandomState(0)).numpy(), want)
 
 
 def test_kmeans_tolerance_is_scikit_learns_rule():
     """Lloyd stops when the centres' summed squared shift is at most tol × the mean per-feature variance."""
     x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + 7
-    data = prototypes._Centred(CellStore.of(x), 1e-4)
+    data = prototypes.CentredCells(CellStore.of(x), 1e-4)
     assert data.tol == pytest.approx(1e-4 * float(x.double().var(0, unbiased=False).mean()), rel=1e-6)
 
 
