@@ -97,10 +97,12 @@ def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
     """The mask proposer called `name`; `sam` loads the store's SAM model."""
     from .config import PROPOSERS
-    from .method.masks import NCutProposer, SamProposer, ThresholdProposer
+    from .method.masks import FastNCutProposer, MaskCutProposer, SamProposer, ThresholdProposer
 
     if name == "ncut":
-        return NCutProposer()
+        return MaskCutProposer()
+    if name == "ncut-fast":
+        return FastNCutProposer()
     if name == "threshold":
         return ThresholdProposer()
     if name == "sam":

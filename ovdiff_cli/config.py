@@ -17,8 +17,8 @@ from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
-PROPOSERS = ("ncut", "threshold", "sam")  # support-mask proposers (method/masks.py)
-FEATURE_PROPOSERS = ("ncut",)  # the proposers that cut a part's features (ProtoConfig.mask_features)
+PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/masks.py)
+FEATURE_PROPOSERS = ("ncut", "ncut-fast")  # the proposers that cut a part's features (ProtoConfig.mask_features)
 MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
 

@@ -62,6 +62,9 @@ class MaskProposer(Protocol):
     all N attribution maps, then `propose` per image. `uses_features`: whether `propose` reads the
     features (the `mask_features` part's, e.g. DINO keys for ncut; else it is given a (0,h,w)
     placeholder that only carries the grid), so masks are keyed by the features only when they matter.
+    A proposer that uses features also says at which side they are made, `input_side(feature_size,
+    stride)`, and whether the images are resized to it with Lanczos first (`resamples`, MaskCut's own
+    pass) rather than as the support images' feature pass resizes them.
     """
 
     name: str

@@ -28,18 +28,20 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
 # and kmeans_max_points 16384 → 8192 (issue 16: streamed builds, a bottom-k K-means sample) → class ids;
 # PROTO_VERSION 4 with kmeans_iters 300 and kmeans_max_points None (issue 23: raw features, scikit-learn's
 # K-means on every cell, masks reduced once) → class ids; the SD generators' identity gains
-# "attribution": 2 (issue 23: bicubic, clamped maps per head and token) → their support and class ids.
+# "attribution": 2 (issue 23: bicubic, clamped maps per head and token) → their support and class ids;
+# MASK_VERSION 3 (issue 23: ncut is MaskCut as published) → every mask and class id (the SAM and
+# procedural ones too: the version is part of every mask id).
 GOLDEN = {
-    ("tiny", "cat", 0): ("98841afe1ef3b705ee6a0a30", "fd5394574226957263b9d8c7",
-                         {"sd": "376968b92ea693807c7a6d27", "dino": "9f095e7af0ef0dfe9c2e622e", "clip": "cfc3a21a474da43bb6c8c825"}),
-    ("tiny", "sky", 1): ("7b09c3fef34b21d25b07b38c", "b043136b65efa62b1ce3e6ff",
-                         {"sd": "43f1c75933486126f56bb4c6", "dino": "d41f2b9098fcf1d2c7b3f060", "clip": "9a1ce02863fc90aed9225a76"}),
-    ("tiny", "chocolate glazed donut", 0): ("3cbd41b5e2cf6a72665a6ccf", "04a623f0c08226081f79f1b1",
-                         {"sd": "fdbe58595205397b78a0a98f", "dino": "7f6d75ad9cfa833087aff759", "clip": "265387fcc524aed6a295b648"}),
-    ("procedural", "cat", 0): ("120322af2af91c03a5553265", "6ab6c2136dd260662a1904b6", {"procedural": "e0c69d74a24d61e397be17a4"}),
-    ("procedural", "sky", 1): ("2bee6905fbb770ca8e8b5798", "b38d6d82f60e1eb9b9e1db5f", {"procedural": "d4cdeb7ba7224222fbc2474b"}),
-    ("procedural", "chocolate glazed donut", 0): ("da6f3e3fc4c1478938f92789", "546d4b72dcc8e562e089cc8a",
-                                                  {"procedural": "8f11992c69b5e83011054dec"}),
+    ("tiny", "cat", 0): ("98841afe1ef3b705ee6a0a30", "be5c6cf6164f2d5df4572992",
+                         {"sd": "58c9ee51f47d581839ca3305", "dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"}),
+    ("tiny", "sky", 1): ("7b09c3fef34b21d25b07b38c", "5ff24041fdfb77c729dd6866",
+                         {"sd": "c48ef08c638e6ff5564416d4", "dino": "146b9ebc17b2f450b1cfcdb3", "clip": "813b885388e2be04e3fb674b"}),
+    ("tiny", "chocolate glazed donut", 0): ("3cbd41b5e2cf6a72665a6ccf", "119134f6b307485db90c0846",
+                         {"sd": "e7b00824e78cdfa435a9b262", "dino": "4b7587250ddc49686e63ddd3", "clip": "bcfe9067c9cd5746b64febab"}),
+    ("procedural", "cat", 0): ("120322af2af91c03a5553265", "013ac19f2a8e5a1ac718c9a9", {"procedural": "5457f582e3abe68fa5e55867"}),
+    ("procedural", "sky", 1): ("2bee6905fbb770ca8e8b5798", "2769ffe1b64f6f2d4769a368", {"procedural": "8040dc226fc63ce35b396695"}),
+    ("procedural", "chocolate glazed donut", 0): ("da6f3e3fc4c1478938f92789", "d2ad0e01b5cde6977a24b2cd",
+                                                  {"procedural": "671d5c1892625dc20ef023d4"}),
 }  # fmt: skip
 
 
@@ -57,16 +59,16 @@ def test_class_ids_of_other_settings_are_pinned():
     sample_cfg, proto_cfg = configs("tiny")
     tiny = ModelSpecs.of("tiny")
     # a part's id does not depend on the other parts of the spec
-    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {"sd": "376968b92ea693807c7a6d27"}
-    assert class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"] == "f554f6d4a1c6aaed3211aa8b"
+    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {"sd": "58c9ee51f47d581839ca3305"}
+    assert class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"] == "7b14f19a0d0b294cfba923cc"
     sam = ModelSpecs.of("tiny", {"sam": "x/sam"})
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
-    assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "d0efe3be4f06fb6d0ecb1b6a"
-    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "c59e1d47786e352e3bf7717d"
+    assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "98aa22d98619238297db1dea"
+    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "2020b41e204968805b57b701"
     # the real-weight presets, by spec alone (no weights here)
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "08bcee2cc3843b4a89e91bd6"
-    for preset, plain, local in (("sd15", "c2bf6df2f2273c7ed9378e33", "dc5a413d5513ff0257bed48e"),
-                                 ("sd15-random", "80b760f8119433b2462d2477", "dcadcdae1da712ff41619164")):  # fmt: skip
+    for preset, plain, local in (("sd15", "25bd2da3b66d16a2fb0acf07", "49327ebb09a0e4f38756a30e"),
+                                 ("sd15-random", "16edf9bc02bdb710f91df9e5", "96843fd9bf139db3bda32ad3")):  # fmt: skip
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
@@ -90,4 +92,4 @@ def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():
     assert ProtoConfig(extractor="SD+DINO+CLIP") == ProtoConfig(extractor=" sd + dino+clip") == ProtoConfig()
     s, p = configs("tiny")
     spelled = dataclasses.replace(p, extractor="Dino + CLIP")
-    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {"dino": "9f095e7af0ef0dfe9c2e622e", "clip": "cfc3a21a474da43bb6c8c825"}
+    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {"dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"}

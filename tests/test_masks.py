@@ -13,9 +13,11 @@ from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
 from ovdiff_cli.models.sam import load_sam
 from ovdiff_cli.method.masks import (
-    NCutProposer,
+    MASKCUT_TAU,
+    FastNCutProposer,
     SamProposer,
     fg_bg_masks,
+    maskcut,
     ncut_objects,
     overlay_masks,
     select_fg_bg,
@@ -70,7 +72,7 @@ def _iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
-def test_ncut_finds_constructed_objects():
+def test_ncut_fast_finds_constructed_objects():
     f, blob_a, blob_b = _blob_features()
     objects = ncut_objects(f)
     assert len(objects) >= 2
@@ -78,10 +80,10 @@ def test_ncut_finds_constructed_objects():
     assert not (objects[0] & objects[1]).any()
 
 
-def test_ncut_proposer_pools_large_grids_and_adds_the_background():
+def test_ncut_fast_proposer_pools_large_grids_and_adds_the_background():
     f, blob_a, blob_b = _blob_features()
     big = torch.from_numpy(np.kron(f, np.ones((1, 3, 3)))).float()  # 48x48 grid → pooled to 32x32
-    proposals = NCutProposer().propose(np.zeros((8, 8, 3), np.uint8), big)
+    proposals = FastNCutProposer().propose(np.zeros((8, 8, 3), np.uint8), big)
     assert all(p.shape == (48, 48) and p.dtype == bool for p in proposals)
     big_a = np.kron(blob_a, np.ones((3, 3), bool))
     assert max(_iou(p, big_a) for p in proposals) > 0.8
@@ -89,9 +91,112 @@ def test_ncut_proposer_pools_large_grids_and_adds_the_background():
     assert (proposals[-1] == ~union).all()  # the background proposal
 
 
+# --------------------------------------------------------------------------- MaskCut (ncut), as published
+
+
+def _groups(shape, regions, d=16, seed=0, noise=0.05):
+    """Features on a grid: each region (bool mask) gets its own direction; the rest direction 0."""
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(d, *shape)) * noise
+    f[0] += 1
+    for k, r in enumerate(regions, start=1):
+        f[:, r] += np.eye(d)[k][:, None] * 3 - np.eye(d)[0][:, None]
+    return f
+
+
+def test_maskcut_splits_the_generalised_eigenproblem_of_the_thresholded_affinity():
+    """MaskCut's cut is the second-smallest generalised eigenvector of (D−W)v = λDv (scipy's eigh)."""
+    import scipy.linalg
+
+    from ovdiff_cli.method.masks import _second_eigvec
+
+    f, _, _ = _blob_features(12, 12)
+    x = f.reshape(f.shape[0], -1).T
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = np.where(x @ x.T > 0.15, 1.0, 1e-5)
+    _, vecs = scipy.linalg.eigh(np.diag(w.sum(1)) - w, np.diag(w.sum(1)), subset_by_index=[1, 1])
+    _, v = _second_eigvec(w)
+    assert abs(np.corrcoef(vecs[:, 0], v)[0, 1]) > 1 - 1e-6
+
+
+def test_maskcut_finds_constructed_objects_disjoint():
+    f, blob_a, blob_b = _blob_features()
+    objects = maskcut(f)
+    assert len(objects) == 2 and not (objects[0] & objects[1]).any()
+    assert max(_iou(o, blob_a) for o in objects) == 1.0 and max(_iou(o, blob_b) for o in objects) == 1.0
+
+
+def test_maskcut_affinity_threshold_is_cutlers_tau():
+    """Halves whose keys have cosine 0.17, and a 3×3 blob apart: at CutLER's τ = 0.15 the halves are one
+    clique and the cut isolates the blob; at 0.2 they are two, and the cut splits them."""
+    h = w = 12
+    right, blob = np.zeros((h, w), bool), _box((h, w), 2, 5, 8, 11)
+    right[:, 6:] = True
+    keys = np.array([[1, 0, 0], [0.17, np.sqrt(1 - 0.17**2), 0], [0, 0, 1]])
+    f = keys[np.where(blob, 2, right.astype(int))].transpose(2, 0, 1)
+    assert MASKCUT_TAU == 0.15 and (maskcut(f)[0] == blob).all()
+    assert maskcut(f, tau=0.2)[0].sum() == 72
+
+
+def test_maskcut_corner_rule_takes_the_side_without_the_corners():
+    """A one-cell frame (44 cells) around a 10×10 centre: the eigenvector peaks in the smaller frame,
+    which holds all 4 corners, so MaskCut takes the centre."""
+    frame = np.ones((12, 12), bool)
+    frame[1:-1, 1:-1] = False
+    objects = maskcut(_groups((12, 12), [frame]))
+    assert (objects[0] == ~frame).all()
+
+
+def test_maskcut_drops_a_later_mask_of_at_most_one_percent():
+    """The first cut keeps what it finds; a later one of ≤ 1% of the grid (here 4 of 400 cells) is dropped."""
+    big, small = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    big[3:10, 3:12] = True
+    small[15:17, 15:17] = True
+    f = _groups((20, 20), [big, small])
+    objects = maskcut(f)
+    assert len(objects) == 1 and (objects[0] == big).all()
+    assert any((o == small[10:, 10:]).all() for o in maskcut(f[:, 10:, 10:]))  # alone, 4 of 100 cells: kept
+
+
+def test_maskcut_golden_on_seeded_noise():
+    """Every rule at once on features without structure (three cuts, masked patches kept in the graph
+    with zero features): the cells of each mask, pinned."""
+    f = np.random.default_rng(3).normal(size=(8, 10, 10))
+    assert [int(o.sum()) for o in maskcut(f)] == [4, 16, 3]
+
+
+def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
+    """At the paper's 512 px feature size, ncut featurises each support image resized with Lanczos to
+    480² (MaskCut's input: a 60×60 grid for DINO ViT-B/8), apart from the 512 px pass of the prototypes."""
+    import dataclasses
+
+    from ovdiff_cli.method.classbuild import mask_batches, proposer_pass
+    from ovdiff_cli.method.masks import MaskCutProposer, lanczos
+    from ovdiff_cli.models.presets import PRESETS
+    from ovdiff_cli.procedural import support_sample
+
+    proposer = build_proposer("ncut", tiny_stages.store)
+    assert isinstance(proposer, MaskCutProposer)
+    assert [proposer.input_side(512, 8), proposer.input_side(512, 16), proposer.input_side(64, 8)] == [480, 480, 64]
+    cfg = dataclasses.replace(PRESETS["tiny"].protos, feature_size=512)
+    samples = [support_sample("ball", 1, 96, 16)]
+    part = tiny_stages.part("dino")
+    seen = []
+    inner = part.backbone
+    part.backbone = lambda x: seen.append(x.clone()) or inner(x)
+    try:
+        assert proposer_pass(samples, tiny_stages, cfg) == (480, False)
+        ((_, _, _, feats),) = list(mask_batches(samples, tiny_stages, cfg))
+    finally:
+        part.backbone = inner
+    assert feats is None  # not the prototypes' pass: that one is made at 512
+    want = torch.from_numpy(np.array(lanczos(samples[0].image, 480))).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(seen[0][0], want)
+
+
 def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_stages):
     assert build_proposer("threshold", tiny_stages.store).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
-    with pytest.raises(OvdiffError, match="ncut, threshold, sam"):
+    with pytest.raises(OvdiffError, match="ncut, ncut-fast, threshold, sam"):
         build_proposer("cutler", tiny_stages.store)
 
 

@@ -519,11 +519,14 @@ def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatc
     from ovdiff_cli.method.classbuild import mask_batches
     from ovdiff_cli.method.features import images_to_tensor
 
-    assert ProtoConfig().mask_features == "dino" and M.NCutProposer.uses_features
+    assert ProtoConfig().mask_features == "dino" and M.MaskCutProposer.uses_features and M.FastNCutProposer.uses_features
     assert not M.ThresholdProposer.uses_features and not M.SamProposer.uses_features
 
     class Recording(FixedProposer):
-        uses_features = True
+        uses_features, resamples = True, False
+
+        def input_side(self, feature_size: int, stride: int) -> int:
+            return feature_size
 
     p = Recording([])
     monkeypatch.setattr(tiny_stages, "mask_proposer", lambda name: p)
@@ -577,7 +580,7 @@ def test_ncut_proposes_masks_on_the_default_features_of_the_full_size_architectu
     image[box] = 240
     att = box.reshape(16, 8, 16, 8).mean(axis=(1, 3)).astype(np.float32)  # the box's coverage per 8×8 cell
     feats = sd15_random_stages.part(ProtoConfig().mask_features)(images_to_tensor([image], 128))
-    masks = M.class_masks([Sample(image, att)], feats, M.NCutProposer())
+    masks = M.class_masks([Sample(image, att)], feats, M.MaskCutProposer())
     assert masks.how == ["proposals"]
     grid_box = M.mask_to_grid(box, (16, 16))
     (fg,), (bg,) = masks.on_grid((16, 16))

@@ -4,7 +4,8 @@ A class's support images pass through each extractor part a batch at a time; eac
 folded into the part's `prototypes.RegionAccumulator`s on that part's grid, then the batch is
 dropped, so a build's memory does not grow with the number of support images N. The masks are made
 once per class (`masks.class_masks`, the authors' rule, on DINO keys for ncut whatever the spec),
-from the same batches as the part whose features the proposer reads, at the images' resolution, and
+at the images' resolution (the part whose features the proposer reads is built from the same batches
+when they are its own: `proposer_pass`), and
 reduced from there to every grid the build needs in one step (512 → 32 for CLIP, as the authors'
 scripts do; never through another grid). Pure of the cache: `vocab` reads support sets and masks
 from it and commits what this yields.
@@ -45,34 +46,48 @@ def mask_batches(
     """fg/bg masks of support images (`masks.class_masks`, the authors' rule), one batch at a time.
 
     The proposer reads the `mask_features` part's features when it uses features (ncut: DINO keys
-    by default, whatever the extractor spec), else a placeholder; its fallback thresholds come once
+    by default, whatever the extractor spec, at its own input side: `proposer_pass`), else a placeholder; its fallback thresholds come once
     from all N attribution maps, so batching changes nothing. The masks, made at the images'
     resolution, are reduced straight to each of `grids` (`ClassMasks.on_grid`: one bilinear step,
     as the authors reduce their mask images to each feature grid). Yields (index of the batch's
     first image, grid → coded masks (B,*grid) uint8 (`encode_masks`), how many of the batch took
-    their masks from the proposals and from the thresholds, the batch's features (B,D,h,w) or
-    None), so the part the features belong to is built in the same pass.
+    their masks from the proposals and from the thresholds, the batch's features (B,D,h,w) when they
+    can serve the part's prototypes, else None), so that part is built in the same pass when it can be.
     """
     import torch
 
     from .features import iter_features
-    from .masks import class_masks
+    from .masks import class_masks, lanczos
     from .prototypes import encode_masks
 
     g = proto_cfg.feature_size // MASK_STRIDE
     proposer = stages.mask_proposer(proto_cfg.mask_proposer)
     thresholds = proposer.thresholds([s.attribution for s in samples])
     step = proto_cfg.batch_size
-    if proposer.uses_features:
-        batches = iter_features(stages.part(proto_cfg.mask_features), [s.image for s in samples],
-                                proto_cfg.feature_size, step, on_progress)  # fmt: skip
+    pass_ = proposer_pass(samples, stages, proto_cfg)
+    if pass_ is not None:
+        side, shared = pass_
+        images = [lanczos(s.image, side) if proposer.resamples else s.image for s in samples]
+        batches = iter_features(stages.part(proto_cfg.mask_features), images, side, step, on_progress)
     else:
-        batches = ((i, None) for i in range(0, len(samples), step))
+        shared, batches = False, ((i, None) for i in range(0, len(samples), step))
     for first, feats in batches:
         chunk = samples[first : first + step]
         masks = class_masks(chunk, feats if feats is not None else torch.zeros(len(chunk), 0, g, g), proposer, thresholds)
-        yield first, {grid: encode_masks(*masks.on_grid(grid)) for grid in grids}, masks.counts(), feats
+        yield first, {grid: encode_masks(*masks.on_grid(grid)) for grid in grids}, masks.counts(), feats if shared else None
         del feats, masks  # a generator's loop variables outlive the yield: drop them before the next batch
+
+
+def proposer_pass(samples: list[Sample], stages: StageSource, proto_cfg: ProtoConfig) -> tuple[int, bool] | None:
+    """The side at which the proposer's features are made, and whether that pass also serves the
+    `mask_features` part's prototypes (same side, same pixels: always for ncut-fast; for MaskCut when
+    its input is the support images as they are); None when the proposer reads no features."""
+    proposer = stages.mask_proposer(proto_cfg.mask_proposer)
+    if not proposer.uses_features:
+        return None
+    side = proposer.input_side(proto_cfg.feature_size, stages.part(proto_cfg.mask_features).stride)
+    as_they_are = not proposer.resamples or all(s.image.shape[:2] == (side, side) for s in samples)
+    return side, side == proto_cfg.feature_size and as_they_are
 
 
 def on_part_grid(coded: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +149,11 @@ def part_prototypes(
     stored = mask_grid(proto_cfg)
     grids = {p: part_grid(stages, p, proto_cfg.feature_size) for p in parts}
     built: dict[str, dict[str, np.ndarray]] = {}
-    reads = proposer_uses_features(proto_cfg.mask_proposer) and proto_cfg.mask_features in parts
-    if masks is not None and set(grids.values()) <= {stored}:
+    remake = masks is None or not set(grids.values()) <= {stored}
+    reads = False  # whether the masks' pass builds the `mask_features` part too
+    if remake and proto_cfg.mask_features in parts and proposer_uses_features(proto_cfg.mask_proposer):
+        reads = proposer_pass(samples, stages, proto_cfg)[1]
+    if not remake:
         coded, counts = {stored: masks[0]}, masks[1]
     else:  # the masks on every grid, and from the same batches the part whose features the proposer reads
         codes: dict[tuple[int, int], list[np.ndarray]] = {g: [] for g in {stored, *grids.values()}}

@@ -10,10 +10,13 @@ then reduced to the feature grid (bilinear, any overlap counts), as the authors'
 The masks depend on the support images and the proposer only, never on the extractor spec: one set
 serves every extractor part (the class build runs this once per class, `classbuild.mask_batches`).
 
-Proposers: `ncut` (normalised cuts on the `mask_features` part's features, DINO keys by default, as
-CutLER's MaskCut does; no extra weights; fixed fallback thresholds 0.2/0.5), `threshold`
-(no proposals: every image is thresholded, at a 3-class multi-Otsu of all the class's maps — the
-paper's "-CutLER" variant) and `sam` (transformers' SAM automatic mask generation).
+Proposers: `ncut` (MaskCut, the unsupervised core of the paper's CutLER, as published: normalised
+cuts on the `mask_features` part's keys, DINO ViT-B/8 by default, of the image resized (Lanczos) to
+480² for 512 px support images: 60×60 patches, τ = 0.15, N = 3 cuts; no extra weights; fixed
+fallback thresholds 0.2/0.5), `ncut-fast` (ovdiff's lighter variant: the support images' own
+feature pass average-pooled to at most 32² and a stop when the graph has no cluster left),
+`threshold` (no proposals: every image is thresholded, at a 3-class multi-Otsu of all the class's
+maps — the paper's "-CutLER" variant) and `sam` (transformers' SAM automatic mask generation).
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ if TYPE_CHECKING:
 
     from ..types import MaskProposer, Sample
 
-PROPOSERS = ("ncut", "threshold", "sam")
+PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")
 FG_ABOVE = 0.5  # the authors' fallback: fg where the normalised attribution is above this …
 BG_BELOW = 0.2  # … bg where it is below this; also the bound on a proposal's bg
+# MaskCut as CutLER's README runs it (`maskcut.py --vit-arch base --patch-size 8 --tau 0.15 --fixed_size 480 --N 3`)
+MASKCUT_TAU, MASKCUT_CUTS = 0.15, 3
+MASKCUT_SIDE, MASKCUT_AT = 480, 512  # its input side, for the paper's 512 px support images
 
 
 # --------------------------------------------------------------------------- maps
@@ -227,10 +233,97 @@ def _second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
     return float(vals[0]), s * vecs[:, 0]
 
 
+def maskcut(features: np.ndarray, tau: float = MASKCUT_TAU, n_cuts: int = MASKCUT_CUTS, eps: float = 1e-5) -> list[np.ndarray]:
+    """MaskCut (CutLER, Wang et al. 2023, `maskcut.py`'s `maskcut_forward`): up to `n_cuts` object masks.
+
+    features: (D,h,w) float, patches as nodes; cosine affinity above `tau` is 1, else `eps`. Each cut
+    takes the second-smallest generalised eigenvector v of (D−W)v = λDv and splits at its mean. The
+    foreground is the side holding v's largest magnitude (the seed), unless that side holds 3 or 4 of
+    the grid's corners (object-centric bias): then the other side, its seed the other extreme of v.
+    MaskCut leaves v's sign to LAPACK; we fix it so the seed is positive, the sign under which its
+    corner rule can act. Only the 4-connected component around the seed is kept. A later cut whose
+    mask overlaps the previous one by IoU > 0.5 or covers at most 1% of the grid is dropped; the
+    patches of kept masks get zero features (their affinities all become `eps`: they stay in the
+    graph) before the next cut; each mask loses what earlier masks cover. Returns the non-empty hxw
+    bool masks, disjoint, in the order found.
+    """
+    from scipy import ndimage
+
+    d, h, w = features.shape
+    x = features.reshape(d, h * w).T.astype(np.float32)  # MaskCut's affinity is float32 too (torch)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cosine = x @ x.T  # once: a painted patch's zero features make its row and column 0
+    blank = np.float32(1.0 if 0 > tau else eps)  # the affinity of a zero feature to anything
+    corners = np.array([0, w - 1, (h - 1) * w, h * w - 1])
+    painted = np.zeros(h * w, dtype=bool)
+    taken = np.zeros((h, w), dtype=bool)
+    previous = None
+    found = []
+    for i in range(n_cuts):
+        aff = np.where(cosine > tau, np.float32(1.0), np.float32(eps))
+        aff[painted], aff[:, painted] = blank, blank
+        _, v = _second_eigvec(aff)
+        if v[np.argmax(np.abs(v))] < 0:
+            v = -v
+        side = v > v.mean()
+        if side[corners].sum() >= 3:
+            side, v = ~side, -v
+        labels, _ = ndimage.label(side.reshape(h, w))
+        mask = labels == labels.flat[int(np.argmax(v))]
+        if i > 0 and (_mask_iou(previous, mask) > 0.5 or mask.mean() <= 0.01):
+            mask = np.zeros_like(mask)
+        previous = mask
+        painted |= mask.ravel()
+        found.append(mask & ~taken)
+        taken |= mask
+    return [m for m in found if m.any()]
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def lanczos(image: np.ndarray, side: int) -> np.ndarray:
+    """HxWx3 uint8 → side×side uint8, PIL's Lanczos (MaskCut's resize); unchanged when already that size."""
+    from PIL import Image
+
+    if image.shape[:2] == (side, side):
+        return image
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS))
+
+
+class MaskCutProposer:
+    """`ncut`: Γ by `maskcut` on the `mask_features` part's keys (DINO ViT-B/8 by default, whatever
+    the extractor spec) of each support image resized (Lanczos) to MaskCut's input, 480² at the
+    paper's 512 px feature size (a 60×60 grid); no weights beyond the extractor's. The complement of
+    all objects is the background proposal (the paper's Γ returns one too). Images without
+    proposals take the authors' fixed thresholds.
+    """
+
+    name = "ncut"
+    uses_features = proposer_uses_features(name)
+    resamples = True  # its own pass: images resized to `input_side` with Lanczos
+
+    def __init__(self, tau: float = MASKCUT_TAU, n_cuts: int = MASKCUT_CUTS):
+        self.tau, self.n_cuts = tau, n_cuts
+
+    def input_side(self, feature_size: int, stride: int) -> int:
+        """MaskCut's 480 px at 512 px, scaled to the preset's feature size, a multiple of the stride."""
+        return max(1, round(feature_size * MASKCUT_SIDE / MASKCUT_AT / stride)) * stride
+
+    def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
+        return BG_BELOW, FG_ABOVE
+
+    def propose(self, image: np.ndarray, features: torch.Tensor) -> list[np.ndarray]:
+        """image HxWx3 uint8 (unused: the features carry it); features (D,h,w) → hxw bool masks."""
+        return with_background(maskcut(features.detach().float().cpu().numpy(), self.tau, self.n_cuts))
+
+
 def ncut_objects(
     features: np.ndarray, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, min_mu: float = 0.05
 ) -> list[np.ndarray]:
-    """MaskCut-style object masks from a feature grid (CutLER, Wang et al. 2023).
+    """`ncut-fast`'s object masks: MaskCut-style (CutLER, Wang et al. 2023), lighter than `maskcut`.
 
     features: (D,h,w) float. Patches are nodes, cosine affinity above `tau` is 1, else `eps`. The
     second generalised eigenvector splits the graph at its mean; the side holding the eigenvector's
@@ -272,18 +365,21 @@ def ncut_objects(
     return objects
 
 
-class NCutProposer:
-    """Γ by normalised cuts on feature keys; no weights beyond the extractor's.
+class FastNCutProposer:
+    """`ncut-fast`: Γ by `ncut_objects` on the support images' own feature pass; no extra weights.
 
-    It reads the `mask_features` part's features, DINO keys by default (`ProtoConfig.mask_features`:
-    MaskCut cuts DINO ViT-B/8 keys and its τ is tuned for them), whatever the extractor spec.
-    The grid is average-pooled to at most `max_side` per side for speed (64×64 → 32×32 keeps a
-    class's eigenproblem to about 0.2 s). The complement of all objects is the background proposal
-    (the paper's Γ returns one too). Images without proposals take the authors' fixed thresholds.
+    It reads the `mask_features` part's features, DINO keys by default, whatever the extractor spec,
+    from the pass that builds that part's prototypes (no second forward pass). The grid is
+    average-pooled to at most `max_side` per side for speed (64×64 → 32×32). The complement of all
+    objects is the background proposal. Images without proposals take the authors' fixed thresholds.
     """
 
-    name = "ncut"
+    name = "ncut-fast"
     uses_features = proposer_uses_features(name)
+    resamples = False  # reads the features at the support images' feature size
+
+    def input_side(self, feature_size: int, stride: int) -> int:
+        return feature_size
 
     def __init__(self, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, max_side: int = 32):
         self.tau, self.eps, self.max_objects, self.max_side = tau, eps, max_objects, max_side

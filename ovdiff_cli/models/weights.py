@@ -128,7 +128,7 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    parts = extractor.split("+") + (["dino"] if mask_proposer == "ncut" else [])  # ncut cuts DINO ViT-B/8 keys
+    parts = extractor.split("+") + (["dino"] if mask_proposer in ("ncut", "ncut-fast") else [])  # ncut cuts DINO ViT-B/8 keys
     roles = ["sd"] if "sd" in parts or not models.get("generator") else []  # SD1.5: generator or SD features
     roles += ["generator", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in parts]
     specs = {r: models[r] for r in roles if models.get(r)}

@@ -21,8 +21,9 @@ PROTO_VERSION = 4  # bump when the way prototypes are computed changes: old entr
 # prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
 # prototypes 4 (issue 23): raw features averaged and clustered; scikit-learn's K-means on every masked
 # cell; each part's masks reduced from the images' resolution in one step
-MASK_VERSION = 2  # bump when the way support masks are computed changes: their classes are then rebuilt
+MASK_VERSION = 3  # bump when the way support masks are computed changes: their classes are then rebuilt
 # masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
+# masks 3: ncut is MaskCut as published (480² Lanczos input, τ 0.15, 3 cuts, masked patches kept in the graph)
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
 ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
 # 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
