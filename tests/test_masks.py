@@ -108,14 +108,14 @@ def test_maskcut_splits_the_generalised_eigenproblem_of_the_thresholded_affinity
     """MaskCut's cut is the second-smallest generalised eigenvector of (D−W)v = λDv (scipy's eigh)."""
     import scipy.linalg
 
-    from ovdiff_cli.method.masks import _second_eigvec
+    from ovdiff_cli.method.masks import second_eigvec
 
     f, _, _ = _blob_features(12, 12)
     x = f.reshape(f.shape[0], -1).T
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     w = np.where(x @ x.T > 0.15, 1.0, 1e-5)
     _, vecs = scipy.linalg.eigh(np.diag(w.sum(1)) - w, np.diag(w.sum(1)), subset_by_index=[1, 1])
-    _, v = _second_eigvec(w)
+    _, v = second_eigvec(w)
     assert abs(np.corrcoef(vecs[:, 0], v)[0, 1]) > 1 - 1e-6
 
 
@@ -186,7 +186,7 @@ def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
     part.backbone = lambda x: seen.append(x.clone()) or inner(x)
     try:
         assert proposer_pass(samples, tiny_stages, cfg) == (480, False)
-        ((_, _, _, feats),) = list(mask_batches(samples, tiny_stages, cfg))
+        ((_, _, _, feats),) = list(mask_batches(samples, tiny_stages, cfg, {(64, 64)}))
     finally:
         part.backbone = inner
     assert feats is None  # not the prototypes' pass: that one is made at 512
@@ -196,6 +196,7 @@ def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
 
 def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_stages):
     assert build_proposer("threshold", tiny_stages.store).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
+    assert isinstance(build_proposer("ncut-fast", tiny_stages.store), FastNCutProposer)  # the lighter cut, kept
     with pytest.raises(OvdiffError, match="ncut, ncut-fast, threshold, sam"):
         build_proposer("cutler", tiny_stages.store)
 

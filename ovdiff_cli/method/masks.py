@@ -210,7 +210,7 @@ def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskPro
 # --------------------------------------------------------------------------- normalised cuts
 
 
-def _second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
+def second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
     """Generalised eigenvector of (D−W)v = λDv for the second-smallest λ (the Ncut relaxation).
 
     Solved as the second-largest eigenpair (μ, y) of D^-½ W D^-½ (v = D^-½ y, λ = 1 − μ): Lanczos on
@@ -262,7 +262,7 @@ def maskcut(features: np.ndarray, tau: float = MASKCUT_TAU, n_cuts: int = MASKCU
     for i in range(n_cuts):
         aff = np.where(cosine > tau, np.float32(1.0), np.float32(eps))
         aff[painted], aff[:, painted] = blank, blank
-        _, v = _second_eigvec(aff)
+        _, v = second_eigvec(aff)
         if v[np.argmax(np.abs(v))] < 0:
             v = -v
         side = v > v.mean()
@@ -347,7 +347,7 @@ def ncut_objects(
         idx = np.flatnonzero(free)
         if len(idx) < 3:
             break
-        mu, v = _second_eigvec(aff[np.ix_(idx, idx)])
+        mu, v = second_eigvec(aff[np.ix_(idx, idx)])
         if mu < min_mu:
             break
         part = np.zeros(h * w, dtype=bool)
