@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from ..config import ProtoConfig, SampleConfig
     from ..models.presets import ModelSpecs
 
-PROTO_VERSION = 3  # bump when the way prototypes are computed changes: old entries are then rebuilt
+PROTO_VERSION = 4  # bump when the way prototypes are computed changes: old entries are then rebuilt
 # prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
+# prototypes 4 (issue 23, the authors' method): CLIP features of ImageNet-normalised pixels
 MASK_VERSION = 2  # bump when the way support masks are computed changes: their classes are then rebuilt
 # masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
