@@ -297,6 +297,24 @@ def test_background_where_no_label_scores_above_zero_and_explain_agrees():
     assert (out.labels == 1).all() and (out.winner >= 0).all()  # above 0, the argmax as before
 
 
+def test_background_owns_only_the_bg_prototypes_of_the_classes_the_filter_kept():
+    """sdov predict.py masks the bg prototypes with the classes kept for the image (class_ids_mask)."""
+    from ovdiff_cli.method.segment import Segmenter
+
+    e = torch.eye(E)
+    scorer = NamedScorer({"cat": e[0], "dog": e[1]}, e[0])  # the filter keeps cat only
+    cat = ClassPrototypes("cat", "thing", {"class": _cos_row(0.2)}, {"class": _cos_row(0.3)})
+    dog = ClassPrototypes("dog", "thing", {"class": _cos_row(0.1)}, {"class": _cos_row(0.9)})
+    classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in (cat, dog)]
+    seg = Segmenter([_constant_part()], classes, SegmentConfig(slide=False), torch.device("cpu"), scorer=scorer)
+    out = seg.predict(np.zeros((32, 48, 3), np.uint8), scores=True)
+    assert out.selected == [0]
+    np.testing.assert_allclose(out.scores[0], 0.3, atol=1e-5)  # cat's bg prototype, not dog's 0.9
+    assert (out.labels == 0).all()
+    everyone = Segmenter([_constant_part()], classes, SegmentConfig(slide=False, use_filter=False), torch.device("cpu"))
+    np.testing.assert_allclose(everyone.predict(np.zeros((32, 48, 3), np.uint8), scores=True).scores[0], 0.9, atol=1e-5)
+
+
 def test_dino_features_are_keys_of_the_last_block(tiny_stages):
     part = tiny_stages.part("dino").backbone
     m = part.model
