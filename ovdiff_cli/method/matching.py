@@ -5,7 +5,8 @@ Pure torch. A `Vocabulary` holds every prototype of the classes in play in one f
 position in the class list), and the background label 0 owns the union of the things' background
 prototypes that survive the "stuff" filter. In each part a label scores, per pixel, the cosine of
 its most similar prototype; as the authors do, the parts' score maps are averaged (late fusion),
-then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken.
+then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken (scores
+≤ 0 counted as 0, ties to the background, as the authors: `upsample_argmax`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 3. matching: every sliding window and the whole image, resized to each extractor part's own input
    size, are matched against that part's prototypes of the kept classes; the per-part class score
    maps are averaged (late fusion), then averaged over the crops;
-4. bilinear upsampling of the label scores to the image size, then argmax.
+4. bilinear upsampling of the label scores to the image size, then the argmax with every score ≤ 0
+   counted as 0 (ties to the background: where no label scores above 0, the authors' background).
 
 `encode_image` runs only the backbones' half (the image side of step 1, and step 3's features) and
 `Segmenter.predict_encoded` the rest, so one image's features serve any number of vocabularies.
