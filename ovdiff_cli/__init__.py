@@ -5,7 +5,7 @@ The Python API (see `ovdiff_cli.api`): `Pipeline`, `Vocabulary`, `SegmentationRe
 loading torch; these names and the heavy modules import lazily, so `ovdiff --help` stays instant.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["ImageFeatures", "Pipeline", "SegmentationResult", "Vocabulary", "__version__", "procedural_scene"]
 

@@ -20,7 +20,6 @@ fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .config import ProtoConfig, SampleConfig, SegmentConfig, with_overrides
+from .config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 OnEvent = Callable[[str, str, int, int], None]
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
@@ -51,7 +49,7 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     limit refused)."""
     from PIL import Image, ImageOps
 
-    from .io.images import check_size, load_image, to_rgb
+    from .io.images import URL, check_size, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and URL.match(image):
@@ -272,10 +270,8 @@ class Pipeline:
         protos: dict | None = None,
         segment: dict | None = None,
     ):
-        from .store.cache import default_cache_dir
         from .models.presets import get_preset
-        from .method.sampling import check_config
-        from .engines.vocab import check_proto_config
+        from .store.cache import default_cache_dir
 
         self.preset: Preset = get_preset(preset)
         _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
@@ -283,13 +279,12 @@ class Pipeline:
         if unknown_models:
             raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam, sam2")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.device, self.dtype, self.seed = device, dtype, seed
         self.models = {role: str(spec) for role, spec in (models or {}).items()}
+        self.run_config = RunConfig(self.preset.name, device, dtype, seed, self.models)  # each config checks itself
+        self.device, self.dtype, self.seed = device, dtype, seed
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
-        check_config(self.sample_config)
-        check_proto_config(self.proto_config)
         self._cache: Cache | None = None
         self._stages: Stages | None = None
         self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}
@@ -335,6 +330,29 @@ class Pipeline:
             raise e.way_out(f"build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), or: "
                             f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
+
+    def photo_class(self, name: str, folder: str | Path, n_images: int = 0, kind: str | None = None,
+                    engine: str = "local", address: str | None = None, workers: int | None = None) -> Vocabulary:  # fmt: skip
+        """Beyond the paper: class `name` built from the photos in `folder` (no masks), plus `n_images` generated
+        ones, as `ovdiff protos add NAME --images DIR`; afterwards `name` in any vocabulary means these photos.
+        engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's). A one-class vocabulary."""
+        from functools import partial
+
+        from .config import RunConfig
+        from .engines.raycluster import build_photo_class, check_engine, engine_session
+        from .engines.vocab import build_from_photos
+
+        check_engine(engine, address, workers)
+        remote = None
+        if engine == "ray":
+            run_cfg = RunConfig(self.preset.name, self.device, self.dtype, self.seed, dict(self.models))
+            remote = partial(build_photo_class, self.cache, run_cfg, self.sample_config, self.proto_config,
+                             address=address, workers=workers)  # fmt: skip
+        with engine_session(engine, address):
+            built = build_from_photos(self.cache, self.stages, name, str(folder), self.seed, self.sample_config,
+                                      self.proto_config, n_images, None if kind is None else {name: kind}, None, remote)  # fmt: skip
+        self._by_names.clear()  # `name` may have meant a generated class before
+        return Vocabulary([built.name], [built], self.seed, self.proto_config.extractor)
 
     def _call(self, method: str) -> str:
         return f"ovdiff.Pipeline(preset={self.preset.name!r}, seed={self.seed}).{method}"
@@ -392,7 +410,7 @@ class Pipeline:
 
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
-        from .method.features import spec_parts
+        from .config import spec_parts
         from .method.segment import encode_image
 
         cfg = self.segment_config

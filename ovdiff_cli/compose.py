@@ -47,6 +47,10 @@ def build_generator(store: ModelStore) -> Generator:
             from .method.mmdit import MMDiTGenerator
 
             return MMDiTGenerator(family, store.generator_parts())
+        if family.pipeline == "flux":
+            from .method.flux import FluxGenerator
+
+            return FluxGenerator(family, store.generator_parts())
         return FamilyGenerator(family, store.generator_parts())
     from .method.sampling import SDGenerator
 
@@ -59,7 +63,8 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
     Its settings are fixed (SD at t=200), so the part's name alone names its features: prototypes
     and target images built from the same part are comparable.
     """
-    from .method.features import ClipKeysPart, SDPart, TimmKeysPart, parse_spec
+    from .config import parse_spec
+    from .method.features import ClipKeysPart, SDPart, TimmKeysPart
 
     if name == "procedural":
         from .procedural import ProceduralExtractor
@@ -91,7 +96,8 @@ def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None
 
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
     """The mask proposer called `name`; `sam` loads the store's SAM model."""
-    from .method.masks import PROPOSERS, NCutProposer, SamProposer, ThresholdProposer
+    from .config import PROPOSERS
+    from .method.masks import NCutProposer, SamProposer, ThresholdProposer
 
     if name == "ncut":
         return NCutProposer()
@@ -203,7 +209,7 @@ class Stages:
                   scorer: ImageTextScorer | None = None) -> Segmenter:  # fmt: skip
         """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
         runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
-        from .method.features import spec_parts
+        from .config import spec_parts
         from .method.segment import Segmenter
 
         filtering = cfg.use_filter and sum(c.kind != "stuff" for c in classes) > 1  # it chooses among things only

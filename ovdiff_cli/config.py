@@ -1,13 +1,71 @@
-"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here."""
+"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here.
+
+Each config checks itself when it is made (`__post_init__`, ranges from `limits.RANGES`), so a
+setting that cannot work is the same `InvalidSetting` from Python (`ovdiff.Pipeline(segment=…)`),
+from the CLI and from `dataclasses.replace`, before any model loads. The facts those checks and the
+cache keys need (extractor parts, mask proposers, prototype kinds) live here too, below the method.
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
+
+from .errors import InvalidSetting
+from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
+
+# Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
+FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
+PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
+PROPOSERS = ("ncut", "threshold", "sam")  # support-mask proposers (method/masks.py)
+FEATURE_PROPOSERS = ("ncut",)  # the proposers that cut a part's features (ProtoConfig.mask_features)
+MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
+PROTO_KINDS = ("class", "instance", "part")
+
 
 def normalise_extractor(spec: str) -> str:
     """One spelling per extractor spec, part of the cache key: parts lower-cased and stripped
     ("SD + DINO+CLIP" → "sd+dino+clip"). `ProtoConfig` applies it to itself, so Python and CLI agree."""
     return "+".join(part.strip().lower() for part in spec.split("+"))
+
+
+def parse_spec(spec: str) -> list[str]:
+    """`sd+dino+clip` → ["sd", "dino", "clip"], or a one-line error naming the valid parts."""
+    parts = normalise_extractor(spec).split("+")
+    bad = [p for p in parts if p not in PARTS]
+    if not spec.strip() or bad:
+        raise InvalidSetting(
+            "extractor", f"{spec!r}: unknown extractor part {(bad or [spec])[0]!r}; "
+            f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')"
+        )
+    if len(set(parts)) != len(parts):
+        raise InvalidSetting("extractor", f"{spec!r} names a part twice")
+    return parts
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The parts of an extractor spec: `sd+dino+clip` → ["sd", "dino", "clip"]; `procedural` → ["procedural"]."""
+    return ["procedural"] if spec == "procedural" else parse_spec(spec)
+
+
+def proposer_uses_features(name: str) -> bool:
+    """Whether the mask proposer called `name` reads a part's features (its masks then depend on them)."""
+    if name not in PROPOSERS:
+        raise InvalidSetting("mask_proposer", f"{name!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
+    return name in FEATURE_PROPOSERS
+
+
+def at_least_one(setting: str, value: object) -> None:
+    """InvalidSetting unless `value` is an int of at least 1 (settings without a stated upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidSetting(setting, f"must be a whole number of at least 1, got {value!r:.40}")
+
+
+def as_tuple(setting: str, value: object, example: tuple) -> tuple:
+    """A tuple setting given as a tuple or a list (JSON has no tuples), as a tuple; else InvalidSetting."""
+    if not isinstance(value, (tuple, list)):
+        raise InvalidSetting(setting, f"takes a tuple such as {example}, got {type(value).__name__} {value!r:.40}")
+    return tuple(value)
 
 
 REFINERS = ("none", "pamr", "sam2")  # SegmentConfig.refine: none is the paper's path (method/refine.py)
@@ -65,12 +123,41 @@ class SampleConfig:
     batch_size: int = 4
     attribution_size: int = 64  # every attribution map is resized to this square
 
+    def __post_init__(self):
+        in_range("n_images", self.n_images, " support images per class")
+        in_range("batch_size", self.batch_size)
+        in_range("steps", self.steps)
+        in_range("size", self.size, " pixels")
+        in_range("guidance_scale", self.guidance_scale)
+        if self.size % 8:
+            raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {self.size}")
+        at_least_one("attribution_size", self.attribution_size)
+        if not self.guidance_scale > 0:
+            raise InvalidSetting("guidance_scale", f"must be a positive number, got {self.guidance_scale}")
+        for name in ("prompt_template", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidSetting(name, f"takes text, got {type(getattr(self, name)).__name__}")
+        if self.prompt_template.count("{}") != 1:
+            raise InvalidSetting(
+                "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {self.prompt_template!r}"
+            )
+
     def fingerprint_fields(self) -> dict:
         """Settings that change the pixels; n_images and batch_size do not (images are seeded one by one)."""
         d = asdict(self)
         for k in ("n_images", "batch_size"):
             d.pop(k)
         return d
+
+
+def beside_photos(cfg: SampleConfig, n_generated: int) -> SampleConfig:
+    """The sampler settings of a class built from the user's photos plus `n_generated` generated images, as
+    its cache keys and its build read them: the one SampleConfig whose n_images may be 0 (photos alone)."""
+    if isinstance(n_generated, bool) or not isinstance(n_generated, int) or not 0 <= n_generated <= MAX_N_IMAGES:
+        raise InvalidSetting("n_images", f"must be in 0..{MAX_N_IMAGES} beside photos, got {n_generated!r:.40}")
+    out = copy.copy(cfg)
+    object.__setattr__(out, "n_images", n_generated)  # past __post_init__, whose range starts at 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,7 +176,19 @@ class ProtoConfig:
     kmeans_max_points: int = 8192  # K-means runs on a seeded sample of at most this many masked cells per region
 
     def __post_init__(self):
+        if not isinstance(self.extractor, str):
+            raise InvalidSetting("extractor", f"takes a spec such as sd+dino+clip, got {type(self.extractor).__name__}")
         object.__setattr__(self, "extractor", normalise_extractor(self.extractor))
+        spec_parts(self.extractor)
+        proposer_uses_features(self.mask_proposer)
+        if self.mask_features not in (*PARTS, "procedural"):
+            raise InvalidSetting("mask_features", f"{self.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
+        in_range("k_parts", self.k_parts)
+        at_least_one("feature_size", self.feature_size)
+        if self.feature_size < 8 or self.feature_size % MASK_STRIDE:
+            raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {self.feature_size}")
+        for name in ("batch_size", "kmeans_iters", "kmeans_max_points"):
+            at_least_one(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -112,6 +211,28 @@ class SegmentConfig:
     image_batch: int = 4  # images segmented together: their windows share the extractor's batches
     refine: str = "none"  # beyond the paper: "pamr" or "sam2" refine the label scores (method/refine.py)
 
+    def __post_init__(self):
+        """Every setting in its range: sizes the machine can hold, thresholds cosines in -1..1."""
+        in_range("eta", self.eta, " classes per image")
+        in_range("short_side", self.short_side, " pixels")
+        in_range("stride", self.stride, " pixels")
+        windows = as_tuple("windows", self.windows, (448, 336))
+        if not 1 <= len(windows) <= MAX_WINDOWS:
+            raise InvalidSetting("windows", f"takes 1 to {MAX_WINDOWS} sizes, got {len(windows)}")
+        for w in windows:
+            in_range("windows", w, " pixels")
+        object.__setattr__(self, "windows", windows)
+        in_range("fg_threshold", self.fg_threshold, " (a cosine similarity)")
+        in_range("stuff_threshold", self.stuff_threshold, " (a cosine similarity)")
+        in_range("image_batch", self.image_batch, " images")
+        in_range("filter_size", self.filter_size, " pixels")
+        kinds = as_tuple("proto_kinds", self.proto_kinds, PROTO_KINDS)
+        if not kinds or any(k not in PROTO_KINDS for k in kinds):
+            raise InvalidSetting("proto_kinds", f"takes one or more of {', '.join(PROTO_KINDS)}; got {kinds!r:.60}")
+        object.__setattr__(self, "proto_kinds", kinds)
+        if self.refine not in REFINERS:
+            raise InvalidSetting("refine", f"{self.refine!r} is unknown; choose one of: {', '.join(REFINERS)}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -122,6 +243,9 @@ class RunConfig:
     dtype: str = "auto"
     seed: int = 0
     model_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_seed(self.seed)
 
 
 def with_overrides(base, user: dict | None, what: str = "config"):

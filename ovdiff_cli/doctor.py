@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .libs import versions
 from .models.weights import hf_cache_dir, needed, present
 
@@ -32,7 +32,8 @@ def report(preset, cache_dir: Path, device: str, dtype: str, models: dict[str, s
     """Everything `ovdiff doctor` prints, JSON-ready. models: the run's model specs by role."""
     hf = hf_cache_dir()
     weights = [
-        {"role": w.role, "spec": w.spec, "source": w.source, "repo": w.repo, "present": present(w, hf)}
+        {"role": w.role, "spec": w.spec, "source": w.source, "repo": w.repo, "present": present(w, hf),
+         "licence": w.licence, "gated": w.gated}
         for w in needed(models, extractor, mask_proposer)
     ]
     return {

@@ -11,13 +11,8 @@ import math
 import numbers
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .config import REFINERS
 from .errors import InvalidSetting, OvdiffError
-
-if TYPE_CHECKING:
-    from .config import SampleConfig, SegmentConfig
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; image seeds are hashes of it
 MAX_N_IMAGES = 10_000  # support images per class (the paper uses 32)
@@ -35,13 +30,14 @@ MAX_WORKERS = 4096  # Ray workers of one command: far beyond any cluster's GPUs
 MAX_PIXELS = 89_478_485  # one picture: Pillow's own decompression-bomb limit (io.images refuses above it too)
 
 # The stated range of every numeric setting, by its config field name (the CLI's option is
-# `cli.common.flag(name)`): the checks below use it, and the boundary test walks the commands'
-# declarations and fails for a numeric option whose setting is missing here.
+# `cli.common.flag(name)`): the configs check themselves with it (config.py), and the boundary test
+# walks the commands' declarations and fails for a numeric option whose setting is missing here.
 RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, MAX_SEED), "seeds": (0, MAX_SEED), "n_images": (1, MAX_N_IMAGES), "batch_size": (1, MAX_BATCH),
     "steps": (1, MAX_STEPS), "guidance_scale": (0, MAX_GUIDANCE), "size": (8, MAX_SAMPLE_SIZE),
     "k_parts": (1, MAX_K_PARTS), "eta": (1, MAX_ETA), "short_side": (8, MAX_SIDE), "stride": (8, MAX_SIDE),
-    "windows": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0), "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
+    "windows": (8, MAX_SIDE), "filter_size": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0),
+    "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
     "offset": (0, MAX_OFFSET), "limit": (1, MAX_COUNT), "images": (1, MAX_COUNT), "repeats": (1, MAX_COUNT),
     "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS), "port": (0, 65535), "max_pixels": (1, MAX_PIXELS),
     "max_classes": (1, MAX_ETA), "alpha": (0.0, 1.0), "scene_side": (8, MAX_SIDE),
@@ -63,35 +59,10 @@ def check_seed(seed: int, setting: str = "seed") -> None:
     in_range(setting, seed, " (64-bit seeds)")
 
 
-def check_sample(cfg: SampleConfig) -> None:
-    """Ranges of the sampler's settings (sampling.check_config checks what else makes them valid)."""
-    in_range("n_images", cfg.n_images, " support images per class")
-    in_range("batch_size", cfg.batch_size)
-    in_range("steps", cfg.steps)
-    in_range("size", cfg.size, " pixels")
-    in_range("guidance_scale", cfg.guidance_scale)
-
-
-def check_segment(cfg: SegmentConfig) -> None:
-    """Every segmentation setting in its range: sizes the machine can hold, thresholds cosines in -1..1."""
-    in_range("eta", cfg.eta, " classes per image")
-    in_range("short_side", cfg.short_side, " pixels")
-    in_range("stride", cfg.stride, " pixels")
-    if not 1 <= len(cfg.windows) <= MAX_WINDOWS:
-        raise InvalidSetting("windows", f"takes 1 to {MAX_WINDOWS} sizes, got {len(cfg.windows)}")
-    for w in cfg.windows:
-        in_range("windows", w, " pixels")
-    in_range("fg_threshold", cfg.fg_threshold, " (a cosine similarity)")
-    in_range("stuff_threshold", cfg.stuff_threshold, " (a cosine similarity)")
-    in_range("image_batch", cfg.image_batch, " images")
-    if cfg.refine not in REFINERS:
-        raise InvalidSetting("refine", f"{cfg.refine!r} is unknown; choose one of: {', '.join(REFINERS)}")
-
-
-def check_room(cache_root: Path, n_new: int, cfg: SampleConfig) -> None:
-    """Refuse to sample `n_new` images when the cache's disk cannot hold them: each takes about half its
-    raw size as a PNG, with its float32 attribution map."""
-    need = n_new * (cfg.size * cfg.size * 3 + cfg.attribution_size**2 * 4) // 2
+def check_room(cache_root: Path, n_new: int, size: int, attribution_size: int) -> None:
+    """Refuse to sample `n_new` images of size² pixels when the cache's disk cannot hold them: each takes
+    about half its raw size as a PNG, with its float32 attribution map of attribution_size²."""
+    need = n_new * (size * size * 3 + attribution_size**2 * 4) // 2
     where = Path(cache_root)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -101,7 +72,7 @@ def check_room(cache_root: Path, n_new: int, cfg: SampleConfig) -> None:
         return
     if need > free:
         raise OvdiffError(
-            f"the disk is full for {n_new} more support images of {cfg.size} px (about {need / 2**20:.0f} MiB needed, "
+            f"the disk is full for {n_new} more support images of {size} px (about {need / 2**20:.0f} MiB needed, "
             f"{free / 2**20:.0f} MiB free at {where}): free space, lower --n-images or use another --cache; "
             "classes committed before are intact"
         )

@@ -119,8 +119,6 @@ class StageSource(Protocol):
     def segmenter(self, classes: list[ClassParts], cfg: SegmentConfig, extractor_spec: str, cache=None): ...
 
 
-PROTO_KINDS = ("class", "instance", "part")
-
 
 @dataclass
 class ClassPrototypes:

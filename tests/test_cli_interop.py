@@ -82,6 +82,12 @@ def test_out_beside_the_inputs_is_refused_and_no_lock_file_is_left(world, tmp_pa
     assert not list(out.glob(".ovdiff-segment.lock*"))
 
 
+def test_a_url_input_gets_the_download_first_line_not_not_found(world, tmp_path):
+    res = invoke(["segment", "https://example.com/cat.jpg", "--classes", "kite", "--out", str(tmp_path / "o")], world)
+    assert res.exit_code == 2 and "is a URL" in res.output and "download it first" in res.output
+    assert "not found" not in res.output
+
+
 def test_the_last_holder_of_a_lock_removes_its_file(tmp_path):
     from ovdiff_cli.errors import OvdiffError
     from ovdiff_cli.io.outdir import lock

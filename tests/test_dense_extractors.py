@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.engines.vocab import ensure_classes
-from ovdiff_cli.method.features import PARTS, parse_spec
+from ovdiff_cli.config import FAMILY_PARTS, PARTS, parse_spec
 from ovdiff_cli.models.dense import FAMILIES, TINY
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.cache import Cache
@@ -30,6 +30,7 @@ def test_the_table_names_real_timm_models_of_the_tiny_configs_classes():
     """Each default spec is a pretrained timm model whose class and patch are the table's and the tiny config's."""
     import timm
 
+    assert tuple(FAMILIES) == FAMILY_PARTS  # config's names of the families (extractor specs, cache keys) are the table's
     for part, fam in FAMILIES.items():
         assert part in PARTS and parse_spec(f"sd+{part}") == ["sd", part]
         assert fam.spec in timm.list_models(pretrained=True), fam.spec

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.config import PART_INPUTS, InputSize
+from ovdiff_cli.config import PART_INPUTS, InputSize, parse_spec, spec_parts
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.method.features import (
     POS_CACHE,
@@ -15,9 +15,7 @@ from ovdiff_cli.method.features import (
     SDPart,
     TimmKeysPart,
     iter_features,
-    parse_spec,
     sd_feature_layers,
-    spec_parts,
 )
 
 

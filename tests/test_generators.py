@@ -1,4 +1,4 @@
-"""Generators beyond SD1.5 (`--generator`: sd-turbo, sdxl, sdxl-turbo) on tiny configs: attribution mass
+"""Generators beyond SD1.5 (`--generator`: sd-turbo, sdxl, sdxl-turbo, sd3; FLUX.1 in test_flux.py) on tiny configs: attribution mass
 on the class tokens' region of a synthetic attention input, a draw per family, Turbo's settings,
 cache keys per generator, and `protos add` / `segment` through the CLI."""
 
@@ -16,7 +16,7 @@ from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting, OvdiffError
 from ovdiff_cli.method.mmdit import JointAttributionProcessor
 from ovdiff_cli.method.sampling import AttributionRecorder, capture_processors
-from ovdiff_cli.models.generators import GENERATORS, parse_generator
+from ovdiff_cli.models.generators import GENERATORS, MMDIT_PIPELINES, parse_generator
 from ovdiff_cli.models.weights import generator_files
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import generator_identity, support_id
@@ -32,7 +32,7 @@ def tiny_unet(family: str):
     return stages, stages.store.generator_parts().unet
 
 
-UNET_FAMILIES = [g for g, f in GENERATORS.items() if f.pipeline != "sd3"]
+UNET_FAMILIES = [g for g, f in GENERATORS.items() if f.pipeline not in MMDIT_PIPELINES]
 
 
 @pytest.mark.parametrize("family", UNET_FAMILIES)
@@ -128,8 +128,8 @@ def test_generators_never_share_a_support_set_key():
     assert len(set(ids.values())) == len(ids)
     assert ids[None] == support_id("cat", 0, ModelSpecs.of("sd15"), TURBO)  # the paper's key is unchanged
     assert parse_generator("SDXL-Turbo", "hub") == (GENERATORS["sdxl-turbo"], "stabilityai/sdxl-turbo")
-    with pytest.raises(OvdiffError, match="sd-turbo, sdxl, sdxl-turbo, sd3"):
-        parse_generator("flux", "hub")
+    with pytest.raises(OvdiffError, match="sd-turbo, sdxl, sdxl-turbo, sd3, flux-schnell, flux-dev, flux"):
+        parse_generator("flux2", "hub")
     assert "text_encoder_2/model.safetensors" in generator_files(GENERATORS["sdxl"])
 
 

@@ -50,3 +50,25 @@ def test_class_arrays_are_decoded_from_the_map_equal_to_what_was_put(tmp_path):
     got = cache.class_arrays("p1")
     assert np.array_equal(got["fg/instance"], a) and got["fg/instance"].flags.writeable
     assert got["masks"].dtype == np.uint8 and cache.class_arrays("p1", ["nothing"]) == {}
+
+
+def test_a_segmenter_keeps_no_second_copy_of_the_classes_arrays():
+    import gc
+    import weakref
+
+    from ovdiff_cli.config import SegmentConfig
+    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.types import ClassParts
+
+    class Part:  # what the Segmenter reads of an extractor part before segmenting: its name
+        name = "x"
+
+    classes = [ClassParts(p.name, p.kind, {"x": p}) for p in _bank(6, stuff={2})]
+    arrays = [weakref.ref(a) for c in classes for table in (c.parts["x"].fg, c.parts["x"].bg) for a in table.values()]
+    seg = Segmenter([Part()], classes, SegmentConfig(use_filter=False), torch.device("cpu"))
+    pids = [c.pids for c in classes]
+    del classes
+    gc.collect()
+    assert arrays and all(r() is None for r in arrays)  # the vocabularies hold the prototypes; nothing else does
+    assert [c.name for c in seg.classes] == [f"c{i}" for i in range(6)] and [c.pids for c in seg.classes] == pids
+    assert [c.kind for c in seg.classes].count("stuff") == 1

@@ -134,6 +134,21 @@ def test_photos_from_the_cli_serve_segment_by_name_until_removed(tmp_path):
     assert photo_class(Cache(tmp_path / "c"), "my kite", 0, ModelSpecs.of("procedural")) is None
 
 
+def test_photos_from_the_python_api_serve_segment_by_name(tmp_path):
+    import ovdiff
+
+    photos = write_photos(tmp_path / "p", "my kite", 4)
+    pipe = ovdiff.Pipeline("procedural", cache=tmp_path / "c", device="cpu", dtype="fp32")
+    vocab = pipe.photo_class("my kite", photos)
+    assert vocab.names == ["my kite"]
+    rec = Cache(tmp_path / "c").class_record(vocab.classes[0].pids[0])
+    assert rec["n_photos"] == 4 and rec["n_images"] == 4
+    again = ovdiff.Pipeline("procedural", cache=tmp_path / "c", device="cpu", dtype="fp32")
+    assert again.vocabulary(["my kite"], build=False).classes[0].pids == vocab.classes[0].pids  # the name means the photos
+    with pytest.raises(OvdiffError, match="no image files"):
+        pipe.photo_class("my cup", tmp_path)
+
+
 # --------------------------------------------------------------------------- Stable Diffusion (tiny random weights)
 
 

@@ -129,35 +129,6 @@ def test_segmenter_with_a_region_refiner_scores_higher_on_the_world(procedural_s
 # --------------------------------------------------------------------------- SAM 2 (tiny random weights)
 
 
-@pytest.fixture(scope="module")
-def tiny_sam2_dir(tmp_path_factory):
-    """A SAM 2 with tiny random weights saved as a local model folder (what `--sam2-model DIR` loads)."""
-    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
-    from transformers.models.sam2.configuration_sam2 import (
-        Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig, Sam2VisionConfig,
-    )  # fmt: skip
-
-    size = 128
-    root = tmp_path_factory.mktemp("tiny-sam2")
-    torch.manual_seed(0)
-    backbone = Sam2HieraDetConfig(
-        hidden_size=16, num_attention_heads=1, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
-    )  # fmt: skip
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32,
-                              backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2])  # fmt: skip
-    cfg = Sam2Config(
-        vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
-                                                  iou_head_hidden_dim=32),
-    )  # fmt: skip
-    Sam2Model(cfg).save_pretrained(root)
-    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(root)
-    return root
-
-
 def test_tiny_sam2_gives_regions_at_the_image_size(tiny_sam2_dir):
     from ovdiff_cli.models.sam2 import load_sam2
 
@@ -229,3 +200,12 @@ def test_refine_through_the_python_api(tmp_path):
     assert "refine" in refined.timings and "refine" not in plain.timings
     assert (plain.labels != refined.labels).any()
     assert SegmentConfig().refine == "none"  # the paper's path is the default
+
+
+def test_sam2_refine_through_the_python_api(tmp_path, tiny_sam2_dir):
+    import ovdiff
+
+    pipe = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", device="cpu", dtype="fp32",
+                           models={"sam2": str(tiny_sam2_dir)}, segment={"refine": "sam2"})  # fmt: skip
+    result = pipe.segment(ovdiff.procedural_scene(1), pipe.vocabulary(LABELLED))
+    assert result.timings["refine"] > 0 and result.labels.shape == (128, 192)

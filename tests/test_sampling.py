@@ -84,12 +84,12 @@ def test_class_token_indices_drop_tokens_past_the_context():
     assert idx == list(range(6, 76))  # position 76 is the end-of-text token
 
 
-def test_check_config_names_the_bad_setting_and_the_cli_its_option():
+def test_a_bad_sampler_setting_is_refused_as_the_config_is_made_naming_it_and_the_cli_its_option():
     for change, setting, option in [({"prompt_template": "a photo"}, "prompt_template", "--prompt-template"),
                                     ({"size": 60}, "size", "--size"), ({"batch_size": 0}, "batch_size", "--batch-size"),
                                     ({"guidance_scale": 0.0}, "guidance_scale", "--guidance")]:  # fmt: skip
         with pytest.raises(InvalidSetting) as info:
-            sampling.check_config(dataclasses.replace(TINY, **change))
+            dataclasses.replace(TINY, **change)
         assert info.value.setting == setting and str(info.value).startswith(setting + " ") and "--" not in str(info.value)
         assert phrase(info.value).startswith(option + " ")
 

@@ -70,7 +70,7 @@ def build_once(stages: Stages, samples: list[Sample], feature_size: int, k: int,
     K-means + aggregation s, part → arrays). The last is the wall time less the other two: Eq. 1,
     the class prototype, the K-means sample and K-means, part labels, and the masks' fg/bg rule."""
     from ..method.classbuild import part_prototypes
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     base = _proto_cfg(stages.specs.preset.name)
     cfg = replace(base, feature_size=feature_size, k_parts=k, kmeans_max_points=max_points or base.kmeans_max_points)
@@ -152,7 +152,7 @@ def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, featur
     import torch
 
     from ..compose import Stages
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     stages = Stages.for_run(preset, device, dtype)
     cfg = _proto_cfg(preset)

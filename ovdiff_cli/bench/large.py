@@ -108,7 +108,7 @@ def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, 
     from ..compose import Stages
     from ..engines.vocab import ensure_classes
     from ..io.images import load_image
-    from ..method.features import spec_parts
+    from ..config import spec_parts
     from ..method.filter import CategoryFilter
     from ..method.segment import encode_image
     from ..store.cache import Cache

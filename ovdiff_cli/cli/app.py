@@ -117,7 +117,7 @@ app.command("serve")(serve_cmd.serve)
 
 def _print_version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from ..version import __version__
 
         typer.echo(f"ovdiff {__version__}")
         raise typer.Exit()

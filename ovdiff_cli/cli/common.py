@@ -48,7 +48,7 @@ SdModelOpt = Annotated[Optional[str], typer.Option("--sd-model", help="Stable Di
 SamModelOpt = Annotated[Optional[str], typer.Option("--sam-model", help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].", show_default=False)]
 ClipModelOpt = Annotated[Optional[str], typer.Option("--clip-model", help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.", show_default=False)]
 DinoModelOpt = Annotated[Optional[str], typer.Option("--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False)]
-GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", help="Support-set generator beyond SD1.5: sd-turbo, sdxl, sdxl-turbo, optionally =HUB_ID_OR_DIR (Turbo: 4 steps, no guidance) \\[default: SD1.5 from --sd-model].", show_default=False)]
+GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", help="Support-set generator beyond SD1.5: sd-turbo, sdxl, sdxl-turbo, sd3, flux-schnell (flux), flux-dev, optionally =HUB_ID_OR_DIR (Turbo and flux-schnell: 4 steps, no guidance; flux-dev: guidance 3.5) \\[default: SD1.5 from --sd-model].", show_default=False)]
 FilterModelOpt = Annotated[Optional[str], typer.Option("--filter-model", help="The category filter's model: clip (the run's CLIP, the paper's), siglip2, pecore, or an open_clip NAME:TAG or hf-hub:ORG/REPO \\[default: clip].", show_default=False)]
 PartModelOpt = Annotated[Optional[list[str]], typer.Option("--part-model", help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].", show_default=False)]
 ExtractorOpt = Annotated[Optional[str], typer.Option("--extractor", help=f"Features: sd, clip, dino, mae or a + combination \\[default: {_P.extractor}].", show_default=False)]
@@ -219,6 +219,8 @@ def make_run(
     from ..models.overrides import check_filter_model, generator_defaults, parse_part_models
     from ..models.presets import get_preset
 
+    from ..models.sd import missing_local
+
     p = get_preset(preset)
     run_cfg = RunConfig(
         preset=p.name, device=device, dtype=dtype, seed=seed,
@@ -226,7 +228,12 @@ def make_run(
                          "filter": check_filter_model(filter_model), "generator": generator,
                          **parse_part_models(part_models or [])},
     )
-
+    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
+              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
+    for option, spec, model in models:
+        if spec and (problem := missing_local(spec, option, model)):
+            raise OvdiffError(problem)
+    # Each config checks its values as it is made, before any progress bar or model starts.
     run = Run(
         run=run_cfg,
         cache_dir=Path(cache) if cache else default_cache_dir(),
@@ -240,22 +247,6 @@ def make_run(
         protos=with_overrides(p.protos, protos, "protos"),
         segment=with_overrides(p.segment, segment, "segment"),
     )
-    # Bad sampling/prototype options are refused here, before any progress bar or model starts.
-    from ..errors import OvdiffError
-    from ..limits import check_seed, check_segment
-    from ..models.sd import missing_local
-    from ..method.sampling import check_config
-    from ..engines.vocab import check_proto_config
-
-    check_seed(seed)
-    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
-              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
-    for option, spec, model in models:
-        if spec and (problem := missing_local(spec, option, model)):
-            raise OvdiffError(problem)
-    check_config(run.sample)
-    check_proto_config(run.protos)
-    check_segment(run.segment)
     if quiet:
         from ..libs import quiet_libraries
 
@@ -297,14 +288,14 @@ def segment_overrides(
     protos: str | None = None,
 ) -> dict:
     """The method switches shared by `segment` and `eval`, checked, as SegmentConfig overrides."""
-    from ..types import PROTO_KINDS
+    from ..config import PROTO_KINDS
 
     kinds = None
     if protos is not None:
         kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
         if not kinds or any(k not in PROTO_KINDS for k in kinds):
             raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
-    sizes = None  # ranges are checked on the merged SegmentConfig (limits.check_segment)
+    sizes = None  # ranges are checked by the merged SegmentConfig itself
     if windows is not None:
         try:
             sizes = tuple(int(v) for v in windows.split(",") if v.strip())

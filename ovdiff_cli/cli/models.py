@@ -94,6 +94,8 @@ def download(
             run.say(f"{w.role}: {escape(w.repo)} already present")
         else:
             run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
+            if w.gated:
+                run.say(gated_hint(w.repo))
             fetch(w, folder)
         if folder is not None and w.role in ROLE_OPTION:
             flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]
@@ -154,8 +156,19 @@ def doctor(
         mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[w["present"]]
         weights.add_row(w["role"], escape(w["spec"]), w["source"], escape(w["repo"] or ""), mark)
     print_unpadded(run.console, weights)
-    missing = [w["role"] for w in facts["weights"] if w["present"] is False]
+    missing = [w for w in facts["weights"] if w["present"] is False]
     if missing:
-        run.result(f"missing weights: {', '.join(missing)}; fetch them with 'ovdiff models download --preset {run.preset.name}'")
+        given = run.run.model_overrides.get("generator")
+        again = f"ovdiff models download --preset {run.preset.name}" + (f" --generator {shlex.quote(given)}" if given else "")
+        run.result(f"missing weights: {', '.join(w['role'] for w in missing)}; fetch them with '{again}'")
+        for w in missing:
+            if w["gated"]:
+                run.result(gated_hint(w["repo"]))
     else:
         run.result("all weights present")
+
+
+def gated_hint(repo: str) -> str:
+    """What a user does once before the hub serves a gated model's files."""
+    return (f"{repo} is gated: accept its terms at https://huggingface.co/{repo} and log in with 'hf auth login' "
+            "(or set HF_TOKEN)")  # fmt: skip

@@ -128,12 +128,12 @@ def add(
         raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
 
     check_engine(engine, address, workers)
-    if images is not None and (len(classes) != 1 or engine == "ray"):
-        raise OvdiffError("--images builds one class with the local engine: give one class name and no --engine ray")
+    if images is not None and len(classes) != 1:
+        raise OvdiffError("--images builds one class: give one class name")
     before, built = dict(run.stages.calls), None
     with engine_session(engine, address), run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
-        if engine == "ray":
+        if engine == "ray" and images is None:
             task = bar.add_task("classes (ray)", total=None)
 
             def on_class(name: str, done: int, total: int) -> None:
@@ -152,10 +152,15 @@ def add(
             bar.update(tasks[key], completed=done, total=total)
 
         if images is not None:
+            from functools import partial
+
+            from ..engines.raycluster import build_photo_class
             from ..engines.vocab import build_from_photos
 
+            remote = None if engine != "ray" else partial(build_photo_class, run.cache, run.run, run.sample, run.protos,
+                                                          address=address, workers=workers)  # fmt: skip
             protos = [build_from_photos(run.cache, run.stages, classes[0], images, run.run.seed, run.sample, run.protos,
-                                        n_images or 0, kinds, on_event)]  # fmt: skip
+                                        n_images or 0, kinds, on_event, remote)]  # fmt: skip
         else:
             protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
     if not run.quiet:

@@ -84,9 +84,8 @@ def sample(
 
 def _sample_classes(run, classes: list[str]) -> None:
     """Sample every class with one set of stages (one model load), an overall bar and one per class."""
-    from ..method.sampling import check_config, ensure_support_set
+    from ..method.sampling import ensure_support_set
 
-    check_config(run.sample)
     n = run.sample.n_images
     start, generated_before = time.perf_counter(), run.stages.calls.get("generate", 0)
     with run.progress() as bar:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,11 +42,15 @@ if TYPE_CHECKING:
     from ..eval.datasets import ItemInfo, SegDataset
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
+    from ..method.photos import PhotoSet
     from ..method.segment import JobSummary, OutputWriter
     from ..types import ClassParts
 
 ENGINES = ("local", "ray")
 MAX_RESTARTS = 3  # a class builder's process may die this often (each time its class is retried)
+# Ray (ray#57733) logs this error from the driver's core worker for every Ray Data actor it starts: its own
+# operator holds the argument in the object store for the actors' whole life, so the warning never applies.
+FALSE_ALARM = b"has constructor arguments in the object store"
 SCRATCH_PREFIX = "ovdiff-ray-"  # workers' scratch caches: <tmp>/ovdiff-ray-<job id>, one per node and job
 
 
@@ -187,6 +193,19 @@ class ClassBuilder:
         pids = build_class(self.cache, self.stages, norm, seed, self.sample_cfg, self.proto_cfg, kind)
         return norm, export_bytes(self.cache, pids)
 
+    def build_photos(self, norm: str, kind: str | None, photos: PhotoSet, note: dict) -> bytes:
+        """The export bytes of class `norm` built from the user's `photos` (read by the driver) and the
+        note's number of generated images, as `vocab.build_from_photos` builds it locally."""
+        from ..config import beside_photos
+        from ..method.photos import ensure_photo_set
+        from ..store.sharing import export_bytes
+        from .vocab import build_class
+
+        ensure_photo_set(self.cache, self.stages, norm, photos, self.sample_cfg)
+        sample_cfg = beside_photos(self.sample_cfg, note["n_generated"])
+        return export_bytes(self.cache, build_class(self.cache, self.stages, norm, note["seed"], sample_cfg, self.proto_cfg,
+                                                    kind, photo=note))  # fmt: skip
+
     def close(self) -> None:
         """Remove the scratch cache (the run is over; a killed actor's is left in the temp dir)."""
         shutil.rmtree(self.root, ignore_errors=True)
@@ -249,6 +268,30 @@ def build_classes(
     return built
 
 
+def build_photo_class(
+    cache: Cache, run_cfg: RunConfig, sample_cfg: SampleConfig, proto_cfg: ProtoConfig, norm: str, photos: PhotoSet,
+    note: dict, kind: str | None, address: str | None = None, workers: int | None = None,
+) -> None:  # fmt: skip
+    """Build on one Ray worker the class of `photos` (`protos add NAME --images DIR --engine ray`) and import it
+    into `cache`. The photos travel with the call (the driver read and checked them); they stay in the worker's
+    scratch cache, as generated support images do."""
+    from ..store.sharing import import_bytes
+
+    with session(address) as ray:
+        _, resources = worker_resources(ray, workers)
+        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
+        builder = actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, _driver_threads(resources))
+        try:
+            data = ray.get(builder.build_photos.remote(norm, kind, photos, note))
+        except ray.exceptions.RayError as e:
+            raise _cause(e) from None
+        finally:
+            with contextlib.suppress(Exception):
+                ray.get(builder.close.remote(), timeout=30)
+            ray.kill(builder)
+    import_bytes(cache, data)
+
+
 # --------------------------------------------------------------------------- segmentation
 
 
@@ -297,6 +340,59 @@ class SegmentWorker:
                 for k in rows[0]}  # fmt: skip
 
 
+def _stand_in(fd: int) -> tuple[int, int]:
+    """(read end, write end) to put in place of `fd`: a raw pseudo-terminal of its size where `fd` is a
+    terminal (rich asks `isatty` at every refresh and would stop drawing its live bar), else a pipe."""
+    if not os.isatty(fd):
+        return os.pipe()
+    import fcntl
+    import termios
+    import tty
+
+    reader, writer = os.openpty()
+    tty.setraw(writer)  # bytes pass as written (no newline translation)
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return reader, writer
+
+
+@contextlib.contextmanager
+def stderr_without(marker: bytes) -> Iterator[None]:
+    """Route file descriptor 2 through a pump that drops each line holding `marker` and passes the rest at once.
+
+    Ray's C++ logger writes its lines to the descriptor, past Python's `sys.stderr`, one whole line per write.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    reader, writer = _stand_in(saved)
+    os.dup2(writer, 2)
+    os.close(writer)
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(reader, 65536)
+            except OSError:  # a pseudo-terminal whose other side closed
+                return
+            if not chunk:
+                return
+            if marker in chunk:
+                chunk = b"".join(line for line in chunk.splitlines(keepends=True) if marker not in line)
+            os.write(saved, chunk)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the stand-in's last write end closes: the pump reads what is left and stops
+        thread.join(timeout=5)
+        os.close(reader)
+        os.close(saved)
+
+
 def _segment_rows(
     ray, run_cfg: RunConfig, classes: list[ClassParts], seg_cfg: SegmentConfig, extractor_spec: str,
     paths: list[str], loader: Callable[[str], np.ndarray], workers: int | None, image_batch: int,
@@ -317,7 +413,8 @@ def _segment_rows(
         **resources,
     )  # fmt: skip
     try:
-        yield from out.iter_rows()
+        with stderr_without(FALSE_ALARM):
+            yield from out.iter_rows()
     except ray.exceptions.RayError as e:
         raise _cause(e) from None
 

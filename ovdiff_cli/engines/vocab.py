@@ -21,38 +21,19 @@ import numpy as np
 from .. import names as naming
 from ..store.cache import now_iso
 from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
-from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, support_key
-from ..types import PROTO_KINDS, ClassParts, ClassPrototypes
+from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
+from ..config import PROTO_KINDS
+from ..types import ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
     from ..store.cache import Cache
     from ..config import ProtoConfig, SampleConfig
+    from ..method.photos import PhotoSet
     from ..models.presets import ModelSpecs
     from ..types import StageSource
 
 OnEvent = Callable[[str, str, int, int], None]
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def check_proto_config(cfg: ProtoConfig) -> None:
-    """Reject settings that cannot build prototypes, naming the option, before any model loads."""
-    from ..method.classbuild import MASK_STRIDE
-    from ..method.features import PARTS, spec_parts
-    from ..limits import in_range
-    from ..method.masks import PROPOSERS
-
-    spec_parts(cfg.extractor)
-    if cfg.mask_proposer not in PROPOSERS:
-        raise InvalidSetting("mask_proposer", f"{cfg.mask_proposer!r} is unknown; choose one of: {', '.join(PROPOSERS)}")
-    if cfg.mask_features not in (*PARTS, "procedural"):
-        raise InvalidSetting("mask_features", f"{cfg.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
-    in_range("k_parts", cfg.k_parts)
-    if cfg.feature_size < 8 or cfg.feature_size % MASK_STRIDE:
-        raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {cfg.feature_size}")
-    if cfg.batch_size < 1 or cfg.kmeans_iters < 1 or cfg.kmeans_max_points < 1:
-        raise OvdiffError("batch_size, kmeans_iters and kmeans_max_points must be at least 1")
+RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
 
 
 # --------------------------------------------------------------------------- reading
@@ -271,18 +252,16 @@ def ensure_classes(
     A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
     note) has its photos, then the note's number of generated images, as its support set.
     """
-    from dataclasses import replace
-
+    from ..config import beside_photos
     from ..method.photos import photo_class
 
-    check_proto_config(proto_cfg)
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
     unknown = sorted(set(overrides) - set(norms))
     if unknown:
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
     notes = {n: (photos or {}).get(n) or photo_class(cache, n, seed, stages.specs) for n in dict.fromkeys(norms)}
-    configs = {n: replace(sample_cfg, n_images=note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
+    configs = {n: beside_photos(sample_cfg, note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
     pids = {n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()}
 
     def stale(n: str, rec: dict | None) -> bool:
@@ -359,7 +338,7 @@ def build_class(
     `ensure_classes` runs (under the class's lock) for each class with missing parts, and what an
     engine's worker runs.
     """
-    from ..method.features import PARTS
+    from ..config import PARTS
     from ..method.stuff import classify
 
     digest = photo["photos"] if photo else None
@@ -387,7 +366,6 @@ def classes_to_build(
     loaded): normalised name → the stuff/thing override (None: classify). A class is listed when any
     part of the spec is missing, or must turn from stuff into a thing; cached parts, and thing →
     stuff changes, need no model."""
-    check_proto_config(proto_cfg)
     overrides = _check_kinds(kinds)
     todo: dict[str, str | None] = {}
     for n in dict.fromkeys(naming.validate(n) for n in names):
@@ -411,7 +389,7 @@ def match_classes(
     """
     every = find_classes(cache)
 
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     parts = None if extractor is None else spec_parts(extractor)
 
@@ -433,18 +411,31 @@ def match_classes(
 def build_from_photos(
     cache: Cache, stages: StageSource, name: str, folder: str, seed: int, sample_cfg: SampleConfig,
     proto_cfg: ProtoConfig, n_generated: int = 0, kinds: dict[str, str] | None = None, on_event: OnEvent | None = None,
+    remote: RemoteBuild | None = None,
 ) -> ClassParts:  # fmt: skip
     """`protos add NAME --images DIR` (beyond the paper): the class from the user's photos, plus `n_generated`
     generated images; the photos are read and checked before anything is written, and the note that NAME
-    stands for them is written once the class is built (`method.photos`)."""
+    stands for them is written once the class is built (`method.photos`).
+
+    `remote(norm, photos, note, kind)` builds the class elsewhere (an engine's worker: `raycluster.build_photo_class`)
+    and imports it into `cache`; it runs only when the class is not cached already, and no model loads here.
+    """
     from ..method.photos import ensure_photo_set, photo_note, put_photo_class, read_photos
 
     norm = naming.validate(name)
     if n_generated < 0:
         raise InvalidSetting("n_images", f"must be at least 0 beside photos, got {n_generated}")
     photos = read_photos(folder, sample_cfg.size)
-    sid = ensure_photo_set(cache, stages, norm, photos, sample_cfg)
+    if remote is None:
+        sid = ensure_photo_set(cache, stages, norm, photos, sample_cfg)
+    else:
+        sid = photo_set_id(norm, photos.digest, stages.specs, sample_cfg)
     note = photo_note(norm, seed, stages.specs, sid, photos, n_generated)
+    if remote is not None:
+        try:
+            ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, build=False, photos={norm: note})
+        except MissingClasses:
+            remote(norm, photos, note, _check_kinds(kinds).get(norm))
     built = ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note})
     put_photo_class(cache, norm, seed, stages.specs, note)
     return built[0]

@@ -278,7 +278,7 @@ def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, m
     the dataclasses the run used (None when scoring saved masks)."""
     from dataclasses import asdict
 
-    from .. import __version__
+    from ..version import __version__
 
     layout = dataset.spec.layout
     return {

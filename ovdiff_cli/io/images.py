@@ -14,6 +14,7 @@ import contextvars
 import glob
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ..errors import NoImagesFound, OvdiffError
+from ..errors import NoImagesFound, OvdiffError, RemoteInput
 from ..limits import MAX_PIXELS  # Pillow's own decompression-bomb limit: refused above it
 from .palette import colorize, voc_palette
 
@@ -42,6 +43,9 @@ class InputImage:
 
     path: Path
     name: str
+
+
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://…: never a local path ovdiff could read
 
 
 def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = None) -> list[InputImage]:
@@ -68,6 +72,8 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
             found += [InputImage(f, f.relative_to(p).with_suffix("").as_posix()) for f in files]
         elif p.is_file():
             found.append(InputImage(p, p.stem))
+        elif URL.match(spec):
+            raise RemoteInput(spec)
         elif glob.has_magic(spec):
             files = sorted(Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=recursive))
             found += [InputImage(f, f.stem) for f in files if keep(f)]

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import MASK_STRIDE, proposer_uses_features
+
 if TYPE_CHECKING:
     import torch
 
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from .prototypes import Batch
     from ..types import Sample, StageSource
 
-MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
 Progress = Callable[[str], "Callable[[int, int], None] | None"]  # stage ("masks", "extract") → on_progress(done, total)
 
 
@@ -95,7 +96,6 @@ def part_prototypes(
     there is the caller's to phrase).
     """
     from .features import iter_features
-    from .masks import proposer_uses_features
     from .prototypes import build_prototypes
 
     on = progress or (lambda stage: None)

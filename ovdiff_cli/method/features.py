@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidSetting, OvdiffError
-from ..config import InputSize, normalise_extractor
-from ..models.dense import FAMILIES
+from ..config import InputSize
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from ..models.vit import ClipModel
     from ..types import Extractor
 
-PARTS = ("sd", "clip", "dino", "mae", *FAMILIES)  # the paper's, then today's families (models/dense.py)
 NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
 SD_TIMESTEP = 200  # paper App. C.2; fixed, so the extractor spec alone names the features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,20 +39,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 POS_CACHE = 8  # CLIP positional embeddings kept, one per input grid size
-
-
-def parse_spec(spec: str) -> list[str]:
-    """`sd+dino+clip` → ["sd", "dino", "clip"], or a one-line error naming the valid parts."""
-    parts = normalise_extractor(spec).split("+")
-    bad = [p for p in parts if p not in PARTS]
-    if not spec.strip() or bad:
-        raise InvalidSetting(
-            "extractor", f"{spec!r}: unknown extractor part {(bad or [spec])[0]!r}; "
-            f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')"
-        )
-    if len(set(parts)) != len(parts):
-        raise InvalidSetting("extractor", f"{spec!r} names a part twice")
-    return parts
 
 
 def _fit(images: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -300,11 +284,6 @@ class TimmKeysPart:
 
 
 # --------------------------------------------------------------------------- combination
-
-
-def spec_parts(spec: str) -> list[str]:
-    """The parts of an extractor spec: `sd+dino+clip` → ["sd", "dino", "clip"]; `procedural` → ["procedural"]."""
-    return ["procedural"] if spec == "procedural" else parse_spec(spec)
 
 
 class Part:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import proposer_uses_features
+
 if TYPE_CHECKING:
     import torch
 
@@ -281,7 +283,7 @@ class NCutProposer:
     """
 
     name = "ncut"
-    uses_features = True
+    uses_features = proposer_uses_features(name)
 
     def __init__(self, tau: float = 0.2, eps: float = 1e-5, max_objects: int = 3, max_side: int = 32):
         self.tau, self.eps, self.max_objects, self.max_side = tau, eps, max_objects, max_side
@@ -308,7 +310,7 @@ class ThresholdProposer:
     the middle band left out (the authors' variant without CutLER, the paper's "-CutLER")."""
 
     name = "threshold"
-    uses_features = False
+    uses_features = proposer_uses_features(name)
 
     def thresholds(self, attributions: list[np.ndarray]) -> tuple[float, float]:
         return class_thresholds(attributions)
@@ -325,7 +327,7 @@ class SamProposer:
     """
 
     name = "sam"
-    uses_features = False
+    uses_features = proposer_uses_features(name)
 
     def __init__(self, pipe, points_per_side: int = 32, points_per_batch: int = 64):
         """pipe: transformers' `mask-generation` pipeline (`models.sam.load_sam`)."""
@@ -348,16 +350,6 @@ def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
         return []
     rest = ~np.logical_or.reduce(objects)
     return objects + ([rest] if rest.any() else [])
-
-
-def proposer_uses_features(name: str) -> bool:
-    """Whether the proposer called `name` reads the features (its masks then depend on them); no model loads."""
-    classes = {"ncut": NCutProposer, "threshold": ThresholdProposer, "sam": SamProposer}
-    if name not in classes:
-        from ..errors import OvdiffError
-
-        raise OvdiffError(f"unknown mask proposer {name!r}; choose one of: {', '.join(PROPOSERS)}")
-    return classes[name].uses_features
 
 
 # --------------------------------------------------------------------------- pictures

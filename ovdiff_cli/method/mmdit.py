@@ -17,7 +17,7 @@ import numpy as np
 
 from ..models.generators import GeneratorFamily
 from ..types import Sample
-from .sampling import AttributionRecorder, _to_uint8, check_config, class_token_indices
+from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +75,6 @@ class MMDiTGenerator:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
         import torch
 
-        check_config(config)
         cfg = config.guidance_scale > 1
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
         model = self.sd.transformer

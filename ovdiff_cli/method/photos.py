@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import OvdiffError
 from ..store.cache import now_iso
 from ..store.keys import photo_class_id, photo_set_id
-from .sampling import check_config, image_seed
+from .sampling import image_seed
 
 if TYPE_CHECKING:
     from ..config import SampleConfig
@@ -81,7 +81,6 @@ def read_photos(folder: str | Path, size: int) -> PhotoSet:
 
 def ensure_photo_set(cache: Cache, stages: StageSource, norm: str, photos: PhotoSet, config: SampleConfig) -> str:
     """Cache the photos with their attribution maps (one transaction: all or nothing); return the set's id."""
-    check_config(config)
     sid = photo_set_id(norm, photos.digest, stages.specs, config)
     meta = cache.support_meta(sid)
     if meta is not None and meta["n_images"] == len(photos.images):

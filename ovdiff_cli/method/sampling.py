@@ -44,42 +44,28 @@ def image_seed(class_norm: str, base_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def check_config(config: SampleConfig) -> None:
-    """Reject settings that cannot sample, naming the option (before any model loads)."""
-    from ..limits import check_sample
-
-    check_sample(config)
-    if config.size % 8:
-        raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {config.size}")
-    if config.attribution_size < 1:
-        raise InvalidSetting("attribution_size", f"must be at least 1, got {config.attribution_size}")
-    if not config.guidance_scale > 0:
-        raise InvalidSetting("guidance_scale", f"must be a positive number, got {config.guidance_scale}")
-    if config.prompt_template.count("{}") != 1:
-        raise InvalidSetting(
-            "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {config.prompt_template!r}"
-        )
-
-
 # --------------------------------------------------------------------------- tokens
 
 
 def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
-    """Positions of the class name's tokens in the tokenized prompt (start-of-text is position 0).
+    """Positions of the class name's tokens in the tokenized prompt (CLIP: start-of-text is position 0;
+    T5, FLUX's prompt tokenizer, has none).
 
-    CLIP's BPE splits on whitespace and punctuation before merging, so the name tokenizes the same
-    alone as inside the template; the match is checked against the full prompt all the same.
-    Tokens cut off by the 77-token context are dropped; a name cut off entirely is an error.
+    CLIP's BPE and T5's SentencePiece split on whitespace before merging, so the name tokenizes the
+    same alone as inside the template; the match is checked against the full prompt all the same.
+    Tokens cut off by the context (CLIP's 77) are dropped; a name cut off entirely is an error.
     """
-    prefix = template.split("{}", 1)[0]
+    prefix = template.split("{}", 1)[0].rstrip()  # SentencePiece makes a token of a trailing space
     full = tokenizer(template.format(class_name), truncation=True, max_length=tokenizer.model_max_length).input_ids
     name_ids = tokenizer(class_name, add_special_tokens=False, verbose=False).input_ids
-    start = 1 + len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    lead = len(tokenizer("").input_ids) - 1  # special tokens before the text: all but end-of-text
+    start = lead + len(tokenizer(prefix, add_special_tokens=False).input_ids)
     last = len(full) - 1  # end-of-text
     if not name_ids:
         raise OvdiffError(f"class name {class_name!r} has no tokens: use a word or phrase")
     if start >= last:
-        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the 77-token context")
+        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the "
+                          f"{tokenizer.model_max_length}-token context")  # fmt: skip
     indices = list(range(start, min(start + len(name_ids), last)))
     if len(indices) < len(name_ids):
         note_long_name(class_name, len(name_ids), len(indices), tokenizer.model_max_length)
@@ -252,7 +238,6 @@ class SDGenerator:
         """
         import torch
 
-        check_config(config)
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
@@ -298,7 +283,6 @@ class SDGenerator:
 
         from .features import SD_TIMESTEP
 
-        check_config(config)
         sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg=False)
         tok = sd.tokenizer
@@ -359,7 +343,6 @@ def ensure_support_set(
     second process wait, then find the work done. `on_progress(done, total)` counts images. The
     generator (Stable Diffusion) is built only when an image is missing.
     """
-    check_config(config)
     norm = names.validate(class_name)
     sid = support_id(norm, seed, stages.specs, config)
     total = config.n_images
@@ -373,7 +356,7 @@ def ensure_support_set(
             if done < total:
                 from ..limits import check_room
 
-                check_room(cache.root, total - done, config)
+                check_room(cache.root, total - done, config.size, config.attribution_size)
             generator = stages.generator() if done < total else None
             if meta is None:
                 meta = _new_meta(class_name, norm, seed, config, generator, stages)

@@ -7,7 +7,10 @@ before. A family here names the diffusers pipeline, a default hub id and whether
 - `sd-turbo`: SD 2.1's UNet, `StableDiffusionPipeline`, the SD1.5 code path with Turbo settings;
 - `sdxl`, `sdxl-turbo`: `StableDiffusionXLPipeline`, two CLIP text encoders whose token states are
   concatenated, so a class name has the same token positions in both;
-- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/mmdit.py).
+- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/mmdit.py);
+- `flux-schnell` (also `flux`), `flux-dev`: `FluxPipeline` (MM-DiT with double- and single-stream
+  blocks, T5 prompt tokens; models/flux.py, method/flux.py). schnell is the Turbo of the two (1–4
+  steps, no guidance); dev takes FLUX's embedded guidance (one pass, no negative prompt), 3.5 by default.
 
 `tiny` weights (the `tiny` preset) build the same diffusers/transformers classes with a few channels,
 shaped as diffusers' own pipeline tests shape theirs; there is no full-size random copy of these.
@@ -26,10 +29,11 @@ from ..errors import ModelLoadError, OvdiffError
 @dataclass(frozen=True)
 class GeneratorFamily:
     name: str
-    pipeline: str  # "sd", "sdxl" or "sd3"
+    pipeline: str  # "sd", "sdxl", "sd3" or "flux"
     hub_id: str
     turbo: bool
     licence: str
+    guidance: float | None = None  # its default guidance where the paper's 8.0 does not suit it
 
 
 GENERATORS: dict[str, GeneratorFamily] = {
@@ -40,8 +44,14 @@ GENERATORS: dict[str, GeneratorFamily] = {
         GeneratorFamily("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo", True, "Stability AI Community licence"),
         GeneratorFamily("sd3", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", False,
                         "Stability AI Community licence; gated: accept the terms on the hub first"),
+        GeneratorFamily("flux-schnell", "flux", "black-forest-labs/FLUX.1-schnell", True,
+                        "Apache-2.0; gated: accept the terms on the hub first"),
+        GeneratorFamily("flux-dev", "flux", "black-forest-labs/FLUX.1-dev", False,
+                        "FLUX.1 [dev] Non-Commercial License; gated: accept the terms on the hub first", guidance=3.5),
     )
 }
+ALIASES = {"flux": "flux-schnell"}  # another name of a family: the same support sets
+MMDIT_PIPELINES = ("sd3", "flux")  # joint attention, flow-matching Euler sampler (method/mmdit.py's FLOW_SCHEDULER)
 TURBO_STEPS = 4  # a Turbo family's default steps (it takes 1–4)
 
 
@@ -49,9 +59,11 @@ def parse_generator(spec: str, weights: str) -> tuple[GeneratorFamily, str]:
     """`sdxl-turbo` or `sdxl-turbo=HUB_ID_OR_DIR` on a preset with `weights` → (family, source): the
     given hub id or folder, else the family's hub id (`hub`) or `tiny` (random-weight presets)."""
     name, _, source = spec.partition("=")
-    family = GENERATORS.get(name.strip().lower())
+    name = name.strip().lower()
+    family = GENERATORS.get(ALIASES.get(name, name))
     if family is None:
-        raise OvdiffError(f"--generator {spec!r}: use one of {', '.join(GENERATORS)}, optionally =HUB_ID_OR_DIR")
+        raise OvdiffError(f"--generator {spec!r}: use one of {', '.join([*GENERATORS, *ALIASES])}, optionally "
+                          "=HUB_ID_OR_DIR")  # fmt: skip
     if source.strip():
         return family, source.strip()
     if weights == "hub":

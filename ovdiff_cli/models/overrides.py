@@ -22,11 +22,14 @@ def parse_part_models(given: list[str]) -> dict[str, str]:
 
 
 def generator_defaults(spec: str | None, weights: str) -> dict:
-    """The sampler settings a `--generator` family implies unless given: a Turbo's 4 steps, no guidance."""
+    """The sampler settings a `--generator` family implies unless given: a Turbo's 4 steps, no guidance;
+    another family's own guidance (FLUX.1-dev's 3.5)."""
     if spec is None:
         return {}
     family, _ = parse_generator(spec, weights)
-    return {"steps": TURBO_STEPS, "guidance_scale": 1.0} if family.turbo else {}
+    if family.turbo:
+        return {"steps": TURBO_STEPS, "guidance_scale": 1.0}
+    return {} if family.guidance is None else {"guidance_scale": family.guidance}
 
 
 def check_filter_model(spec: str | None) -> str | None:

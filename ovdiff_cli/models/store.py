@@ -70,7 +70,7 @@ class ModelStore:
         return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
 
     def generator_parts(self):
-        """The components of the `--generator` family's pipeline (`models.generators`): SD's or SDXL's."""
+        """The components of the `--generator` family's pipeline (`models.generators`): SD's, SDXL's, SD3's or FLUX's."""
         from .generators import load_sdxl, parse_generator, tiny_sdxl
         from .sd import load_sd, random_sd
 
@@ -81,6 +81,11 @@ class ModelStore:
 
             build = (lambda: tiny_sd3(seed, self.device, self.dtype)) if source == "tiny" else (
                 lambda: load_sd3(source, self.device, self.dtype))  # fmt: skip
+        elif family.pipeline == "flux":
+            from .flux import flux_text_len, load_flux, tiny_flux
+
+            build = (lambda: tiny_flux(seed, not family.turbo, self.device, self.dtype)) if source == "tiny" else (
+                lambda: load_flux(source, flux_text_len(family.turbo), self.device, self.dtype))  # fmt: skip
         elif family.pipeline == "sd":
             build = (lambda: random_sd("tiny", seed, self.device, self.dtype)) if source == "tiny" else (
                 lambda: load_sd(source, self.device, self.dtype))  # fmt: skip

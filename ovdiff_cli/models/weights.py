@@ -39,6 +39,12 @@ class Weights:
     source: str  # "hub", "local" or "built-in"
     repo: str | None = None
     files: tuple[str, ...] = ()
+    licence: str = ""  # licence and gating of a generator or extractor family ("gated" in it: accept the terms first)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the hub asks a logged-in user to accept the model's terms before it serves the files."""
+        return self.source == "hub" and "gated" in self.licence
 
     @property
     def key_files(self) -> tuple[str, ...]:
@@ -79,21 +85,27 @@ def weights_for(role: str, spec: str) -> Weights:
         family, source = parse_generator(spec, "hub")
         if Path(source).expanduser().exists():
             return Weights(role, source, "local")
-        return Weights(role, source, "hub", source, generator_files(family))
+        return Weights(role, source, "hub", source, generator_files(family), family.licence)
     if role in FAMILIES:  # timm's hub copies: timm/NAME.TAG
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else f"timm/{spec}"
-        return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"))
+        return Weights(role, spec, "hub", repo, ("config.json", "model.safetensors"), FAMILIES[role].licence)
     raise ValueError(f"unknown model role {role!r}")
 
 
 def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
-    """The files of a generator family's diffusers repository the loaders read: SD's, and SDXL's second text encoder."""
+    """The files of a generator family's diffusers repository the loaders read: SD's, SDXL's second text encoder,
+    SD3's and FLUX's transformer (FLUX: T5 as the second)."""
     if family.pipeline == "sd":
         return SD_FILES
+    no_unet = tuple(f for f in SD_FILES if not f.startswith("unet/"))
+    if family.pipeline == "flux":  # T5 and the transformer in shards, each with its index (models/flux.py)
+        return (*no_unet, "tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.json",
+                "text_encoder_2/model-*.safetensors", "transformer/config.json",
+                "transformer/diffusion_pytorch_model.safetensors.index.json",
+                "transformer/diffusion_pytorch_model-*.safetensors")  # fmt: skip
     second = ("tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
     if family.pipeline == "sd3":  # a transformer instead of a UNet; no T5 (models/mmdit.py)
-        return (*(f for f in SD_FILES if not f.startswith("unet/")), *second, "transformer/config.json",
-                "transformer/diffusion_pytorch_model.safetensors")  # fmt: skip
+        return (*no_unet, *second, "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors")
     return (*SD_FILES, *second)
 
 

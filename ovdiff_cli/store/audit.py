@@ -122,7 +122,7 @@ def record_problem(record: object, required: tuple[str, ...] = ()) -> str | None
     with a bad value, e.g. `kind: "bogus"`), or None. Fields are checked where present; `required`
     ones must be."""
     from ..limits import MAX_SEED
-    from ..method.features import PARTS
+    from ..config import PARTS
     from ..names import validate
 
     if not isinstance(record, dict):

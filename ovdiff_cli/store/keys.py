@@ -42,10 +42,10 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
         return ProceduralGenerator().identity()  # a constant of the world, no model
     if specs.models.get("generator"):  # --generator: the family and its source
-        from ..models.generators import parse_generator
+        from ..models.generators import MMDIT_PIPELINES, parse_generator
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
-        scheduler = "flow-match-euler" if family.pipeline == "sd3" else SCHEDULER  # method/mmdit.py's FLOW_SCHEDULER
+        scheduler = "flow-match-euler" if family.pipeline in MMDIT_PIPELINES else SCHEDULER  # FLOW_SCHEDULER
         return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
                 "family": family.name}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
@@ -78,7 +78,7 @@ def _models(specs: ModelSpecs, used: set[str]) -> dict:
 def mask_models(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
     """The model sources a class's support masks depend on: the generator and the proposer's model
     (SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
-    from ..method.masks import proposer_uses_features
+    from ..config import proposer_uses_features
 
     used = {"sd"}
     if proto_cfg.mask_proposer == "sam":
@@ -126,7 +126,7 @@ def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleCon
     Not the extractor spec: every part of every spec built from the same support set and proposer
     shares the masks (as the authors' CutLER masks serve SD, CLIP and DINO alike).
     """
-    from ..method.masks import proposer_uses_features
+    from ..config import proposer_uses_features
 
     features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
     return short_hash(
@@ -151,7 +151,7 @@ def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleC
               photos: str | None = None) -> dict[str, str]:  # fmt: skip
     """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads);
     `photos`: the content hash of the user's photos in its support set (None: generated images only)."""
-    from ..method.features import spec_parts
+    from ..config import spec_parts
 
     mid = mask_id(class_norm, seed, specs, sample_cfg, proto_cfg, photos)
     return {p: part_id(class_norm, seed, p, mid, specs, proto_cfg) for p in spec_parts(proto_cfg.extractor)}

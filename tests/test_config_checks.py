@@ -1,0 +1,109 @@
+"""Each config refuses, as it is made, every value the CLI refuses (issue 22): `ovdiff.Pipeline(...)`,
+`dataclasses.replace` and the command line raise the same `InvalidSetting`, before any work."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import ovdiff
+from ovdiff_cli.cli.app import app
+from ovdiff_cli.cli.common import phrase
+from ovdiff_cli.config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ovdiff_cli.errors import InvalidSetting
+from ovdiff_cli.limits import MAX_WINDOWS, RANGES
+
+
+def outside(setting: str) -> list:
+    """Values outside `setting`'s stated range, as the boundary test tries them on the CLI: just below,
+    just above, not finite (for a float range), not a number."""
+    lo, hi = RANGES[setting]
+    values = [lo - 1, hi + 1, "abc", True]
+    return values + ([math.nan, math.inf] if isinstance(lo, float) else [1e30])
+
+
+def cases(settings: tuple[str, ...], more: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    return [(s, v) for s in settings for v in outside(s)] + more
+
+
+SAMPLE = cases(("n_images", "batch_size", "steps", "guidance_scale", "size"),
+               [("size", 60), ("guidance_scale", 0.0), ("prompt_template", "a photo"), ("prompt_template", "{} {}"),
+                ("attribution_size", 0), ("negative_prompt", 3)])  # fmt: skip
+PROTO = cases(("k_parts",),
+              [("extractor", "sd+vgg"), ("extractor", "clip+clip"), ("extractor", ""), ("extractor", 3),
+               ("mask_proposer", "cut"), ("mask_features", "vgg"), ("feature_size", 60), ("feature_size", 0),
+               ("batch_size", 0), ("kmeans_iters", 0), ("kmeans_max_points", -1)])  # fmt: skip
+SEGMENT = cases(("eta", "short_side", "stride", "fg_threshold", "stuff_threshold", "image_batch", "filter_size"),
+                [("windows", (0,)), ("windows", (448, 4097)), ("windows", ()), ("windows", (448,) * (MAX_WINDOWS + 1)),
+                 ("windows", 448), ("windows", ("abc",)), ("refine", "crf"), ("proto_kinds", ("class", "pixel")),
+                 ("proto_kinds", ()), ("proto_kinds", "class")])  # fmt: skip
+
+
+def ids(cases: list[tuple[str, object]]) -> list[str]:
+    return [f"{s}={v!r}" for s, v in cases]
+
+
+def refused(make) -> InvalidSetting:
+    with pytest.raises(InvalidSetting) as info:
+        make()
+    return info.value
+
+
+@pytest.mark.parametrize(("setting", "value"), SAMPLE, ids=ids(SAMPLE))
+def test_sample_config_refuses_at_construction(setting, value, tmp_path):
+    from_api = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", sample={setting: value}))
+    assert from_api.setting == setting and str(refused(lambda: SampleConfig(**{setting: value}))) == str(from_api)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(("setting", "value"), PROTO, ids=ids(PROTO))
+def test_proto_config_refuses_at_construction(setting, value, tmp_path):
+    from_api = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", protos={setting: value}))
+    assert from_api.setting == setting and str(refused(lambda: ProtoConfig(**{setting: value}))) == str(from_api)
+
+
+@pytest.mark.parametrize(("setting", "value"), SEGMENT, ids=ids(SEGMENT))
+def test_segment_config_refuses_at_construction(setting, value, tmp_path):
+    from_api = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", segment={setting: value}))
+    assert from_api.setting == setting and str(refused(lambda: SegmentConfig(**{setting: value}))) == str(from_api)
+
+
+@pytest.mark.parametrize("seed", outside("seed"))
+def test_run_config_refuses_a_seed_outside_64_bits(seed, tmp_path):
+    from_api = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", seed=seed))
+    assert from_api.setting == "seed" and str(refused(lambda: RunConfig(seed=seed))) == str(from_api)
+
+
+def test_lists_are_taken_for_tuples_as_json_gives_them():
+    cfg = SegmentConfig(windows=[96, 64], proto_kinds=["class"])
+    assert cfg.windows == (96, 64) and cfg.proto_kinds == ("class",)
+
+
+CLI = [  # (command line, the Pipeline keywords that say the same)
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--stride", "0"], {"segment": {"stride": 0}}),
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--eta=0"], {"segment": {"eta": 0}}),
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--windows", "448,0"], {"segment": {"windows": (448, 0)}}),
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--short-side=-5"], {"segment": {"short_side": -5}}),
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--fg-threshold", "1.5"], {"segment": {"fg_threshold": 1.5}}),
+    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--seed=-1"], {"seed": -1}),
+    (["protos", "add", "kite", "--k-parts", "0"], {"protos": {"k_parts": 0}}),
+    (["protos", "add", "kite", "--extractor", "sd+vgg"], {"protos": {"extractor": "sd+vgg"}}),
+    (["sample", "kite", "--n-images", "0"], {"sample": {"n_images": 0}}),
+    (["sample", "kite", "--size", "60"], {"sample": {"size": 60}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "keywords"), CLI, ids=[" ".join(a[:2] + a[-2:]) for a, _ in CLI])
+def test_the_cli_prints_the_libraries_error_in_its_own_options(argv, keywords, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    fresh = tmp_path / "fresh"
+    argv = [str(image) if a == "IMAGE" else str(fresh / "out") if a == "OUT" else a for a in argv]
+    res = CliRunner().invoke(app, [*argv, "--preset", "procedural", "--cache", str(fresh / "cache")])
+    error = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=fresh / "cache", **keywords))
+    assert res.exit_code == 2 and res.output.strip() == f"error: {phrase(error)}", res.output
+    assert not fresh.exists()
