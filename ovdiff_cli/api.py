@@ -20,6 +20,7 @@ fields of `SampleConfig`, `ProtoConfig` and `SegmentConfig` (e.g. `segment={"eta
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
+from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
 
 if TYPE_CHECKING:
@@ -36,11 +37,13 @@ if TYPE_CHECKING:
     from .store.cache import Cache
     from .compose import Stages
     from .models.presets import Preset
+    from .engines.folder import FolderResult
     from .method.segment import EncodedImage, Segmentation, Segmenter
     from .types import ClassParts
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
 OnEvent = Callable[[str, str, int, int], None]
+MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "filter", "generator", *FAMILY_PARTS)
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
@@ -241,7 +244,7 @@ def _check_arguments(cache: object, models: object, overrides: dict[str, object]
     """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
     if cache is not None and not isinstance(cache, (str, Path)):
         raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
-    if models is not None and (not isinstance(models, dict) or not all(isinstance(v, (str, Path)) for v in models.values())):
+    if models is not None and (not isinstance(models, dict) or not all(isinstance(v, (str, Path, type(None))) for v in models.values())):
         raise InvalidSetting("models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}")
     for name, value in overrides.items():
         if value is not None and not isinstance(value, dict):
@@ -254,8 +257,11 @@ class Pipeline:
     preset: sd15 (default, real weights), tiny, sd15-random or procedural (offline, meaningful
     masks); cache: the prototype cache folder (default: $OVDIFF_CACHE, else the user cache dir);
     device/dtype: as the CLI's --device/--dtype; seed: the support sets' seed; models: model
-    sources by role ("sd", "clip", "dino", "sam", "sam2"), as --sd-model etc.; sample/protos/segment:
-    overrides of SampleConfig/ProtoConfig/SegmentConfig fields. Models load on first use.
+    sources by role ("sd", "clip", "dino", "mae", "sam", "sam2", "filter", "generator", or an extractor
+    family such as "dinov2"; None keeps the preset's), as --sd-model etc.; sample/protos/segment:
+    overrides of SampleConfig/ProtoConfig/SegmentConfig fields (a Turbo generator's steps and guidance
+    unless given). create_cache=False: a cache folder that holds no cache is an error (read only).
+    Models load on first use. The CLI's commands run on one of these.
     """
 
     def __init__(
@@ -269,19 +275,24 @@ class Pipeline:
         sample: dict | None = None,
         protos: dict | None = None,
         segment: dict | None = None,
+        create_cache: bool = True,
     ):
+        from .models.overrides import generator_defaults
         from .models.presets import get_preset
         from .store.cache import default_cache_dir
 
         self.preset: Preset = get_preset(preset)
         _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
-        unknown_models = sorted(set(models or {}) - {"sd", "clip", "dino", "mae", "sam", "sam2"})
+        unknown_models = sorted(set(models or {}) - set(MODEL_ROLES))
         if unknown_models:
-            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: sd, clip, dino, mae, sam, sam2")
+            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: {', '.join(MODEL_ROLES)}")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.models = {role: str(spec) for role, spec in (models or {}).items()}
+        self.create_cache = create_cache
+        self.models = {role: str(spec) for role, spec in (models or {}).items() if spec is not None}
         self.run_config = RunConfig(self.preset.name, device, dtype, seed, self.models)  # each config checks itself
         self.device, self.dtype, self.seed = device, dtype, seed
+        sample = {**generator_defaults(self.models.get("generator"), self.preset.weights),
+                  **{k: v for k, v in (sample or {}).items() if v is not None}}  # fmt: skip
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
@@ -298,7 +309,7 @@ class Pipeline:
         if self._cache is None:
             from .store.cache import Cache
 
-            self._cache = Cache(self.cache_dir)
+            self._cache = Cache(self.cache_dir, create=self.create_cache)
         return self._cache
 
     @property
@@ -313,44 +324,78 @@ class Pipeline:
     # -- vocabularies
 
     def vocabulary(self, names: Iterable[str], kinds: dict[str, str] | None = None, build: bool = True,
-                   on_event: OnEvent | None = None) -> Vocabulary:  # fmt: skip
+                   on_event: OnEvent | None = None, engine: str = "local", address: str | None = None,
+                   workers: int | None = None) -> Vocabulary:  # fmt: skip
         """The prototypes of `names` (in that order): read from the cache, the missing ones built first
         (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
-        overrides; on_event(stage, class, done, total) reports progress."""
-        from .engines.vocab import ensure_classes
+        overrides; on_event(stage, class, done, total) reports progress. engine="ray" builds the missing
+        classes on Ray workers (`address`: the cluster, default a local instance; `workers`), as
+        `ovdiff protos add --engine ray` does."""
+        from .engines.folder import build_vocabulary
+        from .engines.raycluster import check_engine, engine_session
         from .names import class_list
 
         names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
         if kinds is not None and not isinstance(kinds, dict):
             raise InvalidSetting("kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}")
-        try:
-            classes = ensure_classes(self.cache, self.stages, names, self.seed, self.sample_config, self.proto_config,
-                                     kinds, build=build, on_event=on_event)  # fmt: skip
-        except MissingClasses as e:
-            raise e.way_out(f"build them with {self._call('vocabulary')}({e.names!r}) (build=True, the default), or: "
-                            f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
+        check_engine(engine, address, workers)
+        with self._missing("vocabulary"), engine_session(engine, address):
+            classes = build_vocabulary(self, names, kinds, build, engine, address, workers, on_event)
         return Vocabulary([c.name for c in classes], classes, self.seed, self.proto_config.extractor)
 
+    @contextlib.contextmanager
+    def _missing(self, method: str) -> Iterator[None]:
+        """MissingClasses from `method` with the ways to build the classes: this call, or the CLI's."""
+        try:
+            yield
+        except MissingClasses as e:
+            args = f"{e.names!r}" if method == "vocabulary" else "INPUTS, OUT, " + repr(e.names)
+            raise e.way_out(f"build them with {self._call(method)}({args}) (build=True, the default), or: "
+                            f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
+
+    def segment_folder(self, inputs: str | Path | Iterable[str | Path], out: str | Path, classes: Iterable[str], *,
+                       fmt: str = "png", overlay: bool = False, explain: bool = False, save_scores: bool = False,
+                       shard: str | tuple[int, int] | None = None, skip_existing: bool = False, overwrite: bool = False,
+                       recursive: bool = False, build: bool = True, engine: str = "local", address: str | None = None,
+                       workers: int | None = None, on_event: OnEvent | None = None,
+                       on_image: Callable | None = None) -> FolderResult:  # fmt: skip
+        """`ovdiff segment`: the images of `inputs` (files, folders, glob patterns) segmented against
+        `classes` into the folder `out`, one mask per image (mask value k = k-th class, 0 = background),
+        with classes.json; on `engine` "local" or "ray" (`address`, `workers`). The options are the CLI's
+        (`engines.folder.FolderJob`): fmt png/npz/coco-rle, overlay, explain, save_scores, shard "I/N",
+        skip_existing (resume), overwrite, recursive, build. on_event as `vocabulary`'s, then ("resume",
+        out, done, total) and ("segment", "", 0, n); on_image(item, segmentation, error) after each image.
+        Returns what the job did (`FolderResult`: images, written, failures, timings, `.report()`)."""
+        from .engines.folder import FolderJob, segment_folder
+        from .names import class_list
+
+        job = FolderJob(fmt, overlay, explain, save_scores, shard, skip_existing, overwrite, recursive, build, engine,
+                        address, workers)  # fmt: skip
+        names = class_list(classes)
+        paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
+        with self._missing("segment_folder"):
+            return segment_folder(self, names, paths, out, job, on_event, on_image)
+
     def photo_class(self, name: str, folder: str | Path, n_images: int = 0, kind: str | None = None,
-                    engine: str = "local", address: str | None = None, workers: int | None = None) -> Vocabulary:  # fmt: skip
+                    engine: str = "local", address: str | None = None, workers: int | None = None,
+                    on_event: OnEvent | None = None) -> Vocabulary:  # fmt: skip
         """Beyond the paper: class `name` built from the photos in `folder` (no masks), plus `n_images` generated
         ones, as `ovdiff protos add NAME --images DIR`; afterwards `name` in any vocabulary means these photos.
-        engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's). A one-class vocabulary."""
+        engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's); on_event as `vocabulary`'s.
+        A one-class vocabulary."""
         from functools import partial
 
-        from .config import RunConfig
         from .engines.raycluster import build_photo_class, check_engine, engine_session
         from .engines.vocab import build_from_photos
 
         check_engine(engine, address, workers)
         remote = None
         if engine == "ray":
-            run_cfg = RunConfig(self.preset.name, self.device, self.dtype, self.seed, dict(self.models))
-            remote = partial(build_photo_class, self.cache, run_cfg, self.sample_config, self.proto_config,
+            remote = partial(build_photo_class, self.cache, self.run_config, self.sample_config, self.proto_config,
                              address=address, workers=workers)  # fmt: skip
         with engine_session(engine, address):
             built = build_from_photos(self.cache, self.stages, name, str(folder), self.seed, self.sample_config,
-                                      self.proto_config, n_images, None if kind is None else {name: kind}, None, remote)  # fmt: skip
+                                      self.proto_config, n_images, None if kind is None else {name: kind}, on_event, remote)  # fmt: skip
         self._by_names.clear()  # `name` may have meant a generated class before
         return Vocabulary([built.name], [built], self.seed, self.proto_config.extractor)
 

@@ -19,7 +19,7 @@ FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
 PROPOSERS = ("ncut", "threshold", "sam")  # support-mask proposers (method/masks.py)
 FEATURE_PROPOSERS = ("ncut",)  # the proposers that cut a part's features (ProtoConfig.mask_features)
-MASK_STRIDE = 8  # support masks live on the feature_size/8 grid; each part reduces them to its own grid (masks.mask_to_grid)
+MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
 
 
@@ -168,12 +168,14 @@ class ProtoConfig:
     mask_proposer: str = "ncut"
     mask_features: str = "dino"  # the part whose features ncut cuts (CutLER's MaskCut: DINO ViT-B/8 keys)
     k_parts: int = 32
-    kmeans_iters: int = 30
+    kmeans_iters: int = 300  # the authors' scikit-learn KMeans: at most 300 Lloyd iterations, its tolerance rule
     feature_size: int = 512  # support images are featurised at this side length
     # Support images per extractor call: one batch of features is alive at a time. 1 keeps a 512 px
     # build within 1.5 GB beyond the models in fp32 (4 held 2.1 GB) and was no slower on the CPU.
     batch_size: int = 1
-    kmeans_max_points: int = 8192  # K-means runs on a seeded sample of at most this many masked cells per region
+    # None: K-means on every masked cell of a region, as the authors; a number: on a seeded sample of at
+    # most that many cells (faster for large N; not the authors')
+    kmeans_max_points: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.extractor, str):
@@ -188,7 +190,8 @@ class ProtoConfig:
         if self.feature_size < 8 or self.feature_size % MASK_STRIDE:
             raise InvalidSetting("feature_size", f"must be a multiple of {MASK_STRIDE} pixels, got {self.feature_size}")
         for name in ("batch_size", "kmeans_iters", "kmeans_max_points"):
-            at_least_one(name, getattr(self, name))
+            if getattr(self, name) is not None or name != "kmeans_max_points":  # None: every cell
+                at_least_one(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def scenes(folder: Path, n: int = 2) -> Path:
 
 def _masks(pred: Path, labels: dict[str, np.ndarray], order: list[str], spelled: list[str]) -> None:
     """Masks as `ovdiff segment --classes <order>` writes them for perfect predictions, with its legend."""
-    from ovdiff_cli.method.segment import save_legend
+    from ovdiff_cli.io.legend import save_legend
 
     pred.mkdir()
     voc = class_names("voc")

@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip
 from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
+from ovdiff_cli.errors import InvalidSetting  # noqa: E402
 from ovdiff_cli.engines.raycluster import build_classes  # noqa: E402
 from ovdiff_cli.models.presets import get_preset  # noqa: E402
 from ovdiff_cli.procedural import write_voc  # noqa: E402
@@ -194,6 +195,34 @@ def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_p
     assert len(local) == 13  # 6 masks, 6 overlays (drawn by the driver from the masks Ray sent), classes.json
     for name in local:
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_segment_folder_and_vocabulary_on_ray_from_python_write_the_cli_s_local_outputs(world, tmp_path):
+    """`Pipeline.segment_folder(engine="ray")` and `Pipeline.vocabulary(engine="ray")`: the library calls the
+    CLI makes, from Python; the masks equal the local CLI run's, byte for byte, and the vocabulary a local build."""
+    images, classes = world / "data/VOC2012/JPEGImages", (world / "data/classes.txt").read_text().split()
+    res = runner.invoke(app, ["segment", str(images), "--classes-file", str(world / "data/classes.txt"), "--cache",
+                              str(world / "cache"), "--format", "npz", "--out", str(tmp_path / "cli"), "-q", *PROC])  # fmt: skip
+    assert res.exit_code == 0, res.output
+
+    pipe = ovdiff.Pipeline(preset="procedural", cache=world / "cache", device="cpu", dtype="fp32")
+    seen: list[str] = []
+    done = pipe.segment_folder(images, tmp_path / "ray", classes, fmt="npz", engine="ray", workers=1,
+                               on_image=lambda item, seg, error: seen.append(item.name))  # fmt: skip
+    assert done.summary.written == len(done.items) == len(seen) == 6 and not done.summary.failures
+    assert done.report()["written"] == 6
+    for mask in sorted((tmp_path / "cli").glob("*.npz")):
+        assert (tmp_path / "ray" / mask.name).read_bytes() == mask.read_bytes(), mask.name
+
+    fresh = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "built", device="cpu", dtype="fp32")
+    vocab = fresh.vocabulary(classes[:2], engine="ray", workers=1)
+    assert vocab.ids == pipe.vocabulary(classes[:2], build=False).ids  # the same keys as the local build
+    built, local = Cache(tmp_path / "built"), Cache(world / "cache")
+    for pid in (pid for ids in vocab.ids for pid in ids.values()):
+        x, y = built.class_arrays(pid), local.class_arrays(pid)
+        assert x.keys() == y.keys() and all(x[k].tobytes() == y[k].tobytes() for k in x), pid
+    with pytest.raises(InvalidSetting, match="ray engine only"):
+        fresh.vocabulary(classes[:2], workers=2)
 
 
 def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world, tmp_path, capfd):

@@ -50,7 +50,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region_in_both_kinds_of_block
     _, parts = schnell
     blocks = _blocks(parts.transformer)
     assert [double for _, double in blocks] == [True, False]
-    recorder = AttributionRecorder([3, 4], cfg=False)
+    recorder = AttributionRecorder([3, 4], cfg=False, size=8)
     n_text, side, region = 32, 8, torch.zeros(64, dtype=torch.bool)
     region.view(8, 8)[:4, :4] = True
     for attn, double in blocks:
@@ -76,7 +76,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region_in_both_kinds_of_block
         want = attn.processor(attn, *args, None, None)
         got = FluxAttributionProcessor(attn.processor, recorder, n_text)(attn, *args, None, None)
         torch.testing.assert_close(got, want)
-    maps = recorder.maps(side)[0].flatten().numpy()
+    maps = recorder.maps()[0].flatten().numpy()
     assert maps[region.numpy()].sum() / maps.sum() > 0.99
     assert maps[region.numpy()].mean() == pytest.approx(sum(a.heads for a, _ in blocks), rel=0.02)
 

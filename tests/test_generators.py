@@ -43,7 +43,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region(family):
     head and layer (the class tokens' summed probability), and nothing from the other tokens."""
     _, unet = tiny_unet(family)
     layers = [m for name, m in unet.named_modules() if name.endswith("attn2")]
-    recorder = AttributionRecorder([3, 4], cfg=False)
+    recorder = AttributionRecorder([3, 4], cfg=False, size=8)
     (proc,) = {type(p): p for p in capture_processors(unet, recorder).values() if hasattr(p, "recorder")}.values()
     side, region = 8, torch.zeros(64, dtype=torch.bool)
     region.view(8, 8)[:4, :4] = True
@@ -63,7 +63,7 @@ def test_attribution_mass_lies_on_the_class_tokens_region(family):
         hidden[0, region.nonzero()[:, 0, None], heads] = 40.0
         hidden[0, (~region).nonzero()[:, 0, None], heads + 1] = 40.0
         proc(attn, hidden, encoder_hidden_states=text)
-    maps = recorder.maps(side)[0].flatten().numpy()
+    maps = recorder.maps()[0].flatten().numpy()
     assert maps[region.numpy()].sum() / maps.sum() > 0.99
     assert maps[region.numpy()].mean() == pytest.approx(sum(a.heads for a in layers), rel=0.02)
 
@@ -86,7 +86,7 @@ def test_sd3_joint_attention_mass_lies_on_the_class_tokens_region():
     model = stages.store.generator_parts().transformer
     layers = [m for name, m in model.named_modules() if name.endswith(".attn")]
     assert layers
-    recorder = AttributionRecorder([3, 4], cfg=False)
+    recorder = AttributionRecorder([3, 4], cfg=False, size=8)
     side, region = 8, torch.zeros(64, dtype=torch.bool)
     region.view(8, 8)[:4, :4] = True
     for attn in layers:
@@ -109,7 +109,7 @@ def test_sd3_joint_attention_mass_lies_on_the_class_tokens_region():
         want = attn.processor(attn, hidden, encoder_hidden_states=text)
         got = JointAttributionProcessor(attn.processor, recorder)(attn, hidden, encoder_hidden_states=text)
         torch.testing.assert_close(got, want)
-    maps = recorder.maps(side)[0].flatten().numpy()
+    maps = recorder.maps()[0].flatten().numpy()
     assert maps[region.numpy()].sum() / maps.sum() > 0.99
     assert maps[region.numpy()].mean() == pytest.approx(sum(a.heads for a in layers), rel=0.02)
 

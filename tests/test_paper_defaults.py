@@ -45,9 +45,14 @@ def test_prototype_defaults():
 
 
 def test_class_build_bounds():
-    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build)."""
+    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build).
+    K-means is the authors' (sdov gen_proto_*.py: scikit-learn's KMeans, max_iter 300, on every masked
+    cell, no sample); memory stays bounded by streaming the cells from a spill file."""
+    from ovdiff_cli.method.prototypes import KMEANS_ITERS, KMEANS_TOL
+
     p = ProtoConfig()
-    assert p.batch_size == 1 and p.kmeans_max_points == 8192
+    assert p.batch_size == 1 and p.kmeans_max_points is None
+    assert p.kmeans_iters == KMEANS_ITERS == 300 and KMEANS_TOL == 1e-4
 
 
 def test_inference_defaults():
@@ -622,12 +627,13 @@ def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatc
     monkeypatch.setattr(tiny_stages, "mask_proposer", lambda name: p)
     cfg = dataclasses.replace(PRESETS["tiny"].protos, extractor="sd")
     image = np.random.default_rng(0).integers(0, 256, (cfg.feature_size, cfg.feature_size, 3), dtype=np.uint8)
-    ((first, coded, counts, feats),) = mask_batches([Sample(image, np.ones((8, 8), np.float32))], tiny_stages, cfg)
+    g = (cfg.feature_size // 8, cfg.feature_size // 8)
+    ((first, coded, counts, feats),) = mask_batches([Sample(image, np.ones((8, 8), np.float32))], tiny_stages, cfg, {g})
     dino = tiny_stages.part("dino")(images_to_tensor([image], cfg.feature_size))
     sd = tiny_stages.part("sd")(images_to_tensor([image], cfg.feature_size))
     assert p.seen == [tuple(dino.shape[1:])] and dino.shape[1] != sd.shape[1]
     torch.testing.assert_close(feats, dino)
-    assert counts == {"proposals": 0, "thresholds": 1} and coded.shape == (1, cfg.feature_size // 8, cfg.feature_size // 8)
+    assert counts == {"proposals": 0, "thresholds": 1} and coded.keys() == {g} and coded[g].shape == (1, *g)
 
 
 def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):

@@ -1,4 +1,4 @@
-"""Prototype aggregation against hand computations; K-means counts, seeding, golden values; streaming."""
+"""Prototype aggregation against hand computations; K-means against scikit-learn, seeding, golden values; streaming."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from ovdiff_cli.config import ProtoConfig
+from ovdiff_cli.method import prototypes
 from ovdiff_cli.method.prototypes import (
+    CellStore,
     RegionAccumulator,
     build_prototypes,
     class_prototype,
@@ -115,10 +118,11 @@ def test_empty_regions_give_zero_row_prototypes():
     assert out["bg/class"].shape == (0, 4) and out["bg/part"].shape == (0, 4) and (out["bg/part_labels"] == -1).all()
 
 
-# Golden values: k-means++ with torch's CPU generator, then Lloyd; a change of the draws or the update shows.
+# Golden values: greedy k-means++ drawing from numpy's RandomState(seed), then Lloyd; a change of the draws or the update shows.
 CURVE = torch.linspace(0, 1, 40).reshape(20, 2) ** 2
-CURVE_CENTROIDS = [[0.046022, 0.055884], [0.808678, 0.855358], [0.482577, 0.518738], [0.240631, 0.266272]]
-CURVE_LABELS = [0] * 8 + [3] * 4 + [2] * 4 + [1] * 4
+# scikit-learn's KMeans(4, random_state=3, n_init="auto") finds the same centroids, in the same order.
+CURVE_CENTROIDS = [[0.414201, 0.447732], [0.765286, 0.810651], [0.034188, 0.042735], [0.193294, 0.216305]]
+CURVE_LABELS = [2] * 7 + [3] * 4 + [0] * 4 + [1] * 5
 
 
 def test_kmeans_golden_values_in_fp32_and_bf16():
@@ -149,7 +153,7 @@ def _random_class(n=5, d=8, hw=6, seed=1):
 
 def test_streaming_is_independent_of_the_batching():
     feats, fg, bg = _random_class()
-    for max_points in (1000, 40):  # everything kept / a sample of 40 of ~100 cells
+    for max_points in (None, 40):  # every cell (the authors') / a sample of 40 of ~100 cells
         whole = _stream(feats, fg, bg, [5], k=4, seed=0, stuff=False, max_points=max_points)
         parts = _stream(feats, fg, bg, [2, 1, 2], k=4, seed=0, stuff=False, max_points=max_points)
         assert whole.keys() == parts.keys()
@@ -190,6 +194,56 @@ def test_accumulator_rejects_mismatched_input():
         acc.add(feats[:1], fg[:1], 1)
     with pytest.raises(ValueError, match="grid"):
         acc.add(feats[2:3, :, :4, :4], fg[2:3, :4, :4], 2)
+
+
+def _sq_inertia(points: np.ndarray, centroids: np.ndarray) -> float:
+    d = ((points[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2).sum(-1)
+    return float(d.min(1).sum())
+
+
+def test_kmeans_is_scikit_learns_on_every_masked_cell(monkeypatch, tmp_path):
+    """sdov gen_proto_*.py: KMeans(32, random_state=0, n_init="auto") on all the class's masked cells.
+
+    The default build (ProtoConfig's K-means settings), streamed in small chunks from its spill file,
+    finds scikit-learn's clustering of the same cells: inertia within 1% and the same centroids (greedy
+    k-means++ from the same draws, Lloyd to scikit-learn's tolerance); a K-means on a sample of the
+    cells, another initialisation or fewer iterations finds others. Each centroid is also the mean of
+    the cells its part labels give it (all cells, not a sample).
+    """
+    from sklearn.cluster import KMeans
+
+    monkeypatch.setattr(prototypes, "CHUNK_ELEMENTS", 8 * 1000)  # 1000 rows a chunk: several reads of the spill
+    cfg = ProtoConfig()
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(6, 8, 24, 24, generator=g) * torch.linspace(0.5, 2.0, 8).view(1, 8, 1, 1) + 3
+    fg = (torch.rand(6, 24, 24, generator=g) > 0.3).numpy()  # ~2400 fg cells, ~1000 bg
+    out = _stream(feats, fg, ~fg, [3, 2, 1], k=cfg.k_parts, seed=0, stuff=False, iters=cfg.kmeans_iters,
+                  max_points=cfg.kmeans_max_points, spill_dir=str(tmp_path))  # fmt: skip
+    for group, mask in (("fg", fg), ("bg", ~fg)):
+        cells = feats.permute(0, 2, 3, 1)[torch.from_numpy(mask)].numpy()
+        ref = KMeans(cfg.k_parts, random_state=0, n_init="auto").fit(cells)
+        ours = out[f"{group}/part"]
+        assert ours.shape == (32, 8)
+        assert abs(_sq_inertia(cells, ours) / ref.inertia_ - 1) < 0.01, group
+        gap = np.sqrt(((ours[:, None] - ref.cluster_centers_[None]) ** 2).sum(-1))
+        assert gap.min(1).max() < 1e-3 and gap.min(0).max() < 1e-3, group  # the same 32 centroids
+        labels = out[f"{group}/part_labels"][mask]
+        means = np.stack([cells[labels == j].mean(0) for j in range(32)])
+        np.testing.assert_allclose(means, ours, atol=2e-2, err_msg=group)
+
+
+def test_cell_store_reads_back_what_was_appended_in_chunks_and_by_index(monkeypatch, tmp_path):
+    monkeypatch.setattr(prototypes, "CHUNK_ELEMENTS", 4 * 3)  # 3 rows a chunk
+    rows = torch.arange(40, dtype=torch.float32).view(10, 4)
+    store = CellStore(4, str(tmp_path))
+    for a, b in ((0, 4), (4, 5), (5, 10)):
+        store.append(rows[a:b].clone())
+    assert len(store) == 10
+    got = list(store.chunks())
+    assert [first for first, _ in got] == [0, 3, 4, 5, 8] and all(len(x) <= 3 for _, x in got)
+    torch.testing.assert_close(torch.cat([x for _, x in got]), rows)
+    torch.testing.assert_close(store.take(np.array([9, 0, 4, 6])), rows[[9, 0, 4, 6]])
+    store.close()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from ovdiff_cli.method import sampling
@@ -96,7 +97,8 @@ def test_a_bad_sampler_setting_is_refused_as_the_config_is_made_naming_it_and_th
 
 def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
     """Output identical to AttnProcessor2_0; recorded map = diffusers' own attention probabilities
-    of the chosen tokens, summed over heads, for the conditional (second) half of the batch only."""
+    of the chosen tokens, summed over heads, for the conditional (second) half of the batch only
+    (a map of the layer's own 3×3 size: bicubic resizing to the same size changes nothing)."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     torch.manual_seed(0)
@@ -104,7 +106,7 @@ def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
     hidden = torch.randn(4, 9, 16)  # [neg, neg, pos, pos], 3x3 positions
     text = torch.randn(4, 7, 12)
     tokens = [2, 3]
-    rec = sampling.AttributionRecorder(tokens, cfg=True)
+    rec = sampling.AttributionRecorder(tokens, cfg=True, size=3)
     with torch.no_grad():
         attn.set_processor(sampling.CapturingCrossAttnProcessor(rec))
         out = attn(hidden, encoder_hidden_states=text)
@@ -115,16 +117,37 @@ def test_capturing_processor_matches_stock_attention_and_records_class_tokens():
         probs = attn.get_attention_scores(q, k).reshape(2, 2, 9, 7)  # (B, heads, n, tokens)
     assert torch.equal(out, ref_out)
     expected = probs[..., tokens].sum(dim=(1, 3))
-    assert torch.allclose(rec.sums[9], expected, atol=1e-6)
-    maps = rec.maps(6)
-    assert maps.shape == (2, 6, 6) and (maps >= 0).all()
+    assert torch.allclose(rec.maps().flatten(1), expected, atol=1e-6)
+
+
+def _bicubic(m: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(m[None, None], size=(size, size), mode="bicubic", align_corners=False)[0, 0]
+
+
+def test_attribution_maps_are_upsampled_bicubic_and_clamped_per_head_and_token():
+    """sdov sd.py (its DAAM store): every layer's map of each head and class token is resized to the
+    map size bicubically and clamped at 0, then summed over heads, tokens, layers and steps. Sharp
+    peaks make bicubic overshoot below 0, so the clamp before the sum shows."""
+    probs = torch.full((1, 2, 16, 4), 0.01)  # one image, 2 heads, a 4×4 level, 4 text tokens
+    probs[0, 0, 5, 1] = probs[0, 1, 6, 1] = probs[0, 0, 10, 3] = 0.97  # peaks side by side: lobes meet peaks
+    coarse = torch.full((1, 1, 4, 4), 0.25)
+    coarse[0, 0, 0, 1] = 0.9  # a 2×2 level
+    rec = sampling.AttributionRecorder([1, 3], cfg=False, size=8)
+    rec.add(probs)
+    rec.add(coarse)
+    maps = [probs[0, h, :, t].view(4, 4) for h in range(2) for t in (1, 3)] + [coarse[0, 0, :, t].view(2, 2) for t in (1, 3)]
+    want = sum(_bicubic(m, 8).clamp(min=0) for m in maps)
+    torch.testing.assert_close(rec.maps()[0], want)
+    summed_first = sum(_bicubic(m, 8) for m in maps).clamp(min=0)  # the clamp after the sum
+    bilinear = sum(F.interpolate(m[None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0] for m in maps)
+    assert (rec.maps()[0] - summed_first).abs().max() > 1e-3 and (rec.maps()[0] - bilinear).abs().max() > 1e-2
 
 
 def test_self_attention_keeps_the_fast_path_and_processors_are_restored(tiny_stages):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet = tiny_stages.store.sd().unet
-    procs = sampling.capture_processors(unet, sampling.AttributionRecorder([6], cfg=True))
+    procs = sampling.capture_processors(unet, sampling.AttributionRecorder([6], cfg=True, size=8))
     cross = [k for k in procs if k.endswith("attn2.processor")]
     assert cross and all(isinstance(procs[k], sampling.CapturingCrossAttnProcessor) for k in cross)
     assert all(type(p) is AttnProcessor2_0 for k, p in procs.items() if k not in cross)

@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from ..compose import Stages
     from ..types import Sample
 
-PAPER_GRID_CELLS = 64 * 64  # the mask grid of a 512 px support image (feature_size / 8)
-
-
 class _Clock:
     """An extractor part or mask proposer whose `methods` add their time to `into[key]`; the rest passes through."""
 
@@ -64,16 +61,16 @@ class _ClockedStages:
         return _Clock(self._stages.mask_proposer(name), ("propose", "thresholds"), self.seconds, "masks", self.device)
 
 
-def build_once(stages: Stages, samples: list[Sample], feature_size: int, k: int, seed: int, spill: Path,
-               max_points: int | None = None) -> tuple[float, float, float, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+def build_once(stages: Stages, samples: list[Sample], feature_size: int, k: int, seed: int,
+               spill: Path) -> tuple[float, float, float, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
     """One class build from `samples`, every part of the preset's spec: (features s, masks s,
     K-means + aggregation s, part → arrays). The last is the wall time less the other two: Eq. 1,
-    the class prototype, the K-means sample and K-means, part labels, and the masks' fg/bg rule."""
+    the class prototype, K-means on every masked cell (streamed), part labels, and the masks' fg/bg rule."""
     from ..method.classbuild import part_prototypes
     from ..config import spec_parts
 
     base = _proto_cfg(stages.specs.preset.name)
-    cfg = replace(base, feature_size=feature_size, k_parts=k, kmeans_max_points=max_points or base.kmeans_max_points)
+    cfg = replace(base, feature_size=feature_size, k_parts=k)
     clocked = _ClockedStages(stages)
     parts = spec_parts(cfg.extractor)
     wall, built = timed(lambda: {p: a for p, a, _ in part_prototypes(samples, clocked, cfg, parts, seed, False,
@@ -141,8 +138,7 @@ def _status_kib(field: str) -> int | None:
         return None
 
 
-def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, feature_size: int, k: int,
-                 max_points: int) -> dict:  # fmt: skip
+def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, feature_size: int, k: int) -> dict:
     """Run in a child process: load the models, then one class build of n synthetic support images.
 
     Returns MiB: "models" (resident, or CUDA-allocated, once every part and the proposer are built) and "peak" (the
@@ -172,7 +168,7 @@ def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, featur
             pass
         models = (_status_kib("VmRSS") or 0) / 1024
     with tempfile.TemporaryDirectory(prefix="ovdiff-bench-spill-") as spill:
-        build_once(stages, samples, feature_size, k, seed, Path(spill), max_points)
+        build_once(stages, samples, feature_size, k, seed, Path(spill))
     peak = torch.cuda.max_memory_allocated(stages.device) / 2**20 if cuda else (_status_kib("VmHWM") or 0) / 1024
     return {"models": models, "peak": peak, "measure": "cuda max_memory_allocated" if cuda else "VmHWM"}
 
@@ -181,17 +177,14 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
     """Peak memory of one class build at N = small and large support images, in new processes, in
     interleaved pairs; growth from small to large, and the large build's peak beyond the models."""
     small, large = s.build_counts
-    base = _proto_cfg(s.build_preset)
-    grid_cells = (s.build_feature_size // 8) ** 2
-    max_points = max(1, base.kmeans_max_points * grid_cells // PAPER_GRID_CELLS)  # the paper's cap, per grid cell
     runs: dict[int, list[dict]] = {small: [], large: []}
     for r in range(s.build_pairs):
         for n in (small, large) if r % 2 == 0 else (large, small):
-            args = [s.build_preset, device, dtype, seed, n, s.build_feature_size, s.k_parts, max_points]
+            args = [s.build_preset, device, dtype, seed, n, s.build_feature_size, s.k_parts]
             runs[n].append(in_child("ovdiff_cli.bench.build:build_memory", args, root, f"build-{n}-{r}"))
     peak = {n: [x["peak"] for x in v] for n, v in runs.items()}
     beyond = {n: [x["peak"] - x["models"] for x in v] for n, v in runs.items()}
-    paper = s.build_feature_size == 512 and max_points == base.kmeans_max_points
+    paper = s.build_feature_size == 512
     unit = runs[large][0]["measure"]
     return {
         "figures": {
@@ -202,9 +195,8 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
             "beyond_models": figure(f"beyond the models, N={large}", "MiB", beyond[large], 1536.0 if paper else None),
         },
         "notes": [f"one class build (features, masks, prototypes; no sampling) of synthetic support images, preset "
-                  f"{s.build_preset}, {s.build_feature_size} px, K-means sample ≤ {max_points} cells per region "
-                  f"(the default {base.kmeans_max_points} per {PAPER_GRID_CELLS} grid cells, scaled to this grid), "
-                  f"a new process per build, {s.build_pairs} interleaved pair(s); peak = {unit} after the models loaded"
+                  f"{s.build_preset}, {s.build_feature_size} px, K-means on every masked cell (streamed from the "
+                  f"device or the spill file), a new process per build, {s.build_pairs} interleaved pair(s); peak = {unit} after the models loaded"
                   + ("" if paper else "; the ≤ 1.5 GB target applies at the paper's 512 px: see the README")],
     }  # fmt: skip
 

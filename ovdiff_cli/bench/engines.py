@@ -55,7 +55,8 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     from ..errors import OvdiffError
     from ..io.images import discover
     from ..models.presets import get_preset
-    from ..method.segment import OutputWriter, segment_paths
+    from ..engines.local import segment_paths
+    from ..io.outputs import OutputWriter
     from ..engines.vocab import ensure_classes
 
     say = say or (lambda _msg: None)

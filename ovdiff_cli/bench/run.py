@@ -91,7 +91,7 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     (matching, upsampling, image IO, filter bookkeeping) is overhead.
     """
     from ..io.images import discover, load_image
-    from ..method.segment import segment_paths
+    from ..engines.local import segment_paths
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
@@ -261,7 +261,7 @@ def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root:
 def segment_folder(stages: Stages, cache: Cache, folder: Path, out: Path, seed: int) -> None:
     """What `ovdiff segment FOLDER --classes MEMORY_CLASSES` does with the preset's defaults."""
     from ..io.images import discover
-    from ..method.segment import segment_paths
+    from ..engines.local import segment_paths
     from ..engines.vocab import ensure_classes
 
     sample_cfg, proto_cfg, seg_cfg = preset_configs(stages.specs.preset.name)

@@ -3,12 +3,11 @@ dataclasses, the per-run context they build, and what several commands print."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -17,11 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
+from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
 from ..models.sam import SAM_SPEC
 
 if TYPE_CHECKING:
+    from ..api import Pipeline
     from ..store.cache import Cache
     from ..compose import Stages
     from ..eval.datasets import SegDataset
@@ -74,44 +74,48 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="With --eng
 
 @dataclass
 class Run:
-    """What one command invocation works with: options resolved, cache opened, models built lazily."""
+    """What one command invocation works with: the library's session (`api.Pipeline`: settings resolved
+    and checked, cache and models opened lazily) and where and how the command prints."""
 
-    run: RunConfig
-    cache_dir: Path
+    pipe: Pipeline
     console: Console
     err: Console
     verbose: bool = False
     quiet: bool = False
     json: bool = False
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    protos: ProtoConfig = field(default_factory=ProtoConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    create_cache: bool = True  # False: a --cache that holds no cache is an error (commands that only read)
-    _cache: Cache | None = None
-    _stages: Stages | None = None
+
+    @property
+    def run(self) -> RunConfig:
+        return self.pipe.run_config
+
+    @property
+    def sample(self) -> SampleConfig:
+        return self.pipe.sample_config
+
+    @property
+    def protos(self) -> ProtoConfig:
+        return self.pipe.proto_config
+
+    @property
+    def segment(self) -> SegmentConfig:
+        return self.pipe.segment_config
 
     @property
     def preset(self) -> Preset:
-        from ..models.presets import get_preset
+        return self.pipe.preset
 
-        return get_preset(self.run.preset)
+    @property
+    def cache_dir(self) -> Path:
+        return self.pipe.cache_dir
 
     @property
     def cache(self) -> Cache:
-        if self._cache is None:
-            from ..store.cache import Cache
-
-            self._cache = Cache(self.cache_dir, create=self.create_cache)
-        return self._cache
+        return self.pipe.cache
 
     @property
     def stages(self) -> Stages:
         """The run's stages (`compose.Stages`); models are built only when a stage needs them."""
-        if self._stages is None:
-            from ..compose import Stages
-
-            self._stages = Stages.for_run(self.preset, self.run.device, self.run.dtype, self.run.model_overrides)
-        return self._stages
+        return self.pipe.stages
 
     def say(self, msg: str) -> None:
         if not self.quiet:
@@ -211,42 +215,25 @@ def make_run(
     segment: dict | None = None,
     json_out: bool = False,
 ) -> Run:
-    """Resolve options: preset defaults first, then whatever the user gave explicitly (non-None).
+    """The session of a command: `api.Pipeline` over the options the user gave (None: the preset's).
 
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
-    from ..store.cache import default_cache_dir
-    from ..models.overrides import check_filter_model, generator_defaults, parse_part_models
-    from ..models.presets import get_preset
-
+    from ..api import Pipeline
+    from ..models.overrides import check_filter_model, parse_part_models
     from ..models.sd import missing_local
 
-    p = get_preset(preset)
-    run_cfg = RunConfig(
-        preset=p.name, device=device, dtype=dtype, seed=seed,
-        model_overrides={"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model, "sam2": sam2_model,
-                         "filter": check_filter_model(filter_model), "generator": generator,
-                         **parse_part_models(part_models or [])},
-    )
-    models = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
-              ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
-    for option, spec, model in models:
+    models = {"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model, "sam2": sam2_model,
+              "filter": check_filter_model(filter_model), "generator": generator, **parse_part_models(part_models or [])}  # fmt: skip
+    local = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
+             ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
+    for option, spec, model in local:
         if spec and (problem := missing_local(spec, option, model)):
             raise OvdiffError(problem)
     # Each config checks its values as it is made, before any progress bar or model starts.
-    run = Run(
-        run=run_cfg,
-        cache_dir=Path(cache) if cache else default_cache_dir(),
-        console=make_console(stderr=json_out),
-        err=make_console(stderr=True),
-        verbose=verbose,
-        quiet=quiet,
-        json=json_out,
-        sample=with_overrides(p.sample, {**generator_defaults(generator, p.weights),
-                                                **{k: v for k, v in (sample or {}).items() if v is not None}}, "sample"),
-        protos=with_overrides(p.protos, protos, "protos"),
-        segment=with_overrides(p.segment, segment, "segment"),
-    )
+    pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
+    run = Run(pipe, console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
+              json=json_out)  # fmt: skip
     if quiet:
         from ..libs import quiet_libraries
 
@@ -258,11 +245,11 @@ def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, js
               create: bool = True) -> Run:  # fmt: skip
     """The context of a command that only reads or writes the cache (no models, no method settings);
     `create=False` for commands that only read: a --cache that holds no cache is then an error."""
-    from ..store.cache import default_cache_dir
+    from ..api import Pipeline
 
-    return Run(run=RunConfig(), cache_dir=Path(cache) if cache else default_cache_dir(),
-               console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
-               json=json_out, create_cache=create)  # fmt: skip
+    pipe = Pipeline(RunConfig().preset, cache, create_cache=create)  # no model loads: the preset is never used
+    return Run(pipe, console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose,
+               quiet=quiet, json=json_out)  # fmt: skip
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -328,20 +315,6 @@ def read_classes_file(path: Path | None) -> str | None:
         return Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of a name
     except (OSError, UnicodeDecodeError) as e:
         raise OvdiffError(f"cannot read --classes-file {path}: {getattr(e, 'strerror', None) or e}") from e
-
-
-def check_out_dir(out: Path, what: str = "the masks") -> Path:
-    """`out` as a writable folder (created), or a one-line error before any work starts."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OvdiffError(f"--out {out} is a file: give a folder for {what}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OvdiffError(f"cannot create --out folder {out}: {e.strerror}") from e
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OvdiffError(f"--out folder {out} is not writable")
-    return out
 
 
 def result_line(ds: SegDataset, results: list[EvalResult]) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, check_out_dir, make_run, print_results, result_line
+from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, make_run, print_results, result_line
 
 
 def demo(
@@ -36,6 +36,8 @@ def demo(
 
     in_range("images", images)
     check_seed(seed)
+    from ..io.outdir import check_out_dir
+
     root = check_out_dir(out)
     run = make_run(cache or root / "cache", "procedural", device, dtype, seed, verbose, quiet)
     with run.progress() as bar:

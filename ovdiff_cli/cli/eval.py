@@ -138,7 +138,7 @@ def eval_cmd(
         run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {escape(', '.join(custom))}")
     if out is not None:
         from ..io.outdir import check_not_in_cache
-        from .common import check_out_dir
+        from ..io.outdir import check_out_dir
 
         check_not_in_cache(out, run.cache_dir, "--out")
         out = check_out_dir(out, "metrics.json and report.html")  # before any work, not after the whole run
@@ -214,8 +214,8 @@ def _parse_seeds(spec: str | None, default: int) -> list[int]:
 def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local", workers: int | None = None) -> Predict:
     """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them
     (with `engine` "ray", both on Ray, in the session the caller opened)."""
+    from ..engines.folder import build_vocabulary
     from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
-    from ..engines.vocab import ensure_classes
 
     names = benchmark_classes(ds)
     with run.progress() as bar:
@@ -224,14 +224,10 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local",
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
             built.add(name)
+            stage = "prototypes" if stage == "ray" else stage
             bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
-        if engine == "ray":
-            from ..engines.raycluster import build_classes
-
-            build_classes(run.cache, run.run, names, seed, run.sample, run.protos, workers=workers,
-                          on_class=lambda name, done, total: on_event("prototypes", name, done, total))  # fmt: skip
-        classes = ensure_classes(run.cache, run.stages, names, seed, run.sample, run.protos, on_event=on_event)
+        classes = build_vocabulary(run.pipe, names, engine=engine, workers=workers, on_event=on_event, seed=seed)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
     if engine == "ray":
         from ..engines.raycluster import dataset_predictions

@@ -104,10 +104,9 @@ def add(
 
     Example (your own photos, beyond the paper): ovdiff protos add "my mug" --images photos/mug/ --n-images 8
     """
-    from ..engines.raycluster import build_classes, check_engine, engine_session
+    from ..engines.vocab import find_classes
     from ..errors import OvdiffError
     from ..names import parse_class_list, validate
-    from ..engines.vocab import ensure_classes, find_classes
 
     run = make_run(
         cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
@@ -127,23 +126,16 @@ def add(
     if not classes:
         raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
 
-    check_engine(engine, address, workers)
     if images is not None and len(classes) != 1:
         raise OvdiffError("--images builds one class: give one class name")
-    before, built = dict(run.stages.calls), None
-    with engine_session(engine, address), run.progress() as bar:
+    before, built = dict(run.stages.calls), []
+    with run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
-        if engine == "ray" and images is None:
-            task = bar.add_task("classes (ray)", total=None)
-
-            def on_class(name: str, done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total, description=f"classes (ray): {name}")
-
-            built = build_classes(run.cache, run.run, classes, run.run.seed, run.sample, run.protos, kinds,
-                                  address, workers, on_class)  # fmt: skip
-            bar.update(task, completed=len(built), total=len(built), description="classes (ray)")
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
+            if stage == "ray":  # a class built on a Ray worker
+                built.append(name)
+                name, stage = "(ray)", "classes"
             if stage == "cached":
                 return
             key = (stage, name)
@@ -152,17 +144,11 @@ def add(
             bar.update(tasks[key], completed=done, total=total)
 
         if images is not None:
-            from functools import partial
-
-            from ..engines.raycluster import build_photo_class
-            from ..engines.vocab import build_from_photos
-
-            remote = None if engine != "ray" else partial(build_photo_class, run.cache, run.run, run.sample, run.protos,
-                                                          address=address, workers=workers)  # fmt: skip
-            protos = [build_from_photos(run.cache, run.stages, classes[0], images, run.run.seed, run.sample, run.protos,
-                                        n_images or 0, kinds, on_event, remote)]  # fmt: skip
+            vocab = run.pipe.photo_class(classes[0], images, n_images or 0, kinds.get(classes[0]), engine, address,
+                                         workers, on_event)  # fmt: skip
         else:
-            protos = ensure_classes(run.cache, run.stages, classes, run.run.seed, run.sample, run.protos, kinds, on_event=on_event)
+            vocab = run.pipe.vocabulary(classes, kinds, on_event=on_event, engine=engine, address=address, workers=workers)
+        protos = vocab.classes
     if not run.quiet:
         records = dict(find_classes(run.cache))
         table = Table(title=f"prototypes in {run.cache_dir}")
@@ -176,7 +162,7 @@ def add(
         run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.result(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
-            + (f"{len(built)} built on Ray" if built is not None else
+            + (f"{len(built)} built on Ray" if engine == "ray" and images is None else
                f"{calls['generate']} images generated, {calls['extract']} featurised"))  # fmt: skip
 
 

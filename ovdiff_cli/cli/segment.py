@@ -46,7 +46,6 @@ from .common import (
     VerboseOpt,
     WindowsOpt,
     WorkersOpt,
-    check_out_dir,
     make_run,
     printable,
     read_classes_file,
@@ -54,19 +53,7 @@ from .common import (
 )
 
 
-def _claim_out_dir(ctx: typer.Context, out_dir: Path, items, legend: dict, overwrite: bool,
-                   shard: tuple[int, int] | None, outputs: tuple[str, bool, bool] = ("png", False, False)) -> None:
-    """Before any work: no input overwritten, no legends mixed (or the old set removed), --out locked for this run."""
-    from ..io.outdir import check_legend, check_no_input_overwritten, check_out_holds_no_input, lock
-
-    check_no_input_overwritten(out_dir, items, *outputs)
-    check_out_holds_no_input(out_dir, items)
-    ctx.call_on_close(lock(out_dir, shard))
-    check_legend(out_dir, legend, overwrite, {item.path.resolve() for item in items})
-
-
 def segment(
-    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (created).", show_default=False)],
     classes: Annotated[Optional[str], typer.Option("--classes", "-c", help="Comma-separated class names; mask value k = k-th class, 0 = background.", show_default=False)] = None,
@@ -137,21 +124,8 @@ def segment(
 
     Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
-    from ..engines import resume as job
-    from ..engines.raycluster import check_engine, engine_session
-    from ..io.images import discover
-    from ..io.masks import MaskWriter
     from ..names import parse_class_list
-    from ..method.explain import Explainer
-    from ..method.segment import OutputWriter, legend, save_legend, segment_paths
-    from ..engines.vocab import ensure_classes
 
-    if batch_size is not None and batch_size < 1:
-        raise OvdiffError(f"--batch-size must be at least 1, got {batch_size}")
-    check_engine(engine, address, workers)
-    if engine == "ray" and explain:
-        raise OvdiffError("--explain needs the local engine: run it without --engine ray")
-    shard_of = job.parse_shard(shard) if shard is not None else None
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
                                no_stuff_filter, stuff_threshold, protos)  # fmt: skip
     run = make_run(
@@ -161,51 +135,27 @@ def segment(
         segment={**method, "background": False if no_background else None, "image_batch": batch_size, "refine": refine},
         json_out=json_out, sam2_model=sam2_model,
     )
-    run.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
+    run.pipe.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
     names = parse_class_list(classes, read_classes_file(classes_file))
     if not names:
         raise OvdiffError("no classes given: use --classes cat,dog,sky or --classes-file FILE")
-    writer = MaskWriter(Path(out).expanduser(), len(names), mask_format, save_scores, names)  # checks the format first
-    out_dir = check_out_dir(out)
-    items = discover(inputs, recursive, exclude=out_dir)
-    from ..io.outdir import check_not_in_cache
 
-    check_not_in_cache(out_dir, run.cache_dir, "--out")
-    _claim_out_dir(ctx, out_dir, items, legend(names, run.segment.background, mask_format), overwrite, shard_of,
-                   (mask_format, overlay, explain))
-    if shard_of is not None or skip_existing:
-        job.check_resumable(mask_format)
-    if engine == "ray" and save_scores:
-        raise OvdiffError("--save-scores needs the local engine: run it without --engine ray")
-    if shard_of is not None:
-        items = job.shard(items, *shard_of)
-    if skip_existing:
-        todo = job.pending(items, out_dir, overlay, explain, mask_format, len(names))
-        run.say(f"{len(items) - len(todo)} of {len(items)} image(s) already done in {out_dir}: skipped")
-        items = todo
-
-    with engine_session(engine, address), run.progress() as bar:
+    with run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
-            if stage == "cached":
-                return
-            if (stage, name) not in tasks:
-                tasks[(stage, name)] = bar.add_task(f"{stage:<10} {name}", total=total)
-            bar.update(tasks[(stage, name)], completed=done, total=total)
-
-        if engine == "ray" and not no_build:
-            from ..engines.raycluster import build_classes
-
-            build_classes(run.cache, run.run, names, run.run.seed, run.sample, run.protos, address=address,
-                          workers=workers, on_class=lambda name, done, total: on_event("prototypes", "(ray)", done, total))  # fmt: skip
-        protos_list = ensure_classes(run.cache, run.stages, names, run.run.seed, run.sample, run.protos,
-                                     build=not no_build, on_event=on_event)  # fmt: skip
-        save_legend(names, run.segment.background, out_dir, mask_format)
-        task = bar.add_task("segment", total=len(items))
+            if stage == "resume":
+                run.say(f"{done} of {total} image(s) already done in {name}: skipped")
+            elif stage == "segment":
+                tasks[(stage, name)] = bar.add_task("segment", total=total)
+            elif stage != "cached":
+                key = ("prototypes", "(ray)") if stage == "ray" else (stage, name)
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{key[0]:<10} {key[1]}", total=total)
+                bar.update(tasks[key], completed=done, total=total)
 
         def on_image(item, seg, error: str | None) -> None:
-            bar.advance(task)
+            bar.advance(tasks[("segment", "")])
             if error:
                 run.err.print(f"[yellow]skipped[/] {escape(printable(error))}", highlight=False, soft_wrap=True)
             elif run.verbose:
@@ -213,20 +163,13 @@ def segment(
                 run.err.print(f"{escape(printable(item.name))}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
                               f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
 
-        if engine == "ray":
-            from ..engines.raycluster import segment_items
-
-            summary = segment_items(run.run, protos_list, run.segment, run.protos.extractor, items,
-                                    OutputWriter(names, out_dir, overlay, on_image=on_image, masks=writer), address, workers)  # fmt: skip
-        else:
-            segmenter = run.stages.segmenter(protos_list, run.segment, run.protos.extractor, run.cache)
-            summary = segment_paths(segmenter, items, out_dir, overlay=overlay,
-                                    explainer=Explainer(segmenter, run.cache) if explain else None, on_image=on_image,
-                                    image_batch=run.segment.image_batch, writer=writer)  # fmt: skip
+        done = run.pipe.segment_folder(inputs, out, names, fmt=mask_format, overlay=overlay, explain=explain,
+                                       save_scores=save_scores, shard=shard, skip_existing=skip_existing,
+                                       overwrite=overwrite, recursive=recursive, build=not no_build, engine=engine,
+                                       address=address, workers=workers, on_event=on_event, on_image=on_image)  # fmt: skip
+    summary, items, out_dir = done.summary, done.items, done.out_dir
     if run.json:
-        from ..method.segment import job_report
-
-        run.emit(job_report(summary, items, names, out_dir, mask_format))
+        run.emit(done.report())
     elif not run.quiet:
         table = Table(title=f"ovdiff segment → {out_dir}")
         for col in ("images", "written", "failed", "s/image", "features", "filter", "matching", "upsample+io"):

@@ -1,7 +1,7 @@
 """The Ray engine (`--engine ray`, the `ray` extra): class builds and segmentation on a Ray cluster.
 
 The engine decides where work runs, never what it computes: its workers call the same library
-functions as the local path (`vocab.build_class`, `segment._predict_group`), so the outputs equal a
+functions as the local path (`vocab.build_class`, `local.predict_group`), so the outputs equal a
 local run's, bit for bit.
 
 - Class builds run on a pool of long-lived actors (`ClassBuilder`), each loading the models once
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
     from ..method.photos import PhotoSet
-    from ..method.segment import JobSummary, OutputWriter
+    from ..io.outputs import JobSummary, OutputWriter
     from ..types import ClassParts
 
 ENGINES = ("local", "ray")
@@ -313,7 +313,8 @@ class SegmentWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..io.images import InputImage
-        from ..method.segment import _FAILURES, _describe, _predict_group
+        from ..io.outputs import FAILURES, describe
+        from .local import predict_group
 
         rows: list[dict] = []
         images, waiting = [], []  # the images read, and their rows
@@ -324,15 +325,15 @@ class SegmentWorker:
             t0 = time.perf_counter()
             try:
                 images.append(self.loader(str(path)))
-            except (*_FAILURES, OvdiffError) as e:
-                row["error"] = _describe(InputImage(Path(path), ""), e)
+            except (*FAILURES, OvdiffError) as e:
+                row["error"] = describe(InputImage(Path(path), ""), e)
                 continue
             row["io"] = time.perf_counter() - t0
             waiting.append((row, path))
-        segs = _predict_group(self.segmenter, images, False) if images else []
+        segs = predict_group(self.segmenter, images, False) if images else []
         for (row, path), seg in zip(waiting, segs, strict=True):
             if isinstance(seg, Exception):
-                row["error"] = _describe(InputImage(Path(path), ""), seg)
+                row["error"] = describe(InputImage(Path(path), ""), seg)
                 continue
             row.update(labels=seg.labels.astype(np.uint16).tobytes(), height=seg.labels.shape[0], width=seg.labels.shape[1],
                        selected=json.dumps(seg.selected), timings=json.dumps(seg.timings), stats=json.dumps(seg.stats))  # fmt: skip
@@ -433,7 +434,7 @@ def segment_items(
     address: str | None = None,
     workers: int | None = None,
 ) -> JobSummary:
-    """`segment.segment_paths` on Ray: masks (and overlays) written by `writer` as results arrive."""
+    """`local.segment_paths` on Ray: masks (and overlays) written by `writer` as results arrive."""
     from ..io.images import load_image
     from ..method.segment import Segmentation
 

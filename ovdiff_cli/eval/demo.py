@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..config import ProtoConfig, SampleConfig, SegmentConfig
     from .datasets import SegDataset
     from .evaluate import EvalResult
-    from ..method.segment import JobSummary
+    from ..io.outputs import JobSummary
     from ..types import StageSource
     from ..engines.vocab import OnEvent
 
@@ -61,7 +61,8 @@ def run_demo(
     from .evaluate import evaluate, predictions_from_dir, protocol, write_report
     from ..io.images import discover
     from ..procedural import LABELLED, write_voc
-    from ..method.segment import save_legend, segment_paths
+    from ..engines.local import segment_paths
+    from ..io.legend import save_legend
     from ..engines.vocab import ensure_classes
 
     if stages.specs.preset.weights != "procedural":

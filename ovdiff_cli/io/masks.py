@@ -147,6 +147,14 @@ def rle_decode(rle: dict) -> np.ndarray:
 # --------------------------------------------------------------------------- the writer
 
 
+def check_format(fmt: str, save_scores: bool = False) -> None:
+    """InvalidSetting unless masks can be written as `fmt` (with the score maps, when `save_scores`)."""
+    if fmt not in FORMATS:
+        raise InvalidSetting("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if save_scores and fmt != "npz":
+        raise InvalidSetting("save_scores", "needs the npz format, where the scores are stored")
+
+
 @dataclass
 class MaskWriter:
     """Writes one run's masks in `fmt`: per image `write`, then `close` (COCO's JSON is written there).
@@ -165,10 +173,7 @@ class MaskWriter:
     _ids: dict[str, int] = field(default_factory=dict, repr=False)  # coco-rle: image name → its image id
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise InvalidSetting("format", f"must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
-        if self.save_scores and self.fmt != "npz":
-            raise InvalidSetting("save_scores", "needs the npz format, where the scores are stored")
+        check_format(self.fmt, self.save_scores)
         png_kind(self.num_classes)  # refuses vocabularies beyond 16 bits up front
         self.out_dir = Path(self.out_dir)
 

@@ -25,6 +25,20 @@ LOCK = ".ovdiff-segment.lock"
 SIDE_FOLDERS = ("overlays", "explain")
 
 
+def check_out_dir(out: Path, what: str = "the masks") -> Path:
+    """`out` as a writable folder (created), or a one-line error before any work starts."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OvdiffError(f"--out {out} is a file: give a folder for {what}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OvdiffError(f"cannot create --out folder {out}: {e.strerror}") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OvdiffError(f"--out folder {out} is not writable")
+    return out
+
+
 def check_not_in_cache(target: Path, cache_dir: Path, option: str) -> None:
     """A one-line error if `target` (a file or folder a command writes) is the cache folder or lies inside
     it: a command never writes over the cache it reads, nor over any file in it."""

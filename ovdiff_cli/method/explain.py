@@ -1,6 +1,6 @@
 """Paper App. A.5, explanations: which prototype won each pixel and where in the support set it came from.
 
-`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `segment.segment_paths`).
+`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `engines.local.segment_paths`).
 """
 
 from __future__ import annotations

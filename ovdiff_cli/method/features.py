@@ -298,7 +298,8 @@ class Part:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) float32 RGB in [0,1], H and W multiples of `stride` → (B,D,H/stride,W/stride)
-        in the models' dtype on their device, unit L2 norm at every location (its sum of squares in fp32)."""
+        in the models' dtype on their device: the backbone's raw features, as the authors average and
+        cluster them (prototypes.py); matching normalises both sides when it compares them."""
         import torch
 
         if images.ndim != 4 or images.shape[1] != 3:
@@ -306,10 +307,8 @@ class Part:
         h, w = images.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the extractor stride {self.stride}")
-        with torch.inference_mode():  # in place: the backbone's output is the build's largest tensor
-            f = self.backbone(images)
-            norm = torch.linalg.vector_norm(f, dim=1, keepdim=True, dtype=torch.float32)  # fp32 sum of squares
-            return f.div_(norm.clamp_min_(1e-12).to(f.dtype))
+        with torch.inference_mode():
+            return self.backbone(images)
 
     def fit(self, size: int) -> int:
         """`size` rounded up to a multiple of the stride (a support set's feature size for a patch-14 ViT)."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InvalidSetting
 from ..models.generators import GeneratorFamily
+from ..store.keys import ATTRIBUTION
 from ..types import Sample
 from .generators import check_turbo
 from .mmdit import FLOW_SCHEDULER
@@ -91,7 +92,7 @@ class FluxGenerator:
 
     def identity(self) -> dict:
         return {"model": self.flux.source, "revision": self.flux.revision, "scheduler": FLOW_SCHEDULER,
-                "family": self.family.name}  # fmt: skip
+                "family": self.family.name, "attribution": ATTRIBUTION}  # fmt: skip
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.flux.tokenizer_2, config.prompt_template, class_name)
@@ -105,7 +106,7 @@ class FluxGenerator:
         stride = 2 * self.pipe.vae_scale_factor  # the VAE's stride times FLUX's 2×2 latent patches
         if config.size % stride:
             raise InvalidSetting("size", f"{self.family.name} draws sides that are multiples of {stride}, got {config.size}")
-        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg=False)
+        recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
         model = self.flux.transformer
         original = model.attn_processors
         model.set_attn_processor({n: FluxAttributionProcessor(p, recorder, self.flux.text_len)
@@ -119,5 +120,5 @@ class FluxGenerator:
             ).images  # fmt: skip  (B, 3, size, size) in [0, 1]
         finally:
             model.set_attn_processor(original)
-        maps = recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32)
+        maps = recorder.maps().cpu().numpy().astype(np.float32)
         return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images * 2 - 1), maps, strict=True)]

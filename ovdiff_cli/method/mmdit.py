@@ -5,8 +5,8 @@ never forms the probabilities. `JointAttributionProcessor` wraps each layer's st
 before it runs, it projects the image queries and the text keys as the layer does and forms
 softmax(QKᵀ/√d) over the text keys for the image queries only — the image × text block, never the
 image × image part — and hands the class tokens' columns to the recorder. Normalised over the text
-tokens, the block means what SD1.5's cross-attention probabilities mean, and the recorder sums it
-over layers, heads and steps as it does for the UNet families.
+tokens, the block means what SD1.5's cross-attention probabilities mean, and the recorder upsamples,
+clamps and sums it over layers, heads and steps as it does for the UNet families.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..models.generators import GeneratorFamily
+from ..store.keys import ATTRIBUTION
 from ..types import Sample
 from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
@@ -66,7 +67,7 @@ class MMDiTGenerator:
 
     def identity(self) -> dict:
         return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": FLOW_SCHEDULER,
-                "family": self.family.name}  # fmt: skip
+                "family": self.family.name, "attribution": ATTRIBUTION}  # fmt: skip
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
@@ -76,7 +77,7 @@ class MMDiTGenerator:
         import torch
 
         cfg = config.guidance_scale > 1
-        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
+        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg, config.attribution_size)
         model = self.sd.transformer
         original = model.attn_processors
         model.set_attn_processor({n: JointAttributionProcessor(p, recorder) for n, p in original.items()})
@@ -94,5 +95,5 @@ class MMDiTGenerator:
             vae = self.sd.vae
             z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
             images = vae.decode(z).sample
-        maps = recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32)
+        maps = recorder.maps().cpu().numpy().astype(np.float32)
         return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]

@@ -3,19 +3,22 @@
 For each of fg and bg:
 - instance prototypes: the mean feature inside each support image's mask (Eq. 1);
 - the class prototype: the instances' mean weighted by mask size;
-- part prototypes: K-means centroids of the region's masked features (K=32 by default).
-Stuff classes keep fg prototypes only (paper §3 "Stuff filtering").
+- part prototypes: K-means centroids of all the region's masked features (K=32 by default), as the
+  authors' `KMeans(32, random_state=0, n_init="auto")` runs it.
+Stuff classes keep fg prototypes only (paper §3 "Stuff filtering"). Features are the extractors' raw
+ones, as the authors average and cluster them; matching normalises both sides (cosines).
 
 A class is built by streaming: support images pass through the extractor a batch at a time and a
-`RegionAccumulator` (one per feature space and region) keeps only the instance rows (one per image)
-and a bounded sample of masked cells for K-means, so memory does not grow with N. Features may be
-fp16/bf16; every sum is accumulated in fp32.
+`RegionAccumulator` (one per feature space and region) keeps the instance rows (one per image) and
+puts the masked cells in a `CellStore` (a device budget, then a spill file) that K-means reads in
+chunks, so memory does not grow with N. Features may be fp16/bf16; every sum is accumulated in fp32.
 """
 
 from __future__ import annotations
 
+import bisect
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -53,83 +56,239 @@ def class_prototype(instances: torch.Tensor, sizes: torch.Tensor) -> torch.Tenso
     return ((w[:, None] * instances.float()).sum(0) / w.sum())[None]
 
 
+# --------------------------------------------------------------------------- cells
+
+
+class CellStore:
+    """The masked cells of one region, appended image by image and read back in chunks as often as
+    K-means needs them (a pass per k-means++ centre and per Lloyd iteration).
+
+    On a GPU the first `device_room` bytes of rows stay on the device (a round trip through host
+    memory and disk costs more than K-means on CUDA); the rest, and every row on the CPU, go to an
+    unlinked temporary file in `spill_dir`, in the rows' dtype, read back one chunk at a time (the OS
+    page cache keeps a file that fits in memory). Memory held: at most `device_room`, whatever N.
+    """
+
+    def __init__(self, dim: int, spill_dir: str | None = None, device_room: int = 256 << 20):
+        self.dim, self.spill_dir, self._room = dim, spill_dir, device_room
+        self._file = None
+        self._parts: list[tuple[int, int, int, torch.Tensor | None]] = []  # (first row, rows, file row, kept rows or None)
+        self._n = self._filed = 0
+        self.dtype: torch.dtype = torch.float32
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> CellStore:
+        """A store of `rows` (P,D) as they are, in memory (a K-means on a tensor)."""
+        store = cls(rows.shape[1], device_room=0)
+        store.dtype, store.device, store._n = rows.dtype, rows.device, len(rows)
+        store._parts.append((0, len(rows), 0, rows))
+        return store
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, rows: torch.Tensor) -> None:
+        """rows (n,D), a gathered copy; every append has the first one's dtype and device."""
+        if not self._n:
+            self.dtype, self.device = rows.dtype, rows.device
+        if rows.is_cuda and rows.nbytes <= self._room:
+            self._room -= rows.nbytes
+            self._parts.append((self._n, len(rows), 0, rows))
+        else:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="ovdiff-parts-")
+            self._file.seek(self._filed * self._row_bytes())
+            self._file.write(rows.contiguous().cpu().view(torch.uint8).numpy().data)
+            self._parts.append((self._n, len(rows), self._filed, None))
+            self._filed += len(rows)
+        self._n += len(rows)
+
+    def _row_bytes(self) -> int:
+        return self.dim * torch.empty(0, dtype=self.dtype).element_size()
+
+    def _read(self, row: int, count: int) -> torch.Tensor:
+        buf = bytearray(count * self._row_bytes())
+        self._file.seek(row * self._row_bytes())
+        if self._file.readinto(buf) != len(buf):
+            raise OSError("the part-cell spill file is shorter than what was written to it")
+        return torch.frombuffer(buf, dtype=self.dtype).view(count, self.dim).to(self.device)
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row index, rows (n,D) on the store's device) in row order, n ≤ `CHUNK_ELEMENTS` / D."""
+        step = _chunk_rows(self.dim)
+        for first, count, filed, kept in self._parts:
+            for s in range(0, count, step):
+                n = min(step, count - s)
+                yield first + s, kept[s : s + n] if kept is not None else self._read(filed + s, n)
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows at these indices, (len(rows), D) on the store's device."""
+        firsts = [p[0] for p in self._parts]
+        out = []
+        for r in np.asarray(rows, np.int64).tolist():
+            first, _, filed, kept = self._parts[bisect.bisect_right(firsts, r) - 1]
+            out.append(kept[r - first : r - first + 1] if kept is not None else self._read(filed + r - first, 1))
+        return torch.cat(out)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._parts = []
+
+
 # --------------------------------------------------------------------------- K-means
+
+KMEANS_TOL = 1e-4  # scikit-learn's default, relative to the data's mean per-feature variance
+KMEANS_ITERS = 300  # scikit-learn's default max_iter
 
 
 def _scores(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """(P,D) any dtype, (K,D) float32 → (P,K) float32 ‖c‖² − 2 x·c: the squared distance up to ‖x‖²."""
-    c = centroids.to(points.dtype)
-    return (centroids * centroids).sum(1) - 2 * mm_f32(points, c.T)
+    """(P,D) float32, (K,D) float32 → (P,K) float32 ‖c‖² − 2 x·c: the squared distance up to ‖x‖²."""
+    return (centroids * centroids).sum(1) - 2 * mm_f32(points, centroids.T)
 
 
 def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Index of each point's nearest centroid, (P,) int64, in chunks of rows (bounded temporaries)."""
     step = _chunk_rows(points.shape[1])
-    return torch.cat([_scores(points[i : i + step], centroids).argmin(1) for i in range(0, len(points), step)])
+    c = centroids.float()
+    return torch.cat([_scores(points[i : i + step].float(), c).argmin(1) for i in range(0, len(points), step)])
 
 
-def _sq_dist_to(points: torch.Tensor, sq_norms: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """(P,D), their (P,) float32 squared norms, (D,) float32 → (P,) float32 squared distances.
+class _Centred:
+    """A store's rows less their mean, in fp32, chunk by chunk; with their squared norms.
 
-    ‖x‖² + ‖c‖² − 2 x·c, one matrix-vector product per chunk; values within rounding of zero (a point
-    on the centre) are set to exactly 0 so that k-means++ never draws it.
-    """
-    step = _chunk_rows(points.shape[1])
-    c = centre.to(points.dtype)[:, None]
-    dots = torch.cat([mm_f32(points[i : i + step], c)[:, 0] for i in range(0, len(points), step)])
-    cc = (centre * centre).sum()
-    d2 = sq_norms + cc - 2 * dots
-    return torch.where(d2 > 1e-5 * (sq_norms + cc), d2, torch.zeros_like(d2))
+    As scikit-learn does before K-means: distances ‖x‖² + ‖c‖² − 2x·c lose less to rounding near
+    the data than far from it. Also the tolerance: KMEANS_TOL × the mean per-feature variance."""
+
+    def __init__(self, cells: CellStore, tol: float):
+        total = torch.zeros(cells.dim, dtype=torch.float64, device=cells.device)
+        squares = torch.zeros_like(total)
+        for _, rows in cells.chunks():  # float64 sums of fp32 values: no float64 copy of a chunk
+            x = rows.float()
+            total += x.sum(0, dtype=torch.float64)
+            squares += (x * x).sum(0, dtype=torch.float64)
+        n = len(cells)
+        mean = total / n
+        self.tol = float((squares / n - mean * mean).clamp_min(0).mean()) * tol
+        self.cells, self.mean = cells, mean.float()
+        self.sq = torch.cat([(x * x).sum(1) for _, x in self.chunks()])
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for first, rows in self.cells.chunks():
+            yield first, rows.float() - self.mean
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        return self.cells.take(rows).float() - self.mean
+
+    def sq_dist(self, centres: torch.Tensor) -> torch.Tensor:
+        """(P,C) float32 squared distances to centres (C,D); values within rounding of zero (a point on
+        a centre) are exactly 0, so that k-means++ never draws it again."""
+        cc = (centres * centres).sum(1)
+        out = []
+        for first, x in self.chunks():
+            sq = self.sq[first : first + len(x), None]
+            d2 = sq + cc - 2 * mm_f32(x, centres.T)
+            out.append(torch.where(d2 > 1e-5 * (sq + cc), d2, torch.zeros_like(d2)))
+        return torch.cat(out)
 
 
-def kmeans(points: torch.Tensor, k: int, seed: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded K-means: k-means++ initialisation, then Lloyd iterations until the labels settle.
+def _kmeans_plusplus(data: _Centred, k: int, rng: np.random.RandomState) -> torch.Tensor:
+    """Greedy k-means++ (scikit-learn's): each new centre is the best, by the summed squared distance it
+    leaves, of 2 + ⌊ln k⌋ candidates drawn with probability ∝ squared distance to the nearest centre.
+    Stops early when every point sits on a centre (fewer distinct points than k). (k',D) centred."""
+    n = len(data.sq)
+    first = int(rng.choice(n, p=np.full(n, 1.0 / n)))
+    centres = [data.take(np.array([first]))]
+    d2 = data.sq_dist(centres[0])[:, 0]
+    pot = float(d2.double().sum())
+    trials = 2 + int(np.log(k))
+    while len(centres) < k and pot > 0:
+        draws = rng.uniform(size=trials) * pot
+        ids = np.minimum(np.searchsorted(np.cumsum(d2.double().cpu().numpy()), draws), n - 1)
+        candidates = data.take(ids)
+        left = torch.minimum(d2[:, None], data.sq_dist(candidates))
+        pots = left.double().sum(0)
+        best = int(pots.argmin())
+        pot, d2 = float(pots[best]), left[:, best]
+        centres.append(candidates[best : best + 1])
+    return torch.cat(centres)
 
-    points (P,D) float, any dtype and device (fp16/bf16 are used as they are, with fp32 sums) →
-    centroids (k', D) float32 and labels (P,) int64 on the points' device. k' = min(k, distinct
-    points): k-means++ never picks a point that coincides with a chosen centre, and stops when every
-    point does. Random draws come from a CPU generator seeded with `seed`: same input and seed →
-    same result. Distances and centroid sums run in row chunks of `CHUNK_ELEMENTS` (batched matmuls).
+
+def _lloyd_pass(data: _Centred, centres: torch.Tensor, sums: bool = True):
+    """One E step (and the M step's sums): labels (P,) int64, squared distance to the nearest centre
+    (P,) float32, per-centre sums (K,D) float32 and counts (K,) float32 (None without `sums`)."""
+    labels, dist = [], []
+    total = torch.zeros_like(centres) if sums else None
+    for first, x in data.chunks():
+        s = _scores(x, centres)
+        val, lab = s.min(1)
+        labels.append(lab)
+        dist.append((val + data.sq[first : first + len(x)]).clamp_min(0))
+        if sums:
+            total.index_add_(0, lab, x)
+    labels = torch.cat(labels)
+    counts = torch.bincount(labels, minlength=len(centres)).float() if sums else None
+    return labels, torch.cat(dist), total, counts
+
+
+def _relocate_empty(data: _Centred, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor,
+                    counts: torch.Tensor) -> None:  # fmt: skip
+    """scikit-learn's rule for a centre no point chose: it moves onto one of the points farthest from
+    their centres (one each), which leave their own clusters' sums. In place."""
+    empty = torch.nonzero(counts == 0).flatten()
+    if not len(empty) or not float(dist.max()) > 0:
+        return
+    far = torch.topk(dist, len(empty)).indices
+    rows = data.take(far.cpu().numpy())
+    for j, f, x in zip(empty.tolist(), far.tolist(), rows, strict=True):
+        old = int(labels[f])
+        sums[old] -= x
+        counts[old] -= 1
+        sums[j], counts[j] = x, 1
+
+
+def kmeans(
+    points: torch.Tensor | CellStore, k: int, seed: int, iters: int = KMEANS_ITERS, tol: float = KMEANS_TOL
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-means as scikit-learn's `KMeans(k, random_state=seed, n_init="auto")` runs it, streamed.
+
+    points: (P,D) float of any dtype and device, or a `CellStore` (read in chunks: memory does not
+    grow with P beyond a few floats per point). The data are centred on their mean; greedy k-means++
+    seeds k centres (random draws from `np.random.RandomState(seed)`); Lloyd iterations follow, at
+    most `iters`, until the labels repeat or the centres move by a summed squared shift ≤ tol × the
+    mean per-feature variance; a centre left empty moves to a far point. Every product and sum is fp32.
+    Returns centroids (k',D) float32 and labels (P,) int64 (each point's nearest centroid) on the
+    points' device; k' = min(k, distinct points).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    x = torch.as_tensor(points)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"points must be a non-empty (P,D) array, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.float()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    step = _chunk_rows(x.shape[1])
-    chunks = [x[i : i + step] for i in range(0, len(x), step)]
-    sq_norms = torch.cat([torch.linalg.vector_norm(c, dim=1, dtype=torch.float32) ** 2 for c in chunks])
-
-    # k-means++: each new centre drawn with probability ∝ squared distance to the nearest centre.
-    first = int(torch.randint(len(x), (1,), generator=gen))
-    centres = [x[first].float()]
-    d2 = _sq_dist_to(x, sq_norms, centres[0])
-    while len(centres) < k:
-        p = d2.double().cpu()
-        if not p.sum() > 0:
-            break  # every point sits on a centre: fewer distinct points than k
-        nxt = int(torch.multinomial(p, 1, generator=gen))
-        centres.append(x[nxt].float())
-        d2 = torch.minimum(d2, _sq_dist_to(x, sq_norms, centres[-1]))
-    centroids = torch.stack(centres)
-    k = len(centroids)
-
-    labels = nearest(x, centroids)
+    cells = points if isinstance(points, CellStore) else CellStore.of(torch.as_tensor(points))
+    if not isinstance(points, CellStore) and (points.ndim != 2 or not len(points)):
+        raise ValueError(f"points must be a non-empty (P,D) array, got shape {tuple(points.shape)}")
+    if not len(cells):
+        raise ValueError("K-means of no points")
+    data = _Centred(cells, tol)
+    centres = _kmeans_plusplus(data, k, np.random.RandomState(seed))
+    previous, converged = None, False
     for _ in range(iters):
-        sums = torch.zeros_like(centroids)
-        for i, c in zip(range(0, len(x), step), chunks, strict=True):
-            sums.index_add_(0, labels[i : i + step], c.float())
-        mass = torch.bincount(labels, minlength=k).float()
-        filled = mass > 0  # an emptied cluster keeps its centre
-        centroids[filled] = sums[filled] / mass[filled, None]
-        new = nearest(x, centroids)
-        if torch.equal(new, labels):
+        labels, dist, sums, counts = _lloyd_pass(data, centres)
+        _relocate_empty(data, labels, dist, sums, counts)
+        filled = counts > 0
+        new = centres.clone()
+        new[filled] = sums[filled] / counts[filled, None]
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        if previous is not None and torch.equal(labels, previous):
+            converged = True
             break
-        labels = new
-    return centroids, labels
+        if shift <= data.tol:
+            break
+        previous = labels
+    if not converged:
+        labels = _lloyd_pass(data, centres, sums=False)[0]
+    return centres + data.mean, labels
 
 
 # --------------------------------------------------------------------------- streaming
@@ -146,38 +305,30 @@ def cell_keys(seed: int, image: int, cells: int) -> np.ndarray:
 class RegionAccumulator:
     """One region (fg or bg) of one feature space, built from batches of support images.
 
-    Keeps per image its instance row and mask area (Eq. 1), and for K-means a uniform sample of at
-    most `max_points` masked cells: the cells with the smallest `cell_keys` (bottom-k sampling, so
-    the sample does not depend on the batch size or the order of `add` calls). Memory is bounded by
-    `max_points × dim` in the features' dtype plus N instance rows, whatever N.
-
-    part_labels: the nearest part centroid of every masked cell needs the final centroids, which
-    exist only once all images are seen. Each batch's masked cells are therefore spilled to an
-    unlinked temporary file (in the features' dtype, in `spill_dir`) and read back in chunks by
-    `finish` for that assignment: a second pass over disk, not over the extractor, and never more
-    than one chunk in memory. On a GPU the first `device_spill` bytes of them stay on the device
-    instead (a round trip through host memory and disk cost more than the K-means on CUDA); memory
-    is still bounded whatever N.
+    Keeps per image its instance row and mask area (Eq. 1), and every masked cell in a `CellStore`
+    (on the device up to a budget, else a spill file), so memory is bounded whatever N. K-means runs
+    on all the cells, as the authors' (`kmeans`, streamed over the store); its labels are the part of
+    every masked cell. With `max_points`, K-means runs instead on a uniform sample of at most that
+    many cells held in memory (the smallest `cell_keys`: bottom-k sampling, independent of batching
+    and order), faster for large N, and the part labels take a pass over the store.
     """
 
-    def __init__(self, dim: int, k: int, seed: int, iters: int = 30, max_points: int = 8192,
+    def __init__(self, dim: int, k: int, seed: int, iters: int = KMEANS_ITERS, max_points: int | None = None,
                  spill_dir: str | None = None, device_spill: int = 256 << 20):  # fmt: skip
-        if max_points < 1:
+        if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         self.dim, self.k, self.seed, self.iters, self.max_points = dim, k, seed, iters, max_points
-        self.spill_dir = spill_dir
         self.instances: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # image → (D,) Eq. 1 row, mask area
-        self.masks: dict[int, np.ndarray] = {}  # image → (h,w) bool, where its spilled cells go
+        self.masks: dict[int, np.ndarray] = {}  # image → (h,w) bool, where its stored cells go
         self.grid: tuple[int, int] | None = None
+        self.cells = CellStore(dim, spill_dir, device_spill)
+        self._order: list[int] = []  # images in the order their cells were stored
         self._points: torch.Tensor | None = None  # (max_points, D) sample, the first len(_keys) rows filled
         self._keys = np.zeros(0)
-        self._spill = None
-        self._spilled: list[tuple[int, int, torch.Tensor | None]] = []  # (image, cells, rows kept on the GPU or None: in the file)
-        self._device_room = device_spill
 
     @property
     def sample(self) -> tuple[np.ndarray, torch.Tensor | None]:
-        """The cells held for K-means: keys (n,) float64 and points (n,D), n ≤ max_points (None before any)."""
+        """The sampled cells (with `max_points`): keys (n,) float64 and points (n,D), n ≤ max_points."""
         n = len(self._keys)
         return self._keys.copy(), None if self._points is None else self._points[:n]
 
@@ -211,8 +362,10 @@ class RegionAccumulator:
             if not len(cells):
                 continue
             cols = features[j].flatten(1).T  # (h·w, D), a view: rows gathered from it are copied once
-            self._sample(cols, cells, cell_keys(self.seed, i, h * w)[m_np[j].flatten()])
-            self._write(i, cols[cells])
+            if self.max_points is not None:
+                self._sample(cols, cells, cell_keys(self.seed, i, h * w)[m_np[j].flatten()])
+            self.cells.append(cols[cells])
+            self._order.append(i)
 
     def _sample(self, cols: torch.Tensor, cells: torch.Tensor, keys: np.ndarray) -> None:
         """Merge one image's masked cells into the bottom-`max_points` sample by key."""
@@ -234,40 +387,15 @@ class RegionAccumulator:
         self._keys = np.concatenate([self._keys, np.zeros(len(slots) - len(evicted))])
         self._keys[slots] = keys[incoming]
 
-    def _write(self, image: int, rows: torch.Tensor) -> None:
-        """Keep one image's masked cells (rows: a gathered copy) for `_part_labels`: on the GPU while
-        there is room, else in the spill file."""
-        if rows.is_cuda and rows.nbytes <= self._device_room:
-            self._device_room -= rows.nbytes
-            self._spilled.append((image, len(rows), rows))
-            return
-        if self._spill is None:
-            self._spill = tempfile.TemporaryFile(dir=self.spill_dir, prefix="ovdiff-parts-")
-        self._spill.write(rows.contiguous().cpu().view(torch.uint8).numpy().data)
-        self._spilled.append((image, len(rows), None))
-
-    def _part_labels(self, centroids: torch.Tensor, dtype: torch.dtype, device: torch.device) -> np.ndarray:
-        """(N,h,w) int16 nearest centroid of every masked cell, −1 elsewhere, read back from the spill."""
-        n = max(self.masks) + 1
-        labels = np.full((n, *self.grid), -1, np.int16)
-        if self._spill is not None:
-            self._spill.seek(0)
-        row_bytes = self.dim * torch.empty(0, dtype=dtype).element_size()
-        for image, cells, kept in self._spilled:
-            out = labels[image]
-            if kept is not None:
-                out[self.masks[image]] = nearest(kept, centroids).cpu().numpy().astype(np.int16)
-                continue
-            got = []
-            for start in range(0, cells, _chunk_rows(self.dim)):
-                count = min(_chunk_rows(self.dim), cells - start)
-                buf = bytearray(count * row_bytes)
-                if self._spill.readinto(buf) != len(buf):
-                    raise OSError("the part-label spill file is shorter than what was written to it")
-                rows = torch.frombuffer(buf, dtype=dtype).view(count, self.dim).to(device)
-                got.append(nearest(rows, centroids).cpu().numpy())
-            out[self.masks[image]] = np.concatenate(got).astype(np.int16)
-        return labels
+    def _part_labels(self, labels: np.ndarray) -> np.ndarray:
+        """(N,h,w) int16: each stored cell's label (`labels`, in store order) in its image, −1 elsewhere."""
+        out = np.full((max(self.masks) + 1, *self.grid), -1, np.int16)
+        start = 0
+        for image in self._order:
+            n = int(self.masks[image].sum())
+            out[image][self.masks[image]] = labels[start : start + n]
+            start += n
+        return out
 
     def finish(self) -> dict[str, np.ndarray]:
         """float32 "class" (1,D), "instance" (N',D), "part" (K',D); int64 "instance_src" (N',), the
@@ -278,24 +406,25 @@ class RegionAccumulator:
         kept = sorted(self.instances)
         empty = np.zeros((0, self.dim), np.float32)
         out = {"class": empty, "instance": empty, "part": empty, "instance_src": np.asarray(kept, np.int64)}
+        labels = np.zeros(0, np.int16)
         if kept:
             inst = torch.stack([self.instances[i][0] for i in kept])
             sizes = torch.stack([self.instances[i][1] for i in kept])
-            centroids, _ = kmeans(self._points[: len(self._keys)], self.k, self.seed, self.iters)
+            if self.max_points is None:
+                centroids, lab = kmeans(self.cells, self.k, self.seed, self.iters)
+            else:
+                centroids, _ = kmeans(self._points[: len(self._keys)], self.k, self.seed, self.iters)
+                lab = torch.cat([nearest(x, centroids) for _, x in self.cells.chunks()])
+            labels = lab.cpu().numpy().astype(np.int16)
             out.update({"class": class_prototype(inst, sizes).cpu().numpy(), "instance": inst.cpu().numpy(),
                         "part": centroids.cpu().numpy()})  # fmt: skip
-        dtype = self._points.dtype if self._points is not None else torch.float32
-        device = self._points.device if self._points is not None else torch.device("cpu")
-        out["part_labels"] = self._part_labels(torch.from_numpy(out["part"]).to(device), dtype, device)
+        out["part_labels"] = self._part_labels(labels)
         self.close()
         return out
 
     def close(self) -> None:
-        """Drop the spill file (also done by `finish`)."""
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
-        self._spilled = []
+        """Drop the stored cells (also done by `finish`)."""
+        self.cells.close()
 
 
 # --------------------------------------------------------------------------- one class
@@ -325,8 +454,8 @@ def build_prototypes(
     k: int,
     seed: int,
     stuff: bool,
-    iters: int = 30,
-    max_points: int = 8192,
+    iters: int = KMEANS_ITERS,
+    max_points: int | None = None,
     spill_dir: str | None = None,
 ) -> dict[str, np.ndarray]:
     """All arrays of one class, named as the cache stores them, from batches of support images.
@@ -334,8 +463,8 @@ def build_prototypes(
     batches: (features (B,D,h,w) float, any dtype/device; fg, bg (B,h,w) bool on the features'
     grid) in image order; each is folded into the accumulators and can be freed before the next is
     made. Returns "fg/class", "fg/instance", "fg/part", "fg/instance_src", "fg/part_labels", and the
-    same under "bg/" unless `stuff`. bg uses seed+1 for its sample and K-means so fg and bg draws
-    differ. The masks themselves are stored by the caller, on the mask grid (`encode_masks`).
+    same under "bg/" unless `stuff`. Both regions cluster with the same seed, as the authors' (one
+    `random_state` for fg and bg). The masks themselves are stored by the caller, on the mask grid (`encode_masks`).
     """
     groups = ("fg",) if stuff else ("fg", "bg")
     accs: dict[str, RegionAccumulator] = {}
@@ -343,8 +472,8 @@ def build_prototypes(
     try:
         for feats, fg, bg in batches:
             if not accs:
-                accs = {g: RegionAccumulator(feats.shape[1], k, seed + j, iters, max_points, spill_dir=spill_dir)
-                        for j, g in enumerate(groups)}  # fmt: skip
+                accs = {g: RegionAccumulator(feats.shape[1], k, seed, iters, max_points, spill_dir=spill_dir)
+                        for g in groups}  # fmt: skip
             region = {"fg": fg, "bg": bg}
             for g, acc in accs.items():
                 acc.add(feats, region[g], first)

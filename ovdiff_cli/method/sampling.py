@@ -1,9 +1,10 @@
 """Paper §3 "Support set generation": Stable Diffusion draws each class's support set, with attribution maps.
 
 Stable Diffusion draws N images of "A good picture of a <class>"; while it denoises, the
-cross-attention probabilities of the class-name tokens are summed over every cross-attention
-layer, head and step (conditional branch only, as in DAAM): that sum is the attribution map A_n
-the masks stage uses to pick foreground and background. Images are seeded one by one, so image i
+cross-attention probabilities of the class-name tokens are upsampled (bicubic, clamped at 0) per
+layer, head and token and summed over them and over the steps (conditional branch only, as in DAAM
+and the authors' `sd.py`): that sum is the attribution map A_n the masks stage uses to pick
+foreground and background. Images are seeded one by one, so image i
 of a class starts from the same noise whatever the vocabulary or an interruption in between (and,
 with the same batch size, has the same pixels; other batch sizes may differ by float rounding).
 """
@@ -22,7 +23,7 @@ import numpy as np
 from .. import names
 from ..store.cache import Cache, now_iso
 from ..errors import IncompleteSupportSet, InvalidSetting, NoSupportSet, OvdiffError
-from ..store.keys import SCHEDULER, support_id
+from ..store.keys import ATTRIBUTION, SCHEDULER, support_id
 from ..types import Sample
 
 if TYPE_CHECKING:
@@ -101,43 +102,38 @@ def note_long_name(name: str, n_tokens: int, kept: int, context: int) -> None:
 
 
 class AttributionRecorder:
-    """Sums class-token cross-attention probabilities per attention resolution.
+    """The class tokens' attribution map, summed as the authors' DAAM store does (sdov `sd.py`).
 
-    `sums[n]`: (B, n) float32, n = h*w query positions of one UNet level, summed over that level's
-    layers, heads and the denoising steps so far.
+    Every captured layer's probability map of each head and class token is resized to size×size
+    bicubically and clamped at 0 (bicubic overshoots below 0 beside sharp peaks; the clamp applies
+    to each map before the sum, not to the sum), then added over heads, tokens, layers and steps.
+    Levels smaller than `size` are upsampled, larger ones downsampled with antialiasing. `total`:
+    (B, size, size) float32 once a layer was captured.
     """
 
-    def __init__(self, token_indices: list[int], cfg: bool):
-        self.token_indices = token_indices
-        self.cfg = cfg
-        self.sums: dict[int, torch.Tensor] = {}
+    def __init__(self, token_indices: list[int], cfg: bool, size: int):
+        self.token_indices, self.cfg, self.size = token_indices, cfg, size
+        self.total: torch.Tensor | None = None
 
     def add(self, probs: torch.Tensor) -> None:
-        """probs: (B, heads, n, tokens) softmax over the text tokens, conditional images only."""
-        m = probs[..., self.token_indices].sum(dim=(1, 3), dtype=probs.dtype)
-        if m.shape[1] in self.sums:
-            self.sums[m.shape[1]] += m
-        else:
-            self.sums[m.shape[1]] = m
-
-    def maps(self, size: int) -> torch.Tensor:
-        """(B, size, size) float32 >= 0: each level bilinearly resized to size×size, then summed.
-
-        Levels are square because the sampled images are (config.size is one side length).
-        """
+        """probs: (B, heads, n, tokens) softmax over the text tokens, conditional images only; the n
+        query positions are a square grid (the sampled images are square: config.size is one side)."""
         import torch.nn.functional as F
 
-        total = None
-        for n, m in self.sums.items():
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(f"cross-attention over {n} positions is not a square grid")
-            up = F.interpolate(m.reshape(-1, 1, side, side), size=(size, size), mode="bilinear",
-                               align_corners=False, antialias=side > size)[:, 0]
-            total = up if total is None else total + up
-        if total is None:
+        b, heads, n, _ = probs.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"cross-attention over {n} positions is not a square grid")
+        m = probs[..., self.token_indices].float().permute(0, 1, 3, 2).reshape(b, -1, side, side)
+        up = F.interpolate(m, size=(self.size, self.size), mode="bicubic", align_corners=False,
+                           antialias=side > self.size).clamp_(min=0).sum(1)  # fmt: skip
+        self.total = up if self.total is None else self.total.add_(up)
+
+    def maps(self) -> torch.Tensor:
+        """(B, size, size) float32 >= 0: the sum so far."""
+        if self.total is None:
             raise ValueError("no cross-attention was captured: the UNet has no attn2 layers")
-        return total
+        return self.total
 
 
 class CapturingCrossAttnProcessor:
@@ -225,7 +221,7 @@ class SDGenerator:
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": SCHEDULER}
+        return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": SCHEDULER, "attribution": ATTRIBUTION}
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
@@ -240,7 +236,7 @@ class SDGenerator:
 
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
-        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg)
+        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg, config.attribution_size)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         original = unet.attn_processors
         unet.set_attn_processor(capture_processors(unet, recorder))
@@ -270,7 +266,7 @@ class SDGenerator:
             # Decoded here, in the VAE's own dtype: it stays fp32 when the UNet runs fp16.
             vae = self.sd.vae
             images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        maps = recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32)
+        maps = recorder.maps().cpu().numpy().astype(np.float32)
         return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
 
 
@@ -284,7 +280,7 @@ class SDGenerator:
         from .features import SD_TIMESTEP
 
         sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
-        recorder = AttributionRecorder(self.token_indices(class_name, config), cfg=False)
+        recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
         tok = sd.tokenizer
         ids = tok([config.prompt_template.format(class_name)], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids  # fmt: skip
@@ -302,7 +298,7 @@ class SDGenerator:
                 unet(zt.to(unet.dtype), t, encoder_hidden_states=text.expand(len(images), -1, -1).to(unet.dtype))
         finally:
             unet.set_attn_processor(original)
-        return list(recorder.maps(config.attribution_size).cpu().numpy().astype(np.float32))
+        return list(recorder.maps().cpu().numpy().astype(np.float32))
 
 
 # --------------------------------------------------------------------------- support sets

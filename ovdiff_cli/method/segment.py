@@ -1,4 +1,4 @@
-"""Paper §3 "Segmentation via prototype matching": the segmenter, and the folder-streaming job around it.
+"""Paper §3 "Segmentation via prototype matching": the segmenter.
 
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
 1. category pre-filter: the thing classes CLIP sees in the working image, plus every stuff class (optional);
@@ -12,19 +12,15 @@
 `encode_image` runs only the backbones' half (the image side of step 1, and step 3's features) and
 `Segmenter.predict_encoded` the rest, so one image's features serve any number of vocabularies.
 
-`segment_paths` streams a list of inputs through it a small group at a time (`image_batch` images
-whose windows share the extractor's batches): each group is read, segmented and written before the
-next is read, and a bad image is recorded and skipped. `OutputWriter` writes the results of any
-engine (the Ray engine in `distributed` too); `resume` splits and resumes a job.
+The folder job around it (reading images, writing masks, engines, resuming) is `engines/folder.py`:
+this module reads and writes no file.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,8 +29,6 @@ from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .filter import CategoryFilter
 from .targets import working_image
-from ..io.images import ImageError, InputImage, load_image, overlay_picture, save_json, save_picture, staged
-from ..io.masks import MaskWriter, format_note, png_kind
 from .matching import (
     NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
     union_labels, upsample_argmax, window_features,
@@ -110,7 +104,6 @@ class Segmenter:
                  refiner: Refiner | None = None):  # fmt: skip
         if not classes:
             raise OvdiffError("no classes to segment with")
-        png_kind(len(classes))  # refuses more classes than a 16-bit mask holds
         names = [p.name for p in parts]
         for c in classes:
             if set(names) - set(c.parts):
@@ -309,190 +302,3 @@ def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: Segment
 def _check_image(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-
-
-# --------------------------------------------------------------------------- the folder job
-
-
-@dataclass
-class JobSummary:
-    """What a `segment_paths` run did: images written, failures (input, reason), time spent, and per
-    written image its input, mask file and segments (`image_record`)."""
-
-    written: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    images: list[dict] = field(default_factory=list)
-
-    @property
-    def seconds_per_image(self) -> float:
-        return self.seconds / self.written if self.written else float("nan")
-
-
-def legend(names: list[str], background: bool, fmt: str = "png") -> dict:
-    """The classes.json legend: mask value → class name and colour (the VOC palette's, cycled past 255)."""
-    from ..io.palette import voc_palette
-
-    pal = voc_palette()
-    entries = ([("background", 0)] if background else []) + [(n, k + 1) for k, n in enumerate(names)]
-    return {
-        "format": format_note(fmt, len(names)),
-        "mask_format": fmt if fmt != "png" else f"png-{png_kind(len(names))}",
-        "labels": [{"index": i, "name": n, "color": [int(c) for c in pal[i % len(pal)]]} for n, i in entries],
-    }
-
-
-_FAILURES = (ImageError, OSError, ValueError, torch.OutOfMemoryError)
-
-
-def _describe(item: InputImage, e: Exception) -> str:
-    if isinstance(e, torch.OutOfMemoryError):
-        torch.cuda.empty_cache()
-    return str(e) if isinstance(e, ImageError) else f"{item.path}: {type(e).__name__}: {e}"
-
-
-def _predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool,
-                   scores: bool = False) -> list[Segmentation | Exception]:  # fmt: skip
-    """Segment a group together; if that fails, image by image, so one bad image fails alone."""
-    try:
-        return segmenter.predict_many(images, explain, scores)
-    except _FAILURES as e:
-        if len(images) == 1:
-            return [e]
-    out: list[Segmentation | Exception] = []
-    for image in images:
-        try:
-            out.append(segmenter.predict(image, explain, scores))
-        except _FAILURES as e:
-            out.append(e)
-    return out
-
-
-class OutputWriter:
-    """Writes each image's outputs into `out_dir` and keeps the job's summary, whatever engine segmented it.
-
-    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
-    message when it failed). `masks` writes the masks in their format (default: PNG); closed by `finish`.
-    """
-
-    def __init__(
-        self,
-        class_names: list[str],
-        out_dir: Path,
-        overlay: bool = False,
-        explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
-        on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
-        masks: MaskWriter | None = None,
-    ):
-        self.out_dir, self.overlay, self.explainer, self.on_image = Path(out_dir), overlay, explainer, on_image
-        self.masks = masks or MaskWriter(self.out_dir, len(class_names))
-        self.names = {0: "background", **{k + 1: n for k, n in enumerate(class_names)}}
-        self.summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
-        self._start = time.perf_counter()
-
-    def failed(self, item: InputImage, error: str) -> None:
-        self.summary.failures.append((str(item.path), error))
-        if self.on_image is not None:
-            self.on_image(item, None, error)
-
-    def write(self, item: InputImage, seg: Segmentation, image: np.ndarray | None = None, io_time: float = 0.0) -> None:
-        """The mask (and overlay, explanation) of one image; `image` is read again if they need it and it is None."""
-        try:
-            t0 = time.perf_counter()
-            with staged():  # the image's files appear together, only when all are complete
-                self.masks.write(item.name, seg.labels, seg.scores, output_file_name(item), seg.stats)
-                if image is None and (self.overlay or self.explainer is not None):
-                    image = load_image(item.path)
-                if self.overlay:
-                    save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
-                if self.explainer is not None:
-                    self.explainer(item, image, seg, self.out_dir / "explain")
-            seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
-        except _FAILURES as e:
-            self.masks.discard(item.name)
-            self.failed(item, _describe(item, e))
-            return
-        for k, v in seg.timings.items():
-            self.summary.timings[k] = self.summary.timings.get(k, 0.0) + v
-        self.summary.written += 1
-        self.summary.images.append(image_record(item, self.masks.path(item.name), seg, self.names))
-        if self.on_image is not None:
-            self.on_image(item, seg, None)
-
-    def finish(self) -> JobSummary:
-        self.masks.close()
-        self.summary.seconds = time.perf_counter() - self._start
-        return self.summary
-
-
-def output_file_name(item: InputImage) -> str:
-    """The image's file name with its extension, under the folder its outputs mirror (COCO's file_name)."""
-    return (Path(item.name).parent / item.path.name).as_posix()
-
-
-def image_record(item: InputImage, mask: Path, seg: Segmentation, names: dict[int, str]) -> dict:
-    """One image of `segment --json`: input, mask file, classes present, and per label present (background
-    too) its area in pixels and mean winning score (None where unknown)."""
-    areas = np.bincount(seg.labels.ravel())
-    present = np.flatnonzero(areas).tolist()
-    segments = [{"label": names[k], "index": k, "area": int(areas[k]),
-                 "score": round(seg.stats[k][1], 6) if k in seg.stats else None} for k in present]  # fmt: skip
-    return {"input": str(item.path), "mask": str(mask), "classes": [names[k] for k in present if k > 0], "segments": segments}
-
-
-def segment_paths(
-    segmenter: Segmenter,
-    inputs: Iterable[InputImage],
-    out_dir: Path,
-    overlay: bool = False,
-    explainer: Callable[[InputImage, np.ndarray, Segmentation, Path], None] | None = None,
-    on_image: Callable[[InputImage, Segmentation | None, str | None], None] | None = None,
-    image_batch: int = 4,
-    writer: MaskWriter | None = None,
-) -> JobSummary:
-    """Segment each input into `out_dir/<name>.png` (+ overlays/<name>.jpg, explain/…); skip bad images.
-
-    Inputs are read `image_batch` at a time and segmented together (their windows share the
-    extractor's batches); memory is bounded by that group, whatever the number of inputs.
-    `on_image(item, segmentation, error)` is called after each input (segmentation None and an error
-    message when it failed). `writer` picks the mask format (default: PNG); it is closed at the end.
-    """
-    out = OutputWriter([c.name for c in segmenter.classes], out_dir, overlay, explainer, on_image, writer)
-    stream = iter(inputs)
-    while group := list(itertools.islice(stream, max(1, image_batch))):
-        loaded: list[tuple[InputImage, np.ndarray, float]] = []
-        for item in group:
-            t0 = time.perf_counter()
-            try:
-                loaded.append((item, load_image(item.path), time.perf_counter() - t0))
-            except _FAILURES as e:
-                out.failed(item, _describe(item, e))
-        segs = _predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
-                              out.masks.save_scores) if loaded else []  # fmt: skip
-        for (item, image, io_time), seg in zip(loaded, segs, strict=True):
-            if isinstance(seg, Exception):
-                out.failed(item, _describe(item, seg))
-            else:
-                out.write(item, seg, image, io_time)
-        del loaded, segs  # the next group replaces this one: memory does not grow with the inputs
-    return out.finish()
-
-
-def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
-    """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image)."""
-    per = summary.written or 1
-    return {
-        "out": str(out_dir), "format": fmt, "legend": str(Path(out_dir) / "classes.json"), "classes": list(names),
-        "images": len(items), "written": summary.written, "failed": len(summary.failures),
-        "failures": [{"input": path, "error": error} for path, error in summary.failures],
-        "seconds": summary.seconds, "seconds_per_image": summary.seconds_per_image if summary.written else None,
-        "stage_seconds_per_image": {k: v / per for k, v in summary.timings.items()},
-        "per_image": summary.images,
-    }  # fmt: skip
-
-
-def save_legend(names: list[str], background: bool, out_dir: Path, fmt: str = "png") -> Path:
-    path = Path(out_dir) / "classes.json"
-    save_json(legend(names, background, fmt), path)
-    return path

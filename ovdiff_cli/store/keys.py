@@ -19,10 +19,14 @@ if TYPE_CHECKING:
 
 PROTO_VERSION = 4  # bump when the way prototypes are computed changes: old entries are then rebuilt
 # prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
-# prototypes 4 (issue 23, the authors' method): CLIP features of ImageNet-normalised pixels
+# prototypes 4 (issue 23): raw features averaged and clustered; scikit-learn's K-means on every masked
+# cell; each part's masks reduced from the images' resolution in one step; CLIP features of
+# ImageNet-normalised pixels (one bump for all of issue 23)
 MASK_VERSION = 2  # bump when the way support masks are computed changes: their classes are then rebuilt
 # masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
+ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
+# 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
 
 
 # --------------------------------------------------------------------------- identities of models
@@ -47,8 +51,9 @@ def generator_identity(specs: ModelSpecs) -> dict:
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
         scheduler = "flow-match-euler" if family.pipeline in MMDIT_PIPELINES else SCHEDULER  # FLOW_SCHEDULER
         return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
-                "family": family.name}  # fmt: skip
-    return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER}
+                "family": family.name, "attribution": ATTRIBUTION}  # fmt: skip
+    return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER,
+            "attribution": ATTRIBUTION}  # fmt: skip
 
 
 def clip_text_id(source: str, weights_seed: int) -> str:

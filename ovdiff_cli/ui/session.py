@@ -116,7 +116,7 @@ class DemoSession:
         (the classes the category filter kept).
         """
         from ..io.images import overlay_picture
-        from ..method.segment import legend
+        from ..io.legend import legend
 
         names = self.class_names(classes)
         image = self.read_image(data)
