@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.eval.classnames import KIND_LISTS
 
 from test_evaluate import fake_voc, naive_miou, random_preds
 
@@ -83,4 +84,12 @@ def test_eval_real_voc_image_end_to_end_on_tiny(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 1 and 0.0 <= metrics["miou"] <= 1.0
     assert metrics["per_class_iou"]["dog"] is not None  # the dog is in the ground truth: scored
-    assert "dining table" in (out / "report.html").read_text()
+    assert "table" in metrics["classes"] and "dining table" not in metrics["classes"]  # the authors' VOC name
+    # ... built as a thing, as the authors' Table C.9 has it (the stuff table alone would make "table" stuff)
+    from ovdiff_cli.engines.vocab import find_classes
+    from ovdiff_cli.store.cache import Cache
+
+    kinds = {rec["name"]: rec["kind"] for _, rec in find_classes(Cache(tmp_path / "c"))}
+    assert kinds["table"] == "thing" and set(kinds.values()) == {"thing"}
+    assert metrics["protocol"]["kinds"] == {"list": KIND_LISTS["authors"], "stuff": []}
+    assert "the authors'" in res.output  # the run names the list it used

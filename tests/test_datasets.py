@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovdiff_cli.eval.classnames import CORRECTIONS, RAW_CLASSES
+from ovdiff_cli.eval.classnames import CORRECTIONS, KIND_LISTS, RAW_CLASSES
 from ovdiff_cli.eval.datasets import DATASET_NAMES, load_dataset
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.io.palette import voc_palette
@@ -171,6 +171,16 @@ def test_corrected_and_raw_names(tmp_path):
     assert sum(len(v) for v in CORRECTIONS.values()) == 14  # App. C.3: "resulting in 14 fixes"
     root, _ = make_tree(tmp_path, "context59")
     assert "computer mouse" in load_dataset("context59", root).classes
+
+
+def test_benchmark_kinds_are_the_authors_and_custom_classes_take_the_table(tmp_path):
+    root, _ = make_tree(tmp_path, "context")
+    kinds = load_dataset("context", root).kinds()
+    assert "background" not in kinds and len(kinds) == 59
+    assert (kinds["door"], kinds["tree"], kinds["wall"], kinds["table"]) == ("thing", "thing", "stuff", "thing")
+    assert load_dataset("context", root).kinds_record()["stuff"][:3] == ["bedclothes", "ceiling", "cloth"]
+    custom = load_dataset("context", root, custom_classes=["door", "wall"])
+    assert custom.kinds() is None and custom.kinds_record() == {"list": KIND_LISTS["table"], "stuff": None}
 
 
 @pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason="shared VOC sample not present")

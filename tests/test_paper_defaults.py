@@ -76,12 +76,43 @@ def test_voc_class_names_with_the_papers_corrections():
 
     assert class_names("voc") == [
         "background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-        "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "monitor",
-    ]  # fmt: skip
+        "table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "monitor",
+    ]  # fmt: skip  (the authors' VOC list: "table", not "dining table")
     assert class_names("voc20") == class_names("voc")[1:]
     # tvmonitor is "monitor" in Context too (Table C.9 lists its classes as prompted)
     context = class_names("context")
     assert context[55] == "monitor" and class_names("context", raw=True)[55] == "tvmonitor"
+
+
+def test_the_authors_prompt_overlay_on_ade():
+    from ovdiff_cli.eval.classnames import class_names
+
+    fixed, raw = class_names("ade"), class_names("ade", raw=True)
+    changed = {r: f for r, f in zip(raw, fixed, strict=True) if r != f}
+    assert changed == {"tank": "liquid tank", "blind": "window blinds", "hood": "cooker hood", "ashcan": "wastebin",
+                       "case": "shop case", "apparel": "clothing"}  # fmt: skip
+    assert "computer keyboard" in class_names("stuff")  # the overlay applies wherever "keyboard" occurs
+
+
+def test_benchmark_kinds_are_the_authors_table_c9():
+    """VOC, Context, Object and ADE: the authors' thing/stuff answer, errors included; "table" a thing.
+    COCO-Stuff and Cityscapes (not in their answer): None, so the stuff table decides."""
+    from ovdiff_cli.eval.classnames import class_kinds, class_names, kind_list
+
+    def stuff_of(ds: str) -> list[str]:
+        return [n for n, k in zip(class_names(ds), class_kinds(ds), strict=True) if k == "stuff" and n != "background"]
+
+    assert stuff_of("voc") == [] and stuff_of("voc20") == [] and stuff_of("object") == []
+    assert stuff_of("context59") == stuff_of("context") == [
+        "bedclothes", "ceiling", "cloth", "curtain", "fence", "floor", "grass", "ground", "mountain", "platform",
+        "road", "rock", "sidewalk", "sky", "snow", "track", "wall", "water", "wood",
+    ]  # fmt: skip
+    assert stuff_of("ade") == [
+        "wall", "sky", "floor", "ceiling", "road", "grass", "sidewalk", "mountain", "curtain", "water", "fence",
+        "rock", "step", "trade name", "lake", "blanket", "tray", "glass",
+    ]  # fmt: skip
+    assert class_kinds("stuff") is None and class_kinds("cityscapes") is None
+    assert kind_list("ade") == "authors" and kind_list("cityscapes") == "table"
 
 
 # --------------------------------------------------------------------------- sampling (behaviour)

@@ -153,6 +153,7 @@ def eval_cmd(
         if offset is not None:
             raise OvdiffError("--offset only applies to --pred")
         seed_list = _parse_seeds(seeds, seed)
+        run.say(f"thing/stuff kinds: {escape(ds.kinds_record()['list'])}")
         with engine_session(engine, address):
             results = [_score(run, ds, _model_predictor(run, ds, s, engine, workers), f"seed {s}") for s in seed_list]
         record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
@@ -217,7 +218,7 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local",
     from ..engines.folder import build_vocabulary
     from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
 
-    names = benchmark_classes(ds)
+    names, kinds = benchmark_classes(ds), ds.kinds()
     with run.progress() as bar:
         task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
         built: set[str] = set()
@@ -227,7 +228,7 @@ def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local",
             stage = "prototypes" if stage == "ray" else stage
             bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
 
-        classes = build_vocabulary(run.pipe, names, engine=engine, workers=workers, on_event=on_event, seed=seed)
+        classes = build_vocabulary(run.pipe, names, kinds, engine=engine, workers=workers, on_event=on_event, seed=seed)
         bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
     if engine == "ray":
         from ..engines.raycluster import dataset_predictions

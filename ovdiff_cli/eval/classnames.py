@@ -14,10 +14,15 @@ its text encoder; `CORRECTIONS` counts 4 (VOC) + 5 (Context) + 5 (Object) = 14. 
 Context-59 share their parent's fixes. ADE, COCO-Stuff and Cityscapes (Table A.8, "following TCL")
 keep their names.
 
-The authors' VOC list also shortens diningtable to "table"; we keep "dining table". Our stuff table
-follows COCO-Stuff, where "table" is a stuff label and "dining table" a thing: "table" would drop the
-class's background prototypes and keep it out of the CLIP filter, while the authors (Table C.9) treat
-it as a thing. "dining table" gives the authors' kind with a prompt for the same object.
+The authors' VOC list (mmdata.py) also shortens diningtable to "table", and prompts it so: we do
+the same. "table" is a stuff label in COCO-Stuff, so the benchmarks do not take their kinds from our
+stuff table (`method/stuff.py`, for user vocabularies) but from the authors' thing/stuff answer
+(Table C.9, `IS_STUFF` in mmdata.py), where "table" is a thing: `class_kinds`. That answer covers
+VOC, Context and ADE, and calls every COCO-Object class a thing; COCO-Stuff and Cityscapes, which it
+does not list, keep our table.
+
+The authors' predict.py also applies, by default, a prompt overlay to every benchmark's names
+(`PROMPT_OVERLAY`): six ADE names and "keyboard". It is not one of App. C.3's 14 fixes.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ RAW_CLASSES: dict[str, tuple[str, ...]] = {
 CORRECTIONS: dict[str, dict[str, str]] = {
     "voc": {
         "aeroplane": "airplane",  # word (paper's example)
-        "diningtable": "dining table",  # error
+        "diningtable": "table",  # error (the authors' VOC list)
         "pottedplant": "potted plant",  # error (paper's example)
         "tvmonitor": "monitor",  # error (the authors' VOC list)
     },
@@ -129,11 +134,46 @@ CORRECTIONS: dict[str, dict[str, str]] = {
 
 FAMILY = {"voc": "voc", "voc20": "voc", "context": "context", "context59": "context", "object": "object"}
 
+# The authors' prompt overlay (sdov mmdata.py, on unless predict.py's --no-overlay): raw name → prompt.
+PROMPT_OVERLAY = {
+    "tank": "liquid tank", "blind": "window blinds", "hood": "cooker hood", "ashcan": "wastebin",
+    "case": "shop case", "keyboard": "computer keyboard", "apparel": "clothing",
+}  # fmt: skip
+
+# The names the authors' ChatGPT answer calls stuff (Table C.9; mmdata.py's IS_STUFF), errors and all
+# (App. C.6 names glass, blanket and trade name as wrong, yet the runs used them). Their code takes
+# every name it does not list as a thing.
+AUTHORS_STUFF = frozenset({
+    "background", "bedclothes", "blanket", "ceiling", "cloth", "curtain", "fence", "floor", "glass", "grass",
+    "ground", "lake", "mountain", "platform", "road", "rock", "sidewalk", "sky", "snow", "step", "track",
+    "trade name", "tray", "wall", "water", "wood",
+})  # fmt: skip
+AUTHORS_KINDS = ("voc", "voc20", "context", "context59", "object", "ade")  # the benchmarks their answer covers
+
+KIND_LISTS = {
+    "authors": "the authors' (Table C.9, sdov mmdata.py IS_STUFF; unlisted names are things)",
+    "table": "ovdiff's stuff table, as for a vocabulary of one's own (the authors list none for these classes)",
+}
+
 
 def class_names(dataset: str, raw: bool = False) -> list[str]:
-    """The class names of `dataset` in label order: corrected (App. C.3) unless `raw`."""
+    """The class names of `dataset` in label order, as prompted: App. C.3's corrections and the
+    authors' prompt overlay, unless `raw`."""
     names = list(RAW_CLASSES[dataset])
     if raw:
         return names
     fixes = CORRECTIONS.get(FAMILY.get(dataset, ""), {})
-    return [fixes.get(n, n) for n in names]
+    return [PROMPT_OVERLAY.get(n, fixes.get(n, n)) for n in names]
+
+
+def kind_list(dataset: str) -> str:
+    """Which thing/stuff list a benchmark's classes take their kinds from: "authors" or "table"."""
+    return "authors" if dataset in AUTHORS_KINDS else "table"
+
+
+def class_kinds(dataset: str) -> list[str] | None:
+    """The authors' kind ("thing"/"stuff") of each class of `dataset`, in label order; None for a
+    benchmark they do not list (its classes are classified by the stuff table, as a user's are)."""
+    if kind_list(dataset) != "authors":
+        return None
+    return ["stuff" if n in AUTHORS_STUFF else "thing" for n in RAW_CLASSES[dataset]]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classnames import class_names
+from .classnames import KIND_LISTS, class_kinds, class_names
 from ..errors import InvalidSetting, OvdiffError
 
 IGNORE_INDEX = 255
@@ -218,6 +218,21 @@ class SegDataset:
                 f"classes: expected the {self.spec.layout.label_suffix} label maps of the mmsegmentation layout"
             )
         return label
+
+    def kinds(self) -> dict[str, str] | None:
+        """Thing/stuff of each named class (background excluded) as the authors list it; None where they
+        list none (COCO-Stuff, Cityscapes, classes of one's own): the stuff table classifies those."""
+        kinds = None if self.custom else class_kinds(self.name)
+        if kinds is None:
+            return None
+        first = 1 if self.has_background else 0
+        return dict(zip(self.classes[first:], kinds[first:], strict=True))
+
+    def kinds_record(self) -> dict:
+        """Which thing/stuff list a run on this dataset uses, and the classes it calls stuff (None: the table decides)."""
+        kinds = self.kinds()
+        return {"list": KIND_LISTS["table" if kinds is None else "authors"],
+                "stuff": None if kinds is None else [n for n, k in kinds.items() if k == "stuff"]}  # fmt: skip
 
     def __repr__(self) -> str:
         return f"SegDataset({self.name!r}, root={str(self.root)!r}, n={len(self)})"

@@ -156,7 +156,7 @@ def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return torch.cat([_scores(points[i : i + step].float(), c).argmin(1) for i in range(0, len(points), step)])
 
 
-class _Centred:
+class CentredCells:
     """A store's rows less their mean, in fp32, chunk by chunk; with their squared norms.
 
     As scikit-learn does before K-means: distances ‖x‖² + ‖c‖² − 2x·c lose less to rounding near
@@ -194,7 +194,7 @@ class _Centred:
         return torch.cat(out)
 
 
-def _kmeans_plusplus(data: _Centred, k: int, rng: np.random.RandomState) -> torch.Tensor:
+def kmeans_plusplus(data: CentredCells, k: int, rng: np.random.RandomState) -> torch.Tensor:
     """Greedy k-means++ (scikit-learn's): each new centre is the best, by the summed squared distance it
     leaves, of 2 + ⌊ln k⌋ candidates drawn with probability ∝ squared distance to the nearest centre.
     Stops early when every point sits on a centre (fewer distinct points than k). (k',D) centred."""
@@ -216,7 +216,7 @@ def _kmeans_plusplus(data: _Centred, k: int, rng: np.random.RandomState) -> torc
     return torch.cat(centres)
 
 
-def _lloyd_pass(data: _Centred, centres: torch.Tensor, sums: bool = True):
+def _lloyd_pass(data: CentredCells, centres: torch.Tensor, sums: bool = True):
     """One E step (and the M step's sums): labels (P,) int64, squared distance to the nearest centre
     (P,) float32, per-centre sums (K,D) float32 and counts (K,) float32 (None without `sums`)."""
     labels, dist = [], []
@@ -233,7 +233,7 @@ def _lloyd_pass(data: _Centred, centres: torch.Tensor, sums: bool = True):
     return labels, torch.cat(dist), total, counts
 
 
-def _relocate_empty(data: _Centred, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor,
+def _relocate_empty(data: CentredCells, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor,
                     counts: torch.Tensor) -> None:  # fmt: skip
     """scikit-learn's rule for a centre no point chose: it moves onto one of the points farthest from
     their centres (one each), which leave their own clusters' sums. In place."""
@@ -269,8 +269,8 @@ def kmeans(
         raise ValueError(f"points must be a non-empty (P,D) array, got shape {tuple(points.shape)}")
     if not len(cells):
         raise ValueError("K-means of no points")
-    data = _Centred(cells, tol)
-    centres = _kmeans_plusplus(data, k, np.random.RandomState(seed))
+    data = CentredCells(cells, tol)
+    centres = kmeans_plusplus(data, k, np.random.RandomState(seed))
     previous, converged = None, False
     for _ in range(iters):
         labels, dist, sums, counts = _lloyd_pass(data, centres)

@@ -33,7 +33,7 @@ from .matching import (
     NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
     union_labels, upsample_argmax, window_features,
 )  # fmt: skip
-from ..types import ClassParts, ImageTextScorer
+from ..types import ClassParts, ImageTextScorer, TextMemo
 
 if TYPE_CHECKING:
     from .features import Part
@@ -93,13 +93,13 @@ class Segmenter:
     parts: the extractor parts (features.Part, in spec order) the classes' prototypes were built in;
     one vocabulary per part (`vocabs`) is matched on that part's own features, and prototypes are
     numbered globally (part after part) for --explain: `source(i)`. scorer: the category filter's
-    image/text scorer (None: no filter, whatever `cfg.use_filter` says); cache: where the filter's
-    text embeddings are kept (None: memory only). refiner: `refine.PamrRefiner` or `RegionRefiner`
+    image/text scorer (None: no filter, whatever `cfg.use_filter` says); texts: where the filter's
+    text embeddings are kept between runs (`types.TextMemo`, e.g. the cache; None: memory only). refiner: `refine.PamrRefiner` or `RegionRefiner`
     (None: the paper). `compose.Stages.segmenter` builds one for a run.
     """
 
     def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
-                 device: torch.device, scorer: ImageTextScorer | None = None, cache=None,
+                 device: torch.device, scorer: ImageTextScorer | None = None, texts: TextMemo | None = None,
                  window_batch: int | None = None, merge_crops: bool | None = None,
                  refiner: Refiner | None = None):  # fmt: skip
         if not classes:
@@ -124,7 +124,7 @@ class Segmenter:
         self._device_vocabs = [v.to(device) for v in self.vocabs]
         stuff = [c.kind == "stuff" for c in classes]
         self.filter = (  # stuff classes bypass it: with fewer than two things there is nothing to choose
-            CategoryFilter(scorer, cache, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
+            CategoryFilter(scorer, texts, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
             if scorer is not None and cfg.use_filter and stuff.count(False) > 1
             else None
         )

@@ -1,6 +1,8 @@
 """Paper App. A.5, explanations: which prototype won each pixel and where in the support set it came from.
 
-`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `engines.local.segment_paths`).
+`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `local.segment_paths`).
+The method's part is `Segmenter.source` and `Segmentation.winner`; this module reads the cache and
+writes the files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..io.images import InputImage
-    from .segment import Segmentation, Segmenter
+    from ..method.segment import Segmentation, Segmenter
 
 
 class Explainer:
