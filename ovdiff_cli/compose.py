@@ -117,8 +117,10 @@ def build_scorer(store: ModelStore) -> ImageTextScorer:
 
         return ProceduralScorer()
     from .method.filter import ClipScorer
+    from .store.keys import clip_text_id
 
-    return ClipScorer(store.filter_model(), store.device, store.dtype, store.specs.weights_seed)
+    model = store.filter_model()
+    return ClipScorer(model, store.device, store.dtype, clip_text_id(model.source, store.specs.weights_seed))
 
 
 # --------------------------------------------------------------------------- counting wrappers

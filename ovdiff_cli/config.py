@@ -21,6 +21,10 @@ PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers 
 FEATURE_PROPOSERS = ("ncut", "ncut-fast")  # the proposers that cut a part's features (ProtoConfig.mask_features)
 MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
+SCHEDULER = "dpmsolver++"  # the sampler of every SD support set (paper App. C.5); part of its key
+FLOW_SCHEDULER = "flow-match-euler"  # SD3's and FLUX's own sampler: part of their support sets' key
+ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
+# 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
 
 
 def normalise_extractor(spec: str) -> str:

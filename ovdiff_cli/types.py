@@ -81,6 +81,15 @@ class MaskProposer(Protocol):
         ...
 
 
+class TextMemo(Protocol):
+    """Text embeddings kept between runs, by the text encoder's identity and then by prompt; the cache
+    (`store.cache.Cache`) is one. The category filter and the stuff table read and write it."""
+
+    def text_embeddings(self, fingerprint: str, prompts: list[str]) -> list[np.ndarray | None]: ...
+
+    def put_text_embeddings(self, fingerprint: str, embeddings: dict[str, np.ndarray]) -> None: ...
+
+
 class ImageTextScorer(Protocol):
     """An aligned image/text encoder pair (CLIP) for the category pre-filter."""
 

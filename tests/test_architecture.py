@@ -124,6 +124,37 @@ def test_models_import_no_stage():
             assert deps <= {"errors", "config", "models"} | {m for m in MODULES if m.startswith("models.")}, (name, deps)
 
 
+# The method's folder knows neither cache nor files: it imports no module of these folders ...
+NOT_FROM_METHOD = ("store", "io", "eval", "engines", "cli", "bench", "ui", "api", "compose")
+# ... but for these edges, each with its reason.
+METHOD_EXCEPTIONS = {
+    ("method.stuff", "eval.classnames"): "the stuff/thing table is built from the benchmarks' label lists (data)",
+}
+# The method modules that take raw models (models/) and what they read there; the others take features and tensors.
+METHOD_MODELS = {
+    "method.dense": {"models.dense"},  # which tokens each extractor family gives
+    "method.features": {"models.sd", "models.vit"},  # the backbones' model types
+    "method.sampling": {"models.sd"},  # Stable Diffusion's components
+    "method.generators": {"models.generators"},  # the generator families
+    "method.mmdit": {"models.generators"},
+    "method.flux": {"models.generators"},
+}
+
+
+def test_the_method_imports_no_store_io_eval_engine_or_cli_module():
+    for name, deps in GRAPH.items():
+        if name.startswith("method"):
+            bad = {d for d in deps if d.split(".")[0] in NOT_FROM_METHOD and (name, d) not in METHOD_EXCEPTIONS}
+            assert not bad, (name, bad)
+
+
+def test_the_method_takes_models_only_where_listed():
+    for name, deps in GRAPH.items():
+        if name.startswith("method"):
+            assert {d for d in deps if d.split(".")[0] == "models"} <= METHOD_MODELS.get(name, set()), name
+    assert all(edge[1] in GRAPH[edge[0]] for edge in METHOD_EXCEPTIONS)  # no stale exception
+
+
 def test_the_library_never_imports_the_cli():
     for name, deps in GRAPH.items():
         if not name.startswith("cli") and name != "__main__":

@@ -128,7 +128,7 @@ def test_a_class_from_photos_built_on_ray_equals_a_local_build(tmp_path):
     the class and writes the note that NAME stands for the photos."""
     from PIL import Image
 
-    from ovdiff_cli.method.photos import photo_class
+    from ovdiff_cli.engines.photos import photo_class
     from ovdiff_cli.models.presets import ModelSpecs
 
     rng = np.random.default_rng(0)

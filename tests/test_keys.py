@@ -27,7 +27,7 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
 # procedural world's attribution version 2 (in its generator identity) → its support ids; PROTO_VERSION 3
 # and kmeans_max_points 16384 → 8192 (issue 16: streamed builds, a bottom-k K-means sample) → class ids;
 # PROTO_VERSION 4 with kmeans_iters 300 and kmeans_max_points None (issue 23: raw features, scikit-learn's
-# K-means on every cell, masks reduced once) → class ids; the SD generators' identity gains
+# K-means on every cell, masks reduced once, CLIP features of ImageNet-normalised pixels) → class ids; the SD generators' identity gains
 # "attribution": 2 (issue 23: bicubic, clamped maps per head and token) → their support and class ids;
 # MASK_VERSION 3 (issue 23: ncut is MaskCut as published) → every mask and class id (the SAM and
 # procedural ones too: the version is part of every mask id).

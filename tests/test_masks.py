@@ -19,9 +19,9 @@ from ovdiff_cli.method.masks import (
     fg_bg_masks,
     maskcut,
     ncut_objects,
-    overlay_masks,
     select_fg_bg,
 )
+from ovdiff_cli.io.sheets import overlay_masks
 
 
 def _box(shape, r0, r1, c0, c1):

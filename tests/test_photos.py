@@ -14,7 +14,7 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes, find_classes
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.eval.metrics import ConfusionMatrix
-from ovdiff_cli.method.photos import photo_class, read_photos
+from ovdiff_cli.engines.photos import photo_class, read_photos
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.procedural import LABELLED, render_scene, support_sample
 from ovdiff_cli.store.cache import Cache

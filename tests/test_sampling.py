@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from ovdiff_cli.engines import support
+from ovdiff_cli.io import sheets
 from ovdiff_cli.method import sampling
 from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.audit import verify
@@ -31,7 +33,7 @@ def generated(stages) -> int:
 def reference(tmp_path_factory, tiny_stages):
     """'cat' sampled alone into its own cache: the images every other run must reproduce."""
     cache = Cache(tmp_path_factory.mktemp("ref"))
-    sid, meta = sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
+    sid, meta = support.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
     return cache, sid, meta
 
 
@@ -170,7 +172,7 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_stages):
     assert meta["token_indices"] == [6]
     assert meta["generator"] == tiny_stages.generator().identity() and meta["models"]["preset"] == "tiny"
     assert meta["created_at"]
-    samples = sampling.load_samples(cache, sid, TINY.n_images)
+    samples = support.load_samples(cache, sid, TINY.n_images)
     for s in samples:
         assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
         assert s.attribution.shape == (16, 16) and s.attribution.dtype == np.float32
@@ -178,14 +180,14 @@ def test_support_set_is_cached_with_shapes_and_metadata(reference, tiny_stages):
     assert not np.array_equal(samples[0].image, samples[1].image)
     assert verify(cache) == []
     with pytest.raises(IncompleteSupportSet) as info:
-        sampling.load_samples(cache, sid, TINY.n_images + 1)
+        support.load_samples(cache, sid, TINY.n_images + 1)
     assert (info.value.have, info.value.need, info.value.name) == (TINY.n_images, TINY.n_images + 1, "cat")
     assert "complete it with: ovdiff sample cat" in phrase(info.value)
 
 
 def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_stages):
     cfg = dataclasses.replace(TINY, n_images=1)
-    _, meta = sampling.ensure_support_set(Cache(tmp_path), tiny_stages, " chocolate glazed donut ", 0, cfg)
+    _, meta = support.ensure_support_set(Cache(tmp_path), tiny_stages, " chocolate glazed donut ", 0, cfg)
     assert meta["name"] == " chocolate glazed donut " and meta["norm"] == "chocolate glazed donut"
     assert meta["token_indices"] == [6, 7, 8]
 
@@ -193,12 +195,12 @@ def test_multi_word_class_records_all_its_tokens(tmp_path, tiny_stages):
 def test_same_class_and_seed_reproduce_whatever_else_is_sampled(reference, tmp_path, tiny_stages):
     ref_cache, ref_sid, _ = reference
     cache = Cache(tmp_path)
-    sampling.ensure_support_set(cache, tiny_stages, "dog", 0, TINY)
-    sid, _ = sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
+    support.ensure_support_set(cache, tiny_stages, "dog", 0, TINY)
+    sid, _ = support.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)
     assert sid == ref_sid
-    for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
+    for a, b in zip(support.load_samples(cache, sid, 4), support.load_samples(ref_cache, ref_sid, 4), strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
-    other_sid, _ = sampling.ensure_support_set(cache, tiny_stages, "cat", 1, dataclasses.replace(TINY, n_images=1))
+    other_sid, _ = support.ensure_support_set(cache, tiny_stages, "cat", 1, dataclasses.replace(TINY, n_images=1))
     assert other_sid != sid
     assert not np.array_equal(cache.support_image(other_sid, 0), cache.support_image(sid, 0))
 
@@ -213,26 +215,26 @@ def test_killed_run_resumes_and_generates_only_the_rest(reference, tmp_path, tin
 
     start = generated(tiny_stages)
     with pytest.raises(KeyboardInterrupt):
-        sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, killed_after_first_batch)
+        support.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, killed_after_first_batch)
     assert generated(tiny_stages) - start == 2
     sid = support_id("cat", 0, tiny_stages.specs, TINY)
     assert cache.support_meta(sid)["n_images"] == 2
 
     seen = []
-    sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, lambda d, t: seen.append((d, t)))
+    support.ensure_support_set(cache, tiny_stages, "cat", 0, TINY, lambda d, t: seen.append((d, t)))
     assert generated(tiny_stages) - start == 4
     assert seen == [(2, 4), (4, 4)]
-    for a, b in zip(sampling.load_samples(cache, sid, 4), sampling.load_samples(ref_cache, ref_sid, 4), strict=True):
+    for a, b in zip(support.load_samples(cache, sid, 4), support.load_samples(ref_cache, ref_sid, 4), strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.attribution, b.attribution)
 
-    sampling.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)  # complete: nothing to do
+    support.ensure_support_set(cache, tiny_stages, "cat", 0, TINY)  # complete: nothing to do
     assert generated(tiny_stages) - start == 4
 
 
 def test_contact_sheet_lays_out_image_and_heat_map_pairs(reference):
     cache, sid, _ = reference
-    samples = sampling.load_samples(cache, sid, 4)
-    sheet = sampling.contact_sheet(samples[:3], "cat", thumb=32, columns=2)
+    samples = support.load_samples(cache, sid, 4)
+    sheet = sheets.contact_sheet(samples[:3], "cat", thumb=32, columns=2)
     assert sheet.size == (4 + 2 * (2 * 32 + 4 + 4), 24 + 2 * (32 + 4) + 4)
     px = np.asarray(sheet)
     first_overlay = px[24 : 24 + 32, 4 + 32 + 4 : 4 + 64 + 4]

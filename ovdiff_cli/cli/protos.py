@@ -265,7 +265,7 @@ def show(
     Example: ovdiff protos show cat --out cat-masks.png
     """
     from ..errors import OvdiffError
-    from ..method.masks import mask_sheet
+    from ..io.sheets import mask_sheet
     from ..engines.vocab import class_support, match_classes
 
     from ..io.outdir import check_not_in_cache

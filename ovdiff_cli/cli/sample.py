@@ -84,7 +84,7 @@ def sample(
 
 def _sample_classes(run, classes: list[str]) -> None:
     """Sample every class with one set of stages (one model load), an overall bar and one per class."""
-    from ..method.sampling import ensure_support_set
+    from ..engines.support import ensure_support_set
 
     n = run.sample.n_images
     start, generated_before = time.perf_counter(), run.stages.calls.get("generate", 0)
@@ -111,7 +111,8 @@ def _sample_classes(run, classes: list[str]) -> None:
 def _write_sheet(run, show: str, out: Path) -> None:
     from ..errors import OvdiffError
     from ..io.outdir import check_not_in_cache
-    from ..method.sampling import cached_support_set, contact_sheet
+    from ..engines.support import cached_support_set
+    from ..io.sheets import contact_sheet
 
     check_not_in_cache(out, run.cache_dir, "--out")
     meta, samples = cached_support_set(run.cache, run.stages.specs, show, run.run.seed, run.sample)

@@ -187,7 +187,7 @@ def _segment(session: Session, classes: list[ClassParts], items: list[InputImage
         names = [c.name for c in classes]
         return segment_items(session.run_config, classes, cfg, spec, items,
                              OutputWriter(names, out_dir, job.overlay, on_image=on_image, masks=writer), job.address, job.workers)  # fmt: skip
-    from ..method.explain import Explainer
+    from .explain import Explainer
     from .local import segment_paths
 
     segmenter = session.stages.segmenter(classes, cfg, spec, session.cache)

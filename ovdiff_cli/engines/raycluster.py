@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..eval.datasets import ItemInfo, SegDataset
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
-    from ..method.photos import PhotoSet
+    from .photos import PhotoSet
     from ..io.outputs import JobSummary, OutputWriter
     from ..types import ClassParts
 
@@ -197,7 +197,7 @@ class ClassBuilder:
         """The export bytes of class `norm` built from the user's `photos` (read by the driver) and the
         note's number of generated images, as `vocab.build_from_photos` builds it locally."""
         from ..config import beside_photos
-        from ..method.photos import ensure_photo_set
+        from .photos import ensure_photo_set
         from ..store.sharing import export_bytes
         from .vocab import build_class
 

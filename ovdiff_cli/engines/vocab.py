@@ -28,7 +28,7 @@ from ..types import ClassParts, ClassPrototypes
 if TYPE_CHECKING:
     from ..store.cache import Cache
     from ..config import ProtoConfig, SampleConfig
-    from ..method.photos import PhotoSet
+    from .photos import PhotoSet
     from ..models.presets import ModelSpecs
     from ..types import StageSource
 
@@ -134,7 +134,7 @@ def _build(
     the proposer reads (DINO for ncut) is built from the batches that make the masks.
     """
     from ..method.classbuild import part_prototypes
-    from ..method.sampling import ensure_support_set, load_samples
+    from .support import ensure_support_set, load_samples
 
     def progress(stage: str):
         return None if on_event is None else (lambda done, total: on_event(stage, norm, done, total))
@@ -253,7 +253,7 @@ def ensure_classes(
     note) has its photos, then the note's number of generated images, as its support set.
     """
     from ..config import beside_photos
-    from ..method.photos import photo_class
+    from .photos import photo_class
 
     norms = [naming.validate(n) for n in names]
     overrides = _check_kinds(kinds)
@@ -415,12 +415,12 @@ def build_from_photos(
 ) -> ClassParts:  # fmt: skip
     """`protos add NAME --images DIR` (beyond the paper): the class from the user's photos, plus `n_generated`
     generated images; the photos are read and checked before anything is written, and the note that NAME
-    stands for them is written once the class is built (`method.photos`).
+    stands for them is written once the class is built (`engines.photos`).
 
     `remote(norm, photos, note, kind)` builds the class elsewhere (an engine's worker: `raycluster.build_photo_class`)
     and imports it into `cache`; it runs only when the class is not cached already, and no model loads here.
     """
-    from ..method.photos import ensure_photo_set, photo_note, put_photo_class, read_photos
+    from .photos import ensure_photo_set, photo_note, put_photo_class, read_photos
 
     norm = naming.validate(name)
     if n_generated < 0:

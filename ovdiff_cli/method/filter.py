@@ -17,7 +17,10 @@ normalises those probabilities to sum to one and keeps the same rule, so a class
 probability is at least the mean over the classes: the paper's 1/|C| means "at least as likely as
 the average class", which is what it stays. Step 2 ranks by cosine as before (σ is monotone).
 
-Text embeddings are cached by prompt in the LMDB cache, so a folder never re-encodes a prompt.
+CLIP sees the working image (short side 448, Lanczos) squeezed to 512² (Lanczos) and then to 224²
+without antialiasing, normalised with CLIP's own mean/std: the authors' input (`filter_input`).
+
+Text embeddings are kept by prompt in a `types.TextMemo` (the run's cache), so a folder never re-encodes a prompt.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .features import clip_mean_std
-from ..store.keys import clip_text_id
-from ..types import ImageTextScorer
+from ..types import ImageTextScorer, TextMemo
+
+FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdata.prep_sample), then to CLIP's size
 
 
 def class_prompt(name: str) -> str:
@@ -86,26 +90,30 @@ def best_subset(image_emb: torch.Tensor, candidates: list[int], prompt_embs: tor
     return options[int((prompt_embs.float() @ image_emb.float()).argmax())]
 
 
-def filter_input(image: np.ndarray, size: int) -> torch.Tensor:
-    """HxWx3 uint8 → (1,3,size,size) float32 in [0,1]: the whole image squeezed, nothing cropped away."""
-    im = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+def filter_input(work: np.ndarray, size: int) -> torch.Tensor:
+    """The working image HxWx3 uint8 (`targets.working_image`) → (1,3,size,size) float32 in [0,1], as the
+    authors build CLIP's input: squeezed to FILTER_SQUARE² (Lanczos), then to size² bilinearly without
+    antialiasing (sdov `mmdata.prep_sample`, then `clip_class`'s `Resize` on a tensor). Nothing is cropped away."""
+    im = Image.fromarray(work).resize((FILTER_SQUARE, FILTER_SQUARE), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
 @torch.no_grad()
-def image_embedding(scorer: ImageTextScorer, image: np.ndarray, size: int) -> torch.Tensor:
-    """Image HxWx3 uint8 → (E,) float32 unit vector on the CPU, as the filter compares it to prompts."""
-    return scorer.encode_images(filter_input(image, size))[0].float().cpu()
+def image_embedding(scorer: ImageTextScorer, work: np.ndarray, size: int) -> torch.Tensor:
+    """The working image HxWx3 uint8 → (E,) float32 unit vector on the CPU, as the filter compares it to prompts."""
+    return scorer.encode_images(filter_input(work, size))[0].float().cpu()
 
 
 class CategoryFilter:
-    """Picks the classes present in an image; text embeddings come from `cache` when it has them.
+    """Picks the classes present in an image; text embeddings come from `texts` (a `types.TextMemo`, e.g.
+    the cache) when it has them, and are put there when encoded.
 
     `stuff[i]` marks class i as stuff: stuff classes are always kept and never scored, the filter
     chooses among the others (with no or one thing class there is nothing to choose).
     """
 
-    def __init__(self, scorer: ImageTextScorer, cache, class_names: list[str], eta: int = 10,
+    def __init__(self, scorer: ImageTextScorer, texts: TextMemo | None, class_names: list[str], eta: int = 10,
                  size: int = 224, memo: int = 4096, stuff: list[bool] | None = None):  # fmt: skip
         if eta < 1:
             raise ValueError(f"eta must be at least 1, got {eta}")
@@ -113,7 +121,7 @@ class CategoryFilter:
         if len(stuff) != len(class_names):
             raise ValueError(f"{len(stuff)} stuff flags for {len(class_names)} classes")
         self.scorer = scorer
-        self.cache = cache
+        self.texts = texts
         self.all_names = list(class_names)
         self.stuff = [i for i, s in enumerate(stuff) if s]
         self.things = [i for i, s in enumerate(stuff) if not s]
@@ -125,17 +133,17 @@ class CategoryFilter:
         self._class_embs = self.text_embeddings([class_prompt(n) for n in self.names]) if len(self.names) > 1 else None
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        """(T,E) float32 unit vectors: from memory, else the cache, else the text encoder (then stored)."""
+        """(T,E) float32 unit vectors: from memory, else `texts`, else the text encoder (then stored)."""
         fp = self.scorer.identity()
         missing = [p for p in dict.fromkeys(prompts) if p not in self._memo]
-        stored = self.cache.text_embeddings(fp, missing) if (self.cache is not None and missing) else [None] * len(missing)
+        stored = self.texts.text_embeddings(fp, missing) if (self.texts is not None and missing) else [None] * len(missing)
         fresh = [p for p, e in zip(missing, stored, strict=True) if e is None]
         found = {p: torch.from_numpy(np.asarray(e, np.float32)) for p, e in zip(missing, stored, strict=True) if e is not None}
         if fresh:
             embs = self.scorer.encode_texts(fresh).float().cpu()
             found.update(zip(fresh, embs, strict=True))
-            if self.cache is not None:
-                self.cache.put_text_embeddings(fp, {p: e.numpy() for p, e in zip(fresh, embs, strict=True)})
+            if self.texts is not None:
+                self.texts.put_text_embeddings(fp, {p: e.numpy() for p, e in zip(fresh, embs, strict=True)})
         for p, e in found.items():
             self._memo[p] = e
         out = torch.stack([self._memo[p] for p in prompts])
@@ -150,8 +158,9 @@ class CategoryFilter:
         return image_embedding(self.scorer, image, self.size)
 
     def select(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> list[int]:
-        """Indices (0-based, ascending, into `class_names`) of the classes kept for image HxWx3 uint8:
-        the things CLIP picks, and every stuff class. An `embedding` from `embed` (of the same scorer
+        """Indices (0-based, ascending, into `class_names`) of the classes kept for image HxWx3 uint8
+        (the working image, `targets.working_image`, as the segmenter passes it): the things CLIP
+        picks, and every stuff class. An `embedding` from `embed` (of the same scorer
         and size) spares the image encoder."""
         return sorted([self.things[i] for i in self.select_things(image, embedding)] + self.stuff)
 
@@ -171,20 +180,21 @@ class CategoryFilter:
 class ClipScorer:
     """types.ImageTextScorer over an open_clip model (OpenAI CLIP ViT-B/16 by default).
 
-    weights_seed: the seed of random weights (tiny / random specs), part of the embeddings' cache key.
+    identity: the text tower's name for its embeddings' key (`store.keys.clip_text_id`: the source, and
+    the seed of random weights).
     `sigmoid`: (logit scale, bias) for a sigmoid-trained model (SigLIP: it has a logit bias), else None.
     """
 
-    def __init__(self, clip, device: torch.device, dtype: torch.dtype, weights_seed: int = 0):
-        self.clip, self.device, self.dtype, self.weights_seed = clip, device, dtype, weights_seed
-        mean, std = clip_mean_std(self.clip.model.visual)  # as the CLIP feature extractor normalises
+    def __init__(self, clip, device: torch.device, dtype: torch.dtype, identity: str):
+        self.clip, self.device, self.dtype, self.text_id = clip, device, dtype, identity
+        mean, std = clip_mean_std(self.clip.model.visual)  # the authors feed the filter CLIP's own statistics
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         bias = getattr(self.clip.model, "logit_bias", None)
         self.sigmoid = None if bias is None else (float(self.clip.model.logit_scale.exp()), float(bias))
 
     def identity(self) -> str:
-        return clip_text_id(self.clip.source, self.weights_seed)
+        return self.text_id
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,9 @@ import numpy as np
 
 from ..errors import InvalidSetting
 from ..models.generators import GeneratorFamily
-from ..store.keys import ATTRIBUTION
+from ..config import ATTRIBUTION, FLOW_SCHEDULER
 from ..types import Sample
 from .generators import check_turbo
-from .mmdit import FLOW_SCHEDULER
 from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
 if TYPE_CHECKING:

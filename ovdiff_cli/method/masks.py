@@ -446,37 +446,3 @@ def with_background(objects: list[np.ndarray]) -> list[np.ndarray]:
         return []
     rest = ~np.logical_or.reduce(objects)
     return objects + ([rest] if rest.any() else [])
-
-
-# --------------------------------------------------------------------------- pictures
-
-FG_COLOUR = (230, 30, 30)
-BG_COLOUR = (30, 80, 230)
-
-
-def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """image HxWx3 uint8, masks hxw uint8 (`prototypes.encode_masks`: 1 fg, 2 bg, 3 both, 0 neither) →
-    HxWx3 uint8: fg tinted red, bg blue (Fig. C.8; a cell in both shows as fg)."""
-    code = resize_mask((np.asarray(masks) & 1) > 0, image.shape[:2]).astype(np.uint8)
-    code[resize_mask((np.asarray(masks) & 2) > 0, image.shape[:2]) & (code == 0)] = 2
-    out = image.astype(np.float32)
-    for value, colour in ((1, FG_COLOUR), (2, BG_COLOUR)):
-        sel = code == value
-        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(colour, np.float32)
-    return out.round().astype(np.uint8)
-
-
-def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: int = 160, columns: int = 6):
-    """A PIL image: a title line over a grid of support images with their fg (red) and bg (blue) masks.
-
-    images: N HxWx3 uint8; masks (N,h,w) uint8 as stored in the cache.
-    """
-    from PIL import Image
-
-    from ..io.images import tile_sheet
-
-    if not images:
-        raise ValueError("mask sheet of no images")
-    tiles = [Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
-             for img, m in zip(images, masks, strict=True)]  # fmt: skip
-    return tile_sheet(tiles, title, columns)

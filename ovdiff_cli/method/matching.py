@@ -1,11 +1,12 @@
 """Paper §3 "Segmentation via prototype matching" (App. C.5): matching features against prototypes.
 
-Pure torch. A `Vocabulary` holds every prototype of the classes in play in one feature space
+Pure torch. A `PrototypeBank` holds every prototype of the classes in play in one feature space
 (one extractor part) with its label: the foreground prototypes of class k get label k (its 1-based
 position in the class list), and the background label 0 owns the union of the things' background
 prototypes that survive the "stuff" filter. In each part a label scores, per pixel, the cosine of
 its most similar prototype; as the authors do, the parts' score maps are averaged (late fusion),
-then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken.
+then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken (scores
+≤ 0 counted as 0, ties to the background, as the authors: `upsample_argmax`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Provenance:
 
 
 @dataclass
-class Vocabulary:
+class PrototypeBank:
     """The prototypes in play, grouped by label.
 
     protos: (P,D) float32 unit rows, sorted by `owner`; owner: (P,) int64 index into `labels`;
@@ -56,12 +57,12 @@ class Vocabulary:
     stuff_sim: torch.Tensor
     stuff_threshold: float | None = 0.85
     bg_threshold: float | None = None
-    bank: Vocabulary | None = field(default=None, repr=False)
+    bank: PrototypeBank | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.protos.shape[0]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Vocabulary:
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> PrototypeBank:
         bank = None if self.bank is None else self.bank.to(device, dtype)
         shared = bank is not None and self.bank.protos is self.protos  # every row kept: one copy on the device too
         return replace(self, protos=bank.protos if shared else self.protos.to(device, dtype), owner=self.owner.to(device),
@@ -71,7 +72,7 @@ class Vocabulary:
         """Provenance of the prototype at position `index` of the full vocabulary."""
         return (self.bank or self).provenance[index]
 
-    def restrict(self, keep: list[int]) -> Vocabulary:
+    def restrict(self, keep: list[int]) -> PrototypeBank:
         """Only the classes `keep` (0-based): their fg prototypes and, as background, their bg
         prototypes that pass the stuff filter, which is computed once against every stuff class
         of the vocabulary (as the authors do), whichever classes an image keeps."""
@@ -89,7 +90,7 @@ class Vocabulary:
         labels = sorted(set(old_labels) | ({0} if self.bg_threshold is not None else set()))
         pos = {lab: i for i, lab in enumerate(labels)}
         every = len(sel) == len(self)  # rows stay sorted: the same tensors, not a second copy of the prototypes
-        return Vocabulary(
+        return PrototypeBank(
             self.names, self.protos if every else self.protos[sel],
             torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long, device=self.protos.device),
             labels, [self.provenance[i] for i in sel.tolist()], self.index if every else self.index[sel],
@@ -104,7 +105,7 @@ def assemble_vocabulary(
     stuff_filter: bool = True,
     stuff_threshold: float = 0.85,
     bg_threshold: float | None = None,
-) -> Vocabulary:
+) -> PrototypeBank:
     """The vocabulary of `classes`: fg prototypes of the given kinds, plus a background label.
 
     background=False labels every pixel with a named class (paper A.3). With `bg_threshold`, the
@@ -144,7 +145,7 @@ def assemble_vocabulary(
             stuff_sim[is_bg] = torch.maximum(stuff_sim[is_bg], (bg @ F.normalize(fg.float(), dim=1).T).max(dim=1).values)
     labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
     pos = {lab: i for i, lab in enumerate(labels)}
-    full = Vocabulary(
+    full = PrototypeBank(
         [c.name for c in classes], protos, torch.tensor([pos[o] for o in owners], dtype=torch.long), labels,
         prov, torch.arange(len(prov)), stuff_sim, stuff_threshold if stuff_filter else None,
         bg_threshold if background else None,
@@ -167,7 +168,7 @@ def _stack(tables: list[dict[str, np.ndarray]], kinds: tuple[str, ...]) -> torch
     return torch.from_numpy(np.concatenate(arrs))
 
 
-def match(features: torch.Tensor, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+def match(features: torch.Tensor, vocab: PrototypeBank) -> tuple[torch.Tensor, torch.Tensor]:
     """Per label, the best cosine over its prototypes.
 
     features: (B,D,h,w) float, fp32 or fp16/bf16: half features are matched in their dtype with fp32
@@ -264,7 +265,7 @@ def crops(image: torch.Tensor, windows: tuple[int, ...] | None, stride: int):
     yield (0, 0, height, width), image
 
 
-def union_labels(vocabs: list[Vocabulary]) -> list[int]:
+def union_labels(vocabs: list[PrototypeBank]) -> list[int]:
     """The labels of one image over all parts' vocabularies, sorted."""
     return sorted(set().union(*(v.labels for v in vocabs)))
 
@@ -355,7 +356,7 @@ def blank_canvases(sizes: list[tuple[int, int]], labels: list[list[int]], device
     return [_Canvas.blank(len(lab), h, w, device, with_best) for (h, w), lab in zip(sizes, labels, strict=True)]
 
 
-def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[Vocabulary]], labels: list[list[int]],
+def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[PrototypeBank]], labels: list[list[int]],
                   offsets: list[int], with_best: bool = False) -> None:  # fmt: skip
     """The matching half: add a batch's fused crop scores (`_fuse`) to its images' canvases, each
     crop matched against its own image's vocabularies (consecutive crops of one image together)."""
@@ -374,7 +375,7 @@ def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[Vo
 
 def slide_match_many(
     images: list[torch.Tensor],
-    vocabs: list[list[Vocabulary]],
+    vocabs: list[list[PrototypeBank]],
     extracts: list[Extract],
     offsets: list[int],
     windows: tuple[int, ...] | None = (448, 336),
@@ -409,7 +410,7 @@ def slide_match_many(
     return out
 
 
-def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabulary], labels: list[int],
+def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[PrototypeBank], labels: list[int],
           offsets: list[int], shape: tuple[int, int], with_best: bool):  # fmt: skip
     """Mean over parts of the crops' label scores (B,L,h,w) at the crops' size, and the winners."""
     fused = best = best_sim = None
@@ -434,15 +435,20 @@ def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Vocabul
 
 
 def upsample_argmax(
-    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256
+    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256,
+    floor: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.
 
     Working band by band keeps memory at L×band×width whatever the image size; the result equals
-    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64;
-    given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64; and per
-    local label its mean winning (upsampled) score over the pixels it won, (L,) float64, NaN where
-    it won none (a result's per-segment score, as Hugging Face's segmentation outputs carry one).
+    F.interpolate(..., align_corners=False) followed by argmax. With `floor` (the local index of
+    the background) the authors' rule applies: every score ≤ 0 counts as 0 before the argmax, so a
+    pixel where no label scores above 0 is background (sdov `predict.py`, threshold 0), its winner
+    -1 (a threshold decided, no prototype) and its winning score 0. Returns local labels (H,W)
+    int64; given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64; and
+    per local label its mean winning (upsampled, floored) score over the pixels it won, (L,)
+    float64, NaN where it won none (a result's per-segment score, as Hugging Face's segmentation
+    outputs carry one).
     """
     _, h, w = scores.shape
     labels = np.empty((height, width), np.int64)
@@ -459,6 +465,11 @@ def upsample_argmax(
         rows = scores[:, y0] * (1 - wy) + scores[:, y1] * wy  # (L, band, w)
         full = F.interpolate(rows[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)[0]
         value, lab = full.max(0)
+        low = None
+        if floor is not None:
+            low = value <= 0
+            lab = torch.where(low, floor, lab)
+            value = value.clamp_min(0)
         labels[r0:r1] = lab.cpu().numpy()
         sums += torch.bincount(lab.flatten(), weights=value.flatten().double(), minlength=sums.numel())
         counts += torch.bincount(lab.flatten(), minlength=sums.numel())
@@ -466,6 +477,7 @@ def upsample_argmax(
             ny = ((torch.arange(r0, r1, device=scores.device) * h) // height).clamp_max(h - 1)
             nx = ((torch.arange(width, device=scores.device) * w) // width).clamp_max(w - 1)
             picked = best[:, ny][:, :, nx]  # (L, band, W) nearest
-            winner[r0:r1] = picked.gather(0, lab[None]).squeeze(0).cpu().numpy()
+            won = picked.gather(0, lab[None]).squeeze(0)
+            winner[r0:r1] = (won if low is None else torch.where(low, -1, won)).cpu().numpy()
     means = (sums / counts).cpu().numpy()  # 0/0 = NaN for a label that won no pixel
     return labels, winner, means

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..models.generators import GeneratorFamily
-from ..store.keys import ATTRIBUTION
+from ..config import ATTRIBUTION, FLOW_SCHEDULER
 from ..types import Sample
 from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from ..config import SampleConfig
 
-FLOW_SCHEDULER = "flow-match-euler"  # SD3's own sampler: part of its support sets' identity
 
 
 def image_text_probs(attn, hidden_states: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,7 @@ import numpy as np
 from ..eval.classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
 
 if TYPE_CHECKING:
-    from ..store.cache import Cache
-    from ..types import StageSource
+    from ..types import StageSource, TextMemo
 
 KINDS = ("thing", "stuff")
 
@@ -140,11 +139,11 @@ def head_noun(name: str) -> str:
     return words[-1] if words else ""
 
 
-def nearest_known(name: str, stages: StageSource, cache: Cache | None = None) -> tuple[str, str]:
+def nearest_known(name: str, stages: StageSource, texts: TextMemo | None = None) -> tuple[str, str]:
     """(kind, table name) of the table name closest to `name` by cosine in the scorer's text space.
 
-    Table embeddings are cached under the scorer's identity, so this costs one text encoding after
-    the first time.
+    Table embeddings are kept in `texts` (e.g. the cache) under the scorer's identity, so this costs one
+    text encoding after the first time.
     """
     import torch
 
@@ -154,13 +153,13 @@ def nearest_known(name: str, stages: StageSource, cache: Cache | None = None) ->
     known = sorted(STUFF | THINGS)
     prompts = [class_prompt(n) for n in known] + [class_prompt(name)]
     fp = scorer.identity()
-    cached = cache.text_embeddings(fp, prompts) if cache is not None else [None] * len(prompts)
+    cached = texts.text_embeddings(fp, prompts) if texts is not None else [None] * len(prompts)
     missing = [p for p, e in zip(prompts, cached, strict=True) if e is None]
     if missing:
         enc = scorer.encode_texts(missing).float().cpu().numpy()
         new = dict(zip(missing, enc, strict=True))
-        if cache is not None:
-            cache.put_text_embeddings(fp, new)
+        if texts is not None:
+            texts.put_text_embeddings(fp, new)
         cached = [new[p] if e is None else e for p, e in zip(prompts, cached, strict=True)]
     emb = torch.from_numpy(np.stack(cached).astype(np.float32))
     emb = torch.nn.functional.normalize(emb, dim=1)
@@ -168,7 +167,7 @@ def nearest_known(name: str, stages: StageSource, cache: Cache | None = None) ->
     return ("stuff" if best in STUFF else "thing"), best
 
 
-def classify(name: str, stages: StageSource | None = None, cache: Cache | None = None) -> tuple[str, str]:
+def classify(name: str, stages: StageSource | None = None, texts: TextMemo | None = None) -> tuple[str, str]:
     """(kind, source) of a class name: kind "stuff" or "thing"; source "table" or "fallback".
 
     Fallbacks: head noun in the table, then (given the stages, whose scorer it builds) the nearest table name in text space,
@@ -181,5 +180,5 @@ def classify(name: str, stages: StageSource | None = None, cache: Cache | None =
     if kind is not None:
         return kind, "fallback"
     if stages is not None:
-        return nearest_known(name, stages, cache)[0], "fallback"
+        return nearest_known(name, stages, texts)[0], "fallback"
     return "thing", "fallback"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import ATTRIBUTION, FLOW_SCHEDULER, SCHEDULER
 from .cache import short_hash
 
 if TYPE_CHECKING:
@@ -20,13 +21,11 @@ if TYPE_CHECKING:
 PROTO_VERSION = 4  # bump when the way prototypes are computed changes: old entries are then rebuilt
 # prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
 # prototypes 4 (issue 23): raw features averaged and clustered; scikit-learn's K-means on every masked
-# cell; each part's masks reduced from the images' resolution in one step
+# cell; each part's masks reduced from the images' resolution in one step; CLIP features of
+# ImageNet-normalised pixels (one bump for all of issue 23)
 MASK_VERSION = 3  # bump when the way support masks are computed changes: their classes are then rebuilt
 # masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 # masks 3: ncut is MaskCut as published (480² Lanczos input, τ 0.15, 3 cuts, masked patches kept in the graph)
-SCHEDULER = "dpmsolver++"  # the sampler of every support set (paper App. C.5); part of its key
-ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
-# 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
 
 
 # --------------------------------------------------------------------------- identities of models
@@ -49,7 +48,7 @@ def generator_identity(specs: ModelSpecs) -> dict:
         from ..models.generators import MMDIT_PIPELINES, parse_generator
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
-        scheduler = "flow-match-euler" if family.pipeline in MMDIT_PIPELINES else SCHEDULER  # FLOW_SCHEDULER
+        scheduler = FLOW_SCHEDULER if family.pipeline in MMDIT_PIPELINES else SCHEDULER
         return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
                 "family": family.name, "attribution": ATTRIBUTION}  # fmt: skip
     return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER,

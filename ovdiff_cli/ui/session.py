@@ -21,7 +21,7 @@ from ..errors import OvdiffError
 
 if TYPE_CHECKING:
     from ..api import Pipeline, Vocabulary
-    from ..method.explain import Explainer
+    from ..engines.explain import Explainer
     from ..method.segment import Segmentation, Segmenter
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # an encoded picture; its pixels are bounded separately
@@ -96,7 +96,7 @@ class DemoSession:
         return names
 
     def _vocabulary(self, names: list[str]) -> tuple[Vocabulary, Segmenter, Explainer]:
-        from ..method.explain import Explainer
+        from ..engines.explain import Explainer
 
         key = tuple(names)
         if key not in self._vocabs:

@@ -1,6 +1,8 @@
 """Paper App. A.5, explanations: which prototype won each pixel and where in the support set it came from.
 
-`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `engines.local.segment_paths`).
+`ovdiff segment --explain` writes these beside the masks (`Explainer`, called by `local.segment_paths`).
+The method's part is `Segmenter.source` and `Segmentation.winner`; this module reads the cache and
+writes the files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..io.images import InputImage
-    from .segment import Segmentation, Segmenter
+    from ..method.segment import Segmentation, Segmenter
 
 
 class Explainer:
@@ -20,7 +22,8 @@ class Explainer:
 
     explain/<name>.json lists the prototypes that won pixels (class, part, fg/bg, kind, row, pixel
     count, bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
-    winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
+    winning prototype per pixel (its JSON `index` + 1, 0 where a threshold decided the background:
+    no label scored above 0, or without bg prototypes none passed the fg threshold);
     explain/<name>.png shows the `top` largest regions next to their support-image sources.
 
     Under late fusion a pixel's label is the argmax of the parts' averaged scores; its winner is the

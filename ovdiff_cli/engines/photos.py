@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import OvdiffError
 from ..store.cache import now_iso
 from ..store.keys import photo_class_id, photo_set_id
-from .sampling import image_seed
+from ..method.sampling import image_seed
 
 if TYPE_CHECKING:
     from ..config import SampleConfig
