@@ -19,7 +19,7 @@ from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import MissingClasses, OvdiffError
 from ovdiff_cli.models.presets import get_preset
-from ovdiff_cli.store.keys import PROTO_VERSION, class_ids, mask_id
+from ovdiff_cli.store.keys import MASK_VERSION, PROTO_VERSION, class_ids, mask_id
 from ovdiff_cli.store.sharing import export_classes, import_classes
 from ovdiff_cli.engines.vocab import ensure_classes, find_classes, load_class
 
@@ -183,7 +183,9 @@ def test_keys_follow_what_each_entry_depends_on(tiny_stages):
     thr = dataclasses.replace(PROTOS, mask_proposer="threshold")
     assert mask_id("cat", 0, tiny_stages.specs, SAMPLE, thr) == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(thr, mask_features="clip"))
     assert ids["sd"] != class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, k_parts=2))["sd"]
-    assert PROTO_VERSION == 3  # older entries (v1: one joint space per spec; v2: unstreamed K-means) are never read
+    # older entries are never read: prototypes v1 one joint space per spec, v2 unstreamed K-means, v3 normalised
+    # features and a K-means sample; masks v2 ncut as the former ncut-fast (issue 23 made it MaskCut)
+    assert (PROTO_VERSION, MASK_VERSION) == (4, 3)
 
 
 def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages, cache_dir, monkeypatch):
