@@ -123,7 +123,8 @@ class SegmentationResult:
     labels: (H,W) int32 at the image's size, 0 = background, k = class_names[k-1]. scores:
     (K+1,h,w) float32 at the working size (short side `short_side`), row k = the window-averaged
     cosine of label k's best prototype, -2 where label k was not scored (the filter dropped the
-    class, or there is no background); the label map is their bilinear upsampling's argmax. background:
+    class, or there is no background); the label map is their bilinear upsampling's argmax, every
+    score ≤ 0 counted as 0 and ties going to the background (the authors' rule). background:
     whether label 0 is in play (False with segment={"background": False}). kept: the classes the CLIP
     filter kept. timings: seconds per stage.
     stats: label present → (pixels, mean winning score).

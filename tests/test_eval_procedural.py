@@ -64,3 +64,93 @@ def test_cli_eval_several_seeds_reports_mean_and_std(tree, tmp_path):
     assert agg["miou"]["mean"] == pytest.approx(np.mean(runs)) and agg["miou"]["std"] == pytest.approx(np.std(runs))
     assert 0 < agg["miou"]["mean"] <= 1
     assert len(Cache(tmp_path / "cache").classes()) == 2 * len(LABELLED)  # each seed has its own prototypes
+
+
+@pytest.fixture(scope="module")
+def switch_cache(tree, tmp_path_factory):
+    """One cache for the ablation runs below: the prototypes are built once."""
+    return tmp_path_factory.mktemp("switches") / "cache"
+
+
+def _spied_eval(tree, cache, out, monkeypatch, *extra, dataset: str = "voc"):
+    """`ovdiff eval` through the CLI, recording the segmenter it built, its results and its crops per image."""
+    from ovdiff_cli.method import matching
+    from ovdiff_cli.method.segment import Segmenter
+
+    monkeypatch.undo()  # a previous run's spies go: each run records only itself
+    seen = {"segmenters": [], "results": [], "crops": []}
+    predict_many, crops = Segmenter.predict_many, matching.crops
+
+    def spy_predict(self, images, explain=False, scores=False):
+        seen["segmenters"].append(self)
+        out_ = predict_many(self, images, explain, scores)
+        seen["results"] += out_
+        return out_
+
+    def spy_crops(image, windows, stride):
+        got = list(crops(image, windows, stride))
+        seen["crops"].append(len(got))
+        return iter(got)
+
+    monkeypatch.setattr(Segmenter, "predict_many", spy_predict)
+    monkeypatch.setattr(matching, "crops", spy_crops)
+    res = runner.invoke(app, ["eval", dataset, "--root", str(tree), "--preset", "procedural", "--cache", str(cache),
+                              "--out", str(out), "-q", "--limit", "3", *extra])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    seen["segmenter"] = seen["segmenters"][0]
+    return json.loads((out / "metrics.json").read_text()), seen
+
+
+def _kinds(seg) -> set[str]:
+    return {p.kind for p in seg.vocabs[0].provenance}
+
+
+def _bg_rows(seg) -> int:
+    return sum(p.group == "bg" for p in seg.vocabs[0].provenance)
+
+
+@pytest.fixture(scope="module")
+def default_run(tree, switch_cache, tmp_path_factory):
+    """The default `ovdiff eval voc` run, as the ablations' contrast."""
+    with pytest.MonkeyPatch.context() as mp:
+        return _spied_eval(tree, switch_cache, tmp_path_factory.mktemp("default"), mp)
+
+
+@pytest.mark.parametrize("switch", ["--no-filter", "--no-slide", "--no-stuff-filter", "--protos", "--no-bg-protos"])
+def test_each_ablation_switch_of_table_a1_acts_through_the_cli(tree, switch_cache, default_run, tmp_path, monkeypatch,
+                                                               switch):  # fmt: skip
+    """Table A.1's switches, each through `ovdiff eval`: the segmenter the CLI builds behaves as the
+    switch says (the default run is the contrast), so a switch the CLI dropped fails here."""
+    _, base = default_run
+    extra = [switch, "class"] if switch == "--protos" else [switch]
+    _, got = _spied_eval(tree, switch_cache, tmp_path / "ablated", monkeypatch, *extra)
+    b, s = base["segmenter"], got["segmenter"]
+    every = list(range(len(LABELLED)))
+    if switch == "--no-filter":
+        assert b.filter is not None and any(r.selected != every for r in base["results"])
+        assert s.filter is None and all(r.selected == every for r in got["results"])
+    elif switch == "--no-slide":
+        assert all(n > 1 for n in base["crops"]) and got["crops"] == [1] * len(got["results"])  # the whole image only
+    elif switch == "--no-stuff-filter":
+        assert b.vocabs[0].stuff_threshold == 0.85 and s.vocabs[0].stuff_threshold is None
+        assert _bg_rows(s) > _bg_rows(b)  # the procedural world has bg prototypes that look like its stuff
+    elif switch == "--protos":
+        assert _kinds(b) == {"class", "instance", "part"} and _kinds(s) == {"class"}
+    else:
+        assert _bg_rows(b) > 0 and b.vocabs[0].bg_threshold is None
+        assert _bg_rows(s) == 0 and s.vocabs[0].bg_threshold == 0.72
+
+
+def test_benchmarks_without_background_are_segmented_under_their_protocol(tree, switch_cache, default_run, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """`eval voc20` (no background, paper A.3) through the model path: the segmenter is built with
+    `protocol_config` (named classes only, no bg prototypes), so no pixel is background, whereas
+    `eval voc` on the same images labels some."""
+    _, voc = default_run
+    assert voc["segmenter"].cfg.background and any((r.labels == 0).any() for r in voc["results"])
+    metrics, voc20 = _spied_eval(tree, switch_cache, tmp_path / "voc20", monkeypatch, dataset="voc20")
+    assert metrics["classes"] == list(LABELLED)
+    seg = voc20["segmenter"]
+    assert not seg.cfg.background and not seg.cfg.bg_prototypes
+    assert all(p.group == "fg" for p in seg.vocabs[0].provenance) and 0 not in seg.vocabs[0].labels
+    assert len(voc20["results"]) == 3 and all((r.labels > 0).all() for r in voc20["results"])

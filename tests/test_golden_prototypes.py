@@ -1,6 +1,8 @@
 """Golden values on the tiny preset (seeded random weights, CPU, fp32), as diffusers keeps them:
-one class's prototypes in each extractor part (a small slice) and one image's label map (sd+dino+clip,
-late fusion over windows and the whole image, no category filter).
+one class's prototypes in each extractor part (a small slice), and one image's label map and label
+scores (sd+dino+clip, late fusion over windows and the whole image, no category filter): the scores
+are cosines, so a change to how target features are compared (their per-cell normalisation) moves
+them even where the label map holds.
 
 A change to any of them is a deliberate, reviewed update: rerun with OVDIFF_UPDATE_GOLDEN=1 to
 rewrite tests/golden/tiny_prototypes_labels.npz, and say in the commit why the values moved.
@@ -42,7 +44,9 @@ def _values(tiny_stages, tmp_path) -> dict[str, np.ndarray]:
         out[f"cat/{part}/fg/class"] = p.fg["class"][0, :8]
         out[f"cat/{part}/bg/instance"] = p.bg["instance"][:2, :8]
         out[f"cat/{part}/fg/part"] = p.fg["part"][:2, :8]
-    out["labels"] = tiny_stages.segmenter(classes, seg_cfg, protos.extractor, cache).predict(_image()).labels
+    seg = tiny_stages.segmenter(classes, seg_cfg, protos.extractor, cache).predict(_image(), scores=True)
+    out["labels"] = seg.labels
+    out["scores"] = seg.scores[:, ::16, ::16]  # (background + 3 classes) × 6 × 10 of the 96×160 working size
     return out
 
 

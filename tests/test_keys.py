@@ -27,7 +27,7 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
 # procedural world's attribution version 2 (in its generator identity) → its support ids; PROTO_VERSION 3
 # and kmeans_max_points 16384 → 8192 (issue 16: streamed builds, a bottom-k K-means sample) → class ids;
 # PROTO_VERSION 4 with kmeans_iters 300 and kmeans_max_points None (issue 23: raw features, scikit-learn's
-# K-means on every cell, masks reduced once) → class ids; the SD generators' identity gains
+# K-means on every cell, masks reduced once, CLIP features of ImageNet-normalised pixels) → class ids; the SD generators' identity gains
 # "attribution": 2 (issue 23: bicubic, clamped maps per head and token) → their support and class ids.
 GOLDEN = {
     ("tiny", "cat", 0): ("98841afe1ef3b705ee6a0a30", "fd5394574226957263b9d8c7",

@@ -186,3 +186,22 @@ def test_parts_are_fused_late_best_prototype_per_part_then_mean():
     only_b = assemble_vocabulary(b[:1], ("instance",), background=False)  # part 2 has no prototypes of y
     [(scores, labels, _)] = slide_match_many([img], [[va, only_b]], parts, [0, len(va.bank)], None)
     torch.testing.assert_close(scores[:, 0, 0], torch.tensor([1.0, (0.0 - 1.0) / 2]))
+
+
+def test_scores_are_cosines_whatever_the_feature_norms():
+    """Target features are normalised per cell before matching (sdov predict.py): a part's scores, and so
+    the late fusion of parts and windows, never weigh a cell by its feature norm. Golden cosines."""
+    classes = [ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]}, bg={"class": unit(0, 0, 1)[None]}),
+               ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]})]  # fmt: skip
+    vocab = assemble_vocabulary(classes, ("class",))
+    cells = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.2, 0.0], [1.0, 1.0, 1.0], [-4.0, 0.0, 3.0]])  # norms 3, .2, √3, 5
+    scores, _ = match(cells.T.reshape(1, 3, 1, 4), vocab)
+    want = torch.tensor([[0.0, 0.0, 0.57735, 0.6],  # background: (0,0,1)
+                         [1.0, 0.0, 0.57735, -0.8],  # x: (1,0,0)
+                         [0.707107, 0.707107, 0.816497, -0.565685]])  # y: (1,1,0)/√2  # fmt: skip
+    torch.testing.assert_close(scores[0, :, 0], want, rtol=0, atol=1e-5)
+    # late fusion over two parts whose features differ in norm by 50×: the mean of their cosines
+    big, small = (lambda crops: 50 * _constant_part(lambda w: 0.0)(crops)), _constant_part(lambda w: np.pi / 2)
+    [(fused, labels, _)] = slide_match_many([torch.zeros(3, 8, 8)], [[vocab, vocab]], [big, small], [0, len(vocab)], None)
+    assert labels == [0, 1, 2]
+    torch.testing.assert_close(fused[:, 0, 0], torch.tensor([0.0, 0.5, 0.707107]), rtol=0, atol=1e-5)

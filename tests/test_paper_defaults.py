@@ -197,12 +197,13 @@ def _input_of(block, run):
     return got[0]
 
 
-def test_clip_features_are_keys_of_the_second_to_last_block_with_clips_mean_std(tiny_stages):
+def test_clip_features_are_keys_of_the_second_to_last_block_of_imagenet_normalised_pixels(tiny_stages):
+    """The authors normalise CLIP's pixels with ImageNet's mean/std, not CLIP's own (sdov gen_vit_features.py, predict.py)."""
     part = tiny_stages.part("clip").backbone
     v = part.visual
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP's own
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet's, as for DINO
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     blk = v.transformer.resblocks[-2]
     tokens = _input_of(blk, lambda: v((x - mean) / std))
     if not v.transformer.batch_first:
@@ -213,13 +214,141 @@ def test_clip_features_are_keys_of_the_second_to_last_block_with_clips_mean_std(
     torch.testing.assert_close(part(x), want, rtol=1e-4, atol=1e-5)
 
 
-def test_the_filters_clip_uses_clips_own_mean_std_at_224(tiny_stages):
+def test_the_filters_clip_uses_clips_own_mean_std(tiny_stages):
     scorer = tiny_stages.scorer()
     torch.testing.assert_close(scorer.mean.flatten().cpu(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))
     torch.testing.assert_close(scorer.std.flatten().cpu(), torch.tensor([0.26862954, 0.26130258, 0.27577711]))
-    from ovdiff_cli.method.filter import filter_input
 
-    assert filter_input(np.zeros((30, 50, 3), np.uint8), SegmentConfig().filter_size).shape == (1, 3, 224, 224)
+
+def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does():
+    """sdov EvalDataset: TF.resize(img, 448, LANCZOS) on the PIL image; long side int(448·long/short)."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    from ovdiff_cli.method.segment import work_tensor
+    from ovdiff_cli.method.targets import working_image, working_size
+
+    assert working_size(333, 500, 448) == (448, 672)  # 672.67 truncated, as torchvision (rounding gives 673)
+    assert working_size(500, 333, 448) == (672, 448)
+    # the benchmarks' shapes: VOC/Context 500×375, COCO 640×427 and 640×480, ADE 512×683, Cityscapes 2048×1024
+    sizes = {(375, 500): (448, 597), (427, 640): (448, 671), (480, 640): (448, 597), (512, 683): (448, 597),
+             (1024, 2048): (448, 896), (20, 640): (448, 14336)}  # fmt: skip
+    for (h, w), want in sizes.items():
+        assert working_size(h, w, 448) == want  # the guard (32:1) leaves them all alone
+    h, w = working_size(19, 640, 448)  # past 32:1 the guard caps the long side
+    assert w == 448 * 32 and h < 448
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    authors = np.array(TF.resize(Image.fromarray(image), 448, interpolation=TF.InterpolationMode.LANCZOS))
+    assert working_image(image, 448).shape == authors.shape == (448, 597, 3)
+    assert np.array_equal(working_image(image, 448), authors)
+    got = work_tensor(image, 448, torch.device("cpu"))
+    assert torch.equal(got, torch.from_numpy(authors).permute(2, 0, 1).float() / 255)
+    already = np.zeros((448, 600, 3), np.uint8)
+    assert working_image(already, 448) is already  # torchvision returns an image of that size untouched
+
+
+def test_the_filter_sees_the_working_image_at_512_lanczos_then_224_without_antialiasing(tiny_stages):
+    """sdov: the 448 px image → mmdata.prep_sample (512², Lanczos) → clip_class's T.Resize((224, 224)) on
+    a tensor (bilinear, no antialiasing in their torchvision) → CLIP's mean/std."""
+    from PIL import Image
+
+    from ovdiff_cli.method.filter import filter_input
+    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.targets import working_image
+
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    work = working_image(image, 448)
+    square = np.asarray(Image.fromarray(work).resize((512, 512), Image.Resampling.LANCZOS), np.float32) / 255
+    want = F.interpolate(torch.from_numpy(square).permute(2, 0, 1)[None], size=(224, 224), mode="bilinear",
+                         align_corners=False, antialias=False)  # fmt: skip
+    assert torch.equal(filter_input(work, SegmentConfig().filter_size), want)
+
+    seen = []
+
+    class Recording(NamedScorer):
+        def encode_images(self, images):
+            seen.append(images.clone())
+            return super().encode_images(images)
+
+    e = torch.eye(E)
+    scorer = Recording({"cat": e[0], "dog": e[1]}, e[0])
+    classes = [ClassParts(n, "thing", {"procedural": ClassPrototypes(n, "thing", {"class": np.eye(4, dtype=np.float32)[i : i + 1]})})
+               for i, n in enumerate(["cat", "dog"])]  # fmt: skip
+    cfg = dataclasses.replace(SegmentConfig(), slide=False)
+    part = _constant_part()
+    seg = Segmenter([part], classes, cfg, torch.device("cpu"), scorer=scorer)
+    assert seg.predict(image).selected == [0]
+    (x,) = seen
+    torch.testing.assert_close(x, want)  # not the original image squeezed, nor antialiased
+
+
+class _Constant:
+    """A backbone whose every cell is the same (unnormalised) vector: scores are then known cosines."""
+
+    stride = 8
+
+    def __init__(self, vector):
+        self.vector = torch.as_tensor(vector, dtype=torch.float32)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        return self.vector.view(1, -1, 1, 1).expand(b, -1, h // 8, w // 8).clone()
+
+
+def _constant_part(vector=(3.0, 0.0, 0.0, 0.0), name: str = "procedural"):
+    from ovdiff_cli.config import InputSize
+    from ovdiff_cli.method.features import Part
+
+    return Part(name, _Constant(vector), InputSize())
+
+
+def _cos_row(c: float) -> np.ndarray:
+    """A unit prototype at cosine `c` to the constant part's direction e0."""
+    return np.array([[c, (1 - c * c) ** 0.5, 0.0, 0.0]], np.float32)
+
+
+def test_background_where_no_label_scores_above_zero_and_explain_agrees():
+    """sdov predict.py: where(score > 0, score, 0) over every label, then argmax (ties to background,
+    label 0): a pixel where every score is ≤ 0 is background, even where the best score is a class's."""
+    from ovdiff_cli.method.segment import Segmenter
+
+    def segment(protos, **cfg):
+        classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
+        seg = Segmenter([_constant_part()], classes, SegmentConfig(use_filter=False, slide=False, **cfg), torch.device("cpu"))
+        return seg.predict(np.zeros((32, 48, 3), np.uint8), explain=True, scores=True)
+
+    cat = ClassPrototypes("cat", "thing", {"class": _cos_row(-0.1)}, {"class": _cos_row(-0.5)})
+    dog = ClassPrototypes("dog", "thing", {"class": _cos_row(-0.3)}, {"class": _cos_row(-0.6)})
+    out = segment([cat, dog])
+    np.testing.assert_allclose(out.scores[:, 0, 0], [-0.5, -0.1, -0.3], atol=1e-5)  # cat's is the best score …
+    assert (out.labels == 0).all()  # … but nothing scores above 0: background
+    assert (out.winner == -1).all()  # no prototype decided it: explain says a threshold did
+    assert out.stats[0] == (32 * 48, 0.0)  # its winning score is the floored 0
+    assert (segment([cat, dog], background=False).labels == 1).all()  # no background (paper A.3): the best class
+    # no bg prototype left at all (cat has none): background still wins where nothing scores above 0
+    bare = ClassPrototypes("cat", "thing", {"class": _cos_row(-0.1)}, {})
+    assert (segment([bare, dog]).labels == 0).all()
+    warm = ClassPrototypes("cat", "thing", {"class": _cos_row(0.05)}, {"class": _cos_row(-0.5)})
+    out = segment([warm, dog])
+    assert (out.labels == 1).all() and (out.winner >= 0).all()  # above 0, the argmax as before
+
+
+def test_background_owns_only_the_bg_prototypes_of_the_classes_the_filter_kept():
+    """sdov predict.py masks the bg prototypes with the classes kept for the image (class_ids_mask)."""
+    from ovdiff_cli.method.segment import Segmenter
+
+    e = torch.eye(E)
+    scorer = NamedScorer({"cat": e[0], "dog": e[1]}, e[0])  # the filter keeps cat only
+    cat = ClassPrototypes("cat", "thing", {"class": _cos_row(0.2)}, {"class": _cos_row(0.3)})
+    dog = ClassPrototypes("dog", "thing", {"class": _cos_row(0.1)}, {"class": _cos_row(0.9)})
+    classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in (cat, dog)]
+    seg = Segmenter([_constant_part()], classes, SegmentConfig(slide=False), torch.device("cpu"), scorer=scorer)
+    out = seg.predict(np.zeros((32, 48, 3), np.uint8), scores=True)
+    assert out.selected == [0]
+    np.testing.assert_allclose(out.scores[0], 0.3, atol=1e-5)  # cat's bg prototype, not dog's 0.9
+    assert (out.labels == 0).all()
+    everyone = Segmenter([_constant_part()], classes, SegmentConfig(slide=False, use_filter=False), torch.device("cpu"))
+    np.testing.assert_allclose(everyone.predict(np.zeros((32, 48, 3), np.uint8), scores=True).scores[0], 0.9, atol=1e-5)
 
 
 def test_dino_features_are_keys_of_the_last_block(tiny_stages):

@@ -22,7 +22,8 @@ class Explainer:
 
     explain/<name>.json lists the prototypes that won pixels (class, part, fg/bg, kind, row, pixel
     count, bounding box, support image and region); explain/<name>.winner.png is a 16-bit map of the
-    winning prototype per pixel (its JSON `index` + 1, 0 where the background was thresholded);
+    winning prototype per pixel (its JSON `index` + 1, 0 where a threshold decided the background:
+    no label scored above 0, or without bg prototypes none passed the fg threshold);
     explain/<name>.png shows the `top` largest regions next to their support-image sources.
 
     Under late fusion a pixel's label is the argmax of the parts' averaged scores; its winner is the

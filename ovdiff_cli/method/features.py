@@ -2,7 +2,9 @@
 
 Each part turns RGB images into a feature grid: Stable Diffusion's UNet cross-attention queries
 (stride 8), CLIP ViT-B/16 keys of the second-to-last block (stride 16), DINO ViT-B/8 or MAE keys of
-the last block (stride 8 / 16). A spec such as `sd+dino+clip` names several parts; as the authors
+the last block (stride 8 / 16). Every ViT part normalises its pixels with ImageNet's mean/std, CLIP
+too, as the authors do for support images and targets alike (sdov `gen_vit_features.py`,
+`predict.py`); only the category filter feeds CLIP its own statistics (filter.py). A spec such as `sd+dino+clip` names several parts; as the authors
 do, each keeps its own prototypes and its own input size (`config.PART_INPUTS`), and their class
 score maps are averaged at inference (matching.py), never their features concatenated.
 
@@ -51,7 +53,8 @@ def _fit(images: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def clip_mean_std(visual) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) of an open_clip vision tower's inputs: its own, else OpenAI CLIP's."""
+    """Per-channel (mean, std) of an open_clip vision tower's inputs, as the category filter feeds it:
+    its own, else OpenAI CLIP's."""
     return (tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN),
             tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD))  # fmt: skip
 
@@ -188,7 +191,7 @@ class ClipKeysPart:
         if len(self.visual.transformer.resblocks) < 2:
             raise ValueError("CLIP vision tower needs at least two blocks")
         self.stride = int(self.visual.conv1.stride[0])
-        self.mean, self.std = clip_mean_std(self.visual)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # the authors', not CLIP's own (module docstring)
         self._pos: dict[tuple[int, int], torch.Tensor] = {}
 
     def positional(self, gh: int, gw: int) -> torch.Tensor:

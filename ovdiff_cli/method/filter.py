@@ -17,6 +17,9 @@ normalises those probabilities to sum to one and keeps the same rule, so a class
 probability is at least the mean over the classes: the paper's 1/|C| means "at least as likely as
 the average class", which is what it stays. Step 2 ranks by cosine as before (σ is monotone).
 
+CLIP sees the working image (short side 448, Lanczos) squeezed to 512² (Lanczos) and then to 224²
+without antialiasing, normalised with CLIP's own mean/std: the authors' input (`filter_input`).
+
 Text embeddings are kept by prompt in a `types.TextMemo` (the run's cache), so a folder never re-encodes a prompt.
 """
 
@@ -32,6 +35,8 @@ from PIL import Image
 
 from .features import clip_mean_std
 from ..types import ImageTextScorer, TextMemo
+
+FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdata.prep_sample), then to CLIP's size
 
 
 def class_prompt(name: str) -> str:
@@ -85,16 +90,19 @@ def best_subset(image_emb: torch.Tensor, candidates: list[int], prompt_embs: tor
     return options[int((prompt_embs.float() @ image_emb.float()).argmax())]
 
 
-def filter_input(image: np.ndarray, size: int) -> torch.Tensor:
-    """HxWx3 uint8 → (1,3,size,size) float32 in [0,1]: the whole image squeezed, nothing cropped away."""
-    im = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+def filter_input(work: np.ndarray, size: int) -> torch.Tensor:
+    """The working image HxWx3 uint8 (`targets.working_image`) → (1,3,size,size) float32 in [0,1], as the
+    authors build CLIP's input: squeezed to FILTER_SQUARE² (Lanczos), then to size² bilinearly without
+    antialiasing (sdov `mmdata.prep_sample`, then `clip_class`'s `Resize` on a tensor). Nothing is cropped away."""
+    im = Image.fromarray(work).resize((FILTER_SQUARE, FILTER_SQUARE), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
 @torch.no_grad()
-def image_embedding(scorer: ImageTextScorer, image: np.ndarray, size: int) -> torch.Tensor:
-    """Image HxWx3 uint8 → (E,) float32 unit vector on the CPU, as the filter compares it to prompts."""
-    return scorer.encode_images(filter_input(image, size))[0].float().cpu()
+def image_embedding(scorer: ImageTextScorer, work: np.ndarray, size: int) -> torch.Tensor:
+    """The working image HxWx3 uint8 → (E,) float32 unit vector on the CPU, as the filter compares it to prompts."""
+    return scorer.encode_images(filter_input(work, size))[0].float().cpu()
 
 
 class CategoryFilter:
@@ -150,8 +158,9 @@ class CategoryFilter:
         return image_embedding(self.scorer, image, self.size)
 
     def select(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> list[int]:
-        """Indices (0-based, ascending, into `class_names`) of the classes kept for image HxWx3 uint8:
-        the things CLIP picks, and every stuff class. An `embedding` from `embed` (of the same scorer
+        """Indices (0-based, ascending, into `class_names`) of the classes kept for image HxWx3 uint8
+        (the working image, `targets.working_image`, as the segmenter passes it): the things CLIP
+        picks, and every stuff class. An `embedding` from `embed` (of the same scorer
         and size) spares the image encoder."""
         return sorted([self.things[i] for i in self.select_things(image, embedding)] + self.stuff)
 
@@ -178,7 +187,7 @@ class ClipScorer:
 
     def __init__(self, clip, device: torch.device, dtype: torch.dtype, identity: str):
         self.clip, self.device, self.dtype, self.text_id = clip, device, dtype, identity
-        mean, std = clip_mean_std(self.clip.model.visual)  # as the CLIP feature extractor normalises
+        mean, std = clip_mean_std(self.clip.model.visual)  # the authors feed the filter CLIP's own statistics
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         bias = getattr(self.clip.model, "logit_bias", None)

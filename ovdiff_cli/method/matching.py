@@ -5,7 +5,8 @@ Pure torch. A `PrototypeBank` holds every prototype of the classes in play in on
 position in the class list), and the background label 0 owns the union of the things' background
 prototypes that survive the "stuff" filter. In each part a label scores, per pixel, the cosine of
 its most similar prototype; as the authors do, the parts' score maps are averaged (late fusion),
-then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken.
+then averaged over sliding windows and a whole-image pass, upsampled, and the argmax taken (scores
+≤ 0 counted as 0, ties to the background, as the authors: `upsample_argmax`).
 """
 
 from __future__ import annotations
@@ -434,15 +435,20 @@ def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Prototy
 
 
 def upsample_argmax(
-    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256
+    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256,
+    floor: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.
 
     Working band by band keeps memory at L×band×width whatever the image size; the result equals
-    F.interpolate(..., align_corners=False) followed by argmax. Returns local labels (H,W) int64;
-    given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64; and per
-    local label its mean winning (upsampled) score over the pixels it won, (L,) float64, NaN where
-    it won none (a result's per-segment score, as Hugging Face's segmentation outputs carry one).
+    F.interpolate(..., align_corners=False) followed by argmax. With `floor` (the local index of
+    the background) the authors' rule applies: every score ≤ 0 counts as 0 before the argmax, so a
+    pixel where no label scores above 0 is background (sdov `predict.py`, threshold 0), its winner
+    -1 (a threshold decided, no prototype) and its winning score 0. Returns local labels (H,W)
+    int64; given best (L,h,w), the winning label's prototype per pixel (nearest), (H,W) int64; and
+    per local label its mean winning (upsampled, floored) score over the pixels it won, (L,)
+    float64, NaN where it won none (a result's per-segment score, as Hugging Face's segmentation
+    outputs carry one).
     """
     _, h, w = scores.shape
     labels = np.empty((height, width), np.int64)
@@ -459,6 +465,11 @@ def upsample_argmax(
         rows = scores[:, y0] * (1 - wy) + scores[:, y1] * wy  # (L, band, w)
         full = F.interpolate(rows[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)[0]
         value, lab = full.max(0)
+        low = None
+        if floor is not None:
+            low = value <= 0
+            lab = torch.where(low, floor, lab)
+            value = value.clamp_min(0)
         labels[r0:r1] = lab.cpu().numpy()
         sums += torch.bincount(lab.flatten(), weights=value.flatten().double(), minlength=sums.numel())
         counts += torch.bincount(lab.flatten(), minlength=sums.numel())
@@ -466,6 +477,7 @@ def upsample_argmax(
             ny = ((torch.arange(r0, r1, device=scores.device) * h) // height).clamp_max(h - 1)
             nx = ((torch.arange(width, device=scores.device) * w) // width).clamp_max(w - 1)
             picked = best[:, ny][:, :, nx]  # (L, band, W) nearest
-            winner[r0:r1] = picked.gather(0, lab[None]).squeeze(0).cpu().numpy()
+            won = picked.gather(0, lab[None]).squeeze(0)
+            winner[r0:r1] = (won if low is None else torch.where(low, -1, won)).cpu().numpy()
     means = (sums / counts).cpu().numpy()  # 0/0 = NaN for a label that won no pixel
     return labels, winner, means

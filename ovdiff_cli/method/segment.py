@@ -1,12 +1,13 @@
 """Paper §3 "Segmentation via prototype matching": the segmenter.
 
 `Segmenter.predict` runs one image through the steps of OVDiff inference:
-1. category pre-filter: the thing classes CLIP sees in the image, plus every stuff class (optional);
-2. resize so the short side is `short_side` (TCL/OVDiff inference; long side at most 2048/448 of it);
+1. category pre-filter: the thing classes CLIP sees in the working image, plus every stuff class (optional);
+2. resize so the short side is `short_side` (Lanczos, as the authors: `targets.working_image`);
 3. matching: every sliding window and the whole image, resized to each extractor part's own input
    size, are matched against that part's prototypes of the kept classes; the per-part class score
    maps are averaged (late fusion), then averaged over the crops;
-4. bilinear upsampling of the label scores to the image size, then argmax.
+4. bilinear upsampling of the label scores to the image size, then the argmax with every score ≤ 0
+   counted as 0 (ties to the background: where no label scores above 0, the authors' background).
 
 `encode_image` runs only the backbones' half (the image side of step 1, and step 3's features) and
 `Segmenter.predict_encoded` the rest, so one image's features serve any number of vocabularies.
@@ -24,11 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
-
 from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .filter import CategoryFilter
+from .targets import working_image
 from .matching import (
     NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
     union_labels, upsample_argmax, window_features,
@@ -40,18 +40,16 @@ if TYPE_CHECKING:
 
     Refiner = Callable[[np.ndarray, torch.Tensor], torch.Tensor]  # (image HxWx3 uint8, scores (L,h,w)) → refined scores
 
-LONG_SIDE_RATIO = 2048 / 448  # mmseg's Resize(scale=(2048, 448), keep_ratio=True)
-
-
 @dataclass
 class Segmentation:
     """One image's result.
 
     labels: (H,W) int32, 0 = background, k = classes[k-1]. winner: (H,W) int32 index, in the full
     vocabulary (all parts, numbered part after part), of the prototype that decided each pixel
-    (`Segmenter.source(i)`), -1 where the background was thresholded; only with `explain`. selected: 0-based indices of the classes the filter kept.
+    (`Segmenter.source(i)`), -1 where a threshold decided the background (no label scored above 0,
+    or none passed --no-bg-protos' fg threshold); only with `explain`. selected: 0-based indices of the classes the filter kept.
     timings: seconds spent in "filter", "features", "matching" and "upsample_io". scores: (K+1,h,w)
-    float32 at the working size (`working_size`), the crop-averaged late-fused score of label k (per part
+    float32 at the working size (`targets.working_size`), the crop-averaged late-fused score of label k (per part
     the cosine of its best prototype, -1 in a part without any), NO_SCORE (-2) for labels not scored
     (filtered out, or no background); only with `scores`. stats: label present → (pixels, mean
     winning score over them), as a result lists its segments (Ray workers send them too).
@@ -87,12 +85,6 @@ class EncodedImage:
 
 def _window_settings(cfg: SegmentConfig) -> tuple:
     return (cfg.short_side, cfg.slide, tuple(cfg.windows), cfg.stride, cfg.filter_size)
-
-
-def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(h, w) with the short side at `short_side` and the long side at most LONG_SIDE_RATIO times it."""
-    scale = min(short_side / min(height, width), short_side * LONG_SIDE_RATIO / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class Segmenter:
@@ -172,14 +164,15 @@ class Segmenter:
         times = [{"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0} for _ in images]
         selected, vocabs, xs = [], [], []
         for image, t in zip(images, times, strict=True):
+            # 2. the working image, which step 1 sees too (as the authors' filter does)
+            work = working_image(image, self.cfg.short_side)
+            xs.append(_to_tensor(work, self.device))
             # 1. category pre-filter
             t0 = time.perf_counter()
-            keep = self.filter.select(image) if self.filter is not None else list(range(len(self.classes)))
+            keep = self.filter.select(work) if self.filter is not None else list(range(len(self.classes)))
             selected.append(keep)
             vocabs.append([v.restrict(keep) for v in self._device_vocabs])
             t["filter"] = time.perf_counter() - t0
-            # 2. resize to the working size
-            xs.append(work_tensor(image, self.cfg.short_side, self.device))
 
         # 3. each part on every window and the whole image, at its own input size (feature time measured apart)
         feature_time = 0.0
@@ -212,6 +205,10 @@ class Segmenter:
     def _finish(self, image, score, labels, best, keep, t, keep_scores: bool) -> Segmentation:
         """Step 4: upsample to the image's size, argmax, labels (`union_labels`) in the full class list.
 
+        With a background (`cfg.background`), a pixel where no label scores above 0 is background,
+        as the authors label it (`upsample_argmax`'s floor); without one (the no-background
+        benchmarks, paper A.3) every pixel takes its best class.
+
         With a refiner (`--refine`, beyond the paper) the scores are refined first; the kept scores
         and the best prototype per label (--explain) are then those of the refined map."""
         if self.refiner is not None:
@@ -220,7 +217,12 @@ class Segmenter:
             self._sync()
             t["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        local, winner, means = upsample_argmax(score, image.shape[0], image.shape[1], best)
+        if self.cfg.background and (not labels or labels[0] != 0):  # no bg prototype left: background still wins where nothing scores > 0
+            labels = [0, *labels]
+            score = torch.cat([score.new_full((1, *score.shape[1:]), NO_SCORE), score])
+            best = None if best is None else torch.cat([best.new_full((1, *best.shape[1:]), -1), best])
+        floor = 0 if self.cfg.background else None  # labels are sorted: the background is local label 0
+        local, winner, means = upsample_argmax(score, image.shape[0], image.shape[1], best, floor=floor)
         full = None
         if keep_scores:
             full = np.full((len(self.classes) + 1, *score.shape[1:]), NO_SCORE, np.float32)
@@ -244,7 +246,10 @@ class Segmenter:
         t = {"filter": 0.0, "features": 0.0, "matching": 0.0, "upsample_io": 0.0}
         t0 = time.perf_counter()
         if self.filter is not None:
-            keep = self.filter.select(enc.image, enc.embedding)
+            embedding = enc.embedding
+            if embedding is None:  # encoded without the filter: its input is the working image
+                embedding = self.filter.embed(working_image(enc.image, self.cfg.short_side))
+            keep = self.filter.select(enc.image, embedding)
         else:
             keep = list(range(len(self.classes)))
         vocabs = [v.restrict(keep) for v in self._device_vocabs]
@@ -261,10 +266,11 @@ class Segmenter:
 
 
 def work_tensor(image: np.ndarray, short_side: int, device: torch.device) -> torch.Tensor:
-    """Step 2: HxWx3 uint8 → (3,h,w) float32 in [0,1] on `device`, resized to the working size."""
-    height, width = image.shape[:2]
-    h, w = working_size(height, width, short_side)
-    work = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)) if (h, w) != (height, width) else image
+    """Step 2: HxWx3 uint8 → (3,h,w) float32 in [0,1] on `device`, the working image (`targets.working_image`)."""
+    return _to_tensor(working_image(image, short_side), device)
+
+
+def _to_tensor(work: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.require(work, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255
 
 
@@ -275,13 +281,14 @@ def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: Segment
     own input size), for `Segmenter.predict_encoded` with any classes built in those parts."""
     _check_image(image)
     t0 = time.perf_counter()
+    work = working_image(image, cfg.short_side)
     embedding = None
     if scorer is not None and cfg.use_filter:
         from .filter import image_embedding
 
-        embedding = image_embedding(scorer, image, cfg.filter_size)
+        embedding = image_embedding(scorer, work, cfg.filter_size)
     t1 = time.perf_counter()
-    x = work_tensor(image, cfg.short_side, device)
+    x = _to_tensor(work, device)
     windows = tuple(cfg.windows) if cfg.slide else None
     merge = device.type == "cuda"  # as `Segmenter` batches crops on this device
     batches = list(window_features([x], [p if merge else p.window for p in parts], windows, cfg.stride,
