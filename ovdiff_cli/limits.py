@@ -30,7 +30,7 @@ MAX_WORKERS = 4096  # Ray workers of one command: far beyond any cluster's GPUs
 MAX_PIXELS = 89_478_485  # one picture: Pillow's own decompression-bomb limit (io.images refuses above it too)
 
 # The stated range of every numeric setting, by its config field name (the CLI's option is
-# `cli.common.flag(name)`): the configs check themselves with it (config.py), and the boundary test
+# `cli.options.flag(name)`): the configs check themselves with it (config.py), and the boundary test
 # walks the commands' declarations and fails for a numeric option whose setting is missing here.
 RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, MAX_SEED), "seeds": (0, MAX_SEED), "n_images": (1, MAX_N_IMAGES), "batch_size": (1, MAX_BATCH),

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "ovdiff_cli"
 TESTS = Path(__file__).resolve().parent
 MAX_LINES = 500
-CLI_SHARED = {"cli", "cli.app", "cli.common"}  # the app assembles commands; common holds shared options
+CLI_SHARED = {"cli", "cli.app", "cli.common", "cli.options", "cli.output"}  # the app assembles commands; the rest is shared
 
 
 def module_name(path: Path) -> str:

@@ -259,7 +259,7 @@ def test_progress_into_a_pipe_is_plain_lines_every_few_seconds_whatever_the_task
 
     from rich.console import Console
 
-    from ovdiff_cli.cli.common import LogProgress
+    from ovdiff_cli.cli.output import LogProgress
 
     buf = io.StringIO()
     with LogProgress(Console(file=buf, width=100_000), every=0.05) as bar:

@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.cli.common import flag
+from ovdiff_cli.cli.options import flag
 from ovdiff_cli.limits import RANGES
 
 from test_evaluate import fake_voc

@@ -48,43 +48,29 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     from .settings import write_images
     from .stats import figure
     from .run import MEMORY_CLASSES
-    from ..store.cache import Cache
-    from ..compose import Stages
-    from ..config import RunConfig
-    from ..engines.raycluster import require_ray, segment_items, session
+    from ..api import Pipeline
+    from ..engines.raycluster import require_ray, session
     from ..errors import OvdiffError
-    from ..io.images import discover
-    from ..models.presets import get_preset
-    from ..engines.local import segment_paths
-    from ..io.outputs import OutputWriter
-    from ..engines.vocab import ensure_classes
 
     say = say or (lambda _msg: None)
     try:
         require_ray()
     except OvdiffError as e:
         return {"figures": {}, "notes": [f"skipped: {e}"]}
-    run_cfg = RunConfig(preset="procedural", device=device, dtype=dtype)
-    stages = Stages.for_run("procedural", device, dtype)
-    preset = get_preset("procedural")
-    sample_cfg, proto_cfg, seg_cfg = preset.sample, preset.protos, preset.segment
-    cache = Cache(root / "ray-cache")
-    classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
-    items = discover([str(write_images(root / "ray-images", images, RAY_HW, seed))])
-    names = [c.name for c in classes]
+    pipe = Pipeline("procedural", root / "ray-cache", device, dtype, seed)
+    names = pipe.vocabulary(list(MEMORY_CLASSES)).names  # built once here: the jobs read them
+    folder = write_images(root / "ray-images", images, RAY_HW, seed)
 
     arrivals: list[float] = []  # when each image of the running job was written
 
     def arrived(*_args) -> None:
         arrivals.append(time.perf_counter())
 
-    def local(out: Path) -> None:
-        segment_paths(stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache), items, out, on_image=arrived,
-                      image_batch=seg_cfg.image_batch)  # fmt: skip
+    def local(out: Path) -> None:  # the call `ovdiff segment` makes
+        pipe.segment_folder(folder, out, names, on_image=arrived)
 
     def on_ray(workers: int) -> Callable[[Path], None]:
-        return lambda out: segment_items(run_cfg, classes, seg_cfg, proto_cfg.extractor, items,
-                                         OutputWriter(names, out, on_image=arrived), workers=workers)  # fmt: skip
+        return lambda out: pipe.segment_folder(folder, out, names, engine="ray", workers=workers, on_image=arrived)
 
     jobs = {"local": local, **{f"ray{n}": on_ray(n) for n in workers}}
     seconds: dict[str, list[float]] = {k: [] for k in jobs}
@@ -124,7 +110,7 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     figures["startup"] = figure("start a local Ray instance + first task", "s", startup)
     return {
         "figures": figures,
-        "notes": [f"procedural preset, {images} JPEGs of {RAY_HW[1]}×{RAY_HW[0]}, {len(classes)} cached classes, "
+        "notes": [f"procedural preset, {images} JPEGs of {RAY_HW[1]}×{RAY_HW[0]}, {len(names)} cached classes, "
                   "torch on 1 thread per worker; a Ray job's whole time includes starting its actors and loading their "
                   "models, as a user's job pays them; 'first to last image' leaves that out (the steady rate)"],
     }  # fmt: skip

@@ -39,7 +39,8 @@ class _Group(TyperGroup):
         except OvdiffError as e:
             if os.environ.get("OVDIFF_DEBUG"):
                 raise
-            from .common import fail, phrase
+            from .common import phrase
+            from .output import fail
 
             if json_out:
                 _json_error(phrase(e), type(e).__name__, e.exit_code)
@@ -47,7 +48,7 @@ class _Group(TyperGroup):
         except _UsageError as e:  # a bad option value or a missing argument: one line, not usage text
             if type(e).__name__ == "NoArgsIsHelpError":
                 raise
-            from .common import fail
+            from .output import fail
 
             where = e.ctx.command_path if e.ctx is not None else "ovdiff"
             if json_out:
@@ -74,7 +75,7 @@ def _json_error(message: str, kind: str, code: int) -> None:
     """With --json, an error exit still prints one JSON document on stdout, so a pipe into jq sees why."""
     import json
 
-    from .common import printable
+    from .output import printable
 
     sys.stdout.write(json.dumps({"error": printable(message), "type": kind, "exit_code": code}, ensure_ascii=False) + "\n")
     sys.stdout.flush()

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
+from .options import DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
 
 
 @contextlib.contextmanager

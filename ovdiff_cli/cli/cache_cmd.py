@@ -6,7 +6,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import CacheOpt, JsonOpt, QuietOpt, VerboseOpt, cache_run, human_size
+from .common import cache_run
+from .options import CacheOpt, JsonOpt, QuietOpt, VerboseOpt
+from .output import human_size
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .common import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt, make_run, print_results, result_line
+from .common import make_run
+from .options import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
+from .output import print_results, result_line
 
 
 def demo(
@@ -49,7 +51,7 @@ def demo(
     if run.quiet:
         run.result(result_line(done.dataset, [done.result]))
         return
-    print_results(run, done.dataset, [done.result], done.summary.seconds_per_image)
+    print_results(run.console, done.dataset, [done.result], done.summary.seconds_per_image)
     run.say(f"drew {images} held-out scenes → {done.data / 'VOC2012'}")
     run.say(f"masks: {done.masks} · overlays: {done.masks / 'overlays'} · "
             f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}")  # fmt: skip

@@ -8,34 +8,35 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .common import (
+from .common import Run, make_run
+from .options import (
     AddressOpt,
     CacheOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
-    FilterModelOpt,
-    GeneratorOpt,
-    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     EtaOpt,
     ExtractorOpt,
     FgThresholdOpt,
+    FilterModelOpt,
     FilterOpt,
+    GeneratorOpt,
     JsonOpt,
     KPartsOpt,
     NImagesOpt,
     NoBgProtosOpt,
     NoStuffFilterOpt,
+    PartModelOpt,
     PresetOpt,
     ProposerOpt,
     ProtoKindsOpt,
     QuietOpt,
-    Run,
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
+    segment_overrides,
     ShortSideOpt,
     SlideOpt,
     StrideOpt,
@@ -43,11 +44,8 @@ from .common import (
     VerboseOpt,
     WindowsOpt,
     WorkersOpt,
-    make_run,
-    print_results,
-    result_line,
-    segment_overrides,
 )
+from .output import print_results, result_line
 
 if TYPE_CHECKING:
     from ..eval.datasets import SegDataset
@@ -158,8 +156,8 @@ def eval_cmd(
             results = [_score(run, ds, _model_predictor(run, ds, s, engine, workers), f"seed {s}") for s in seed_list]
         record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
     runs = results if len(results) > 1 else None
-    if not run.json:
-        print_results(run, ds, results)
+    if not run.json and not run.quiet:
+        print_results(run.console, ds, results)
     if out is not None:
         try:
             json_path, html_path = write_report(results[-1], out, ds, runs=runs, run_protocol=record)
@@ -186,7 +184,7 @@ def _keep(results: list[EvalResult]) -> str:
 def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:
     """--classes-file, else a classes.txt in --root (as `ovdiff demo` writes beside its VOC tree)."""
     from ..names import parse_class_list
-    from .common import read_classes_file
+    from .options import read_classes_file
 
     path = classes_file if classes_file is not None else Path(root).expanduser() / "classes.txt"
     if classes_file is None and not path.is_file():

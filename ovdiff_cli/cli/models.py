@@ -11,26 +11,26 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (
+from .common import make_run
+from .options import (
     CacheOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
-    FilterModelOpt,
-    GeneratorOpt,
-    PartModelOpt,
     DtypeOpt,
     ExtractorOpt,
+    FilterModelOpt,
+    GeneratorOpt,
     JsonOpt,
+    PartModelOpt,
     PresetOpt,
     ProposerOpt,
     QuietOpt,
     SamModelOpt,
     SdModelOpt,
     VerboseOpt,
-    make_run,
-    print_unpadded,
 )
+from .output import print_unpadded
 
 app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
 

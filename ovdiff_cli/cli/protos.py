@@ -9,35 +9,34 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (
+from .common import cache_run, make_run
+from .options import (
     AddressOpt,
     CacheOpt,
     ClassesFileOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
-    FilterModelOpt,
-    GeneratorOpt,
-    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     ExtractorOpt,
+    FilterModelOpt,
+    GeneratorOpt,
     JsonOpt,
     KPartsOpt,
     NImagesOpt,
+    PartModelOpt,
     PresetOpt,
     ProposerOpt,
     QuietOpt,
+    read_classes_file,
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
     WorkersOpt,
-    cache_run,
-    human_size,
-    make_run,
-    read_classes_file,
 )
+from .output import human_size
 
 app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
 

@@ -10,19 +10,19 @@ import typer
 from rich.markup import escape
 
 from ..config import SampleConfig
-from .common import (
+from .common import make_run
+from .options import (
     CacheOpt,
     ClassesFileOpt,
     DeviceOpt,
     DtypeOpt,
+    GeneratorOpt,
     PresetOpt,
     QuietOpt,
-    GeneratorOpt,
+    read_classes_file,
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
-    make_run,
-    read_classes_file,
 )
 
 _D = SampleConfig()  # defaults shown in --help; presets may override them

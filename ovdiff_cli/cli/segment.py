@@ -11,34 +11,37 @@ from rich.table import Table
 
 from ..config import SegmentConfig
 from ..errors import OvdiffError
-from .common import (
+from .common import make_run
+from .options import (
     AddressOpt,
     CacheOpt,
     ClassesFileOpt,
     ClipModelOpt,
     DeviceOpt,
     DinoModelOpt,
-    FilterModelOpt,
-    GeneratorOpt,
-    PartModelOpt,
     DtypeOpt,
     EngineOpt,
     EtaOpt,
     ExtractorOpt,
     FgThresholdOpt,
+    FilterModelOpt,
     FilterOpt,
+    GeneratorOpt,
     JsonOpt,
     KPartsOpt,
     NImagesOpt,
     NoBgProtosOpt,
     NoStuffFilterOpt,
+    PartModelOpt,
     PresetOpt,
     ProposerOpt,
     ProtoKindsOpt,
     QuietOpt,
+    read_classes_file,
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
+    segment_overrides,
     ShortSideOpt,
     SlideOpt,
     StrideOpt,
@@ -46,11 +49,8 @@ from .common import (
     VerboseOpt,
     WindowsOpt,
     WorkersOpt,
-    make_run,
-    printable,
-    read_classes_file,
-    segment_overrides,
 )
+from .output import printable
 
 
 def segment(

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from ..errors import OvdiffError
-from .common import CacheOpt, ClipModelOpt, DeviceOpt, DinoModelOpt, DtypeOpt, PresetOpt, SamModelOpt, SdModelOpt, SeedOpt, phrase
+from .common import phrase
+from .options import (
+    CacheOpt,
+    ClipModelOpt,
+    DeviceOpt,
+    DinoModelOpt,
+    DtypeOpt,
+    PresetOpt,
+    SamModelOpt,
+    SdModelOpt,
+    SeedOpt,
+)
 
 UI_EXTRA = "pip install 'ovdiff[ui]'"
 

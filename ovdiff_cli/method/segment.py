@@ -94,8 +94,8 @@ class Segmenter:
     one vocabulary per part (`vocabs`) is matched on that part's own features, and prototypes are
     numbered globally (part after part) for --explain: `source(i)`. scorer: the category filter's
     image/text scorer (None: no filter, whatever `cfg.use_filter` says); texts: where the filter's
-    text embeddings are kept between runs (`types.TextMemo`, e.g. the cache; None: memory only). refiner: `refine.PamrRefiner` or `RegionRefiner`
-    (None: the paper). `compose.Stages.segmenter` builds one for a run.
+    text embeddings are kept between runs (`types.TextMemo`, e.g. the cache; None: memory only).
+    refiner: `refine.PamrRefiner` or `RegionRefiner` (None: the paper). `compose.Stages.segmenter` builds one for a run.
     """
 
     def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
