@@ -111,6 +111,7 @@ def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, 
     from ..config import spec_parts
     from ..method.filter import CategoryFilter
     from ..method.segment import encode_image
+    from ..method.targets import working_image
     from ..store.cache import Cache
 
     s = BenchSettings(**settings)
@@ -141,18 +142,19 @@ def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, 
     status = _status_mib(("VmRSS", "VmHWM"))
     nbytes = sum(v.protos.element_size() * v.protos.numel() for v in segs[1].vocabs)
     # the filter alone over every name: cold with a fresh text cache, then warm over the same cache
+    work = working_image(image, cfg.short_side)  # what the segmenter's filter sees
     text_cache = fresh_cache(Path(root), "large-filter-")
     cold, warm = [], []
     for _ in range(s.repeats):
-        cold.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(image),
+        cold.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(work),
                           stages.device)[0])  # fmt: skip
-        warm.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(image),
+        warm.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(work),
                           stages.device)[0])  # fmt: skip
         text_cache = fresh_cache(Path(root), "large-filter-")
     return {"encode": t_enc, "many": t_many,
             "few": t_few, "filter_many": [r["filter"] for r in runs[1]], "cold": cold, "warm": warm,
             "rss_base": base, "rss_after": status["VmRSS"], "rss_peak": status["VmHWM"], "vocab_mib": nbytes / 2**20,
-            "kept": len(segs[1].filter.select(image)) if segs[1].filter else len(names)}  # fmt: skip
+            "kept": len(segs[1].filter.select(work)) if segs[1].filter else len(names)}  # fmt: skip
 
 
 def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: int, root: str) -> dict:

@@ -92,6 +92,7 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     """
     from ..io.images import discover, load_image
     from ..engines.local import segment_paths
+    from ..method.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
@@ -100,7 +101,7 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     segmenter = stages.segmenter(synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"),
                                  scorer=scorer)  # fmt: skip
     items = discover([str(folder)])
-    kept = [len(segmenter.filter.select(load_image(i.path))) for i in items]  # warm-up: text embeddings cached
+    kept = [len(segmenter.filter.select(working_image(load_image(i.path), cfg.short_side))) for i in items]  # warm-up
     segment_paths(segmenter, items[:1], root / "masks-warmup")
     rows = []
     for r in range(s.repeats):
@@ -141,9 +142,11 @@ def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path
     """The category filter on one image with a fresh cache (cold: every prompt encoded) and again with
     a new filter over the same cache (warm: every embedding read from LMDB, none encoded)."""
     from ..method.filter import CategoryFilter
+    from ..method.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = preset_configs(s.preset)[2]
+    image = working_image(image, cfg.short_side)  # what the segmenter's filter sees
     CategoryFilter(stages.scorer(), None, names[:2], s.eta, cfg.filter_size).select(image)  # warm-up
     cold, warm, prompts = [], [], []
     for _ in range(s.repeats):

@@ -93,7 +93,8 @@ def best_subset(image_emb: torch.Tensor, candidates: list[int], prompt_embs: tor
 def filter_input(work: np.ndarray, size: int) -> torch.Tensor:
     """The working image HxWx3 uint8 (`targets.working_image`) → (1,3,size,size) float32 in [0,1], as the
     authors build CLIP's input: squeezed to FILTER_SQUARE² (Lanczos), then to size² bilinearly without
-    antialiasing (sdov `mmdata.prep_sample`, then `clip_class`'s `Resize` on a tensor). Nothing is cropped away."""
+    antialiasing (sdov `mmdata.prep_sample`, then `clip_class`'s `Resize` on a tensor, which torchvision 0.13,
+    their version, does not antialias). Nothing is cropped away."""
     im = Image.fromarray(work).resize((FILTER_SQUARE, FILTER_SQUARE), Image.Resampling.LANCZOS)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)

@@ -8,8 +8,9 @@ working image.
 
 Not the authors': a guard against extreme aspect ratios. The long side is capped at
 `LONG_SIDE_RATIO` times the short side, so a 1×10000 px strip does not become a 448×4.5M px
-working image. At 32:1 it touches no image of the eight benchmarks (their photos are at most
-640 px long, so one would need a short side under 20 px; Cityscapes is 2:1).
+working image. 32:1 is far from the benchmarks' shapes (VOC and Context photos are at most 500 px
+long and COCO's 640, so one would need a short side under 20 px; Cityscapes is 2:1; ADE20K holds
+ordinary scene photographs).
 """
 
 from __future__ import annotations
