@@ -13,6 +13,6 @@
 `precision` holds the one arithmetic rule matching and K-means share (half inputs, fp32 sums).
 Running the method over a cache, a folder or a cluster is `engines/`'s job (support sets stored:
 `engines.support`; the user's photos: `engines.photos`; explanation files: `engines.explain`), and
-contact sheets are `io.sheets`'; the filter and the stuff table keep text embeddings through
+contact sheets are drawn by `io.sheets`; the filter and the stuff table keep text embeddings through
 `types.TextMemo`. `tests/test_architecture.py` checks that no module here imports those folders.
 """
