@@ -48,6 +48,29 @@ def test_api_label_maps_equal_ovdiff_segment(world, tmp_path):
         assert np.array_equal(features.match(vocab).labels, cli)
 
 
+def test_segment_folder_is_the_cli_folder_job_from_python(world, tmp_path):
+    """`Pipeline.segment_folder` writes what `ovdiff segment` writes, in shards and resumed; a job that
+    cannot run is refused before anything is created."""
+    root, pipe = world
+    images = root / "data/VOC2012/JPEGImages"
+    res = CliRunner().invoke(app, ["segment", str(images), "--classes", ",".join(LABELLED), "--format", "npz",
+                                   "--out", str(tmp_path / "cli"), "--cache", str(root / "cache"), *PROC])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "api"
+    first = pipe.segment_folder(images, out, LABELLED, fmt="npz", shard="0/2")
+    assert len(first.items) == 2 and first.summary.written == 2 and first.skipped == 0
+    rest = pipe.segment_folder(images, out, LABELLED, fmt="npz", skip_existing=True)
+    assert rest.skipped == 2 and len(rest.items) == 1 and rest.items[0].name not in {i.name for i in first.items}
+    assert rest.report()["written"] == 1
+    for mask in (tmp_path / "cli").glob("*.npz"):
+        assert (out / mask.name).read_bytes() == mask.read_bytes(), mask.name
+    for bad in ({"engine": "ray", "explain": True}, {"fmt": "coco-rle", "shard": "0/2"}, {"fmt": "tiff"},
+                {"shard": "2/2"}, {"save_scores": True}, {"engine": "spark"}, {"workers": 2}):  # fmt: skip
+        with pytest.raises(OvdiffError):
+            pipe.segment_folder(images, tmp_path / "refused", LABELLED, **bad)
+        assert not (tmp_path / "refused").exists(), bad
+
+
 def test_encode_once_matches_several_vocabularies_without_backbones(world):
     _, pipe = world
     image = ovdiff.procedural_scene(seed=3)

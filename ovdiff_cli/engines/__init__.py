@@ -1,2 +1,4 @@
-"""Where the method runs: class names → cached prototypes on this machine (`vocab`), resumable and
-sharded segment jobs (`resume`), and the same work on a Ray cluster (`raycluster`)."""
+"""Where the method runs: the folder job and the engine choice (`folder`: `Pipeline.segment_folder`,
+`build_vocabulary`), class names → cached prototypes (`vocab`), support sets and the user's photos in
+the cache (`support`, `photos`), images streamed through the segmenter here (`local`) or on a Ray
+cluster (`raycluster`), resumable and sharded jobs (`resume`), and explanation files (`explain`)."""
