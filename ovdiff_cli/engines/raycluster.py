@@ -211,6 +211,24 @@ class ClassBuilder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _class_builders(ray, wanted: int, workers: int | None, run_cfg: RunConfig, sample_cfg: SampleConfig,
+                    proto_cfg: ProtoConfig) -> Iterator[list]:  # fmt: skip
+    """At most `wanted` restartable `ClassBuilder` actors (as many as `workers` allows); afterwards their scratch
+    caches are removed and the actors stopped, whatever happened."""
+    n, resources = worker_resources(ray, workers)
+    actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
+    threads = _driver_threads(resources)
+    actors = [actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, threads) for _ in range(min(n, wanted))]
+    try:
+        yield actors
+    finally:
+        with contextlib.suppress(Exception):
+            ray.get([a.close.remote() for a in actors], timeout=30)
+        for a in actors:
+            ray.kill(a)
+
+
 def build_classes(
     cache: Cache,
     run_cfg: RunConfig,
@@ -238,33 +256,22 @@ def build_classes(
     todo = classes_to_build(cache, specs, names, seed, sample_cfg, proto_cfg, kinds)
     if not todo:
         return []
-    with session(address) as ray:
+    with session(address) as ray, _class_builders(ray, len(todo), workers, run_cfg, sample_cfg, proto_cfg) as actors:
         from ray.util import ActorPool
 
-        n, resources = worker_resources(ray, workers)
-        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
-        threads = _driver_threads(resources)
-        actors = [actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, threads)
-                  for _ in range(min(n, len(todo)))]  # fmt: skip
         pool = ActorPool(actors)
         built: list[str] = []
-        try:
-            for norm, kind in todo.items():
-                pool.submit(lambda a, v: a.build.remote(*v), (norm, seed, kind))
-            while pool.has_next():
-                try:
-                    norm, data = pool.get_next_unordered()
-                except ray.exceptions.RayError as e:
-                    raise _cause(e) from None
-                import_bytes(cache, data)
-                built.append(norm)
-                if on_class is not None:
-                    on_class(norm, len(built), len(todo))
-        finally:
-            with contextlib.suppress(Exception):
-                ray.get([a.close.remote() for a in actors], timeout=30)
-            for a in actors:
-                ray.kill(a)
+        for norm, kind in todo.items():
+            pool.submit(lambda a, v: a.build.remote(*v), (norm, seed, kind))
+        while pool.has_next():
+            try:
+                norm, data = pool.get_next_unordered()
+            except ray.exceptions.RayError as e:
+                raise _cause(e) from None
+            import_bytes(cache, data)
+            built.append(norm)
+            if on_class is not None:
+                on_class(norm, len(built), len(todo))
     return built
 
 
@@ -277,18 +284,11 @@ def build_photo_class(
     scratch cache, as generated support images do."""
     from ..store.sharing import import_bytes
 
-    with session(address) as ray:
-        _, resources = worker_resources(ray, workers)
-        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ClassBuilder)
-        builder = actor.options(**resources).remote(run_cfg, sample_cfg, proto_cfg, _driver_threads(resources))
+    with session(address) as ray, _class_builders(ray, 1, workers, run_cfg, sample_cfg, proto_cfg) as (builder,):
         try:
             data = ray.get(builder.build_photos.remote(norm, kind, photos, note))
         except ray.exceptions.RayError as e:
             raise _cause(e) from None
-        finally:
-            with contextlib.suppress(Exception):
-                ray.get(builder.close.remote(), timeout=30)
-            ray.kill(builder)
     import_bytes(cache, data)
 
 
