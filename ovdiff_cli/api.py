@@ -30,14 +30,18 @@ import numpy as np
 
 from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
+from .results import SegmentationResult
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .store.cache import Cache
     from .compose import Stages
-    from .models.presets import Preset
+    from .models.presets import ModelSpecs, Preset
+    from .engines.benchmark import BenchmarkRun
     from .engines.folder import FolderResult
+    from .engines.support import SampleRun
+    from .models.weights import Weights
     from .method.segment import EncodedImage, Segmentation, Segmenter
     from .types import ClassParts
 
@@ -114,104 +118,6 @@ class Vocabulary:
     def ids(self) -> list[dict[str, str]]:
         """Per class, part → cache id of its prototypes there, as `ovdiff protos list` shows them."""
         return [{part: p.pid for part, p in c.parts.items()} for c in self.classes]
-
-
-@dataclass
-class SegmentationResult:
-    """One image segmented against one vocabulary.
-
-    labels: (H,W) int32 at the image's size, 0 = background, k = class_names[k-1]. scores:
-    (K+1,h,w) float32 at the working size (short side `short_side`), row k = the window-averaged
-    cosine of label k's best prototype, -2 where label k was not scored (the filter dropped the
-    class, or there is no background); the label map is their bilinear upsampling's argmax, every
-    score ≤ 0 counted as 0 and ties going to the background (the authors' rule). background:
-    whether label 0 is in play (False with segment={"background": False}). kept: the classes the CLIP
-    filter kept. timings: seconds per stage.
-    stats: label present → (pixels, mean winning score).
-    """
-
-    labels: np.ndarray
-    class_names: list[str]
-    background: bool
-    kept: list[str]
-    scores: np.ndarray | None
-    timings: dict[str, float]
-    image: np.ndarray = field(repr=False)
-    stats: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
-
-    @property
-    def segments(self) -> list[dict]:
-        """The labels present as Hugging Face's image-segmentation pipeline lists them: per label (background
-        too), {"label": name, "score": mean winning score over its pixels, "mask": (H,W) bool}."""
-        names = self.names
-        out = []
-        for k in (int(v) for v in np.unique(self.labels)):
-            stat = self.stats.get(k)
-            out.append({"label": names[k], "score": None if stat is None else stat[1], "mask": self.labels == k})
-        return out
-
-    def to_supervision(self):
-        """An `sv.Detections` (pip install supervision): one detection per class present, with its mask,
-        box, class_id (label value), confidence (mean winning score) and data["class_name"]."""
-        from .io.adapters import to_supervision
-
-        return to_supervision(self.labels, self.names, self.stats)
-
-    def to_fiftyone(self):
-        """(`fo.Segmentation`, mask targets) for FiftyOne (pip install fiftyone): `sample["ovdiff"] = seg`,
-        `dataset.mask_targets["ovdiff"] = targets`."""
-        from .io.adapters import to_fiftyone
-
-        return to_fiftyone(self.labels, self.names)
-
-    def to_coco(self, image_id: int = 1) -> list[dict]:
-        """COCO results records (compressed RLE, score, area) of the classes present, as pycocotools'
-        `loadRes` reads them; category_id is the label value (class_names[id-1])."""
-        from .io.adapters import to_coco
-
-        return to_coco(self.labels, self.stats, image_id)
-
-    @property
-    def names(self) -> dict[int, str]:
-        """Label value → class name (0 → "background")."""
-        return {0: "background", **{k + 1: n for k, n in enumerate(self.class_names)}}
-
-    def present(self) -> list[str]:
-        """Names of the classes with at least one pixel, in vocabulary order (background left out)."""
-        return [self.class_names[v - 1] for v in np.unique(self.labels).tolist() if v > 0]
-
-    def mask(self, name: str) -> np.ndarray:
-        """(H,W) bool: the pixels labelled `name`."""
-        if name not in self.class_names:
-            raise OvdiffError(f"{name!r} is not in this vocabulary: {', '.join(self.class_names)}")
-        return self.labels == self.class_names.index(name) + 1
-
-    def save(self, path: str | Path) -> Path:
-        """Write the label map as `ovdiff segment` does: .png (palette PNG, 16-bit beyond 254 classes) or
-        .npz ('labels' and, when computed, 'scores')."""
-        from .io.masks import MaskWriter
-
-        path = Path(path).expanduser()
-        fmt = path.suffix.lower().lstrip(".")
-        if fmt not in ("png", "npz"):
-            raise OvdiffError(f"save to a .png or .npz file, not {path.name}")
-        writer = MaskWriter(path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None)
-        name = path.name[: -len(path.suffix)]
-        try:
-            writer.write(name, self.labels, self.scores)
-        except OSError as e:
-            raise OvdiffError(f"cannot write {path}: {e.strerror or e}") from e
-        return writer.path(name)
-
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The image blended with its coloured labels, with a legend of the classes present (PIL RGB)."""
-        from PIL import Image
-
-        from .io.images import overlay_picture
-        from .limits import in_range
-
-        in_range("alpha", alpha, " (0 shows the image, 1 the labels)")
-        return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
 
 
 @dataclass
@@ -313,6 +219,13 @@ class Pipeline:
         return self._cache
 
     @property
+    def model_specs(self) -> ModelSpecs:
+        """The model sources of this pipeline (the preset's, then `models=`), known without loading a model."""
+        from .models.presets import ModelSpecs
+
+        return ModelSpecs.of(self.preset, self.run_config.model_overrides)
+
+    @property
     def stages(self) -> Stages:
         """The run's stages (`compose.Stages`), as the CLI builds them; models load on first use."""
         if self._stages is None:
@@ -376,6 +289,45 @@ class Pipeline:
         with self._missing("segment_folder"):
             return segment_folder(self, names, paths, out, job, on_event, on_image)
 
+    def sample(self, names: Iterable[str], on_event: OnEvent | None = None) -> SampleRun:
+        """`ovdiff sample`: draw (or complete) and cache the support set of each class, without building
+        prototypes; on_event("sample", class, done, total) counts each class's images. Returns their ids,
+        how many images were drawn now and the seconds (`engines.support.SampleRun`)."""
+        from .engines.support import sample_classes
+        from .names import class_list
+
+        return sample_classes(self.cache, self.stages, class_list(names), self.seed, self.sample_config, on_event)
+
+    def support_sheet(self, name: str, out: str | Path) -> tuple[dict, int]:
+        """A contact sheet of class `name`'s cached support set (each image beside its attribution map)
+        written to the PNG/JPEG file `out`, as `ovdiff sample --show`; (the set's record, its images)."""
+        from .engines.support import write_support_sheet
+        from .io.outdir import check_not_in_cache
+
+        check_not_in_cache(out, self.cache_dir)
+        return write_support_sheet(self.cache, self.stages.specs, name, self.seed, self.sample_config, Path(out).expanduser())
+
+    def evaluate(self, dataset: str, root: str | Path, *, seeds: Iterable[int] | None = None,
+                 pred: str | Path | None = None, offset: int | None = None, limit: int | None = None,
+                 out: str | Path | None = None, classes_file: str | Path | None = None, raw_names: bool = False,
+                 engine: str = "local", address: str | None = None, workers: int | None = None,
+                 on_event: OnEvent | None = None, on_score: Callable | None = None,
+                 on_note: Callable[[str], None] | None = None) -> BenchmarkRun:  # fmt: skip
+        """`ovdiff eval`: score this pipeline on benchmark `dataset` ("voc", "context", "object", "voc20",
+        "context59", "ade", "stuff", "cityscapes") in the folder `root`, under the prior work's protocol,
+        one run per seed of `seeds` (default: the pipeline's seed); or score the saved masks in `pred`
+        (`offset`: mask value − dataset index, when no classes.json says). limit: the first images only;
+        out: write metrics.json and report.html there; classes_file: a dataset of your own in the layout
+        (default classes.txt in `root`); raw_names: the dataset's names, not the paper's corrections;
+        engine/address/workers as `vocabulary`'s. Callbacks as `engines.benchmark.evaluate_benchmark`'s.
+        Returns the dataset, the results per seed and the protocol (`BenchmarkRun`, `.document()`)."""
+        from .engines.benchmark import evaluate_benchmark
+
+        return evaluate_benchmark(self, dataset, root, seeds=None if seeds is None else list(seeds), pred=pred,
+                                  offset=offset, limit=limit, out=out, classes_file=classes_file, raw_names=raw_names,
+                                  engine=engine, address=address, workers=workers, on_event=on_event,
+                                  on_score=on_score, on_note=on_note)  # fmt: skip
+
     def photo_class(self, name: str, folder: str | Path, n_images: int = 0, kind: str | None = None,
                     engine: str = "local", address: str | None = None, workers: int | None = None,
                     on_event: OnEvent | None = None) -> Vocabulary:  # fmt: skip
@@ -398,6 +350,16 @@ class Pipeline:
                                       self.proto_config, n_images, None if kind is None else {name: kind}, on_event, remote)  # fmt: skip
         self._by_names.clear()  # `name` may have meant a generated class before
         return Vocabulary([built.name], [built], self.seed, self.proto_config.extractor)
+
+    def download_weights(self, local_dir: str | Path | None = None,
+                         on_weight: Callable[[Weights, str], None] | None = None) -> tuple[list[Weights], dict[str, Path]]:  # fmt: skip
+        """`ovdiff models download`: every weight this pipeline's models, extractor and mask proposer load,
+        fetched into the HF cache (or `local_dir`/ROLE, to pass back as `models={ROLE: folder}`) unless it
+        is there; on_weight(weights, "elsewhere" | "present" | "downloading"). (what it needs, role → folder)."""
+        from .models.weights import fetch_all, needed, role_specs
+
+        wanted = needed(role_specs(self.model_specs), self.proto_config.extractor, self.proto_config.mask_proposer)
+        return wanted, fetch_all(wanted, None if local_dir is None else Path(local_dir), on_weight)
 
     def _call(self, method: str) -> str:
         return f"ovdiff.Pipeline(preset={self.preset.name!r}, seed={self.seed}).{method}"

@@ -21,11 +21,12 @@ class CacheError(OvdiffError):
 
 class InvalidSetting(OvdiffError):
     """A setting that cannot work. setting: its config field name (`n_images`, `extractor`, `device`);
-    detail: the rest of the sentence, which starts with the setting's name."""
+    detail: the rest of the sentence, which starts with the setting's name; way_out: another setting
+    that resolves it, named after the sentence (the CLI names its option there instead)."""
 
-    def __init__(self, setting: str, detail: str):
-        super().__init__(f"{setting} {detail}")
-        self.setting, self.detail = setting, detail
+    def __init__(self, setting: str, detail: str, way_out: str | None = None):
+        super().__init__(f"{setting} {detail}" + (f" (setting {way_out})" if way_out else ""))
+        self.setting, self.detail, self.way_out = setting, detail, way_out
 
 
 class ModelLoadError(OvdiffError):

@@ -73,6 +73,6 @@ def check_room(cache_root: Path, n_new: int, size: int, attribution_size: int) -
     if need > free:
         raise OvdiffError(
             f"the disk is full for {n_new} more support images of {size} px (about {need / 2**20:.0f} MiB needed, "
-            f"{free / 2**20:.0f} MiB free at {where}): free space, lower --n-images or use another --cache; "
+            f"{free / 2**20:.0f} MiB free at {where}): free space, lower n_images or use another cache folder; "
             "classes committed before are intact"
         )

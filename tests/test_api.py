@@ -3,6 +3,7 @@ typed results, and the README's "Python API" example run as written."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 import ovdiff
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.errors import InvalidSetting, OvdiffError
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -69,6 +70,50 @@ def test_segment_folder_is_the_cli_folder_job_from_python(world, tmp_path):
         with pytest.raises(OvdiffError):
             pipe.segment_folder(images, tmp_path / "refused", LABELLED, **bad)
         assert not (tmp_path / "refused").exists(), bad
+
+
+def test_evaluate_is_ovdiff_eval_from_python(world, tmp_path):
+    """`Pipeline.evaluate` scores as `ovdiff eval` does, the model or saved masks, and refuses a run that
+    cannot work with the setting's typed error before any work."""
+    root, pipe = world
+    data = root / "data"
+    res = CliRunner().invoke(app, ["eval", "voc", "--root", str(data), "--out", str(tmp_path / "cli"),
+                                   "--cache", str(root / "cache"), "-q", *PROC])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    notes, scored = [], []
+    done = pipe.evaluate("voc", data, out=tmp_path / "api", on_note=notes.append, on_score=lambda *a: scored.append(a))
+    assert done.document()["miou"] == cli["miou"] > 0.5 and done.record["seeds"] == [0]
+    assert json.loads(done.report[0].read_text())["miou"] == cli["miou"] and done.report[1].name == "report.html"
+    assert notes[0].startswith(f"classes from {data / 'classes.txt'}") and notes[1].startswith("thing/stuff kinds")
+    assert [(what, i, n) for what, i, n, _, _ in scored] == [("seed 0", 1, 3), ("seed 0", 2, 3), ("seed 0", 3, 3)]
+
+    pipe.segment_folder(data / "VOC2012/JPEGImages", tmp_path / "masks", LABELLED)
+    saved = pipe.evaluate("voc", data, pred=tmp_path / "masks")
+    assert saved.results[0].miou == pytest.approx(done.results[0].miou) and saved.record["predictions"]
+    for bad, setting in (({"pred": tmp_path / "masks", "seeds": [0]}, "seeds"), ({"offset": 1}, "offset"),
+                         ({"pred": tmp_path / "masks", "engine": "ray"}, "engine"), ({"seeds": [1, 1]}, "seeds"),
+                         ({"seeds": [-1]}, "seeds"), ({"out": root / "cache" / "r"}, "out")):  # fmt: skip
+        with pytest.raises(InvalidSetting) as e:
+            pipe.evaluate("voc", data, **bad)
+        assert e.value.setting == setting, bad
+    assert not (root / "cache" / "r").exists()
+
+
+def test_sample_and_its_contact_sheet_from_python(tmp_path):
+    """`Pipeline.sample` is `ovdiff sample` (drawn once, then found), `support_sheet` is `--show`."""
+    pipe = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache", device="cpu", dtype="fp32")
+    n = pipe.sample_config.n_images
+    events = []
+    first = pipe.sample(["kite", "sky "], on_event=lambda *e: events.append(e))
+    assert first.names == ["kite", "sky"] and first.generated == 2 * n and len(set(first.ids)) == 2
+    assert events[-1] == ("sample", "sky", n, n) and ("sample", "kite", n, n) in events
+    again = pipe.sample(["kite"])
+    assert again.generated == 0 and again.ids == first.ids[:1]
+    meta, count = pipe.support_sheet("kite", tmp_path / "sheet.png")
+    assert count == n and meta["norm"] == "kite" and Image.open(tmp_path / "sheet.png").width > 0
+    with pytest.raises(InvalidSetting):
+        pipe.support_sheet("kite", tmp_path / "cache" / "sheet.png")  # never written inside the cache
 
 
 def test_encode_once_matches_several_vocabularies_without_backbones(world):

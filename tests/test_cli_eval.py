@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.eval.classnames import KIND_LISTS
+from ovdiff_cli.classnames import KIND_LISTS
 
 from test_evaluate import fake_voc, naive_miou, random_preds
 
@@ -51,7 +51,7 @@ def test_eval_pred_without_background_shifts_labels(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--seeds", "0,1"], "--seeds needs a model"),
+        (["--seeds", "0,1"], "--seeds apply to a model's predictions"),
         (["--limit", "0"], "--limit must be in 1..1000000000"),
     ],
 )

@@ -73,7 +73,7 @@ def test_out_beside_the_inputs_is_refused_and_no_lock_file_is_left(world, tmp_pa
         (photos / p.name).write_bytes(p.read_bytes())
     before = sorted(p.name for p in photos.iterdir())
     res = invoke(["segment", str(photos), "--classes", "kite,sky", "--out", str(photos)], world)
-    assert res.exit_code == 2 and "holds input images" in res.output and "--out " + str(photos / "masks") in res.output
+    assert res.exit_code == 2 and "holds input images" in res.output and "e.g. " + str(photos / "masks") in res.output
     assert sorted(p.name for p in photos.iterdir()) == before  # no mask, no legend, no lock file
     out = tmp_path / "masks"
     assert invoke(["segment", str(photos), "--classes", "kite,sky", "--out", str(out)], world).exit_code == 0

@@ -82,7 +82,7 @@ def test_eval_pred_maps_the_legend_beside_the_masks_onto_the_dataset_classes(tmp
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["miou"] == pytest.approx(1.0)
 
-    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "1"]), "drop --offset")
+    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "1"]), "--offset and the legend", "leave the offset out")
     legend = json.loads((pred / "classes.json").read_text())
     legend["labels"][3]["name"] = "sky"
     (pred / "classes.json").write_text(json.dumps(legend))
@@ -108,7 +108,7 @@ def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_res
         Image.fromarray(lab).save(pred / f"{i}.png")
     with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(ro / "r")]),
-                  "cannot create --out folder")  # fmt: skip
+                  "--out folder", "cannot be created")  # fmt: skip
     from ovdiff_cli.eval import evaluate
 
     def full_disk(*args, **kwargs):
@@ -162,7 +162,7 @@ def test_segment_recursive_skips_its_own_output_and_out_is_locked(cache, tmp_pat
     release = lock(out)
     try:
         one_error(runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), *common]),
-                  "another 'ovdiff segment' is writing to")  # fmt: skip
+                  "is being written by another 'ovdiff segment'")  # fmt: skip
     finally:
         release()
 
@@ -174,7 +174,7 @@ def test_the_shards_of_one_job_may_write_one_folder_side_by_side_but_nothing_els
     first, second = lock(tmp_path, (0, 2)), lock(tmp_path, (1, 2))  # SLURM-array style: both at once
     try:
         for other in (None, (0, 2)):  # a whole run, or a second copy of a running shard
-            with pytest.raises(OvdiffError, match="another 'ovdiff segment' is writing to"):
+            with pytest.raises(OvdiffError, match="is being written by another 'ovdiff segment'"):
                 lock(tmp_path, other)
     finally:
         first()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovdiff_cli.eval.classnames import CORRECTIONS, KIND_LISTS, RAW_CLASSES
+from ovdiff_cli.classnames import CORRECTIONS, KIND_LISTS, RAW_CLASSES
 from ovdiff_cli.eval.datasets import DATASET_NAMES, load_dataset
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.io.palette import voc_palette

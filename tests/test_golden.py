@@ -13,7 +13,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from ovdiff_cli.config import SampleConfig
 

@@ -177,7 +177,7 @@ def read_only_dir(tmp_path):
 
 
 def test_unwritable_output_folder_is_one_line_before_any_work(read_only_dir, image, tmp_path):
-    for out, message in ((read_only_dir, "is not writable"), (read_only_dir / "masks", "cannot create --out folder")):
+    for out, message in ((read_only_dir, "is not writable"), (read_only_dir / "masks", "cannot be created")):
         res = runner.invoke(app, ["segment", str(image), "--classes", "kite", "--out", str(out),
                                   "--cache", str(tmp_path / "cache"), *PROC])  # fmt: skip
         one_error_line(res, message, str(read_only_dir))

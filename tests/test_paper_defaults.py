@@ -72,7 +72,7 @@ def test_the_paper_preset_keeps_every_default():
 
 
 def test_voc_class_names_with_the_papers_corrections():
-    from ovdiff_cli.eval.classnames import class_names
+    from ovdiff_cli.classnames import class_names
 
     assert class_names("voc") == [
         "background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -85,7 +85,7 @@ def test_voc_class_names_with_the_papers_corrections():
 
 
 def test_the_authors_prompt_overlay_on_ade():
-    from ovdiff_cli.eval.classnames import class_names
+    from ovdiff_cli.classnames import class_names
 
     fixed, raw = class_names("ade"), class_names("ade", raw=True)
     changed = {r: f for r, f in zip(raw, fixed, strict=True) if r != f}
@@ -97,7 +97,7 @@ def test_the_authors_prompt_overlay_on_ade():
 def test_benchmark_kinds_are_the_authors_table_c9():
     """VOC, Context, Object and ADE: the authors' thing/stuff answer, errors included; "table" a thing.
     COCO-Stuff and Cityscapes (not in their answer): None, so the stuff table decides."""
-    from ovdiff_cli.eval.classnames import class_kinds, class_names, kind_list
+    from ovdiff_cli.classnames import class_kinds, class_names, kind_list
 
     def stuff_of(ds: str) -> list[str]:
         return [n for n, k in zip(class_names(ds), class_kinds(ds), strict=True) if k == "stuff" and n != "background"]

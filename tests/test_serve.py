@@ -139,7 +139,7 @@ def test_bad_requests_get_one_clear_line_and_a_400(server, image, classes, says)
 def test_explain_refuses_unknown_results_and_pixels_outside_the_picture(server):
     url, _ = server
     _, seg = post_segment(url, scene_png(), CLASSES)
-    for query, says in ((f"id=nope&x=1&y=1", "no longer kept"), (f"id={seg['id']}&x=192&y=0", "outside the 192x128"),
+    for query, says in (("id=nope&x=1&y=1", "no longer kept"), (f"id={seg['id']}&x=192&y=0", "outside the 192x128"),
                         (f"id={seg['id']}&x=-1&y=0", "whole numbers")):  # fmt: skip
         status, body = answer(f"{url}api/explain?{query}")
         assert status == 400 and says in body["error"], body

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ovdiff_cli.method import stuff
 from ovdiff_cli.store.cache import Cache
-from ovdiff_cli.eval.classnames import COCO_STUFF_ONLY, COCO_THINGS
+from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages

@@ -5,6 +5,7 @@ through the public API, as a user's program would (settings and figures are in `
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import platform
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 from .settings import SECTIONS, BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .build import bench_build_memory, bench_prototypes
 from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
-from ..eval.classnames import VOC
+from ..classnames import VOC
 from ..config import ProtoConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
 
@@ -413,6 +414,10 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     if "filter" in only:
         say(f"filter: η={s.eta}, cold and warm text-embedding cache")
         sections["filter"] = bench_filter(stages, s, load_image(next(folder.glob("*.jpg"))), root)
+    # The sections below run in new processes that load their own models: this one lets go of its own
+    # first, so that a child's peak (a thousand classes beside the models) never adds to ours.
+    stages = Stages.for_run(s.preset, device, dtype)
+    gc.collect()
     if "vocabulary" in only:
         say(f"vocabulary: {s.vocab_cached} cached classes + 1")
         sections["vocabulary"] = bench_vocab(s, dim, device, dtype, seed, root)

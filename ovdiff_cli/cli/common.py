@@ -184,7 +184,7 @@ def phrase(e: OvdiffError) -> str:
     from .. import errors
 
     if isinstance(e, errors.InvalidSetting):
-        return f"{flag(e.setting)} {e.detail}"
+        return f"{flag(e.setting)} {e.detail}" + (f" ({flag(e.way_out)})" if e.way_out else "")
     if isinstance(e, errors.ModelLoadError):
         from ..models.weights import ROLE_OPTION
 

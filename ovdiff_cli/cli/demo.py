@@ -33,19 +33,14 @@ def demo(
     Example: ovdiff demo --out demo/ --images 24
     """
     from ..eval.demo import run_demo
-    from ..limits import check_seed, in_range
     from ..procedural import LABELLED
 
-    in_range("images", images)
-    check_seed(seed)
-    from ..io.outdir import check_out_dir
-
-    root = check_out_dir(out)
+    root = Path(out).expanduser()
     run = make_run(cache or root / "cache", "procedural", device, dtype, seed, verbose, quiet)
     with run.progress() as bar:
         build = bar.add_task("prototypes", total=len(LABELLED))
         task = bar.add_task("segment", total=images)
-        done = run_demo(root, run.stages, run.cache, images, run.run.seed, run.sample, run.protos, run.segment,
+        done = run_demo(run.pipe, root, images,
                         on_event=lambda stage, *_: bar.advance(build) if stage in ("prototypes", "cached") else None,
                         on_image=lambda *_: bar.advance(task))  # fmt: skip
     if run.quiet:

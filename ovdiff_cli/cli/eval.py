@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from .common import Run, make_run
+from .common import make_run
 from .options import (
     AddressOpt,
     CacheOpt,
@@ -46,10 +46,6 @@ from .options import (
     WorkersOpt,
 )
 from .output import print_results, result_line
-
-if TYPE_CHECKING:
-    from ..eval.datasets import SegDataset
-    from ..eval.evaluate import EvalResult, Predict
 
 DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without)."
 
@@ -114,9 +110,6 @@ def eval_cmd(
 
     Example (a Ray cluster): ovdiff eval voc --root /shared/VOC2012 --engine ray --address HEAD:6379
     """
-    from ..eval.datasets import load_dataset
-    from ..engines.raycluster import check_engine, engine_session
-    from ..eval.evaluate import metrics_document, predictions_from_dir, protocol, write_report
     from ..errors import OvdiffError
 
     method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
@@ -127,124 +120,44 @@ def eval_cmd(
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
         json_out=json_out,
     )
-    check_engine(engine, address, workers)
-    if pred is None:
-        _parse_seeds(seeds, seed)  # checked before the dataset is read
-    custom = _custom_classes(root, classes_file)
-    ds = load_dataset(dataset, root, limit=limit, raw_names=raw_names, custom_classes=custom)
-    if custom is not None:
-        run.say(f"classes from {classes_file or Path(root) / 'classes.txt'}: {escape(', '.join(custom))}")
-    if out is not None:
-        from ..io.outdir import check_not_in_cache
-        from ..io.outdir import check_out_dir
-
-        check_not_in_cache(out, run.cache_dir, "--out")
-        out = check_out_dir(out, "metrics.json and report.html")  # before any work, not after the whole run
-    if pred is not None:
-        if seeds is not None:
-            raise OvdiffError("--seeds needs a model; --pred scores masks that already exist")
-        if engine != "local":
-            raise OvdiffError("--pred scores saved masks here: it takes no --engine")
-        results = [_score(run, ds, predictions_from_dir(pred, ds, offset), "masks")]
-        record = protocol(ds, None, None, None, predictions=str(pred))
-    else:
-        if offset is not None:
-            raise OvdiffError("--offset only applies to --pred")
-        seed_list = _parse_seeds(seeds, seed)
-        run.say(f"thing/stuff kinds: {escape(ds.kinds_record()['list'])}")
-        with engine_session(engine, address):
-            results = [_score(run, ds, _model_predictor(run, ds, s, engine, workers), f"seed {s}") for s in seed_list]
-        record = protocol(ds, seed_list, run.preset.name, run.stages.specs.identity(), run.sample, run.protos, run.segment)
-    runs = results if len(results) > 1 else None
-    if not run.json and not run.quiet:
-        print_results(run.console, ds, results)
-    if out is not None:
-        try:
-            json_path, html_path = write_report(results[-1], out, ds, runs=runs, run_protocol=record)
-        except OSError as e:
-            raise OvdiffError(f"cannot write the report to {out} ({e.strerror or e}); the results are kept in {_keep(results)}") from e
-        run.say(f"wrote {json_path} and {html_path}")
-    if run.json:
-        run.emit(metrics_document(results[-1], ds, runs, record))
-    else:
-        run.result(result_line(ds, results))
-
-
-def _keep(results: list[EvalResult]) -> str:
-    """Save the metrics where writing is likely to work (the temporary folder) when --out failed at the end."""
-    import json
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="ovdiff-eval-", suffix=".json")
-    with open(fd, "w") as f:
-        json.dump([r.to_dict() for r in results], f, indent=2)
-    return path
-
-
-def _custom_classes(root: Path, classes_file: Path | None) -> list[str] | None:
-    """--classes-file, else a classes.txt in --root (as `ovdiff demo` writes beside its VOC tree)."""
-    from ..names import parse_class_list
-    from .options import read_classes_file
-
-    path = classes_file if classes_file is not None else Path(root).expanduser() / "classes.txt"
-    if classes_file is None and not path.is_file():
-        return None
-    return parse_class_list(None, read_classes_file(path))
-
-
-def _parse_seeds(spec: str | None, default: int) -> list[int]:
-    from ..errors import OvdiffError
-
-    if spec is None:
-        return [default]
     try:
-        seeds = [int(s) for s in spec.split(",") if s.strip()]
+        seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        raise OvdiffError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2,3,4") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise OvdiffError(f"--seeds {spec!r}: give distinct comma-separated integers")
-    from ..limits import check_seed
-
-    for s in seeds:
-        check_seed(s, "seeds")
-    return seeds
-
-
-def _model_predictor(run: Run, ds: SegDataset, seed: int, engine: str = "local", workers: int | None = None) -> Predict:
-    """Build (or load) the prototypes of the benchmark's classes for `seed`, and a predictor over them
-    (with `engine` "ray", both on Ray, in the session the caller opened)."""
-    from ..engines.folder import build_vocabulary
-    from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
-
-    names, kinds = benchmark_classes(ds), ds.kinds()
+        raise OvdiffError(f"--seeds {seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2,3,4") from None
     with run.progress() as bar:
-        task = bar.add_task(f"prototypes (seed {seed})", total=len(names))
+        building: dict[str, int] = {}  # the seed whose classes are being built → its bar
         built: set[str] = set()
+        scoring: dict[str, int] = {}
 
         def on_event(stage: str, name: str, done: int, total: int) -> None:
+            if stage == "benchmark":  # the classes of the next seed ("seed S"): one bar per seed
+                building.clear()
+                built.clear()
+                building[name] = bar.add_task(f"prototypes ({name})", total=total)
+                return
+            (what, task), = building.items()
             built.add(name)
-            stage = "prototypes" if stage == "ray" else stage
-            bar.update(task, completed=len(built) - 1, description=f"{stage:<10} {name[:30]} (seed {seed})")
+            bar.update(task, completed=len(built) - 1, description=f"{'prototypes' if stage == 'ray' else stage:<10} {name[:30]} ({what})")
 
-        classes = build_vocabulary(run.pipe, names, kinds, engine=engine, workers=workers, on_event=on_event, seed=seed)
-        bar.update(task, completed=len(names), description=f"prototypes (seed {seed})")
-    if engine == "ray":
-        from ..engines.raycluster import dataset_predictions
-
-        return dataset_predictions(run.run, classes, protocol_config(run.segment, ds), run.protos.extractor, ds, workers)
-    segmenter = run.stages.segmenter(classes, protocol_config(run.segment, ds), run.protos.extractor, run.cache)
-    return segmenter_predictor(segmenter, ds)
-
-
-def _score(run: Run, ds: SegDataset, predict: Predict, what: str) -> EvalResult:
-    from ..eval.evaluate import evaluate
-
-    with run.progress() as bar:
-        task = bar.add_task(f"{ds.name} ({what})", total=len(ds))
-
-        def on_image(done: int, total: int, running: float) -> None:
-            bar.update(task, completed=done, description=f"{ds.name} ({what}) mIoU {100 * running:.1f}")
+        def on_score(what: str, done: int, total: int, running: float, image_id: str) -> None:
+            if what not in scoring:
+                if what in building:  # this seed's classes are ready
+                    bar.update(building.pop(what), completed=len(built), description=f"prototypes ({what})")
+                scoring[what] = bar.add_task(what, total=total)
+            bar.update(scoring[what], completed=done, description=f"{dataset} ({what}) mIoU {100 * running:.1f}")
             if run.verbose:
-                run.err.print(f"{escape(ds.infos[done - 1].id)}: running mIoU {100 * running:.1f}", highlight=False)
+                run.err.print(f"{escape(image_id)}: running mIoU {100 * running:.1f}", highlight=False)
 
-        return evaluate(ds, predict, on_image=on_image)
+        done = run.pipe.evaluate(dataset, root, seeds=seed_list, pred=pred, offset=offset, limit=limit, out=out,
+                                 classes_file=classes_file, raw_names=raw_names, engine=engine, address=address,
+                                 workers=workers, on_event=on_event, on_score=on_score,
+                                 on_note=lambda text: run.say(escape(text)))  # fmt: skip
+    ds, results = done.dataset, done.results
+    if not run.json and not run.quiet:
+        print_results(run.console, ds, results)
+    if done.report is not None:
+        run.say(f"wrote {done.report[0]} and {done.report[1]}")
+    if run.json:
+        run.emit(done.document())
+    else:
+        run.result(result_line(ds, results))

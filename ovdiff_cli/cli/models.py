@@ -35,21 +35,6 @@ from .output import print_unpadded
 app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
 
 
-def _specs(run) -> dict[str, str]:
-    """The run's model specs by role: the preset's, then --sd-model etc.; each extractor family's too."""
-    from ..models.presets import ModelSpecs
-
-    from ..models.dense import FAMILIES
-    from ..models.filtermodels import filter_source
-
-    specs = ModelSpecs.of(run.preset, run.run.model_overrides)
-    models = {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
-    models.pop("filter", None)
-    if (source := filter_source(specs.models.get("filter"), specs.preset.weights)) is not None:
-        models["filter"] = source
-    return models
-
-
 @app.command("download")
 def download(
     local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Put each model in DIR/<role> instead of the HF cache, to pass as --sd-model DIR/sd etc.", show_default=False)] = None,
@@ -77,33 +62,32 @@ def download(
     Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
     """
     from ..models.dense import FAMILIES
-    from ..models.weights import ROLE_OPTION, hf_cache_dir, in_folder, needed, present
-    from ..models.weights import download as fetch
+    from ..models.weights import ROLE_OPTION, hf_cache_dir
 
     run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
                    dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
-    wanted = needed(_specs(run), run.protos.extractor, run.protos.mask_proposer)
-    flags = []
-    for w in wanted:
-        if w.source != "hub":
+
+    def on_weight(w, state: str) -> None:
+        if state == "elsewhere":
             run.say(f"{w.role}: {escape(w.spec)} is {w.source}, nothing to download")
-            continue
-        folder = Path(local_dir).expanduser() / w.role if local_dir is not None else None
-        if (in_folder(w, folder) if folder is not None else present(w)):
+        elif state == "present":
             run.say(f"{w.role}: {escape(w.repo)} already present")
         else:
             run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
             if w.gated:
                 run.say(gated_hint(w.repo))
-            fetch(w, folder)
-        if folder is not None and w.role in ROLE_OPTION:
-            flags += [ROLE_OPTION[w.role], shlex.quote(str(folder))]
-        elif folder is not None and w.role == "generator":
+
+    wanted, folders = run.pipe.download_weights(local_dir, on_weight)
+    flags = []
+    for role, folder in folders.items():
+        if role in ROLE_OPTION:
+            flags += [ROLE_OPTION[role], shlex.quote(str(folder))]
+        elif role == "generator":
             name = run.run.model_overrides["generator"].partition("=")[0]
             flags += ["--generator", shlex.quote(f"{name}={folder}")]
-        elif folder is not None and w.role in FAMILIES:
-            flags += ["--part-model", shlex.quote(f"{w.role}={folder}")]  # pasteable, as every suggested command
+        elif role in FAMILIES:
+            flags += ["--part-model", shlex.quote(f"{role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
     run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
     if flags:
@@ -133,11 +117,12 @@ def doctor(
     Example: ovdiff doctor --preset sd15
     """
     from ..doctor import report
+    from ..models.weights import role_specs
 
     run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
                    dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
                    protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
-    facts = report(run.preset, run.cache_dir, device, dtype, _specs(run), run.protos.extractor,
+    facts = report(run.preset, run.cache_dir, device, dtype, role_specs(run.pipe.model_specs), run.protos.extractor,
                    run.protos.mask_proposer)  # fmt: skip
     if json_out:
         run.emit(facts)

@@ -263,25 +263,12 @@ def show(
 
     Example: ovdiff protos show cat --out cat-masks.png
     """
-    from ..errors import OvdiffError
-    from ..io.sheets import mask_sheet
-    from ..engines.vocab import class_support, match_classes
-
-    from ..io.outdir import check_not_in_cache
+    from ..engines.vocab import write_class_sheet
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
-    check_not_in_cache(out, run.cache_dir, "--out")
-    pid, rec = match_classes(run.cache, [target], seed, extractor)[-1]
-    images, masks = class_support(run.cache, pid)
-    title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
-             "fg red, bg blue")  # fmt: skip
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        mask_sheet(images, masks, title).save(out)
-    except (OSError, ValueError) as e:
-        raise OvdiffError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e
-    run.say(f"wrote {out} ({len(images)} support images of {escape(repr(rec['name']))}, id {pid[:12]})")
+    pid, rec, count = write_class_sheet(run.cache, target, seed, extractor, out)
+    run.say(f"wrote {out} ({count} support images of {escape(repr(rec['name']))}, id {pid[:12]})")
 
 
 @app.command("export")
@@ -308,7 +295,7 @@ def export(
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
-    check_not_in_cache(file, run.cache_dir, "the export file")
+    check_not_in_cache(file, run.cache_dir, None)
     found = match_classes(run.cache, targets, seed, extractor)
     if not found:
         raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")

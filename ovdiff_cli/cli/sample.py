@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,50 +76,23 @@ def sample(
     if not classes and show is None:
         raise OvdiffError('no class names given: e.g. ovdiff sample cat "chocolate glazed donut", or --classes-file FILE')
     if classes:
-        _sample_classes(run, classes)
+        with run.progress() as bar:
+            n = run.sample.n_images
+            overall = bar.add_task("all classes", total=n * len(classes))
+            tasks: dict[str, int] = {}
+
+            def on_event(stage: str, name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done, visible=done < total)
+                bar.update(overall, completed=n * (len(tasks) - 1) + done)
+
+            done = run.pipe.sample(classes, on_event)
+        if run.verbose:
+            for name, sid in zip(done.names, done.ids, strict=True):
+                run.say(f"{escape(name)}: {done.n_images} images, support set {sid}")
+        run.result(f"{len(classes)} class(es), {done.n_images} images each: {done.generated} generated, "
+                   f"{done.n_images * len(classes) - done.generated} already cached ({done.seconds:.1f} s); cache {run.cache_dir}")  # fmt: skip
     if show is not None:
-        _write_sheet(run, show, out)
-
-
-def _sample_classes(run, classes: list[str]) -> None:
-    """Sample every class with one set of stages (one model load), an overall bar and one per class."""
-    from ..engines.support import ensure_support_set
-
-    n = run.sample.n_images
-    start, generated_before = time.perf_counter(), run.stages.calls.get("generate", 0)
-    with run.progress() as bar:
-        overall = bar.add_task("all classes", total=n * len(classes))
-        for k, name in enumerate(classes):
-            task = bar.add_task(name, total=n)
-
-            def on_progress(done: int, total: int, task=task, offset=k * n) -> None:
-                bar.update(task, completed=done)
-                bar.update(overall, completed=offset + done)
-
-            sid, meta = ensure_support_set(run.cache, run.stages, name, run.run.seed, run.sample, on_progress)
-            bar.update(task, visible=False)
-            if run.verbose:
-                run.say(f"{escape(name)}: {meta['n_images']} images, support set {sid}")
-    new = run.stages.calls.get("generate", 0) - generated_before
-    run.result(
-        f"{len(classes)} class(es), {n} images each: {new} generated, {n * len(classes) - new} already cached "
-        f"({time.perf_counter() - start:.1f} s); cache {run.cache_dir}"
-    )
-
-
-def _write_sheet(run, show: str, out: Path) -> None:
-    from ..errors import OvdiffError
-    from ..io.outdir import check_not_in_cache
-    from ..engines.support import cached_support_set
-    from ..io.sheets import contact_sheet
-
-    check_not_in_cache(out, run.cache_dir, "--out")
-    meta, samples = cached_support_set(run.cache, run.stages.specs, show, run.run.seed, run.sample)
-    norm = meta["norm"]
-    title = f"{meta['prompt']}  |  seed {meta['seed']}  |  {len(samples)} images, attribution maps beside them"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(samples, title).save(out)
-    except (OSError, ValueError) as e:
-        raise OvdiffError(f"cannot write contact sheet {out}: {getattr(e, 'strerror', None) or e}") from e
-    run.say(f"wrote {out} ({len(samples)} support images of {escape(repr(norm))})")
+        meta, count = run.pipe.support_sheet(show, out)
+        run.say(f"wrote {out} ({count} support images of {escape(repr(meta['norm']))})")

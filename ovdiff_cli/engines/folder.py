@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import OvdiffError
+from ..errors import InvalidSetting
 
 if TYPE_CHECKING:
     from ..compose import Stages
@@ -100,7 +100,7 @@ class FolderJob:
 
         check_engine(self.engine, self.address, self.workers)
         if self.engine == "ray" and self.explain:
-            raise OvdiffError("--explain needs the local engine: run it without --engine ray")
+            raise InvalidSetting("explain", "needs the local engine (the ray engine writes masks and overlays only)")
         if isinstance(self.shard, str):
             object.__setattr__(self, "shard", parse_shard(self.shard))
         elif self.shard is not None:
@@ -109,7 +109,7 @@ class FolderJob:
         if self.shard is not None or self.skip_existing:
             check_resumable(self.fmt)
         if self.engine == "ray" and self.save_scores:
-            raise OvdiffError("--save-scores needs the local engine: run it without --engine ray")
+            raise InvalidSetting("save_scores", "needs the local engine (the ray engine writes masks and overlays only)")
 
 
 @dataclass
@@ -150,7 +150,7 @@ def segment_folder(session: Session, names: list[str], inputs: list[str], out: s
     writer = MaskWriter(Path(out).expanduser(), len(names), job.fmt, job.save_scores, names)
     out_dir = check_out_dir(out)
     items = discover(list(inputs), job.recursive, exclude=out_dir)
-    check_not_in_cache(out_dir, session.cache_dir, "--out")
+    check_not_in_cache(out_dir, session.cache_dir)
     check_no_input_overwritten(out_dir, items, job.fmt, job.overlay, job.explain)
     check_out_holds_no_input(out_dir, items)
     release = lock(out_dir, job.shard)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import OvdiffError
+from ..errors import InvalidSetting
 from ..store.cache import now_iso
 from ..store.keys import photo_class_id, photo_set_id
 from ..method.sampling import image_seed
@@ -61,19 +61,19 @@ def read_photos(folder: str | Path, size: int) -> PhotoSet:
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise OvdiffError(f"--images {root}: not a folder")
+        raise InvalidSetting("images", f"{root}: not a folder")
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
     if not files:
-        raise OvdiffError(f"--images {root}: no image files ({', '.join(PHOTO_SUFFIXES)}) in this folder")
+        raise InvalidSetting("images", f"{root}: no image files ({', '.join(PHOTO_SUFFIXES)}) in this folder")
     digest, images = hashlib.sha256(), []
     for p in files:
         try:
             image = load_image(p)
         except (ImageError, OSError, ValueError) as e:
-            raise OvdiffError(f"--images: {p} cannot be read as an image ({e})") from None
+            raise InvalidSetting("images", f"photo {p} cannot be read as an image ({e})") from None
         if min(image.shape[:2]) < MIN_PHOTO_SIDE:
-            raise OvdiffError(f"--images: {p} is {image.shape[1]}×{image.shape[0]} px; photos need at least "
-                              f"{MIN_PHOTO_SIDE} px on each side")  # fmt: skip
+            raise InvalidSetting("images", f"photo {p} is {image.shape[1]}×{image.shape[0]} px; photos need at least "
+                                           f"{MIN_PHOTO_SIDE} px on each side")  # fmt: skip
         digest.update(hashlib.sha256(p.read_bytes()).digest())
         images.append(centre_square(image, size))
     return PhotoSet([p.name for p in files], images, digest.hexdigest()[:24])

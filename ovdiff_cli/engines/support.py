@@ -8,7 +8,10 @@ persistence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import names
@@ -109,3 +112,40 @@ def cached_support_set(cache: Cache, specs: ModelSpecs, class_name: str, seed: i
     if not meta or meta["n_images"] == 0:
         raise NoSupportSet(norm, seed, specs.preset.name)
     return meta, load_samples(cache, sid, meta["n_images"])
+
+
+@dataclass
+class SampleRun:
+    """What `sample_classes` did: per class its support-set id, the images per class, how many were
+    drawn now (the rest were cached) and the seconds it took."""
+
+    names: list[str]
+    ids: list[str]
+    n_images: int
+    generated: int
+    seconds: float
+
+
+def sample_classes(cache: Cache, stages: StageSource, class_names: list[str], seed: int, config: SampleConfig,
+                   on_event: Callable[[str, str, int, int], None] | None = None) -> SampleRun:  # fmt: skip
+    """`ovdiff sample`: the support set of every class drawn or completed with one set of stages (one model
+    load); on_event("sample", class, done, total) counts each class's images."""
+    start, before = time.perf_counter(), stages.calls.get("generate", 0)
+    ids = []
+    for name in class_names:
+        progress = None if on_event is None else (lambda done, total, name=name: on_event("sample", name, done, total))
+        ids.append(ensure_support_set(cache, stages, name, seed, config, progress)[0])
+    return SampleRun(list(class_names), ids, config.n_images, stages.calls.get("generate", 0) - before,
+                     time.perf_counter() - start)  # fmt: skip
+
+
+def write_support_sheet(cache: Cache, specs: ModelSpecs, class_name: str, seed: int, config: SampleConfig,
+                        out: Path) -> tuple[dict, int]:  # fmt: skip
+    """A contact sheet of a class's cached support set (image | attribution map pairs) written to `out`
+    (PNG/JPEG); (the set's meta, images drawn). No model is loaded."""
+    from ..io.sheets import contact_sheet, save_sheet
+
+    meta, samples = cached_support_set(cache, specs, class_name, seed, config)
+    title = f"{meta['prompt']}  |  seed {meta['seed']}  |  {len(samples)} images, attribution maps beside them"
+    save_sheet(contact_sheet(samples, title), out)
+    return meta, len(samples)

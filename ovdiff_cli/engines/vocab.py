@@ -14,6 +14,7 @@ bytes). Sharing them (export / import) lives in `sharing`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -439,3 +440,18 @@ def build_from_photos(
     built = ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note})
     put_photo_class(cache, norm, seed, stages.specs, note)
     return built[0]
+
+
+def write_class_sheet(cache: Cache, target: str, seed: int | None, extractor: str | None, out: Path) -> tuple[str, dict, int]:
+    """`ovdiff protos show`: the newest cached class matching `target` (name or id; `seed`, `extractor` narrow
+    it), its support images with their fg (red) and bg (blue) masks drawn to `out`; (id, record, images)."""
+    from ..io.outdir import check_not_in_cache
+    from ..io.sheets import mask_sheet, save_sheet
+
+    check_not_in_cache(out, cache.root)
+    pid, rec = match_classes(cache, [target], seed, extractor)[-1]
+    images, masks = class_support(cache, pid)
+    title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
+             "fg red, bg blue")  # fmt: skip
+    save_sheet(mask_sheet(images, masks, title), Path(out))
+    return pid, rec, len(images)

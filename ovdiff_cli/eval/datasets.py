@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classnames import KIND_LISTS, class_kinds, class_names
+from ..classnames import KIND_LISTS, class_kinds, class_names
 from ..errors import InvalidSetting, OvdiffError
 
 IGNORE_INDEX = 255

@@ -1,9 +1,10 @@
 """The offline demo: the whole method end to end on the procedural world, scored under eval's protocol.
 
 Held-out scenes with known truth are drawn in the VOC layout, the world's classes are built from
-procedurally generated support sets, the scenes are segmented into palette PNGs with overlays, and
-those saved masks are scored exactly as `ovdiff eval --pred` scores any tool's masks. The first
-scenes, their masks and their truth side by side make `figure.png` (the README's picture).
+procedurally generated support sets, the scenes are segmented into palette PNGs with overlays by
+`ovdiff segment`'s folder job (`engines.folder`), and those saved masks are scored exactly as
+`ovdiff eval --pred` scores any tool's masks. The first scenes, their masks and their truth side by
+side make `figure.png` (the README's picture).
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import OvdiffError
+from ..limits import in_range
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from ..store.cache import Cache
-    from ..config import ProtoConfig, SampleConfig, SegmentConfig
+    from ..engines.folder import OnEvent, OnImage, Session
+    from ..io.outputs import JobSummary
     from .datasets import SegDataset
     from .evaluate import EvalResult
-    from ..io.outputs import JobSummary
-    from ..types import StageSource
-    from ..engines.vocab import OnEvent
 
 
 @dataclass
@@ -41,53 +38,41 @@ class DemoRun:
     figure: Path  # figure.png: image | mask | truth for the first scenes
 
 
-def run_demo(
-    root: Path,
-    stages: StageSource,
-    cache: Cache,
-    n_images: int,
-    seed: int,
-    sample_cfg: SampleConfig,
-    proto_cfg: ProtoConfig,
-    seg_cfg: SegmentConfig,
-    on_event: OnEvent | None = None,
-    on_image: Callable[..., None] | None = None,
-) -> DemoRun:
-    """Draw `n_images` scenes under `root`/data, build the classes, segment into `root`/masks, score them.
+def run_demo(session: Session, root: Path, n_images: int, on_event: OnEvent | None = None,
+             on_image: OnImage | None = None) -> DemoRun:  # fmt: skip
+    """Draw `n_images` scenes under `root`/data, build the classes and segment the scenes into `root`/masks
+    (the folder job of `ovdiff segment`, with overlays), score the saved masks and draw the figure.
 
-    on_event: as `ensure_classes`; on_image: as `segment_paths`.
+    session: a pipeline of the procedural preset (`api.Pipeline`); on_event, on_image: as `segment_folder`'s.
     """
+    from ..engines.folder import FolderJob, segment_folder
+    from ..io.images import save_picture
+    from ..io.outdir import check_out_dir
+    from ..procedural import LABELLED, write_voc
     from .datasets import load_dataset
     from .evaluate import evaluate, predictions_from_dir, protocol, write_report
-    from ..io.images import discover
-    from ..procedural import LABELLED, write_voc
-    from ..engines.local import segment_paths
-    from ..io.legend import save_legend
-    from ..engines.vocab import ensure_classes
 
-    if stages.specs.preset.weights != "procedural":
-        raise OvdiffError(f"the demo needs the procedural world, whose truth is known (got preset {stages.specs.preset.name!r})")
-    if n_images < 1:
-        raise OvdiffError(f"the demo needs at least 1 image, got {n_images}")
-    data, masks = Path(root) / "data", Path(root) / "masks"
+    specs = session.stages.specs
+    if specs.preset.weights != "procedural":
+        raise OvdiffError(f"the demo needs the procedural world, whose truth is known (got preset {specs.preset.name!r})")
+    in_range("images", n_images)
+    root = check_out_dir(root, "the demo")
+    data, masks = root / "data", root / "masks"
+    seed = session.run_config.seed
     write_voc(data, n_images, seed)
     names = list(LABELLED)
-    classes = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, on_event=on_event)
-    segmenter = stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache)
-    save_legend(names, True, masks)
-    summary = segment_paths(segmenter, discover([str(data / "VOC2012" / "JPEGImages")]), masks, overlay=True,
-                            on_image=on_image)  # fmt: skip
+    done = segment_folder(session, names, [str(data / "VOC2012" / "JPEGImages")], masks, FolderJob(overlay=True),
+                          on_event, on_image)  # fmt: skip
+    summary = done.summary
     if summary.failures:
         raise OvdiffError(f"{len(summary.failures)} demo image(s) failed: {summary.failures[0][1]}")
     dataset = load_dataset("voc", data, custom_classes=names)
     result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
-    record = protocol(dataset, [seed], stages.specs.preset.name, stages.specs.identity(), sample_cfg, proto_cfg, seg_cfg,
-                      predictions=str(masks))  # fmt: skip
-    _, report = write_report(result, Path(root) / "report", dataset, run_protocol=record,
+    record = protocol(dataset, [seed], specs.preset.name, specs.identity(), session.sample_config,
+                      session.proto_config, session.segment_config, predictions=str(masks))  # fmt: skip
+    _, report = write_report(result, root / "report", dataset, run_protocol=record,
                              seconds_per_image=summary.seconds_per_image)  # segmenting, not reading the masks back
-    from ..io.images import save_picture
-
-    figure = Path(root) / "figure.png"
+    figure = root / "figure.png"
     save_picture(demo_figure(dataset, masks), figure)
     return DemoRun(data, masks, report, dataset, result, summary, figure)
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
-from ..errors import OvdiffError
+from ..errors import InvalidSetting, OvdiffError
 from ..io.legend import LEGEND_FILE, legend_lookup
 from ..limits import in_range
 from .metrics import ConfusionMatrix
@@ -198,7 +198,7 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
     lut = None
     if (root / LEGEND_FILE).is_file():
         if offset is not None:
-            raise OvdiffError(f"--offset and the legend {root / LEGEND_FILE} both say what mask values mean: drop --offset")
+            raise InvalidSetting("offset", f"and the legend {root / LEGEND_FILE} both say what mask values mean: leave the offset out")
         lut = legend_lookup(root / LEGEND_FILE, dataset)
     off = (0 if dataset.has_background else 1) if offset is None else offset
 

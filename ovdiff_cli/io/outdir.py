@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import OvdiffError
+from ..errors import InvalidSetting, OvdiffError
 from .images import InputImage
 from .masks import COCO_IMAGES, COCO_RESULTS
 
@@ -26,26 +26,28 @@ SIDE_FOLDERS = ("overlays", "explain")
 
 
 def check_out_dir(out: Path, what: str = "the masks") -> Path:
-    """`out` as a writable folder (created), or a one-line error before any work starts."""
+    """`out` as a writable folder (created), or a typed error (setting "out") before any work starts."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise OvdiffError(f"--out {out} is a file: give a folder for {what}")
+        raise InvalidSetting("out", f"{out} is a file: give a folder for {what}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OvdiffError(f"cannot create --out folder {out}: {e.strerror}") from e
+        raise InvalidSetting("out", f"folder {out} cannot be created: {e.strerror}") from e
     if not os.access(out, os.W_OK | os.X_OK):
-        raise OvdiffError(f"--out folder {out} is not writable")
+        raise InvalidSetting("out", f"folder {out} is not writable")
     return out
 
 
-def check_not_in_cache(target: Path, cache_dir: Path, option: str) -> None:
-    """A one-line error if `target` (a file or folder a command writes) is the cache folder or lies inside
-    it: a command never writes over the cache it reads, nor over any file in it."""
+def check_not_in_cache(target: Path, cache_dir: Path, setting: str | None = "out") -> None:
+    """A one-line error if `target` (a file or folder a command writes; `setting`: the setting that named
+    it, None for an argument) is the cache folder or lies inside it: a command never writes over the
+    cache it reads, nor over any file in it."""
     where = Path(target).expanduser().resolve()
     root = Path(cache_dir).expanduser().resolve()
     if where == root or where.is_relative_to(root):
-        raise OvdiffError(f"{option} {target} lies inside the cache {cache_dir}, which it would damage: write it elsewhere")
+        detail = f"{target} lies inside the cache {cache_dir}, which it would damage: write it elsewhere"
+        raise OvdiffError(f"the file {detail}") if setting is None else InvalidSetting(setting, detail)
 
 
 def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str = "png", overlay: bool = False,
@@ -58,13 +60,11 @@ def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str 
         targets += [out_dir / "explain" / f"{item.name}{s}" for s in (".json", ".winner.png", ".png")] if explain else []
         for target in targets:
             if target.resolve() in inputs:
-                raise OvdiffError(
-                    f"--out {out_dir} would overwrite the input {target} with an output of {item.path}: "
-                    "write the outputs to another folder"
-                )
+                raise InvalidSetting("out", f"{out_dir} would overwrite the input {target} with an output of {item.path}: "
+                                            "write the outputs to another folder")  # fmt: skip
     for name in (LEGEND, COCO_RESULTS, COCO_IMAGES) if fmt == "coco-rle" else (LEGEND,):
         if (out_dir / name).resolve() in inputs:
-            raise OvdiffError(f"--out {out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
+            raise InvalidSetting("out", f"{out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
 
 
 def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
@@ -73,9 +73,9 @@ def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
     out = out_dir.resolve()
     beside = [item.path for item in items if item.path.resolve().parent == out]
     if beside:
-        raise OvdiffError(f"--out {out_dir} holds input images ({beside[0].name}{', …' if len(beside) > 1 else ''}): "
-                          "the masks would be read back as inputs next time; write them to another folder, "
-                          f"e.g. --out {out_dir / 'masks'}")  # fmt: skip
+        raise InvalidSetting("out", f"{out_dir} holds input images ({beside[0].name}{', …' if len(beside) > 1 else ''}): "
+                                    "the masks would be read back as inputs next time; write them to another folder, "
+                                    f"e.g. {out_dir / 'masks'}")  # fmt: skip
 
 
 def _legend_names(legend: dict) -> list[str]:
@@ -98,16 +98,13 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
     if old.get("labels") == legend["labels"] and same_format:
         return  # the same classes and files: this run refreshes the same set
     if not overwrite and old.get("labels") == legend["labels"]:
-        raise OvdiffError(
-            f"--out {out_dir} holds {old.get('mask_format')} masks of these classes; this run writes "
-            f"{legend.get('mask_format')}: use the folder's --format, another folder, or --overwrite to replace that set"
-        )
+        raise InvalidSetting("out", f"{out_dir} holds {old.get('mask_format')} masks of these classes; this run writes "
+                                    f"{legend.get('mask_format')}: use the folder's format, another folder, or replace that set",
+                             way_out="overwrite")  # fmt: skip
     if not overwrite:
         names = ", ".join(_legend_names(old)[:8])
-        raise OvdiffError(
-            f"--out {out_dir} holds masks of other classes ({names}): write to another folder, "
-            "or add --overwrite to replace that set"
-        )
+        raise InvalidSetting("out", f"{out_dir} holds masks of other classes ({names}): write to another folder, "
+                                    "or replace that set", way_out="overwrite")  # fmt: skip
     remove_mask_set(out_dir, protect)
 
 
@@ -153,12 +150,12 @@ def _flock(path: Path, mode: int, out_dir: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise OvdiffError(f"cannot lock --out {out_dir}: {e.strerror}") from e
+            raise InvalidSetting("out", f"folder {out_dir} cannot be locked: {e.strerror}") from e
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OvdiffError(f"another 'ovdiff segment' is writing to {out_dir}: wait for it to finish, or use another --out") from None
+            raise InvalidSetting("out", f"{out_dir} is being written by another 'ovdiff segment': wait for it to finish, or use another folder") from None
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -11,6 +11,8 @@ from .images import tile_sheet
 from ..method.masks import resize_mask
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
     from ..types import Sample
@@ -70,3 +72,14 @@ def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: i
     tiles = [Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
              for img, m in zip(images, masks, strict=True)]  # fmt: skip
     return tile_sheet(tiles, title, columns)
+
+
+def save_sheet(picture: Image.Image, out: Path) -> None:
+    """Write a sheet to `out` (PNG/JPEG by its suffix), its folder created; one error line if it cannot."""
+    from ..errors import OvdiffError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(out)
+    except (OSError, ValueError) as e:
+        raise OvdiffError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from e

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InvalidSetting, OvdiffError
+from ..errors import OvdiffError
 from ..config import InputSize
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from .precision import mm_f32
 from ..types import ClassPrototypes
 
 NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
+STUFF_CHUNK = 65536  # bg prototypes compared with the stuff classes at a time (~2 GiB at D=7680)
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,13 @@ def assemble_vocabulary(
     # F.normalize in place (the same values): one copy of the prototypes, not two
     protos.div_(protos.norm(2, 1, keepdim=True).clamp_min(1e-12))
     stuff_sim = torch.full((len(prov),), NO_SCORE)
-    is_bg = torch.tensor([p.group == "bg" for p in prov])
-    bg = F.normalize(protos[is_bg], dim=1) if is_bg.any() else None  # once, not once per stuff class
-    for c in classes:
-        fg = _stack([c.fg], kinds)
-        if c.kind == "stuff" and bg is not None and fg.shape[0]:
-            stuff_sim[is_bg] = torch.maximum(stuff_sim[is_bg], (bg @ F.normalize(fg.float(), dim=1).T).max(dim=1).values)
+    stuff_fg = [F.normalize(fg.float(), dim=1) for c in classes if c.kind == "stuff" and (fg := _stack([c.fg], kinds)).shape[0]]
+    bg_rows = torch.nonzero(torch.tensor([p.group == "bg" for p in prov])).flatten()
+    for start in range(0, len(bg_rows) if stuff_fg else 0, STUFF_CHUNK):  # a block of bg rows at a time, never a copy of all
+        rows = bg_rows[start : start + STUFF_CHUNK]
+        bg = F.normalize(protos[rows], dim=1)
+        for fg in stuff_fg:
+            stuff_sim[rows] = torch.maximum(stuff_sim[rows], (bg @ fg.T).max(dim=1).values)
     labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
     pos = {lab: i for i, lab in enumerate(labels)}
     full = PrototypeBank(

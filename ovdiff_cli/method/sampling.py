@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import ATTRIBUTION, SCHEDULER
-from ..errors import InvalidSetting, OvdiffError
+from ..errors import OvdiffError
 from ..types import Sample
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..eval.classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
+from ..classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
 
 if TYPE_CHECKING:
     from ..types import StageSource, TextMemo

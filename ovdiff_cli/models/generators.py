@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError, OvdiffError
+from ..errors import InvalidSetting, ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,15 @@ def parse_generator(spec: str, weights: str) -> tuple[GeneratorFamily, str]:
     name = name.strip().lower()
     family = GENERATORS.get(ALIASES.get(name, name))
     if family is None:
-        raise OvdiffError(f"--generator {spec!r}: use one of {', '.join([*GENERATORS, *ALIASES])}, optionally "
-                          "=HUB_ID_OR_DIR")  # fmt: skip
+        raise InvalidSetting("generator", f"{spec!r}: use one of {', '.join([*GENERATORS, *ALIASES])}, optionally "
+                                         "=HUB_ID_OR_DIR")  # fmt: skip
     if source.strip():
         return family, source.strip()
     if weights == "hub":
         return family, family.hub_id
     if weights == "tiny":
         return family, "tiny"
-    raise OvdiffError(f"--generator {name}: no random-weight copy for preset weights {weights!r}; use --preset tiny or real weights")
+    raise InvalidSetting("generator", f"{name}: no random-weight copy for preset weights {weights!r}; use the tiny preset or real weights")
 
 
 @dataclass

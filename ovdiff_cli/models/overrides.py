@@ -3,7 +3,7 @@ overrides by role, each bad value refused in one line that names the option and 
 
 from __future__ import annotations
 
-from ..errors import OvdiffError
+from ..errors import InvalidSetting
 from .dense import FAMILIES
 from .filtermodels import FILTERS
 from .generators import TURBO_STEPS, parse_generator
@@ -16,7 +16,7 @@ def parse_part_models(given: list[str]) -> dict[str, str]:
         part, sep, spec = item.partition("=")
         part = part.strip().lower()
         if not sep or part not in FAMILIES or not spec.strip():
-            raise OvdiffError(f"--part-model {item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
+            raise InvalidSetting("part_model", f"{item!r}: give PART=SPEC with PART one of {', '.join(FAMILIES)}")
         out[part] = spec.strip()
     return out
 
@@ -36,4 +36,4 @@ def check_filter_model(spec: str | None) -> str | None:
     """A `--filter-model` value as given, or a one-line error naming the choices."""
     if spec is None or spec in ("clip", *FILTERS) or ":" in spec:
         return spec
-    raise OvdiffError(f"--filter-model {spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO")
+    raise InvalidSetting("filter_model", f"{spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO")

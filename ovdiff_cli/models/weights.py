@@ -20,6 +20,7 @@ from .dense import FAMILIES
 
 if TYPE_CHECKING:
     from .generators import GeneratorFamily
+    from .presets import ModelSpecs
 
 BUILT_IN = ("tiny", "random", "procedural")
 ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
@@ -175,3 +176,37 @@ def download(w: Weights, local_dir: Path | None = None, downloader: Downloader |
         cause = " ".join(str(e).split()) or type(e).__name__  # whole, on one line
         raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause}") from e
     return Path(path)
+
+
+def role_specs(specs: ModelSpecs) -> dict[str, str]:
+    """A run's model specs by role, as `needed` takes them: the preset's with the run's overrides, each
+    extractor family's, and the filter's own source (none when it is the run's CLIP)."""
+    from .filtermodels import filter_source
+
+    models = {**specs.models, **{p: s for p in FAMILIES if (s := specs.spec(p)) is not None}}
+    models.pop("filter", None)
+    if (source := filter_source(specs.models.get("filter"), specs.preset.weights)) is not None:
+        models["filter"] = source
+    return models
+
+
+def fetch_all(wanted: list[Weights], local_dir: Path | None = None,
+              on_weight: Callable[[Weights, str], None] | None = None) -> dict[str, Path]:  # fmt: skip
+    """Each weight in `wanted` in turn: left alone when it is not on the hub ("elsewhere") or already there
+    ("present": in the HF cache, or complete in `local_dir`/ROLE), else fetched ("downloading", reported
+    before the download starts). Returns role → the folder each hub weight was put in under `local_dir`."""
+    folders: dict[str, Path] = {}
+    for w in wanted:
+        if w.source != "hub":
+            if on_weight is not None:
+                on_weight(w, "elsewhere")
+            continue
+        folder = Path(local_dir).expanduser() / w.role if local_dir is not None else None
+        there = in_folder(w, folder) if folder is not None else present(w)
+        if on_weight is not None:
+            on_weight(w, "present" if there else "downloading")
+        if not there:
+            download(w, folder)
+        if folder is not None:
+            folders[w.role] = folder
+    return folders

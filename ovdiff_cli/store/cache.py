@@ -254,7 +254,7 @@ class Cache:
         except (ValueError, KeyError) as e:
             raise CacheError(f"cache {self.root} has an unreadable schema record; move it aside and rebuild") from e
         if version != SCHEMA_VERSION:
-            hint = "upgrade ovdiff" if version > SCHEMA_VERSION else "rebuild it or use another --cache"
+            hint = "upgrade ovdiff" if version > SCHEMA_VERSION else "rebuild it or use another cache folder"
             raise CacheError(
                 f"cache {self.root} has schema version {version}, this ovdiff reads version {SCHEMA_VERSION}: {hint}"
             )
@@ -310,7 +310,7 @@ class Cache:
     def transact(self, fn: Callable[[lmdb.Transaction], None]) -> None:
         """Run `fn` in one write transaction; on a full map, double it and run `fn` again."""
         if self.readonly:
-            raise CacheError(f"cache {self.root} is read-only for this user: use another --cache to build or change classes")
+            raise CacheError(f"cache {self.root} is read-only for this user: use another cache folder to build or change classes")
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -332,14 +332,14 @@ class Cache:
             free = -1
         where = f"cannot write the cache at {self.root} ({error})"
         if 0 <= free < 64 << 20:
-            return f"{where}: the disk is full ({free >> 20} MiB free); free space or use another --cache — classes committed before are intact"
+            return f"{where}: the disk is full ({free >> 20} MiB free); free space or use another cache folder — classes committed before are intact"
         return f"{where}: check free space, file-size limits and permissions; classes committed before are intact"
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Exclusive advisory lock across processes (released by the OS if the holder dies)."""
         if self.readonly:
-            raise CacheError(f"cache {self.root} is read-only for this user: use another --cache to build or change classes")
+            raise CacheError(f"cache {self.root} is read-only for this user: use another cache folder to build or change classes")
         path = self.root / "locks" / f"{name}.lock"
         with open(path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
