@@ -114,7 +114,7 @@ def test_settings_reduced_on_cpu_and_paper_on_cuda():
     assert cpu.preset == gpu.preset == "sd15-random"
     assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
     assert cpu.size < gpu.size and cpu.steps < gpu.steps
-    assert cpu.pairs == 12  # fewer let two runs on a shared 2-core VM disagree by more than 5% (README Performance)
+    assert cpu.pairs == cpu.large_pairs == 12  # fewer let two runs on a shared 2-core VM disagree by more than 5% (README Performance)
     assert bench_settings("cpu", repeats=5).repeats == 5
     with pytest.raises(OvdiffError, match="repeats must be in 1"):
         bench_settings("cpu", repeats=0)

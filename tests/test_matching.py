@@ -38,6 +38,25 @@ def test_stuff_filter_drops_exactly_the_bg_prototypes_above_threshold():
     assert kept_bg_rows(v.restrict([0])) == [2, 3, 4]  # computed once against every stuff class of the vocabulary
 
 
+def test_the_stuff_filter_in_blocks_of_bg_rows_gives_the_same_cosines(monkeypatch):
+    """A thousand classes' bg prototypes are compared with the stuff classes a block at a time (never a
+    copy of them all): the same numbers as in one block, and none computed without a stuff class."""
+    from ovdiff_cli.method import matching
+
+    rng = np.random.default_rng(0)
+    things = [ClassPrototypes(f"t{i}", "thing", fg={"class": rng.standard_normal((1, 8)).astype(np.float32)},
+                              bg={"instance": rng.standard_normal((5, 8)).astype(np.float32)}) for i in range(4)]  # fmt: skip
+    stuff = [ClassPrototypes(f"s{i}", "stuff", fg={"instance": rng.standard_normal((3, 8)).astype(np.float32)}) for i in range(2)]
+    whole = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
+    monkeypatch.setattr(matching, "STUFF_CHUNK", 3)
+    blocks = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
+    full_whole, full_blocks = whole.bank or whole, blocks.bank or blocks
+    assert torch.equal(full_whole.stuff_sim, full_blocks.stuff_sim) and (full_whole.stuff_sim > -2).sum() == 20
+    assert [p.row for p in blocks.provenance] == [p.row for p in whole.provenance]
+    only_things = assemble_vocabulary(things, ("instance", "class"))
+    assert ((only_things.bank or only_things).stuff_sim == -2).all()
+
+
 def _classes() -> list[ClassPrototypes]:
     kite = ClassPrototypes(
         "kite", "thing",

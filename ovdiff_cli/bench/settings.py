@@ -92,7 +92,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
             "sd15-random", 2, 12, n_images=1, steps=2, size=256, feature_size=256, k_parts=32, short_side=256,
             windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,
             bank_rows=32, **_SMALL, build_preset="sd15-random", build_counts=(8, 32), build_feature_size=128,
-            build_pairs=1, large_classes=1000, large_pairs=6,
+            build_pairs=1, large_classes=1000, large_pairs=12,
         )  # fmt: skip
     from ..limits import in_range
 
