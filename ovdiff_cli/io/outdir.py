@@ -98,8 +98,8 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
     if old.get("labels") == legend["labels"] and same_format:
         return  # the same classes and files: this run refreshes the same set
     if not overwrite and old.get("labels") == legend["labels"]:
-        raise InvalidSetting("out", f"{out_dir} holds {old.get('mask_format')} masks of these classes; this run writes "
-                                    f"{legend.get('mask_format')}: use the folder's format, another folder, or replace that set",
+        raise InvalidSetting("format", f"{legend.get('mask_format')}: {out_dir} holds {old.get('mask_format')} masks of these "
+                                       f"classes; write {old.get('mask_format')}, use another folder, or replace that set",
                              way_out="overwrite")  # fmt: skip
     if not overwrite:
         names = ", ".join(_legend_names(old)[:8])
