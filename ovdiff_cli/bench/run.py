@@ -372,7 +372,7 @@ def _cpu_name() -> str:
 
 def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
               say: Say | None = None, only: tuple[str, ...] | None = None) -> dict:  # fmt: skip
-    """The sections `only` (default: every one but `ray`, which the command runs) in turn, in a
+    """The sections `only` (default: every one but `ray`) in turn, in a
     scratch folder `root`; returns the results document. A section that needs another's output
     (prototypes: the support set drawn; segment and the vocabularies: the feature dimensions) gets
     it from a synthetic support set when that one is left out."""
@@ -429,6 +429,10 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
 
         say("beyond the paper: --refine pamr, region voting, a class from photos (procedural world)")
         sections["beyond"] = bench_beyond(s, root, seed)
+    if "ray" in only:  # the Ray engine against the local one (skipped without the extra)
+        from .engines import bench_ray
+
+        sections["ray"] = bench_ray(root, device, dtype, seed, s.repeats, say)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -82,11 +82,7 @@ def bench(
     err = Console(stderr=True)
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
     with workspace(cache) as root:
-        results = run_bench(settings, root, device, dtype, seed, say, tuple(x for x in only if x != "ray"))
-        if "ray" in only:  # the Ray engine against the local one (its own module; skipped without the extra)
-            from ..bench.engines import bench_ray
-
-            results["sections"]["ray"] = bench_ray(root, device, dtype, seed, settings.repeats, say)
+        results = run_bench(settings, root, device, dtype, seed, say, only)
     save_json(results, out)
     if quiet:
         return

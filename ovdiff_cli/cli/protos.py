@@ -233,14 +233,13 @@ def rm(
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
     from ..errors import OvdiffError
-    from ..engines.vocab import count_classes, match_classes, remove_classes
+    from ..engines.vocab import count_classes, remove_classes
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
-    doomed = match_classes(run.cache, targets, seed, extractor)
-    remove_classes(run.cache, doomed, with_support)
+    doomed = remove_classes(run.cache, targets, seed, extractor, with_support)
     if verbose:
         for pid, rec in doomed:
             run.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
@@ -287,19 +286,11 @@ def export(
 
     Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
     """
-    from ..errors import OvdiffError
-    from ..store.sharing import export_classes
-    from ..engines.vocab import count_classes, match_classes
-
-    from ..io.outdir import check_not_in_cache
+    from ..engines.vocab import count_classes, export_matching
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
-    check_not_in_cache(file, run.cache_dir, None)
-    found = match_classes(run.cache, targets, seed, extractor)
-    if not found:
-        raise OvdiffError(f"nothing to export: no classes cached in {run.cache_dir}")
-    size = export_classes(run.cache, [pid for pid, _ in found], file)
+    found, size = export_matching(run.cache, targets, seed, extractor, file)
     run.say(escape(f"wrote {file}: {count_classes(found)}, {human_size(size)}"))
 
 

@@ -296,15 +296,18 @@ def ensure_classes(
     return [load_parts(cache, pids[n]) for n in norms]
 
 
-def remove_classes(cache: Cache, classes: list[tuple[str, dict]], with_support: bool = False) -> None:
-    """Remove classes (pid, record); with_support, also their support images unless another cached class
-    that stays uses them."""
+def remove_classes(cache: Cache, targets: list[str], seed: int | None = None, extractor: str | None = None,
+                   with_support: bool = False) -> list[tuple[str, dict]]:  # fmt: skip
+    """`ovdiff protos rm`: remove the cached classes matching `targets` (as `match_classes`); with_support,
+    also their support images unless another cached class that stays uses them. Returns what went."""
+    classes = match_classes(cache, targets, seed, extractor)
     gone = {pid for pid, _ in classes}
     still_used = {rec.get("support_id") for pid, rec in find_classes(cache) if pid not in gone}
     for pid, rec in classes:
         cache.remove_class(pid, with_support=with_support and rec.get("support_id") not in still_used)
         if rec.get("photo_note"):  # the name no longer stands for these photos
             cache.write({b"u/" + rec["photo_note"].encode(): None})
+    return classes
 
 
 def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -455,3 +458,17 @@ def write_class_sheet(cache: Cache, target: str, seed: int | None, extractor: st
              "fg red, bg blue")  # fmt: skip
     save_sheet(mask_sheet(images, masks, title), Path(out))
     return pid, rec, len(images)
+
+
+def export_matching(cache: Cache, targets: list[str] | None, seed: int | None, extractor: str | None,
+                    path: Path) -> tuple[list[tuple[str, dict]], int]:  # fmt: skip
+    """`ovdiff protos export`: the cached classes matching `targets` (every class when None) written to one
+    .safetensors file at `path` (never inside the cache); (the classes, bytes written)."""
+    from ..io.outdir import check_not_in_cache
+    from ..store.sharing import export_classes
+
+    check_not_in_cache(path, cache.root, None)
+    found = match_classes(cache, targets, seed, extractor)
+    if not found:
+        raise OvdiffError(f"nothing to export: no classes cached in {cache.root}")
+    return found, export_classes(cache, [pid for pid, _ in found], path)
