@@ -45,9 +45,8 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
     saying so and no figures."""
     import torch
 
-    from .settings import write_images
+    from .settings import MEMORY_CLASSES, write_images
     from .stats import figure
-    from .run import MEMORY_CLASSES
     from ..api import Pipeline
     from ..engines.raycluster import require_ray, session
     from ..errors import OvdiffError

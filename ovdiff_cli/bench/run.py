@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .settings import SECTIONS, BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
+from .settings import MEMORY_CLASSES, SECTIONS, BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .build import bench_build_memory, bench_prototypes
 from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
 from ..classnames import VOC
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 RESULTS_VERSION = 2  # 2: pair ratios, spreads, the class_build section
 SAMPLE_CLASS = "cat"
 EXTRA_CLASS = "giraffe"  # the class added to a cached vocabulary: in the stuff table, so no text lookup
-MEMORY_CLASSES = ("cat", "dog", "bird")
 Say = Callable[[str], None]
 
 

@@ -102,6 +102,7 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
     return replace(s, preset=preset or s.preset, repeats=repeats or s.repeats, pairs=pairs or s.pairs)
 
 
+MEMORY_CLASSES = ("cat", "dog", "bird")  # the vocabulary of the memory and ray sections
 SECTIONS = ("class_build", "memory", "sampling", "prototypes", "segment", "filter", "vocabulary", "large_vocab", "beyond", "ray")
 # On CUDA the default leaves out the sections that start several processes (each pays ~40 s of model
 # set-up) or measure the CPU side: the rest ends in a few minutes on an H100/H200; --sections adds them.
