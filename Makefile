@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-gpu clean
+.PHONY: install demo lint format test bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ovdiff demo --out demo
 
-test: $(STAMP)
+# The formatter and the linter (ruff, configured in pyproject.toml) gate the suite: unformatted code fails CI.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -35,14 +35,14 @@ from .results import SegmentationResult
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .store.cache import Cache
     from .compose import Stages
-    from .models.presets import ModelSpecs, Preset
     from .engines.benchmark import BenchmarkRun
     from .engines.folder import FolderResult
     from .engines.support import SampleRun
-    from .models.weights import Weights
     from .method.segment import EncodedImage, Segmentation, Segmenter
+    from .models.presets import ModelSpecs, Preset
+    from .models.weights import Weights
+    from .store.cache import Cache
     from .types import ClassParts
 
 ImageLike = Union[str, Path, "Image.Image", np.ndarray]
@@ -150,11 +150,17 @@ def _check_arguments(cache: object, models: object, overrides: dict[str, object]
     """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
     if cache is not None and not isinstance(cache, (str, Path)):
         raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
-    if models is not None and (not isinstance(models, dict) or not all(isinstance(v, (str, Path, type(None))) for v in models.values())):
-        raise InvalidSetting("models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}")
+    if models is not None and (
+        not isinstance(models, dict) or not all(isinstance(v, (str, Path, type(None))) for v in models.values())
+    ):
+        raise InvalidSetting(
+            "models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}"
+        )
     for name, value in overrides.items():
         if value is not None and not isinstance(value, dict):
-            raise InvalidSetting(name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}")
+            raise InvalidSetting(
+                name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}"
+            )
 
 
 class Pipeline:
@@ -197,8 +203,10 @@ class Pipeline:
         self.models = {role: str(spec) for role, spec in (models or {}).items() if spec is not None}
         self.run_config = RunConfig(self.preset.name, device, dtype, seed, self.models)  # each config checks itself
         self.device, self.dtype, self.seed = device, dtype, seed
-        sample = {**generator_defaults(self.models.get("generator"), self.preset.weights),
-                  **{k: v for k, v in (sample or {}).items() if v is not None}}  # fmt: skip
+        sample = {
+            **generator_defaults(self.models.get("generator"), self.preset.weights),
+            **{k: v for k, v in (sample or {}).items() if v is not None},
+        }
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
@@ -236,9 +244,16 @@ class Pipeline:
 
     # -- vocabularies
 
-    def vocabulary(self, names: Iterable[str], kinds: dict[str, str] | None = None, build: bool = True,
-                   on_event: OnEvent | None = None, engine: str = "local", address: str | None = None,
-                   workers: int | None = None) -> Vocabulary:  # fmt: skip
+    def vocabulary(
+        self,
+        names: Iterable[str],
+        kinds: dict[str, str] | None = None,
+        build: bool = True,
+        on_event: OnEvent | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+    ) -> Vocabulary:
         """The prototypes of `names` (in that order): read from the cache, the missing ones built first
         (`build=False`: an error naming the command that builds them). kinds: name → "stuff"/"thing"
         overrides; on_event(stage, class, done, total) reports progress. engine="ray" builds the missing
@@ -250,7 +265,9 @@ class Pipeline:
 
         names = class_list(names)  # the CLI's rules: text, not blank, none repeated after normalisation
         if kinds is not None and not isinstance(kinds, dict):
-            raise InvalidSetting("kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}")
+            raise InvalidSetting(
+                "kinds", f"takes a dict of class name → 'thing' or 'stuff'; got {type(kinds).__name__}"
+            )
         check_engine(engine, address, workers)
         with self._missing("vocabulary"), engine_session(engine, address):
             classes = build_vocabulary(self, names, kinds, build, engine, address, workers, on_event)
@@ -263,15 +280,32 @@ class Pipeline:
             yield
         except MissingClasses as e:
             args = f"{e.names!r}" if method == "vocabulary" else "INPUTS, OUT, " + repr(e.names)
-            raise e.way_out(f"build them with {self._call(method)}({args}) (build=True, the default), or: "
-                            f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}")  # fmt: skip
+            raise e.way_out(  # noqa: B904
+                f"build them with {self._call(method)}({args}) (build=True, the default), or: "
+                f"ovdiff protos add {' '.join(map(repr, e.names))} --preset {self.preset.name} --seed {self.seed}"
+            )
 
-    def segment_folder(self, inputs: str | Path | Iterable[str | Path], out: str | Path, classes: Iterable[str], *,
-                       fmt: str = "png", overlay: bool = False, explain: bool = False, save_scores: bool = False,
-                       shard: str | tuple[int, int] | None = None, skip_existing: bool = False, overwrite: bool = False,
-                       recursive: bool = False, build: bool = True, engine: str = "local", address: str | None = None,
-                       workers: int | None = None, on_event: OnEvent | None = None,
-                       on_image: Callable | None = None) -> FolderResult:  # fmt: skip
+    def segment_folder(
+        self,
+        inputs: str | Path | Iterable[str | Path],
+        out: str | Path,
+        classes: Iterable[str],
+        *,
+        fmt: str = "png",
+        overlay: bool = False,
+        explain: bool = False,
+        save_scores: bool = False,
+        shard: str | tuple[int, int] | None = None,
+        skip_existing: bool = False,
+        overwrite: bool = False,
+        recursive: bool = False,
+        build: bool = True,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        on_event: OnEvent | None = None,
+        on_image: Callable | None = None,
+    ) -> FolderResult:
         """`ovdiff segment`: the images of `inputs` (files, folders, glob patterns) segmented against
         `classes` into the folder `out`, one mask per image (mask value k = k-th class, 0 = background),
         with classes.json; on `engine` "local" or "ray" (`address`, `workers`). The options are the CLI's
@@ -282,8 +316,20 @@ class Pipeline:
         from .engines.folder import FolderJob, segment_folder
         from .names import class_list
 
-        job = FolderJob(fmt, overlay, explain, save_scores, shard, skip_existing, overwrite, recursive, build, engine,
-                        address, workers)  # fmt: skip
+        job = FolderJob(
+            fmt,
+            overlay,
+            explain,
+            save_scores,
+            shard,
+            skip_existing,
+            overwrite,
+            recursive,
+            build,
+            engine,
+            address,
+            workers,
+        )
         names = class_list(classes)
         paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
         with self._missing("segment_folder"):
@@ -305,14 +351,29 @@ class Pipeline:
         from .io.outdir import check_not_in_cache
 
         check_not_in_cache(out, self.cache_dir)
-        return write_support_sheet(self.cache, self.stages.specs, name, self.seed, self.sample_config, Path(out).expanduser())
+        return write_support_sheet(
+            self.cache, self.stages.specs, name, self.seed, self.sample_config, Path(out).expanduser()
+        )
 
-    def evaluate(self, dataset: str, root: str | Path, *, seeds: Iterable[int] | None = None,
-                 pred: str | Path | None = None, offset: int | None = None, limit: int | None = None,
-                 out: str | Path | None = None, classes_file: str | Path | None = None, raw_names: bool = False,
-                 engine: str = "local", address: str | None = None, workers: int | None = None,
-                 on_event: OnEvent | None = None, on_score: Callable | None = None,
-                 on_note: Callable[[str], None] | None = None) -> BenchmarkRun:  # fmt: skip
+    def evaluate(
+        self,
+        dataset: str,
+        root: str | Path,
+        *,
+        seeds: Iterable[int] | None = None,
+        pred: str | Path | None = None,
+        offset: int | None = None,
+        limit: int | None = None,
+        out: str | Path | None = None,
+        classes_file: str | Path | None = None,
+        raw_names: bool = False,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        on_event: OnEvent | None = None,
+        on_score: Callable | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> BenchmarkRun:
         """`ovdiff eval`: score this pipeline on benchmark `dataset` ("voc", "context", "object", "voc20",
         "context59", "ade", "stuff", "cityscapes") in the folder `root`, under the prior work's protocol,
         one run per seed of `seeds` (default: the pipeline's seed); or score the saved masks in `pred`
@@ -323,14 +384,36 @@ class Pipeline:
         Returns the dataset, the results per seed and the protocol (`BenchmarkRun`, `.document()`)."""
         from .engines.benchmark import evaluate_benchmark
 
-        return evaluate_benchmark(self, dataset, root, seeds=None if seeds is None else list(seeds), pred=pred,
-                                  offset=offset, limit=limit, out=out, classes_file=classes_file, raw_names=raw_names,
-                                  engine=engine, address=address, workers=workers, on_event=on_event,
-                                  on_score=on_score, on_note=on_note)  # fmt: skip
+        return evaluate_benchmark(
+            self,
+            dataset,
+            root,
+            seeds=None if seeds is None else list(seeds),
+            pred=pred,
+            offset=offset,
+            limit=limit,
+            out=out,
+            classes_file=classes_file,
+            raw_names=raw_names,
+            engine=engine,
+            address=address,
+            workers=workers,
+            on_event=on_event,
+            on_score=on_score,
+            on_note=on_note,
+        )
 
-    def photo_class(self, name: str, folder: str | Path, n_images: int = 0, kind: str | None = None,
-                    engine: str = "local", address: str | None = None, workers: int | None = None,
-                    on_event: OnEvent | None = None) -> Vocabulary:  # fmt: skip
+    def photo_class(
+        self,
+        name: str,
+        folder: str | Path,
+        n_images: int = 0,
+        kind: str | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        on_event: OnEvent | None = None,
+    ) -> Vocabulary:
         """Beyond the paper: class `name` built from the photos in `folder` (no masks), plus `n_images` generated
         ones, as `ovdiff protos add NAME --images DIR`; afterwards `name` in any vocabulary means these photos.
         engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's); on_event as `vocabulary`'s.
@@ -343,16 +426,35 @@ class Pipeline:
         check_engine(engine, address, workers)
         remote = None
         if engine == "ray":
-            remote = partial(build_photo_class, self.cache, self.run_config, self.sample_config, self.proto_config,
-                             address=address, workers=workers)  # fmt: skip
+            remote = partial(
+                build_photo_class,
+                self.cache,
+                self.run_config,
+                self.sample_config,
+                self.proto_config,
+                address=address,
+                workers=workers,
+            )
         with engine_session(engine, address):
-            built = build_from_photos(self.cache, self.stages, name, str(folder), self.seed, self.sample_config,
-                                      self.proto_config, n_images, None if kind is None else {name: kind}, on_event, remote)  # fmt: skip
+            built = build_from_photos(
+                self.cache,
+                self.stages,
+                name,
+                str(folder),
+                self.seed,
+                self.sample_config,
+                self.proto_config,
+                n_images,
+                None if kind is None else {name: kind},
+                on_event,
+                remote,
+            )
         self._by_names.clear()  # `name` may have meant a generated class before
         return Vocabulary([built.name], [built], self.seed, self.proto_config.extractor)
 
-    def download_weights(self, local_dir: str | Path | None = None,
-                         on_weight: Callable[[Weights, str], None] | None = None) -> tuple[list[Weights], dict[str, Path]]:  # fmt: skip
+    def download_weights(
+        self, local_dir: str | Path | None = None, on_weight: Callable[[Weights, str], None] | None = None
+    ) -> tuple[list[Weights], dict[str, Path]]:
         """`ovdiff models download`: every weight this pipeline's models, extractor and mask proposer load,
         fetched into the HF cache (or `local_dir`/ROLE, to pass back as `models={ROLE: folder}`) unless it
         is there; on_weight(weights, "elsewhere" | "present" | "downloading"). (what it needs, role → folder)."""
@@ -370,7 +472,9 @@ class Pipeline:
         if isinstance(vocabulary, Vocabulary):
             return vocabulary
         if isinstance(vocabulary, str) or not isinstance(vocabulary, Iterable):
-            raise OvdiffError(f"give a Vocabulary or a list of class names, not the {type(vocabulary).__name__} {vocabulary!r:.80}")
+            raise OvdiffError(
+                f"give a Vocabulary or a list of class names, not the {type(vocabulary).__name__} {vocabulary!r:.80}"
+            )
         names = tuple(vocabulary)
         if names not in self._by_names:
             self._by_names[names] = self.vocabulary(names)
@@ -380,18 +484,24 @@ class Pipeline:
         """The segmenter of a vocabulary (built once per vocabulary: prototypes on the device, prompts encoded)."""
         vocabulary = self.as_vocabulary(vocabulary)
         if vocabulary.extractor != self.proto_config.extractor:
-            raise OvdiffError(f"vocabulary built with extractor {vocabulary.extractor}; this pipeline extracts "
-                              f"{self.proto_config.extractor}")  # fmt: skip
+            raise OvdiffError(
+                f"vocabulary built with extractor {vocabulary.extractor}; this pipeline extracts "
+                f"{self.proto_config.extractor}"
+            )
         entry = self._segmenters.get(id(vocabulary))
         if entry is None or entry[0] is not vocabulary:
-            entry = (vocabulary, self.stages.segmenter(vocabulary.classes, self.segment_config, vocabulary.extractor, self.cache))
+            entry = (
+                vocabulary,
+                self.stages.segmenter(vocabulary.classes, self.segment_config, vocabulary.extractor, self.cache),
+            )
             self._segmenters[id(vocabulary)] = entry
         return entry[1]
 
     # -- images
 
-    def segment(self, image: ImageLike | Iterable[ImageLike], vocabulary: Vocabulary | Iterable[str],
-                scores: bool = True) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:  # fmt: skip
+    def segment(
+        self, image: ImageLike | Iterable[ImageLike], vocabulary: Vocabulary | Iterable[str], scores: bool = True
+    ) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:
         """Label every pixel of `image` with a class of `vocabulary` (or background), as `ovdiff segment` does.
 
         image: one image (path, PIL image, array) → one result; a list or tuple of them → a list of
@@ -406,14 +516,23 @@ class Pipeline:
         if not isinstance(image, Iterable):
             as_rgb(image)  # raises the one-image error for what is neither an image nor a batch
         batches = self._batches(iter(image), vocabulary, scores)
-        return [r for batch in batches for r in batch] if isinstance(image, (list, tuple)) else (r for b in batches for r in b)
+        return (
+            [r for batch in batches for r in batch]
+            if isinstance(image, (list, tuple))
+            else (r for b in batches for r in b)
+        )
 
-    def _batches(self, images: Iterator[ImageLike], vocabulary: Vocabulary, scores: bool) -> Iterator[list[SegmentationResult]]:
+    def _batches(
+        self, images: Iterator[ImageLike], vocabulary: Vocabulary, scores: bool
+    ) -> Iterator[list[SegmentationResult]]:
         import itertools
 
         segmenter = self.segmenter(vocabulary)
         while group := [as_rgb(i) for i in itertools.islice(images, max(1, self.segment_config.image_batch))]:
-            yield [self._result(rgb, vocabulary, seg) for rgb, seg in zip(group, segmenter.predict_many(group, scores=scores), strict=True)]
+            yield [
+                self._result(rgb, vocabulary, seg)
+                for rgb, seg in zip(group, segmenter.predict_many(group, scores=scores), strict=True)
+            ]
 
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
@@ -426,5 +545,13 @@ class Pipeline:
         return ImageFeatures(self, encode_image(parts, scorer, cfg, as_rgb(image), self.stages.device))
 
     def _result(self, rgb: np.ndarray, vocabulary: Vocabulary, seg: Segmentation) -> SegmentationResult:
-        return SegmentationResult(seg.labels, list(vocabulary.names), self.segment_config.background,
-                                  [vocabulary.names[i] for i in seg.selected], seg.scores, seg.timings, rgb, seg.stats)  # fmt: skip
+        return SegmentationResult(
+            seg.labels,
+            list(vocabulary.names),
+            self.segment_config.background,
+            [vocabulary.names[i] for i in seg.selected],
+            seg.scores,
+            seg.timings,
+            rgb,
+            seg.stats,
+        )

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig, SegmentConfig
-    from .method.segment import Segmenter
     from .method.features import Part
+    from .method.segment import Segmenter
     from .types import ClassParts, Extractor, Generator, ImageTextScorer, MaskProposer, Sample
 
 
@@ -174,8 +174,14 @@ class Stages:
         self._built: dict[str, Any] = {}
 
     @classmethod
-    def for_run(cls, preset: Preset | str | None = None, device: str = "auto", dtype: str = "auto",
-                overrides: Mapping[str, str | None] | None = None, weights_seed: int = 0) -> Stages:  # fmt: skip
+    def for_run(
+        cls,
+        preset: Preset | str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        overrides: Mapping[str, str | None] | None = None,
+        weights_seed: int = 0,
+    ) -> Stages:
         """The stages of a run of `preset` (default `$OVDIFF_PRESET`, else sd15) with model overrides
         (role → spec, None keeps the preset's), as every command builds them."""
         return cls(ModelStore(ModelSpecs.of(preset, overrides, weights_seed), device, dtype))
@@ -209,8 +215,14 @@ class Stages:
     def scorer(self) -> ImageTextScorer:
         return self._once("scorer", lambda: build_scorer(self.store))
 
-    def segmenter(self, classes: list[ClassParts], cfg: SegmentConfig, extractor_spec: str, cache=None,
-                  scorer: ImageTextScorer | None = None) -> Segmenter:  # fmt: skip
+    def segmenter(
+        self,
+        classes: list[ClassParts],
+        cfg: SegmentConfig,
+        extractor_spec: str,
+        cache=None,
+        scorer: ImageTextScorer | None = None,
+    ) -> Segmenter:
         """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
         runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
         from .config import spec_parts

@@ -39,8 +39,9 @@ def parse_spec(spec: str) -> list[str]:
     bad = [p for p in parts if p not in PARTS]
     if not spec.strip() or bad:
         raise InvalidSetting(
-            "extractor", f"{spec!r}: unknown extractor part {(bad or [spec])[0]!r}; "
-            f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')"
+            "extractor",
+            f"{spec!r}: unknown extractor part {(bad or [spec])[0]!r}; "
+            f"use {', '.join(PARTS)} or a + combination such as sd+dino+clip (or 'procedural')",
         )
     if len(set(parts)) != len(parts):
         raise InvalidSetting("extractor", f"{spec!r} names a part twice")
@@ -134,7 +135,9 @@ class SampleConfig:
         in_range("size", self.size, " pixels")
         in_range("guidance_scale", self.guidance_scale)
         if self.size % 8:
-            raise InvalidSetting("size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {self.size}")
+            raise InvalidSetting(
+                "size", f"must be a positive multiple of 8 (Stable Diffusion's latent stride), got {self.size}"
+            )
         at_least_one("attribution_size", self.attribution_size)
         if not self.guidance_scale > 0:
             raise InvalidSetting("guidance_scale", f"must be a positive number, got {self.guidance_scale}")
@@ -143,7 +146,8 @@ class SampleConfig:
                 raise InvalidSetting(name, f"takes text, got {type(getattr(self, name)).__name__}")
         if self.prompt_template.count("{}") != 1:
             raise InvalidSetting(
-                "prompt_template", f"must contain '{{}}' exactly once (where the class name goes), got {self.prompt_template!r}"
+                "prompt_template",
+                f"must contain '{{}}' exactly once (where the class name goes), got {self.prompt_template!r}",
             )
 
     def fingerprint_fields(self) -> dict:
@@ -188,7 +192,9 @@ class ProtoConfig:
         spec_parts(self.extractor)
         proposer_uses_features(self.mask_proposer)
         if self.mask_features not in (*PARTS, "procedural"):
-            raise InvalidSetting("mask_features", f"{self.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}")
+            raise InvalidSetting(
+                "mask_features", f"{self.mask_features!r} is unknown; choose one of: {', '.join(PARTS)}"
+            )
         in_range("k_parts", self.k_parts)
         at_least_one("feature_size", self.feature_size)
         if self.feature_size < 8 or self.feature_size % MASK_STRIDE:
@@ -267,4 +273,6 @@ def with_overrides(base, user: dict | None, what: str = "config"):
     unknown = sorted(set(user or {}) - names)
     if unknown:
         raise OvdiffError(f"unknown {what} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (user or {}).items() if v is not None})
+    return replace(
+        base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (user or {}).items() if v is not None}
+    )

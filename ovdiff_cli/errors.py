@@ -49,8 +49,10 @@ class MissingClasses(OvdiffError):
     """
 
     def __init__(self, names: list[str], seed: int, specs: Any, sample_cfg: Any, proto_cfg: Any):
-        self.plain = (f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
-                      f"seed {seed}, preset {specs.preset.name}")  # fmt: skip
+        self.plain = (
+            f"no prototypes cached for {', '.join(map(repr, names))} with extractor {proto_cfg.extractor}, "
+            f"seed {seed}, preset {specs.preset.name}"
+        )
         super().__init__(self.plain)
         self.names, self.seed, self.specs, self.sample_cfg, self.proto_cfg = names, seed, specs, sample_cfg, proto_cfg
 
@@ -80,7 +82,9 @@ class ClassNotFound(OvdiffError):
     """No cached class matches a name or id (with the seed / extractor filters given, if any)."""
 
     def __init__(self, target: str, seed: int | None = None, extractor: str | None = None):
-        filters = "".join([f", seed {seed}" if seed is not None else "", f", extractor {extractor}" if extractor else ""])
+        filters = "".join(
+            [f", seed {seed}" if seed is not None else "", f", extractor {extractor}" if extractor else ""]
+        )
         super().__init__(f"no cached class matches {target!r}{filters}")
         self.target, self.seed, self.extractor = target, seed, extractor
 
@@ -89,7 +93,9 @@ class NoImagesFound(OvdiffError):
     """Inputs that hold no image; recursive: whether subfolders were searched."""
 
     def __init__(self, inputs: list[str], recursive: bool):
-        super().__init__(f"no images found in {', '.join(inputs)}" + ("" if recursive else " (subfolders not searched)"))
+        super().__init__(
+            f"no images found in {', '.join(inputs)}" + ("" if recursive else " (subfolders not searched)")
+        )
         self.inputs, self.recursive = inputs, recursive
 
 
@@ -113,6 +119,8 @@ class RemoteInput(OvdiffError):
     """An image given as a URL: ovdiff reads local files only (it never downloads)."""
 
     def __init__(self, url: str):
-        super().__init__(f"{url} is a URL: ovdiff reads local images only; download it first (e.g. curl -O URL) "
-                         "and give the file, a PIL image or an array")  # fmt: skip
+        super().__init__(
+            f"{url} is a URL: ovdiff reads local images only; download it first (e.g. curl -O URL) "
+            "and give the file, a PIL image or an array"
+        )
         self.url = url

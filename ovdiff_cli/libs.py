@@ -8,8 +8,23 @@ import sys
 import warnings
 from importlib import metadata
 
-LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "timm", "huggingface_hub",
-             "safetensors", "numpy", "pillow", "opencv-python-headless", "scipy", "lmdb", "typer", "rich")  # fmt: skip
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "open_clip_torch",
+    "timm",
+    "huggingface_hub",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "opencv-python-headless",
+    "scipy",
+    "lmdb",
+    "typer",
+    "rich",
+)
 
 
 def versions() -> dict[str, str | None]:

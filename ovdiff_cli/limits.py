@@ -33,15 +33,34 @@ MAX_PIXELS = 89_478_485  # one picture: Pillow's own decompression-bomb limit (i
 # `cli.options.flag(name)`): the configs check themselves with it (config.py), and the boundary test
 # walks the commands' declarations and fails for a numeric option whose setting is missing here.
 RANGES: dict[str, tuple[float, float]] = {
-    "seed": (0, MAX_SEED), "seeds": (0, MAX_SEED), "n_images": (1, MAX_N_IMAGES), "batch_size": (1, MAX_BATCH),
-    "steps": (1, MAX_STEPS), "guidance_scale": (0, MAX_GUIDANCE), "size": (8, MAX_SAMPLE_SIZE),
-    "k_parts": (1, MAX_K_PARTS), "eta": (1, MAX_ETA), "short_side": (8, MAX_SIDE), "stride": (8, MAX_SIDE),
-    "windows": (8, MAX_SIDE), "filter_size": (8, MAX_SIDE), "fg_threshold": (-1.0, 1.0),
-    "stuff_threshold": (-1.0, 1.0), "image_batch": (1, MAX_BATCH),
-    "offset": (0, MAX_OFFSET), "limit": (1, MAX_COUNT), "images": (1, MAX_COUNT), "repeats": (1, MAX_COUNT),
-    "pairs": (1, MAX_COUNT), "workers": (1, MAX_WORKERS), "port": (0, 65535), "max_pixels": (1, MAX_PIXELS),
-    "max_classes": (1, MAX_ETA), "alpha": (0.0, 1.0), "scene_side": (8, MAX_SIDE),
-}  # fmt: skip
+    "seed": (0, MAX_SEED),
+    "seeds": (0, MAX_SEED),
+    "n_images": (1, MAX_N_IMAGES),
+    "batch_size": (1, MAX_BATCH),
+    "steps": (1, MAX_STEPS),
+    "guidance_scale": (0, MAX_GUIDANCE),
+    "size": (8, MAX_SAMPLE_SIZE),
+    "k_parts": (1, MAX_K_PARTS),
+    "eta": (1, MAX_ETA),
+    "short_side": (8, MAX_SIDE),
+    "stride": (8, MAX_SIDE),
+    "windows": (8, MAX_SIDE),
+    "filter_size": (8, MAX_SIDE),
+    "fg_threshold": (-1.0, 1.0),
+    "stuff_threshold": (-1.0, 1.0),
+    "image_batch": (1, MAX_BATCH),
+    "offset": (0, MAX_OFFSET),
+    "limit": (1, MAX_COUNT),
+    "images": (1, MAX_COUNT),
+    "repeats": (1, MAX_COUNT),
+    "pairs": (1, MAX_COUNT),
+    "workers": (1, MAX_WORKERS),
+    "port": (0, 65535),
+    "max_pixels": (1, MAX_PIXELS),
+    "max_classes": (1, MAX_ETA),
+    "alpha": (0.0, 1.0),
+    "scene_side": (8, MAX_SIDE),
+}
 
 
 def in_range(setting: str, value: float | int, what: str = "") -> None:

@@ -23,12 +23,13 @@ def validate(name: str) -> str:
         raise OvdiffError("class name is blank: give each class a word or phrase, e.g. cat or 'chocolate glazed donut'")
     if len(norm) > MAX_NAME_LENGTH:
         raise OvdiffError(
-            f"class name of {len(norm)} characters is too long (at most {MAX_NAME_LENGTH}): "
-            f"'{norm[:40]}…'"
+            f"class name of {len(norm)} characters is too long (at most {MAX_NAME_LENGTH}): '{norm[:40]}…'"
         )
     bad = [c for c in norm if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co") and c not in "\u200d"]
     if bad:
-        raise OvdiffError(f"class name {norm[:60]!r} contains control characters ({', '.join(repr(c) for c in bad[:3])})")
+        raise OvdiffError(
+            f"class name {norm[:60]!r} contains control characters ({', '.join(repr(c) for c in bad[:3])})"
+        )
     return norm
 
 
@@ -68,8 +69,10 @@ def distinct(names: list[str]) -> list[str]:
         if norm in seen:
             raise OvdiffError(f"class {norm!r} is given twice: each class may appear once")
         if norm.casefold() in folded:
-            raise OvdiffError(f"classes {folded[norm.casefold()]!r} and {norm!r} differ only in case: give one of them "
-                              "(case is kept, as it can matter to the prompt)")  # fmt: skip
+            raise OvdiffError(
+                f"classes {folded[norm.casefold()]!r} and {norm!r} differ only in case: give one of them "
+                "(case is kept, as it can matter to the prompt)"
+            )
         seen.add(norm)
         folded[norm.casefold()] = norm
     return names

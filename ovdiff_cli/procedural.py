@@ -73,10 +73,14 @@ def look_of(name: str) -> Look:
     rng = np.random.default_rng(_digest(name))
     colour = tuple(int(c) for c in rng.integers(30, 226, 3))
     return Look(
-        name, "thing", colour, _TEXTURES[rng.integers(len(_TEXTURES))], _SHAPES[rng.integers(len(_SHAPES))],
+        name,
+        "thing",
+        colour,
+        _TEXTURES[rng.integers(len(_TEXTURES))],
+        _SHAPES[rng.integers(len(_SHAPES))],
         GROUNDS[rng.integers(len(GROUNDS))] if rng.random() < 0.75 else "sky",
         accent=tuple(int(c) for c in rng.integers(20, 236, 3)),
-    )  # fmt: skip
+    )
 
 
 def _digest(*parts: object) -> int:
@@ -126,8 +130,9 @@ def _shape(look: Look, h: int, w: int, cy: float, cx: float, size: float) -> tup
         top = 0.15 * r
         hull_d = np.maximum.reduce([dy - 0.45 * r - top, top - dy, np.abs(dx) - (r - 0.5 * (dy - top))])
         hull = _soft(hull_d)
-        sail_d = np.maximum.reduce([dy - top + 1, -0.95 * r - dy + top, dx - 0.1 * r,
-                                    -dx - 0.1 * r - 0.75 * (dy - top + 0.95 * r)])  # fmt: skip
+        sail_d = np.maximum.reduce(
+            [dy - top + 1, -0.95 * r - dy + top, dx - 0.1 * r, -dx - 0.1 * r - 0.75 * (dy - top + 0.95 * r)]
+        )
         accent = _soft(sail_d) * (1 - hull)
         body = np.maximum(hull, accent)
     else:  # car: a body with two wheels
@@ -319,10 +324,15 @@ class ProceduralExtractor:
         lum = x.mean(1, keepdim=True)
         pad = F.pad(lum, (1, 1, 1, 1), mode="replicate")
         c = pad[..., 1:-1, 1:-1]
-        grads = torch.cat([
-            (pad[..., 1:-1, 2:] - c).abs(), (pad[..., 2:, 1:-1] - c).abs(),
-            (pad[..., 2:, 2:] - c).abs(), (pad[..., 2:, :-2] - c).abs(),
-        ], 1)  # fmt: skip
+        grads = torch.cat(
+            [
+                (pad[..., 1:-1, 2:] - c).abs(),
+                (pad[..., 2:, 1:-1] - c).abs(),
+                (pad[..., 2:, 2:] - c).abs(),
+                (pad[..., 2:, :-2] - c).abs(),
+            ],
+            1,
+        )
         energy = F.avg_pool2d(grads, 8)
         cell = torch.cat([mean - 0.45, 2.5 * std, 3.0 * energy], 1)
         context = F.avg_pool2d(cell, 3, stride=1, padding=1, count_include_pad=False)

@@ -94,7 +94,9 @@ class SegmentationResult:
         fmt = path.suffix.lower().lstrip(".")
         if fmt not in ("png", "npz"):
             raise OvdiffError(f"save to a .png or .npz file, not {path.name}")
-        writer = MaskWriter(path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None)
+        writer = MaskWriter(
+            path.parent, len(self.class_names), fmt, save_scores=fmt == "npz" and self.scores is not None
+        )
         name = path.name[: -len(path.suffix)]
         try:
             writer.write(name, self.labels, self.scores)

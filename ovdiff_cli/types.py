@@ -131,7 +131,6 @@ class StageSource(Protocol):
     def segmenter(self, classes: list[ClassParts], cfg: SegmentConfig, extractor_spec: str, cache=None): ...
 
 
-
 @dataclass
 class ClassPrototypes:
     """Prototypes of one class in one feature space (paper §3 "Prototype aggregation").

@@ -9,11 +9,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("OVDIFF_CACHE", None)
 os.environ.pop("OVDIFF_PRESET", None)
 
-import contextlib  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
+import contextlib
+import subprocess
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOC_SAMPLE = SHARED_DATA / "voc-sample" / "VOC2012"
@@ -72,12 +72,22 @@ def tiny_sam_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-sam")
     torch.manual_seed(0)
     cfg = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, output_channels=32,
-                                      image_size=256, mlp_dim=64, global_attn_indexes=[0], window_size=4, num_pos_feats=16),
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            output_channels=32,
+            image_size=256,
+            mlp_dim=64,
+            global_attn_indexes=[0],
+            window_size=4,
+            num_pos_feats=16,
+        ),
         prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=256, mask_input_channels=4),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
-                                                 iou_head_hidden_dim=32),
-    )  # fmt: skip
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32
+        ),
+    )
     SamModel(cfg).save_pretrained(root)
     proc = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
     SamProcessor(image_processor=proc).save_pretrained(root)
@@ -100,25 +110,41 @@ def tiny_sam2_dir(tmp_path_factory):
     import torch
     from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
     from transformers.models.sam2.configuration_sam2 import (
-        Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig, Sam2VisionConfig,
-    )  # fmt: skip
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     size = 128
     root = tmp_path_factory.mktemp("tiny-sam2")
     torch.manual_seed(0)
     backbone = Sam2HieraDetConfig(
-        hidden_size=16, num_attention_heads=1, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
-    )  # fmt: skip
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32,
-                              backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2])  # fmt: skip
+        hidden_size=16,
+        num_attention_heads=1,
+        image_size=[size, size],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 4, 4],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[2, 2],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[128, 64, 32, 16],
+        fpn_hidden_size=32,
+        backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+    )
     cfg = Sam2Config(
         vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
-                                                  iou_head_hidden_dim=32),
-    )  # fmt: skip
+        prompt_encoder_config=Sam2PromptEncoderConfig(
+            hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
+    )
     Sam2Model(cfg).save_pretrained(root)
     Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(root)
     return root

@@ -33,8 +33,20 @@ def test_api_label_maps_equal_ovdiff_segment(world, tmp_path):
     root, pipe = world
     images = sorted((root / "data/VOC2012/JPEGImages").iterdir())
     out = tmp_path / "masks"
-    res = CliRunner().invoke(app, ["segment", str(images[0].parent), "--classes", ",".join(LABELLED), "--out", str(out),
-                                   "--cache", str(root / "cache"), *PROC])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(images[0].parent),
+            "--classes",
+            ",".join(LABELLED),
+            "--out",
+            str(out),
+            "--cache",
+            str(root / "cache"),
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
     vocab = pipe.vocabulary(LABELLED)
     assert vocab.names == list(LABELLED)
@@ -54,8 +66,22 @@ def test_segment_folder_is_the_cli_folder_job_from_python(world, tmp_path):
     cannot run is refused before anything is created."""
     root, pipe = world
     images = root / "data/VOC2012/JPEGImages"
-    res = CliRunner().invoke(app, ["segment", str(images), "--classes", ",".join(LABELLED), "--format", "npz",
-                                   "--out", str(tmp_path / "cli"), "--cache", str(root / "cache"), *PROC])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(images),
+            "--classes",
+            ",".join(LABELLED),
+            "--format",
+            "npz",
+            "--out",
+            str(tmp_path / "cli"),
+            "--cache",
+            str(root / "cache"),
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = tmp_path / "api"
     first = pipe.segment_folder(images, out, LABELLED, fmt="npz", shard="0/2")
@@ -65,8 +91,15 @@ def test_segment_folder_is_the_cli_folder_job_from_python(world, tmp_path):
     assert rest.report()["written"] == 1
     for mask in (tmp_path / "cli").glob("*.npz"):
         assert (out / mask.name).read_bytes() == mask.read_bytes(), mask.name
-    for bad in ({"engine": "ray", "explain": True}, {"fmt": "coco-rle", "shard": "0/2"}, {"fmt": "tiff"},
-                {"shard": "2/2"}, {"save_scores": True}, {"engine": "spark"}, {"workers": 2}):  # fmt: skip
+    for bad in (
+        {"engine": "ray", "explain": True},
+        {"fmt": "coco-rle", "shard": "0/2"},
+        {"fmt": "tiff"},
+        {"shard": "2/2"},
+        {"save_scores": True},
+        {"engine": "spark"},
+        {"workers": 2},
+    ):
         with pytest.raises(OvdiffError):
             pipe.segment_folder(images, tmp_path / "refused", LABELLED, **bad)
         assert not (tmp_path / "refused").exists(), bad
@@ -77,8 +110,21 @@ def test_evaluate_is_ovdiff_eval_from_python(world, tmp_path):
     cannot work with the setting's typed error before any work."""
     root, pipe = world
     data = root / "data"
-    res = CliRunner().invoke(app, ["eval", "voc", "--root", str(data), "--out", str(tmp_path / "cli"),
-                                   "--cache", str(root / "cache"), "-q", *PROC])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "voc",
+            "--root",
+            str(data),
+            "--out",
+            str(tmp_path / "cli"),
+            "--cache",
+            str(root / "cache"),
+            "-q",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     notes, scored = [], []
@@ -91,9 +137,14 @@ def test_evaluate_is_ovdiff_eval_from_python(world, tmp_path):
     pipe.segment_folder(data / "VOC2012/JPEGImages", tmp_path / "masks", LABELLED)
     saved = pipe.evaluate("voc", data, pred=tmp_path / "masks")
     assert saved.results[0].miou == pytest.approx(done.results[0].miou) and saved.record["predictions"]
-    for bad, setting in (({"pred": tmp_path / "masks", "seeds": [0]}, "seeds"), ({"offset": 1}, "offset"),
-                         ({"pred": tmp_path / "masks", "engine": "ray"}, "engine"), ({"seeds": [1, 1]}, "seeds"),
-                         ({"seeds": [-1]}, "seeds"), ({"out": root / "cache" / "r"}, "out")):  # fmt: skip
+    for bad, setting in (
+        ({"pred": tmp_path / "masks", "seeds": [0]}, "seeds"),
+        ({"offset": 1}, "offset"),
+        ({"pred": tmp_path / "masks", "engine": "ray"}, "engine"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"seeds": [-1]}, "seeds"),
+        ({"out": root / "cache" / "r"}, "out"),
+    ):
         with pytest.raises(InvalidSetting) as e:
             pipe.evaluate("voc", data, **bad)
         assert e.value.setting == setting, bad
@@ -158,7 +209,9 @@ def test_options_are_the_cli_options(world):
     root, _ = world
     with pytest.raises(OvdiffError, match="unknown segment option"):
         ovdiff.Pipeline(preset="procedural", cache=root / "cache", segment={"etaa": 3})
-    pipe = ovdiff.Pipeline(preset="procedural", cache=root / "cache", device="cpu", segment={"background": False, "eta": 2})
+    pipe = ovdiff.Pipeline(
+        preset="procedural", cache=root / "cache", device="cpu", segment={"background": False, "eta": 2}
+    )
     assert pipe.segment_config.eta == 2 and pipe.segment_config.windows == (128, 96)  # preset default kept
     r = pipe.segment(ovdiff.procedural_scene(1), pipe.vocabulary(LABELLED))
     things = [c for c in r.kept if c not in ("sky", "grass")]  # η caps the things; stuff is always kept

@@ -20,7 +20,9 @@ NAMES = ["kite", "ball", "sky", "grass"]
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    return ovdiff.Pipeline(preset="procedural", cache=tmp_path_factory.mktemp("interop") / "cache", device="cpu", dtype="fp32")
+    return ovdiff.Pipeline(
+        preset="procedural", cache=tmp_path_factory.mktemp("interop") / "cache", device="cpu", dtype="fp32"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,9 @@ def test_to_fiftyone_gives_a_segmentation_and_its_mask_targets(result, monkeypat
 
 def test_a_missing_optional_library_is_one_clear_error(result, monkeypatch):
     monkeypatch.setitem(sys.modules, "fiftyone", None)  # import fails as when it is not installed
-    with pytest.raises(MissingLibrary, match=r"to_fiftyone\(\) needs the optional package fiftyone: pip install fiftyone"):
+    with pytest.raises(
+        MissingLibrary, match=r"to_fiftyone\(\) needs the optional package fiftyone: pip install fiftyone"
+    ):
         result.to_fiftyone()
     monkeypatch.setitem(sys.modules, "supervision", None)
     with pytest.raises(MissingLibrary, match="pip install supervision"):

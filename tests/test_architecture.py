@@ -13,7 +13,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "ovdiff_cli"
 TESTS = Path(__file__).resolve().parent
 MAX_LINES = 500
-CLI_SHARED = {"cli", "cli.app", "cli.common", "cli.options", "cli.output"}  # the app assembles commands; the rest is shared
+CLI_SHARED = {
+    "cli",
+    "cli.app",
+    "cli.common",
+    "cli.options",
+    "cli.output",
+}  # the app assembles commands; the rest is shared
 
 
 def module_name(path: Path) -> str:
@@ -33,7 +39,9 @@ def imports_of(name: str) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            targets = [a.name.removeprefix("ovdiff_cli").lstrip(".") for a in node.names if a.name.startswith("ovdiff_cli")]
+            targets = [
+                a.name.removeprefix("ovdiff_cli").lstrip(".") for a in node.names if a.name.startswith("ovdiff_cli")
+            ]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here if is_package else here[:-1]
@@ -43,8 +51,10 @@ def imports_of(name: str) -> set[str]:
                 stem = node.module.removeprefix("ovdiff_cli").lstrip(".")
             else:
                 continue
-            targets = [f"{stem}.{a.name}".lstrip(".") if f"{stem}.{a.name}".lstrip(".") in MODULES else stem
-                       for a in node.names]  # fmt: skip
+            targets = [
+                f"{stem}.{a.name}".lstrip(".") if f"{stem}.{a.name}".lstrip(".") in MODULES else stem
+                for a in node.names
+            ]
         else:
             continue
         found |= {t for t in targets if t in MODULES and t != name}
@@ -122,7 +132,10 @@ def test_models_import_no_stage():
     configs) and itself, nothing above."""
     for name, deps in GRAPH.items():
         if name.startswith("models"):
-            assert deps <= {"errors", "config", "models"} | {m for m in MODULES if m.startswith("models.")}, (name, deps)
+            assert deps <= {"errors", "config", "models"} | {m for m in MODULES if m.startswith("models.")}, (
+                name,
+                deps,
+            )
 
 
 # The method's folder knows neither cache nor files: it imports no module of these folders.
@@ -164,7 +177,9 @@ def test_no_cli_command_imports_another_command():
 
 
 def test_no_module_is_over_500_lines():
-    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        name: n for name, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 
@@ -178,8 +193,11 @@ def test_no_test_reaches_into_private_names_of_another_module():
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 offences.append(f"{path.name}:{node.lineno} .{node.attr}")
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ovdiff_cli"):
-                offences += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
-                             if a.name.startswith("_") and a.name not in own]  # fmt: skip
+                offences += [
+                    f"{path.name}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name not in own
+                ]
     assert offences == []
 
 

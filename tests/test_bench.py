@@ -19,30 +19,69 @@ from ovdiff_cli.errors import OvdiffError
 SECTIONS = {
     "sampling": {"capture", "stock", "ratio"},
     "prototypes": {"features", "masks", "kmeans", "kmeans_share", "total"},
-    "segment": {"total", "features", "filter", "filter_clip", "matching", "upsample_io", "overhead_share",
-                "overhead_share_filter"},
+    "segment": {
+        "total",
+        "features",
+        "filter",
+        "filter_clip",
+        "matching",
+        "upsample_io",
+        "overhead_share",
+        "overhead_share_filter",
+    },
     "filter": {"cold", "warm", "speedup", "prompts"},
     "vocabulary": {"add", "alone", "ratio", "load", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
     "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
-    "large_vocab": {"fill", "load_small", "load", "load_per_class", "load_mib", "load_anon", "load_copies", "load_file",
-                    "segment_few", "segment_many", "segment_ratio", "matching_ratio", "filter_cold", "filter_warm",
-                    "filter_share", "rss_peak", "rss_beyond", "rss_vocab", "rss_beyond_ratio", "add", "alone",
-                    "add_ratio"},
+    "large_vocab": {
+        "fill",
+        "load_small",
+        "load",
+        "load_per_class",
+        "load_mib",
+        "load_anon",
+        "load_copies",
+        "load_file",
+        "segment_few",
+        "segment_many",
+        "segment_ratio",
+        "matching_ratio",
+        "filter_cold",
+        "filter_warm",
+        "filter_share",
+        "rss_peak",
+        "rss_beyond",
+        "rss_vocab",
+        "rss_beyond_ratio",
+        "add",
+        "alone",
+        "add_ratio",
+    },
     "beyond": {"plain_miou", "pamr", "pamr_miou", "vote", "vote_miou", "photos_build", "photos_miou"},
-}  # fmt: skip
-TARGETS = {("sampling", "ratio"), ("segment", "overhead_share"), ("vocabulary", "ratio"),
-           ("vocabulary", "second_run_calls"), ("memory", "growth"), ("prototypes", "kmeans_share"),
-           ("class_build", "growth"), ("large_vocab", "load_per_class"), ("large_vocab", "load_copies"),
-           ("large_vocab", "segment_ratio"), ("large_vocab", "rss_beyond_ratio"), ("large_vocab", "add_ratio")}  # fmt: skip
+}
+TARGETS = {
+    ("sampling", "ratio"),
+    ("segment", "overhead_share"),
+    ("vocabulary", "ratio"),
+    ("vocabulary", "second_run_calls"),
+    ("memory", "growth"),
+    ("prototypes", "kmeans_share"),
+    ("class_build", "growth"),
+    ("large_vocab", "load_per_class"),
+    ("large_vocab", "load_copies"),
+    ("large_vocab", "segment_ratio"),
+    ("large_vocab", "rss_beyond_ratio"),
+    ("large_vocab", "add_ratio"),
+}
 
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "r.json"
     # seed 1: the bench's own segment run must find the classes it built (it looked them up with seed 0)
-    res = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32",
-                                   "--seed", "1"])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32", "--seed", "1"]
+    )
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()), res.output
 
@@ -114,7 +153,9 @@ def test_settings_reduced_on_cpu_and_paper_on_cuda():
     assert cpu.preset == gpu.preset == "sd15-random"
     assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
     assert cpu.size < gpu.size and cpu.steps < gpu.steps
-    assert cpu.pairs == cpu.large_pairs == 12  # fewer let two runs on a shared 2-core VM disagree by more than 5% (README Performance)
+    assert (
+        cpu.pairs == cpu.large_pairs == 12
+    )  # fewer let two runs on a shared 2-core VM disagree by more than 5% (README Performance)
     assert bench_settings("cpu", repeats=5).repeats == 5
     with pytest.raises(OvdiffError, match="repeats must be in 1"):
         bench_settings("cpu", repeats=0)

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mounted_tmpfs
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovdiff_cli.store import cache as cache_mod
-from ovdiff_cli.store.cache import ENV_DIRNAME, Cache, class_array_key, encode_array
-from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import app
-
-from conftest import mounted_tmpfs
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.audit import verify
+from ovdiff_cli.store.cache import ENV_DIRNAME, Cache, class_array_key, encode_array
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -44,8 +43,9 @@ def _env() -> dict:
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`ovdiff ARGS` in its own process: a signal death shows as a negative return code."""
-    return subprocess.run([sys.executable, "-m", "ovdiff_cli", *args], capture_output=True, text=True, env=_env(),
-                          cwd=cwd, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ovdiff_cli", *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=300
+    )
 
 
 def data_file(cache_dir: Path) -> Path:
@@ -68,8 +68,21 @@ def built(tmp_path_factory):
     Image.fromarray(render_scene(np.random.default_rng(2))[0]).save(images / "scene.png")
     res = runner.invoke(app, ["protos", "add", *CLASSES, "--cache", str(cache_dir), *PROC, "-q"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["segment", str(images), "--classes", ",".join(CLASSES), "--out", str(root / "m"),
-                              "--cache", str(cache_dir), *PROC, "-q"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(images),
+            "--classes",
+            ",".join(CLASSES),
+            "--out",
+            str(root / "m"),
+            "--cache",
+            str(cache_dir),
+            *PROC,
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     forget(cache_dir)
     return cache_dir, images
@@ -107,8 +120,12 @@ def class_units(items: dict[bytes, bytes]) -> dict[str, tuple[set[bytes], set[by
 def kept_classes(before: dict[bytes, bytes], after: dict[bytes, bytes]) -> set[str]:
     """Classes in `after` whose prototypes, and whatever of their support set is left, are `before`'s bit for bit."""
     units = class_units(before)
-    return {n for n in class_units(after) if all(after.get(k) == before[k] for k in units[n][0])
-            and all(after[k] == before[k] for k in units[n][1] if k in after)}  # fmt: skip
+    return {
+        n
+        for n in class_units(after)
+        if all(after.get(k) == before[k] for k in units[n][0])
+        and all(after[k] == before[k] for k in units[n][1] if k in after)
+    }
 
 
 # --------------------------------------------------------------------------- the test's own page reader
@@ -158,8 +175,11 @@ def intact_classes(original: bytes, damaged_pages: set[int]) -> set[str]:
         if k.startswith(b"p/") and k.count(b"/") == 1:
             values[k] = _value(original, k, meta)
     units = class_units(values)
-    return {name for name, (core, support) in units.items()
-            if all(k in deps and not (deps[k] & damaged_pages) for k in core | support)}  # fmt: skip
+    return {
+        name
+        for name, (core, support) in units.items()
+        if all(k in deps and not (deps[k] & damaged_pages) for k in core | support)
+    }
 
 
 def _value(blob: bytes, key: bytes, meta_index: int) -> bytes:
@@ -206,15 +226,25 @@ def test_truncated_data_file_is_refused_by_every_command_and_repair_salvages_the
     before = entries(src)
     cache_dir = copy_cache(src, tmp_path / "cache")
     pages = len(original) // 4096 + 1  # cut where some class survives whole (the layout depends on what was built)
-    cut = next(c for c in (len(original) * k // 12 for k in (8, 9, 10, 11)) if intact_classes(original, set(range(c // 4096, pages))))
+    cut = next(
+        c
+        for c in (len(original) * k // 12 for k in (8, 9, 10, 11))
+        if intact_classes(original, set(range(c // 4096, pages)))
+    )
     data_file(cache_dir).write_bytes(original[:cut])
     common = ["--cache", str(cache_dir)]
-    for args in (["protos", "list"], ["cache", "info"], ["protos", "export", str(tmp_path / "x.safetensors")],
-                 ["segment", str(images), "--classes", "kite", "--no-build", "--out", str(tmp_path / "m"), *PROC],
-                 ["protos", "add", "kite", *PROC]):  # fmt: skip
+    for args in (
+        ["protos", "list"],
+        ["cache", "info"],
+        ["protos", "export", str(tmp_path / "x.safetensors")],
+        ["segment", str(images), "--classes", "kite", "--no-build", "--out", str(tmp_path / "m"), *PROC],
+        ["protos", "add", "kite", *PROC],
+    ):
         one_error(cli([*args, *common], tmp_path), "is damaged", "truncated", "cache verify --repair")
     res = cli(["cache", "verify", *common], tmp_path)
-    assert res.returncode == 1 and "data.mdb" in res.stderr and "truncated" in res.stderr and "--repair" in res.stderr, res.stderr
+    assert (
+        res.returncode == 1 and "data.mdb" in res.stderr and "truncated" in res.stderr and "--repair" in res.stderr
+    ), res.stderr
     assert data_file(cache_dir).read_bytes() == original[:cut]  # looking changed nothing
 
     res = cli(["cache", "verify", "--repair", *common], tmp_path)
@@ -248,9 +278,14 @@ def test_empty_data_file_is_not_sound(built, tmp_path):
 
 def test_commands_that_only_read_create_no_cache_at_a_mistyped_path(built, tmp_path):
     missing = tmp_path / "typo"
-    for args in (["cache", "info"], ["cache", "verify"], ["cache", "verify", "-v"], ["protos", "list"],
-                 ["protos", "export", str(tmp_path / "x.safetensors")],
-                 ["segment", str(built[1]), "--classes", "kite", "--no-build", "--out", str(tmp_path / "m"), *PROC]):  # fmt: skip
+    for args in (
+        ["cache", "info"],
+        ["cache", "verify"],
+        ["cache", "verify", "-v"],
+        ["protos", "list"],
+        ["protos", "export", str(tmp_path / "x.safetensors")],
+        ["segment", str(built[1]), "--classes", "kite", "--no-build", "--out", str(tmp_path / "m"), *PROC],
+    ):
         res = runner.invoke(app, [*args, "--cache", str(missing)])
         assert res.exit_code == 2 and f"no cache at {missing}" in res.output, (args, res.output)
     assert not missing.exists()
@@ -281,8 +316,10 @@ def test_a_read_only_cache_is_listed_exported_and_segmented_with_no_build(read_o
     common = ["--cache", str(read_only_copy)]
     res = runner.invoke(app, ["protos", "list", "-q", *common])
     assert res.exit_code == 0 and len(res.output.strip().splitlines()) == len(CLASSES), res.output
-    res = runner.invoke(app, ["segment", str(built[1]), "--classes", "kite,sky", "--no-build", "--out", str(tmp_path / "m"),
-                              *common, *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["segment", str(built[1]), "--classes", "kite,sky", "--no-build", "--out", str(tmp_path / "m"), *common, *PROC],
+    )
     assert res.exit_code == 0 and (tmp_path / "m" / "scene.png").is_file(), res.output
     res = runner.invoke(app, ["protos", "export", str(tmp_path / "v.safetensors"), *common])
     assert res.exit_code == 0, res.output
@@ -310,9 +347,14 @@ def test_exports_carry_checksums_that_import_checks(built, tmp_path):
     export.write_bytes(bytes(blob))
     fresh = tmp_path / "fresh"
     res = runner.invoke(app, ["protos", "import", str(export), "--cache", str(fresh)])
-    assert res.exit_code == 2 and "does not match its checksum" in res.output and res.output.count("\n") == 1, res.output
+    assert res.exit_code == 2 and "does not match its checksum" in res.output and res.output.count("\n") == 1, (
+        res.output
+    )
     assert Cache(fresh).classes() == []  # nothing imported
-    for target, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "such" / "dir" / "v.safetensors", "cannot write")):
+    for target, message in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "no" / "such" / "dir" / "v.safetensors", "cannot write"),
+    ):
         res = runner.invoke(app, ["protos", "export", str(target), "--cache", str(cache_dir)])
         assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
     forget(cache_dir)
@@ -335,11 +377,18 @@ def test_verify_and_import_check_values_not_only_bytes(built, tmp_path):
     protos[0, 0] = np.inf
     c.write({class_array_key(pid, "fg/part"): encode_array(protos)})
     res = runner.invoke(app, ["cache", "verify", "--cache", str(cache_dir)])
-    assert res.exit_code == 1 and "non-finite" in res.output and class_array_key(pid, "fg/part").decode() in res.output, res.output
+    assert (
+        res.exit_code == 1 and "non-finite" in res.output and class_array_key(pid, "fg/part").decode() in res.output
+    ), res.output
     res = runner.invoke(app, ["protos", "export", str(tmp_path / "v.safetensors"), "kite", "--cache", str(cache_dir)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["protos", "import", str(tmp_path / "v.safetensors"), "--cache", str(tmp_path / "other")])
-    assert res.exit_code == 2 and "fg/part" in res.output and "non-finite" in res.output and "nothing was imported" in res.output
+    assert (
+        res.exit_code == 2
+        and "fg/part" in res.output
+        and "non-finite" in res.output
+        and "nothing was imported" in res.output
+    )
     res = runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache_dir)])
     assert res.exit_code == 0
     assert {r["norm"] for _, r in Cache(cache_dir).classes()} == set(CLASSES) - {"kite"}
@@ -377,7 +426,11 @@ def damage(blob: bytes, rng: random.Random, kind: str, live: list[int]) -> tuple
         page = rng.choice(live)
         b[page * 4096 : (page + 1) * 4096] = bytes(4096)
         return bytes(b), {page}
-    offsets = [rng.randrange(len(blob)) for _ in range(1)] if kind == "flip" else [rng.choice(live) * 4096 + rng.randrange(4096) for _ in range(16)]
+    offsets = (
+        [rng.randrange(len(blob)) for _ in range(1)]
+        if kind == "flip"
+        else [rng.choice(live) * 4096 + rng.randrange(4096) for _ in range(16)]
+    )
     for at in offsets:
         b[at] ^= rng.randrange(1, 256)
     return bytes(b), {at // 4096 for at in offsets}
@@ -398,16 +451,39 @@ def test_fault_injection_every_command_exits_cleanly_and_repair_keeps_what_was_i
         cache_dir = copy_cache(src, tmp_path / f"v{i}")
         data_file(cache_dir).write_bytes(blob)
         c = ["--cache", str(cache_dir)]
-        seg = ["segment", str(images), "--classes", ",".join(CLASSES), "--no-build", "--out", str(tmp_path / f"m{i}"), *PROC]
-        variants.append({"name": f"{i}:{kind}", "commands": [["protos", "list", *c], [*seg, *c], ["cache", "verify", *c],
-                         ["cache", "verify", "--repair", *c], ["cache", "verify", *c], ["protos", "list", "-q", *c]]})  # fmt: skip
+        seg = [
+            "segment",
+            str(images),
+            "--classes",
+            ",".join(CLASSES),
+            "--no-build",
+            "--out",
+            str(tmp_path / f"m{i}"),
+            *PROC,
+        ]
+        variants.append(
+            {
+                "name": f"{i}:{kind}",
+                "commands": [
+                    ["protos", "list", *c],
+                    [*seg, *c],
+                    ["cache", "verify", *c],
+                    ["cache", "verify", "--repair", *c],
+                    ["cache", "verify", *c],
+                    ["protos", "list", "-q", *c],
+                ],
+            }
+        )
         expect[f"{i}:{kind}"] = (cache_dir, intact_classes(original, touched))
     spec = tmp_path / "variants.json"
     spec.write_text(json.dumps(variants))
-    res = subprocess.run([sys.executable, "-c", DRIVER, str(spec)], capture_output=True, text=True, env=_env(),
-                         cwd=tmp_path, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(spec)], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600
+    )
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert res.returncode == 0, f"driver died ({res.returncode}) at {lines[-1] if lines else None}\n{res.stderr[-2000:]}"
+    assert res.returncode == 0, (
+        f"driver died ({res.returncode}) at {lines[-1] if lines else None}\n{res.stderr[-2000:]}"
+    )
     done = [r for r in lines if "rc" in r]
     assert len(done) == 6 * len(kinds)
     for r in done:
@@ -466,7 +542,8 @@ def test_fault_injection_into_exports_is_one_line_or_a_bit_exact_import(built, t
             assert res.exit_code == 0, (kind, res.output)
             got = entries(target)
             assert {k: v for k, v in got.items() if k.startswith(b"p/") and b"/a/" in k} == {
-                k: v for k, v in before.items() if k.startswith(b"p/") and b"/a/" in k}  # fmt: skip
+                k: v for k, v in before.items() if k.startswith(b"p/") and b"/a/" in k
+            }
         outcomes.append(res.exit_code)
         forget(target)
     assert outcomes.count(2) >= 12, outcomes  # a damaged file is refused (a flip in header padding may be harmless)
@@ -550,8 +627,14 @@ def test_kill_9_at_twenty_random_moments_of_protos_add_regenerates_nothing_commi
     sampling, a commit, feature extraction or the class commit of wherever the previous run stopped."""
     log = tmp_path / "events.jsonl"
     cache_dir = tmp_path / "cache"
-    res = subprocess.run([sys.executable, "-c", KILLER, str(log), str(cache_dir), str(tmp_path / "calib"), "13"],
-                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=900)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", KILLER, str(log), str(cache_dir), str(tmp_path / "calib"), "13"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     reports = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert all(not r.get("problems") for r in reports), reports  # sound after every kill
@@ -559,14 +642,19 @@ def test_kill_9_at_twenty_random_moments_of_protos_add_regenerates_nothing_commi
     runs: dict[int, dict[str, int]] = {}
     for e in map(json.loads, log.read_text().splitlines()):
         runs.setdefault(e["pid"], {"generated": 0, "committed": 0})[e["event"]] += e["n"]
-    support = {json.loads(v)["norm"]: json.loads(v)["n_images"] for k, v in entries(cache_dir).items()
-               if k.startswith(b"s/") and k.count(b"/") == 1}  # fmt: skip
-    assert support == {n: 8 for n in ("kite", "boat", "car", "grass", "sky")}
+    support = {
+        json.loads(v)["norm"]: json.loads(v)["n_images"]
+        for k, v in entries(cache_dir).items()
+        if k.startswith(b"s/") and k.count(b"/") == 1
+    }
+    assert support == dict.fromkeys(("kite", "boat", "car", "grass", "sky"), 8)
     generated = sum(r["generated"] for r in runs.values())
     in_flight = sorted(r["generated"] - r["committed"] for r in runs.values() if r["generated"] > r["committed"])
     regenerated = generated - 8 * len(support)
-    print(f"kill -9 x20 ({reports[0]['calibration']}): {len(runs)} runs, {generated} images generated, "
-          f"{regenerated} regenerated, in flight when killed: {in_flight}")
+    print(
+        f"kill -9 x20 ({reports[0]['calibration']}): {len(runs)} runs, {generated} images generated, "
+        f"{regenerated} regenerated, in flight when killed: {in_flight}"
+    )
     assert all(n <= 4 for n in in_flight)  # at most the one batch in flight (batch size 4) per killed run
     assert regenerated <= sum(in_flight)  # nothing committed was generated again
     assert verify(Cache(cache_dir)) == []

@@ -8,13 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ovdiff_cli.store.cache import Cache
-from ovdiff_cli.errors import CacheError
-from ovdiff_cli.store.keys import class_ids
-from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.engines.support import ensure_support_set
 from ovdiff_cli.engines.vocab import ensure_classes
+from ovdiff_cli.errors import CacheError
 from ovdiff_cli.method.prototypes import encode_masks
+from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.store.keys import class_ids
 
 TINY = get_preset("tiny")
 
@@ -35,7 +35,10 @@ def test_one_image_per_batch_builds_what_the_whole_set_at_once_builds(tiny_stage
     assert whole.keys() == single.keys() == {"sd", "dino", "clip"}
     for part, (rec, arrays) in whole.items():
         other_rec, other = single[part]
-        assert (rec["mask_proposals"], rec["mask_thresholds"]) == (other_rec["mask_proposals"], other_rec["mask_thresholds"])
+        assert (rec["mask_proposals"], rec["mask_thresholds"]) == (
+            other_rec["mask_proposals"],
+            other_rec["mask_thresholds"],
+        )
         assert arrays.keys() == other.keys() and "masks" in arrays and "fg/part_labels" in arrays
         for name, a in arrays.items():
             # raw features (not unit vectors): batched passes differ in float rounding at ~1e-6 of their scale
@@ -64,7 +67,10 @@ def test_a_spill_file_that_cannot_be_written_is_a_cache_error(tiny_stages, tmp_p
     with pytest.raises(CacheError, match="cannot write the cache at .*No space left on device"):
         ensure_classes(cache, tiny_stages, ["cat"], 0, TINY.sample, TINY.protos)
     monkeypatch.undo()
-    assert all(cache.class_record(pid) is None for pid in class_ids("cat", 0, tiny_stages.specs, TINY.sample, TINY.protos).values())
+    assert all(
+        cache.class_record(pid) is None
+        for pid in class_ids("cat", 0, tiny_stages.specs, TINY.sample, TINY.protos).values()
+    )
 
 
 def test_no_earlier_batch_is_alive_while_the_next_is_made(tiny_stages, tmp_path, monkeypatch):
@@ -98,9 +104,9 @@ def test_each_part_reduces_the_masks_from_the_images_resolution_in_one_step(tiny
     reduction of the image-resolution masks, also when the class's masks were cached by an `sd` build."""
     import torch
 
+    from ovdiff_cli.engines.support import load_samples
     from ovdiff_cli.method.classbuild import mask_grid
     from ovdiff_cli.method.masks import class_masks, mask_to_grid
-    from ovdiff_cli.engines.support import load_samples
 
     cfg = dataclasses.replace(TINY.protos, mask_proposer="threshold")  # masks from the maps alone: easy to redo here
     cache = Cache(tmp_path / "c")

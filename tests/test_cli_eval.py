@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_evaluate import fake_voc, naive_miou, random_preds
 from typer.testing import CliRunner
 
-from ovdiff_cli.cli.app import app
 from ovdiff_cli.classnames import KIND_LISTS
-
-from test_evaluate import fake_voc, naive_miou, random_preds
+from ovdiff_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -25,7 +24,21 @@ def test_eval_pred_matches_independent_miou(tmp_path):
     for i, p in preds.items():
         Image.fromarray(p).save(pred_dir / f"{i}.png")
     out = tmp_path / "report"
-    res = runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred_dir), "--out", str(out), "--cache", str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "voc",
+            "--root",
+            str(root),
+            "--pred",
+            str(pred_dir),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     expected, per_class = naive_miou([(preds[i], labels[i]) for i in labels], 21)
@@ -43,7 +56,22 @@ def test_eval_pred_without_background_shifts_labels(tmp_path):
     for i, lab in labels.items():  # perfect masks as `ovdiff segment` writes them: class k of the list = k
         Image.fromarray(lab).save(pred_dir / f"{i}.png")
     out = tmp_path / "r"
-    res = runner.invoke(app, ["eval", "voc20", "--root", str(root), "--pred", str(pred_dir), "--out", str(out), "-q", "--cache", str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "voc20",
+            "--root",
+            str(root),
+            "--pred",
+            str(pred_dir),
+            "--out",
+            str(out),
+            "-q",
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((out / "metrics.json").read_text())["miou"] == pytest.approx(1.0)
 
@@ -58,7 +86,10 @@ def test_eval_pred_without_background_shifts_labels(tmp_path):
 def test_eval_pred_option_errors(tmp_path, args, message):
     root, _ = fake_voc(tmp_path, n_images=1)
     (tmp_path / "pred").mkdir()
-    res = runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(tmp_path / "pred"), *args, "--cache", str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        ["eval", "voc", "--root", str(root), "--pred", str(tmp_path / "pred"), *args, "--cache", str(tmp_path / "c")],
+    )
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
 
@@ -66,7 +97,9 @@ def test_eval_pred_option_errors(tmp_path, args, message):
 def test_eval_missing_split_names_the_file(tmp_path):
     root, _ = fake_voc(tmp_path, n_images=1)
     (root / "ImageSets/Segmentation/val.txt").unlink()
-    res = runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(tmp_path), "--cache", str(tmp_path / "c")])
+    res = runner.invoke(
+        app, ["eval", "voc", "--root", str(root), "--pred", str(tmp_path), "--cache", str(tmp_path / "c")]
+    )
     assert res.exit_code == 2
     assert "val.txt" in res.output
 
@@ -78,8 +111,25 @@ def test_eval_real_voc_image_end_to_end_on_tiny(tmp_path):
     if not VOC_SAMPLE.is_dir():
         pytest.skip("shared/data/voc-sample is not beside the repository")
     out = tmp_path / "report"
-    res = runner.invoke(app, ["eval", "voc", "--root", str(VOC_SAMPLE), "--preset", "tiny", "--n-images", "2",
-                              "--cache", str(tmp_path / "c"), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "voc",
+            "--root",
+            str(VOC_SAMPLE),
+            "--preset",
+            "tiny",
+            "--n-images",
+            "2",
+            "--cache",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 1 and 0.0 <= metrics["miou"] <= 1.0

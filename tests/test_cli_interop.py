@@ -31,7 +31,9 @@ def invoke(args: list[str], root: Path):
 
 def test_segment_json_lists_each_image_mask_classes_areas_and_scores(world, tmp_path):
     images = world / "data/VOC2012/JPEGImages"
-    res = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(tmp_path / "m"), "--json"], world)
+    res = invoke(
+        ["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(tmp_path / "m"), "--json"], world
+    )
     assert res.exit_code == 0, res.output
     per_image = json.loads(res.stdout)["per_image"]
     assert sorted(Path(r["input"]).name for r in per_image) == sorted(p.name for p in images.iterdir())
@@ -51,8 +53,10 @@ def test_segment_json_lists_each_image_mask_classes_areas_and_scores(world, tmp_
 def test_coco_records_carry_the_file_name_and_the_segment_score(world, tmp_path):
     images = world / "data/VOC2012/JPEGImages"
     out = tmp_path / "coco"
-    res = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(out), "--format", "coco-rle",
-                  "--json"], world)  # fmt: skip
+    res = invoke(
+        ["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(out), "--format", "coco-rle", "--json"],
+        world,
+    )
     assert res.exit_code == 0, res.output
     per_image = {Path(r["input"]).name: r for r in json.loads(res.stdout)["per_image"]}
     meta = json.loads((out / "coco_images.json").read_text())
@@ -62,7 +66,8 @@ def test_coco_records_carry_the_file_name_and_the_segment_score(world, tmp_path)
         expect = {s["index"]: s for s in per_image[img["file_name"]]["segments"] if s["index"] > 0}
         mine = [r for r in records if r["image_id"] == img["id"]]
         assert {r["category_id"]: (r["score"], r["area"]) for r in mine} == {
-            k: (s["score"], s["area"]) for k, s in expect.items()}
+            k: (s["score"], s["area"]) for k, s in expect.items()
+        }
     assert {r["score"] for r in records} != {1.0}
 
 
@@ -119,8 +124,9 @@ def test_metrics_are_fractions_and_the_report_shows_real_seconds_and_a_random_we
     page = html_path.read_text()
     assert "1.250 s/image" in page and "66.3 ± 0.2" in page
     assert "random weights: these scores check the pipeline, they are not comparable to the paper's" in page
-    metrics_path, html_path = write_report(res, tmp_path / "r2", ds, run_protocol=protocol(ds, None, None, None,
-                                           predictions="masks"))  # fmt: skip
+    metrics_path, html_path = write_report(
+        res, tmp_path / "r2", ds, run_protocol=protocol(ds, None, None, None, predictions="masks")
+    )
     assert json.loads(metrics_path.read_text())["seconds_per_image"] is None  # reading masks is no segmenting time
     assert "s/image" not in html_path.read_text() and "not comparable" not in html_path.read_text()
     real = protocol(ds, [0], "sd15", None)
@@ -128,8 +134,10 @@ def test_metrics_are_fractions_and_the_report_shows_real_seconds_and_a_random_we
 
 
 def test_the_demo_report_times_the_segmenting(world, tmp_path):
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--images", "2", "--device", "cpu",
-                              "--cache", str(world / "cache")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["demo", "--out", str(tmp_path / "demo"), "--images", "2", "--device", "cpu", "--cache", str(world / "cache")],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "demo/report/metrics.json").read_text())
     assert metrics["seconds_per_image"] > 0.01  # the segment run's time, not the milliseconds of reading masks back
@@ -142,7 +150,7 @@ def test_the_demo_report_times_the_segmenting(world, tmp_path):
     from ovdiff_cli.io.palette import colorize
 
     assert figure.shape == (2 * h + 12, 3 * w + 24, 3)
-    assert np.array_equal(figure[:h, w + 12: 2 * w + 12], colorize(first))
+    assert np.array_equal(figure[:h, w + 12 : 2 * w + 12], colorize(first))
 
 
 def test_help_shows_the_ray_extra_whole():
@@ -156,9 +164,14 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly_with_statu
     import sys
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    for args in (["--help"], ["doctor", "--preset", "procedural", "--device", "cpu"], ["doctor", "--preset", "procedural", "--json"]):
-        proc = subprocess.Popen([sys.executable, "-m", "ovdiff_cli", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env)  # fmt: skip
+    for args in (
+        ["--help"],
+        ["doctor", "--preset", "procedural", "--device", "cpu"],
+        ["doctor", "--preset", "procedural", "--json"],
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ovdiff_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
         proc.stdout.close()  # as `| head -0` would, before a byte is written
         err = proc.stderr.read().decode()
         assert proc.wait() == 0 and err == "", (args, err)
@@ -177,9 +190,11 @@ def test_offline_errors_are_whole_and_point_at_models_download(monkeypatch, tmp_
     from ovdiff_cli.models.presets import ModelSpecs
     from ovdiff_cli.models.store import ModelStore
 
-    cause = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
-                    "the cached files.\nCheck your internet connection or see how to run the library in offline mode "
-                    "at 'https://huggingface.co/docs/transformers/installation#offline-mode'.")  # fmt: skip
+    cause = OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+        "the cached files.\nCheck your internet connection or see how to run the library in offline mode "
+        "at 'https://huggingface.co/docs/transformers/installation#offline-mode'."
+    )
     line = phrase(ModelLoadError("CLIP", "clip", "ViT-B-16:openai", cause, "timm/vit_base_patch16_clip_224.openai"))
     assert "installation#offline-mode'." in line and "\n" not in line  # the whole cause, past 200 characters
     assert "ovdiff models download --clip-model ViT-B-16:openai" in line and "--clip-model DIR" in line
@@ -192,10 +207,14 @@ def test_offline_errors_are_whole_and_point_at_models_download(monkeypatch, tmp_
 def test_readme_lists_the_dependencies_of_pyproject_and_each_is_needed():
     import ast
     import re
+
     import tomllib
 
     root = Path(__file__).resolve().parents[1]
-    deps = [re.split(r"[<>=\[;]", d)[0].strip() for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]]
+    deps = [
+        re.split(r"[<>=\[;]", d)[0].strip()
+        for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
     text = " ".join((root / "README.md").read_text().split())
     listed = re.search(r"Dependencies \(as in `pyproject.toml`\): (.*?)\.", text).group(1)
     assert [d.strip() for d in listed.split(",")] == deps

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mounted_tmpfs
 from PIL import Image
+from test_evaluate import fake_voc
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.eval.datasets import class_names
 from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import render_scene
-
-from conftest import mounted_tmpfs
-from test_evaluate import fake_voc
 
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 runner = CliRunner()
@@ -78,26 +77,44 @@ def test_eval_pred_maps_the_legend_beside_the_masks_onto_the_dataset_classes(tmp
     spelled = [{"potted plant": "Pottedplant"}.get(n, n) for n in order]  # VOC's raw spelling, any case
     pred = tmp_path / "pred"
     _masks(pred, labels, order, spelled)
-    res = runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"])
+    res = runner.invoke(
+        app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["miou"] == pytest.approx(1.0)
 
-    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "1"]), "--offset and the legend", "leave the offset out")
+    one_error(
+        runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "1"]),
+        "--offset and the legend",
+        "leave the offset out",
+    )
     legend = json.loads((pred / "classes.json").read_text())
     legend["labels"][3]["name"] = "sky"
     (pred / "classes.json").write_text(json.dumps(legend))
-    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred)]), "'sky'", "not among the 21 classes of voc")
+    one_error(
+        runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred)]),
+        "'sky'",
+        "not among the 21 classes of voc",
+    )
 
 
 def test_eval_offset_and_label_size_are_checked(tmp_path):
     root, labels = fake_voc(tmp_path, n_images=1)
     pred = tmp_path / "pred"
     pred.mkdir()
-    (i, lab), = labels.items()
+    ((i, lab),) = labels.items()
     Image.fromarray(lab).save(pred / f"{i}.png")
-    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "300"]), "--offset", "0..254")
+    one_error(
+        runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--offset", "300"]),
+        "--offset",
+        "0..254",
+    )
     Image.fromarray(lab[:-2]).save(root / "SegmentationClass" / f"{i}.png")  # the label is off, not the prediction
-    one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred)]), "ground-truth label", "does not fit its image")
+    one_error(
+        runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred)]),
+        "ground-truth label",
+        "does not fit its image",
+    )
 
 
 def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_results(tmp_path, monkeypatch):
@@ -107,16 +124,24 @@ def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_res
     for i, lab in labels.items():
         Image.fromarray(lab).save(pred / f"{i}.png")
     with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
-        one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(ro / "r")]),
-                  "--out folder", "cannot be created")  # fmt: skip
+        one_error(
+            runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(ro / "r")]),
+            "--out folder",
+            "cannot be created",
+        )
     from ovdiff_cli.eval import evaluate
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(evaluate, "write_report", full_disk)
-    line = one_error(runner.invoke(app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"]),
-                     "No space left on device", "the results are kept in")  # fmt: skip
+    line = one_error(
+        runner.invoke(
+            app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"]
+        ),
+        "No space left on device",
+        "the results are kept in",
+    )
     kept = Path(line.rsplit("kept in ", 1)[1].strip())
     assert json.loads(kept.read_text())[0]["miou"] == pytest.approx(1.0)
     kept.unlink()
@@ -129,20 +154,43 @@ def test_segment_never_overwrites_an_input_nor_mixes_legends(cache, tmp_path):
     images = scenes(tmp_path / "photos")
     before = {p.name: p.read_bytes() for p in images.iterdir()}
     common = ["--cache", str(cache), "--no-build", *PROC]
-    one_error(runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(images), *common]),
-              "would overwrite the input")  # fmt: skip
+    one_error(
+        runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(images), *common]),
+        "would overwrite the input",
+    )
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
 
     out = tmp_path / "masks"
-    assert runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), "--overlay", *common]).exit_code == 0
-    assert runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), *common]).exit_code == 0  # same legend: fine
+    assert (
+        runner.invoke(
+            app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), "--overlay", *common]
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), *common]).exit_code == 0
+    )  # same legend: fine
     (out / "notes.txt").write_text("mine")
-    one_error(runner.invoke(app, ["segment", str(images), "--classes", "boat,grass", "--out", str(out), *common]),
-              "holds masks of other classes (background, kite, sky)", "--overwrite")  # fmt: skip
-    res = runner.invoke(app, ["segment", str(images / "scene0.png"), "--classes", "boat,grass", "--out", str(out), "--overwrite", *common])
+    one_error(
+        runner.invoke(app, ["segment", str(images), "--classes", "boat,grass", "--out", str(out), *common]),
+        "holds masks of other classes (background, kite, sky)",
+        "--overwrite",
+    )
+    res = runner.invoke(
+        app,
+        ["segment", str(images / "scene0.png"), "--classes", "boat,grass", "--out", str(out), "--overwrite", *common],
+    )
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["classes.json", "notes.txt", "scene0.png"]
-    assert [e["name"] for e in json.loads((out / "classes.json").read_text())["labels"]] == ["background", "boat", "grass"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "classes.json",
+        "notes.txt",
+        "scene0.png",
+    ]
+    assert [e["name"] for e in json.loads((out / "classes.json").read_text())["labels"]] == [
+        "background",
+        "boat",
+        "grass",
+    ]
     mode = (out / "scene0.png").stat().st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
@@ -161,8 +209,10 @@ def test_segment_recursive_skips_its_own_output_and_out_is_locked(cache, tmp_pat
         assert sorted(p.name for p in out.rglob("*.png")) == ["scene0.png", "scene1.png"]  # not masks/scene0.png again
     release = lock(out)
     try:
-        one_error(runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), *common]),
-                  "is being written by another 'ovdiff segment'")  # fmt: skip
+        one_error(
+            runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), *common]),
+            "is being written by another 'ovdiff segment'",
+        )
     finally:
         release()
 
@@ -188,8 +238,22 @@ def test_non_utf8_file_names_are_segmented(cache, tmp_path):
     name = os.fsdecode(b"caf\xe9")
     Image.fromarray(render_scene(np.random.default_rng(5))[0]).save(images / f"{name}.png")
     out = tmp_path / "masks"
-    res = runner.invoke(app, ["segment", str(images), "--classes", "kite,sky", "--out", str(out), "--explain",
-                              "--cache", str(cache), "--no-build", *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(images),
+            "--classes",
+            "kite,sky",
+            "--out",
+            str(out),
+            "--explain",
+            "--cache",
+            str(cache),
+            "--no-build",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     assert os.fsencode(out / f"{name}.png") in [os.fsencode(p) for p in out.iterdir()]
     assert "caf\ufffd" in (out / "explain" / f"{name}.json").read_text(encoding="utf-8")
@@ -225,7 +289,9 @@ def test_sizes_and_thresholds_are_refused_up_front_with_the_limit(args, needles,
 def test_a_classes_file_with_a_byte_order_mark_is_read(tmp_path):
     names = tmp_path / "classes.txt"
     names.write_bytes("kite\nboat\n".encode("utf-8-sig"))
-    res = runner.invoke(app, ["protos", "add", "--classes-file", str(names), "--cache", str(tmp_path / "c"), *PROC, "-q"])
+    res = runner.invoke(
+        app, ["protos", "add", "--classes-file", str(names), "--cache", str(tmp_path / "c"), *PROC, "-q"]
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["protos", "list", "-q", "--cache", str(tmp_path / "c")])
     assert sorted(line.split("\t")[1] for line in res.output.splitlines()) == ["boat", "kite"]
@@ -233,8 +299,24 @@ def test_a_classes_file_with_a_byte_order_mark_is_read(tmp_path):
 
 def test_a_name_beyond_the_text_encoders_context_is_said_once_in_our_words(tmp_path):
     long = " ".join(["very"] * 90) + " long kite"
-    res = runner.invoke(app, ["sample", long, "kite", "--n-images", "1", "--cache", str(tmp_path / "c"), "--preset", "tiny",
-                              "--device", "cpu", "--dtype", "fp32"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "sample",
+            long,
+            "kite",
+            "--n-images",
+            "1",
+            "--cache",
+            str(tmp_path / "c"),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+        ],
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     notes = [line for line in res.output.splitlines() if line.startswith("warning: ")]
     assert len(notes) == 1 and "92 tokens" in notes[0] and "only its first" in notes[0], res.output

@@ -30,17 +30,48 @@ def cases(settings: tuple[str, ...], more: list[tuple[str, object]]) -> list[tup
     return [(s, v) for s in settings for v in outside(s)] + more
 
 
-SAMPLE = cases(("n_images", "batch_size", "steps", "guidance_scale", "size"),
-               [("size", 60), ("guidance_scale", 0.0), ("prompt_template", "a photo"), ("prompt_template", "{} {}"),
-                ("attribution_size", 0), ("negative_prompt", 3)])  # fmt: skip
-PROTO = cases(("k_parts",),
-              [("extractor", "sd+vgg"), ("extractor", "clip+clip"), ("extractor", ""), ("extractor", 3),
-               ("mask_proposer", "cut"), ("mask_features", "vgg"), ("feature_size", 60), ("feature_size", 0),
-               ("batch_size", 0), ("kmeans_iters", 0), ("kmeans_max_points", -1)])  # fmt: skip
-SEGMENT = cases(("eta", "short_side", "stride", "fg_threshold", "stuff_threshold", "image_batch", "filter_size"),
-                [("windows", (0,)), ("windows", (448, 4097)), ("windows", ()), ("windows", (448,) * (MAX_WINDOWS + 1)),
-                 ("windows", 448), ("windows", ("abc",)), ("refine", "crf"), ("proto_kinds", ("class", "pixel")),
-                 ("proto_kinds", ()), ("proto_kinds", "class")])  # fmt: skip
+SAMPLE = cases(
+    ("n_images", "batch_size", "steps", "guidance_scale", "size"),
+    [
+        ("size", 60),
+        ("guidance_scale", 0.0),
+        ("prompt_template", "a photo"),
+        ("prompt_template", "{} {}"),
+        ("attribution_size", 0),
+        ("negative_prompt", 3),
+    ],
+)
+PROTO = cases(
+    ("k_parts",),
+    [
+        ("extractor", "sd+vgg"),
+        ("extractor", "clip+clip"),
+        ("extractor", ""),
+        ("extractor", 3),
+        ("mask_proposer", "cut"),
+        ("mask_features", "vgg"),
+        ("feature_size", 60),
+        ("feature_size", 0),
+        ("batch_size", 0),
+        ("kmeans_iters", 0),
+        ("kmeans_max_points", -1),
+    ],
+)
+SEGMENT = cases(
+    ("eta", "short_side", "stride", "fg_threshold", "stuff_threshold", "image_batch", "filter_size"),
+    [
+        ("windows", (0,)),
+        ("windows", (448, 4097)),
+        ("windows", ()),
+        ("windows", (448,) * (MAX_WINDOWS + 1)),
+        ("windows", 448),
+        ("windows", ("abc",)),
+        ("refine", "crf"),
+        ("proto_kinds", ("class", "pixel")),
+        ("proto_kinds", ()),
+        ("proto_kinds", "class"),
+    ],
+)
 
 
 def ids(cases: list[tuple[str, object]]) -> list[str]:
@@ -86,15 +117,21 @@ def test_lists_are_taken_for_tuples_as_json_gives_them():
 CLI = [  # (command line, the Pipeline keywords that say the same)
     (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--stride", "0"], {"segment": {"stride": 0}}),
     (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--eta=0"], {"segment": {"eta": 0}}),
-    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--windows", "448,0"], {"segment": {"windows": (448, 0)}}),
+    (
+        ["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--windows", "448,0"],
+        {"segment": {"windows": (448, 0)}},
+    ),
     (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--short-side=-5"], {"segment": {"short_side": -5}}),
-    (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--fg-threshold", "1.5"], {"segment": {"fg_threshold": 1.5}}),
+    (
+        ["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--fg-threshold", "1.5"],
+        {"segment": {"fg_threshold": 1.5}},
+    ),
     (["segment", "IMAGE", "--classes", "kite", "--out", "OUT", "--seed=-1"], {"seed": -1}),
     (["protos", "add", "kite", "--k-parts", "0"], {"protos": {"k_parts": 0}}),
     (["protos", "add", "kite", "--extractor", "sd+vgg"], {"protos": {"extractor": "sd+vgg"}}),
     (["sample", "kite", "--n-images", "0"], {"sample": {"n_images": 0}}),
     (["sample", "kite", "--size", "60"], {"sample": {"size": 60}}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("argv", "keywords"), CLI, ids=[" ".join(a[:2] + a[-2:]) for a, _ in CLI])

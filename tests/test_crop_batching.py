@@ -51,7 +51,9 @@ def test_merged_crop_batches_give_the_plain_results_with_one_pass_per_input_size
     assert np.allclose(a.scores, b.scores, atol=1e-5)
     # the backbones' half alone, as `encode_image` runs it: the same batches (shapes, crops, features)
     enc = encode_image(parts, None, cfg, image, tiny_stages.device)
-    assert [(wb.shape, wb.jobs) for wb in enc.windows] == [(wb.shape, wb.jobs) for wb in _merged_windows(parts, cfg, image)]
+    assert [(wb.shape, wb.jobs) for wb in enc.windows] == [
+        (wb.shape, wb.jobs) for wb in _merged_windows(parts, cfg, image)
+    ]
 
 
 def _merged_windows(parts, cfg, image):

@@ -6,26 +6,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import VOC_SAMPLE
 from PIL import Image
 
 from ovdiff_cli.classnames import CORRECTIONS, KIND_LISTS, RAW_CLASSES
-from ovdiff_cli.eval.datasets import DATASET_NAMES, load_dataset
 from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.eval.datasets import DATASET_NAMES, load_dataset
 from ovdiff_cli.io.palette import voc_palette
-
-from conftest import VOC_SAMPLE
 
 # name: (dataset folder, image path, label path, split file) written out here, independently of the code.
 LAYOUTS = {
     "voc": ("VOC2012", "JPEGImages/{id}.jpg", "SegmentationClass/{id}.png", "ImageSets/Segmentation/val.txt"),
-    "context": ("VOC2010", "JPEGImages/{id}.jpg", "SegmentationClassContext/{id}.png",
-                "ImageSets/SegmentationContext/val.txt"),
+    "context": (
+        "VOC2010",
+        "JPEGImages/{id}.jpg",
+        "SegmentationClassContext/{id}.png",
+        "ImageSets/SegmentationContext/val.txt",
+    ),
     "object": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_instanceTrainIds.png", None),
     "stuff": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_labelTrainIds.png", None),
     "ade": ("ADEChallengeData2016", "images/validation/{id}.jpg", "annotations/validation/{id}.png", None),
-    "cityscapes": ("cityscapes", "leftImg8bit/val/{city}/{id}_leftImg8bit.png",
-                   "gtFine/val/{city}/{id}_gtFine_labelTrainIds.png", None),
-}  # fmt: skip
+    "cityscapes": (
+        "cityscapes",
+        "leftImg8bit/val/{city}/{id}_leftImg8bit.png",
+        "gtFine/val/{city}/{id}_gtFine_labelTrainIds.png",
+        None,
+    ),
+}
 LAYOUTS["voc20"] = LAYOUTS["voc"]
 LAYOUTS["context59"] = LAYOUTS["context"]
 
@@ -50,8 +57,16 @@ RAW_VALUES = {
     "stuff": ([0, 170, 91, 255], [0, 170, 91, 255]),
     "cityscapes": ([0, 18, 7, 255], [0, 18, 7, 255]),
 }
-NUM_CLASSES = {"voc": 21, "voc20": 20, "context": 60, "context59": 59, "object": 81, "ade": 150, "stuff": 171,
-               "cityscapes": 19}  # fmt: skip
+NUM_CLASSES = {
+    "voc": 21,
+    "voc20": 20,
+    "context": 60,
+    "context59": 59,
+    "object": 81,
+    "ade": 150,
+    "stuff": 171,
+    "cityscapes": 19,
+}
 BACKGROUND = {"voc", "context", "object"}
 
 

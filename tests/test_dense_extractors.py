@@ -8,19 +8,18 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import VOC_SAMPLE
 from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
-from ovdiff_cli.engines.vocab import ensure_classes
 from ovdiff_cli.config import FAMILY_PARTS, PARTS, parse_spec
+from ovdiff_cli.engines.vocab import ensure_classes
 from ovdiff_cli.models.dense import FAMILIES, TINY
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import class_ids
-
-from conftest import VOC_SAMPLE
 
 ALL = "+".join(FAMILIES)
 TINY_PRESET = PRESETS["tiny"]
@@ -30,7 +29,9 @@ def test_the_table_names_real_timm_models_of_the_tiny_configs_classes():
     """Each default spec is a pretrained timm model whose class and patch are the table's and the tiny config's."""
     import timm
 
-    assert tuple(FAMILIES) == FAMILY_PARTS  # config's names of the families (extractor specs, cache keys) are the table's
+    assert (
+        tuple(FAMILIES) == FAMILY_PARTS
+    )  # config's names of the families (extractor specs, cache keys) are the table's
     for part, fam in FAMILIES.items():
         assert part in PARTS and parse_spec(f"sd+{part}") == ["sd", part]
         assert fam.spec in timm.list_models(pretrained=True), fam.spec
@@ -95,7 +96,9 @@ def test_two_versions_of_a_family_never_share_a_cache_entry():
     base = ModelSpecs.of("sd15")
     cfg = dataclasses.replace(TINY_PRESET.protos, extractor="sd+dinov2")
     ids = class_ids("cat", 0, base, TINY_PRESET.sample, cfg)
-    small = class_ids("cat", 0, ModelSpecs.of("sd15", {"dinov2": "vit_small_patch14_dinov2.lvd142m"}), TINY_PRESET.sample, cfg)
+    small = class_ids(
+        "cat", 0, ModelSpecs.of("sd15", {"dinov2": "vit_small_patch14_dinov2.lvd142m"}), TINY_PRESET.sample, cfg
+    )
     assert base.spec("dinov2") == FAMILIES["dinov2"].spec
     assert ids["sd"] == small["sd"] and ids["dinov2"] != small["dinov2"]
     reg = class_ids("cat", 0, base, TINY_PRESET.sample, dataclasses.replace(cfg, extractor="sd+dinov2reg"))

@@ -22,15 +22,15 @@ import ovdiff
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
-from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
-from ovdiff_cli.errors import InvalidSetting  # noqa: E402
 from ovdiff_cli.engines.raycluster import build_classes  # noqa: E402
+from ovdiff_cli.engines.vocab import ensure_classes  # noqa: E402
+from ovdiff_cli.errors import InvalidSetting  # noqa: E402
 from ovdiff_cli.models.presets import get_preset  # noqa: E402
 from ovdiff_cli.procedural import write_voc  # noqa: E402
+from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.store.sharing import export_bytes, import_bytes  # noqa: E402
-from ovdiff_cli.engines.vocab import ensure_classes  # noqa: E402
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -42,15 +42,15 @@ def local_ray():
 
     Ray's memory monitor is off: on this shared machine it would kill our workers for others' memory.
     """
-    saved = os.environ.get("RAY_memory_monitor_refresh_ms")
-    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
+    saved = os.environ.get("RAY_memory_monitor_refresh_ms")  # noqa: SIM112
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"  # noqa: SIM112
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     yield
     ray.shutdown()
     if saved is None:
         os.environ.pop("RAY_memory_monitor_refresh_ms")
     else:
-        os.environ["RAY_memory_monitor_refresh_ms"] = saved
+        os.environ["RAY_memory_monitor_refresh_ms"] = saved  # noqa: SIM112
 
 
 def worker_pids(actor: str) -> set[int]:
@@ -80,7 +80,9 @@ def same_classes(a: Cache, b: Cache) -> None:
     """Every class of `a` is in `b` bit for bit: arrays (bytes and dtype) and records (but the creation time)."""
     got = dict(b.classes())
     for pid, rec in a.classes():
-        assert {k: v for k, v in got.pop(pid).items() if k != "created_at"} == {k: v for k, v in rec.items() if k != "created_at"}
+        assert {k: v for k, v in got.pop(pid).items() if k != "created_at"} == {
+            k: v for k, v in rec.items() if k != "created_at"
+        }
         x, y = a.class_arrays(pid), b.class_arrays(pid)
         assert x.keys() == y.keys()
         assert all(x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x), pid
@@ -116,7 +118,21 @@ def test_classes_built_on_ray_equal_a_local_build_though_a_worker_dies(tmp_path,
 
 def test_protos_add_on_ray_equals_a_local_build_with_neural_models(tmp_path):
     """The tiny preset's real model code: CPU workers run torch on the driver's thread count, so bit-exact."""
-    args = ["protos", "add", "cat", "sky", "--preset", "tiny", "--n-images", "2", "--device", "cpu", "--dtype", "fp32", "-q"]
+    args = [
+        "protos",
+        "add",
+        "cat",
+        "sky",
+        "--preset",
+        "tiny",
+        "--n-images",
+        "2",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "-q",
+    ]
     assert runner.invoke(app, [*args, "--cache", str(tmp_path / "local")]).exit_code == 0
     res = runner.invoke(app, [*args, "--cache", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"])
     assert res.exit_code == 0, res.output
@@ -135,8 +151,21 @@ def test_a_class_from_photos_built_on_ray_equals_a_local_build(tmp_path):
     (photos := tmp_path / "photos").mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
-    args = ["protos", "add", "my mug", "--images", str(photos), "--n-images", "1", "--preset", "tiny", "--device", "cpu",
-            "--dtype", "fp32"]  # fmt: skip
+    args = [
+        "protos",
+        "add",
+        "my mug",
+        "--images",
+        str(photos),
+        "--n-images",
+        "1",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+    ]
     res = runner.invoke(app, [*args, "--cache", str(tmp_path / "local")])
     assert res.exit_code == 0 and "1 images generated" in res.output, res.output
     res = runner.invoke(app, [*args, "--cache", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"])
@@ -150,7 +179,8 @@ def test_a_class_from_photos_built_on_ray_equals_a_local_build(tmp_path):
     assert records and all(r["name"] == "my mug" and r["n_photos"] == 2 and r["n_images"] == 3 for r in records)
     notes = [photo_class(Cache(tmp_path / c), "my mug", 0, ModelSpecs.of("tiny")) for c in ("local", "ray")]
     assert notes[1] is not None and {k: v for k, v in notes[1].items() if k != "created_at"} == {
-        k: v for k, v in notes[0].items() if k != "created_at"}
+        k: v for k, v in notes[0].items() if k != "created_at"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +188,37 @@ def world(tmp_path_factory):
     """Six held-out scenes in VOC layout, and a cache with the world's classes built locally."""
     root = tmp_path_factory.mktemp("world")
     write_voc(root / "data", 6, seed=11)
-    res = runner.invoke(app, ["protos", "add", "--classes-file", str(root / "data/classes.txt"), "--cache",
-                              str(root / "cache"), "-q", *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "protos",
+            "add",
+            "--classes-file",
+            str(root / "data/classes.txt"),
+            "--cache",
+            str(root / "cache"),
+            "-q",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return root
 
 
 def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_path):
     images = world / "data/VOC2012/JPEGImages"
-    args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"),
-            "--batch-size", "1", "--overlay", "-q", *PROC]  # fmt: skip
+    args = [
+        str(images),
+        "--classes-file",
+        str(world / "data/classes.txt"),
+        "--cache",
+        str(world / "cache"),
+        "--batch-size",
+        "1",
+        "--overlay",
+        "-q",
+        *PROC,
+    ]
     res = runner.invoke(app, ["segment", *args, "--out", str(tmp_path / "local")])
     assert res.exit_code == 0, res.output
 
@@ -187,6 +238,7 @@ def test_segment_on_ray_writes_the_local_masks_though_a_worker_dies(world, tmp_p
     thread.join()
     assert res.exit_code == 0, res.output
     assert killed, "no worker was killed: the test did not exercise a restart"
+
     def outputs(folder):  # what a run writes; its lock file (.ovdiff-segment.lock) is no output
         return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -201,14 +253,36 @@ def test_segment_folder_and_vocabulary_on_ray_from_python_write_the_cli_s_local_
     """`Pipeline.segment_folder(engine="ray")` and `Pipeline.vocabulary(engine="ray")`: the library calls the
     CLI makes, from Python; the masks equal the local CLI run's, byte for byte, and the vocabulary a local build."""
     images, classes = world / "data/VOC2012/JPEGImages", (world / "data/classes.txt").read_text().split()
-    res = runner.invoke(app, ["segment", str(images), "--classes-file", str(world / "data/classes.txt"), "--cache",
-                              str(world / "cache"), "--format", "npz", "--out", str(tmp_path / "cli"), "-q", *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(images),
+            "--classes-file",
+            str(world / "data/classes.txt"),
+            "--cache",
+            str(world / "cache"),
+            "--format",
+            "npz",
+            "--out",
+            str(tmp_path / "cli"),
+            "-q",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
 
     pipe = ovdiff.Pipeline(preset="procedural", cache=world / "cache", device="cpu", dtype="fp32")
     seen: list[str] = []
-    done = pipe.segment_folder(images, tmp_path / "ray", classes, fmt="npz", engine="ray", workers=1,
-                               on_image=lambda item, seg, error: seen.append(item.name))  # fmt: skip
+    done = pipe.segment_folder(
+        images,
+        tmp_path / "ray",
+        classes,
+        fmt="npz",
+        engine="ray",
+        workers=1,
+        on_image=lambda item, seg, error: seen.append(item.name),
+    )
     assert done.summary.written == len(done.items) == len(seen) == 6 and not done.summary.failures
     assert done.report()["written"] == 6
     for mask in sorted((tmp_path / "cli").glob("*.npz")):
@@ -227,8 +301,17 @@ def test_segment_folder_and_vocabulary_on_ray_from_python_write_the_cli_s_local_
 
 def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world, tmp_path, capfd):
     images = world / "data/VOC2012/JPEGImages"
-    args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), "--json",
-            "--format", "coco-rle", *PROC]  # fmt: skip
+    args = [
+        str(images),
+        "--classes-file",
+        str(world / "data/classes.txt"),
+        "--cache",
+        str(world / "cache"),
+        "--json",
+        "--format",
+        "coco-rle",
+        *PROC,
+    ]
     reports = {}
     for engine in ("local", "ray"):
         res = runner.invoke(app, ["segment", *args, "--out", str(tmp_path / engine), "--engine", engine])
@@ -291,4 +374,6 @@ def test_segment_with_refine_on_ray_writes_the_local_masks(world, tmp_path, tiny
     assert len(masks) == 6
     assert all((tmp_path / "ray" / m).read_bytes() == (tmp_path / "local" / m).read_bytes() for m in masks)
     if refine == "pamr":  # (the tiny SAM 2's random masks pass none of SAM's quality filters: no region, no change)
-        assert any((plain / m).read_bytes() != (tmp_path / "local" / m).read_bytes() for m in masks)  # refined on Ray too
+        assert any(
+            (plain / m).read_bytes() != (tmp_path / "local" / m).read_bytes() for m in masks
+        )  # refined on Ray too

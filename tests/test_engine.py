@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.engines.raycluster import check_engine
+from ovdiff_cli.engines.resume import parse_shard, pending, shard
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.io.images import InputImage
 from ovdiff_cli.procedural import write_voc
-from ovdiff_cli.engines.resume import parse_shard, pending, shard
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -55,9 +55,22 @@ def world(tmp_path_factory):
 
 
 def segment(world: Path, out: Path, *extra: str):
-    return runner.invoke(app, ["segment", str(world / "data/VOC2012/JPEGImages"), "--classes-file",
-                               str(world / "data/classes.txt"), "--cache", str(world / "cache"), "--out", str(out),
-                               "-q", *PROC, *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "segment",
+            str(world / "data/VOC2012/JPEGImages"),
+            "--classes-file",
+            str(world / "data/classes.txt"),
+            "--cache",
+            str(world / "cache"),
+            "--out",
+            str(out),
+            "-q",
+            *PROC,
+            *extra,
+        ],
+    )
 
 
 def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_path, monkeypatch):
@@ -70,6 +83,7 @@ def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_pa
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in split.glob("*.png")) == masks[0::2]
     assert segment(world, split, "--shard", "1/2").exit_code == 0
+
     def outputs(folder: Path) -> list[Path]:  # what a run writes; its lock files are no output
         return sorted(p for p in folder.iterdir() if not p.name.startswith(".ovdiff-segment.lock"))
 
@@ -103,8 +117,9 @@ def test_engine_options_are_checked_before_any_work(monkeypatch, tmp_path):
         check_engine("spark")
     with pytest.raises(OvdiffError, match="workers applies to the ray engine only"):
         check_engine("local", workers=2)
-    res = runner.invoke(app, ["segment", str(tmp_path), "--classes", "cat", "--out", str(tmp_path / "o"), "--shard", "2/2",
-                              *PROC])  # fmt: skip
+    res = runner.invoke(
+        app, ["segment", str(tmp_path), "--classes", "cat", "--out", str(tmp_path / "o"), "--shard", "2/2", *PROC]
+    )
     assert res.exit_code == 2 and "--shard '2/2'" in res.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     res = runner.invoke(app, ["protos", "add", "cat", "--engine", "ray", "--cache", str(tmp_path), *PROC])

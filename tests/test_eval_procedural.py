@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.engines.vocab import ensure_classes
 from ovdiff_cli.eval.datasets import load_dataset
 from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, write_voc
-from ovdiff_cli.engines.vocab import ensure_classes
+from ovdiff_cli.store.cache import Cache
 
 runner = CliRunner()
 
@@ -27,8 +27,23 @@ def tree(tmp_path_factory):
 
 
 def eval_cli(tree, cache, out, *extra):
-    res = runner.invoke(app, ["eval", "voc", "--root", str(tree), "--preset", "procedural", "--cache", str(cache),
-                              "--out", str(out), "-q", *extra])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "voc",
+            "--root",
+            str(tree),
+            "--preset",
+            "procedural",
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+            "-q",
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return json.loads((out / "metrics.json").read_text())
 
@@ -94,8 +109,25 @@ def _spied_eval(tree, cache, out, monkeypatch, *extra, dataset: str = "voc"):
 
     monkeypatch.setattr(Segmenter, "predict_many", spy_predict)
     monkeypatch.setattr(matching, "crops", spy_crops)
-    res = runner.invoke(app, ["eval", dataset, "--root", str(tree), "--preset", "procedural", "--cache", str(cache),
-                              "--out", str(out), "-q", "--limit", "3", *extra])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            dataset,
+            "--root",
+            str(tree),
+            "--preset",
+            "procedural",
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+            "-q",
+            "--limit",
+            "3",
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     seen["segmenter"] = seen["segmenters"][0]
     return json.loads((out / "metrics.json").read_text()), seen
@@ -117,8 +149,9 @@ def default_run(tree, switch_cache, tmp_path_factory):
 
 
 @pytest.mark.parametrize("switch", ["--no-filter", "--no-slide", "--no-stuff-filter", "--protos", "--no-bg-protos"])
-def test_each_ablation_switch_of_table_a1_acts_through_the_cli(tree, switch_cache, default_run, tmp_path, monkeypatch,
-                                                               switch):  # fmt: skip
+def test_each_ablation_switch_of_table_a1_acts_through_the_cli(
+    tree, switch_cache, default_run, tmp_path, monkeypatch, switch
+):
     """Table A.1's switches, each through `ovdiff eval`: the segmenter the CLI builds behaves as the
     switch says (the default run is the contrast), so a switch the CLI dropped fails here."""
     _, base = default_run
@@ -141,8 +174,9 @@ def test_each_ablation_switch_of_table_a1_acts_through_the_cli(tree, switch_cach
         assert _bg_rows(s) == 0 and s.vocabs[0].bg_threshold == 0.72
 
 
-def test_benchmarks_without_background_are_segmented_under_their_protocol(tree, switch_cache, default_run, tmp_path,
-                                                                         monkeypatch):  # fmt: skip
+def test_benchmarks_without_background_are_segmented_under_their_protocol(
+    tree, switch_cache, default_run, tmp_path, monkeypatch
+):
     """`eval voc20` (no background, paper A.3) through the model path: the segmenter is built with
     `protocol_config` (named classes only, no bg prototypes), so no pixel is background, whereas
     `eval voc` on the same images labels some."""

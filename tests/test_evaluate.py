@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import VOC_SAMPLE
 from PIL import Image
 
-from ovdiff_cli.eval.datasets import load_dataset
 from ovdiff_cli.errors import OvdiffError
+from ovdiff_cli.eval.datasets import load_dataset
 from ovdiff_cli.eval.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir, write_report
 from ovdiff_cli.io.palette import colorize, voc_palette
-
-from conftest import VOC_SAMPLE
 
 
 def naive_miou(pairs, n):

@@ -134,8 +134,13 @@ def test_sd_layers_by_position_and_features_are_batch_independent(tiny_stages):
     unet = tiny_stages.store.sd().unet
     layers = sd_feature_layers(unet)
     ups = unet.up_blocks
-    expected = [unet.down_blocks[0].attentions[0], *unet.mid_block.attentions, *ups[1].attentions,
-                *ups[2].attentions, ups[3].attentions[-1]]  # fmt: skip
+    expected = [
+        unet.down_blocks[0].attentions[0],
+        *unet.mid_block.attentions,
+        *ups[1].attentions,
+        *ups[2].attentions,
+        ups[3].attentions[-1],
+    ]
     assert [id(layer) for layer in layers] == [id(e) for e in expected]
     part = SDPart(tiny_stages.store.sd(), tiny_stages.device)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))

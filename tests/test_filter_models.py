@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOC_SAMPLE
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,16 +20,21 @@ from ovdiff_cli.models.filtermodels import FILTERS, filter_source
 from ovdiff_cli.models.presets import ModelSpecs
 from ovdiff_cli.store.keys import text_embedding_id
 
-from conftest import VOC_SAMPLE
-
 runner = CliRunner()
 
 
 def embs_with_cosines(cos: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """An image unit vector and class unit vectors whose cosines with it are `cos`."""
     img = torch.tensor([1.0, 0, 0, 0])
-    rows = [[c, (1 - c * c) ** 0.5 if i == 0 else 0, (1 - c * c) ** 0.5 if i == 1 else 0,
-             (1 - c * c) ** 0.5 if i > 1 else 0] for i, c in enumerate(cos)]  # fmt: skip
+    rows = [
+        [
+            c,
+            (1 - c * c) ** 0.5 if i == 0 else 0,
+            (1 - c * c) ** 0.5 if i == 1 else 0,
+            (1 - c * c) ** 0.5 if i > 1 else 0,
+        ]
+        for i, c in enumerate(cos)
+    ]
     return img, F.normalize(torch.tensor(rows), dim=-1)
 
 
@@ -44,7 +50,9 @@ def test_sigmoid_scores_keep_the_classes_at_least_as_likely_as_the_average_class
     assert select_classes(img, classes, 3, sigmoid=(100.0, -20.0)) == [0, 1]
 
 
-@pytest.mark.parametrize(("spec", "trunk", "sigmoid"), [("siglip2", "VisionTransformer", True), ("pecore", "Eva", False)])
+@pytest.mark.parametrize(
+    ("spec", "trunk", "sigmoid"), [("siglip2", "VisionTransformer", True), ("pecore", "Eva", False)]
+)
 def test_tiny_filter_models_are_their_familys_classes_and_pick_their_rule(spec, trunk, sigmoid):
     stages = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"filter": spec})
     scorer = stages.scorer()
@@ -65,7 +73,10 @@ def test_tiny_filter_models_are_their_familys_classes_and_pick_their_rule(spec, 
 def test_each_filter_model_keys_its_own_text_embeddings():
     ids = {s: text_embedding_id(ModelSpecs.of("sd15", {"filter": s})) for s in (None, "clip", *FILTERS)}
     assert ids[None] == ids["clip"] == "open_clip-text:ViT-B-16:openai"
-    assert ids["siglip2"] == "open_clip-text:ViT-B-16-SigLIP2:webli" and ids["pecore"] == "open_clip-text:PE-Core-B-16:meta"
+    assert (
+        ids["siglip2"] == "open_clip-text:ViT-B-16-SigLIP2:webli"
+        and ids["pecore"] == "open_clip-text:PE-Core-B-16:meta"
+    )
     tiny = {s: text_embedding_id(ModelSpecs.of("tiny", {"filter": s}, weights_seed=1)) for s in FILTERS}
     assert tiny == {s: f"open_clip-text:tiny:{s}@seed1" for s in FILTERS}
     assert filter_source("siglip2", "full") == "random:siglip2" and filter_source("siglip2", "procedural") is None
@@ -74,13 +85,34 @@ def test_each_filter_model_keys_its_own_text_embeddings():
 def test_segment_with_a_siglip2_filter_and_its_weights_in_doctor(tmp_path):
     img = next((VOC_SAMPLE / "JPEGImages").glob("*.jpg"))
     out = tmp_path / "masks"
-    res = runner.invoke(app, ["segment", str(img), "--classes", "cat,dog,bus", "--out", str(out), "--cache",
-                              str(tmp_path / "c"), "--preset", "tiny", "--device", "cpu", "-q", "--filter-model", "siglip2"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(img),
+            "--classes",
+            "cat,dog,bus",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "-q",
+            "--filter-model",
+            "siglip2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Image.open(out / f"{img.stem}.png") as m, Image.open(img) as im:
         assert m.size == im.size
-    facts = json.loads(runner.invoke(app, ["doctor", "--json", "--preset", "sd15", "--filter-model", "siglip2",
-                                           "--cache", str(tmp_path / "c")]).stdout)  # fmt: skip
+    facts = json.loads(
+        runner.invoke(
+            app, ["doctor", "--json", "--preset", "sd15", "--filter-model", "siglip2", "--cache", str(tmp_path / "c")]
+        ).stdout
+    )
     (w,) = [w for w in facts["weights"] if w["role"] == "filter"]
     assert w["repo"] == "timm/ViT-B-16-SigLIP2" and w["spec"] == "ViT-B-16-SigLIP2:webli"
     bad = runner.invoke(app, ["doctor", "--preset", "sd15", "--filter-model", "siglip", "--cache", str(tmp_path / "c")])

@@ -11,6 +11,8 @@ import json
 
 import pytest
 import torch
+from conftest import VOC_SAMPLE
+from test_weights import fake_hub  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -21,9 +23,6 @@ from ovdiff_cli.method.sampling import AttributionRecorder
 from ovdiff_cli.models.overrides import generator_defaults
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import support_id
-
-from conftest import VOC_SAMPLE
-from test_weights import fake_hub  # noqa: F401  (a fixture)
 
 TINY = PRESETS["tiny"].sample
 SCHNELL = dataclasses.replace(TINY, steps=2, guidance_scale=1.0)
@@ -37,8 +36,9 @@ def schnell():
 
 def _blocks(transformer):
     """(attention module, double-stream?) of every block, double-stream first."""
-    return [(b.attn, True) for b in transformer.transformer_blocks] + [(b.attn, False) for b in
-                                                                       transformer.single_transformer_blocks]  # fmt: skip
+    return [(b.attn, True) for b in transformer.transformer_blocks] + [
+        (b.attn, False) for b in transformer.single_transformer_blocks
+    ]
 
 
 def test_attribution_mass_lies_on_the_class_tokens_region_in_both_kinds_of_block(schnell):
@@ -108,10 +108,14 @@ def test_the_attribution_uses_the_models_own_normed_and_rotated_queries_and_keys
     model.set_attn_processor({n: FluxAttributionProcessor(p, probs, n_text) for n, p in original.items()})
     try:
         with torch.no_grad():
-            model(hidden_states=torch.randn(2, side * side, 16, generator=g),
-                  encoder_hidden_states=torch.randn(2, n_text, 32, generator=g),
-                  pooled_projections=torch.randn(2, 32, generator=g), timestep=torch.tensor([0.7, 0.3]),
-                  img_ids=img_ids, txt_ids=torch.zeros(n_text, 3))  # fmt: skip
+            model(
+                hidden_states=torch.randn(2, side * side, 16, generator=g),
+                encoder_hidden_states=torch.randn(2, n_text, 32, generator=g),
+                pooled_projections=torch.randn(2, 32, generator=g),
+                timestep=torch.tensor([0.7, 0.3]),
+                img_ids=img_ids,
+                txt_ids=torch.zeros(n_text, 3),
+            )
     finally:
         model.set_attn_processor(original)
     assert len(seen) == len(probs.got) == 2
@@ -144,14 +148,18 @@ def test_schnell_takes_no_guidance_and_dev_embeds_it(schnell):
         stages.generator().generate("cat", [1], dataclasses.replace(SCHNELL, size=66))
     assert info.value.setting == "size"
     dev = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"generator": "flux-dev"}).generator()
-    assert dev.flux.transformer.config.guidance_embeds and not stages.generator().flux.transformer.config.guidance_embeds
+    assert (
+        dev.flux.transformer.config.guidance_embeds and not stages.generator().flux.transformer.config.guidance_embeds
+    )
     low, high = (dev.generate("cat", [1], dataclasses.replace(SCHNELL, guidance_scale=s))[0] for s in (1.0, 3.5))
     assert (low.image != high.image).any() and (low.attribution != high.attribution).any()
 
 
 def test_flux_is_schnell_and_the_families_never_share_a_support_set_key():
-    key = {g: support_id("cat", 0, ModelSpecs.of("sd15", {"generator": g}), SCHNELL)
-           for g in ("flux", "flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}  # fmt: skip
+    key = {
+        g: support_id("cat", 0, ModelSpecs.of("sd15", {"generator": g}), SCHNELL)
+        for g in ("flux", "flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")
+    }
     assert key["flux"] == key["flux-schnell"]
     assert len({key[g] for g in ("flux-schnell", "flux-dev", "sd3", "flux-dev=/w/my-flux")}) == 4
     assert generator_defaults("flux", "hub") == {"steps": 4, "guidance_scale": 1.0}
@@ -166,8 +174,10 @@ def test_protos_add_and_segment_with_flux_through_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert "4 images generated" in res.output
     img = next((VOC_SAMPLE / "JPEGImages").glob("*.jpg"))
-    res = runner.invoke(app, ["segment", str(img), "--classes", "cat", "--out", str(tmp_path / "m"), "--generator",
-                              "flux-schnell", *common])  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["segment", str(img), "--classes", "cat", "--out", str(tmp_path / "m"), "--generator", "flux-schnell", *common],
+    )
     assert res.exit_code == 0, res.output
     again = runner.invoke(app, ["protos", "add", "cat", "--generator", "flux-schnell", *common])
     assert again.exit_code == 0 and "0 images generated" in again.output, again.output
@@ -183,17 +193,27 @@ def test_download_and_doctor_know_flux_and_say_it_is_gated(fake_hub, tmp_path): 
     assert (gen["repo"], gen["present"], gen["gated"]) == ("black-forest-labs/FLUX.1-dev", False, True)
     assert "Non-Commercial" in gen["licence"]
     text = CliRunner().invoke(app, ["doctor", *args])
-    assert "--generator flux-dev" in text.output and "https://huggingface.co/black-forest-labs/FLUX.1-dev" in text.output
+    assert (
+        "--generator flux-dev" in text.output and "https://huggingface.co/black-forest-labs/FLUX.1-dev" in text.output
+    )
     res = CliRunner().invoke(app, ["models", "download", *args])
     assert res.exit_code == 0, res.output
     (flux,) = [c for c in calls if c["repo"] == "black-forest-labs/FLUX.1-dev"]
-    assert {"transformer/diffusion_pytorch_model-*.safetensors", "text_encoder_2/model-*.safetensors",
-            "tokenizer_2/*", "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"} <= set(flux["files"])
+    assert {
+        "transformer/diffusion_pytorch_model-*.safetensors",
+        "text_encoder_2/model-*.safetensors",
+        "tokenizer_2/*",
+        "text_encoder/model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    } <= set(flux["files"])
     assert "unet/config.json" not in flux["files"] and "is gated" in res.output
     gen = next(w for w in runner_json(["doctor", "--json", *args])["weights"] if w["role"] == "generator")
     assert gen["present"] is True
-    schnell = next(w for w in runner_json(["doctor", "--json", *args[:2], "--generator", "flux", *args[4:]])["weights"]
-                   if w["role"] == "generator")  # fmt: skip
+    schnell = next(
+        w
+        for w in runner_json(["doctor", "--json", *args[:2], "--generator", "flux", *args[4:]])["weights"]
+        if w["role"] == "generator"
+    )
     assert schnell["repo"] == "black-forest-labs/FLUX.1-schnell" and schnell["licence"].startswith("Apache-2.0")
 
 

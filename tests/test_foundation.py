@@ -8,14 +8,16 @@ import re
 import numpy as np
 import pytest
 
-from ovdiff_cli.store import cache as cache_mod
-from ovdiff_cli.store.cache import Cache, decode_array, encode_array
-from ovdiff_cli.store.audit import verify
 from ovdiff_cli.errors import CacheError, OvdiffError
 from ovdiff_cli.names import normalise, parse_class_list, validate
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.audit import verify
+from ovdiff_cli.store.cache import Cache, decode_array, encode_array
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.uint8, np.bool_, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize(
+    "dtype", [np.float16, np.float32, np.float64, np.uint8, np.bool_, np.int16, np.int32, np.int64]
+)
 def test_array_blob_round_trip(dtype):
     a = (np.random.default_rng(0).random((3, 5, 7)) * 100).astype(dtype)
     b = decode_array(encode_array(a))

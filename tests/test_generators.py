@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import VOC_SAMPLE
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -17,11 +18,9 @@ from ovdiff_cli.errors import InvalidSetting, OvdiffError
 from ovdiff_cli.method.mmdit import JointAttributionProcessor
 from ovdiff_cli.method.sampling import AttributionRecorder, capture_processors
 from ovdiff_cli.models.generators import GENERATORS, MMDIT_PIPELINES, parse_generator
-from ovdiff_cli.models.weights import generator_files
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
+from ovdiff_cli.models.weights import generator_files
 from ovdiff_cli.store.keys import generator_identity, support_id
-
-from conftest import VOC_SAMPLE
 
 TINY = PRESETS["tiny"].sample
 TURBO = dataclasses.replace(TINY, steps=2, guidance_scale=1.0)
@@ -74,7 +73,9 @@ def test_each_family_draws_with_maps_and_its_identity_is_its_key(family):
     gen = stages.generator()
     samples = gen.generate("cat", [1, 2], TURBO if GENERATORS[family].turbo else TINY)
     assert [s.image.shape for s in samples] == [(64, 64, 3)] * 2
-    assert all(s.attribution.shape == (16, 16) and (s.attribution >= 0).all() and s.attribution.sum() > 0 for s in samples)
+    assert all(
+        s.attribution.shape == (16, 16) and (s.attribution >= 0).all() and s.attribution.sum() > 0 for s in samples
+    )
     assert gen.identity() == generator_identity(stages.specs) and gen.identity()["family"] == family
 
 
@@ -136,8 +137,19 @@ def test_generators_never_share_a_support_set_key():
 def test_protos_add_and_segment_with_sdxl_turbo_through_the_cli(tmp_path):
     """Turbo's 4 steps and no guidance come with --generator; the support set is keyed by it."""
     runner = CliRunner()
-    common = ["--cache", str(tmp_path / "c"), "--preset", "tiny", "--device", "cpu", "-q", "--generator", "sdxl-turbo",
-              "--extractor", "sd+dinov3"]  # fmt: skip
+    common = [
+        "--cache",
+        str(tmp_path / "c"),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "-q",
+        "--generator",
+        "sdxl-turbo",
+        "--extractor",
+        "sd+dinov3",
+    ]
     res = runner.invoke(app, ["protos", "add", "cat", "dog", *common])
     assert res.exit_code == 0, res.output
     assert "8 images generated" in res.output
@@ -160,16 +172,22 @@ def test_the_modern_preset_names_its_models_and_says_it_is_unmeasured(tmp_path, 
     res = CliRunner().invoke(app, ["doctor", "--json", "--preset", "modern", "--cache", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     repos = {w["role"]: w["repo"] for w in json.loads(res.stdout)["weights"]}
-    assert repos == {"generator": "stabilityai/sdxl-turbo", "clip": "timm/vit_base_patch16_clip_224.openai",
-                     "filter": "timm/ViT-B-16-SigLIP2", "dino": "timm/vit_base_patch8_224.dino",
-                     "dinov3": "timm/vit_base_patch16_dinov3.lvd1689m",
-                     "siglip2": "timm/vit_base_patch16_siglip_224.v2_webli"}  # fmt: skip
+    assert repos == {
+        "generator": "stabilityai/sdxl-turbo",
+        "clip": "timm/vit_base_patch16_clip_224.openai",
+        "filter": "timm/ViT-B-16-SigLIP2",
+        "dino": "timm/vit_base_patch8_224.dino",
+        "dinov3": "timm/vit_base_patch16_dinov3.lvd1689m",
+        "siglip2": "timm/vit_base_patch16_siglip_224.v2_webli",
+    }
 
 
 def test_the_suggested_protos_add_command_carries_the_new_model_options():
     from ovdiff_cli.cli.common import add_command
 
-    specs = ModelSpecs.of("tiny", {"generator": "sdxl-turbo", "filter": "siglip2", "dinov2": "vit_small_patch14_dinov2.lvd142m"})
+    specs = ModelSpecs.of(
+        "tiny", {"generator": "sdxl-turbo", "filter": "siglip2", "dinov2": "vit_small_patch14_dinov2.lvd142m"}
+    )
     cmd = add_command(["cat"], 0, specs, TURBO, dataclasses.replace(PRESETS["tiny"].protos, extractor="sd+dinov2"))
     assert "--generator sdxl-turbo" in cmd and "--filter-model siglip2" in cmd
     assert "--part-model dinov2=vit_small_patch14_dinov2.lvd142m" in cmd

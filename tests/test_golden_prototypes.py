@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovdiff_cli.store.cache import Cache
-from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.engines.vocab import ensure_classes
+from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.store.cache import Cache
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_prototypes_labels.npz"
 TINY = get_preset("tiny")

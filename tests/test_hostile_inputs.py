@@ -23,16 +23,15 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from conftest import mounted_tmpfs
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovdiff_cli.store import cache as cache_mod
-from ovdiff_cli.store.cache import SCHEMA_KEY, Cache
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.io.images import load_image
 from ovdiff_cli.procedural import render_scene, write_voc
-
-from conftest import mounted_tmpfs
+from ovdiff_cli.store import cache as cache_mod
+from ovdiff_cli.store.cache import SCHEMA_KEY, Cache
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -89,8 +88,20 @@ BAD_LISTS = [
 
 @pytest.mark.parametrize(("spec", "message"), BAD_LISTS, ids=range(len(BAD_LISTS)))
 def test_bad_class_lists_stop_segment_before_any_work(spec, message, image, tmp_path):
-    res = runner.invoke(app, ["segment", str(image), "--classes", spec, "--out", str(tmp_path / "out"),
-                              "--cache", str(tmp_path / "cache"), *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(image),
+            "--classes",
+            spec,
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(tmp_path / "cache"),
+            *PROC,
+        ],
+    )
     line = one_error_line(res, message)
     assert len(line) < 300  # a 10,000-character name is not echoed whole
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
@@ -98,10 +109,17 @@ def test_bad_class_lists_stop_segment_before_any_work(spec, message, image, tmp_
 
 @pytest.mark.parametrize(
     ("names", "message"),
-    [([""], "blank"), (["  "], "blank"), (["kite", "kite"], "given twice"), ([LONG], "too long"),
-     (["a\tb"], "control characters"), (["cat\x00"], "control characters"), ([], "no class names given")],
+    [
+        ([""], "blank"),
+        (["  "], "blank"),
+        (["kite", "kite"], "given twice"),
+        ([LONG], "too long"),
+        (["a\tb"], "control characters"),
+        (["cat\x00"], "control characters"),
+        ([], "no class names given"),
+    ],
     ids=["empty", "spaces", "duplicate", "long", "tab", "nul", "none"],
-)  # fmt: skip
+)
 def test_bad_class_names_stop_protos_add_and_sample(names, message, tmp_path):
     for cmd in (["protos", "add"], ["sample"]):
         res = runner.invoke(app, [*cmd, *names, "--cache", str(tmp_path / "cache"), *PROC])
@@ -124,8 +142,12 @@ def test_names_that_look_like_markup_are_built_and_listed_verbatim(tmp_path):
 def test_unknown_preset_or_extractor_is_one_line_naming_the_choices(image, tmp_path):
     cache = ["--cache", str(tmp_path / "cache")]
     out = ["--out", str(tmp_path / "out")]
-    for args in (["segment", str(image), "--classes", "kite", *out], ["protos", "add", "kite"], ["sample", "kite"],
-                 ["eval", "voc", "--root", str(tmp_path)]):  # fmt: skip
+    for args in (
+        ["segment", str(image), "--classes", "kite", *out],
+        ["protos", "add", "kite"],
+        ["sample", "kite"],
+        ["eval", "voc", "--root", str(tmp_path)],
+    ):
         one_error_line(runner.invoke(app, [*args, *cache, "--preset", "bogus"]), "unknown preset 'bogus'", "procedural")
     for args in (["segment", str(image), "--classes", "kite", *out], ["protos", "add", "kite"]):
         res = runner.invoke(app, [*args, *cache, "--preset", "tiny", "--extractor", "sd+vgg"])
@@ -136,10 +158,17 @@ def test_unknown_preset_or_extractor_is_one_line_naming_the_choices(image, tmp_p
 
 def test_cache_of_a_newer_schema_is_refused_and_left_alone(image, tmp_path):
     cache_dir = tmp_path / "cache"
-    Cache(cache_dir).write({SCHEMA_KEY: json.dumps({"version": 99, "created_at": "2099-01-01T00:00:00+00:00"}).encode()})
+    Cache(cache_dir).write(
+        {SCHEMA_KEY: json.dumps({"version": 99, "created_at": "2099-01-01T00:00:00+00:00"}).encode()}
+    )
     cache = ["--cache", str(cache_dir)]
-    for args in (["protos", "add", "kite", *PROC], ["segment", str(image), "--classes", "kite", "--out", str(tmp_path / "o"), *PROC],
-                 ["protos", "list"], ["cache", "verify"], ["cache", "info"]):  # fmt: skip
+    for args in (
+        ["protos", "add", "kite", *PROC],
+        ["segment", str(image), "--classes", "kite", "--out", str(tmp_path / "o"), *PROC],
+        ["protos", "list"],
+        ["cache", "verify"],
+        ["cache", "info"],
+    ):
         one_error_line(runner.invoke(app, [*args, *cache]), "schema version 99", "upgrade ovdiff")
     cache_mod.close_cache(cache_dir)
     env = lmdb.open(str(cache_dir / cache_mod.ENV_DIRNAME), readonly=True, lock=False)  # raw read, no version check
@@ -163,8 +192,20 @@ def test_dataset_root_without_splits_stops_before_building_prototypes(tmp_path):
 def test_folder_with_no_images_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
-    res = runner.invoke(app, ["segment", str(tmp_path / "empty"), "--classes", "kite", "--out", str(tmp_path / "o"),
-                              "--cache", str(tmp_path / "cache"), *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(tmp_path / "empty"),
+            "--classes",
+            "kite",
+            "--out",
+            str(tmp_path / "o"),
+            "--cache",
+            str(tmp_path / "cache"),
+            *PROC,
+        ],
+    )
     one_error_line(res, "no images found", "--recursive")
     assert not (tmp_path / "cache").exists()
 
@@ -178,8 +219,10 @@ def read_only_dir(tmp_path):
 
 def test_unwritable_output_folder_is_one_line_before_any_work(read_only_dir, image, tmp_path):
     for out, message in ((read_only_dir, "is not writable"), (read_only_dir / "masks", "cannot be created")):
-        res = runner.invoke(app, ["segment", str(image), "--classes", "kite", "--out", str(out),
-                                  "--cache", str(tmp_path / "cache"), *PROC])  # fmt: skip
+        res = runner.invoke(
+            app,
+            ["segment", str(image), "--classes", "kite", "--out", str(out), "--cache", str(tmp_path / "cache"), *PROC],
+        )
         one_error_line(res, message, str(read_only_dir))
     assert not (tmp_path / "cache").exists()
 
@@ -204,7 +247,7 @@ def run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, int]:
     """`ovdiff ARGS` in a subprocess → (exit code, stdout, stderr, peak resident memory in bytes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVDIFF_")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="250")
-    out, err = open(cwd / "stdout.txt", "w+"), open(cwd / "stderr.txt", "w+")
+    out, err = open(cwd / "stdout.txt", "w+"), open(cwd / "stderr.txt", "w+")  # noqa: SIM115
     with out, err:
         proc = subprocess.Popen([sys.executable, "-m", "ovdiff_cli", *args], stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -239,9 +282,19 @@ def test_bad_images_are_skipped_and_listed_the_rest_written(tmp_path):
 
     out = tmp_path / "masks"
     rc, stdout, stderr, rss_small = run_measured(
-        ["segment", str(src), "--classes", "kite,sky,grass", "--out", str(out), "--cache", str(tmp_path / "cache"), *PROC],
+        [
+            "segment",
+            str(src),
+            "--classes",
+            "kite,sky,grass",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            *PROC,
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     assert rc == 1, stdout + stderr
     assert "Traceback" not in stderr
     written = {"good", "one", "cmyk", "rgb16", "gray16", "anim"}
@@ -265,10 +318,20 @@ def test_bad_images_are_skipped_and_listed_the_rest_written(tmp_path):
     huge_png(huge / "huge.png")
     Image.fromarray(scene).save(huge / "fine.png")
     rc, stdout, stderr, rss_huge = run_measured(
-        ["segment", str(huge), "--classes", "kite,sky,grass", "--out", str(tmp_path / "m2"), "--cache",
-         str(tmp_path / "cache"), "--no-build", *PROC],
+        [
+            "segment",
+            str(huge),
+            "--classes",
+            "kite,sky,grass",
+            "--out",
+            str(tmp_path / "m2"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-build",
+            *PROC,
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     assert rc == 1 and "Traceback" not in stderr, stdout + stderr
     assert "huge.png: 10000x10000 is 100 megapixels, above the limit" in stderr and "downscale" in stderr
     assert "1 of 2 image(s) failed (" in stderr and (tmp_path / "m2" / "fine.png").is_file()

@@ -12,8 +12,8 @@ import pytest
 
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.config import ProtoConfig, SampleConfig
-from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
+from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
 
 
 def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
@@ -32,17 +32,37 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
 # MASK_VERSION 3 (issue 23: ncut is MaskCut as published) → every mask and class id (the SAM and
 # procedural ones too: the version is part of every mask id).
 GOLDEN = {
-    ("tiny", "cat", 0): ("98841afe1ef3b705ee6a0a30", "be5c6cf6164f2d5df4572992",
-                         {"sd": "58c9ee51f47d581839ca3305", "dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"}),
-    ("tiny", "sky", 1): ("7b09c3fef34b21d25b07b38c", "5ff24041fdfb77c729dd6866",
-                         {"sd": "c48ef08c638e6ff5564416d4", "dino": "146b9ebc17b2f450b1cfcdb3", "clip": "813b885388e2be04e3fb674b"}),
-    ("tiny", "chocolate glazed donut", 0): ("3cbd41b5e2cf6a72665a6ccf", "119134f6b307485db90c0846",
-                         {"sd": "e7b00824e78cdfa435a9b262", "dino": "4b7587250ddc49686e63ddd3", "clip": "bcfe9067c9cd5746b64febab"}),
-    ("procedural", "cat", 0): ("120322af2af91c03a5553265", "013ac19f2a8e5a1ac718c9a9", {"procedural": "5457f582e3abe68fa5e55867"}),
-    ("procedural", "sky", 1): ("2bee6905fbb770ca8e8b5798", "2769ffe1b64f6f2d4769a368", {"procedural": "8040dc226fc63ce35b396695"}),
-    ("procedural", "chocolate glazed donut", 0): ("da6f3e3fc4c1478938f92789", "d2ad0e01b5cde6977a24b2cd",
-                                                  {"procedural": "671d5c1892625dc20ef023d4"}),
-}  # fmt: skip
+    ("tiny", "cat", 0): (
+        "98841afe1ef3b705ee6a0a30",
+        "be5c6cf6164f2d5df4572992",
+        {"sd": "58c9ee51f47d581839ca3305", "dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"},
+    ),
+    ("tiny", "sky", 1): (
+        "7b09c3fef34b21d25b07b38c",
+        "5ff24041fdfb77c729dd6866",
+        {"sd": "c48ef08c638e6ff5564416d4", "dino": "146b9ebc17b2f450b1cfcdb3", "clip": "813b885388e2be04e3fb674b"},
+    ),
+    ("tiny", "chocolate glazed donut", 0): (
+        "3cbd41b5e2cf6a72665a6ccf",
+        "119134f6b307485db90c0846",
+        {"sd": "e7b00824e78cdfa435a9b262", "dino": "4b7587250ddc49686e63ddd3", "clip": "bcfe9067c9cd5746b64febab"},
+    ),
+    ("procedural", "cat", 0): (
+        "120322af2af91c03a5553265",
+        "013ac19f2a8e5a1ac718c9a9",
+        {"procedural": "5457f582e3abe68fa5e55867"},
+    ),
+    ("procedural", "sky", 1): (
+        "2bee6905fbb770ca8e8b5798",
+        "2769ffe1b64f6f2d4769a368",
+        {"procedural": "8040dc226fc63ce35b396695"},
+    ),
+    ("procedural", "chocolate glazed donut", 0): (
+        "da6f3e3fc4c1478938f92789",
+        "d2ad0e01b5cde6977a24b2cd",
+        {"procedural": "671d5c1892625dc20ef023d4"},
+    ),
+}
 
 
 @pytest.mark.parametrize("key", list(GOLDEN), ids=lambda k: f"{k[0]}-{k[1]}-{k[2]}")
@@ -50,8 +70,11 @@ def test_support_mask_and_class_ids_are_pinned(key):
     preset, name, seed = key
     sample_cfg, proto_cfg = configs(preset)
     specs = ModelSpecs.of(preset)
-    got = (support_id(name, seed, specs, sample_cfg), mask_id(name, seed, specs, sample_cfg, proto_cfg),
-           class_ids(name, seed, specs, sample_cfg, proto_cfg))  # fmt: skip
+    got = (
+        support_id(name, seed, specs, sample_cfg),
+        mask_id(name, seed, specs, sample_cfg, proto_cfg),
+        class_ids(name, seed, specs, sample_cfg, proto_cfg),
+    )
     assert got == GOLDEN[key]
 
 
@@ -59,16 +82,23 @@ def test_class_ids_of_other_settings_are_pinned():
     sample_cfg, proto_cfg = configs("tiny")
     tiny = ModelSpecs.of("tiny")
     # a part's id does not depend on the other parts of the spec
-    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {"sd": "58c9ee51f47d581839ca3305"}
-    assert class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"] == "7b14f19a0d0b294cfba923cc"
+    assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {
+        "sd": "58c9ee51f47d581839ca3305"
+    }
+    assert (
+        class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"]
+        == "7b14f19a0d0b294cfba923cc"
+    )
     sam = ModelSpecs.of("tiny", {"sam": "x/sam"})
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
     assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "98aa22d98619238297db1dea"
     assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "2020b41e204968805b57b701"
     # the real-weight presets, by spec alone (no weights here)
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "08bcee2cc3843b4a89e91bd6"
-    for preset, plain, local in (("sd15", "25bd2da3b66d16a2fb0acf07", "49327ebb09a0e4f38756a30e"),
-                                 ("sd15-random", "16edf9bc02bdb710f91df9e5", "96843fd9bf139db3bda32ad3")):  # fmt: skip
+    for preset, plain, local in (
+        ("sd15", "25bd2da3b66d16a2fb0acf07", "49327ebb09a0e4f38756a30e"),
+        ("sd15-random", "16edf9bc02bdb710f91df9e5", "96843fd9bf139db3bda32ad3"),
+    ):
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
@@ -92,4 +122,7 @@ def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():
     assert ProtoConfig(extractor="SD+DINO+CLIP") == ProtoConfig(extractor=" sd + dino+clip") == ProtoConfig()
     s, p = configs("tiny")
     spelled = dataclasses.replace(p, extractor="Dino + CLIP")
-    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {"dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"}
+    assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {
+        "dino": "fb9d7d7a2c7d139574ae9afd",
+        "clip": "86312eaa248580fcf7e98e15",
+    }

@@ -37,19 +37,51 @@ def test_sd_loads_from_a_local_directory(sd_dir):
 
 def test_sample_with_sd_model_option(sd_dir, tmp_path):
     root, _ = sd_dir
-    res = CliRunner().invoke(app, ["sample", "cat", "--preset", "sd15", "--sd-model", str(root), "--n-images", "2",
-                                   "--size", "64", "--steps", "2", "--cache", str(tmp_path / "c"), "--device", "cpu"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "cat",
+            "--preset",
+            "sd15",
+            "--sd-model",
+            str(root),
+            "--n-images",
+            "2",
+            "--size",
+            "64",
+            "--steps",
+            "2",
+            "--cache",
+            str(tmp_path / "c"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     from ovdiff_cli.store.cache import Cache
 
-    (sid, meta), = [(k.decode().split("/")[1], v) for k, v in Cache(tmp_path / "c").scan(b"s/") if k.count(b"/") == 1]
+    ((sid, meta),) = [(k.decode().split("/")[1], v) for k, v in Cache(tmp_path / "c").scan(b"s/") if k.count(b"/") == 1]
     assert b'"n_images": 2' in meta and str(root).encode() in meta
     assert np.isfinite(Cache(tmp_path / "c").attribution(sid, 1)).all()
 
 
 def test_missing_local_directory_is_one_clear_line(tmp_path):
-    res = CliRunner().invoke(app, ["sample", "cat", "--preset", "sd15", "--sd-model", str(tmp_path / "nope"),
-                                   "--cache", str(tmp_path / "c"), "--device", "cpu"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "cat",
+            "--preset",
+            "sd15",
+            "--sd-model",
+            str(tmp_path / "nope"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 2
     assert "Stable Diffusion" in res.output and "--sd-model" in res.output and "Traceback" not in res.output
     assert "no such file or folder" in res.output and "hf download" not in res.output  # a typo, not a download to make

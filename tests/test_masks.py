@@ -11,7 +11,7 @@ import torch
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
-from ovdiff_cli.models.sam import load_sam
+from ovdiff_cli.io.sheets import overlay_masks
 from ovdiff_cli.method.masks import (
     MASKCUT_TAU,
     FastNCutProposer,
@@ -21,7 +21,7 @@ from ovdiff_cli.method.masks import (
     ncut_objects,
     select_fg_bg,
 )
-from ovdiff_cli.io.sheets import overlay_masks
+from ovdiff_cli.models.sam import load_sam
 
 
 def _box(shape, r0, r1, c0, c1):
@@ -195,7 +195,10 @@ def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
 
 
 def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_stages):
-    assert build_proposer("threshold", tiny_stages.store).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2)) == []
+    assert (
+        build_proposer("threshold", tiny_stages.store).propose(np.zeros((8, 8, 3), np.uint8), torch.zeros(4, 2, 2))
+        == []
+    )
     assert isinstance(build_proposer("ncut-fast", tiny_stages.store), FastNCutProposer)  # the lighter cut, kept
     with pytest.raises(OvdiffError, match="ncut, ncut-fast, threshold, sam"):
         build_proposer("cutler", tiny_stages.store)
@@ -233,8 +236,8 @@ def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(pro
     """In the procedural world the attribution map is the class's own soft mask: fg must hold it, bg must not."""
     from ovdiff_cli.method.features import images_to_tensor
     from ovdiff_cli.method.masks import class_masks, image_attribution, mask_to_grid
-    from ovdiff_cli.procedural import support_sample
     from ovdiff_cli.method.sampling import image_seed
+    from ovdiff_cli.procedural import support_sample
 
     extractor, proposer = procedural_stages.part("procedural"), build_proposer("ncut", procedural_stages.store)
     samples = [support_sample(name, image_seed(name, 0, i), 128, 32) for i in range(6)]

@@ -24,8 +24,12 @@ def unit(*v: float) -> np.ndarray:
 
 def test_stuff_filter_drops_exactly_the_bg_prototypes_above_threshold():
     angles = np.deg2rad([10, 30, 40, 60, 89])  # cosines to the first stuff prototype: .985 .866 .766 .5 .017
-    thing = ClassPrototypes("boat", "thing", fg={"class": unit(0, 0, 1)[None]},
-                            bg={"instance": np.stack([unit(np.cos(a), 0, np.sin(a)) for a in angles])})  # fmt: skip
+    thing = ClassPrototypes(
+        "boat",
+        "thing",
+        fg={"class": unit(0, 0, 1)[None]},
+        bg={"instance": np.stack([unit(np.cos(a), 0, np.sin(a)) for a in angles])},
+    )
     water = ClassPrototypes("water", "stuff", fg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])})
 
     def kept_bg_rows(v) -> list[int]:
@@ -44,9 +48,19 @@ def test_the_stuff_filter_in_blocks_of_bg_rows_gives_the_same_cosines(monkeypatc
     from ovdiff_cli.method import matching
 
     rng = np.random.default_rng(0)
-    things = [ClassPrototypes(f"t{i}", "thing", fg={"class": rng.standard_normal((1, 8)).astype(np.float32)},
-                              bg={"instance": rng.standard_normal((5, 8)).astype(np.float32)}) for i in range(4)]  # fmt: skip
-    stuff = [ClassPrototypes(f"s{i}", "stuff", fg={"instance": rng.standard_normal((3, 8)).astype(np.float32)}) for i in range(2)]
+    things = [
+        ClassPrototypes(
+            f"t{i}",
+            "thing",
+            fg={"class": rng.standard_normal((1, 8)).astype(np.float32)},
+            bg={"instance": rng.standard_normal((5, 8)).astype(np.float32)},
+        )
+        for i in range(4)
+    ]
+    stuff = [
+        ClassPrototypes(f"s{i}", "stuff", fg={"instance": rng.standard_normal((3, 8)).astype(np.float32)})
+        for i in range(2)
+    ]
     whole = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
     monkeypatch.setattr(matching, "STUFF_CHUNK", 3)
     blocks = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
@@ -59,10 +73,11 @@ def test_the_stuff_filter_in_blocks_of_bg_rows_gives_the_same_cosines(monkeypatc
 
 def _classes() -> list[ClassPrototypes]:
     kite = ClassPrototypes(
-        "kite", "thing",
-        fg={"class": unit(1, 0, 0, 0)[None], "instance": np.stack([unit(1, .1, 0, 0), unit(1, 0, .1, 0)])},
-        bg={"class": unit(0, 1, 0, 0)[None], "instance": np.stack([unit(0, 1, .05, 0), unit(0, 0, 0, 1)])},
-    )  # fmt: skip
+        "kite",
+        "thing",
+        fg={"class": unit(1, 0, 0, 0)[None], "instance": np.stack([unit(1, 0.1, 0, 0), unit(1, 0, 0.1, 0)])},
+        bg={"class": unit(0, 1, 0, 0)[None], "instance": np.stack([unit(0, 1, 0.05, 0), unit(0, 0, 0, 1)])},
+    )
     sky = ClassPrototypes("sky", "stuff", fg={"class": unit(0, 1, 0, 0)[None]}, bg={"class": unit(0, 0, 0, 1)[None]})
     return [kite, sky]
 
@@ -86,7 +101,7 @@ def test_vocabulary_labels_background_union_and_stuff_filter():
 
 def test_match_takes_best_prototype_per_label_and_restrict_keeps_chosen_classes():
     v = assemble_vocabulary(_classes(), ("class", "instance"))
-    feats = torch.tensor(np.stack([unit(1, .1, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 0, 1)]).T.reshape(1, 4, 1, 3))
+    feats = torch.tensor(np.stack([unit(1, 0.1, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 0, 1)]).T.reshape(1, 4, 1, 3))
     scores, best = match(feats, v)
     assert scores.shape == (1, 3, 1, 3)
     assert scores[0].argmax(0).flatten().tolist() == [1, 2, 0]  # kite, sky, background
@@ -107,9 +122,16 @@ def test_match_takes_best_prototype_per_label_and_restrict_keeps_chosen_classes(
 
 @pytest.mark.parametrize(
     "height,width,window,stride",
-    [(448, 597, 448, 224), (448, 597, 336, 224), (500, 500, 336, 224), (100, 50, 448, 224),
-     (448, 448, 448, 224), (449, 1000, 336, 100), (7, 3, 4, 4)],
-)  # fmt: skip
+    [
+        (448, 597, 448, 224),
+        (448, 597, 336, 224),
+        (500, 500, 336, 224),
+        (100, 50, 448, 224),
+        (448, 448, 448, 224),
+        (449, 1000, 336, 100),
+        (7, 3, 4, 4),
+    ],
+)
 def test_window_tiling_covers_every_pixel(height, width, window, stride):
     boxes = window_boxes(height, width, window, stride)
     cover = np.zeros((height, width), int)
@@ -155,7 +177,9 @@ def test_slide_match_averages_windows_over_the_whole_image():
 
     for windows in [(32, 24), None]:
         calls.clear()
-        [(scores, labels, best)] = slide_match_many([img], [[v]], [extract], [0], windows, stride=16, batch=3, with_best=True)
+        [(scores, labels, best)] = slide_match_many(
+            [img], [[v]], [extract], [0], windows, stride=16, batch=3, with_best=True
+        )
         assert scores.shape == (2, 40, 72) and labels == [1, 2] and best.min() >= 0
         lab = scores.argmax(0)
         assert (lab[:, :34] == 0).all() and (lab[:, 38:] == 1).all()
@@ -175,7 +199,9 @@ def _constant_part(angle_of_width):
 
 def test_the_whole_image_counts_as_one_more_crop_in_the_average():
     """sdov predict.py: the whole image is appended to the windows and every crop weighs the same."""
-    v = assemble_vocabulary([ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]})], ("class",), background=False)
+    v = assemble_vocabulary(
+        [ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]})], ("class",), background=False
+    )
     img = torch.zeros(3, 40, 72)
     angle = {32: 0.3, 72: 1.2}  # window crops are 32 wide, the whole image 72
     [(scores, _, _)] = slide_match_many([img], [[v]], [_constant_part(lambda w: angle[w])], [0], (32,), stride=16)
@@ -189,10 +215,14 @@ def test_the_whole_image_counts_as_one_more_crop_in_the_average():
 def test_parts_are_fused_late_best_prototype_per_part_then_mean():
     """Each part scores a label by its own best prototype; the parts' scores are averaged (not one
     joint space, where one prototype must be best in both). A label a part lacks scores -1 there."""
-    a = [ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])}),
-         ClassPrototypes("y", "thing", fg={"class": unit(0, 0, 1)[None]})]  # fmt: skip
-    b = [ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(0, 1, 0), unit(1, 0, 0)])}),
-         ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]})]  # fmt: skip
+    a = [
+        ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])}),
+        ClassPrototypes("y", "thing", fg={"class": unit(0, 0, 1)[None]}),
+    ]
+    b = [
+        ClassPrototypes("x", "thing", fg={"instance": np.stack([unit(0, 1, 0), unit(1, 0, 0)])}),
+        ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]}),
+    ]
     va = assemble_vocabulary(a, ("class", "instance"), background=False)
     vb = assemble_vocabulary(b, ("class", "instance"), background=False)
     img = torch.zeros(3, 8, 8)
@@ -210,17 +240,25 @@ def test_parts_are_fused_late_best_prototype_per_part_then_mean():
 def test_scores_are_cosines_whatever_the_feature_norms():
     """Target features are normalised per cell before matching (sdov predict.py): a part's scores, and so
     the late fusion of parts and windows, never weigh a cell by its feature norm. Golden cosines."""
-    classes = [ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]}, bg={"class": unit(0, 0, 1)[None]}),
-               ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]})]  # fmt: skip
+    classes = [
+        ClassPrototypes("x", "thing", fg={"class": unit(1, 0, 0)[None]}, bg={"class": unit(0, 0, 1)[None]}),
+        ClassPrototypes("y", "thing", fg={"class": unit(1, 1, 0)[None]}),
+    ]
     vocab = assemble_vocabulary(classes, ("class",))
     cells = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.2, 0.0], [1.0, 1.0, 1.0], [-4.0, 0.0, 3.0]])  # norms 3, .2, √3, 5
     scores, _ = match(cells.T.reshape(1, 3, 1, 4), vocab)
-    want = torch.tensor([[0.0, 0.0, 0.57735, 0.6],  # background: (0,0,1)
-                         [1.0, 0.0, 0.57735, -0.8],  # x: (1,0,0)
-                         [0.707107, 0.707107, 0.816497, -0.565685]])  # y: (1,1,0)/√2  # fmt: skip
+    want = torch.tensor(
+        [
+            [0.0, 0.0, 0.57735, 0.6],  # background: (0,0,1)
+            [1.0, 0.0, 0.57735, -0.8],  # x: (1,0,0)
+            [0.707107, 0.707107, 0.816497, -0.565685],
+        ]
+    )  # y: (1,1,0)/√2
     torch.testing.assert_close(scores[0, :, 0], want, rtol=0, atol=1e-5)
     # late fusion over two parts whose features differ in norm by 50×: the mean of their cosines
     big, small = (lambda crops: 50 * _constant_part(lambda w: 0.0)(crops)), _constant_part(lambda w: np.pi / 2)
-    [(fused, labels, _)] = slide_match_many([torch.zeros(3, 8, 8)], [[vocab, vocab]], [big, small], [0, len(vocab)], None)
+    [(fused, labels, _)] = slide_match_many(
+        [torch.zeros(3, 8, 8)], [[vocab, vocab]], [big, small], [0, len(vocab)], None
+    )
     assert labels == [0, 1, 2]
     torch.testing.assert_close(fused[:, 0, 0], torch.tensor([0.0, 0.5, 0.707107]), rtol=0, atol=1e-5)

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
+from test_evaluate import fake_voc
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.options import flag
 from ovdiff_cli.limits import RANGES
-
-from test_evaluate import fake_voc
 
 NUMBER_LISTS = {"--windows": int, "--seeds": int}  # str options that hold comma-separated numbers
 
@@ -66,8 +65,12 @@ OPTIONS = numeric_options()
 
 def bad_values(opt: str, kind: type) -> list[str]:
     lo, hi = stated_range(opt)
-    values = [repr(lo - 1) if kind is float else str(lo - 1), repr(hi + 1) if kind is float else str(hi + 1),
-              "1e30" if kind is float else str(10**30), "abc"]  # fmt: skip
+    values = [
+        repr(lo - 1) if kind is float else str(lo - 1),
+        repr(hi + 1) if kind is float else str(hi + 1),
+        "1e30" if kind is float else str(10**30),
+        "abc",
+    ]
     if kind is float:
         values += ["nan", "inf", "-inf"]
     else:
@@ -105,7 +108,12 @@ def base_args(path: tuple[str, ...], opt: str, base: Path, root: Path, fresh: Pa
     out = str(fresh / "absent-out")
     required = {
         ("sample",): ["kite"],
-        ("eval",): ["voc", "--root", str(root), *(["--pred", str(base / "pred")] if opt in ("--offset", "--limit") else [])],
+        ("eval",): [
+            "voc",
+            "--root",
+            str(root),
+            *(["--pred", str(base / "pred")] if opt in ("--offset", "--limit") else []),
+        ],
         ("segment",): [str(base / "image.png"), "--classes", "kite", "--out", out],
         ("demo",): ["--out", out],
         ("bench",): ["--out", str(fresh / "absent-out" / "r.json"), "--quick"],
@@ -115,8 +123,10 @@ def base_args(path: tuple[str, ...], opt: str, base: Path, root: Path, fresh: Pa
         ("protos", "export"): [str(fresh / "absent-out" / "v.safetensors")],
         ("protos", "import"): [str(fresh / "absent-out" / "v.safetensors")],
     }
-    extra = [*(["--preset", "procedural"] if "--preset" in DECLARED[path] and path != ("demo",) else []),
-             *(["--device", "cpu"] if "--device" in DECLARED[path] else [])]  # fmt: skip
+    extra = [
+        *(["--preset", "procedural"] if "--preset" in DECLARED[path] and path != ("demo",) else []),
+        *(["--device", "cpu"] if "--device" in DECLARED[path] else []),
+    ]
     return [*path, *required.get(path, []), "--cache", str(fresh / "absent-cache"), *extra]
 
 

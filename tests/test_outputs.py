@@ -48,8 +48,19 @@ def test_json_outputs_parse_and_carry_the_tables_fields(world, tmp_path):
     by_name = {c["class"]: c for c in listed}
     assert set(by_name) == {*LABELLED, "potted plant", LONG}
     plant = by_name["potted plant"]
-    for key in ("id", "seed", "extractor", "prototypes", "kind", "size_bytes", "mask_proposer", "k_parts", "n_images",
-                "preset", "created_at"):  # fmt: skip
+    for key in (
+        "id",
+        "seed",
+        "extractor",
+        "prototypes",
+        "kind",
+        "size_bytes",
+        "mask_proposer",
+        "k_parts",
+        "n_images",
+        "preset",
+        "created_at",
+    ):
         assert key in plant
     assert plant["extractor"] == "procedural" and plant["prototypes"]["fg"] > 0 and len(plant["id"]) > 12
 
@@ -60,7 +71,9 @@ def test_json_outputs_parse_and_carry_the_tables_fields(world, tmp_path):
     assert json.loads(verify.stdout)["problems"] == []
 
     images = world / "data/VOC2012/JPEGImages"
-    seg = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(tmp_path / "m"), "--json"], world)
+    seg = invoke(
+        ["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(tmp_path / "m"), "--json"], world
+    )
     assert seg.exit_code == 0, seg.output
     summary = json.loads(seg.stdout)  # the whole of stdout is one JSON document
     assert summary["images"] == summary["written"] == 3 and summary["failed"] == 0
@@ -70,7 +83,11 @@ def test_json_outputs_parse_and_carry_the_tables_fields(world, tmp_path):
     ev = invoke(["eval", "voc", "--root", str(world / "data"), "--json"], world)
     assert ev.exit_code == 0, ev.output
     metrics = json.loads(ev.stdout)
-    assert metrics["n_images"] == 3 and 0 <= metrics["miou"] <= 1 and set(metrics["per_class_iou"]) == {"background", *LABELLED}
+    assert (
+        metrics["n_images"] == 3
+        and 0 <= metrics["miou"] <= 1
+        and set(metrics["per_class_iou"]) == {"background", *LABELLED}
+    )
     assert metrics["protocol"]["classes"] == ["background", *LABELLED] and metrics["paper"] is None  # custom classes
 
 
@@ -107,7 +124,9 @@ def test_coco_rle_file_decodes_back_to_the_png_masks(world, tmp_path):
     images = world / "data/VOC2012/JPEGImages"
     png, coco = tmp_path / "png", tmp_path / "coco"
     for out, fmt in ((png, "png"), (coco, "coco-rle")):
-        res = invoke(["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(out), "--format", fmt], world)
+        res = invoke(
+            ["segment", str(images), "--classes", ",".join(LABELLED), "--out", str(out), "--format", fmt], world
+        )
         assert res.exit_code == 0, res.output
     records = json.loads((coco / "coco_results.json").read_text())
     meta = json.loads((coco / "coco_images.json").read_text())
@@ -151,8 +170,21 @@ def test_300_classes_write_16bit_masks_that_eval_pred_scores(tmp_path):
     (tmp_path / "classes300.txt").write_text("\n".join(names) + "\n")
     cache = ["--cache", str(tmp_path / "cache"), *PROC]
     out = tmp_path / "masks"
-    res = runner.invoke(app, ["segment", str(tmp_path / "data/VOC2012/JPEGImages"), "--classes-file",
-                              str(tmp_path / "classes300.txt"), "--out", str(out), "--n-images", "1", "-q", *cache])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(tmp_path / "data/VOC2012/JPEGImages"),
+            "--classes-file",
+            str(tmp_path / "classes300.txt"),
+            "--out",
+            str(out),
+            "--n-images",
+            "1",
+            "-q",
+            *cache,
+        ],
+    )
     assert res.exit_code == 0, res.output
     legend = json.loads((out / "classes.json").read_text())
     assert legend["mask_format"] == "png-uint16" and "16-bit" in legend["format"] and len(legend["labels"]) == 301
@@ -162,8 +194,20 @@ def test_300_classes_write_16bit_masks_that_eval_pred_scores(tmp_path):
             assert m.mode in ("I;16", "I")
             masks[f.stem] = np.asarray(m)
     assert len(masks) == 3
-    res = runner.invoke(app, ["eval", "voc", "--root", str(tmp_path / "data"), "--classes-file",
-                              str(tmp_path / "classes300.txt"), "--pred", str(out), "--json"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "voc",
+            "--root",
+            str(tmp_path / "data"),
+            "--classes-file",
+            str(tmp_path / "classes300.txt"),
+            "--pred",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
     assert len(metrics["per_class_iou"]) == 301
@@ -210,10 +254,18 @@ def test_report_records_protocol_paper_number_and_confusion_picture(tmp_path):
     record = protocol(ds, [0, 1], "sd15", {"sd": "x"}, segment=SegmentConfig())
     json_path, html_path = write_report(res, tmp_path / "report", ds, run_protocol=record)
     metrics = json.loads(json_path.read_text())
-    assert metrics["paper"]["miou"] == 0.663 and metrics["paper"]["std"] == 0.002 and metrics["paper"]["table"] == "Table 1"
+    assert (
+        metrics["paper"]["miou"] == 0.663
+        and metrics["paper"]["std"] == 0.002
+        and metrics["paper"]["table"] == "Table 1"
+    )
     p = metrics["protocol"]
     assert p["dataset"] == "voc" and p["split"].endswith("val.txt") and p["n_images"] == 2 and p["seeds"] == [0, 1]
-    assert p["segment"]["windows"] == [448, 336] and p["preset"] == "sd15" and p["ovdiff_version"] == ovdiff_cli.__version__
+    assert (
+        p["segment"]["windows"] == [448, 336]
+        and p["preset"] == "sd15"
+        and p["ovdiff_version"] == ovdiff_cli.__version__
+    )
     assert p["classes"][16] == "potted plant"
     page = html_path.read_text()
     assert "66.3 ± 0.2" in page and "Confusion matrix" in page and "Protocol" in page and "448, 336" in page
@@ -227,13 +279,15 @@ def test_quiet_silences_the_libraries_warnings():
     import subprocess
     import sys
 
-    code = ("import warnings\nfrom transformers.utils import logging as tl\nimport diffusers\n"
-            "from ovdiff_cli.libs import quiet_libraries\n"
-            "def speak(when):\n"
-            "    tl.get_logger('transformers.x').warning(f'{when}-transformers')\n"
-            "    diffusers.utils.logging.get_logger('diffusers.y').warning(f'{when}-diffusers')\n"
-            "    warnings.warn(f'{when}-python')\n"
-            "speak('loud'); quiet_libraries(); speak('quiet')\n")  # fmt: skip
+    code = (
+        "import warnings\nfrom transformers.utils import logging as tl\nimport diffusers\n"
+        "from ovdiff_cli.libs import quiet_libraries\n"
+        "def speak(when):\n"
+        "    tl.get_logger('transformers.x').warning(f'{when}-transformers')\n"
+        "    diffusers.utils.logging.get_logger('diffusers.y').warning(f'{when}-diffusers')\n"
+        "    warnings.warn(f'{when}-python')\n"
+        "speak('loud'); quiet_libraries(); speak('quiet')\n"
+    )
     loud = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "PYTHONWARNINGS")  # an earlier -q test set them here
     env = {k: v for k, v in os.environ.items() if k not in loud}
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stderr

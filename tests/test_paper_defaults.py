@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.method import masks as M
 from ovdiff_cli.config import NEGATIVE_PROMPT, PROMPT_TEMPLATE, ProtoConfig, SampleConfig, SegmentConfig
+from ovdiff_cli.method import masks as M
 from ovdiff_cli.method.filter import CategoryFilter, class_prompt, select_classes, subset_prompt, subsets
 from ovdiff_cli.method.matching import assemble_vocabulary
 from ovdiff_cli.models.presets import PRESETS
@@ -75,9 +75,28 @@ def test_voc_class_names_with_the_papers_corrections():
     from ovdiff_cli.classnames import class_names
 
     assert class_names("voc") == [
-        "background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-        "table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "monitor",
-    ]  # fmt: skip  (the authors' VOC list: "table", not "dining table")
+        "background",
+        "airplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "table",
+        "dog",
+        "horse",
+        "motorbike",
+        "person",
+        "potted plant",
+        "sheep",
+        "sofa",
+        "train",
+        "monitor",
+    ]  # (the authors' VOC list: "table", not "dining table")
     assert class_names("voc20") == class_names("voc")[1:]
     # tvmonitor is "monitor" in Context too (Table C.9 lists its classes as prompted)
     context = class_names("context")
@@ -89,8 +108,14 @@ def test_the_authors_prompt_overlay_on_ade():
 
     fixed, raw = class_names("ade"), class_names("ade", raw=True)
     changed = {r: f for r, f in zip(raw, fixed, strict=True) if r != f}
-    assert changed == {"tank": "liquid tank", "blind": "window blinds", "hood": "cooker hood", "ashcan": "wastebin",
-                       "case": "shop case", "apparel": "clothing"}  # fmt: skip
+    assert changed == {
+        "tank": "liquid tank",
+        "blind": "window blinds",
+        "hood": "cooker hood",
+        "ashcan": "wastebin",
+        "case": "shop case",
+        "apparel": "clothing",
+    }
     assert "computer keyboard" in class_names("stuff")  # the overlay applies wherever "keyboard" occurs
 
 
@@ -103,14 +128,51 @@ def test_benchmark_kinds_are_the_authors_table_c9():
         return [n for n, k in zip(class_names(ds), class_kinds(ds), strict=True) if k == "stuff" and n != "background"]
 
     assert stuff_of("voc") == [] and stuff_of("voc20") == [] and stuff_of("object") == []
-    assert stuff_of("context59") == stuff_of("context") == [
-        "bedclothes", "ceiling", "cloth", "curtain", "fence", "floor", "grass", "ground", "mountain", "platform",
-        "road", "rock", "sidewalk", "sky", "snow", "track", "wall", "water", "wood",
-    ]  # fmt: skip
+    assert (
+        stuff_of("context59")
+        == stuff_of("context")
+        == [
+            "bedclothes",
+            "ceiling",
+            "cloth",
+            "curtain",
+            "fence",
+            "floor",
+            "grass",
+            "ground",
+            "mountain",
+            "platform",
+            "road",
+            "rock",
+            "sidewalk",
+            "sky",
+            "snow",
+            "track",
+            "wall",
+            "water",
+            "wood",
+        ]
+    )
     assert stuff_of("ade") == [
-        "wall", "sky", "floor", "ceiling", "road", "grass", "sidewalk", "mountain", "curtain", "water", "fence",
-        "rock", "step", "trade name", "lake", "blanket", "tray", "glass",
-    ]  # fmt: skip
+        "wall",
+        "sky",
+        "floor",
+        "ceiling",
+        "road",
+        "grass",
+        "sidewalk",
+        "mountain",
+        "curtain",
+        "water",
+        "fence",
+        "rock",
+        "step",
+        "trade name",
+        "lake",
+        "blanket",
+        "tray",
+        "glass",
+    ]
     assert class_kinds("stuff") is None and class_kinds("cityscapes") is None
     assert kind_list("ade") == "authors" and kind_list("cityscapes") == "table"
 
@@ -152,11 +214,16 @@ def test_sd_layers_are_the_papers_nine_cross_attention_layers():
     names = {id(m): n for n, m in unet.named_modules()}
     layers = sd_feature_layers(unet)
     assert [names[id(x)] for x in layers] == [
-        "down_blocks.0.attentions.0", "mid_block.attentions.0",
-        "up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "up_blocks.1.attentions.2",
-        "up_blocks.2.attentions.0", "up_blocks.2.attentions.1", "up_blocks.2.attentions.2",
+        "down_blocks.0.attentions.0",
+        "mid_block.attentions.0",
+        "up_blocks.1.attentions.0",
+        "up_blocks.1.attentions.1",
+        "up_blocks.1.attentions.2",
+        "up_blocks.2.attentions.0",
+        "up_blocks.2.attentions.1",
+        "up_blocks.2.attentions.2",
         "up_blocks.3.attentions.2",
-    ]  # fmt: skip
+    ]
     stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}  # forward order: 6 down, 1 mid, 9 up
     every = sorted((n for n, m in unet.named_modules() if n.endswith(".attn2")), key=lambda n: stage[n.split(".")[0]])
     chosen = {f"{names[id(x)]}.transformer_blocks.0.attn2" for x in layers}
@@ -171,14 +238,18 @@ def test_sd_features_are_queries_at_t200_with_the_empty_prompt(tiny_stages):
     part = tiny_stages.part("sd").backbone
     sd = part.sd
     seen = []
-    hook = sd.unet.register_forward_pre_hook(lambda m, a, kw: seen.append((a[1], kw["encoder_hidden_states"])), with_kwargs=True)
+    hook = sd.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((a[1], kw["encoder_hidden_states"])), with_kwargs=True
+    )
     try:
         part(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     finally:
         hook.remove()
-    (t, text), = seen
+    ((t, text),) = seen
     assert t.tolist() == [200, 200]
-    ids = sd.tokenizer([""], padding="max_length", max_length=sd.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = sd.tokenizer(
+        [""], padding="max_length", max_length=sd.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         empty = sd.text_encoder(ids)[0]
     torch.testing.assert_close(text, empty.expand(2, -1, -1))
@@ -231,8 +302,14 @@ def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does(
     assert working_size(333, 500, 448) == (448, 672)  # 672.67 truncated, as torchvision (rounding gives 673)
     assert working_size(500, 333, 448) == (672, 448)
     # the benchmarks' shapes: VOC/Context 500×375, COCO 640×427 and 640×480, ADE 512×683, Cityscapes 2048×1024
-    sizes = {(375, 500): (448, 597), (427, 640): (448, 671), (480, 640): (448, 597), (512, 683): (448, 597),
-             (1024, 2048): (448, 896), (20, 640): (448, 14336)}  # fmt: skip
+    sizes = {
+        (375, 500): (448, 597),
+        (427, 640): (448, 671),
+        (480, 640): (448, 597),
+        (512, 683): (448, 597),
+        (1024, 2048): (448, 896),
+        (20, 640): (448, 14336),
+    }
     for (h, w), want in sizes.items():
         assert working_size(h, w, 448) == want  # the guard (32:1) leaves them all alone
     h, w = working_size(19, 640, 448)  # past 32:1 the guard caps the long side
@@ -259,8 +336,13 @@ def test_the_filter_sees_the_working_image_at_512_lanczos_then_224_without_antia
     image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     work = working_image(image, 448)
     square = np.asarray(Image.fromarray(work).resize((512, 512), Image.Resampling.LANCZOS), np.float32) / 255
-    want = F.interpolate(torch.from_numpy(square).permute(2, 0, 1)[None], size=(224, 224), mode="bilinear",
-                         align_corners=False, antialias=False)  # fmt: skip
+    want = F.interpolate(
+        torch.from_numpy(square).permute(2, 0, 1)[None],
+        size=(224, 224),
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    )
     assert torch.equal(filter_input(work, SegmentConfig().filter_size), want)
 
     seen = []
@@ -272,8 +354,12 @@ def test_the_filter_sees_the_working_image_at_512_lanczos_then_224_without_antia
 
     e = torch.eye(E)
     scorer = Recording({"cat": e[0], "dog": e[1]}, e[0])
-    classes = [ClassParts(n, "thing", {"procedural": ClassPrototypes(n, "thing", {"class": np.eye(4, dtype=np.float32)[i : i + 1]})})
-               for i, n in enumerate(["cat", "dog"])]  # fmt: skip
+    classes = [
+        ClassParts(
+            n, "thing", {"procedural": ClassPrototypes(n, "thing", {"class": np.eye(4, dtype=np.float32)[i : i + 1]})}
+        )
+        for i, n in enumerate(["cat", "dog"])
+    ]
     cfg = dataclasses.replace(SegmentConfig(), slide=False)
     part = _constant_part()
     seg = Segmenter([part], classes, cfg, torch.device("cpu"), scorer=scorer)
@@ -314,7 +400,9 @@ def test_background_where_no_label_scores_above_zero_and_explain_agrees():
 
     def segment(protos, **cfg):
         classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
-        seg = Segmenter([_constant_part()], classes, SegmentConfig(use_filter=False, slide=False, **cfg), torch.device("cpu"))
+        seg = Segmenter(
+            [_constant_part()], classes, SegmentConfig(use_filter=False, slide=False, **cfg), torch.device("cpu")
+        )
         return seg.predict(np.zeros((32, 48, 3), np.uint8), explain=True, scores=True)
 
     cat = ClassPrototypes("cat", "thing", {"class": _cos_row(-0.1)}, {"class": _cos_row(-0.5)})
@@ -478,9 +566,12 @@ class NamedScorer(OrderSensitiveScorer):
 def test_stuff_bypasses_the_filter_and_one_over_c_counts_things():
     e = torch.eye(E)
     vectors = {
-        "cat": e[0], "dog": _unit(0.9 * e[0] + 0.19**0.5 * e[1]), "car": _unit(0.3 * e[0] + 0.91**0.5 * e[2]),
-        "sky": e[0], "grass": _unit(e[0] + e[3]),
-    }  # fmt: skip
+        "cat": e[0],
+        "dog": _unit(0.9 * e[0] + 0.19**0.5 * e[1]),
+        "car": _unit(0.3 * e[0] + 0.91**0.5 * e[2]),
+        "sky": e[0],
+        "grass": _unit(e[0] + e[3]),
+    }
     # things' softmax: cat .416, dog .377, car .207 — car fails 1/3 (things) but would pass 1/5 (all classes)
     scorer = NamedScorer(vectors, e[0])
     names = ["cat", "sky", "dog", "grass", "car"]
@@ -496,15 +587,24 @@ def test_segmenter_filters_things_only(procedural_stages):
     def proto(i: int) -> dict:
         return {"class": np.eye(4, dtype=np.float32)[i : i + 1]}
 
-    protos = [ClassPrototypes("kite", "thing", proto(0), proto(1)), ClassPrototypes("sky", "stuff", proto(1)),
-              ClassPrototypes("ball", "thing", proto(2), proto(3)), ClassPrototypes("grass", "stuff", proto(3))]  # fmt: skip
+    protos = [
+        ClassPrototypes("kite", "thing", proto(0), proto(1)),
+        ClassPrototypes("sky", "stuff", proto(1)),
+        ClassPrototypes("ball", "thing", proto(2), proto(3)),
+        ClassPrototypes("grass", "stuff", proto(3)),
+    ]
     classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
     from ovdiff_cli.method.segment import Segmenter
 
     seg = procedural_stages.segmenter(classes, SegmentConfig(), "procedural")
     assert seg.filter.names == ["kite", "ball"] and seg.filter.stuff == [1, 3]
-    one_thing = Segmenter([procedural_stages.part("procedural")], classes[:2], SegmentConfig(), torch.device("cpu"),
-                          procedural_stages.scorer())  # fmt: skip
+    one_thing = Segmenter(
+        [procedural_stages.part("procedural")],
+        classes[:2],
+        SegmentConfig(),
+        torch.device("cpu"),
+        procedural_stages.scorer(),
+    )
     assert one_thing.filter is None  # nothing to choose: kite and sky are always kept
 
 
@@ -512,7 +612,9 @@ def test_stuff_filter_is_computed_once_against_every_stuff_class():
     def unit(*v):
         return (np.asarray(v, np.float32) / np.linalg.norm(v))[None]
 
-    boat = ClassPrototypes("boat", "thing", {"class": unit(1, 0, 0)}, {"class": np.concatenate([unit(0, 1, 0), unit(0, 0, 1)])})
+    boat = ClassPrototypes(
+        "boat", "thing", {"class": unit(1, 0, 0)}, {"class": np.concatenate([unit(0, 1, 0), unit(0, 0, 1)])}
+    )
     water = ClassPrototypes("water", "stuff", {"class": unit(0, 1, 0.1)})
     v = assemble_vocabulary([boat, water], ("class",))
     for keep in ([0], [0, 1]):  # water kept for the image or not, boat's water-like bg prototype is gone
@@ -568,7 +670,9 @@ def test_attribution_is_min_max_normalised_per_image():
     peak[1, 1] = 5.0
     big = M.image_attribution(peak, (16, 16))
     assert big.min() == 0 and big.max() == pytest.approx(1.0)
-    up = F.interpolate(torch.from_numpy(peak)[None, None], size=(16, 16), mode="bilinear", align_corners=False)[0, 0].numpy()
+    up = F.interpolate(torch.from_numpy(peak)[None, None], size=(16, 16), mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
     np.testing.assert_allclose(big, up / up.max(), atol=1e-6)
     fg = M.class_masks([_sample(peak, 16)], torch.zeros(1, 1, 4, 4), FixedProposer([])).fg[0]
     assert (fg == (up / up.max() > 0.5)).all() and fg.sum() > (up / 5 > 0.5).sum()
@@ -631,8 +735,15 @@ def test_masks_are_made_at_image_resolution_and_reduced_to_the_grid_bilinearly()
     masks = M.class_masks([_sample(a, 32)], torch.zeros(1, 1, 8, 8), proposer)
     # A is resized to the 32 px image (bilinear), thresholded there, then reduced to the 8x8 grid
     big = M.image_attribution(a, (32, 32))
-    want = (F.interpolate(torch.from_numpy((big > 0.5).astype(np.float32))[None, None], size=(8, 8),
-                          mode="bilinear", align_corners=False)[0, 0] > 0).numpy()  # fmt: skip
+    want = (
+        F.interpolate(
+            torch.from_numpy((big > 0.5).astype(np.float32))[None, None],
+            size=(8, 8),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
+        > 0
+    ).numpy()
     fg, _ = masks.on_grid((8, 8))
     assert masks.fg.shape == (1, 32, 32) and (masks.fg[0] == (big > 0.5)).all() and (fg[0] == want).all()
     one = np.zeros((16, 16), bool)
@@ -648,7 +759,9 @@ def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatc
     from ovdiff_cli.method.classbuild import mask_batches
     from ovdiff_cli.method.features import images_to_tensor
 
-    assert ProtoConfig().mask_features == "dino" and M.MaskCutProposer.uses_features and M.FastNCutProposer.uses_features
+    assert (
+        ProtoConfig().mask_features == "dino" and M.MaskCutProposer.uses_features and M.FastNCutProposer.uses_features
+    )
     assert not M.ThresholdProposer.uses_features and not M.SamProposer.uses_features
 
     class Recording(FixedProposer):
@@ -676,20 +789,24 @@ def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):
     from ovdiff_cli.cli.app import app
 
     cache = str(tmp_path / "c")
-    res = CliRunner().invoke(app, ["protos", "add", "cat", "--preset", "tiny", "--cache", cache, "--device", "cpu",
-                                   "--n-images", "2"])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["protos", "add", "cat", "--preset", "tiny", "--cache", cache, "--device", "cpu", "--n-images", "2"]
+    )
     assert res.exit_code == 0, res.output
-    from ovdiff_cli.store.cache import Cache
     from ovdiff_cli.engines.vocab import find_classes
+    from ovdiff_cli.store.cache import Cache
 
     records = [rec for _, rec in find_classes(Cache(cache))]  # one per extractor part, the same masks
     assert sorted(r["part"] for r in records) == ["clip", "dino", "sd"] and len({r["mask_id"] for r in records}) == 1
     rec = records[0]
     assert rec["mask_proposals"] + rec["mask_thresholds"] == 2 and rec["mask_proposer"] == "ncut"
-    assert all((r["mask_proposals"], r["mask_thresholds"]) == (rec["mask_proposals"], rec["mask_thresholds"]) for r in records)
-    res = CliRunner().invoke(app, ["protos", "list", "-v", "--cache", cache],
-                             env={"COLUMNS": "250"})  # fmt: skip
-    assert res.exit_code == 0 and f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds" in res.output
+    assert all(
+        (r["mask_proposals"], r["mask_thresholds"]) == (rec["mask_proposals"], rec["mask_thresholds"]) for r in records
+    )
+    res = CliRunner().invoke(app, ["protos", "list", "-v", "--cache", cache], env={"COLUMNS": "250"})
+    assert (
+        res.exit_code == 0 and f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds" in res.output
+    )
 
 
 def test_ncut_proposes_masks_on_the_default_features_of_the_full_size_architectures(sd15_random_stages):

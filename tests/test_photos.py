@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.engines.photos import photo_class, read_photos
 from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes, find_classes
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.eval.metrics import ConfusionMatrix
-from ovdiff_cli.engines.photos import photo_class, read_photos
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.procedural import LABELLED, render_scene, support_sample
 from ovdiff_cli.store.cache import Cache
@@ -55,7 +55,9 @@ def test_bad_photo_folders_are_one_clear_line(tmp_path):
 
 def test_cli_refuses_bad_photos_and_writes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
-    res = runner.invoke(app, ["protos", "add", "my kite", "--images", str(tmp_path / "empty"), "--cache", str(tmp_path / "c"), *PROC])
+    res = runner.invoke(
+        app, ["protos", "add", "my kite", "--images", str(tmp_path / "empty"), "--cache", str(tmp_path / "c"), *PROC]
+    )
     assert res.exit_code != 0 and "no image files" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not find_classes(Cache(tmp_path / "c"))
@@ -109,7 +111,10 @@ def test_changing_a_photo_rebuilds_the_class_and_mixing_adds_generated_images(pr
     write_photos(tmp_path / "p", "ball", 1, first_seed=7)  # photo_00 redrawn
     changed = build_from_photos(cache, procedural_stages, "ball", photos, 0, P.sample, P.protos)
     assert set(changed.pids).isdisjoint(first.pids)
-    assert photo_class(cache, "ball", 0, procedural_stages.specs)["photos"] == cache.class_record(changed.pids[0])["photos"]
+    assert (
+        photo_class(cache, "ball", 0, procedural_stages.specs)["photos"]
+        == cache.class_record(changed.pids[0])["photos"]
+    )
     cfg = dataclasses.replace(P.sample, n_images=2)
     mixed = build_from_photos(cache, procedural_stages, "ball", photos, 0, cfg, P.protos, n_generated=2)
     rec = cache.class_record(mixed.pids[0])
@@ -126,8 +131,21 @@ def test_photos_from_the_cli_serve_segment_by_name_until_removed(tmp_path):
     assert res.exit_code == 0, res.output
     (rec,) = [r for _, r in find_classes(Cache(tmp_path / "c"), "my kite")]
     assert rec["n_photos"] == 4 and rec["n_images"] == 4
-    res = runner.invoke(app, ["segment", str(tmp_path / "data/VOC2012/JPEGImages"), "--classes", "my kite",
-                              "--no-build", "--out", str(tmp_path / "o"), "--json", *cache, *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(tmp_path / "data/VOC2012/JPEGImages"),
+            "--classes",
+            "my kite",
+            "--no-build",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            *cache,
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output  # --no-build: the photo class was found by its name
     assert json.loads(res.stdout)["written"] == 1
     assert runner.invoke(app, ["protos", "rm", "my kite", *cache]).exit_code == 0
@@ -144,7 +162,9 @@ def test_photos_from_the_python_api_serve_segment_by_name(tmp_path):
     rec = Cache(tmp_path / "c").class_record(vocab.classes[0].pids[0])
     assert rec["n_photos"] == 4 and rec["n_images"] == 4
     again = ovdiff.Pipeline("procedural", cache=tmp_path / "c", device="cpu", dtype="fp32")
-    assert again.vocabulary(["my kite"], build=False).classes[0].pids == vocab.classes[0].pids  # the name means the photos
+    assert (
+        again.vocabulary(["my kite"], build=False).classes[0].pids == vocab.classes[0].pids
+    )  # the name means the photos
     with pytest.raises(OvdiffError, match="no image files"):
         pipe.photo_class("my cup", tmp_path)
 
@@ -158,6 +178,8 @@ def test_sd_attribution_of_photos_is_one_noised_unet_pass(tiny_stages):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (cfg.size, cfg.size, 3), dtype=np.uint8) for _ in range(2)]
     maps = gen.attribute("cat", images, cfg, [1, 2])
-    assert len(maps) == 2 and all(m.shape == (cfg.attribution_size,) * 2 and (m >= 0).all() and m.sum() > 0 for m in maps)
+    assert len(maps) == 2 and all(
+        m.shape == (cfg.attribution_size,) * 2 and (m >= 0).all() and m.sum() > 0 for m in maps
+    )
     assert np.allclose(gen.attribute("cat", images[:1], cfg, [1])[0], maps[0], atol=1e-5)  # seeded: reproducible
     assert not np.allclose(gen.attribute("dog house", images[:1], cfg, [1])[0], maps[0])  # conditioned on the prompt

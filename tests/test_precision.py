@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOC_SAMPLE
 from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import build_part
 from ovdiff_cli.method.matching import match
+from ovdiff_cli.method.precision import mm_f32
 from ovdiff_cli.models.presets import ModelSpecs, resolve_dtype
 from ovdiff_cli.models.store import ModelStore
-from ovdiff_cli.method.precision import mm_f32
-
-from conftest import VOC_SAMPLE
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run `make bench-gpu` on one")
 MATRIX = [
@@ -57,8 +56,15 @@ def test_half_matching_accumulates_in_fp32(device, dtype):
 
     g = torch.Generator().manual_seed(0)
     dim = 256
-    protos = [ClassPrototypes(f"c{i}", "thing", {"class": torch.randn(3, dim, generator=g).numpy()},
-                              {"class": torch.randn(2, dim, generator=g).numpy()}) for i in range(3)]  # fmt: skip
+    protos = [
+        ClassPrototypes(
+            f"c{i}",
+            "thing",
+            {"class": torch.randn(3, dim, generator=g).numpy()},
+            {"class": torch.randn(2, dim, generator=g).numpy()},
+        )
+        for i in range(3)
+    ]
     vocab = assemble_vocabulary(protos, kinds=("class",))
     feats = torch.randn(2, dim, 6, 7, generator=g)
     ref, ref_best = match(feats, vocab)
@@ -78,9 +84,26 @@ def test_build_and_segment_end_to_end_in_each_dtype(device, dtype, tmp_path):
     """Sampling with attribution capture, features, masks, prototypes, filter and matching in `dtype`."""
     src = sorted((VOC_SAMPLE / "JPEGImages").glob("*.jpg"))[0]
     out = tmp_path / "masks"
-    res = CliRunner().invoke(app, ["segment", str(src), "--classes", "cat,dog", "--out", str(out), "--preset", "tiny",
-                                   "--device", device, "--dtype", dtype, "--cache",
-                                   str(tmp_path / "cache"), "--quiet"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(src),
+            "--classes",
+            "cat,dog",
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--cache",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Image.open(src) as im, Image.open(out / f"{src.stem}.png") as mask:
         assert mask.size == im.size
@@ -107,11 +130,15 @@ def test_every_backbone_attention_runs_fused_sdpa(tiny_stages, monkeypatch):
     calls.clear()
     dino = models.vit("dino")
     build_part("dino", models)(torch.rand(1, 3, 64, 64))
-    assert all(blk.attn.fused_attn for blk in dino.blocks) and len(calls) == len(dino.blocks) - 1  # the last block's keys are read before its attention
+    assert (
+        all(blk.attn.fused_attn for blk in dino.blocks) and len(calls) == len(dino.blocks) - 1
+    )  # the last block's keys are read before its attention
     seen = []
     visual = models.clip().model.visual
-    hooks = [b.attn.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw.get("need_weights")), with_kwargs=True)
-             for b in visual.transformer.resblocks]  # fmt: skip
+    hooks = [
+        b.attn.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw.get("need_weights")), with_kwargs=True)
+        for b in visual.transformer.resblocks
+    ]
     try:
         build_part("clip", models)(torch.rand(1, 3, 64, 64))
     finally:

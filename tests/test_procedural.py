@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.engines.vocab import ensure_classes
 from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.procedural import LABELLED, WORLD, ProceduralExtractor, ProceduralScorer, render_scene, write_voc
-from ovdiff_cli.engines.vocab import ensure_classes
+from ovdiff_cli.store.cache import Cache
 
 
 def configs(stages):
@@ -95,4 +95,3 @@ def test_world_segments_well_and_worse_without_background_prototypes(procedural_
     assert world_miou(procedural_stages, world, bg_prototypes=False) < full - 0.15
     assert world_miou(procedural_stages, world, stuff_filter=False) < full - 0.04
     assert world[0].class_record(world[1][4].pids[0])["kind"] == "stuff"  # sky: the stuff filter had work to do
-

@@ -30,11 +30,14 @@ def _features() -> torch.Tensor:
 
 
 def test_eq1_instance_prototypes_and_size_weighted_class_prototype_by_hand():
-    masks = torch.tensor([
-        [[1, 1], [0, 0]],  # image 0: cells 1, 2 → mean (1.5, 0)
-        [[0, 0], [0, 0]],  # image 1: empty → skipped
-        [[0, 1], [1, 1]],  # image 2: cells 2, 3, 4 → mean (3, 20)
-    ], dtype=torch.bool)  # fmt: skip
+    masks = torch.tensor(
+        [
+            [[1, 1], [0, 0]],  # image 0: cells 1, 2 → mean (1.5, 0)
+            [[0, 0], [0, 0]],  # image 1: empty → skipped
+            [[0, 1], [1, 1]],  # image 2: cells 2, 3, 4 → mean (3, 20)
+        ],
+        dtype=torch.bool,
+    )
     protos, sizes, kept = instance_prototypes(_features(), masks)
     torch.testing.assert_close(protos, torch.tensor([[1.5, 0.0], [3.0, 20.0]]))
     assert sizes.tolist() == [2.0, 3.0] and kept.tolist() == [0, 2]
@@ -85,7 +88,9 @@ def test_build_prototypes_for_things_and_stuff():
     bg = ~fg
     bg[3] = False  # image 3 has no background
     thing = build_prototypes([(feats, fg, bg)], k=3, seed=0, stuff=False)
-    assert thing["fg/class"].shape == (1, 6) and thing["fg/instance"].shape == (4, 6) and thing["fg/part"].shape == (3, 6)
+    assert (
+        thing["fg/class"].shape == (1, 6) and thing["fg/instance"].shape == (4, 6) and thing["fg/part"].shape == (3, 6)
+    )
     assert thing["bg/instance"].shape == (3, 6) and thing["bg/instance_src"].tolist() == [0, 1, 2]
     assert thing["fg/instance_src"].tolist() == [0, 1, 2, 3]
     assert "masks" not in thing  # the caller stores them, on the mask grid (encode_masks)
@@ -217,8 +222,18 @@ def test_kmeans_is_scikit_learns_on_every_masked_cell(monkeypatch, tmp_path):
     g = torch.Generator().manual_seed(5)
     feats = torch.randn(6, 8, 24, 24, generator=g) * torch.linspace(0.5, 2.0, 8).view(1, 8, 1, 1) + 3
     fg = (torch.rand(6, 24, 24, generator=g) > 0.3).numpy()  # ~2400 fg cells, ~1000 bg
-    out = _stream(feats, fg, ~fg, [3, 2, 1], k=cfg.k_parts, seed=0, stuff=False, iters=cfg.kmeans_iters,
-                  max_points=cfg.kmeans_max_points, spill_dir=str(tmp_path))  # fmt: skip
+    out = _stream(
+        feats,
+        fg,
+        ~fg,
+        [3, 2, 1],
+        k=cfg.k_parts,
+        seed=0,
+        stuff=False,
+        iters=cfg.kmeans_iters,
+        max_points=cfg.kmeans_max_points,
+        spill_dir=str(tmp_path),
+    )
     for group, mask in (("fg", fg), ("bg", ~fg)):
         cells = feats.permute(0, 2, 3, 1)[torch.from_numpy(mask)].numpy()
         ref = KMeans(cfg.k_parts, random_state=0, n_init="auto").fit(cells)

@@ -7,13 +7,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import VOC_SAMPLE
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.eval.datasets import load_dataset
 from ovdiff_cli.eval.metrics import ConfusionMatrix
-
-from conftest import VOC_SAMPLE
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,22 @@ def allow_hub(monkeypatch):
 def test_real_models_segment_the_voc_dog(tmp_path):
     """The paper's defaults (N=32, sd+dino+clip, ncut) find the dog of 2007_000063."""
     out = tmp_path / "masks"
-    res = CliRunner().invoke(app, [
-        "segment", str(VOC_SAMPLE / "JPEGImages"), "--classes", "dog,chair", "--out", str(out),
-        "--preset", "sd15", "--cache", str(tmp_path / "cache"), "-q",
-    ])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(VOC_SAMPLE / "JPEGImages"),
+            "--classes",
+            "dog,chair",
+            "--out",
+            str(out),
+            "--preset",
+            "sd15",
+            "--cache",
+            str(tmp_path / "cache"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ds = load_dataset("voc", VOC_SAMPLE)
     item = ds[0]

@@ -97,7 +97,7 @@ def test_region_vote_fixes_a_noisy_label_map_of_the_procedural_world():
         valid = np.where(label == 255, 0, label)
         scores = torch.from_numpy(np.eye(len(LABELLED) + 1, dtype=np.float32)[valid].transpose(2, 0, 1).copy())
         scores += torch.from_numpy(rng.normal(0, 0.6, scores.shape).astype(np.float32))  # ~40% of pixels wrong
-        refiner = RegionRefiner(lambda img: truth_regions(label))
+        refiner = RegionRefiner(lambda img: truth_regions(label))  # noqa: B023
         before.update(scores.argmax(0).numpy(), label)
         after.update(refiner(image, scores).argmax(0).numpy(), label)
     assert before.miou() < 0.7
@@ -154,8 +154,19 @@ def test_a_missing_sam2_model_is_one_clear_line(tmp_path):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     write_voc(root / "data", 2, seed=4)
-    res = runner.invoke(app, ["protos", "add", "--classes-file", str(root / "data/classes.txt"), "--cache",
-                              str(root / "cache"), "-q", *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "protos",
+            "add",
+            "--classes-file",
+            str(root / "data/classes.txt"),
+            "--cache",
+            str(root / "cache"),
+            "-q",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return root
 
@@ -163,11 +174,23 @@ def world(tmp_path_factory):
 @pytest.mark.parametrize("refine", ["pamr", "sam2"])
 def test_segment_refine_from_the_cli_with_explain(world, tmp_path, tiny_sam2_dir, refine):
     images = world / "data/VOC2012/JPEGImages"
-    args = ["segment", str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"),
-            "--format", "npz", "--json", *PROC]  # fmt: skip
+    args = [
+        "segment",
+        str(images),
+        "--classes-file",
+        str(world / "data/classes.txt"),
+        "--cache",
+        str(world / "cache"),
+        "--format",
+        "npz",
+        "--json",
+        *PROC,
+    ]
     plain = runner.invoke(app, [*args, "--out", str(tmp_path / "plain")])
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / refine), "--explain", "--refine", refine,
-                              "--sam2-model", str(tiny_sam2_dir)])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [*args, "--out", str(tmp_path / refine), "--explain", "--refine", refine, "--sam2-model", str(tiny_sam2_dir)],
+    )
     assert plain.exit_code == 0 and res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["written"] == 2 and report["stage_seconds_per_image"]["refine"] > 0
@@ -183,8 +206,22 @@ def test_segment_refine_from_the_cli_with_explain(world, tmp_path, tiny_sam2_dir
 
 
 def test_an_unknown_refiner_is_refused_before_any_work(world, tmp_path):
-    res = runner.invoke(app, ["segment", str(world / "data/VOC2012/JPEGImages"), "--classes", "sky", "--cache",
-                              str(world / "cache"), "--out", str(tmp_path / "o"), "--refine", "crf", *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(world / "data/VOC2012/JPEGImages"),
+            "--classes",
+            "sky",
+            "--cache",
+            str(world / "cache"),
+            "--out",
+            str(tmp_path / "o"),
+            "--refine",
+            "crf",
+            *PROC,
+        ],
+    )
     assert res.exit_code == 2 and "refine 'crf' is unknown" in res.output
     assert not (tmp_path / "o" / "classes.json").exists()
 
@@ -205,7 +242,13 @@ def test_refine_through_the_python_api(tmp_path):
 def test_sam2_refine_through_the_python_api(tmp_path, tiny_sam2_dir):
     import ovdiff
 
-    pipe = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", device="cpu", dtype="fp32",
-                           models={"sam2": str(tiny_sam2_dir)}, segment={"refine": "sam2"})  # fmt: skip
+    pipe = ovdiff.Pipeline(
+        preset="procedural",
+        cache=tmp_path / "c",
+        device="cpu",
+        dtype="fp32",
+        models={"sam2": str(tiny_sam2_dir)},
+        segment={"refine": "sam2"},
+    )
     result = pipe.segment(ovdiff.procedural_scene(1), pipe.vocabulary(LABELLED))
     assert result.timings["refine"] > 0 and result.labels.shape == (128, 192)

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mounted_tmpfs
 from typer.testing import CliRunner
 
+from ovdiff_cli.cli.app import app
 from ovdiff_cli.store import cache as cache_mod
 from ovdiff_cli.store.cache import Cache
-from ovdiff_cli.cli.app import app
-
-from conftest import mounted_tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -93,7 +92,7 @@ def _env(**extra: str) -> dict:
 def start(args: list[str], tmp: Path, **hooks: str) -> subprocess.Popen:
     """`ovdiff ARGS` through the launcher, stdout/stderr to files (read with `outputs`)."""
     n = len(list(tmp.glob("run*.out")))
-    out, err = open(tmp / f"run{n}.out", "w+"), open(tmp / f"run{n}.err", "w+")
+    out, err = open(tmp / f"run{n}.out", "w+"), open(tmp / f"run{n}.err", "w+")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], stdout=out, stderr=err, env=_env(**hooks), cwd=tmp)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
@@ -219,7 +218,11 @@ def test_kill_9_at_many_points_leaves_a_sound_cache_and_the_rerun_only_adds_what
 
     kill_points = [
         ("before any commit", locked, lambda s, c: s == {} and c == {}),
-        ("after the first support batch", lambda s, c: s.get("kite", 0) >= 4, lambda s, c: s.get("kite") == 4 and not c),
+        (
+            "after the first support batch",
+            lambda s, c: s.get("kite", 0) >= 4,
+            lambda s, c: s.get("kite") == 4 and not c,
+        ),
         ("after the first class", lambda s, c: "kite" in c, lambda s, c: "kite" in c and "boat" not in c),
         ("mid second class", lambda s, c: s.get("boat", 0) >= 4, lambda s, c: set(c) == {"kite"} and s["boat"] == 4),
     ]
@@ -288,7 +291,12 @@ def test_two_writers_with_overlapping_classes_build_each_class_once(tmp_path):
     a = start(["protos", "add", *first, "--cache", str(cache_dir), *PROC], tmp_path, **hooks)
     b = start(["protos", "add", *second, "--cache", str(cache_dir), *PROC], tmp_path, **hooks)
     # One builds kite (first batch committed, held at the gate) while the other waits for kite's lock.
-    wait_for(a, cache_dir, lambda s, c: s.get("kite", 0) >= 4 and blocked_on_lock({a.pid, b.pid}), "one writer waiting for the other")
+    wait_for(
+        a,
+        cache_dir,
+        lambda s, c: s.get("kite", 0) >= 4 and blocked_on_lock({a.pid, b.pid}),
+        "one writer waiting for the other",
+    )
     assert a.poll() is None and b.poll() is None
     gate.unlink()
     (rc_a, out_a, err_a), (rc_b, out_b, err_b) = finish(a), finish(b)
@@ -312,8 +320,8 @@ def test_segment_reads_while_protos_add_writes(tmp_path):
     from PIL import Image
 
     from ovdiff_cli.cli.common import make_run
-    from ovdiff_cli.procedural import render_scene
     from ovdiff_cli.engines.vocab import ensure_classes
+    from ovdiff_cli.procedural import render_scene
 
     cache_dir = tmp_path / "cache"
     run = make_run(cache_dir, "procedural", "cpu", "fp32")
@@ -326,13 +334,32 @@ def test_segment_reads_while_protos_add_writes(tmp_path):
 
     gate = tmp_path / "gate"
     gate.touch()
-    writer = start(["protos", "add", "boat", "car", "--cache", str(cache_dir), *PROC], tmp_path, OVDIFF_TEST_GATE=str(gate))
+    writer = start(
+        ["protos", "add", "boat", "car", "--cache", str(cache_dir), *PROC], tmp_path, OVDIFF_TEST_GATE=str(gate)
+    )
     wait_for(writer, cache_dir, lambda s, c: s.get("boat", 0) >= 4, "the writer's first batch")
     res = subprocess.run(
-        [sys.executable, "-m", "ovdiff_cli", "segment", str(images), "--classes", "kite,sky", "--no-build",
-         "--out", str(tmp_path / "masks"), "--cache", str(cache_dir), *PROC],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ovdiff_cli",
+            "segment",
+            str(images),
+            "--classes",
+            "kite,sky",
+            "--no-build",
+            "--out",
+            str(tmp_path / "masks"),
+            "--cache",
+            str(cache_dir),
+            *PROC,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     writer_was_running = writer.poll() is None
     gate.unlink()
     rc, out, err = finish(writer)
@@ -352,8 +379,12 @@ def test_map_grows_through_a_long_run_from_a_tiny_map(tmp_path):
     names = [f"thing {i}" for i in range(12)]
     res = subprocess.run(
         [sys.executable, "-m", "ovdiff_cli", "protos", "add", *names, "--cache", str(cache_dir), *PROC, "-q"],
-        capture_output=True, text=True, env=_env(OVDIFF_CACHE_MAP_SIZE="65536"), cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=_env(OVDIFF_CACHE_MAP_SIZE="65536"),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (cache_dir / cache_mod.ENV_DIRNAME / "data.mdb").stat().st_size > 8 * 65536  # grown many times
     assert sorted(state(cache_dir)[1]) == sorted(names)
@@ -413,10 +444,11 @@ def _flip(blob: bytes, at: int) -> bytes:
 
 
 def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_rebuild(tmp_path):
-    from ovdiff_cli.store.cache import attribution_key, class_array_key, class_key, encode_png, image_key
+    from PIL import Image
+
     from ovdiff_cli.cli.common import make_run
     from ovdiff_cli.procedural import render_scene
-    from PIL import Image
+    from ovdiff_cli.store.cache import attribution_key, class_array_key, class_key, encode_png, image_key
 
     cache_dir = tmp_path / "cache"
     common = ["--cache", str(cache_dir), *PROC]
@@ -427,7 +459,9 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     img_dir = tmp_path / "img"
     img_dir.mkdir()
     Image.fromarray(render_scene(np.random.default_rng(1))[0]).save(img_dir / "a.png")
-    res = runner.invoke(app, ["segment", str(img_dir), "--classes", ",".join(names), "--out", str(tmp_path / "m"), *common])
+    res = runner.invoke(
+        app, ["segment", str(img_dir), "--classes", ",".join(names), "--out", str(tmp_path / "m"), *common]
+    )
     assert res.exit_code == 0, res.output
 
     c = Cache(cache_dir)
@@ -449,7 +483,9 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     c.write(broken)
 
     # Read without repair, a broken entry is one clear line naming the way out, not a traceback.
-    res = runner.invoke(app, ["segment", str(img_dir), "--classes", "sky", "--no-build", "--out", str(tmp_path / "m2"), *common])
+    res = runner.invoke(
+        app, ["segment", str(img_dir), "--classes", "sky", "--no-build", "--out", str(tmp_path / "m2"), *common]
+    )
     assert res.exit_code == 2 and "corrupt" in res.output and "cache verify --repair" in res.output, res.output
     assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output
     res = runner.invoke(app, ["protos", "list", "--cache", str(cache_dir)])
@@ -482,7 +518,9 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
         cache_mod.decode_array(repaired[class_array_key(pid["sky"], "fg/class")]),
         cache_mod.decode_array(original[class_array_key(pid["sky"], "fg/class")]),
     )
-    res = runner.invoke(app, ["segment", str(img_dir), "--classes", ",".join(names), "--out", str(tmp_path / "m3"), *common])
+    res = runner.invoke(
+        app, ["segment", str(img_dir), "--classes", ",".join(names), "--out", str(tmp_path / "m3"), *common]
+    )
     assert res.exit_code == 0, res.output
     assert texts[0] in dict(Cache(cache_dir).scan(b"t/"))  # the text embedding is encoded again
     assert_sound(cache_dir)

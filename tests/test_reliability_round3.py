@@ -86,8 +86,9 @@ def test_overlay_alpha_and_save_to_a_read_only_folder_are_typed_errors(world, tm
         locked.chmod(0o700)
 
 
-@pytest.mark.parametrize("kwargs", [{"size": (0, 0)}, {"size": (5, 100000)}, {"size": 7}, {"seed": -5},
-                                    {"seed": "a"}, {"size": (64.5, "x")}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs", [{"size": (0, 0)}, {"size": (5, 100000)}, {"size": 7}, {"seed": -5}, {"seed": "a"}, {"size": (64.5, "x")}]
+)
 def test_procedural_scene_checks_its_arguments(kwargs):
     with pytest.raises(InvalidSetting):
         ovdiff.procedural_scene(**kwargs)
@@ -110,9 +111,12 @@ def test_no_command_writes_inside_the_cache_it_reads(world, tmp_path):
     data = cache / ENV_DIRNAME / "data.mdb"
     before = data.read_bytes()
     common = ["--cache", str(cache)]
-    for args in (["protos", "export", str(data), "kite"], ["protos", "export", str(cache / "v.safetensors")],
-                 ["protos", "show", "kite", "--out", str(data)],
-                 ["segment", str(images), "--classes", "kite", "--out", str(cache / ENV_DIRNAME), "--no-build", *PROC]):  # fmt: skip
+    for args in (
+        ["protos", "export", str(data), "kite"],
+        ["protos", "export", str(cache / "v.safetensors")],
+        ["protos", "show", "kite", "--out", str(data)],
+        ["segment", str(images), "--classes", "kite", "--out", str(cache / ENV_DIRNAME), "--no-build", *PROC],
+    ):
         res = runner.invoke(app, [*args, *common])
         assert res.exit_code == 2 and "inside the cache" in res.output, (args, res.output)
     close_cache(cache)
@@ -125,10 +129,12 @@ def test_no_command_writes_inside_the_cache_it_reads(world, tmp_path):
 
 
 def test_json_commands_print_a_json_error_object_on_error_exits(tmp_path):
-    for args in (["cache", "verify", "--json", "--cache", str(tmp_path / "nowhere")],
-                 ["protos", "list", "--json", "--cache", str(tmp_path / "nowhere")],
-                 ["segment", str(tmp_path / "absent.png"), "--classes", "kite", "--out", str(tmp_path / "m"), "--json", *PROC],
-                 ["cache", "info", "--json", "--cache", str(tmp_path / "nowhere")]):  # fmt: skip
+    for args in (
+        ["cache", "verify", "--json", "--cache", str(tmp_path / "nowhere")],
+        ["protos", "list", "--json", "--cache", str(tmp_path / "nowhere")],
+        ["segment", str(tmp_path / "absent.png"), "--classes", "kite", "--out", str(tmp_path / "m"), "--json", *PROC],
+        ["cache", "info", "--json", "--cache", str(tmp_path / "nowhere")],
+    ):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         doc = json.loads(res.stdout)
@@ -153,11 +159,21 @@ def test_verify_json_reports_a_damaged_data_file(world, tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["sound"] is True and json.loads(res.stdout)["problems"] == []
 
 
-@pytest.mark.parametrize("field,value", [("kind", "bogus"), ("seed", -1), ("extractor", "resnet"), ("norm", ""),
-                                         ("n_images", 0), ("name", 5), ("feature_grid", [16])])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("kind", "bogus"),
+        ("seed", -1),
+        ("extractor", "resnet"),
+        ("norm", ""),
+        ("n_images", 0),
+        ("name", 5),
+        ("feature_grid", [16]),
+    ],
+)
 def test_import_and_verify_check_every_field_value(world, tmp_path, field, value):
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     from ovdiff_cli.store.cache import Cache, class_key
 
@@ -216,13 +232,19 @@ def test_repair_of_a_cut_data_file_salvages_every_class_whose_bytes_remain(world
     def intact(kept: bytes) -> set[str]:
         return {n for n, (core, support) in units.items() if all(before[k] in kept for k in core | support)}
 
-    cut = next(c for c in (len(blob) * k // 12 for k in range(4, 12)) if intact(damaged(c)))  # a third, or the least cut keeping a class
+    cut = next(
+        c for c in (len(blob) * k // 12 for k in range(4, 12)) if intact(damaged(c))
+    )  # a third, or the least cut keeping a class
     data.write_bytes(damaged(cut))
     res = runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache)])
     assert res.exit_code == 0 and "repaired" in res.output, res.output
     after = entries(cache)
     kept = kept_classes(before, after)
-    assert kept >= intact(damaged(cut)) and set(class_units(after)) == kept, (kept, intact(damaged(cut)), cut / len(blob))
+    assert kept >= intact(damaged(cut)) and set(class_units(after)) == kept, (
+        kept,
+        intact(damaged(cut)),
+        cut / len(blob),
+    )
 
 
 # --------------------------------------------------------------------------- resumed and interrupted runs
@@ -230,8 +252,21 @@ def test_repair_of_a_cut_data_file_salvages_every_class_whose_bytes_remain(world
 
 def _segment(world, out: Path, *extra: str):
     root, _, _, images = world
-    return runner.invoke(app, ["segment", str(images), "--classes", "kite,sky,grass", "--out", str(out),
-                               "--cache", str(root / "cache"), *PROC, *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "segment",
+            str(images),
+            "--classes",
+            "kite,sky,grass",
+            "--out",
+            str(out),
+            "--cache",
+            str(root / "cache"),
+            *PROC,
+            *extra,
+        ],
+    )
 
 
 def test_skip_existing_redoes_empty_truncated_and_foreign_masks(world, tmp_path):
@@ -289,14 +324,29 @@ def test_segment_never_writes_an_overlay_over_an_input(world, tmp_path):
     shot = out / "overlays" / "im_00.jpg"
     Image.fromarray(ovdiff.procedural_scene(seed=3)).save(shot)
     before = shot.read_bytes()
-    res = runner.invoke(app, ["segment", str(out / "overlays"), "--classes", "kite", "--out", str(out), "--overlay",
-                              "--cache", str(world[0] / "cache"), *PROC])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(out / "overlays"),
+            "--classes",
+            "kite",
+            "--out",
+            str(out),
+            "--overlay",
+            "--cache",
+            str(world[0] / "cache"),
+            *PROC,
+        ],
+    )
     assert res.exit_code == 2 and "would overwrite the input" in res.output, res.output
     assert shot.read_bytes() == before
 
 
-@pytest.mark.parametrize("kwargs", [{"cache": 123}, {"models": ["sd"]}, {"models": {"sd": 5}}, {"sample": 5},
-                                    {"segment": ["eta"]}, {"protos": "sd"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"cache": 123}, {"models": ["sd"]}, {"models": {"sd": 5}}, {"sample": 5}, {"segment": ["eta"]}, {"protos": "sd"}],
+)
 def test_pipeline_arguments_of_the_wrong_type_are_typed_errors(kwargs, tmp_path):
     with pytest.raises(InvalidSetting):
         ovdiff.Pipeline(**{"preset": "procedural", "cache": tmp_path / "c", **kwargs})

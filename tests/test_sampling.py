@@ -10,17 +10,17 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from ovdiff_cli.engines import support
-from ovdiff_cli.io import sheets
-from ovdiff_cli.method import sampling
-from ovdiff_cli.store.cache import Cache
-from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
+from ovdiff_cli.engines import support
 from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
-from ovdiff_cli.store.keys import support_id
+from ovdiff_cli.io import sheets
+from ovdiff_cli.method import sampling
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
+from ovdiff_cli.store.audit import verify
+from ovdiff_cli.store.cache import Cache
+from ovdiff_cli.store.keys import support_id
 
 TINY = dataclasses.replace(get_preset("tiny").sample, batch_size=2)  # 4 images, 64 px, 4 steps
 
@@ -88,12 +88,17 @@ def test_class_token_indices_drop_tokens_past_the_context():
 
 
 def test_a_bad_sampler_setting_is_refused_as_the_config_is_made_naming_it_and_the_cli_its_option():
-    for change, setting, option in [({"prompt_template": "a photo"}, "prompt_template", "--prompt-template"),
-                                    ({"size": 60}, "size", "--size"), ({"batch_size": 0}, "batch_size", "--batch-size"),
-                                    ({"guidance_scale": 0.0}, "guidance_scale", "--guidance")]:  # fmt: skip
+    for change, setting, option in [
+        ({"prompt_template": "a photo"}, "prompt_template", "--prompt-template"),
+        ({"size": 60}, "size", "--size"),
+        ({"batch_size": 0}, "batch_size", "--batch-size"),
+        ({"guidance_scale": 0.0}, "guidance_scale", "--guidance"),
+    ]:
         with pytest.raises(InvalidSetting) as info:
             dataclasses.replace(TINY, **change)
-        assert info.value.setting == setting and str(info.value).startswith(setting + " ") and "--" not in str(info.value)
+        assert (
+            info.value.setting == setting and str(info.value).startswith(setting + " ") and "--" not in str(info.value)
+        )
         assert phrase(info.value).startswith(option + " ")
 
 
@@ -137,7 +142,9 @@ def test_attribution_maps_are_upsampled_bicubic_and_clamped_per_head_and_token()
     rec = sampling.AttributionRecorder([1, 3], cfg=False, size=8)
     rec.add(probs)
     rec.add(coarse)
-    maps = [probs[0, h, :, t].view(4, 4) for h in range(2) for t in (1, 3)] + [coarse[0, 0, :, t].view(2, 2) for t in (1, 3)]
+    maps = [probs[0, h, :, t].view(4, 4) for h in range(2) for t in (1, 3)] + [
+        coarse[0, 0, :, t].view(2, 2) for t in (1, 3)
+    ]
     want = sum(_bicubic(m, 8).clamp(min=0) for m in maps)
     torch.testing.assert_close(rec.maps()[0], want)
     summed_first = sum(_bicubic(m, 8) for m in maps).clamp(min=0)  # the clamp after the sum
@@ -281,10 +288,17 @@ def test_cached_support_sets_and_classes_load_no_weights(tmp_path, monkeypatch):
     def no_weights(*args, **kwargs):
         raise AssertionError("a model was loaded although everything is cached")
 
-    for module, name in ((ovdiff_cli.models.sd, "random_sd"), (ovdiff_cli.models.vit, "load_clip"),
-                         (ovdiff_cli.models.vit, "load_timm_vit")):  # fmt: skip
+    for module, name in (
+        (ovdiff_cli.models.sd, "random_sd"),
+        (ovdiff_cli.models.vit, "load_clip"),
+        (ovdiff_cli.models.vit, "load_timm_vit"),
+    ):
         monkeypatch.setattr(module, name, no_weights)
-    for args in (["sample", "cat"], ["sample", "--show", "cat", "--out", str(tmp_path / "s.png")], ["protos", "add", "cat"]):
+    for args in (
+        ["sample", "cat"],
+        ["sample", "--show", "cat", "--out", str(tmp_path / "s.png")],
+        ["protos", "add", "cat"],
+    ):
         res = runner.invoke(app, [*args, *common])
         assert res.exit_code == 0, (args, res.output, res.exception)
     assert (tmp_path / "s.png").is_file()

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import VOC_SAMPLE
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -14,8 +15,6 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.io.images import ImageError, discover, load_image
 from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
-
-from conftest import VOC_SAMPLE
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
@@ -36,8 +35,18 @@ def segment(args: list[str], cache) -> object:
 def test_outputs_palette_pngs_of_image_size_and_legend(world_dir, tmp_path):
     images = world_dir / "data/VOC2012/JPEGImages"
     out = tmp_path / "masks"
-    res = segment([str(images), "--classes-file", str(world_dir / "data/classes.txt"), "--out", str(out), "--overlay",
-                   "--explain"], world_dir / "cache")  # fmt: skip
+    res = segment(
+        [
+            str(images),
+            "--classes-file",
+            str(world_dir / "data/classes.txt"),
+            "--out",
+            str(out),
+            "--overlay",
+            "--explain",
+        ],
+        world_dir / "cache",
+    )
     assert res.exit_code == 0, res.output
     legend = json.loads((out / "classes.json").read_text())
     assert [e["name"] for e in legend["labels"]] == ["background", *LABELLED]
@@ -88,7 +97,9 @@ def test_user_errors_exit_2_before_any_work(world_dir, tmp_path):
     assert not (tmp_path / "cache").exists()
     res = segment([str(img), "--classes", "pikachu", "--out", str(tmp_path / "o"), "--no-build"], world_dir / "cache")
     assert res.exit_code == 2 and "pikachu" in res.output and "ovdiff protos add" in res.output
-    res = segment([str(tmp_path / "missing.jpg"), "--classes", "kite", "--out", str(tmp_path / "o")], world_dir / "cache")
+    res = segment(
+        [str(tmp_path / "missing.jpg"), "--classes", "kite", "--out", str(tmp_path / "o")], world_dir / "cache"
+    )
     assert res.exit_code == 2 and "not found" in res.output
 
 
@@ -102,8 +113,25 @@ def test_tiny_preset_on_the_real_voc_image_writes_a_mask_of_its_size_and_explain
     where that label scored highest; the explanation names the part."""
     img = next((VOC_SAMPLE / "JPEGImages").glob("*.jpg"))
     out = tmp_path / "masks"
-    res = runner.invoke(app, ["segment", str(img), "--classes", "cat,sky", "--out", str(out), "--cache",
-                              str(tmp_path / "cache"), "--preset", "tiny", "--device", "cpu", "-q", "--explain"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "segment",
+            str(img),
+            "--classes",
+            "cat,sky",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "-q",
+            "--explain",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Image.open(out / f"{img.stem}.png") as m, Image.open(img) as im:
         assert m.size == im.size and m.mode == "P"
@@ -176,9 +204,9 @@ def test_discover_folders_globs_recursion_and_name_clashes(tmp_path):
 
 def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(procedural_stages, tmp_path):
     """predict_many batches windows of several images through the backbone; results are unchanged."""
-    from ovdiff_cli.store.cache import Cache
-    from ovdiff_cli.procedural import LABELLED, render_scene
     from ovdiff_cli.engines.vocab import ensure_classes
+    from ovdiff_cli.procedural import LABELLED, render_scene
+    from ovdiff_cli.store.cache import Cache
 
     p = procedural_stages.specs.preset
     sample_cfg, proto_cfg, seg_cfg = p.sample, p.protos, p.segment
@@ -196,7 +224,7 @@ def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(
     calls.clear()
     together = seg.predict_many(images, explain=True)
     assert len(calls) < alone_calls  # windows of different images went through the backbone together
-    for a, b in zip(one_by_one, together):
+    for a, b in zip(one_by_one, together):  # noqa: B905
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.winner, b.winner)
         assert a.selected == b.selected
     part.backbone = inner
@@ -236,8 +264,8 @@ def test_an_encoded_image_holds_every_parts_features_and_matches_as_predict_does
 
     from ovdiff_cli.bench.settings import synthetic_bank
     from ovdiff_cli.errors import OvdiffError
-    from ovdiff_cli.models.presets import get_preset
     from ovdiff_cli.method.segment import encode_image
+    from ovdiff_cli.models.presets import get_preset
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
     classes = synthetic_bank(["cat", "dog", "sky"], {"sd": 160, "dino": 64, "clip": 64}, 3, 0)

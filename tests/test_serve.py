@@ -50,8 +50,22 @@ def scene_png(seed: int = 3, size: tuple[int, int] = (128, 192)) -> bytes:
 def server(tmp_path_factory):
     """The URL of a running `ovdiff serve --preset procedural --port 0`, and the line it printed."""
     cache = tmp_path_factory.mktemp("serve") / "cache"
-    cmd = [sys.executable, "-m", "ovdiff_cli", "serve", "--preset", "procedural", "--cache", str(cache),
-           "--port", "0", "--max-pixels", str(MAX_PIXELS), "--max-classes", "8"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ovdiff_cli",
+        "serve",
+        "--preset",
+        "procedural",
+        "--cache",
+        str(cache),
+        "--port",
+        "0",
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--max-classes",
+        "8",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -73,12 +87,20 @@ def post_segment(url: str, image: bytes | None, classes: str | None) -> tuple[in
     boundary = uuid.uuid4().hex
     body = b""
     if image is not None:
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="scene.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n").encode() + image + b"\r\n"  # fmt: skip
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="scene.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + image
+            + b"\r\n"
+        )
     if classes is not None:
         body += f'--{boundary}\r\nContent-Disposition: form-data; name="classes"\r\n\r\n{classes}\r\n'.encode()
     body += f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + "api/segment", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    req = urllib.request.Request(
+        url + "api/segment", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     return answer(req)
 
 
@@ -112,7 +134,11 @@ def test_segment_answers_the_overlay_and_legend_and_a_pixel_its_winning_prototyp
         status, why = answer(f"{url}api/explain?id={seg['id']}&x={x}&y={y}")
         assert status == 200, why
         proto = why["prototype"]
-        assert why["name"] == name and proto["class"] == name and proto["label"] == why["label"] == CLASSES.split(", ").index(name) + 1
+        assert (
+            why["name"] == name
+            and proto["class"] == name
+            and proto["label"] == why["label"] == CLASSES.split(", ").index(name) + 1
+        )
         assert proto["group"] == "fg" and proto["pixels"] > 0 and isinstance(proto["support_image"], int)
         x0, y0, x1, y1 = proto["bbox_xyxy"]
         assert x0 <= x < x1 and y0 <= y < y1  # the clicked pixel is among those the prototype won
@@ -122,7 +148,11 @@ def test_segment_answers_the_overlay_and_legend_and_a_pixel_its_winning_prototyp
 @pytest.mark.parametrize(
     ("image", "classes", "says"),
     [
-        ("big", CLASSES, "200x200 = 40,000 pixels, above this server's limit of 30,000"),  # 200x200 > --max-pixels 30000
+        (
+            "big",
+            CLASSES,
+            "200x200 = 40,000 pixels, above this server's limit of 30,000",
+        ),  # 200x200 > --max-pixels 30000
         ("text", CLASSES, "not a picture"),
         ("scene", ",".join(f"c{i}" for i in range(9)), "9 classes, above this server's limit of 8"),
         ("scene", "cat, cat", "given twice"),
@@ -139,8 +169,11 @@ def test_bad_requests_get_one_clear_line_and_a_400(server, image, classes, says)
 def test_explain_refuses_unknown_results_and_pixels_outside_the_picture(server):
     url, _ = server
     _, seg = post_segment(url, scene_png(), CLASSES)
-    for query, says in (("id=nope&x=1&y=1", "no longer kept"), (f"id={seg['id']}&x=192&y=0", "outside the 192x128"),
-                        (f"id={seg['id']}&x=-1&y=0", "whole numbers")):  # fmt: skip
+    for query, says in (
+        ("id=nope&x=1&y=1", "no longer kept"),
+        (f"id={seg['id']}&x=192&y=0", "outside the 192x128"),
+        (f"id={seg['id']}&x=-1&y=0", "whole numbers"),
+    ):
         status, body = answer(f"{url}api/explain?{query}")
         assert status == 400 and says in body["error"], body
 
@@ -195,7 +228,9 @@ def chromium():
     driver = shutil.which("chromedriver")
     if not browser or not driver:
         pytest.skip("no Chromium with chromedriver installed (Debian: apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: pip install -e '.[dev]'")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is in the dev extra: pip install -e '.[dev]'"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
@@ -235,9 +270,13 @@ def click_pixel(driver, x: int, y: int) -> str:
     overlay = driver.find_element(By.ID, "overlay")
     before = driver.find_element(By.ID, "why").text
     w, h = overlay.size["width"], overlay.size["height"]
-    ActionChains(driver).move_to_element_with_offset(overlay, int((x + 0.5) * w / 192 - w / 2),
-                                                     int((y + 0.5) * h / 128 - h / 2)).click().perform()  # fmt: skip
-    wait_for(driver, lambda d: d.find_element(By.ID, "explanation").is_displayed() and d.find_element(By.ID, "why").text != before)
+    ActionChains(driver).move_to_element_with_offset(
+        overlay, int((x + 0.5) * w / 192 - w / 2), int((y + 0.5) * h / 128 - h / 2)
+    ).click().perform()
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "explanation").is_displayed() and d.find_element(By.ID, "why").text != before,
+    )
     return driver.find_element(By.ID, "why").text
 
 
@@ -249,7 +288,10 @@ def test_in_chromium_a_chosen_picture_is_segmented_and_a_click_explained(server,
     submit(browser, server[0], picture, CLASSES)
     wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
     overlay = browser.find_element(By.ID, "overlay")
-    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", overlay) == [192, 128]
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", overlay) == [
+        192,
+        128,
+    ]
     legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
     assert any(t.startswith("sky ") for t in legend) and any(t.startswith("grass ") for t in legend), legend
     assert "click a pixel" in browser.find_element(By.ID, "status").text

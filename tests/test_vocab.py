@@ -11,17 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ovdiff_cli.method import stuff
-from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
+from ovdiff_cli.engines.vocab import ensure_classes, find_classes, load_class
 from ovdiff_cli.errors import MissingClasses, OvdiffError
+from ovdiff_cli.method import stuff
 from ovdiff_cli.models.presets import get_preset
+from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import MASK_VERSION, PROTO_VERSION, class_ids, mask_id
 from ovdiff_cli.store.sharing import export_classes, import_classes
-from ovdiff_cli.engines.vocab import ensure_classes, find_classes, load_class
 
 TINY = get_preset("tiny")
 SAMPLE = TINY.sample
@@ -123,7 +123,9 @@ def test_adding_b_after_a_never_recomputes_a(tiny_stages, cache_dir):
     g2, e2 = _calls(tiny_stages)
     again = ensure_classes(cache, tiny_stages, ["dog", "cat"], 0, SAMPLE, PROTOS, build=False)
     assert _calls(tiny_stages) == (g2, e2)
-    assert [p.name for p in again] == ["dog", "cat"] and again[1].pids == both[0].pids == cat.pids == list(pids_a.values())
+    assert [p.name for p in again] == ["dog", "cat"] and again[1].pids == both[0].pids == cat.pids == list(
+        pids_a.values()
+    )
     fresh = Stages.for_run("tiny", "cpu", "fp32")  # a new run, as a new process: cached classes load no model
     assert [p.pids for p in ensure_classes(cache, fresh, ["cat", "dog"], 0, SAMPLE, PROTOS)] == [cat.pids, both[1].pids]
     assert fresh.store.loaded == [] and fresh.calls == {}
@@ -135,7 +137,9 @@ def test_adding_b_after_a_never_recomputes_a(tiny_stages, cache_dir):
         d = protos.fg["class"].shape[1]
         assert all(a.dtype == np.float32 and a.shape[1] == d for a in (*protos.fg.values(), *protos.bg.values()))
         assert len(protos.fg["instance"]) <= SAMPLE.n_images and len(protos.fg["part"]) <= PROTOS.k_parts
-        assert protos.sources["fg/class"].tolist() == [-1] and len(protos.sources["fg/instance"]) == len(protos.fg["instance"])
+        assert protos.sources["fg/class"].tolist() == [-1] and len(protos.sources["fg/instance"]) == len(
+            protos.fg["instance"]
+        )
         rec = recs_a[name]
         assert rec["kind_source"] == "table" and rec["extractor"] == rec["part"] == name
         stride = tiny_stages.part(name).stride
@@ -164,15 +168,18 @@ def test_a_class_built_for_sd_dino_clip_serves_its_parts_with_no_build(cache_dir
 
     (more,) = ensure_classes(cache, stages, ["cat"], 0, SAMPLE, dataclasses.replace(PROTOS, extractor="dino+mae"))
     assert "generate" not in stages.calls and more.pids[0] == full.parts["dino"].pid  # mae built from cached images
-    np.testing.assert_array_equal(cache.class_arrays(more.pids[1], ["masks"])["masks"],
-                                  cache.class_arrays(full.pids[0], ["masks"])["masks"])  # fmt: skip
+    np.testing.assert_array_equal(
+        cache.class_arrays(more.pids[1], ["masks"])["masks"], cache.class_arrays(full.pids[0], ["masks"])["masks"]
+    )
 
 
 def test_keys_follow_what_each_entry_depends_on(tiny_stages):
     """Masks: support set + proposer (+ the features it cuts); a part: its masks + that part alone."""
     ids = class_ids("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
     assert class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, extractor="clip+dino")) == {
-        "clip": ids["clip"], "dino": ids["dino"]}  # fmt: skip
+        "clip": ids["clip"],
+        "dino": ids["dino"],
+    }
     mid = mask_id("cat", 0, tiny_stages.specs, SAMPLE, PROTOS)
     assert mid == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, extractor="sd", k_parts=2))
     assert mid != mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, mask_features="clip"))
@@ -181,7 +188,9 @@ def test_keys_follow_what_each_entry_depends_on(tiny_stages):
     assert mid != mask_id("cat", 0, tiny_stages.specs, dataclasses.replace(SAMPLE, n_images=2), PROTOS)
     # the threshold proposer reads no features: which part they would come from does not matter
     thr = dataclasses.replace(PROTOS, mask_proposer="threshold")
-    assert mask_id("cat", 0, tiny_stages.specs, SAMPLE, thr) == mask_id("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(thr, mask_features="clip"))
+    assert mask_id("cat", 0, tiny_stages.specs, SAMPLE, thr) == mask_id(
+        "cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(thr, mask_features="clip")
+    )
     assert ids["sd"] != class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, k_parts=2))["sd"]
     # older entries are never read: prototypes v1 one joint space per spec, v2 unstreamed K-means, v3 normalised
     # features and a K-means sample; masks v2 ncut as the former ncut-fast (issue 23 made it MaskCut)
@@ -217,14 +226,20 @@ def test_missing_classes_without_build_name_the_command(tiny_stages, cache_dir):
     # the command repeats every setting that keys the class and differs from the preset's
     odd = dataclasses.replace(PROTOS, mask_proposer="threshold", k_parts=2)
     with pytest.raises(MissingClasses) as info:
-        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False)
+        ensure_classes(
+            Cache(cache_dir), tiny_stages, ["zebra"], 3, dataclasses.replace(SAMPLE, n_images=2), odd, build=False
+        )
     assert phrase(info.value).endswith("--mask-proposer threshold --n-images 2 --k-parts 2")
     sam = Stages.for_run("tiny", "cpu", "fp32", {"sam": "my/sam"})
     with pytest.raises(MissingClasses) as info:
-        ensure_classes(Cache(cache_dir), sam, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, mask_proposer="sam"), build=False)
+        ensure_classes(
+            Cache(cache_dir), sam, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, mask_proposer="sam"), build=False
+        )
     assert phrase(info.value).endswith("--mask-proposer sam --sam-model my/sam")
     with pytest.raises(OvdiffError, match="unknown extractor part"):
-        ensure_classes(Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet"))
+        ensure_classes(
+            Cache(cache_dir), tiny_stages, ["zebra"], 3, SAMPLE, dataclasses.replace(PROTOS, extractor="sd+resnet")
+        )
 
 
 def test_stuff_classes_store_no_bg_and_kind_overrides_rebuild_without_sampling(tiny_stages, cache_dir):
@@ -253,7 +268,9 @@ def test_threshold_proposer_thresholds_every_image_and_the_record_says_so(tiny_s
     cfg = dataclasses.replace(PROTOS, mask_proposer="threshold", extractor="dino")
     (p,) = ensure_classes(Cache(cache_dir), tiny_stages, ["boat"], 0, SAMPLE, cfg)
     rec = Cache(cache_dir).class_record(p.pids[0])
-    assert (rec["mask_proposals"], rec["mask_thresholds"]) == (0, SAMPLE.n_images) and rec["mask_proposer"] == "threshold"
+    assert (rec["mask_proposals"], rec["mask_thresholds"]) == (0, SAMPLE.n_images) and rec[
+        "mask_proposer"
+    ] == "threshold"
     assert p.pids[0] != class_ids("boat", 0, tiny_stages.specs, SAMPLE, PROTOS)["dino"]  # the proposer is in the key
 
 
@@ -335,12 +352,24 @@ def test_classes_built_with_a_sam_model_are_found_by_segment_and_eval(tiny_sam_d
         im.putpalette(voc_palette().reshape(-1).tolist())
         im.save(truth)
     (tmp_path / "data" / "classes.txt").write_text("kite\n")
-    common = ["--preset", "procedural", "--cache", str(tmp_path / "c"), "--device", "cpu", "--mask-proposer", "sam",
-              "--sam-model", str(tiny_sam_dir)]  # fmt: skip
+    common = [
+        "--preset",
+        "procedural",
+        "--cache",
+        str(tmp_path / "c"),
+        "--device",
+        "cpu",
+        "--mask-proposer",
+        "sam",
+        "--sam-model",
+        str(tiny_sam_dir),
+    ]
     r = _run("protos", "add", "kite", "--n-images", "2", *common)
     assert r.exit_code == 0, r.output
     image = str(tmp_path / "data" / "VOC2012" / "JPEGImages" / "world_00000.jpg")
-    r = _run("segment", image, "--classes", "kite", "--out", str(tmp_path / "m"), "--no-build", "--n-images", "2", *common)
+    r = _run(
+        "segment", image, "--classes", "kite", "--out", str(tmp_path / "m"), "--no-build", "--n-images", "2", *common
+    )
     assert r.exit_code == 0, r.output
     r = _run("eval", "voc", "--root", str(tmp_path / "data"), "--n-images", "2", *common)
     assert r.exit_code == 0 and "mIoU" in r.output, r.output
@@ -361,10 +390,14 @@ def test_protos_cli_errors_are_one_line(cache_dir):
 
 def test_every_protos_command_shows_an_example_and_takes_only_options_it_uses():
     models = ("--preset", "--device", "--dtype")
-    for cmd, takes, refuses in [("add", ("--cache", *models, "--seed", "--sam-model"), ()),
-                                ("list", ("--cache", "--seed", "--extractor"), models),
-                                ("rm", ("--cache", "--with-support"), models), ("show", ("--cache",), models),
-                                ("export", ("--cache",), models), ("import", ("--cache",), (*models, "--seed"))]:  # fmt: skip
+    for cmd, takes, refuses in [
+        ("add", ("--cache", *models, "--seed", "--sam-model"), ()),
+        ("list", ("--cache", "--seed", "--extractor"), models),
+        ("rm", ("--cache", "--with-support"), models),
+        ("show", ("--cache",), models),
+        ("export", ("--cache",), models),
+        ("import", ("--cache",), (*models, "--seed")),
+    ]:
         r = CliRunner().invoke(app, ["protos", cmd, "--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0 and "Example: ovdiff protos " + cmd in r.output
         for opt in (*takes, "--verbose", "--quiet"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ovdiff_cli.models import weights
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.models import weights
 
 runner = CliRunner()
 
@@ -43,12 +43,17 @@ def fake_hub(tmp_path, monkeypatch):
 
 def test_download_fetches_every_weight_of_the_preset_into_the_hf_cache(fake_hub, tmp_path):
     cache, calls = fake_hub
-    before = json.loads(runner.invoke(app, ["doctor", "--preset", "sd15", "--json", "--cache", str(tmp_path / "c")]).stdout)
+    before = json.loads(
+        runner.invoke(app, ["doctor", "--preset", "sd15", "--json", "--cache", str(tmp_path / "c")]).stdout
+    )
     assert [w["present"] for w in before["weights"]] == [False, False, False]
     res = runner.invoke(app, ["models", "download", "--preset", "sd15", "--cache", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
-    assert [c["repo"] for c in calls] == ["stable-diffusion-v1-5/stable-diffusion-v1-5",
-                                          "timm/vit_base_patch16_clip_224.openai", "timm/vit_base_patch8_224.dino"]  # fmt: skip
+    assert [c["repo"] for c in calls] == [
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "timm/vit_base_patch16_clip_224.openai",
+        "timm/vit_base_patch8_224.dino",
+    ]
     assert all(c["cache_dir"] == str(cache) and c["local_dir"] is None for c in calls)
     assert "unet/diffusion_pytorch_model.safetensors" in calls[0]["files"]
     assert "open_clip_model.safetensors" in calls[1]["files"] and "model.safetensors" in calls[2]["files"]
@@ -64,13 +69,32 @@ def test_download_fetches_every_weight_of_the_preset_into_the_hf_cache(fake_hub,
 
 def test_download_to_a_local_dir_and_the_extras_the_options_ask_for(fake_hub, tmp_path):
     _, calls = fake_hub
-    res = runner.invoke(app, ["models", "download", "--preset", "sd15", "--local-dir", str(tmp_path / "w"),
-                              "--extractor", "sd+dino+clip+mae", "--mask-proposer", "sam", "--cache", str(tmp_path / "c")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "models",
+            "download",
+            "--preset",
+            "sd15",
+            "--local-dir",
+            str(tmp_path / "w"),
+            "--extractor",
+            "sd+dino+clip+mae",
+            "--mask-proposer",
+            "sam",
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert [c["repo"] for c in calls][-2:] == ["timm/vit_large_patch16_224.mae", "facebook/sam-vit-base"]
     assert all(c["local_dir"] == str(tmp_path / "w" / Path(c["local_dir"]).name) for c in calls)
-    assert f"--sd-model {tmp_path / 'w' / 'sd'}" in res.stdout and f"--dino-model {tmp_path / 'w' / 'dino'}" in res.stdout
-    assert weights.in_folder(weights.weights_for("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5"), tmp_path / "w" / "sd")
+    assert (
+        f"--sd-model {tmp_path / 'w' / 'sd'}" in res.stdout and f"--dino-model {tmp_path / 'w' / 'dino'}" in res.stdout
+    )
+    assert weights.in_folder(
+        weights.weights_for("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5"), tmp_path / "w" / "sd"
+    )
 
 
 def test_offline_presets_need_no_download(fake_hub, tmp_path):
@@ -94,12 +118,22 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
 
 def test_extractor_families_are_downloaded_and_checked_under_their_part_with_part_model(fake_hub, tmp_path):
     _, calls = fake_hub
-    args = ["--preset", "sd15", "--extractor", "sd+dinov3+siglip2", "--part-model", "dinov3=vit_small_patch16_dinov3.lvd1689m",
-            "--cache", str(tmp_path / "c")]  # fmt: skip
+    args = [
+        "--preset",
+        "sd15",
+        "--extractor",
+        "sd+dinov3+siglip2",
+        "--part-model",
+        "dinov3=vit_small_patch16_dinov3.lvd1689m",
+        "--cache",
+        str(tmp_path / "c"),
+    ]
     res = runner.invoke(app, ["models", "download", "--local-dir", str(tmp_path / "w"), *args])
     assert res.exit_code == 0, res.output
-    assert [c["repo"] for c in calls][-2:] == ["timm/vit_small_patch16_dinov3.lvd1689m",
-                                               "timm/vit_base_patch16_siglip_224.v2_webli"]  # fmt: skip
+    assert [c["repo"] for c in calls][-2:] == [
+        "timm/vit_small_patch16_dinov3.lvd1689m",
+        "timm/vit_base_patch16_siglip_224.v2_webli",
+    ]
     assert f"--part-model dinov3={tmp_path / 'w' / 'dinov3'}" in res.stdout
     calls.clear()
     assert runner.invoke(app, ["models", "download", *args]).exit_code == 0

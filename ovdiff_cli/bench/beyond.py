@@ -80,7 +80,9 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
     builds = []
     for r in range(s.repeats):
         t0 = time.perf_counter()
-        build_from_photos(Cache(root / f"beyond-photos-{r}"), stages, PHOTO_CLASS, photos, seed, preset.sample, preset.protos)
+        build_from_photos(
+            Cache(root / f"beyond-photos-{r}"), stages, PHOTO_CLASS, photos, seed, preset.sample, preset.protos
+        )
         builds.append(time.perf_counter() - t0)
     build_from_photos(cache, stages, PHOTO_CLASS, photos, seed, preset.sample, preset.protos)
     mixed = ensure_classes(cache, stages, list(LABELLED), seed, preset.sample, preset.protos)
@@ -94,7 +96,9 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
             "photos_build": figure(f"class from {preset.sample.n_images} photos", "s", builds),
             "photos_miou": figure(f"  mIoU, {PHOTO_CLASS} from photos", "%", [run(mixed)[0]]),
         },
-        "notes": [f"procedural world, {len(scenes)} held-out scenes of {'/'.join(map(str, scenes[0][0].shape[:2]))} px, "
-                  f"classes {', '.join(LABELLED)}; the photos are the world's drawings of {PHOTO_CLASS!r} (seeds apart "
-                  "from its generated set); SAM 2's own forward pass is not timed (weights needed)"],
-    }  # fmt: skip
+        "notes": [
+            f"procedural world, {len(scenes)} held-out scenes of {'/'.join(map(str, scenes[0][0].shape[:2]))} px, "
+            f"classes {', '.join(LABELLED)}; the photos are the world's drawings of {PHOTO_CLASS!r} (seeds apart "
+            "from its generated set); SAM 2's own forward pass is not timed (weights needed)"
+        ],
+    }

@@ -20,9 +20,10 @@ from .stats import figure, in_child, sync, timed
 if TYPE_CHECKING:
     import torch
 
-    from .settings import BenchSettings
     from ..compose import Stages
     from ..types import Sample
+    from .settings import BenchSettings
+
 
 class _Clock:
     """An extractor part or mask proposer whose `methods` add their time to `into[key]`; the rest passes through."""
@@ -61,26 +62,30 @@ class _ClockedStages:
         return _Clock(self._stages.mask_proposer(name), ("propose", "thresholds"), self.seconds, "masks", self.device)
 
 
-def build_once(stages: Stages, samples: list[Sample], feature_size: int, k: int, seed: int,
-               spill: Path) -> tuple[float, float, float, dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+def build_once(
+    stages: Stages, samples: list[Sample], feature_size: int, k: int, seed: int, spill: Path
+) -> tuple[float, float, float, dict[str, dict[str, np.ndarray]]]:
     """One class build from `samples`, every part of the preset's spec: (features s, masks s,
     K-means + aggregation s, part → arrays). The last is the wall time less the other two: Eq. 1,
     the class prototype, K-means on every masked cell (streamed), part labels, and the masks' fg/bg rule."""
-    from ..method.classbuild import part_prototypes
     from ..config import spec_parts
+    from ..method.classbuild import part_prototypes
 
     base = _proto_cfg(stages.specs.preset.name)
     cfg = replace(base, feature_size=feature_size, k_parts=k)
     clocked = _ClockedStages(stages)
     parts = spec_parts(cfg.extractor)
-    wall, built = timed(lambda: {p: a for p, a, _ in part_prototypes(samples, clocked, cfg, parts, seed, False,
-                                                                     spill_dir=str(spill))}, stages.device)  # fmt: skip
+    wall, built = timed(
+        lambda: {p: a for p, a, _ in part_prototypes(samples, clocked, cfg, parts, seed, False, spill_dir=str(spill))},
+        stages.device,
+    )
     feat, mask = clocked.seconds["features"], clocked.seconds["masks"]
     return feat, mask, wall - feat - mask, built
 
 
-def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, seed: int,
-                     spill: Path) -> tuple[dict, dict[str, int]]:  # fmt: skip
+def bench_prototypes(
+    stages: Stages, samples: list[Sample], s: BenchSettings, seed: int, spill: Path
+) -> tuple[dict, dict[str, int]]:
     """Seconds per class of the build's three stages on the support set just drawn, and K-means'
     share of the feature time. Returns the section and each part's feature dimension D."""
     from .settings import dims_text
@@ -95,14 +100,18 @@ def bench_prototypes(stages: Stages, samples: list[Sample], s: BenchSettings, se
             "features": figure("features (backbones)", "s/class", feat),
             "masks": figure("mask proposals", "s/class", mask),
             "kmeans": figure("K-means + aggregation", "s/class", km),
-            "kmeans_share": figure("K-means + aggregation / features", "%", [100 * a / b for a, b in zip(km, feat, strict=True)], 10.0),
+            "kmeans_share": figure(
+                "K-means + aggregation / features", "%", [100 * a / b for a, b in zip(km, feat, strict=True)], 10.0
+            ),
             "total": figure("total (without sampling)", "s/class", [sum(r[:3]) for r in runs]),
         },
-        "notes": [f"{len(samples)} support image(s) per class at {s.feature_size} px, extractor {cfg.extractor} "
-                  f"(D={dims_text(dims)}), proposer {cfg.mask_proposer} on {cfg.mask_features}, K={s.k_parts}, "
-                  f"streamed {cfg.batch_size} image(s) per batch (classbuild.part_prototypes); K-means + aggregation "
-                  "is the build's wall time less the backbones' and the proposer's"],
-    }  # fmt: skip
+        "notes": [
+            f"{len(samples)} support image(s) per class at {s.feature_size} px, extractor {cfg.extractor} "
+            f"(D={dims_text(dims)}), proposer {cfg.mask_proposer} on {cfg.mask_features}, K={s.k_parts}, "
+            f"streamed {cfg.batch_size} image(s) per batch (classbuild.part_prototypes); K-means + aggregation "
+            "is the build's wall time less the backbones' and the proposer's"
+        ],
+    }
     return section, dims
 
 
@@ -162,7 +171,7 @@ def build_memory(preset: str, device: str, dtype: str, seed: int, n: int, featur
         torch.cuda.reset_peak_memory_stats(stages.device)
         models = torch.cuda.memory_allocated(stages.device) / 2**20
     else:
-        try:
+        try:  # noqa: SIM105
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         except OSError:
             pass
@@ -190,13 +199,19 @@ def bench_build_memory(s: BenchSettings, device: str, dtype: str, seed: int, roo
         "figures": {
             "small": figure(f"peak, N={small}", "MiB", peak[small]),
             "large": figure(f"peak, N={large}", "MiB", peak[large]),
-            "growth": figure(f"growth N={small} → {large}", "%", [100 * (b - a) / a for a, b in zip(peak[small], peak[large], strict=True)], 10.0),
+            "growth": figure(
+                f"growth N={small} → {large}",
+                "%",
+                [100 * (b - a) / a for a, b in zip(peak[small], peak[large], strict=True)],
+                10.0,
+            ),
             "beyond_small": figure(f"beyond the models, N={small}", "MiB", beyond[small]),
             "beyond_models": figure(f"beyond the models, N={large}", "MiB", beyond[large], 1536.0 if paper else None),
         },
-        "notes": [f"one class build (features, masks, prototypes; no sampling) of synthetic support images, preset "
-                  f"{s.build_preset}, {s.build_feature_size} px, K-means on every masked cell (streamed from the "
-                  f"device or the spill file), a new process per build, {s.build_pairs} interleaved pair(s); peak = {unit} after the models loaded"
-                  + ("" if paper else "; the ≤ 1.5 GB target applies at the paper's 512 px: see the README")],
-    }  # fmt: skip
-
+        "notes": [
+            f"one class build (features, masks, prototypes; no sampling) of synthetic support images, preset "
+            f"{s.build_preset}, {s.build_feature_size} px, K-means on every masked cell (streamed from the "
+            f"device or the spill file), a new process per build, {s.build_pairs} interleaved pair(s); peak = {unit} after the models loaded"
+            + ("" if paper else "; the ≤ 1.5 GB target applies at the paper's 512 px: see the README")
+        ],
+    }

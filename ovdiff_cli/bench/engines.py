@@ -38,18 +38,25 @@ def startup_seconds(cpus: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0, repeats: int = 3,
-              say: Callable[[str], None] | None = None, images: int = RAY_IMAGES,
-              workers: tuple[int, ...] = WORKERS) -> dict:  # fmt: skip
+def bench_ray(
+    root: Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    repeats: int = 3,
+    say: Callable[[str], None] | None = None,
+    images: int = RAY_IMAGES,
+    workers: tuple[int, ...] = WORKERS,
+) -> dict:
     """The section's figures and notes (Ray with each count of `workers`); without the ray extra, a note
     saying so and no figures."""
     import torch
 
-    from .settings import MEMORY_CLASSES, write_images
-    from .stats import figure
     from ..api import Pipeline
     from ..engines.raycluster import require_ray, session
     from ..errors import OvdiffError
+    from .settings import MEMORY_CLASSES, write_images
+    from .stats import figure
 
     say = say or (lambda _msg: None)
     try:
@@ -83,7 +90,7 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
             if 0 < ray.cluster_resources().get("GPU", 0) < max(workers):
                 raise OvdiffError(f"the Ray bench needs no GPU or at least {max(workers)} (one per worker)")
             for r in range(repeats):
-                order = list(jobs)[r % len(jobs):] + list(jobs)[:r % len(jobs)]
+                order = list(jobs)[r % len(jobs) :] + list(jobs)[: r % len(jobs)]
                 for name in order:
                     say(f"ray: repeat {r + 1}, {name}")
                     arrivals.clear()
@@ -102,14 +109,24 @@ def bench_ray(root: Path, device: str = "auto", dtype: str = "auto", seed: int =
         return [a / b for a, b in zip(of[f"ray{n}"], of["local"], strict=True)]
 
     figures = {k: figure(f"{label(k)}, whole job", "images/s", v) for k, v in rate.items()}
-    figures.update({f"ratio{n}": figure(f"ray {n} worker(s) / local, whole job", "×", ratios(rate, n)) for n in workers})
-    figures.update({f"steady_{k}": figure(f"{label(k)}, first to last image", "images/s", v) for k, v in steady.items()})
-    figures.update({f"steady_ratio{n}": figure(f"ray {n} worker(s) / local, first to last image", "×", ratios(steady, n))
-                    for n in workers})  # fmt: skip
+    figures.update(
+        {f"ratio{n}": figure(f"ray {n} worker(s) / local, whole job", "×", ratios(rate, n)) for n in workers}
+    )
+    figures.update(
+        {f"steady_{k}": figure(f"{label(k)}, first to last image", "images/s", v) for k, v in steady.items()}
+    )
+    figures.update(
+        {
+            f"steady_ratio{n}": figure(f"ray {n} worker(s) / local, first to last image", "×", ratios(steady, n))
+            for n in workers
+        }
+    )
     figures["startup"] = figure("start a local Ray instance + first task", "s", startup)
     return {
         "figures": figures,
-        "notes": [f"procedural preset, {images} JPEGs of {RAY_HW[1]}×{RAY_HW[0]}, {len(names)} cached classes, "
-                  "torch on 1 thread per worker; a Ray job's whole time includes starting its actors and loading their "
-                  "models, as a user's job pays them; 'first to last image' leaves that out (the steady rate)"],
-    }  # fmt: skip
+        "notes": [
+            f"procedural preset, {images} JPEGs of {RAY_HW[1]}×{RAY_HW[0]}, {len(names)} cached classes, "
+            "torch on 1 thread per worker; a Ray job's whole time includes starting its actors and loading their "
+            "models, as a user's job pays them; 'first to last image' leaves that out (the steady rate)"
+        ],
+    }

@@ -16,7 +16,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from ..classnames import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
 from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .stats import figure, in_child, interleaved_pairs, ratios, timed
@@ -39,8 +38,10 @@ def vocabulary_names(n: int) -> list[str]:
 
 def _configs(s: BenchSettings):
     base_sample, base_proto, _ = preset_configs(s.preset)
-    return (replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size),
-            replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts))  # fmt: skip
+    return (
+        replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size),
+        replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts),
+    )
 
 
 def fill_vocabulary(cache: Cache, s: BenchSettings, names: list[str], dim: dict[str, int], seed: int) -> float:
@@ -60,7 +61,7 @@ def fill_vocabulary(cache: Cache, s: BenchSettings, names: list[str], dim: dict[
 def _status_mib(fields: tuple[str, ...]) -> dict[str, float]:
     out = dict.fromkeys(fields, 0.0)
     try:
-        for line in open("/proc/self/status"):
+        for line in open("/proc/self/status"):  # noqa: SIM115
             key = line.split(":", 1)[0]
             if key in out:
                 out[key] = int(line.split()[1]) / 1024
@@ -70,7 +71,7 @@ def _status_mib(fields: tuple[str, ...]) -> dict[str, float]:
 
 
 def _reset_peak() -> None:
-    try:
+    try:  # noqa: SIM105
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     except OSError:
         pass
@@ -101,14 +102,16 @@ def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
     return {"seconds": seconds, "proto_mib": nbytes / 2**20, **{k: after[k] - before[k] for k in fields}}
 
 
-def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, dtype: str, seed: int, root: str) -> dict:
+def segment_large(
+    settings: dict, cache_root: str, image_dir: str, device: str, dtype: str, seed: int, root: str
+) -> dict:
     """Run in a new process: encode one image once (the backbones' work, the same whatever the
     vocabulary), then time `predict_encoded` with the 20 first classes and with all of them in
     interleaved pairs; the filter over all of the names cold (fresh text cache) and warm; RSS."""
     from ..compose import Stages
+    from ..config import spec_parts
     from ..engines.vocab import ensure_classes
     from ..io.images import load_image
-    from ..config import spec_parts
     from ..method.filter import CategoryFilter
     from ..method.segment import encode_image
     from ..method.targets import working_image
@@ -146,15 +149,32 @@ def segment_large(settings: dict, cache_root: str, image_dir: str, device: str, 
     text_cache = fresh_cache(Path(root), "large-filter-")
     cold, warm = [], []
     for _ in range(s.repeats):
-        cold.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(work),
-                          stages.device)[0])  # fmt: skip
-        warm.append(timed(lambda: CategoryFilter(scorer, text_cache, names, s.eta, cfg.filter_size).select(work),
-                          stages.device)[0])  # fmt: skip
+        cold.append(
+            timed(
+                lambda tc=text_cache: CategoryFilter(scorer, tc, names, s.eta, cfg.filter_size).select(work),
+                stages.device,
+            )[0]
+        )
+        warm.append(
+            timed(
+                lambda tc=text_cache: CategoryFilter(scorer, tc, names, s.eta, cfg.filter_size).select(work),
+                stages.device,
+            )[0]
+        )
         text_cache = fresh_cache(Path(root), "large-filter-")
-    return {"encode": t_enc, "many": t_many,
-            "few": t_few, "filter_many": [r["filter"] for r in runs[1]], "cold": cold, "warm": warm,
-            "rss_base": base, "rss_after": status["VmRSS"], "rss_peak": status["VmHWM"], "vocab_mib": nbytes / 2**20,
-            "kept": len(segs[1].filter.select(work)) if segs[1].filter else len(names)}  # fmt: skip
+    return {
+        "encode": t_enc,
+        "many": t_many,
+        "few": t_few,
+        "filter_many": [r["filter"] for r in runs[1]],
+        "cold": cold,
+        "warm": warm,
+        "rss_base": base,
+        "rss_after": status["VmRSS"],
+        "rss_peak": status["VmHWM"],
+        "vocab_mib": nbytes / 2**20,
+        "kept": len(segs[1].filter.select(work)) if segs[1].filter else len(names),
+    }
 
 
 def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: int, root: str) -> dict:
@@ -176,10 +196,13 @@ def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: in
 
     build(fresh_cache(Path(root), "large-warmup-"), extra[-1])  # models loaded, kernels chosen
     todo_big, todo_alone = iter(extra), iter(extra)
-    empty = iter([fresh_cache(Path(root), "large-alone-") for _ in range(s.large_pairs)])  # opened before the clock, as `big`
+    empty = iter(
+        [fresh_cache(Path(root), "large-alone-") for _ in range(s.large_pairs)]
+    )  # opened before the clock, as `big`
     os.sync()  # the fill's pages are on disk before the clock runs (see the vocabulary section)
-    t_add, t_alone = interleaved_pairs(lambda: build(big, next(todo_big)), lambda: build(next(empty), next(todo_alone)),
-                                       s.large_pairs, stages.device)  # fmt: skip
+    t_add, t_alone = interleaved_pairs(
+        lambda: build(big, next(todo_big)), lambda: build(next(empty), next(todo_alone)), s.large_pairs, stages.device
+    )
     return {"add": t_add, "alone": t_alone}
 
 
@@ -193,16 +216,30 @@ def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype:
     loads: dict[int, list[dict]] = {small: [], n: []}
     for r in range(s.repeats):
         for k in (small, n) if r % 2 == 0 else (n, small):
-            loads[k].append(in_child("ovdiff_cli.bench.large:load_vocabulary", [*args, k, seed], root, f"large-load-{k}"))
+            loads[k].append(
+                in_child("ovdiff_cli.bench.large:load_vocabulary", [*args, k, seed], root, f"large-load-{k}")
+            )
     folder = write_images(root / "large-images", 1, s.image_hw, seed)
-    seg = in_child("ovdiff_cli.bench.large:segment_large", [*args, str(folder), device, dtype, seed, str(root)], root,
-                   "large-segment")  # fmt: skip
+    seg = in_child(
+        "ovdiff_cli.bench.large:segment_large",
+        [*args, str(folder), device, dtype, seed, str(root)],
+        root,
+        "large-segment",
+    )
     add = in_child("ovdiff_cli.bench.large:add_pairs", [*args, device, dtype, seed, str(root)], root, "large-add")
     return _section(s, n, small, t_fill, loads, seg, add, dim)
 
 
-def _section(s: BenchSettings, n: int, small: int, t_fill: float, loads: dict[int, list[dict]], seg: dict, add: dict,
-             dim: dict[str, int]) -> dict:  # fmt: skip
+def _section(
+    s: BenchSettings,
+    n: int,
+    small: int,
+    t_fill: float,
+    loads: dict[int, list[dict]],
+    seg: dict,
+    add: dict,
+    dim: dict[str, int],
+) -> dict:
     def col(k: int, key: str) -> list[float]:
         return [r[key] for r in loads[k]]
 
@@ -232,16 +269,19 @@ def _section(s: BenchSettings, n: int, small: int, t_fill: float, loads: dict[in
             "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [seg["rss_peak"]]),
             "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond]),
             "rss_vocab": figure("  of which the matching vocabulary", "MiB", [seg["vocab_mib"]]),
-            "rss_beyond_ratio": figure("  beyond / prototype bytes", "×", [beyond / max(loads[n][0]["proto_mib"], 1e-9)],
-                                       2.5),  # fmt: skip
+            "rss_beyond_ratio": figure(
+                "  beyond / prototype bytes", "×", [beyond / max(loads[n][0]["proto_mib"], 1e-9)], 2.5
+            ),
             "add": figure(f"protos add 1 class to {n} cached", "s", add["add"]),
             "alone": figure("build that class alone", "s", add["alone"]),
             "add_ratio": figure("  add / alone", "×", ratios(add["add"], add["alone"]), 1.02),
         },
-        "notes": [f"{n} SYNTHETIC classes (random unit prototypes, fg+bg × (1 class + {s.bank_rows} instance + "
-                  f"{s.bank_rows} part), D={dims_text(dim)}, all things) written with put_prototypes; each measurement "
-                  f"in a new process; reading: ensure_classes(build=False), one class at a time, each array decoded "
-                  f"straight from LMDB's memory map into one float32 copy; segment: one image encoded once "
-                  f"({seg['encode']:.3g} s, the same for any vocabulary) + predict_encoded, {s.large_pairs} interleaved "
-                  f"pairs, η={s.eta} (kept {seg['kept']}); add: {s.large_pairs} pairs, a new class name per pair"],
-    }  # fmt: skip
+        "notes": [
+            f"{n} SYNTHETIC classes (random unit prototypes, fg+bg × (1 class + {s.bank_rows} instance + "
+            f"{s.bank_rows} part), D={dims_text(dim)}, all things) written with put_prototypes; each measurement "
+            f"in a new process; reading: ensure_classes(build=False), one class at a time, each array decoded "
+            f"straight from LMDB's memory map into one float32 copy; segment: one image encoded once "
+            f"({seg['encode']:.3g} s, the same for any vocabulary) + predict_encoded, {s.large_pairs} interleaved "
+            f"pairs, η={s.eta} (kept {seg['kept']}); add: {s.large_pairs} pairs, a new class name per pair"
+        ],
+    }

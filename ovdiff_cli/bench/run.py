@@ -18,16 +18,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .settings import MEMORY_CLASSES, SECTIONS, BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
-from .build import bench_build_memory, bench_prototypes
-from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
 from ..classnames import VOC
 from ..config import ProtoConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
+from .build import bench_build_memory, bench_prototypes
+from .settings import (
+    MEMORY_CLASSES,
+    SECTIONS,
+    BenchSettings,
+    dims_text,
+    fresh_cache,
+    preset_configs,
+    synthetic_bank,
+    write_images,
+)
+from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
 
 if TYPE_CHECKING:
-    from ..store.cache import Cache
     from ..compose import Stages
+    from ..store.cache import Cache
     from ..types import Sample
 
 RESULTS_VERSION = 2  # 2: pair ratios, spreads, the class_build section
@@ -61,10 +70,16 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
         drawn[:] = generator.generate(SAMPLE_CLASS, seeds, cfg)
 
     def stock() -> None:
-        pipe(prompt=[cfg.prompt_template.format(SAMPLE_CLASS)] * len(seeds),
-             negative_prompt=[cfg.negative_prompt] * len(seeds), guidance_scale=cfg.guidance_scale,
-             num_inference_steps=cfg.steps, height=cfg.size, width=cfg.size,
-             generator=[torch.Generator().manual_seed(x) for x in seeds], output_type="np")  # fmt: skip
+        pipe(
+            prompt=[cfg.prompt_template.format(SAMPLE_CLASS)] * len(seeds),
+            negative_prompt=[cfg.negative_prompt] * len(seeds),
+            guidance_scale=cfg.guidance_scale,
+            num_inference_steps=cfg.steps,
+            height=cfg.size,
+            width=cfg.size,
+            generator=[torch.Generator().manual_seed(x) for x in seeds],
+            output_type="np",
+        )
 
     ours()  # warm-up
     stock()
@@ -76,9 +91,11 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
             "stock": figure("stock diffusers pipeline", "s/image", [t / n for t in t_stock]),
             "ratio": figure("capture / stock", "×", ratios(t_ours, t_stock), 1.05),
         },
-        "notes": [f"{n} image(s) of '{SAMPLE_CLASS}' per call, {s.steps} DPM-Solver++ steps, {s.size} px, "
-                  f"guidance {cfg.guidance_scale}; both decode with the VAE"],
-    }  # fmt: skip
+        "notes": [
+            f"{n} image(s) of '{SAMPLE_CLASS}' per call, {s.steps} DPM-Solver++ steps, {s.size} px, "
+            f"guidance {cfg.guidance_scale}; both decode with the VAE"
+        ],
+    }
     return section, list(drawn)
 
 
@@ -90,16 +107,17 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     the extractor ("features") and the filter's CLIP image/text forward passes; everything else
     (matching, upsampling, image IO, filter bookkeeping) is overhead.
     """
-    from ..io.images import discover, load_image
     from ..engines.local import segment_paths
+    from ..io.images import discover, load_image
     from ..method.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
     spec = preset_configs(s.preset)[1].extractor
     scorer = TimedScorer(stages.scorer(), stages.device)
-    segmenter = stages.segmenter(synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"),
-                                 scorer=scorer)  # fmt: skip
+    segmenter = stages.segmenter(
+        synthetic_bank(names, dim, s.bank_rows, seed), cfg, spec, fresh_cache(root, "segment-"), scorer=scorer
+    )
     items = discover([str(folder)])
     kept = [len(segmenter.filter.select(working_image(load_image(i.path), cfg.short_side))) for i in items]  # warm-up
     segment_paths(segmenter, items[:1], root / "masks-warmup")
@@ -113,8 +131,16 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     return _segment_section(rows, len(items), kept, sum(len(v) for v in segmenter.vocabs), cfg, spec, dim, s)
 
 
-def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, cfg: SegmentConfig, spec: str,
-                     dim: dict[str, int], s: BenchSettings) -> dict:  # fmt: skip
+def _segment_section(
+    rows: list[dict],
+    n: int,
+    kept: list[int],
+    n_protos: int,
+    cfg: SegmentConfig,
+    spec: str,
+    dim: dict[str, int],
+    s: BenchSettings,
+) -> dict:
     def per(key: str) -> list[float]:
         return [r[key] / n for r in rows]
 
@@ -131,11 +157,13 @@ def _segment_section(rows: list[dict], n: int, kept: list[int], n_protos: int, c
             "overhead_share": figure("not backbone forward passes", "%", overhead, 5.0),
             "overhead_share_filter": figure("  counting the whole filter as overhead", "%", with_filter),
         },
-        "notes": [f"{n} image(s) per run; prototype bank SYNTHESISED for timing: {s.bank_classes} classes + background, "
-                  f"fg+bg × (1 class + {s.bank_rows} instance + {s.bank_rows} part) random unit vectors, D={dims_text(dim)} ({n_protos} prototypes); "
-                  f"extractor {spec}, short side {cfg.short_side}, windows {'/'.join(map(str, cfg.windows))}, stride "
-                  f"{cfg.stride}, η={cfg.eta}; the filter kept {np.mean(kept):.1f} classes per image on average"],
-    }  # fmt: skip
+        "notes": [
+            f"{n} image(s) per run; prototype bank SYNTHESISED for timing: {s.bank_classes} classes + background, "
+            f"fg+bg × (1 class + {s.bank_rows} instance + {s.bank_rows} part) random unit vectors, D={dims_text(dim)} ({n_protos} prototypes); "
+            f"extractor {spec}, short side {cfg.short_side}, windows {'/'.join(map(str, cfg.windows))}, stride "
+            f"{cfg.stride}, η={cfg.eta}; the filter kept {np.mean(kept):.1f} classes per image on average"
+        ],
+    }
 
 
 def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
@@ -152,9 +180,13 @@ def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path
     for _ in range(s.repeats):
         cache = fresh_cache(root, "filter-")
         scorer = TimedScorer(stages.scorer(), stages.device)
-        cold.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0])
+        cold.append(
+            timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0]  # noqa: B023
+        )
         prompts.append(scorer.prompts)
-        warm.append(timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0])
+        warm.append(
+            timed(lambda: CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size).select(image), stages.device)[0]  # noqa: B023
+        )
         if scorer.prompts != prompts[-1]:
             raise OvdiffError("the warm filter encoded prompts: the text-embedding cache missed")
     return {
@@ -164,12 +196,22 @@ def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path
             "speedup": figure("cold / warm", "×", [c / w for c, w in zip(cold, warm, strict=True)]),
             "prompts": figure("prompts encoded when cold", "prompts", prompts),
         },
-        "notes": [f"{len(names)} classes, η={s.eta}, CLIP at {cfg.filter_size} px; both include the image forward pass"],
+        "notes": [
+            f"{len(names)} classes, η={s.eta}, CLIP at {cfg.filter_size} px; both include the image forward pass"
+        ],
     }
 
 
-def cache_synthetic_classes(cache: Cache, stages: Stages, names: list[str], dim: dict[str, int], rows: int, seed: int,
-                            sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> None:  # fmt: skip
+def cache_synthetic_classes(
+    cache: Cache,
+    stages: Stages,
+    names: list[str],
+    dim: dict[str, int],
+    rows: int,
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+) -> None:
     """Cache `names` as classes of the paper's size (random unit prototypes, `rows` instance and part
     rows, fg and bg, in every part) under the ids `ensure_classes` looks up, so reading them costs
     what real ones do."""
@@ -194,13 +236,15 @@ def bench_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, 
             "first_run_calls": figure("generator calls, first segment run", "images", [first]),
             "second_run_calls": figure("generator calls, second segment run", "images", [second], 0),
         },
-        "notes": [f"'{EXTRA_CLASS}' built for real ({s.n_images} images, {s.steps} steps, {s.size} px) beside "
-                  f"{s.vocab_cached} cached classes of the paper's size (synthetic, {s.bank_rows} instance + "
-                  f"{s.bank_rows} part prototypes per group, D={dims_text(dim)}), in a new process that loads the "
-                  f"models and builds the class once first, as a user's `protos add` or `segment` process starts "
-                  f"with nothing else in it; generator calls: preset {s.vocab_preset}, the second run with new "
-                  f"stages (new models) and the same cache, as a new process would"],
-    }  # fmt: skip
+        "notes": [
+            f"'{EXTRA_CLASS}' built for real ({s.n_images} images, {s.steps} steps, {s.size} px) beside "
+            f"{s.vocab_cached} cached classes of the paper's size (synthetic, {s.bank_rows} instance + "
+            f"{s.bank_rows} part prototypes per group, D={dims_text(dim)}), in a new process that loads the "
+            f"models and builds the class once first, as a user's `protos add` or `segment` process starts "
+            f"with nothing else in it; generator calls: preset {s.vocab_preset}, the second run with new "
+            f"stages (new models) and the same cache, as a new process would"
+        ],
+    }
 
 
 def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, seed: int, root: str) -> dict:
@@ -212,8 +256,8 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
     process of its own, as a user's `protos add` or `segment` process starts with nothing else in it.
     """
     from ..compose import Stages
-    from ..store.keys import class_ids
     from ..engines.vocab import ensure_classes, load_parts
+    from ..store.keys import class_ids
 
     s = BenchSettings(**settings)
     stages = Stages.for_run(s.preset, device, dtype)
@@ -263,9 +307,9 @@ def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root:
 
 def segment_folder(stages: Stages, cache: Cache, folder: Path, out: Path, seed: int) -> None:
     """What `ovdiff segment FOLDER --classes MEMORY_CLASSES` does with the preset's defaults."""
-    from ..io.images import discover
     from ..engines.local import segment_paths
     from ..engines.vocab import ensure_classes
+    from ..io.images import discover
 
     sample_cfg, proto_cfg, seg_cfg = preset_configs(stages.specs.preset.name)
     classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
@@ -295,8 +339,9 @@ def child_peak_rss(args: list[str], root: Path, tag: str) -> float:
     """Peak resident memory (MiB) of `ovdiff ARGS…` run to completion in a new process."""
     peak, log = root / f"{tag}.peak", root / f"{tag}.log"
     with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak), *args], stdout=f,
-                              stderr=subprocess.STDOUT).returncode  # fmt: skip
+        code = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, str(peak), *args], stdout=f, stderr=subprocess.STDOUT
+        ).returncode
     if code:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise OvdiffError(f"memory run exited with {code}: {' | '.join(tail)}")
@@ -314,10 +359,30 @@ def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Pat
     segment_folder(stages, cache, folders[small], root / "memory-warmup", seed)  # builds the classes
 
     def run(n: int) -> float:
-        return child_peak_rss(["segment", str(folders[n]), "--out", str(root / f"memory-out-{n}"), "--classes",
-                               ",".join(MEMORY_CLASSES), "--no-build", "--quiet", "--preset", s.memory_preset,
-                               "--cache", str(cache.root), "--device", device, "--dtype", dtype, "--seed", str(seed)],
-                              root, f"memory-{n}")  # fmt: skip
+        return child_peak_rss(
+            [
+                "segment",
+                str(folders[n]),
+                "--out",
+                str(root / f"memory-out-{n}"),
+                "--classes",
+                ",".join(MEMORY_CLASSES),
+                "--no-build",
+                "--quiet",
+                "--preset",
+                s.memory_preset,
+                "--cache",
+                str(cache.root),
+                "--device",
+                device,
+                "--dtype",
+                dtype,
+                "--seed",
+                str(seed),
+            ],
+            root,
+            f"memory-{n}",
+        )
 
     peaks: dict[int, list[float]] = {small: [], large: []}
     for r in range(s.repeats):
@@ -330,10 +395,12 @@ def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Pat
             "large": figure(f"peak RSS, {large} images", "MiB", peaks[large]),
             "growth": figure(f"growth {small} → {large} images", "%", growth, 5.0),
         },
-        "notes": [f"`ovdiff segment` in a new process per run, preset {s.memory_preset} (hundreds of full-size "
-                  f"images take hours on a CPU), {len(MEMORY_CLASSES)} cached classes, {s.memory_hw[1]}×"
-                  f"{s.memory_hw[0]} JPEGs; peak RSS = VmHWM"],
-    }  # fmt: skip
+        "notes": [
+            f"`ovdiff segment` in a new process per run, preset {s.memory_preset} (hundreds of full-size "
+            f"images take hours on a CPU), {len(MEMORY_CLASSES)} cached classes, {s.memory_hw[1]}×"
+            f"{s.memory_hw[0]} JPEGs; peak RSS = VmHWM"
+        ],
+    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -345,13 +412,18 @@ def machine(stages: Stages) -> dict:
 
     cpu = _cpu_name()
     return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(stages.device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(stages.device),
         "device_name": torch.cuda.get_device_name(stages.device) if stages.device.type == "cuda" else cpu,
         "dtype": str(stages.dtype).removeprefix("torch."),
-    }  # fmt: skip
+    }
 
 
 def _load() -> float | None:
@@ -369,8 +441,15 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
-              say: Say | None = None, only: tuple[str, ...] | None = None) -> dict:  # fmt: skip
+def run_bench(
+    s: BenchSettings,
+    root: Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    say: Say | None = None,
+    only: tuple[str, ...] | None = None,
+) -> dict:
     """The sections `only` (default: every one but `ray`) in turn, in a
     scratch folder `root`; returns the results document. A section that needs another's output
     (prototypes: the support set drawn; segment and the vocabularies: the feature dimensions) gets
@@ -390,10 +469,14 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
     sections: dict[str, dict] = {}
     # New processes first, while this one holds no model: a child's peak then never adds to ours.
     if "class_build" in only:
-        say(f"class build: peak memory at N={s.build_counts[0]} and {s.build_counts[1]} in new processes ({s.build_preset}, {s.build_feature_size} px)")
+        say(
+            f"class build: peak memory at N={s.build_counts[0]} and {s.build_counts[1]} in new processes ({s.build_preset}, {s.build_feature_size} px)"
+        )
         sections["class_build"] = bench_build_memory(s, device, dtype, seed, root)
     if "memory" in only:
-        say(f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)")
+        say(
+            f"memory: segment {s.memory_counts[0]} vs {s.memory_counts[1]} images in new processes ({s.memory_preset} preset)"
+        )
         sections["memory"] = bench_memory(s, device, dtype, seed, root)
     samples = None
     if "sampling" in only:
@@ -405,7 +488,10 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
         say("prototypes: features, masks, K-means")
         sections["prototypes"], dim = bench_prototypes(stages, samples, s, seed, root)
     elif {"segment", "vocabulary", "large_vocab"} & set(only):  # the feature dimensions, from one build
-        dim = {p: int(a["fg/class"].shape[1]) for p, a in build_once(stages, samples[:1], s.feature_size, s.k_parts, seed, root)[3].items()}
+        dim = {
+            p: int(a["fg/class"].shape[1])
+            for p, a in build_once(stages, samples[:1], s.feature_size, s.k_parts, seed, root)[3].items()
+        }
     folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
     if "segment" in only:
         say(f"segment: {s.segment_images} image(s), {s.bank_classes} classes + background")
@@ -436,8 +522,13 @@ def run_bench(s: BenchSettings, root: Path, device: str = "auto", dtype: str = "
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(stages), "load_average_at_start": load, "load_average_at_end": _load()},
-        "settings": {**asdict(s), "device": str(stages.device), "dtype": str(stages.dtype).removeprefix("torch."), "seed": seed,
-                     "sections": list(only)},
+        "settings": {
+            **asdict(s),
+            "device": str(stages.device),
+            "dtype": str(stages.dtype).removeprefix("torch."),
+            "seed": seed,
+            "sections": list(only),
+        },
         "sections": sections,
         "wall_s": round(time.perf_counter() - start, 1),
     }

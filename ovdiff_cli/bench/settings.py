@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..types import ClassParts
 
 
-
 @dataclass(frozen=True)
 class BenchSettings:
     """Sizes and counts of one bench run (all recorded in the results)."""
@@ -63,37 +62,100 @@ class BenchSettings:
 
 # Counting generator calls and peak memory is the same everywhere: they measure bookkeeping and
 # streaming, which a small preset shows without the hours that full-size classes would take.
-_SMALL = dict(vocab_preset="tiny", vocab_cached=20, memory_preset="procedural",
-              memory_counts=(10, 200), memory_hw=(120, 160))  # fmt: skip
+_SMALL = dict(
+    vocab_preset="tiny", vocab_cached=20, memory_preset="procedural", memory_counts=(10, 200), memory_hw=(120, 160)
+)
 
 
-def bench_settings(device_type: str, quick: bool = False, preset: str | None = None,
-                   repeats: int | None = None, pairs: int | None = None) -> BenchSettings:  # fmt: skip
+def bench_settings(
+    device_type: str,
+    quick: bool = False,
+    preset: str | None = None,
+    repeats: int | None = None,
+    pairs: int | None = None,
+) -> BenchSettings:
     """Reduced sizes on a CPU, the paper's on CUDA, seconds-long ones with `quick` (tiny preset)."""
     if quick:
         s = BenchSettings(
-            "tiny", 1, 1, n_images=2, steps=2, size=64, feature_size=64, k_parts=4, short_side=96, windows=(96, 64),
-            stride=48, eta=4, segment_images=1, image_hw=(120, 160), bank_classes=20, bank_rows=32,
+            "tiny",
+            1,
+            1,
+            n_images=2,
+            steps=2,
+            size=64,
+            feature_size=64,
+            k_parts=4,
+            short_side=96,
+            windows=(96, 64),
+            stride=48,
+            eta=4,
+            segment_images=1,
+            image_hw=(120, 160),
+            bank_classes=20,
+            bank_rows=32,
             **dict(_SMALL, vocab_cached=3, memory_counts=(2, 6), memory_hw=(60, 80)),
-            build_preset="tiny", build_counts=(2, 4), build_feature_size=64, build_pairs=1, large_classes=30,
-            large_pairs=1, beyond_scenes=2,
-        )  # fmt: skip
+            build_preset="tiny",
+            build_counts=(2, 4),
+            build_feature_size=64,
+            build_pairs=1,
+            large_classes=30,
+            large_pairs=1,
+            beyond_scenes=2,
+        )
     elif device_type == "cuda":  # 2 repeats and 3 pairs: the default sections (`default_sections`) end in minutes
         s = BenchSettings(
-            "sd15-random", 2, 3, n_images=8, steps=30, size=512, feature_size=512, k_parts=32, short_side=448,
-            windows=(448, 336), stride=224, eta=10, segment_images=10, image_hw=(375, 500), bank_classes=20,
-            bank_rows=32, **_SMALL, build_preset="sd15-random", build_counts=(8, 32), build_feature_size=512,
-            build_pairs=1, large_classes=1000, large_pairs=3,
-        )  # fmt: skip
+            "sd15-random",
+            2,
+            3,
+            n_images=8,
+            steps=30,
+            size=512,
+            feature_size=512,
+            k_parts=32,
+            short_side=448,
+            windows=(448, 336),
+            stride=224,
+            eta=10,
+            segment_images=10,
+            image_hw=(375, 500),
+            bank_classes=20,
+            bank_rows=32,
+            **_SMALL,
+            build_preset="sd15-random",
+            build_counts=(8, 32),
+            build_feature_size=512,
+            build_pairs=1,
+            large_classes=1000,
+            large_pairs=3,
+        )
     else:  # the paper's windows 448/336, stride 224 and short side 448, scaled by 4/7; one support image per
         # call, so that a loaded 2-core machine runs enough pairs in under half an hour: a pair's ratio
         # wanders by 4-10% (one standard deviation) on a shared 2-core VM, the median of 12 by ~2%
         s = BenchSettings(
-            "sd15-random", 2, 12, n_images=1, steps=2, size=256, feature_size=256, k_parts=32, short_side=256,
-            windows=(256, 192), stride=128, eta=10, segment_images=1, image_hw=(375, 500), bank_classes=20,
-            bank_rows=32, **_SMALL, build_preset="sd15-random", build_counts=(8, 32), build_feature_size=128,
-            build_pairs=1, large_classes=1000, large_pairs=12,
-        )  # fmt: skip
+            "sd15-random",
+            2,
+            12,
+            n_images=1,
+            steps=2,
+            size=256,
+            feature_size=256,
+            k_parts=32,
+            short_side=256,
+            windows=(256, 192),
+            stride=128,
+            eta=10,
+            segment_images=1,
+            image_hw=(375, 500),
+            bank_classes=20,
+            bank_rows=32,
+            **_SMALL,
+            build_preset="sd15-random",
+            build_counts=(8, 32),
+            build_feature_size=128,
+            build_pairs=1,
+            large_classes=1000,
+            large_pairs=12,
+        )
     from ..limits import in_range
 
     for name, value in (("repeats", repeats), ("pairs", pairs)):
@@ -103,7 +165,18 @@ def bench_settings(device_type: str, quick: bool = False, preset: str | None = N
 
 
 MEMORY_CLASSES = ("cat", "dog", "bird")  # the vocabulary of the memory and ray sections
-SECTIONS = ("class_build", "memory", "sampling", "prototypes", "segment", "filter", "vocabulary", "large_vocab", "beyond", "ray")
+SECTIONS = (
+    "class_build",
+    "memory",
+    "sampling",
+    "prototypes",
+    "segment",
+    "filter",
+    "vocabulary",
+    "large_vocab",
+    "beyond",
+    "ray",
+)
 # On CUDA the default leaves out the sections that start several processes (each pays ~40 s of model
 # set-up) or measure the CPU side: the rest ends in a few minutes on an H100/H200; --sections adds them.
 _CUDA_LEFT_OUT = ("class_build", "large_vocab", "ray")
@@ -169,8 +242,10 @@ def synthetic_bank(names: list[str], dims: dict[str, int], rows: int, seed: int)
     def group(dim: int) -> dict[str, np.ndarray]:
         return {"class": unit(1, dim), "instance": unit(rows, dim), "part": unit(rows, dim)}
 
-    return [ClassParts(n, "thing", {p: ClassPrototypes(n, "thing", group(d), group(d)) for p, d in dims.items()})
-            for n in names]  # fmt: skip
+    return [
+        ClassParts(n, "thing", {p: ClassPrototypes(n, "thing", group(d), group(d)) for p, d in dims.items()})
+        for n in names
+    ]
 
 
 def dims_text(dims: dict[str, int]) -> str:
@@ -202,9 +277,19 @@ def table_rows(results: dict) -> list[tuple[str, ...]]:
         for i, f in enumerate(section["figures"].values()):
             target = f"≤ {fmt(f['target_at_most'], f['unit'])}" if "target_at_most" in f else ""
             verdict = ("pass" if f["pass"] else "MISS") if "pass" in f else ""
-            rows.append((name if i == 0 else "", f["label"], fmt(f["median"], f["unit"]), fmt(f["min"], f["unit"]),
-                         fmt(f["max"], f["unit"]), f"±{f['spread_pct']:.1f}%" if len(f["runs"]) > 1 else "",
-                         f["unit"], target, verdict))  # fmt: skip
+            rows.append(
+                (
+                    name if i == 0 else "",
+                    f["label"],
+                    fmt(f["median"], f["unit"]),
+                    fmt(f["min"], f["unit"]),
+                    fmt(f["max"], f["unit"]),
+                    f"±{f['spread_pct']:.1f}%" if len(f["runs"]) > 1 else "",
+                    f["unit"],
+                    target,
+                    verdict,
+                )
+            )
     return rows
 
 

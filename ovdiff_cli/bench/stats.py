@@ -27,8 +27,15 @@ def figure(label: str, unit: str, runs: list[float], at_most: float | None = Non
     """Median, min, max and spread (MAD as % of the median) of `runs`; with a target, whether the median meets it."""
     med = float(np.median(runs))
     mad = float(np.median(np.abs(np.asarray(runs, float) - med)))
-    out: dict[str, Any] = {"label": label, "unit": unit, "median": med, "min": float(min(runs)), "max": float(max(runs)),
-                           "spread_pct": 100 * mad / abs(med) if med else 0.0, "runs": [float(r) for r in runs]}  # fmt: skip
+    out: dict[str, Any] = {
+        "label": label,
+        "unit": unit,
+        "median": med,
+        "min": float(min(runs)),
+        "max": float(max(runs)),
+        "spread_pct": 100 * mad / abs(med) if med else 0.0,
+        "runs": [float(r) for r in runs],
+    }
     if at_most is not None:
         out["target_at_most"] = at_most
         out["pass"] = bool(out["median"] <= at_most)
@@ -51,8 +58,9 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def interleaved_pairs(a: Callable[[], Any], b: Callable[[], Any], pairs: int,
-                      device: torch.device) -> tuple[list[float], list[float]]:  # fmt: skip
+def interleaved_pairs(
+    a: Callable[[], Any], b: Callable[[], Any], pairs: int, device: torch.device
+) -> tuple[list[float], list[float]]:
     """Seconds of `a` and of `b` in each of `pairs` pairs: A B, B A, A B, …. Pair i's ratio is ta[i] / tb[i]."""
     ta, tb = [], []
     for r in range(pairs):
@@ -65,8 +73,10 @@ def ratios(ta: list[float], tb: list[float]) -> list[float]:
     return [x / y for x, y in zip(ta, tb, strict=True)]
 
 
-_CHILD = ("import importlib, json, sys; m, f = sys.argv[1].split(':'); "
-          "print(json.dumps(getattr(importlib.import_module(m), f)(*json.loads(sys.argv[2]))))")
+_CHILD = (
+    "import importlib, json, sys; m, f = sys.argv[1].split(':'); "
+    "print(json.dumps(getattr(importlib.import_module(m), f)(*json.loads(sys.argv[2]))))"
+)
 
 
 def in_child(target: str, args: list, root: Path, tag: str) -> Any:
@@ -76,8 +86,9 @@ def in_child(target: str, args: list, root: Path, tag: str) -> Any:
 
     log = root / f"{tag}.log"
     with open(log, "w") as err:
-        res = subprocess.run([sys.executable, "-c", _CHILD, target, json.dumps(args)], stdout=subprocess.PIPE,
-                             stderr=err, text=True)  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, "-c", _CHILD, target, json.dumps(args)], stdout=subprocess.PIPE, stderr=err, text=True
+        )
     if res.returncode:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise OvdiffError(f"bench run {tag} exited with {res.returncode}: {' | '.join(tail)}")

@@ -20,7 +20,6 @@ from . import sample as sample_cmd
 from . import segment as segment_cmd
 from . import serve as serve_cmd
 
-
 _UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as the click that typer bundles defines it
 
 
@@ -77,7 +76,9 @@ def _json_error(message: str, kind: str, code: int) -> None:
 
     from .output import printable
 
-    sys.stdout.write(json.dumps({"error": printable(message), "type": kind, "exit_code": code}, ensure_ascii=False) + "\n")
+    sys.stdout.write(
+        json.dumps({"error": printable(message), "type": kind, "exit_code": code}, ensure_ascii=False) + "\n"
+    )
     sys.stdout.flush()
 
 
@@ -91,7 +92,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-INTERRUPTED = "interrupted: work committed so far is kept in the cache (and masks written so far in --out); re-run to resume"
+INTERRUPTED = (
+    "interrupted: work committed so far is kept in the cache (and masks written so far in --out); re-run to resume"
+)
 
 
 app = typer.Typer(
@@ -126,7 +129,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Open-vocabulary segmentation with no training (see 'ovdiff COMMAND --help')."""
 

@@ -6,7 +6,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,10 +31,21 @@ def results_table(results: dict) -> Table:
     from ..bench.settings import table_rows
 
     m, s = results["machine"], results["settings"]
-    table = Table(title=f"ovdiff bench · preset {s['preset']} · {m['device_name']} ({m['device']}, {m['dtype']}) · "
-                        f"{s['repeats']} repeat(s), {s['pairs']} pair(s) per ratio · {results['wall_s']:.0f} s")  # fmt: skip
-    for col, justify in (("section", "left"), ("figure", "left"), ("median", "right"), ("min", "right"),
-                         ("max", "right"), ("spread", "right"), ("unit", "left"), ("target", "left"), ("", "left")):  # fmt: skip
+    table = Table(
+        title=f"ovdiff bench · preset {s['preset']} · {m['device_name']} ({m['device']}, {m['dtype']}) · "
+        f"{s['repeats']} repeat(s), {s['pairs']} pair(s) per ratio · {results['wall_s']:.0f} s"
+    )
+    for col, justify in (
+        ("section", "left"),
+        ("figure", "left"),
+        ("median", "right"),
+        ("min", "right"),
+        ("max", "right"),
+        ("spread", "right"),
+        ("unit", "left"),
+        ("target", "left"),
+        ("", "left"),
+    ):
         table.add_column(col, justify=justify)
     for row in table_rows(results):
         if row[0]:
@@ -44,13 +55,56 @@ def results_table(results: dict) -> Table:
 
 
 def bench(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path("bench/results.json"),
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 2 on CUDA; 1 with --quick].", show_default=False)] = None,
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 12 on CPU, 3 on CUDA; 1 with --quick].", show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).")] = False,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].", show_default=False)] = None,
-    sections: Annotated[Optional[str], typer.Option("--sections", help="Comma-separated sections to run, e.g. segment,large_vocab: class_build, memory, sampling, prototypes, segment, filter, vocabulary, large_vocab, ray \\[default: all on CPU; on CUDA all but class_build, large_vocab and ray, so it ends in minutes; all but ray with --quick].", show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the results (JSON).")] = Path(
+        "bench/results.json"
+    ),
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--repeats",
+            help="Runs per figure: the median, min and max are reported \\[default: 2 on CPU, 2 on CUDA; 1 with --quick].",
+            show_default=False,
+        ),
+    ] = None,
+    pairs: Annotated[
+        int | None,
+        typer.Option(
+            "--pairs",
+            help="Interleaved pairs (A B, B A, …) per ratio: the median pair ratio and its spread are reported \\[default: 12 on CPU, 3 on CUDA; 1 with --quick].",
+            show_default=False,
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Tiny preset, small counts, one repeat: checks that the bench runs, in seconds (the figures mean nothing).",
+        ),
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Folder for the bench's caches and images (kept) \\[default: a temporary directory, removed after].",
+            show_default=False,
+        ),
+    ] = None,
+    sections: Annotated[
+        str | None,
+        typer.Option(
+            "--sections",
+            help="Comma-separated sections to run, e.g. segment,large_vocab: class_build, memory, sampling, prototypes, segment, filter, vocabulary, large_vocab, ray \\[default: all on CPU; on CUDA all but class_build, large_vocab and ray, so it ends in minutes; all but ray with --quick].",
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Models to time: sd15-random, tiny or sd15 \\[default: sd15-random; tiny with --quick].",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0,
@@ -69,12 +123,11 @@ def bench(
 
     Example: ovdiff bench --out bench/results.json
     """
-    from ..bench.settings import bench_settings, markdown_table, parse_sections
     from ..bench.run import run_bench
+    from ..bench.settings import bench_settings, markdown_table, parse_sections
     from ..io.images import save_json
-    from ..models.presets import resolve_device
-
     from ..limits import check_seed
+    from ..models.presets import resolve_device
 
     check_seed(seed)
     settings = bench_settings(resolve_device(device).type, quick, preset, repeats, pairs)
@@ -91,9 +144,12 @@ def bench(
         console.width = 132
     console.print(results_table(results))
     m = results["machine"]
-    console.print(f"[bold]machine[/]: {m['device_name']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, "
-                  f"{m['memory_gib']} GiB, torch {m['torch']}, {m['platform']}; load average "
-                  f"{m['load_average_at_start']} at start, {m['load_average_at_end']} at end", highlight=False)
+    console.print(
+        f"[bold]machine[/]: {m['device_name']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, "
+        f"{m['memory_gib']} GiB, torch {m['torch']}, {m['platform']}; load average "
+        f"{m['load_average_at_start']} at start, {m['load_average_at_end']} at end",
+        highlight=False,
+    )
     for name, section in results["sections"].items():
         for note in section["notes"]:
             console.print(f"[bold]{name}[/]: {note}", highlight=False)

@@ -48,8 +48,8 @@ def verify(
 
     Example: ovdiff cache verify --json   (exit code as without --json)
     """
-    from ..store.cache import CacheDamaged
     from ..store.audit import verify as verify_cache
+    from ..store.cache import CacheDamaged
 
     run = cache_run(cache, verbose, quiet, json_out, create=False)
     try:
@@ -60,19 +60,31 @@ def verify(
     problems = verify_cache(c, repair=repair)
     if json_out:
         nfo = c.info()
-        run.emit({"path": str(run.cache_dir), "sound": not problems, "repaired": repair and bool(problems),
-                  "entries": nfo["entries"], "classes": nfo["classes"], "support_entries": nfo["support_entries"],
-                  "text_embeddings": nfo["text_embeddings"],
-                  "problems": [{"key": p.key, "reason": p.reason} for p in problems]})  # fmt: skip
+        run.emit(
+            {
+                "path": str(run.cache_dir),
+                "sound": not problems,
+                "repaired": repair and bool(problems),
+                "entries": nfo["entries"],
+                "classes": nfo["classes"],
+                "support_entries": nfo["support_entries"],
+                "text_embeddings": nfo["text_embeddings"],
+                "problems": [{"key": p.key, "reason": p.reason} for p in problems],
+            }
+        )
         if problems and not repair:
             raise typer.Exit(1)
         return
     if verbose:
         for pid, rec in c.classes():
-            run.say(f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {pid[:12]})")
+            run.say(
+                f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {pid[:12]})"
+            )
         nfo = c.info()
-        run.say(f"checked {nfo['entries']} entries: {nfo['classes']} classes, {nfo['support_entries']} support sets, "
-                f"{nfo['text_embeddings']} text embeddings")  # fmt: skip
+        run.say(
+            f"checked {nfo['entries']} entries: {nfo['classes']} classes, {nfo['support_entries']} support sets, "
+            f"{nfo['text_embeddings']} text embeddings"
+        )
     if not problems:
         run.result("[green]cache is sound[/]")
         return
@@ -92,9 +104,17 @@ def _report(run, problems) -> None:
 def _damage_report(run, problems, repaired: bool, **extra) -> dict:
     """`cache verify --json` of a data file LMDB cannot map: the same document as for a sound one,
     entries unknown (None), every problem listed."""
-    return {"path": str(run.cache_dir), "sound": False, "repaired": repaired, "entries": None, "classes": extra.pop("kept", None),
-            "support_entries": None, "text_embeddings": None,
-            "problems": [{"key": p.key, "reason": p.reason} for p in problems], **extra}  # fmt: skip
+    return {
+        "path": str(run.cache_dir),
+        "sound": False,
+        "repaired": repaired,
+        "entries": None,
+        "classes": extra.pop("kept", None),
+        "support_entries": None,
+        "text_embeddings": None,
+        "problems": [{"key": p.key, "reason": p.reason} for p in problems],
+        **extra,
+    }
 
 
 def _damaged(run, error, repair: bool) -> None:
@@ -111,5 +131,7 @@ def _damaged(run, error, repair: bool) -> None:
     if run.json:
         run.emit(_damage_report(run, done.problems, repaired=True, kept=done.classes, original=str(done.original)))
     _report(run, done.problems)
-    run.say(f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
-            f"the damaged original is kept at {escape(str(done.original))} (delete it when done)")
+    run.say(
+        f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
+        f"the damaged original is kept at {escape(str(done.original))} (delete it when done)"
+    )

@@ -91,8 +91,14 @@ class Run:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
-            TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.err, disable=self.quiet, transient=False,
+            TextColumn("{task.description}", style="progress.description", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            disable=self.quiet,
+            transient=False,
         )
 
 
@@ -125,17 +131,35 @@ def make_run(
     from ..models.overrides import check_filter_model, parse_part_models
     from ..models.sd import missing_local
 
-    models = {"sd": sd_model, "clip": clip_model, "dino": dino_model, "sam": sam_model, "sam2": sam2_model,
-              "filter": check_filter_model(filter_model), "generator": generator, **parse_part_models(part_models or [])}  # fmt: skip
-    local = (("--sd-model", sd_model, "Stable Diffusion"), ("--clip-model", clip_model, "CLIP"),
-             ("--dino-model", dino_model, "DINO"), ("--sam-model", sam_model, "SAM"))  # fmt: skip
+    models = {
+        "sd": sd_model,
+        "clip": clip_model,
+        "dino": dino_model,
+        "sam": sam_model,
+        "sam2": sam2_model,
+        "filter": check_filter_model(filter_model),
+        "generator": generator,
+        **parse_part_models(part_models or []),
+    }
+    local = (
+        ("--sd-model", sd_model, "Stable Diffusion"),
+        ("--clip-model", clip_model, "CLIP"),
+        ("--dino-model", dino_model, "DINO"),
+        ("--sam-model", sam_model, "SAM"),
+    )
     for option, spec, model in local:
         if spec and (problem := missing_local(spec, option, model)):
             raise OvdiffError(problem)
     # Each config checks its values as it is made, before any progress bar or model starts.
     pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
-    run = Run(pipe, console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose, quiet=quiet,
-              json=json_out)  # fmt: skip
+    run = Run(
+        pipe,
+        console=make_console(stderr=json_out),
+        err=make_console(stderr=True),
+        verbose=verbose,
+        quiet=quiet,
+        json=json_out,
+    )
     if quiet:
         from ..libs import quiet_libraries
 
@@ -143,15 +167,22 @@ def make_run(
     return run
 
 
-def cache_run(cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False,
-              create: bool = True) -> Run:  # fmt: skip
+def cache_run(
+    cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False, create: bool = True
+) -> Run:
     """The context of a command that only reads or writes the cache (no models, no method settings);
     `create=False` for commands that only read: a --cache that holds no cache is then an error."""
     from ..api import Pipeline
 
     pipe = Pipeline(RunConfig().preset, cache, create_cache=create)  # no model loads: the preset is never used
-    return Run(pipe, console=make_console(stderr=json_out), err=make_console(stderr=True), verbose=verbose,
-               quiet=quiet, json=json_out)  # fmt: skip
+    return Run(
+        pipe,
+        console=make_console(stderr=json_out),
+        err=make_console(stderr=True),
+        verbose=verbose,
+        quiet=quiet,
+        json=json_out,
+    )
 
 
 def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
@@ -159,9 +190,20 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
     extractor and mask proposer always; N, K and model sources where they differ from the preset's."""
     import shlex
 
-    parts = ["ovdiff", "protos", "add", *(shlex.quote(n) for n in names), "--seed", str(seed),
-             "--preset", specs.preset.name, "--extractor", proto_cfg.extractor,
-             "--mask-proposer", proto_cfg.mask_proposer]  # fmt: skip
+    parts = [
+        "ovdiff",
+        "protos",
+        "add",
+        *(shlex.quote(n) for n in names),
+        "--seed",
+        str(seed),
+        "--preset",
+        specs.preset.name,
+        "--extractor",
+        proto_cfg.extractor,
+        "--mask-proposer",
+        proto_cfg.mask_proposer,
+    ]
     if sample_cfg.n_images != specs.preset.sample.n_images:
         parts += ["--n-images", str(sample_cfg.n_images)]
     if proto_cfg.k_parts != specs.preset.protos.k_parts:
@@ -191,8 +233,10 @@ def phrase(e: OvdiffError) -> str:
         option = ROLE_OPTION.get(e.role)
         fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
         local = f"pass a local copy with {option} DIR, " if option else ""
-        way_out = (f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
-                   "run offline with --preset tiny / --preset procedural")  # fmt: skip
+        way_out = (
+            f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
+            "run offline with --preset tiny / --preset procedural"
+        )
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
     if isinstance(e, errors.MissingClasses):
         return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"

@@ -13,7 +13,12 @@ from .output import print_results, result_line
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's data, masks, overlays and cache (created).", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for the demo's data, masks, overlays and cache (created).", show_default=False
+        ),
+    ],
     images: Annotated[int, typer.Option("--images", "-n", help="Held-out scenes to draw and segment.")] = 24,
     cache: CacheOpt = None,
     device: DeviceOpt = "auto",
@@ -40,15 +45,23 @@ def demo(
     with run.progress() as bar:
         build = bar.add_task("prototypes", total=len(LABELLED))
         task = bar.add_task("segment", total=images)
-        done = run_demo(run.pipe, root, images,
-                        on_event=lambda stage, *_: bar.advance(build) if stage in ("prototypes", "cached") else None,
-                        on_image=lambda *_: bar.advance(task))  # fmt: skip
+        done = run_demo(
+            run.pipe,
+            root,
+            images,
+            on_event=lambda stage, *_: bar.advance(build) if stage in ("prototypes", "cached") else None,
+            on_image=lambda *_: bar.advance(task),
+        )
     if run.quiet:
         run.result(result_line(done.dataset, [done.result]))
         return
     print_results(run.console, done.dataset, [done.result], done.summary.seconds_per_image)
     run.say(f"drew {images} held-out scenes → {done.data / 'VOC2012'}")
-    run.say(f"masks: {done.masks} · overlays: {done.masks / 'overlays'} · "
-            f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}")  # fmt: skip
-    run.say(f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
-            f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain")  # fmt: skip
+    run.say(
+        f"masks: {done.masks} · overlays: {done.masks / 'overlays'} · "
+        f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}"
+    )
+    run.say(
+        f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
+        f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -36,7 +36,6 @@ from .options import (
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
-    segment_overrides,
     ShortSideOpt,
     SlideOpt,
     StrideOpt,
@@ -44,6 +43,7 @@ from .options import (
     VerboseOpt,
     WindowsOpt,
     WorkersOpt,
+    segment_overrides,
 )
 from .output import print_results, result_line
 
@@ -52,14 +52,53 @@ DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, 
 
 def eval_cmd(
     dataset: Annotated[str, typer.Argument(help=DATASETS_HELP, show_default=False)],
-    root: Annotated[Path, typer.Option("--root", help="The dataset folder in its mmsegmentation layout, e.g. data/VOC2012.", show_default=False)],
-    pred: Annotated[Optional[Path], typer.Option("--pred", help="Score saved masks <id>.png from this folder instead of running a model.", show_default=False)] = None,
-    offset: Annotated[Optional[int], typer.Option("--offset", help="With --pred: dataset index = mask value - offset \\[default: 0 with background, 1 without, as ovdiff segment writes].", show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated support-set seeds; reports mean ± σ over them \\[default: --seed].", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images of the split, for a quick look.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write metrics.json and report.html here.", show_default=False)] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="Class names of a dataset of your own in this layout, one per line, line k = label k \\[default: classes.txt in --root if present].", show_default=False)] = None,
-    raw_names: Annotated[bool, typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3).")] = False,
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root", help="The dataset folder in its mmsegmentation layout, e.g. data/VOC2012.", show_default=False
+        ),
+    ],
+    pred: Annotated[
+        Path | None,
+        typer.Option(
+            "--pred", help="Score saved masks <id>.png from this folder instead of running a model.", show_default=False
+        ),
+    ] = None,
+    offset: Annotated[
+        int | None,
+        typer.Option(
+            "--offset",
+            help="With --pred: dataset index = mask value - offset \\[default: 0 with background, 1 without, as ovdiff segment writes].",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Comma-separated support-set seeds; reports mean ± σ over them \\[default: --seed].",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="Only the first N images of the split, for a quick look.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write metrics.json and report.html here.", show_default=False)
+    ] = None,
+    classes_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes-file",
+            help="Class names of a dataset of your own in this layout, one per line, line k = label k \\[default: classes.txt in --root if present].",
+            show_default=False,
+        ),
+    ] = None,
+    raw_names: Annotated[
+        bool,
+        typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3)."),
+    ] = False,
     use_filter: FilterOpt = None,
     eta: EtaOpt = None,
     slide: SlideOpt = None,
@@ -112,12 +151,37 @@ def eval_cmd(
     """
     from ..errors import OvdiffError
 
-    method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
-                               no_stuff_filter, stuff_threshold, protos)  # fmt: skip
+    method = segment_overrides(
+        use_filter,
+        eta,
+        slide,
+        windows,
+        stride,
+        short_side,
+        no_bg_protos,
+        fg_threshold,
+        no_stuff_filter,
+        stuff_threshold,
+        protos,
+    )
     run = make_run(
-        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts}, segment=method,
+        cache,
+        preset,
+        device,
+        dtype,
+        seed,
+        verbose,
+        quiet,
+        sd_model=sd_model,
+        clip_model=clip_model,
+        dino_model=dino_model,
+        sam_model=sam_model,
+        part_models=part_model,
+        filter_model=filter_model,
+        generator=generator,
+        sample={"n_images": n_images},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
+        segment=method,
         json_out=json_out,
     )
     try:
@@ -135,9 +199,13 @@ def eval_cmd(
                 built.clear()
                 building[name] = bar.add_task(f"prototypes ({name})", total=total)
                 return
-            (what, task), = building.items()
+            ((what, task),) = building.items()
             built.add(name)
-            bar.update(task, completed=len(built) - 1, description=f"{'prototypes' if stage == 'ray' else stage:<10} {name[:30]} ({what})")
+            bar.update(
+                task,
+                completed=len(built) - 1,
+                description=f"{'prototypes' if stage == 'ray' else stage:<10} {name[:30]} ({what})",
+            )
 
         def on_score(what: str, done: int, total: int, running: float, image_id: str) -> None:
             if what not in scoring:
@@ -148,10 +216,23 @@ def eval_cmd(
             if run.verbose:
                 run.err.print(f"{escape(image_id)}: running mIoU {100 * running:.1f}", highlight=False)
 
-        done = run.pipe.evaluate(dataset, root, seeds=seed_list, pred=pred, offset=offset, limit=limit, out=out,
-                                 classes_file=classes_file, raw_names=raw_names, engine=engine, address=address,
-                                 workers=workers, on_event=on_event, on_score=on_score,
-                                 on_note=lambda text: run.say(escape(text)))  # fmt: skip
+        done = run.pipe.evaluate(
+            dataset,
+            root,
+            seeds=seed_list,
+            pred=pred,
+            offset=offset,
+            limit=limit,
+            out=out,
+            classes_file=classes_file,
+            raw_names=raw_names,
+            engine=engine,
+            address=address,
+            workers=workers,
+            on_event=on_event,
+            on_score=on_score,
+            on_note=lambda text: run.say(escape(text)),
+        )
     ds, results = done.dataset, done.results
     if not run.json and not run.quiet:
         print_results(run.console, ds, results)

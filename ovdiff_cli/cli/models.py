@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import shlex
-
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -37,7 +36,14 @@ app = typer.Typer(help="Fetch the weights a preset needs, so that later runs wor
 
 @app.command("download")
 def download(
-    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Put each model in DIR/<role> instead of the HF cache, to pass as --sd-model DIR/sd etc.", show_default=False)] = None,
+    local_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--local-dir",
+            help="Put each model in DIR/<role> instead of the HF cache, to pass as --sd-model DIR/sd etc.",
+            show_default=False,
+        ),
+    ] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     sd_model: SdModelOpt = None,
@@ -64,9 +70,20 @@ def download(
     from ..models.dense import FAMILIES
     from ..models.weights import ROLE_OPTION, hf_cache_dir
 
-    run = make_run(cache, preset, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
-                   protos={"extractor": extractor, "mask_proposer": mask_proposer})  # fmt: skip
+    run = make_run(
+        cache,
+        preset,
+        verbose=verbose,
+        quiet=quiet,
+        sd_model=sd_model,
+        clip_model=clip_model,
+        dino_model=dino_model,
+        sam_model=sam_model,
+        part_models=part_model,
+        filter_model=filter_model,
+        generator=generator,
+        protos={"extractor": extractor, "mask_proposer": mask_proposer},
+    )
 
     def on_weight(w, state: str) -> None:
         if state == "elsewhere":
@@ -119,17 +136,51 @@ def doctor(
     from ..doctor import report
     from ..models.weights import role_specs
 
-    run = make_run(cache, preset, device, dtype, verbose=verbose, quiet=quiet, sd_model=sd_model, clip_model=clip_model,
-                   dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator,
-                   protos={"extractor": extractor, "mask_proposer": mask_proposer}, json_out=json_out)  # fmt: skip
-    facts = report(run.preset, run.cache_dir, device, dtype, role_specs(run.pipe.model_specs), run.protos.extractor,
-                   run.protos.mask_proposer)  # fmt: skip
+    run = make_run(
+        cache,
+        preset,
+        device,
+        dtype,
+        verbose=verbose,
+        quiet=quiet,
+        sd_model=sd_model,
+        clip_model=clip_model,
+        dino_model=dino_model,
+        sam_model=sam_model,
+        part_models=part_model,
+        filter_model=filter_model,
+        generator=generator,
+        protos={"extractor": extractor, "mask_proposer": mask_proposer},
+        json_out=json_out,
+    )
+    facts = report(
+        run.preset,
+        run.cache_dir,
+        device,
+        dtype,
+        role_specs(run.pipe.model_specs),
+        run.protos.extractor,
+        run.protos.mask_proposer,
+    )
     if json_out:
         run.emit(facts)
         return
     table = Table(show_header=False, box=None, pad_edge=False)
-    for key in ("ovdiff", "platform", "device", "gpu", "dtype", "cuda_available", "cuda_version", "torch_threads",
-                "preset", "extractor", "mask_proposer", "ovdiff_cache", "hf_cache"):  # fmt: skip
+    for key in (
+        "ovdiff",
+        "platform",
+        "device",
+        "gpu",
+        "dtype",
+        "cuda_available",
+        "cuda_version",
+        "torch_threads",
+        "preset",
+        "extractor",
+        "mask_proposer",
+        "ovdiff_cache",
+        "hf_cache",
+    ):
         if key in facts:
             table.add_row(key.replace("_", " "), escape(str(facts[key])))
     table.add_row("libraries", escape(", ".join(f"{k} {v or 'missing'}" for k, v in facts["libraries"].items())))
@@ -144,7 +195,9 @@ def doctor(
     missing = [w for w in facts["weights"] if w["present"] is False]
     if missing:
         given = run.run.model_overrides.get("generator")
-        again = f"ovdiff models download --preset {run.preset.name}" + (f" --generator {shlex.quote(given)}" if given else "")
+        again = f"ovdiff models download --preset {run.preset.name}" + (
+            f" --generator {shlex.quote(given)}" if given else ""
+        )
         run.result(f"missing weights: {', '.join(w['role'] for w in missing)}; fetch them with '{again}'")
         for w in missing:
             if w["gated"]:
@@ -155,5 +208,7 @@ def doctor(
 
 def gated_hint(repo: str) -> str:
     """What a user does once before the hub serves a gated model's files."""
-    return (f"{repo} is gated: accept its terms at https://huggingface.co/{repo} and log in with 'hf auth login' "
-            "(or set HF_TOKEN)")  # fmt: skip
+    return (
+        f"{repo} is gated: accept its terms at https://huggingface.co/{repo} and log in with 'hf auth login' "
+        "(or set HF_TOKEN)"
+    )

@@ -24,8 +24,15 @@ class LogProgress(Progress):
     def __init__(self, console: Console, every: float = 10.0):
         from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        super().__init__(TextColumn("{task.description}", markup=False), MofNCompleteColumn(), TimeElapsedColumn(),
-                         TextColumn("left"), TimeRemainingColumn(), console=console, disable=True)  # fmt: skip
+        super().__init__(
+            TextColumn("{task.description}", markup=False),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=True,
+        )
         self.every, self.began = every, time.monotonic()
         self.stopping = threading.Event()
         self.beat = threading.Thread(target=self.heartbeat, name="ovdiff-progress", daemon=True)
@@ -100,7 +107,9 @@ def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
     return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 
-def print_results(console: Console, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None) -> None:
+def print_results(
+    console: Console, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None
+) -> None:
     """The per-class table of `eval` and `demo`; `seconds_per_image` when the predictions were timed
     elsewhere (saved masks)."""
     import math
@@ -125,7 +134,9 @@ def print_results(console: Console, ds: SegDataset, results: list[EvalResult], s
             table.add_row(escape(name), fmt(results[-1].per_class_iou[j]))
     table.add_section()
     if summary:
-        table.add_row("[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]")
+        table.add_row(
+            "[bold]mIoU[/]", f"[bold]{100 * summary['miou']['mean']:.1f} ± {100 * summary['miou']['std']:.1f}[/]"
+        )
         pa = summary["pixel_accuracy"]
         table.add_row("pixel accuracy", f"{100 * pa['mean']:.1f} ± {100 * pa['std']:.1f}")
     else:

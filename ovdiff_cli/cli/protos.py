@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -29,21 +29,32 @@ from .options import (
     PresetOpt,
     ProposerOpt,
     QuietOpt,
-    read_classes_file,
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
     VerboseOpt,
     WorkersOpt,
+    read_classes_file,
 )
 from .output import human_size
 
 app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
 
-NamesArg = Annotated[Optional[list[str]], typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
-TargetsArg = Annotated[Optional[list[str]], typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)]
-SeedFilterOpt = Annotated[Optional[int], typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)]
-ExtractorFilterOpt = Annotated[Optional[str], typer.Option("--extractor", help="Only the entries of these extractor parts, e.g. dino or sd+dino+clip \\[default: any].", show_default=False)]
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
+TargetsArg = Annotated[
+    list[str] | None, typer.Argument(help="Class names or ids (6+ characters of the id).", show_default=False)
+]
+SeedFilterOpt = Annotated[
+    int | None, typer.Option("--seed", help="Only classes of this seed \\[default: any].", show_default=False)
+]
+ExtractorFilterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--extractor",
+        help="Only the entries of these extractor parts, e.g. dino or sd+dino+clip \\[default: any].",
+        show_default=False,
+    ),
+]
 
 
 def _check_filter_seed(seed: int | None) -> None:
@@ -65,13 +76,34 @@ def _prototypes(rec: dict) -> str:
 def add(
     class_names: NamesArg = None,
     classes_file: ClassesFileOpt = None,
-    stuff: Annotated[Optional[list[str]], typer.Option("--stuff", help="Treat this class as stuff: fg prototypes only (repeatable; adds the class).", show_default=False)] = None,
-    thing: Annotated[Optional[list[str]], typer.Option("--thing", help="Treat this class as a thing: fg and bg prototypes (repeatable; adds the class).", show_default=False)] = None,
+    stuff: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stuff",
+            help="Treat this class as stuff: fg prototypes only (repeatable; adds the class).",
+            show_default=False,
+        ),
+    ] = None,
+    thing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--thing",
+            help="Treat this class as a thing: fg and bg prototypes (repeatable; adds the class).",
+            show_default=False,
+        ),
+    ] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     k_parts: KPartsOpt = None,
     n_images: NImagesOpt = None,
-    images: Annotated[Optional[Path], typer.Option("--images", help="Beyond the paper: build the (one) class from your photos in this folder (no masks needed); --n-images adds that many generated images (default none).", show_default=False)] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Beyond the paper: build the (one) class from your photos in this folder (no masks needed); --n-images adds that many generated images (default none).",
+            show_default=False,
+        ),
+    ] = None,
     sam_model: SamModelOpt = None,
     sd_model: SdModelOpt = None,
     clip_model: ClipModelOpt = None,
@@ -108,10 +140,23 @@ def add(
     from ..names import parse_class_list, validate
 
     run = make_run(
-        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
+        cache,
+        preset,
+        device,
+        dtype,
+        seed,
+        verbose,
+        quiet,
+        sd_model=sd_model,
+        clip_model=clip_model,
+        dino_model=dino_model,
+        sam_model=sam_model,
+        part_models=part_model,
+        filter_model=filter_model,
+        generator=generator,
+        sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
-    )  # fmt: skip
+    )
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
     kinds: dict[str, str] = {}
     for kind, given in (("stuff", stuff or []), ("thing", thing or [])):
@@ -123,7 +168,9 @@ def add(
             if norm not in classes:
                 classes.append(norm)
     if not classes:
-        raise OvdiffError('no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE')
+        raise OvdiffError(
+            'no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE'
+        )
 
     if images is not None and len(classes) != 1:
         raise OvdiffError("--images builds one class: give one class name")
@@ -143,10 +190,13 @@ def add(
             bar.update(tasks[key], completed=done, total=total)
 
         if images is not None:
-            vocab = run.pipe.photo_class(classes[0], images, n_images or 0, kinds.get(classes[0]), engine, address,
-                                         workers, on_event)  # fmt: skip
+            vocab = run.pipe.photo_class(
+                classes[0], images, n_images or 0, kinds.get(classes[0]), engine, address, workers, on_event
+            )
         else:
-            vocab = run.pipe.vocabulary(classes, kinds, on_event=on_event, engine=engine, address=address, workers=workers)
+            vocab = run.pipe.vocabulary(
+                classes, kinds, on_event=on_event, engine=engine, address=address, workers=workers
+            )
         protos = vocab.classes
     if not run.quiet:
         records = dict(find_classes(run.cache))
@@ -156,13 +206,24 @@ def add(
         for p in protos:
             for part, protos_of_part in p.parts.items():
                 rec = records[protos_of_part.pid]
-                table.add_row(escape(p.name), part, f"{rec['kind']} ({rec['kind_source']})", _prototypes(rec),
-                              _mask_sources(rec), protos_of_part.pid[:12])  # fmt: skip
+                table.add_row(
+                    escape(p.name),
+                    part,
+                    f"{rec['kind']} ({rec['kind_source']})",
+                    _prototypes(rec),
+                    _mask_sources(rec),
+                    protos_of_part.pid[:12],
+                )
         run.console.print(table)
     calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
-    run.result(f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
-            + (f"{len(built)} built on Ray" if engine == "ray" and images is None else
-               f"{calls['generate']} images generated, {calls['extract']} featurised"))  # fmt: skip
+    run.result(
+        f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
+        + (
+            f"{len(built)} built on Ray"
+            if engine == "ray" and images is None
+            else f"{calls['generate']} images generated, {calls['extract']} featurised"
+        )
+    )
 
 
 def _mask_sources(rec: dict) -> str:
@@ -207,13 +268,30 @@ def list_cmd(
         run.say(f"no classes cached in {run.cache_dir}: add some with 'ovdiff protos add NAME'")
         return
     table = Table(title=escape(f"{count_classes(found)} in {run.cache_dir}"))
-    cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (["proposer", "masks", "K", "N", "preset", "created"] if verbose else [])
+    cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (
+        ["proposer", "masks", "K", "N", "preset", "created"] if verbose else []
+    )
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
     for pid, rec in found:
-        row = [escape(rec["name"]), str(rec["seed"]), rec["extractor"], _prototypes(rec), rec["kind"], human_size(run.cache.class_size(pid)), pid[:12]]
+        row = [
+            escape(rec["name"]),
+            str(rec["seed"]),
+            rec["extractor"],
+            _prototypes(rec),
+            rec["kind"],
+            human_size(run.cache.class_size(pid)),
+            pid[:12],
+        ]
         if verbose:
-            row += [rec["mask_proposer"], _mask_sources(rec), str(rec["k_parts"]), str(rec["n_images"]), rec["models"].get("preset", ""), rec.get("created_at", "")]
+            row += [
+                rec["mask_proposer"],
+                _mask_sources(rec),
+                str(rec["k_parts"]),
+                str(rec["n_images"]),
+                rec["models"].get("preset", ""),
+                rec.get("created_at", ""),
+            ]
         table.add_row(*row)
     run.console.print(table)
 
@@ -223,7 +301,10 @@ def rm(
     targets: TargetsArg = None,
     seed: SeedFilterOpt = None,
     extractor: ExtractorFilterOpt = None,
-    with_support: Annotated[bool, typer.Option("--with-support", help="Also delete the support images, unless another cached class uses them.")] = False,
+    with_support: Annotated[
+        bool,
+        typer.Option("--with-support", help="Also delete the support images, unless another cached class uses them."),
+    ] = False,
     cache: CacheOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -232,8 +313,8 @@ def rm(
 
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
-    from ..errors import OvdiffError
     from ..engines.vocab import count_classes, remove_classes
+    from ..errors import OvdiffError
 
     if not targets:
         raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")

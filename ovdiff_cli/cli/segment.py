@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -37,11 +37,9 @@ from .options import (
     ProposerOpt,
     ProtoKindsOpt,
     QuietOpt,
-    read_classes_file,
     SamModelOpt,
     SdModelOpt,
     SeedOpt,
-    segment_overrides,
     ShortSideOpt,
     SlideOpt,
     StrideOpt,
@@ -49,39 +47,114 @@ from .options import (
     VerboseOpt,
     WindowsOpt,
     WorkersOpt,
+    read_classes_file,
+    segment_overrides,
 )
 from .output import printable
 
 
 def segment(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", show_default=False)],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", show_default=False)
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (created).", show_default=False)],
-    classes: Annotated[Optional[str], typer.Option("--classes", "-c", help="Comma-separated class names; mask value k = k-th class, 0 = background.", show_default=False)] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            "-c",
+            help="Comma-separated class names; mask value k = k-th class, 0 = background.",
+            show_default=False,
+        ),
+    ] = None,
     classes_file: ClassesFileOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look into subfolders of input folders.")] = False,
-    no_build: Annotated[bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Look into subfolders of input folders.")
+    ] = False,
+    no_build: Annotated[
+        bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")
+    ] = False,
     use_filter: FilterOpt = None,
     eta: EtaOpt = None,
     slide: SlideOpt = None,
     windows: WindowsOpt = None,
     stride: StrideOpt = None,
     short_side: ShortSideOpt = None,
-    no_background: Annotated[bool, typer.Option("--no-background", help="Every pixel gets a named class (no background label, paper A.3).")] = False,
+    no_background: Annotated[
+        bool, typer.Option("--no-background", help="Every pixel gets a named class (no background label, paper A.3).")
+    ] = False,
     no_bg_protos: NoBgProtosOpt = False,
     fg_threshold: FgThresholdOpt = None,
     no_stuff_filter: NoStuffFilterOpt = False,
     stuff_threshold: StuffThresholdOpt = None,
     protos: ProtoKindsOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=f"Images segmented together (their windows share the backbones' batches) \\[default: {SegmentConfig().image_batch}].", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the masks of another class list in --out (by default such a folder is refused, so two legends never mix).")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend.")] = False,
-    mask_format: Annotated[str, typer.Option("--format", help="Masks as png (palette; 16-bit beyond 254 classes), npz (labels, + scores with --save-scores) or coco-rle (one COCO results JSON).")] = "png",
-    save_scores: Annotated[bool, typer.Option("--save-scores", help="With --format npz: also store each label's score map (float16, working resolution).")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.")] = False,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: only shard I of N (by sorted path, image i goes to shard i mod N), to split a job.", show_default=False)] = None,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose outputs are already in --out (resume a job).")] = False,
-    refine: Annotated[str, typer.Option("--refine", help="Beyond the paper: refine each label map, pamr (colour-affinity propagation, about a second per image on a CPU) or sam2 (each SAM 2 region takes the class of highest mean score; needs SAM 2 weights, --sam2-model). none is the paper's.")] = "none",
-    sam2_model: Annotated[Optional[str], typer.Option("--sam2-model", help="SAM 2 hub id or local directory for --refine sam2 \\[default: facebook/sam2.1-hiera-large].", show_default=False)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help=f"Images segmented together (their windows share the backbones' batches) \\[default: {SegmentConfig().image_batch}].",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the masks of another class list in --out (by default such a folder is refused, so two legends never mix).",
+        ),
+    ] = False,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay", help="Also write overlays/<name>.jpg: the image blended with its mask, with a legend."
+        ),
+    ] = False,
+    mask_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Masks as png (palette; 16-bit beyond 254 classes), npz (labels, + scores with --save-scores) or coco-rle (one COCO results JSON).",
+        ),
+    ] = "png",
+    save_scores: Annotated[
+        bool,
+        typer.Option(
+            "--save-scores", help="With --format npz: also store each label's score map (float16, working resolution)."
+        ),
+    ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also write explain/<name>.{json,png,winner.png}: which prototype won each pixel and its support-set source.",
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N: only shard I of N (by sorted path, image i goes to shard i mod N), to split a job.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip images whose outputs are already in --out (resume a job).")
+    ] = False,
+    refine: Annotated[
+        str,
+        typer.Option(
+            "--refine",
+            help="Beyond the paper: refine each label map, pamr (colour-affinity propagation, about a second per image on a CPU) or sam2 (each SAM 2 region takes the class of highest mean score; needs SAM 2 weights, --sam2-model). none is the paper's.",
+        ),
+    ] = "none",
+    sam2_model: Annotated[
+        str | None,
+        typer.Option(
+            "--sam2-model",
+            help="SAM 2 hub id or local directory for --refine sam2 \\[default: facebook/sam2.1-hiera-large].",
+            show_default=False,
+        ),
+    ] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     n_images: NImagesOpt = None,
@@ -126,14 +199,39 @@ def segment(
     """
     from ..names import parse_class_list
 
-    method = segment_overrides(use_filter, eta, slide, windows, stride, short_side, no_bg_protos, fg_threshold,
-                               no_stuff_filter, stuff_threshold, protos)  # fmt: skip
+    method = segment_overrides(
+        use_filter,
+        eta,
+        slide,
+        windows,
+        stride,
+        short_side,
+        no_bg_protos,
+        fg_threshold,
+        no_stuff_filter,
+        stuff_threshold,
+        protos,
+    )
     run = make_run(
-        cache, preset, device, dtype, seed, verbose, quiet, sd_model=sd_model, clip_model=clip_model,
-        dino_model=dino_model, sam_model=sam_model, part_models=part_model, filter_model=filter_model, generator=generator, sample={"n_images": n_images},
+        cache,
+        preset,
+        device,
+        dtype,
+        seed,
+        verbose,
+        quiet,
+        sd_model=sd_model,
+        clip_model=clip_model,
+        dino_model=dino_model,
+        sam_model=sam_model,
+        part_models=part_model,
+        filter_model=filter_model,
+        generator=generator,
+        sample={"n_images": n_images},
         protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
         segment={**method, "background": False if no_background else None, "image_batch": batch_size, "refine": refine},
-        json_out=json_out, sam2_model=sam2_model,
+        json_out=json_out,
+        sam2_model=sam2_model,
     )
     run.pipe.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
     names = parse_class_list(classes, read_classes_file(classes_file))
@@ -160,13 +258,32 @@ def segment(
                 run.err.print(f"[yellow]skipped[/] {escape(printable(error))}", highlight=False, soft_wrap=True)
             elif run.verbose:
                 kept = ", ".join(names[i] for i in seg.selected)
-                run.err.print(f"{escape(printable(item.name))}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
-                              f"{escape(kept)}", highlight=False, soft_wrap=True)  # fmt: skip
+                run.err.print(
+                    f"{escape(printable(item.name))}: {sum(seg.timings.values()):.2f} s, classes kept by the filter: "
+                    f"{escape(kept)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
-        done = run.pipe.segment_folder(inputs, out, names, fmt=mask_format, overlay=overlay, explain=explain,
-                                       save_scores=save_scores, shard=shard, skip_existing=skip_existing,
-                                       overwrite=overwrite, recursive=recursive, build=not no_build, engine=engine,
-                                       address=address, workers=workers, on_event=on_event, on_image=on_image)  # fmt: skip
+        done = run.pipe.segment_folder(
+            inputs,
+            out,
+            names,
+            fmt=mask_format,
+            overlay=overlay,
+            explain=explain,
+            save_scores=save_scores,
+            shard=shard,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            recursive=recursive,
+            build=not no_build,
+            engine=engine,
+            address=address,
+            workers=workers,
+            on_event=on_event,
+            on_image=on_image,
+        )
     summary, items, out_dir = done.summary, done.items, done.out_dir
     if run.json:
         run.emit(done.report())
@@ -176,17 +293,30 @@ def segment(
             table.add_column(col, justify="right")
         per = summary.written or 1
         t = summary.timings
-        table.add_row(str(len(items)), str(summary.written), str(len(summary.failures)),
-                      f"{summary.seconds_per_image:.3f}" if summary.written else "-",
-                      *(f"{t.get(k, 0.0) / per:.3f}" for k in ("features", "filter", "matching", "upsample_io")))  # fmt: skip
+        table.add_row(
+            str(len(items)),
+            str(summary.written),
+            str(len(summary.failures)),
+            f"{summary.seconds_per_image:.3f}" if summary.written else "-",
+            *(f"{t.get(k, 0.0) / per:.3f}" for k in ("features", "filter", "matching", "upsample_io")),
+        )
         run.console.print(table)
     if not run.json:
         masks = out_dir / "coco_results.json" if mask_format == "coco-rle" else f"{out_dir}/<name>.{mask_format}"
-        run.result(escape(f"{summary.written} mask(s): {masks} · legend: {out_dir / 'classes.json'}"
-                          + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
-                          + (f" · explanations: {out_dir / 'explain'}" if explain else "")))  # fmt: skip
+        run.result(
+            escape(
+                f"{summary.written} mask(s): {masks} · legend: {out_dir / 'classes.json'}"
+                + (f" · overlays: {out_dir / 'overlays'}" if overlay else "")
+                + (f" · explanations: {out_dir / 'explain'}" if explain else "")
+            )
+        )
     if summary.failures:
-        failed = escape(printable(", ".join(path for path, _ in summary.failures[:10]))) + (" …" if len(summary.failures) > 10 else "")
-        run.err.print(f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/] ({failed}); the others were written",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        failed = escape(printable(", ".join(path for path, _ in summary.failures[:10]))) + (
+            " …" if len(summary.failures) > 10 else ""
+        )
+        run.err.print(
+            f"[bold red]{len(summary.failures)} of {len(items)} image(s) failed[/] ({failed}); the others were written",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)

@@ -25,9 +25,17 @@ UI_EXTRA = "pip install 'ovdiff[ui]'"
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; 127.0.0.1 serves this machine only (0.0.0.0: anyone who can reach it).")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; 127.0.0.1 serves this machine only (0.0.0.0: anyone who can reach it).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: any free port).")] = 7860,
-    no_build: Annotated[bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")] = False,
+    no_build: Annotated[
+        bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")
+    ] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest picture accepted, in pixels.")] = 16_000_000,
     max_classes: Annotated[int, typer.Option("--max-classes", help="Most class names accepted in one request.")] = 32,
     sd_model: SdModelOpt = None,
@@ -64,16 +72,26 @@ def serve(
     from ..ui.app import listen, make_app, run
     from ..ui.session import DemoSession
 
-    models = {role: src for role, src in (("sd", sd_model), ("clip", clip_model), ("dino", dino_model), ("sam", sam_model)) if src}
+    models = {
+        role: src
+        for role, src in (("sd", sd_model), ("clip", clip_model), ("dino", dino_model), ("sam", sam_model))
+        if src
+    }
     pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
     session = DemoSession(pipeline, max_pixels=max_pixels, max_classes=max_classes, build=not no_build)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     if bound_host not in ("127.0.0.1", "::1"):
-        print(f"warning: listening on {bound_host}: anyone who can reach this machine can use the page", file=sys.stderr, flush=True)
-    print(f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
-          flush=True)  # fmt: skip
+        print(
+            f"warning: listening on {bound_host}: anyone who can reach this machine can use the page",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
+        flush=True,
+    )
     try:
         run(make_app(session, phrase), sock)
     except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on: a normal stop

@@ -79,12 +79,24 @@ def custom_classes(root: Path | str, classes_file: Path | str | None) -> list[st
 
 
 def evaluate_benchmark(
-    session: Session, dataset: str, root: Path | str, *, seeds: Sequence[int] | None = None,
-    pred: Path | str | None = None, offset: int | None = None, limit: int | None = None, out: Path | str | None = None,
-    classes_file: Path | str | None = None, raw_names: bool = False, engine: str = "local", address: str | None = None,
-    workers: int | None = None, on_event: OnEvent | None = None, on_score: OnScore | None = None,
+    session: Session,
+    dataset: str,
+    root: Path | str,
+    *,
+    seeds: Sequence[int] | None = None,
+    pred: Path | str | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+    out: Path | str | None = None,
+    classes_file: Path | str | None = None,
+    raw_names: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    on_event: OnEvent | None = None,
+    on_score: OnScore | None = None,
     on_note: OnNote | None = None,
-) -> BenchmarkRun:  # fmt: skip
+) -> BenchmarkRun:
     """Score the session's method (or the saved masks in `pred`) on benchmark `dataset` at `root`.
 
     seeds: support-set seeds, one run each (default: the session's seed); engine "local" or "ray"
@@ -127,22 +139,31 @@ def evaluate_benchmark(
                     on_event("benchmark", f"seed {seed}", 0, len(benchmark_classes(ds)))
                 predict = _model_predictor(session, ds, seed, engine, workers, on_event)
                 results.append(_score(ds, predict, f"seed {seed}", on_score))
-        record = protocol(ds, seed_list, session.stages.specs.preset.name, session.stages.specs.identity(),
-                          session.sample_config, session.proto_config, session.segment_config)  # fmt: skip
+        record = protocol(
+            ds,
+            seed_list,
+            session.stages.specs.preset.name,
+            session.stages.specs.identity(),
+            session.sample_config,
+            session.proto_config,
+            session.segment_config,
+        )
     done = BenchmarkRun(ds, results, record)
     if out is not None:
         done.report = _write(done, Path(out))
     return done
 
 
-def _model_predictor(session: Session, ds: SegDataset, seed: int, engine: str, workers: int | None,
-                     on_event: OnEvent | None) -> Predict:  # fmt: skip
+def _model_predictor(
+    session: Session, ds: SegDataset, seed: int, engine: str, workers: int | None, on_event: OnEvent | None
+) -> Predict:
     """The prototypes of the benchmark's classes for `seed` (built or read), and a predictor over them."""
     from ..eval.evaluate import benchmark_classes, protocol_config, segmenter_predictor
     from .folder import build_vocabulary
 
-    classes = build_vocabulary(session, benchmark_classes(ds), ds.kinds(), engine=engine, workers=workers,
-                               on_event=on_event, seed=seed)  # fmt: skip
+    classes = build_vocabulary(
+        session, benchmark_classes(ds), ds.kinds(), engine=engine, workers=workers, on_event=on_event, seed=seed
+    )
     cfg = protocol_config(session.segment_config, ds)
     if engine == "ray":
         from .raycluster import dataset_predictions
@@ -174,4 +195,6 @@ def _write(done: BenchmarkRun, out: Path) -> tuple[Path, Path]:
         fd, kept = tempfile.mkstemp(prefix="ovdiff-eval-", suffix=".json")
         with open(fd, "w") as f:
             json.dump([r.to_dict() for r in done.results], f, indent=2)
-        raise OvdiffError(f"cannot write the report to {out} ({e.strerror or e}); the results are kept in {kept}") from e
+        raise OvdiffError(
+            f"cannot write the report to {out} ({e.strerror or e}); the results are kept in {kept}"
+        ) from e

@@ -58,7 +58,11 @@ class Explainer:
         if p.kind == "part" and f"{p.group}/part_labels" in data:
             parts = data[f"{p.group}/part_labels"] == p.row
             img = int(parts.reshape(len(parts), -1).sum(1).argmax())
-            return img, parts[img], f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)"
+            return (
+                img,
+                parts[img],
+                f"part cluster {p.row} ({int(parts.sum())} cells, {int((parts.any((1, 2))).sum())} images)",
+            )
         if masks is not None:
             img = int(((masks & code) > 0).reshape(len(masks), -1).sum(1).argmax())
             return img, (masks[img] & code) > 0, f"mean of all {p.group} masks (largest shown)"
@@ -72,11 +76,18 @@ class Explainer:
         ys, xs = np.nonzero(won)
         img, _, how = self.source(index)
         return {
-            "index": index, "class": self.seg.classes[p.cls].name, "label": 0 if p.group == "bg" else p.cls + 1,
-            "part": part, "group": p.group, "kind": p.kind, "row": p.row, "pixels": int(won.sum()),
+            "index": index,
+            "class": self.seg.classes[p.cls].name,
+            "label": 0 if p.group == "bg" else p.cls + 1,
+            "part": part,
+            "group": p.group,
+            "kind": p.kind,
+            "row": p.row,
+            "pixels": int(won.sum()),
             "bbox_xyxy": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None,
-            "support_image": img, "support_region": how,
-        }  # fmt: skip
+            "support_image": img,
+            "support_region": how,
+        }
 
     def support(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(support image HxWx3 uint8, its source region of prototype `index`), None when not cached."""
@@ -90,8 +101,10 @@ class Explainer:
     @staticmethod
     def caption(entry: dict) -> str:
         """The caption of a prototype's tile in the explanation picture."""
-        return (f"{entry['class']}\n{entry['part']}: {entry['group']} {entry['kind']} #{entry['row']}\n"
-                f"{entry['pixels']} px\n{entry['support_region']}")  # fmt: skip
+        return (
+            f"{entry['class']}\n{entry['part']}: {entry['group']} {entry['kind']} #{entry['row']}\n"
+            f"{entry['pixels']} px\n{entry['support_region']}"
+        )
 
     def __call__(self, item: InputImage, image: np.ndarray, seg: Segmentation, out_dir: Path) -> None:
         from ..io.images import explain_picture, save_index_map, save_json, save_picture
@@ -111,7 +124,9 @@ class Explainer:
             if support is not None:
                 regions.append(winner == idx)
                 supports.append((*support, self.caption(entry)))
-        save_json({"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
-                  out_dir / f"{item.name}.json")  # fmt: skip
+        save_json(
+            {"image": str(item.path), "size_hw": list(winner.shape), "prototypes": entries},
+            out_dir / f"{item.name}.json",
+        )
         save_index_map(np.where(winner < 0, 0, winner + 1), out_dir / f"{item.name}.winner.png")
         save_picture(explain_picture(image, regions, supports), out_dir / f"{item.name}.png")

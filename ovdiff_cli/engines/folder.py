@@ -49,9 +49,17 @@ class Session(Protocol):
     def stages(self) -> Stages: ...
 
 
-def build_vocabulary(session: Session, names: list[str], kinds: dict[str, str] | None = None, build: bool = True,
-                     engine: str = "local", address: str | None = None, workers: int | None = None,
-                     on_event: OnEvent | None = None, seed: int | None = None) -> list[ClassParts]:  # fmt: skip
+def build_vocabulary(
+    session: Session,
+    names: list[str],
+    kinds: dict[str, str] | None = None,
+    build: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    on_event: OnEvent | None = None,
+    seed: int | None = None,
+) -> list[ClassParts]:
     """The prototypes of `names` (support sets of `seed`, default the session's), the missing ones built
     first (`build`) on `engine`: "local" here, "ray" on Ray workers (`address`, `workers`; each class
     reported as on_event("ray", name, done, total)), then read from the cache as a local run reads them.
@@ -63,10 +71,29 @@ def build_vocabulary(session: Session, names: list[str], kinds: dict[str, str] |
         from .raycluster import build_classes
 
         on_class = None if on_event is None else (lambda name, done, total: on_event("ray", name, done, total))
-        build_classes(session.cache, session.run_config, names, seed, session.sample_config, session.proto_config,
-                      kinds, address, workers, on_class)  # fmt: skip
-    return ensure_classes(session.cache, session.stages, names, seed, session.sample_config, session.proto_config,
-                          kinds, build=build, on_event=on_event)  # fmt: skip
+        build_classes(
+            session.cache,
+            session.run_config,
+            names,
+            seed,
+            session.sample_config,
+            session.proto_config,
+            kinds,
+            address,
+            workers,
+            on_class,
+        )
+    return ensure_classes(
+        session.cache,
+        session.stages,
+        names,
+        seed,
+        session.sample_config,
+        session.proto_config,
+        kinds,
+        build=build,
+        on_event=on_event,
+    )
 
 
 @dataclass(frozen=True)
@@ -109,7 +136,9 @@ class FolderJob:
         if self.shard is not None or self.skip_existing:
             check_resumable(self.fmt)
         if self.engine == "ray" and self.save_scores:
-            raise InvalidSetting("save_scores", "needs the local engine (the ray engine writes masks and overlays only)")
+            raise InvalidSetting(
+                "save_scores", "needs the local engine (the ray engine writes masks and overlays only)"
+            )
 
 
 @dataclass
@@ -131,8 +160,15 @@ class FolderResult:
         return job_report(self.summary, self.items, self.names, self.out_dir, self.fmt)
 
 
-def segment_folder(session: Session, names: list[str], inputs: list[str], out: str | Path, job: FolderJob,
-                   on_event: OnEvent | None = None, on_image: OnImage | None = None) -> FolderResult:  # fmt: skip
+def segment_folder(
+    session: Session,
+    names: list[str],
+    inputs: list[str],
+    out: str | Path,
+    job: FolderJob,
+    on_event: OnEvent | None = None,
+    on_image: OnImage | None = None,
+) -> FolderResult:
     """Segment the images of `inputs` (files, folders, glob patterns) against `names` into `out`, as `job` says.
 
     on_event(stage, name, done, total): the vocabulary's progress (as `build_vocabulary`), then
@@ -142,8 +178,14 @@ def segment_folder(session: Session, names: list[str], inputs: list[str], out: s
     from ..io.images import discover
     from ..io.legend import legend, save_legend
     from ..io.masks import MaskWriter
-    from ..io.outdir import check_legend, check_no_input_overwritten, check_not_in_cache, check_out_dir
-    from ..io.outdir import check_out_holds_no_input, lock
+    from ..io.outdir import (
+        check_legend,
+        check_no_input_overwritten,
+        check_not_in_cache,
+        check_out_dir,
+        check_out_holds_no_input,
+        lock,
+    )
     from . import resume
     from .raycluster import engine_session
 
@@ -155,8 +197,12 @@ def segment_folder(session: Session, names: list[str], inputs: list[str], out: s
     check_out_holds_no_input(out_dir, items)
     release = lock(out_dir, job.shard)
     try:
-        check_legend(out_dir, legend(names, session.segment_config.background, job.fmt), job.overwrite,
-                     {item.path.resolve() for item in items})  # fmt: skip
+        check_legend(
+            out_dir,
+            legend(names, session.segment_config.background, job.fmt),
+            job.overwrite,
+            {item.path.resolve() for item in items},
+        )
         if job.shard is not None:
             items = resume.shard(items, *job.shard)
         skipped = 0
@@ -176,8 +222,15 @@ def segment_folder(session: Session, names: list[str], inputs: list[str], out: s
     return FolderResult(out_dir, list(names), job.fmt, items, skipped, summary)
 
 
-def _segment(session: Session, classes: list[ClassParts], items: list[InputImage], out_dir: Path, job: FolderJob,
-             writer, on_image: OnImage | None) -> JobSummary:  # fmt: skip
+def _segment(
+    session: Session,
+    classes: list[ClassParts],
+    items: list[InputImage],
+    out_dir: Path,
+    job: FolderJob,
+    writer,
+    on_image: OnImage | None,
+) -> JobSummary:
     """Step 4 on the job's engine."""
     cfg, spec = session.segment_config, session.proto_config.extractor
     if job.engine == "ray":
@@ -185,12 +238,27 @@ def _segment(session: Session, classes: list[ClassParts], items: list[InputImage
         from .raycluster import segment_items
 
         names = [c.name for c in classes]
-        return segment_items(session.run_config, classes, cfg, spec, items,
-                             OutputWriter(names, out_dir, job.overlay, on_image=on_image, masks=writer), job.address, job.workers)  # fmt: skip
+        return segment_items(
+            session.run_config,
+            classes,
+            cfg,
+            spec,
+            items,
+            OutputWriter(names, out_dir, job.overlay, on_image=on_image, masks=writer),
+            job.address,
+            job.workers,
+        )
     from .explain import Explainer
     from .local import segment_paths
 
     segmenter = session.stages.segmenter(classes, cfg, spec, session.cache)
-    return segment_paths(segmenter, items, out_dir, overlay=job.overlay,
-                         explainer=Explainer(segmenter, session.cache) if job.explain else None, on_image=on_image,
-                         image_batch=cfg.image_batch, writer=writer)  # fmt: skip
+    return segment_paths(
+        segmenter,
+        items,
+        out_dir,
+        overlay=job.overlay,
+        explainer=Explainer(segmenter, session.cache) if job.explain else None,
+        on_image=on_image,
+        image_batch=cfg.image_batch,
+        writer=writer,
+    )

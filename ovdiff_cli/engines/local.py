@@ -51,8 +51,11 @@ def segment_paths(
                 loaded.append((item, load_image(item.path), time.perf_counter() - t0))
             except FAILURES as e:
                 out.failed(item, describe(item, e))
-        segs = predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None,
-                             out.masks.save_scores) if loaded else []  # fmt: skip
+        segs = (
+            predict_group(segmenter, [image for _, image, _ in loaded], explainer is not None, out.masks.save_scores)
+            if loaded
+            else []
+        )
         for (item, image, io_time), seg in zip(loaded, segs, strict=True):
             if isinstance(seg, Exception):
                 out.failed(item, describe(item, seg))
@@ -62,8 +65,9 @@ def segment_paths(
     return out.finish()
 
 
-def predict_group(segmenter: Segmenter, images: list[np.ndarray], explain: bool,
-                  scores: bool = False) -> list[Segmentation | Exception]:  # fmt: skip
+def predict_group(
+    segmenter: Segmenter, images: list[np.ndarray], explain: bool, scores: bool = False
+) -> list[Segmentation | Exception]:
     """Segment a group together; if that fails, image by image, so one bad image fails alone."""
     try:
         return segmenter.predict_many(images, explain, scores)

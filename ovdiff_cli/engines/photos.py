@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidSetting
+from ..method.sampling import image_seed
 from ..store.cache import now_iso
 from ..store.keys import photo_class_id, photo_set_id
-from ..method.sampling import image_seed
 
 if TYPE_CHECKING:
     from ..config import SampleConfig
@@ -51,7 +51,9 @@ def centre_square(image: np.ndarray, size: int) -> np.ndarray:
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
     crop = np.ascontiguousarray(image[top : top + s, left : left + s])
-    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC if s < size else Image.Resampling.LANCZOS))
+    return np.asarray(
+        Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC if s < size else Image.Resampling.LANCZOS)
+    )
 
 
 def read_photos(folder: str | Path, size: int) -> PhotoSet:
@@ -72,8 +74,11 @@ def read_photos(folder: str | Path, size: int) -> PhotoSet:
         except (ImageError, OSError, ValueError) as e:
             raise InvalidSetting("images", f"photo {p} cannot be read as an image ({e})") from None
         if min(image.shape[:2]) < MIN_PHOTO_SIDE:
-            raise InvalidSetting("images", f"photo {p} is {image.shape[1]}×{image.shape[0]} px; photos need at least "
-                                           f"{MIN_PHOTO_SIDE} px on each side")  # fmt: skip
+            raise InvalidSetting(
+                "images",
+                f"photo {p} is {image.shape[1]}×{image.shape[0]} px; photos need at least "
+                f"{MIN_PHOTO_SIDE} px on each side",
+            )
         digest.update(hashlib.sha256(p.read_bytes()).digest())
         images.append(centre_square(image, size))
     return PhotoSet([p.name for p in files], images, digest.hexdigest()[:24])
@@ -92,10 +97,17 @@ def ensure_photo_set(cache: Cache, stages: StageSource, norm: str, photos: Photo
             chunk = photos.images[i : i + config.batch_size]
             maps += generator.attribute(norm, chunk, config, [image_seed(norm, 0, j) for j in range(i, i + len(chunk))])
         meta = {
-            "name": norm, "norm": norm, "photos": photos.digest, "files": photos.names,
-            "prompt": config.prompt_template.format(norm), **config.fingerprint_fields(),
-            "generator": generator.identity(), "models": stages.specs.identity(), "created_at": now_iso(), "n_images": 0,
-        }  # fmt: skip
+            "name": norm,
+            "norm": norm,
+            "photos": photos.digest,
+            "files": photos.names,
+            "prompt": config.prompt_template.format(norm),
+            **config.fingerprint_fields(),
+            "generator": generator.identity(),
+            "models": stages.specs.identity(),
+            "created_at": now_iso(),
+            "n_images": 0,
+        }
         cache.put_support_batch(sid, meta, 0, photos.images, maps)
     return sid
 
@@ -117,8 +129,16 @@ def photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs) -> dict |
 def photo_note(norm: str, seed: int, specs: ModelSpecs, sid: str, photos: PhotoSet, n_generated: int) -> dict:
     """What `put_photo_class` stores (and `ensure_classes` takes in `photos`): the photos, and how many generated
     images join them."""
-    return {"name": norm, "seed": seed, "photos": photos.digest, "photo_set": sid, "n_photos": len(photos.images),
-            "n_generated": n_generated, "note": photo_class_id(norm, seed, specs), "created_at": now_iso()}  # fmt: skip
+    return {
+        "name": norm,
+        "seed": seed,
+        "photos": photos.digest,
+        "photo_set": sid,
+        "n_photos": len(photos.images),
+        "n_generated": n_generated,
+        "note": photo_class_id(norm, seed, specs),
+        "created_at": now_iso(),
+    }
 
 
 def put_photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs, note: dict) -> None:

@@ -36,15 +36,15 @@ import numpy as np
 from ..errors import InvalidSetting, OvdiffError
 
 if TYPE_CHECKING:
-    from ..store.cache import Cache
     from ..compose import Stages
     from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
     from ..eval.datasets import ItemInfo, SegDataset
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
-    from .photos import PhotoSet
     from ..io.outputs import JobSummary, OutputWriter
+    from ..store.cache import Cache
     from ..types import ClassParts
+    from .photos import PhotoSet
 
 ENGINES = ("local", "ray")
 MAX_RESTARTS = 3  # a class builder's process may die this often (each time its class is retried)
@@ -73,7 +73,7 @@ def require_ray():
     """The ray module, or a one-line error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise OvdiffError("the ray engine needs Ray: pip install 'ovdiff[ray]'") from None
     return ray
@@ -118,7 +118,9 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise OvdiffError(f"cannot reach the Ray cluster at {address}: {e.strerror or e} (is 'ray start --head' running there?)") from None
+        raise OvdiffError(
+            f"cannot reach the Ray cluster at {address}: {e.strerror or e} (is 'ray start --head' running there?)"
+        ) from None
 
 
 def engine_session(engine: str, address: str | None = None):
@@ -197,14 +199,16 @@ class ClassBuilder:
         """The export bytes of class `norm` built from the user's `photos` (read by the driver) and the
         note's number of generated images, as `vocab.build_from_photos` builds it locally."""
         from ..config import beside_photos
-        from .photos import ensure_photo_set
         from ..store.sharing import export_bytes
+        from .photos import ensure_photo_set
         from .vocab import build_class
 
         ensure_photo_set(self.cache, self.stages, norm, photos, self.sample_cfg)
         sample_cfg = beside_photos(self.sample_cfg, note["n_generated"])
-        return export_bytes(self.cache, build_class(self.cache, self.stages, norm, note["seed"], sample_cfg, self.proto_cfg,
-                                                    kind, photo=note))  # fmt: skip
+        return export_bytes(
+            self.cache,
+            build_class(self.cache, self.stages, norm, note["seed"], sample_cfg, self.proto_cfg, kind, photo=note),
+        )
 
     def close(self) -> None:
         """Remove the scratch cache (the run is over; a killed actor's is left in the temp dir)."""
@@ -212,8 +216,9 @@ class ClassBuilder:
 
 
 @contextlib.contextmanager
-def _class_builders(ray, wanted: int, workers: int | None, run_cfg: RunConfig, sample_cfg: SampleConfig,
-                    proto_cfg: ProtoConfig) -> Iterator[list]:  # fmt: skip
+def _class_builders(
+    ray, wanted: int, workers: int | None, run_cfg: RunConfig, sample_cfg: SampleConfig, proto_cfg: ProtoConfig
+) -> Iterator[list]:
     """At most `wanted` restartable `ClassBuilder` actors (as many as `workers` allows); afterwards their scratch
     caches are removed and the actors stopped, whatever happened."""
     n, resources = worker_resources(ray, workers)
@@ -276,9 +281,17 @@ def build_classes(
 
 
 def build_photo_class(
-    cache: Cache, run_cfg: RunConfig, sample_cfg: SampleConfig, proto_cfg: ProtoConfig, norm: str, photos: PhotoSet,
-    note: dict, kind: str | None, address: str | None = None, workers: int | None = None,
-) -> None:  # fmt: skip
+    cache: Cache,
+    run_cfg: RunConfig,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    norm: str,
+    photos: PhotoSet,
+    note: dict,
+    kind: str | None,
+    address: str | None = None,
+    workers: int | None = None,
+) -> None:
     """Build on one Ray worker the class of `photos` (`protos add NAME --images DIR --engine ray`) and import it
     into `cache`. The photos travel with the call (the driver read and checked them); they stay in the worker's
     scratch cache, as generated support images do."""
@@ -302,8 +315,15 @@ class SegmentWorker:
     timings and stats (JSON: label → [pixels, mean winning score]), io (seconds reading), error ("" when the image was segmented).
     """
 
-    def __init__(self, run_cfg: RunConfig, vocab: list, seg_cfg: SegmentConfig, extractor_spec: str,
-                 loader: Callable[[str], np.ndarray], threads: int | None):  # fmt: skip
+    def __init__(
+        self,
+        run_cfg: RunConfig,
+        vocab: list,
+        seg_cfg: SegmentConfig,
+        extractor_spec: str,
+        loader: Callable[[str], np.ndarray],
+        threads: int | None,
+    ):
         import ray
 
         _set_threads(threads)
@@ -319,8 +339,17 @@ class SegmentWorker:
         rows: list[dict] = []
         images, waiting = [], []  # the images read, and their rows
         for index, path in zip(batch["index"], batch["path"], strict=True):
-            row = {"index": int(index), "labels": b"", "height": 0, "width": 0, "selected": "[]", "timings": "{}",
-                   "stats": "{}", "io": 0.0, "error": ""}  # fmt: skip
+            row = {
+                "index": int(index),
+                "labels": b"",
+                "height": 0,
+                "width": 0,
+                "selected": "[]",
+                "timings": "{}",
+                "stats": "{}",
+                "io": 0.0,
+                "error": "",
+            }
             rows.append(row)
             t0 = time.perf_counter()
             try:
@@ -335,10 +364,20 @@ class SegmentWorker:
             if isinstance(seg, Exception):
                 row["error"] = describe(InputImage(Path(path), ""), seg)
                 continue
-            row.update(labels=seg.labels.astype(np.uint16).tobytes(), height=seg.labels.shape[0], width=seg.labels.shape[1],
-                       selected=json.dumps(seg.selected), timings=json.dumps(seg.timings), stats=json.dumps(seg.stats))  # fmt: skip
-        return {k: np.array([r[k] for r in rows], dtype=object if k in ("labels", "selected", "timings", "stats", "error") else None)
-                for k in rows[0]}  # fmt: skip
+            row.update(
+                labels=seg.labels.astype(np.uint16).tobytes(),
+                height=seg.labels.shape[0],
+                width=seg.labels.shape[1],
+                selected=json.dumps(seg.selected),
+                timings=json.dumps(seg.timings),
+                stats=json.dumps(seg.stats),
+            )
+        return {
+            k: np.array(
+                [r[k] for r in rows], dtype=object if k in ("labels", "selected", "timings", "stats", "error") else None
+            )
+            for k in rows[0]
+        }
 
 
 def _stand_in(fd: int) -> tuple[int, int]:
@@ -395,10 +434,17 @@ def stderr_without(marker: bytes) -> Iterator[None]:
 
 
 def _segment_rows(
-    ray, run_cfg: RunConfig, classes: list[ClassParts], seg_cfg: SegmentConfig, extractor_spec: str,
-    paths: list[str], loader: Callable[[str], np.ndarray], workers: int | None, image_batch: int,
+    ray,
+    run_cfg: RunConfig,
+    classes: list[ClassParts],
+    seg_cfg: SegmentConfig,
+    extractor_spec: str,
+    paths: list[str],
+    loader: Callable[[str], np.ndarray],
+    workers: int | None,
+    image_batch: int,
     in_order: bool = False,
-) -> Iterator[dict]:  # fmt: skip
+) -> Iterator[dict]:
     """The rows `SegmentWorker` returns for `paths`, as they stream out of Ray Data (in order if asked)."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -407,12 +453,20 @@ def _segment_rows(
     vocab = ray.put(classes)
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
     out = ds.map_batches(
-        SegmentWorker, batch_size=max(1, image_batch), batch_format="numpy",
+        SegmentWorker,
+        batch_size=max(1, image_batch),
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(n, len(paths))),
-        fn_constructor_kwargs={"run_cfg": run_cfg, "vocab": [vocab], "seg_cfg": seg_cfg, "extractor_spec": extractor_spec,
-                               "loader": loader, "threads": _driver_threads(resources)},
+        fn_constructor_kwargs={
+            "run_cfg": run_cfg,
+            "vocab": [vocab],
+            "seg_cfg": seg_cfg,
+            "extractor_spec": extractor_spec,
+            "loader": loader,
+            "threads": _driver_threads(resources),
+        },
         **resources,
-    )  # fmt: skip
+    )
     try:
         with stderr_without(FALSE_ALARM):
             yield from out.iter_rows()
@@ -440,8 +494,17 @@ def segment_items(
 
     if items:
         with session(address) as ray:
-            rows = _segment_rows(ray, run_cfg, classes, seg_cfg, extractor_spec, [str(i.path) for i in items],
-                                 load_image, workers, seg_cfg.image_batch)  # fmt: skip
+            rows = _segment_rows(
+                ray,
+                run_cfg,
+                classes,
+                seg_cfg,
+                extractor_spec,
+                [str(i.path) for i in items],
+                load_image,
+                workers,
+                seg_cfg.image_batch,
+            )
             for row in rows:
                 item = items[row["index"]]
                 if row["error"]:
@@ -471,8 +534,18 @@ def dataset_predictions(
     ray = require_ray()
     infos = dataset.infos
     shift = 0 if dataset.has_background else 1  # as segmenter_predictor: segment labels, 0 = background
-    rows = _segment_rows(ray, run_cfg, classes, seg_cfg, extractor_spec, [str(i.image_path) for i in infos],
-                         load_image, workers, seg_cfg.image_batch, in_order=True)  # fmt: skip
+    rows = _segment_rows(
+        ray,
+        run_cfg,
+        classes,
+        seg_cfg,
+        extractor_spec,
+        [str(i.image_path) for i in infos],
+        load_image,
+        workers,
+        seg_cfg.image_batch,
+        in_order=True,
+    )
 
     def predict(image: np.ndarray, info: ItemInfo) -> np.ndarray:
         row = next(rows)

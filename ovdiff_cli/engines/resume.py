@@ -15,7 +15,7 @@ from ..io.masks import png_kind
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
-    """"I/N" → (I, N), 0 ≤ I < N, or a one-line error."""
+    """ "I/N" → (I, N), 0 ≤ I < N, or a one-line error."""
     index, _, count = spec.partition("/")
     try:
         i, n = int(index), int(count)
@@ -39,10 +39,14 @@ def shard(items: list[InputImage], index: int, count: int) -> list[InputImage]:
 def check_resumable(fmt: str) -> None:
     """Shards and resumed runs need one mask file per image: coco-rle writes one file per run."""
     if fmt == "coco-rle":
-        raise InvalidSetting("format", "coco-rle writes one results file per run: a run in shards or resumed needs png or npz")
+        raise InvalidSetting(
+            "format", "coco-rle writes one results file per run: a run in shards or resumed needs png or npz"
+        )
 
 
-def outputs(item: InputImage, out_dir: Path, overlay: bool = False, explain: bool = False, fmt: str = "png") -> list[Path]:
+def outputs(
+    item: InputImage, out_dir: Path, overlay: bool = False, explain: bool = False, fmt: str = "png"
+) -> list[Path]:
     """The files a written image leaves in `out_dir` (each written atomically: present means complete)."""
     check_resumable(fmt)
     out_dir = Path(out_dir)
@@ -86,10 +90,17 @@ def complete(path: Path, num_classes: int | None = None) -> bool:
         return False
 
 
-def pending(items: list[InputImage], out_dir: Path, overlay: bool = False, explain: bool = False,
-            fmt: str = "png", num_classes: int | None = None) -> list[InputImage]:  # fmt: skip
+def pending(
+    items: list[InputImage],
+    out_dir: Path,
+    overlay: bool = False,
+    explain: bool = False,
+    fmt: str = "png",
+    num_classes: int | None = None,
+) -> list[InputImage]:
     """The inputs missing some whole output (what `--skip-existing` leaves to do); num_classes: the
     run's vocabulary size, which its masks' labels must fit."""
+
     def done(item: InputImage) -> bool:
         mask, *others = outputs(item, out_dir, overlay, explain, fmt)
         return complete(mask, num_classes) and all(complete(p) for p in others)

@@ -103,8 +103,9 @@ def load_samples(cache: Cache, sid: str, n: int) -> list[Sample]:
     return [Sample(image=cache.support_image(sid, i), attribution=cache.attribution(sid, i)) for i in range(n)]
 
 
-def cached_support_set(cache: Cache, specs: ModelSpecs, class_name: str, seed: int,
-                       config: SampleConfig) -> tuple[dict, list[Sample]]:  # fmt: skip
+def cached_support_set(
+    cache: Cache, specs: ModelSpecs, class_name: str, seed: int, config: SampleConfig
+) -> tuple[dict, list[Sample]]:
     """(meta, every cached image) of a class's support set, found with no model loaded; NoSupportSet if none is."""
     norm = names.validate(class_name)
     sid = support_id(norm, seed, specs, config)
@@ -126,8 +127,14 @@ class SampleRun:
     seconds: float
 
 
-def sample_classes(cache: Cache, stages: StageSource, class_names: list[str], seed: int, config: SampleConfig,
-                   on_event: Callable[[str, str, int, int], None] | None = None) -> SampleRun:  # fmt: skip
+def sample_classes(
+    cache: Cache,
+    stages: StageSource,
+    class_names: list[str],
+    seed: int,
+    config: SampleConfig,
+    on_event: Callable[[str, str, int, int], None] | None = None,
+) -> SampleRun:
     """`ovdiff sample`: the support set of every class drawn or completed with one set of stages (one model
     load); on_event("sample", class, done, total) counts each class's images."""
     start, before = time.perf_counter(), stages.calls.get("generate", 0)
@@ -135,12 +142,14 @@ def sample_classes(cache: Cache, stages: StageSource, class_names: list[str], se
     for name in class_names:
         progress = None if on_event is None else (lambda done, total, name=name: on_event("sample", name, done, total))
         ids.append(ensure_support_set(cache, stages, name, seed, config, progress)[0])
-    return SampleRun(list(class_names), ids, config.n_images, stages.calls.get("generate", 0) - before,
-                     time.perf_counter() - start)  # fmt: skip
+    return SampleRun(
+        list(class_names), ids, config.n_images, stages.calls.get("generate", 0) - before, time.perf_counter() - start
+    )
 
 
-def write_support_sheet(cache: Cache, specs: ModelSpecs, class_name: str, seed: int, config: SampleConfig,
-                        out: Path) -> tuple[dict, int]:  # fmt: skip
+def write_support_sheet(
+    cache: Cache, specs: ModelSpecs, class_name: str, seed: int, config: SampleConfig, out: Path
+) -> tuple[dict, int]:
     """A contact sheet of a class's cached support set (image | attribution map pairs) written to `out`
     (PNG/JPEG); (the set's meta, images drawn). No model is loaded."""
     from ..io.sheets import contact_sheet, save_sheet

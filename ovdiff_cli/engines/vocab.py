@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import names as naming
-from ..store.cache import now_iso
-from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
-from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
 from ..config import PROTO_KINDS
+from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError, SupportImagesMissing
+from ..store.cache import now_iso
+from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
 from ..types import ClassParts, ClassPrototypes
 
 if TYPE_CHECKING:
-    from ..store.cache import Cache
     from ..config import ProtoConfig, SampleConfig
-    from .photos import PhotoSet
     from ..models.presets import ModelSpecs
+    from ..store.cache import Cache
     from ..types import StageSource
+    from .photos import PhotoSet
 
 OnEvent = Callable[[str, str, int, int], None]
 RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
@@ -57,7 +57,9 @@ def load_class(cache: Cache, pid: str) -> ClassPrototypes:
             protos[group][kind] = a.astype(np.float32, copy=False)
             src = arrays[f"{group}/instance_src"] if kind == "instance" else np.full(len(a), -1, np.int64)
             sources[f"{group}/{kind}"] = src.astype(np.int64, copy=False)
-    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources)
+    return ClassPrototypes(
+        name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources
+    )
 
 
 def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
@@ -95,13 +97,21 @@ def count_classes(found: list[tuple[str, dict]]) -> str:
 def class_summary(cache: Cache, pid: str, record: dict) -> dict:
     """What `ovdiff protos list` shows of a cached class, JSON-ready (sizes in bytes, full id)."""
     return {
-        "id": pid, "class": record["name"], "seed": record["seed"], "extractor": record["extractor"],
-        "prototypes": prototype_counts(record), "kind": record["kind"], "kind_source": record.get("kind_source"),
-        "size_bytes": cache.class_size(pid), "mask_proposer": record.get("mask_proposer"),
-        "k_parts": record.get("k_parts"), "n_images": record.get("n_images"),
-        "preset": record.get("models", {}).get("preset"), "models": record.get("models", {}),
+        "id": pid,
+        "class": record["name"],
+        "seed": record["seed"],
+        "extractor": record["extractor"],
+        "prototypes": prototype_counts(record),
+        "kind": record["kind"],
+        "kind_source": record.get("kind_source"),
+        "size_bytes": cache.class_size(pid),
+        "mask_proposer": record.get("mask_proposer"),
+        "k_parts": record.get("k_parts"),
+        "n_images": record.get("n_images"),
+        "preset": record.get("models", {}).get("preset"),
+        "models": record.get("models", {}),
         "created_at": record.get("created_at"),
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- building
@@ -118,10 +128,19 @@ def _cached_masks(cache: Cache, candidates: list[str], mid: str) -> tuple[np.nda
 
 
 def _build(
-    cache: Cache, stages: StageSource, norm: str, todo: dict[str, str], siblings: list[str], seed: int,
-    sample_cfg: SampleConfig, proto_cfg: ProtoConfig, kind: str, kind_source: str, on_event: OnEvent | None,
+    cache: Cache,
+    stages: StageSource,
+    norm: str,
+    todo: dict[str, str],
+    siblings: list[str],
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    kind: str,
+    kind_source: str,
+    on_event: OnEvent | None,
     photo: dict | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Build the parts `todo` (part → pid) of one class, each committed in its own transaction.
 
     photo: the note of a class built from the user's photos (`photos.photo_class`): its support set is
@@ -148,24 +167,49 @@ def _build(
         sid, meta = ensure_support_set(cache, stages, norm, seed, sample_cfg, progress("sample"))
         samples += load_samples(cache, sid, sample_cfg.n_images)
     found = _cached_masks(cache, siblings, mid)
-    built = part_prototypes(samples, stages, proto_cfg, list(todo), seed, kind == "stuff", found, str(cache.root),
-                            progress)  # fmt: skip
+    built = part_prototypes(
+        samples, stages, proto_cfg, list(todo), seed, kind == "stuff", found, str(cache.root), progress
+    )
     try:  # the part-label spill files live on the cache's disk: a full disk says so as a commit does
         for part_name, arrays, counts in built:
             record = {
-                "name": norm, "norm": norm, "seed": seed, "extractor": part_name, "part": part_name, "mask_id": mid,
-                "support_id": sid, "support_key": support_key(norm, seed, sample_cfg, digest),
-                **({"photos": digest, "photo_set": photo["photo_set"], "n_photos": photo["n_photos"],
-                    "photo_note": photo["note"]} if photo else {}),
-                "mask_proposer": proto_cfg.mask_proposer, "mask_features": proto_cfg.mask_features,
-                "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
-                "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-                "feature_grid": list(arrays["fg/part_labels"].shape[1:]), "mask_grid": list(arrays["masks"].shape[1:]),
-                "n_images": len(samples), "mask_proposals": counts["proposals"], "mask_thresholds": counts["thresholds"],
-                "kind": kind, "kind_source": kind_source, "models": stages.specs.identity(),
-                "generator": meta.get("generator"), "sampler": sample_cfg.fingerprint_fields(),
-                "proto_version": PROTO_VERSION, "created_at": now_iso(),
-            }  # fmt: skip
+                "name": norm,
+                "norm": norm,
+                "seed": seed,
+                "extractor": part_name,
+                "part": part_name,
+                "mask_id": mid,
+                "support_id": sid,
+                "support_key": support_key(norm, seed, sample_cfg, digest),
+                **(
+                    {
+                        "photos": digest,
+                        "photo_set": photo["photo_set"],
+                        "n_photos": photo["n_photos"],
+                        "photo_note": photo["note"],
+                    }
+                    if photo
+                    else {}
+                ),
+                "mask_proposer": proto_cfg.mask_proposer,
+                "mask_features": proto_cfg.mask_features,
+                "k_parts": proto_cfg.k_parts,
+                "kmeans_iters": proto_cfg.kmeans_iters,
+                "kmeans_max_points": proto_cfg.kmeans_max_points,
+                "feature_size": proto_cfg.feature_size,
+                "feature_grid": list(arrays["fg/part_labels"].shape[1:]),
+                "mask_grid": list(arrays["masks"].shape[1:]),
+                "n_images": len(samples),
+                "mask_proposals": counts["proposals"],
+                "mask_thresholds": counts["thresholds"],
+                "kind": kind,
+                "kind_source": kind_source,
+                "models": stages.specs.identity(),
+                "generator": meta.get("generator"),
+                "sampler": sample_cfg.fingerprint_fields(),
+                "proto_version": PROTO_VERSION,
+                "created_at": now_iso(),
+            }
             cache.put_class(todo[part_name], record, arrays)
     except OSError as e:
         raise CacheError(cache.write_failure(e)) from e
@@ -173,8 +217,15 @@ def _build(
         on_event("prototypes", norm, 1, 1)
 
 
-def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassParts, seed: int, sample_cfg: SampleConfig,
-                   proto_cfg: ProtoConfig, source: str) -> list[str]:  # fmt: skip
+def put_prototypes(
+    cache: Cache,
+    specs: ModelSpecs,
+    protos: ClassParts,
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    source: str,
+) -> list[str]:
     """Cache prototypes made elsewhere (an experiment, a synthetic bank) as class `protos.name`, each part
     under the id `ensure_classes` looks up for these settings, so they are used as built ones are;
     returns the ids in spec order.
@@ -192,16 +243,30 @@ def put_prototypes(cache: Cache, specs: ModelSpecs, protos: ClassParts, seed: in
                 arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
             if "instance" in kinds:
                 src = one.sources.get(f"{group}/instance")
-                arrays[f"{group}/instance_src"] = np.asarray(np.full(len(kinds["instance"]), -1) if src is None else src, np.int64)
+                arrays[f"{group}/instance_src"] = np.asarray(
+                    np.full(len(kinds["instance"]), -1) if src is None else src, np.int64
+                )
         record = {
-            "name": norm, "norm": norm, "seed": seed, "extractor": part, "part": part,
+            "name": norm,
+            "norm": norm,
+            "seed": seed,
+            "extractor": part,
+            "part": part,
             "mask_id": mask_id(norm, seed, specs, sample_cfg, proto_cfg),
-            "support_key": support_key(norm, seed, sample_cfg), "mask_proposer": proto_cfg.mask_proposer,
-            "k_parts": proto_cfg.k_parts, "kmeans_iters": proto_cfg.kmeans_iters,
-            "kmeans_max_points": proto_cfg.kmeans_max_points, "feature_size": proto_cfg.feature_size,
-            "n_images": sample_cfg.n_images, "kind": protos.kind, "kind_source": source, "models": specs.identity(),
-            "sampler": sample_cfg.fingerprint_fields(), "proto_version": PROTO_VERSION, "created_at": now_iso(),
-        }  # fmt: skip
+            "support_key": support_key(norm, seed, sample_cfg),
+            "mask_proposer": proto_cfg.mask_proposer,
+            "k_parts": proto_cfg.k_parts,
+            "kmeans_iters": proto_cfg.kmeans_iters,
+            "kmeans_max_points": proto_cfg.kmeans_max_points,
+            "feature_size": proto_cfg.feature_size,
+            "n_images": sample_cfg.n_images,
+            "kind": protos.kind,
+            "kind_source": source,
+            "models": specs.identity(),
+            "sampler": sample_cfg.fingerprint_fields(),
+            "proto_version": PROTO_VERSION,
+            "created_at": now_iso(),
+        }
         cache.put_class(pid, record, arrays)
     return list(pids.values())
 
@@ -263,7 +328,9 @@ def ensure_classes(
         raise OvdiffError(f"stuff/thing given for {', '.join(map(repr, unknown))}, which is not among the classes")
     notes = {n: (photos or {}).get(n) or photo_class(cache, n, seed, stages.specs) for n in dict.fromkeys(norms)}
     configs = {n: beside_photos(sample_cfg, note["n_generated"]) if note else sample_cfg for n, note in notes.items()}
-    pids = {n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()}
+    pids = {
+        n: class_ids(n, seed, stages.specs, configs[n], proto_cfg, note and note["photos"]) for n, note in notes.items()
+    }
 
     def stale(n: str, rec: dict | None) -> bool:
         return rec is None or (n in overrides and rec["kind"] != overrides[n])
@@ -296,8 +363,9 @@ def ensure_classes(
     return [load_parts(cache, pids[n]) for n in norms]
 
 
-def remove_classes(cache: Cache, targets: list[str], seed: int | None = None, extractor: str | None = None,
-                   with_support: bool = False) -> list[tuple[str, dict]]:  # fmt: skip
+def remove_classes(
+    cache: Cache, targets: list[str], seed: int | None = None, extractor: str | None = None, with_support: bool = False
+) -> list[tuple[str, dict]]:
     """`ovdiff protos rm`: remove the cached classes matching `targets` (as `match_classes`); with_support,
     also their support images unless another cached class that stays uses them. Returns what went."""
     classes = match_classes(cache, targets, seed, extractor)
@@ -330,10 +398,17 @@ def class_support(cache: Cache, pid: str) -> tuple[list[np.ndarray], np.ndarray]
 
 
 def build_class(
-    cache: Cache, stages: StageSource, norm: str, seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
-    kind: str | None = None, on_event: OnEvent | None = None, parts: dict[str, str] | None = None,
+    cache: Cache,
+    stages: StageSource,
+    norm: str,
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    kind: str | None = None,
+    on_event: OnEvent | None = None,
+    parts: dict[str, str] | None = None,
     photo: dict | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Build one class into `cache`, every part of the extractor spec or only `parts` (part → pid),
     whatever is cached for them; returns the ids of all its parts, in spec order. `photo`: the note of
     a class from the user's photos (`photos.photo_class`), None for a generated class.
@@ -357,15 +432,32 @@ def build_class(
         kind, source = known[0]["kind"], known[0]["kind_source"]
     else:
         kind, source = classify(norm, stages, cache)
-    _build(cache, stages, norm, dict(pids) if parts is None else parts, siblings, seed, sample_cfg, proto_cfg, kind,
-           source, on_event, photo)  # fmt: skip
+    _build(
+        cache,
+        stages,
+        norm,
+        dict(pids) if parts is None else parts,
+        siblings,
+        seed,
+        sample_cfg,
+        proto_cfg,
+        kind,
+        source,
+        on_event,
+        photo,
+    )
     return list(pids.values())
 
 
 def classes_to_build(
-    cache: Cache, specs: ModelSpecs, names: list[str], seed: int, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
+    cache: Cache,
+    specs: ModelSpecs,
+    names: list[str],
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
     kinds: dict[str, str] | None = None,
-) -> dict[str, str | None]:  # fmt: skip
+) -> dict[str, str | None]:
     """The classes of `names` that `ensure_classes` would build with models (named by `specs`, none
     loaded): normalised name → the stuff/thing override (None: classify). A class is listed when any
     part of the spec is missing, or must turn from stuff into a thing; cached parts, and thing →
@@ -413,10 +505,18 @@ def match_classes(
 
 
 def build_from_photos(
-    cache: Cache, stages: StageSource, name: str, folder: str, seed: int, sample_cfg: SampleConfig,
-    proto_cfg: ProtoConfig, n_generated: int = 0, kinds: dict[str, str] | None = None, on_event: OnEvent | None = None,
+    cache: Cache,
+    stages: StageSource,
+    name: str,
+    folder: str,
+    seed: int,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    n_generated: int = 0,
+    kinds: dict[str, str] | None = None,
+    on_event: OnEvent | None = None,
     remote: RemoteBuild | None = None,
-) -> ClassParts:  # fmt: skip
+) -> ClassParts:
     """`protos add NAME --images DIR` (beyond the paper): the class from the user's photos, plus `n_generated`
     generated images; the photos are read and checked before anything is written, and the note that NAME
     stands for them is written once the class is built (`engines.photos`).
@@ -440,12 +540,16 @@ def build_from_photos(
             ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, build=False, photos={norm: note})
         except MissingClasses:
             remote(norm, photos, note, _check_kinds(kinds).get(norm))
-    built = ensure_classes(cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note})
+    built = ensure_classes(
+        cache, stages, [norm], seed, sample_cfg, proto_cfg, kinds, on_event=on_event, photos={norm: note}
+    )
     put_photo_class(cache, norm, seed, stages.specs, note)
     return built[0]
 
 
-def write_class_sheet(cache: Cache, target: str, seed: int | None, extractor: str | None, out: Path) -> tuple[str, dict, int]:
+def write_class_sheet(
+    cache: Cache, target: str, seed: int | None, extractor: str | None, out: Path
+) -> tuple[str, dict, int]:
     """`ovdiff protos show`: the newest cached class matching `target` (name or id; `seed`, `extractor` narrow
     it), its support images with their fg (red) and bg (blue) masks drawn to `out`; (id, record, images)."""
     from ..io.outdir import check_not_in_cache
@@ -454,14 +558,17 @@ def write_class_sheet(cache: Cache, target: str, seed: int | None, extractor: st
     check_not_in_cache(out, cache.root)
     pid, rec = match_classes(cache, [target], seed, extractor)[-1]
     images, masks = class_support(cache, pid)
-    title = (f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
-             "fg red, bg blue")  # fmt: skip
+    title = (
+        f"{rec['name']} ({rec['kind']})  |  seed {rec['seed']}  |  {rec['extractor']}, {rec['mask_proposer']}  |  "
+        "fg red, bg blue"
+    )
     save_sheet(mask_sheet(images, masks, title), Path(out))
     return pid, rec, len(images)
 
 
-def export_matching(cache: Cache, targets: list[str] | None, seed: int | None, extractor: str | None,
-                    path: Path) -> tuple[list[tuple[str, dict]], int]:  # fmt: skip
+def export_matching(
+    cache: Cache, targets: list[str] | None, seed: int | None, extractor: str | None, path: Path
+) -> tuple[list[tuple[str, dict]], int]:
     """`ovdiff protos export`: the cached classes matching `targets` (every class when None) written to one
     .safetensors file at `path` (never inside the cache); (the classes, bytes written)."""
     from ..io.outdir import check_not_in_cache

@@ -59,31 +59,65 @@ class Spec:
 
 
 _VOC = Layout(
-    "VOC2012", ("VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", "SegmentationClass", ".jpg", ".png",
+    "VOC2012",
+    ("VOC2012", "VOCdevkit/VOC2012"),
+    "JPEGImages",
+    "SegmentationClass",
+    ".jpg",
+    ".png",
     "ImageSets/Segmentation/val.txt",
-)  # fmt: skip
+)
 _CONTEXT = Layout(
-    "VOC2010", ("VOC2010", "VOCdevkit/VOC2010"), "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
+    "VOC2010",
+    ("VOC2010", "VOCdevkit/VOC2010"),
+    "JPEGImages",
+    "SegmentationClassContext",
+    ".jpg",
+    ".png",
     "ImageSets/SegmentationContext/val.txt",
     hint="; make it with mmsegmentation's tools/dataset_converters/pascal_context.py",
-)  # fmt: skip
+)
 _COCO_PARENTS = ("coco_stuff164k", "coco")
 _OBJECT = Layout(
-    "coco_stuff164k", _COCO_PARENTS, "images/val2017", "annotations/val2017", ".jpg", "_instanceTrainIds.png",
-    None, hint="; make the label maps with GroupViT's convert_dataset/convert_coco_object.py",
-)  # fmt: skip
+    "coco_stuff164k",
+    _COCO_PARENTS,
+    "images/val2017",
+    "annotations/val2017",
+    ".jpg",
+    "_instanceTrainIds.png",
+    None,
+    hint="; make the label maps with GroupViT's convert_dataset/convert_coco_object.py",
+)
 _STUFF = Layout(
-    "coco_stuff164k", _COCO_PARENTS, "images/val2017", "annotations/val2017", ".jpg", "_labelTrainIds.png",
-    None, hint="; make the label maps with mmsegmentation's tools/dataset_converters/coco_stuff164k.py",
-)  # fmt: skip
+    "coco_stuff164k",
+    _COCO_PARENTS,
+    "images/val2017",
+    "annotations/val2017",
+    ".jpg",
+    "_labelTrainIds.png",
+    None,
+    hint="; make the label maps with mmsegmentation's tools/dataset_converters/coco_stuff164k.py",
+)
 _ADE = Layout(
-    "ADEChallengeData2016", ("ADEChallengeData2016", "ade/ADEChallengeData2016"), "images/validation",
-    "annotations/validation", ".jpg", ".png", None,
-)  # fmt: skip
+    "ADEChallengeData2016",
+    ("ADEChallengeData2016", "ade/ADEChallengeData2016"),
+    "images/validation",
+    "annotations/validation",
+    ".jpg",
+    ".png",
+    None,
+)
 _CITYSCAPES = Layout(
-    "cityscapes", ("cityscapes",), "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelTrainIds.png",
-    None, per_city=True, hint="; make the label maps with mmsegmentation's tools/dataset_converters/cityscapes.py",
-)  # fmt: skip
+    "cityscapes",
+    ("cityscapes",),
+    "leftImg8bit/val",
+    "gtFine/val",
+    "_leftImg8bit.png",
+    "_gtFine_labelTrainIds.png",
+    None,
+    per_city=True,
+    hint="; make the label maps with mmsegmentation's tools/dataset_converters/cityscapes.py",
+)
 
 SPECS: dict[str, Spec] = {
     s.name: s
@@ -160,7 +194,11 @@ class SegDataset:
     """
 
     def __init__(
-        self, name: str, root: Path | str, limit: int | None = None, raw_names: bool = False,
+        self,
+        name: str,
+        root: Path | str,
+        limit: int | None = None,
+        raw_names: bool = False,
         custom_classes: list[str] | None = None,
     ):
         if name not in SPECS:
@@ -231,15 +269,20 @@ class SegDataset:
     def kinds_record(self) -> dict:
         """Which thing/stuff list a run on this dataset uses, and the classes it calls stuff (None: the table decides)."""
         kinds = self.kinds()
-        return {"list": KIND_LISTS["table" if kinds is None else "authors"],
-                "stuff": None if kinds is None else [n for n, k in kinds.items() if k == "stuff"]}  # fmt: skip
+        return {
+            "list": KIND_LISTS["table" if kinds is None else "authors"],
+            "stuff": None if kinds is None else [n for n, k in kinds.items() if k == "stuff"],
+        }
 
     def __repr__(self) -> str:
         return f"SegDataset({self.name!r}, root={str(self.root)!r}, n={len(self)})"
 
 
 def load_dataset(
-    name: str, root: Path | str, limit: int | None = None, raw_names: bool = False,
+    name: str,
+    root: Path | str,
+    limit: int | None = None,
+    raw_names: bool = False,
     custom_classes: list[str] | None = None,
 ) -> SegDataset:
     """The reader for benchmark `name` (one of DATASET_NAMES) on the dataset folder `root`.
@@ -268,8 +311,11 @@ def resolve_root(spec: Spec, root: Path) -> Path:
     if not looks_right(root):
         found = [root / sub for sub in lay.parents if looks_right(root / sub)]
         if len(found) > 1:
-            raise InvalidSetting("root", f"{root} holds {len(found)} {spec.name} candidates "
-                                         f"({', '.join(str(f) for f in found)}): give one of them")  # fmt: skip
+            raise InvalidSetting(
+                "root",
+                f"{root} holds {len(found)} {spec.name} candidates "
+                f"({', '.join(str(f) for f in found)}): give one of them",
+            )
         if found:
             root = found[0]
     for rel in (lay.image_dir, lay.label_dir):

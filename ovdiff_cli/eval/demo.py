@@ -38,8 +38,9 @@ class DemoRun:
     figure: Path  # figure.png: image | mask | truth for the first scenes
 
 
-def run_demo(session: Session, root: Path, n_images: int, on_event: OnEvent | None = None,
-             on_image: OnImage | None = None) -> DemoRun:  # fmt: skip
+def run_demo(
+    session: Session, root: Path, n_images: int, on_event: OnEvent | None = None, on_image: OnImage | None = None
+) -> DemoRun:
     """Draw `n_images` scenes under `root`/data, build the classes and segment the scenes into `root`/masks
     (the folder job of `ovdiff segment`, with overlays), score the saved masks and draw the figure.
 
@@ -54,24 +55,36 @@ def run_demo(session: Session, root: Path, n_images: int, on_event: OnEvent | No
 
     specs = session.stages.specs
     if specs.preset.weights != "procedural":
-        raise OvdiffError(f"the demo needs the procedural world, whose truth is known (got preset {specs.preset.name!r})")
+        raise OvdiffError(
+            f"the demo needs the procedural world, whose truth is known (got preset {specs.preset.name!r})"
+        )
     in_range("images", n_images)
     root = check_out_dir(root, "the demo")
     data, masks = root / "data", root / "masks"
     seed = session.run_config.seed
     write_voc(data, n_images, seed)
     names = list(LABELLED)
-    done = segment_folder(session, names, [str(data / "VOC2012" / "JPEGImages")], masks, FolderJob(overlay=True),
-                          on_event, on_image)  # fmt: skip
+    done = segment_folder(
+        session, names, [str(data / "VOC2012" / "JPEGImages")], masks, FolderJob(overlay=True), on_event, on_image
+    )
     summary = done.summary
     if summary.failures:
         raise OvdiffError(f"{len(summary.failures)} demo image(s) failed: {summary.failures[0][1]}")
     dataset = load_dataset("voc", data, custom_classes=names)
     result = evaluate(dataset, predictions_from_dir(masks, dataset))  # the saved masks, under eval's protocol
-    record = protocol(dataset, [seed], specs.preset.name, specs.identity(), session.sample_config,
-                      session.proto_config, session.segment_config, predictions=str(masks))  # fmt: skip
-    _, report = write_report(result, root / "report", dataset, run_protocol=record,
-                             seconds_per_image=summary.seconds_per_image)  # segmenting, not reading the masks back
+    record = protocol(
+        dataset,
+        [seed],
+        specs.preset.name,
+        specs.identity(),
+        session.sample_config,
+        session.proto_config,
+        session.segment_config,
+        predictions=str(masks),
+    )
+    _, report = write_report(
+        result, root / "report", dataset, run_protocol=record, seconds_per_image=summary.seconds_per_image
+    )  # segmenting, not reading the masks back
     figure = root / "figure.png"
     save_picture(demo_figure(dataset, masks), figure)
     return DemoRun(data, masks, report, dataset, result, summary, figure)

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from ..errors import InvalidSetting, OvdiffError
 from ..io.legend import LEGEND_FILE, legend_lookup
+from ..io.palette import colorize, rgb_to_labels
 from ..limits import in_range
+from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
 from .metrics import ConfusionMatrix
 from .paper import NOT_COMPARABLE, paper_reference, weights_kind
-from ..io.palette import colorize, rgb_to_labels
 
 if TYPE_CHECKING:
     from ..config import SegmentConfig
@@ -120,8 +120,10 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
         image = load_image(item.image_path)
         if item.label.shape != image.shape[:2]:  # the dataset is off, not the prediction: say so
             (h, w), (ih, iw) = item.label.shape, image.shape[:2]
-            raise OvdiffError(f"image {item.id}: the ground-truth label {item.info.label_path} is {w}x{h} but the image is "
-                              f"{iw}x{ih}: the dataset's label does not fit its image")  # fmt: skip
+            raise OvdiffError(
+                f"image {item.id}: the ground-truth label {item.info.label_path} is {w}x{h} but the image is "
+                f"{iw}x{ih}: the dataset's label does not fit its image"
+            )
         t0 = time.perf_counter()
         raw = predict(image, item.info)
         predict_seconds += time.perf_counter() - t0
@@ -179,6 +181,8 @@ def segmenter_predictor(segmenter: Segmenter, dataset: SegDataset) -> Predict:
         return segmenter.predict(image).labels - shift
 
     return predict
+
+
 def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int | None = None) -> Predict:
     """A predictor that reads saved masks `<pred_dir>/<id>.png` instead of running a model.
 
@@ -198,7 +202,9 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
     lut = None
     if (root / LEGEND_FILE).is_file():
         if offset is not None:
-            raise InvalidSetting("offset", f"and the legend {root / LEGEND_FILE} both say what mask values mean: leave the offset out")
+            raise InvalidSetting(
+                "offset", f"and the legend {root / LEGEND_FILE} both say what mask values mean: leave the offset out"
+            )
         lut = legend_lookup(root / LEGEND_FILE, dataset)
     off = (0 if dataset.has_background else 1) if offset is None else offset
 
@@ -211,7 +217,9 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
         if lut is not None:
             labels = lut[np.clip(values, 0, len(lut) - 1)]
             if (labels < 0).any():
-                raise OvdiffError(f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name")
+                raise OvdiffError(
+                    f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name"
+                )
             return labels
         labels = values - off
         labels[((values == IGNORE_INDEX) & (raw.dtype == np.uint8)) | (labels < 0)] = NO_CLASS
@@ -270,9 +278,17 @@ def aggregate(results: list[EvalResult]) -> dict:
 
 # -- protocol and the paper's numbers -------------------------------------------------------------
 
-def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, models: dict | None,
-             sample: object | None = None, protos: object | None = None, segment: object | None = None,
-             predictions: str | None = None) -> dict:  # fmt: skip
+
+def protocol(
+    dataset: SegDataset,
+    seeds: list[int] | None,
+    preset: str | None,
+    models: dict | None,
+    sample: object | None = None,
+    protos: object | None = None,
+    segment: object | None = None,
+    predictions: str | None = None,
+) -> dict:
     """What a run measured and how, for metrics.json and report.html: dataset, split, images, class
     names, preset and model specs, seeds, window settings and the ovdiff version. The configs are
     the dataclasses the run used (None when scoring saved masks)."""
@@ -282,18 +298,27 @@ def protocol(dataset: SegDataset, seeds: list[int] | None, preset: str | None, m
 
     layout = dataset.spec.layout
     return {
-        "dataset": dataset.name, "title": dataset.title, "root": str(dataset.root),
-        "split": layout.split_file or layout.image_dir, "n_images": len(dataset),
+        "dataset": dataset.name,
+        "title": dataset.title,
+        "root": str(dataset.root),
+        "split": layout.split_file or layout.image_dir,
+        "n_images": len(dataset),
         "class_names": "custom" if dataset.custom else "raw" if dataset.raw_names else "paper (App. C.3)",
-        "classes": list(dataset.classes), "kinds": None if predictions else dataset.kinds_record(),
+        "classes": list(dataset.classes),
+        "kinds": None if predictions else dataset.kinds_record(),
         "has_background": dataset.has_background,
-        "ignore_index": IGNORE_INDEX, "metric": "mIoU from one confusion matrix over the split (mmseg)",
-        "predictions": predictions, "preset": preset, "weights": weights_kind(preset), "models": models, "seeds": seeds,
+        "ignore_index": IGNORE_INDEX,
+        "metric": "mIoU from one confusion matrix over the split (mmseg)",
+        "predictions": predictions,
+        "preset": preset,
+        "weights": weights_kind(preset),
+        "models": models,
+        "seeds": seeds,
         "sample": asdict(sample) if sample is not None else None,
         "protos": asdict(protos) if protos is not None else None,
         "segment": asdict(segment) if segment is not None else None,
         "ovdiff_version": __version__,
-    }  # fmt: skip
+    }
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -311,7 +336,9 @@ def _display(labels: np.ndarray, has_background: bool) -> np.ndarray:
     return out
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, has_background: bool, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, pred: np.ndarray, gt: np.ndarray, has_background: bool, alpha: float = 0.5
+) -> np.ndarray:
     """HxWx3 image blended with the coloured prediction (left) and ground truth (right), side by side."""
     img = image.astype(np.float32)
     halves = []
@@ -331,8 +358,13 @@ def _png_b64(rgb: np.ndarray, width: int) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalResult] | None = None,
-                     run_protocol: dict | None = None, seconds_per_image: float | None = None) -> dict:  # fmt: skip
+def metrics_document(
+    result: EvalResult,
+    dataset: SegDataset,
+    runs: list[EvalResult] | None = None,
+    run_protocol: dict | None = None,
+    seconds_per_image: float | None = None,
+) -> dict:
     """metrics.json (and `ovdiff eval --json`): scores (IoUs as fractions), class names, mean ± σ over
     `runs`, the protocol and the paper's number for the benchmark (None when there is none).
     seconds_per_image: the segmenting time per image when the masks were made elsewhere (saved masks)."""
@@ -350,9 +382,13 @@ def metrics_document(result: EvalResult, dataset: SegDataset, runs: list[EvalRes
 
 
 def write_report(
-    result: EvalResult, out_dir: Path | str, dataset: SegDataset, runs: list[EvalResult] | None = None,
-    run_protocol: dict | None = None, seconds_per_image: float | None = None,
-) -> tuple[Path, Path]:  # fmt: skip
+    result: EvalResult,
+    out_dir: Path | str,
+    dataset: SegDataset,
+    runs: list[EvalResult] | None = None,
+    run_protocol: dict | None = None,
+    seconds_per_image: float | None = None,
+) -> tuple[Path, Path]:
     """Write `metrics.json` and a self-contained `report.html` into `out_dir`; return their paths.
     seconds_per_image: as `metrics_document`.
 
@@ -376,8 +412,11 @@ def write_report(
         figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
     html_path = out / "report.html"
     confusion = _png_b64(confusion_picture(result.confusion, result.classes), 10_000)
-    html_path.write_text(_html(result, dataset, figures, summary, metrics["paper"], run_protocol, confusion,
-                               metrics["seconds_per_image"]))  # fmt: skip
+    html_path.write_text(
+        _html(
+            result, dataset, figures, summary, metrics["paper"], run_protocol, confusion, metrics["seconds_per_image"]
+        )
+    )
     return json_path, html_path
 
 
@@ -424,15 +463,22 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summary: dict | None,
-          paper: dict | None = None, run_protocol: dict | None = None, confusion: str = "",
-          seconds_per_image: float | None = None) -> str:  # fmt: skip
+def _html(
+    result: EvalResult,
+    dataset: SegDataset,
+    figures: dict[str, str],
+    summary: dict | None,
+    paper: dict | None = None,
+    run_protocol: dict | None = None,
+    confusion: str = "",
+    seconds_per_image: float | None = None,
+) -> str:
     esc = html.escape
     pal = colorize(_display(np.arange(result.per_class_iou.size), dataset.has_background))
     rows = []
     for j, (name, iou) in enumerate(zip(result.classes, result.per_class_iou, strict=True)):
         width = 0.0 if math.isnan(iou) else 100 * iou
-        colour = "#%02x%02x%02x" % tuple(int(c) for c in pal[j])
+        colour = "#%02x%02x%02x" % tuple(int(c) for c in pal[j])  # noqa: UP031
         extra = ""
         if summary and summary["per_class_iou"].get(name):
             s = summary["per_class_iou"][name]
@@ -451,14 +497,19 @@ def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summ
         head += f"<br>paper ({esc(paper['table'])}, {esc(paper['setup'])}): mIoU <b>{_pct(paper['miou'])}{sd}</b>"
     kind = NOT_COMPARABLE.get((run_protocol or {}).get("weights"))
     if kind:
-        head += (f"<br><b class=warn>preset {esc(str(run_protocol['preset']))} uses {kind}: these scores check the "
-                 "pipeline, they are not comparable to the paper's</b>")  # fmt: skip
+        head += (
+            f"<br><b class=warn>preset {esc(str(run_protocol['preset']))} uses {kind}: these scores check the "
+            "pipeline, they are not comparable to the paper's</b>"
+        )
     proto_rows = "".join(
         f"<tr><td class=name>{esc(k)}</td><td>{esc(_brief(v))}</td></tr>" for k, v in (run_protocol or {}).items()
     )
     proto = f"<h2>Protocol</h2><table class=proto>{proto_rows}</table>" if proto_rows else ""
-    matrix = (f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{confusion}'>"
-              if confusion else "")  # fmt: skip
+    matrix = (
+        f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{confusion}'>"
+        if confusion
+        else ""
+    )
 
     def gallery(title: str, picks: list[tuple[str, float]], skip: frozenset[str] | set[str] = frozenset()) -> str:
         cells = [
@@ -467,7 +518,9 @@ def _html(result: EvalResult, dataset: SegDataset, figures: dict[str, str], summ
             for i, m in picks
             if i in figures and i not in skip
         ]
-        return f"<h2>{title}</h2><p class=note>left: prediction · right: ground truth</p>{''.join(cells)}" if cells else ""
+        return (
+            f"<h2>{title}</h2><p class=note>left: prediction · right: ground truth</p>{''.join(cells)}" if cells else ""
+        )
 
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ovdiff eval: {esc(result.dataset)}</title>
@@ -478,7 +531,7 @@ td{{padding:1px 6px;font-size:13px}} .proto td{{vertical-align:top}} .name{{text
 figure{{display:inline-block;margin:0 1em 1em 0}} figcaption{{font-size:13px}}
 </style></head><body>
 <h1>{esc(dataset.title)}</h1><p>{head}</p>
-<h2>IoU per class (%)</h2><table>{''.join(rows)}</table>
+<h2>IoU per class (%)</h2><table>{"".join(rows)}</table>
 {matrix}
 {proto}
 {gallery("Best images", result.best())}

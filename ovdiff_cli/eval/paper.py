@@ -30,8 +30,12 @@ def paper_reference(dataset: SegDataset) -> dict | None:
     if ref is None or dataset.custom:
         return None
     std = None if ref["std"] is None else round(ref["std"] / 100, 6)
-    return dict(ref, miou=round(ref["miou"] / 100, 6), std=std,
-                setup="SD1.5 + DINO + CLIP, real weights (the sd15 preset's defaults)")  # fmt: skip
+    return dict(
+        ref,
+        miou=round(ref["miou"] / 100, 6),
+        std=std,
+        setup="SD1.5 + DINO + CLIP, real weights (the sd15 preset's defaults)",
+    )
 
 
 NOT_COMPARABLE = {"tiny": "random weights", "full": "random weights", "procedural": "the procedural toy world"}

@@ -67,7 +67,9 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
         p = Path(spec).expanduser()
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            inside = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())  # --out below this folder
+            inside = (
+                out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
+            )  # --out below this folder
             files = sorted(f for f in p.glob(pattern) if keep(f, out if inside else None))
             found += [InputImage(f, f.relative_to(p).with_suffix("").as_posix()) for f in files]
         elif p.is_file():
@@ -85,8 +87,9 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
     names: dict[str, int] = {}
     for i in unique:
         names[i.name] = names.get(i.name, 0) + 1
-    return [InputImage(i.path, f"{i.name}_{i.path.suffix.lstrip('.').lower()}") if names[i.name] > 1 else i
-            for i in unique]  # fmt: skip
+    return [
+        InputImage(i.path, f"{i.name}_{i.path.suffix.lstrip('.').lower()}") if names[i.name] > 1 else i for i in unique
+    ]
 
 
 def check_size(width: int, height: int, what: object, max_pixels: int = MAX_PIXELS) -> None:
@@ -247,8 +250,19 @@ def tile_sheet(tiles: list[Image.Image], title: str, columns: int, pad: int = 4,
     return sheet
 
 
-EXPLAIN_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                            (145, 30, 180), (70, 240, 240), (240, 50, 230)], np.uint8)  # fmt: skip
+EXPLAIN_COLOURS = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+    ],
+    np.uint8,
+)
 
 
 def save_index_map(index: np.ndarray, path: Path) -> None:
@@ -257,8 +271,9 @@ def save_index_map(index: np.ndarray, path: Path) -> None:
     _atomic(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
-def explain_picture(image: np.ndarray, regions: list[np.ndarray], supports: list[tuple[np.ndarray, np.ndarray, str]],
-                    thumb: int = 128) -> np.ndarray:  # fmt: skip
+def explain_picture(
+    image: np.ndarray, regions: list[np.ndarray], supports: list[tuple[np.ndarray, np.ndarray, str]], thumb: int = 128
+) -> np.ndarray:
     """The image with the pixels each chosen prototype won tinted in its colour (left), and for each
     prototype the support image it came from with its source region tinted alike, and a caption.
 
@@ -270,7 +285,9 @@ def explain_picture(image: np.ndarray, regions: list[np.ndarray], supports: list
         left[region] = 0.45 * left[region] + 0.55 * colour
     tiles = []
     font = _font()
-    width = min(480, max([200] + [int(font.getlength(line)) + 8 for *_, caption in supports for line in caption.split("\n")]))
+    width = min(
+        480, max([200] + [int(font.getlength(line)) + 8 for *_, caption in supports for line in caption.split("\n")])
+    )
 
     def fit(line: str) -> str:  # a caption line cut to the column, for class names of any length
         room = (width - 8) / max(font.getlength(line), 1)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..eval.datasets import IGNORE_INDEX
 from ..errors import OvdiffError
+from ..eval.datasets import IGNORE_INDEX
 from .images import save_json
 from .masks import format_note, png_kind
 from .palette import voc_palette

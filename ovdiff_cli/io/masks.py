@@ -53,11 +53,15 @@ def save_png_mask(labels: np.ndarray, path: Path, num_classes: int) -> None:
 def format_note(fmt: str, num_classes: int) -> str:
     """What the legend says about the mask files of a run, for classes.json."""
     if fmt == "npz":
-        return ("npz: 'labels' (H,W) uint16 = index below; with --save-scores 'scores' (K+1,h,w) float16, "
-                "cosine score per label at the working resolution (-2 = not scored)")  # fmt: skip
+        return (
+            "npz: 'labels' (H,W) uint16 = index below; with --save-scores 'scores' (K+1,h,w) float16, "
+            "cosine score per label at the working resolution (-2 = not scored)"
+        )
     if fmt == "coco-rle":
-        return (f"COCO results JSON ({COCO_RESULTS}): compressed RLE per image and class, category_id = index below; "
-                f"image ids in {COCO_IMAGES}")  # fmt: skip
+        return (
+            f"COCO results JSON ({COCO_RESULTS}): compressed RLE per image and class, category_id = index below; "
+            f"image ids in {COCO_IMAGES}"
+        )
     if png_kind(num_classes) == "palette":
         return "palette PNG: pixel value = index below; colours are the PASCAL VOC palette"
     return "16-bit grayscale PNG (more than 254 classes): pixel value = index below"
@@ -128,8 +132,15 @@ def coco_records(labels: np.ndarray, stats: dict[int, tuple[int, float]], image_
     for k in (int(v) for v in np.unique(labels) if v > 0):
         mask = labels == k
         score = stats[k][1] if k in stats else 1.0
-        out.append({"image_id": int(image_id), "category_id": k, "segmentation": rle_encode(mask),
-                    "score": round(float(score), 6), "area": int(mask.sum())})  # fmt: skip
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": k,
+                "segmentation": rle_encode(mask),
+                "score": round(float(score), 6),
+                "area": int(mask.sum()),
+            }
+        )
     return out
 
 
@@ -183,8 +194,14 @@ class MaskWriter:
             return self.out_dir / COCO_RESULTS
         return self.out_dir / f"{name}.{self.fmt}"
 
-    def write(self, name: str, labels: np.ndarray, scores: np.ndarray | None = None, file_name: str | None = None,
-              stats: dict[int, tuple[int, float]] | None = None) -> None:  # fmt: skip
+    def write(
+        self,
+        name: str,
+        labels: np.ndarray,
+        scores: np.ndarray | None = None,
+        file_name: str | None = None,
+        stats: dict[int, tuple[int, float]] | None = None,
+    ) -> None:
         """labels (H,W) int in 0..num_classes; scores (K+1,h,w) float, needed when `save_scores`; for
         coco-rle, file_name: the image's file (default `name`) and stats: label → (pixels, mean score)."""
         if self.fmt == "png":

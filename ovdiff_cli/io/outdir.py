@@ -50,21 +50,29 @@ def check_not_in_cache(target: Path, cache_dir: Path, setting: str | None = "out
         raise OvdiffError(f"the file {detail}") if setting is None else InvalidSetting(setting, detail)
 
 
-def check_no_input_overwritten(out_dir: Path, items: list[InputImage], fmt: str = "png", overlay: bool = False,
-                               explain: bool = False) -> None:  # fmt: skip
+def check_no_input_overwritten(
+    out_dir: Path, items: list[InputImage], fmt: str = "png", overlay: bool = False, explain: bool = False
+) -> None:
     """A one-line error if an output (mask, overlay, explanation, the legend) would be written over one of the inputs."""
     inputs = {item.path.resolve() for item in items}
     for item in items:
         targets = [out_dir / f"{item.name}.{fmt}"] if fmt != "coco-rle" else []
         targets += [out_dir / "overlays" / f"{item.name}.jpg"] if overlay else []
-        targets += [out_dir / "explain" / f"{item.name}{s}" for s in (".json", ".winner.png", ".png")] if explain else []
+        targets += (
+            [out_dir / "explain" / f"{item.name}{s}" for s in (".json", ".winner.png", ".png")] if explain else []
+        )
         for target in targets:
             if target.resolve() in inputs:
-                raise InvalidSetting("out", f"{out_dir} would overwrite the input {target} with an output of {item.path}: "
-                                            "write the outputs to another folder")  # fmt: skip
+                raise InvalidSetting(
+                    "out",
+                    f"{out_dir} would overwrite the input {target} with an output of {item.path}: "
+                    "write the outputs to another folder",
+                )
     for name in (LEGEND, COCO_RESULTS, COCO_IMAGES) if fmt == "coco-rle" else (LEGEND,):
         if (out_dir / name).resolve() in inputs:
-            raise InvalidSetting("out", f"{out_dir} would overwrite the input {out_dir / name}: write the masks to another folder")
+            raise InvalidSetting(
+                "out", f"{out_dir} would overwrite the input {out_dir / name}: write the masks to another folder"
+            )
 
 
 def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
@@ -73,9 +81,12 @@ def check_out_holds_no_input(out_dir: Path, items: list[InputImage]) -> None:
     out = out_dir.resolve()
     beside = [item.path for item in items if item.path.resolve().parent == out]
     if beside:
-        raise InvalidSetting("out", f"{out_dir} holds input images ({beside[0].name}{', …' if len(beside) > 1 else ''}): "
-                                    "the masks would be read back as inputs next time; write them to another folder, "
-                                    f"e.g. {out_dir / 'masks'}")  # fmt: skip
+        raise InvalidSetting(
+            "out",
+            f"{out_dir} holds input images ({beside[0].name}{', …' if len(beside) > 1 else ''}): "
+            "the masks would be read back as inputs next time; write them to another folder, "
+            f"e.g. {out_dir / 'masks'}",
+        )
 
 
 def _legend_names(legend: dict) -> list[str]:
@@ -98,13 +109,19 @@ def check_legend(out_dir: Path, legend: dict, overwrite: bool, protect: set[Path
     if old.get("labels") == legend["labels"] and same_format:
         return  # the same classes and files: this run refreshes the same set
     if not overwrite and old.get("labels") == legend["labels"]:
-        raise InvalidSetting("format", f"{legend.get('mask_format')}: {out_dir} holds {old.get('mask_format')} masks of these "
-                                       f"classes; write {old.get('mask_format')}, use another folder, or replace that set",
-                             way_out="overwrite")  # fmt: skip
+        raise InvalidSetting(
+            "format",
+            f"{legend.get('mask_format')}: {out_dir} holds {old.get('mask_format')} masks of these "
+            f"classes; write {old.get('mask_format')}, use another folder, or replace that set",
+            way_out="overwrite",
+        )
     if not overwrite:
         names = ", ".join(_legend_names(old)[:8])
-        raise InvalidSetting("out", f"{out_dir} holds masks of other classes ({names}): write to another folder, "
-                                    "or replace that set", way_out="overwrite")  # fmt: skip
+        raise InvalidSetting(
+            "out",
+            f"{out_dir} holds masks of other classes ({names}): write to another folder, or replace that set",
+            way_out="overwrite",
+        )
     remove_mask_set(out_dir, protect)
 
 
@@ -155,7 +172,10 @@ def _flock(path: Path, mode: int, out_dir: Path) -> int:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise InvalidSetting("out", f"{out_dir} is being written by another 'ovdiff segment': wait for it to finish, or use another folder") from None
+            raise InvalidSetting(
+                "out",
+                f"{out_dir} is being written by another 'ovdiff segment': wait for it to finish, or use another folder",
+            ) from None
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -67,7 +67,7 @@ class OutputWriter:
         self.out_dir, self.overlay, self.explainer, self.on_image = Path(out_dir), overlay, explainer, on_image
         self.masks = masks or MaskWriter(self.out_dir, len(class_names))
         self.names = {0: "background", **{k + 1: n for k, n in enumerate(class_names)}}
-        self.summary = JobSummary(timings={k: 0.0 for k in ("filter", "features", "matching", "upsample_io")})
+        self.summary = JobSummary(timings=dict.fromkeys(("filter", "features", "matching", "upsample_io"), 0.0))
         self._start = time.perf_counter()
 
     def failed(self, item: InputImage, error: str) -> None:
@@ -84,7 +84,9 @@ class OutputWriter:
                 if image is None and (self.overlay or self.explainer is not None):
                     image = load_image(item.path)
                 if self.overlay:
-                    save_picture(overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg")
+                    save_picture(
+                        overlay_picture(image, seg.labels, self.names), self.out_dir / "overlays" / f"{item.name}.jpg"
+                    )
                 if self.explainer is not None:
                     self.explainer(item, image, seg, self.out_dir / "explain")
             seg.timings["upsample_io"] += io_time + time.perf_counter() - t0
@@ -115,19 +117,37 @@ def image_record(item: InputImage, mask: Path, seg: Segmentation, names: dict[in
     too) its area in pixels and mean winning score (None where unknown)."""
     areas = np.bincount(seg.labels.ravel())
     present = np.flatnonzero(areas).tolist()
-    segments = [{"label": names[k], "index": k, "area": int(areas[k]),
-                 "score": round(seg.stats[k][1], 6) if k in seg.stats else None} for k in present]  # fmt: skip
-    return {"input": str(item.path), "mask": str(mask), "classes": [names[k] for k in present if k > 0], "segments": segments}
+    segments = [
+        {
+            "label": names[k],
+            "index": k,
+            "area": int(areas[k]),
+            "score": round(seg.stats[k][1], 6) if k in seg.stats else None,
+        }
+        for k in present
+    ]
+    return {
+        "input": str(item.path),
+        "mask": str(mask),
+        "classes": [names[k] for k in present if k > 0],
+        "segments": segments,
+    }
 
 
 def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
     """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image)."""
     per = summary.written or 1
     return {
-        "out": str(out_dir), "format": fmt, "legend": str(Path(out_dir) / "classes.json"), "classes": list(names),
-        "images": len(items), "written": summary.written, "failed": len(summary.failures),
+        "out": str(out_dir),
+        "format": fmt,
+        "legend": str(Path(out_dir) / "classes.json"),
+        "classes": list(names),
+        "images": len(items),
+        "written": summary.written,
+        "failed": len(summary.failures),
         "failures": [{"input": path, "error": error} for path, error in summary.failures],
-        "seconds": summary.seconds, "seconds_per_image": summary.seconds_per_image if summary.written else None,
+        "seconds": summary.seconds,
+        "seconds_per_image": summary.seconds_per_image if summary.written else None,
         "stage_seconds_per_image": {k: v / per for k, v in summary.timings.items()},
         "per_image": summary.images,
-    }  # fmt: skip
+    }

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .images import tile_sheet
 from ..method.masks import resize_mask
+from .images import tile_sheet
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,8 +69,10 @@ def mask_sheet(images: list[np.ndarray], masks: np.ndarray, title: str, thumb: i
 
     if not images:
         raise ValueError("mask sheet of no images")
-    tiles = [Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
-             for img, m in zip(images, masks, strict=True)]  # fmt: skip
+    tiles = [
+        Image.fromarray(overlay_masks(img, m)).resize((thumb, thumb), Image.Resampling.BILINEAR)
+        for img, m in zip(images, masks, strict=True)
+    ]
     return tile_sheet(tiles, title, columns)
 
 

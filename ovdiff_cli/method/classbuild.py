@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import ProtoConfig
-    from .prototypes import Batch
     from ..types import Sample, StageSource
+    from .prototypes import Batch
 
 Progress = Callable[[str], "Callable[[int, int], None] | None"]  # stage ("masks", "extract") → on_progress(done, total)
 
@@ -73,8 +73,15 @@ def mask_batches(
         shared, batches = False, ((i, None) for i in range(0, len(samples), step))
     for first, feats in batches:
         chunk = samples[first : first + step]
-        masks = class_masks(chunk, feats if feats is not None else torch.zeros(len(chunk), 0, g, g), proposer, thresholds)
-        yield first, {grid: encode_masks(*masks.on_grid(grid)) for grid in grids}, masks.counts(), feats if shared else None
+        masks = class_masks(
+            chunk, feats if feats is not None else torch.zeros(len(chunk), 0, g, g), proposer, thresholds
+        )
+        yield (
+            first,
+            {grid: encode_masks(*masks.on_grid(grid)) for grid in grids},
+            masks.counts(),
+            feats if shared else None,
+        )
         del feats, masks  # a generator's loop variables outlive the yield: drop them before the next batch
 
 
@@ -136,13 +143,15 @@ def part_prototypes(
     images = [s.image for s in samples]
 
     def aggregate(batches: Iterator[Batch]) -> dict[str, np.ndarray]:
-        return build_prototypes(batches, proto_cfg.k_parts, seed, stuff, proto_cfg.kmeans_iters,
-                                proto_cfg.kmeans_max_points, spill_dir)  # fmt: skip
+        return build_prototypes(
+            batches, proto_cfg.k_parts, seed, stuff, proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, spill_dir
+        )
 
     def extracted(part: str, coded: np.ndarray) -> Iterator[Batch]:
         extractor = stages.part(part)
-        for first, feats in iter_features(extractor, images, extractor.fit(proto_cfg.feature_size),
-                                          proto_cfg.batch_size, on("extract")):  # fmt: skip
+        for first, feats in iter_features(
+            extractor, images, extractor.fit(proto_cfg.feature_size), proto_cfg.batch_size, on("extract")
+        ):
             yield feats, *on_part_grid(coded[first : first + len(feats)], tuple(feats.shape[-2:]))
             del feats
 

@@ -37,8 +37,14 @@ class TimmOutputsPart:
         dtype = m.patch_embed.proj.weight.dtype
         with torch.inference_mode():
             x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
-            (out,) = m.forward_intermediates(x.to(dtype), indices=[len(m.blocks) - 1], norm=True, stop_early=True,
-                                             intermediates_only=True, output_fmt="NCHW")  # fmt: skip
+            (out,) = m.forward_intermediates(
+                x.to(dtype),
+                indices=[len(m.blocks) - 1],
+                norm=True,
+                stop_early=True,
+                intermediates_only=True,
+                output_fmt="NCHW",
+            )
             return out
 
 

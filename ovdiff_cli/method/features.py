@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import OvdiffError
 from ..config import InputSize
+from ..errors import OvdiffError
 
 if TYPE_CHECKING:
     import torch
@@ -55,8 +55,10 @@ def _fit(images: torch.Tensor, multiple: int) -> torch.Tensor:
 def clip_mean_std(visual) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) of an open_clip vision tower's inputs, as the category filter feeds it:
     its own, else OpenAI CLIP's."""
-    return (tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN),
-            tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD))  # fmt: skip
+    return (
+        tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN),
+        tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD),
+    )
 
 
 def _normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
@@ -330,7 +332,9 @@ class Part:
         th, tw = self.input_size(*crops.shape[-2:])
         th, tw = math.ceil(th / self.stride) * self.stride, math.ceil(tw / self.stride) * self.stride
         if (th, tw) != tuple(crops.shape[-2:]):
-            crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+            crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False, antialias=True).clamp(
+                0, 1
+            )
         return crops
 
 
@@ -375,4 +379,3 @@ def iter_features(
             on_progress(min(i + batch_size, len(images)), len(images))
         yield i, f
         del f  # before the next batch is made, or two would be alive while it is
-

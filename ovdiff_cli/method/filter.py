@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .features import clip_mean_std
 from ..types import ImageTextScorer, TextMemo
+from .features import clip_mean_std
 
 FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdata.prep_sample), then to CLIP's size
 
@@ -47,8 +47,9 @@ def subset_prompt(names: list[str]) -> str:
     return " and ".join(class_prompt(n) for n in names)
 
 
-def select_classes(image_emb: torch.Tensor, class_embs: torch.Tensor, eta: int,
-                   sigmoid: tuple[float, float] | None = None) -> list[int]:  # fmt: skip
+def select_classes(
+    image_emb: torch.Tensor, class_embs: torch.Tensor, eta: int, sigmoid: tuple[float, float] | None = None
+) -> list[int]:
     """Step 1: indices of the candidate classes, in the order the subset prompts list them.
 
     image_emb (E,) and class_embs (C,E) unit vectors; softmax over the raw cosines (no logit scale),
@@ -114,8 +115,16 @@ class CategoryFilter:
     chooses among the others (with no or one thing class there is nothing to choose).
     """
 
-    def __init__(self, scorer: ImageTextScorer, texts: TextMemo | None, class_names: list[str], eta: int = 10,
-                 size: int = 224, memo: int = 4096, stuff: list[bool] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        scorer: ImageTextScorer,
+        texts: TextMemo | None,
+        class_names: list[str],
+        eta: int = 10,
+        size: int = 224,
+        memo: int = 4096,
+        stuff: list[bool] | None = None,
+    ):
         if eta < 1:
             raise ValueError(f"eta must be at least 1, got {eta}")
         stuff = list(stuff) if stuff is not None else [False] * len(class_names)
@@ -137,9 +146,15 @@ class CategoryFilter:
         """(T,E) float32 unit vectors: from memory, else `texts`, else the text encoder (then stored)."""
         fp = self.scorer.identity()
         missing = [p for p in dict.fromkeys(prompts) if p not in self._memo]
-        stored = self.texts.text_embeddings(fp, missing) if (self.texts is not None and missing) else [None] * len(missing)
+        stored = (
+            self.texts.text_embeddings(fp, missing) if (self.texts is not None and missing) else [None] * len(missing)
+        )
         fresh = [p for p, e in zip(missing, stored, strict=True) if e is None]
-        found = {p: torch.from_numpy(np.asarray(e, np.float32)) for p, e in zip(missing, stored, strict=True) if e is not None}
+        found = {
+            p: torch.from_numpy(np.asarray(e, np.float32))
+            for p, e in zip(missing, stored, strict=True)
+            if e is not None
+        }
         if fresh:
             embs = self.scorer.encode_texts(fresh).float().cpu()
             found.update(zip(fresh, embs, strict=True))
@@ -225,6 +240,10 @@ class ClipScorer:
             x = model.ln_final(x)
             x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
             if model.text_projection is not None:
-                x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+                x = (
+                    model.text_projection(x)
+                    if isinstance(model.text_projection, torch.nn.Linear)
+                    else x @ model.text_projection
+                )
             out.append(F.normalize(x.float(), dim=-1))
         return torch.cat(out)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import ATTRIBUTION, FLOW_SCHEDULER
 from ..errors import InvalidSetting
 from ..models.generators import GeneratorFamily
-from ..config import ATTRIBUTION, FLOW_SCHEDULER
 from ..types import Sample
 from .generators import check_turbo
 from .sampling import AttributionRecorder, _to_uint8, class_token_indices
@@ -39,8 +39,13 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
 
-def flux_image_text_probs(attn, hidden_states: torch.Tensor, text_states: torch.Tensor | None,
-                          rotary: tuple[torch.Tensor, torch.Tensor] | None, text_len: int) -> torch.Tensor:  # fmt: skip
+def flux_image_text_probs(
+    attn,
+    hidden_states: torch.Tensor,
+    text_states: torch.Tensor | None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    text_len: int,
+) -> torch.Tensor:
     """(B, heads, N image tokens, T text tokens) float32: softmax over the text keys of the image queries.
 
     hidden_states: (B, N, C) image tokens of a double-stream block, or (B, T + N, C) text then image
@@ -72,8 +77,9 @@ class FluxAttributionProcessor:
 
     # FluxAttention passes only the arguments named here, so the signature is the stock processor's
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        self.recorder.add(flux_image_text_probs(attn, hidden_states, encoder_hidden_states, image_rotary_emb,
-                                                self.text_len))  # fmt: skip
+        self.recorder.add(
+            flux_image_text_probs(attn, hidden_states, encoder_hidden_states, image_rotary_emb, self.text_len)
+        )
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
 
@@ -90,8 +96,13 @@ class FluxGenerator:
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {"model": self.flux.source, "revision": self.flux.revision, "scheduler": FLOW_SCHEDULER,
-                "family": self.family.name, "attribution": ATTRIBUTION}  # fmt: skip
+        return {
+            "model": self.flux.source,
+            "revision": self.flux.revision,
+            "scheduler": FLOW_SCHEDULER,
+            "family": self.family.name,
+            "attribution": ATTRIBUTION,
+        }
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.flux.tokenizer_2, config.prompt_template, class_name)
@@ -104,19 +115,26 @@ class FluxGenerator:
             check_turbo(self.family.name, config)
         stride = 2 * self.pipe.vae_scale_factor  # the VAE's stride times FLUX's 2×2 latent patches
         if config.size % stride:
-            raise InvalidSetting("size", f"{self.family.name} draws sides that are multiples of {stride}, got {config.size}")
+            raise InvalidSetting(
+                "size", f"{self.family.name} draws sides that are multiples of {stride}, got {config.size}"
+            )
         recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
         model = self.flux.transformer
         original = model.attn_processors
-        model.set_attn_processor({n: FluxAttributionProcessor(p, recorder, self.flux.text_len)
-                                  for n, p in original.items()})  # fmt: skip
+        model.set_attn_processor(
+            {n: FluxAttributionProcessor(p, recorder, self.flux.text_len) for n, p in original.items()}
+        )
         try:
             images = self.pipe(
                 prompt=[config.prompt_template.format(class_name)] * len(seeds),
-                height=config.size, width=config.size, num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale, max_sequence_length=self.flux.text_len,
-                generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
-            ).images  # fmt: skip  (B, 3, size, size) in [0, 1]
+                height=config.size,
+                width=config.size,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                max_sequence_length=self.flux.text_len,
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
+                output_type="pt",
+            ).images  # (B, 3, size, size) in [0, 1]
         finally:
             model.set_attn_processor(original)
         maps = recorder.maps().cpu().numpy().astype(np.float32)

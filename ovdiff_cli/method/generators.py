@@ -43,5 +43,7 @@ def check_turbo(name: str, config: SampleConfig) -> None:
     if not 1 <= config.steps <= TURBO_STEPS:
         raise InvalidSetting("steps", f"{name} draws in 1 to {TURBO_STEPS} steps, got {config.steps}")
     if config.guidance_scale > 1:
-        raise InvalidSetting("guidance_scale", f"{name} draws without classifier-free guidance: use 1 (off), got "
-                                               f"{config.guidance_scale:g}")  # fmt: skip
+        raise InvalidSetting(
+            "guidance_scale",
+            f"{name} draws without classifier-free guidance: use 1 (off), got {config.guidance_scale:g}",
+        )

@@ -151,8 +151,9 @@ def select_fg_bg(proposals: list[np.ndarray], attribution: np.ndarray) -> tuple[
     return owner == 0, owner == owner.max()
 
 
-def fg_bg_masks(proposals: list[np.ndarray], attribution: np.ndarray, low: float = BG_BELOW,
-                high: float = FG_ABOVE) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+def fg_bg_masks(
+    proposals: list[np.ndarray], attribution: np.ndarray, low: float = BG_BELOW, high: float = FG_ABOVE
+) -> tuple[np.ndarray, np.ndarray, str]:
     """fg/bg of one image at its attribution's resolution HxW (normalised to [0,1]).
 
     With two or more non-empty proposals (any resolution; resized nearest): `select_fg_bg`, then bg
@@ -186,8 +187,9 @@ class ClassMasks:
         return tuple(np.stack([mask_to_grid(m, shape) for m in masks]) for masks in (self.fg, self.bg))
 
 
-def class_masks(samples: list[Sample], features: torch.Tensor, proposer: MaskProposer,
-                thresholds: tuple[float, float] | None = None) -> ClassMasks:  # fmt: skip
+def class_masks(
+    samples: list[Sample], features: torch.Tensor, proposer: MaskProposer, thresholds: tuple[float, float] | None = None
+) -> ClassMasks:
     """The fg/bg masks of one class's support images, at the images' resolution.
 
     samples: the N support images (HxWx3 uint8, one size) with their attribution maps; features
@@ -233,7 +235,9 @@ def second_eigvec(affinity: np.ndarray) -> tuple[float, np.ndarray]:
     return float(vals[0]), s * vecs[:, 0]
 
 
-def maskcut(features: np.ndarray, tau: float = MASKCUT_TAU, n_cuts: int = MASKCUT_CUTS, eps: float = 1e-5) -> list[np.ndarray]:
+def maskcut(
+    features: np.ndarray, tau: float = MASKCUT_TAU, n_cuts: int = MASKCUT_CUTS, eps: float = 1e-5
+) -> list[np.ndarray]:
     """MaskCut (CutLER, Wang et al. 2023, `maskcut.py`'s `maskcut_forward`): up to `n_cuts` object masks.
 
     features: (D,h,w) float, patches as nodes; cosine affinity above `tau` is 1, else `eps`. Each cut
@@ -253,7 +257,7 @@ def maskcut(features: np.ndarray, tau: float = MASKCUT_TAU, n_cuts: int = MASKCU
     x = features.reshape(d, h * w).T.astype(np.float32)  # MaskCut's affinity is float32 too (torch)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     cosine = x @ x.T  # once: a painted patch's zero features make its row and column 0
-    blank = np.float32(1.0 if 0 > tau else eps)  # the affinity of a zero feature to anything
+    blank = np.float32(1.0 if tau < 0 else eps)  # the affinity of a zero feature to anything
     corners = np.array([0, w - 1, (h - 1) * w, h * w - 1])
     painted = np.zeros(h * w, dtype=bool)
     taken = np.zeros((h, w), dtype=bool)
@@ -436,7 +440,9 @@ class SamProposer:
         """image HxWx3 uint8 → SAM's HxW masks (empty ones dropped), plus the background."""
         from PIL import Image
 
-        out = self.pipe(Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch)
+        out = self.pipe(
+            Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch
+        )
         return with_background([m for m in (np.asarray(m, dtype=bool) for m in out["masks"]) if m.any()])
 
 

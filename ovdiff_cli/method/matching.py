@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .precision import mm_f32
 from ..types import ClassPrototypes
+from .precision import mm_f32
 
 NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
 STUFF_CHUNK = 65536  # bg prototypes compared with the stuff classes at a time (~2 GiB at D=7680)
@@ -66,8 +66,14 @@ class PrototypeBank:
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> PrototypeBank:
         bank = None if self.bank is None else self.bank.to(device, dtype)
         shared = bank is not None and self.bank.protos is self.protos  # every row kept: one copy on the device too
-        return replace(self, protos=bank.protos if shared else self.protos.to(device, dtype), owner=self.owner.to(device),
-                       index=self.index.to(device), stuff_sim=self.stuff_sim.to(device), bank=bank)  # fmt: skip
+        return replace(
+            self,
+            protos=bank.protos if shared else self.protos.to(device, dtype),
+            owner=self.owner.to(device),
+            index=self.index.to(device),
+            stuff_sim=self.stuff_sim.to(device),
+            bank=bank,
+        )
 
     def source(self, index: int) -> Provenance:
         """Provenance of the prototype at position `index` of the full vocabulary."""
@@ -92,11 +98,17 @@ class PrototypeBank:
         pos = {lab: i for i, lab in enumerate(labels)}
         every = len(sel) == len(self)  # rows stay sorted: the same tensors, not a second copy of the prototypes
         return PrototypeBank(
-            self.names, self.protos if every else self.protos[sel],
+            self.names,
+            self.protos if every else self.protos[sel],
             torch.tensor([pos[lab] for lab in old_labels], dtype=torch.long, device=self.protos.device),
-            labels, [self.provenance[i] for i in sel.tolist()], self.index if every else self.index[sel],
-            self.stuff_sim if every else self.stuff_sim[sel], self.stuff_threshold, self.bg_threshold, self,
-        )  # fmt: skip
+            labels,
+            [self.provenance[i] for i in sel.tolist()],
+            self.index if every else self.index[sel],
+            self.stuff_sim if every else self.stuff_sim[sel],
+            self.stuff_threshold,
+            self.bg_threshold,
+            self,
+        )
 
 
 def assemble_vocabulary(
@@ -138,9 +150,13 @@ def assemble_vocabulary(
     # F.normalize in place (the same values): one copy of the prototypes, not two
     protos.div_(protos.norm(2, 1, keepdim=True).clamp_min(1e-12))
     stuff_sim = torch.full((len(prov),), NO_SCORE)
-    stuff_fg = [F.normalize(fg.float(), dim=1) for c in classes if c.kind == "stuff" and (fg := _stack([c.fg], kinds)).shape[0]]
+    stuff_fg = [
+        F.normalize(fg.float(), dim=1) for c in classes if c.kind == "stuff" and (fg := _stack([c.fg], kinds)).shape[0]
+    ]
     bg_rows = torch.nonzero(torch.tensor([p.group == "bg" for p in prov])).flatten()
-    for start in range(0, len(bg_rows) if stuff_fg else 0, STUFF_CHUNK):  # a block of bg rows at a time, never a copy of all
+    for start in range(
+        0, len(bg_rows) if stuff_fg else 0, STUFF_CHUNK
+    ):  # a block of bg rows at a time, never a copy of all
         rows = bg_rows[start : start + STUFF_CHUNK]
         bg = F.normalize(protos[rows], dim=1)
         for fg in stuff_fg:
@@ -148,10 +164,16 @@ def assemble_vocabulary(
     labels = sorted(set(owners) | ({0} if background and bg_threshold is not None else set()))
     pos = {lab: i for i, lab in enumerate(labels)}
     full = PrototypeBank(
-        [c.name for c in classes], protos, torch.tensor([pos[o] for o in owners], dtype=torch.long), labels,
-        prov, torch.arange(len(prov)), stuff_sim, stuff_threshold if stuff_filter else None,
+        [c.name for c in classes],
+        protos,
+        torch.tensor([pos[o] for o in owners], dtype=torch.long),
+        labels,
+        prov,
+        torch.arange(len(prov)),
+        stuff_sim,
+        stuff_threshold if stuff_filter else None,
         bg_threshold if background else None,
-    )  # fmt: skip
+    )
     return full.restrict(list(range(len(classes))))
 
 
@@ -232,13 +254,19 @@ class _Canvas:
     def blank(cls, labels: int, height: int, width: int, device: torch.device, with_best: bool) -> _Canvas:
         shape = (labels, height, width)
         return cls(
-            torch.zeros(shape, device=device), torch.zeros(1, height, width, device=device),
+            torch.zeros(shape, device=device),
+            torch.zeros(1, height, width, device=device),
             torch.full(shape, NO_SCORE, device=device) if with_best else None,
             torch.full(shape, -1, dtype=torch.long, device=device) if with_best else None,
-        )  # fmt: skip
+        )
 
-    def add(self, box: tuple[int, int, int, int], scores: torch.Tensor, best: torch.Tensor | None = None,
-            best_sim: torch.Tensor | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        box: tuple[int, int, int, int],
+        scores: torch.Tensor,
+        best: torch.Tensor | None = None,
+        best_sim: torch.Tensor | None = None,
+    ) -> None:
         """scores (L,h,w) of the crop at `box` (its size); best (L,h,w) prototype indices and
         best_sim (L,h,w) their similarities, or None."""
         y0, x0, y1, x1 = box
@@ -318,18 +346,24 @@ def window_features(
     every = [job for jobs in by_shape.values() for job in jobs]
     for k in range(0, len(every), batch):
         chunk = every[k : k + batch]
-        feats = [_part_features([c for _, _, c in chunk], extract, resize)
-                 for extract, resize in zip(extracts, resizes, strict=True)]  # fmt: skip
+        feats = [
+            _part_features([c for _, _, c in chunk], extract, resize)
+            for extract, resize in zip(extracts, resizes, strict=True)
+        ]
         start = 0
         while start < len(chunk):  # one batch per run of crops of one size, as without `resizes`
             shape, stop = tuple(chunk[start][2].shape[-2:]), start
             while stop < len(chunk) and tuple(chunk[stop][2].shape[-2:]) == shape:
                 stop += 1
-            yield WindowBatch(shape, [(i, box) for i, box, _ in chunk[start:stop]], [_rows(f[start:stop]) for f in feats])
+            yield WindowBatch(
+                shape, [(i, box) for i, box, _ in chunk[start:stop]], [_rows(f[start:stop]) for f in feats]
+            )
             start = stop
 
 
-def _part_features(crops_: list[torch.Tensor], extract: Extract, resize: Resize | None) -> list[tuple[torch.Tensor, int]]:
+def _part_features(
+    crops_: list[torch.Tensor], extract: Extract, resize: Resize | None
+) -> list[tuple[torch.Tensor, int]]:
     """One part's features of crops of any sizes, per crop (output batch, row): one forward pass per
     input size (resized first with `resize`, else per crop size)."""
     inputs = [resize(c) if resize is not None else c for c in crops_]
@@ -352,14 +386,21 @@ def _rows(where: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     return torch.stack([o[r] for o, r in where])
 
 
-def blank_canvases(sizes: list[tuple[int, int]], labels: list[list[int]], device: torch.device,
-                   with_best: bool = False) -> list[_Canvas]:  # fmt: skip
+def blank_canvases(
+    sizes: list[tuple[int, int]], labels: list[list[int]], device: torch.device, with_best: bool = False
+) -> list[_Canvas]:
     """One empty score canvas per image of (H,W) `sizes`, over that image's `labels` (`union_labels`)."""
     return [_Canvas.blank(len(lab), h, w, device, with_best) for (h, w), lab in zip(sizes, labels, strict=True)]
 
 
-def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[PrototypeBank]], labels: list[list[int]],
-                  offsets: list[int], with_best: bool = False) -> None:  # fmt: skip
+def match_windows(
+    canvases: list[_Canvas],
+    wb: WindowBatch,
+    vocabs: list[list[PrototypeBank]],
+    labels: list[list[int]],
+    offsets: list[int],
+    with_best: bool = False,
+) -> None:
     """The matching half: add a batch's fused crop scores (`_fuse`) to its images' canvases, each
     crop matched against its own image's vocabularies (consecutive crops of one image together)."""
     start = 0
@@ -370,8 +411,12 @@ def match_windows(canvases: list[_Canvas], wb: WindowBatch, vocabs: list[list[Pr
             stop += 1
         fused, best, best_sim = _fuse(wb.features, start, stop, vocabs[i], labels[i], offsets, wb.shape, with_best)
         for j in range(start, stop):
-            canvases[i].add(wb.jobs[j][1], fused[j - start], None if best is None else best[j - start],
-                            None if best_sim is None else best_sim[j - start])  # fmt: skip
+            canvases[i].add(
+                wb.jobs[j][1],
+                fused[j - start],
+                None if best is None else best[j - start],
+                None if best_sim is None else best_sim[j - start],
+            )
         start = stop
 
 
@@ -412,8 +457,16 @@ def slide_match_many(
     return out
 
 
-def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[PrototypeBank], labels: list[int],
-          offsets: list[int], shape: tuple[int, int], with_best: bool):  # fmt: skip
+def _fuse(
+    feats: list[torch.Tensor],
+    start: int,
+    stop: int,
+    vocabs: list[PrototypeBank],
+    labels: list[int],
+    offsets: list[int],
+    shape: tuple[int, int],
+    with_best: bool,
+):
     """Mean over parts of the crops' label scores (B,L,h,w) at the crops' size, and the winners."""
     fused = best = best_sim = None
     for f, vocab, offset in zip(feats, vocabs, offsets, strict=True):
@@ -437,7 +490,11 @@ def _fuse(feats: list[torch.Tensor], start: int, stop: int, vocabs: list[Prototy
 
 
 def upsample_argmax(
-    scores: torch.Tensor, height: int, width: int, best: torch.Tensor | None = None, band: int = 256,
+    scores: torch.Tensor,
+    height: int,
+    width: int,
+    best: torch.Tensor | None = None,
+    band: int = 256,
     floor: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Bilinear upsampling of scores (L,h,w) to (height,width) and the argmax, in bands of rows.

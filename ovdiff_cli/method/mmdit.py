@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..models.generators import GeneratorFamily
 from ..config import ATTRIBUTION, FLOW_SCHEDULER
+from ..models.generators import GeneratorFamily
 from ..types import Sample
 from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import SampleConfig
-
 
 
 def image_text_probs(attn, hidden_states: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
@@ -65,8 +64,13 @@ class MMDiTGenerator:
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": FLOW_SCHEDULER,
-                "family": self.family.name, "attribution": ATTRIBUTION}  # fmt: skip
+        return {
+            "model": self.sd.source,
+            "revision": self.sd.revision,
+            "scheduler": FLOW_SCHEDULER,
+            "family": self.family.name,
+            "attribution": ATTRIBUTION,
+        }
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
@@ -84,10 +88,13 @@ class MMDiTGenerator:
             latents = self.pipe(
                 prompt=[config.prompt_template.format(class_name)] * len(seeds),
                 negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
-                height=config.size, width=config.size, num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                height=config.size,
+                width=config.size,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
                 output_type="latent",
-            ).images  # fmt: skip
+            ).images
         finally:
             model.set_attn_processor(original)
         with torch.inference_mode():

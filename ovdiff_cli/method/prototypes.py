@@ -72,7 +72,9 @@ class CellStore:
     def __init__(self, dim: int, spill_dir: str | None = None, device_room: int = 256 << 20):
         self.dim, self.spill_dir, self._room = dim, spill_dir, device_room
         self._file = None
-        self._parts: list[tuple[int, int, int, torch.Tensor | None]] = []  # (first row, rows, file row, kept rows or None)
+        self._parts: list[
+            tuple[int, int, int, torch.Tensor | None]
+        ] = []  # (first row, rows, file row, kept rows or None)
         self._n = self._filed = 0
         self.dtype: torch.dtype = torch.float32
         self.device = torch.device("cpu")
@@ -97,7 +99,7 @@ class CellStore:
             self._parts.append((self._n, len(rows), 0, rows))
         else:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="ovdiff-parts-")
+                self._file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="ovdiff-parts-")  # noqa: SIM115
             self._file.seek(self._filed * self._row_bytes())
             self._file.write(rows.contiguous().cpu().view(torch.uint8).numpy().data)
             self._parts.append((self._n, len(rows), self._filed, None))
@@ -233,8 +235,9 @@ def _lloyd_pass(data: CentredCells, centres: torch.Tensor, sums: bool = True):
     return labels, torch.cat(dist), total, counts
 
 
-def _relocate_empty(data: CentredCells, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor,
-                    counts: torch.Tensor) -> None:  # fmt: skip
+def _relocate_empty(
+    data: CentredCells, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+) -> None:
     """scikit-learn's rule for a centre no point chose: it moves onto one of the points farthest from
     their centres (one each), which leave their own clusters' sums. In place."""
     empty = torch.nonzero(counts == 0).flatten()
@@ -313,8 +316,16 @@ class RegionAccumulator:
     and order), faster for large N, and the part labels take a pass over the store.
     """
 
-    def __init__(self, dim: int, k: int, seed: int, iters: int = KMEANS_ITERS, max_points: int | None = None,
-                 spill_dir: str | None = None, device_spill: int = 256 << 20):  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        k: int,
+        seed: int,
+        iters: int = KMEANS_ITERS,
+        max_points: int | None = None,
+        spill_dir: str | None = None,
+        device_spill: int = 256 << 20,
+    ):
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         self.dim, self.k, self.seed, self.iters, self.max_points = dim, k, seed, iters, max_points
@@ -346,7 +357,9 @@ class RegionAccumulator:
         if self.grid not in (None, (h, w)):
             raise ValueError(f"feature grid {h}x{w} differs from the first batch's {self.grid[0]}x{self.grid[1]}")
         self.grid = (h, w)
-        m = torch.as_tensor(np.asarray(masks, bool) if not torch.is_tensor(masks) else masks, device=features.device).bool()
+        m = torch.as_tensor(
+            np.asarray(masks, bool) if not torch.is_tensor(masks) else masks, device=features.device
+        ).bool()
         if tuple(m.shape) != (b, h, w):
             raise ValueError(f"masks must be {(b, h, w)}, got {tuple(m.shape)}")
         if any(first_index + j in self.masks for j in range(b)):
@@ -416,8 +429,13 @@ class RegionAccumulator:
                 centroids, _ = kmeans(self._points[: len(self._keys)], self.k, self.seed, self.iters)
                 lab = torch.cat([nearest(x, centroids) for _, x in self.cells.chunks()])
             labels = lab.cpu().numpy().astype(np.int16)
-            out.update({"class": class_prototype(inst, sizes).cpu().numpy(), "instance": inst.cpu().numpy(),
-                        "part": centroids.cpu().numpy()})  # fmt: skip
+            out.update(
+                {
+                    "class": class_prototype(inst, sizes).cpu().numpy(),
+                    "instance": inst.cpu().numpy(),
+                    "part": centroids.cpu().numpy(),
+                }
+            )
         out["part_labels"] = self._part_labels(labels)
         self.close()
         return out
@@ -472,8 +490,10 @@ def build_prototypes(
     try:
         for feats, fg, bg in batches:
             if not accs:
-                accs = {g: RegionAccumulator(feats.shape[1], k, seed, iters, max_points, spill_dir=spill_dir)
-                        for g in groups}  # fmt: skip
+                accs = {
+                    g: RegionAccumulator(feats.shape[1], k, seed, iters, max_points, spill_dir=spill_dir)
+                    for g in groups
+                }
             region = {"fg": fg, "bg": bg}
             for g, acc in accs.items():
                 acc.add(feats, region[g], first)

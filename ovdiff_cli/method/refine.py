@@ -35,7 +35,9 @@ def _offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
     return [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
-def pamr_weights(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS, lam: float = PAMR_LAMBDA) -> torch.Tensor:
+def pamr_weights(
+    image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS, lam: float = PAMR_LAMBDA
+) -> torch.Tensor:
     """image (C,h,w) float → α (N,h,w): each pixel's softmax weights over its N = 8·len(dilations) neighbours.
 
     σ_i is the per-channel standard deviation over the 3×3 neighbourhood (centre included) at the
@@ -46,16 +48,22 @@ def pamr_weights(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS,
     kappa = []
     for d in dilations:
         padded = F.pad(img[None], (d, d, d, d), mode="replicate")[0]
-        ring = torch.stack([padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
-                            for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # (9,C,h,w), the centre at 4  # fmt: skip
+        ring = torch.stack(
+            [
+                padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            ]
+        )  # (9,C,h,w), the centre at 4
         sigma = ring.std(0, correction=0)  # (C,h,w)
         k = (-(ring - img).abs() / (lam * sigma + 1e-8)).mean(1)  # (9,h,w)
         kappa.append(torch.cat([k[:4], k[5:]]))
     return torch.cat(kappa).softmax(0)
 
 
-def pamr(image: torch.Tensor, scores: torch.Tensor, iters: int = PAMR_ITERS,
-         dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:  # fmt: skip
+def pamr(
+    image: torch.Tensor, scores: torch.Tensor, iters: int = PAMR_ITERS, dilations: Sequence[int] = PAMR_DILATIONS
+) -> torch.Tensor:
     """scores (L,h,w) refined on image (C,h,w): `iters` rounds of m_i ← Σ_j α_ij m_j (`pamr_weights`).
 
     Each round is a convex combination, so scores stay within their range; labels with the same
@@ -86,7 +94,11 @@ def regions_on(masks: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.nd
     out = []
     for m in masks:
         m = np.asarray(m, bool)
-        r = m if m.shape == size else cv2.resize(m.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        r = (
+            m
+            if m.shape == size
+            else cv2.resize(m.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        )
         if r.any():
             out.append(r)
     return out
@@ -147,14 +159,24 @@ class AutomaticRegions:
     as a region source: every non-empty mask of a grid of `points_per_side`² point prompts that passes
     the generator's quality filters (predicted IoU, stability: SAM's own defaults)."""
 
-    def __init__(self, pipe, points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
-                 stability_score_thresh: float = 0.95):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+    ):
         self.pipe, self.points_per_side, self.points_per_batch = pipe, points_per_side, points_per_batch
         self.filters = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh}
 
     def __call__(self, image: np.ndarray) -> list[np.ndarray]:
         from PIL import Image
 
-        out = self.pipe(Image.fromarray(image), points_per_crop=self.points_per_side, points_per_batch=self.points_per_batch,
-                        **self.filters)  # fmt: skip
+        out = self.pipe(
+            Image.fromarray(image),
+            points_per_crop=self.points_per_side,
+            points_per_batch=self.points_per_batch,
+            **self.filters,
+        )
         return [m for m in (np.asarray(m, dtype=bool) for m in out["masks"]) if m.any()]

@@ -59,8 +59,10 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     if not name_ids:
         raise OvdiffError(f"class name {class_name!r} has no tokens: use a word or phrase")
     if start >= last:
-        raise OvdiffError(f"prompt template {template!r} is too long: the class name falls outside the "
-                          f"{tokenizer.model_max_length}-token context")  # fmt: skip
+        raise OvdiffError(
+            f"prompt template {template!r} is too long: the class name falls outside the "
+            f"{tokenizer.model_max_length}-token context"
+        )
     indices = list(range(start, min(start + len(name_ids), last)))
     if len(indices) < len(name_ids):
         note_long_name(class_name, len(name_ids), len(indices), tokenizer.model_max_length)
@@ -86,10 +88,13 @@ def note_long_name(name: str, n_tokens: int, kept: int, context: int) -> None:
         return
     _NOTED.add(name)
     shown = name if len(name) <= 60 else name[:57] + "..."
-    warnings.warn(LongNameWarning(
-        f"class name {shown!r} is {n_tokens} tokens; the text encoder reads {context} tokens per prompt, "
-        f"so only its first {kept} are used: a shorter name is drawn and matched as well"
-    ), stacklevel=2)  # fmt: skip
+    warnings.warn(
+        LongNameWarning(
+            f"class name {shown!r} is {n_tokens} tokens; the text encoder reads {context} tokens per prompt, "
+            f"so only its first {kept} are used: a shorter name is drawn and matched as well"
+        ),
+        stacklevel=2,
+    )
 
 
 # --------------------------------------------------------------------------- attention capture
@@ -119,8 +124,13 @@ class AttributionRecorder:
         if side * side != n:
             raise ValueError(f"cross-attention over {n} positions is not a square grid")
         m = probs[..., self.token_indices].float().permute(0, 1, 3, 2).reshape(b, -1, side, side)
-        up = F.interpolate(m, size=(self.size, self.size), mode="bicubic", align_corners=False,
-                           antialias=side > self.size).clamp_(min=0).sum(1)  # fmt: skip
+        up = (
+            F.interpolate(
+                m, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=side > self.size
+            )
+            .clamp_(min=0)
+            .sum(1)
+        )
         self.total = up if self.total is None else self.total.add_(up)
 
     def maps(self) -> torch.Tensor:
@@ -141,12 +151,19 @@ class CapturingCrossAttnProcessor:
     def __init__(self, recorder: AttributionRecorder):
         self.recorder = recorder
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         import torch.nn.functional as F
 
         from .precision import bmm_f32
 
-        if encoder_hidden_states is None or hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+        if (
+            encoder_hidden_states is None
+            or hidden_states.ndim != 3
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+        ):
             raise ValueError("attribution capture supports SD-style cross-attention layers only")
         residual = hidden_states
         batch, n_tokens = encoder_hidden_states.shape[:2]
@@ -173,7 +190,9 @@ class CapturingCrossAttnProcessor:
             scores = scores + attention_mask[cond].float()
         self.recorder.add(scores.softmax(dim=-1))
 
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -215,7 +234,12 @@ class SDGenerator:
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {"model": self.sd.source, "revision": self.sd.revision, "scheduler": SCHEDULER, "attribution": ATTRIBUTION}
+        return {
+            "model": self.sd.source,
+            "revision": self.sd.revision,
+            "scheduler": SCHEDULER,
+            "attribution": ATTRIBUTION,
+        }
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
@@ -236,8 +260,13 @@ class SDGenerator:
         unet.set_attn_processor(capture_processors(unet, recorder))
         # The pipeline's own "Token indices sequence length …" and "part of your input was truncated":
         # note_long_name said it once, in our words.
-        quiet = [logging.getLogger(n) for n in ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
-                                                "transformers.tokenization_utils_base")]  # fmt: skip
+        quiet = [
+            logging.getLogger(n)
+            for n in (
+                "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                "transformers.tokenization_utils_base",
+            )
+        ]
         levels = [q.level for q in quiet]
         for q in quiet:
             q.setLevel(logging.ERROR)
@@ -263,8 +292,9 @@ class SDGenerator:
         maps = recorder.maps().cpu().numpy().astype(np.float32)
         return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
 
-
-    def attribute(self, class_name: str, images: list[np.ndarray], config: SampleConfig, seeds: list[int]) -> list[np.ndarray]:
+    def attribute(
+        self, class_name: str, images: list[np.ndarray], config: SampleConfig, seeds: list[int]
+    ) -> list[np.ndarray]:
         """Attribution maps of the user's photos (size×size×3 uint8): one UNet pass of each, noised to the
         paper's feature timestep (t=200, as `features.SDPart`) with noise from `seeds[i]`, conditioned on
         the prompt; the class tokens' cross-attention is captured as while sampling (no guidance: one
@@ -276,8 +306,13 @@ class SDGenerator:
         sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
         recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
         tok = sd.tokenizer
-        ids = tok([config.prompt_template.format(class_name)], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        ids = tok(
+            [config.prompt_template.format(class_name)],
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         alpha_bar = float(sd.scheduler.alphas_cumprod[SD_TIMESTEP])
         original = unet.attn_processors
         unet.set_attn_processor(capture_processors(unet, recorder))
@@ -286,7 +321,9 @@ class SDGenerator:
                 text = sd.text_encoder(ids.to(unet.device))[0]
                 x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(unet.device, vae.dtype) / 127.5 - 1
                 z0 = torch.cat([vae.encode(xi).latent_dist.mean for xi in x.split(1)]) * vae.config.scaling_factor
-                noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+                noise = torch.stack(
+                    [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+                )
                 zt = math.sqrt(alpha_bar) * z0 + math.sqrt(1 - alpha_bar) * noise.to(z0.device, z0.dtype)
                 t = torch.full((len(images),), SD_TIMESTEP, device=zt.device, dtype=torch.long)
                 unet(zt.to(unet.dtype), t, encoder_hidden_states=text.expand(len(images), -1, -1).to(unet.dtype))

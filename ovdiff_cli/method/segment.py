@@ -25,20 +25,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
 from ..config import SegmentConfig
 from ..errors import OvdiffError
-from .filter import CategoryFilter
-from .targets import working_image
-from .matching import (
-    NO_SCORE, Provenance, WindowBatch, assemble_vocabulary, blank_canvases, match_windows, slide_match_many,
-    union_labels, upsample_argmax, window_features,
-)  # fmt: skip
 from ..types import ClassParts, ImageTextScorer, TextMemo
+from .filter import CategoryFilter
+from .matching import (
+    NO_SCORE,
+    Provenance,
+    WindowBatch,
+    assemble_vocabulary,
+    blank_canvases,
+    match_windows,
+    slide_match_many,
+    union_labels,
+    upsample_argmax,
+    window_features,
+)
+from .targets import working_image
 
 if TYPE_CHECKING:
     from .features import Part
 
     Refiner = Callable[[np.ndarray, torch.Tensor], torch.Tensor]  # (image HxWx3 uint8, scores (L,h,w)) → refined scores
+
 
 @dataclass
 class Segmentation:
@@ -98,27 +108,43 @@ class Segmenter:
     refiner: `refine.PamrRefiner` or `RegionRefiner` (None: the paper). `compose.Stages.segmenter` builds one for a run.
     """
 
-    def __init__(self, parts: list[Part], classes: list[ClassParts], cfg: SegmentConfig,
-                 device: torch.device, scorer: ImageTextScorer | None = None, texts: TextMemo | None = None,
-                 window_batch: int | None = None, merge_crops: bool | None = None,
-                 refiner: Refiner | None = None):  # fmt: skip
+    def __init__(
+        self,
+        parts: list[Part],
+        classes: list[ClassParts],
+        cfg: SegmentConfig,
+        device: torch.device,
+        scorer: ImageTextScorer | None = None,
+        texts: TextMemo | None = None,
+        window_batch: int | None = None,
+        merge_crops: bool | None = None,
+        refiner: Refiner | None = None,
+    ):
         if not classes:
             raise OvdiffError("no classes to segment with")
         names = [p.name for p in parts]
         for c in classes:
             if set(names) - set(c.parts):
-                raise OvdiffError(f"class {c.name!r} has no prototypes for part(s) {', '.join(sorted(set(names) - set(c.parts)))}")
+                raise OvdiffError(
+                    f"class {c.name!r} has no prototypes for part(s) {', '.join(sorted(set(names) - set(c.parts)))}"
+                )
         self.cfg, self.device, self.parts = cfg, device, parts
         self.vocabs = [
             assemble_vocabulary(
-                [c.parts[n] for c in classes], cfg.proto_kinds, background=cfg.background, stuff_filter=cfg.stuff_filter,
-                stuff_threshold=cfg.stuff_threshold, bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
+                [c.parts[n] for c in classes],
+                cfg.proto_kinds,
+                background=cfg.background,
+                stuff_filter=cfg.stuff_filter,
+                stuff_threshold=cfg.stuff_threshold,
+                bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
             )
             for n in names
-        ]  # fmt: skip
+        ]
         # what explanations read of a class (name, kind, ids, sources), without its arrays: the vocabularies hold
         # the prototypes, so a caller that lets go of `classes` keeps one copy (1,000 classes: 4.5 GiB, not 9)
-        self.classes = [ClassParts(c.name, c.kind, {n: replace(p, fg={}, bg={}) for n, p in c.parts.items()}) for c in classes]
+        self.classes = [
+            ClassParts(c.name, c.kind, {n: replace(p, fg={}, bg={}) for n, p in c.parts.items()}) for c in classes
+        ]
         sizes = [len(v.bank or v) for v in self.vocabs]
         self.offsets = [sum(sizes[:j]) for j in range(len(sizes))]
         self._device_vocabs = [v.to(device) for v in self.vocabs]
@@ -190,8 +216,17 @@ class Segmenter:
 
         t0 = time.perf_counter()
         windows = tuple(self.cfg.windows) if self.cfg.slide else None
-        results = slide_match_many(xs, vocabs, [timed(p) for p in self.parts], self.offsets, windows, self.cfg.stride,
-                                   self.window_batch, with_best=explain, resizes=self._resizes())  # fmt: skip
+        results = slide_match_many(
+            xs,
+            vocabs,
+            [timed(p) for p in self.parts],
+            self.offsets,
+            windows,
+            self.cfg.stride,
+            self.window_batch,
+            with_best=explain,
+            resizes=self._resizes(),
+        )
         self._sync()
         matching_time = time.perf_counter() - t0 - feature_time
         # 4. upsample to each image's size, argmax
@@ -217,7 +252,9 @@ class Segmenter:
             self._sync()
             t["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if self.cfg.background and (not labels or labels[0] != 0):  # no bg prototype left: background still wins where nothing scores > 0
+        if self.cfg.background and (
+            not labels or labels[0] != 0
+        ):  # no bg prototype left: background still wins where nothing scores > 0
             labels = [0, *labels]
             score = torch.cat([score.new_full((1, *score.shape[1:]), NO_SCORE), score])
             best = None if best is None else torch.cat([best.new_full((1, *best.shape[1:]), -1), best])
@@ -274,8 +311,14 @@ def _to_tensor(work: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.require(work, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255
 
 
-def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: SegmentConfig, image: np.ndarray,
-                 device: torch.device, window_batch: int | None = None) -> EncodedImage:  # fmt: skip
+def encode_image(
+    parts: list[Part],
+    scorer: ImageTextScorer | None,
+    cfg: SegmentConfig,
+    image: np.ndarray,
+    device: torch.device,
+    window_batch: int | None = None,
+) -> EncodedImage:
     """Run the backbones on one HxWx3 uint8 image, as `Segmenter.predict` does: the filter's image
     embedding (with a scorer) and every crop's features in each part (`Part.window`, at the part's
     own input size), for `Segmenter.predict_encoded` with any classes built in those parts."""
@@ -291,12 +334,27 @@ def encode_image(parts: list[Part], scorer: ImageTextScorer | None, cfg: Segment
     x = _to_tensor(work, device)
     windows = tuple(cfg.windows) if cfg.slide else None
     merge = device.type == "cuda"  # as `Segmenter` batches crops on this device
-    batches = list(window_features([x], [p if merge else p.window for p in parts], windows, cfg.stride,
-                                   window_batch or (32 if merge else 8), [p.resize for p in parts] if merge else None))  # fmt: skip
+    batches = list(
+        window_features(
+            [x],
+            [p if merge else p.window for p in parts],
+            windows,
+            cfg.stride,
+            window_batch or (32 if merge else 8),
+            [p.resize for p in parts] if merge else None,
+        )
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return EncodedImage(image, (x.shape[1], x.shape[2]), batches, embedding, tuple(p.name for p in parts),
-                        _window_settings(cfg), {"filter": t1 - t0, "features": time.perf_counter() - t1})  # fmt: skip
+    return EncodedImage(
+        image,
+        (x.shape[1], x.shape[2]),
+        batches,
+        embedding,
+        tuple(p.name for p in parts),
+        _window_settings(cfg),
+        {"filter": t1 - t0, "features": time.perf_counter() - t1},
+    )
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -48,19 +48,43 @@ class DenseFamily:
 FAMILIES: dict[str, DenseFamily] = {
     f.part: f
     for f in (
-        DenseFamily("dinov2", "vit_base_patch14_dinov2.lvd142m", 14, InputSize(cap=448, long_cap=800), "keys",
-                    "Apache-2.0"),
-        DenseFamily("dinov2reg", "vit_base_patch14_reg4_dinov2.lvd142m", 14, InputSize(cap=448, long_cap=800), "keys",
-                    "Apache-2.0; 4 register tokens, dropped with the class token"),
-        DenseFamily("dinov3", "vit_base_patch16_dinov3.lvd1689m", 16, InputSize(cap=448, long_cap=800), "outputs",
-                    "DINOv3 licence; gated on the hub (accept the terms on Meta's repository first)"),
-        DenseFamily("siglip2", "vit_base_patch16_siglip_224.v2_webli", 16, InputSize(square=448), "keys",
-                    "Apache-2.0"),
-        DenseFamily("pecore", "vit_pe_core_base_patch16_224.fb", 16, InputSize(square=448), "outputs",
-                    "Apache-2.0 (Perception Encoder)"),
-        DenseFamily("radio", "vit_base_patch16_radio_v3.c_radio", 16, InputSize(square=448), "outputs",
-                    "NVIDIA Open Model License (C-RADIOv3)"),
-    )  # fmt: skip
+        DenseFamily(
+            "dinov2", "vit_base_patch14_dinov2.lvd142m", 14, InputSize(cap=448, long_cap=800), "keys", "Apache-2.0"
+        ),
+        DenseFamily(
+            "dinov2reg",
+            "vit_base_patch14_reg4_dinov2.lvd142m",
+            14,
+            InputSize(cap=448, long_cap=800),
+            "keys",
+            "Apache-2.0; 4 register tokens, dropped with the class token",
+        ),
+        DenseFamily(
+            "dinov3",
+            "vit_base_patch16_dinov3.lvd1689m",
+            16,
+            InputSize(cap=448, long_cap=800),
+            "outputs",
+            "DINOv3 licence; gated on the hub (accept the terms on Meta's repository first)",
+        ),
+        DenseFamily("siglip2", "vit_base_patch16_siglip_224.v2_webli", 16, InputSize(square=448), "keys", "Apache-2.0"),
+        DenseFamily(
+            "pecore",
+            "vit_pe_core_base_patch16_224.fb",
+            16,
+            InputSize(square=448),
+            "outputs",
+            "Apache-2.0 (Perception Encoder)",
+        ),
+        DenseFamily(
+            "radio",
+            "vit_base_patch16_radio_v3.c_radio",
+            16,
+            InputSize(square=448),
+            "outputs",
+            "NVIDIA Open Model License (C-RADIOv3)",
+        ),
+    )
 }
 TINY = dict(embed_dim=64, depth=2, num_heads=2)  # every family's tiny config: the same class, a few channels
 
@@ -91,7 +115,9 @@ def load_dense(part: str, spec: str, device: torch.device, dtype: torch.dtype, s
             model = timm.create_model(family.arch, pretrained=False, **common)
         elif Path(spec).expanduser().exists():
             file = weights_file(Path(spec).expanduser())
-            model = timm.create_model(family.spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **common)
+            model = timm.create_model(
+                family.spec, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **common
+            )
         else:
             model = timm.create_model(spec, pretrained=True, **common)
     except Exception as e:

@@ -42,11 +42,16 @@ def _tiny(name: str, family_trunk: str):
     text = {k: v for k, v in cfg["text_cfg"].items() if k not in ("hf_tokenizer_name", "tokenizer_kwargs")}
     text.update(width=32, heads=2, layers=2, vocab_size=49408)
     embed = 32
-    model = CustomTextCLIP(embed_dim=embed, vision_cfg=dict(cfg["vision_cfg"], timm_model_name="vit_tiny_patch16_224"),
-                           text_cfg=text, init_logit_bias=cfg.get("init_logit_bias"))  # fmt: skip
+    model = CustomTextCLIP(
+        embed_dim=embed,
+        vision_cfg=dict(cfg["vision_cfg"], timm_model_name="vit_tiny_patch16_224"),
+        text_cfg=text,
+        init_logit_bias=cfg.get("init_logit_bias"),
+    )
     # the family's own trunk class at tiny size, pooled and projected to the embedding as open_clip does
-    model.visual.trunk = timm.create_model(family_trunk, pretrained=False, num_classes=embed,
-                                           global_pool=cfg["vision_cfg"]["timm_pool"], **TINY)  # fmt: skip
+    model.visual.trunk = timm.create_model(
+        family_trunk, pretrained=False, num_classes=embed, global_pool=cfg["vision_cfg"]["timm_pool"], **TINY
+    )
     return model, open_clip.tokenizer.SimpleTokenizer(context_length=text["context_length"])
 
 

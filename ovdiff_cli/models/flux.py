@@ -37,9 +37,15 @@ class FluxComponents:
     def pipeline(self):
         from diffusers import FluxPipeline
 
-        return FluxPipeline(transformer=self.transformer, scheduler=self.scheduler, vae=self.vae,
-                            text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)  # fmt: skip
+        return FluxPipeline(
+            transformer=self.transformer,
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+        )
 
 
 def flux_text_len(turbo: bool) -> int:
@@ -70,8 +76,9 @@ def offline_t5_tokenizer(model_max_length: int = TINY_TEXT_LEN):
     tok = Tokenizer(models.Unigram(vocab, unk_id=2))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])  # fmt: skip
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, model_max_length=model_max_length)
 
 
@@ -86,19 +93,61 @@ def tiny_flux(seed: int, guidance: bool, device: torch.device, dtype: torch.dtyp
 
     torch.manual_seed(seed)
     tokenizer_2 = offline_t5_tokenizer()
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, guidance_embeds=guidance,
-                                         axes_dims_rope=(4, 4, 8))  # fmt: skip  (16 = 4 latent channels × 2×2 patch)
-    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)  # fmt: skip
-    clip = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                          vocab_size=49408, max_position_embeddings=77, projection_dim=32, hidden_act="gelu")  # fmt: skip
-    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=8, decoder_start_token_id=0)  # fmt: skip
-    parts = FluxComponents(transformer, vae, CLIPTextModel(clip), T5EncoderModel(t5), offline_clip_tokenizer(),
-                           tokenizer_2, FlowMatchEulerDiscreteScheduler(), f"random:tiny:seed{seed}", TINY_TEXT_LEN)  # fmt: skip
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance,
+        axes_dims_rope=(4, 4, 8),
+    )  # (16 = 4 latent channels × 2×2 patch)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    clip = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+    t5 = T5Config(
+        vocab_size=len(tokenizer_2),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+    )
+    parts = FluxComponents(
+        transformer,
+        vae,
+        CLIPTextModel(clip),
+        T5EncoderModel(t5),
+        offline_clip_tokenizer(),
+        tokenizer_2,
+        FlowMatchEulerDiscreteScheduler(),
+        f"random:tiny:seed{seed}",
+        TINY_TEXT_LEN,
+    )
     return _freeze(parts, device, dtype)
 
 

@@ -42,12 +42,28 @@ GENERATORS: dict[str, GeneratorFamily] = {
         GeneratorFamily("sd-turbo", "sd", "stabilityai/sd-turbo", True, "Stability AI Community licence"),
         GeneratorFamily("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", False, "CreativeML Open RAIL++-M"),
         GeneratorFamily("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo", True, "Stability AI Community licence"),
-        GeneratorFamily("sd3", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers", False,
-                        "Stability AI Community licence; gated: accept the terms on the hub first"),
-        GeneratorFamily("flux-schnell", "flux", "black-forest-labs/FLUX.1-schnell", True,
-                        "Apache-2.0; gated: accept the terms on the hub first"),
-        GeneratorFamily("flux-dev", "flux", "black-forest-labs/FLUX.1-dev", False,
-                        "FLUX.1 [dev] Non-Commercial License; gated: accept the terms on the hub first", guidance=3.5),
+        GeneratorFamily(
+            "sd3",
+            "sd3",
+            "stabilityai/stable-diffusion-3-medium-diffusers",
+            False,
+            "Stability AI Community licence; gated: accept the terms on the hub first",
+        ),
+        GeneratorFamily(
+            "flux-schnell",
+            "flux",
+            "black-forest-labs/FLUX.1-schnell",
+            True,
+            "Apache-2.0; gated: accept the terms on the hub first",
+        ),
+        GeneratorFamily(
+            "flux-dev",
+            "flux",
+            "black-forest-labs/FLUX.1-dev",
+            False,
+            "FLUX.1 [dev] Non-Commercial License; gated: accept the terms on the hub first",
+            guidance=3.5,
+        ),
     )
 }
 ALIASES = {"flux": "flux-schnell"}  # another name of a family: the same support sets
@@ -62,15 +78,19 @@ def parse_generator(spec: str, weights: str) -> tuple[GeneratorFamily, str]:
     name = name.strip().lower()
     family = GENERATORS.get(ALIASES.get(name, name))
     if family is None:
-        raise InvalidSetting("generator", f"{spec!r}: use one of {', '.join([*GENERATORS, *ALIASES])}, optionally "
-                                         "=HUB_ID_OR_DIR")  # fmt: skip
+        raise InvalidSetting(
+            "generator", f"{spec!r}: use one of {', '.join([*GENERATORS, *ALIASES])}, optionally =HUB_ID_OR_DIR"
+        )
     if source.strip():
         return family, source.strip()
     if weights == "hub":
         return family, family.hub_id
     if weights == "tiny":
         return family, "tiny"
-    raise InvalidSetting("generator", f"{name}: no random-weight copy for preset weights {weights!r}; use the tiny preset or real weights")
+    raise InvalidSetting(
+        "generator",
+        f"{name}: no random-weight copy for preset weights {weights!r}; use the tiny preset or real weights",
+    )
 
 
 @dataclass
@@ -90,15 +110,26 @@ class SDXLComponents:
     def pipeline(self):
         from diffusers import StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
-                                         tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
-                                         scheduler=self.scheduler)  # fmt: skip
+        return StableDiffusionXLPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
+            scheduler=self.scheduler,
+        )
 
 
 def _freeze(parts: SDXLComponents, device: torch.device, dtype: torch.dtype) -> SDXLComponents:
     # SDXL's VAE overflows in fp16 (its config says force_upcast): it decodes in fp32
     vae_dtype = torch.float32 if getattr(parts.vae.config, "force_upcast", False) else dtype
-    for m, want in ((parts.unet, dtype), (parts.text_encoder, dtype), (parts.text_encoder_2, dtype), (parts.vae, vae_dtype)):
+    for m, want in (
+        (parts.unet, dtype),
+        (parts.text_encoder, dtype),
+        (parts.text_encoder_2, dtype),
+        (parts.vae, vae_dtype),
+    ):
         m.to(device=device)
         if m.dtype != want:
             m.to(dtype=want)
@@ -116,19 +147,51 @@ def tiny_sdxl(seed: int, device: torch.device, dtype: torch.dtype) -> SDXLCompon
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=1,
-    )  # fmt: skip  (80 = 6 size/crop ids × 8 + the pooled text embedding's 32)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        scaling_factor=0.13025)  # fmt: skip
-    text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                          vocab_size=49408, max_position_embeddings=77, projection_dim=32, hidden_act="gelu")  # fmt: skip
-    parts = SDXLComponents(unet, vae, CLIPTextModel(text), CLIPTextModelWithProjection(text), offline_clip_tokenizer(),
-                           offline_clip_tokenizer(), dpm_solver(), f"random:tiny:seed{seed}")  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )  # (80 = 6 size/crop ids × 8 + the pooled text embedding's 32)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.13025,
+    )
+    text = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+    parts = SDXLComponents(
+        unet,
+        vae,
+        CLIPTextModel(text),
+        CLIPTextModelWithProjection(text),
+        offline_clip_tokenizer(),
+        offline_clip_tokenizer(),
+        dpm_solver(),
+        f"random:tiny:seed{seed}",
+    )
     return _freeze(parts, device, dtype)
 
 

@@ -33,10 +33,17 @@ class SD3Components:
     def pipeline(self):
         from diffusers import StableDiffusion3Pipeline
 
-        return StableDiffusion3Pipeline(transformer=self.transformer, scheduler=self.scheduler, vae=self.vae,
-                                        text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                        text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
-                                        text_encoder_3=None, tokenizer_3=None)  # fmt: skip
+        return StableDiffusion3Pipeline(
+            transformer=self.transformer,
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
 
 
 def _freeze(parts: SD3Components, device: torch.device, dtype: torch.dtype) -> SD3Components:
@@ -56,17 +63,50 @@ def tiny_sd3(seed: int, device: torch.device, dtype: torch.dtype) -> SD3Componen
     from .tokenizer import offline_clip_tokenizer
 
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8,
-                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
-                                        pooled_projection_dim=64, out_channels=4)  # fmt: skip  (64 = the two CLIPs' 32 + 32)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)  # fmt: skip
-    text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                          vocab_size=49408, max_position_embeddings=77, projection_dim=32, hidden_act="gelu")  # fmt: skip
-    parts = SD3Components(transformer, vae, CLIPTextModelWithProjection(text), CLIPTextModelWithProjection(text),
-                          offline_clip_tokenizer(), offline_clip_tokenizer(), FlowMatchEulerDiscreteScheduler(),
-                          f"random:tiny:seed{seed}")  # fmt: skip
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )  # (64 = the two CLIPs' 32 + 32)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    text = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+    parts = SD3Components(
+        transformer,
+        vae,
+        CLIPTextModelWithProjection(text),
+        CLIPTextModelWithProjection(text),
+        offline_clip_tokenizer(),
+        offline_clip_tokenizer(),
+        FlowMatchEulerDiscreteScheduler(),
+        f"random:tiny:seed{seed}",
+    )
     return _freeze(parts, device, dtype)
 
 

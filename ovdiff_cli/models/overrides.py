@@ -36,4 +36,6 @@ def check_filter_model(spec: str | None) -> str | None:
     """A `--filter-model` value as given, or a one-line error naming the choices."""
     if spec is None or spec in ("clip", *FILTERS) or ":" in spec:
         return spec
-    raise InvalidSetting("filter_model", f"{spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO")
+    raise InvalidSetting(
+        "filter_model", f"{spec!r}: use clip, {', '.join(FILTERS)}, an open_clip NAME:TAG or hf-hub:ORG/REPO"
+    )

@@ -55,10 +55,16 @@ PRESETS: dict[str, Preset] = {
             protos=ProtoConfig(k_parts=4, feature_size=64),
             segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
             # the paper's sizes scaled to this preset (support 512 → 64, windows 448 → 96)
-            inputs={"sd": InputSize(square=64), "clip": InputSize(square=96), "dino": InputSize(cap=96, long_cap=176),
-                    "mae": InputSize(square=96),
-                    **{p: InputSize(cap=96, long_cap=176) if f.inputs.cap else InputSize(square=96)
-                       for p, f in FAMILIES.items()}},  # fmt: skip
+            inputs={
+                "sd": InputSize(square=64),
+                "clip": InputSize(square=96),
+                "dino": InputSize(cap=96, long_cap=176),
+                "mae": InputSize(square=96),
+                **{
+                    p: InputSize(cap=96, long_cap=176) if f.inputs.cap else InputSize(square=96)
+                    for p, f in FAMILIES.items()
+                },
+            },
         ),
         Preset(
             "sd15-random",
@@ -71,8 +77,15 @@ PRESETS: dict[str, Preset] = {
             "SDXL-Turbo draws (4 steps, no guidance), DINOv3 ViT-B/16 + SigLIP2 ViT-B/16 features, SigLIP2 filter; "
             "DINO ViT-B/8 cuts the masks. Real weights; its segmentation quality has NOT been measured on real images",
             "hub",
-            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "generator": "sdxl-turbo", "filter": "siglip2",
-                    "dinov3": FAMILIES["dinov3"].spec, "siglip2": FAMILIES["siglip2"].spec},  # fmt: skip
+            models={
+                "sd": SD15_HUB_ID,
+                "clip": CLIP_SPEC,
+                "dino": DINO_SPEC,
+                "generator": "sdxl-turbo",
+                "filter": "siglip2",
+                "dinov3": FAMILIES["dinov3"].spec,
+                "siglip2": FAMILIES["siglip2"].spec,
+            },
             sample=SampleConfig(steps=TURBO_STEPS, guidance_scale=1.0),
             protos=ProtoConfig(extractor="dinov3+siglip2"),
         ),
@@ -82,8 +95,13 @@ PRESETS: dict[str, Preset] = {
             "procedural",
             models={"sd": "procedural", "clip": "procedural", "dino": "procedural"},
             sample=SampleConfig(n_images=8, size=128, attribution_size=32, steps=1),
-            protos=ProtoConfig(extractor="procedural", mask_proposer="threshold", mask_features="procedural", k_parts=8,
-                               feature_size=128),  # fmt: skip
+            protos=ProtoConfig(
+                extractor="procedural",
+                mask_proposer="threshold",
+                mask_features="procedural",
+                k_parts=8,
+                feature_size=128,
+            ),
             segment=SegmentConfig(windows=(128, 96), stride=64, short_side=128, eta=4),
         ),
     )
@@ -112,8 +130,12 @@ class ModelSpecs:
     weights_seed: int = 0
 
     @classmethod
-    def of(cls, preset: Preset | str | None = None, overrides: Mapping[str, str | None] | None = None,
-           weights_seed: int = 0) -> ModelSpecs:  # fmt: skip
+    def of(
+        cls,
+        preset: Preset | str | None = None,
+        overrides: Mapping[str, str | None] | None = None,
+        weights_seed: int = 0,
+    ) -> ModelSpecs:
         """The preset's models (a name, default `$OVDIFF_PRESET`, else sd15) with the given overrides (None: keep)."""
         p = preset if isinstance(preset, Preset) else get_preset(preset)
         models = dict(p.models)
@@ -141,7 +163,7 @@ class ModelSpecs:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" → cuda > mps > cpu; anything else must be available."""
+    """ "auto" → cuda > mps > cpu; anything else must be available."""
     import torch
 
     if device == "auto":
@@ -160,12 +182,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto" → bf16 on a CUDA GPU that supports it (fp16's range without its overflows), else fp16 on a
+    """ "auto" → bf16 on a CUDA GPU that supports it (fp16's range without its overflows), else fp16 on a
     GPU; fp32 on CPU."""
     import torch
 
-    table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-             "float32": torch.float32}
+    table = {
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16

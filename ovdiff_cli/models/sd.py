@@ -6,9 +6,8 @@ extraction never know which one they got.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,35 +86,63 @@ def random_sd(size: str, seed: int, device: torch.device, dtype: torch.dtype) ->
     up = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     if size == "tiny":
         text_cfg = CLIPTextConfig(
-            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-            vocab_size=49408, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=32,
+            hidden_act="quick_gelu",
         )
         unet = UNet2DConditionModel(
-            sample_size=8, block_out_channels=(16, 16, 32, 32), layers_per_block=1,
-            down_block_types=down, up_block_types=up, cross_attention_dim=32,
-            attention_head_dim=4, norm_num_groups=8,
+            sample_size=8,
+            block_out_channels=(16, 16, 32, 32),
+            layers_per_block=1,
+            down_block_types=down,
+            up_block_types=up,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
         )
         vae = AutoencoderKL(
-            block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
             scaling_factor=0.18215,
         )
     elif size == "full":
         text_cfg = CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-            vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=768,
+            hidden_act="quick_gelu",
         )
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
         vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
             scaling_factor=0.18215,
         )
     else:
         raise ValueError(f"unknown random SD size {size!r}")
     parts = SDComponents(
-        unet=unet, vae=vae, text_encoder=CLIPTextModel(text_cfg), tokenizer=offline_clip_tokenizer(),
-        scheduler=dpm_solver(), source=f"random:{size}:seed{seed}",
+        unet=unet,
+        vae=vae,
+        text_encoder=CLIPTextModel(text_cfg),
+        tokenizer=offline_clip_tokenizer(),
+        scheduler=dpm_solver(),
+        source=f"random:{size}:seed{seed}",
     )
     return _finish(parts, device, dtype)
 
@@ -150,5 +177,3 @@ def missing_local(spec: str, option: str, model: str) -> str | None:
     if looks_local(spec) and not Path(spec).expanduser().exists():
         return f"{option} {spec}: no such file or folder; give the path of a downloaded copy of the {model} weights"
     return None
-
-

@@ -79,19 +79,31 @@ class ModelStore:
         if family.pipeline == "sd3":
             from .mmdit import load_sd3, tiny_sd3
 
-            build = (lambda: tiny_sd3(seed, self.device, self.dtype)) if source == "tiny" else (
-                lambda: load_sd3(source, self.device, self.dtype))  # fmt: skip
+            build = (
+                (lambda: tiny_sd3(seed, self.device, self.dtype))
+                if source == "tiny"
+                else (lambda: load_sd3(source, self.device, self.dtype))
+            )
         elif family.pipeline == "flux":
             from .flux import flux_text_len, load_flux, tiny_flux
 
-            build = (lambda: tiny_flux(seed, not family.turbo, self.device, self.dtype)) if source == "tiny" else (
-                lambda: load_flux(source, flux_text_len(family.turbo), self.device, self.dtype))  # fmt: skip
+            build = (
+                (lambda: tiny_flux(seed, not family.turbo, self.device, self.dtype))
+                if source == "tiny"
+                else (lambda: load_flux(source, flux_text_len(family.turbo), self.device, self.dtype))
+            )
         elif family.pipeline == "sd":
-            build = (lambda: random_sd("tiny", seed, self.device, self.dtype)) if source == "tiny" else (
-                lambda: load_sd(source, self.device, self.dtype))  # fmt: skip
+            build = (
+                (lambda: random_sd("tiny", seed, self.device, self.dtype))
+                if source == "tiny"
+                else (lambda: load_sd(source, self.device, self.dtype))
+            )
         else:
-            build = (lambda: tiny_sdxl(seed, self.device, self.dtype)) if source == "tiny" else (
-                lambda: load_sdxl(source, self.device, self.dtype))  # fmt: skip
+            build = (
+                (lambda: tiny_sdxl(seed, self.device, self.dtype))
+                if source == "tiny"
+                else (lambda: load_sdxl(source, self.device, self.dtype))
+            )
         return self._once("generator", build)
 
     def filter_model(self) -> ClipModel:

@@ -85,9 +85,7 @@ def load_clip(spec: str, device: torch.device, dtype: torch.dtype, seed: int = 0
     return ClipModel(_prepare(model, device, dtype), tokenizer, spec)
 
 
-def load_timm_vit(
-    spec: str, kind: str, device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> torch.nn.Module:
+def load_timm_vit(spec: str, kind: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
     """A timm ViT (`kind` is "dino" or "mae") that runs at any input size (`dynamic_img_size`)."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
@@ -107,7 +105,10 @@ def load_timm_vit(
             if local.exists():
                 name = DINO_SPEC if kind == "dino" else MAE_SPEC
                 model = timm.create_model(
-                    name, pretrained=True, num_classes=0, dynamic_img_size=True,
+                    name,
+                    pretrained=True,
+                    num_classes=0,
+                    dynamic_img_size=True,
                     pretrained_cfg_overlay=dict(file=str(_weights_file(local))),
                 )
             else:

@@ -23,10 +23,23 @@ if TYPE_CHECKING:
     from .presets import ModelSpecs
 
 BUILT_IN = ("tiny", "random", "procedural")
-ROLE_OPTION = {"sd": "--sd-model", "clip": "--clip-model", "dino": "--dino-model", "sam": "--sam-model"}  # mae: API only
-SD_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "text_encoder/config.json",
-            "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-            "vae/config.json", "vae/diffusion_pytorch_model.safetensors")  # fmt: skip
+ROLE_OPTION = {
+    "sd": "--sd-model",
+    "clip": "--clip-model",
+    "dino": "--dino-model",
+    "sam": "--sam-model",
+}  # mae: API only
+SD_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +87,13 @@ def weights_for(role: str, spec: str) -> Weights:
         return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors"))
     if role == "filter":  # open_clip with the tokenizer files SigLIP2 reads from its repository
         repo = spec.removeprefix("hf-hub:") if spec.startswith("hf-hub:") else _open_clip_repo(spec)
-        return Weights(role, spec, "hub", repo, ("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
-                                                 "special_tokens_map.json"))  # fmt: skip
+        return Weights(
+            role,
+            spec,
+            "hub",
+            repo,
+            ("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*", "special_tokens_map.json"),
+        )
     if role in ("dino", "mae"):
         return Weights(role, spec, "hub", f"timm/{spec}", ("config.json", "model.safetensors"))
     if role == "sam":
@@ -100,10 +118,16 @@ def generator_files(family: GeneratorFamily) -> tuple[str, ...]:
         return SD_FILES
     no_unet = tuple(f for f in SD_FILES if not f.startswith("unet/"))
     if family.pipeline == "flux":  # T5 and the transformer in shards, each with its index (models/flux.py)
-        return (*no_unet, "tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.json",
-                "text_encoder_2/model-*.safetensors", "transformer/config.json",
-                "transformer/diffusion_pytorch_model.safetensors.index.json",
-                "transformer/diffusion_pytorch_model-*.safetensors")  # fmt: skip
+        return (
+            *no_unet,
+            "tokenizer_2/*",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors.index.json",
+            "text_encoder_2/model-*.safetensors",
+            "transformer/config.json",
+            "transformer/diffusion_pytorch_model.safetensors.index.json",
+            "transformer/diffusion_pytorch_model-*.safetensors",
+        )
     second = ("tokenizer_2/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors")
     if family.pipeline == "sd3":  # a transformer instead of a UNet; no T5 (models/mmdit.py)
         return (*no_unet, *second, "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors")
@@ -129,7 +153,9 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     `filtermodels.filter_source`)."""
     from .store import SAM_SPEC
 
-    parts = extractor.split("+") + (["dino"] if mask_proposer in ("ncut", "ncut-fast") else [])  # ncut cuts DINO ViT-B/8 keys
+    parts = extractor.split("+") + (
+        ["dino"] if mask_proposer in ("ncut", "ncut-fast") else []
+    )  # ncut cuts DINO ViT-B/8 keys
     roles = ["sd"] if "sd" in parts or not models.get("generator") else []  # SD1.5: generator or SD features
     roles += ["generator", "clip", "filter"] + [p for p in ("dino", "mae", *FAMILIES) if p in parts]
     specs = {r: models[r] for r in roles if models.get(r)}
@@ -190,8 +216,9 @@ def role_specs(specs: ModelSpecs) -> dict[str, str]:
     return models
 
 
-def fetch_all(wanted: list[Weights], local_dir: Path | None = None,
-              on_weight: Callable[[Weights, str], None] | None = None) -> dict[str, Path]:  # fmt: skip
+def fetch_all(
+    wanted: list[Weights], local_dir: Path | None = None, on_weight: Callable[[Weights, str], None] | None = None
+) -> dict[str, Path]:
     """Each weight in `wanted` in turn: left alone when it is not on the hub ("elsewhere") or already there
     ("present": in the HF cache, or complete in `local_dir`/ROLE), else fetched ("downloading", reported
     before the download starts). Returns role → the folder each hub weight was put in under `local_dir`."""

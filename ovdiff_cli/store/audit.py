@@ -22,9 +22,9 @@ from . import lmdbfile
 from .blobs import decode_array, decode_png
 from .cache import (
     ENV_DIRNAME,
-    Cache,
     SCHEMA_KEY,
     SCHEMA_VERSION,
+    Cache,
     CacheError,
     _json,
     attribution_key,
@@ -88,12 +88,38 @@ def array_problem(name: str, a: np.ndarray, record: dict) -> str | None:
 
 # every key a class record may have (vocab._build, vocab.put_prototypes, older versions' otsu_fallbacks):
 # records carry no checksum of their own, so a key damaged in place shows as an unknown one
-RECORD_KEYS = frozenset({
-    "name", "norm", "seed", "extractor", "part", "mask_id", "support_id", "support_key", "mask_proposer",
-    "mask_features", "k_parts", "kmeans_iters", "kmeans_max_points", "feature_size", "feature_grid", "mask_grid",
-    "n_images", "mask_proposals", "mask_thresholds", "otsu_fallbacks", "kind", "kind_source", "models", "generator",
-    "sampler", "proto_version", "created_at", "arrays",
-})  # fmt: skip
+RECORD_KEYS = frozenset(
+    {
+        "name",
+        "norm",
+        "seed",
+        "extractor",
+        "part",
+        "mask_id",
+        "support_id",
+        "support_key",
+        "mask_proposer",
+        "mask_features",
+        "k_parts",
+        "kmeans_iters",
+        "kmeans_max_points",
+        "feature_size",
+        "feature_grid",
+        "mask_grid",
+        "n_images",
+        "mask_proposals",
+        "mask_thresholds",
+        "otsu_fallbacks",
+        "kind",
+        "kind_source",
+        "models",
+        "generator",
+        "sampler",
+        "proto_version",
+        "created_at",
+        "arrays",
+    }
+)
 
 
 KINDS = ("thing", "stuff")
@@ -107,8 +133,8 @@ def record_problem(record: object, required: tuple[str, ...] = ()) -> str | None
     """What is wrong with the values of a class record's fields (checksums cannot see a record written
     with a bad value, e.g. `kind: "bogus"`), or None. Fields are checked where present; `required`
     ones must be."""
-    from ..limits import MAX_SEED
     from ..config import PARTS
+    from ..limits import MAX_SEED
     from ..names import validate
 
     if not isinstance(record, dict):
@@ -131,10 +157,18 @@ def record_problem(record: object, required: tuple[str, ...] = ()) -> str | None
     parts = extractor.split("+") if isinstance(extractor, str) else [None]
     if extractor != "procedural" and (not all(p in PARTS for p in parts) or len(set(parts)) != len(parts)):
         return f"class record's extractor {extractor!r:.40} is not an extractor spec"
-    if "part" in record and "extractor" in record and record["part"] not in (parts if extractor != "procedural" else ["procedural"]):
+    if (
+        "part" in record
+        and "extractor" in record
+        and record["part"] not in (parts if extractor != "procedural" else ["procedural"])
+    ):
         return f"class record's part {record['part']!r:.40} is not a part of extractor {extractor}"
     for key in ("n_images", "k_parts", "feature_size", "kmeans_iters", "kmeans_max_points"):
-        if key in record and not _positive_int(record[key]) and not (key == "kmeans_max_points" and record[key] is None):
+        if (
+            key in record
+            and not _positive_int(record[key])
+            and not (key == "kmeans_max_points" and record[key] is None)
+        ):
             return f"class record's {key} is {record[key]!r:.40}, not a positive whole number"
     for key in ("feature_grid", "mask_grid"):
         grid = record.get(key, [1, 1])
@@ -243,7 +277,11 @@ def audit(keys: list[bytes], get: Callable[[bytes], bytes | None]) -> Audit:
                     bad(k, why)
             elif parts[0] == "t" and len(parts) == 2:
                 a = decode_array(v)
-                if a.ndim != 1 or not np.isfinite(a).all() or abs(float(np.linalg.norm(a.astype(np.float64))) - 1) > NORM_TOLERANCE:
+                if (
+                    a.ndim != 1
+                    or not np.isfinite(a).all()
+                    or abs(float(np.linalg.norm(a.astype(np.float64))) - 1) > NORM_TOLERANCE
+                ):
                     raise ValueError("text embedding is not a finite unit vector")
             else:
                 bad(k, "unknown key")
@@ -258,7 +296,10 @@ def audit(keys: list[bytes], get: Callable[[bytes], bytes | None]) -> Audit:
     for pid, rec in out.records.items():
         sid = rec.get("support_id")
         if sid in out.truncate and out.truncate[sid] < int(rec.get("n_images") or 0) and class_key(pid) not in out.drop:
-            bad(class_key(pid), f"class {rec.get('name')!r} was built from support image {out.truncate[sid]} of {sid}, which is broken")
+            bad(
+                class_key(pid),
+                f"class {rec.get('name')!r} was built from support image {out.truncate[sid]} of {sid}, which is broken",
+            )
     return out
 
 
@@ -279,7 +320,7 @@ def repairs(found: Audit, keys: list[bytes]) -> dict[bytes, bytes | None]:
         if parts[0] == "p":
             drop.add(class_key(parts[1]))
             drop.update(kk for kk in keys if kk.startswith(class_key(parts[1]) + b"/"))
-    updates: dict[bytes, bytes | None] = {k: None for k in drop}
+    updates: dict[bytes, bytes | None] = dict.fromkeys(drop)
     for sid, n in found.truncate.items():
         meta = found.supports.get(sid)
         if meta is not None:
@@ -322,7 +363,9 @@ def rebuild(root: Path, damage: str) -> Rebuilt:
             except (ValueError, KeyError, TypeError):
                 version = SCHEMA_VERSION
             if version != SCHEMA_VERSION:
-                raise CacheError(f"cache {root} has schema version {version}; this ovdiff repairs version {SCHEMA_VERSION} only")
+                raise CacheError(
+                    f"cache {root} has schema version {version}; this ovdiff repairs version {SCHEMA_VERSION} only"
+                )
         result = audit(keys, found.get)
         problems = [Problem("data.mdb", damage)] + [Problem("data.mdb", d) for d in found.damage[:20]] + result.problems
         updates = repairs(result, keys)
@@ -345,11 +388,15 @@ def rebuild(root: Path, damage: str) -> Rebuilt:
             _put(env, batch)
             env.sync(True)
             with env.begin() as txn:
-                classes = sum(1 for k in txn.cursor().iternext(values=False) if k.startswith(b"p/") and k.count(b"/") == 1)
+                classes = sum(
+                    1 for k in txn.cursor().iternext(values=False) if k.startswith(b"p/") and k.count(b"/") == 1
+                )
         finally:
             env.close()
     except (OSError, lmdb.Error) as e:
-        raise CacheError(f"cannot write the repaired cache beside {env_dir}: {getattr(e, 'strerror', None) or e}; the original is untouched") from e
+        raise CacheError(
+            f"cannot write the repaired cache beside {env_dir}: {getattr(e, 'strerror', None) or e}; the original is untouched"
+        ) from e
     finally:
         found.pages.close()
     close_cache(root)

@@ -21,8 +21,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from .blobs import decode_array, decode_png, encode_array, encode_png
 from ..errors import CacheError
+from .blobs import decode_array, decode_png, encode_array, encode_png
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"!schema"
@@ -170,7 +170,10 @@ def _check_snapshot(root: Path, env_dir: Path, env: lmdb.Environment) -> None:
             problem = lmdbfile.check_tree(env_dir / "data.mdb", txn.id())
             if problem is not None:
                 raise CacheDamaged(root, problem)
-            if any(isinstance(m, lmdbfile.Meta) and m.txnid == txn.id() for m in lmdbfile.read_metas(env_dir / "data.mdb")[1]):
+            if any(
+                isinstance(m, lmdbfile.Meta) and m.txnid == txn.id()
+                for m in lmdbfile.read_metas(env_dir / "data.mdb")[1]
+            ):
                 return
     # five snapshots overtaken by writers while we looked: theirs were checked by their own opens
 
@@ -310,7 +313,9 @@ class Cache:
     def transact(self, fn: Callable[[lmdb.Transaction], None]) -> None:
         """Run `fn` in one write transaction; on a full map, double it and run `fn` again."""
         if self.readonly:
-            raise CacheError(f"cache {self.root} is read-only for this user: use another cache folder to build or change classes")
+            raise CacheError(
+                f"cache {self.root} is read-only for this user: use another cache folder to build or change classes"
+            )
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -339,7 +344,9 @@ class Cache:
     def lock(self, name: str) -> Iterator[None]:
         """Exclusive advisory lock across processes (released by the OS if the holder dies)."""
         if self.readonly:
-            raise CacheError(f"cache {self.root} is read-only for this user: use another cache folder to build or change classes")
+            raise CacheError(
+                f"cache {self.root} is read-only for this user: use another cache folder to build or change classes"
+            )
         path = self.root / "locks" / f"{name}.lock"
         with open(path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -423,7 +430,7 @@ class Cache:
             items[class_array_key(pid, name)] = blob
             listing[name] = {"dtype": np.asarray(arr).dtype.str, "shape": list(np.shape(arr))}
         old = [k for k, _ in self.scan(class_array_key(pid, ""), values=False) if k not in items]
-        items.update({k: None for k in old})
+        items.update(dict.fromkeys(old))
         items[class_key(pid)] = _json(dict(record, arrays=listing, created_at=record.get("created_at", now_iso())))
         self.write(items)
 
@@ -443,8 +450,11 @@ class Cache:
         """(pid, record) of every complete class, in key order; arrays are not read."""
         pids = [k.decode().split("/")[1] for k, _ in self.scan(b"p/", values=False) if k.count(b"/") == 1]
         records = self.get_many([class_key(pid) for pid in pids])
-        return [(pid, self._decode(class_key(pid), raw, json.loads))
-                for pid, raw in zip(pids, records, strict=True) if raw is not None]  # fmt: skip
+        return [
+            (pid, self._decode(class_key(pid), raw, json.loads))
+            for pid, raw in zip(pids, records, strict=True)
+            if raw is not None
+        ]
 
     def class_size(self, pid: str) -> int:
         return sum(len(k) + len(v) for k, v in self.scan(class_key(pid)))
@@ -455,13 +465,16 @@ class Cache:
         if with_support and rec and rec.get("support_id"):
             sid = rec["support_id"]
             keys += [k for k, _ in self.scan(support_key(sid) + b"/", values=False)] + [support_key(sid)]
-        self.write({k: None for k in keys})
+        self.write(dict.fromkeys(keys))
 
     # -- text embeddings ----------------------------------------------------------
 
     def text_embeddings(self, model_fp: str, prompts: list[str]) -> list[np.ndarray | None]:
         keys = [text_key(model_fp, p) for p in prompts]
-        return [None if b is None else self._decode(k, b, decode_array) for k, b in zip(keys, self.get_many(keys), strict=True)]
+        return [
+            None if b is None else self._decode(k, b, decode_array)
+            for k, b in zip(keys, self.get_many(keys), strict=True)
+        ]
 
     def put_text_embeddings(self, model_fp: str, embeddings: dict[str, np.ndarray]) -> None:
         """Store text embeddings; skipped on a read-only cache (they are recomputed next time)."""

@@ -49,10 +49,19 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
         scheduler = FLOW_SCHEDULER if family.pipeline in MMDIT_PIPELINES else SCHEDULER
-        return {"model": sd_source(source, specs.weights_seed), "revision": None, "scheduler": scheduler,
-                "family": family.name, "attribution": ATTRIBUTION}  # fmt: skip
-    return {"model": sd_source(specs.models["sd"], specs.weights_seed), "revision": None, "scheduler": SCHEDULER,
-            "attribution": ATTRIBUTION}  # fmt: skip
+        return {
+            "model": sd_source(source, specs.weights_seed),
+            "revision": None,
+            "scheduler": scheduler,
+            "family": family.name,
+            "attribution": ATTRIBUTION,
+        }
+    return {
+        "model": sd_source(specs.models["sd"], specs.weights_seed),
+        "revision": None,
+        "scheduler": SCHEDULER,
+        "attribution": ATTRIBUTION,
+    }
 
 
 def clip_text_id(source: str, weights_seed: int) -> str:
@@ -123,8 +132,14 @@ def photo_class_id(class_norm: str, seed: int, specs: ModelSpecs) -> str:
     return short_hash("photo-class", class_norm, seed, generator_identity(specs))
 
 
-def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
-            photos: str | None = None) -> str:  # fmt: skip
+def mask_id(
+    class_norm: str,
+    seed: int,
+    specs: ModelSpecs,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    photos: str | None = None,
+) -> str:
     """Cache key of a class's support masks: the support set, the proposer and what it runs on.
 
     Not the extractor spec: every part of every spec built from the same support set and proposer
@@ -134,9 +149,16 @@ def mask_id(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleCon
 
     features = proto_cfg.mask_features if proposer_uses_features(proto_cfg.mask_proposer) else None
     return short_hash(
-        "masks", MASK_VERSION, class_norm, seed, support_key(class_norm, seed, sample_cfg, photos), mask_models(specs, proto_cfg),
-        proto_cfg.mask_proposer, features, proto_cfg.feature_size,
-    )  # fmt: skip
+        "masks",
+        MASK_VERSION,
+        class_norm,
+        seed,
+        support_key(class_norm, seed, sample_cfg, photos),
+        mask_models(specs, proto_cfg),
+        proto_cfg.mask_proposer,
+        features,
+        proto_cfg.feature_size,
+    )
 
 
 def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, proto_cfg: ProtoConfig) -> str:
@@ -146,13 +168,28 @@ def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, 
     not by the other parts of the spec, and not by stuff/thing, which is recorded and can change in place.
     """
     return short_hash(
-        "protos", PROTO_VERSION, class_norm, seed, part, mid, part_models(specs, part), proto_cfg.k_parts,
-        proto_cfg.kmeans_iters, proto_cfg.kmeans_max_points, proto_cfg.feature_size,
-    )  # fmt: skip
+        "protos",
+        PROTO_VERSION,
+        class_norm,
+        seed,
+        part,
+        mid,
+        part_models(specs, part),
+        proto_cfg.k_parts,
+        proto_cfg.kmeans_iters,
+        proto_cfg.kmeans_max_points,
+        proto_cfg.feature_size,
+    )
 
 
-def class_ids(class_norm: str, seed: int, specs: ModelSpecs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig,
-              photos: str | None = None) -> dict[str, str]:  # fmt: skip
+def class_ids(
+    class_norm: str,
+    seed: int,
+    specs: ModelSpecs,
+    sample_cfg: SampleConfig,
+    proto_cfg: ProtoConfig,
+    photos: str | None = None,
+) -> dict[str, str]:
     """Part → `part_id` of a class for each part of `proto_cfg.extractor`, in spec order (no model loads);
     `photos`: the content hash of the user's photos in its support set (None: generated images only)."""
     from ..config import spec_parts

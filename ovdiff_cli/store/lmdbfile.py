@@ -140,7 +140,7 @@ class PageFile:
     """Random access to the pages of one data file, every read checked against the file's end."""
 
     def __init__(self, path: Path | str, psize: int):
-        self.f = open(path, "rb")
+        self.f = open(path, "rb")  # noqa: SIM115
         self.size = os.fstat(self.f.fileno()).st_size
         self.psize = psize
         self.npages = self.size // psize
@@ -190,7 +190,9 @@ class PageFile:
                 flags, lower, upper = struct.unpack_from("<HHH", buf, 10)
                 want = P_LEAF if level == depth else P_BRANCH
                 if flags & (P_BRANCH | P_LEAF | P_OVERFLOW | P_META) != want or flags & 0x60:
-                    raise Damage(f"page {pgno} should be a {'leaf' if want == P_LEAF else 'branch'} page (flags {flags:#x})")
+                    raise Damage(
+                        f"page {pgno} should be a {'leaf' if want == P_LEAF else 'branch'} page (flags {flags:#x})"
+                    )
                 if not HEADER <= lower <= upper <= self.psize or (lower - HEADER) % 2 or lower == HEADER:
                     raise Damage(f"page {pgno} has damaged bounds ({lower}, {upper})")
                 ptrs = struct.unpack_from(f"<{(lower - HEADER) // 2}H", buf, HEADER)
@@ -222,7 +224,11 @@ class PageFile:
                     if integer_keys and ksize != 8:
                         raise Damage(f"page {pgno} node {i}: free-list key of {ksize} bytes")
                     if not integer_keys:
-                        if (last_key[0] is not None and key <= last_key[0]) or (lo is not None and key < lo) or (hi is not None and key >= hi):
+                        if (
+                            (last_key[0] is not None and key <= last_key[0])
+                            or (lo is not None and key < lo)
+                            or (hi is not None and key >= hi)
+                        ):
                             raise Damage(f"page {pgno} node {i}: keys out of order")
                         last_key[0] = key
                     out.entries[key] = loc
@@ -249,7 +255,9 @@ class PageFile:
         if pages * self.psize < HEADER + dsize or pgno + pages - 1 > last_pg:
             raise Damage(f"overflow page {pgno}: {pages} pages cannot hold {dsize} bytes within the database")
         if pgno + pages > self.npages:
-            raise Damage(f"overflow pages {pgno}..{pgno + pages - 1} run past the end of the file ({self.size} bytes: truncated)")
+            raise Damage(
+                f"overflow pages {pgno}..{pgno + pages - 1} run past the end of the file ({self.size} bytes: truncated)"
+            )
         return pgno * self.psize + HEADER
 
 
@@ -274,7 +282,9 @@ def check_tree(path: Path | str, txnid: int | None = None) -> str | None:
     if problem:
         return problem
     _, metas = read_metas(path)
-    meta = current(metas) if txnid is None else next((m for m in metas if isinstance(m, Meta) and m.txnid == txnid), None)
+    meta = (
+        current(metas) if txnid is None else next((m for m in metas if isinstance(m, Meta) and m.txnid == txnid), None)
+    )
     if meta is None:
         return None  # a writer committed twice since the snapshot began: its pages are pinned, the caller retries
     pf = PageFile(path, meta.psize)
@@ -333,7 +343,9 @@ def salvage(path: Path | str) -> Salvage:
         for key, loc in w.entries.items():
             entries.setdefault(key, loc)
         if k == 0 and not w.damage:
-            return Salvage(pf, entries, damage)  # the current snapshot is whole: the previous one would only bring back deleted entries
+            return Salvage(
+                pf, entries, damage
+            )  # the current snapshot is whole: the previous one would only bring back deleted entries
     last_pg = max(m.last_pg for m in valid if m.psize == pf.psize)
     for key, loc in scan_leaves(pf, last_pg).items():  # what a lost branch page hid: every intact leaf page
         entries.setdefault(key, loc)

@@ -116,7 +116,7 @@ def _read_export(path: Path) -> tuple[dict[str, dict], dict[str, dict[str, np.nd
             if not isinstance(records, dict):
                 raise ValueError("the records are not a JSON object")
             arrays: dict[str, dict[str, np.ndarray]] = {pid: {} for pid in records}
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118
                 pid, _, name = k.partition("/")
                 if pid not in arrays:
                     raise OvdiffError(f"{path}: array {k!r} belongs to no class record")

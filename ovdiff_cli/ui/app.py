@@ -50,7 +50,9 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
     async def segment(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > session.max_bytes + FORM_SLACK:
-            return refuse(f"the upload is {int(declared):,} bytes, above this server's limit of {session.max_bytes:,}", 413)
+            return refuse(
+                f"the upload is {int(declared):,} bytes, above this server's limit of {session.max_bytes:,}", 413
+            )
         try:
             async with request.form(max_files=1, max_fields=2, max_part_size=session.max_bytes) as form:
                 upload, classes = form.get("image"), form.get("classes")
@@ -68,8 +70,9 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
             return refuse("explain needs id, x and y (pixel coordinates, whole numbers from 0)")
         return await answer(session.explain, q["id"], int(x), int(y))
 
-    return Starlette(routes=[Route("/", page), Route("/api/segment", segment, methods=["POST"]),
-                             Route("/api/explain", explain)])  # fmt: skip
+    return Starlette(
+        routes=[Route("/", page), Route("/api/segment", segment, methods=["POST"]), Route("/api/explain", explain)]
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -54,9 +54,21 @@ class DemoSession:
     (the error names the command that builds them). Calls are serialised: the models are shared.
     """
 
-    def __init__(self, pipeline: Pipeline, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_classes: int = DEFAULT_MAX_CLASSES, build: bool = True, keep: int = 16):  # fmt: skip
-        self.pipeline, self.max_pixels, self.max_classes, self.build, self.keep = pipeline, max_pixels, max_classes, build, keep
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_classes: int = DEFAULT_MAX_CLASSES,
+        build: bool = True,
+        keep: int = 16,
+    ):
+        self.pipeline, self.max_pixels, self.max_classes, self.build, self.keep = (
+            pipeline,
+            max_pixels,
+            max_classes,
+            build,
+            keep,
+        )
         self.max_bytes = MAX_UPLOAD_BYTES
         self._lock = threading.Lock()
         self._vocabs: OrderedDict[tuple[str, ...], tuple[Vocabulary, Segmenter, Explainer]] = OrderedDict()
@@ -78,8 +90,10 @@ class DemoSession:
                 with Image.open(io.BytesIO(data)) as im:
                     w, h = im.size
                     if w * h > self.max_pixels:
-                        raise OvdiffError(f"the picture is {w}x{h} = {w * h:,} pixels, above this server's limit of "
-                                          f"{self.max_pixels:,} (ovdiff serve --max-pixels): downscale it first")  # fmt: skip
+                        raise OvdiffError(
+                            f"the picture is {w}x{h} = {w * h:,} pixels, above this server's limit of "
+                            f"{self.max_pixels:,} (ovdiff serve --max-pixels): downscale it first"
+                        )
                     im.seek(0)
                     return as_rgb(im)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
@@ -91,8 +105,10 @@ class DemoSession:
 
         names = parse_class_list(text)
         if len(names) > self.max_classes:
-            raise OvdiffError(f"{len(names)} classes, above this server's limit of {self.max_classes} "
-                              f"(ovdiff serve --max-classes N raises it)")  # fmt: skip
+            raise OvdiffError(
+                f"{len(names)} classes, above this server's limit of {self.max_classes} "
+                f"(ovdiff serve --max-classes N raises it)"
+            )
         return names
 
     def _vocabulary(self, names: list[str]) -> tuple[Vocabulary, Segmenter, Explainer]:
@@ -132,10 +148,23 @@ class DemoSession:
         overlay = overlay_picture(image, seg.labels, label_names)[:h, :w]
         colours = {e["index"]: e["color"] for e in legend(vocab.names, True)["labels"]}
         values, counts = np.unique(seg.labels, return_counts=True)
-        present = [{"label": int(v), "name": label_names[int(v)], "color": colours[int(v)], "share": round(float(c) / (h * w), 4)}
-                   for v, c in sorted(zip(values, counts), key=lambda vc: -vc[1])]  # fmt: skip
-        return {"id": token, "width": w, "height": h, "overlay": png_data_url(overlay), "legend": present,
-                "kept": [vocab.names[i] for i in seg.selected]}  # fmt: skip
+        present = [
+            {
+                "label": int(v),
+                "name": label_names[int(v)],
+                "color": colours[int(v)],
+                "share": round(float(c) / (h * w), 4),
+            }
+            for v, c in sorted(zip(values, counts), key=lambda vc: -vc[1])  # noqa: B905
+        ]
+        return {
+            "id": token,
+            "width": w,
+            "height": h,
+            "overlay": png_data_url(overlay),
+            "legend": present,
+            "kept": [vocab.names[i] for i in seg.selected],
+        }
 
     def explain(self, token: str, x: int, y: int) -> dict:
         """Why pixel (x, y) of result `token` got its label (App. A.5): the prototype that won it and the
@@ -164,6 +193,8 @@ class DemoSession:
             out["prototype"] = entry = shown.explainer.describe(shown.seg.winner, index)
             support = shown.explainer.support(index)
         if support is not None:
-            picture = explain_picture(shown.image, [shown.seg.winner == index], [(*support, shown.explainer.caption(entry))])
+            picture = explain_picture(
+                shown.image, [shown.seg.winner == index], [(*support, shown.explainer.caption(entry))]
+            )
             out["picture"] = png_data_url(picture)
         return out
