@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -48,7 +50,7 @@ def verify(
 
     Example: ovdiff cache verify --json   (exit code as without --json)
     """
-    from ..store.audit import verify as verify_cache
+    from ..store.audit import check
     from ..store.cache import CacheDamaged
 
     run = cache_run(cache, verbose, quiet, json_out, create=False)
@@ -57,7 +59,8 @@ def verify(
     except CacheDamaged as e:
         _damaged(run, e, repair)
         return
-    problems = verify_cache(c, repair=repair)
+    found = check(c, repair=repair)
+    problems = found.problems
     if json_out:
         nfo = c.info()
         run.emit(
@@ -70,13 +73,14 @@ def verify(
                 "support_entries": nfo["support_entries"],
                 "text_embeddings": nfo["text_embeddings"],
                 "problems": [{"key": p.key, "reason": p.reason} for p in problems],
+                "lost_photos": found.lost_photos,
             }
         )
         if problems and not repair:
             raise typer.Exit(1)
         return
     if verbose:
-        for pid, rec in c.classes():
+        for pid, rec in found.kept_classes():  # the records that decoded and checked out
             run.say(
                 f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {pid[:12]})"
             )
@@ -91,6 +95,7 @@ def verify(
     _report(run, problems)
     if repair:
         run.say(f"removed {len(problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
+        _lost_photos(run, found.lost_photos)
         return
     run.err.print(f"{len(problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
     raise typer.Exit(1)
@@ -129,9 +134,28 @@ def _damaged(run, error, repair: bool) -> None:
         raise typer.Exit(1)
     done = rebuild(run.cache_dir, error.problem)
     if run.json:
-        run.emit(_damage_report(run, done.problems, repaired=True, kept=done.classes, original=str(done.original)))
+        run.emit(
+            _damage_report(
+                run,
+                done.problems,
+                repaired=True,
+                kept=done.classes,
+                original=str(done.original),
+                lost_photos=done.lost_photos,
+            )
+        )
     _report(run, done.problems)
     run.say(
         f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
         f"the damaged original is kept at {escape(str(done.original))} (delete it when done)"
     )
+    _lost_photos(run, done.lost_photos)
+
+
+def _lost_photos(run, names: list[str]) -> None:
+    """A class from the user's photos cannot be drawn again: say how to give the photos back."""
+    for name in names:
+        run.say(
+            f"the photos of {escape(repr(name))} are lost: add them again with "
+            f"'ovdiff protos add {escape(shlex.quote(name))} --images DIR'"
+        )

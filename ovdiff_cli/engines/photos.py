@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InvalidSetting
 from ..method.sampling import image_seed
-from ..store.cache import now_iso
+from ..store.cache import note_key, now_iso
 from ..store.keys import photo_class_id, photo_set_id
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def ensure_photo_set(cache: Cache, stages: StageSource, norm: str, photos: Photo
 
 
 def _note_key(norm: str, seed: int, specs: ModelSpecs) -> bytes:
-    return b"u/" + photo_class_id(norm, seed, specs).encode()
+    return note_key(photo_class_id(norm, seed, specs))
 
 
 def photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs) -> dict | None:

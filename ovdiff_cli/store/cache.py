@@ -73,6 +73,10 @@ def text_key(model_fp: str, prompt: str) -> bytes:
     return f"t/{short_hash(model_fp, prompt)}".encode()
 
 
+def note_key(uid: str) -> bytes:
+    return f"u/{uid}".encode()
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -299,7 +303,12 @@ class Cache:
         yield from items
 
     def write(self, items: dict[bytes, bytes | None]) -> None:
-        """Put (or, for None, delete) all items in one transaction, growing the map when full."""
+        """Put (or, for None, delete) all items in one transaction, growing the map when full.
+        Every key and record must be of a kind `store/schema.py` describes (else SchemaViolation: a bug)."""
+        from .schema import check_write
+
+        for k, v in items.items():
+            check_write(k, v)
 
         def apply(txn: lmdb.Transaction) -> None:
             for k, v in items.items():
@@ -360,13 +369,14 @@ class Cache:
         st = self.env.stat()
         nfo = self.env.info()
         n_support = sum(1 for k, _ in self.scan(b"s/", values=False) if k.count(b"/") == 1)
+        n_classes = sum(1 for k, _ in self.scan(b"p/", values=False) if k.count(b"/") == 1)  # no record decoded
         return {
             "path": str(self.root),
             "schema_version": SCHEMA_VERSION,
             "map_size": nfo["map_size"],
             "used_bytes": (nfo["last_pgno"] + 1) * st["psize"],
             "entries": st["entries"],
-            "classes": len(self.classes()),
+            "classes": n_classes,
             "support_entries": n_support,
             "text_embeddings": sum(1 for _ in self.scan(b"t/", values=False)),
         }
