@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .engines.benchmark import BenchmarkRun
     from .engines.folder import FolderResult
     from .engines.support import SampleRun
-    from .method.segment import EncodedImage, Segmentation, Segmenter
+    from .method.stage4_segment.segmenter import EncodedImage, Segmentation, Segmenter
     from .models.presets import ModelSpecs, Preset
     from .models.weights import Weights
     from .store.cache import Cache
@@ -537,7 +537,7 @@ class Pipeline:
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
         from .config import spec_parts
-        from .method.segment import encode_image
+        from .method.stage4_segment.segmenter import encode_image
 
         cfg = self.segment_config
         parts = [self.stages.part(name) for name in spec_parts(self.proto_config.extractor)]

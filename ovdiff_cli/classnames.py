@@ -16,7 +16,7 @@ keep their names.
 
 The authors' VOC list (mmdata.py) also shortens diningtable to "table", and prompts it so: we do
 the same. "table" is a stuff label in COCO-Stuff, so the benchmarks do not take their kinds from our
-stuff table (`method/stuff.py`, for user vocabularies) but from the authors' thing/stuff answer
+stuff table (`method/stage2_prototypes/stuff.py`, for user vocabularies) but from the authors' thing/stuff answer
 (Table C.9, `IS_STUFF` in mmdata.py), where "table" is a thing: `class_kinds`. That answer covers
 VOC, Context and ADE, and calls every COCO-Object class a thing; COCO-Stuff and Cityscapes, which it
 does not list, keep our table.

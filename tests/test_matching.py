@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.method.matching import (
+from ovdiff_cli.method.stage4_segment.matching import (
     assemble_vocabulary,
     match,
     slide_match_many,

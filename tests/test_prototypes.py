@@ -8,7 +8,7 @@ import torch
 
 from ovdiff_cli.config import ProtoConfig
 from ovdiff_cli.method import prototypes
-from ovdiff_cli.method.prototypes import (
+from ovdiff_cli.method.stage2_prototypes.aggregation import (
     CellStore,
     RegionAccumulator,
     build_prototypes,

@@ -57,7 +57,7 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
     """
     import torch
 
-    from ..method.sampling import image_seed
+    from ..method.stage1_support.sampling import image_seed
 
     cfg = replace(SampleConfig(), n_images=s.n_images, steps=s.steps, size=s.size, batch_size=s.n_images)
     generator = stages.generator()
@@ -109,7 +109,7 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     """
     from ..engines.local import segment_paths
     from ..io.images import discover, load_image
-    from ..method.targets import working_image
+    from ..method.stage4_segment.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
@@ -169,8 +169,8 @@ def _segment_section(
 def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
     """The category filter on one image with a fresh cache (cold: every prompt encoded) and again with
     a new filter over the same cache (warm: every embedding read from LMDB, none encoded)."""
-    from ..method.filter import CategoryFilter
-    from ..method.targets import working_image
+    from ..method.stage3_filter.prefilter import CategoryFilter
+    from ..method.stage4_segment.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = preset_configs(s.preset)[2]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
     from ..io.images import InputImage
     from ..io.outputs import JobSummary
-    from ..method.segment import Segmentation
+    from ..method.stage4_segment.segmenter import Segmentation
     from ..store.cache import Cache
     from ..types import ClassParts
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidSetting
-from ..method.sampling import image_seed
+from ..method.stage1_support.sampling import image_seed
 from ..store.cache import now_iso
 from ..store.keys import photo_class_id, photo_set_id
 

@@ -490,7 +490,7 @@ def segment_items(
 ) -> JobSummary:
     """`local.segment_paths` on Ray: masks (and overlays) written by `writer` as results arrive."""
     from ..io.images import load_image
-    from ..method.segment import Segmentation
+    from ..method.stage4_segment.segmenter import Segmentation
 
     if items:
         with session(address) as ray:

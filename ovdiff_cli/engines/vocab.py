@@ -153,7 +153,7 @@ def _build(
     in its own space on a bounded sample of masked cells), so memory does not grow with N. The part
     the proposer reads (DINO for ncut) is built from the batches that make the masks.
     """
-    from ..method.classbuild import part_prototypes
+    from ..method.stage2_prototypes.classbuild import part_prototypes
     from .support import ensure_support_set, load_samples
 
     def progress(stage: str):
@@ -279,7 +279,7 @@ def _make_stuff(cache: Cache, pid: str, rec: dict, kind_source: str) -> None:
 
 
 def _check_kinds(kinds: dict[str, str] | None) -> dict[str, str]:
-    from ..method.stuff import KINDS
+    from ..method.stage2_prototypes.stuff import KINDS
 
     out = {}
     for name, kind in (kinds or {}).items():
@@ -418,7 +418,7 @@ def build_class(
     engine's worker runs.
     """
     from ..config import PARTS
-    from ..method.stuff import classify
+    from ..method.stage2_prototypes.stuff import classify
 
     digest = photo["photos"] if photo else None
     pids = class_ids(norm, seed, stages.specs, sample_cfg, proto_cfg, digest)

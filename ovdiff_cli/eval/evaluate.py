@@ -32,7 +32,7 @@ from .paper import NOT_COMPARABLE, paper_reference, weights_kind
 
 if TYPE_CHECKING:
     from ..config import SegmentConfig
-    from ..method.segment import Segmenter
+    from ..method.stage4_segment.segmenter import Segmenter
 
 Predict = Callable[[np.ndarray, ItemInfo], np.ndarray]
 NO_CLASS = -1  # a prediction of no class that, unlike 255, is no class index of a >255-class vocabulary

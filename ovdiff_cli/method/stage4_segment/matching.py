@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..types import ClassPrototypes
-from .precision import mm_f32
+from ...types import ClassPrototypes
+from ..precision import mm_f32
 
 NO_SCORE = -2.0  # below any cosine: a label without prototypes never wins
 STUFF_CHUNK = 65536  # bg prototypes compared with the stuff classes at a time (~2 GiB at D=7680)

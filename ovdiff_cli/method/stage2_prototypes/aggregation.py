@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from .precision import mm_f32
+from ..precision import mm_f32
 
 CHUNK_ELEMENTS = 1 << 24  # points × D per distance / assignment step: 64 MB of fp32, whatever P
 
