@@ -78,7 +78,7 @@ def test_no_earlier_batch_is_alive_while_the_next_is_made(tiny_stages, tmp_path,
     accumulators) drops its batch before asking for the next, so a build's peak holds one batch."""
     import weakref
 
-    from ovdiff_cli.method import features
+    from ovdiff_cli.method.stage2_prototypes import features
 
     made: list[weakref.ref] = []
     alive_at_call: list[int] = []

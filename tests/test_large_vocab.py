@@ -21,7 +21,7 @@ def _bank(n: int, stuff: set[int]):
 
 
 def test_a_vocabulary_of_every_class_is_one_copy_with_one_stuff_score_per_row():
-    from ovdiff_cli.method.stage4_segment.matching import assemble_vocabulary
+    from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
 
     classes = _bank(12, stuff={3, 7})
     v = assemble_vocabulary(classes)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ovdiff_cli.config import NEGATIVE_PROMPT, PROMPT_TEMPLATE, ProtoConfig, SampleConfig, SegmentConfig
-from ovdiff_cli.method import masks as M
+from ovdiff_cli.method.stage2_prototypes import masks as M
 from ovdiff_cli.method.stage3_filter.prefilter import (
     CategoryFilter,
     class_prompt,
@@ -27,7 +27,7 @@ from ovdiff_cli.method.stage3_filter.prefilter import (
     subset_prompt,
     subsets,
 )
-from ovdiff_cli.method.stage4_segment.matching import assemble_vocabulary
+from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
 from ovdiff_cli.models.presets import PRESETS
 from ovdiff_cli.types import ClassParts, ClassPrototypes, Sample
 
@@ -54,7 +54,7 @@ def test_class_build_bounds():
     """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build).
     K-means is the authors' (sdov gen_proto_*.py: scikit-learn's KMeans, max_iter 300, on every masked
     cell, no sample); memory stays bounded by streaming the cells from a spill file."""
-    from ovdiff_cli.method.stage2_prototypes.aggregation import KMEANS_ITERS, KMEANS_TOL
+    from ovdiff_cli.method.stage2_prototypes.kmeans import KMEANS_ITERS, KMEANS_TOL
 
     p = ProtoConfig()
     assert p.batch_size == 1 and p.kmeans_max_points is None
@@ -799,7 +799,7 @@ def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):
         app, ["protos", "add", "cat", "--preset", "tiny", "--cache", cache, "--device", "cpu", "--n-images", "2"]
     )
     assert res.exit_code == 0, res.output
-    from ovdiff_cli.engines.vocab import find_classes
+    from ovdiff_cli.engines.catalogue import find_classes
     from ovdiff_cli.store.cache import Cache
 
     records = [rec for _, rec in find_classes(Cache(cache))]  # one per extractor part, the same masks

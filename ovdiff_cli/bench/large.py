@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..classnames import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
+from ..classnames.lists import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
 from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .stats import figure, in_child, interleaved_pairs, ratios, timed
 

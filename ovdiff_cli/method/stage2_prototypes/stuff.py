@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
+from ...classnames import CORRECTIONS, PROMPT_OVERLAY
+from ...classnames.lists import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, VOC
 
 if TYPE_CHECKING:
     from ...types import StageSource, TextMemo

@@ -30,11 +30,9 @@ from ...config import SegmentConfig
 from ...errors import OvdiffError
 from ...types import ClassParts, ImageTextScorer, TextMemo
 from ..stage3_filter.prefilter import CategoryFilter
+from .bank import NO_SCORE, Provenance, assemble_vocabulary
 from .matching import (
-    NO_SCORE,
-    Provenance,
     WindowBatch,
-    assemble_vocabulary,
     blank_canvases,
     match_windows,
     slide_match_many,
