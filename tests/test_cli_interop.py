@@ -110,7 +110,8 @@ def test_the_last_holder_of_a_lock_removes_its_file(tmp_path):
 
 def test_metrics_are_fractions_and_the_report_shows_real_seconds_and_a_random_weight_warning(tmp_path):
     from ovdiff_cli.eval.datasets import load_dataset
-    from ovdiff_cli.eval.evaluate import evaluate, protocol, write_report
+    from ovdiff_cli.eval.evaluate import evaluate, protocol
+    from ovdiff_cli.eval.report import write_report
 
     write_voc(tmp_path / "data", 2, seed=3)
     ds = load_dataset("voc", tmp_path / "data/VOC2012")
