@@ -1,4 +1,4 @@
-"""The dependency rule of README "Development", checked on the source: a one-way house.
+"""The dependency rule of docs/architecture.md, checked on the source: a one-way house.
 
 Imports are read from the syntax tree (module level, inside functions and under TYPE_CHECKING alike),
 so a cycle cannot hide behind a late import.
@@ -99,7 +99,7 @@ def cycles() -> list[list[str]]:
     return out
 
 
-# Paper §3's parts and the modules that hold them (README "Development" has the same map).
+# Paper §3's parts and the modules that hold them (docs/method.md has the same map).
 ROOMS = {
     "Support set generation": ["method.stage1_support.sampling"],
     "Class prototypes": [

@@ -51,7 +51,7 @@ def test_prototype_defaults():
 
 
 def test_class_build_bounds():
-    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build).
+    """Not the paper's: what bounds a build's memory (docs/performance.md: the 512 px class build).
     K-means is the authors' (sdov gen_proto_*.py: scikit-learn's KMeans, max_iter 300, on every masked
     cell, no sample); memory stays bounded by streaming the cells from a spill file."""
     from ovdiff_cli.method.stage2_prototypes.kmeans import KMEANS_ITERS, KMEANS_TOL
