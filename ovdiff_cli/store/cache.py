@@ -73,10 +73,6 @@ def text_key(model_fp: str, prompt: str) -> bytes:
     return f"t/{short_hash(model_fp, prompt)}".encode()
 
 
-def note_key(uid: str) -> bytes:
-    return f"u/{uid}".encode()
-
-
 # --------------------------------------------------------------------------- cache
 
 

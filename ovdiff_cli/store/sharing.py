@@ -93,11 +93,11 @@ def export_classes(cache: Cache, pids: list[str], path: Path | str) -> int:
 
 def _note_of(cache: Cache, record: dict) -> dict | None:
     """The photo note that makes this class part's name stand for its photos, if it still does."""
-    from .cache import note_key
+    from .keys import photo_note_key
 
     uid = record.get("photo_note")
-    raw = None if uid is None else cache.get(note_key(uid))
-    note = None if raw is None else cache._decode(note_key(uid), raw, json.loads)
+    raw = None if uid is None else cache.get(photo_note_key(uid))
+    note = None if raw is None else cache._decode(photo_note_key(uid), raw, json.loads)
     return note if note is not None and note.get("photos") == record.get("photos") else None
 
 
@@ -176,7 +176,8 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
     labels in range, known fields). A class already in the cache under the same id is replaced; each
     class is one transaction; the photo notes follow them, so a photo class is found by its name.
     """
-    from .cache import _json, note_key
+    from .cache import _json
+    from .keys import photo_note_key
     from .records import HEX_ID
     from .schema import class_problem, record_problem
 
@@ -195,5 +196,5 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
     for pid, rec in records.items():
         cache.put_class(pid, rec, arrays[pid])
     if notes:
-        cache.write({note_key(uid): _json(note) for uid, note in notes.items()})
+        cache.write({photo_note_key(uid): _json(note) for uid, note in notes.items()})
     return list(records)
