@@ -127,7 +127,7 @@ class Pipeline:
         segment: dict | None = None,
         create_cache: bool = True,
     ):
-        from .models.overrides import generator_defaults
+        from .models.overrides import check_model_roles, generator_defaults
         from .models.presets import get_preset
         from .store.cache import default_cache_dir
 
@@ -148,6 +148,7 @@ class Pipeline:
         self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
         self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
         self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
+        check_model_roles(self.models, self.proto_config, self.segment_config)  # before any work
         self._cache: Cache | None = None
         self._stages: Stages | None = None
         self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}

@@ -341,7 +341,7 @@ def test_exports_carry_checksums_that_import_checks(built, tmp_path):
     assert oct(export.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # the umask, not mkstemp's 0600
     with safe_open(str(export), framework="np") as f:
         sums = json.loads(f.metadata()["sha256"])
-        assert set(sums) == set(f.keys()) | {"__records__"}
+        assert set(sums) == set(f.keys()) | {"__records__", "__notes__"}
     blob = bytearray(export.read_bytes())
     blob[-10] ^= 0x40  # a bit of the last tensor's payload: a plausible float, caught by its checksum only
     export.write_bytes(bytes(blob))

@@ -129,7 +129,6 @@ def make_run(
     """
     from ..api import Pipeline
     from ..models.overrides import check_filter_model, parse_part_models
-    from ..models.sd import missing_local
 
     models = {
         "sd": sd_model,
@@ -141,16 +140,8 @@ def make_run(
         "generator": generator,
         **parse_part_models(part_models or []),
     }
-    local = (
-        ("--sd-model", sd_model, "Stable Diffusion"),
-        ("--clip-model", clip_model, "CLIP"),
-        ("--dino-model", dino_model, "DINO"),
-        ("--sam-model", sam_model, "SAM"),
-    )
-    for option, spec, model in local:
-        if spec and (problem := missing_local(spec, option, model)):
-            raise OvdiffError(problem)
-    # Each config checks its values as it is made, before any progress bar or model starts.
+    # Each config checks its values as it is made, and the pipeline the models against them (a model
+    # for a stage this run lacks, a local path that does not exist), before any progress bar or model starts.
     pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
     run = Run(
         pipe,

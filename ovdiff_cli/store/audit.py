@@ -61,7 +61,8 @@ class Audit:
 
     def kept_classes(self) -> list[tuple[str, dict]]:
         """(pid, record) of the class parts a repair keeps."""
-        return [(pid, r) for pid, r in self.records.items() if class_key(pid) not in self.drop]
+        gone = {k.split(b"/")[1].decode() for k in self.drop if k.startswith(b"p/")}  # a broken array takes its part
+        return [(pid, r) for pid, r in self.records.items() if pid not in gone]
 
 
 def audit(keys: list[bytes], get: Callable[[bytes], bytes | None]) -> Audit:
