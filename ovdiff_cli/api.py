@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,14 +31,14 @@ import numpy as np
 from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError
 from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
-from .results import ImageFeatures, SegmentationResult, Vocabulary
+from .results import SegmentationResult, Vocabulary
 
 if TYPE_CHECKING:
     from .compose import Stages
     from .engines.benchmark import BenchmarkRun
     from .engines.folder import FolderResult
     from .engines.support import SampleRun
-    from .method.stage4_segment.segmenter import Segmentation, Segmenter
+    from .method.stage4_segment.segmenter import EncodedImage, Segmentation, Segmenter
     from .models.presets import ModelSpecs, Preset
     from .models.weights import Weights
     from .store.cache import Cache
@@ -55,6 +56,32 @@ __all__ = [
 
 OnEvent = Callable[[str, str, int, int], None]
 MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "filter", "generator", *FAMILY_PARTS)
+
+
+@dataclass
+class ImageFeatures:
+    """A target image with the backbones' work done: `match` it against any vocabulary, cheaply."""
+
+    pipeline: Pipeline = field(repr=False)
+    encoded: EncodedImage = field(repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.encoded.image.shape[:2]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds the encoding spent in the filter's image encoder and the feature extractor."""
+        return dict(self.encoded.seconds)
+
+    def match(self, vocabulary: Vocabulary | Iterable[str], scores: bool = True) -> SegmentationResult:
+        """Segment the encoded image against `vocabulary` (or a list of names): no backbone runs (the
+        filter's prompts are cached)."""
+        vocabulary = self.pipeline.as_vocabulary(vocabulary)
+        segmenter = self.pipeline.segmenter(vocabulary)
+        seg = segmenter.predict_encoded(self.encoded, scores=scores)
+        return self.pipeline._result(self.encoded.image, vocabulary, seg)
 
 
 def _check_arguments(cache: object, models: object, overrides: dict[str, object]) -> None:

@@ -1,10 +1,9 @@
-"""What the session's calls return: a `Vocabulary` (`Pipeline.vocabulary`), `ImageFeatures` (`Pipeline.encode`) and
-a `SegmentationResult` (`Pipeline.segment`): one image's labels, with the scores, stats and ways out (files,
-overlays, other libraries' formats)."""
+"""What the session's calls return: a `Vocabulary` (`Pipeline.vocabulary`) and a `SegmentationResult`
+(`Pipeline.segment`): one image's labels, with the scores, stats and ways out (files, overlays, other libraries'
+formats)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +15,6 @@ from .errors import OvdiffError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .api import Pipeline
-    from .method.stage4_segment.segmenter import EncodedImage
     from .types import ClassParts
 
 
@@ -141,29 +138,3 @@ class Vocabulary:
     def ids(self) -> list[dict[str, str]]:
         """Per class, part → cache id of its prototypes there, as `ovdiff protos list` shows them."""
         return [{part: p.pid for part, p in c.parts.items()} for c in self.classes]
-
-
-@dataclass
-class ImageFeatures:
-    """A target image with the backbones' work done: `match` it against any vocabulary, cheaply."""
-
-    pipeline: Pipeline = field(repr=False)
-    encoded: EncodedImage = field(repr=False)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the image."""
-        return self.encoded.image.shape[:2]
-
-    @property
-    def timings(self) -> dict[str, float]:
-        """Seconds the encoding spent in the filter's image encoder and the feature extractor."""
-        return dict(self.encoded.seconds)
-
-    def match(self, vocabulary: Vocabulary | Iterable[str], scores: bool = True) -> SegmentationResult:
-        """Segment the encoded image against `vocabulary` (or a list of names): no backbone runs (the
-        filter's prompts are cached)."""
-        vocabulary = self.pipeline.as_vocabulary(vocabulary)
-        segmenter = self.pipeline.segmenter(vocabulary)
-        seg = segmenter.predict_encoded(self.encoded, scores=scores)
-        return self.pipeline._result(self.encoded.image, vocabulary, seg)
