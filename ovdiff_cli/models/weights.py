@@ -156,7 +156,7 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks.
     models: role → spec, with the extractor families' and the filter's resolved (`ModelSpecs.spec`,
     `filtermodels.filter_source`)."""
-    from .store import SAM_SPEC
+    from .sam import SAM_SPEC
 
     parts = extractor.split("+") + (
         ["dino"] if mask_proposer in ("ncut", "ncut-fast") else []
