@@ -6,7 +6,7 @@ A folder job turns image files into one mask per image, in order:
 2. take this shard's images, and with `skip_existing` those whose outputs are not all whole (`resume`);
 3. build the vocabulary on the chosen engine (`build_vocabulary`), then write its legend;
 4. segment the images on the chosen engine: here (`local.segment_paths`) or on Ray
-   (`raycluster.segment_items`); each image's outputs are written as it is done (`io.outputs`).
+   (`raysegment.segment_items`); each image's outputs are written as it is done (`io.outputs`).
 
 The engine decides where work runs, never what is computed: both write the same files.
 """
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
     from ..io.images import InputImage
     from ..io.outputs import JobSummary
-    from ..method.segment import Segmentation
+    from ..method.stage4_segment.segmenter import Segmentation
     from ..store.cache import Cache
     from ..types import ClassParts
 
@@ -237,7 +237,7 @@ def _segment(
     cfg, spec = session.segment_config, session.proto_config.extractor
     if job.engine == "ray":
         from ..io.outputs import OutputWriter
-        from .raycluster import segment_items
+        from .raysegment import segment_items
 
         names = [c.name for c in classes]
         return segment_items(
