@@ -204,3 +204,16 @@ def test_the_api_reference_documents_every_public_name():
         if {getattr(ovdiff_cli, n).__module__, f"{getattr(ovdiff_cli, n).__module__}.{n}"}.isdisjoint(targets)
     ]
     assert public and missing == []
+
+
+def test_the_readme_is_a_short_front_page_whose_links_and_make_targets_exist():
+    """The README stays a front page (what, the picture, the two commands, install, examples, the manual's map):
+    its relative links reach files of the repository and every `make X` it shows is a target of the Makefile."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    links = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"\w+:", t)]
+    assert "docs/demo.png" in links and [t for t in links if not (ROOT / t).exists()] == []
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    shown = set(re.findall(r"^make ([\w-]+)", text, re.M))
+    assert {"demo", "test"} <= shown <= targets
+    assert re.search(r"^test: .*\blint\b.*\bdocs\b", (ROOT / "Makefile").read_text(), re.M)  # as the README says
