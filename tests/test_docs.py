@@ -118,7 +118,11 @@ def parse(args: list[str]) -> None:
 
 
 def test_every_fence_names_a_known_language_and_marks_are_known():
-    bad = [f"{b.where}: fence language {b.lang!r}" for b in ALL if b.lang not in LANGUAGES]
+    bad = [
+        f"{b.where}: fence language {b.lang!r}: name one of {sorted(LANGUAGES)} (docs/development.md)"
+        for b in ALL
+        if b.lang not in LANGUAGES
+    ]
     bad += [
         f"{b.where}: mark {b.mark!r} on a {b.lang} block"
         for b in ALL
