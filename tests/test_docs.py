@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import io
 import re
 import shlex
 from dataclasses import dataclass
@@ -167,6 +168,23 @@ def test_the_parser_refuses_what_the_command_line_refuses():
             parse(wrong)
 
 
+def shown_values(code: str) -> list:
+    """The values a Python block says it prints: `print(...)  # VALUE` where VALUE (or what follows its last
+    colon) is a Python literal."""
+    out = []
+    for comment in re.findall(r"^\s*print\(.*\)\s+#\s*(.+)$", code, re.M):
+        for text in (comment, comment.rsplit(": ", 1)[-1]):
+            with contextlib.suppress(ValueError, SyntaxError):
+                out.append(ast.literal_eval(text))
+                break
+    return out
+
+
+def test_the_values_a_block_shows_are_read_from_its_comments():
+    code = "print(r.present())  # ['car', 'sky']\nprint(x)  # classes with pixels: ['car']\nprint(y)  # a remark"
+    assert shown_values(code) == [["car", "sky"], ["car"]]
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """One folder for every page: the examples' caches (ovdiff-cache/, demo/) are reused, not rebuilt."""
@@ -183,7 +201,10 @@ def test_the_runnable_blocks_of_each_page_run_as_written(page, folder, monkeypat
     runner = CliRunner()
     for b in blocks(page):
         if b.lang == "python" and b.mark != "no-run":
-            exec(compile(b.code, b.where, "exec"), namespace)
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(compile(b.code, b.where, "exec"), namespace)
+            for value in shown_values(b.code):
+                assert repr(value) in printed.getvalue(), f"{b.where}: printed {printed.getvalue()!r}, not {value!r}"
         elif b.mark == "run":
             for args, shown in commands(b):
                 r = runner.invoke(app, args)
