@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
 from .errors import InvalidSetting, MissingClasses, OvdiffError
-from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
+from .inputs import ImageLike, as_rgb, check_path, input_paths, is_one_image, procedural_scene
 from .results import SegmentationResult, Vocabulary
 
 if TYPE_CHECKING:
@@ -255,6 +255,9 @@ class Pipeline:
         from .engines.folder import FolderJob, segment_folder
         from .names import class_list
 
+        check_path("out", out, "the folder to write the masks to")
+        paths = input_paths(inputs)
+
         job = FolderJob(
             fmt,
             overlay,
@@ -270,7 +273,6 @@ class Pipeline:
             workers,
         )
         names = class_list(classes)
-        paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
         with self._missing("segment_folder"):
             return segment_folder(self, names, paths, out, job, on_event, on_image)
 
@@ -327,7 +329,7 @@ class Pipeline:
             self,
             dataset,
             root,
-            seeds=None if seeds is None else list(seeds),
+            seeds=seeds,
             pred=pred,
             offset=offset,
             limit=limit,
@@ -414,7 +416,9 @@ class Pipeline:
             raise OvdiffError(
                 f"give a Vocabulary or a list of class names, not the {type(vocabulary).__name__} {vocabulary!r:.80}"
             )
-        names = tuple(vocabulary)
+        from .names import class_list
+
+        names = tuple(class_list(vocabulary))  # each a name (not a list, not a dict's keys), once
         if names not in self._by_names:
             self._by_names[names] = self.vocabulary(names)
         return self._by_names[names]

@@ -52,8 +52,13 @@ def parse_class_list(spec: str | None, file_text: str | None = None, extra: list
 def class_list(names: object, allow_empty: bool = False) -> list[str]:
     """The normal forms of a list of class names (the CLI's and the API's one rule), or a one-line error:
     a list of text, none blank or too long, none repeated after normalisation ("kite" and "kite ")."""
-    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
-        raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}")
+    if isinstance(names, (str, bytes, dict, set, frozenset)) or not hasattr(names, "__iter__"):
+        why = (
+            " (its order would be arbitrary: label k is the k-th name)"
+            if isinstance(names, (dict, set, frozenset))
+            else ""
+        )
+        raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}{why}")
     out = distinct([validate(raw) for raw in names])
     if not out and not allow_empty:
         raise InvalidSetting("classes", "is empty: give at least one class name")

@@ -103,8 +103,8 @@ def entries(cache_dir: Path) -> dict[bytes, bytes]:
 def class_units(items: dict[bytes, bytes]) -> dict[str, tuple[set[bytes], set[bytes]]]:
     """By class name: the keys of its prototypes (record and arrays), and of its support set (record, images).
 
-    A class keeps its prototypes without its support set (imported classes have none), but not with
-    a broken support image.
+    A class keeps its prototypes without its support set (imported classes have none), and with its
+    support set cut before a broken image (the lost images are drawn again, the same, when needed).
     """
     units = {}
     for k, v in items.items():
@@ -118,13 +118,20 @@ def class_units(items: dict[bytes, bytes]) -> dict[str, tuple[set[bytes], set[by
 
 
 def kept_classes(before: dict[bytes, bytes], after: dict[bytes, bytes]) -> set[str]:
-    """Classes in `after` whose prototypes, and whatever of their support set is left, are `before`'s bit for bit."""
+    """Classes in `after` whose prototypes, and whatever of their support set is left, are `before`'s bit
+    for bit (a support-set record may count fewer images: a repair cuts it before a broken one)."""
     units = class_units(before)
+
+    def same(k: bytes) -> bool:
+        if k.count(b"/") == 1:  # the support-set record
+            a, b = json.loads(after[k]), json.loads(before[k])
+            return a.pop("n_images") <= b.pop("n_images") and a == b
+        return after[k] == before[k]
+
     return {
         n
         for n in class_units(after)
-        if all(after.get(k) == before[k] for k in units[n][0])
-        and all(after[k] == before[k] for k in units[n][1] if k in after)
+        if all(after.get(k) == before[k] for k in units[n][0]) and all(same(k) for k in units[n][1] if k in after)
     }
 
 
