@@ -19,7 +19,6 @@ from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.store import schema
 from ovdiff_cli.store.audit import check, verify
 from ovdiff_cli.store.cache import Cache, close_cache
-from ovdiff_cli.store.keys import photo_note_key
 from ovdiff_cli.store.schema import SchemaViolation
 from ovdiff_cli.store.sharing import export_classes, import_classes
 
@@ -94,9 +93,9 @@ def test_the_writer_refuses_what_the_schema_does_not_describe(every_kind):
     with pytest.raises(SchemaViolation, match="n_photos"):
         every_kind.put_class(pid, dict(rec, n_photos="three"), arrays)
     with pytest.raises(SchemaViolation, match="no kind of cache entry"):
-        every_kind.write({b"x/" + b"0" * 24: b"{}"})
+        every_kind.put_class("not-an-id", rec, arrays)
     with pytest.raises(SchemaViolation, match="photo-note record has no 'photos'"):
-        every_kind.write({photo_note_key("0" * 24): json.dumps({"name": "kite", "seed": 0}).encode()})
+        every_kind.put_note("0" * 24, {"name": "kite", "seed": 0})
     assert verify(every_kind) == []  # nothing was written
 
 

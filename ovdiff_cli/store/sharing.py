@@ -176,8 +176,6 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
     labels in range, known fields). A class already in the cache under the same id is replaced; each
     class is one transaction; the photo notes follow them, so a photo class is found by its name.
     """
-    from .cache import _json
-    from .keys import photo_note_key
     from .records import HEX_ID
     from .schema import class_problem, record_problem
 
@@ -196,5 +194,6 @@ def import_classes(cache: Cache, path: Path | str) -> list[str]:
     for pid, rec in records.items():
         cache.put_class(pid, rec, arrays[pid])
     if notes:
-        cache.write({photo_note_key(uid): _json(note) for uid, note in notes.items()})
+        for uid, note in notes.items():
+            cache.put_note(uid, note)
     return list(records)
