@@ -79,3 +79,20 @@ def test_an_empty_out_folder_of_a_failed_job_is_removed_but_not_one_that_was_the
     with job_out_dir(tmp_path / "kept") as folder:
         (folder / "mask.png").write_bytes(np.zeros(1, np.uint8).tobytes())
     assert (tmp_path / "kept" / "mask.png").exists()
+
+
+def test_the_next_command_is_one_that_runs_here(monkeypatch, tmp_path):
+    from ovdiff_cli.cli.output import ovdiff_command
+
+    script = tmp_path / ".venv" / "bin" / "ovdiff"  # `make demo` runs .venv/bin/ovdiff, not on PATH
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    assert ovdiff_command() == ".venv/bin/ovdiff"
+    monkeypatch.setattr(sys, "argv", ["/elsewhere/ovdiff_cli/__main__.py", "demo"])  # python -m ovdiff_cli
+    assert ovdiff_command() == f"{sys.executable} -m ovdiff_cli"
+    monkeypatch.setenv("PATH", str(script.parent))  # an activated environment
+    assert ovdiff_command() == "ovdiff"
