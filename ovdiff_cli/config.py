@@ -17,7 +17,7 @@ from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
-PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/masks.py)
+PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/masks.py)
 FEATURE_PROPOSERS = ("ncut", "ncut-fast")  # the proposers that cut a part's features (ProtoConfig.mask_features)
 MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
@@ -73,7 +73,7 @@ def as_tuple(setting: str, value: object, example: tuple) -> tuple:
     return tuple(value)
 
 
-REFINERS = ("none", "pamr", "sam2")  # SegmentConfig.refine: none is the paper's path (method/refine.py)
+REFINERS = ("none", "pamr", "sam2")  # SegmentConfig.refine: none is the paper's path (method/beyond/refine.py)
 NEGATIVE_PROMPT = "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
 PROMPT_TEMPLATE = "A good picture of a {}"
 
@@ -222,7 +222,7 @@ class SegmentConfig:
     proto_kinds: tuple[str, ...] = ("class", "instance", "part")
     filter_size: int = 224
     image_batch: int = 4  # images segmented together: their windows share the extractor's batches
-    refine: str = "none"  # beyond the paper: "pamr" or "sam2" refine the label scores (method/refine.py)
+    refine: str = "none"  # beyond the paper: "pamr" or "sam2" refine the label scores (method/beyond/refine.py)
 
     def __post_init__(self):
         """Every setting in its range: sizes the machine can hold, thresholds cosines in -1..1."""

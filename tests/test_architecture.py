@@ -1,4 +1,4 @@
-"""The dependency rule of README "Development", checked on the source: a one-way house.
+"""The dependency rule of docs/architecture.md, checked on the source: a one-way house.
 
 Imports are read from the syntax tree (module level, inside functions and under TYPE_CHECKING alike),
 so a cycle cannot hide behind a late import.
@@ -99,12 +99,18 @@ def cycles() -> list[list[str]]:
     return out
 
 
-# Paper §3's parts and the modules that hold them (README "Development" has the same map).
+# Paper §3's parts and the modules that hold them (docs/method.md has the same map).
 ROOMS = {
-    "Support set generation": ["method.sampling"],
-    "Class prototypes": ["method.features", "method.masks", "method.prototypes", "method.classbuild", "engines.vocab"],
-    "Category pre-filtering": ["method.filter"],
-    "Segmentation via prototype matching": ["method.matching", "method.segment"],
+    "Support set generation": ["method.stage1_support.sampling"],
+    "Class prototypes": [
+        "method.stage2_prototypes.features",
+        "method.stage2_prototypes.masks",
+        "method.stage2_prototypes.aggregation",
+        "method.stage2_prototypes.classbuild",
+        "engines.vocab",
+    ],
+    "Category pre-filtering": ["method.stage3_filter.prefilter"],
+    "Segmentation via prototype matching": ["method.stage4_segment.matching", "method.stage4_segment.segmenter"],
 }
 
 
@@ -142,12 +148,12 @@ def test_models_import_no_stage():
 NOT_FROM_METHOD = ("store", "io", "eval", "engines", "cli", "bench", "ui", "api", "compose")
 # The method modules that take raw models (models/) and what they read there; the others take features and tensors.
 METHOD_MODELS = {
-    "method.dense": {"models.dense"},  # which tokens each extractor family gives
-    "method.features": {"models.sd", "models.vit"},  # the backbones' model types
-    "method.sampling": {"models.sd"},  # Stable Diffusion's components
-    "method.generators": {"models.generators"},  # the generator families
-    "method.mmdit": {"models.generators"},
-    "method.flux": {"models.generators"},
+    "method.beyond.dense": {"models.dense"},  # which tokens each extractor family gives
+    "method.stage2_prototypes.features": {"models.sd", "models.vit"},  # the backbones' model types
+    "method.stage1_support.sampling": {"models.sd"},  # Stable Diffusion's components
+    "method.beyond.generators": {"models.generators"},  # the generator families
+    "method.beyond.mmdit": {"models.generators"},
+    "method.beyond.flux": {"models.generators"},
 }
 
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting
-from ovdiff_cli.method.flux import FluxAttributionProcessor
-from ovdiff_cli.method.sampling import AttributionRecorder
+from ovdiff_cli.method.beyond.flux import FluxAttributionProcessor
+from ovdiff_cli.method.stage1_support.sampling import AttributionRecorder
 from ovdiff_cli.models.overrides import generator_defaults
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import support_id

@@ -246,7 +246,8 @@ def test_16bit_masks_keep_label_255_and_beyond(tmp_path):
 def test_report_records_protocol_paper_number_and_confusion_picture(tmp_path):
     from ovdiff_cli.config import SegmentConfig
     from ovdiff_cli.eval.datasets import load_dataset
-    from ovdiff_cli.eval.evaluate import confusion_picture, evaluate, protocol, write_report
+    from ovdiff_cli.eval.evaluate import evaluate, protocol
+    from ovdiff_cli.eval.report import confusion_picture, write_report
 
     write_voc(tmp_path / "data", 2, seed=3)
     ds = load_dataset("voc", tmp_path / "data/VOC2012")  # the benchmark's own 21 classes: the paper has a number

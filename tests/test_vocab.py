@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ovdiff_cli.classnames import COCO_STUFF_ONLY, COCO_THINGS
+from ovdiff_cli.classnames.lists import COCO_STUFF_ONLY, COCO_THINGS
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import Stages
-from ovdiff_cli.engines.vocab import ensure_classes, find_classes, load_class
+from ovdiff_cli.engines.catalogue import find_classes
+from ovdiff_cli.engines.vocab import ensure_classes, load_class
 from ovdiff_cli.errors import MissingClasses, OvdiffError
-from ovdiff_cli.method import stuff
+from ovdiff_cli.method.stage2_prototypes import stuff
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import MASK_VERSION, PROTO_VERSION, class_ids, mask_id

@@ -51,7 +51,8 @@ def run_demo(
     from ..io.outdir import check_out_dir
     from ..procedural import LABELLED, write_voc
     from .datasets import load_dataset
-    from .evaluate import evaluate, predictions_from_dir, protocol, write_report
+    from .evaluate import evaluate, predictions_from_dir, protocol
+    from .report import write_report
 
     specs = session.stages.specs
     if specs.preset.weights != "procedural":

@@ -7,9 +7,9 @@ before. A family here names the diffusers pipeline, a default hub id and whether
 - `sd-turbo`: SD 2.1's UNet, `StableDiffusionPipeline`, the SD1.5 code path with Turbo settings;
 - `sdxl`, `sdxl-turbo`: `StableDiffusionXLPipeline`, two CLIP text encoders whose token states are
   concatenated, so a class name has the same token positions in both;
-- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/mmdit.py);
+- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/beyond/mmdit.py);
 - `flux-schnell` (also `flux`), `flux-dev`: `FluxPipeline` (MM-DiT with double- and single-stream
-  blocks, T5 prompt tokens; models/flux.py, method/flux.py). schnell is the Turbo of the two (1–4
+  blocks, T5 prompt tokens; models/flux.py, method/beyond/flux.py). schnell is the Turbo of the two (1–4
   steps, no guidance); dev takes FLUX's embedded guidance (one pass, no negative prompt), 3.5 by default.
 
 `tiny` weights (the `tiny` preset) build the same diffusers/transformers classes with a few channels,
@@ -67,7 +67,10 @@ GENERATORS: dict[str, GeneratorFamily] = {
     )
 }
 ALIASES = {"flux": "flux-schnell"}  # another name of a family: the same support sets
-MMDIT_PIPELINES = ("sd3", "flux")  # joint attention, flow-matching Euler sampler (method/mmdit.py's FLOW_SCHEDULER)
+MMDIT_PIPELINES = (
+    "sd3",
+    "flux",
+)  # joint attention, flow-matching Euler sampler (method/beyond/mmdit.py's FLOW_SCHEDULER)
 TURBO_STEPS = 4  # a Turbo family's default steps (it takes 1–4)
 
 

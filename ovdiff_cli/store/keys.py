@@ -132,6 +132,11 @@ def photo_class_id(class_norm: str, seed: int, specs: ModelSpecs) -> str:
     return short_hash("photo-class", class_norm, seed, generator_identity(specs))
 
 
+def photo_note_key(note_id: str) -> bytes:
+    """The key of the note that says a class name is built from the user's photos (`photo_class_id`)."""
+    return b"u/" + note_id.encode()
+
+
 def mask_id(
     class_norm: str,
     seed: int,

@@ -1,4 +1,4 @@
-"""Paper §3 "Support set generation" with FLUX.1: attribution from its joint attention (as for SD3, method/mmdit.py).
+"""Paper §3 "Support set generation" with FLUX.1: attribution from its joint attention (as for SD3, method/beyond/mmdit.py).
 
 FLUX.1's transformer has two kinds of blocks, both attending over the joint sequence [text, image]
 (text first) with fused attention, which never forms the probabilities:
@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import ATTRIBUTION, FLOW_SCHEDULER
-from ..errors import InvalidSetting
-from ..models.generators import GeneratorFamily
-from ..types import Sample
+from ...config import ATTRIBUTION, FLOW_SCHEDULER
+from ...errors import InvalidSetting
+from ...models.generators import GeneratorFamily
+from ...types import Sample
+from ..stage1_support.sampling import AttributionRecorder, _to_uint8, class_token_indices
 from .generators import check_turbo
-from .sampling import AttributionRecorder, _to_uint8, class_token_indices
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import SampleConfig
+    from ...config import SampleConfig
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..config import SegmentConfig
-from ..errors import OvdiffError
-from ..types import ClassParts, ImageTextScorer, TextMemo
-from .filter import CategoryFilter
+from ...config import SegmentConfig
+from ...errors import OvdiffError
+from ...types import ClassParts, ImageTextScorer, TextMemo
+from ..stage3_filter.prefilter import CategoryFilter
+from .bank import NO_SCORE, Provenance, assemble_vocabulary
 from .matching import (
-    NO_SCORE,
-    Provenance,
     WindowBatch,
-    assemble_vocabulary,
     blank_canvases,
     match_windows,
     slide_match_many,
@@ -45,7 +43,7 @@ from .matching import (
 from .targets import working_image
 
 if TYPE_CHECKING:
-    from .features import Part
+    from ..stage2_prototypes.features import Part
 
     Refiner = Callable[[np.ndarray, torch.Tensor], torch.Tensor]  # (image HxWx3 uint8, scores (L,h,w)) → refined scores
 
@@ -327,7 +325,7 @@ def encode_image(
     work = working_image(image, cfg.short_side)
     embedding = None
     if scorer is not None and cfg.use_filter:
-        from .filter import image_embedding
+        from ..stage3_filter.prefilter import image_embedding
 
         embedding = image_embedding(scorer, work, cfg.filter_size)
     t1 = time.perf_counter()

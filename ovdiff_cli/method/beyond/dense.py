@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..models.dense import FAMILIES
-from .features import IMAGENET_MEAN, IMAGENET_STD, TimmKeysPart, _fit, _normalise
+from ...models.dense import FAMILIES
+from ..stage2_prototypes.features import IMAGENET_MEAN, IMAGENET_STD, TimmKeysPart, _fit, _normalise
 
 if TYPE_CHECKING:
     import torch
 
-    from ..types import Extractor
+    from ...types import Extractor
 
 
 class TimmOutputsPart:

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import InputSize
-from ..errors import OvdiffError
+from ...config import InputSize
+from ...errors import OvdiffError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..models.sd import SDComponents
-    from ..models.vit import ClipModel
-    from ..types import Extractor
+    from ...models.sd import SDComponents
+    from ...models.vit import ClipModel
+    from ...types import Extractor
 
 NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
 SD_TIMESTEP = 200  # paper App. C.2; fixed, so the extractor spec alone names the features

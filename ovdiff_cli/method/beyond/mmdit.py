@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import ATTRIBUTION, FLOW_SCHEDULER
-from ..models.generators import GeneratorFamily
-from ..types import Sample
-from .sampling import AttributionRecorder, _to_uint8, class_token_indices
+from ...config import ATTRIBUTION, FLOW_SCHEDULER
+from ...models.generators import GeneratorFamily
+from ...types import Sample
+from ..stage1_support.sampling import AttributionRecorder, _to_uint8, class_token_indices
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import SampleConfig
+    from ...config import SampleConfig
 
 
 def image_text_probs(attn, hidden_states: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
+from ...classnames import CORRECTIONS, PROMPT_OVERLAY
+from ...classnames.lists import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, VOC
 
 if TYPE_CHECKING:
-    from ..types import StageSource, TextMemo
+    from ...types import StageSource, TextMemo
 
 KINDS = ("thing", "stuff")
 
@@ -250,7 +251,9 @@ def nearest_known(name: str, stages: StageSource, texts: TextMemo | None = None)
     """
     import torch
 
-    from .filter import class_prompt  # the category pre-filter's prompt: the cached embeddings are shared
+    from ..stage3_filter.prefilter import (
+        class_prompt,
+    )  # the category pre-filter's prompt: the cached embeddings are shared
 
     scorer = stages.scorer()  # built only now: most names are in the table
     known = sorted(STUFF | THINGS)

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import ATTRIBUTION, SCHEDULER
-from ..errors import OvdiffError
-from ..types import Sample
+from ...config import ATTRIBUTION, SCHEDULER
+from ...errors import OvdiffError
+from ...types import Sample
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import SampleConfig
-    from ..models.sd import SDComponents
+    from ...config import SampleConfig
+    from ...models.sd import SDComponents
 
 
 # --------------------------------------------------------------------------- seeds and keys
@@ -156,7 +156,7 @@ class CapturingCrossAttnProcessor:
     ):
         import torch.nn.functional as F
 
-        from .precision import bmm_f32
+        from ..precision import bmm_f32
 
         if (
             encoder_hidden_states is None
@@ -301,7 +301,7 @@ class SDGenerator:
         branch). Returns (attribution_size²) float32 >= 0 maps."""
         import torch
 
-        from .features import SD_TIMESTEP
+        from ..stage2_prototypes.features import SD_TIMESTEP
 
         sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
         recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
