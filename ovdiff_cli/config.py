@@ -1,4 +1,4 @@
-"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here.
+"""The paper's defaults (App. C.5), in one place; the CLI reads its defaults from here.
 
 Each config checks itself when it is made (`__post_init__`, ranges from `limits.RANGES`), so a
 setting that cannot work is the same `InvalidSetting` from Python (`ovdiff.Pipeline(segment=…)`),

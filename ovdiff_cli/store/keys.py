@@ -70,18 +70,6 @@ def clip_text_id(source: str, weights_seed: int) -> str:
     return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if random else "")
 
 
-def text_embedding_id(specs: ModelSpecs) -> str:
-    """The category filter scorer's identity (`ImageTextScorer.identity()`), from specs alone."""
-    if specs.preset.weights == "procedural":
-        from ..procedural import WORLD_VERSION
-
-        return f"procedural-scorer/v{WORLD_VERSION}"
-    from ..models.filtermodels import filter_source
-
-    source = filter_source(specs.models.get("filter"), specs.preset.weights)
-    return clip_text_id(specs.models["clip"] if source is None else source, specs.weights_seed)
-
-
 def _models(specs: ModelSpecs, used: set[str]) -> dict:
     """Model sources among `used`, with the preset and the seed of its random weights."""
     models = {k: specs.spec(k) for k in sorted(used) if specs.spec(k) is not None}
