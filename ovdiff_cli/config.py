@@ -27,6 +27,13 @@ ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its su
 # 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
 
 
+def generator_fields(model: str, revision: str | None, scheduler: str, family: str | None = None) -> dict:
+    """A support-set generator's identity, part of its support sets' key: what it loads, how it samples and how its
+    attribution maps are summed (and, past SD1.5, its family). The one writer: the generators and `store.keys`."""
+    fields = {"model": model, "revision": revision, "scheduler": scheduler, "attribution": ATTRIBUTION}
+    return fields if family is None else {**fields, "family": family}
+
+
 def normalise_extractor(spec: str) -> str:
     """One spelling per extractor spec, part of the cache key: parts lower-cased and stripped
     ("SD + DINO+CLIP" → "sd+dino+clip"). `ProtoConfig` applies it to itself, so Python and CLI agree."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import ATTRIBUTION, FLOW_SCHEDULER, SCHEDULER
+from ..config import FLOW_SCHEDULER, SCHEDULER, generator_fields
 from .cache import short_hash
 
 if TYPE_CHECKING:
@@ -49,19 +49,8 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
         scheduler = FLOW_SCHEDULER if family.pipeline in MMDIT_PIPELINES else SCHEDULER
-        return {
-            "model": sd_source(source, specs.weights_seed),
-            "revision": None,
-            "scheduler": scheduler,
-            "family": family.name,
-            "attribution": ATTRIBUTION,
-        }
-    return {
-        "model": sd_source(specs.models["sd"], specs.weights_seed),
-        "revision": None,
-        "scheduler": SCHEDULER,
-        "attribution": ATTRIBUTION,
-    }
+        return generator_fields(sd_source(source, specs.weights_seed), None, scheduler, family.name)
+    return generator_fields(sd_source(specs.models["sd"], specs.weights_seed), None, SCHEDULER)
 
 
 def clip_text_id(source: str, weights_seed: int) -> str:
