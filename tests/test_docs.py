@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import io
 import re
 import shlex
 from dataclasses import dataclass
@@ -118,7 +119,11 @@ def parse(args: list[str]) -> None:
 
 
 def test_every_fence_names_a_known_language_and_marks_are_known():
-    bad = [f"{b.where}: fence language {b.lang!r}" for b in ALL if b.lang not in LANGUAGES]
+    bad = [
+        f"{b.where}: fence language {b.lang!r}: name one of {sorted(LANGUAGES)} (docs/development.md)"
+        for b in ALL
+        if b.lang not in LANGUAGES
+    ]
     bad += [
         f"{b.where}: mark {b.mark!r} on a {b.lang} block"
         for b in ALL
@@ -163,6 +168,23 @@ def test_the_parser_refuses_what_the_command_line_refuses():
             parse(wrong)
 
 
+def shown_values(code: str) -> list:
+    """The values a Python block says it prints: `print(...)  # VALUE` where VALUE (or what follows its last
+    colon) is a Python literal."""
+    out = []
+    for comment in re.findall(r"^\s*print\(.*\)\s+#\s*(.+)$", code, re.M):
+        for text in (comment, comment.rsplit(": ", 1)[-1]):
+            with contextlib.suppress(ValueError, SyntaxError):
+                out.append(ast.literal_eval(text))
+                break
+    return out
+
+
+def test_the_values_a_block_shows_are_read_from_its_comments():
+    code = "print(r.present())  # ['car', 'sky']\nprint(x)  # classes with pixels: ['car']\nprint(y)  # a remark"
+    assert shown_values(code) == [["car", "sky"], ["car"]]
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """One folder for every page: the examples' caches (ovdiff-cache/, demo/) are reused, not rebuilt."""
@@ -179,7 +201,10 @@ def test_the_runnable_blocks_of_each_page_run_as_written(page, folder, monkeypat
     runner = CliRunner()
     for b in blocks(page):
         if b.lang == "python" and b.mark != "no-run":
-            exec(compile(b.code, b.where, "exec"), namespace)
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(compile(b.code, b.where, "exec"), namespace)
+            for value in shown_values(b.code):
+                assert repr(value) in printed.getvalue(), f"{b.where}: printed {printed.getvalue()!r}, not {value!r}"
         elif b.mark == "run":
             for args, shown in commands(b):
                 r = runner.invoke(app, args)
@@ -217,3 +242,40 @@ def test_the_readme_is_a_short_front_page_whose_links_and_make_targets_exist():
     shown = set(re.findall(r"^make ([\w-]+)", text, re.M))
     assert {"demo", "test"} <= shown <= targets
     assert re.search(r"^test: .*\blint\b.*\bdocs\b", (ROOT / "Makefile").read_text(), re.M)  # as the README says
+
+
+# Files of other projects that the manual cites: the authors' code (karazijal/sdov), CutLER's MaskCut, and the
+# dataset preparation scripts of Mask2Former and CAT-Seg.
+ELSEWHERE = {
+    "maskcut.py",
+    "gen_vit_features.py",
+    "predict.py",
+    "datasets/prepare_ade20k_full_sem_seg.py",
+    "datasets/prepare_pascal_context_459.py",
+}
+
+
+def test_every_module_the_manual_names_exists():
+    """A module moved or renamed leaves no stale path behind: each `x.py` or `a/b/x.py` the manual shows is a file
+    of the repository (a bare name anywhere, a path as a path's tail)."""
+    files = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if ".venv" not in p.parts]
+    named = {
+        (page.name, name)
+        for page in PAGES
+        for name in re.findall(r"`([\w./]+\.py)\b", page.read_text(encoding="utf-8"))
+        if name not in ELSEWHERE
+    }
+    stale = sorted((page, n) for page, n in named if not any(f == n or f.endswith("/" + n) for f in files))
+    assert len(named) > 40 and stale == []
+
+
+def test_the_site_builds_strictly_and_fetches_nothing():
+    """`make docs` / `make test` build with --strict; nothing in the configuration downloads, at build time (Material's
+    social cards, privacy plugin) or in the reader's browser (Google Fonts)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    plugins = {next(iter(p)) if isinstance(p, dict) else p for p in config["plugins"]}
+    assert config["strict"] is True and config["theme"]["font"] is False
+    assert plugins <= {"search", "mkdocstrings"}
+    assert re.search(r"^docs: .*\n\t.*mkdocs build --strict", (ROOT / "Makefile").read_text(), re.M)
