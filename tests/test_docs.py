@@ -267,3 +267,15 @@ def test_every_module_the_manual_names_exists():
     }
     stale = sorted((page, n) for page, n in named if not any(f == n or f.endswith("/" + n) for f in files))
     assert len(named) > 40 and stale == []
+
+
+def test_the_site_builds_strictly_and_fetches_nothing():
+    """`make docs` / `make test` build with --strict; nothing in the configuration downloads, at build time (Material's
+    social cards, privacy plugin) or in the reader's browser (Google Fonts)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    plugins = {next(iter(p)) if isinstance(p, dict) else p for p in config["plugins"]}
+    assert config["strict"] is True and config["theme"]["font"] is False
+    assert plugins <= {"search", "mkdocstrings"}
+    assert re.search(r"^docs: .*\n\t.*mkdocs build --strict", (ROOT / "Makefile").read_text(), re.M)
