@@ -102,7 +102,14 @@ def cycles() -> list[list[str]]:
 # Paper §3's parts and the modules that hold them (README "Development" has the same map).
 ROOMS = {
     "Support set generation": ["method.sampling"],
-    "Class prototypes": ["method.features", "method.masks", "method.prototypes", "method.classbuild", "engines.vocab"],
+    "Class prototypes": [
+        "method.features",
+        "method.masks",
+        "method.cutler",
+        "method.prototypes",
+        "method.classbuild",
+        "engines.vocab",
+    ],
     "Category pre-filtering": ["method.filter"],
     "Segmentation via prototype matching": ["method.matching", "method.segment"],
 }
@@ -142,6 +149,7 @@ def test_models_import_no_stage():
 NOT_FROM_METHOD = ("store", "io", "eval", "engines", "cli", "bench", "ui", "api", "compose")
 # The method modules that take raw models (models/) and what they read there; the others take features and tensors.
 METHOD_MODELS = {
+    "method.cutler": {"models.cutler"},  # the detector's network
     "method.dense": {"models.dense"},  # which tokens each extractor family gives
     "method.features": {"models.sd", "models.vit"},  # the backbones' model types
     "method.sampling": {"models.sd"},  # Stable Diffusion's components
