@@ -24,100 +24,38 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
-from .errors import InvalidSetting, MissingClasses, OvdiffError, RemoteInput
-from .results import SegmentationResult
+from .errors import InvalidSetting, MissingClasses, OvdiffError
+from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
+from .results import SegmentationResult, Vocabulary
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from .compose import Stages
     from .engines.benchmark import BenchmarkRun
     from .engines.folder import FolderResult
     from .engines.support import SampleRun
-    from .method.segment import EncodedImage, Segmentation, Segmenter
+    from .method.stage4_segment.segmenter import EncodedImage, Segmentation, Segmenter
     from .models.presets import ModelSpecs, Preset
     from .models.weights import Weights
     from .store.cache import Cache
-    from .types import ClassParts
 
-ImageLike = Union[str, Path, "Image.Image", np.ndarray]
+__all__ = [
+    "ImageFeatures",
+    "ImageLike",
+    "Pipeline",
+    "SegmentationResult",
+    "Vocabulary",
+    "as_rgb",
+    "is_one_image",
+    "procedural_scene",
+]
+
 OnEvent = Callable[[str, str, int, int], None]
 MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "cutler", "filter", "generator", *FAMILY_PARTS)
-
-
-def as_rgb(image: ImageLike) -> np.ndarray:
-    """A path, PIL image or numpy array → HxWx3 uint8 RGB, as `ovdiff segment` reads its inputs
-    (EXIF orientation applied, any mode converted; empty pictures and those over the CLI's pixel
-    limit refused)."""
-    from PIL import Image, ImageOps
-
-    from .io.images import URL, check_size, load_image, to_rgb
-
-    if isinstance(image, (str, Path)):
-        if isinstance(image, str) and URL.match(image):
-            raise RemoteInput(image)
-        return load_image(Path(image).expanduser())
-    if isinstance(image, Image.Image):
-        check_size(*image.size, "the image")
-        return to_rgb(ImageOps.exif_transpose(image))
-    if isinstance(image, np.ndarray):
-        if image.ndim in (2, 3):
-            check_size(image.shape[1], image.shape[0], "the image array")
-        if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
-            return np.ascontiguousarray(image)
-        if (image.ndim == 2 and image.dtype in (np.uint8, np.uint16, np.float32)) or (
-            image.ndim == 3 and image.shape[2] == 4 and image.dtype == np.uint8
-        ):  # grayscale, 16-bit, float or RGBA: converted as the CLI converts such files
-            return to_rgb(Image.fromarray(image))
-        raise OvdiffError(f"image array of dtype {image.dtype} and shape {image.shape}: expected HxWx3 uint8 RGB")
-    raise OvdiffError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an HxWx3 uint8 array")
-
-
-def is_one_image(image: object) -> bool:
-    """Whether `image` is one image (a path, PIL image or array) rather than a batch of them."""
-    from PIL import Image
-
-    return isinstance(image, (str, Path, Image.Image, np.ndarray))
-
-
-def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:
-    """A held-out scene of the procedural world (preset `procedural`): (H,W,3) uint8 RGB, for trying the API offline."""
-    from .limits import check_seed, in_range
-    from .procedural import render_scene
-
-    check_seed(seed)
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise InvalidSetting("size", f"takes (height, width), got {size!r:.40}")
-    for side in size:
-        in_range("scene_side", side, " pixels")
-    return render_scene(np.random.default_rng(seed), size=size)[0]
-
-
-@dataclass
-class Vocabulary:
-    """The classes to segment against, with their prototypes (built or read from the cache).
-
-    names: the class names (normalised); label k of a result is names[k-1], 0 is background.
-    classes: per class, its prototypes in each part of the extractor spec (`types.ClassParts`).
-    """
-
-    names: list[str]
-    classes: list[ClassParts] = field(repr=False)
-    seed: int
-    extractor: str
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @property
-    def ids(self) -> list[dict[str, str]]:
-        """Per class, part → cache id of its prototypes there, as `ovdiff protos list` shows them."""
-        return [{part: p.pid for part, p in c.parts.items()} for c in self.classes]
 
 
 @dataclass
@@ -537,7 +475,7 @@ class Pipeline:
     def encode(self, image: ImageLike) -> ImageFeatures:
         """Run the backbones on `image` once; match the result against any vocabulary of this pipeline."""
         from .config import spec_parts
-        from .method.segment import encode_image
+        from .method.stage4_segment.segmenter import encode_image
 
         cfg = self.segment_config
         parts = [self.stages.part(name) for name in spec_parts(self.proto_config.extractor)]

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import torch
 
     from .config import SampleConfig, SegmentConfig
-    from .method.features import Part
-    from .method.segment import Segmenter
+    from .method.stage2_prototypes.features import Part
+    from .method.stage4_segment.segmenter import Segmenter
     from .types import ClassParts, Extractor, Generator, ImageTextScorer, MaskProposer, Sample
 
 
@@ -39,20 +39,20 @@ def build_generator(store: ModelStore) -> Generator:
 
         return ProceduralGenerator()
     if store.specs.models.get("generator"):  # --generator: a family of models/generators.py
-        from .method.generators import FamilyGenerator
+        from .method.beyond.generators import FamilyGenerator
         from .models.generators import parse_generator
 
         family, _ = parse_generator(store.specs.models["generator"], store.specs.preset.weights)
         if family.pipeline == "sd3":
-            from .method.mmdit import MMDiTGenerator
+            from .method.beyond.mmdit import MMDiTGenerator
 
             return MMDiTGenerator(family, store.generator_parts())
         if family.pipeline == "flux":
-            from .method.flux import FluxGenerator
+            from .method.beyond.flux import FluxGenerator
 
             return FluxGenerator(family, store.generator_parts())
         return FamilyGenerator(family, store.generator_parts())
-    from .method.sampling import SDGenerator
+    from .method.stage1_support.sampling import SDGenerator
 
     return SDGenerator(store.sd())
 
@@ -64,7 +64,7 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
     and target images built from the same part are comparable.
     """
     from .config import parse_spec
-    from .method.features import ClipKeysPart, SDPart, TimmKeysPart
+    from .method.stage2_prototypes.features import ClipKeysPart, SDPart, TimmKeysPart
 
     if name == "procedural":
         from .procedural import ProceduralExtractor
@@ -77,7 +77,7 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
         "mae": lambda: TimmKeysPart(store.vit("mae"), "mae", store.device),
     }
     if name in FAMILIES:
-        from .method.dense import dense_backbone
+        from .method.beyond.dense import dense_backbone
 
         return dense_backbone(name, store.dense(name), store.device)
     if name not in builders:
@@ -88,7 +88,7 @@ def build_backbone(name: str, store: ModelStore) -> Extractor:
 def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None) -> Part:
     """Part `name` at the run's input size for it (the preset's, else the authors'); with `calls`,
     the images its backbone featurises are counted there."""
-    from .method.features import Part
+    from .method.stage2_prototypes.features import Part
 
     backbone = build_backbone(name, store)
     return Part(name, backbone if calls is None else CountingExtractor(backbone, calls), store.specs.input_size(name))
@@ -97,10 +97,10 @@ def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
     """The mask proposer called `name`; `cutler` and `sam` load the store's detector / SAM model."""
     from .config import PROPOSERS
-    from .method.masks import FastNCutProposer, MaskCutProposer, SamProposer, ThresholdProposer
+    from .method.stage2_prototypes.masks import FastNCutProposer, MaskCutProposer, SamProposer, ThresholdProposer
 
     if name == "cutler":
-        from .method.cutler import CutlerProposer
+        from .method.stage2_prototypes.cutler import CutlerProposer
 
         return CutlerProposer(store.cutler(), store.specs.preset.detector_size)
     if name == "ncut":
@@ -120,7 +120,7 @@ def build_scorer(store: ModelStore) -> ImageTextScorer:
         from .procedural import ProceduralScorer
 
         return ProceduralScorer()
-    from .method.filter import ClipScorer
+    from .method.stage3_filter.prefilter import ClipScorer
     from .store.keys import clip_text_id
 
     model = store.filter_model()
@@ -230,7 +230,7 @@ class Stages:
         """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
         runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
         from .config import spec_parts
-        from .method.segment import Segmenter
+        from .method.stage4_segment.segmenter import Segmenter
 
         filtering = cfg.use_filter and sum(c.kind != "stuff" for c in classes) > 1  # it chooses among things only
         if filtering and scorer is None:
@@ -241,7 +241,7 @@ class Stages:
 
     def refiner(self, name: str):
         """The label-score refiner of `--refine` (beyond the paper): "pamr", or "sam2" (loads the store's SAM 2)."""
-        from .method import refine
+        from .method.beyond import refine
 
         if name == "pamr":
             return self._once("refiner:pamr", refine.PamrRefiner)

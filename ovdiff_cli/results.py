@@ -1,5 +1,6 @@
-"""What `Pipeline.segment` returns: one image's labels, with the scores, stats and ways out (files, overlays,
-other libraries' formats)."""
+"""What the session's calls return: a `Vocabulary` (`Pipeline.vocabulary`) and a `SegmentationResult`
+(`Pipeline.segment`): one image's labels, with the scores, stats and ways out (files, overlays, other libraries'
+formats)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from .errors import OvdiffError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from .types import ClassParts
 
 
 @dataclass
@@ -113,3 +116,25 @@ class SegmentationResult:
 
         in_range("alpha", alpha, " (0 shows the image, 1 the labels)")
         return Image.fromarray(overlay_picture(self.image, self.labels, self.names, alpha))
+
+
+@dataclass
+class Vocabulary:
+    """The classes to segment against, with their prototypes (built or read from the cache).
+
+    names: the class names (normalised); label k of a result is names[k-1], 0 is background.
+    classes: per class, its prototypes in each part of the extractor spec (`types.ClassParts`).
+    """
+
+    names: list[str]
+    classes: list[ClassParts] = field(repr=False)
+    seed: int
+    extractor: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def ids(self) -> list[dict[str, str]]:
+        """Per class, part → cache id of its prototypes there, as `ovdiff protos list` shows them."""
+        return [{part: p.pid for part, p in c.parts.items()} for c in self.classes]

@@ -1,4 +1,4 @@
-"""The dependency rule of README "Development", checked on the source: a one-way house.
+"""The dependency rule of docs/architecture.md, checked on the source: a one-way house.
 
 Imports are read from the syntax tree (module level, inside functions and under TYPE_CHECKING alike),
 so a cycle cannot hide behind a late import.
@@ -99,19 +99,19 @@ def cycles() -> list[list[str]]:
     return out
 
 
-# Paper §3's parts and the modules that hold them (README "Development" has the same map).
+# Paper §3's parts and the modules that hold them (docs/method.md has the same map).
 ROOMS = {
-    "Support set generation": ["method.sampling"],
+    "Support set generation": ["method.stage1_support.sampling"],
     "Class prototypes": [
-        "method.features",
-        "method.masks",
-        "method.cutler",
-        "method.prototypes",
-        "method.classbuild",
+        "method.stage2_prototypes.features",
+        "method.stage2_prototypes.masks",
+        "method.stage2_prototypes.cutler",
+        "method.stage2_prototypes.aggregation",
+        "method.stage2_prototypes.classbuild",
         "engines.vocab",
     ],
-    "Category pre-filtering": ["method.filter"],
-    "Segmentation via prototype matching": ["method.matching", "method.segment"],
+    "Category pre-filtering": ["method.stage3_filter.prefilter"],
+    "Segmentation via prototype matching": ["method.stage4_segment.matching", "method.stage4_segment.segmenter"],
 }
 
 
@@ -149,13 +149,13 @@ def test_models_import_no_stage():
 NOT_FROM_METHOD = ("store", "io", "eval", "engines", "cli", "bench", "ui", "api", "compose")
 # The method modules that take raw models (models/) and what they read there; the others take features and tensors.
 METHOD_MODELS = {
-    "method.cutler": {"models.cutler"},  # the detector's network
-    "method.dense": {"models.dense"},  # which tokens each extractor family gives
-    "method.features": {"models.sd", "models.vit"},  # the backbones' model types
-    "method.sampling": {"models.sd"},  # Stable Diffusion's components
-    "method.generators": {"models.generators"},  # the generator families
-    "method.mmdit": {"models.generators"},
-    "method.flux": {"models.generators"},
+    "method.stage2_prototypes.cutler": {"models.cutler"},  # the detector's network
+    "method.beyond.dense": {"models.dense"},  # which tokens each extractor family gives
+    "method.stage2_prototypes.features": {"models.sd", "models.vit"},  # the backbones' model types
+    "method.stage1_support.sampling": {"models.sd"},  # Stable Diffusion's components
+    "method.beyond.generators": {"models.generators"},  # the generator families
+    "method.beyond.mmdit": {"models.generators"},
+    "method.beyond.flux": {"models.generators"},
 }
 
 
@@ -170,6 +170,35 @@ def test_the_method_takes_models_only_where_listed():
     for name, deps in GRAPH.items():
         if name.startswith("method"):
             assert {d for d in deps if d.split(".")[0] == "models"} <= METHOD_MODELS.get(name, set()), name
+
+
+# The house's floors, lowest first: a module imports only its own floor or lower ones (no back arrow).
+FLOORS = [
+    {"errors", "version", "libs", "limits", "names", "classnames"},  # facts and rules with no dependency
+    {"config"},  # the paper's defaults and settings
+    {"models"},  # raw models from spec strings
+    {"types"},  # the stages' interfaces
+    {"method"},  # the paper's four stages and the backends beyond them
+    {"io"},  # files: images, masks, legends, sheets
+    {"procedural", "inputs", "results"},  # the procedural world; what the API takes and returns
+    {"store", "eval"},  # the cache; benchmarks and their scoring
+    {"compose"},  # settings → stages
+    {"engines"},  # where the method runs: folder and benchmark jobs, local and Ray
+    {"api", "doctor"},  # the public library
+    {"ui", "bench"},  # the web demo and the benchmark, over the library
+    {"cli"},  # the command line
+    {"", "__main__"},  # the package itself
+]
+
+
+def floor(name: str) -> int:
+    top = name.split(".")[0]
+    return next(i for i, f in enumerate(FLOORS) if top in f)
+
+
+def test_every_module_has_a_floor_and_no_import_points_up():
+    back = [(n, d) for n, deps in GRAPH.items() for d in deps if floor(d) > floor(n)]
+    assert back == []
 
 
 def test_the_library_never_imports_the_cli():

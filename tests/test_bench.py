@@ -155,7 +155,7 @@ def test_settings_reduced_on_cpu_and_paper_on_cuda():
     assert cpu.size < gpu.size and cpu.steps < gpu.steps
     assert (
         cpu.pairs == cpu.large_pairs == 12
-    )  # fewer let two runs on a shared 2-core VM disagree by more than 5% (README Performance)
+    )  # fewer let two runs on a shared 2-core VM disagree by more than 5% (docs/performance.md)
     assert bench_settings("cpu", repeats=5).repeats == 5
     with pytest.raises(OvdiffError, match="repeats must be in 1"):
         bench_settings("cpu", repeats=0)

@@ -559,10 +559,10 @@ import json, os, random, signal, sys, time
 import cv2, open_clip, scipy.linalg, timm, torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
-import ovdiff_cli.method.features, ovdiff_cli.method.filter, ovdiff_cli.method.masks, ovdiff_cli.method.prototypes, ovdiff_cli.method.stuff, ovdiff_cli.engines.vocab
+import ovdiff_cli.method.stage2_prototypes.features, ovdiff_cli.method.stage3_filter.prefilter, ovdiff_cli.method.stage2_prototypes.masks, ovdiff_cli.method.stage2_prototypes.aggregation, ovdiff_cli.method.stage2_prototypes.stuff, ovdiff_cli.engines.vocab
 import ovdiff_cli.compose, ovdiff_cli.models.store, ovdiff_cli.models.sd, ovdiff_cli.models.tokenizer, ovdiff_cli.models.vit
 from ovdiff_cli.store import cache
-from ovdiff_cli.method import sampling
+from ovdiff_cli.method.stage1_support import sampling
 from ovdiff_cli.store.audit import verify
 from ovdiff_cli.cli.app import main
 

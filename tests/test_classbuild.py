@@ -11,7 +11,7 @@ import pytest
 from ovdiff_cli.engines.support import ensure_support_set
 from ovdiff_cli.engines.vocab import ensure_classes
 from ovdiff_cli.errors import CacheError
-from ovdiff_cli.method.prototypes import encode_masks
+from ovdiff_cli.method.stage2_prototypes.aggregation import encode_masks
 from ovdiff_cli.models.presets import get_preset
 from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import class_ids
@@ -78,7 +78,7 @@ def test_no_earlier_batch_is_alive_while_the_next_is_made(tiny_stages, tmp_path,
     accumulators) drops its batch before asking for the next, so a build's peak holds one batch."""
     import weakref
 
-    from ovdiff_cli.method import features
+    from ovdiff_cli.method.stage2_prototypes import features
 
     made: list[weakref.ref] = []
     alive_at_call: list[int] = []
@@ -105,8 +105,8 @@ def test_each_part_reduces_the_masks_from_the_images_resolution_in_one_step(tiny
     import torch
 
     from ovdiff_cli.engines.support import load_samples
-    from ovdiff_cli.method.classbuild import mask_grid
-    from ovdiff_cli.method.masks import class_masks, mask_to_grid
+    from ovdiff_cli.method.stage2_prototypes.classbuild import mask_grid
+    from ovdiff_cli.method.stage2_prototypes.masks import class_masks, mask_to_grid
 
     cfg = dataclasses.replace(TINY.protos, mask_proposer="threshold")  # masks from the maps alone: easy to redo here
     cache = Cache(tmp_path / "c")

@@ -136,7 +136,7 @@ def test_eval_real_voc_image_end_to_end_on_tiny(tmp_path):
     assert metrics["per_class_iou"]["dog"] is not None  # the dog is in the ground truth: scored
     assert "table" in metrics["classes"] and "dining table" not in metrics["classes"]  # the authors' VOC name
     # ... built as a thing, as the authors' Table C.9 has it (the stuff table alone would make "table" stuff)
-    from ovdiff_cli.engines.vocab import find_classes
+    from ovdiff_cli.engines.catalogue import find_classes
     from ovdiff_cli.store.cache import Cache
 
     kinds = {rec["name"]: rec["kind"] for _, rec in find_classes(Cache(tmp_path / "c"))}

@@ -110,7 +110,8 @@ def test_the_last_holder_of_a_lock_removes_its_file(tmp_path):
 
 def test_metrics_are_fractions_and_the_report_shows_real_seconds_and_a_random_weight_warning(tmp_path):
     from ovdiff_cli.eval.datasets import load_dataset
-    from ovdiff_cli.eval.evaluate import evaluate, protocol, write_report
+    from ovdiff_cli.eval.evaluate import evaluate, protocol
+    from ovdiff_cli.eval.report import write_report
 
     write_voc(tmp_path / "data", 2, seed=3)
     ds = load_dataset("voc", tmp_path / "data/VOC2012")
@@ -143,7 +144,7 @@ def test_the_demo_report_times_the_segmenting(world, tmp_path):
     assert metrics["seconds_per_image"] > 0.01  # the segment run's time, not the milliseconds of reading masks back
     assert f"{metrics['seconds_per_image']:.3f} s/image" in (tmp_path / "demo/report/report.html").read_text()
     assert "the procedural toy world" in (tmp_path / "demo/report/report.html").read_text()
-    figure = np.asarray(Image.open(tmp_path / "demo/figure.png"))  # the README's picture: image | mask | truth
+    figure = np.asarray(Image.open(tmp_path / "demo/figure.png"))  # docs/demo.png: image | mask | truth
     with Image.open(sorted((tmp_path / "demo/masks").glob("*.png"))[0]) as m:  # the first scene's mask
         first = np.asarray(m)
     h, w = first.shape
@@ -204,7 +205,7 @@ def test_offline_errors_are_whole_and_point_at_models_download(monkeypatch, tmp_
     assert "ovdiff models download --sd-model stable-diffusion-v1-5/stable-diffusion-v1-5" in phrase(info.value)
 
 
-def test_readme_lists_the_dependencies_of_pyproject_and_each_is_needed():
+def test_the_manual_lists_the_dependencies_of_pyproject_and_each_is_needed():
     import ast
     import re
 
@@ -215,7 +216,7 @@ def test_readme_lists_the_dependencies_of_pyproject_and_each_is_needed():
         re.split(r"[<>=\[;]", d)[0].strip()
         for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     ]
-    text = " ".join((root / "README.md").read_text().split())
+    text = " ".join((root / "docs/getting-started.md").read_text().split())
     listed = re.search(r"Dependencies \(as in `pyproject.toml`\): (.*?)\.", text).group(1)
     assert [d.strip() for d in listed.split(",")] == deps
     imported = set()

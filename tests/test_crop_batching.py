@@ -11,7 +11,7 @@ import numpy as np
 
 def _segmenters(tiny_stages):
     from ovdiff_cli.bench.settings import synthetic_bank
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
     from ovdiff_cli.models.presets import get_preset
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
@@ -23,8 +23,8 @@ def _segmenters(tiny_stages):
 
 
 def test_merged_crop_batches_give_the_plain_results_with_one_pass_per_input_size(tiny_stages):
-    from ovdiff_cli.method.matching import window_boxes
-    from ovdiff_cli.method.segment import encode_image
+    from ovdiff_cli.method.stage4_segment.matching import window_boxes
+    from ovdiff_cli.method.stage4_segment.segmenter import encode_image
 
     cfg, parts, plain, merged = _segmenters(tiny_stages)
     assert plain.window_batch == 8 and not plain.merge_crops  # the CPU default: a device choice, not a setting
@@ -59,8 +59,9 @@ def test_merged_crop_batches_give_the_plain_results_with_one_pass_per_input_size
 def _merged_windows(parts, cfg, image):
     import torch
 
-    from ovdiff_cli.method.matching import window_features
-    from ovdiff_cli.method.segment import work_tensor
+    from ovdiff_cli.method.stage4_segment.matching import window_features
+    from ovdiff_cli.method.stage4_segment.segmenter import to_tensor
+    from ovdiff_cli.method.stage4_segment.targets import working_image
 
-    x = work_tensor(image, cfg.short_side, torch.device("cpu"))
+    x = to_tensor(working_image(image, cfg.short_side), torch.device("cpu"))
     return list(window_features([x], list(parts), tuple(cfg.windows), cfg.stride, 32, [p.resize for p in parts]))

@@ -1,4 +1,4 @@
-"""Γ as the authors run it: the CutLER port (models/cutler.py, method/cutler.py).
+"""Γ as the authors run it: the CutLER port (models/cutler.py, method/stage2_prototypes/cutler.py).
 
 A tiny random-weight detector in the released checkpoint's own key layout is written as detectron2
 writes a .pth ({"model": state dict, ...}), loaded through the same code as the real file, and
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.engines.vocab import find_classes
 from ovdiff_cli.errors import MissingCheckpoint, OvdiffError
-from ovdiff_cli.method import cutler as C
+from ovdiff_cli.method.stage2_prototypes import cutler as C
 from ovdiff_cli.models.cutler import FULL, TINY, CutlerNet, load_cutler, random_cutler, read_checkpoint, save_checkpoint
 from ovdiff_cli.store.cache import Cache
 

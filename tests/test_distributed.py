@@ -328,7 +328,7 @@ def test_segment_json_and_coco_on_ray_carry_the_local_segments_and_scores(world,
 
 
 def test_the_stderr_pump_drops_only_the_marked_lines(capfd):
-    from ovdiff_cli.engines.raycluster import stderr_without
+    from ovdiff_cli.engines.raysegment import stderr_without
 
     with stderr_without(b"ALARM"):
         os.write(2, b"kept 1\n[E core_worker.cc] ALARM here\nkept 2\n")

@@ -94,7 +94,7 @@ def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_pa
     # resuming: only the missing mask is segmented again
     (split / masks[1]).unlink()
     before = {p.name: p.stat().st_mtime_ns for p in split.glob("*.png")}
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
 
     calls, original = [], Segmenter.predict_many
 

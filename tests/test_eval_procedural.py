@@ -89,8 +89,8 @@ def switch_cache(tree, tmp_path_factory):
 
 def _spied_eval(tree, cache, out, monkeypatch, *extra, dataset: str = "voc"):
     """`ovdiff eval` through the CLI, recording the segmenter it built, its results and its crops per image."""
-    from ovdiff_cli.method import matching
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment import matching
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
 
     monkeypatch.undo()  # a previous run's spies go: each run records only itself
     seen = {"segmenters": [], "results": [], "crops": []}

@@ -13,7 +13,8 @@ from PIL import Image
 
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.eval.datasets import load_dataset
-from ovdiff_cli.eval.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir, write_report
+from ovdiff_cli.eval.evaluate import EvalResult, aggregate, evaluate, predictions_from_dir
+from ovdiff_cli.eval.report import write_report
 from ovdiff_cli.io.palette import colorize, voc_palette
 
 

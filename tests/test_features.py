@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ovdiff_cli.config import PART_INPUTS, InputSize, parse_spec, spec_parts
 from ovdiff_cli.errors import OvdiffError
-from ovdiff_cli.method.features import (
+from ovdiff_cli.method.stage2_prototypes.features import (
     POS_CACHE,
     ClipKeysPart,
     SDPart,

@@ -6,7 +6,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.method.filter import CategoryFilter, best_subset, select_classes, subset_prompt, subsets
+from ovdiff_cli.method.stage3_filter.prefilter import (
+    CategoryFilter,
+    best_subset,
+    select_classes,
+    subset_prompt,
+    subsets,
+)
 from ovdiff_cli.store.cache import Cache
 
 E = 8

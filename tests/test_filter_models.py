@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
-from ovdiff_cli.method.filter import CategoryFilter, select_classes
+from ovdiff_cli.method.stage3_filter.prefilter import CategoryFilter, select_classes
 from ovdiff_cli.models.filtermodels import FILTERS, filter_source
 from ovdiff_cli.models.presets import ModelSpecs
 from ovdiff_cli.store.keys import text_embedding_id

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting
-from ovdiff_cli.method.flux import FluxAttributionProcessor
-from ovdiff_cli.method.sampling import AttributionRecorder
+from ovdiff_cli.method.beyond.flux import FluxAttributionProcessor
+from ovdiff_cli.method.stage1_support.sampling import AttributionRecorder
 from ovdiff_cli.models.overrides import generator_defaults
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.store.keys import support_id
@@ -149,7 +149,7 @@ def test_schnell_takes_no_guidance_and_dev_embeds_it(schnell):
     assert info.value.setting == "size"
     dev = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"generator": "flux-dev"}).generator()
     assert (
-        dev.flux.transformer.config.guidance_embeds and not stages.generator().flux.transformer.config.guidance_embeds
+        dev.parts.transformer.config.guidance_embeds and not stages.generator().parts.transformer.config.guidance_embeds
     )
     low, high = (dev.generate("cat", [1], dataclasses.replace(SCHNELL, guidance_scale=s))[0] for s in (1.0, 3.5))
     assert (low.image != high.image).any() and (low.attribution != high.attribution).any()

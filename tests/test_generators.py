@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.errors import InvalidSetting, OvdiffError
-from ovdiff_cli.method.mmdit import JointAttributionProcessor
-from ovdiff_cli.method.sampling import AttributionRecorder, capture_processors
+from ovdiff_cli.method.beyond.mmdit import JointAttributionProcessor
+from ovdiff_cli.method.stage1_support.sampling import AttributionRecorder, capture_processors
 from ovdiff_cli.models.generators import GENERATORS, MMDIT_PIPELINES, parse_generator
 from ovdiff_cli.models.presets import PRESETS, ModelSpecs
 from ovdiff_cli.models.weights import generator_files

@@ -32,8 +32,8 @@ def fixed_image(size: int) -> np.ndarray:
 
 def golden_slices(stages, preset: str) -> dict[str, np.ndarray]:
     """attribution: every 4th value of the first row block; sd/clip/dino: 4 channels × 2×2 cells."""
-    from ovdiff_cli.method.features import images_to_tensor
-    from ovdiff_cli.method.sampling import image_seed
+    from ovdiff_cli.method.stage1_support.sampling import image_seed
+    from ovdiff_cli.method.stage2_prototypes.features import images_to_tensor
 
     sizes = SIZES[preset]
     cfg = dataclasses.replace(SampleConfig(), **sizes["sample"])

@@ -21,7 +21,7 @@ def _bank(n: int, stuff: set[int]):
 
 
 def test_a_vocabulary_of_every_class_is_one_copy_with_one_stuff_score_per_row():
-    from ovdiff_cli.method.matching import assemble_vocabulary
+    from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
 
     classes = _bank(12, stuff={3, 7})
     v = assemble_vocabulary(classes)
@@ -57,7 +57,7 @@ def test_a_segmenter_keeps_no_second_copy_of_the_classes_arrays():
     import weakref
 
     from ovdiff_cli.config import SegmentConfig
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
     from ovdiff_cli.types import ClassParts
 
     class Part:  # what the Segmenter reads of an extractor part before segmenting: its name

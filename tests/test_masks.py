@@ -12,7 +12,7 @@ from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.compose import build_proposer
 from ovdiff_cli.errors import ModelLoadError, OvdiffError
 from ovdiff_cli.io.sheets import overlay_masks
-from ovdiff_cli.method.masks import (
+from ovdiff_cli.method.stage2_prototypes.masks import (
     MASKCUT_TAU,
     FastNCutProposer,
     SamProposer,
@@ -108,7 +108,7 @@ def test_maskcut_splits_the_generalised_eigenproblem_of_the_thresholded_affinity
     """MaskCut's cut is the second-smallest generalised eigenvector of (D−W)v = λDv (scipy's eigh)."""
     import scipy.linalg
 
-    from ovdiff_cli.method.masks import second_eigvec
+    from ovdiff_cli.method.stage2_prototypes.masks import second_eigvec
 
     f, _, _ = _blob_features(12, 12)
     x = f.reshape(f.shape[0], -1).T
@@ -170,8 +170,8 @@ def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
     480² (MaskCut's input: a 60×60 grid for DINO ViT-B/8), apart from the 512 px pass of the prototypes."""
     import dataclasses
 
-    from ovdiff_cli.method.classbuild import mask_batches, proposer_pass
-    from ovdiff_cli.method.masks import MaskCutProposer, lanczos
+    from ovdiff_cli.method.stage2_prototypes.classbuild import mask_batches, proposer_pass
+    from ovdiff_cli.method.stage2_prototypes.masks import MaskCutProposer, lanczos
     from ovdiff_cli.models.presets import PRESETS
     from ovdiff_cli.procedural import support_sample
 
@@ -234,9 +234,9 @@ def test_overlay_tints_fg_red_and_bg_blue():
 @pytest.mark.parametrize("name", ["kite", "ball", "sky", "grass"])
 def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(procedural_stages, name):
     """In the procedural world the attribution map is the class's own soft mask: fg must hold it, bg must not."""
-    from ovdiff_cli.method.features import images_to_tensor
-    from ovdiff_cli.method.masks import class_masks, image_attribution, mask_to_grid
-    from ovdiff_cli.method.sampling import image_seed
+    from ovdiff_cli.method.stage1_support.sampling import image_seed
+    from ovdiff_cli.method.stage2_prototypes.features import images_to_tensor
+    from ovdiff_cli.method.stage2_prototypes.masks import class_masks, image_attribution, mask_to_grid
     from ovdiff_cli.procedural import support_sample
 
     extractor, proposer = procedural_stages.part("procedural"), build_proposer("ncut", procedural_stages.store)

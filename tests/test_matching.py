@@ -7,13 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovdiff_cli.method.matching import (
-    assemble_vocabulary,
-    match,
-    slide_match_many,
-    upsample_argmax,
-    window_boxes,
-)
+from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
+from ovdiff_cli.method.stage4_segment.matching import match, slide_match_many, upsample_argmax, window_boxes
 from ovdiff_cli.types import ClassPrototypes
 
 
@@ -45,7 +40,7 @@ def test_stuff_filter_drops_exactly_the_bg_prototypes_above_threshold():
 def test_the_stuff_filter_in_blocks_of_bg_rows_gives_the_same_cosines(monkeypatch):
     """A thousand classes' bg prototypes are compared with the stuff classes a block at a time (never a
     copy of them all): the same numbers as in one block, and none computed without a stuff class."""
-    from ovdiff_cli.method import matching
+    from ovdiff_cli.method.stage4_segment import bank
 
     rng = np.random.default_rng(0)
     things = [
@@ -62,7 +57,7 @@ def test_the_stuff_filter_in_blocks_of_bg_rows_gives_the_same_cosines(monkeypatc
         for i in range(2)
     ]
     whole = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
-    monkeypatch.setattr(matching, "STUFF_CHUNK", 3)
+    monkeypatch.setattr(bank, "STUFF_CHUNK", 3)
     blocks = assemble_vocabulary(things + stuff, ("instance", "class"), stuff_threshold=0.5)
     full_whole, full_blocks = whole.bank or whole, blocks.bank or blocks
     assert torch.equal(full_whole.stuff_sim, full_blocks.stuff_sim) and (full_whole.stuff_sim > -2).sum() == 20

@@ -12,12 +12,43 @@ from typer.testing import CliRunner
 
 import ovdiff_cli
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.io.masks import decode_counts, encode_counts, rle_decode, rle_encode
+from ovdiff_cli.io.masks import encode_counts, rle_encode
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 runner = CliRunner()
 PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 LONG = "chocolate glazed donut with rainbow sprinkles on a plate"
+
+
+def decode_counts(s: str) -> list[int]:
+    """Inverse of `encode_counts`."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            ch = ord(s[p]) - 48
+            x |= (ch & 0x1F) << (5 * k)
+            more = bool(ch & 0x20)
+            p += 1
+            k += 1
+            if not more and ch & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO compressed RLE → (H,W) uint8 mask in {0,1}."""
+    h, w = rle["size"]
+    counts = decode_counts(rle["counts"]) if isinstance(rle["counts"], str) else list(rle["counts"])
+    if sum(counts) != h * w:
+        raise ValueError(f"RLE counts cover {sum(counts)} pixels, not {h}x{w}")
+    values = np.zeros(len(counts), np.uint8)
+    values[1::2] = 1
+    return np.repeat(values, counts).reshape((h, w), order="F")
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +277,8 @@ def test_16bit_masks_keep_label_255_and_beyond(tmp_path):
 def test_report_records_protocol_paper_number_and_confusion_picture(tmp_path):
     from ovdiff_cli.config import SegmentConfig
     from ovdiff_cli.eval.datasets import load_dataset
-    from ovdiff_cli.eval.evaluate import confusion_picture, evaluate, protocol, write_report
+    from ovdiff_cli.eval.evaluate import evaluate, protocol
+    from ovdiff_cli.eval.report import confusion_picture, write_report
 
     write_voc(tmp_path / "data", 2, seed=3)
     ds = load_dataset("voc", tmp_path / "data/VOC2012")  # the benchmark's own 21 classes: the paper has a number

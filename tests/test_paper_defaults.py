@@ -19,9 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from ovdiff_cli.config import NEGATIVE_PROMPT, PROMPT_TEMPLATE, ProtoConfig, SampleConfig, SegmentConfig
-from ovdiff_cli.method import masks as M
-from ovdiff_cli.method.filter import CategoryFilter, class_prompt, select_classes, subset_prompt, subsets
-from ovdiff_cli.method.matching import assemble_vocabulary
+from ovdiff_cli.method.stage2_prototypes import masks as M
+from ovdiff_cli.method.stage3_filter.prefilter import (
+    CategoryFilter,
+    class_prompt,
+    select_classes,
+    subset_prompt,
+    subsets,
+)
+from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
 from ovdiff_cli.models.presets import PRESETS
 from ovdiff_cli.types import ClassParts, ClassPrototypes, Sample
 
@@ -45,10 +51,10 @@ def test_prototype_defaults():
 
 
 def test_class_build_bounds():
-    """Not the paper's: what bounds a build's memory (README, Performance: the 512 px class build).
+    """Not the paper's: what bounds a build's memory (docs/performance.md: the 512 px class build).
     K-means is the authors' (sdov gen_proto_*.py: scikit-learn's KMeans, max_iter 300, on every masked
     cell, no sample); memory stays bounded by streaming the cells from a spill file."""
-    from ovdiff_cli.method.prototypes import KMEANS_ITERS, KMEANS_TOL
+    from ovdiff_cli.method.stage2_prototypes.kmeans import KMEANS_ITERS, KMEANS_TOL
 
     p = ProtoConfig()
     assert p.batch_size == 1 and p.kmeans_max_points is None
@@ -207,7 +213,7 @@ def test_sd_pipeline_is_called_with_the_papers_settings(tiny_stages, monkeypatch
 def test_sd_layers_are_the_papers_nine_cross_attention_layers():
     from diffusers import UNet2DConditionModel
 
-    from ovdiff_cli.method.features import sd_feature_layers
+    from ovdiff_cli.method.stage2_prototypes.features import sd_feature_layers
 
     with torch.device("meta"):  # SD1.5's UNet layout, no memory
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
@@ -232,7 +238,7 @@ def test_sd_layers_are_the_papers_nine_cross_attention_layers():
 
 
 def test_sd_features_are_queries_at_t200_with_the_empty_prompt(tiny_stages):
-    from ovdiff_cli.method.features import SD_TIMESTEP
+    from ovdiff_cli.method.stage2_prototypes.features import SD_TIMESTEP
 
     assert SD_TIMESTEP == 200
     part = tiny_stages.part("sd").backbone
@@ -296,8 +302,8 @@ def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does(
     import torchvision.transforms.functional as TF
     from PIL import Image
 
-    from ovdiff_cli.method.segment import work_tensor
-    from ovdiff_cli.method.targets import working_image, working_size
+    from ovdiff_cli.method.stage4_segment.segmenter import to_tensor
+    from ovdiff_cli.method.stage4_segment.targets import working_image, working_size
 
     assert working_size(333, 500, 448) == (448, 672)  # 672.67 truncated, as torchvision (rounding gives 673)
     assert working_size(500, 333, 448) == (672, 448)
@@ -318,7 +324,7 @@ def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does(
     authors = np.array(TF.resize(Image.fromarray(image), 448, interpolation=TF.InterpolationMode.LANCZOS))
     assert working_image(image, 448).shape == authors.shape == (448, 597, 3)
     assert np.array_equal(working_image(image, 448), authors)
-    got = work_tensor(image, 448, torch.device("cpu"))
+    got = to_tensor(working_image(image, 448), torch.device("cpu"))
     assert torch.equal(got, torch.from_numpy(authors).permute(2, 0, 1).float() / 255)
     already = np.zeros((448, 600, 3), np.uint8)
     assert working_image(already, 448) is already  # torchvision returns an image of that size untouched
@@ -329,9 +335,9 @@ def test_the_filter_sees_the_working_image_at_512_lanczos_then_224_without_antia
     a tensor (bilinear, no antialiasing in their torchvision) → CLIP's mean/std."""
     from PIL import Image
 
-    from ovdiff_cli.method.filter import filter_input
-    from ovdiff_cli.method.segment import Segmenter
-    from ovdiff_cli.method.targets import working_image
+    from ovdiff_cli.method.stage3_filter.prefilter import filter_input
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
+    from ovdiff_cli.method.stage4_segment.targets import working_image
 
     image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     work = working_image(image, 448)
@@ -383,7 +389,7 @@ class _Constant:
 
 def _constant_part(vector=(3.0, 0.0, 0.0, 0.0), name: str = "procedural"):
     from ovdiff_cli.config import InputSize
-    from ovdiff_cli.method.features import Part
+    from ovdiff_cli.method.stage2_prototypes.features import Part
 
     return Part(name, _Constant(vector), InputSize())
 
@@ -396,7 +402,7 @@ def _cos_row(c: float) -> np.ndarray:
 def test_background_where_no_label_scores_above_zero_and_explain_agrees():
     """sdov predict.py: where(score > 0, score, 0) over every label, then argmax (ties to background,
     label 0): a pixel where every score is ≤ 0 is background, even where the best score is a class's."""
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
 
     def segment(protos, **cfg):
         classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
@@ -423,7 +429,7 @@ def test_background_where_no_label_scores_above_zero_and_explain_agrees():
 
 def test_background_owns_only_the_bg_prototypes_of_the_classes_the_filter_kept():
     """sdov predict.py masks the bg prototypes with the classes kept for the image (class_ids_mask)."""
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
 
     e = torch.eye(E)
     scorer = NamedScorer({"cat": e[0], "dog": e[1]}, e[0])  # the filter keeps cat only
@@ -594,7 +600,7 @@ def test_segmenter_filters_things_only(procedural_stages):
         ClassPrototypes("grass", "stuff", proto(3)),
     ]
     classes = [ClassParts(c.name, c.kind, {"procedural": c}) for c in protos]
-    from ovdiff_cli.method.segment import Segmenter
+    from ovdiff_cli.method.stage4_segment.segmenter import Segmenter
 
     seg = procedural_stages.segmenter(classes, SegmentConfig(), "procedural")
     assert seg.filter.names == ["kite", "ball"] and seg.filter.stuff == [1, 3]
@@ -756,8 +762,8 @@ def test_masks_are_made_at_image_resolution_and_reduced_to_the_grid_bilinearly()
 
 def test_ncut_reads_the_dino_keys_whatever_the_extractor(tiny_stages, monkeypatch):
     """MaskCut cuts DINO keys: the masks stage hands ncut the DINO part's features, also for `--extractor sd`."""
-    from ovdiff_cli.method.classbuild import mask_batches
-    from ovdiff_cli.method.features import images_to_tensor
+    from ovdiff_cli.method.stage2_prototypes.classbuild import mask_batches
+    from ovdiff_cli.method.stage2_prototypes.features import images_to_tensor
 
     assert (
         ProtoConfig().mask_features == "dino" and M.MaskCutProposer.uses_features and M.FastNCutProposer.uses_features
@@ -793,7 +799,7 @@ def test_class_record_counts_proposals_and_fallbacks(tiny_stages, tmp_path):
         app, ["protos", "add", "cat", "--preset", "tiny", "--cache", cache, "--device", "cpu", "--n-images", "2"]
     )
     assert res.exit_code == 0, res.output
-    from ovdiff_cli.engines.vocab import find_classes
+    from ovdiff_cli.engines.catalogue import find_classes
     from ovdiff_cli.store.cache import Cache
 
     records = [rec for _, rec in find_classes(Cache(cache))]  # one per extractor part, the same masks
@@ -817,7 +823,7 @@ def test_ncut_proposes_masks_on_the_default_features_of_the_full_size_architectu
     ≥ 0.3 everywhere, above τ); on SD's own noise samples no part cuts at all. NCut reads the
     `mask_features` part (DINO) whatever the extractor spec.
     """
-    from ovdiff_cli.method.features import images_to_tensor
+    from ovdiff_cli.method.stage2_prototypes.features import images_to_tensor
 
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 60, (128, 128, 3)).astype(np.uint8)

@@ -11,8 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.engines.catalogue import find_classes
 from ovdiff_cli.engines.photos import photo_class, read_photos
-from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes, find_classes
+from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes
 from ovdiff_cli.errors import OvdiffError
 from ovdiff_cli.eval.metrics import ConfusionMatrix
 from ovdiff_cli.models.presets import ModelSpecs, get_preset

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.compose import build_part
-from ovdiff_cli.method.matching import match
 from ovdiff_cli.method.precision import mm_f32
+from ovdiff_cli.method.stage4_segment.matching import match
 from ovdiff_cli.models.presets import ModelSpecs, resolve_dtype
 from ovdiff_cli.models.store import ModelStore
 
@@ -51,7 +51,7 @@ def test_features_stay_in_the_hub_dtype_and_match_fp32(device, dtype, part):
 
 @pytest.mark.parametrize(("device", "dtype"), MATRIX)
 def test_half_matching_accumulates_in_fp32(device, dtype):
-    from ovdiff_cli.method.matching import assemble_vocabulary
+    from ovdiff_cli.method.stage4_segment.bank import assemble_vocabulary
     from ovdiff_cli.types import ClassPrototypes
 
     g = torch.Generator().manual_seed(0)

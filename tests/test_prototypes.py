@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from ovdiff_cli.config import ProtoConfig
-from ovdiff_cli.method import prototypes
-from ovdiff_cli.method.prototypes import (
-    CellStore,
+from ovdiff_cli.method.stage2_prototypes import kmeans as kmeans_module
+from ovdiff_cli.method.stage2_prototypes.aggregation import (
     RegionAccumulator,
     build_prototypes,
     class_prototype,
     decode_masks,
     encode_masks,
     instance_prototypes,
-    kmeans,
 )
+from ovdiff_cli.method.stage2_prototypes.kmeans import CellStore, kmeans
 
 
 def _features() -> torch.Tensor:
@@ -172,7 +171,7 @@ def test_accumulator_equals_the_whole_set_computation_and_bounds_its_sample():
     acc.add(feats[:3], fg[:3], 0)
     acc.add(feats[3:], fg[3:], 3)
     keys, points = acc.sample
-    assert len(keys) == 30 and points.shape == (30, 8) and acc.sample_capacity == 30  # never more than max_points
+    assert len(keys) == 30 and points.shape == (30, 8)  # never more than max_points
     out = acc.finish()
     inst, sizes, kept = instance_prototypes(feats, torch.from_numpy(fg))
     np.testing.assert_allclose(out["instance"], inst.numpy(), rtol=1e-5, atol=1e-6)
@@ -217,7 +216,7 @@ def test_kmeans_is_scikit_learns_on_every_masked_cell(monkeypatch, tmp_path):
     """
     from sklearn.cluster import KMeans
 
-    monkeypatch.setattr(prototypes, "CHUNK_ELEMENTS", 8 * 1000)  # 1000 rows a chunk: several reads of the spill
+    monkeypatch.setattr(kmeans_module, "CHUNK_ELEMENTS", 8 * 1000)  # 1000 rows a chunk: several reads of the spill
     cfg = ProtoConfig()
     g = torch.Generator().manual_seed(5)
     feats = torch.randn(6, 8, 24, 24, generator=g) * torch.linspace(0.5, 2.0, 8).view(1, 8, 1, 1) + 3
@@ -253,21 +252,21 @@ def test_kmeans_plusplus_is_scikit_learns_greedy_seeding():
 
     x = np.random.default_rng(0).integers(0, 16, (64, 3)).astype(np.float32)
     x[-1] += 64 * x.mean(0).round() - x.sum(0)  # column sums divisible by 64: the mean is exact
-    data = prototypes.CentredCells(CellStore.of(torch.from_numpy(x)), prototypes.KMEANS_TOL)
+    data = kmeans_module.CentredCells(CellStore.of(torch.from_numpy(x)), kmeans_module.KMEANS_TOL)
     for k in (8, 16):
         want, _ = kmeans_plusplus(x - x.mean(0), k, random_state=np.random.RandomState(0))
-        np.testing.assert_array_equal(prototypes.kmeans_plusplus(data, k, np.random.RandomState(0)).numpy(), want)
+        np.testing.assert_array_equal(kmeans_module.kmeans_plusplus(data, k, np.random.RandomState(0)).numpy(), want)
 
 
 def test_kmeans_tolerance_is_scikit_learns_rule():
     """Lloyd stops when the centres' summed squared shift is at most tol × the mean per-feature variance."""
     x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + 7
-    data = prototypes.CentredCells(CellStore.of(x), 1e-4)
+    data = kmeans_module.CentredCells(CellStore.of(x), 1e-4)
     assert data.tol == pytest.approx(1e-4 * float(x.double().var(0, unbiased=False).mean()), rel=1e-6)
 
 
 def test_cell_store_reads_back_what_was_appended_in_chunks_and_by_index(monkeypatch, tmp_path):
-    monkeypatch.setattr(prototypes, "CHUNK_ELEMENTS", 4 * 3)  # 3 rows a chunk
+    monkeypatch.setattr(kmeans_module, "CHUNK_ELEMENTS", 4 * 3)  # 3 rows a chunk
     rows = torch.arange(40, dtype=torch.float32).view(10, 4)
     store = CellStore(4, str(tmp_path))
     for a, b in ((0, 4), (4, 5), (5, 10)):

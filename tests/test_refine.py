@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.config import SegmentConfig
 from ovdiff_cli.eval.metrics import ConfusionMatrix
-from ovdiff_cli.method.refine import AutomaticRegions, RegionRefiner, pamr, regions_on, vote_regions
+from ovdiff_cli.method.beyond.refine import AutomaticRegions, RegionRefiner, pamr, regions_on, vote_regions
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
 
 runner = CliRunner()

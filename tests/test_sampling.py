@@ -15,7 +15,7 @@ from ovdiff_cli.cli.common import phrase
 from ovdiff_cli.engines import support
 from ovdiff_cli.errors import IncompleteSupportSet, InvalidSetting
 from ovdiff_cli.io import sheets
-from ovdiff_cli.method import sampling
+from ovdiff_cli.method.stage1_support import sampling
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.models.tokenizer import offline_clip_tokenizer
 from ovdiff_cli.store.audit import verify

@@ -236,7 +236,7 @@ def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(
     import dataclasses
 
     from ovdiff_cli.bench.settings import synthetic_bank
-    from ovdiff_cli.method.matching import window_boxes
+    from ovdiff_cli.method.stage4_segment.matching import window_boxes
     from ovdiff_cli.models.presets import get_preset
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)
@@ -264,7 +264,7 @@ def test_an_encoded_image_holds_every_parts_features_and_matches_as_predict_does
 
     from ovdiff_cli.bench.settings import synthetic_bank
     from ovdiff_cli.errors import OvdiffError
-    from ovdiff_cli.method.segment import encode_image
+    from ovdiff_cli.method.stage4_segment.segmenter import encode_image
     from ovdiff_cli.models.presets import get_preset
 
     cfg = dataclasses.replace(get_preset("tiny").segment, use_filter=False)

@@ -50,7 +50,7 @@ def bench_beyond(s: BenchSettings, root: Path, seed: int) -> dict:
     from ..compose import Stages
     from ..engines.vocab import build_from_photos, ensure_classes
     from ..eval.metrics import ConfusionMatrix
-    from ..method.refine import PamrRefiner, RegionRefiner
+    from ..method.beyond.refine import PamrRefiner, RegionRefiner
     from ..models.presets import get_preset
     from ..procedural import LABELLED, render_scene
     from ..store.cache import Cache

@@ -69,7 +69,7 @@ def build_once(
     K-means + aggregation s, part → arrays). The last is the wall time less the other two: Eq. 1,
     the class prototype, K-means on every masked cell (streamed), part labels, and the masks' fg/bg rule."""
     from ..config import spec_parts
-    from ..method.classbuild import part_prototypes
+    from ..method.stage2_prototypes.classbuild import part_prototypes
 
     base = _proto_cfg(stages.specs.preset.name)
     cfg = replace(base, feature_size=feature_size, k_parts=k)

@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..classnames import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
+from ..classnames.lists import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
 from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .stats import figure, in_child, interleaved_pairs, ratios, timed
 
@@ -112,9 +112,9 @@ def segment_large(
     from ..config import spec_parts
     from ..engines.vocab import ensure_classes
     from ..io.images import load_image
-    from ..method.filter import CategoryFilter
-    from ..method.segment import encode_image
-    from ..method.targets import working_image
+    from ..method.stage3_filter.prefilter import CategoryFilter
+    from ..method.stage4_segment.segmenter import encode_image
+    from ..method.stage4_segment.targets import working_image
     from ..store.cache import Cache
 
     s = BenchSettings(**settings)

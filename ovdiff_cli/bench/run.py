@@ -8,8 +8,6 @@ import datetime as _dt
 import gc
 import os
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -18,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..classnames import VOC
+from ..classnames.lists import VOC
 from ..config import ProtoConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
 from .build import bench_build_memory, bench_prototypes
+from .memory import bench_memory, segment_folder
 from .settings import (
-    MEMORY_CLASSES,
     SECTIONS,
     BenchSettings,
     dims_text,
@@ -57,7 +55,7 @@ def bench_sampling(stages: Stages, s: BenchSettings, seed: int) -> tuple[dict, l
     """
     import torch
 
-    from ..method.sampling import image_seed
+    from ..method.stage1_support.sampling import image_seed
 
     cfg = replace(SampleConfig(), n_images=s.n_images, steps=s.steps, size=s.size, batch_size=s.n_images)
     generator = stages.generator()
@@ -109,7 +107,7 @@ def bench_segment(stages: Stages, s: BenchSettings, folder: Path, dim: dict[str,
     """
     from ..engines.local import segment_paths
     from ..io.images import discover, load_image
-    from ..method.targets import working_image
+    from ..method.stage4_segment.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
@@ -169,8 +167,8 @@ def _segment_section(
 def bench_filter(stages: Stages, s: BenchSettings, image: np.ndarray, root: Path) -> dict:
     """The category filter on one image with a fresh cache (cold: every prompt encoded) and again with
     a new filter over the same cache (warm: every embedding read from LMDB, none encoded)."""
-    from ..method.filter import CategoryFilter
-    from ..method.targets import working_image
+    from ..method.stage3_filter.prefilter import CategoryFilter
+    from ..method.stage4_segment.targets import working_image
 
     names = list(VOC[1 : 1 + s.bank_classes])
     cfg = preset_configs(s.preset)[2]
@@ -305,102 +303,9 @@ def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root:
     return calls[0], calls[1]
 
 
-def segment_folder(stages: Stages, cache: Cache, folder: Path, out: Path, seed: int) -> None:
-    """What `ovdiff segment FOLDER --classes MEMORY_CLASSES` does with the preset's defaults."""
-    from ..engines.local import segment_paths
-    from ..engines.vocab import ensure_classes
-    from ..io.images import discover
-
-    sample_cfg, proto_cfg, seg_cfg = preset_configs(stages.specs.preset.name)
-    classes = ensure_classes(cache, stages, list(MEMORY_CLASSES), seed, sample_cfg, proto_cfg)
-    segment_paths(stages.segmenter(classes, seg_cfg, proto_cfg.extractor, cache), discover([str(folder)]), out)
-
-
 # Runs `ovdiff ARGS…` and writes its peak RSS in KiB to the file named first. VmHWM is the high-water
 # mark of the process's own address space: the ru_maxrss of wait4() would report the parent's RSS,
 # which Linux carries over from the fork into the exec'd child.
-_PEAK_WRAPPER = """
-import runpy, sys
-out = sys.argv.pop(1)
-sys.argv[0] = "ovdiff"
-try:
-    runpy.run_module("ovdiff_cli", run_name="__main__")
-finally:
-    try:
-        kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    except OSError:
-        import resource
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
-    open(out, "w").write(str(kib))
-"""
-
-
-def child_peak_rss(args: list[str], root: Path, tag: str) -> float:
-    """Peak resident memory (MiB) of `ovdiff ARGS…` run to completion in a new process."""
-    peak, log = root / f"{tag}.peak", root / f"{tag}.log"
-    with open(log, "w") as f:
-        code = subprocess.run(
-            [sys.executable, "-c", _PEAK_WRAPPER, str(peak), *args], stdout=f, stderr=subprocess.STDOUT
-        ).returncode
-    if code:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        raise OvdiffError(f"memory run exited with {code}: {' | '.join(tail)}")
-    return int(peak.read_text()) / 1024
-
-
-def bench_memory(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> dict:
-    """Peak RSS of `ovdiff segment` processes over few and many images (prototypes already cached)."""
-    from ..compose import Stages
-
-    small, large = s.memory_counts
-    folders = {n: write_images(root / f"memory-{n}", n, s.memory_hw, seed) for n in (small, large)}
-    cache = fresh_cache(root, "memory-")
-    stages = Stages.for_run(s.memory_preset, device, dtype)
-    segment_folder(stages, cache, folders[small], root / "memory-warmup", seed)  # builds the classes
-
-    def run(n: int) -> float:
-        return child_peak_rss(
-            [
-                "segment",
-                str(folders[n]),
-                "--out",
-                str(root / f"memory-out-{n}"),
-                "--classes",
-                ",".join(MEMORY_CLASSES),
-                "--no-build",
-                "--quiet",
-                "--preset",
-                s.memory_preset,
-                "--cache",
-                str(cache.root),
-                "--device",
-                device,
-                "--dtype",
-                dtype,
-                "--seed",
-                str(seed),
-            ],
-            root,
-            f"memory-{n}",
-        )
-
-    peaks: dict[int, list[float]] = {small: [], large: []}
-    for r in range(s.repeats):
-        for n in (small, large) if r % 2 == 0 else (large, small):
-            peaks[n].append(run(n))
-    growth = [100 * (b - a) / a for a, b in zip(peaks[small], peaks[large], strict=True)]
-    return {
-        "figures": {
-            "small": figure(f"peak RSS, {small} images", "MiB", peaks[small]),
-            "large": figure(f"peak RSS, {large} images", "MiB", peaks[large]),
-            "growth": figure(f"growth {small} → {large} images", "%", growth, 5.0),
-        },
-        "notes": [
-            f"`ovdiff segment` in a new process per run, preset {s.memory_preset} (hundreds of full-size "
-            f"images take hours on a CPU), {len(MEMORY_CLASSES)} cached classes, {s.memory_hw[1]}×"
-            f"{s.memory_hw[0]} JPEGs; peak RSS = VmHWM"
-        ],
-    }
 
 
 # --------------------------------------------------------------------------- the run

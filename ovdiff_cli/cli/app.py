@@ -84,7 +84,7 @@ def _json_error(message: str, kind: str, code: int) -> None:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings as one plain line on stderr; others as Python shows them."""
-    from ..method.sampling import LongNameWarning
+    from ..method.stage1_support.sampling import LongNameWarning
 
     if issubclass(category, LongNameWarning):
         print(f"warning: {message}", file=sys.stderr)

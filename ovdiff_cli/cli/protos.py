@@ -67,7 +67,7 @@ def _check_filter_seed(seed: int | None) -> None:
 
 
 def _prototypes(rec: dict) -> str:
-    from ..engines.vocab import prototype_counts
+    from ..engines.catalogue import prototype_counts
 
     c = prototype_counts(rec)
     return f"{c['fg']} fg" + (f" + {c['bg']} bg" if c["bg"] else "")
@@ -137,7 +137,7 @@ def add(
 
     Example (your own photos, beyond the paper): ovdiff protos add "my mug" --images photos/mug/ --n-images 8
     """
-    from ..engines.vocab import find_classes
+    from ..engines.catalogue import find_classes
     from ..errors import OvdiffError
     from ..names import parse_class_list, validate
 
@@ -255,7 +255,7 @@ def list_cmd(
 
     Example: ovdiff protos list --json | jq -r '.[].class'
     """
-    from ..engines.vocab import class_summary, count_classes, match_classes
+    from ..engines.catalogue import class_summary, count_classes, match_classes
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, json_out, create=False)
@@ -316,7 +316,7 @@ def rm(
 
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
-    from ..engines.vocab import count_classes, remove_classes
+    from ..engines.catalogue import count_classes, remove_classes
     from ..errors import OvdiffError
 
     if not targets:
@@ -346,7 +346,7 @@ def show(
 
     Example: ovdiff protos show cat --out cat-masks.png
     """
-    from ..engines.vocab import write_class_sheet
+    from ..engines.catalogue import write_class_sheet
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
@@ -370,7 +370,7 @@ def export(
 
     Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
     """
-    from ..engines.vocab import count_classes, export_matching
+    from ..engines.catalogue import count_classes, export_matching
 
     _check_filter_seed(seed)
     run = cache_run(cache, verbose, quiet, create=False)
@@ -389,7 +389,7 @@ def import_cmd(
 
     Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
     """
-    from ..engines.vocab import count_classes
+    from ..engines.catalogue import count_classes
     from ..store.sharing import import_classes
 
     run = cache_run(cache, verbose, quiet)

@@ -46,7 +46,7 @@ class BenchmarkRun:
 
     def document(self) -> dict:
         """metrics.json's content (`ovdiff eval --json`)."""
-        from ..eval.evaluate import metrics_document
+        from ..eval.report import metrics_document
 
         return metrics_document(self.results[-1], self.dataset, self.runs, self.record)
 
@@ -166,7 +166,7 @@ def _model_predictor(
     )
     cfg = protocol_config(session.segment_config, ds)
     if engine == "ray":
-        from .raycluster import dataset_predictions
+        from .raysegment import dataset_predictions
 
         return dataset_predictions(session.run_config, classes, cfg, session.proto_config.extractor, ds, workers)
     segmenter = session.stages.segmenter(classes, cfg, session.proto_config.extractor, session.cache)
@@ -187,7 +187,7 @@ def _write(done: BenchmarkRun, out: Path) -> tuple[Path, Path]:
     import json
     import tempfile
 
-    from ..eval.evaluate import write_report
+    from ..eval.report import write_report
 
     try:
         return write_report(done.results[-1], out, done.dataset, runs=done.runs, run_protocol=done.record)

@@ -14,7 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..io.images import InputImage
-    from ..method.segment import Segmentation, Segmenter
+    from ..method.stage4_segment.segmenter import Segmentation, Segmenter
 
 
 class Explainer:

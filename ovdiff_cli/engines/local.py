@@ -21,7 +21,7 @@ from ..io.outputs import FAILURES, JobSummary, OutputWriter, describe
 
 if TYPE_CHECKING:
     from ..io.masks import MaskWriter
-    from ..method.segment import Segmentation, Segmenter
+    from ..method.stage4_segment.segmenter import Segmentation, Segmenter
 
 
 def segment_paths(

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidSetting
-from ..method.sampling import image_seed
+from ..method.stage1_support.sampling import image_seed
 from ..store.cache import now_iso
-from ..store.keys import photo_class_id, photo_set_id
+from ..store.keys import photo_class_id, photo_note_key, photo_set_id
 
 if TYPE_CHECKING:
     from ..config import SampleConfig
@@ -116,7 +116,7 @@ def ensure_photo_set(cache: Cache, stages: StageSource, norm: str, photos: Photo
 
 
 def _note_key(norm: str, seed: int, specs: ModelSpecs) -> bytes:
-    return b"u/" + photo_class_id(norm, seed, specs).encode()
+    return photo_note_key(photo_class_id(norm, seed, specs))
 
 
 def photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs) -> dict | None:
@@ -143,7 +143,3 @@ def photo_note(norm: str, seed: int, specs: ModelSpecs, sid: str, photos: PhotoS
 
 def put_photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs, note: dict) -> None:
     cache.write({_note_key(norm, seed, specs): json.dumps(note, sort_keys=True).encode()})
-
-
-def drop_photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs) -> None:
-    cache.write({_note_key(norm, seed, specs): None})

@@ -2,7 +2,7 @@
 
 `ensure_support_set` draws only the images a class's set lacks, batch by batch, each batch committed
 in one transaction, so a killed run loses at most one batch; a lock per set makes a second process
-wait and then find the work done. The drawing itself is `method.sampling`'s; this module is its
+wait and then find the work done. The drawing itself is `method.stage1_support.sampling`'s; this module is its
 persistence.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .. import names
 from ..config import SCHEDULER
 from ..errors import IncompleteSupportSet, NoSupportSet
-from ..method.sampling import image_seed
+from ..method.stage1_support.sampling import image_seed
 from ..store.cache import now_iso
 from ..store.keys import support_id
 from ..types import Sample

@@ -20,7 +20,7 @@ from .images import ImageError, InputImage, load_image, overlay_picture, save_pi
 from .masks import MaskWriter
 
 if TYPE_CHECKING:
-    from ..method.segment import Segmentation
+    from ..method.stage4_segment.segmenter import Segmentation
 
 FAILURES = (ImageError, OSError, ValueError, torch.OutOfMemoryError)
 

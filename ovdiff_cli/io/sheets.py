@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..method.masks import resize_mask
+from ..method.stage2_prototypes.masks import resize_mask
 from .images import tile_sheet
 
 if TYPE_CHECKING:

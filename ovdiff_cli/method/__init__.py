@@ -1,18 +1,16 @@
-"""The OVDiff method (paper §3), one module per step, in the paper's order. It reads no cache and no file.
+"""The OVDiff method (paper §3): one sub-package per stage, named in the paper's order. It reads no cache and no file.
 
-| paper                                              | module                                         |
-|----------------------------------------------------|------------------------------------------------|
-| §3 "Support set generation" (App. C.1)             | `sampling`: SD draws N images + attribution    |
-| §3 "Class prototypes" (App. C.2, C.5)              | `features` (Φ_v parts), `masks` (fg/bg, Γ),    |
-|                                                    | `prototypes` (Eq. 1, K-means), `classbuild`    |
-| §3 "Stuff filtering" (App. C.6)                    | `stuff`: the stuff/thing table                 |
-| §3 "Category pre-filtering"                        | `filter`: the CLIP filter                      |
-| §3 "Segmentation via prototype matching"           | `matching` (cosines, windows), `segment`       |
-| App. A.5, explanations                             | `segment` (`Segmenter.source`, the winner map) |
+| paper                                           | package               | modules                                      |
+|-------------------------------------------------|-----------------------|----------------------------------------------|
+| §3 "Support set generation" (App. C.1)          | `stage1_support`      | `sampling`: SD draws N images + attribution  |
+| §3 "Class prototypes" (App. C.2, C.5, C.6)      | `stage2_prototypes`   | `masks` (fg/bg, Γ), `features` (Φ_v parts),  |
+|                                                 |                       | `aggregation` (Eq. 1, K-means), `classbuild`,|
+|                                                 |                       | `stuff` (the stuff/thing table)              |
+| §3 "Category pre-filtering"                     | `stage3_filter`       | `prefilter`: the CLIP filter                 |
+| §3 "Segmentation via prototype matching", A.5   | `stage4_segment`      | `targets`, `matching`, `segmenter`           |
 
-`precision` holds the one arithmetic rule matching and K-means share (half inputs, fp32 sums).
-Running the method over a cache, a folder or a cluster is `engines/`'s job (support sets stored:
-`engines.support`; the user's photos: `engines.photos`; explanation files: `engines.explain`), and
-contact sheets are drawn by `io.sheets`; the filter and the stuff table keep text embeddings through
-`types.TextMemo`. `tests/test_architecture.py` checks that no module here imports those folders.
+`beyond` holds the backends past the paper, apart from its stages: today's generators (SDXL, SD3, FLUX),
+today's dense extractors, and refinement of the label map (PAMR, SAM 2). `precision` holds the one arithmetic
+rule matching and K-means share (half inputs, fp32 sums). Running the method over a cache, a folder or a
+cluster is `engines/`'s job; `tests/test_architecture.py` checks that no module here imports those folders.
 """

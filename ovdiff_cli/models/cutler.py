@@ -8,7 +8,7 @@ modules here carry exactly its parameter names, so the state dict loads as publi
 detectron2: batch norms are inference-only (running statistics, eps 1e-5, as SyncBN in eval mode).
 Widths are read from the checkpoint's shapes, so a tiny random-weight detector in the same key
 layout (`random_cutler("tiny")`, what tests and the tiny preset use) loads through the same path.
-The detector's inference rules (anchors, proposals, cascade, NMS, mask paste) are `method.cutler`'s.
+The detector's inference rules (anchors, proposals, cascade, NMS, mask paste) are `method.stage2_prototypes.cutler`'s.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class RoIHeads(nn.Module):
 class CutlerNet(nn.Module):
     """The detector's layers under the checkpoint's names (`backbone.*`, `proposal_generator.*`, `roi_heads.*`).
 
-    It computes, it does not decide: `method.cutler.detect` runs the inference rules over these calls.
+    It computes, it does not decide: `method.stage2_prototypes.cutler.detect` runs the inference rules over these calls.
     """
 
     def __init__(self, widths: Widths = FULL):

@@ -7,9 +7,9 @@ before. A family here names the diffusers pipeline, a default hub id and whether
 - `sd-turbo`: SD 2.1's UNet, `StableDiffusionPipeline`, the SD1.5 code path with Turbo settings;
 - `sdxl`, `sdxl-turbo`: `StableDiffusionXLPipeline`, two CLIP text encoders whose token states are
   concatenated, so a class name has the same token positions in both;
-- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/mmdit.py);
+- `sd3`: `StableDiffusion3Pipeline` (MM-DiT joint attention, models/mmdit.py, method/beyond/mmdit.py);
 - `flux-schnell` (also `flux`), `flux-dev`: `FluxPipeline` (MM-DiT with double- and single-stream
-  blocks, T5 prompt tokens; models/flux.py, method/flux.py). schnell is the Turbo of the two (1–4
+  blocks, T5 prompt tokens; models/flux.py, method/beyond/flux.py). schnell is the Turbo of the two (1–4
   steps, no guidance); dev takes FLUX's embedded guidance (one pass, no negative prompt), 3.5 by default.
 
 `tiny` weights (the `tiny` preset) build the same diffusers/transformers classes with a few channels,
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidSetting, ModelLoadError
+from .freeze import freeze
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ GENERATORS: dict[str, GeneratorFamily] = {
     )
 }
 ALIASES = {"flux": "flux-schnell"}  # another name of a family: the same support sets
-MMDIT_PIPELINES = ("sd3", "flux")  # joint attention, flow-matching Euler sampler (method/mmdit.py's FLOW_SCHEDULER)
+MMDIT_PIPELINES = (
+    "sd3",
+    "flux",
+)  # joint attention, flow-matching Euler sampler (method/beyond/mmdit.py's FLOW_SCHEDULER)
 TURBO_STEPS = 4  # a Turbo family's default steps (it takes 1–4)
 
 
@@ -124,16 +128,10 @@ class SDXLComponents:
 def _freeze(parts: SDXLComponents, device: torch.device, dtype: torch.dtype) -> SDXLComponents:
     # SDXL's VAE overflows in fp16 (its config says force_upcast): it decodes in fp32
     vae_dtype = torch.float32 if getattr(parts.vae.config, "force_upcast", False) else dtype
-    for m, want in (
-        (parts.unet, dtype),
-        (parts.text_encoder, dtype),
-        (parts.text_encoder_2, dtype),
-        (parts.vae, vae_dtype),
-    ):
-        m.to(device=device)
-        if m.dtype != want:
-            m.to(dtype=want)
-        m.eval().requires_grad_(False)
+    freeze(
+        [(parts.unet, dtype), (parts.text_encoder, dtype), (parts.text_encoder_2, dtype), (parts.vae, vae_dtype)],
+        device,
+    )
     return parts
 
 

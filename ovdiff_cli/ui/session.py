@@ -22,7 +22,7 @@ from ..errors import OvdiffError
 if TYPE_CHECKING:
     from ..api import Pipeline, Vocabulary
     from ..engines.explain import Explainer
-    from ..method.segment import Segmentation, Segmenter
+    from ..method.stage4_segment.segmenter import Segmentation, Segmenter
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # an encoded picture; its pixels are bounded separately
 DEFAULT_MAX_PIXELS = 16_000_000

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import proposer_uses_features
+from ...config import proposer_uses_features
 
 if TYPE_CHECKING:
     import torch
 
-    from ..types import MaskProposer, Sample
+    from ...types import MaskProposer, Sample
 
 PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")
 FG_ABOVE = 0.5  # the authors' fallback: fg where the normalised attribution is above this …

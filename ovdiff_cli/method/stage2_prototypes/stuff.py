@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..classnames import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, CORRECTIONS, PROMPT_OVERLAY, VOC
+from ...classnames.lists import COCO_STUFF_ONLY, COCO_THINGS
 
 if TYPE_CHECKING:
-    from ..types import StageSource, TextMemo
+    from ...types import StageSource, TextMemo
 
 KINDS = ("thing", "stuff")
 
@@ -203,14 +203,6 @@ def _tables() -> tuple[frozenset[str], frozenset[str]]:
 STUFF, THINGS = _tables()
 
 
-def covered_names() -> list[str]:
-    """Every benchmark class name (raw and corrected) the table must classify (for tests and docs)."""
-    names = set(COCO_THINGS) | set(COCO_STUFF_ONLY) | set(CONTEXT[1:]) | set(ADE) | set(CITYSCAPES) | set(VOC[1:])
-    for fixes in (*CORRECTIONS.values(), PROMPT_OVERLAY):
-        names |= set(fixes.values())
-    return sorted(names)
-
-
 def _variants(k: str) -> list[str]:
     """k and its simple singular/plural forms (cats → cat, shelves → shelf, glasses → glass, bus → buses)."""
     out = [k]
@@ -250,7 +242,9 @@ def nearest_known(name: str, stages: StageSource, texts: TextMemo | None = None)
     """
     import torch
 
-    from .filter import class_prompt  # the category pre-filter's prompt: the cached embeddings are shared
+    from ..stage3_filter.prefilter import (
+        class_prompt,
+    )  # the category pre-filter's prompt: the cached embeddings are shared
 
     scorer = stages.scorer()  # built only now: most names are in the table
     known = sorted(STUFF | THINGS)

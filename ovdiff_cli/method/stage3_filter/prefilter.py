@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..types import ImageTextScorer, TextMemo
-from .features import clip_mean_std
+from ...types import ImageTextScorer, TextMemo
+from ..stage2_prototypes.features import clip_mean_std
 
 FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdata.prep_sample), then to CLIP's size
 

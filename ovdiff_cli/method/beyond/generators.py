@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidSetting
-from ..models.generators import TURBO_STEPS, GeneratorFamily
-from .sampling import SDGenerator
+from ...errors import InvalidSetting
+from ...models.generators import TURBO_STEPS, GeneratorFamily
+from ..stage1_support.sampling import SDGenerator
 
 if TYPE_CHECKING:
-    from ..config import SampleConfig
-    from ..types import Sample
+    from ...config import SampleConfig
+    from ...types import Sample
 
 
 class FamilyGenerator(SDGenerator):

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import MASK_STRIDE, proposer_uses_features
+from ...config import MASK_STRIDE, proposer_uses_features
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import ProtoConfig
-    from ..types import Sample, StageSource
-    from .prototypes import Batch
+    from ...config import ProtoConfig
+    from ...types import Sample, StageSource
+    from .aggregation import Batch
 
 Progress = Callable[[str], "Callable[[int, int], None] | None"]  # stage ("masks", "extract") → on_progress(done, total)
 
@@ -56,9 +56,9 @@ def mask_batches(
     """
     import torch
 
+    from .aggregation import encode_masks
     from .features import iter_features
     from .masks import class_masks, lanczos
-    from .prototypes import encode_masks
 
     g = proto_cfg.feature_size // MASK_STRIDE
     proposer = stages.mask_proposer(proto_cfg.mask_proposer)
@@ -99,7 +99,7 @@ def proposer_pass(samples: list[Sample], stages: StageSource, proto_cfg: ProtoCo
 
 def on_part_grid(coded: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Coded masks (B,*grid) made for a part's feature grid → fg, bg (B,*grid) bool."""
-    from .prototypes import decode_masks
+    from .aggregation import decode_masks
 
     if tuple(coded.shape[1:]) != tuple(grid):
         raise ValueError(f"masks on a {coded.shape[1]}x{coded.shape[2]} grid for features on {grid[0]}x{grid[1]}")
@@ -136,8 +136,8 @@ def part_prototypes(
     the coded masks on the mask grid, counts {"proposals", "thresholds"}). Part-cell spill files go
     to `spill_dir` (an OSError there is the caller's to phrase).
     """
+    from .aggregation import build_prototypes
     from .features import iter_features
-    from .prototypes import build_prototypes
 
     on = progress or (lambda stage: None)
     images = [s.image for s in samples]
