@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
-from ovdiff_cli.engines.vocab import find_classes
+from ovdiff_cli.engines.catalogue import find_classes
 from ovdiff_cli.errors import MissingCheckpoint, OvdiffError
 from ovdiff_cli.method.stage2_prototypes import cutler as C
 from ovdiff_cli.models.cutler import FULL, TINY, CutlerNet, load_cutler, random_cutler, read_checkpoint, save_checkpoint
