@@ -218,7 +218,7 @@ def backend(tmp_path_factory):
         assert line.startswith("ovdiff label-studio: http://127.0.0.1:"), line
         assert f"images from {ls_url}" in line
         yield line.split()[2], ls_url, scene, cache, lines
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a service manager's stop: as Ctrl-C, a normal exit
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
