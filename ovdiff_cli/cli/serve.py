@@ -15,6 +15,7 @@ from .options import (
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    MaskModelOpt,
     PresetOpt,
     SamModelOpt,
     SdModelOpt,
@@ -42,6 +43,7 @@ def serve(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     sam_model: SamModelOpt = None,
+    mask_model: MaskModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -74,7 +76,13 @@ def serve(
 
     models = {
         role: src
-        for role, src in (("sd", sd_model), ("clip", clip_model), ("dino", dino_model), ("sam", sam_model))
+        for role, src in (
+            ("sd", sd_model),
+            ("clip", clip_model),
+            ("dino", dino_model),
+            ("sam", sam_model),
+            ("cutler", mask_model),
+        )
         if src
     }
     pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
