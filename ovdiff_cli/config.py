@@ -1,4 +1,4 @@
-"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here.
+"""The paper's defaults (App. C.5), in one place; the CLI reads its defaults from here.
 
 Each config checks itself when it is made (`__post_init__`, ranges from `limits.RANGES`), so a
 setting that cannot work is the same `InvalidSetting` from Python (`ovdiff.Pipeline(segment=…)`),
@@ -17,7 +17,7 @@ from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
-PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/masks.py)
+PROPOSERS = ("cutler", "ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/)
 FEATURE_PROPOSERS = ("ncut", "ncut-fast")  # the proposers that cut a part's features (ProtoConfig.mask_features)
 MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
@@ -25,6 +25,13 @@ SCHEDULER = "dpmsolver++"  # the sampler of every SD support set (paper App. C.5
 FLOW_SCHEDULER = "flow-match-euler"  # SD3's and FLUX's own sampler: part of their support sets' key
 ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
 # 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
+
+
+def generator_fields(model: str, revision: str | None, scheduler: str, family: str | None = None) -> dict:
+    """A support-set generator's identity, part of its support sets' key: what it loads, how it samples and how its
+    attribution maps are summed (and, past SD1.5, its family). The one writer: the generators and `store.keys`."""
+    fields = {"model": model, "revision": revision, "scheduler": scheduler, "attribution": ATTRIBUTION}
+    return fields if family is None else {**fields, "family": family}
 
 
 def normalise_extractor(spec: str) -> str:
@@ -173,7 +180,9 @@ class ProtoConfig:
     """Prototype construction (paper §3 "Representing categories", Tables A.5-A.7)."""
 
     extractor: str = "sd+dino+clip"
-    mask_proposer: str = "ncut"
+    mask_proposer: str = (
+        "cutler"  # Γ: CutLER's detector, as the paper and the authors (method/stage2_prototypes/cutler.py)
+    )
     mask_features: str = "dino"  # the part whose features ncut cuts (CutLER's MaskCut: DINO ViT-B/8 keys)
     k_parts: int = 32
     kmeans_iters: int = 300  # the authors' scikit-learn KMeans: at most 300 Lloyd iterations, its tolerance rule

@@ -13,7 +13,7 @@ import pytest
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.config import ProtoConfig, SampleConfig
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
-from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
+from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id
 
 
 def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
@@ -93,21 +93,23 @@ def test_class_ids_of_other_settings_are_pinned():
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
     assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "98aa22d98619238297db1dea"
     assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "2020b41e204968805b57b701"
-    # the real-weight presets, by spec alone (no weights here)
+    # the CutLER proposer (issue 35): its own mask ids, keyed by the detector's checkpoint
+    cutler_cfg = dataclasses.replace(proto_cfg, mask_proposer="cutler")
+    assert mask_id("cat", 0, tiny, sample_cfg, cutler_cfg) == "57acb711df34b439c68f146c"
+    assert mask_id("cat", 0, ModelSpecs.of("tiny", {"cutler": "/w/cutler.pth"}), sample_cfg, cutler_cfg) == (
+        "e81143dbb4312e96162b17f2"
+    )
+    # the real-weight presets, by spec alone (no weights here). Issue 35: their default proposer is now
+    # CutLER (the paper's Γ), so their default class ids moved; with --mask-proposer ncut they are the old ones.
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "08bcee2cc3843b4a89e91bd6"
-    for preset, plain, local in (
-        ("sd15", "25bd2da3b66d16a2fb0acf07", "49327ebb09a0e4f38756a30e"),
-        ("sd15-random", "16edf9bc02bdb710f91df9e5", "96843fd9bf139db3bda32ad3"),
+    for preset, plain, local, ncut in (
+        ("sd15", "3067c078e590179ea5cdeedd", "99abcd63ac8e1a445664218d", "25bd2da3b66d16a2fb0acf07"),
+        ("sd15-random", "3868d930f7660ef30d855c77", "9a96dd00d141e6d6a34a8096", "16edf9bc02bdb710f91df9e5"),
     ):
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
-
-
-def test_text_embedding_ids_are_pinned():
-    assert text_embedding_id(ModelSpecs.of("tiny")) == "open_clip-text:tiny@seed0"
-    assert text_embedding_id(ModelSpecs.of("procedural")) == "procedural-scorer/v1"
-    assert text_embedding_id(ModelSpecs.of("sd15")) == "open_clip-text:ViT-B-16:openai"
+        assert class_ids("cat", 0, ModelSpecs.of(preset), s, dataclasses.replace(p, mask_proposer="ncut"))["sd"] == ncut
 
 
 @pytest.mark.parametrize("preset", ["tiny", "procedural"])
@@ -115,7 +117,6 @@ def test_keys_from_specs_equal_the_built_stages_own_identities(preset):
     """The keys need no model; the stages, once built, must name themselves the same way."""
     stages = Stages.for_run(preset, "cpu", "fp32")
     assert generator_identity(stages.specs) == stages.generator().identity()
-    assert text_embedding_id(stages.specs) == stages.scorer().identity()
 
 
 def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():

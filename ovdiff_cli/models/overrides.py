@@ -49,12 +49,21 @@ def check_filter_model(spec: str | None) -> str | None:
 
 # the model roles that name one part of the extractor (or the part whose features ncut cuts)
 PART_ROLES = ("dino", "mae", *FAMILIES)
-WEIGHT_NAMES = {"sd": "Stable Diffusion", "clip": "CLIP", "dino": "DINO", "mae": "MAE", "sam": "SAM", "sam2": "SAM 2"}
+WEIGHT_NAMES = {
+    "sd": "Stable Diffusion",
+    "clip": "CLIP",
+    "dino": "DINO",
+    "mae": "MAE",
+    "sam": "SAM",
+    "sam2": "SAM 2",
+    "cutler": "CutLER",
+}
+PROPOSER_ROLES = {"sam": "sam", "cutler": "cutler"}  # a mask proposer's own model: role → the proposer
 
 
 def _setting(role: str) -> str:
     """The setting (and CLI option) that gives a role's model: dinov2 → part_model, sam2 → sam2_model."""
-    return "part_model" if role in FAMILIES else f"{role}_model"
+    return "part_model" if role in FAMILIES else "mask_model" if role == "cutler" else f"{role}_model"
 
 
 def _given(role: str, spec: str) -> str:
@@ -79,11 +88,11 @@ def check_model_roles(models: dict[str, str], proto_cfg: ProtoConfig, segment_cf
                 f"used; add the part to the extractor or leave this out",
                 way_out="extractor",
             )
-        if role == "sam" and proto_cfg.mask_proposer != "sam":
+        if role in PROPOSER_ROLES and proto_cfg.mask_proposer != PROPOSER_ROLES[role]:
             raise InvalidSetting(
-                "sam_model",
-                f"{spec}: SAM is used only by the sam mask proposer (this run's is {proto_cfg.mask_proposer}); "
-                "choose it or leave this out",
+                _setting(role),
+                f"{spec}: {WEIGHT_NAMES[role]} is used only by the {PROPOSER_ROLES[role]} mask proposer (this run's "
+                f"is {proto_cfg.mask_proposer}); choose it or leave this out",
                 way_out="mask_proposer",
             )
         if role == "sam2" and segment_cfg.refine != "sam2":
