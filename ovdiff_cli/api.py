@@ -28,9 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .checks import check_arguments
 from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
+from .engines.catalogue import CacheCheck, CachedClass, Catalogue
 from .errors import InvalidSetting, MissingClasses, OvdiffError
 from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
+from .libs import quiet_libraries
 from .results import SegmentationResult, Vocabulary
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from .store.cache import Cache
 
 __all__ = [
+    "CacheCheck",
+    "CachedClass",
+    "Catalogue",
     "ImageFeatures",
     "ImageLike",
     "Pipeline",
@@ -52,6 +58,7 @@ __all__ = [
     "as_rgb",
     "is_one_image",
     "procedural_scene",
+    "quiet_libraries",
 ]
 
 OnEvent = Callable[[str, str, int, int], None]
@@ -82,23 +89,6 @@ class ImageFeatures:
         segmenter = self.pipeline.segmenter(vocabulary)
         seg = segmenter.predict_encoded(self.encoded, scores=scores)
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
-
-
-def _check_arguments(cache: object, models: object, overrides: dict[str, object]) -> None:
-    """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
-    if cache is not None and not isinstance(cache, (str, Path)):
-        raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
-    if models is not None and (
-        not isinstance(models, dict) or not all(isinstance(v, (str, Path, type(None))) for v in models.values())
-    ):
-        raise InvalidSetting(
-            "models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}"
-        )
-    for name, value in overrides.items():
-        if value is not None and not isinstance(value, dict):
-            raise InvalidSetting(
-                name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}"
-            )
 
 
 class Pipeline:
@@ -132,7 +122,7 @@ class Pipeline:
         from .store.cache import default_cache_dir
 
         self.preset: Preset = get_preset(preset)
-        _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
+        check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
         unknown_models = sorted(set(models or {}) - set(MODEL_ROLES))
         if unknown_models:
             raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: {', '.join(MODEL_ROLES)}")
@@ -163,6 +153,11 @@ class Pipeline:
 
             self._cache = Cache(self.cache_dir, create=self.create_cache)
         return self._cache
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The classes of this pipeline's cache: list, remove, show, export, import, verify (`Catalogue`)."""
+        return Catalogue(self.cache_dir, create=self.create_cache)
 
     @property
     def model_specs(self) -> ModelSpecs:

@@ -12,62 +12,24 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import Progress
 
-from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ..config import ProtoConfig, SampleConfig
 from ..errors import OvdiffError
 from .options import flag
 from .output import LogProgress, make_console
 
 if TYPE_CHECKING:
-    from ..api import Pipeline
-    from ..compose import Stages
-    from ..models.presets import Preset
-    from ..store.cache import Cache
+    from ..api import Catalogue, Pipeline
 
 
 @dataclass
-class Run:
-    """What one command invocation works with: the library's session (`api.Pipeline`: settings resolved
-    and checked, cache and models opened lazily) and where and how the command prints."""
+class Out:
+    """Where and how a command prints: results on stdout (stderr with --json), progress and errors on stderr."""
 
-    pipe: Pipeline
     console: Console
     err: Console
     verbose: bool = False
     quiet: bool = False
     json: bool = False
-
-    @property
-    def run(self) -> RunConfig:
-        return self.pipe.run_config
-
-    @property
-    def sample(self) -> SampleConfig:
-        return self.pipe.sample_config
-
-    @property
-    def protos(self) -> ProtoConfig:
-        return self.pipe.proto_config
-
-    @property
-    def segment(self) -> SegmentConfig:
-        return self.pipe.segment_config
-
-    @property
-    def preset(self) -> Preset:
-        return self.pipe.preset
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.pipe.cache_dir
-
-    @property
-    def cache(self) -> Cache:
-        return self.pipe.cache
-
-    @property
-    def stages(self) -> Stages:
-        """The run's stages (`compose.Stages`); models are built only when a stage needs them."""
-        return self.pipe.stages
 
     def say(self, msg: str) -> None:
         if not self.quiet:
@@ -100,6 +62,24 @@ class Run:
             disable=self.quiet,
             transient=False,
         )
+
+
+class Run(Out):
+    """What one command invocation works with: the library's session (`api.Pipeline`: settings resolved
+    and checked, cache and models opened lazily) and where and how the command prints."""
+
+    def __init__(self, pipe: Pipeline, out: Out):
+        super().__init__(out.console, out.err, out.verbose, out.quiet, out.json)
+        self.pipe = pipe
+
+
+def printer(verbose: bool = False, quiet: bool = False, json_out: bool = False) -> Out:
+    """How a command prints; json_out: stdout is kept for one JSON document, so tables and messages go to stderr."""
+    if quiet:
+        from ..api import quiet_libraries
+
+        quiet_libraries()
+    return Out(make_console(stderr=json_out), make_console(stderr=True), verbose, quiet, json_out)
 
 
 def make_run(
@@ -152,37 +132,17 @@ def make_run(
             raise OvdiffError(problem)
     # Each config checks its values as it is made, before any progress bar or model starts.
     pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
-    run = Run(
-        pipe,
-        console=make_console(stderr=json_out),
-        err=make_console(stderr=True),
-        verbose=verbose,
-        quiet=quiet,
-        json=json_out,
-    )
-    if quiet:
-        from ..libs import quiet_libraries
-
-        quiet_libraries()
-    return run
+    return Run(pipe, printer(verbose, quiet, json_out))
 
 
-def cache_run(
-    cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False, create: bool = True
-) -> Run:
-    """The context of a command that only reads or writes the cache (no models, no method settings);
-    `create=False` for commands that only read: a --cache that holds no cache is then an error."""
-    from ..api import Pipeline
+def catalogue_run(
+    cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False, create: bool = False
+) -> tuple[Catalogue, Out]:
+    """The catalogue of a command that only reads or writes the cache (no preset, no models); a --cache
+    that holds no cache is an error unless `create`."""
+    from ..api import Catalogue
 
-    pipe = Pipeline(RunConfig().preset, cache, create_cache=create)  # no model loads: the preset is never used
-    return Run(
-        pipe,
-        console=make_console(stderr=json_out),
-        err=make_console(stderr=True),
-        verbose=verbose,
-        quiet=quiet,
-        json=json_out,
-    )
+    return Catalogue(cache, create=create), printer(verbose, quiet, json_out)
 
 
 def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:

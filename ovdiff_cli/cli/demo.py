@@ -62,6 +62,6 @@ def demo(
         f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}"
     )
     run.say(
-        f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
+        f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.pipe.cache_dir} "
         f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain"
     )

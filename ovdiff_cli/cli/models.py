@@ -101,12 +101,12 @@ def download(
         if role in ROLE_OPTION:
             flags += [ROLE_OPTION[role], shlex.quote(str(folder))]
         elif role == "generator":
-            name = run.run.model_overrides["generator"].partition("=")[0]
+            name = run.pipe.run_config.model_overrides["generator"].partition("=")[0]
             flags += ["--generator", shlex.quote(f"{name}={folder}")]
         elif role in FAMILIES:
             flags += ["--part-model", shlex.quote(f"{role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
-    run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
+    run.result(f"preset {run.pipe.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
     if flags:
         run.result(f"use them with: {' '.join(flags)}")
 
@@ -154,13 +154,13 @@ def doctor(
         json_out=json_out,
     )
     facts = report(
-        run.preset,
-        run.cache_dir,
+        run.pipe.preset,
+        run.pipe.cache_dir,
         device,
         dtype,
         role_specs(run.pipe.model_specs),
-        run.protos.extractor,
-        run.protos.mask_proposer,
+        run.pipe.proto_config.extractor,
+        run.pipe.proto_config.mask_proposer,
     )
     if json_out:
         run.emit(facts)
@@ -194,8 +194,8 @@ def doctor(
     print_unpadded(run.console, weights)
     missing = [w for w in facts["weights"] if w["present"] is False]
     if missing:
-        given = run.run.model_overrides.get("generator")
-        again = f"ovdiff models download --preset {run.preset.name}" + (
+        given = run.pipe.run_config.model_overrides.get("generator")
+        again = f"ovdiff models download --preset {run.pipe.preset.name}" + (
             f" --generator {shlex.quote(given)}" if given else ""
         )
         run.result(f"missing weights: {', '.join(w['role'] for w in missing)}; fetch them with '{again}'")

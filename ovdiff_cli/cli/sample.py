@@ -137,7 +137,7 @@ def sample(
         )
     if classes:
         with run.progress() as bar:
-            n = run.sample.n_images
+            n = run.pipe.sample_config.n_images
             overall = bar.add_task("all classes", total=n * len(classes))
             tasks: dict[str, int] = {}
 
@@ -153,7 +153,7 @@ def sample(
                 run.say(f"{escape(name)}: {done.n_images} images, support set {sid}")
         run.result(
             f"{len(classes)} class(es), {done.n_images} images each: {done.generated} generated, "
-            f"{done.n_images * len(classes) - done.generated} already cached ({done.seconds:.1f} s); cache {run.cache_dir}"
+            f"{done.n_images * len(classes) - done.generated} already cached ({done.seconds:.1f} s); cache {run.pipe.cache_dir}"
         )
     if show is not None:
         meta, count = run.pipe.support_sheet(show, out)
