@@ -176,6 +176,18 @@ def test_the_library_never_imports_the_cli():
             assert not {d for d in deps if d.startswith("cli")}, (name, deps)
 
 
+CLI_MAY_IMPORT = {"api", "errors", "config"}  # the public library: what `api` exports, its errors and settings
+
+
+def test_the_cli_imports_only_the_public_library():
+    """cli/ parses, makes one library call and prints: it reaches the library through `api` (and its
+    errors and config types) alone, never a module below it."""
+    for name, deps in GRAPH.items():
+        if name.startswith("cli"):
+            below = {d for d in deps if not d.startswith("cli")} - CLI_MAY_IMPORT
+            assert not below, (name, sorted(below))
+
+
 def test_no_cli_command_imports_another_command():
     commands = {m for m in MODULES if m.startswith("cli.")} - CLI_SHARED
     for name in commands:

@@ -8,12 +8,12 @@ from rich.table import Table
 
 from .common import catalogue_run
 from .options import CacheOpt, JsonOpt, QuietOpt, VerboseOpt
-from .output import human_size
+from .output import Command, human_size
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
 
 
-@app.command("info")
+@app.command("info", cls=Command)
 def info(cache: CacheOpt = None, json_out: JsonOpt = False) -> None:
     """Where the cache is, its schema version, size and what it holds.
 
@@ -34,7 +34,7 @@ def info(cache: CacheOpt = None, json_out: JsonOpt = False) -> None:
     out.console.print(table)
 
 
-@app.command("verify")
+@app.command("verify", cls=Command)
 def verify(
     cache: CacheOpt = None,
     repair: bool = typer.Option(False, "--repair", help="Delete broken entries so the next run rebuilds them."),

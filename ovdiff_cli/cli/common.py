@@ -18,7 +18,7 @@ from .options import flag
 from .output import LogProgress, make_console
 
 if TYPE_CHECKING:
-    from ..api import Catalogue, Pipeline
+    from ..api import Catalogue, ModelOptions, Pipeline
 
 
 @dataclass
@@ -90,49 +90,22 @@ def make_run(
     seed: int = 0,
     verbose: bool = False,
     quiet: bool = False,
-    sd_model: str | None = None,
-    clip_model: str | None = None,
-    dino_model: str | None = None,
-    sam_model: str | None = None,
-    part_models: list[str] | None = None,
-    filter_model: str | None = None,
-    generator: str | None = None,
+    models: ModelOptions | None = None,
     sample: dict | None = None,
-    sam2_model: str | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
     json_out: bool = False,
 ) -> Run:
-    """The session of a command: `api.Pipeline` over the options the user gave (None: the preset's).
+    """The session of a command: `api.Pipeline` over the options the user gave (None: the preset's), every
+    setting checked by the library as it is made, before any progress bar or model starts.
 
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
     from ..api import Pipeline
-    from ..models.overrides import check_filter_model, parse_part_models
-    from ..models.sd import missing_local
 
-    models = {
-        "sd": sd_model,
-        "clip": clip_model,
-        "dino": dino_model,
-        "sam": sam_model,
-        "sam2": sam2_model,
-        "filter": check_filter_model(filter_model),
-        "generator": generator,
-        **parse_part_models(part_models or []),
-    }
-    local = (
-        ("--sd-model", sd_model, "Stable Diffusion"),
-        ("--clip-model", clip_model, "CLIP"),
-        ("--dino-model", dino_model, "DINO"),
-        ("--sam-model", sam_model, "SAM"),
+    return Run(
+        Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment), printer(verbose, quiet, json_out)
     )
-    for option, spec, model in local:
-        if spec and (problem := missing_local(spec, option, model)):
-            raise OvdiffError(problem)
-    # Each config checks its values as it is made, before any progress bar or model starts.
-    pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
-    return Run(pipe, printer(verbose, quiet, json_out))
 
 
 def catalogue_run(
@@ -168,13 +141,12 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
         parts += ["--n-images", str(sample_cfg.n_images)]
     if proto_cfg.k_parts != specs.preset.protos.k_parts:
         parts += ["--k-parts", str(proto_cfg.k_parts)]
-    roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else [])
-    for role in roles:
+    from ..api import ModelOptions
+
+    roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else []) + ["generator", "filter"]
+    for role in roles:  # each option made from the library's table of model roles
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
-            parts += [f"--{role}-model", shlex.quote(specs.models[role])]
-    for role, option in (("generator", "--generator"), ("filter", "--filter-model")):
-        if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
-            parts += [option, shlex.quote(specs.models[role])]
+            parts += [flag(ModelOptions.setting_of(role)), shlex.quote(specs.models[role])]
     for part in proto_cfg.extractor.split("+"):  # today's families: --part-model PART=SPEC
         if part in specs.models and specs.models[part] != specs.preset.models.get(part):
             parts += ["--part-model", shlex.quote(f"{part}={specs.models[part]}")]
@@ -188,11 +160,16 @@ def phrase(e: OvdiffError) -> str:
     if isinstance(e, errors.InvalidSetting):
         return f"{flag(e.setting)} {e.detail}" + (f" ({flag(e.way_out)})" if e.way_out else "")
     if isinstance(e, errors.ModelLoadError):
-        from ..models.weights import ROLE_OPTION
+        from ..api import ModelOptions
 
-        option = ROLE_OPTION.get(e.role)
-        fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
-        local = f"pass a local copy with {option} DIR, " if option else ""
+        setting = ModelOptions.setting_of(e.role)
+        if setting == "part_model":  # an extractor family: --part-model PART=SPEC
+            fetch, local = f"--part-model {shlex.quote(f'{e.role}={e.spec}')}", f"--part-model {e.role}=DIR"
+        elif setting in {name for name, _, _ in ModelOptions.table()}:
+            fetch, local = f"{flag(setting)} {shlex.quote(e.spec)}", f"{flag(setting)} DIR"
+        else:
+            fetch, local = f"--extractor {e.role}", None
+        local = f"pass a local copy with {local}, " if local else ""
         way_out = (
             f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
             "run offline with --preset tiny / --preset procedural"

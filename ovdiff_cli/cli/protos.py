@@ -9,34 +9,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..api import ModelOptions
 from .common import catalogue_run, make_run
 from .options import (
-    AddressOpt,
+    BuildOptions,
     CacheOpt,
     ClassesFileOpt,
-    ClipModelOpt,
     DeviceOpt,
-    DinoModelOpt,
     DtypeOpt,
-    EngineOpt,
-    ExtractorOpt,
-    FilterModelOpt,
-    GeneratorOpt,
+    EngineOptions,
     JsonOpt,
-    KPartsOpt,
-    NImagesOpt,
-    PartModelOpt,
     PresetOpt,
-    ProposerOpt,
     QuietOpt,
-    SamModelOpt,
-    SdModelOpt,
     SeedOpt,
     VerboseOpt,
-    WorkersOpt,
+    grouped,
     read_classes_file,
 )
-from .output import human_size
+from .output import Command, human_size
 
 app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
 
@@ -61,9 +51,11 @@ def _prototypes(counts: dict[str, int]) -> str:
     return f"{counts['fg']} fg" + (f" + {counts['bg']} bg" if counts["bg"] else "")
 
 
-@app.command("add")
+@app.command("add", cls=Command)
+@grouped
 def add(
     class_names: NamesArg = None,
+    *,
     classes_file: ClassesFileOpt = None,
     stuff: Annotated[
         list[str] | None,
@@ -81,10 +73,7 @@ def add(
             show_default=False,
         ),
     ] = None,
-    extractor: ExtractorOpt = None,
-    mask_proposer: ProposerOpt = None,
-    k_parts: KPartsOpt = None,
-    n_images: NImagesOpt = None,
+    build: BuildOptions,
     images: Annotated[
         Path | None,
         typer.Option(
@@ -93,16 +82,8 @@ def add(
             show_default=False,
         ),
     ] = None,
-    sam_model: SamModelOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    models: ModelOptions,
+    engine: EngineOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -124,37 +105,17 @@ def add(
 
     Example (your own photos, beyond the paper): ovdiff protos add "my mug" --images photos/mug/ --n-images 8
     """
+    from ..api import parse_class_list
     from ..errors import OvdiffError
-    from ..names import parse_class_list, validate
 
-    run = make_run(
-        cache,
-        preset,
-        device,
-        dtype,
-        seed,
-        verbose,
-        quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
-        sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
-    )
+    run = make_run(cache, preset, device, dtype, seed, verbose, quiet, models, build.sample(), build.protos())
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
-    kinds: dict[str, str] = {}
-    for kind, given in (("stuff", stuff or []), ("thing", thing or [])):
-        for name in given:
-            norm = validate(name)
-            if kinds.get(norm, kind) != kind:
-                raise OvdiffError(f"class {norm!r} is given both --stuff and --thing")
-            kinds[norm] = kind
-            if norm not in classes:
-                classes.append(norm)
+    kinds = dict.fromkeys(parse_class_list(None, None, stuff), "stuff")
+    for name in parse_class_list(None, None, thing):
+        if name in kinds:
+            raise OvdiffError(f"class {name!r} is given both --stuff and --thing")
+        kinds[name] = "thing"
+    classes += [name for name in kinds if name not in classes]
     if not classes:
         raise OvdiffError(
             'no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE'
@@ -179,12 +140,10 @@ def add(
 
         if images is not None:
             vocab = run.pipe.photo_class(
-                classes[0], images, n_images or 0, kinds.get(classes[0]), engine, address, workers, on_event
+                classes[0], images, build.n_images or 0, kinds.get(classes[0]), **engine.calls(), on_event=on_event
             )
         else:
-            vocab = run.pipe.vocabulary(
-                classes, kinds, on_event=on_event, engine=engine, address=address, workers=workers
-            )
+            vocab = run.pipe.vocabulary(classes, kinds, on_event=on_event, **engine.calls())
         protos = vocab.classes
     if not run.quiet:
         entries = {c.id: c for c in run.pipe.catalogue.list(sizes=False)}
@@ -209,7 +168,7 @@ def add(
         f"{len(protos)} class(es), extractor {run.pipe.proto_config.extractor}, seed {run.pipe.seed}: "
         + (
             f"{len(built)} built on Ray"
-            if engine == "ray" and images is None
+            if engine.engine == "ray" and images is None
             else f"{calls['generate']} images generated, {calls['extract']} featurised"
         )
     )
@@ -222,7 +181,7 @@ def _mask_sources(rec: dict) -> str:
     return f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds"
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_cmd(
     targets: TargetsArg = None,
     seed: SeedFilterOpt = None,
@@ -284,7 +243,7 @@ def list_cmd(
     out.console.print(table)
 
 
-@app.command("rm")
+@app.command("rm", cls=Command)
 def rm(
     targets: TargetsArg = None,
     seed: SeedFilterOpt = None,
@@ -310,7 +269,7 @@ def rm(
     out.say(escape(f"removed {cat.count(doomed)} from {cat.path}"))
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 def show(
     target: Annotated[str, typer.Argument(help="Class name or id.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Sheet to write (PNG or JPEG).", show_default=False)],
@@ -331,7 +290,7 @@ def show(
     say.say(f"wrote {out} ({count} support images of {escape(repr(shown.name))}, id {shown.id[:12]})")
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 def export(
     file: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
     targets: TargetsArg = None,
@@ -352,7 +311,7 @@ def export(
     out.say(escape(f"wrote {file}: {cat.count(found)}, {human_size(size)}"))
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="A file written by 'ovdiff protos export'.", show_default=False)],
     cache: CacheOpt = None,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..api import ModelOptions
 from ..config import SampleConfig
 from .common import make_run
 from .options import (
@@ -15,15 +16,15 @@ from .options import (
     ClassesFileOpt,
     DeviceOpt,
     DtypeOpt,
-    GeneratorOpt,
     PresetOpt,
     QuietOpt,
-    SdModelOpt,
     SeedOpt,
     VerboseOpt,
+    model_option,
     read_classes_file,
 )
 
+SdModelOpt, GeneratorOpt = model_option("sd_model"), model_option("generator")  # the two models sampling uses
 _D = SampleConfig()  # defaults shown in --help; presets may override them
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
 
@@ -103,8 +104,8 @@ def sample(
 
     Example: ovdiff sample --show "chocolate glazed donut" --out donut-sheet.png
     """
+    from ..api import parse_class_list
     from ..errors import OvdiffError
-    from ..names import parse_class_list
 
     run = make_run(
         cache,
@@ -114,8 +115,7 @@ def sample(
         seed,
         verbose,
         quiet,
-        sd_model=sd_model,
-        generator=generator,
+        models=ModelOptions(sd_model=sd_model, generator=generator),
         sample={
             "n_images": n_images,
             "batch_size": batch_size,
