@@ -133,7 +133,8 @@ def serve_pipeline(
     phrase: Callable[[Exception], str] = str,
     on_listen: Callable[[str, int], None] | None = None,
 ) -> None:
-    """`ovdiff serve`: the web demo of `pipeline` on host:port (0: any free port) until Ctrl-C; the limits
+    """`ovdiff serve`: the web demo of `pipeline` on host:port (0: any free port) until Ctrl-C or SIGTERM
+    (KeyboardInterrupt, after the requests in flight are answered); the limits
     of one request (max_pixels, max_classes) and build (classes missing from the cache are built) as the
     CLI's options; phrase turns a library error into the page's line; on_listen(host, port) once bound."""
     from .limits import in_range
@@ -149,14 +150,15 @@ def serve_pipeline(
         from .errors import OvdiffError
 
         raise OvdiffError(f"ovdiff serve needs the ui extra ({e.name} is missing): pip install 'ovdiff[ui]'") from e
-    from .ui.app import listen, make_app, run
+    from .ui.app import listen, make_app, run, sigterm_as_ctrl_c
     from .ui.session import DemoSession
 
     session = DemoSession(pipeline, max_pixels=max_pixels, max_classes=max_classes, build=build)
     sock = listen(host, port)
-    if on_listen is not None:
-        on_listen(*sock.getsockname()[:2])
-    run(make_app(session, phrase), sock)
+    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
+        if on_listen is not None:
+            on_listen(*sock.getsockname()[:2])
+        run(make_app(session, phrase), sock)
 
 
 def score_summary(results: list[EvalResult]) -> dict:

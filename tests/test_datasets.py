@@ -1,4 +1,5 @@
-"""Each reader on a two-image fake tree in its mmsegmentation layout, plus the real VOC sample."""
+"""Each reader on a two-image fake tree in its mmsegmentation (or, for ade847 and pc459, detectron2) layout,
+plus the real VOC sample."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ LAYOUTS = {
         None,
     ),
 }
+LAYOUTS["ade847"] = (
+    "ADE20K_2021_17_01",
+    "images_detectron2/validation/{id}.jpg",
+    "annotations_detectron2/validation/{id}.tif",
+    None,
+)
+LAYOUTS["pc459"] = ("VOC2010", "JPEGImages/{id}.jpg", "annotations_detectron2/pc459_val/{id}.tif", None)
+WIDE = {"ade847", "pc459"}  # 16-bit TIFF label maps, 65535 = ignore
 LAYOUTS["voc20"] = LAYOUTS["voc"]
 LAYOUTS["context59"] = LAYOUTS["context"]
 
@@ -43,6 +52,8 @@ IDS = {
     "stuff": ["000000000139", "000000000285"],
     "ade": ["ADE_val_00000001", "ADE_val_00000002"],
     "cityscapes": ["frankfurt_000000_000294", "lindau_000000_000019"],
+    "ade847": ["ADE_frame_00000007", "ADE_val_00000001"],
+    "pc459": ["2008_000002", "2008_000019"],
 }
 IDS["voc20"], IDS["context59"] = IDS["voc"], IDS["context"]
 
@@ -56,6 +67,8 @@ RAW_VALUES = {
     "ade": ([0, 1, 150, 75], [255, 0, 149, 74]),
     "stuff": ([0, 170, 91, 255], [0, 170, 91, 255]),
     "cityscapes": ([0, 18, 7, 255], [0, 18, 7, 255]),
+    "ade847": ([0, 846, 300, 65535], [0, 846, 300, 65535]),  # no reduce_zero_label: 0 is "wall"
+    "pc459": ([0, 458, 255, 65535], [0, 458, 255, 65535]),  # 255 is a class here ("shell"), not ignore
 }
 NUM_CLASSES = {
     "voc": 21,
@@ -66,12 +79,17 @@ NUM_CLASSES = {
     "ade": 150,
     "stuff": 171,
     "cityscapes": 19,
+    "ade847": 847,
+    "pc459": 459,
 }
 BACKGROUND = {"voc", "context", "object"}
 
 
 def _save_label(path: Path, arr: np.ndarray, palette: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".tif":  # detectron2's 16-bit label maps (mode I;16)
+        Image.fromarray(arr.astype(np.uint16)).save(path)
+        return
     im = Image.fromarray(arr.astype(np.uint8))  # mode L: values are labels
     if palette:  # VOC ships palette PNGs: the palette index is the label
         im = Image.frombytes("P", im.size, im.tobytes())
@@ -88,8 +106,9 @@ def make_tree(base: Path, name: str, extra_unlisted: bool = True) -> tuple[Path,
     for k, i in enumerate(IDS[name]):
         city = i.split("_")[0]
         h, w = 6 + k, 8
-        raw = np.array(raw_vals, dtype=np.uint8)[np.arange(h * w).reshape(h, w) % 4]
-        expected[i] = np.array(want_vals, dtype=np.uint8)[np.arange(h * w).reshape(h, w) % 4]
+        dtype = np.uint16 if name in WIDE else np.uint8
+        raw = np.array(raw_vals, dtype=dtype)[np.arange(h * w).reshape(h, w) % 4]
+        expected[i] = np.array(want_vals, dtype=dtype)[np.arange(h * w).reshape(h, w) % 4]
         img = root / img_t.format(id=i, city=city)
         img.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((h, w, 3), 40 * k, dtype=np.uint8)).save(img)
@@ -97,8 +116,8 @@ def make_tree(base: Path, name: str, extra_unlisted: bool = True) -> tuple[Path,
     if split:
         (root / split).parent.mkdir(parents=True, exist_ok=True)
         (root / split).write_text("\n".join(IDS[name]) + "\n")
-        if extra_unlisted:  # an image outside the split must not be read
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / img_t.format(id="2099_999999", city=""))
+    if extra_unlisted and (split or name == "pc459"):  # an image outside the split must not be read
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / img_t.format(id="2099_999999", city=""))
     return root, expected
 
 
@@ -108,12 +127,13 @@ def test_reader_on_fake_tree(tmp_path, name):
     ds = load_dataset(name, root)
     assert ds.name == name and len(ds) == 2
     assert len(ds.classes) == NUM_CLASSES[name] == ds.num_classes
+    assert ds.ignore_index == (65535 if name in WIDE else 255)
     assert ds.has_background == (name in BACKGROUND)
     assert (ds.classes[0] == "background") == ds.has_background
     items = list(ds)
     assert [it.id for it in items] == IDS[name]
     for it in items:
-        assert it.label.dtype == np.uint8 and it.label.ndim == 2
+        assert it.label.dtype == (np.uint16 if name in WIDE else np.uint8) and it.label.ndim == 2
         np.testing.assert_array_equal(it.label, expected[it.id])
         assert it.image_path.is_file()
         assert it.image().shape == (*it.label.shape, 3)
@@ -223,3 +243,36 @@ def test_images_read_as_stored_without_exif_rotation(tmp_path):
     Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(path, exif=exif)
     item = load_dataset("ade", root)[0]
     assert item.image().shape == (6, 8, 3) == (*item.label.shape, 3)
+
+
+def test_large_vocabulary_lists_and_prompts(tmp_path):
+    ade_raw, pc_raw = RAW_CLASSES["ade847"], RAW_CLASSES["pc459"]
+    assert len(ade_raw) == len(set(ade_raw)) == 847 and len(pc_raw) == len(set(pc_raw)) == 459
+    # Mask2Former's order: label 0 wall, 1 building, 846 the last; PC-459's labels.txt: 0 accordion, 458 wool
+    assert ade_raw[:2] == ("wall", "building, edifice") and pc_raw[0] == "accordion" and pc_raw[-1] == "wool"
+    root, _ = make_tree(tmp_path, "ade847")
+    ds = load_dataset("ade847", root)
+    assert len(set(ds.classes)) == 847  # one prompt per class, no two alike
+    assert ds.classes[:2] == ["wall", "building"] and "pot (flowerpot)" in ds.classes and "pot" in ds.classes
+    assert load_dataset("ade847", root, raw_names=True).classes[1] == "building, edifice"
+    assert ds.kinds() is None and ds.kinds_record()["list"] == KIND_LISTS["table"]  # no authors' list
+
+
+def test_large_label_beyond_the_classes_is_caught(tmp_path):
+    root, _ = make_tree(tmp_path, "pc459")
+    _save_label(root / "annotations_detectron2/pc459_val/2008_000019.tif", np.full((7, 8), 459, np.uint16), False)
+    ds = load_dataset("pc459", root)
+    with pytest.raises(OvdiffError, match="459 classes"):
+        list(ds)
+
+
+def test_large_ignore_is_not_scored(tmp_path):
+    """65535 is dropped from the confusion matrix; 255, a class of PC-459, is scored."""
+    from ovdiff_cli.eval.evaluate import evaluate
+
+    root, expected = make_tree(tmp_path, "pc459")
+    ds = load_dataset("pc459", root)
+    result = evaluate(ds, lambda image, info: np.full(image.shape[:2], 255, np.int64), keep=0)
+    labelled = sum(int((e != 65535).sum()) for e in expected.values())
+    assert int(result.confusion.sum()) == labelled
+    assert result.per_class_iou[255] > 0 and np.isnan(result.per_class_iou[1])

@@ -1,4 +1,4 @@
-"""Class names of the eight benchmarks, as their label maps number them, and the paper's corrections.
+"""Class names of the benchmarks (the eight of the paper, and ADE-847 and PC-459 of `large.py`), as their label maps number them, and the paper's corrections.
 
 The raw lists are mmsegmentation's (`mmseg/datasets/*.py`) and, for COCO-Object, GroupViT's/TCL's
 `COCOObjectDataset`: index i of a list is label value i of the converted label maps (after
@@ -27,6 +27,7 @@ The authors' predict.py also applies, by default, a prompt overlay to every benc
 
 from __future__ import annotations
 
+from .large import ade847_rows, pc459_names, short_names
 from .lists import ADE, CITYSCAPES, CONTEXT, OBJECT, STUFF, VOC
 
 RAW_CLASSES: dict[str, tuple[str, ...]] = {
@@ -38,6 +39,8 @@ RAW_CLASSES: dict[str, tuple[str, ...]] = {
     "ade": ADE,
     "stuff": STUFF,
     "cityscapes": CITYSCAPES,
+    "ade847": tuple(name for _, name in ade847_rows()),  # large.py: Mask2Former's synonym sets
+    "pc459": pc459_names(),  # large.py: PASCAL Context's labels.txt
 }
 
 # Benchmark family -> {raw name: corrected name}. Why each: "error" (words run together),
@@ -125,6 +128,8 @@ def class_names(dataset: str, raw: bool = False) -> list[str]:
     names = list(RAW_CLASSES[dataset])
     if raw:
         return names
+    if dataset == "ade847":  # a synonym set is prompted by its first word (large.short_names)
+        names = short_names(RAW_CLASSES[dataset])
     fixes = CORRECTIONS.get(FAMILY.get(dataset, ""), {})
     return [PROMPT_OVERLAY.get(n, fixes.get(n, n)) for n in names]
 

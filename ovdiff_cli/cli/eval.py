@@ -26,7 +26,7 @@ from .options import (
 )
 from .output import print_results, result_line
 
-DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without)."
+DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without); ade847, pc459 (large vocabularies)."
 
 
 @grouped

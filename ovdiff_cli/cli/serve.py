@@ -39,7 +39,7 @@ def serve(
     to see which prototype won it and the support-image region it came from (paper App. A.5).
 
     Needs the ui extra (pip install 'ovdiff\\[ui]'). Same presets, cache and models as 'ovdiff segment';
-    classes missing from the cache are built on first use (unless --no-build). Ctrl-C stops it.
+    classes missing from the cache are built on first use (unless --no-build). Ctrl-C or SIGTERM stops it.
 
     Example (offline, no weights): ovdiff serve --preset procedural --cache demo/cache
     """
@@ -71,5 +71,5 @@ def serve(
             phrase=phrase,
             on_listen=on_listen,
         )
-    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on: a normal stop
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
         print("ovdiff serve: stopped", file=sys.stderr)

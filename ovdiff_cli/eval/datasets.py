@@ -1,7 +1,8 @@
-"""Readers for the eight benchmarks, in the folder layouts that mmsegmentation's data preparation makes.
+"""Readers for the eight benchmarks, in the folder layouts that mmsegmentation's data preparation makes,
+and for the two large-vocabulary ones in detectron2's (as SAN, CAT-Seg and ODISE prepare them).
 
-Every reader yields the ground truth in *dataset class-index space* — label i is `classes[i]`, 255 is
-ignored — after the benchmark's own conversion (`reduce_zero_label` for VOC-20, Context-59 and ADE),
+Every reader yields the ground truth in *dataset class-index space* — label i is `classes[i]`, the
+dataset's `ignore_index` (255; 65535 for ade847 and pc459) is ignored — after the benchmark's own conversion (`reduce_zero_label` for VOC-20, Context-59 and ADE),
 so that metrics never need to know which benchmark they score. Layouts (relative to `--root`):
 
     voc, voc20        VOC2012/  JPEGImages/*.jpg  SegmentationClass/*.png  ImageSets/Segmentation/val.txt
@@ -12,6 +13,10 @@ so that metrics never need to know which benchmark they score. Layouts (relative
     ade               ADEChallengeData2016/ images/validation/*.jpg  annotations/validation/*.png
     cityscapes        cityscapes/ leftImg8bit/val/<city>/*_leftImg8bit.png
                                   gtFine/val/<city>/*_gtFine_labelTrainIds.png
+    ade847            ADE20K_2021_17_01/ images_detectron2/validation/*.jpg
+                                  annotations_detectron2/validation/*.tif   (uint16, 65535 = ignore)
+    pc459             VOC2010/ JPEGImages/*.jpg  annotations_detectron2/pc459_val/*.tif   (uint16, LabelMap-1,
+                                  65535 = ignore; the split is the label maps there: the 5,105 val images)
 
 `--root` may also name a folder holding the dataset folder (e.g. `VOCdevkit/` or `data/`) when only
 one candidate is there. Images are read as stored: EXIF orientation is not applied, as in mmseg.
@@ -44,6 +49,7 @@ class Layout:
     label_suffix: str
     split_file: str | None  # ids listed one per line; None: every image under image_dir, sorted
     per_city: bool = False  # Cityscapes keeps one subfolder per city
+    by_labels: bool = False  # the split is the label maps present (image_dir holds every split's images)
     hint: str = ""  # how to make the layout, for the error message
 
 
@@ -56,6 +62,7 @@ class Spec:
     layout: Layout
     has_background: bool  # classes[0] is "background"
     reduce_zero_label: bool  # label 0 is ignored and the others shift down by one (mmseg)
+    ignore_index: int = IGNORE_INDEX  # the label value of unlabelled pixels
 
 
 _VOC = Layout(
@@ -119,6 +126,30 @@ _CITYSCAPES = Layout(
     hint="; make the label maps with mmsegmentation's tools/dataset_converters/cityscapes.py",
 )
 
+_D2_HINT = "; make it with a detectron2 prepare script (Mask2Former's datasets/prepare_{}.py): uint16 .tif label maps"
+_ADE847 = Layout(
+    "ADE20K_2021_17_01",
+    ("ADE20K_2021_17_01", "ade/ADE20K_2021_17_01"),
+    "images_detectron2/validation",
+    "annotations_detectron2/validation",
+    ".jpg",
+    ".tif",
+    None,
+    hint=_D2_HINT.format("ade20k_full_sem_seg"),
+)
+_PC459 = Layout(
+    "VOC2010",
+    ("VOC2010", "VOCdevkit/VOC2010"),
+    "JPEGImages",
+    "annotations_detectron2/pc459_val",
+    ".jpg",
+    ".tif",
+    None,
+    by_labels=True,
+    hint="; make it with CAT-Seg's datasets/prepare_pascal_context_459.py: uint16 .tif label maps (LabelMap - 1)",
+)
+WIDE_IGNORE = 65535  # detectron2's ignore value in 16-bit label maps
+
 SPECS: dict[str, Spec] = {
     s.name: s
     for s in (
@@ -130,6 +161,8 @@ SPECS: dict[str, Spec] = {
         Spec("ade", "ADE20K (ADE-150)", _ADE, False, True),
         Spec("stuff", "COCO-Stuff-164k (171 classes)", _STUFF, False, False),
         Spec("cityscapes", "Cityscapes (19 classes)", _CITYSCAPES, False, False),
+        Spec("ade847", "ADE20K-full (A-847)", _ADE847, False, False, WIDE_IGNORE),
+        Spec("pc459", "PASCAL Context full (PC-459)", _PC459, False, False, WIDE_IGNORE),
     )
 }
 DATASET_NAMES = tuple(SPECS)
@@ -146,7 +179,8 @@ class ItemInfo:
 
 @dataclass
 class Item:
-    """An image of the split with its ground truth: label (H,W) uint8, class indices, 255 = ignore."""
+    """An image of the split with its ground truth: label (H,W) class indices (uint8 with 255 = ignore;
+    uint16 with 65535 = ignore for ade847 and pc459)."""
 
     info: ItemInfo
     label: np.ndarray
@@ -173,7 +207,8 @@ def load_image(path: Path | str) -> np.ndarray:
 
 
 def read_index_png(path: Path | str) -> np.ndarray:
-    """(H,W) label values of a single-channel or palette PNG (a palette index is the label)."""
+    """(H,W) label values of a single-channel or palette PNG (a palette index is the label), or of a
+    16-bit TIFF (detectron2's label maps of ade847 and pc459)."""
     try:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):
@@ -226,6 +261,11 @@ class SegDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def ignore_index(self) -> int:
+        """The ground truth's unlabelled value: 255, or 65535 for the 16-bit label maps of ade847 and pc459."""
+        return self.spec.ignore_index
+
     def __len__(self) -> int:
         return len(self.infos)
 
@@ -241,19 +281,20 @@ class SegDataset:
         return Item(info, self.load_label(info.label_path))
 
     def load_label(self, path: Path) -> np.ndarray:
-        """(H,W) uint8 class indices with 255 = ignore, after the benchmark's conversion."""
+        """(H,W) class indices with `ignore_index` = ignore, after the benchmark's conversion."""
         raw = read_index_png(path)
-        if raw.dtype.kind not in "ui" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
-            raise OvdiffError(f"label map {path} has values outside 0..255: not a {self.name} label map")
-        label = raw.astype(np.uint8)
+        ignore = self.ignore_index
+        if raw.dtype.kind not in "ui" or (raw.size and (raw.min() < 0 or raw.max() > ignore)):
+            raise OvdiffError(f"label map {path} has values outside 0..{ignore}: not a {self.name} label map")
+        label = raw.astype(np.uint8 if ignore == IGNORE_INDEX else np.uint16)
         if self.spec.reduce_zero_label:  # mmseg: 0 -> 255, k -> k-1, 255 stays 255
             label = label - np.uint8(1)  # wraps 0 to 255
             label[label == 254] = IGNORE_INDEX
-        bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
+        bad = (label >= self.num_classes) & (label != ignore)
         if bad.any():
             raise OvdiffError(
                 f"label map {path} has value {int(label[bad].max())}, but {self.name} has {self.num_classes} "
-                f"classes: expected the {self.spec.layout.label_suffix} label maps of the mmsegmentation layout"
+                f"classes: expected the {self.spec.layout.label_suffix} label maps of its layout{self.spec.layout.hint}"
             )
         return label
 
@@ -296,7 +337,8 @@ def load_dataset(
 def _expected(spec: Spec) -> str:
     lay = spec.layout
     parts = [lay.image_dir + "/", lay.label_dir + "/"] + ([lay.split_file] if lay.split_file else [])
-    return f"expected the dataset folder {lay.folder}/ holding {', '.join(parts)} (mmsegmentation layout{lay.hint})"
+    kind = "detectron2" if spec.ignore_index != IGNORE_INDEX else "mmsegmentation"
+    return f"expected the dataset folder {lay.folder}/ holding {', '.join(parts)} ({kind} layout{lay.hint})"
 
 
 def resolve_root(spec: Spec, root: Path) -> Path:
@@ -333,6 +375,13 @@ def _list_items(spec: Spec, root: Path, limit: int | None) -> list[ItemInfo]:
     if lay.split_file:
         ids = [ln.strip() for ln in (root / lay.split_file).read_text().splitlines() if ln.strip()]
         infos = [ItemInfo(i, img_dir / f"{i}{lay.image_suffix}", lbl_dir / f"{i}{lay.label_suffix}") for i in ids]
+    elif lay.by_labels:  # pc459: the label maps name the split; every image of VOC2010 lies in image_dir
+        pattern = f"*{lay.label_suffix}"
+        for lbl in sorted(lbl_dir.glob(pattern)):
+            stem = lbl.name[: -len(lay.label_suffix)]
+            infos.append(ItemInfo(stem, img_dir / f"{stem}{lay.image_suffix}", lbl))
+        if not infos:
+            raise OvdiffError(f"{spec.name}: no label maps in {lbl_dir / pattern}; {_expected(spec)}")
     else:
         pattern = f"*/*{lay.image_suffix}" if lay.per_city else f"*{lay.image_suffix}"
         for img in sorted(img_dir.glob(pattern)):

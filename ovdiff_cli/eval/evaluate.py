@@ -108,7 +108,7 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
     from it). The predictions of the `keep` best and worst images are kept for the report.
     """
     n = dataset.num_classes
-    total = ConfusionMatrix(n)
+    total = ConfusionMatrix(n, dataset.ignore_index)
     per_image: dict[str, float] = {}
     kept: dict[str, np.ndarray] = {}
     predict_seconds = 0.0
@@ -124,7 +124,7 @@ def evaluate(dataset: SegDataset, predict: Predict, on_image: OnImage | None = N
         raw = predict(image, item.info)
         predict_seconds += time.perf_counter() - t0
         pred = check_prediction(raw, item.label, n, f"image {item.id}")
-        cm = ConfusionMatrix(n).update(pred, item.label)
+        cm = ConfusionMatrix(n, dataset.ignore_index).update(pred, item.label)
         total += cm
         per_image[item.id] = cm.miou()
         if keep > 0 and not math.isnan(per_image[item.id]):
@@ -303,7 +303,7 @@ def protocol(
         "classes": list(dataset.classes),
         "kinds": None if predictions else dataset.kinds_record(),
         "has_background": dataset.has_background,
-        "ignore_index": IGNORE_INDEX,
+        "ignore_index": dataset.ignore_index,
         "metric": "mIoU from one confusion matrix over the split (mmseg)",
         "predictions": predictions,
         "preset": preset,

@@ -26,24 +26,31 @@ if TYPE_CHECKING:
 PANEL_WIDTH = 256  # px of each half of an overlay in the report (keeps the HTML small)
 
 
-def _display(labels: np.ndarray, has_background: bool) -> np.ndarray:
+def _display(labels: np.ndarray, has_background: bool, ignore: int = IGNORE_INDEX) -> np.ndarray:
     """Dataset indices → VOC palette indices as `ovdiff segment` writes them (class k of a list
-    without background is colour k+1), so colours agree across voc and voc20; 255 stays 255."""
+    without background is colour k+1), so colours agree across voc and voc20; no class and the
+    ground truth's `ignore` value become 255."""
     out = np.asarray(labels).astype(np.int64)
-    out[out == NO_CLASS] = IGNORE_INDEX
+    out[(out == NO_CLASS) | (out == ignore)] = IGNORE_INDEX
     if not has_background:
         out = np.where(out == IGNORE_INDEX, IGNORE_INDEX, out + 1)
     return out
 
 
 def overlay(
-    image: np.ndarray, pred: np.ndarray, gt: np.ndarray, has_background: bool, alpha: float = 0.5
+    image: np.ndarray,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    has_background: bool,
+    alpha: float = 0.5,
+    ignore: int = IGNORE_INDEX,
 ) -> np.ndarray:
-    """HxWx3 image blended with the coloured prediction (left) and ground truth (right), side by side."""
+    """HxWx3 image blended with the coloured prediction (left) and ground truth (right), side by side;
+    `ignore` is the ground truth's unlabelled value."""
     img = image.astype(np.float32)
     halves = []
-    for lab in (pred, gt):
-        col = colorize(_display(lab, has_background)).astype(np.float32)
+    for lab, off in ((pred, IGNORE_INDEX), (gt, ignore)):
+        col = colorize(_display(lab, has_background, off)).astype(np.float32)
         halves.append(((1 - alpha) * img + alpha * col).clip(0, 255).astype(np.uint8))
     gap = np.full((img.shape[0], 8, 3), 255, dtype=np.uint8)
     return np.concatenate([halves[0], gap, halves[1]], axis=1)
@@ -108,7 +115,13 @@ def write_report(
         if i in figures or i not in result.predictions:
             continue
         item = dataset[i]
-        pic = overlay(load_image(item.image_path), result.predictions[i], item.label, dataset.has_background)
+        pic = overlay(
+            load_image(item.image_path),
+            result.predictions[i],
+            item.label,
+            dataset.has_background,
+            ignore=dataset.ignore_index,
+        )
         figures[i] = _png_b64(pic, 2 * PANEL_WIDTH + 8)
     html_path = out / "report.html"
     confusion = _png_b64(confusion_picture(result.confusion, result.classes), 10_000)
