@@ -75,10 +75,6 @@ class Run(Out):
 
 def printer(verbose: bool = False, quiet: bool = False, json_out: bool = False) -> Out:
     """How a command prints; json_out: stdout is kept for one JSON document, so tables and messages go to stderr."""
-    if quiet:
-        from ..api import quiet_libraries
-
-        quiet_libraries()
     return Out(make_console(stderr=json_out), make_console(stderr=True), verbose, quiet, json_out)
 
 
@@ -101,11 +97,12 @@ def make_run(
 
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
-    from ..api import Pipeline
+    from ..api import Pipeline, quiet_libraries
 
-    return Run(
-        Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment), printer(verbose, quiet, json_out)
-    )
+    pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
+    if quiet:
+        quiet_libraries()
+    return Run(pipe, printer(verbose, quiet, json_out))
 
 
 def catalogue_run(
