@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .engines.demo import DemoRun
     from .eval.datasets import SegDataset
-    from .eval.demo import DemoRun
     from .eval.evaluate import EvalResult
 
 
@@ -93,7 +93,7 @@ def run_demo(
 ) -> DemoRun:
     """`ovdiff demo` (`pipeline`: an `api.Pipeline` of the procedural preset): draw `n_images` held-out scenes of the procedural world under `root`, build its classes,
     segment the scenes, score the masks and draw the figure (`pipeline`: of the procedural preset)."""
-    from .eval.demo import run_demo as demo
+    from .engines.demo import run_demo as demo
 
     return demo(pipeline, Path(root).expanduser(), n_images, on_event, on_image)
 
