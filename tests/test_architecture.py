@@ -180,10 +180,11 @@ FLOORS = [
     {"io"},  # files: images, masks, legends, sheets
     {"procedural", "inputs", "results"},  # the procedural world; what the API takes and returns
     {"store", "eval"},  # the cache; benchmarks and their scoring
-    {"compose"},  # settings → stages
+    {"compose", "checks"},  # settings → stages; every setting checked once
     {"engines"},  # where the method runs: folder and benchmark jobs, local and Ray
-    {"api", "doctor"},  # the public library
-    {"ui", "bench"},  # the web demo and the benchmark, over the library
+    {"ui", "bench", "doctor"},  # the web demo, the benchmark and the doctor's report, over the engines
+    {"commands"},  # the calls behind the commands that are not a Pipeline's (bench, demo, doctor, serve)
+    {"api"},  # the public library: what the CLI may call
     {"cli"},  # the command line
     {"", "__main__"},  # the package itself
 ]
