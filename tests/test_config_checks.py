@@ -217,3 +217,14 @@ def test_pipeline_refuses_an_unknown_device_at_construction_not_at_first_use(tmp
     with pytest.raises(InvalidSetting, match="dtype 'fp8' is unknown"):
         RunConfig(dtype="fp8")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_parsed_class_list_is_checked_once_not_again_by_each_call(monkeypatch):
+    """The CLI parses --classes into a checked list; the Pipeline's calls take it as it is."""
+    from ovdiff_cli import names
+
+    parsed = names.parse_class_list("kite, sky")
+    calls = []
+    monkeypatch.setattr(names, "validate", lambda name: calls.append(name) or name)
+    assert names.class_list(parsed) is parsed and calls == []
+    assert names.class_list(["kite", "sky"]) == parsed and calls == ["kite", "sky"]  # a plain list is checked

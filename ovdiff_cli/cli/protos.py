@@ -115,7 +115,7 @@ def add(
         if name in kinds:
             raise OvdiffError(f"class {name!r} is given both --stuff and --thing")
         kinds[name] = "thing"
-    classes += [name for name in kinds if name not in classes]
+    classes = [*classes, *(name for name in kinds if name not in classes)]  # the Pipeline checks the union
     if not classes:
         raise OvdiffError(
             'no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE'
