@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 # The calls behind the commands that are not a Pipeline's or a Catalogue's (`commands`), loaded on first use.
 COMMANDS = "bench_markdown bench_rows demo_classes doctor_report hf_cache_dir paper_score run_demo"
-COMMANDS = (*COMMANDS.split(), "score_summary", "serve_pipeline")
+COMMANDS = (*COMMANDS.split(), "score_summary", "serve_label_studio", "serve_pipeline")
 __all__ = [
     "CacheCheck",
     "CachedClass",

@@ -173,3 +173,41 @@ def paper_score(dataset: SegDataset) -> dict | None:
     from .eval.paper import paper_reference
 
     return paper_reference(dataset)
+
+
+def serve_label_studio(
+    pipeline: Any,
+    host: str = "127.0.0.1",
+    port: int = 9090,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    build: bool = True,
+    phrase: Callable[[Exception], str] = str,
+    on_listen: Callable[[str, int, str | None], None] | None = None,
+) -> None:
+    """`ovdiff label-studio`: `pipeline` as a Label Studio ML backend on host:port until Ctrl-C (KeyboardInterrupt);
+    url: the Label Studio images are read from (None: the one that connects), api_key its key; build as
+    `serve_pipeline`'s; on_listen(host, port, server) once bound."""
+    from .limits import in_range
+
+    in_range("port", port)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        from .errors import OvdiffError
+
+        raise OvdiffError(
+            f"ovdiff label-studio needs the ui extra ({e.name} is missing): pip install 'ovdiff[ui,labelstudio]'"
+        ) from e
+    from .ui.app import listen, run
+    from .ui.labelstudio import rle_encoder
+    from .ui.labelstudio_app import LabelStudioBackend, make_app
+
+    rle_encoder()
+    backend = LabelStudioBackend(pipeline, url, api_key, build=build)
+    sock = listen(host, port)
+    if on_listen is not None:
+        on_listen(*sock.getsockname()[:2], backend.server)
+    run(make_app(backend, phrase), sock)
