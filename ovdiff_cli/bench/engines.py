@@ -40,7 +40,7 @@ def startup_seconds(cpus: int) -> float:
 
 
 def bench_ray(
-    session: Callable[..., Any],
+    pipeline_class: Callable[..., Any],
     root: Path,
     device: str = "auto",
     dtype: str = "auto",
@@ -51,7 +51,7 @@ def bench_ray(
     workers: tuple[int, ...] = WORKERS,
 ) -> dict:
     """The section's figures and notes (Ray with each count of `workers`); without the ray extra, a note
-    saying so and no figures. session: the `api.Pipeline` class (this module sits below the API)."""
+    saying so and no figures. pipeline_class: the `api.Pipeline` class (this module sits below the API)."""
     import torch
 
     from ..engines.raycluster import require_ray, session
@@ -64,7 +64,7 @@ def bench_ray(
         require_ray()
     except OvdiffError as e:
         return {"figures": {}, "notes": [f"skipped: {e}"]}
-    pipe = session("procedural", root / "ray-cache", device, dtype, seed)
+    pipe = pipeline_class("procedural", root / "ray-cache", device, dtype, seed)
     names = pipe.vocabulary(list(MEMORY_CLASSES)).names  # built once here: the jobs read them
     folder = write_images(root / "ray-images", images, RAY_HW, seed)
 
