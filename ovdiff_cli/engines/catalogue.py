@@ -254,7 +254,8 @@ class Catalogue:
         """The cached classes matching `targets` (names, or ids of 6+ characters; None: all), of `seed` and
         of the parts of `extractor` when given, oldest first, with their sizes unless `sizes=False`. A
         target that matches nothing is ClassNotFound."""
-        found = match_classes(self.cache, targets, _seed(seed), extractor)
+        seed = _seed(seed)  # a bad filter is refused before the cache is opened
+        found = match_classes(self.cache, targets, seed, extractor)
         return [CachedClass(pid, rec, self.cache.class_size(pid) if sizes else None) for pid, rec in found]
 
     def remove(
@@ -268,14 +269,16 @@ class Catalogue:
         another cached class uses them. Returns what went."""
         if not targets:
             raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
-        return [CachedClass(p, r) for p, r in remove_classes(self.cache, targets, _seed(seed), extractor, with_support)]
+        seed = _seed(seed)
+        return [CachedClass(p, r) for p, r in remove_classes(self.cache, targets, seed, extractor, with_support)]
 
     def show(
         self, target: str, out: str | Path, seed: int | None = None, extractor: str | None = None
     ) -> tuple[CachedClass, int]:
         """Draw the newest class matching `target` (its support images, fg masks red, bg blue) to the
         PNG/JPEG file `out`; (the class, how many images)."""
-        pid, rec, count = write_class_sheet(self.cache, target, _seed(seed), extractor, Path(out).expanduser())
+        seed = _seed(seed)
+        pid, rec, count = write_class_sheet(self.cache, target, seed, extractor, Path(out).expanduser())
         return CachedClass(pid, rec), count
 
     def export_file(
@@ -283,7 +286,8 @@ class Catalogue:
     ) -> tuple[list[CachedClass], int]:
         """Write the classes matching `targets` (all when None) to one .safetensors file (prototypes,
         masks and records; no support images); (the classes, bytes written)."""
-        found, size = export_matching(self.cache, targets, _seed(seed), extractor, Path(path).expanduser())
+        seed = _seed(seed)
+        found, size = export_matching(self.cache, targets, seed, extractor, Path(path).expanduser())
         return [CachedClass(p, r) for p, r in found], size
 
     def import_file(self, path: str | Path) -> list[CachedClass]:
