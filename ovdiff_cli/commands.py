@@ -186,7 +186,8 @@ def serve_label_studio(
     phrase: Callable[[Exception], str] = str,
     on_listen: Callable[[str, int, str | None], None] | None = None,
 ) -> None:
-    """`ovdiff label-studio`: `pipeline` as a Label Studio ML backend on host:port until Ctrl-C (KeyboardInterrupt);
+    """`ovdiff label-studio`: `pipeline` as a Label Studio ML backend on host:port until Ctrl-C or SIGTERM
+    (KeyboardInterrupt);
     url: the Label Studio images are read from (None: the one that connects), api_key its key; build as
     `serve_pipeline`'s; on_listen(host, port, server) once bound."""
     from .limits import in_range
@@ -201,13 +202,14 @@ def serve_label_studio(
         raise OvdiffError(
             f"ovdiff label-studio needs the ui extra ({e.name} is missing): pip install 'ovdiff[ui,labelstudio]'"
         ) from e
-    from .ui.app import listen, run
+    from .ui.app import listen, run, sigterm_as_ctrl_c
     from .ui.labelstudio import rle_encoder
     from .ui.labelstudio_app import LabelStudioBackend, make_app
 
     rle_encoder()
     backend = LabelStudioBackend(pipeline, url, api_key, build=build)
     sock = listen(host, port)
-    if on_listen is not None:
-        on_listen(*sock.getsockname()[:2], backend.server)
-    run(make_app(backend, phrase), sock)
+    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
+        if on_listen is not None:
+            on_listen(*sock.getsockname()[:2], backend.server)
+        run(make_app(backend, phrase), sock)

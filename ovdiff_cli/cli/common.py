@@ -140,7 +140,8 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
         parts += ["--k-parts", str(proto_cfg.k_parts)]
     from ..api import ModelOptions
 
-    roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else []) + ["generator", "filter"]
+    proposer = [proto_cfg.mask_proposer] if proto_cfg.mask_proposer in ("sam", "cutler") else []
+    roles = ["sd", "clip", "dino", *proposer, "generator", "filter"]
     for role in roles:  # each option made from the library's table of model roles
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
             parts += [flag(ModelOptions.setting_of(role)), shlex.quote(specs.models[role])]
@@ -172,6 +173,11 @@ def phrase(e: OvdiffError) -> str:
             "run offline with --preset tiny / --preset procedural"
         )
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
+    if isinstance(e, errors.MissingCheckpoint):
+        return (
+            f"the CutLER checkpoint {e.path} is not there: run `ovdiff models download` (fetches {e.url}), "
+            "pass a local copy with --mask-model PATH, or choose --mask-proposer ncut"
+        )
     if isinstance(e, errors.MissingClasses):
         return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):

@@ -74,9 +74,9 @@ def download(
         if state == "elsewhere":
             run.say(f"{w.role}: {escape(w.spec)} is {w.source}, nothing to download")
         elif state == "present":
-            run.say(f"{w.role}: {escape(w.repo)} already present")
+            run.say(f"{w.role}: {escape(w.repo or w.url)} already present")
         else:
-            run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
+            run.say(f"{w.role}: downloading {escape(w.repo or w.url)} ({', '.join(w.files)}) …")
             if w.gated:
                 run.say(gated_hint(w.repo))
 
@@ -92,7 +92,9 @@ def download(
         elif ModelOptions.takes_folder(role) and setting in {name for name, _, _ in ModelOptions.table()}:
             flags += [flag(setting), shlex.quote(str(folder))]
     where = local_dir if local_dir is not None else hf_cache_dir()
-    run.result(f"preset {run.pipe.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
+    run.result(
+        f"preset {run.pipe.preset.name}: {sum(w.source in ('hub', 'url') for w in wanted)} model(s) ready in {where}"
+    )
     if flags:
         run.result(f"use them with: {' '.join(flags)}")
 

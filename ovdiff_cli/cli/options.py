@@ -66,7 +66,7 @@ ProposerOpt = Annotated[
     str | None,
     typer.Option(
         "--mask-proposer",
-        help=f"fg/bg masks of support images: ncut (MaskCut, CutLER's normalised cuts, on DINO keys of a 480² pass), ncut-fast (lighter: cuts the 512 pass pooled to 32²), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].",
+        help=f"fg/bg masks of support images: cutler (CutLER's detector, the paper's Γ; --mask-model), ncut (MaskCut, CutLER's normalised cuts, on DINO keys of a 480² pass), ncut-fast (lighter: cuts the 512 pass pooled to 32²), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].",
         show_default=False,
     ),
 ]

@@ -46,6 +46,14 @@ ROLES: dict[str, Role] = {
             "facebook/sam-vit-base",
         ),
         Role(
+            "cutler",
+            "mask_model",
+            "CutLER",
+            "CutLER checkpoint, for the cutler mask proposer: a .pth file in detectron2's format (fetched by "
+            "`ovdiff models download`).",
+            "cutler_cascade_final",
+        ),
+        Role(
             "sam2",
             "sam2_model",
             "SAM 2",
@@ -94,6 +102,7 @@ class ModelOptions:
     clip_model: str | None = None
     dino_model: str | None = None
     sam_model: str | None = None
+    mask_model: str | None = None
     sam2_model: str | None = None
     filter_model: str | None = None
     generator: str | None = None
