@@ -97,11 +97,11 @@ def serve(
             flush=True,
         )
     with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
-        print(
-            f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
-            flush=True,
-        )
-        try:
+        try:  # from the announcement on: a signal may come as soon as the line is read
+            print(
+                f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
+                flush=True,
+            )
             run(make_app(session, phrase), sock)
         except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
             print("ovdiff serve: stopped", file=sys.stderr)
