@@ -3,7 +3,6 @@ overrides by role, each bad value refused in one line that names the option and 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidSetting
@@ -49,50 +48,33 @@ def check_filter_model(spec: str | None) -> str | None:
 
 # the model roles that name one part of the extractor (or the part whose features ncut cuts)
 PART_ROLES = ("dino", "mae", *FAMILIES)
-WEIGHT_NAMES = {
-    "sd": "Stable Diffusion",
-    "clip": "CLIP",
-    "dino": "DINO",
-    "mae": "MAE",
-    "sam": "SAM",
-    "sam2": "SAM 2",
-    "cutler": "CutLER",
-}
-PROPOSER_ROLES = {"sam": "sam", "cutler": "cutler"}  # a mask proposer's own model: role → the proposer
-
-
-def _setting(role: str) -> str:
-    """The setting (and CLI option) that gives a role's model: dinov2 → part_model, sam2 → sam2_model."""
-    return "part_model" if role in FAMILIES else "mask_model" if role == "cutler" else f"{role}_model"
-
-
-def _given(role: str, spec: str) -> str:
-    return f"{role}={spec}" if role in FAMILIES else spec
+PROPOSER_ROLES = {"sam": ("sam_model", "SAM"), "cutler": ("mask_model", "CutLER")}  # a mask proposer's own model
 
 
 def check_model_roles(models: dict[str, str], proto_cfg: ProtoConfig, segment_cfg: SegmentConfig) -> None:
-    """Refuse, before any work, a model given for a stage this run does not have (a part the extractor
-    lacks, SAM without the SAM proposer, SAM 2 without SAM 2 refinement) and a local path that does not
-    exist (a path is never a hub id: it would fail only after sampling, with download advice)."""
+    """Refuse, before any work, a model given for a stage this run does not have: a part the extractor
+    lacks (and ncut does not cut), SAM or CutLER without their mask proposer, SAM 2 without SAM 2
+    refinement. (A local path that does not exist is refused by `models.roles.check_models`.)"""
     from ..config import proposer_uses_features, spec_parts
-    from .sd import looks_local
 
     parts = set(spec_parts(proto_cfg.extractor))
     if proposer_uses_features(proto_cfg.mask_proposer):
         parts.add(proto_cfg.mask_features)
     for role, spec in models.items():
         if role in PART_ROLES and role not in parts:
+            given = f"{role}={spec}" if role in FAMILIES else spec
             raise InvalidSetting(
-                _setting(role),
-                f"{_given(role, spec)}: extractor {proto_cfg.extractor} has no {role} part, so no {role} model is "
+                "part_model" if role in FAMILIES else f"{role}_model",
+                f"{given}: extractor {proto_cfg.extractor} has no {role} part, so no {role} model is "
                 f"used; add the part to the extractor or leave this out",
                 way_out="extractor",
             )
-        if role in PROPOSER_ROLES and proto_cfg.mask_proposer != PROPOSER_ROLES[role]:
+        if role in PROPOSER_ROLES and proto_cfg.mask_proposer != role:
+            setting, model = PROPOSER_ROLES[role]
             raise InvalidSetting(
-                _setting(role),
-                f"{spec}: {WEIGHT_NAMES[role]} is used only by the {PROPOSER_ROLES[role]} mask proposer (this run's "
-                f"is {proto_cfg.mask_proposer}); choose it or leave this out",
+                setting,
+                f"{spec}: {model} is used only by the {role} mask proposer (this run's is {proto_cfg.mask_proposer}); "
+                "choose it or leave this out",
                 way_out="mask_proposer",
             )
         if role == "sam2" and segment_cfg.refine != "sam2":
@@ -101,10 +83,4 @@ def check_model_roles(models: dict[str, str], proto_cfg: ProtoConfig, segment_cf
                 f"{spec}: SAM 2 is used only by sam2 refinement (this run's is {segment_cfg.refine}); "
                 "choose it or leave this out",
                 way_out="refine",
-            )
-        if (role in WEIGHT_NAMES or role in FAMILIES) and looks_local(spec) and not Path(spec).expanduser().exists():
-            model = WEIGHT_NAMES.get(role) or role
-            raise InvalidSetting(
-                _setting(role),
-                f"{_given(role, spec)}: no such file or folder; give the path of a downloaded copy of the {model} weights",
             )
