@@ -325,7 +325,8 @@ def test_segment_reads_while_protos_add_writes(tmp_path):
 
     cache_dir = tmp_path / "cache"
     run = make_run(cache_dir, "procedural", "cpu", "fp32")
-    ensure_classes(run.cache, run.stages, ["kite", "sky"], 0, run.sample, run.protos)
+    pipe = run.pipe
+    ensure_classes(pipe.cache, pipe.stages, ["kite", "sky"], 0, pipe.sample_config, pipe.proto_config)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(3)
@@ -471,7 +472,7 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     original = dict(c.scan(b""))
     texts = [k for k in original if k.startswith(b"t/")]
     assert texts, "segment with the filter caches text embeddings"
-    size = run.sample.size
+    size = run.pipe.sample_config.size
     broken = {
         image_key(sid["kite"], 5): _flip(original[image_key(sid["kite"], 5)], 400),  # PNG data, caught by chunk CRC
         attribution_key(sid["boat"], 2): _flip(original[attribution_key(sid["boat"], 2)], -7),  # array checksum
