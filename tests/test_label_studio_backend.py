@@ -63,6 +63,8 @@ def test_config_labels_are_the_vocabulary_and_a_hint_is_the_prompt():
         '<View><Image name="i" value="$pic"/><brushlabels name="b" toName="i"><Label value="x"/></brushlabels></View>'
     )
     assert lower.controls[0].data_key == "pic" and lower.prompts == ["x"]
+    decomposed = parse_config(CONFIG.replace('hint="sky"', 'hint=" cafe\u0301 "'))
+    assert decomposed.prompts[0] == "caf\u00e9"  # the prompt as the vocabulary normalises it (NFC, trimmed)
 
 
 @pytest.mark.parametrize(
@@ -171,6 +173,11 @@ class StandIn(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.seen.append(self.headers.get("Authorization", ""))
+        if self.path == "/data/upload/1/moved.png":  # a redirect off the server: not followed
+            self.send_response(302)
+            self.send_header("Location", "http://example.com/a.png")
+            self.end_headers()
+            return
         if self.path != "/data/upload/1/scene.png" or self.headers.get("Authorization") != f"Token {TOKEN}":
             self.send_error(404 if self.path != "/data/upload/1/scene.png" else 401)
             return
@@ -218,7 +225,7 @@ def backend(tmp_path_factory):
         assert line.startswith("ovdiff label-studio: http://127.0.0.1:"), line
         assert f"images from {ls_url}" in line
         yield line.split()[2], ls_url, scene, cache, lines
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a service manager's stop: as Ctrl-C, a normal exit
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
@@ -276,6 +283,10 @@ def test_the_backend_speaks_label_studios_protocol_and_predicts_what_segment_doe
             {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/missing.png"}}], "label_config": CONFIG},
             "answered 404",
         ),
+        (
+            {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/moved.png"}}], "label_config": CONFIG},
+            "to 'http://example.com/a.png': ovdiff reads from Label Studio only",
+        ),
         ({"tasks": [{"id": 1, "data": {"picture": "/x.png"}}], "label_config": CONFIG}, "task 1 has no 'image'"),
         ({"tasks": "all", "label_config": CONFIG}, "no tasks"),
         ({"tasks": [], "label_config": "<View/>"}, "no <BrushLabels>"),
@@ -285,3 +296,22 @@ def test_predictions_that_cannot_be_made_are_refused_in_one_line(backend, body, 
     url, *_, lines = backend
     status, out = call(url + "/predict", body)
     assert status == 400 and says in out["error"] and "\n" not in out["error"], out
+
+
+def test_the_server_label_studio_names_at_setup_is_used_only_where_none_was_set(monkeypatch, tmp_path):
+    from ovdiff_cli.ui.labelstudio_app import LabelStudioBackend
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    pipe = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache", device="cpu")
+    told = {"schema": CONFIG, "hostname": "http://127.0.0.1:8080", "access_token": "from-setup"}
+    free = LabelStudioBackend(pipe)
+    with pytest.raises(OvdiffError, match="set LABEL_STUDIO_URL"):
+        free.fetch("/data/upload/1/a.png")  # no server known yet: nothing is fetched
+    version = free.setup(told)["model_version"]
+    assert (free.server, free.token) == ("http://127.0.0.1:8080", "from-setup") and free.versions == [version]
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9999")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "from-env")
+    fixed = LabelStudioBackend(pipe)
+    fixed.setup(told)
+    assert (fixed.server, fixed.token) == ("http://127.0.0.1:9999", "from-env")
