@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import OvdiffError
-from .labelstudio import LabelingConfig, image_url, model_version, parse_config, rle_encoder, task_prediction
+from .labelstudio import LabelingConfig, image_url, model_version, origin, parse_config, rle_encoder, task_prediction
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a /predict request: the tasks' data, not their images
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_S = 30.0
+
+
+class SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only on the server it came from: Label Studio may not send ovdiff (and its key) elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if origin(newurl) != origin(req.full_url):
+            raise OvdiffError(
+                f"refused to follow {req.full_url} to {newurl[:120]!r}: ovdiff reads from Label Studio only"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class LabelStudioBackend:
@@ -77,7 +88,8 @@ class LabelStudioBackend:
         url = image_url(ref, self.server)
         headers = {"Authorization": f"Token {self.token}"} if self.token else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=FETCH_TIMEOUT_S) as r:
+            opener = urllib.request.build_opener(SameOrigin)
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=FETCH_TIMEOUT_S) as r:
                 data = r.read(self.max_image_bytes + 1)
         except urllib.error.HTTPError as e:
             hint = " (set LABEL_STUDIO_API_KEY to a Label Studio access token)" if e.code in (401, 403) else ""

@@ -181,13 +181,13 @@ class DemoSession:
                 vocab, segmenter, explainer = self._vocabulary(names, report)
                 report("segment")
                 seg = segmenter.predict(image, explain=True)
-                token = uuid.uuid4().hex
-                self._shown[token] = Shown(image, seg, explainer, list(vocab.names))
+                token, shown = uuid.uuid4().hex, Shown(image, seg, explainer, list(vocab.names))
+                self._shown[token] = shown
                 while len(self._shown) > self.keep:
                     self._shown.popitem(last=False)
         finally:
             self._progress.pop(job, None)
-        return {"id": token, **self.describe(self._shown[token])}
+        return {"id": token, **self.describe(shown)}
 
     def describe(self, shown: Shown) -> dict:
         """What `segment` answers about a kept result, less its id."""
