@@ -128,12 +128,12 @@ def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_res
             "--out folder",
             "cannot be created",
         )
-    from ovdiff_cli.eval import evaluate
+    from ovdiff_cli.eval import report
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(evaluate, "write_report", full_disk)
+    monkeypatch.setattr(report, "write_report", full_disk)
     line = one_error(
         runner.invoke(
             app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"]
