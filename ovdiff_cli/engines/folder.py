@@ -157,7 +157,7 @@ class FolderResult:
         """`ovdiff segment --json`: the run as one JSON-ready dict."""
         from ..io.outputs import job_report
 
-        return job_report(self.summary, self.items, self.names, self.out_dir, self.fmt)
+        return job_report(self.summary, self.items, self.names, self.out_dir, self.fmt, self.skipped)
 
 
 def segment_folder(

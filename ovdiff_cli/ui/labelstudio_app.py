@@ -16,7 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .labelstudio import LabelingConfig, image_url, model_version, origin, parse
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from ..api import Pipeline, Vocabulary
+    from ..results import Vocabulary
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a /predict request: the tasks' data, not their images
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -54,7 +54,7 @@ class LabelStudioBackend:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Any,  # an api.Pipeline (which sits above this module)
         server: str | None = None,
         token: str | None = None,
         build: bool = True,
@@ -104,7 +104,7 @@ class LabelStudioBackend:
         """Image bytes → HxWx3 uint8 RGB, as `ovdiff segment` reads files (EXIF orientation applied)."""
         from PIL import Image, UnidentifiedImageError
 
-        from ..api import as_rgb
+        from ..inputs import as_rgb
 
         try:
             with Image.open(io.BytesIO(data)) as im:
