@@ -495,7 +495,7 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     for key in broken:
         assert key.decode() in res.output, (key, res.output)
     assert "image is" in res.output and "checksum" in res.output
-    assert f"{class_key(pid['kite']).decode()}: class 'kite' was built from support image 5" in res.output
+    assert "was built from support image" not in res.output  # a class part does not need its support images
 
     res = runner.invoke(app, ["cache", "verify", "--repair", "--cache", str(cache_dir)])
     assert res.exit_code == 0 and "removed" in res.output, res.output
@@ -503,12 +503,15 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     assert res.exit_code == 0 and "cache is sound" in res.output, res.output
     support, classes = state(cache_dir)
     assert support == {"kite": 5, "boat": 2, "sky": 8, "grass": 8, "car": 3}
-    assert classes == {}  # each class lost an array, its record, or a support image it was built from
+    assert set(classes) == {"kite", "boat", "car"}  # sky lost an array, grass its record; the others stay whole
 
-    # protos add rebuilds exactly what repair removed, bit for bit
+    # protos add rebuilds exactly what repair removed, bit for bit; sample draws the lost images again
     res = runner.invoke(app, ["protos", "add", *names, *common])
     assert res.exit_code == 0, res.output
-    assert counts(res.output) == ((8 - 5) + (8 - 2) + (8 - 3), 8 * 5)
+    assert counts(res.output) == (0, 8 * 2)
+    res = runner.invoke(app, ["sample", "kite", "boat", "car", *common])
+    assert res.exit_code == 0, res.output
+    assert state(cache_dir)[0] == dict.fromkeys(names, 8)
     repaired = dict(Cache(cache_dir).scan(b""))
     for key in broken:
         if key.startswith(b"s/"):

@@ -364,7 +364,8 @@ def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
 def test_segment_with_refine_on_ray_writes_the_local_masks(world, tmp_path, tiny_sam2_dir, refine):
     images = world / "data/VOC2012/JPEGImages"
     args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), *PROC]
-    refined = ["--refine", refine, "--sam2-model", str(tiny_sam2_dir), "--json"]  # SAM 2 loads on each worker
+    sam2 = ["--sam2-model", str(tiny_sam2_dir)] if refine == "sam2" else []  # SAM 2 loads on each worker
+    refined = ["--refine", refine, *sam2, "--json"]
     for engine in ("local", "ray"):
         res = runner.invoke(app, ["segment", *args, *refined, "--out", str(tmp_path / engine), "--engine", engine])
         assert res.exit_code == 0, res.output
