@@ -1,4 +1,4 @@
-"""The cache's one schema (issue 36): every kind of entry the writers produce verifies sound, survives
+"""The cache's one schema: every kind of entry the writers produce verifies sound, survives
 `cache verify --repair` untouched and round-trips export/import; the writer refuses what the schema does
 not describe; a class from the user's photos is a first-class citizen of verify, repair and sharing."""
 
