@@ -68,6 +68,24 @@ def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
     return ClassParts(first.name, first.kind, parts)
 
 
+def load_head(cache: Cache, pid: str) -> ClassPrototypes:
+    """Cached class part `pid` without its arrays: name, kind and the rows of each prototype array (from
+    its record), for a segmenter that reads the arrays of the classes an image keeps (`load_class`)."""
+    rec = cache.class_record(pid)
+    if rec is None:
+        raise ClassNotFound(pid)
+    rows = {n: int(a["shape"][0]) for n, a in rec["arrays"].items() if n.split("/", 1)[-1] in PROTO_KINDS}
+    stamp = str(rec.get("created_at", ""))
+    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg={}, bg={}, pid=pid, rows=rows, stamp=stamp)
+
+
+def load_heads(cache: Cache, pids: dict[str, str]) -> ClassParts:
+    """One class's heads (`load_head`) in every part (part → pid): no array is read."""
+    parts = {p: load_head(cache, pid) for p, pid in pids.items()}
+    first = next(iter(parts.values()))
+    return ClassParts(first.name, first.kind, parts)
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -254,6 +272,7 @@ def ensure_classes(
     build: bool = True,
     on_event: OnEvent | None = None,
     photos: dict[str, dict] | None = None,
+    arrays: bool = True,
 ) -> list[ClassParts]:
     """The prototypes of every class in `names` (in that order), in every part of the extractor
     spec, building the parts not cached.
@@ -271,6 +290,9 @@ def ensure_classes(
 
     A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
     note) has its photos, then the note's number of generated images, as its support set.
+
+    arrays=False returns heads (`load_heads`): no prototype is read, for a segmenter that reads each
+    image's kept classes from the cache (memory that does not grow with the vocabulary).
     """
     from ..config import beside_photos
     from .photos import photo_class
@@ -314,7 +336,8 @@ def ensure_classes(
             if not parts:
                 continue
             build_class(cache, stages, n, seed, configs[n], proto_cfg, overrides.get(n), on_event, parts, notes[n])
-    return [load_parts(cache, pids[n]) for n in norms]
+    load = load_parts if arrays else load_heads
+    return [load(cache, pids[n]) for n in norms]
 
 
 def build_class(

@@ -283,6 +283,10 @@ def audit(keys: list[bytes], get: Callable[[bytes], bytes | None]) -> Audit:
                     or abs(float(np.linalg.norm(a.astype(np.float64))) - 1) > NORM_TOLERANCE
                 ):
                     raise ValueError("text embedding is not a finite unit vector")
+            elif parts[0] == "v" and len(parts) == 3:  # per-vocabulary arrays (stuff scores): one number a row
+                a = decode_array(v)
+                if a.ndim != 1 or np.isnan(a).any():
+                    raise ValueError("vocabulary array is not one finite number per prototype")
             else:
                 bad(k, "unknown key")
         except Exception as e:  # any decode failure is a finding, not a crash
