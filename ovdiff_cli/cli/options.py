@@ -120,6 +120,14 @@ KPartsOpt = Annotated[
     int | None,
     typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False),
 ]
+ProtoDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proto-dtype",
+        help="Store prototypes in the cache as fp32 or fp16 (half the disk and page cache; its own cache entries; matched in fp32) \\[default: fp32].",
+        show_default=False,
+    ),
+]
 NImagesOpt = Annotated[
     int | None,
     typer.Option(

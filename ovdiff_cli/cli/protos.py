@@ -28,6 +28,7 @@ from .options import (
     PartModelOpt,
     PresetOpt,
     ProposerOpt,
+    ProtoDtypeOpt,
     QuietOpt,
     SamModelOpt,
     SdModelOpt,
@@ -95,6 +96,7 @@ def add(
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
     k_parts: KPartsOpt = None,
+    proto_dtype: ProtoDtypeOpt = None,
     n_images: NImagesOpt = None,
     images: Annotated[
         Path | None,
@@ -155,7 +157,7 @@ def add(
         filter_model=filter_model,
         generator=generator,
         sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts},
+        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts, "proto_dtype": proto_dtype},
     )
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
     kinds: dict[str, str] = {}

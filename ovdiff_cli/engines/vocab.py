@@ -8,7 +8,8 @@ settings) is loaded with no model loaded or called, so a vocabulary grows one cl
 class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
 
 Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
-bytes). Sharing them (export / import) lives in `sharing`.
+bytes), or as float16 with `ProtoConfig.proto_dtype` "fp16" (its own cache key; read back as float32).
+Sharing them (export / import) lives in `sharing`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,24 @@ OnEvent = Callable[[str, str, int, int], None]
 RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
 
 
+STORAGE = {"fp32": np.float32, "fp16": np.float16}  # ProtoConfig.proto_dtype → the prototypes' stored dtype
+
+
+def stored(arrays: dict[str, np.ndarray], proto_dtype: str) -> dict[str, np.ndarray]:
+    """A class part's arrays as the cache keeps them: the prototypes in `proto_dtype` (fp16: half the bytes),
+    everything else (masks, part labels, sources) as it is."""
+    if proto_dtype == "fp32":
+        return arrays
+    kinds = {f"{g}/{k}" for g in ("fg", "bg") for k in PROTO_KINDS}
+    return {n: a.astype(STORAGE[proto_dtype]) if n in kinds else a for n, a in arrays.items()}
+
+
 # --------------------------------------------------------------------------- reading
 
 
 def load_class(cache: Cache, pid: str) -> ClassPrototypes:
-    """The prototypes of cached class part `pid` as float32 arrays, with their support-image sources."""
+    """The prototypes of cached class part `pid` as float32 arrays (fp16 storage widened), with their
+    support-image sources."""
     rec = cache.class_record(pid)
     if rec is None:
         raise ClassNotFound(pid)
@@ -182,7 +196,7 @@ def _build(
                 "proto_version": PROTO_VERSION,
                 "created_at": now_iso(),
             }
-            cache.put_class(todo[part_name], record, arrays)
+            cache.put_class(todo[part_name], record, stored(arrays, proto_cfg.proto_dtype))
     except OSError as e:
         raise CacheError(cache.write_failure(e)) from e
     if on_event:
@@ -212,7 +226,7 @@ def put_prototypes(
         arrays: dict[str, np.ndarray] = {}
         for group, kinds in (("fg", one.fg), ("bg", one.bg)):
             for kind, a in kinds.items():
-                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
+                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=STORAGE[proto_cfg.proto_dtype])
             if "instance" in kinds:
                 src = one.sources.get(f"{group}/instance")
                 arrays[f"{group}/instance_src"] = np.asarray(
