@@ -126,3 +126,53 @@ def test_a_class_changed_under_the_run_is_one_clear_error():
     classes[2].fg["part"] = classes[2].fg["part"][:1]
     with pytest.raises(OvdiffError, match="'c2' changed in the cache"):
         StreamedVocabulary(heads, Reader(classes)).restrict([2])
+
+
+def _select_reference(image_emb, class_embs, eta):
+    """The filter's step 1 as a Python loop over the classes (what `select_classes` computed before issue 38)."""
+    scores = class_embs.float() @ image_emb.float()
+    probs = scores.softmax(0)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    passed = [i for i in range(len(order)) if probs[i] >= 1.0 / len(order)]
+    if not passed:
+        return order[:eta]
+    if len(passed) <= eta:
+        return passed
+    keep = set(passed)
+    return [i for i in order if i in keep][:eta]
+
+
+@pytest.mark.parametrize("n", [3, 50, 10_000])
+def test_the_filter_step_over_a_large_vocabulary_is_the_loop_it_replaces(n):
+    from ovdiff_cli.method.stage3_filter.prefilter import select_classes
+
+    g = torch.Generator().manual_seed(n)
+    embs = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=1)
+    for _ in range(4):
+        image = torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
+        for eta in (1, 4, 10, n + 1):
+            assert select_classes(image, embs, eta) == _select_reference(image, embs, eta)
+    flat = torch.zeros(n, 16)  # every class equally likely: all pass, ties in class order
+    flat[:, 0] = 1
+    assert select_classes(torch.eye(16)[0], flat, 3) == _select_reference(torch.eye(16)[0], flat, 3) == [0, 1, 2][:n]
+
+
+def test_a_cold_large_vocabulary_encodes_its_prompts_in_batches_with_a_progress_line(capsys, monkeypatch):
+    import ovdiff_cli.method.stage3_filter.prefilter as prefilter
+
+    class Scorer:
+        calls: list[int] = []
+
+        def identity(self) -> str:
+            return "toy"
+
+        def encode_texts(self, prompts):
+            self.calls.append(len(prompts))
+            return torch.nn.functional.normalize(torch.randn(len(prompts), 8), dim=1)
+
+    monkeypatch.setattr(prefilter, "ENCODE_BATCH", 40)
+    scorer = Scorer()
+    prefilter.CategoryFilter(scorer, None, [f"thing {i}" for i in range(100)], eta=3)
+    assert scorer.calls == [40, 40, 20]
+    err = capsys.readouterr().err
+    assert "encoded 40/100 class prompts" in err and "encoded 100/100" in err
