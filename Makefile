@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo lint format docs test bench bench-gpu clean
+.PHONY: install demo lint format docs test test-fiftyone label-studio bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,ray,ui]'
+	# the labelstudio extra without its opencv/numpy pins: the SDK's brush codec and what importing it needs
+	$(BIN)/python -m pip install -q --no-deps 'label-studio-sdk>=2.1,<2.2' appdirs ijson lxml 'nltk>=3.10,<=3.11' 'pyjwt>=2.13,<2.14' ujson xmljson
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +37,15 @@ docs: $(STAMP)
 test: lint docs
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# Label Studio in its own venv (.venv-ls), for tests/test_label_studio.py (skipped without it) and docs/label-studio.md.
+label-studio:
+	PY=$(PY) .ci/label-studio-venv.sh
+
+# FiftyOne in its own venv over .venv (.venv-fo): its pins would downgrade .venv's opencv and starlette.
+test-fiftyone: $(STAMP)
+	.ci/fiftyone-venv.sh
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-fo/bin/python -m pytest -q -m fiftyone tests/test_fiftyone.py
+
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ovdiff bench --out bench/results.json
 
@@ -46,4 +57,4 @@ bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ovdiff bench --device cuda --out bench/results-gpu.json --verbose
 
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-ls .venv-fo build site *.egg-info .pytest_cache

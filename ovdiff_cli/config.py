@@ -1,4 +1,4 @@
-"""The paper's defaults (App. C.5, DESIGN.md), in one place; the CLI reads its defaults from here.
+"""The paper's defaults (App. C.5), in one place; the CLI reads its defaults from here.
 
 Each config checks itself when it is made (`__post_init__`, ranges from `limits.RANGES`), so a
 setting that cannot work is the same `InvalidSetting` from Python (`ovdiff.Pipeline(segment=…)`),
@@ -25,6 +25,13 @@ SCHEDULER = "dpmsolver++"  # the sampler of every SD support set (paper App. C.5
 FLOW_SCHEDULER = "flow-match-euler"  # SD3's and FLUX's own sampler: part of their support sets' key
 ATTRIBUTION = 2  # how a generator's attribution maps are summed, part of its support sets' key:
 # 2 (issue 23): per layer, head and token, bicubic and clamped at 0, as the authors' sd.py; 1: bilinear sums
+
+
+def generator_fields(model: str, revision: str | None, scheduler: str, family: str | None = None) -> dict:
+    """A support-set generator's identity, part of its support sets' key: what it loads, how it samples and how its
+    attribution maps are summed (and, past SD1.5, its family). The one writer: the generators and `store.keys`."""
+    fields = {"model": model, "revision": revision, "scheduler": scheduler, "attribution": ATTRIBUTION}
+    return fields if family is None else {**fields, "family": family}
 
 
 def normalise_extractor(spec: str) -> str:

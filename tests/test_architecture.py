@@ -170,6 +170,35 @@ def test_the_method_takes_models_only_where_listed():
             assert {d for d in deps if d.split(".")[0] == "models"} <= METHOD_MODELS.get(name, set()), name
 
 
+# The house's floors, lowest first: a module imports only its own floor or lower ones (no back arrow).
+FLOORS = [
+    {"errors", "version", "libs", "limits", "names", "classnames"},  # facts and rules with no dependency
+    {"config"},  # the paper's defaults and settings
+    {"models"},  # raw models from spec strings
+    {"types"},  # the stages' interfaces
+    {"method"},  # the paper's four stages and the backends beyond them
+    {"io"},  # files: images, masks, legends, sheets
+    {"procedural", "inputs", "results"},  # the procedural world; what the API takes and returns
+    {"store", "eval"},  # the cache; benchmarks and their scoring
+    {"compose"},  # settings → stages
+    {"engines"},  # where the method runs: folder and benchmark jobs, local and Ray
+    {"api", "doctor"},  # the public library
+    {"ui", "bench"},  # the web demo and the benchmark, over the library
+    {"cli"},  # the command line
+    {"", "__main__"},  # the package itself
+]
+
+
+def floor(name: str) -> int:
+    top = name.split(".")[0]
+    return next(i for i, f in enumerate(FLOORS) if top in f)
+
+
+def test_every_module_has_a_floor_and_no_import_points_up():
+    back = [(n, d) for n, deps in GRAPH.items() for d in deps if floor(d) > floor(n)]
+    assert back == []
+
+
 def test_the_library_never_imports_the_cli():
     for name, deps in GRAPH.items():
         if not name.startswith("cli") and name != "__main__":

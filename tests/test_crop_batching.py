@@ -60,7 +60,8 @@ def _merged_windows(parts, cfg, image):
     import torch
 
     from ovdiff_cli.method.stage4_segment.matching import window_features
-    from ovdiff_cli.method.stage4_segment.segmenter import work_tensor
+    from ovdiff_cli.method.stage4_segment.segmenter import to_tensor
+    from ovdiff_cli.method.stage4_segment.targets import working_image
 
-    x = work_tensor(image, cfg.short_side, torch.device("cpu"))
+    x = to_tensor(working_image(image, cfg.short_side), torch.device("cpu"))
     return list(window_features([x], list(parts), tuple(cfg.windows), cfg.stride, 32, [p.resize for p in parts]))

@@ -149,7 +149,7 @@ def test_schnell_takes_no_guidance_and_dev_embeds_it(schnell):
     assert info.value.setting == "size"
     dev = Stages.for_run("tiny", device="cpu", dtype="fp32", overrides={"generator": "flux-dev"}).generator()
     assert (
-        dev.flux.transformer.config.guidance_embeds and not stages.generator().flux.transformer.config.guidance_embeds
+        dev.parts.transformer.config.guidance_embeds and not stages.generator().parts.transformer.config.guidance_embeds
     )
     low, high = (dev.generate("cat", [1], dataclasses.replace(SCHNELL, guidance_scale=s))[0] for s in (1.0, 3.5))
     assert (low.image != high.image).any() and (low.attribution != high.attribution).any()

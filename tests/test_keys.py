@@ -13,7 +13,7 @@ import pytest
 from ovdiff_cli.compose import Stages
 from ovdiff_cli.config import ProtoConfig, SampleConfig
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
-from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id, text_embedding_id
+from ovdiff_cli.store.keys import class_ids, generator_identity, mask_id, support_id
 
 
 def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
@@ -104,18 +104,11 @@ def test_class_ids_of_other_settings_are_pinned():
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
 
 
-def test_text_embedding_ids_are_pinned():
-    assert text_embedding_id(ModelSpecs.of("tiny")) == "open_clip-text:tiny@seed0"
-    assert text_embedding_id(ModelSpecs.of("procedural")) == "procedural-scorer/v1"
-    assert text_embedding_id(ModelSpecs.of("sd15")) == "open_clip-text:ViT-B-16:openai"
-
-
 @pytest.mark.parametrize("preset", ["tiny", "procedural"])
 def test_keys_from_specs_equal_the_built_stages_own_identities(preset):
     """The keys need no model; the stages, once built, must name themselves the same way."""
     stages = Stages.for_run(preset, "cpu", "fp32")
     assert generator_identity(stages.specs) == stages.generator().identity()
-    assert text_embedding_id(stages.specs) == stages.scorer().identity()
 
 
 def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():

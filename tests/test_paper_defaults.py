@@ -302,7 +302,7 @@ def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does(
     import torchvision.transforms.functional as TF
     from PIL import Image
 
-    from ovdiff_cli.method.stage4_segment.segmenter import work_tensor
+    from ovdiff_cli.method.stage4_segment.segmenter import to_tensor
     from ovdiff_cli.method.stage4_segment.targets import working_image, working_size
 
     assert working_size(333, 500, 448) == (448, 672)  # 672.67 truncated, as torchvision (rounding gives 673)
@@ -324,7 +324,7 @@ def test_targets_are_resized_with_lanczos_to_short_side_448_as_torchvision_does(
     authors = np.array(TF.resize(Image.fromarray(image), 448, interpolation=TF.InterpolationMode.LANCZOS))
     assert working_image(image, 448).shape == authors.shape == (448, 597, 3)
     assert np.array_equal(working_image(image, 448), authors)
-    got = work_tensor(image, 448, torch.device("cpu"))
+    got = to_tensor(working_image(image, 448), torch.device("cpu"))
     assert torch.equal(got, torch.from_numpy(authors).permute(2, 0, 1).float() / 255)
     already = np.zeros((448, 600, 3), np.uint8)
     assert working_image(already, 448) is already  # torchvision returns an image of that size untouched

@@ -213,6 +213,76 @@ def test_an_upload_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
     assert not (tmp_path / "cache").exists()  # refused before any work
 
 
+def chunked_upload(url: str, total: int) -> tuple[int, int, bytes]:
+    """POST a multipart picture of `total` bytes with chunked transfer (no Content-Length), 64 KiB at a time,
+    watching for an early answer after each chunk → (bytes sent when the answer came, its status, its body)."""
+    import select
+    import socket
+
+    host, port = url.removeprefix("http://").strip("/").split(":")
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    with sock:
+        sock.sendall(
+            f"POST /api/segment HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+            + chunk(head)
+        )
+        sent, block = len(head), b"\0" * 65536
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk(block))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server answered and closed: read its answer
+            sent += len(block)
+        else:
+            if sent >= total:
+                sock.sendall(chunk(f"\r\n--{boundary}--\r\n".encode()) + b"0\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+            reply.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+        ):
+            more = sock.recv(65536)
+            if not more:
+                break
+            reply += more
+    status = int(reply.split(b" ", 2)[1])
+    return sent, status, reply.split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_chunked_upload_is_counted_as_it_arrives_and_stopped_at_the_limit(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"))
+    session.max_bytes = 100_000
+    with in_process(session) as url:
+        sent, status, body = chunked_upload(url, 64 * 2**20)
+    # answered while the body was still arriving: within the limit plus what the sockets buffer, not 64 MiB
+    assert status == 413 and sent < 16 * 2**20, (sent, status, body)
+    assert "above this server's limit of 100,000" in json.loads(body)["error"]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
+    cmd = [sys.executable, "-m", "ovdiff_cli", "serve", "--preset", "procedural", "--cache", str(tmp_path / "c")]
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("ovdiff serve: http://"), first
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0 and rest.strip().splitlines()[-1] == "ovdiff serve: stopped", (proc.returncode, rest)
+
+
 def test_serve_without_the_ui_extra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     r = CliRunner().invoke(app, ["serve", "--preset", "procedural"])

@@ -145,3 +145,6 @@ def class_kinds(dataset: str) -> list[str] | None:
     if kind_list(dataset) != "authors":
         return None
     return ["stuff" if n in AUTHORS_STUFF else "thing" for n in RAW_CLASSES[dataset]]
+
+
+IGNORE_INDEX = 255  # the label value every benchmark's label maps leave unscored (mmsegmentation's ignore_index)

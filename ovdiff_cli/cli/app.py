@@ -14,6 +14,7 @@ from . import bench as bench_cmd
 from . import cache_cmd
 from . import demo as demo_cmd
 from . import eval as eval_cmd
+from . import labelstudio as labelstudio_cmd
 from . import models as models_cmd
 from . import protos as protos_cmd
 from . import sample as sample_cmd
@@ -117,6 +118,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("bench")(bench_cmd.bench)
 app.command("doctor")(models_cmd.doctor)
 app.command("serve")(serve_cmd.serve)
+app.command("label-studio")(labelstudio_cmd.label_studio)
 
 
 def _print_version(value: bool) -> None:

@@ -37,7 +37,7 @@ def demo(
 
     Example: ovdiff demo --out demo/ --images 24
     """
-    from ..eval.demo import run_demo
+    from ..engines.demo import run_demo
     from ..procedural import LABELLED
 
     root = Path(out).expanduser()

@@ -52,7 +52,7 @@ def serve(
     to see which prototype won it and the support-image region it came from (paper App. A.5).
 
     Needs the ui extra (pip install 'ovdiff\\[ui]'). Same presets, cache and models as 'ovdiff segment';
-    classes missing from the cache are built on first use (unless --no-build). Ctrl-C stops it.
+    classes missing from the cache are built on first use (unless --no-build). Ctrl-C or SIGTERM stops it.
 
     Example (offline, no weights): ovdiff serve --preset procedural --cache demo/cache
     """
@@ -69,7 +69,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise OvdiffError(f"ovdiff serve needs the ui extra ({e.name} is missing): {UI_EXTRA}") from e
-    from ..ui.app import listen, make_app, run
+    from ..ui.app import listen, make_app, run, sigterm_as_ctrl_c
     from ..ui.session import DemoSession
 
     models = {
@@ -88,11 +88,12 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-    print(
-        f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
-        flush=True,
-    )
-    try:
-        run(make_app(session, phrase), sock)
-    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed Ctrl-C on: a normal stop
-        print("ovdiff serve: stopped", file=sys.stderr)
+    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
+        print(
+            f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
+            flush=True,
+        )
+        try:
+            run(make_app(session, phrase), sock)
+        except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
+            print("ovdiff serve: stopped", file=sys.stderr)

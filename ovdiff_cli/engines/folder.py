@@ -185,53 +185,53 @@ def segment_folder(
         check_legend,
         check_no_input_overwritten,
         check_not_in_cache,
-        check_out_dir,
         check_out_holds_no_input,
+        job_out_dir,
         lock,
     )
     from . import resume
     from .raycluster import engine_session
 
     writer = MaskWriter(Path(out).expanduser(), len(names), job.fmt, job.save_scores, names)
-    out_dir = check_out_dir(out)
-    items = discover(list(inputs), job.recursive, exclude=out_dir)
-    check_not_in_cache(out_dir, session.cache_dir)
-    check_no_input_overwritten(out_dir, items, job.fmt, job.overlay, job.explain)
-    check_out_holds_no_input(out_dir, items)
-    release = lock(out_dir, job.shard)
-    try:
-        check_legend(
-            out_dir,
-            legend(names, session.segment_config.background, job.fmt),
-            job.overwrite,
-            {item.path.resolve() for item in items},
-        )
-        if job.shard is not None:
-            items = resume.shard(items, *job.shard)
-        skipped = 0
-        if job.skip_existing:
-            todo = resume.pending(items, out_dir, job.overlay, job.explain, job.fmt, len(names))
-            skipped, items = len(items) - len(todo), todo
-            if on_event is not None:
-                on_event("resume", str(out_dir), skipped, skipped + len(items))
-        with engine_session(job.engine, job.address):
-            classes = build_vocabulary(
-                session,
-                names,
-                None,
-                job.build,
-                job.engine,
-                job.address,
-                job.workers,
-                on_event,
-                arrays=job.engine == "ray",  # a local segmenter reads each image's kept classes itself
+    with job_out_dir(out) as out_dir:
+        items = discover(list(inputs), job.recursive, exclude=out_dir)
+        check_not_in_cache(out_dir, session.cache_dir)
+        check_no_input_overwritten(out_dir, items, job.fmt, job.overlay, job.explain)
+        check_out_holds_no_input(out_dir, items)
+        release = lock(out_dir, job.shard)
+        try:
+            check_legend(
+                out_dir,
+                legend(names, session.segment_config.background, job.fmt),
+                job.overwrite,
+                {item.path.resolve() for item in items},
             )
-            save_legend(names, session.segment_config.background, out_dir, job.fmt)
-            if on_event is not None:
-                on_event("segment", "", 0, len(items))
-            summary = _segment(session, classes, items, out_dir, job, writer, on_image)
-    finally:
-        release()
+            if job.shard is not None:
+                items = resume.shard(items, *job.shard)
+            skipped = 0
+            if job.skip_existing:
+                todo = resume.pending(items, out_dir, job.overlay, job.explain, job.fmt, len(names))
+                skipped, items = len(items) - len(todo), todo
+                if on_event is not None:
+                    on_event("resume", str(out_dir), skipped, skipped + len(items))
+            with engine_session(job.engine, job.address):
+                classes = build_vocabulary(
+                    session,
+                    names,
+                    None,
+                    job.build,
+                    job.engine,
+                    job.address,
+                    job.workers,
+                    on_event,
+                    arrays=job.engine == "ray",  # a local segmenter reads each image's kept classes itself
+                )
+                save_legend(names, session.segment_config.background, out_dir, job.fmt)
+                if on_event is not None:
+                    on_event("segment", "", 0, len(items))
+                summary = _segment(session, classes, items, out_dir, job, writer, on_image)
+        finally:
+            release()
     return FolderResult(out_dir, list(names), job.fmt, items, skipped, summary)
 
 

@@ -31,10 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..classnames import KIND_LISTS, class_kinds, class_names
+from ..classnames import IGNORE_INDEX, KIND_LISTS, class_kinds, class_names
 from ..errors import InvalidSetting, OvdiffError
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..classnames import IGNORE_INDEX
 from ..errors import InvalidSetting, OvdiffError
-from ..io.legend import LEGEND_FILE, legend_lookup
+from ..io.legend import LEGEND_FILE
 from ..io.palette import rgb_to_labels
 from ..limits import in_range
-from .datasets import IGNORE_INDEX, ItemInfo, SegDataset, load_image
+from .datasets import ItemInfo, SegDataset, load_image
+from .legends import legend_lookup
 from .metrics import ConfusionMatrix
 from .paper import weights_kind
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..classnames import IGNORE_INDEX
 from ..io.palette import colorize
-from .datasets import IGNORE_INDEX, SegDataset, load_image
+from .datasets import SegDataset, load_image
 from .evaluate import NO_CLASS, EvalResult, aggregate, json_number
 from .paper import NOT_COMPARABLE, paper_reference
 

@@ -98,26 +98,6 @@ def encode_counts(counts: list[int]) -> str:
     return "".join(out)
 
 
-def decode_counts(s: str) -> list[int]:
-    """Inverse of `encode_counts`."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            ch = ord(s[p]) - 48
-            x |= (ch & 0x1F) << (5 * k)
-            more = bool(ch & 0x20)
-            p += 1
-            k += 1
-            if not more and ch & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
 def rle_encode(mask: np.ndarray) -> dict:
     """(H,W) binary mask → {"size": [H, W], "counts": str}, COCO's compressed RLE."""
     h, w = mask.shape
@@ -142,17 +122,6 @@ def coco_records(labels: np.ndarray, stats: dict[int, tuple[int, float]], image_
             }
         )
     return out
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """COCO compressed RLE → (H,W) uint8 mask in {0,1}."""
-    h, w = rle["size"]
-    counts = decode_counts(rle["counts"]) if isinstance(rle["counts"], str) else list(rle["counts"])
-    if sum(counts) != h * w:
-        raise ValueError(f"RLE counts cover {sum(counts)} pixels, not {h}x{w}")
-    values = np.zeros(len(counts), np.uint8)
-    values[1::2] = 1
-    return np.repeat(values, counts).reshape((h, w), order="F")
 
 
 # --------------------------------------------------------------------------- the writer

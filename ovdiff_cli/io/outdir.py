@@ -9,11 +9,12 @@ removes it. Masks are never written beside input images, where a later run would
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InvalidSetting, OvdiffError
@@ -37,6 +38,21 @@ def check_out_dir(out: Path, what: str = "the masks") -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise InvalidSetting("out", f"folder {out} is not writable")
     return out
+
+
+@contextlib.contextmanager
+def job_out_dir(out: Path, what: str = "the masks") -> Iterator[Path]:
+    """`check_out_dir`'s folder for a job's block; if the block fails while the folder it created is still
+    empty, the folder goes too: a run that failed before writing anything leaves nothing behind."""
+    fresh = not Path(out).expanduser().exists()
+    folder = check_out_dir(out, what)
+    try:
+        yield folder
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+                folder.rmdir()
+        raise
 
 
 def check_not_in_cache(target: Path, cache_dir: Path, setting: str | None = "out") -> None:

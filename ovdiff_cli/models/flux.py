@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from .freeze import freeze
 
 TINY_TEXT_LEN = 32  # the tiny config's T5 prompt length: enough for any template and a short name
 
@@ -55,11 +56,7 @@ def flux_text_len(turbo: bool) -> int:
 
 def _freeze(parts: FluxComponents, device: torch.device, dtype: torch.dtype) -> FluxComponents:
     parts.tokenizer_2.model_max_length = parts.text_len  # the class tokens are looked up within it
-    for m in (parts.transformer, parts.text_encoder, parts.text_encoder_2, parts.vae):
-        m.to(device=device)
-        if m.dtype != dtype:
-            m.to(dtype=dtype)
-        m.eval().requires_grad_(False)
+    freeze([(m, dtype) for m in (parts.transformer, parts.text_encoder, parts.text_encoder_2, parts.vae)], device)
     return parts
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidSetting, ModelLoadError
+from .freeze import freeze
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,10 @@ class SDXLComponents:
 def _freeze(parts: SDXLComponents, device: torch.device, dtype: torch.dtype) -> SDXLComponents:
     # SDXL's VAE overflows in fp16 (its config says force_upcast): it decodes in fp32
     vae_dtype = torch.float32 if getattr(parts.vae.config, "force_upcast", False) else dtype
-    for m, want in (
-        (parts.unet, dtype),
-        (parts.text_encoder, dtype),
-        (parts.text_encoder_2, dtype),
-        (parts.vae, vae_dtype),
-    ):
-        m.to(device=device)
-        if m.dtype != want:
-            m.to(dtype=want)
-        m.eval().requires_grad_(False)
+    freeze(
+        [(parts.unet, dtype), (parts.text_encoder, dtype), (parts.text_encoder_2, dtype), (parts.vae, vae_dtype)],
+        device,
+    )
     return parts
 
 

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-
-SD3_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
+from .freeze import freeze
 
 
 @dataclass
@@ -47,11 +46,7 @@ class SD3Components:
 
 
 def _freeze(parts: SD3Components, device: torch.device, dtype: torch.dtype) -> SD3Components:
-    for m in (parts.transformer, parts.text_encoder, parts.text_encoder_2, parts.vae):
-        m.to(device=device)
-        if m.dtype != dtype:
-            m.to(dtype=dtype)
-        m.eval().requires_grad_(False)
+    freeze([(m, dtype) for m in (parts.transformer, parts.text_encoder, parts.text_encoder_2, parts.vae)], device)
     return parts
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import OvdiffError
 from .presets import ModelSpecs, resolve_device, resolve_dtype
 from .sam import SAM_SPEC
+from .weights import check_hub
 
 if TYPE_CHECKING:
     from .sd import SDComponents
@@ -34,8 +35,12 @@ class ModelStore:
         """The roles whose models have been built so far, in build order."""
         return list(self._built)
 
-    def _once(self, role: str, build: Callable[[], Any]) -> Any:
+    def _once(self, role: str, build: Callable[[], Any], spec: str | None = None) -> Any:
+        """The model of `role`, built on first use; `spec`: the weights it loads, whose hub is checked first
+        (`weights.check_hub`; None: nothing to fetch)."""
         if role not in self._built:
+            if spec is not None:
+                check_hub(role, spec)
             self._built[role] = build()
         return self._built[role]
 
@@ -53,21 +58,23 @@ class ModelStore:
         if spec in ("tiny", "random"):
             size = "tiny" if spec == "tiny" else "full"
             return self._once("sd", lambda: random_sd(size, seed, self.device, self.dtype))
-        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype))
+        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype), spec)
 
     def clip(self) -> ClipModel:
         """The open_clip model with its tokenizer."""
         from .vit import load_clip
 
         spec = self._spec("clip")
-        return self._once("clip", lambda: load_clip(spec, self.device, self.dtype, self.specs.weights_seed))
+        return self._once("clip", lambda: load_clip(spec, self.device, self.dtype, self.specs.weights_seed), spec)
 
     def vit(self, kind: str):
         """A timm ViT: `kind` is "dino" or "mae"."""
         from .vit import load_timm_vit
 
         spec = self._spec(kind)
-        return self._once(kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed))
+        return self._once(
+            kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed), spec
+        )
 
     def generator_parts(self):
         """The components of the `--generator` family's pipeline (`models.generators`): SD's, SDXL's, SD3's or FLUX's."""
@@ -104,7 +111,7 @@ class ModelStore:
                 if source == "tiny"
                 else (lambda: load_sdxl(source, self.device, self.dtype))
             )
-        return self._once("generator", build)
+        return self._once("generator", build, None if source == "tiny" else self._spec("generator"))
 
     def filter_model(self) -> ClipModel:
         """The category filter's image/text model: `--filter-model` (`models.filtermodels`), else the run's CLIP."""
@@ -113,21 +120,23 @@ class ModelStore:
         source = filter_source(self.specs.models.get("filter"), self.specs.preset.weights)
         if source is None:
             return self.clip()
-        return self._once("filter", lambda: load_filter_model(source, self.device, self.dtype, self.specs.weights_seed))
+        return self._once(
+            "filter", lambda: load_filter_model(source, self.device, self.dtype, self.specs.weights_seed), source
+        )
 
     def dense(self, part: str):
         """The timm ViT of an extractor family of `models.dense` (dinov2, dinov3, siglip2, …)."""
         from .dense import load_dense
 
         spec = self._spec(part)
-        return self._once(part, lambda: load_dense(part, spec, self.device, self.dtype, self.specs.weights_seed))
+        return self._once(part, lambda: load_dense(part, spec, self.device, self.dtype, self.specs.weights_seed), spec)
 
     def sam(self):
         """transformers' SAM `mask-generation` pipeline (`sam` spec, default facebook/sam-vit-base)."""
         from .sam import load_sam  # transformers' pipeline module loads slowly: only for SAM
 
         spec = self.specs.models.get("sam") or SAM_SPEC
-        return self._once("sam", lambda: load_sam(spec, self.device, self.dtype))
+        return self._once("sam", lambda: load_sam(spec, self.device, self.dtype), spec)
 
     def sam2(self):
         """transformers' SAM 2 `mask-generation` pipeline (`sam2` spec, default facebook/sam2.1-hiera-large)."""

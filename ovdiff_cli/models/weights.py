@@ -9,13 +9,16 @@ look for them, or with `local_dir` to one folder per model, to pass as --sd-mode
 
 from __future__ import annotations
 
+import functools
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import OvdiffError
+from ..errors import ModelLoadError, OvdiffError
 from .dense import FAMILIES
 
 if TYPE_CHECKING:
@@ -29,6 +32,8 @@ ROLE_OPTION = {
     "dino": "--dino-model",
     "sam": "--sam-model",
 }  # mae: API only
+MODEL_NAMES = {"sd": "Stable Diffusion", "clip": "CLIP", "dino": "DINO", "mae": "MAE", "sam": "SAM"}
+HUB_TIMEOUT_S = 5.0
 SD_FILES = (
     "model_index.json",
     "scheduler/scheduler_config.json",
@@ -151,7 +156,7 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     (sd), the filter's CLIP, each extractor part's backbone, and SAM when it proposes the masks.
     models: role → spec, with the extractor families' and the filter's resolved (`ModelSpecs.spec`,
     `filtermodels.filter_source`)."""
-    from .store import SAM_SPEC
+    from .sam import SAM_SPEC
 
     parts = extractor.split("+") + (
         ["dino"] if mask_proposer in ("ncut", "ncut-fast") else []
@@ -237,3 +242,43 @@ def fetch_all(
         if folder is not None:
             folders[w.role] = folder
     return folders
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks the libraries to use the HF cache only (they then fail at once on a miss)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+@functools.lru_cache
+def hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at `endpoint` cannot be reached (None: it answered, even with an error status).
+
+    Asked once per process: without it, an unreachable hub costs minutes of the libraries' retries per file.
+    """
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return f"{type(reason).__name__}: {getattr(reason, 'strerror', None) or reason}"
+
+
+def check_hub(role: str, spec: str) -> None:
+    """Before a model is built: a ModelLoadError in seconds when its weights must come from the hub
+    (not local, not built in, not in the HF cache) and the hub cannot be reached. HF_HUB_OFFLINE: no check."""
+    if hub_offline():
+        return
+    try:
+        w = weights_for(role, spec)
+    except (ValueError, OvdiffError):  # no hub layout known here (sam2) or a bad spec: the loader says so
+        return
+    if w.source != "hub" or present(w):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or "https://huggingface.co"
+    if (why := hub_unreachable(endpoint)) is not None:
+        cause = ConnectionError(
+            f"not in the HF cache {hf_cache_dir()}, and the model hub {endpoint} cannot be reached ({why})"
+        )
+        raise ModelLoadError(MODEL_NAMES.get(role, role), role, spec, cause, w.repo)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import ATTRIBUTION, FLOW_SCHEDULER, SCHEDULER
+from ..config import FLOW_SCHEDULER, SCHEDULER, generator_fields
 from .cache import short_hash
 
 if TYPE_CHECKING:
@@ -49,37 +49,14 @@ def generator_identity(specs: ModelSpecs) -> dict:
 
         family, source = parse_generator(specs.models["generator"], specs.preset.weights)
         scheduler = FLOW_SCHEDULER if family.pipeline in MMDIT_PIPELINES else SCHEDULER
-        return {
-            "model": sd_source(source, specs.weights_seed),
-            "revision": None,
-            "scheduler": scheduler,
-            "family": family.name,
-            "attribution": ATTRIBUTION,
-        }
-    return {
-        "model": sd_source(specs.models["sd"], specs.weights_seed),
-        "revision": None,
-        "scheduler": SCHEDULER,
-        "attribution": ATTRIBUTION,
-    }
+        return generator_fields(sd_source(source, specs.weights_seed), None, scheduler, family.name)
+    return generator_fields(sd_source(specs.models["sd"], specs.weights_seed), None, SCHEDULER)
 
 
 def clip_text_id(source: str, weights_seed: int) -> str:
     """Key of the text embeddings of an open_clip text tower (random weights: by their seed too)."""
     random = source.split(":")[0] in ("tiny", "random")  # tiny, random, tiny:siglip2, …
     return f"open_clip-text:{source}" + (f"@seed{weights_seed}" if random else "")
-
-
-def text_embedding_id(specs: ModelSpecs) -> str:
-    """The category filter scorer's identity (`ImageTextScorer.identity()`), from specs alone."""
-    if specs.preset.weights == "procedural":
-        from ..procedural import WORLD_VERSION
-
-        return f"procedural-scorer/v{WORLD_VERSION}"
-    from ..models.filtermodels import filter_source
-
-    source = filter_source(specs.models.get("filter"), specs.preset.weights)
-    return clip_text_id(specs.models["clip"] if source is None else source, specs.weights_seed)
 
 
 def _models(specs: ModelSpecs, used: set[str]) -> dict:

@@ -8,14 +8,37 @@ GET /api/explain?id=&x=&y=     → DemoSession.explain
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from ..errors import OvdiffError
 
 FORM_SLACK = 16 * 1024  # a form's bytes beyond its picture: part headers and the class names
+
+
+class TooLarge(Exception):
+    """A request body that passed the byte limit while it was arriving; seen: the bytes read by then.
+    (Starlette's form parser closes its temporary files on any error from the stream.)"""
+
+    def __init__(self, seen: int):
+        super().__init__(f"over {seen:,} bytes")
+        self.seen = seen
+
+
+async def at_most(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """`stream`'s chunks, counted as they arrive: past `limit` bytes it stops with TooLarge. A chunked
+    body declares no length, so this is what bounds it (memory and temporary disk alike)."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise TooLarge(seen)
+        yield chunk
+
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -25,10 +48,10 @@ if TYPE_CHECKING:
 
 def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -> Starlette:
     """The app serving `session`; `phrase` words a library error for the user (the CLI passes its own)."""
+    from python_multipart.multipart import parse_options_header
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
+    from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
@@ -53,12 +76,29 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
             return refuse(
                 f"the upload is {int(declared):,} bytes, above this server's limit of {session.max_bytes:,}", 413
             )
+        if parse_options_header(request.headers.get("content-type", ""))[0] != b"multipart/form-data":
+            return refuse("send the picture and the classes as a multipart form, as the page does")
+        limit = session.max_bytes + FORM_SLACK
+        parser = MultiPartParser(
+            request.headers,
+            at_most(request.stream(), limit),
+            max_files=1,
+            max_fields=2,
+            max_part_size=session.max_bytes,
+        )
         try:
-            async with request.form(max_files=1, max_fields=2, max_part_size=session.max_bytes) as form:
-                upload, classes = form.get("image"), form.get("classes")
-                data = await upload.read() if hasattr(upload, "read") else b""
-        except (MultiPartException, HTTPException) as e:
-            return refuse(f"unreadable upload: {getattr(e, 'message', None) or getattr(e, 'detail', None) or e}")
+            form = await parser.parse()
+        except TooLarge as e:
+            return refuse(
+                f"the upload is over {e.seen:,} bytes, above this server's limit of {session.max_bytes:,}", 413
+            )
+        except MultiPartException as e:
+            return refuse(f"unreadable upload: {e.message}")
+        try:
+            upload, classes = form.get("image"), form.get("classes")
+            data = await upload.read() if hasattr(upload, "read") else b""
+        finally:
+            await form.close()
         if not isinstance(classes, str):
             return refuse("no classes: type comma-separated class names, e.g. kite, ball, sky")
         return await answer(session.segment, data, classes)
@@ -87,6 +127,22 @@ def listen(host: str, port: int) -> socket.socket:
         raise OvdiffError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from e
     sock.set_inheritable(True)
     return sock
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does: one way to stop, whoever asks.
+    (While uvicorn serves it catches both, answers the requests in flight, then raises the caught signal
+    again with this handler back in place.)"""
+
+    def stop(signum: int, frame) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def run(app: Starlette, sock: socket.socket) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...models.dense import FAMILIES
-from ..stage2_prototypes.features import IMAGENET_MEAN, IMAGENET_STD, TimmKeysPart, _fit, _normalise
+from ..stage2_prototypes.features import TimmKeysPart, TimmPart
 
 if TYPE_CHECKING:
     import torch
@@ -19,26 +19,17 @@ if TYPE_CHECKING:
     from ...types import Extractor
 
 
-class TimmOutputsPart:
+class TimmOutputsPart(TimmPart):
     """Patch outputs of a timm ViT's last block after its final norm; stride = patch."""
-
-    def __init__(self, model: torch.nn.Module, kind: str, device: torch.device):
-        self.device, self.name, self.model = device, kind, model
-        self.stride = int(model.patch_embed.patch_size[0])
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
-        self.std = tuple(cfg.get("std") or IMAGENET_STD)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [0,1] → (B,C,H/p,W/p) normed outputs of the last block (prefix tokens dropped)."""
         import torch
 
         m = self.model
-        dtype = m.patch_embed.proj.weight.dtype
         with torch.inference_mode():
-            x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
             (out,) = m.forward_intermediates(
-                x.to(dtype),
+                self.model_input(images),
                 indices=[len(m.blocks) - 1],
                 norm=True,
                 stop_early=True,

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ...config import ATTRIBUTION, FLOW_SCHEDULER
 from ...errors import InvalidSetting
 from ...models.generators import GeneratorFamily
 from ...types import Sample
-from ..stage1_support.sampling import AttributionRecorder, _to_uint8, class_token_indices
+from ..stage1_support.sampling import AttributionRecorder
 from .generators import check_turbo
+from .mmdit import JointAttentionGenerator, samples
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +81,7 @@ class FluxAttributionProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
 
-class FluxGenerator:
+class FluxGenerator(JointAttentionGenerator):
     """FLUX.1 (schnell, dev) through the stock diffusers pipeline, with attribution from its joint attention.
 
     One pass per step (no classifier-free guidance, so no negative prompt): schnell takes no guidance,
@@ -91,21 +89,7 @@ class FluxGenerator:
     """
 
     def __init__(self, family: GeneratorFamily, flux):
-        self.family, self.flux = family, flux
-        self.pipe = flux.pipeline()
-        self.pipe.set_progress_bar_config(disable=True)
-
-    def identity(self) -> dict:
-        return {
-            "model": self.flux.source,
-            "revision": self.flux.revision,
-            "scheduler": FLOW_SCHEDULER,
-            "family": self.family.name,
-            "attribution": ATTRIBUTION,
-        }
-
-    def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
-        return class_token_indices(self.flux.tokenizer_2, config.prompt_template, class_name)
+        super().__init__(family, flux, flux.tokenizer_2)
 
     def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
@@ -119,23 +103,15 @@ class FluxGenerator:
                 "size", f"{self.family.name} draws sides that are multiples of {stride}, got {config.size}"
             )
         recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
-        model = self.flux.transformer
-        original = model.attn_processors
-        model.set_attn_processor(
-            {n: FluxAttributionProcessor(p, recorder, self.flux.text_len) for n, p in original.items()}
-        )
-        try:
-            images = self.pipe(
-                prompt=[config.prompt_template.format(class_name)] * len(seeds),
-                height=config.size,
-                width=config.size,
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                max_sequence_length=self.flux.text_len,
-                generator=[torch.Generator().manual_seed(s) for s in seeds],
-                output_type="pt",
-            ).images  # (B, 3, size, size) in [0, 1]
-        finally:
-            model.set_attn_processor(original)
-        maps = recorder.maps().cpu().numpy().astype(np.float32)
-        return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images * 2 - 1), maps, strict=True)]
+        images = self.draw(
+            lambda inner: FluxAttributionProcessor(inner, recorder, self.parts.text_len),
+            prompt=[config.prompt_template.format(class_name)] * len(seeds),
+            height=config.size,
+            width=config.size,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            max_sequence_length=self.parts.text_len,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="pt",
+        )  # (B, 3, size, size) in [0, 1]
+        return samples(images * 2 - 1, recorder)

@@ -11,14 +11,15 @@ clamps and sums it over layers, heads and steps as it does for the UNet families
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...config import ATTRIBUTION, FLOW_SCHEDULER
+from ...config import FLOW_SCHEDULER, generator_fields
 from ...models.generators import GeneratorFamily
 from ...types import Sample
-from ..stage1_support.sampling import AttributionRecorder, _to_uint8, class_token_indices
+from ..stage1_support.sampling import AttributionRecorder, class_token_indices, to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -55,25 +56,43 @@ class JointAttributionProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
 
 
-class MMDiTGenerator:
-    """SD3.x through the stock diffusers pipeline, with attribution from its joint attention."""
+class JointAttentionGenerator:
+    """A generator whose attribution comes from joint attention (SD3.x, FLUX.1): its family, its components and the
+    stock diffusers pipeline; `draw` swaps the layers' processors for attribution processors around one call."""
 
-    def __init__(self, family: GeneratorFamily, sd3):
-        self.family, self.sd = family, sd3
-        self.pipe = sd3.pipeline()
+    def __init__(self, family: GeneratorFamily, parts, tokenizer):
+        self.family, self.parts, self.tokenizer = family, parts, tokenizer
+        self.pipe = parts.pipeline()
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {
-            "model": self.sd.source,
-            "revision": self.sd.revision,
-            "scheduler": FLOW_SCHEDULER,
-            "family": self.family.name,
-            "attribution": ATTRIBUTION,
-        }
+        return generator_fields(self.parts.source, self.parts.revision, FLOW_SCHEDULER, self.family.name)
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
-        return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
+        return class_token_indices(self.tokenizer, config.prompt_template, class_name)
+
+    def draw(self, processor: Callable[[object], object], **call):
+        """The pipeline's output images for `call`, every attention layer's processor wrapped by `processor`."""
+        model = self.parts.transformer
+        original = model.attn_processors
+        model.set_attn_processor({n: processor(p) for n, p in original.items()})
+        try:
+            return self.pipe(**call).images
+        finally:
+            model.set_attn_processor(original)
+
+
+def samples(images, recorder: AttributionRecorder) -> list[Sample]:
+    """Images (B,3,H,W) in [-1,1] and the recorder's maps → Samples: (H,W,3) uint8, (a,a) float32 >= 0."""
+    maps = recorder.maps().cpu().numpy().astype(np.float32)
+    return [Sample(image=img, attribution=att) for img, att in zip(to_uint8(images), maps, strict=True)]
+
+
+class MMDiTGenerator(JointAttentionGenerator):
+    """SD3.x through the stock diffusers pipeline, with attribution from its joint attention."""
+
+    def __init__(self, family: GeneratorFamily, sd3):
+        super().__init__(family, sd3, sd3.tokenizer)
 
     def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
@@ -81,25 +100,18 @@ class MMDiTGenerator:
 
         cfg = config.guidance_scale > 1
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg, config.attribution_size)
-        model = self.sd.transformer
-        original = model.attn_processors
-        model.set_attn_processor({n: JointAttributionProcessor(p, recorder) for n, p in original.items()})
-        try:
-            latents = self.pipe(
-                prompt=[config.prompt_template.format(class_name)] * len(seeds),
-                negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
-                height=config.size,
-                width=config.size,
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                generator=[torch.Generator().manual_seed(s) for s in seeds],
-                output_type="latent",
-            ).images
-        finally:
-            model.set_attn_processor(original)
+        latents = self.draw(
+            lambda inner: JointAttributionProcessor(inner, recorder),
+            prompt=[config.prompt_template.format(class_name)] * len(seeds),
+            negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
+            height=config.size,
+            width=config.size,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="latent",
+        )
         with torch.inference_mode():
-            vae = self.sd.vae
+            vae = self.parts.vae
             z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-            images = vae.decode(z).sample
-        maps = recorder.maps().cpu().numpy().astype(np.float32)
-        return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
+            return samples(vae.decode(z).sample, recorder)

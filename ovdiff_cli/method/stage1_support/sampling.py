@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...config import ATTRIBUTION, SCHEDULER
+from ...config import SCHEDULER, generator_fields
 from ...errors import OvdiffError
 from ...types import Sample
 
@@ -213,7 +213,7 @@ def capture_processors(unet, recorder: AttributionRecorder) -> dict:
 # --------------------------------------------------------------------------- generator
 
 
-def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """(B,3,H,W) in [-1,1] → list of HxWx3 uint8."""
     import torch
 
@@ -234,12 +234,7 @@ class SDGenerator:
         self.pipe.set_progress_bar_config(disable=True)
 
     def identity(self) -> dict:
-        return {
-            "model": self.sd.source,
-            "revision": self.sd.revision,
-            "scheduler": SCHEDULER,
-            "attribution": ATTRIBUTION,
-        }
+        return generator_fields(self.sd.source, self.sd.revision, SCHEDULER)
 
     def token_indices(self, class_name: str, config: SampleConfig) -> list[int]:
         return class_token_indices(self.sd.tokenizer, config.prompt_template, class_name)
@@ -290,7 +285,7 @@ class SDGenerator:
             vae = self.sd.vae
             images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         maps = recorder.maps().cpu().numpy().astype(np.float32)
-        return [Sample(image=img, attribution=att) for img, att in zip(_to_uint8(images), maps, strict=True)]
+        return [Sample(image=img, attribution=att) for img, att in zip(to_uint8(images), maps, strict=True)]
 
     def attribute(
         self, class_name: str, images: list[np.ndarray], config: SampleConfig, seeds: list[int]

@@ -98,11 +98,6 @@ class RegionAccumulator:
         n = len(self._keys)
         return self._keys.copy(), None if self._points is None else self._points[:n]
 
-    @property
-    def sample_capacity(self) -> int:
-        """Rows allocated for the sample: max_points once a masked cell was seen, whatever N."""
-        return 0 if self._points is None else len(self._points)
-
     def add(self, features: torch.Tensor, masks: np.ndarray | torch.Tensor, first_index: int) -> None:
         """features (B,D,h,w) float (any dtype/device) of support images first_index … first_index+B−1;
         masks (B,h,w) bool on the same grid."""

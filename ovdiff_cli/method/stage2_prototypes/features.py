@@ -248,33 +248,44 @@ class ClipKeysPart:
 # --------------------------------------------------------------------------- DINO / MAE (timm)
 
 
-class TimmKeysPart:
+class TimmPart:
+    """A timm ViT as a feature part: stride = its patch, its own pixel mean/std (ImageNet's by default)."""
+
+    def __init__(self, model: torch.nn.Module, kind: str, device: torch.device):
+        self.device, self.name, self.model = device, kind, model
+        self.stride = int(model.patch_embed.patch_size[0])
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(cfg.get("std") or IMAGENET_STD)
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] → the model's input: fitted to the stride, normalised, in the model's dtype."""
+        import torch
+
+        x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
+        return x.to(self.model.patch_embed.proj.weight.dtype)
+
+
+class TimmKeysPart(TimmPart):
     """Keys of the last block of a timm ViT (DINO ViT-B/8, MAE), prefix tokens dropped; stride = patch."""
 
     def __init__(self, model: torch.nn.Module, kind: str, device: torch.device):
-        self.device = device
-        self.name = kind
-        self.model = model
-        if len(self.model.blocks) < 2:
+        if len(model.blocks) < 2:
             raise ValueError(f"{kind} ViT needs at least two blocks")
-        self.stride = int(self.model.patch_embed.patch_size[0])
-        cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
-        self.std = tuple(cfg.get("std") or IMAGENET_STD)
+        super().__init__(model, kind, device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [0,1] → (B,C,H/p,W/p) keys of `blocks[-1].attn.qkv`."""
         import torch
 
         m = self.model
-        dtype = m.patch_embed.proj.weight.dtype
         with torch.inference_mode():
-            x = _normalise(_fit(images.to(self.device, torch.float32), self.stride), self.mean, self.std)
+            x = self.model_input(images)
             b, _, h, w = x.shape
             gh, gw = h // self.stride, w // self.stride
             # Keys are a per-token projection of the last block's input: prefix tokens are not needed.
             (tokens,) = m.forward_intermediates(
-                x.to(dtype), indices=[len(m.blocks) - 2], stop_early=True, intermediates_only=True, output_fmt="NLC"
+                x, indices=[len(m.blocks) - 2], stop_early=True, intermediates_only=True, output_fmt="NLC"
             )
             blk = m.blocks[-1]
             attn = blk.attn

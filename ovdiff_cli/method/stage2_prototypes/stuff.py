@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...classnames import CORRECTIONS, PROMPT_OVERLAY
-from ...classnames.lists import ADE, CITYSCAPES, COCO_STUFF_ONLY, COCO_THINGS, CONTEXT, VOC
+from ...classnames.lists import COCO_STUFF_ONLY, COCO_THINGS
 
 if TYPE_CHECKING:
     from ...types import StageSource, TextMemo
@@ -202,14 +201,6 @@ def _tables() -> tuple[frozenset[str], frozenset[str]]:
 
 
 STUFF, THINGS = _tables()
-
-
-def covered_names() -> list[str]:
-    """Every benchmark class name (raw and corrected) the table must classify (for tests and docs)."""
-    names = set(COCO_THINGS) | set(COCO_STUFF_ONLY) | set(CONTEXT[1:]) | set(ADE) | set(CITYSCAPES) | set(VOC[1:])
-    for fixes in (*CORRECTIONS.values(), PROMPT_OVERLAY):
-        names |= set(fixes.values())
-    return sorted(names)
 
 
 def _variants(k: str) -> list[str]:

@@ -203,7 +203,7 @@ class Segmenter:
         for image, t in zip(images, times, strict=True):
             # 2. the working image, which step 1 sees too (as the authors' filter does)
             work = working_image(image, self.cfg.short_side)
-            xs.append(_to_tensor(work, self.device))
+            xs.append(to_tensor(work, self.device))
             # 1. category pre-filter
             t0 = time.perf_counter()
             keep = self.filter.select(work) if self.filter is not None else list(range(len(self.classes)))
@@ -313,12 +313,8 @@ class Segmenter:
         return self._finish(enc.image, score, labels, best, keep, t, scores)
 
 
-def work_tensor(image: np.ndarray, short_side: int, device: torch.device) -> torch.Tensor:
-    """Step 2: HxWx3 uint8 → (3,h,w) float32 in [0,1] on `device`, the working image (`targets.working_image`)."""
-    return _to_tensor(working_image(image, short_side), device)
-
-
-def _to_tensor(work: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_tensor(work: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A working image (HxWx3 uint8, `targets.working_image`) → (3,h,w) float32 in [0,1] on `device`."""
     return torch.from_numpy(np.require(work, requirements=["C", "W"])).to(device).permute(2, 0, 1).float() / 255
 
 
@@ -342,7 +338,7 @@ def encode_image(
 
         embedding = image_embedding(scorer, work, cfg.filter_size)
     t1 = time.perf_counter()
-    x = _to_tensor(work, device)
+    x = to_tensor(work, device)
     windows = tuple(cfg.windows) if cfg.slide else None
     merge = device.type == "cuda"  # as `Segmenter` batches crops on this device
     batches = list(

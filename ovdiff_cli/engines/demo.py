@@ -19,10 +19,10 @@ from ..errors import OvdiffError
 from ..limits import in_range
 
 if TYPE_CHECKING:
-    from ..engines.folder import OnEvent, OnImage, Session
+    from ..eval.datasets import SegDataset
+    from ..eval.evaluate import EvalResult
     from ..io.outputs import JobSummary
-    from .datasets import SegDataset
-    from .evaluate import EvalResult
+    from .folder import OnEvent, OnImage, Session
 
 
 @dataclass
@@ -46,13 +46,13 @@ def run_demo(
 
     session: a pipeline of the procedural preset (`api.Pipeline`); on_event, on_image: as `segment_folder`'s.
     """
-    from ..engines.folder import FolderJob, segment_folder
+    from ..eval.datasets import load_dataset
+    from ..eval.evaluate import evaluate, predictions_from_dir, protocol
+    from ..eval.report import write_report
     from ..io.images import save_picture
     from ..io.outdir import check_out_dir
     from ..procedural import LABELLED, write_voc
-    from .datasets import load_dataset
-    from .evaluate import evaluate, predictions_from_dir, protocol
-    from .report import write_report
+    from .folder import FolderJob, segment_folder
 
     specs = session.stages.specs
     if specs.preset.weights != "procedural":
