@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 OnEvent = Callable[[str, str, int, int], None]
-MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "filter", "generator", *FAMILY_PARTS)
+MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "cutler", "filter", "generator", *FAMILY_PARTS)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Pipeline:
     preset: sd15 (default, real weights), tiny, sd15-random or procedural (offline, meaningful
     masks); cache: the prototype cache folder (default: $OVDIFF_CACHE, else the user cache dir);
     device/dtype: as the CLI's --device/--dtype; seed: the support sets' seed; models: model
-    sources by role ("sd", "clip", "dino", "mae", "sam", "sam2", "filter", "generator", or an extractor
+    sources by role ("sd", "clip", "dino", "mae", "sam", "sam2", "cutler", "filter", "generator", or an extractor
     family such as "dinov2"; None keeps the preset's), as --sd-model etc.; sample/protos/segment:
     overrides of SampleConfig/ProtoConfig/SegmentConfig fields (a Turbo generator's steps and guidance
     unless given). create_cache=False: a cache folder that holds no cache is an error (read only).

@@ -95,10 +95,14 @@ def build_part(name: str, store: ModelStore, calls: dict[str, int] | None = None
 
 
 def build_proposer(name: str, store: ModelStore) -> MaskProposer:
-    """The mask proposer called `name`; `sam` loads the store's SAM model."""
+    """The mask proposer called `name`; `cutler` and `sam` load the store's detector / SAM model."""
     from .config import PROPOSERS
     from .method.stage2_prototypes.masks import FastNCutProposer, MaskCutProposer, SamProposer, ThresholdProposer
 
+    if name == "cutler":
+        from .method.stage2_prototypes.cutler import CutlerProposer
+
+        return CutlerProposer(store.cutler(), store.specs.preset.detector_size)
     if name == "ncut":
         return MaskCutProposer()
     if name == "ncut-fast":

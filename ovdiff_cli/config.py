@@ -17,7 +17,7 @@ from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
-PROPOSERS = ("ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/masks.py)
+PROPOSERS = ("cutler", "ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/)
 FEATURE_PROPOSERS = ("ncut", "ncut-fast")  # the proposers that cut a part's features (ProtoConfig.mask_features)
 MASK_STRIDE = 8  # support masks are stored on the feature_size/8 grid; each part reduces them from the images' resolution (classbuild)
 PROTO_KINDS = ("class", "instance", "part")
@@ -183,7 +183,9 @@ class ProtoConfig:
     """Prototype construction (paper §3 "Representing categories", Tables A.5-A.7)."""
 
     extractor: str = "sd+dino+clip"
-    mask_proposer: str = "ncut"
+    mask_proposer: str = (
+        "cutler"  # Γ: CutLER's detector, as the paper and the authors (method/stage2_prototypes/cutler.py)
+    )
     mask_features: str = "dino"  # the part whose features ncut cuts (CutLER's MaskCut: DINO ViT-B/8 keys)
     k_parts: int = 32
     kmeans_iters: int = 300  # the authors' scikit-learn KMeans: at most 300 Lloyd iterations, its tolerance rule

@@ -41,7 +41,7 @@ def report(
             "role": w.role,
             "spec": w.spec,
             "source": w.source,
-            "repo": w.repo,
+            "repo": w.repo or w.url,
             "present": present(w, hf),
             "licence": w.licence,
             "gated": w.gated,

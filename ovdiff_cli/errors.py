@@ -42,6 +42,17 @@ class ModelLoadError(OvdiffError):
         self.model, self.role, self.spec, self.repo = model, role, spec, repo
 
 
+class MissingCheckpoint(OvdiffError):
+    """CutLER's checkpoint (the `cutler` mask proposer's weights) is not on disk; nothing falls back silently."""
+
+    def __init__(self, path: str, url: str):
+        super().__init__(
+            f"the CutLER checkpoint {path} is not there; fetch it with: ovdiff models download (from {url}), "
+            "give a local copy as the cutler model, or choose mask_proposer ncut (no extra weights)"
+        )
+        self.path, self.url = path, url
+
+
 class MissingClasses(OvdiffError):
     """Classes asked for without building (build=False) that are not cached under these settings.
 

@@ -105,6 +105,7 @@ ROOMS = {
     "Class prototypes": [
         "method.stage2_prototypes.features",
         "method.stage2_prototypes.masks",
+        "method.stage2_prototypes.cutler",
         "method.stage2_prototypes.aggregation",
         "method.stage2_prototypes.classbuild",
         "engines.vocab",
@@ -148,6 +149,7 @@ def test_models_import_no_stage():
 NOT_FROM_METHOD = ("store", "io", "eval", "engines", "cli", "bench", "ui", "api", "compose")
 # The method modules that take raw models (models/) and what they read there; the others take features and tensors.
 METHOD_MODELS = {
+    "method.stage2_prototypes.cutler": {"models.cutler"},  # the detector's network
     "method.beyond.dense": {"models.dense"},  # which tokens each extractor family gives
     "method.stage2_prototypes.features": {"models.sd", "models.vit"},  # the backbones' model types
     "method.stage1_support.sampling": {"models.sd"},  # Stable Diffusion's components

@@ -248,6 +248,7 @@ def test_the_readme_is_a_short_front_page_whose_links_and_make_targets_exist():
 # dataset preparation scripts of Mask2Former and CAT-Seg.
 ELSEWHERE = {
     "maskcut.py",
+    "utils/cutler.py",  # the authors' CutLER call
     "gen_vit_features.py",
     "predict.py",
     "datasets/prepare_ade20k_full_sem_seg.py",

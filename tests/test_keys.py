@@ -93,15 +93,23 @@ def test_class_ids_of_other_settings_are_pinned():
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
     assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "98aa22d98619238297db1dea"
     assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "2020b41e204968805b57b701"
-    # the real-weight presets, by spec alone (no weights here)
+    # the CutLER proposer (issue 35): its own mask ids, keyed by the detector's checkpoint
+    cutler_cfg = dataclasses.replace(proto_cfg, mask_proposer="cutler")
+    assert mask_id("cat", 0, tiny, sample_cfg, cutler_cfg) == "57acb711df34b439c68f146c"
+    assert mask_id("cat", 0, ModelSpecs.of("tiny", {"cutler": "/w/cutler.pth"}), sample_cfg, cutler_cfg) == (
+        "e81143dbb4312e96162b17f2"
+    )
+    # the real-weight presets, by spec alone (no weights here). Issue 35: their default proposer is now
+    # CutLER (the paper's Γ), so their default class ids moved; with --mask-proposer ncut they are the old ones.
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "08bcee2cc3843b4a89e91bd6"
-    for preset, plain, local in (
-        ("sd15", "25bd2da3b66d16a2fb0acf07", "49327ebb09a0e4f38756a30e"),
-        ("sd15-random", "16edf9bc02bdb710f91df9e5", "96843fd9bf139db3bda32ad3"),
+    for preset, plain, local, ncut in (
+        ("sd15", "3067c078e590179ea5cdeedd", "99abcd63ac8e1a445664218d", "25bd2da3b66d16a2fb0acf07"),
+        ("sd15-random", "3868d930f7660ef30d855c77", "9a96dd00d141e6d6a34a8096", "16edf9bc02bdb710f91df9e5"),
     ):
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
         assert class_ids("cat", 0, ModelSpecs.of(preset, {"sd": "/w/sd15", "clip": "/w/clip"}), s, p)["sd"] == local
+        assert class_ids("cat", 0, ModelSpecs.of(preset), s, dataclasses.replace(p, mask_proposer="ncut"))["sd"] == ncut
 
 
 @pytest.mark.parametrize("preset", ["tiny", "procedural"])

@@ -218,7 +218,7 @@ def backend(tmp_path_factory):
         assert line.startswith("ovdiff label-studio: http://127.0.0.1:"), line
         assert f"images from {ls_url}" in line
         yield line.split()[2], ls_url, scene, cache, lines
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a service manager's stop: as Ctrl-C, a normal exit
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
@@ -285,3 +285,22 @@ def test_predictions_that_cannot_be_made_are_refused_in_one_line(backend, body, 
     url, *_, lines = backend
     status, out = call(url + "/predict", body)
     assert status == 400 and says in out["error"] and "\n" not in out["error"], out
+
+
+def test_the_server_label_studio_names_at_setup_is_used_only_where_none_was_set(monkeypatch, tmp_path):
+    from ovdiff_cli.ui.labelstudio_app import LabelStudioBackend
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    pipe = ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache", device="cpu")
+    told = {"schema": CONFIG, "hostname": "http://127.0.0.1:8080", "access_token": "from-setup"}
+    free = LabelStudioBackend(pipe)
+    with pytest.raises(OvdiffError, match="set LABEL_STUDIO_URL"):
+        free.fetch("/data/upload/1/a.png")  # no server known yet: nothing is fetched
+    version = free.setup(told)["model_version"]
+    assert (free.server, free.token) == ("http://127.0.0.1:8080", "from-setup") and free.versions == [version]
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9999")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "from-env")
+    fixed = LabelStudioBackend(pipe)
+    fixed.setup(told)
+    assert (fixed.server, fixed.token) == ("http://127.0.0.1:9999", "from-env")

@@ -29,6 +29,7 @@ def test_an_unreachable_hub_fails_in_seconds_in_one_line_and_leaves_no_out_folde
     endpoint = f"http://127.0.0.1:{closed_port()}"
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=endpoint)  # an empty HF cache, a hub that refuses
     cmd = [sys.executable, "-m", "ovdiff_cli", "segment", str(picture), "--classes", "cat, dog", "--device", "cpu"]
+    cmd += ["--mask-proposer", "ncut"]  # the default preset's models, less CutLER's checkpoint (not on the hub)
     start = time.monotonic()
     r = subprocess.run(
         [*cmd, "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")],
@@ -79,3 +80,20 @@ def test_an_empty_out_folder_of_a_failed_job_is_removed_but_not_one_that_was_the
     with job_out_dir(tmp_path / "kept") as folder:
         (folder / "mask.png").write_bytes(np.zeros(1, np.uint8).tobytes())
     assert (tmp_path / "kept" / "mask.png").exists()
+
+
+def test_the_next_command_is_one_that_runs_here(monkeypatch, tmp_path):
+    from ovdiff_cli.cli.output import ovdiff_command
+
+    script = tmp_path / ".venv" / "bin" / "ovdiff"  # `make demo` runs .venv/bin/ovdiff, not on PATH
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    assert ovdiff_command() == ".venv/bin/ovdiff"
+    monkeypatch.setattr(sys, "argv", ["/elsewhere/ovdiff_cli/__main__.py", "demo"])  # python -m ovdiff_cli
+    assert ovdiff_command() == f"{sys.executable} -m ovdiff_cli"
+    monkeypatch.setenv("PATH", str(script.parent))  # an activated environment
+    assert ovdiff_command() == "ovdiff"

@@ -46,7 +46,7 @@ def test_prototype_defaults():
     p = ProtoConfig()
     assert p.k_parts == 32
     assert p.extractor == "sd+dino+clip"  # Table 2's best
-    assert p.mask_proposer == "ncut"  # Γ: our CutLER stand-in (MaskCut's normalised cuts)
+    assert p.mask_proposer == "cutler"  # Γ: CutLER's detector, as the paper (App. C.5) and the authors run it
     assert p.feature_size == 512  # support images are featurised at the size they were sampled at
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.cli.output import ovdiff_command
 from ovdiff_cli.io.images import ImageError, discover, load_image
 from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
@@ -150,6 +151,14 @@ def test_demo_runs_offline_and_scores(tmp_path):
     assert "mIoU" in res.output
     assert len(list((tmp_path / "demo/masks").glob("world_*.png"))) == 4
     assert len(list((tmp_path / "demo/masks/overlays").glob("*.jpg"))) == 4
+    assert f"next: {ovdiff_command()} segment " in " ".join(res.output.split())  # the command that works here
+    # the figure reads alone: titles above the three columns, a colour key of every label below the panels
+    figure = np.asarray(Image.open(tmp_path / "demo/figure.png"))
+    top, panels = 28, 3 * 128 + 2 * 12  # the titles' strip; three 192x128 scenes, 12-pixel gaps
+    head, key = figure[:top], figure[top + panels :]
+    assert (head.min(axis=2) < 80).sum() > 100 and (figure[top] < 250).any()  # dark title text, then the panels
+    colours = {tuple(c) for c in key.reshape(-1, 3).tolist()}
+    assert {tuple(voc_palette()[k].tolist()) for k in (*range(7), 255)} <= colours  # background, 6 classes, ignored
 
 
 # --------------------------------------------------------------------------- inputs and loading

@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 import ovdiff
 from ovdiff_cli.cli.app import app
+from ovdiff_cli.io.palette import name_colour
 from ovdiff_cli.ui.session import DemoSession
 
 pytest.importorskip("uvicorn", reason="ovdiff serve needs the ui extra: pip install 'ovdiff[ui]'")
@@ -82,7 +83,7 @@ def server(tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def post_segment(url: str, image: bytes | None, classes: str | None) -> tuple[int, dict]:
+def post_segment(url: str, image: bytes | None, classes: str | None, job: str | None = None) -> tuple[int, dict]:
     """POST /api/segment as a browser's form does (multipart), → (status, JSON answer)."""
     boundary = uuid.uuid4().hex
     body = b""
@@ -97,6 +98,8 @@ def post_segment(url: str, image: bytes | None, classes: str | None) -> tuple[in
         )
     if classes is not None:
         body += f'--{boundary}\r\nContent-Disposition: form-data; name="classes"\r\n\r\n{classes}\r\n'.encode()
+    if job is not None:
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="job"\r\n\r\n{job}\r\n'.encode()
     body += f"--{boundary}--\r\n".encode()
     req = urllib.request.Request(
         url + "api/segment", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -129,7 +132,8 @@ def test_segment_answers_the_overlay_and_legend_and_a_pixel_its_winning_prototyp
     legend = {e["name"]: e for e in seg["legend"]}
     assert {"sky", "grass"} <= set(legend) and "kite" not in legend  # the scene has no kite
     assert abs(sum(e["share"] for e in seg["legend"]) - 1) < 1e-3
-    assert legend["sky"]["color"] == [128, 128, 0]  # the VOC palette's colour of label 3, as classes.json has it
+    assert legend["sky"]["color"] == list(name_colour("sky"))  # the name's own colour, wherever it stands
+    assert seg["notes"] == []  # every large class here is in the picture
     for (x, y), name in ((SKY, "sky"), (GRASS, "grass")):
         status, why = answer(f"{url}api/explain?id={seg['id']}&x={x}&y={y}")
         assert status == 200, why
@@ -142,7 +146,7 @@ def test_segment_answers_the_overlay_and_legend_and_a_pixel_its_winning_prototyp
         assert proto["group"] == "fg" and proto["pixels"] > 0 and isinstance(proto["support_image"], int)
         x0, y0, x1, y1 = proto["bbox_xyxy"]
         assert x0 <= x < x1 and y0 <= y < y1  # the clicked pixel is among those the prototype won
-        assert why["picture"].startswith("data:image/png;base64,")
+        assert why["won"].startswith("data:image/png;base64,") and why["support"].startswith("data:image/png;base64,")
 
 
 @pytest.mark.parametrize(
@@ -211,6 +215,85 @@ def test_an_upload_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
         status, body = post_segment(url, scene_png(), "kite, sky")
     assert status == 413 and "bytes, above this server's limit of 1,000" in body["error"], body
     assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_a_class_keeps_its_colour_wherever_it_stands_in_the_list(server):
+    url, _ = server
+    colours = []
+    for classes in (CLASSES, ", ".join(reversed(CLASSES.split(", ")))):
+        status, seg = post_segment(url, scene_png(), classes)
+        assert status == 200, seg
+        colours.append({e["name"]: e["color"] for e in seg["legend"]})
+    assert colours[0] == colours[1] and len(colours[0]) >= 2
+    assert all(colour == list(name_colour(name)) for name, colour in colours[0].items())
+
+
+def test_a_class_that_covers_the_picture_with_a_low_score_gets_a_note(server):
+    url, _ = server
+    status, seg = post_segment(url, scene_png(), "sky")  # scene 3 is grass below a sky: sky alone takes it all
+    assert status == 200, seg
+    (entry,) = seg["legend"]
+    assert entry["name"] == "sky" and entry["share"] == 1 and entry["score"] < 0.9
+    (note,) = seg["notes"]
+    assert note.startswith("sky covers 100% of the picture with a low mean score") and "holds no sky" in note
+
+
+def test_the_mask_and_the_results_download_as_the_page_shows_them(server):
+    url, _ = server
+    _, seg = post_segment(url, scene_png(), CLASSES)
+    with urllib.request.urlopen(f"{url}api/mask?id={seg['id']}", timeout=60) as r:
+        assert r.headers["Content-Type"] == "image/png" and "attachment" in r.headers["Content-Disposition"]
+        mask = Image.open(io.BytesIO(r.read()))
+    assert mask.mode == "P" and mask.size == (192, 128)
+    labels, palette = np.asarray(mask), np.asarray(mask.getpalette()[:15], np.uint8).reshape(5, 3)
+    status, results = answer(f"{url}api/results?id={seg['id']}&format=json")
+    assert status == 200 and results["classes"] == CLASSES.split(", ")
+    for e in results["labels"]:  # the file's pixels, colours and counts are the legend's
+        assert (labels == e["label"]).sum() == e["pixels"] and palette[e["label"]].tolist() == e["color"]
+        assert next(x for x in seg["legend"] if x["label"] == e["label"]).items() <= e.items()
+    status, coco = answer(f"{url}api/results?id={seg['id']}&format=coco")
+    assert status == 200 and {r["category_id"] for r in coco} == {e["label"] for e in results["labels"]} - {0}
+    from pycocotools import mask as cocomask
+
+    for record in coco:
+        assert (cocomask.decode(record["segmentation"]) == (labels == record["category_id"])).all()
+    status, body = answer(f"{url}api/results?id={seg['id']}&format=xml")
+    assert status == 400 and "ask for json or coco" in body["error"]
+
+
+def test_examples_are_listed_and_drawn_by_the_server(server):
+    url, _ = server
+    status, examples = answer(f"{url}api/examples")
+    assert status == 200 and len(examples) >= 3
+    with urllib.request.urlopen(url + examples[0]["url"].lstrip("/"), timeout=60) as r:
+        picture = np.asarray(Image.open(io.BytesIO(r.read())))
+    assert picture.shape == (128, 192, 3) and (picture == ovdiff.procedural_scene(examples[0]["seed"])).all()
+    assert examples[0]["classes"] == "kite, ball, boat, car, sky, grass"
+    status, body = answer(f"{url}api/examples/999.png")
+    assert status == 404 and "no example 999" in body["error"]
+
+
+def test_progress_is_reported_while_a_class_is_built(tmp_path):
+    session = DemoSession(ovdiff.Pipeline(preset="procedural", cache=tmp_path / "cache"))
+    job = uuid.uuid4().hex
+    seen: list[dict] = []
+    with in_process(session) as url:
+        done = []
+        worker = threading.Thread(target=lambda: done.append(post_segment(url, scene_png(), "sky, tree", job)))
+        worker.start()
+        while worker.is_alive():
+            status, now = answer(f"{url}api/progress?job={job}")
+            if status == 200 and (not seen or now != seen[-1]):
+                seen.append(now)
+            time.sleep(0.05)
+        worker.join()
+        assert done[0][0] == 200, done
+        assert answer(f"{url}api/progress?job={job}")[1] == {"stage": "unknown"}  # forgotten once answered
+    building = [e for e in seen if e.get("name")]
+    assert {(e["name"], e["class_index"], e["classes"]) for e in building} == {("sky", 1, 2), ("tree", 2, 2)}
+    samples = [e for e in building if e["stage"] == "sample"]
+    assert samples and all(0 <= e["done"] <= e["total"] > 0 for e in samples)
+    assert seen[-1]["stage"] in ("segment", "unknown")  # ("prototypes" passes too quickly to be seen every time)
 
 
 def chunked_upload(url: str, total: int) -> tuple[int, int, bytes]:
@@ -338,6 +421,8 @@ def click_pixel(driver, x: int, y: int) -> str:
     from selenium.webdriver.common.by import By
 
     overlay = driver.find_element(By.ID, "overlay")
+    # wholly in view: the offset below counts from the centre of the element's visible part
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", overlay)
     before = driver.find_element(By.ID, "why").text
     w, h = overlay.size["width"], overlay.size["height"]
     ActionChains(driver).move_to_element_with_offset(
@@ -371,7 +456,10 @@ def test_in_chromium_a_chosen_picture_is_segmented_and_a_click_explained(server,
         assert text.startswith(f"Pixel ({x}, {y}) is {name}: won by prototype #") and f'of "{name}"' in text, text
         assert "support image" in text
         support = browser.find_element(By.ID, "support")
-        assert support.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", support) > 192
+        assert support.is_displayed() and support.size["width"] >= 300  # the support image large enough to see
+        caption = browser.find_element(By.ID, "support-caption")
+        assert f'of "{name}"' in caption.text and "tinted" in caption.text
+        assert float(caption.value_of_css_property("font-size").removesuffix("px")) >= 15  # page text, not image text
 
 
 def test_in_chromium_a_refused_request_shows_its_error(server, browser, tmp_path):
@@ -383,3 +471,66 @@ def test_in_chromium_a_refused_request_shows_its_error(server, browser, tmp_path
     status = wait_for(browser, lambda d: (s := d.find_element(By.ID, "status")).get_attribute("class") == "error" and s)
     assert "9 classes, above this server's limit of 8" in status.text
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_in_chromium_an_example_is_one_click_from_a_result(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server[0])
+    first = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button"))[0]
+    width = "return arguments[0].querySelector('img').naturalWidth"
+    assert wait_for(browser, lambda d: d.execute_script(width, first)) == 192  # drawn by the server, loaded
+    first.click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert browser.find_element(By.ID, "classes").get_attribute("value") == "kite, ball, boat, car, sky, grass"
+    preview = browser.find_element(By.ID, "preview")
+    assert preview.is_displayed() and browser.execute_script("return arguments[0].naturalWidth", preview) == 192
+    assert "click a pixel" in browser.find_element(By.ID, "status").text
+
+
+def test_in_chromium_a_chosen_picture_is_previewed_and_its_results_download(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(scene_png())
+    browser.get(server[0])
+    browser.find_element(By.ID, "image").send_keys(str(picture))
+    preview = browser.find_element(By.ID, "preview")
+    wait_for(
+        browser, lambda d: preview.is_displayed() and d.execute_script("return arguments[0].naturalWidth", preview)
+    )
+    assert browser.execute_script("return arguments[0].naturalWidth", preview) == 192
+    browser.find_element(By.ID, "classes").send_keys(CLASSES)
+    browser.find_element(By.ID, "go").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
+    fetch = "return fetch(arguments[0].href).then(async r => [r.status, r.headers.get('content-type'), (await r.arrayBuffer()).byteLength])"
+    for link, kind in (("get-mask", "image/png"), ("get-json", "application/json"), ("get-coco", "application/json")):
+        a = browser.find_element(By.ID, link)
+        assert a.is_displayed() and a.get_attribute("download") is not None
+        status, content_type, size = browser.execute_script(fetch, a)
+        assert status == 200 and content_type == kind and size > 50, (link, status, content_type, size)
+
+
+def test_in_chromium_the_page_shows_progress_while_a_class_is_built(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(scene_png())
+    submit(browser, server[0], picture, "sky, grass, bird")  # bird is not cached: it is built now
+    status = wait_for(
+        browser, lambda d: 'building class 3 of 3, "bird"' in (t := d.find_element(By.ID, "status").text) and t
+    )
+    assert browser.find_element(By.ID, "bar").is_displayed(), status
+    wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert not browser.find_element(By.ID, "bar").is_displayed()
+
+
+def test_in_chromium_a_low_score_class_shows_its_note(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "scene.png"
+    picture.write_bytes(scene_png())
+    submit(browser, server[0], picture, "sky")
+    wait_for(browser, lambda d: d.find_element(By.ID, "result").is_displayed())
+    notes = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#notes li")]
+    assert len(notes) == 1 and notes[0].startswith("sky covers 100% of the picture with a low mean score"), notes

@@ -114,6 +114,7 @@ def make_run(
     clip_model: str | None = None,
     dino_model: str | None = None,
     sam_model: str | None = None,
+    mask_model: str | None = None,
     part_models: list[str] | None = None,
     filter_model: str | None = None,
     generator: str | None = None,
@@ -136,6 +137,7 @@ def make_run(
         "clip": clip_model,
         "dino": dino_model,
         "sam": sam_model,
+        "cutler": mask_model,
         "sam2": sam2_model,
         "filter": check_filter_model(filter_model),
         "generator": generator,
@@ -146,6 +148,7 @@ def make_run(
         ("--clip-model", clip_model, "CLIP"),
         ("--dino-model", dino_model, "DINO"),
         ("--sam-model", sam_model, "SAM"),
+        ("--mask-model", mask_model, "CutLER"),
     )
     for option, spec, model in local:
         if spec and (problem := missing_local(spec, option, model)):
@@ -210,10 +213,11 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
         parts += ["--k-parts", str(proto_cfg.k_parts)]
     if proto_cfg.proto_dtype != "fp32":
         parts += ["--proto-dtype", proto_cfg.proto_dtype]
-    roles = ["sd", "clip", "dino"] + (["sam"] if proto_cfg.mask_proposer == "sam" else [])
+    roles = ["sd", "clip", "dino"] + ([proto_cfg.mask_proposer] if proto_cfg.mask_proposer in ("sam", "cutler") else [])
     for role in roles:
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
-            parts += [f"--{role}-model", shlex.quote(specs.models[role])]
+            option = "--mask-model" if role == "cutler" else f"--{role}-model"
+            parts += [option, shlex.quote(specs.models[role])]
     for role, option in (("generator", "--generator"), ("filter", "--filter-model")):
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
             parts += [option, shlex.quote(specs.models[role])]
@@ -240,6 +244,11 @@ def phrase(e: OvdiffError) -> str:
             "run offline with --preset tiny / --preset procedural"
         )
         return way_out + ("; or use --mask-proposer ncut, which needs no extra weights" if e.role == "sam" else "")
+    if isinstance(e, errors.MissingCheckpoint):
+        return (
+            f"the CutLER checkpoint {e.path} is not there: run `ovdiff models download` (fetches {e.url}), "
+            "pass a local copy with --mask-model PATH, or choose --mask-proposer ncut"
+        )
     if isinstance(e, errors.MissingClasses):
         return f"{e.plain}; build them with: {add_command(e.names, e.seed, e.specs, e.sample_cfg, e.proto_cfg)}"
     if isinstance(e, errors.NoSupportSet):

@@ -9,7 +9,7 @@ import typer
 
 from .common import make_run
 from .options import CacheOpt, DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
-from .output import print_results, result_line
+from .output import ovdiff_command, print_results, result_line
 
 
 def demo(
@@ -62,6 +62,6 @@ def demo(
         f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}"
     )
     run.say(
-        f"next: ovdiff segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
+        f"next: {ovdiff_command()} segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
         f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain"
     )

@@ -15,6 +15,7 @@ from .options import (
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    MaskModelOpt,
     PresetOpt,
     SamModelOpt,
     SdModelOpt,
@@ -49,6 +50,7 @@ def label_studio(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     sam_model: SamModelOpt = None,
+    mask_model: MaskModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -78,12 +80,18 @@ def label_studio(
     except ImportError as e:
         raise OvdiffError(f"ovdiff label-studio needs the ui extra ({e.name} is missing): {EXTRA}") from e
     rle_encoder()
-    from ..ui.app import listen, run
+    from ..ui.app import listen, run, sigterm_as_ctrl_c
     from ..ui.labelstudio_app import LabelStudioBackend, make_app
 
     models = {
         role: src
-        for role, src in (("sd", sd_model), ("clip", clip_model), ("dino", dino_model), ("sam", sam_model))
+        for role, src in (
+            ("sd", sd_model),
+            ("clip", clip_model),
+            ("dino", dino_model),
+            ("sam", sam_model),
+            ("cutler", mask_model),
+        )
         if src
     }
     pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
@@ -93,12 +101,13 @@ def label_studio(
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     if bound_host not in ("127.0.0.1", "::1"):
         print(f"warning: listening on {bound_host}: anyone who can reach it can run ovdiff", file=sys.stderr)
-    print(
-        f"ovdiff label-studio: http://{shown_host}:{bound_port} (preset {pipeline.preset.name}, cache "
-        f"{pipeline.cache_dir}, images from {backend.server or 'the Label Studio that connects'}; Ctrl-C stops)",
-        flush=True,
-    )
-    try:
-        run(make_app(backend, phrase), sock)
-    except KeyboardInterrupt:
-        print("ovdiff label-studio: stopped", file=sys.stderr)
+    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
+        print(
+            f"ovdiff label-studio: http://{shown_host}:{bound_port} (preset {pipeline.preset.name}, cache "
+            f"{pipeline.cache_dir}, images from {backend.server or 'the Label Studio that connects'}; Ctrl-C stops)",
+            flush=True,
+        )
+        try:
+            run(make_app(backend, phrase), sock)
+        except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on
+            print("ovdiff label-studio: stopped", file=sys.stderr)

@@ -21,6 +21,7 @@ from .options import (
     FilterModelOpt,
     GeneratorOpt,
     JsonOpt,
+    MaskModelOpt,
     PartModelOpt,
     PresetOpt,
     ProposerOpt,
@@ -53,6 +54,7 @@ def download(
     filter_model: FilterModelOpt = None,
     generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
+    mask_model: MaskModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     verbose: VerboseOpt = False,
@@ -79,6 +81,7 @@ def download(
         clip_model=clip_model,
         dino_model=dino_model,
         sam_model=sam_model,
+        mask_model=mask_model,
         part_models=part_model,
         filter_model=filter_model,
         generator=generator,
@@ -89,9 +92,9 @@ def download(
         if state == "elsewhere":
             run.say(f"{w.role}: {escape(w.spec)} is {w.source}, nothing to download")
         elif state == "present":
-            run.say(f"{w.role}: {escape(w.repo)} already present")
+            run.say(f"{w.role}: {escape(w.repo or w.url)} already present")
         else:
-            run.say(f"{w.role}: downloading {escape(w.repo)} ({', '.join(w.files)}) …")
+            run.say(f"{w.role}: downloading {escape(w.repo or w.url)} ({', '.join(w.files)}) …")
             if w.gated:
                 run.say(gated_hint(w.repo))
 
@@ -106,7 +109,7 @@ def download(
         elif role in FAMILIES:
             flags += ["--part-model", shlex.quote(f"{role}={folder}")]  # pasteable, as every suggested command
     where = local_dir if local_dir is not None else hf_cache_dir()
-    run.result(f"preset {run.preset.name}: {sum(w.source == 'hub' for w in wanted)} model(s) ready in {where}")
+    run.result(f"preset {run.preset.name}: {sum(w.source in ('hub', 'url') for w in wanted)} model(s) ready in {where}")
     if flags:
         run.result(f"use them with: {' '.join(flags)}")
 
@@ -121,6 +124,7 @@ def doctor(
     filter_model: FilterModelOpt = None,
     generator: GeneratorOpt = None,
     sam_model: SamModelOpt = None,
+    mask_model: MaskModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -147,6 +151,7 @@ def doctor(
         clip_model=clip_model,
         dino_model=dino_model,
         sam_model=sam_model,
+        mask_model=mask_model,
         part_models=part_model,
         filter_model=filter_model,
         generator=generator,

@@ -10,6 +10,7 @@ import typer
 
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
+from ..models.checkpoints import CUTLER_SPEC
 from ..models.sam import SAM_SPEC
 
 _P, _D, _S = ProtoConfig(), SampleConfig(), SegmentConfig()  # defaults shown in --help; presets may override them
@@ -59,6 +60,15 @@ SamModelOpt = Annotated[
     typer.Option(
         "--sam-model",
         help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].",
+        show_default=False,
+    ),
+]
+MaskModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-model",
+        help=f"CutLER checkpoint for --mask-proposer cutler: a .pth file in detectron2's format \\[default: {CUTLER_SPEC}, "
+        "fetched by `ovdiff models download`].",
         show_default=False,
     ),
 ]
@@ -112,7 +122,7 @@ ProposerOpt = Annotated[
     str | None,
     typer.Option(
         "--mask-proposer",
-        help=f"fg/bg masks of support images: ncut (MaskCut, CutLER's normalised cuts, on DINO keys of a 480² pass), ncut-fast (lighter: cuts the 512 pass pooled to 32²), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].",
+        help=f"fg/bg masks of support images: cutler (CutLER's detector, the paper's Γ; --mask-model), ncut (MaskCut, CutLER's normalised cuts, on DINO keys of a 480² pass), ncut-fast (lighter: cuts the 512 pass pooled to 32²), threshold (multi-Otsu on the attribution, the paper's -CutLER), sam \\[default: {_P.mask_proposer}].",
         show_default=False,
     ),
 ]

@@ -157,3 +157,22 @@ def fail(msg: str, code: int = 2) -> None:
 def printable(text: str) -> str:
     """`text` with the undecodable bytes of non-UTF-8 file names (surrogate escapes) shown as U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def ovdiff_command() -> str:
+    """The command that runs ovdiff from the user's shell, for the `next:` lines: `ovdiff` where it is on
+    PATH; else the script that ran this process (`.venv/bin/ovdiff` after `make demo`, relative to the
+    working folder when under it); else this interpreter with `-m ovdiff_cli`."""
+    import os
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("ovdiff"):
+        return "ovdiff"
+    script = Path(sys.argv[0]).absolute()
+    if script.name == "ovdiff" and script.is_file():
+        here = Path.cwd().absolute()
+        rel = os.path.relpath(script, here)
+        return shlex.quote(str(script) if not script.is_relative_to(here) else rel if "/" in rel else f"./{rel}")
+    return f"{shlex.quote(sys.executable)} -m ovdiff_cli"

@@ -15,6 +15,7 @@ from .options import (
     DeviceOpt,
     DinoModelOpt,
     DtypeOpt,
+    MaskModelOpt,
     PresetOpt,
     SamModelOpt,
     SdModelOpt,
@@ -42,6 +43,7 @@ def serve(
     clip_model: ClipModelOpt = None,
     dino_model: DinoModelOpt = None,
     sam_model: SamModelOpt = None,
+    mask_model: MaskModelOpt = None,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -74,7 +76,13 @@ def serve(
 
     models = {
         role: src
-        for role, src in (("sd", sd_model), ("clip", clip_model), ("dino", dino_model), ("sam", sam_model))
+        for role, src in (
+            ("sd", sd_model),
+            ("clip", clip_model),
+            ("dino", dino_model),
+            ("sam", sam_model),
+            ("cutler", mask_model),
+        )
         if src
     }
     pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
@@ -89,11 +97,11 @@ def serve(
             flush=True,
         )
     with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
-        print(
-            f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
-            flush=True,
-        )
-        try:
+        try:  # from the announcement on: a signal may come as soon as the line is read
+            print(
+                f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
+                flush=True,
+            )
             run(make_app(session, phrase), sock)
         except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
             print("ovdiff serve: stopped", file=sys.stderr)

@@ -91,9 +91,14 @@ def run_demo(
     return DemoRun(data, masks, report, dataset, result, summary, figure)
 
 
+COLUMNS = ("input", "ovdiff's mask", "ground truth")
+IGNORED = "ignored boundary"
+
+
 def demo_figure(dataset: SegDataset, masks: Path, rows: int = 3) -> np.ndarray:
-    """The first `rows` scenes, each as image | ovdiff's mask | ground truth (VOC colours, black =
-    background, cream = ignored boundary), white gaps between panels → HxWx3 uint8."""
+    """The first `rows` scenes, each as image | ovdiff's mask | ground truth (VOC colours), white gaps
+    between panels, under the columns' titles and above a colour key (background black, each class,
+    the ignored boundary cream) → HxWx3 uint8: the picture reads without its caption."""
     from PIL import Image
 
     from ..io.images import load_image
@@ -110,4 +115,46 @@ def demo_figure(dataset: SegDataset, masks: Path, rows: int = 3) -> np.ndarray:
     width = max(line.shape[1] for line in lines)
     lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
     gap = np.full((12, width, 3), 255, np.uint8)
-    return np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)
+    panel_width = (lines[0].shape[1] - 24) // 3
+    key = [(tuple(int(c) for c in colorize(np.array(k))), name) for k, name in enumerate(dataset.classes)]
+    key.append((tuple(int(c) for c in colorize(np.array(255))), IGNORED))
+    body = np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)
+    return np.concatenate([titles(COLUMNS, panel_width, 12, width), body, colour_key(key, width)], axis=0)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def titles(names: tuple[str, ...], panel_width: int, gap: int, width: int, size: int = 16) -> np.ndarray:
+    """A white strip with each name centred over its column (columns `panel_width` wide, `gap` apart)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, size + 12), (255, 255, 255))
+    draw, font = ImageDraw.Draw(strip), _font(size)
+    for k, name in enumerate(names):
+        centre = k * (panel_width + gap) + panel_width / 2
+        draw.text((centre - font.getlength(name) / 2, 3), name, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def colour_key(entries: list[tuple[tuple[int, int, int], str]], width: int, size: int = 14) -> np.ndarray:
+    """A white strip of swatches and names, left to right, wrapped to `width`."""
+    from PIL import Image, ImageDraw
+
+    font, line = _font(size), size + 10
+    placed, x, y = [], 6, 8
+    for colour, name in entries:
+        room = size + 6 + font.getlength(name) + 16
+        if x + room > width and x > 6:
+            x, y = 6, y + line
+        placed.append((x, y, colour, name))
+        x += room
+    strip = Image.new("RGB", (width, y + line + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for x, y, colour, name in placed:
+        draw.rectangle([x, y, x + size, y + size], fill=colour, outline=(90, 90, 90))
+        draw.text((x + size + 6, y - 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)

@@ -332,6 +332,8 @@ def ensure_classes(
         missing = [n for n in dict.fromkeys(norms) if todo(n)]
         if missing:
             raise MissingClasses(missing, seed, stages.specs, sample_cfg, proto_cfg)
+    if proto_cfg.mask_proposer == "cutler" and any(todo(n) for n in dict.fromkeys(norms)):
+        stages.mask_proposer("cutler")  # a missing checkpoint stops the build before any image is drawn
     for n in dict.fromkeys(norms):
         if not todo(n):
             if on_event:

@@ -45,3 +45,17 @@ def rgb_to_labels(rgb: np.ndarray, palette: np.ndarray | None = None, source: st
             "write masks as index or palette PNGs, or RGB in VOC colours"
         )
     return order[pos].astype(np.uint8)
+
+
+def name_colour(name: str) -> tuple[int, int, int]:
+    """The colour of a class name wherever it stands in a class list (the web demo's overlays and masks):
+    hue, saturation and brightness from a hash of the name (case and outer spaces ignored), never near
+    black, which is the background's."""
+    import colorsys
+    import hashlib
+
+    digest = hashlib.blake2b(name.strip().casefold().encode("utf-8"), digest_size=8).digest()
+    hue = int.from_bytes(digest[:4], "big") / 2**32
+    saturation, value = 0.55 + 0.4 * digest[4] / 255, 0.7 + 0.28 * digest[5] / 255
+    r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+    return round(255 * r), round(255 * g), round(255 * b)

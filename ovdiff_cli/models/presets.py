@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..config import PART_INPUTS, InputSize, ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import InvalidSetting, OvdiffError
+from .checkpoints import CUTLER_SPEC
 from .dense import FAMILIES
 from .generators import TURBO_STEPS
 from .sd import SD15_HUB_ID
@@ -35,6 +36,8 @@ class Preset:
     protos: ProtoConfig = ProtoConfig()
     segment: SegmentConfig = SegmentConfig()
     inputs: dict[str, InputSize] = field(default_factory=dict)  # part → its input size, over config.PART_INPUTS
+    # the CutLER detector's input resize (short side, long-side cap): CutLER's own for 512 px support images
+    detector_size: tuple[int, int] = (800, 1333)
 
 
 PRESETS: dict[str, Preset] = {
@@ -44,15 +47,18 @@ PRESETS: dict[str, Preset] = {
             "sd15",
             "Stable Diffusion v1.5 + OpenAI CLIP ViT-B/16 + DINO ViT-B/8, real weights (the paper's setup)",
             "hub",
-            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "mae": MAE_SPEC},
+            models={"sd": SD15_HUB_ID, "clip": CLIP_SPEC, "dino": DINO_SPEC, "mae": MAE_SPEC, "cutler": CUTLER_SPEC},
         ),
         Preset(
             "tiny",
             "the same model classes, tiny configs, seeded random weights: offline, seconds on a CPU (noise images)",
             "tiny",
-            models={"sd": "tiny", "clip": "tiny", "dino": "tiny", "mae": "tiny"},
+            models={"sd": "tiny", "clip": "tiny", "dino": "tiny", "mae": "tiny", "cutler": "tiny"},
             sample=SampleConfig(n_images=4, steps=4, size=64, attribution_size=16),
-            protos=ProtoConfig(k_parts=4, feature_size=64),
+            # ncut: a random-weight detector's detections are 20-30 noise boxes per image, which would leave
+            # most support images without a background; `--mask-proposer cutler` runs the tiny detector
+            protos=ProtoConfig(mask_proposer="ncut", k_parts=4, feature_size=64),
+            detector_size=(100, 166),  # CutLER's 800/1333 at 512 px, scaled to 64 px support images
             segment=SegmentConfig(windows=(96, 64), stride=48, short_side=96, eta=4),
             # the paper's sizes scaled to this preset (support 512 → 64, windows 448 → 96)
             inputs={
@@ -70,7 +76,7 @@ PRESETS: dict[str, Preset] = {
             "sd15-random",
             "full-size SD1.5 / CLIP ViT-B/16 / DINO ViT-B/8 architectures with random weights, for benchmarks",
             "full",
-            models={"sd": "random", "clip": "random", "dino": "random", "mae": "random"},
+            models={"sd": "random", "clip": "random", "dino": "random", "mae": "random", "cutler": "random"},
         ),
         Preset(
             "modern",
@@ -81,6 +87,7 @@ PRESETS: dict[str, Preset] = {
                 "sd": SD15_HUB_ID,
                 "clip": CLIP_SPEC,
                 "dino": DINO_SPEC,
+                "cutler": CUTLER_SPEC,
                 "generator": "sdxl-turbo",
                 "filter": "siglip2",
                 "dinov3": FAMILIES["dinov3"].spec,
@@ -121,7 +128,7 @@ def get_preset(name: str | None) -> Preset:
 class ModelSpecs:
     """Which models a run uses, named by spec strings alone (nothing is built): what the cache keys record.
 
-    models: role ("sd", "clip", "dino", "mae", "sam") → spec, the preset's with the user's overrides.
+    models: role ("sd", "clip", "dino", "mae", "sam", "cutler") → spec, the preset's with the user's overrides.
     weights_seed seeds the random-weight presets' models; the CLI always uses 0.
     """
 

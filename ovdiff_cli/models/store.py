@@ -138,6 +138,13 @@ class ModelStore:
         spec = self.specs.models.get("sam") or SAM_SPEC
         return self._once("sam", lambda: load_sam(spec, self.device, self.dtype), spec)
 
+    def cutler(self):
+        """CutLER's detector (`cutler` spec: the released checkpoint by name or path, or tiny/random), fp32."""
+        from .cutler import load_cutler
+
+        spec = self._spec("cutler")
+        return self._once("cutler", lambda: load_cutler(spec, self.device, self.specs.weights_seed))
+
     def sam2(self):
         """transformers' SAM 2 `mask-generation` pipeline (`sam2` spec, default facebook/sam2.1-hiera-large)."""
         from .sam2 import SAM2_SPEC, load_sam2

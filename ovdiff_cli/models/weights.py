@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError, OvdiffError
+from .checkpoints import CUTLER_SPEC, CUTLER_URL, url_dir
 from .dense import FAMILIES
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ ROLE_OPTION = {
     "clip": "--clip-model",
     "dino": "--dino-model",
     "sam": "--sam-model",
+    "cutler": "--mask-model",
 }  # mae: API only
 MODEL_NAMES = {"sd": "Stable Diffusion", "clip": "CLIP", "dino": "DINO", "mae": "MAE", "sam": "SAM"}
 HUB_TIMEOUT_S = 5.0
@@ -49,16 +51,18 @@ SD_FILES = (
 
 @dataclass(frozen=True)
 class Weights:
-    """One model's weights: role ("sd", "clip", "dino", "mae", "sam"), the spec runs name it by, and
-    where it lives: `repo` on the hub with the `files` (glob patterns) the loader reads, or
-    `source` "local" (a path) / "built-in" (random or procedural, nothing to fetch)."""
+    """One model's weights: role ("sd", "clip", "dino", "mae", "sam", "cutler"), the spec runs name it by,
+    and where it lives: `repo` on the hub with the `files` (glob patterns) the loader reads, `source`
+    "url" (one published file, `files[0]`, fetched from `url`: CutLER's checkpoint), or "local" (a
+    path) / "built-in" (random or procedural, nothing to fetch)."""
 
     role: str
     spec: str
-    source: str  # "hub", "local" or "built-in"
+    source: str  # "hub", "url", "local" or "built-in"
     repo: str | None = None
     files: tuple[str, ...] = ()
     licence: str = ""  # licence and gating of a generator or extractor family ("gated" in it: accept the terms first)
+    url: str | None = None
 
     @property
     def gated(self) -> bool:
@@ -84,6 +88,10 @@ def weights_for(role: str, spec: str) -> Weights:
     if spec in BUILT_IN or spec.startswith(("tiny:", "random:")):  # tiny:siglip2 etc.: a random filter model
         return Weights(role, spec, "built-in")
     if Path(spec).expanduser().exists():
+        return Weights(role, spec, "local")
+    if role == "cutler":  # CutLER's release is one file on its authors' server, not on the hub
+        if spec in (CUTLER_SPEC, f"{CUTLER_SPEC}.pth"):
+            return Weights(role, spec, "url", files=(f"{CUTLER_SPEC}.pth",), licence="CC BY-NC 4.0", url=CUTLER_URL)
         return Weights(role, spec, "local")
     if role == "sd":
         return Weights(role, spec, "hub", spec, SD_FILES)
@@ -166,6 +174,8 @@ def needed(models: dict[str, str], extractor: str, mask_proposer: str) -> list[W
     specs = {r: models[r] for r in roles if models.get(r)}
     if mask_proposer == "sam":
         specs["sam"] = models.get("sam") or SAM_SPEC
+    if mask_proposer == "cutler":
+        specs["cutler"] = models.get("cutler") or CUTLER_SPEC
     return [weights_for(role, spec) for role, spec in specs.items()]
 
 
@@ -175,6 +185,8 @@ def present(w: Weights, cache_dir: Path | None = None) -> bool | None:
         return None
     if w.source == "local":
         return Path(w.spec).expanduser().exists()
+    if w.source == "url":
+        return (url_dir() / w.files[0]).is_file()
     from huggingface_hub import try_to_load_from_cache
 
     root = cache_dir or hf_cache_dir()
@@ -192,8 +204,11 @@ Downloader = Callable[..., str]
 def download(w: Weights, local_dir: Path | None = None, downloader: Downloader | None = None) -> Path | None:
     """Fetch `w`'s files into the HF cache (or `local_dir`); return where they are (None: nothing to fetch).
 
-    downloader: huggingface_hub's `snapshot_download` (tests pass a stand-in).
+    downloader: huggingface_hub's `snapshot_download` (tests pass a stand-in); for "url" weights,
+    `fetch_url`'s (url, destination) callable.
     """
+    if w.source == "url":
+        return fetch_url(w, local_dir, downloader)
     if w.source != "hub":
         return None
     if downloader is None:
@@ -207,6 +222,35 @@ def download(w: Weights, local_dir: Path | None = None, downloader: Downloader |
         cause = " ".join(str(e).split()) or type(e).__name__  # whole, on one line
         raise OvdiffError(f"cannot download {w.role} weights {w.repo}: {type(e).__name__}: {cause}") from e
     return Path(path)
+
+
+def fetch_url(w: Weights, local_dir: Path | None = None, downloader: Downloader | None = None) -> Path:
+    """Fetch a published file (`w.url`) into `url_dir()` (or `local_dir`), then check it before keeping it.
+
+    CutLER publishes no checksum of its checkpoint, so what is checked is its structure: it must load as
+    the detector (every key and shape of the Cascade Mask R-CNN layout, `models.cutler.load_cutler`); a
+    file that does not is deleted and the error names why. downloader(url, destination) defaults to
+    `torch.hub.download_url_to_file`."""
+    from .cutler import load_cutler
+
+    if downloader is None:
+        from torch.hub import download_url_to_file as downloader
+    folder = Path(local_dir) if local_dir is not None else url_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / w.files[0]
+    try:
+        downloader(w.url, str(path))
+    except Exception as e:  # network and disk errors: one line naming the address
+        cause = " ".join(str(e).split()) or type(e).__name__
+        raise OvdiffError(f"cannot download {w.role} weights {w.url}: {type(e).__name__}: {cause}") from e
+    try:
+        import torch
+
+        load_cutler(str(path), torch.device("cpu"))
+    except OvdiffError:
+        path.unlink(missing_ok=True)
+        raise
+    return folder
 
 
 def role_specs(specs: ModelSpecs) -> dict[str, str]:
@@ -229,7 +273,7 @@ def fetch_all(
     before the download starts). Returns role → the folder each hub weight was put in under `local_dir`."""
     folders: dict[str, Path] = {}
     for w in wanted:
-        if w.source != "hub":
+        if w.source not in ("hub", "url"):
             if on_weight is not None:
                 on_weight(w, "elsewhere")
             continue

@@ -67,12 +67,12 @@ def _models(specs: ModelSpecs, used: set[str]) -> dict:
 
 def mask_models(specs: ModelSpecs, proto_cfg: ProtoConfig) -> dict:
     """The model sources a class's support masks depend on: the generator and the proposer's model
-    (SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
+    (CutLER's checkpoint, SAM's, or the part whose features ncut cuts). The weights seed seeds the random-weight presets."""
     from ..config import proposer_uses_features
 
     used = {"sd"}
-    if proto_cfg.mask_proposer == "sam":
-        used.add("sam")
+    if proto_cfg.mask_proposer in ("sam", "cutler"):
+        used.add(proto_cfg.mask_proposer)
     elif proposer_uses_features(proto_cfg.mask_proposer):
         used.add(proto_cfg.mask_features)
     return _models(specs, used)

@@ -2,8 +2,13 @@
 call and answers JSON; a user error is a 400 (413 for an oversized upload) with its one line.
 
 GET /                          the page (page.html)
-POST /api/segment              multipart: image (file), classes (comma-separated) → DemoSession.segment
+GET /api/examples              the example pictures (ui/examples.py); GET /api/examples/SEED.png one of them
+POST /api/segment              multipart: image (file), classes (comma-separated), job (optional token)
+                               → DemoSession.segment
+GET /api/progress?job=         → DemoSession.progress, polled while a segment request builds its classes
 GET /api/explain?id=&x=&y=     → DemoSession.explain
+GET /api/mask?id=              the label map, a palette PNG (DemoSession.mask_png), as a download
+GET /api/results?id=&format=   json or coco (DemoSession.results), as a download
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
     from starlette.concurrency import run_in_threadpool
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
+
+    from .examples import example_png, examples
 
     page_html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
@@ -70,6 +77,38 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(page_html)
 
+    async def example_list(request: Request) -> JSONResponse:
+        return JSONResponse(examples())
+
+    async def example(request: Request) -> Response:
+        try:
+            return Response(await run_in_threadpool(example_png, request.path_params["seed"]), media_type="image/png")
+        except OvdiffError as e:
+            return refuse(phrase(e), 404)
+
+    async def progress(request: Request) -> JSONResponse:
+        return JSONResponse(session.progress(request.query_params.get("job", "")))
+
+    def download(name: str) -> dict[str, str]:
+        return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+    async def mask(request: Request) -> Response:
+        token = request.query_params.get("id", "")
+        try:
+            png = await run_in_threadpool(session.mask_png, token)
+        except OvdiffError as e:
+            return refuse(phrase(e))
+        return Response(png, media_type="image/png", headers=download(f"ovdiff-{token[:8]}-mask.png"))
+
+    async def results(request: Request) -> JSONResponse:
+        token, fmt = request.query_params.get("id", ""), request.query_params.get("format", "json")
+        try:
+            body = await run_in_threadpool(session.results, token, fmt)
+        except OvdiffError as e:
+            return refuse(phrase(e))
+        name = f"ovdiff-{token[:8]}-{'coco_results' if fmt == 'coco' else 'results'}.json"
+        return JSONResponse(body, headers=download(name))
+
     async def segment(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > session.max_bytes + FORM_SLACK:
@@ -83,7 +122,7 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
             request.headers,
             at_most(request.stream(), limit),
             max_files=1,
-            max_fields=2,
+            max_fields=3,
             max_part_size=session.max_bytes,
         )
         try:
@@ -95,13 +134,14 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
         except MultiPartException as e:
             return refuse(f"unreadable upload: {e.message}")
         try:
-            upload, classes = form.get("image"), form.get("classes")
+            upload, classes, job = form.get("image"), form.get("classes"), form.get("job")
             data = await upload.read() if hasattr(upload, "read") else b""
         finally:
             await form.close()
         if not isinstance(classes, str):
             return refuse("no classes: type comma-separated class names, e.g. kite, ball, sky")
-        return await answer(session.segment, data, classes)
+        job = job if isinstance(job, str) and 0 < len(job) <= 64 else None  # the page's token to poll progress with
+        return await answer(session.segment, data, classes, job)
 
     async def explain(request: Request) -> JSONResponse:
         q = request.query_params
@@ -111,7 +151,16 @@ def make_app(session: DemoSession, phrase: Callable[[OvdiffError], str] = str) -
         return await answer(session.explain, q["id"], int(x), int(y))
 
     return Starlette(
-        routes=[Route("/", page), Route("/api/segment", segment, methods=["POST"]), Route("/api/explain", explain)]
+        routes=[
+            Route("/", page),
+            Route("/api/examples", example_list),
+            Route("/api/examples/{seed:int}.png", example),
+            Route("/api/segment", segment, methods=["POST"]),
+            Route("/api/progress", progress),
+            Route("/api/explain", explain),
+            Route("/api/mask", mask),
+            Route("/api/results", results),
+        ]
     )
 
 
