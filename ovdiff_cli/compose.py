@@ -240,7 +240,7 @@ class Stages:
         refiner = None if cfg.refine == "none" else self.refiner(cfg.refine)
         read = None
         if cache is not None:  # classes given as heads (ensure_classes(arrays=False)) are read per image
-            from .engines.vocab import load_class
+            from .store.protos import load_class
 
             read = lambda pid: load_class(cache, pid)  # noqa: E731
         return Segmenter(

@@ -58,15 +58,15 @@ def world(tmp_path_factory):
 
 
 def test_eval_over_a_thousand_classes_reads_only_the_kept_ones_and_scores_as_in_memory(world, monkeypatch):
-    import ovdiff_cli.engines.vocab as vocab
+    import ovdiff_cli.store.protos as protos
     from ovdiff_cli.engines.vocab import ensure_classes
     from ovdiff_cli.eval.datasets import load_dataset
     from ovdiff_cli.eval.evaluate import evaluate, protocol_config, segmenter_predictor
 
     root, names = world
     reads: list[str] = []
-    real = vocab.load_class
-    monkeypatch.setattr(vocab, "load_class", lambda cache, pid: reads.append(pid) or real(cache, pid))
+    real = protos.load_class
+    monkeypatch.setattr(protos, "load_class", lambda cache, pid: reads.append(pid) or real(cache, pid))
     args = ["eval", "voc", "--root", str(root / "voc"), "--preset", "procedural", "--cache", str(root / "cache")]
     args += ["--classes-file", str(root / "classes.txt"), "--seeds", str(SEED), "--out", str(root / "out"), "-q"]
     for run in range(2):
@@ -82,7 +82,7 @@ def test_eval_over_a_thousand_classes_reads_only_the_kept_ones_and_scores_as_in_
     assert 0 < first <= 3 * (PRESETS["procedural"].segment.eta + 4)
 
     # the same vocabulary held in memory (every array read, the full bank): the same scores, exactly
-    monkeypatch.setattr(vocab, "load_class", real)
+    monkeypatch.setattr(protos, "load_class", real)
     preset = PRESETS["procedural"]
     stages = Stages.for_run("procedural", "cpu", "fp32")
     ds = load_dataset("voc", root / "voc", custom_classes=names)

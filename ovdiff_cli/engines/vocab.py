@@ -21,10 +21,13 @@ import numpy as np
 
 from .. import names as naming
 from ..config import PROTO_KINDS
-from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError
+from ..errors import CacheError, InvalidSetting, MissingClasses, OvdiffError
 from ..store.cache import now_iso
 from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
-from ..types import ClassParts, ClassPrototypes
+from ..store.protos import load_class as load_class  # reading lives in store.protos; re-exported here
+from ..store.protos import load_head as load_head
+from ..store.protos import load_heads, load_parts
+from ..types import ClassParts
 
 if TYPE_CHECKING:
     from ..config import ProtoConfig, SampleConfig
@@ -50,54 +53,6 @@ def stored(arrays: dict[str, np.ndarray], proto_dtype: str) -> dict[str, np.ndar
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def load_class(cache: Cache, pid: str) -> ClassPrototypes:
-    """The prototypes of cached class part `pid` as float32 arrays (fp16 storage widened), with their
-    support-image sources."""
-    rec = cache.class_record(pid)
-    if rec is None:
-        raise ClassNotFound(pid)
-    wanted = [n for n in rec["arrays"] if n.split("/", 1)[-1] in (*PROTO_KINDS, "instance_src")]
-    arrays = cache.class_arrays(pid, wanted)
-    protos: dict[str, dict[str, np.ndarray]] = {"fg": {}, "bg": {}}
-    sources: dict[str, np.ndarray] = {}
-    for group in ("fg", "bg"):
-        for kind in PROTO_KINDS:
-            a = arrays.get(f"{group}/{kind}")
-            if a is None:
-                continue
-            protos[group][kind] = a.astype(np.float32, copy=False)
-            src = arrays[f"{group}/instance_src"] if kind == "instance" else np.full(len(a), -1, np.int64)
-            sources[f"{group}/{kind}"] = src.astype(np.int64, copy=False)
-    return ClassPrototypes(
-        name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources
-    )
-
-
-def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
-    """One class from its part records (part → pid)."""
-    parts = {p: load_class(cache, pid) for p, pid in pids.items()}
-    first = next(iter(parts.values()))
-    return ClassParts(first.name, first.kind, parts)
-
-
-def load_head(cache: Cache, pid: str) -> ClassPrototypes:
-    """Cached class part `pid` without its arrays: name, kind and the rows of each prototype array (from
-    its record), for a segmenter that reads the arrays of the classes an image keeps (`load_class`)."""
-    rec = cache.class_record(pid)
-    if rec is None:
-        raise ClassNotFound(pid)
-    rows = {n: int(a["shape"][0]) for n, a in rec["arrays"].items() if n.split("/", 1)[-1] in PROTO_KINDS}
-    stamp = str(rec.get("created_at", ""))
-    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg={}, bg={}, pid=pid, rows=rows, stamp=stamp)
-
-
-def load_heads(cache: Cache, pids: dict[str, str]) -> ClassParts:
-    """One class's heads (`load_head`) in every part (part → pid): no array is read."""
-    parts = {p: load_head(cache, pid) for p, pid in pids.items()}
-    first = next(iter(parts.values()))
-    return ClassParts(first.name, first.kind, parts)
 
 
 # --------------------------------------------------------------------------- building
