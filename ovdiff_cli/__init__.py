@@ -1,13 +1,22 @@
 """ovdiff: open-vocabulary segmentation from diffusion-generated prototypes (OVDiff).
 
 The Python API (see `ovdiff_cli.api`): `Pipeline`, `Vocabulary`, `SegmentationResult`,
-`ImageFeatures`, and `procedural_scene` for trying it offline. The package is importable without
+`ImageFeatures`, `Catalogue` (the cache's classes), `ModelOptions`, and `procedural_scene` for trying it offline. The package is importable without
 loading torch; these names and the heavy modules import lazily, so `ovdiff --help` stays instant.
 """
 
 from .version import __version__
 
-__all__ = ["ImageFeatures", "Pipeline", "SegmentationResult", "Vocabulary", "__version__", "procedural_scene"]
+__all__ = [
+    "Catalogue",
+    "ImageFeatures",
+    "ModelOptions",
+    "Pipeline",
+    "SegmentationResult",
+    "Vocabulary",
+    "__version__",
+    "procedural_scene",
+]
 
 
 def __getattr__(name: str):

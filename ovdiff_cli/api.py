@@ -28,10 +28,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import FAMILY_PARTS, ProtoConfig, RunConfig, SampleConfig, SegmentConfig, with_overrides
+from .checks import resolve
+from .engines.catalogue import CacheCheck, CachedClass, Catalogue
 from .errors import InvalidSetting, MissingClasses, OvdiffError
 from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
+from .libs import quiet_libraries
+from .models.roles import ModelOptions
+from .names import parse_class_list
 from .results import SegmentationResult, Vocabulary
+from .version import __version__
 
 if TYPE_CHECKING:
     from .compose import Stages
@@ -43,19 +48,48 @@ if TYPE_CHECKING:
     from .models.weights import Weights
     from .store.cache import Cache
 
+# The calls behind the commands that are not a Pipeline's or a Catalogue's (`commands`), loaded on first use.
+COMMANDS = "bench_markdown bench_rows demo_classes doctor_report hf_cache_dir paper_score run_demo"
+COMMANDS = (*COMMANDS.split(), "score_summary", "serve_label_studio", "serve_pipeline")
 __all__ = [
+    "CacheCheck",
+    "CachedClass",
+    "Catalogue",
     "ImageFeatures",
     "ImageLike",
+    "ModelOptions",
     "Pipeline",
     "SegmentationResult",
     "Vocabulary",
+    "__version__",
     "as_rgb",
     "is_one_image",
+    "parse_class_list",
     "procedural_scene",
+    "quiet_libraries",
+    "run_benchmark",
+    *COMMANDS,
 ]
 
+
+def run_benchmark(out: str | Path, **options: object) -> dict:
+    """`ovdiff bench`: time the sections on this machine and write the results (JSON) to `out`; the
+    options are `commands.run_benchmark`'s (quick, preset, repeats, pairs, sections, folder, device, …)."""
+    from .commands import run_benchmark as bench
+
+    return bench(out, Pipeline, **options)
+
+
+def __getattr__(name: str) -> object:
+    """The calls of `commands` (the bench, the demo, the doctor, the web demo)."""
+    if name in COMMANDS:
+        from . import commands
+
+        return getattr(commands, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 OnEvent = Callable[[str, str, int, int], None]
-MODEL_ROLES = ("sd", "clip", "dino", "mae", "sam", "sam2", "cutler", "filter", "generator", *FAMILY_PARTS)
 
 
 @dataclass
@@ -84,23 +118,6 @@ class ImageFeatures:
         return self.pipeline._result(self.encoded.image, vocabulary, seg)
 
 
-def _check_arguments(cache: object, models: object, overrides: dict[str, object]) -> None:
-    """The types of Pipeline's arguments, as typed errors (their values are checked where they are used)."""
-    if cache is not None and not isinstance(cache, (str, Path)):
-        raise InvalidSetting("cache", f"takes a folder path, not {type(cache).__name__} {cache!r:.40}")
-    if models is not None and (
-        not isinstance(models, dict) or not all(isinstance(v, (str, Path, type(None))) for v in models.values())
-    ):
-        raise InvalidSetting(
-            "models", f"takes a dict of role → hub id or local path, e.g. {{'sd': DIR}}; got {models!r:.60}"
-        )
-    for name, value in overrides.items():
-        if value is not None and not isinstance(value, dict):
-            raise InvalidSetting(
-                name, f"takes a dict of config fields, e.g. {{'eta': 4}}; got {type(value).__name__} {value!r:.40}"
-            )
-
-
 class Pipeline:
     """Models, cache and settings of one preset: build vocabularies, segment and encode images.
 
@@ -127,27 +144,16 @@ class Pipeline:
         segment: dict | None = None,
         create_cache: bool = True,
     ):
-        from .models.overrides import generator_defaults
-        from .models.presets import get_preset
-        from .store.cache import default_cache_dir
-
-        self.preset: Preset = get_preset(preset)
-        _check_arguments(cache, models, {"sample": sample, "protos": protos, "segment": segment})
-        unknown_models = sorted(set(models or {}) - set(MODEL_ROLES))
-        if unknown_models:
-            raise OvdiffError(f"unknown model role(s) {', '.join(unknown_models)}; valid: {', '.join(MODEL_ROLES)}")
-        self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-        self.create_cache = create_cache
-        self.models = {role: str(spec) for role, spec in (models or {}).items() if spec is not None}
-        self.run_config = RunConfig(self.preset.name, device, dtype, seed, self.models)  # each config checks itself
+        got = resolve(preset, cache, device, dtype, seed, models, sample, protos, segment)  # every check, once
+        self.preset: Preset = got.preset
+        self.cache_dir, self.create_cache, self.models, self.run_config = (
+            got.cache_dir,
+            create_cache,
+            got.models,
+            got.run,
+        )
         self.device, self.dtype, self.seed = device, dtype, seed
-        sample = {
-            **generator_defaults(self.models.get("generator"), self.preset.weights),
-            **{k: v for k, v in (sample or {}).items() if v is not None},
-        }
-        self.sample_config: SampleConfig = with_overrides(self.preset.sample, sample, "sample")
-        self.proto_config: ProtoConfig = with_overrides(self.preset.protos, protos, "protos")
-        self.segment_config: SegmentConfig = with_overrides(self.preset.segment, segment, "segment")
+        self.sample_config, self.proto_config, self.segment_config = got.sample, got.protos, got.segment
         self._cache: Cache | None = None
         self._stages: Stages | None = None
         self._segmenters: dict[int, tuple[Vocabulary, Segmenter]] = {}
@@ -163,6 +169,11 @@ class Pipeline:
 
             self._cache = Cache(self.cache_dir, create=self.create_cache)
         return self._cache
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The classes of this pipeline's cache: list, remove, show, export, import, verify (`Catalogue`)."""
+        return Catalogue(self.cache_dir, create=self.create_cache)
 
     @property
     def model_specs(self) -> ModelSpecs:
@@ -356,23 +367,11 @@ class Pipeline:
         ones, as `ovdiff protos add NAME --images DIR`; afterwards `name` in any vocabulary means these photos.
         engine="ray" builds it on a Ray worker (`address`, `workers` as the CLI's); on_event as `vocabulary`'s.
         A one-class vocabulary."""
-        from functools import partial
-
-        from .engines.raycluster import build_photo_class, check_engine, engine_session
+        from .engines.raycluster import check_engine, engine_session, photo_builder
         from .engines.vocab import build_from_photos
 
         check_engine(engine, address, workers)
-        remote = None
-        if engine == "ray":
-            remote = partial(
-                build_photo_class,
-                self.cache,
-                self.run_config,
-                self.sample_config,
-                self.proto_config,
-                address=address,
-                workers=workers,
-            )
+        remote = photo_builder(self, engine, address, workers)
         with engine_session(engine, address):
             built = build_from_photos(
                 self.cache,

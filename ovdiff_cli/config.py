@@ -9,12 +9,15 @@ cache keys need (extractor parts, mask proposers, prototype kinds) live here too
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidSetting
 from .limits import MAX_N_IMAGES, MAX_WINDOWS, check_seed, in_range
 
 # Extractor families beyond the paper's (models/dense.FAMILIES holds their models, keyed by these names).
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # whether it is there is known when a model first loads
+DTYPES = ("auto", "fp16", "float16", "bf16", "fp32", "float32")
 FAMILY_PARTS = ("dinov2", "dinov2reg", "dinov3", "siglip2", "pecore", "radio")
 PARTS = ("sd", "clip", "dino", "mae", *FAMILY_PARTS)  # the paper's parts, then today's families
 PROPOSERS = ("cutler", "ncut", "ncut-fast", "threshold", "sam")  # support-mask proposers (method/stage2_prototypes/)
@@ -278,6 +281,10 @@ class RunConfig:
 
     def __post_init__(self):
         check_seed(self.seed)
+        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+            raise InvalidSetting("device", f"{self.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
+        if self.dtype not in DTYPES:
+            raise InvalidSetting("dtype", f"{self.dtype!r} is unknown; use auto, fp16, bf16 or fp32")
 
 
 def with_overrides(base, user: dict | None, what: str = "config"):
@@ -286,12 +293,10 @@ def with_overrides(base, user: dict | None, what: str = "config"):
     lacks is an error listing the valid ones."""
     from dataclasses import fields, replace
 
-    from .errors import OvdiffError
-
     names = {f.name for f in fields(base)}
     unknown = sorted(set(user or {}) - names)
     if unknown:
-        raise OvdiffError(f"unknown {what} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        raise InvalidSetting(what, f"has unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     return replace(
         base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (user or {}).items() if v is not None}
     )

@@ -135,3 +135,7 @@ class RemoteInput(OvdiffError):
             "and give the file, a PIL image or an array"
         )
         self.url = url
+
+
+class LongNameWarning(UserWarning):
+    """A class name that does not fit the text encoder's context; the CLI prints it as one line."""

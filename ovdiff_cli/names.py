@@ -33,6 +33,11 @@ def validate(name: str) -> str:
     return norm
 
 
+class ClassNames(list):
+    """A list of class names already checked and normalised by `class_list`: a call that is given one
+    (the CLI's parsed list, passed on to the Pipeline) does not check it again."""
+
+
 def parse_class_list(spec: str | None, file_text: str | None = None, extra: list[str] | None = None) -> list[str]:
     """Class names from a comma list, a file (one per line) and positional names, in order.
 
@@ -52,12 +57,14 @@ def parse_class_list(spec: str | None, file_text: str | None = None, extra: list
 def class_list(names: object, allow_empty: bool = False) -> list[str]:
     """The normal forms of a list of class names (the CLI's and the API's one rule), or a one-line error:
     a list of text, none blank or too long, none repeated after normalisation ("kite" and "kite ")."""
+    if isinstance(names, ClassNames) and (names or allow_empty):
+        return names
     if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
         raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}")
     out = distinct([validate(raw) for raw in names])
     if not out and not allow_empty:
         raise InvalidSetting("classes", "is empty: give at least one class name")
-    return out
+    return ClassNames(out)
 
 
 def distinct(names: list[str]) -> list[str]:

@@ -207,7 +207,7 @@ def test_result_is_typed_and_saves_as_the_cli_does(world, tmp_path):
 
 def test_options_are_the_cli_options(world):
     root, _ = world
-    with pytest.raises(OvdiffError, match="unknown segment option"):
+    with pytest.raises(InvalidSetting, match="segment has unknown field"):
         ovdiff.Pipeline(preset="procedural", cache=root / "cache", segment={"etaa": 3})
     pipe = ovdiff.Pipeline(
         preset="procedural", cache=root / "cache", device="cpu", segment={"background": False, "eta": 2}

@@ -125,7 +125,7 @@ def test_each_module_of_the_method_names_its_paper_section_first():
 def test_the_import_reader_sees_every_kind_of_import():
     """The checks below are only as good as the reader: these edges exist in the source today."""
     assert "store.keys" in GRAPH["engines.vocab"]  # from .keys import … at module level
-    assert "compose" in GRAPH["cli.common"]  # inside a function, under TYPE_CHECKING too
+    assert "api" in GRAPH["cli.common"]  # inside a function, under TYPE_CHECKING too
     assert "models.presets" in GRAPH["types"]  # under TYPE_CHECKING only
     assert "models.store" in GRAPH["compose"] and "cli.segment" in GRAPH["cli.app"]  # from . import segment
 
@@ -182,10 +182,11 @@ FLOORS = [
     {"io"},  # files: images, masks, legends, sheets
     {"procedural", "inputs", "results"},  # the procedural world; what the API takes and returns
     {"store", "eval"},  # the cache; benchmarks and their scoring
-    {"compose"},  # settings → stages
+    {"compose", "checks"},  # settings → stages; every setting checked once
     {"engines"},  # where the method runs: folder and benchmark jobs, local and Ray
-    {"api", "doctor"},  # the public library
-    {"ui", "bench"},  # the web demo and the benchmark, over the library
+    {"ui", "bench", "doctor"},  # the web demo, the benchmark and the doctor's report, over the engines
+    {"commands"},  # the calls behind the commands that are not a Pipeline's (bench, demo, doctor, serve)
+    {"api"},  # the public library: what the CLI may call
     {"cli"},  # the command line
     {"", "__main__"},  # the package itself
 ]
@@ -205,6 +206,18 @@ def test_the_library_never_imports_the_cli():
     for name, deps in GRAPH.items():
         if not name.startswith("cli") and name != "__main__":
             assert not {d for d in deps if d.startswith("cli")}, (name, deps)
+
+
+CLI_MAY_IMPORT = {"api", "errors", "config"}  # the public library: what `api` exports, its errors and settings
+
+
+def test_the_cli_imports_only_the_public_library():
+    """cli/ parses, makes one library call and prints: it reaches the library through `api` (and its
+    errors and config types) alone, never a module below it."""
+    for name, deps in GRAPH.items():
+        if name.startswith("cli"):
+            below = {d for d in deps if not d.startswith("cli")} - CLI_MAY_IMPORT
+            assert not below, (name, sorted(below))
 
 
 def test_no_cli_command_imports_another_command():

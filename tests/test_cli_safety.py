@@ -366,7 +366,7 @@ def test_progress_into_a_pipe_is_plain_lines_every_few_seconds_whatever_the_task
     with LogProgress(Console(file=idle, width=100_000), every=0.05):
         time.sleep(0.2)  # no task at all (models loading): still a line now and then
     assert idle.getvalue().count("working … ") >= 2
-    from ovdiff_cli.cli.common import cache_run
+    from ovdiff_cli.cli.common import printer
 
-    assert isinstance(cache_run(None).progress(), LogProgress)  # what every command gets off a terminal
-    assert not isinstance(cache_run(None, quiet=True).progress(), LogProgress)
+    assert isinstance(printer().progress(), LogProgress)  # what every command gets off a terminal
+    assert not isinstance(printer(quiet=True).progress(), LogProgress)

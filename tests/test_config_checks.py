@@ -144,3 +144,87 @@ def test_the_cli_prints_the_libraries_error_in_its_own_options(argv, keywords, t
     error = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=fresh / "cache", **keywords))
     assert res.exit_code == 2 and res.output.strip() == f"error: {phrase(error)}", res.output
     assert not fresh.exists()
+
+
+# Issue 34: one set of rules. Each bad setting is refused by the library as the Pipeline is made, with the
+# same InvalidSetting naming the setting, whether it comes from Python, a command or `ovdiff serve`.
+SEGMENT_ARGV = ["segment", "IMAGE", "--classes", "kite", "--out", "OUT"]
+SETTINGS = [  # (setting, command-line options, the Pipeline keywords that say the same)
+    ("device", ["--device", "gpu"], {"device": "gpu"}),
+    ("device", ["--device", "cuda:x"], {"device": "cuda:x"}),
+    ("dtype", ["--dtype", "fp8"], {"dtype": "fp8"}),
+    ("filter_model", ["--filter-model", "bogus"], {"models": {"filter": "bogus"}}),
+    ("sd_model", ["--sd-model", "/no/such/sd-folder"], {"models": {"sd": "/no/such/sd-folder"}}),
+    ("clip_model", ["--clip-model", "./no-such-clip.bin"], {"models": {"clip": "./no-such-clip.bin"}}),
+    ("sam2_model", ["--sam2-model", "/no/such/sam2"], {"models": {"sam2": "/no/such/sam2"}}),
+    ("part_model", ["--part-model", "dinov2=/no/such/dinov2"], {"models": {"dinov2": "/no/such/dinov2"}}),
+    ("proto_kinds", ["--protos", "class,pixel"], {"segment": {"proto_kinds": ("class", "pixel")}}),
+    ("proto_kinds", ["--protos", ","], {"segment": {"proto_kinds": ("", "")}}),
+    ("windows", ["--windows", "448,abc"], {"segment": {"windows": (448, "abc")}}),
+]
+
+
+@pytest.mark.parametrize(("setting", "options", "keywords"), SETTINGS, ids=[" ".join(o) for _, o, _ in SETTINGS])
+def test_a_bad_setting_is_the_same_typed_error_from_the_api_and_the_cli(setting, options, keywords, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    fresh = tmp_path / "fresh"
+    argv = [str(image) if a == "IMAGE" else str(fresh / "out") if a == "OUT" else a for a in SEGMENT_ARGV]
+    res = CliRunner().invoke(app, [*argv, *options, "--preset", "procedural", "--cache", str(fresh / "cache")])
+    error = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=fresh / "cache", **keywords))
+    assert error.setting == setting
+    assert res.exit_code == 2 and res.output.strip() == f"error: {phrase(error)}", res.output
+    assert not fresh.exists()
+
+
+SERVE = [s for s in SETTINGS if s[0] in ("device", "dtype", "filter_model", "sd_model", "sam2_model", "part_model")]
+
+
+@pytest.mark.parametrize(("setting", "options", "keywords"), SERVE, ids=[" ".join(o) for _, o, _ in SERVE])
+def test_serve_refuses_a_bad_setting_as_the_api_does_before_it_listens(setting, options, keywords, tmp_path):
+    res = CliRunner().invoke(app, ["serve", *options, "--preset", "procedural", "--cache", str(tmp_path / "c")])
+    error = refused(lambda: ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", **keywords))
+    assert res.exit_code == 2 and res.output.strip() == f"error: {phrase(error)}", res.output
+    assert "http://" not in res.output
+
+
+def test_a_part_model_not_of_the_part_form_names_the_option_on_both_sides(tmp_path):
+    from ovdiff import ModelOptions
+
+    error = refused(lambda: ovdiff.Pipeline(preset="procedural", models=ModelOptions(part_model=("bogus=x",))))
+    assert error.setting == "part_model" and "PART=SPEC" in str(error)
+    res = CliRunner().invoke(app, ["doctor", "--preset", "procedural", "--part-model", "bogus=x"])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {phrase(error)}", res.output
+
+
+@pytest.mark.parametrize(
+    ("keywords", "setting"),
+    [
+        ({"models": {"unet": "x"}}, "models"),
+        ({"segment": {"etaa": 4}}, "segment"),
+        ({"sample": {"n_image": 4}}, "sample"),
+        ({"protos": {"extractorr": "sd"}}, "protos"),
+    ],
+)
+def test_unknown_roles_and_config_fields_are_typed_errors_naming_where(keywords, setting):
+    error = refused(lambda: ovdiff.Pipeline(preset="procedural", **keywords))
+    assert error.setting == setting and next(iter(next(iter(keywords.values())))) in str(error)
+
+
+def test_pipeline_refuses_an_unknown_device_at_construction_not_at_first_use(tmp_path):
+    with pytest.raises(InvalidSetting, match="device 'gpu' is unknown"):
+        ovdiff.Pipeline(preset="procedural", cache=tmp_path / "c", device="gpu")
+    with pytest.raises(InvalidSetting, match="dtype 'fp8' is unknown"):
+        RunConfig(dtype="fp8")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_parsed_class_list_is_checked_once_not_again_by_each_call(monkeypatch):
+    """The CLI parses --classes into a checked list; the Pipeline's calls take it as it is."""
+    from ovdiff_cli import names
+
+    parsed = names.parse_class_list("kite, sky")
+    calls = []
+    monkeypatch.setattr(names, "validate", lambda name: calls.append(name) or name)
+    assert names.class_list(parsed) is parsed and calls == []
+    assert names.class_list(["kite", "sky"]) == parsed and calls == ["kite", "sky"]  # a plain list is checked

@@ -351,7 +351,7 @@ def test_eval_on_ray_scores_what_the_local_engine_scores(world, tmp_path):
 def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
     from ovdiff_cli.bench.engines import bench_ray
 
-    section = bench_ray(tmp_path, "cpu", "fp32", repeats=1, images=3, workers=(2,))
+    section = bench_ray(ovdiff.Pipeline, tmp_path, "cpu", "fp32", repeats=1, images=3, workers=(2,))
     figures = section["figures"]
     assert set(figures) == {"local", "ray2", "ratio2", "steady_local", "steady_ray2", "steady_ratio2", "startup"}
     assert all(np.isfinite(f["median"]) and f["median"] > 0 for f in figures.values())

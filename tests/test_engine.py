@@ -112,6 +112,17 @@ def test_two_shards_equal_one_run_and_skip_existing_redoes_nothing(world, tmp_pa
     assert calls == [1]  # everything done: nothing segmented
 
 
+def test_skip_existing_json_counts_the_images_it_skipped(world, tmp_path):
+    """Issue 37: a resumed run's --json says how many images were already done, not only "images": 0."""
+    import json
+
+    assert segment(world, tmp_path / "out").exit_code == 0
+    res = segment(world, tmp_path / "out", "--skip-existing", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["images"], doc["skipped"], doc["written"]) == (0, 4, 0)
+
+
 def test_engine_options_are_checked_before_any_work(monkeypatch, tmp_path):
     with pytest.raises(OvdiffError, match="engine 'spark' is unknown"):
         check_engine("spark")

@@ -88,6 +88,7 @@ def servers(tmp_path_factory):
         "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data"),
         "LATEST_VERSION_CHECK": "false",  # no call to PyPI at start
         "COLLECT_ANALYTICS": "false",
+        "ML_TIMEOUT_PREDICT": "600",  # the default 100 s is short for 3 images on a busy CI machine
         "ML_BLOCK_LOCAL_IP": "false",  # the backend and its /webhook are on 127.0.0.1, which Label Studio
         "SSRF_PROTECTION_ENABLED": "false",  # refuses by default (docs/label-studio.md says so)
     }
@@ -117,6 +118,8 @@ def servers(tmp_path_factory):
     )
     be_lines = reader(be)
     try:
+        # the classes built while Label Studio starts, as docs/label-studio.md advises (protos add first)
+        ovdiff.Pipeline(preset="procedural", cache=cache, device="cpu").vocabulary(LABELS)
         line = be_lines.get(timeout=120)
         assert line.startswith("ovdiff label-studio: http://127.0.0.1:"), line
         while api(ls_url, "/api/projects")[0] != 200:

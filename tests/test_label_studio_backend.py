@@ -63,6 +63,8 @@ def test_config_labels_are_the_vocabulary_and_a_hint_is_the_prompt():
         '<View><Image name="i" value="$pic"/><brushlabels name="b" toName="i"><Label value="x"/></brushlabels></View>'
     )
     assert lower.controls[0].data_key == "pic" and lower.prompts == ["x"]
+    decomposed = parse_config(CONFIG.replace('hint="sky"', 'hint=" cafe\u0301 "'))
+    assert decomposed.prompts[0] == "caf\u00e9"  # the prompt as the vocabulary normalises it (NFC, trimmed)
 
 
 @pytest.mark.parametrize(
@@ -171,6 +173,11 @@ class StandIn(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.seen.append(self.headers.get("Authorization", ""))
+        if self.path == "/data/upload/1/moved.png":  # a redirect off the server: not followed
+            self.send_response(302)
+            self.send_header("Location", "http://example.com/a.png")
+            self.end_headers()
+            return
         if self.path != "/data/upload/1/scene.png" or self.headers.get("Authorization") != f"Token {TOKEN}":
             self.send_error(404 if self.path != "/data/upload/1/scene.png" else 401)
             return
@@ -275,6 +282,10 @@ def test_the_backend_speaks_label_studios_protocol_and_predicts_what_segment_doe
         (
             {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/missing.png"}}], "label_config": CONFIG},
             "answered 404",
+        ),
+        (
+            {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/moved.png"}}], "label_config": CONFIG},
+            "to 'http://example.com/a.png': ovdiff reads from Label Studio only",
         ),
         ({"tasks": [{"id": 1, "data": {"picture": "/x.png"}}], "label_config": CONFIG}, "task 1 has no 'image'"),
         ({"tasks": "all", "label_config": CONFIG}, "no tasks"),

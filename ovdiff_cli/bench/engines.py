@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RAY_IMAGES = 32
 RAY_HW = (120, 160)
@@ -39,6 +40,7 @@ def startup_seconds(cpus: int) -> float:
 
 
 def bench_ray(
+    pipeline_class: Callable[..., Any],
     root: Path,
     device: str = "auto",
     dtype: str = "auto",
@@ -49,10 +51,9 @@ def bench_ray(
     workers: tuple[int, ...] = WORKERS,
 ) -> dict:
     """The section's figures and notes (Ray with each count of `workers`); without the ray extra, a note
-    saying so and no figures."""
+    saying so and no figures. pipeline_class: the `api.Pipeline` class (this module sits below the API)."""
     import torch
 
-    from ..api import Pipeline
     from ..engines.raycluster import require_ray, session
     from ..errors import OvdiffError
     from .settings import MEMORY_CLASSES, write_images
@@ -63,7 +64,7 @@ def bench_ray(
         require_ray()
     except OvdiffError as e:
         return {"figures": {}, "notes": [f"skipped: {e}"]}
-    pipe = Pipeline("procedural", root / "ray-cache", device, dtype, seed)
+    pipe = pipeline_class("procedural", root / "ray-cache", device, dtype, seed)
     names = pipe.vocabulary(list(MEMORY_CLASSES)).names  # built once here: the jobs read them
     folder = write_images(root / "ray-images", images, RAY_HW, seed)
 

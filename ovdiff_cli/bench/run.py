@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -354,11 +354,13 @@ def run_bench(
     seed: int = 0,
     say: Say | None = None,
     only: tuple[str, ...] | None = None,
+    session: Callable[..., Any] | None = None,
 ) -> dict:
     """The sections `only` (default: every one but `ray`) in turn, in a
     scratch folder `root`; returns the results document. A section that needs another's output
     (prototypes: the support set drawn; segment and the vocabularies: the feature dimensions) gets
-    it from a synthetic support set when that one is left out."""
+    it from a synthetic support set when that one is left out. session: the `api.Pipeline` class, which the
+    ray section runs."""
     from ..compose import Stages
     from ..io.images import load_image
     from .build import build_once, synthetic_samples
@@ -422,7 +424,7 @@ def run_bench(
     if "ray" in only:  # the Ray engine against the local one (skipped without the extra)
         from .engines import bench_ray
 
-        sections["ray"] = bench_ray(root, device, dtype, seed, s.repeats, say)
+        sections["ray"] = bench_ray(session, root, device, dtype, seed, s.repeats, say)
     return {
         "version": RESULTS_VERSION,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

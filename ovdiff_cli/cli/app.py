@@ -20,6 +20,7 @@ from . import protos as protos_cmd
 from . import sample as sample_cmd
 from . import segment as segment_cmd
 from . import serve as serve_cmd
+from .output import Command
 
 _UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as the click that typer bundles defines it
 
@@ -85,7 +86,7 @@ def _json_error(message: str, kind: str, code: int) -> None:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings as one plain line on stderr; others as Python shows them."""
-    from ..method.stage1_support.sampling import LongNameWarning
+    from ..errors import LongNameWarning
 
     if issubclass(category, LongNameWarning):
         print(f"warning: {message}", file=sys.stderr)
@@ -111,19 +112,19 @@ app = typer.Typer(
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(protos_cmd.app, name="protos")
 app.add_typer(models_cmd.app, name="models")
-app.command("sample")(sample_cmd.sample)
-app.command("eval")(eval_cmd.eval_cmd)
-app.command("segment")(segment_cmd.segment)
-app.command("demo")(demo_cmd.demo)
-app.command("bench")(bench_cmd.bench)
-app.command("doctor")(models_cmd.doctor)
-app.command("serve")(serve_cmd.serve)
-app.command("label-studio")(labelstudio_cmd.label_studio)
+app.command("sample", cls=Command)(sample_cmd.sample)
+app.command("eval", cls=Command)(eval_cmd.eval_cmd)
+app.command("segment", cls=Command)(segment_cmd.segment)
+app.command("demo", cls=Command)(demo_cmd.demo)
+app.command("bench", cls=Command)(bench_cmd.bench)
+app.command("doctor", cls=Command)(models_cmd.doctor)
+app.command("serve", cls=Command)(serve_cmd.serve)
+app.command("label-studio", cls=Command)(labelstudio_cmd.label_studio)
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from ..version import __version__
+        from ..api import __version__
 
         typer.echo(f"ovdiff {__version__}")
         raise typer.Exit()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,20 +12,8 @@ from rich.table import Table
 from .options import DeviceOpt, DtypeOpt, QuietOpt, SeedOpt, VerboseOpt
 
 
-@contextlib.contextmanager
-def workspace(cache: Path | None) -> Iterator[Path]:
-    """The folder the bench's caches and images go to: `cache` (kept), else a temporary one (removed)."""
-    if cache is not None:
-        cache = Path(cache).expanduser()
-        cache.mkdir(parents=True, exist_ok=True)
-        yield cache
-        return
-    with tempfile.TemporaryDirectory(prefix="ovdiff-bench-") as tmp:
-        yield Path(tmp)
-
-
 def results_table(results: dict) -> Table:
-    from ..bench.settings import table_rows
+    from ..api import bench_rows
 
     m, s = results["machine"], results["settings"]
     table = Table(
@@ -47,7 +32,7 @@ def results_table(results: dict) -> Table:
         ("", "left"),
     ):
         table.add_column(col, justify=justify)
-    for row in table_rows(results):
+    for row in bench_rows(results):
         if row[0]:
             table.add_section()
         table.add_row(*row[:-1], "[green]pass[/]" if row[-1] == "pass" else "[bold red]MISS[/]" if row[-1] else "")
@@ -123,20 +108,23 @@ def bench(
 
     Example: ovdiff bench --out bench/results.json
     """
-    from ..bench.run import run_bench
-    from ..bench.settings import bench_settings, markdown_table, parse_sections
-    from ..io.images import save_json
-    from ..limits import check_seed
-    from ..models.presets import resolve_device
+    from ..api import bench_markdown, run_benchmark
 
-    check_seed(seed)
-    settings = bench_settings(resolve_device(device).type, quick, preset, repeats, pairs)
-    only = parse_sections(sections, resolve_device(device).type, quick)
     err = Console(stderr=True)
     say = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]bench[/] {msg}", highlight=False))
-    with workspace(cache) as root:
-        results = run_bench(settings, root, device, dtype, seed, say, only)
-    save_json(results, out)
+    results = run_benchmark(
+        out,
+        quick=quick,
+        preset=preset,
+        repeats=repeats,
+        pairs=pairs,
+        sections=sections,
+        folder=cache,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        say=say,
+    )
     if quiet:
         return
     console = Console()
@@ -154,5 +142,5 @@ def bench(
         for note in section["notes"]:
             console.print(f"[bold]{name}[/]: {note}", highlight=False)
     if verbose:
-        console.print(markdown_table(results), highlight=False, soft_wrap=True)
+        console.print(bench_markdown(results), highlight=False, soft_wrap=True)
     console.print(f"results: {out}", highlight=False)

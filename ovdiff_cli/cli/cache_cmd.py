@@ -1,4 +1,4 @@
-"""`ovdiff cache info|verify`."""
+"""`ovdiff cache info|verify`: one `api.Catalogue` call each, printed."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import cache_run
+from .common import catalogue_run
 from .options import CacheOpt, JsonOpt, QuietOpt, VerboseOpt
-from .output import human_size
+from .output import Command, human_size
 
 app = typer.Typer(help="Inspect and check the prototype cache.", no_args_is_help=True)
 
 
-@app.command("info")
+@app.command("info", cls=Command)
 def info(cache: CacheOpt = None, json_out: JsonOpt = False) -> None:
     """Where the cache is, its schema version, size and what it holds.
 
@@ -21,20 +21,20 @@ def info(cache: CacheOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: ovdiff cache info --json
     """
-    run = cache_run(cache, json_out=json_out, create=False)  # a mistyped --cache is an error, not a new cache
-    nfo = run.cache.info()
+    cat, out = catalogue_run(cache, json_out=json_out)  # a mistyped --cache is an error, not a new cache
+    nfo = cat.info()
     if json_out:
-        run.emit(nfo)
+        out.emit(nfo)
         return
     table = Table(show_header=False, box=None)
     for k in ("path", "schema_version", "classes", "support_entries", "text_embeddings", "entries"):
         table.add_row(k.replace("_", " "), str(nfo[k]))
     table.add_row("used", human_size(nfo["used_bytes"]))
     table.add_row("map size", human_size(nfo["map_size"]))
-    run.console.print(table)
+    out.console.print(table)
 
 
-@app.command("verify")
+@app.command("verify", cls=Command)
 def verify(
     cache: CacheOpt = None,
     repair: bool = typer.Option(False, "--repair", help="Delete broken entries so the next run rebuilds them."),
@@ -48,90 +48,52 @@ def verify(
 
     Example: ovdiff cache verify --json   (exit code as without --json)
     """
-    from ..store.audit import verify as verify_cache
-    from ..store.cache import CacheDamaged
-
-    run = cache_run(cache, verbose, quiet, json_out, create=False)
-    try:
-        c = run.cache
-    except CacheDamaged as e:
-        _damaged(run, e, repair)
-        return
-    problems = verify_cache(c, repair=repair)
+    cat, out = catalogue_run(cache, verbose, quiet, json_out)
+    check = cat.verify(repair=repair)
     if json_out:
-        nfo = c.info()
-        run.emit(
-            {
-                "path": str(run.cache_dir),
-                "sound": not problems,
-                "repaired": repair and bool(problems),
-                "entries": nfo["entries"],
-                "classes": nfo["classes"],
-                "support_entries": nfo["support_entries"],
-                "text_embeddings": nfo["text_embeddings"],
-                "problems": [{"key": p.key, "reason": p.reason} for p in problems],
-            }
-        )
-        if problems and not repair:
+        out.emit(check.document())
+    if check.damage is not None:
+        _damaged(out, check)
+        return
+    if json_out:
+        if check.problems and not repair:
             raise typer.Exit(1)
         return
     if verbose:
-        for pid, rec in c.classes():
-            run.say(
-                f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {pid[:12]})"
+        for c in check.classes:
+            rec = c.record
+            out.say(
+                f"class {escape(str(rec.get('name')))} (seed {rec.get('seed')}, {rec.get('extractor')}, id {c.id[:12]})"
             )
-        nfo = c.info()
-        run.say(
-            f"checked {nfo['entries']} entries: {nfo['classes']} classes, {nfo['support_entries']} support sets, "
-            f"{nfo['text_embeddings']} text embeddings"
+        n = check.counts
+        out.say(
+            f"checked {n['entries']} entries: {n['classes']} classes, {n['support_entries']} support sets, "
+            f"{n['text_embeddings']} text embeddings"
         )
-    if not problems:
-        run.result("[green]cache is sound[/]")
+    if check.sound:
+        out.result("[green]cache is sound[/]")
         return
-    _report(run, problems)
+    _report(out, check.problems)
     if repair:
-        run.say(f"removed {len(problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
+        out.say(f"removed {len(check.problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
         return
-    run.err.print(f"{len(problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
+    out.err.print(f"{len(check.problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
     raise typer.Exit(1)
 
 
-def _report(run, problems) -> None:
+def _report(out, problems) -> None:
     for p in problems:
-        run.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
+        out.err.print(f"[red]broken[/] {escape(f'{p.key}: {p.reason}')}", highlight=False, soft_wrap=True)
 
 
-def _damage_report(run, problems, repaired: bool, **extra) -> dict:
-    """`cache verify --json` of a data file LMDB cannot map: the same document as for a sound one,
-    entries unknown (None), every problem listed."""
-    return {
-        "path": str(run.cache_dir),
-        "sound": False,
-        "repaired": repaired,
-        "entries": None,
-        "classes": extra.pop("kept", None),
-        "support_entries": None,
-        "text_embeddings": None,
-        "problems": [{"key": p.key, "reason": p.reason} for p in problems],
-        **extra,
-    }
-
-
-def _damaged(run, error, repair: bool) -> None:
-    """A data file LMDB must not map: say so, or with --repair copy what is intact into a fresh one."""
-    from ..store.audit import Problem, rebuild
-
-    if not repair:
-        if run.json:
-            run.emit(_damage_report(run, [Problem("data.mdb", error.problem)], repaired=False))
-        run.err.print(f"[red]broken[/] {escape(f'data.mdb: {error.problem}')}", highlight=False, soft_wrap=True)
-        run.err.print("run 'ovdiff cache verify --repair' to copy every intact class into a fresh cache")
+def _damaged(out, check) -> None:
+    """A data file LMDB must not map: say so, or after --repair what the copy into a fresh one kept."""
+    if not check.repaired:
+        out.err.print(f"[red]broken[/] {escape(f'data.mdb: {check.damage}')}", highlight=False, soft_wrap=True)
+        out.err.print("run 'ovdiff cache verify --repair' to copy every intact class into a fresh cache")
         raise typer.Exit(1)
-    done = rebuild(run.cache_dir, error.problem)
-    if run.json:
-        run.emit(_damage_report(run, done.problems, repaired=True, kept=done.classes, original=str(done.original)))
-    _report(run, done.problems)
-    run.say(
-        f"repaired: {done.classes} intact class(es) copied into a fresh cache at {escape(str(run.cache_dir))}; "
-        f"the damaged original is kept at {escape(str(done.original))} (delete it when done)"
+    _report(out, check.problems)
+    out.say(
+        f"repaired: {check.kept} intact class(es) copied into a fresh cache at {escape(str(check.path))}; "
+        f"the damaged original is kept at {escape(str(check.original))} (delete it when done)"
     )

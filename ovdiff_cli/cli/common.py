@@ -12,62 +12,24 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import Progress
 
-from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
+from ..config import ProtoConfig, SampleConfig
 from ..errors import OvdiffError
 from .options import flag
 from .output import LogProgress, make_console
 
 if TYPE_CHECKING:
-    from ..api import Pipeline
-    from ..compose import Stages
-    from ..models.presets import Preset
-    from ..store.cache import Cache
+    from ..api import Catalogue, ModelOptions, Pipeline
 
 
 @dataclass
-class Run:
-    """What one command invocation works with: the library's session (`api.Pipeline`: settings resolved
-    and checked, cache and models opened lazily) and where and how the command prints."""
+class Out:
+    """Where and how a command prints: results on stdout (stderr with --json), progress and errors on stderr."""
 
-    pipe: Pipeline
     console: Console
     err: Console
     verbose: bool = False
     quiet: bool = False
     json: bool = False
-
-    @property
-    def run(self) -> RunConfig:
-        return self.pipe.run_config
-
-    @property
-    def sample(self) -> SampleConfig:
-        return self.pipe.sample_config
-
-    @property
-    def protos(self) -> ProtoConfig:
-        return self.pipe.proto_config
-
-    @property
-    def segment(self) -> SegmentConfig:
-        return self.pipe.segment_config
-
-    @property
-    def preset(self) -> Preset:
-        return self.pipe.preset
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.pipe.cache_dir
-
-    @property
-    def cache(self) -> Cache:
-        return self.pipe.cache
-
-    @property
-    def stages(self) -> Stages:
-        """The run's stages (`compose.Stages`); models are built only when a stage needs them."""
-        return self.pipe.stages
 
     def say(self, msg: str) -> None:
         if not self.quiet:
@@ -102,6 +64,20 @@ class Run:
         )
 
 
+class Run(Out):
+    """What one command invocation works with: the library's session (`api.Pipeline`: settings resolved
+    and checked, cache and models opened lazily) and where and how the command prints."""
+
+    def __init__(self, pipe: Pipeline, out: Out):
+        super().__init__(out.console, out.err, out.verbose, out.quiet, out.json)
+        self.pipe = pipe
+
+
+def printer(verbose: bool = False, quiet: bool = False, json_out: bool = False) -> Out:
+    """How a command prints; json_out: stdout is kept for one JSON document, so tables and messages go to stderr."""
+    return Out(make_console(stderr=json_out), make_console(stderr=True), verbose, quiet, json_out)
+
+
 def make_run(
     cache: Path | None,
     preset: str | None,
@@ -110,82 +86,33 @@ def make_run(
     seed: int = 0,
     verbose: bool = False,
     quiet: bool = False,
-    sd_model: str | None = None,
-    clip_model: str | None = None,
-    dino_model: str | None = None,
-    sam_model: str | None = None,
-    mask_model: str | None = None,
-    part_models: list[str] | None = None,
-    filter_model: str | None = None,
-    generator: str | None = None,
+    models: ModelOptions | None = None,
     sample: dict | None = None,
-    sam2_model: str | None = None,
     protos: dict | None = None,
     segment: dict | None = None,
     json_out: bool = False,
 ) -> Run:
-    """The session of a command: `api.Pipeline` over the options the user gave (None: the preset's).
+    """The session of a command: `api.Pipeline` over the options the user gave (None: the preset's), every
+    setting checked by the library as it is made, before any progress bar or model starts.
 
     json_out: stdout is kept for one JSON document, so tables and messages go to stderr.
     """
-    from ..api import Pipeline
-    from ..models.overrides import check_filter_model, parse_part_models
-    from ..models.sd import missing_local
+    from ..api import Pipeline, quiet_libraries
 
-    models = {
-        "sd": sd_model,
-        "clip": clip_model,
-        "dino": dino_model,
-        "sam": sam_model,
-        "cutler": mask_model,
-        "sam2": sam2_model,
-        "filter": check_filter_model(filter_model),
-        "generator": generator,
-        **parse_part_models(part_models or []),
-    }
-    local = (
-        ("--sd-model", sd_model, "Stable Diffusion"),
-        ("--clip-model", clip_model, "CLIP"),
-        ("--dino-model", dino_model, "DINO"),
-        ("--sam-model", sam_model, "SAM"),
-        ("--mask-model", mask_model, "CutLER"),
-    )
-    for option, spec, model in local:
-        if spec and (problem := missing_local(spec, option, model)):
-            raise OvdiffError(problem)
-    # Each config checks its values as it is made, before any progress bar or model starts.
     pipe = Pipeline(preset, cache, device, dtype, seed, models, sample, protos, segment)
-    run = Run(
-        pipe,
-        console=make_console(stderr=json_out),
-        err=make_console(stderr=True),
-        verbose=verbose,
-        quiet=quiet,
-        json=json_out,
-    )
     if quiet:
-        from ..libs import quiet_libraries
-
         quiet_libraries()
-    return run
+    return Run(pipe, printer(verbose, quiet, json_out))
 
 
-def cache_run(
-    cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False, create: bool = True
-) -> Run:
-    """The context of a command that only reads or writes the cache (no models, no method settings);
-    `create=False` for commands that only read: a --cache that holds no cache is then an error."""
-    from ..api import Pipeline
+def catalogue_run(
+    cache: Path | None, verbose: bool = False, quiet: bool = False, json_out: bool = False, create: bool = False
+) -> tuple[Catalogue, Out]:
+    """The catalogue of a command that only reads or writes the cache (no preset, no models); a --cache
+    that holds no cache is an error unless `create`."""
+    from ..api import Catalogue
 
-    pipe = Pipeline(RunConfig().preset, cache, create_cache=create)  # no model loads: the preset is never used
-    return Run(
-        pipe,
-        console=make_console(stderr=json_out),
-        err=make_console(stderr=True),
-        verbose=verbose,
-        quiet=quiet,
-        json=json_out,
-    )
+    return Catalogue(cache, create=create), printer(verbose, quiet, json_out)
 
 
 def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, proto_cfg: ProtoConfig) -> str:
@@ -213,14 +140,13 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
         parts += ["--k-parts", str(proto_cfg.k_parts)]
     if proto_cfg.proto_dtype != "fp32":
         parts += ["--proto-dtype", proto_cfg.proto_dtype]
-    roles = ["sd", "clip", "dino"] + ([proto_cfg.mask_proposer] if proto_cfg.mask_proposer in ("sam", "cutler") else [])
-    for role in roles:
+    from ..api import ModelOptions
+
+    proposer = [proto_cfg.mask_proposer] if proto_cfg.mask_proposer in ("sam", "cutler") else []
+    roles = ["sd", "clip", "dino", *proposer, "generator", "filter"]
+    for role in roles:  # each option made from the library's table of model roles
         if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
-            option = "--mask-model" if role == "cutler" else f"--{role}-model"
-            parts += [option, shlex.quote(specs.models[role])]
-    for role, option in (("generator", "--generator"), ("filter", "--filter-model")):
-        if specs.models.get(role) and specs.models[role] != specs.preset.models.get(role):
-            parts += [option, shlex.quote(specs.models[role])]
+            parts += [flag(ModelOptions.setting_of(role)), shlex.quote(specs.models[role])]
     for part in proto_cfg.extractor.split("+"):  # today's families: --part-model PART=SPEC
         if part in specs.models and specs.models[part] != specs.preset.models.get(part):
             parts += ["--part-model", shlex.quote(f"{part}={specs.models[part]}")]
@@ -234,11 +160,16 @@ def phrase(e: OvdiffError) -> str:
     if isinstance(e, errors.InvalidSetting):
         return f"{flag(e.setting)} {e.detail}" + (f" ({flag(e.way_out)})" if e.way_out else "")
     if isinstance(e, errors.ModelLoadError):
-        from ..models.weights import ROLE_OPTION
+        from ..api import ModelOptions
 
-        option = ROLE_OPTION.get(e.role)
-        fetch = f"{option} {shlex.quote(e.spec)}" if option else f"--extractor {e.role}"
-        local = f"pass a local copy with {option} DIR, " if option else ""
+        setting = ModelOptions.setting_of(e.role)
+        if setting == "part_model":  # an extractor family: --part-model PART=SPEC
+            fetch, local = f"--part-model {shlex.quote(f'{e.role}={e.spec}')}", f"--part-model {e.role}=DIR"
+        elif setting in {name for name, _, _ in ModelOptions.table()}:
+            fetch, local = f"{flag(setting)} {shlex.quote(e.spec)}", f"{flag(setting)} DIR"
+        else:
+            fetch, local = f"--extractor {e.role}", None
+        local = f"pass a local copy with {local}, " if local else ""
         way_out = (
             f"{e}; or fetch them where there is network with: ovdiff models download {fetch}; or {local}"
             "run offline with --preset tiny / --preset procedural"

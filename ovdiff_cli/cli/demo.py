@@ -27,7 +27,7 @@ def demo(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run OVDiff end to end on the procedural world: no weights, no network, seconds on a CPU.
+    """Run OVDiff end to end on the procedural world: no weights, no network, a minute or two on a CPU.
 
     Draws held-out scenes with known truth in the VOC layout (OUT/data), builds prototypes for the
     world's classes from procedurally generated support sets (cache: OUT/cache unless --cache),
@@ -37,13 +37,12 @@ def demo(
 
     Example: ovdiff demo --out demo/ --images 24
     """
-    from ..engines.demo import run_demo
-    from ..procedural import LABELLED
+    from ..api import demo_classes, run_demo
 
     root = Path(out).expanduser()
     run = make_run(cache or root / "cache", "procedural", device, dtype, seed, verbose, quiet)
     with run.progress() as bar:
-        build = bar.add_task("prototypes", total=len(LABELLED))
+        build = bar.add_task("prototypes", total=demo_classes())
         task = bar.add_task("segment", total=images)
         done = run_demo(
             run.pipe,
@@ -62,6 +61,6 @@ def demo(
         f"truth: {done.data / 'VOC2012' / 'SegmentationClass'} · report: {done.report} · figure: {done.figure}"
     )
     run.say(
-        f"next: {ovdiff_command()} segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.cache_dir} "
+        f"next: {ovdiff_command()} segment {done.data / 'VOC2012' / 'JPEGImages'} --preset procedural --cache {run.pipe.cache_dir} "
         f"--classes-file {done.data / 'classes.txt'} --out {root / 'explained'} --explain"
     )

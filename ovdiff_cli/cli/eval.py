@@ -8,50 +8,28 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..api import ModelOptions
 from .common import make_run
 from .options import (
-    AddressOpt,
+    BuildOptions,
     CacheOpt,
-    ClipModelOpt,
     DeviceOpt,
-    DinoModelOpt,
     DtypeOpt,
-    EngineOpt,
-    EtaOpt,
-    ExtractorOpt,
-    FgThresholdOpt,
-    FilterModelOpt,
-    FilterOpt,
-    GeneratorOpt,
+    EngineOptions,
     JsonOpt,
-    KPartsOpt,
-    MaskModelOpt,
-    NImagesOpt,
-    NoBgProtosOpt,
-    NoStuffFilterOpt,
-    PartModelOpt,
+    MethodOptions,
     PresetOpt,
-    ProposerOpt,
-    ProtoDtypeOpt,
-    ProtoKindsOpt,
     QuietOpt,
-    SamModelOpt,
-    SdModelOpt,
     SeedOpt,
-    ShortSideOpt,
-    SlideOpt,
-    StrideOpt,
-    StuffThresholdOpt,
     VerboseOpt,
-    WindowsOpt,
-    WorkersOpt,
-    segment_overrides,
+    grouped,
 )
 from .output import print_results, result_line
 
 DATASETS_HELP = "voc, context, object (with background); voc20, context59, ade, stuff, cityscapes (without); ade847, pc459 (large vocabularies)."
 
 
+@grouped
 def eval_cmd(
     dataset: Annotated[str, typer.Argument(help=DATASETS_HELP, show_default=False)],
     root: Annotated[
@@ -60,6 +38,7 @@ def eval_cmd(
             "--root", help="The dataset folder in its mmsegmentation layout, e.g. data/VOC2012.", show_default=False
         ),
     ],
+    *,
     pred: Annotated[
         Path | None,
         typer.Option(
@@ -101,33 +80,10 @@ def eval_cmd(
         bool,
         typer.Option("--raw-names", help="Use the dataset's own class names, not the paper's corrections (App. C.3)."),
     ] = False,
-    use_filter: FilterOpt = None,
-    eta: EtaOpt = None,
-    slide: SlideOpt = None,
-    windows: WindowsOpt = None,
-    stride: StrideOpt = None,
-    short_side: ShortSideOpt = None,
-    no_bg_protos: NoBgProtosOpt = False,
-    fg_threshold: FgThresholdOpt = None,
-    no_stuff_filter: NoStuffFilterOpt = False,
-    stuff_threshold: StuffThresholdOpt = None,
-    protos: ProtoKindsOpt = None,
-    extractor: ExtractorOpt = None,
-    mask_proposer: ProposerOpt = None,
-    n_images: NImagesOpt = None,
-    k_parts: KPartsOpt = None,
-    proto_dtype: ProtoDtypeOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    method: MethodOptions,
+    build: BuildOptions,
+    models: ModelOptions,
+    engine: EngineOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -155,19 +111,6 @@ def eval_cmd(
     """
     from ..errors import OvdiffError
 
-    method = segment_overrides(
-        use_filter,
-        eta,
-        slide,
-        windows,
-        stride,
-        short_side,
-        no_bg_protos,
-        fg_threshold,
-        no_stuff_filter,
-        stuff_threshold,
-        protos,
-    )
     run = make_run(
         cache,
         preset,
@@ -176,18 +119,11 @@ def eval_cmd(
         seed,
         verbose,
         quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        mask_model=mask_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
-        sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts, "proto_dtype": proto_dtype},
-        segment=method,
-        json_out=json_out,
+        models,
+        build.sample(),
+        build.protos(),
+        method.overrides(),
+        json_out,
     )
     try:
         seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
@@ -231,9 +167,7 @@ def eval_cmd(
             out=out,
             classes_file=classes_file,
             raw_names=raw_names,
-            engine=engine,
-            address=address,
-            workers=workers,
+            **engine.calls(),
             on_event=on_event,
             on_score=on_score,
             on_note=lambda text: run.say(escape(text)),

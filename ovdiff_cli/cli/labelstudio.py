@@ -7,25 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..errors import OvdiffError
-from .common import phrase
-from .options import (
-    CacheOpt,
-    ClipModelOpt,
-    DeviceOpt,
-    DinoModelOpt,
-    DtypeOpt,
-    MaskModelOpt,
-    PresetOpt,
-    SamModelOpt,
-    SdModelOpt,
-    SeedOpt,
-)
-
-EXTRA = "pip install 'ovdiff[ui,labelstudio]'"
+from ..api import ModelOptions
+from .common import make_run, phrase
+from .options import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, SeedOpt, grouped
 
 
+@grouped
 def label_studio(
+    *,
     host: Annotated[
         str,
         typer.Option(
@@ -46,11 +35,7 @@ def label_studio(
     no_build: Annotated[
         bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")
     ] = False,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
+    models: ModelOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -68,46 +53,30 @@ def label_studio(
     """
     import os
 
-    from ..api import Pipeline
-    from ..limits import check_seed, in_range
-    from ..ui.labelstudio import rle_encoder
+    from ..api import serve_label_studio
 
-    in_range("port", port)
-    check_seed(seed)
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise OvdiffError(f"ovdiff label-studio needs the ui extra ({e.name} is missing): {EXTRA}") from e
-    rle_encoder()
-    from ..ui.app import listen, run, sigterm_as_ctrl_c
-    from ..ui.labelstudio_app import LabelStudioBackend, make_app
+    run = make_run(cache, preset, device, dtype, seed, models=models)
 
-    models = {
-        role: src
-        for role, src in (
-            ("sd", sd_model),
-            ("clip", clip_model),
-            ("dino", dino_model),
-            ("sam", sam_model),
-            ("cutler", mask_model),
-        )
-        if src
-    }
-    pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
-    backend = LabelStudioBackend(pipeline, url, os.environ.get("LABEL_STUDIO_API_KEY"), build=not no_build)
-    sock = listen(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    if bound_host not in ("127.0.0.1", "::1"):
-        print(f"warning: listening on {bound_host}: anyone who can reach it can run ovdiff", file=sys.stderr)
-    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
+    def on_listen(bound_host: str, bound_port: int, server: str | None) -> None:
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        if bound_host not in ("127.0.0.1", "::1"):
+            print(f"warning: listening on {bound_host}: anyone who can reach it can run ovdiff", file=sys.stderr)
         print(
-            f"ovdiff label-studio: http://{shown_host}:{bound_port} (preset {pipeline.preset.name}, cache "
-            f"{pipeline.cache_dir}, images from {backend.server or 'the Label Studio that connects'}; Ctrl-C stops)",
+            f"ovdiff label-studio: http://{shown_host}:{bound_port} (preset {run.pipe.preset.name}, cache "
+            f"{run.pipe.cache_dir}, images from {server or 'the Label Studio that connects'}; Ctrl-C stops)",
             flush=True,
         )
-        try:
-            run(make_app(backend, phrase), sock)
-        except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on
-            print("ovdiff label-studio: stopped", file=sys.stderr)
+
+    try:
+        serve_label_studio(
+            run.pipe,
+            host,
+            port,
+            url=url,
+            api_key=os.environ.get("LABEL_STUDIO_API_KEY"),
+            build=not no_build,
+            phrase=phrase,
+            on_listen=on_listen,
+        )
+    except KeyboardInterrupt:
+        print("ovdiff label-studio: stopped", file=sys.stderr)

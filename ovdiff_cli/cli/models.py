@@ -10,33 +10,30 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..api import ModelOptions
 from .common import make_run
 from .options import (
     CacheOpt,
-    ClipModelOpt,
     DeviceOpt,
-    DinoModelOpt,
     DtypeOpt,
     ExtractorOpt,
-    FilterModelOpt,
-    GeneratorOpt,
     JsonOpt,
-    MaskModelOpt,
-    PartModelOpt,
     PresetOpt,
     ProposerOpt,
     QuietOpt,
-    SamModelOpt,
-    SdModelOpt,
     VerboseOpt,
+    flag,
+    grouped,
 )
-from .output import print_unpadded
+from .output import Command, print_unpadded
 
 app = typer.Typer(help="Fetch the weights a preset needs, so that later runs work offline.", no_args_is_help=True)
 
 
-@app.command("download")
+@app.command("download", cls=Command)
+@grouped
 def download(
+    *,
     local_dir: Annotated[
         Path | None,
         typer.Option(
@@ -47,14 +44,7 @@ def download(
     ] = None,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
+    models: ModelOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     verbose: VerboseOpt = False,
@@ -69,22 +59,14 @@ def download(
 
     Example: ovdiff models download --local-dir ~/weights --extractor sd+dino+clip+mae
     """
-    from ..models.dense import FAMILIES
-    from ..models.weights import ROLE_OPTION, hf_cache_dir
+    from ..api import hf_cache_dir
 
     run = make_run(
         cache,
         preset,
         verbose=verbose,
         quiet=quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        mask_model=mask_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
+        models=models,
         protos={"extractor": extractor, "mask_proposer": mask_proposer},
     )
 
@@ -100,31 +82,29 @@ def download(
 
     wanted, folders = run.pipe.download_weights(local_dir, on_weight)
     flags = []
-    for role, folder in folders.items():
-        if role in ROLE_OPTION:
-            flags += [ROLE_OPTION[role], shlex.quote(str(folder))]
-        elif role == "generator":
-            name = run.run.model_overrides["generator"].partition("=")[0]
+    for role, folder in folders.items():  # the options of the library's table of model roles
+        setting = ModelOptions.setting_of(role)
+        if setting == "generator":
+            name = run.pipe.run_config.model_overrides["generator"].partition("=")[0]
             flags += ["--generator", shlex.quote(f"{name}={folder}")]
-        elif role in FAMILIES:
+        elif setting == "part_model":
             flags += ["--part-model", shlex.quote(f"{role}={folder}")]  # pasteable, as every suggested command
+        elif ModelOptions.takes_folder(role) and setting in {name for name, _, _ in ModelOptions.table()}:
+            flags += [flag(setting), shlex.quote(str(folder))]
     where = local_dir if local_dir is not None else hf_cache_dir()
-    run.result(f"preset {run.preset.name}: {sum(w.source in ('hub', 'url') for w in wanted)} model(s) ready in {where}")
+    run.result(
+        f"preset {run.pipe.preset.name}: {sum(w.source in ('hub', 'url') for w in wanted)} model(s) ready in {where}"
+    )
     if flags:
         run.result(f"use them with: {' '.join(flags)}")
 
 
+@grouped
 def doctor(
+    *,
     extractor: ExtractorOpt = None,
     mask_proposer: ProposerOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
+    models: ModelOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -137,8 +117,7 @@ def doctor(
 
     Example: ovdiff doctor --preset sd15
     """
-    from ..doctor import report
-    from ..models.weights import role_specs
+    from ..api import doctor_report
 
     run = make_run(
         cache,
@@ -147,26 +126,11 @@ def doctor(
         dtype,
         verbose=verbose,
         quiet=quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        mask_model=mask_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
+        models=models,
         protos={"extractor": extractor, "mask_proposer": mask_proposer},
         json_out=json_out,
     )
-    facts = report(
-        run.preset,
-        run.cache_dir,
-        device,
-        dtype,
-        role_specs(run.pipe.model_specs),
-        run.protos.extractor,
-        run.protos.mask_proposer,
-    )
+    facts = doctor_report(run.pipe)
     if json_out:
         run.emit(facts)
         return
@@ -199,8 +163,8 @@ def doctor(
     print_unpadded(run.console, weights)
     missing = [w for w in facts["weights"] if w["present"] is False]
     if missing:
-        given = run.run.model_overrides.get("generator")
-        again = f"ovdiff models download --preset {run.preset.name}" + (
+        given = run.pipe.run_config.model_overrides.get("generator")
+        again = f"ovdiff models download --preset {run.pipe.preset.name}" + (
             f" --generator {shlex.quote(given)}" if given else ""
         )
         run.result(f"missing weights: {', '.join(w['role'] for w in missing)}; fetch them with '{again}'")

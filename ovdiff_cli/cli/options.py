@@ -3,15 +3,18 @@ and the parsing they share (`--windows`, `--protos`, `--classes-file`); `flag` n
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..api import ModelOptions
 from ..config import ProtoConfig, RunConfig, SampleConfig, SegmentConfig
 from ..errors import OvdiffError
-from ..models.checkpoints import CUTLER_SPEC
-from ..models.sam import SAM_SPEC
 
 _P, _D, _S = ProtoConfig(), SampleConfig(), SegmentConfig()  # defaults shown in --help; presets may override them
 
@@ -49,65 +52,6 @@ JsonOpt = Annotated[
     bool,
     typer.Option(
         "--json", help="Print the result as one JSON document on stdout (progress and messages go to stderr)."
-    ),
-]
-SdModelOpt = Annotated[
-    str | None,
-    typer.Option("--sd-model", help="Stable Diffusion hub id or local diffusers directory.", show_default=False),
-]
-SamModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--sam-model",
-        help=f"SAM hub id or local directory for --mask-proposer sam \\[default: {SAM_SPEC}].",
-        show_default=False,
-    ),
-]
-MaskModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--mask-model",
-        help=f"CutLER checkpoint for --mask-proposer cutler: a .pth file in detectron2's format \\[default: {CUTLER_SPEC}, "
-        "fetched by `ovdiff models download`].",
-        show_default=False,
-    ),
-]
-ClipModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--clip-model",
-        help="CLIP spec: ViT-B-16:openai, hf-hub:ORG/REPO, or a local weights file or downloaded folder.",
-        show_default=False,
-    ),
-]
-DinoModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dino-model", help="DINO timm name, or a local weights file or downloaded folder.", show_default=False
-    ),
-]
-GeneratorOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--generator",
-        help="Support-set generator beyond SD1.5: sd-turbo, sdxl, sdxl-turbo, sd3, flux-schnell (flux), flux-dev, optionally =HUB_ID_OR_DIR (Turbo and flux-schnell: 4 steps, no guidance; flux-dev: guidance 3.5) \\[default: SD1.5 from --sd-model].",
-        show_default=False,
-    ),
-]
-FilterModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--filter-model",
-        help="The category filter's model: clip (the run's CLIP, the paper's), siglip2, pecore, or an open_clip NAME:TAG or hf-hub:ORG/REPO \\[default: clip].",
-        show_default=False,
-    ),
-]
-PartModelOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--part-model",
-        help="PART=SPEC: the model of an extractor family (dinov2, dinov2reg, dinov3, siglip2, pecore, radio): a timm name.tag, hf-hub:ORG/REPO, or a local weights file or downloaded folder (repeatable) \\[default: README's model table].",
-        show_default=False,
     ),
 ]
 ExtractorOpt = Annotated[
@@ -245,48 +189,142 @@ WorkersOpt = Annotated[
 ]
 
 
-def segment_overrides(
-    use_filter: bool | None = None,
-    eta: int | None = None,
-    slide: bool | None = None,
-    windows: str | None = None,
-    stride: int | None = None,
-    short_side: int | None = None,
-    no_bg_protos: bool = False,
-    fg_threshold: float | None = None,
-    no_stuff_filter: bool = False,
-    stuff_threshold: float | None = None,
-    protos: str | None = None,
-) -> dict:
-    """The method switches shared by `segment` and `eval`, checked, as SegmentConfig overrides."""
-    from ..config import PROTO_KINDS
+@dataclass
+class MethodOptions:
+    """The method switches `segment` and `eval` share, as SegmentConfig overrides (`overrides`); the
+    config checks each value, --windows and --protos included, as the API's are checked."""
 
-    kinds = None
-    if protos is not None:
-        kinds = tuple(k.strip() for k in protos.split(",") if k.strip())
-        if not kinds or any(k not in PROTO_KINDS for k in kinds):
-            raise OvdiffError(f"--protos takes a comma list of {', '.join(PROTO_KINDS)}; got {protos!r}")
-    sizes = None  # ranges are checked by the merged SegmentConfig itself
-    if windows is not None:
-        try:
-            sizes = tuple(int(v) for v in windows.split(",") if v.strip())
-        except ValueError:
-            raise OvdiffError(f"--windows takes comma-separated pixel sizes, e.g. 448,336; got {windows!r}") from None
-        if not sizes:
-            raise OvdiffError(f"--windows takes comma-separated pixel sizes, e.g. 448,336; got {windows!r}")
-    return {
-        "use_filter": use_filter,
-        "eta": eta,
-        "slide": slide,
-        "windows": sizes,
-        "stride": stride,
-        "short_side": short_side,
-        "bg_prototypes": False if no_bg_protos else None,
-        "fg_threshold": fg_threshold,
-        "stuff_filter": False if no_stuff_filter else None,
-        "stuff_threshold": stuff_threshold,
-        "proto_kinds": kinds,
-    }
+    use_filter: FilterOpt = None
+    eta: EtaOpt = None
+    slide: SlideOpt = None
+    windows: WindowsOpt = None
+    stride: StrideOpt = None
+    short_side: ShortSideOpt = None
+    no_bg_protos: NoBgProtosOpt = False
+    fg_threshold: FgThresholdOpt = None
+    no_stuff_filter: NoStuffFilterOpt = False
+    stuff_threshold: StuffThresholdOpt = None
+    protos: ProtoKindsOpt = None
+
+    def overrides(self) -> dict:
+        return {
+            "use_filter": self.use_filter,
+            "eta": self.eta,
+            "slide": self.slide,
+            "windows": None if self.windows is None else tuple(_number(v) for v in self.windows.split(",")),
+            "stride": self.stride,
+            "short_side": self.short_side,
+            "bg_prototypes": False if self.no_bg_protos else None,
+            "fg_threshold": self.fg_threshold,
+            "stuff_filter": False if self.no_stuff_filter else None,
+            "stuff_threshold": self.stuff_threshold,
+            "proto_kinds": None if self.protos is None else tuple(k.strip() for k in self.protos.split(",")),
+        }
+
+
+def _number(text: str) -> int | str:
+    """A comma list's item as an int where it is one (the config refuses the rest, naming the setting)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text.strip()
+
+
+@dataclass
+class BuildOptions:
+    """How missing classes are built: the support sets' size and the prototypes' extractor, masks and K."""
+
+    extractor: ExtractorOpt = None
+    mask_proposer: ProposerOpt = None
+    n_images: NImagesOpt = None
+    k_parts: KPartsOpt = None
+    proto_dtype: ProtoDtypeOpt = None
+
+    def sample(self) -> dict:
+        return {"n_images": self.n_images}
+
+    def protos(self) -> dict:
+        return {
+            "extractor": self.extractor,
+            "mask_proposer": self.mask_proposer,
+            "k_parts": self.k_parts,
+            "proto_dtype": self.proto_dtype,
+        }
+
+
+@dataclass
+class EngineOptions:
+    """Where the work runs (`engine`, `address`, `workers` of the library's calls)."""
+
+    engine: EngineOpt = "local"
+    address: AddressOpt = None
+    workers: WorkersOpt = None
+
+    def calls(self) -> dict:
+        return {"engine": self.engine, "address": self.address, "workers": self.workers}
+
+
+def _model_option(setting: str, text: str, default: str | None) -> object:
+    """The option of one model setting of the library's roles table (`api.ModelOptions.table`)."""
+    shown = f"{text.removesuffix('.')} \\[default: {default}]." if default else text
+    if setting == "part_model":
+        return Annotated[list[str] | None, typer.Option(flag(setting), help=shown, show_default=False)]
+    return Annotated[str | None, typer.Option(flag(setting), help=shown, show_default=False)]
+
+
+def model_option(setting: str) -> object:
+    """The option of one model setting, for a command that takes only some (`sample`: sd_model, generator)."""
+    ((text, default),) = [(t, d) for name, t, d in ModelOptions.table() if name == setting]
+    return _model_option(setting, text, default)
+
+
+def _members(group: type) -> list[inspect.Parameter]:
+    """The options a grouped parameter stands for, as parameters Typer reads."""
+    if group is ModelOptions:
+        typed = {name: _model_option(name, text, default) for name, text, default in group.table()}
+    else:
+        typed = typing.get_type_hints(group, include_extras=True)
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None if f.name == "part_model" else f.default,
+            annotation=typed[f.name],
+        )
+        for f in fields(group)
+    ]
+
+
+GROUPS = (ModelOptions, MethodOptions, BuildOptions, EngineOptions)
+
+
+def grouped(command: typing.Callable) -> typing.Callable:
+    """A command that takes option groups (`models: ModelOptions`, `method: MethodOptions`, …) as one
+    parameter each: Typer sees every option of the group, the command gets the group, made once."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, tuple[type, list[str]]] = {}
+    for p in inspect.signature(command).parameters.values():
+        group = hints.get(p.name)
+        if group in GROUPS:
+            members = _members(group)
+            groups[p.name] = (group, [m.name for m in members])
+            params += members
+        else:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)))
+
+    @functools.wraps(command)
+    def run(**given: object) -> object:
+        for name, (group, members) in groups.items():
+            values = {m: given.pop(m) for m in members}
+            if group is ModelOptions:
+                values["part_model"] = tuple(values["part_model"] or ())
+            given[name] = group(**values)
+        return command(**given)
+
+    run.__signature__ = inspect.Signature(params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
 
 
 def read_classes_file(path: Path | None) -> str | None:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
-
-if TYPE_CHECKING:
-    from ..eval.datasets import SegDataset
-    from ..eval.evaluate import EvalResult
+from typer.core import TyperCommand
 
 
 class LogProgress(Progress):
@@ -91,34 +87,32 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def result_line(ds: SegDataset, results: list[EvalResult]) -> str:
-    """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's."""
-    from ..eval.evaluate import aggregate
-    from ..eval.paper import paper_reference
+def result_line(ds, results: list) -> str:
+    """The one line `eval` and `demo` end with, --quiet or not: mIoU (mean ± σ over seeds) and the paper's.
+    ds: the dataset scored; results: its `EvalResult` per seed."""
+    from ..api import paper_score, score_summary
 
     last = results[-1]
     if len(results) > 1:
-        m = aggregate(results)["miou"]
+        m = score_summary(results)["miou"]
         score = f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} over {len(results)} seeds" if m else "n/a"
     else:
         score = "n/a" if last.miou != last.miou else f"{100 * last.miou:.1f}"
-    paper = paper_reference(ds)
+    paper = paper_score(ds)
     ref = f" (paper, {paper['table']}: {100 * paper['miou']:.1f})" if paper else ""
     return escape(f"{ds.name} mIoU {score}{ref} · {last.n_images} images, {len(ds.classes)} classes")
 
 
-def print_results(
-    console: Console, ds: SegDataset, results: list[EvalResult], seconds_per_image: float | None = None
-) -> None:
+def print_results(console: Console, ds, results: list, seconds_per_image: float | None = None) -> None:
     """The per-class table of `eval` and `demo`; `seconds_per_image` when the predictions were timed
     elsewhere (saved masks)."""
     import math
 
     from rich.table import Table
 
-    from ..eval.evaluate import aggregate
+    from ..api import score_summary
 
-    summary = aggregate(results) if len(results) > 1 else None
+    summary = score_summary(results) if len(results) > 1 else None
     table = Table(title=f"{ds.name}: {results[-1].n_images} images, {len(ds.classes)} classes")
     table.add_column("class")
     table.add_column("IoU %", justify="right")
@@ -157,6 +151,26 @@ def fail(msg: str, code: int = 2) -> None:
 def printable(text: str) -> str:
     """`text` with the undecodable bytes of non-UTF-8 file names (surrogate escapes) shown as U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class Command(TyperCommand):
+    """A command whose help flows to the terminal's width (a docstring's line breaks inside a paragraph are
+    the source's, not the reader's) and whose flags (--recursive, --json, --help) show no `<bool>` type:
+    they take no value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.help:
+            import inspect
+
+            self.help = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(self.help).split("\n\n"))
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
 
 
 def ovdiff_command() -> str:

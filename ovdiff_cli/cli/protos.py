@@ -9,36 +9,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import cache_run, make_run
+from ..api import ModelOptions
+from .common import catalogue_run, make_run
 from .options import (
-    AddressOpt,
+    BuildOptions,
     CacheOpt,
     ClassesFileOpt,
-    ClipModelOpt,
     DeviceOpt,
-    DinoModelOpt,
     DtypeOpt,
-    EngineOpt,
-    ExtractorOpt,
-    FilterModelOpt,
-    GeneratorOpt,
+    EngineOptions,
     JsonOpt,
-    KPartsOpt,
-    MaskModelOpt,
-    NImagesOpt,
-    PartModelOpt,
     PresetOpt,
-    ProposerOpt,
-    ProtoDtypeOpt,
     QuietOpt,
-    SamModelOpt,
-    SdModelOpt,
     SeedOpt,
     VerboseOpt,
-    WorkersOpt,
+    grouped,
     read_classes_file,
 )
-from .output import human_size
+from .output import Command, human_size
 
 app = typer.Typer(help="Build, inspect and share class prototypes (the cached vocabulary).", no_args_is_help=True)
 
@@ -59,24 +47,15 @@ ExtractorFilterOpt = Annotated[
 ]
 
 
-def _check_filter_seed(seed: int | None) -> None:
-    """--seed as a filter has the range of --seed, checked before the cache is opened."""
-    from ..limits import check_seed
-
-    if seed is not None:
-        check_seed(seed)
+def _prototypes(counts: dict[str, int]) -> str:
+    return f"{counts['fg']} fg" + (f" + {counts['bg']} bg" if counts["bg"] else "")
 
 
-def _prototypes(rec: dict) -> str:
-    from ..engines.catalogue import prototype_counts
-
-    c = prototype_counts(rec)
-    return f"{c['fg']} fg" + (f" + {c['bg']} bg" if c["bg"] else "")
-
-
-@app.command("add")
+@app.command("add", cls=Command)
+@grouped
 def add(
     class_names: NamesArg = None,
+    *,
     classes_file: ClassesFileOpt = None,
     stuff: Annotated[
         list[str] | None,
@@ -94,11 +73,7 @@ def add(
             show_default=False,
         ),
     ] = None,
-    extractor: ExtractorOpt = None,
-    mask_proposer: ProposerOpt = None,
-    k_parts: KPartsOpt = None,
-    proto_dtype: ProtoDtypeOpt = None,
-    n_images: NImagesOpt = None,
+    build: BuildOptions,
     images: Annotated[
         Path | None,
         typer.Option(
@@ -107,17 +82,8 @@ def add(
             show_default=False,
         ),
     ] = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    models: ModelOptions,
+    engine: EngineOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -139,39 +105,17 @@ def add(
 
     Example (your own photos, beyond the paper): ovdiff protos add "my mug" --images photos/mug/ --n-images 8
     """
-    from ..engines.catalogue import find_classes
+    from ..api import parse_class_list
     from ..errors import OvdiffError
-    from ..names import parse_class_list, validate
 
-    run = make_run(
-        cache,
-        preset,
-        device,
-        dtype,
-        seed,
-        verbose,
-        quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        mask_model=mask_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
-        sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts, "proto_dtype": proto_dtype},
-    )
+    run = make_run(cache, preset, device, dtype, seed, verbose, quiet, models, build.sample(), build.protos())
     classes = parse_class_list(None, read_classes_file(classes_file), extra=class_names)
-    kinds: dict[str, str] = {}
-    for kind, given in (("stuff", stuff or []), ("thing", thing or [])):
-        for name in given:
-            norm = validate(name)
-            if kinds.get(norm, kind) != kind:
-                raise OvdiffError(f"class {norm!r} is given both --stuff and --thing")
-            kinds[norm] = kind
-            if norm not in classes:
-                classes.append(norm)
+    kinds = dict.fromkeys(parse_class_list(None, None, stuff), "stuff")
+    for name in parse_class_list(None, None, thing):
+        if name in kinds:
+            raise OvdiffError(f"class {name!r} is given both --stuff and --thing")
+        kinds[name] = "thing"
+    classes = [*classes, *(name for name in kinds if name not in classes)]  # the Pipeline checks the union
     if not classes:
         raise OvdiffError(
             'no class names given: e.g. ovdiff protos add cat "chocolate glazed donut", or --classes-file FILE'
@@ -179,7 +123,7 @@ def add(
 
     if images is not None and len(classes) != 1:
         raise OvdiffError("--images builds one class: give one class name")
-    before, built = dict(run.stages.calls), []
+    before, built = dict(run.pipe.stages.calls), []
     with run.progress() as bar:
         tasks: dict[tuple[str, str], int] = {}
 
@@ -196,36 +140,35 @@ def add(
 
         if images is not None:
             vocab = run.pipe.photo_class(
-                classes[0], images, n_images or 0, kinds.get(classes[0]), engine, address, workers, on_event
+                classes[0], images, build.n_images or 0, kinds.get(classes[0]), **engine.calls(), on_event=on_event
             )
         else:
-            vocab = run.pipe.vocabulary(
-                classes, kinds, on_event=on_event, engine=engine, address=address, workers=workers
-            )
+            vocab = run.pipe.vocabulary(classes, kinds, on_event=on_event, **engine.calls())
         protos = vocab.classes
     if not run.quiet:
-        records = dict(find_classes(run.cache))
-        table = Table(title=f"prototypes in {run.cache_dir}")
+        entries = {c.id: c for c in run.pipe.catalogue.list(sizes=False)}
+        table = Table(title=f"prototypes in {run.pipe.cache_dir}")
         for col in ("class", "part", "kind", "prototypes", "masks", "id"):
             table.add_column(col)
         for p in protos:
             for part, protos_of_part in p.parts.items():
-                rec = records[protos_of_part.pid]
+                entry = entries[protos_of_part.pid]
+                rec = entry.record
                 table.add_row(
                     escape(p.name),
                     part,
                     f"{rec['kind']} ({rec['kind_source']})",
-                    _prototypes(rec),
+                    _prototypes(entry.prototypes),
                     _mask_sources(rec),
                     protos_of_part.pid[:12],
                 )
         run.console.print(table)
-    calls = {k: run.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
+    calls = {k: run.pipe.stages.calls.get(k, 0) - before.get(k, 0) for k in ("generate", "extract")}
     run.result(
-        f"{len(protos)} class(es), extractor {run.protos.extractor}, seed {run.run.seed}: "
+        f"{len(protos)} class(es), extractor {run.pipe.proto_config.extractor}, seed {run.pipe.seed}: "
         + (
             f"{len(built)} built on Ray"
-            if engine == "ray" and images is None
+            if engine.engine == "ray" and images is None
             else f"{calls['generate']} images generated, {calls['extract']} featurised"
         )
     )
@@ -238,7 +181,7 @@ def _mask_sources(rec: dict) -> str:
     return f"{rec['mask_proposals']} proposals, {rec['mask_thresholds']} thresholds"
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_cmd(
     targets: TargetsArg = None,
     seed: SeedFilterOpt = None,
@@ -257,36 +200,35 @@ def list_cmd(
 
     Example: ovdiff protos list --json | jq -r '.[].class'
     """
-    from ..engines.catalogue import class_summary, count_classes, match_classes
-
-    _check_filter_seed(seed)
-    run = cache_run(cache, verbose, quiet, json_out, create=False)
-    found = match_classes(run.cache, targets, seed, extractor)
+    cat, out = catalogue_run(cache, verbose, quiet, json_out)
+    found = cat.list(targets, seed, extractor)
     if json_out:
-        run.emit([class_summary(run.cache, pid, rec) for pid, rec in found])
+        out.emit([c.summary() for c in found])
         return
     if quiet:
-        for pid, rec in found:
-            typer.echo(f"{pid}\t{rec['name']}\t{rec['seed']}\t{rec['extractor']}\t{rec['kind']}")
+        for c in found:
+            rec = c.record
+            typer.echo(f"{c.id}\t{rec['name']}\t{rec['seed']}\t{rec['extractor']}\t{rec['kind']}")
         return
     if not found:
-        run.say(f"no classes cached in {run.cache_dir}: add some with 'ovdiff protos add NAME'")
+        out.say(f"no classes cached in {cat.path}: add some with 'ovdiff protos add NAME'")
         return
-    table = Table(title=escape(f"{count_classes(found)} in {run.cache_dir}"))
+    table = Table(title=escape(f"{cat.count(found)} in {cat.path}"))
     cols = ["class", "seed", "extractor", "prototypes", "kind", "size", "id"] + (
         ["proposer", "masks", "K", "N", "preset", "created"] if verbose else []
     )
     for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "size", "K", "N") else "left")
-    for pid, rec in found:
+    for c in found:
+        rec = c.record
         row = [
             escape(rec["name"]),
             str(rec["seed"]),
             rec["extractor"],
-            _prototypes(rec),
+            _prototypes(c.prototypes),
             rec["kind"],
-            human_size(run.cache.class_size(pid)),
-            pid[:12],
+            human_size(c.size_bytes),
+            c.id[:12],
         ]
         if verbose:
             row += [
@@ -298,10 +240,10 @@ def list_cmd(
                 rec.get("created_at", ""),
             ]
         table.add_row(*row)
-    run.console.print(table)
+    out.console.print(table)
 
 
-@app.command("rm")
+@app.command("rm", cls=Command)
 def rm(
     targets: TargetsArg = None,
     seed: SeedFilterOpt = None,
@@ -318,21 +260,16 @@ def rm(
 
     Example: ovdiff protos rm cat "chocolate glazed donut" --extractor sd --with-support
     """
-    from ..engines.catalogue import count_classes, remove_classes
-    from ..errors import OvdiffError
-
-    if not targets:
-        raise OvdiffError("name the classes to remove (names or ids from 'ovdiff protos list')")
-    _check_filter_seed(seed)
-    run = cache_run(cache, verbose, quiet, create=False)
-    doomed = remove_classes(run.cache, targets, seed, extractor, with_support)
+    cat, out = catalogue_run(cache, verbose, quiet)
+    doomed = cat.remove(targets or [], seed, extractor, with_support)
     if verbose:
-        for pid, rec in doomed:
-            run.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {pid[:12]})")
-    run.say(escape(f"removed {count_classes(doomed)} from {run.cache_dir}"))
+        for c in doomed:
+            rec = c.record
+            out.say(f"removed {escape(rec['name'])} (seed {rec['seed']}, {rec['extractor']}, id {c.id[:12]})")
+    out.say(escape(f"removed {cat.count(doomed)} from {cat.path}"))
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 def show(
     target: Annotated[str, typer.Argument(help="Class name or id.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Sheet to write (PNG or JPEG).", show_default=False)],
@@ -348,15 +285,12 @@ def show(
 
     Example: ovdiff protos show cat --out cat-masks.png
     """
-    from ..engines.catalogue import write_class_sheet
-
-    _check_filter_seed(seed)
-    run = cache_run(cache, verbose, quiet, create=False)
-    pid, rec, count = write_class_sheet(run.cache, target, seed, extractor, out)
-    run.say(f"wrote {out} ({count} support images of {escape(repr(rec['name']))}, id {pid[:12]})")
+    cat, say = catalogue_run(cache, verbose, quiet)
+    shown, count = cat.show(target, out, seed, extractor)
+    say.say(f"wrote {out} ({count} support images of {escape(repr(shown.name))}, id {shown.id[:12]})")
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 def export(
     file: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
     targets: TargetsArg = None,
@@ -372,15 +306,12 @@ def export(
 
     Example: ovdiff protos export voc-protos.safetensors --extractor sd+dino+clip
     """
-    from ..engines.catalogue import count_classes, export_matching
-
-    _check_filter_seed(seed)
-    run = cache_run(cache, verbose, quiet, create=False)
-    found, size = export_matching(run.cache, targets, seed, extractor, file)
-    run.say(escape(f"wrote {file}: {count_classes(found)}, {human_size(size)}"))
+    cat, out = catalogue_run(cache, verbose, quiet)
+    found, size = cat.export_file(file, targets, seed, extractor)
+    out.say(escape(f"wrote {file}: {cat.count(found)}, {human_size(size)}"))
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="A file written by 'ovdiff protos export'.", show_default=False)],
     cache: CacheOpt = None,
@@ -391,11 +322,7 @@ def import_cmd(
 
     Example: ovdiff protos import voc-protos.safetensors --cache ~/.cache/ovdiff
     """
-    from ..engines.catalogue import count_classes
-    from ..store.sharing import import_classes
-
-    run = cache_run(cache, verbose, quiet)
-    pids = import_classes(run.cache, file)
-    found = [(p, run.cache.class_record(p)) for p in pids]
-    names = list(dict.fromkeys(rec["name"] for _, rec in found))
-    run.say(escape(f"imported {count_classes(found)} into {run.cache_dir}: {', '.join(names)}"))
+    cat, out = catalogue_run(cache, verbose, quiet, create=True)
+    found = cat.import_file(file)
+    names = list(dict.fromkeys(c.name for c in found))
+    out.say(escape(f"imported {cat.count(found)} into {cat.path}: {', '.join(names)}"))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..api import ModelOptions
 from ..config import SampleConfig
 from .common import make_run
 from .options import (
@@ -15,15 +16,15 @@ from .options import (
     ClassesFileOpt,
     DeviceOpt,
     DtypeOpt,
-    GeneratorOpt,
     PresetOpt,
     QuietOpt,
-    SdModelOpt,
     SeedOpt,
     VerboseOpt,
+    model_option,
     read_classes_file,
 )
 
+SdModelOpt, GeneratorOpt = model_option("sd_model"), model_option("generator")  # the two models sampling uses
 _D = SampleConfig()  # defaults shown in --help; presets may override them
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Class names (quote multi-word names).", show_default=False)]
 
@@ -103,8 +104,8 @@ def sample(
 
     Example: ovdiff sample --show "chocolate glazed donut" --out donut-sheet.png
     """
+    from ..api import parse_class_list
     from ..errors import OvdiffError
-    from ..names import parse_class_list
 
     run = make_run(
         cache,
@@ -114,8 +115,7 @@ def sample(
         seed,
         verbose,
         quiet,
-        sd_model=sd_model,
-        generator=generator,
+        models=ModelOptions(sd_model=sd_model, generator=generator),
         sample={
             "n_images": n_images,
             "batch_size": batch_size,
@@ -137,7 +137,7 @@ def sample(
         )
     if classes:
         with run.progress() as bar:
-            n = run.sample.n_images
+            n = run.pipe.sample_config.n_images
             overall = bar.add_task("all classes", total=n * len(classes))
             tasks: dict[str, int] = {}
 
@@ -153,7 +153,7 @@ def sample(
                 run.say(f"{escape(name)}: {done.n_images} images, support set {sid}")
         run.result(
             f"{len(classes)} class(es), {done.n_images} images each: {done.generated} generated, "
-            f"{done.n_images * len(classes) - done.generated} already cached ({done.seconds:.1f} s); cache {run.cache_dir}"
+            f"{done.n_images * len(classes) - done.generated} already cached ({done.seconds:.1f} s); cache {run.pipe.cache_dir}"
         )
     if show is not None:
         meta, count = run.pipe.support_sheet(show, out)

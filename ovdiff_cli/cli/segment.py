@@ -9,57 +9,36 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..api import ModelOptions
 from ..config import SegmentConfig
 from ..errors import OvdiffError
 from .common import make_run
 from .options import (
-    AddressOpt,
+    BuildOptions,
     CacheOpt,
     ClassesFileOpt,
-    ClipModelOpt,
     DeviceOpt,
-    DinoModelOpt,
     DtypeOpt,
-    EngineOpt,
-    EtaOpt,
-    ExtractorOpt,
-    FgThresholdOpt,
-    FilterModelOpt,
-    FilterOpt,
-    GeneratorOpt,
+    EngineOptions,
     JsonOpt,
-    KPartsOpt,
-    MaskModelOpt,
-    NImagesOpt,
-    NoBgProtosOpt,
-    NoStuffFilterOpt,
-    PartModelOpt,
+    MethodOptions,
     PresetOpt,
-    ProposerOpt,
-    ProtoDtypeOpt,
-    ProtoKindsOpt,
     QuietOpt,
-    SamModelOpt,
-    SdModelOpt,
     SeedOpt,
-    ShortSideOpt,
-    SlideOpt,
-    StrideOpt,
-    StuffThresholdOpt,
     VerboseOpt,
-    WindowsOpt,
-    WorkersOpt,
+    grouped,
     read_classes_file,
-    segment_overrides,
 )
 from .output import printable
 
 
+@grouped
 def segment(
     inputs: Annotated[
         list[str], typer.Argument(help="Image files, folders or glob patterns (quote globs).", show_default=False)
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks (created).", show_default=False)],
+    *,
     classes: Annotated[
         str | None,
         typer.Option(
@@ -76,20 +55,10 @@ def segment(
     no_build: Annotated[
         bool, typer.Option("--no-build", help="Refuse classes missing from the cache instead of building them.")
     ] = False,
-    use_filter: FilterOpt = None,
-    eta: EtaOpt = None,
-    slide: SlideOpt = None,
-    windows: WindowsOpt = None,
-    stride: StrideOpt = None,
-    short_side: ShortSideOpt = None,
+    method: MethodOptions,
     no_background: Annotated[
         bool, typer.Option("--no-background", help="Every pixel gets a named class (no background label, paper A.3).")
     ] = False,
-    no_bg_protos: NoBgProtosOpt = False,
-    fg_threshold: FgThresholdOpt = None,
-    no_stuff_filter: NoStuffFilterOpt = False,
-    stuff_threshold: StuffThresholdOpt = None,
-    protos: ProtoKindsOpt = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -149,30 +118,9 @@ def segment(
             help="Beyond the paper: refine each label map, pamr (colour-affinity propagation, about a second per image on a CPU) or sam2 (each SAM 2 region takes the class of highest mean score; needs SAM 2 weights, --sam2-model). none is the paper's.",
         ),
     ] = "none",
-    sam2_model: Annotated[
-        str | None,
-        typer.Option(
-            "--sam2-model",
-            help="SAM 2 hub id or local directory for --refine sam2 \\[default: facebook/sam2.1-hiera-large].",
-            show_default=False,
-        ),
-    ] = None,
-    extractor: ExtractorOpt = None,
-    mask_proposer: ProposerOpt = None,
-    n_images: NImagesOpt = None,
-    k_parts: KPartsOpt = None,
-    proto_dtype: ProtoDtypeOpt = None,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    part_model: PartModelOpt = None,
-    filter_model: FilterModelOpt = None,
-    generator: GeneratorOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
-    engine: EngineOpt = "local",
-    address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    build: BuildOptions,
+    models: ModelOptions,
+    engine: EngineOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -201,21 +149,8 @@ def segment(
 
     Example (a Ray cluster, resumable): ovdiff segment /shared/photos --classes-file voc.txt --out /shared/masks --engine ray --address HEAD:6379 --skip-existing
     """
-    from ..names import parse_class_list
+    from ..api import parse_class_list
 
-    method = segment_overrides(
-        use_filter,
-        eta,
-        slide,
-        windows,
-        stride,
-        short_side,
-        no_bg_protos,
-        fg_threshold,
-        no_stuff_filter,
-        stuff_threshold,
-        protos,
-    )
     run = make_run(
         cache,
         preset,
@@ -224,19 +159,16 @@ def segment(
         seed,
         verbose,
         quiet,
-        sd_model=sd_model,
-        clip_model=clip_model,
-        dino_model=dino_model,
-        sam_model=sam_model,
-        mask_model=mask_model,
-        part_models=part_model,
-        filter_model=filter_model,
-        generator=generator,
-        sample={"n_images": n_images},
-        protos={"extractor": extractor, "mask_proposer": mask_proposer, "k_parts": k_parts, "proto_dtype": proto_dtype},
-        segment={**method, "background": False if no_background else None, "image_batch": batch_size, "refine": refine},
-        json_out=json_out,
-        sam2_model=sam2_model,
+        models,
+        build.sample(),
+        build.protos(),
+        {
+            **method.overrides(),
+            "background": False if no_background else None,
+            "image_batch": batch_size,
+            "refine": refine,
+        },
+        json_out,
     )
     run.pipe.create_cache = not no_build  # --no-build only reads: a missing cache is an error, a read-only one works
     names = parse_class_list(classes, read_classes_file(classes_file))
@@ -283,9 +215,7 @@ def segment(
             overwrite=overwrite,
             recursive=recursive,
             build=not no_build,
-            engine=engine,
-            address=address,
-            workers=workers,
+            **engine.calls(),
             on_event=on_event,
             on_image=on_image,
         )

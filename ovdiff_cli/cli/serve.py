@@ -7,25 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..errors import OvdiffError
-from .common import phrase
-from .options import (
-    CacheOpt,
-    ClipModelOpt,
-    DeviceOpt,
-    DinoModelOpt,
-    DtypeOpt,
-    MaskModelOpt,
-    PresetOpt,
-    SamModelOpt,
-    SdModelOpt,
-    SeedOpt,
-)
-
-UI_EXTRA = "pip install 'ovdiff[ui]'"
+from ..api import ModelOptions
+from .common import make_run, phrase
+from .options import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, SeedOpt, grouped
 
 
+@grouped
 def serve(
+    *,
     host: Annotated[
         str,
         typer.Option(
@@ -39,11 +28,7 @@ def serve(
     ] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest picture accepted, in pixels.")] = 16_000_000,
     max_classes: Annotated[int, typer.Option("--max-classes", help="Most class names accepted in one request.")] = 32,
-    sd_model: SdModelOpt = None,
-    clip_model: ClipModelOpt = None,
-    dino_model: DinoModelOpt = None,
-    sam_model: SamModelOpt = None,
-    mask_model: MaskModelOpt = None,
+    models: ModelOptions,
     cache: CacheOpt = None,
     preset: PresetOpt = None,
     device: DeviceOpt = "auto",
@@ -58,50 +43,33 @@ def serve(
 
     Example (offline, no weights): ovdiff serve --preset procedural --cache demo/cache
     """
-    from ..api import Pipeline
-    from ..limits import check_seed, in_range
+    from ..api import serve_pipeline
 
-    in_range("port", port)
-    in_range("max_pixels", max_pixels)
-    in_range("max_classes", max_classes)
-    check_seed(seed)
-    try:
-        import python_multipart  # noqa: F401  (starlette's form parser)
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise OvdiffError(f"ovdiff serve needs the ui extra ({e.name} is missing): {UI_EXTRA}") from e
-    from ..ui.app import listen, make_app, run, sigterm_as_ctrl_c
-    from ..ui.session import DemoSession
+    run = make_run(cache, preset, device, dtype, seed, models=models)
 
-    models = {
-        role: src
-        for role, src in (
-            ("sd", sd_model),
-            ("clip", clip_model),
-            ("dino", dino_model),
-            ("sam", sam_model),
-            ("cutler", mask_model),
-        )
-        if src
-    }
-    pipeline = Pipeline(preset=preset, cache=cache, device=device, dtype=dtype, seed=seed, models=models)
-    session = DemoSession(pipeline, max_pixels=max_pixels, max_classes=max_classes, build=not no_build)
-    sock = listen(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    if bound_host not in ("127.0.0.1", "::1"):
-        print(
-            f"warning: listening on {bound_host}: anyone who can reach this machine can use the page",
-            file=sys.stderr,
-            flush=True,
-        )
-    with sigterm_as_ctrl_c():  # SIGTERM (a service manager, kill) stops it as Ctrl-C does
-        try:  # from the announcement on: a signal may come as soon as the line is read
+    def on_listen(bound_host: str, bound_port: int) -> None:
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        if bound_host not in ("127.0.0.1", "::1"):
             print(
-                f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {pipeline.preset.name}, cache {pipeline.cache_dir}; Ctrl-C stops)",
+                f"warning: listening on {bound_host}: anyone who can reach this machine can use the page",
+                file=sys.stderr,
                 flush=True,
             )
-            run(make_app(session, phrase), sock)
-        except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
-            print("ovdiff serve: stopped", file=sys.stderr)
+        print(
+            f"ovdiff serve: http://{shown_host}:{bound_port}/ (preset {run.pipe.preset.name}, cache {run.pipe.cache_dir}; Ctrl-C stops)",
+            flush=True,
+        )
+
+    try:
+        serve_pipeline(
+            run.pipe,
+            host,
+            port,
+            max_pixels=max_pixels,
+            max_classes=max_classes,
+            build=not no_build,
+            phrase=phrase,
+            on_listen=on_listen,
+        )
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
+        print("ovdiff serve: stopped", file=sys.stderr)

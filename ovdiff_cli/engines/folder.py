@@ -160,7 +160,7 @@ class FolderResult:
         """`ovdiff segment --json`: the run as one JSON-ready dict."""
         from ..io.outputs import job_report
 
-        return job_report(self.summary, self.items, self.names, self.out_dir, self.fmt)
+        return job_report(self.summary, self.items, self.names, self.out_dir, self.fmt, self.skipped)
 
 
 def segment_folder(

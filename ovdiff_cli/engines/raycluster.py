@@ -24,6 +24,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,6 +267,22 @@ def build_classes(
             if on_class is not None:
                 on_class(norm, len(built), len(todo))
     return built
+
+
+def photo_builder(pipeline: Any, engine: str, address: str | None, workers: int | None) -> Callable | None:
+    """How `Pipeline.photo_class` builds a class of photos on `engine`: on a Ray worker (`build_photo_class`
+    with the pipeline's cache and settings), or None for this process."""
+    if engine != "ray":
+        return None
+    return partial(
+        build_photo_class,
+        pipeline.cache,
+        pipeline.run_config,
+        pipeline.sample_config,
+        pipeline.proto_config,
+        address=address,
+        workers=workers,
+    )
 
 
 def build_photo_class(

@@ -134,8 +134,11 @@ def image_record(item: InputImage, mask: Path, seg: Segmentation, names: dict[in
     }
 
 
-def job_report(summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str) -> dict:
-    """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image)."""
+def job_report(
+    summary: JobSummary, items: list[InputImage], names: list[str], out_dir: Path, fmt: str, skipped: int = 0
+) -> dict:
+    """`ovdiff segment --json`: the end-of-run table as one JSON-ready dict (seconds per written image);
+    images: those this run took, skipped: those --skip-existing found done."""
     per = summary.written or 1
     return {
         "out": str(out_dir),
@@ -143,6 +146,7 @@ def job_report(summary: JobSummary, items: list[InputImage], names: list[str], o
         "legend": str(Path(out_dir) / "classes.json"),
         "classes": list(names),
         "images": len(items),
+        "skipped": skipped,
         "written": summary.written,
         "failed": len(summary.failures),
         "failures": [{"input": path, "error": error} for path, error in summary.failures],

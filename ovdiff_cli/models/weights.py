@@ -27,13 +27,6 @@ if TYPE_CHECKING:
     from .presets import ModelSpecs
 
 BUILT_IN = ("tiny", "random", "procedural")
-ROLE_OPTION = {
-    "sd": "--sd-model",
-    "clip": "--clip-model",
-    "dino": "--dino-model",
-    "sam": "--sam-model",
-    "cutler": "--mask-model",
-}  # mae: API only
 MODEL_NAMES = {"sd": "Stable Diffusion", "clip": "CLIP", "dino": "DINO", "mae": "MAE", "sam": "SAM"}
 HUB_TIMEOUT_S = 5.0
 SD_FILES = (

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import MissingLibrary, OvdiffError
+from ..names import normalise
 
 if TYPE_CHECKING:
     from ..results import SegmentationResult
@@ -90,7 +91,7 @@ def parse_config(xml: str) -> LabelingConfig:
                 kind,
                 images[to_name][1:],
                 tuple(lab.get("value") for lab in labels),
-                tuple((lab.get("hint") or lab.get("value")).strip() for lab in labels),
+                tuple(normalise(lab.get("hint") or lab.get("value")) for lab in labels),  # as the vocabulary names it
             )
         )
     if not controls:

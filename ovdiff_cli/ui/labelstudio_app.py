@@ -16,21 +16,32 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import OvdiffError
-from .labelstudio import LabelingConfig, image_url, model_version, parse_config, rle_encoder, task_prediction
+from .labelstudio import LabelingConfig, image_url, model_version, origin, parse_config, rle_encoder, task_prediction
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from ..api import Pipeline, Vocabulary
+    from ..results import Vocabulary
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a /predict request: the tasks' data, not their images
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_S = 30.0
+
+
+class SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only on the server it came from: Label Studio may not send ovdiff (and its key) elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if origin(newurl) != origin(req.full_url):
+            raise OvdiffError(
+                f"refused to follow {req.full_url} to {newurl[:120]!r}: ovdiff reads from Label Studio only"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class LabelStudioBackend:
@@ -43,7 +54,7 @@ class LabelStudioBackend:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Any,  # an api.Pipeline (which sits above this module)
         server: str | None = None,
         token: str | None = None,
         build: bool = True,
@@ -77,7 +88,8 @@ class LabelStudioBackend:
         url = image_url(ref, self.server)
         headers = {"Authorization": f"Token {self.token}"} if self.token else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=FETCH_TIMEOUT_S) as r:
+            opener = urllib.request.build_opener(SameOrigin)
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=FETCH_TIMEOUT_S) as r:
                 data = r.read(self.max_image_bytes + 1)
         except urllib.error.HTTPError as e:
             hint = " (set LABEL_STUDIO_API_KEY to a Label Studio access token)" if e.code in (401, 403) else ""
@@ -92,7 +104,7 @@ class LabelStudioBackend:
         """Image bytes → HxWx3 uint8 RGB, as `ovdiff segment` reads files (EXIF orientation applied)."""
         from PIL import Image, UnidentifiedImageError
 
-        from ..api import as_rgb
+        from ..inputs import as_rgb
 
         try:
             with Image.open(io.BytesIO(data)) as im:

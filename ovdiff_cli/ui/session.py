@@ -13,16 +13,16 @@ import uuid
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import OvdiffError
 
 if TYPE_CHECKING:
-    from ..api import Pipeline, Vocabulary
     from ..engines.explain import Explainer
     from ..method.stage4_segment.segmenter import Segmentation, Segmenter
+    from ..results import Vocabulary
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # an encoded picture; its pixels are bounded separately
 DEFAULT_MAX_PIXELS = 16_000_000
@@ -81,7 +81,7 @@ class DemoSession:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Any,  # an api.Pipeline (which sits above this module)
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_classes: int = DEFAULT_MAX_CLASSES,
         build: bool = True,
@@ -104,7 +104,7 @@ class DemoSession:
         """An uploaded file → HxWx3 uint8 RGB, or an OvdiffError (not a picture, too many pixels)."""
         from PIL import Image, UnidentifiedImageError
 
-        from ..api import as_rgb
+        from ..inputs import as_rgb
 
         if not data:
             raise OvdiffError("no image: choose or drop a picture file")
@@ -181,13 +181,13 @@ class DemoSession:
                 vocab, segmenter, explainer = self._vocabulary(names, report)
                 report("segment")
                 seg = segmenter.predict(image, explain=True)
-                token = uuid.uuid4().hex
-                self._shown[token] = Shown(image, seg, explainer, list(vocab.names))
+                token, shown = uuid.uuid4().hex, Shown(image, seg, explainer, list(vocab.names))
+                self._shown[token] = shown
                 while len(self._shown) > self.keep:
                     self._shown.popitem(last=False)
         finally:
             self._progress.pop(job, None)
-        return {"id": token, **self.describe(self._shown[token])}
+        return {"id": token, **self.describe(shown)}
 
     def describe(self, shown: Shown) -> dict:
         """What `segment` answers about a kept result, less its id."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...config import SCHEDULER, generator_fields
-from ...errors import OvdiffError
+from ...errors import LongNameWarning, OvdiffError
 from ...types import Sample
 
 if TYPE_CHECKING:
@@ -71,10 +71,6 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
             f"class name {class_name!r} does not tokenize the same inside {template!r}: separate '{{}}' with spaces"
         )
     return indices
-
-
-class LongNameWarning(UserWarning):
-    """A class name that does not fit the text encoder's context; the CLI prints it as one line."""
 
 
 _NOTED: set[str] = set()
