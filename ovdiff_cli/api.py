@@ -31,7 +31,7 @@ import numpy as np
 from .checks import resolve
 from .engines.catalogue import CacheCheck, CachedClass, Catalogue
 from .errors import InvalidSetting, MissingClasses, OvdiffError
-from .inputs import ImageLike, as_rgb, is_one_image, procedural_scene
+from .inputs import ImageLike, as_rgb, check_path, input_paths, is_one_image, procedural_scene
 from .libs import quiet_libraries
 from .models.roles import ModelOptions
 from .names import parse_class_list
@@ -280,7 +280,8 @@ class Pipeline:
             workers,
         )
         names = class_list(classes)
-        paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
+        check_path("out", out, "the folder to write the masks to")
+        paths = input_paths(inputs)
         with self._missing("segment_folder"):
             return segment_folder(self, names, paths, out, job, on_event, on_image)
 
@@ -337,7 +338,7 @@ class Pipeline:
             self,
             dataset,
             root,
-            seeds=None if seeds is None else list(seeds),
+            seeds=seeds,
             pred=pred,
             offset=offset,
             limit=limit,
@@ -412,7 +413,9 @@ class Pipeline:
             raise OvdiffError(
                 f"give a Vocabulary or a list of class names, not the {type(vocabulary).__name__} {vocabulary!r:.80}"
             )
-        names = tuple(vocabulary)
+        from .names import class_list
+
+        names = tuple(class_list(vocabulary))  # each a name (not a list, not a dict's keys), once
         if names not in self._by_names:
             self._by_names[names] = self.vocabulary(names)
         return self._by_names[names]

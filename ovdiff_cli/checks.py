@@ -45,7 +45,7 @@ def resolve(
     """`Pipeline(...)`'s arguments checked and resolved over the preset's defaults, in one place: the preset,
     the argument types, the model sources (roles, specs, local paths), device, dtype and seed (RunConfig),
     and the config fields (each config checks its own; an unknown field names the config)."""
-    from .models.overrides import generator_defaults
+    from .models.overrides import check_model_roles, generator_defaults
     from .models.presets import get_preset
     from .store.cache import default_cache_dir
 
@@ -54,6 +54,9 @@ def resolve(
     sources = check_models(models)
     run = RunConfig(chosen.name, device, dtype, seed, sources)
     given = {k: v for k, v in (sample or {}).items() if v is not None}
+    proto_cfg = with_overrides(chosen.protos, protos, "protos")
+    segment_cfg = with_overrides(chosen.segment, segment, "segment")
+    check_model_roles(sources, proto_cfg, segment_cfg)  # a model for a stage this run lacks
     return Settings(
         chosen,
         Path(cache).expanduser() if cache else default_cache_dir(),
@@ -62,8 +65,8 @@ def resolve(
         with_overrides(
             chosen.sample, {**generator_defaults(sources.get("generator"), chosen.weights), **given}, "sample"
         ),
-        with_overrides(chosen.protos, protos, "protos"),
-        with_overrides(chosen.segment, segment, "segment"),
+        proto_cfg,
+        segment_cfg,
     )
 
 

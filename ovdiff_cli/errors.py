@@ -111,10 +111,14 @@ class NoImagesFound(OvdiffError):
 
 
 class SupportImagesMissing(OvdiffError):
-    """A cached class whose support images are not in the cache (imported prototypes carry none)."""
+    """A cached class whose support images are not in the cache (imported prototypes carry none, and
+    `cache verify --repair` keeps a class whose broken support images it removed)."""
 
     def __init__(self, name: str, seed: int, preset: str | None):
-        super().__init__(f"the support images of {name!r} are not in this cache (imported prototypes carry none)")
+        super().__init__(
+            f"the support images of {name!r} are not in this cache (imported prototypes carry none; "
+            "a repair removes broken ones)"
+        )
         self.name, self.seed, self.preset = name, seed, preset
 
 

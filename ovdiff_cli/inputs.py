@@ -1,4 +1,6 @@
-"""What the API accepts as an image: a path, a PIL image or an array, read as `ovdiff segment` reads its files."""
+"""What the API accepts as an image: a path, a PIL image, an array or the bytes of an image file, read as
+`ovdiff segment` reads its files. A torch tensor is refused with the conversion to use: its layout
+(HxWx3 or 3xHxW) and range cannot be told apart safely."""
 
 from __future__ import annotations
 
@@ -12,17 +14,37 @@ from .errors import InvalidSetting, OvdiffError, RemoteInput
 if TYPE_CHECKING:
     from PIL import Image
 
-ImageLike = Union[str, Path, "Image.Image", np.ndarray]
+ImageLike = Union[str, Path, "Image.Image", np.ndarray, bytes]
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
-    """A path, PIL image or numpy array → HxWx3 uint8 RGB, as `ovdiff segment` reads its inputs
-    (EXIF orientation applied, any mode converted; empty pictures and those over the CLI's pixel
-    limit refused)."""
+    """A path, PIL image, numpy array or encoded image file's bytes → HxWx3 uint8 RGB, as `ovdiff segment`
+    reads its inputs (EXIF orientation applied, any mode converted; empty pictures, those under
+    `io.images.MIN_SIDE` a side and those over the CLI's pixel limit refused)."""
+    from .io.images import check_segmentable
+
+    return check_segmentable(_read(image), "the image")
+
+
+def _read(image: ImageLike) -> np.ndarray:
+    import io
+
     from PIL import Image, ImageOps
 
-    from .io.images import URL, check_size, load_image, to_rgb
+    from .io.images import URL, ImageError, check_size, load_image, to_rgb
 
+    if isinstance(image, (bytes, bytearray, memoryview)):  # an image file's bytes (PNG, JPEG, …)
+        try:
+            with Image.open(io.BytesIO(bytes(image))) as im:
+                check_size(*im.size, "the image bytes")
+                return to_rgb(ImageOps.exif_transpose(im))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageError(f"the image bytes are not a picture Pillow can read ({type(e).__name__}: {e})") from None
+    if type(image).__module__.split(".")[0] == "torch":
+        raise OvdiffError(
+            f"cannot segment a torch {type(image).__name__}: give an HxWx3 uint8 array, e.g. "
+            "(t.permute(1, 2, 0) * 255).byte().cpu().numpy() for a 3xHxW float tensor in [0, 1]"
+        )
     if isinstance(image, (str, Path)):
         if isinstance(image, str) and URL.match(image):
             raise RemoteInput(image)
@@ -40,14 +62,37 @@ def as_rgb(image: ImageLike) -> np.ndarray:
         ):  # grayscale, 16-bit, float or RGBA: converted as the CLI converts such files
             return to_rgb(Image.fromarray(image))
         raise OvdiffError(f"image array of dtype {image.dtype} and shape {image.shape}: expected HxWx3 uint8 RGB")
-    raise OvdiffError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an HxWx3 uint8 array")
+    raise OvdiffError(
+        f"cannot segment a {type(image).__name__}: give a path, a PIL image, an HxWx3 uint8 array or an image file's bytes"
+    )
+
+
+def check_path(setting: str, value: object, what: str) -> str:
+    """`value` as text, or InvalidSetting unless it is a path (text or `Path`): None or a number would
+    fail later, raw."""
+    if isinstance(value, bool) or not isinstance(value, (str, Path)) or not str(value).strip():
+        raise InvalidSetting(setting, f"takes {what} (text or a Path), got {value!r:.60}")
+    return str(value)
+
+
+def input_paths(inputs: object) -> list[str]:
+    """`segment_folder`'s inputs (one path, folder or glob pattern, or a list of them) as a list of text."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    elif isinstance(inputs, (bytes, dict)) or not hasattr(inputs, "__iter__"):
+        raise InvalidSetting(
+            "inputs", f"takes a path, folder or glob pattern, or a list of them; got {type(inputs).__name__}"
+        )
+    return [check_path("inputs", p, "an image, a folder or a glob pattern") for p in inputs]
 
 
 def is_one_image(image: object) -> bool:
     """Whether `image` is one image (a path, PIL image or array) rather than a batch of them."""
     from PIL import Image
 
-    return isinstance(image, (str, Path, Image.Image, np.ndarray))
+    return isinstance(image, (str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview)) or (
+        type(image).__module__.split(".")[0] == "torch"  # a tensor is one (refused) image, not a batch
+    )
 
 
 def procedural_scene(seed: int = 0, size: tuple[int, int] = (128, 192)) -> np.ndarray:

@@ -59,8 +59,13 @@ def class_list(names: object, allow_empty: bool = False) -> list[str]:
     a list of text, none blank or too long, none repeated after normalisation ("kite" and "kite ")."""
     if isinstance(names, ClassNames) and (names or allow_empty):
         return names
-    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
-        raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}")
+    if isinstance(names, (str, bytes, dict, set, frozenset)) or not hasattr(names, "__iter__"):
+        why = (
+            " (its order would be arbitrary: label k is the k-th name)"
+            if isinstance(names, (dict, set, frozenset))
+            else ""
+        )
+        raise InvalidSetting("classes", f"takes a list of class names, not {type(names).__name__} {names!r:.60}{why}")
     out = distinct([validate(raw) for raw in names])
     if not out and not allow_empty:
         raise InvalidSetting("classes", "is empty: give at least one class name")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import OvdiffError
+from .errors import InvalidSetting, OvdiffError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,6 +71,8 @@ class SegmentationResult:
         `loadRes` reads them; category_id is the label value (class_names[id-1])."""
         from .io.adapters import to_coco
 
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise InvalidSetting("image_id", f"takes a whole number (COCO's image id), got {image_id!r:.40}")
         return to_coco(self.labels, self.stats, image_id)
 
     @property

@@ -1,4 +1,4 @@
-"""Command-line outputs other tools read (issue 25): `segment --json` per image, COCO records with the
+"""Command-line outputs other tools read: `segment --json` per image, COCO records with the
 real file name and score, and an --out folder that is never read back as input."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PROC
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,7 +16,6 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")

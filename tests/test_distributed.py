@@ -22,6 +22,8 @@ import ovdiff
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
+from conftest import PROC  # noqa: E402
+
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
 from ovdiff_cli.engines.raycluster import build_classes  # noqa: E402
@@ -33,7 +35,6 @@ from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.store.sharing import export_bytes, import_bytes  # noqa: E402
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -363,7 +364,8 @@ def test_bench_section_reports_ray_against_local_and_the_start_up(tmp_path):
 def test_segment_with_refine_on_ray_writes_the_local_masks(world, tmp_path, tiny_sam2_dir, refine):
     images = world / "data/VOC2012/JPEGImages"
     args = [str(images), "--classes-file", str(world / "data/classes.txt"), "--cache", str(world / "cache"), *PROC]
-    refined = ["--refine", refine, "--sam2-model", str(tiny_sam2_dir), "--json"]  # SAM 2 loads on each worker
+    sam2 = ["--sam2-model", str(tiny_sam2_dir)] if refine == "sam2" else []  # SAM 2 loads on each worker
+    refined = ["--refine", refine, *sam2, "--json"]
     for engine in ("local", "ray"):
         res = runner.invoke(app, ["segment", *args, *refined, "--out", str(tmp_path / engine), "--engine", engine])
         assert res.exit_code == 0, res.output

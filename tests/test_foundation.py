@@ -14,6 +14,13 @@ from ovdiff_cli.store import cache as cache_mod
 from ovdiff_cli.store.audit import verify
 from ovdiff_cli.store.cache import Cache, decode_array, encode_array
 
+SID, PID = "5" * 24, "a" * 24  # ids are 24 hex digits (store/schema.py)
+
+
+def record(name: str, **more) -> dict:
+    """The fields every class record has (store/records.py), for classes written here by hand."""
+    return {"name": name, "norm": validate(name), "seed": 0, "extractor": "procedural", "kind": "thing", **more}
+
 
 @pytest.mark.parametrize(
     "dtype", [np.float16, np.float32, np.float64, np.uint8, np.bool_, np.int16, np.int32, np.int64]
@@ -38,23 +45,23 @@ def test_cache_round_trip_every_value_kind(cache_dir):
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 255, (16, 24, 3), dtype=np.uint8) for _ in range(3)]
     atts = [rng.random((8, 8)).astype(np.float32) for _ in range(3)]
-    c.put_support_batch("sid1", {"name": "Cat", "seed": 0}, 0, imgs[:2], atts[:2])
-    c.put_support_batch("sid1", {"name": "Cat", "seed": 0}, 2, imgs[2:], atts[2:])
-    assert c.support_meta("sid1")["n_images"] == 3
+    c.put_support_batch(SID, {"name": "Cat", "norm": "Cat", "seed": 0}, 0, imgs[:2], atts[:2])
+    c.put_support_batch(SID, {"name": "Cat", "norm": "Cat", "seed": 0}, 2, imgs[2:], atts[2:])
+    assert c.support_meta(SID)["n_images"] == 3
     for i in range(3):
-        assert np.array_equal(c.support_image("sid1", i), imgs[i])
-        assert np.array_equal(c.attribution("sid1", i), atts[i])
+        assert np.array_equal(c.support_image(SID, i), imgs[i])
+        assert np.array_equal(c.attribution(SID, i), atts[i])
     arrays = {
         "fg/class": rng.random((1, 32)).astype(np.float16),
         "fg/instance": rng.random((3, 32)).astype(np.float32),
         "masks": rng.integers(0, 3, (3, 8, 8), dtype=np.uint8),
     }
-    c.put_class("pid1", {"name": "Cat", "kind": "thing"}, arrays)
-    got = c.class_arrays("pid1")
+    c.put_class(PID, record("Cat"), arrays)
+    got = c.class_arrays(PID)
     assert set(got) == set(arrays)
     for k in arrays:
         assert got[k].dtype == arrays[k].dtype and np.array_equal(got[k], arrays[k])
-    rec = c.class_record("pid1")
+    rec = c.class_record(PID)
     assert rec["arrays"]["fg/class"] == {"dtype": "<f2", "shape": [1, 32]}
     c.put_text_embeddings("clip-x", {"a cat": np.full(4, 0.5, np.float32)})  # a unit vector, as the encoder's
     assert np.array_equal(c.text_embeddings("clip-x", ["a cat", "a dog"])[0], np.full(4, 0.5, np.float32))
@@ -73,7 +80,7 @@ def test_hostile_class_names_make_valid_distinct_keys(cache_dir):
         pid = cache_mod.short_hash(norm, 0, "sd+dino+clip")
         assert len(pid) == 24
         pids.add(pid)
-        c.put_class(pid, {"name": name, "norm": norm}, {"fg/class": np.full((1, 4), i, np.float32)})
+        c.put_class(pid, record(name), {"fg/class": np.full((1, 4), i, np.float32)})
     assert len(pids) == len(HOSTILE)
     names = {rec["name"] for _, rec in c.classes()}
     assert names == set(HOSTILE)
@@ -103,23 +110,24 @@ def test_map_grows_automatically(tmp_path):
     start = c.env.info()["map_size"]
     big = np.random.default_rng(0).random((4, 256, 256)).astype(np.float32)  # 1 MiB per write
     for i in range(6):
-        c.put_class(f"p{i}", {"name": f"c{i}"}, {"fg/part": big})
+        c.put_class(f"{i:024x}", record(f"c{i}"), {"fg/part": big})
     assert c.env.info()["map_size"] > start
     assert len(c.classes()) == 6
-    assert np.array_equal(c.class_arrays("p5")["fg/part"], big)
+    assert np.array_equal(c.class_arrays(f"{5:024x}")["fg/part"], big)
 
 
 def test_verify_finds_and_repairs_broken_entries(cache_dir):
     c = Cache(cache_dir)
-    c.put_class("pid", {"name": "cat"}, {"fg/class": np.ones((1, 4), np.float32)})
-    c.put_support_batch("sid", {"name": "cat"}, 0, [np.zeros((4, 4, 3), np.uint8)] * 3, [np.ones((2, 2))] * 3)
-    c.write({cache_mod.class_array_key("pid", "fg/class"): b"garbage", cache_mod.image_key("sid", 1): b"notpng"})
+    c.put_class(PID, record("cat"), {"fg/class": np.ones((1, 4), np.float32)})
+    meta = {"name": "cat", "norm": "cat", "seed": 0}
+    c.put_support_batch(SID, meta, 0, [np.zeros((4, 4, 3), np.uint8)] * 3, [np.ones((2, 2))] * 3)
+    c.write({cache_mod.class_array_key(PID, "fg/class"): b"garbage", cache_mod.image_key(SID, 1): b"notpng"})
     problems = verify(c)
-    assert {p.key for p in problems} >= {"p/pid/a/fg/class", "s/sid/img/00001"}
+    assert {p.key for p in problems} >= {f"p/{PID}/a/fg/class", f"s/{SID}/img/00001"}
     verify(c, repair=True)
     assert verify(c) == []
-    assert c.class_record("pid") is None
-    assert c.support_meta("sid")["n_images"] == 1
+    assert c.class_record(PID) is None
+    assert c.support_meta(SID)["n_images"] == 1
 
 
 def test_presets_build_offline(tiny_stages):

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 6): each is one clear error line and a non-zero exit when the whole job cannot
+"""Hostile inputs: each is one clear error line and a non-zero exit when the whole job cannot
 go on, never a traceback; bad images among good ones are skipped, listed, and the rest written.
 
 Already covered elsewhere, not repeated here: an --out that is a file and a missing input
@@ -23,7 +23,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from conftest import mounted_tmpfs
+from conftest import PROC, mounted_tmpfs
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,7 +34,6 @@ from ovdiff_cli.store import cache as cache_mod
 from ovdiff_cli.store.cache import SCHEMA_KEY, Cache
 
 REPO = Path(__file__).resolve().parents[1]
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 runner = CliRunner()
 
 
@@ -297,18 +296,19 @@ def test_bad_images_are_skipped_and_listed_the_rest_written(tmp_path):
     )
     assert rc == 1, stdout + stderr
     assert "Traceback" not in stderr
-    written = {"good", "one", "cmyk", "rgb16", "gray16", "anim"}
+    written = {"good", "cmyk", "rgb16", "gray16", "anim"}  # a 1×1 picture is too small to segment (issue 37)
     assert {p.stem for p in out.glob("*.png")} == written
     for name in written:
         suffix = {"cmyk": ".jpg", "anim": ".gif"}.get(name, ".png")
         with Image.open(src / f"{name}{suffix}") as im, Image.open(out / f"{name}.png") as m:
             assert m.size == im.size and m.mode == "P", name
     assert np.array_equal(np.asarray(Image.open(out / "rgb16.png")), np.asarray(Image.open(out / "good.png")))
-    failed = ["text.png", "truncated.jpg", "zero.png"]
+    failed = ["text.png", "truncated.jpg", "zero.png", "one.png"]
     for name in failed:
         assert any(line.startswith("skipped") and name in line for line in stderr.splitlines()), (name, stderr)
     summary = [line for line in stderr.splitlines() if "image(s) failed" in line]
-    assert len(summary) == 1 and summary[0].startswith("3 of 9 image(s) failed"), stderr
+    assert len(summary) == 1 and summary[0].startswith("4 of 9 image(s) failed"), stderr
+    assert any("one.png" in line and "1x1 is too small to segment" in line for line in stderr.splitlines()), stderr
     assert all(name in summary[0] for name in failed)
 
     # 10000×10000 (300 MB of pixels) is refused from its header, as imageio documents, without decoding:

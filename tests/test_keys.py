@@ -1,4 +1,4 @@
-"""Cache keys are users' data: these golden ids were computed before the architecture refactor (issue 11)
+"""Cache keys are users' data: these golden ids were computed before the architecture refactor
 and must never change silently, or every cached support set and class would be rebuilt.
 
 Change a value here only together with a deliberate key change (e.g. a bumped PROTO_VERSION), and say so.

@@ -1,4 +1,4 @@
-"""Issue 28: what a vocabulary of a thousand classes holds. One copy of the prototypes in a
+"""What a vocabulary of a thousand classes holds. One copy of the prototypes in a
 `Vocabulary` (no (prototypes × classes) stuff table, no second copy for "every class"), and cached
 arrays decoded straight from LMDB's map."""
 
@@ -46,10 +46,11 @@ def test_class_arrays_are_decoded_from_the_map_equal_to_what_was_put(tmp_path):
     a = np.random.default_rng(0).standard_normal((65, 33)).astype(np.float32)
     assert np.array_equal(decode_array(memoryview(encode_array(a))), a)
     cache = Cache(tmp_path / "c")
-    cache.put_class("p1", {"name": "cat"}, {"fg/instance": a, "masks": np.ones((2, 4, 4), np.uint8)})
-    got = cache.class_arrays("p1")
+    rec = {"name": "cat", "norm": "cat", "seed": 0, "extractor": "procedural", "kind": "thing"}
+    cache.put_class("1" * 24, rec, {"fg/instance": a, "masks": np.ones((2, 4, 4), np.uint8)})
+    got = cache.class_arrays("1" * 24)
     assert np.array_equal(got["fg/instance"], a) and got["fg/instance"].flags.writeable
-    assert got["masks"].dtype == np.uint8 and cache.class_arrays("p1", ["nothing"]) == {}
+    assert got["masks"].dtype == np.uint8 and cache.class_arrays("1" * 24, ["nothing"]) == {}
 
 
 def test_a_segmenter_keeps_no_second_copy_of_the_classes_arrays():

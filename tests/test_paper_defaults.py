@@ -1,6 +1,6 @@
 """Every default of the paper (App. C) and of the authors' code (karazijal/sdov), pinned.
 
-One test per default or rule, so the list can be audited against issue 12: a value test where the
+One test per default or rule, so the list can be audited against the paper (App. C.5) and the authors' code: a value test where the
 default is a config value, a behavioural test where the rule is code. Changing any of them must
 fail here. Golden values of attribution maps and backbone features are in test_golden.py.
 

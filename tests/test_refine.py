@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import PROC
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -16,7 +17,6 @@ from ovdiff_cli.method.beyond.refine import AutomaticRegions, RegionRefiner, pam
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 # --------------------------------------------------------------------------- PAMR
@@ -187,9 +187,10 @@ def test_segment_refine_from_the_cli_with_explain(world, tmp_path, tiny_sam2_dir
         *PROC,
     ]
     plain = runner.invoke(app, [*args, "--out", str(tmp_path / "plain")])
+    sam2 = ["--sam2-model", str(tiny_sam2_dir)] if refine == "sam2" else []  # a model no stage uses is refused
     res = runner.invoke(
         app,
-        [*args, "--out", str(tmp_path / refine), "--explain", "--refine", refine, "--sam2-model", str(tiny_sam2_dir)],
+        [*args, "--out", str(tmp_path / refine), "--explain", "--refine", refine, *sam2],
     )
     assert plain.exit_code == 0 and res.exit_code == 0, res.output
     report = json.loads(res.stdout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -76,6 +78,7 @@ def verify(
     _report(out, check.problems)
     if repair:
         out.say(f"removed {len(check.problems)} broken entries; the next 'ovdiff protos add' rebuilds them")
+        _lost_photos(out, check.lost_photos)
         return
     out.err.print(f"{len(check.problems)} problem(s); run 'ovdiff cache verify --repair' to remove them")
     raise typer.Exit(1)
@@ -97,3 +100,13 @@ def _damaged(out, check) -> None:
         f"repaired: {check.kept} intact class(es) copied into a fresh cache at {escape(str(check.path))}; "
         f"the damaged original is kept at {escape(str(check.original))} (delete it when done)"
     )
+    _lost_photos(out, check.lost_photos)
+
+
+def _lost_photos(out, names: list[str]) -> None:
+    """A class from the user's photos cannot be drawn again: say how to give the photos back."""
+    for name in names:
+        out.say(
+            f"the photos of {escape(repr(name))} are lost: add them again with "
+            f"'ovdiff protos add {escape(shlex.quote(name))} --images DIR'"
+        )

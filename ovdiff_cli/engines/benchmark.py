@@ -55,6 +55,8 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     """Distinct seeds in the range of `seed`, or a typed error."""
     from ..limits import check_seed
 
+    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise InvalidSetting("seeds", f"takes a list of seeds, e.g. [0, 1, 2]; got {seeds!r:.40}")
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise InvalidSetting("seeds", f"takes distinct seeds, e.g. 0,1,2,3,4; got {seeds!r:.60}")
@@ -107,9 +109,14 @@ def evaluate_benchmark(
     """
     from ..eval.datasets import load_dataset
     from ..eval.evaluate import benchmark_classes, predictions_from_dir, protocol
+    from ..inputs import check_path
     from ..io.outdir import check_not_in_cache, check_out_dir
     from .raycluster import check_engine, engine_session
 
+    check_path("root", root, "the dataset's folder")
+    for name, value in (("pred", pred), ("out", out), ("classes_file", classes_file)):
+        if value is not None:
+            check_path(name, value, "a path")
     check_engine(engine, address, workers)
     if pred is not None:
         if seeds is not None:

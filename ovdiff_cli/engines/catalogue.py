@@ -195,6 +195,7 @@ class CacheCheck:
     kept: int | None = None
     original: Path | None = None
     classes: list[CachedClass] = field(default_factory=list)
+    lost_photos: list[str] = field(default_factory=list)  # names whose photos a repair lost (give them again)
 
     @property
     def sound(self) -> bool:
@@ -212,6 +213,7 @@ class CacheCheck:
             "support_entries": counts.get("support_entries"),
             "text_embeddings": counts.get("text_embeddings"),
             "problems": [{"key": p.key, "reason": p.reason} for p in self.problems],
+            "lost_photos": self.lost_photos,
         }
         return doc | ({"original": str(self.original)} if self.original is not None else {})
 
@@ -306,7 +308,7 @@ class Catalogue:
         """Decode every entry, check shapes, metadata and checksums. repair: delete broken entries (whole
         classes; support sets cut) so the next run rebuilds them; a data file LMDB cannot map is copied,
         what is intact of it, into a fresh cache (the original kept aside)."""
-        from ..store.audit import Problem, rebuild, verify
+        from ..store.audit import Problem, check, rebuild
         from ..store.cache import CacheDamaged
 
         try:
@@ -315,10 +317,15 @@ class Catalogue:
             if not repair:
                 return CacheCheck(self.path, [Problem("data.mdb", e.problem)], False, damage=e.problem)
             done = rebuild(self.path, e.problem)
-            return CacheCheck(self.path, done.problems, True, None, e.problem, done.classes, done.original)
-        problems = verify(cache, repair=repair)
-        classes = [CachedClass(pid, rec) for pid, rec in cache.classes()]
-        return CacheCheck(self.path, problems, repair and bool(problems), cache.info(), classes=classes)
+            return CacheCheck(
+                self.path, done.problems, True, None, e.problem, done.classes, done.original, [], done.lost_photos
+            )
+        found = check(cache, repair=repair)
+        classes = [CachedClass(pid, rec) for pid, rec in found.kept_classes()]  # no record decoded twice
+        problems = found.problems
+        return CacheCheck(
+            self.path, problems, repair and bool(problems), cache.info(), classes=classes, lost_photos=found.lost_photos
+        )
 
     def repair(self) -> CacheCheck:
         """`verify(repair=True)`."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io.images import InputImage, load_image
+from ..io.images import InputImage, check_segmentable, load_image
 from ..io.outputs import FAILURES, JobSummary, OutputWriter, describe
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ def segment_paths(
         for item in group:
             t0 = time.perf_counter()
             try:
-                loaded.append((item, load_image(item.path), time.perf_counter() - t0))
+                image = check_segmentable(load_image(item.path), item.path)
+                loaded.append((item, image, time.perf_counter() - t0))
             except FAILURES as e:
                 out.failed(item, describe(item, e))
         segs = (

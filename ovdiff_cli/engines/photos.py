@@ -142,4 +142,4 @@ def photo_note(norm: str, seed: int, specs: ModelSpecs, sid: str, photos: PhotoS
 
 
 def put_photo_class(cache: Cache, norm: str, seed: int, specs: ModelSpecs, note: dict) -> None:
-    cache.write({_note_key(norm, seed, specs): json.dumps(note, sort_keys=True).encode()})
+    cache.put_note(photo_class_id(norm, seed, specs), note)

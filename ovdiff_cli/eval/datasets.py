@@ -366,12 +366,29 @@ def resolve_root(spec: Spec, root: Path) -> Path:
     return root
 
 
+def _read_split(spec: Spec, path: Path) -> str:
+    """The split file's text (image ids, one a line), or one line saying why it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OvdiffError(
+            f"{spec.name}: split file {path} is not text (byte {e.start} is not UTF-8); it lists image ids, one a line"
+        ) from None
+    except OSError as e:
+        raise OvdiffError(f"{spec.name}: cannot read split file {path}: {e.strerror}") from None
+    if "\x00" in text:
+        raise OvdiffError(
+            f"{spec.name}: split file {path} is not text (it holds NUL bytes); it lists image ids, one a line"
+        )
+    return text
+
+
 def _list_items(spec: Spec, root: Path, limit: int | None) -> list[ItemInfo]:
     lay = spec.layout
     img_dir, lbl_dir = root / lay.image_dir, root / lay.label_dir
     infos: list[ItemInfo] = []
     if lay.split_file:
-        ids = [ln.strip() for ln in (root / lay.split_file).read_text().splitlines() if ln.strip()]
+        ids = [ln.strip() for ln in _read_split(spec, root / lay.split_file).splitlines() if ln.strip()]
         infos = [ItemInfo(i, img_dir / f"{i}{lay.image_suffix}", lbl_dir / f"{i}{lay.label_suffix}") for i in ids]
     elif lay.by_labels:  # pc459: the label maps name the split; every image of VOC2010 lies in image_dir
         pattern = f"*{lay.label_suffix}"

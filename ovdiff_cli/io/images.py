@@ -92,6 +92,18 @@ def discover(inputs: list[str], recursive: bool = False, exclude: Path | None = 
     ]
 
 
+MIN_SIDE = 16  # pixels: a picture narrower than one patch of the extractors holds nothing to segment
+
+
+def check_segmentable(image: np.ndarray, what: object) -> np.ndarray:
+    """`image` (HxWx3), or an ImageError when a side is under MIN_SIDE: resized to the extractors' input,
+    a few pixels become flat colour that some class always matches best (a 1×1 picture was called "car")."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"{what}: {w}x{h} is too small to segment; give a picture of at least {MIN_SIDE} px a side")
+    return image
+
+
 def check_size(width: int, height: int, what: object, max_pixels: int = MAX_PIXELS) -> None:
     """An ImageError unless a picture of width x height can be segmented: not empty, at most `max_pixels`
     (the rule for files, PIL images and arrays alike)."""

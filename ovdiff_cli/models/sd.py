@@ -7,7 +7,6 @@ extraction never know which one they got.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,10 +169,3 @@ def load_sd(spec: str, device: torch.device, dtype: torch.dtype, revision: str |
 def looks_local(spec: str) -> bool:
     """Whether a model spec names a path rather than a hub id ("org/name") or a built-in name."""
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
-
-
-def missing_local(spec: str, option: str, model: str) -> str | None:
-    """The one-line answer to a local path that does not exist (not hub advice), else None."""
-    if looks_local(spec) and not Path(spec).expanduser().exists():
-        return f"{option} {spec}: no such file or folder; give the path of a downloaded copy of the {model} weights"
-    return None

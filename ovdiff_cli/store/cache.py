@@ -303,7 +303,8 @@ class Cache:
         yield from items
 
     def write(self, items: dict[bytes, bytes | None]) -> None:
-        """Put (or, for None, delete) all items in one transaction, growing the map when full."""
+        """Put (or, for None, delete) all items in one transaction, growing the map when full. The raw
+        writer: the typed ones (`put_class`, `put_support_batch`, `put_note`) check their entries first."""
 
         def apply(txn: lmdb.Transaction) -> None:
             for k, v in items.items():
@@ -364,13 +365,14 @@ class Cache:
         st = self.env.stat()
         nfo = self.env.info()
         n_support = sum(1 for k, _ in self.scan(b"s/", values=False) if k.count(b"/") == 1)
+        n_classes = sum(1 for k, _ in self.scan(b"p/", values=False) if k.count(b"/") == 1)  # no record decoded
         return {
             "path": str(self.root),
             "schema_version": SCHEMA_VERSION,
             "map_size": nfo["map_size"],
             "used_bytes": (nfo["last_pgno"] + 1) * st["psize"],
             "entries": st["entries"],
-            "classes": len(self.classes()),
+            "classes": n_classes,
             "support_entries": n_support,
             "text_embeddings": sum(1 for _ in self.scan(b"t/", values=False)),
         }
@@ -405,7 +407,7 @@ class Cache:
             items[attribution_key(sid, start + j)] = encode_array(np.asarray(att, dtype=np.float32))
         meta = dict(meta, n_images=start + len(images), updated_at=now_iso())
         items[support_key(sid)] = _json(meta)
-        self.write(items)
+        self._checked(items)
 
     def support_image(self, sid: str, i: int) -> np.ndarray:
         raw = self.get(image_key(sid, i))
@@ -436,6 +438,19 @@ class Cache:
         old = [k for k, _ in self.scan(class_array_key(pid, ""), values=False) if k not in items]
         items.update(dict.fromkeys(old))
         items[class_key(pid)] = _json(dict(record, arrays=listing, created_at=record.get("created_at", now_iso())))
+        self._checked(items)
+
+    def put_note(self, uid: str, note: dict) -> None:
+        """Store the photo note `u/<uid>` (the class name stands for the user's photos)."""
+        self._checked({f"u/{uid}".encode(): _json(note)})
+
+    def _checked(self, items: dict[bytes, bytes | None]) -> None:
+        """`write`, once every key and record is of a kind `store/schema.py` describes (else
+        SchemaViolation: a writer produced an entry no check knows, a bug)."""
+        from .schema import check_write
+
+        for k, v in items.items():
+            check_write(k, v)
         self.write(items)
 
     def class_arrays(self, pid: str, names: list[str] | None = None) -> dict[str, np.ndarray]:

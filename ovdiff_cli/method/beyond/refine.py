@@ -112,7 +112,7 @@ def vote_regions(scores: torch.Tensor, regions: Sequence[np.ndarray]) -> torch.T
     """
     out = scores.clone()
     for r in sorted(regions, key=lambda r: -int(r.sum())):
-        mask = torch.from_numpy(np.ascontiguousarray(r)).to(scores.device)
+        mask = torch.from_numpy(np.array(r, dtype=bool, order="C")).to(scores.device)  # a copy: r may be read-only
         if mask.shape != scores.shape[-2:]:
             raise ValueError(f"region {tuple(mask.shape)} and scores {tuple(scores.shape)} differ in size")
         if mask.any():
@@ -130,7 +130,8 @@ def image_at(image: np.ndarray, size: tuple[int, int], device: torch.device) -> 
     h, w = size
     if image.shape[:2] != (h, w):
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / 255
+    # a copy: a decoded picture is often a read-only array, which torch.from_numpy warns about
+    return torch.from_numpy(np.array(image, dtype=np.uint8, order="C")).to(device).permute(2, 0, 1).float() / 255
 
 
 class PamrRefiner:
