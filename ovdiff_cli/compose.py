@@ -238,11 +238,11 @@ class Stages:
             scorer = self.scorer()
         parts = [self.part(name) for name in spec_parts(extractor_spec)]
         refiner = None if cfg.refine == "none" else self.refiner(cfg.refine)
-        read = None
+        read = memo = None
         if cache is not None:  # classes given as heads (ensure_classes(arrays=False)) are read per image
-            from .store.protos import load_class
+            from .store.protos import VocabArrays, load_class
 
-            read = lambda pid: load_class(cache, pid)  # noqa: E731
+            read, memo = (lambda pid: load_class(cache, pid)), VocabArrays(cache)
         return Segmenter(
             parts,
             classes,
@@ -252,7 +252,7 @@ class Stages:
             cache,
             refiner=refiner,
             read=read,
-            memo=cache,
+            memo=memo,
         )
 
     def refiner(self, name: str):

@@ -73,10 +73,6 @@ def text_key(model_fp: str, prompt: str) -> bytes:
     return f"t/{short_hash(model_fp, prompt)}".encode()
 
 
-def vocab_key(vocab_id: str, name: str) -> bytes:
-    return f"v/{vocab_id}/{name}".encode()
-
-
 # --------------------------------------------------------------------------- cache
 
 
@@ -500,15 +496,3 @@ class Cache:
         if self.readonly:
             return
         self.write({text_key(model_fp, p): encode_array(e) for p, e in embeddings.items()})
-
-    # -- per-vocabulary arrays (types.VocabMemo) ---------------------------------------
-
-    def vocab_array(self, vocab_id: str, name: str) -> np.ndarray | None:
-        """An array computed once for a vocabulary (e.g. its bg prototypes' stuff scores), or None."""
-        return self.get_array(vocab_key(vocab_id, name))
-
-    def put_vocab_array(self, vocab_id: str, name: str, array: np.ndarray) -> None:
-        """Keep `array` under the vocabulary's id; skipped on a read-only cache (recomputed next time)."""
-        if self.readonly:
-            return
-        self.write({vocab_key(vocab_id, name): encode_array(np.asarray(array))})

@@ -10,6 +10,7 @@ import numpy as np
 from ..config import PROTO_KINDS
 from ..errors import ClassNotFound
 from ..types import ClassParts, ClassPrototypes
+from .blobs import encode_array
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -61,3 +62,18 @@ def load_heads(cache: Cache, pids: dict[str, str]) -> ClassParts:
     parts = {p: load_head(cache, pid) for p, pid in pids.items()}
     first = next(iter(parts.values()))
     return ClassParts(first.name, first.kind, parts)
+
+
+class VocabArrays:
+    """`types.VocabMemo` in a cache: arrays computed once for a vocabulary (its bg prototypes' stuff scores),
+    kept under `v/<vocabulary id>/<name>` (skipped on a read-only cache: recomputed next time)."""
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+
+    def vocab_array(self, vocab_id: str, name: str) -> np.ndarray | None:
+        return self.cache.get_array(f"v/{vocab_id}/{name}".encode())
+
+    def put_vocab_array(self, vocab_id: str, name: str, array: np.ndarray) -> None:
+        if not self.cache.readonly:
+            self.cache.write({f"v/{vocab_id}/{name}".encode(): encode_array(np.asarray(array))})
