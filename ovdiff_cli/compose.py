@@ -121,10 +121,13 @@ def build_scorer(store: ModelStore) -> ImageTextScorer:
 
         return ProceduralScorer()
     from .method.stage3_filter.prefilter import ClipScorer
+    from .models.filtermodels import filter_source
     from .store.keys import clip_text_id
 
     model = store.filter_model()
-    return ClipScorer(model, store.device, store.dtype, clip_text_id(model.source, store.specs.weights_seed))
+    own = filter_source(store.specs.models.get("filter"), store.specs.preset.weights) is not None
+    dtype = store.dtype if own else store.dtype_of("clip")  # the run's CLIP: in the dtype it was built in
+    return ClipScorer(model, store.device, dtype, clip_text_id(model.source, store.specs.weights_seed))
 
 
 # --------------------------------------------------------------------------- counting wrappers
