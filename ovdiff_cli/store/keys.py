@@ -148,7 +148,8 @@ def mask_id(
 def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, proto_cfg: ProtoConfig) -> str:
     """Cache key of one class's prototypes in one extractor part (24 hex characters).
 
-    Keyed by the masks (`mask_id`), the part and its model, K and the K-means and feature settings;
+    Keyed by the masks (`mask_id`), the part and its model, K, the K-means and feature settings and, when
+    not fp32, the prototypes' storage dtype;
     not by the other parts of the spec, and not by stuff/thing, which is recorded and can change in place.
     """
     return short_hash(
@@ -163,6 +164,7 @@ def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, 
         proto_cfg.kmeans_iters,
         proto_cfg.kmeans_max_points,
         proto_cfg.feature_size,
+        *(() if proto_cfg.proto_dtype == "fp32" else (proto_cfg.proto_dtype,)),  # fp32 keys as before
     )
 
 
