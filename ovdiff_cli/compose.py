@@ -121,10 +121,13 @@ def build_scorer(store: ModelStore) -> ImageTextScorer:
 
         return ProceduralScorer()
     from .method.stage3_filter.prefilter import ClipScorer
+    from .models.filtermodels import filter_source
     from .store.keys import clip_text_id
 
     model = store.filter_model()
-    return ClipScorer(model, store.device, store.dtype, clip_text_id(model.source, store.specs.weights_seed))
+    own = filter_source(store.specs.models.get("filter"), store.specs.preset.weights) is not None
+    dtype = store.dtype if own else store.dtype_of("clip")  # the run's CLIP: in the dtype it was built in
+    return ClipScorer(model, store.device, dtype, clip_text_id(model.source, store.specs.weights_seed))
 
 
 # --------------------------------------------------------------------------- counting wrappers
@@ -228,7 +231,8 @@ class Stages:
         scorer: ImageTextScorer | None = None,
     ) -> Segmenter:
         """A Segmenter over `classes` with this run's parts of `extractor_spec` and (when the filter
-        runs) scorer; `scorer` replaces the run's own (the bench times its forward passes)."""
+        runs) scorer; `scorer` replaces the run's own (the bench times its forward passes). Classes
+        given as heads are read from `cache` per image, for the classes the filter keeps."""
         from .config import spec_parts
         from .method.stage4_segment.segmenter import Segmenter
 
@@ -237,7 +241,22 @@ class Stages:
             scorer = self.scorer()
         parts = [self.part(name) for name in spec_parts(extractor_spec)]
         refiner = None if cfg.refine == "none" else self.refiner(cfg.refine)
-        return Segmenter(parts, classes, cfg, self.device, scorer if filtering else None, cache, refiner=refiner)
+        read = memo = None
+        if cache is not None:  # classes given as heads (ensure_classes(arrays=False)) are read per image
+            from .store.protos import VocabArrays, load_class
+
+            read, memo = (lambda pid: load_class(cache, pid)), VocabArrays(cache)
+        return Segmenter(
+            parts,
+            classes,
+            cfg,
+            self.device,
+            scorer if filtering else None,
+            cache,
+            refiner=refiner,
+            read=read,
+            memo=memo,
+        )
 
     def refiner(self, name: str):
         """The label-score refiner of `--refine` (beyond the paper): "pamr", or "sam2" (loads the store's SAM 2)."""

@@ -178,6 +178,9 @@ def beside_photos(cfg: SampleConfig, n_generated: int) -> SampleConfig:
     return out
 
 
+PROTO_DTYPES = ("fp32", "fp16")  # prototype storage in the cache (`ProtoConfig.proto_dtype`)
+
+
 @dataclass(frozen=True)
 class ProtoConfig:
     """Prototype construction (paper §3 "Representing categories", Tables A.5-A.7)."""
@@ -196,8 +199,15 @@ class ProtoConfig:
     # None: K-means on every masked cell of a region, as the authors; a number: on a seeded sample of at
     # most that many cells (faster for large N; not the authors')
     kmeans_max_points: int | None = None
+    # how prototypes are stored in the cache: "fp32", or "fp16" (half the disk and page cache; its own cache
+    # key; read back as float32, so cosines are accumulated in fp32 as with fp32 storage)
+    proto_dtype: str = "fp32"
 
     def __post_init__(self):
+        if self.proto_dtype not in PROTO_DTYPES:
+            raise InvalidSetting(
+                "proto_dtype", f"must be one of {', '.join(PROTO_DTYPES)}, got {self.proto_dtype!r:.40}"
+            )
         if not isinstance(self.extractor, str):
             raise InvalidSetting("extractor", f"takes a spec such as sd+dino+clip, got {type(self.extractor).__name__}")
         object.__setattr__(self, "extractor", normalise_extractor(self.extractor))

@@ -90,6 +90,14 @@ class TextMemo(Protocol):
     def put_text_embeddings(self, fingerprint: str, embeddings: dict[str, np.ndarray]) -> None: ...
 
 
+class VocabMemo(Protocol):
+    """Arrays computed once per vocabulary and kept under its id (e.g. in the cache), so a second run reads them."""
+
+    def vocab_array(self, vocab_id: str, name: str) -> np.ndarray | None: ...
+
+    def put_vocab_array(self, vocab_id: str, name: str, array: np.ndarray) -> None: ...
+
+
 class ImageTextScorer(Protocol):
     """An aligned image/text encoder pair (CLIP) for the category pre-filter."""
 
@@ -138,6 +146,8 @@ class ClassPrototypes:
     fg / bg map a prototype kind ("class", "instance", "part") to an (n, D) float32 array.
     Stuff classes have no bg prototypes. `sources` maps "fg/instance" etc. to the support
     image index each prototype row came from (-1 for prototypes pooled over all images), for --explain.
+    A *head* (`engines.vocab.load_heads`) has empty fg/bg and says only how many rows each array has
+    (`rows`): a segmenter over heads reads the arrays of the classes an image keeps, per image.
     """
 
     name: str
@@ -146,6 +156,8 @@ class ClassPrototypes:
     bg: dict[str, np.ndarray] = field(default_factory=dict)
     pid: str = ""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # a head's row counts ("fg/class" → n): arrays not read
+    stamp: str = ""  # a head's record time: a class rewritten under the same id is another vocabulary
 
 
 @dataclass

@@ -10,13 +10,19 @@ os.environ.pop("OVDIFF_CACHE", None)
 os.environ.pop("OVDIFF_PRESET", None)
 
 import contextlib
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+import ovdiff
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOC_SAMPLE = SHARED_DATA / "voc-sample" / "VOC2012"
+# The CLI options of the offline procedural world on the CPU, as most CLI tests run it.
+PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @contextlib.contextmanager
@@ -148,3 +154,27 @@ def tiny_sam2_dir(tmp_path_factory):
     Sam2Model(cfg).save_pretrained(root)
     Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size})).save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def api_world(tmp_path_factory):
+    """Per test module: a procedural pipeline with a built vocabulary, its cache, and a folder of four scenes."""
+    root = tmp_path_factory.mktemp("rel3")
+    pipe = ovdiff.Pipeline(preset="procedural", cache=root / "cache", device="cpu", dtype="fp32")
+    vocab = pipe.vocabulary(["kite", "sky", "grass"])
+    images = root / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(ovdiff.procedural_scene(seed=20 + i)).save(images / f"im_{i:02d}.png")
+    return root, pipe, vocab, images
+
+
+def copy_of_api_cache(api_world, tmp_path: Path) -> Path:
+    """A copy of `api_world`'s cache in `tmp_path` (the world's own stays untouched)."""
+    root, _, _, _ = api_world
+    from ovdiff_cli.store.cache import close_cache
+
+    close_cache(root / "cache")
+    dst = tmp_path / "cache"
+    shutil.copytree(root / "cache", dst)
+    return dst

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PROC
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ from ovdiff_cli.errors import InvalidSetting, OvdiffError
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 API_PAGE = Path(__file__).resolve().parents[1] / "docs/python.md"
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")

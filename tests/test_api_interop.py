@@ -1,5 +1,5 @@
 """The API in the shapes people already use: names as a vocabulary, batches and iterators of images,
-Hugging Face-style segments, and the supervision / FiftyOne / COCO adapters (issue 25)."""
+Hugging Face-style segments, and the supervision / FiftyOne / COCO adapters."""
 
 from __future__ import annotations
 

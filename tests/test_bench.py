@@ -52,7 +52,6 @@ SECTIONS = {
         "rss_peak",
         "rss_beyond",
         "rss_vocab",
-        "rss_beyond_ratio",
         "add",
         "alone",
         "add_ratio",
@@ -70,7 +69,7 @@ TARGETS = {
     ("large_vocab", "load_per_class"),
     ("large_vocab", "load_copies"),
     ("large_vocab", "segment_ratio"),
-    ("large_vocab", "rss_beyond_ratio"),
+    ("large_vocab", "rss_beyond"),
     ("large_vocab", "add_ratio"),
 }
 
@@ -142,14 +141,31 @@ def test_sections_option_picks_sections_in_run_order_and_names_the_choices():
 def test_large_vocabulary_names_are_distinct_and_real_first():
     from ovdiff_cli.bench.large import vocabulary_names
 
-    names = vocabulary_names(1000)
-    assert len(set(names)) == 1000 and names[:3] == ["aeroplane", "bicycle", "bird"]
+    names = vocabulary_names(10_000)
+    assert len(set(names)) == 10_000 and names[:3] == ["aeroplane", "bicycle", "bird"]
     assert "cat 2" in names
+
+
+def test_large_section_checks_free_disk_before_any_work(tmp_path):
+    from dataclasses import replace
+
+    from ovdiff_cli.bench.large import check_disk
+
+    s = bench_settings("cpu")
+    dim = {"sd": 7680, "dino": 768, "clip": 768}
+    half, full = (
+        check_disk(replace(s, large_classes=10, large_proto_dtype=d), dim, tmp_path) for d in ("fp16", "fp32")
+    )
+    assert 1.99 < full / half < 2.01  # fp16 storage halves the cache
+    assert 22 < half / 2**20 < 27  # 10 classes of 2×65 rows at D=9216 in fp16: 22.9 MiB, a tenth more on disk
+    with pytest.raises(OvdiffError, match=r"needs .* GiB free at .* and .* GiB is free"):
+        check_disk(replace(s, large_classes=10**9), dim, tmp_path)
 
 
 def test_settings_reduced_on_cpu_and_paper_on_cuda():
     cpu, gpu = bench_settings("cpu"), bench_settings("cuda")
-    assert cpu.large_classes == gpu.large_classes == 1000
+    assert cpu.large_classes == gpu.large_classes == 10_000  # issue 38: ten thousand classes, fp16 storage
+    assert cpu.large_proto_dtype == gpu.large_proto_dtype == "fp16"
     assert cpu.preset == gpu.preset == "sd15-random"
     assert (gpu.windows, gpu.stride, gpu.short_side, gpu.steps, gpu.size) == ((448, 336), 224, 448, 30, 512)
     assert cpu.size < gpu.size and cpu.steps < gpu.steps

@@ -1,4 +1,4 @@
-"""Damaged caches and exports (issue 13): refused before LMDB maps them, repaired without loss of what
+"""Damaged caches and exports: refused before LMDB maps them, repaired without loss of what
 was intact, never a signal death; read-only caches read; exports checksummed; kill -9 at random moments.
 
 Faults are injected into copies of one procedural-preset cache. Commands that could die by a signal
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mounted_tmpfs
+from conftest import PROC, mounted_tmpfs
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,7 +30,6 @@ from ovdiff_cli.store.audit import verify
 from ovdiff_cli.store.cache import ENV_DIRNAME, Cache, class_array_key, encode_array
 
 REPO = Path(__file__).resolve().parents[1]
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 CLASSES = ["kite", "boat", "sky", "grass"]
 runner = CliRunner()
 

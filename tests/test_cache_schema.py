@@ -1,4 +1,4 @@
-"""The cache's one schema (issue 36): every kind of entry the writers produce verifies sound, survives
+"""The cache's one schema: every kind of entry the writers produce verifies sound, survives
 `cache verify --repair` untouched and round-trips export/import; the writer refuses what the schema does
 not describe; a class from the user's photos is a first-class citizen of verify, repair and sharing."""
 
@@ -19,6 +19,7 @@ from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.store import schema
 from ovdiff_cli.store.audit import check, verify
 from ovdiff_cli.store.cache import Cache, close_cache
+from ovdiff_cli.store.protos import VocabArrays
 from ovdiff_cli.store.schema import SchemaViolation
 from ovdiff_cli.store.sharing import export_classes, import_classes
 
@@ -49,6 +50,7 @@ def every_kind(procedural_stages, tmp_path_factory):
     (bank,) = synthetic_bank(["car"], {"procedural": 8}, 3, 0)
     put_prototypes(cache, procedural_stages.specs, bank, 0, P.sample, P.protos, source="test")
     cache.put_text_embeddings("test-model", {"a photo of a kite": np.eye(4, dtype=np.float32)[0]})
+    VocabArrays(cache).put_vocab_array("0" * 24, "stuff_sim", np.array([0.5, -2.0], np.float32))  # streamed vocab
     return cache
 
 

@@ -1,4 +1,4 @@
-"""The commands' help (issue 37 §4): flags show no `<bool>` type, help text flows to the terminal's width,
+"""The commands' help: flags show no `<bool>` type, help text flows to the terminal's width,
 `serve --help` names only options serve takes, and `demo --help` gives its real duration."""
 
 from __future__ import annotations

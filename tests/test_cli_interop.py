@@ -1,4 +1,4 @@
-"""Command-line outputs other tools read (issue 25): `segment --json` per image, COCO records with the
+"""Command-line outputs other tools read: `segment --json` per image, COCO records with the
 real file name and score, and an --out folder that is never read back as input."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PROC
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,7 +16,6 @@ from ovdiff_cli.cli.app import app
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,9 @@ def test_the_demo_report_times_the_segmenting(world, tmp_path):
     h, w = first.shape
     from ovdiff_cli.io.palette import colorize
 
-    assert figure.shape == (2 * h + 12, 3 * w + 24, 3)
-    assert np.array_equal(figure[:h, w + 12 : 2 * w + 12], colorize(first))
+    top = 16 + 12  # the columns' titles: a 16 px font on a strip 12 px taller
+    assert figure.shape[1:] == (3 * w + 24, 3) and figure.shape[0] > top + 2 * h + 12  # two rows, then the colour key
+    assert np.array_equal(figure[top : top + h, w + 12 : 2 * w + 12], colorize(first))
 
 
 def test_help_shows_the_ray_extra_whole():

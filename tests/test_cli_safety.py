@@ -1,4 +1,4 @@
-"""CLI data safety and honest words (issue 13): eval --pred reads the masks' legend, segment never
+"""CLI data safety and honest words: eval --pred reads the masks' legend, segment never
 overwrites an input nor mixes two legends, destinations are checked before work, every size and
 threshold has a stated range, and the odd inputs (a BOM, a missing local folder, a long name, a
 non-UTF-8 file name, Ctrl-C, a pipe) get one clear line."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mounted_tmpfs
+from conftest import PROC, mounted_tmpfs
 from PIL import Image
 from test_evaluate import fake_voc
 from typer.testing import CliRunner
@@ -22,7 +22,6 @@ from ovdiff_cli.eval.datasets import class_names
 from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import render_scene
 
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 runner = CliRunner()
 
 
@@ -129,12 +128,12 @@ def test_eval_out_is_checked_before_work_and_a_failing_final_write_keeps_the_res
             "--out folder",
             "cannot be created",
         )
-    from ovdiff_cli.eval import evaluate
+    from ovdiff_cli.eval import report
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(evaluate, "write_report", full_disk)
+    monkeypatch.setattr(report, "write_report", full_disk)
     line = one_error(
         runner.invoke(
             app, ["eval", "voc", "--root", str(root), "--pred", str(pred), "--out", str(tmp_path / "r"), "-q"]

@@ -1,4 +1,4 @@
-"""Each config refuses, as it is made, every value the CLI refuses (issue 22): `ovdiff.Pipeline(...)`,
+"""Each config refuses, as it is made, every value the CLI refuses: `ovdiff.Pipeline(...)`,
 `dataclasses.replace` and the command line raise the same `InvalidSetting`, before any work."""
 
 from __future__ import annotations

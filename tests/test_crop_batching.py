@@ -1,4 +1,4 @@
-"""Issue 28 (a): on a GPU the crops of an image (windows of both sizes and the whole image) share each
+"""On a GPU the crops of an image (windows of both sizes and the whole image) share each
 part's forward passes. Checked on the CPU by forcing that path: the same labels, winners and scores
 as the plain per-crop-size batches, with one backbone call per input size instead of one per crop size."""
 

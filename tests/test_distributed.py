@@ -22,6 +22,8 @@ import ovdiff
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'ovdiff[ray]'")
 
+from conftest import PROC  # noqa: E402
+
 from ovdiff_cli.cli.app import app  # noqa: E402
 from ovdiff_cli.config import RunConfig  # noqa: E402
 from ovdiff_cli.engines.raycluster import build_classes  # noqa: E402
@@ -33,7 +35,6 @@ from ovdiff_cli.store.cache import Cache  # noqa: E402
 from ovdiff_cli.store.sharing import export_bytes, import_bytes  # noqa: E402
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module", autouse=True)

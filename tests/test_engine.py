@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PROC
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -17,7 +18,6 @@ from ovdiff_cli.io.images import InputImage
 from ovdiff_cli.procedural import write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 def test_shard_assigns_the_i_th_sorted_path_to_shard_i_mod_n_and_keeps_input_order():

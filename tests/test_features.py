@@ -163,3 +163,51 @@ def test_iter_features_batches_resizes_and_yields_each_batch_as_it_is_made(tiny_
     torch.testing.assert_close(f[1:2], next(iter_features(ext, images[1:2], 64))[1])
     with pytest.raises(OvdiffError, match="multiple of the extractor's stride"):
         next(iter_features(tiny_stages.part("clip"), images, 72))
+
+
+def test_sd_features_encode_a_seeded_sample_of_the_vae_posterior(tiny_stages, monkeypatch):
+    """The authors' `encode` samples the posterior (sdov sd.py); the draw is seeded, so features repeat."""
+    import torch
+
+    from ovdiff_cli.method.stage2_prototypes import features as feats
+
+    vae = tiny_stages.store.sd().vae
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    dist = vae.encode(x).latent_dist
+    eps = torch.randn(tuple(dist.mean.shape), generator=torch.Generator().manual_seed(feats.LATENT_SEED))
+    z = feats.sample_latent(vae, x)
+    assert torch.allclose(z, dist.mean + dist.std * eps) and not torch.allclose(z, dist.mean, atol=1e-3)
+    assert torch.equal(z, feats.sample_latent(vae, x))
+    part = tiny_stages.part("sd")
+    images = torch.rand(1, 3, 64, 64)
+    sampled = part(images).float()
+    monkeypatch.setattr(feats, "sample_latent", lambda v, xi: v.encode(xi).latent_dist.mean)
+    assert not torch.allclose(sampled, part(images).float(), atol=1e-4)  # SDPart uses the sample
+
+
+def test_crops_resize_as_the_authors_tensor_resize_and_dino_takes_whole_patches(tiny_stages):
+    """sdov predict.py resizes a crop tensor bilinearly without antialiasing, and DINO's patch embedding
+    takes floor(w / 8) columns: a 448×597 crop is seen as its first 448×592 pixels (56×74 patches)."""
+    import torch.nn.functional as F
+
+    from ovdiff_cli.method.stage2_prototypes.features import Part
+
+    class Seen:
+        stride, name = 8, "dino"
+
+        def __call__(self, x):
+            self.x = x
+            return torch.zeros(len(x), 1, x.shape[-2] // 8, x.shape[-1] // 8)
+
+    crop = torch.rand(1, 3, 448, 597, generator=torch.Generator().manual_seed(2))
+    dino = Part("dino", Seen(), PART_INPUTS["dino"])
+    assert dino.window(crop).shape[-2:] == (56, 74)
+    assert torch.equal(dino.backbone.x, crop[..., :448, :592])
+    big = torch.rand(1, 3, 600, 900, generator=torch.Generator().manual_seed(3))  # → 448×672, no antialiasing
+    dino.window(big)
+    want = F.interpolate(big, size=(448, 672), mode="bilinear", align_corners=False).clamp(0, 1)
+    assert torch.allclose(dino.backbone.x, want)
+    clip = Part("clip", Seen(), PART_INPUTS["clip"])
+    clip.window(big)
+    want = F.interpolate(big, size=(448, 448), mode="bilinear", align_corners=False).clamp(0, 1)
+    assert torch.allclose(clip.backbone.x, want)

@@ -1,4 +1,4 @@
-"""FiftyOne for real (issue 37): a dataset of procedural images labelled through ovdiff's FiftyOne model
+"""FiftyOne for real: a dataset of procedural images labelled through ovdiff's FiftyOne model
 (`dataset.apply_model`), its `mask_targets` from the class names, and FiftyOne's own `evaluate_segmentations`
 against the ground truth giving the mIoU that `ovdiff eval` gives on the same images.
 

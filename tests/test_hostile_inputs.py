@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 6): each is one clear error line and a non-zero exit when the whole job cannot
+"""Hostile inputs: each is one clear error line and a non-zero exit when the whole job cannot
 go on, never a traceback; bad images among good ones are skipped, listed, and the rest written.
 
 Already covered elsewhere, not repeated here: an --out that is a file and a missing input
@@ -23,7 +23,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from conftest import mounted_tmpfs
+from conftest import PROC, mounted_tmpfs
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,7 +34,6 @@ from ovdiff_cli.store import cache as cache_mod
 from ovdiff_cli.store.cache import SCHEMA_KEY, Cache
 
 REPO = Path(__file__).resolve().parents[1]
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 runner = CliRunner()
 
 

@@ -1,4 +1,4 @@
-"""Cache keys are users' data: these golden ids were computed before the architecture refactor (issue 11)
+"""Cache keys are users' data: these golden ids were computed before the architecture refactor
 and must never change silently, or every cached support set and class would be rebuilt.
 
 Change a value here only together with a deliberate key change (e.g. a bumped PROTO_VERSION), and say so.
@@ -30,37 +30,38 @@ def configs(preset: str) -> tuple[SampleConfig, ProtoConfig]:
 # K-means on every cell, masks reduced once, CLIP features of ImageNet-normalised pixels) → class ids; the SD generators' identity gains
 # "attribution": 2 (issue 23: bicubic, clamped maps per head and token) → their support and class ids;
 # MASK_VERSION 3 (issue 23: ncut is MaskCut as published) → every mask and class id (the SAM and
-# procedural ones too: the version is part of every mask id).
+# procedural ones too: the version is part of every mask id); PROTO_VERSION 5 (issue 35: SD features of a seeded
+# VAE posterior sample, no bg from an image without fg on a part's grid) → every class id (mask ids unchanged).
 GOLDEN = {
     ("tiny", "cat", 0): (
         "98841afe1ef3b705ee6a0a30",
         "be5c6cf6164f2d5df4572992",
-        {"sd": "58c9ee51f47d581839ca3305", "dino": "fb9d7d7a2c7d139574ae9afd", "clip": "86312eaa248580fcf7e98e15"},
+        {"sd": "576efea7147f0ab6f0be02bf", "dino": "815252c26876e2018d064a18", "clip": "af34a06f32bec75c16112b02"},
     ),
     ("tiny", "sky", 1): (
         "7b09c3fef34b21d25b07b38c",
         "5ff24041fdfb77c729dd6866",
-        {"sd": "c48ef08c638e6ff5564416d4", "dino": "146b9ebc17b2f450b1cfcdb3", "clip": "813b885388e2be04e3fb674b"},
+        {"sd": "0aff8557558f62400eae3d0e", "dino": "568fa18b7e8e989f8ecf935f", "clip": "4cd78b01c906b5c50dbfc8a4"},
     ),
     ("tiny", "chocolate glazed donut", 0): (
         "3cbd41b5e2cf6a72665a6ccf",
         "119134f6b307485db90c0846",
-        {"sd": "e7b00824e78cdfa435a9b262", "dino": "4b7587250ddc49686e63ddd3", "clip": "bcfe9067c9cd5746b64febab"},
+        {"sd": "a8b1f18078f2dd2598f16c3f", "dino": "9906770868516b70c64baaad", "clip": "cab55c03664b06246f815c25"},
     ),
     ("procedural", "cat", 0): (
         "120322af2af91c03a5553265",
         "013ac19f2a8e5a1ac718c9a9",
-        {"procedural": "5457f582e3abe68fa5e55867"},
+        {"procedural": "f29e96139c0f3627e19fd4f0"},
     ),
     ("procedural", "sky", 1): (
         "2bee6905fbb770ca8e8b5798",
         "2769ffe1b64f6f2d4769a368",
-        {"procedural": "8040dc226fc63ce35b396695"},
+        {"procedural": "242cbe11f3ce1c073f10a6bc"},
     ),
     ("procedural", "chocolate glazed donut", 0): (
         "da6f3e3fc4c1478938f92789",
         "d2ad0e01b5cde6977a24b2cd",
-        {"procedural": "671d5c1892625dc20ef023d4"},
+        {"procedural": "b0be90886ae89f1a78bf5368"},
     ),
 }
 
@@ -83,16 +84,16 @@ def test_class_ids_of_other_settings_are_pinned():
     tiny = ModelSpecs.of("tiny")
     # a part's id does not depend on the other parts of the spec
     assert class_ids("cat", 0, tiny, sample_cfg, dataclasses.replace(proto_cfg, extractor="sd")) == {
-        "sd": "58c9ee51f47d581839ca3305"
+        "sd": "576efea7147f0ab6f0be02bf"
     }
     assert (
         class_ids("cat", 0, tiny, dataclasses.replace(sample_cfg, n_images=8), proto_cfg)["dino"]
-        == "7b14f19a0d0b294cfba923cc"
+        == "02427e16a162e5a93f53daed"
     )
     sam = ModelSpecs.of("tiny", {"sam": "x/sam"})
     sam_cfg = dataclasses.replace(proto_cfg, mask_proposer="sam")
     assert mask_id("cat", 0, sam, sample_cfg, sam_cfg) == "98aa22d98619238297db1dea"
-    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "2020b41e204968805b57b701"
+    assert class_ids("cat", 0, sam, sample_cfg, sam_cfg)["dino"] == "1c46ab58ed45217423e39ed3"
     # the CutLER proposer (issue 35): its own mask ids, keyed by the detector's checkpoint
     cutler_cfg = dataclasses.replace(proto_cfg, mask_proposer="cutler")
     assert mask_id("cat", 0, tiny, sample_cfg, cutler_cfg) == "57acb711df34b439c68f146c"
@@ -100,11 +101,11 @@ def test_class_ids_of_other_settings_are_pinned():
         "e81143dbb4312e96162b17f2"
     )
     # the real-weight presets, by spec alone (no weights here). Issue 35: their default proposer is now
-    # CutLER (the paper's Γ), so their default class ids moved; with --mask-proposer ncut they are the old ones.
+    # CutLER (the paper's Γ), so their default class ids moved apart from the ncut ones.
     assert support_id("cat", 0, ModelSpecs.of("sd15"), configs("sd15")[0]) == "08bcee2cc3843b4a89e91bd6"
     for preset, plain, local, ncut in (
-        ("sd15", "3067c078e590179ea5cdeedd", "99abcd63ac8e1a445664218d", "25bd2da3b66d16a2fb0acf07"),
-        ("sd15-random", "3868d930f7660ef30d855c77", "9a96dd00d141e6d6a34a8096", "16edf9bc02bdb710f91df9e5"),
+        ("sd15", "c5ea79e5473155e498db489e", "a00cc20635d59be767d94c11", "ce1719ff5067e01c97c106f9"),
+        ("sd15-random", "cb448492f68019805b61ba97", "9f2de0b2a4745f136bd5f227", "ebf0a5d333a89d792cd6cc91"),
     ):
         s, p = configs(preset)
         assert class_ids("cat", 0, ModelSpecs.of(preset), s, p)["sd"] == plain
@@ -124,6 +125,6 @@ def test_the_extractor_spec_has_one_spelling_from_python_and_from_the_cli():
     s, p = configs("tiny")
     spelled = dataclasses.replace(p, extractor="Dino + CLIP")
     assert class_ids("cat", 0, ModelSpecs.of("tiny"), s, spelled) == {
-        "dino": "fb9d7d7a2c7d139574ae9afd",
-        "clip": "86312eaa248580fcf7e98e15",
+        "dino": "815252c26876e2018d064a18",
+        "clip": "af34a06f32bec75c16112b02",
     }

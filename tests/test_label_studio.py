@@ -1,4 +1,4 @@
-"""`ovdiff label-studio` against a real Label Studio (issue 37): Label Studio (its own venv, .venv-ls, made by
+"""`ovdiff label-studio` against a real Label Studio: Label Studio (its own venv, .venv-ls, made by
 .ci/label-studio-venv.sh) on 127.0.0.1 with a temporary data folder and a user made on the command line; the
 ovdiff backend on 127.0.0.1 (procedural preset); a project with a BrushLabels config, a few procedural images
 uploaded, the backend connected through Label Studio's API, predictions asked for as the Data Manager's

@@ -1,4 +1,4 @@
-"""`ovdiff label-studio` without Label Studio (issue 37): the labeling config read as a vocabulary, results in
+"""`ovdiff label-studio` without Label Studio: the labeling config read as a vocabulary, results in
 Label Studio's format (decoded with its own RLE decoder), the image-fetch policy, and the real command served
 over HTTP against a stand-in Label Studio that serves one uploaded image and checks the API key.
 tests/test_label_studio.py runs the same backend against a real Label Studio."""

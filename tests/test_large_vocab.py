@@ -1,4 +1,4 @@
-"""Issue 28: what a vocabulary of a thousand classes holds. One copy of the prototypes in a
+"""What a vocabulary of a thousand classes holds. One copy of the prototypes in a
 `Vocabulary` (no (prototypes × classes) stuff table, no second copy for "every class"), and cached
 arrays decoded straight from LMDB's map."""
 

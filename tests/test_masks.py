@@ -190,8 +190,13 @@ def test_maskcut_proposer_reads_a_480_lanczos_pass_at_512(tiny_stages):
     finally:
         part.backbone = inner
     assert feats is None  # not the prototypes' pass: that one is made at 512
-    want = torch.from_numpy(np.array(lanczos(samples[0].image, 480))).permute(2, 0, 1).float() / 255
+    # built here with PIL itself, not with the module's own resize: a switch to bilinear fails
+    from PIL import Image
+
+    pil = Image.fromarray(samples[0].image).resize((480, 480), Image.Resampling.LANCZOS)
+    want = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(seen[0][0], want)
+    assert np.array_equal(lanczos(samples[0].image, 480), np.array(pil))
 
 
 def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_stages):
@@ -249,3 +254,28 @@ def test_ncut_and_the_attribution_rule_recover_the_procedural_worlds_objects(pro
         recalls.append((fg & core).sum() / core.sum())
         assert not (bg & core).any()
     assert np.median(recalls) >= 0.9 and masks.counts()["proposals"] > 0
+
+
+def test_maskcut_drops_a_cut_that_repeats_the_previous_one_by_iou_above_half(monkeypatch):
+    """MaskCut keeps a later cut overlapping the previous one by IoU 0.5 exactly and drops one above it."""
+    from ovdiff_cli.method.stage2_prototypes import masks
+
+    grid = np.zeros((6, 6), bool)
+    first = grid.copy()
+    first[2, :] = True  # 6 cells, no corner
+
+    def cut(cells: np.ndarray) -> np.ndarray:
+        v = np.where(cells.ravel(), 1.0, -0.2)
+        v[np.flatnonzero(cells.ravel())[0]] = 2.0  # the seed
+        return v
+
+    half = grid.copy()
+    half[2, 2:] = half[3, 4:] = True  # 4 shared of 8: IoU 0.5
+    more = grid.copy()
+    more[2, 1:] = more[3, 5] = True  # 5 shared of 7: IoU 0.71
+    for second, kept in ((half, True), (more, False)):
+        vectors = [cut(first), cut(second)]
+        monkeypatch.setattr(masks, "second_eigvec", lambda aff, vs=vectors: (0.5, vs.pop(0)))
+        found = masks.maskcut(np.ones((4, 6, 6), np.float32), n_cuts=2)
+        assert np.array_equal(found[0], first)
+        assert (len(found) == 2 and np.array_equal(found[1], second & ~first)) if kept else len(found) == 1

@@ -257,3 +257,22 @@ def test_scores_are_cosines_whatever_the_feature_norms():
     )
     assert labels == [0, 1, 2]
     torch.testing.assert_close(fused[:, 0, 0], torch.tensor([0.0, 0.5, 0.707107]), rtol=0, atol=1e-5)
+
+
+def test_a_bg_prototype_exactly_at_the_stuff_threshold_is_kept():
+    """The stuff filter drops cosines *above* the threshold (≤ is kept), as the authors' `filter_bg_thres`."""
+    thing = ClassPrototypes(
+        "boat", "thing", fg={"class": unit(0, 0, 1)[None]}, bg={"instance": np.stack([unit(1, 0, 0), unit(0, 1, 0)])}
+    )
+    water = ClassPrototypes("water", "stuff", fg={"instance": unit(1, 0, 0)[None]})
+    v = assemble_vocabulary([thing, water], ("instance", "class"), stuff_threshold=1.0)  # cosine exactly 1.0
+    assert [p.row for p in v.provenance if p.group == "bg"] == [0, 1]
+    tight = assemble_vocabulary([thing, water], ("instance", "class"), stuff_threshold=0.999)
+    assert [p.row for p in tight.provenance if p.group == "bg"] == [1]
+
+
+def test_a_pixel_whose_best_score_is_exactly_zero_is_background():
+    """Scores ≤ 0 count as 0 and ties go to the background (sdov predict.py thresholds at 0 with `>`)."""
+    scores = torch.tensor([[[-0.5, -0.5]], [[0.0, 0.25]]])  # (L=2: background, class; 1×2)
+    labels, _, _ = upsample_argmax(scores, 1, 2, floor=0)
+    assert labels.tolist() == [[0, 1]]  # the exact 0 is background, 0.25 the class

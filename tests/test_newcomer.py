@@ -1,4 +1,4 @@
-"""What a newcomer trips on first (issue 37 §4): an unreachable model hub, the command after `make demo`."""
+"""What a newcomer trips on first: an unreachable model hub, the command after `make demo`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every numeric CLI option at its boundaries (issue 13): generated from the commands' own declarations.
+"""Every numeric CLI option at its boundaries: generated from the commands' own declarations.
 
 The test walks the Typer app, finds every option declared `int` or `float` (and the comma lists of
 numbers, --windows and --seeds), and for each tries the values just outside its stated range

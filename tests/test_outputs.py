@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import PROC
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -16,7 +17,6 @@ from ovdiff_cli.io.masks import encode_counts, rle_encode
 from ovdiff_cli.procedural import LABELLED, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 LONG = "chocolate glazed donut with rainbow sprinkles on a plate"
 
 

@@ -1,6 +1,6 @@
 """Every default of the paper (App. C) and of the authors' code (karazijal/sdov), pinned.
 
-One test per default or rule, so the list can be audited against issue 12: a value test where the
+One test per default or rule, so the list can be audited against the paper (App. C.5) and the authors' code: a value test where the
 default is a config value, a behavioural test where the rule is code. Changing any of them must
 fail here. Golden values of attribution maps and backbone features are in test_golden.py.
 
@@ -71,8 +71,20 @@ def test_inference_defaults():
 
 
 def test_the_paper_preset_keeps_every_default():
+    """The paper's (and where it is silent the authors') literal values, not the dataclasses' defaults: a
+    default changed in config.py fails here."""
     p = PRESETS["sd15"]
-    assert p.sample == SampleConfig() and p.protos == ProtoConfig() and p.segment == SegmentConfig()
+    s, pr, g = p.sample, p.protos, p.segment
+    assert (s.n_images, s.guidance_scale, s.steps, s.size, s.attribution_size) == (32, 8.0, 30, 512, 64)
+    assert s.prompt_template == "A good picture of a {}"
+    assert s.negative_prompt == "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded"
+    assert (pr.extractor, pr.mask_proposer, pr.k_parts, pr.feature_size) == ("sd+dino+clip", "cutler", 32, 512)
+    assert (pr.kmeans_iters, pr.kmeans_max_points) == (300, None)
+    assert (g.windows, g.stride, g.short_side, g.slide) == ((448, 336), 224, 448, True)
+    assert (g.use_filter, g.eta, g.filter_size) == (True, 10, 224)
+    assert (g.stuff_filter, g.stuff_threshold, g.background, g.bg_prototypes) == (True, 0.85, True, True)
+    assert (g.proto_kinds, g.refine) == (("class", "instance", "part"), "none")
+    assert p.detector_size == (800, 1333)  # CutLER's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
     assert p.models["sd"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert p.models["clip"] == "ViT-B-16:openai" and p.models["dino"] == "vit_base_patch8_224.dino"
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import PROC
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,7 +23,6 @@ from ovdiff_cli.store.cache import Cache
 from ovdiff_cli.store.keys import class_ids, support_key
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 P = get_preset("procedural")
 
 

@@ -145,3 +145,21 @@ def test_every_backbone_attention_runs_fused_sdpa(tiny_stages, monkeypatch):
         for h in hooks:
             h.remove()
     assert seen and not any(seen)
+
+
+def test_dtype_auto_on_a_gpu_gives_the_authors_precisions():
+    """sdov runs SD in fp16 and CLIP, DINO (and CutLER) in fp32; bf16 everywhere stays an explicit choice."""
+    from ovdiff_cli.models.presets import role_dtype
+
+    gpu = torch.device("cuda")
+    assert role_dtype("sd", "auto", gpu) == torch.float16
+    assert {role_dtype(r, "auto", gpu) for r in ("clip", "dino", "mae", "cutler")} == {torch.float32}
+    assert {role_dtype(r, "bf16", gpu) for r in ("sd", "clip", "dino")} == {torch.bfloat16}
+    assert role_dtype("sd", "auto", torch.device("cpu")) == torch.float32
+    store = ModelStore(ModelSpecs.of("tiny"), device="cpu", dtype="auto")
+    store.device = gpu  # what a CUDA run resolves to (no model is built here)
+    assert (store.dtype_of("sd"), store.dtype_of("clip"), store.dtype_of("dino")) == (
+        torch.float16,
+        torch.float32,
+        torch.float32,
+    )

@@ -294,3 +294,34 @@ def test_half_precision_features_give_the_fp32_prototypes_to_their_precision(dty
     cells = feats.to(dtype).float().permute(0, 2, 3, 1)[torch.from_numpy(fg)]
     nearest = torch.cdist(cells, torch.from_numpy(half["fg/part"])).argmin(1)
     assert (torch.from_numpy(labels[fg]).long() == nearest).float().mean() > 0.95
+
+
+def test_an_image_without_foreground_on_the_grid_adds_no_background_either():
+    """The authors skip a support image whose fg is empty on a part's grid, its bg included."""
+    feats = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+    fg = np.zeros((3, 5, 5), bool)
+    fg[1:, 1:4, 1:4] = True  # image 0: no foreground cell
+    bg = np.ones((3, 5, 5), bool)
+    bg[1:, 1:4, 1:4] = False
+    out = build_prototypes([(feats, fg, bg)], k=2, seed=0, stuff=False)
+    assert out["fg/instance_src"].tolist() == [1, 2] and out["bg/instance_src"].tolist() == [1, 2]
+    assert (out["bg/part_labels"][0] == -1).all()  # none of its cells was clustered
+    as_tensors = build_prototypes([(feats, torch.from_numpy(fg), torch.from_numpy(bg))], k=2, seed=0, stuff=False)
+    assert as_tensors["bg/instance_src"].tolist() == [1, 2]
+
+
+def test_an_empty_cluster_moves_onto_the_point_farthest_from_its_centre_as_scikit_learn():
+    """scikit-learn's `_relocate_empty_clusters`: an empty centre takes the point farthest from its own centre, and
+    that point leaves its old cluster's sum and count (the M step then divides)."""
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [4.0, 4.0], [5.0, 4.0], [9.0, 9.0]])
+    data = kmeans_module.CentredCells(CellStore.of(points), kmeans_module.KMEANS_TOL)
+    centred = points - points.mean(0)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    dist = torch.tensor([0.1, 5.0, 0.2, 0.3, 9.0])  # point 4 is the farthest from its centre, then point 1
+    sums = torch.stack([centred[:2].sum(0), centred[2:].sum(0), torch.zeros(2)])
+    counts = torch.tensor([2.0, 3.0, 0.0])
+    kmeans_module.relocate_empty(data, labels, dist, sums, counts)
+    torch.testing.assert_close(sums[2], centred[4])
+    torch.testing.assert_close(sums[1], centred[2:4].sum(0))
+    torch.testing.assert_close(counts, torch.tensor([2.0, 2.0, 1.0]))
+    torch.testing.assert_close(sums[0], centred[:2].sum(0))  # a full cluster keeps its points

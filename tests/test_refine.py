@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import PROC
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -16,7 +17,6 @@ from ovdiff_cli.method.beyond.refine import AutomaticRegions, RegionRefiner, pam
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 # --------------------------------------------------------------------------- PAMR

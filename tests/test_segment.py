@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import VOC_SAMPLE
+from conftest import PROC, VOC_SAMPLE
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +18,6 @@ from ovdiff_cli.io.palette import voc_palette
 from ovdiff_cli.procedural import LABELLED, render_scene, write_voc
 
 runner = CliRunner()
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`ovdiff serve` (issue 25): the real command on a free port, driven over HTTP and in headless Chromium.
+"""`ovdiff serve`: the real command on a free port, driven over HTTP and in headless Chromium.
 
 One server (procedural preset, offline, small limits so the refusals are cheap to reach) serves the
 module. The browser tests need Chromium and its driver from the system packages (CI's .ci/run installs

@@ -204,7 +204,7 @@ def test_keys_follow_what_each_entry_depends_on(tiny_stages):
     assert ids["sd"] != class_ids("cat", 0, tiny_stages.specs, SAMPLE, dataclasses.replace(PROTOS, k_parts=2))["sd"]
     # older entries are never read: prototypes v1 one joint space per spec, v2 unstreamed K-means, v3 normalised
     # features and a K-means sample; masks v2 ncut as the former ncut-fast (issue 23 made it MaskCut)
-    assert (PROTO_VERSION, MASK_VERSION) == (4, 3)
+    assert (PROTO_VERSION, MASK_VERSION) == (5, 3)
 
 
 def test_a_class_built_while_waiting_for_its_lock_is_not_built_again(tiny_stages, cache_dir, monkeypatch):

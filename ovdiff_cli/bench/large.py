@@ -40,8 +40,27 @@ def _configs(s: BenchSettings):
     base_sample, base_proto, _ = preset_configs(s.preset)
     return (
         replace(base_sample, n_images=s.n_images, steps=s.steps, size=s.size),
-        replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts),
+        replace(base_proto, feature_size=s.feature_size, k_parts=s.k_parts, proto_dtype=s.large_proto_dtype),
     )
+
+
+def check_disk(s: BenchSettings, dim: dict[str, int], root: Path) -> int:
+    """The bytes the section's cache will take (prototypes in their stored dtype, LMDB's pages and the blobs'
+    headers counted as a tenth more); one clear error before any work when `root`'s disk has less free."""
+    import shutil
+
+    from ..errors import OvdiffError
+
+    width = 2 if s.large_proto_dtype == "fp16" else 4
+    rows = 2 * (1 + 2 * s.bank_rows)  # fg and bg: 1 class + N instance + K part prototypes
+    need = int(1.1 * s.large_classes * rows * sum(dim.values()) * width)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise OvdiffError(
+            f"the large_vocab section needs {need / 2**30:.1f} GiB free at {root} for {s.large_classes} classes "
+            f"({s.large_proto_dtype} prototypes) and {free / 2**30:.1f} GiB is free: free disk or leave the section out"
+        )
+    return need
 
 
 def fill_vocabulary(cache: Cache, s: BenchSettings, names: list[str], dim: dict[str, int], seed: int) -> float:
@@ -130,10 +149,11 @@ def segment_large(
     names = vocabulary_names(s.large_classes)
     _reset_peak()
     base = _status_mib(("VmRSS",))["VmRSS"]
-    few = ensure_classes(cache, stages, names[: s.bank_classes], seed, sample_cfg, proto_cfg, build=False)
-    many = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False)
+    # as `segment` and `eval` run: heads (no array read) and a segmenter that reads each image's kept classes
+    few = ensure_classes(cache, stages, names[: s.bank_classes], seed, sample_cfg, proto_cfg, build=False, arrays=False)
+    many = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
     segs = [stages.segmenter(c, cfg, proto_cfg.extractor, cache, scorer=scorer) for c in (few, many)]
-    del few, many  # what a user's process keeps: the segmenters
+    del few, many
     for seg in segs:
         seg.predict_encoded(enc)  # warm-up: the prompts are encoded and cached once
     runs: dict[int, list[dict]] = {0: [], 1: []}
@@ -143,7 +163,8 @@ def segment_large(
 
     t_many, t_few = interleaved_pairs(side(1), side(0), s.large_pairs, stages.device)
     status = _status_mib(("VmRSS", "VmHWM"))
-    nbytes = sum(v.protos.element_size() * v.protos.numel() for v in segs[1].vocabs)
+    kept = segs[1].filter.select(working_image(image, cfg.short_side)) if segs[1].filter else list(range(len(names)))
+    nbytes = sum(v.restrict(kept).protos.numel() * 4 for v in segs[1].vocabs)  # one image's bank
     # the filter alone over every name: cold with a fresh text cache, then warm over the same cache
     work = working_image(image, cfg.short_side)  # what the segmenter's filter sees
     text_cache = fresh_cache(Path(root), "large-filter-")
@@ -173,7 +194,7 @@ def segment_large(
         "rss_after": status["VmRSS"],
         "rss_peak": status["VmHWM"],
         "vocab_mib": nbytes / 2**20,
-        "kept": len(segs[1].filter.select(work)) if segs[1].filter else len(names),
+        "kept": len(kept),
     }
 
 
@@ -209,6 +230,7 @@ def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: in
 def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, seed: int, root: Path) -> dict:
     """The section: fill a cache with `large_classes` synthetic classes, then each measurement in a new process."""
     n, small = s.large_classes, max(1, s.large_classes // 10)
+    check_disk(s, dim, root)
     cache = fresh_cache(root, "large-")
     t_fill = fill_vocabulary(cache, s, vocabulary_names(n), dim, seed)
     os.sync()
@@ -267,18 +289,16 @@ def _section(
             "filter_warm": figure(f"filter over {n} names, warm text cache", "s/image", seg["warm"]),
             "filter_share": figure(f"  warm filter's share of a segment, {n} classes", "%", share),
             "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [seg["rss_peak"]]),
-            "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond]),
-            "rss_vocab": figure("  of which the matching vocabulary", "MiB", [seg["vocab_mib"]]),
-            "rss_beyond_ratio": figure(
-                "  beyond / prototype bytes", "×", [beyond / max(loads[n][0]["proto_mib"], 1e-9)], 2.5
-            ),
+            "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond], 1536),
+            "rss_vocab": figure("  of which one image's bank (kept classes, float32)", "MiB", [seg["vocab_mib"]]),
             "add": figure(f"protos add 1 class to {n} cached", "s", add["add"]),
             "alone": figure("build that class alone", "s", add["alone"]),
             "add_ratio": figure("  add / alone", "×", ratios(add["add"], add["alone"]), 1.02),
         },
         "notes": [
             f"{n} SYNTHETIC classes (random unit prototypes, fg+bg × (1 class + {s.bank_rows} instance + "
-            f"{s.bank_rows} part), D={dims_text(dim)}, all things) written with put_prototypes; each measurement "
+            f"{s.bank_rows} part), D={dims_text(dim)}, all things, stored {s.large_proto_dtype}) written with "
+            f"put_prototypes; segment streams (heads, each image reads its kept classes); each measurement "
             f"in a new process; reading: ensure_classes(build=False), one class at a time, each array decoded "
             f"straight from LMDB's memory map into one float32 copy; segment: one image encoded once "
             f"({seg['encode']:.3g} s, the same for any vocabulary) + predict_encoded, {s.large_pairs} interleaved "

@@ -58,6 +58,7 @@ class BenchSettings:
     large_classes: int  # the large-vocabulary section's cached classes
     large_pairs: int  # its interleaved pairs (segment 1,000 vs 20 classes; protos add vs alone)
     beyond_scenes: int = 6  # procedural scenes of the "beyond the paper" section (refiners, a class from photos)
+    large_proto_dtype: str = "fp32"  # how the large section stores its prototypes (fp16: half the disk)
 
 
 # Counting generator calls and peak memory is the same everywhere: they measure bookkeeping and
@@ -125,8 +126,9 @@ def bench_settings(
             build_counts=(8, 32),
             build_feature_size=512,
             build_pairs=1,
-            large_classes=1000,
+            large_classes=10_000,
             large_pairs=3,
+            large_proto_dtype="fp16",
         )
     else:  # the paper's windows 448/336, stride 224 and short side 448, scaled by 4/7; one support image per
         # call, so that a loaded 2-core machine runs enough pairs in under half an hour: a pair's ratio
@@ -153,8 +155,9 @@ def bench_settings(
             build_counts=(8, 32),
             build_feature_size=128,
             build_pairs=1,
-            large_classes=1000,
+            large_classes=10_000,
             large_pairs=12,
+            large_proto_dtype="fp16",
         )
     from ..limits import in_range
 

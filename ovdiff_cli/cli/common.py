@@ -138,6 +138,8 @@ def add_command(names: list[str], seed: int, specs, sample_cfg: SampleConfig, pr
         parts += ["--n-images", str(sample_cfg.n_images)]
     if proto_cfg.k_parts != specs.preset.protos.k_parts:
         parts += ["--k-parts", str(proto_cfg.k_parts)]
+    if proto_cfg.proto_dtype != "fp32":
+        parts += ["--proto-dtype", proto_cfg.proto_dtype]
     from ..api import ModelOptions
 
     proposer = [proto_cfg.mask_proposer] if proto_cfg.mask_proposer in ("sam", "cutler") else []

@@ -74,6 +74,14 @@ KPartsOpt = Annotated[
     int | None,
     typer.Option("--k-parts", help=f"Part prototypes per region K \\[default: {_P.k_parts}].", show_default=False),
 ]
+ProtoDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proto-dtype",
+        help="Store prototypes in the cache as fp32 or fp16 (half the disk and page cache; its own cache entries; matched in fp32) \\[default: fp32].",
+        show_default=False,
+    ),
+]
 NImagesOpt = Annotated[
     int | None,
     typer.Option(
@@ -230,12 +238,18 @@ class BuildOptions:
     mask_proposer: ProposerOpt = None
     n_images: NImagesOpt = None
     k_parts: KPartsOpt = None
+    proto_dtype: ProtoDtypeOpt = None
 
     def sample(self) -> dict:
         return {"n_images": self.n_images}
 
     def protos(self) -> dict:
-        return {"extractor": self.extractor, "mask_proposer": self.mask_proposer, "k_parts": self.k_parts}
+        return {
+            "extractor": self.extractor,
+            "mask_proposer": self.mask_proposer,
+            "k_parts": self.k_parts,
+            "proto_dtype": self.proto_dtype,
+        }
 
 
 @dataclass

@@ -169,7 +169,14 @@ def _model_predictor(
     from .folder import build_vocabulary
 
     classes = build_vocabulary(
-        session, benchmark_classes(ds), ds.kinds(), engine=engine, workers=workers, on_event=on_event, seed=seed
+        session,
+        benchmark_classes(ds),
+        ds.kinds(),
+        engine=engine,
+        workers=workers,
+        on_event=on_event,
+        seed=seed,
+        arrays=engine == "ray",  # a local segmenter reads each image's kept classes from the cache
     )
     cfg = protocol_config(session.segment_config, ds)
     if engine == "ray":

@@ -39,7 +39,8 @@ class Explainer:
         if (ci, part) not in self._arrays:
             pid = self.seg.classes[ci].parts[part].pid
             rec = self.cache.class_record(pid) if (self.cache is not None and pid) else None
-            wanted = [n for n in ("masks", "fg/part_labels", "bg/part_labels") if rec and n in rec["arrays"]]
+            names = ("masks", "fg/part_labels", "bg/part_labels", "fg/instance_src", "bg/instance_src")
+            wanted = [n for n in names if rec and n in rec["arrays"]]
             arrays = self.cache.class_arrays(pid, wanted) if rec else {}
             self._arrays[(ci, part)] = {"support_id": rec.get("support_id") if rec else None, **arrays}
         return self._arrays[(ci, part)]
@@ -52,6 +53,7 @@ class Explainer:
         masks = data.get("masks")
         if p.kind == "instance":
             src = self.seg.classes[p.cls].parts[part].sources.get(f"{p.group}/instance")
+            src = data.get(f"{p.group}/instance_src") if src is None else src  # heads carry no sources
             img = int(src[p.row]) if src is not None and p.row < len(src) else None
             region = (masks[img] & code) > 0 if (masks is not None and img is not None) else None
             return img, region, f"{p.group} mask of support image {img}"

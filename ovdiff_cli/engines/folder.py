@@ -59,11 +59,13 @@ def build_vocabulary(
     workers: int | None = None,
     on_event: OnEvent | None = None,
     seed: int | None = None,
+    arrays: bool = True,
 ) -> list[ClassParts]:
     """The prototypes of `names` (support sets of `seed`, default the session's), the missing ones built
     first (`build`) on `engine`: "local" here, "ray" on Ray workers (`address`, `workers`; each class
     reported as on_event("ray", name, done, total)), then read from the cache as a local run reads them.
-    Call inside `engine_session` for Ray."""
+    Call inside `engine_session` for Ray. arrays=False returns heads (`vocab.load_heads`), which a local
+    segmenter over the session's cache reads per image, the kept classes only."""
     from .vocab import ensure_classes
 
     seed = session.run_config.seed if seed is None else seed
@@ -93,6 +95,7 @@ def build_vocabulary(
         kinds,
         build=build,
         on_event=on_event,
+        arrays=arrays,
     )
 
 
@@ -213,7 +216,15 @@ def segment_folder(
                     on_event("resume", str(out_dir), skipped, skipped + len(items))
             with engine_session(job.engine, job.address):
                 classes = build_vocabulary(
-                    session, names, None, job.build, job.engine, job.address, job.workers, on_event
+                    session,
+                    names,
+                    None,
+                    job.build,
+                    job.engine,
+                    job.address,
+                    job.workers,
+                    on_event,
+                    arrays=job.engine == "ray",  # a local segmenter reads each image's kept classes itself
                 )
                 save_legend(names, session.segment_config.background, out_dir, job.fmt)
                 if on_event is not None:

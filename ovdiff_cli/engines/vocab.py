@@ -8,7 +8,8 @@ settings) is loaded with no model loaded or called, so a vocabulary grows one cl
 class built for `sd+dino+clip` serves any subset of those parts, and segmenting never regenerates.
 
 Prototypes are stored as float32 (the paper's 0.39 MB per class for CLIP/DINO is 2×65 rows × 768 × 4
-bytes). Sharing them (export / import) lives in `sharing`.
+bytes), or as float16 with `ProtoConfig.proto_dtype` "fp16" (its own cache key; read back as float32).
+Sharing them (export / import) lives in `sharing`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import numpy as np
 
 from .. import names as naming
 from ..config import PROTO_KINDS
-from ..errors import CacheError, ClassNotFound, InvalidSetting, MissingClasses, OvdiffError
+from ..errors import CacheError, InvalidSetting, MissingClasses, OvdiffError
 from ..store.cache import now_iso
 from ..store.keys import PROTO_VERSION, class_ids, mask_id, part_id, photo_set_id, support_key
-from ..types import ClassParts, ClassPrototypes
+from ..store.protos import load_class as load_class  # reading lives in store.protos; re-exported here
+from ..store.protos import load_head as load_head
+from ..store.protos import load_heads, load_parts
+from ..types import ClassParts
 
 if TYPE_CHECKING:
     from ..config import ProtoConfig, SampleConfig
@@ -36,36 +40,19 @@ OnEvent = Callable[[str, str, int, int], None]
 RemoteBuild = Callable[[str, "PhotoSet", dict, "str | None"], None]  # (norm, photos, note, kind): built and imported
 
 
+STORAGE = {"fp32": np.float32, "fp16": np.float16}  # ProtoConfig.proto_dtype → the prototypes' stored dtype
+
+
+def stored(arrays: dict[str, np.ndarray], proto_dtype: str) -> dict[str, np.ndarray]:
+    """A class part's arrays as the cache keeps them: the prototypes in `proto_dtype` (fp16: half the bytes),
+    everything else (masks, part labels, sources) as it is."""
+    if proto_dtype == "fp32":
+        return arrays
+    kinds = {f"{g}/{k}" for g in ("fg", "bg") for k in PROTO_KINDS}
+    return {n: a.astype(STORAGE[proto_dtype]) if n in kinds else a for n, a in arrays.items()}
+
+
 # --------------------------------------------------------------------------- reading
-
-
-def load_class(cache: Cache, pid: str) -> ClassPrototypes:
-    """The prototypes of cached class part `pid` as float32 arrays, with their support-image sources."""
-    rec = cache.class_record(pid)
-    if rec is None:
-        raise ClassNotFound(pid)
-    wanted = [n for n in rec["arrays"] if n.split("/", 1)[-1] in (*PROTO_KINDS, "instance_src")]
-    arrays = cache.class_arrays(pid, wanted)
-    protos: dict[str, dict[str, np.ndarray]] = {"fg": {}, "bg": {}}
-    sources: dict[str, np.ndarray] = {}
-    for group in ("fg", "bg"):
-        for kind in PROTO_KINDS:
-            a = arrays.get(f"{group}/{kind}")
-            if a is None:
-                continue
-            protos[group][kind] = a.astype(np.float32, copy=False)
-            src = arrays[f"{group}/instance_src"] if kind == "instance" else np.full(len(a), -1, np.int64)
-            sources[f"{group}/{kind}"] = src.astype(np.int64, copy=False)
-    return ClassPrototypes(
-        name=rec["name"], kind=rec["kind"], fg=protos["fg"], bg=protos["bg"], pid=pid, sources=sources
-    )
-
-
-def load_parts(cache: Cache, pids: dict[str, str]) -> ClassParts:
-    """One class from its part records (part → pid)."""
-    parts = {p: load_class(cache, pid) for p, pid in pids.items()}
-    first = next(iter(parts.values()))
-    return ClassParts(first.name, first.kind, parts)
 
 
 # --------------------------------------------------------------------------- building
@@ -164,7 +151,7 @@ def _build(
                 "proto_version": PROTO_VERSION,
                 "created_at": now_iso(),
             }
-            cache.put_class(todo[part_name], record, arrays)
+            cache.put_class(todo[part_name], record, stored(arrays, proto_cfg.proto_dtype))
     except OSError as e:
         raise CacheError(cache.write_failure(e)) from e
     if on_event:
@@ -194,7 +181,7 @@ def put_prototypes(
         arrays: dict[str, np.ndarray] = {}
         for group, kinds in (("fg", one.fg), ("bg", one.bg)):
             for kind, a in kinds.items():
-                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=np.float32)
+                arrays[f"{group}/{kind}"] = np.asarray(a, dtype=STORAGE[proto_cfg.proto_dtype])
             if "instance" in kinds:
                 src = one.sources.get(f"{group}/instance")
                 arrays[f"{group}/instance_src"] = np.asarray(
@@ -254,6 +241,7 @@ def ensure_classes(
     build: bool = True,
     on_event: OnEvent | None = None,
     photos: dict[str, dict] | None = None,
+    arrays: bool = True,
 ) -> list[ClassParts]:
     """The prototypes of every class in `names` (in that order), in every part of the extractor
     spec, building the parts not cached.
@@ -271,6 +259,9 @@ def ensure_classes(
 
     A class noted as built from the user's photos (`photos.photo_class`, or given in `photos`: name →
     note) has its photos, then the note's number of generated images, as its support set.
+
+    arrays=False returns heads (`load_heads`): no prototype is read, for a segmenter that reads each
+    image's kept classes from the cache (memory that does not grow with the vocabulary).
     """
     from ..config import beside_photos
     from .photos import photo_class
@@ -316,7 +307,8 @@ def ensure_classes(
             if not parts:
                 continue
             build_class(cache, stages, n, seed, configs[n], proto_cfg, overrides.get(n), on_event, parts, notes[n])
-    return [load_parts(cache, pids[n]) for n in norms]
+    load = load_parts if arrays else load_heads
+    return [load(cache, pids[n]) for n in norms]
 
 
 def build_class(

@@ -190,7 +190,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """ "auto" → bf16 on a CUDA GPU that supports it (fp16's range without its overflows), else fp16 on a
-    GPU; fp32 on CPU."""
+    GPU; fp32 on CPU. The paper's models take the authors' precisions instead (`role_dtype`)."""
     import torch
 
     table = {
@@ -208,3 +208,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return table[dtype]
     except KeyError:
         raise InvalidSetting("dtype", f"{dtype!r} is unknown; use auto, fp16, bf16 or fp32") from None
+
+
+# The authors' precisions on a GPU (sdov: SD loaded in fp16; CLIP, DINO, MAE and CutLER in fp32), what
+# --dtype auto gives these roles on CUDA; every other model takes the GPU's half precision.
+AUTHORS_DTYPES = {"sd": "fp16", "clip": "fp32", "dino": "fp32", "mae": "fp32", "cutler": "fp32"}
+
+
+def role_dtype(role: str, dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype `role`'s model runs in: with "auto" on a CUDA GPU the authors' (`AUTHORS_DTYPES`), else
+    `resolve_dtype(dtype, device)` (an explicit --dtype, bf16 included, holds for every model)."""
+    if dtype == "auto" and device.type == "cuda" and role in AUTHORS_DTYPES:
+        return resolve_dtype(AUTHORS_DTYPES[role], device)
+    return resolve_dtype(dtype, device)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OvdiffError
-from .presets import ModelSpecs, resolve_device, resolve_dtype
+from .presets import ModelSpecs, resolve_device, resolve_dtype, role_dtype
 from .sam import SAM_SPEC
 from .weights import check_hub
 
@@ -28,7 +28,12 @@ class ModelStore:
         self.specs = specs
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype_setting = dtype
         self._built: dict[str, Any] = {}
+
+    def dtype_of(self, role: str):
+        """The dtype `role`'s model is built in (`presets.role_dtype`: the authors' on a GPU with --dtype auto)."""
+        return role_dtype(role, self.dtype_setting, self.device)
 
     @property
     def loaded(self) -> list[str]:
@@ -57,15 +62,17 @@ class ModelStore:
         spec, seed = self._spec("sd"), self.specs.weights_seed
         if spec in ("tiny", "random"):
             size = "tiny" if spec == "tiny" else "full"
-            return self._once("sd", lambda: random_sd(size, seed, self.device, self.dtype))
-        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype), spec)
+            return self._once("sd", lambda: random_sd(size, seed, self.device, self.dtype_of("sd")))
+        return self._once("sd", lambda: load_sd(spec, self.device, self.dtype_of("sd")), spec)
 
     def clip(self) -> ClipModel:
         """The open_clip model with its tokenizer."""
         from .vit import load_clip
 
         spec = self._spec("clip")
-        return self._once("clip", lambda: load_clip(spec, self.device, self.dtype, self.specs.weights_seed), spec)
+        return self._once(
+            "clip", lambda: load_clip(spec, self.device, self.dtype_of("clip"), self.specs.weights_seed), spec
+        )
 
     def vit(self, kind: str):
         """A timm ViT: `kind` is "dino" or "mae"."""
@@ -73,7 +80,7 @@ class ModelStore:
 
         spec = self._spec(kind)
         return self._once(
-            kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype, self.specs.weights_seed), spec
+            kind, lambda: load_timm_vit(spec, kind, self.device, self.dtype_of(kind), self.specs.weights_seed), spec
         )
 
     def generator_parts(self):

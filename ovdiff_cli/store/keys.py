@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from ..config import ProtoConfig, SampleConfig
     from ..models.presets import ModelSpecs
 
-PROTO_VERSION = 4  # bump when the way prototypes are computed changes: old entries are then rebuilt
+PROTO_VERSION = 5  # bump when the way prototypes are computed changes: old entries are then rebuilt
 # prototypes 3: streamed build, K-means on a bottom-k sample of masked cells (8192 at most), fp32 sums
 # prototypes 4 (issue 23): raw features averaged and clustered; scikit-learn's K-means on every masked
 # cell; each part's masks reduced from the images' resolution in one step; CLIP features of
 # ImageNet-normalised pixels (one bump for all of issue 23)
+# prototypes 5 (issue 35): SD features of a seeded VAE posterior sample; an image with no fg cell on a part's grid
+# adds no bg either
 MASK_VERSION = 3  # bump when the way support masks are computed changes: their classes are then rebuilt
 # masks 2: the authors' support-mask rule (normalised attribution, bg cleanup, 0.2/0.5 fallback, multi-Otsu)
 # masks 3: ncut is MaskCut as published (480² Lanczos input, τ 0.15, 3 cuts, masked patches kept in the graph)
@@ -146,7 +148,8 @@ def mask_id(
 def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, proto_cfg: ProtoConfig) -> str:
     """Cache key of one class's prototypes in one extractor part (24 hex characters).
 
-    Keyed by the masks (`mask_id`), the part and its model, K and the K-means and feature settings;
+    Keyed by the masks (`mask_id`), the part and its model, K, the K-means and feature settings and, when
+    not fp32, the prototypes' storage dtype;
     not by the other parts of the spec, and not by stuff/thing, which is recorded and can change in place.
     """
     return short_hash(
@@ -161,6 +164,7 @@ def part_id(class_norm: str, seed: int, part: str, mid: str, specs: ModelSpecs, 
         proto_cfg.kmeans_iters,
         proto_cfg.kmeans_max_points,
         proto_cfg.feature_size,
+        *(() if proto_cfg.proto_dtype == "fp32" else (proto_cfg.proto_dtype,)),  # fp32 keys as before
     )
 
 

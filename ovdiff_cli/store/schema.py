@@ -100,6 +100,12 @@ def _embedding_check(a: np.ndarray, parent: None, ids: dict) -> str | None:
     return None
 
 
+def _vocab_array_check(a: np.ndarray, parent: None, ids: dict) -> str | None:
+    if a.ndim != 1 or a.dtype.kind != "f" or np.isnan(a).any():
+        return "vocabulary array is not one number per prototype"
+    return None
+
+
 # --------------------------------------------------------------------------- the kinds
 
 
@@ -216,6 +222,14 @@ KINDS: tuple[Kind, ...] = (
         "array",
         "a unit text embedding",
         check=_embedding_check,
+    ),
+    Kind(
+        "vocab-array",
+        "vocab-array",
+        re.compile(rf"v/{_ID}/(?P<array>[a-z_]+)"),
+        "array",
+        "an array computed once for a vocabulary (its bg prototypes' stuff scores), under the vocabulary's id",
+        check=_vocab_array_check,
     ),
     Kind(
         "photo-note",

@@ -217,6 +217,21 @@ def decode_masks(coded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 Batch = tuple[torch.Tensor, np.ndarray, np.ndarray]
 
 
+def without_empty_fg(fg: np.ndarray | torch.Tensor, bg: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """bg (B,h,w) with the images whose fg (B,h,w) has no cell on this grid emptied: the authors skip such
+    an image altogether (sdov `gen_proto_*.py`), its background included."""
+    import torch
+
+    empty = ~(
+        fg.reshape(len(fg), -1).any(1) if torch.is_tensor(fg) else np.asarray(fg, bool).reshape(len(fg), -1).any(1)
+    )
+    if not bool(empty.any()):
+        return bg
+    bg = bg.clone() if torch.is_tensor(bg) else np.array(bg, dtype=bool)
+    bg[torch.as_tensor(empty, device=bg.device) if torch.is_tensor(bg) else np.asarray(empty)] = False
+    return bg
+
+
 def build_prototypes(
     batches: Iterable[Batch],
     k: int,
@@ -244,7 +259,7 @@ def build_prototypes(
                     g: RegionAccumulator(feats.shape[1], k, seed, iters, max_points, spill_dir=spill_dir)
                     for g in groups
                 }
-            region = {"fg": fg, "bg": bg}
+            region = {"fg": fg, "bg": without_empty_fg(fg, bg)}
             for g, acc in accs.items():
                 acc.add(feats, region[g], first)
             first += len(feats)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ...types import Extractor
 
 NOISE_SEED = 0  # SD features are a function of the image alone: the same noise for every image and run
+LATENT_SEED = 1  # … and the same draw from the VAE posterior (the authors sample it: sdov `sd.py` `encode`)
 SD_TIMESTEP = 200  # paper App. C.2; fixed, so the extractor spec alone names the features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,7 +90,8 @@ def sd_feature_layers(unet) -> list:
 class SDPart:
     """Queries of SD's cross-attention layers at t=200, empty prompt (App. C.2); stride 8.
 
-    Image → VAE latent (mean, × scaling factor) → noised to `timestep` with a fixed noise field →
+    Image → VAE latent (a seeded sample of the posterior, as the authors' `encode`, × scaling factor) →
+    noised to `timestep` with a fixed noise field →
     one UNet pass; each hooked layer's `attn2.to_q` output is bilinearly resized to the latent grid
     and the layers are concatenated (channels 320+1280+3·1280+3·640+320 = 7680 on SD1.5).
     """
@@ -131,7 +133,7 @@ class SDPart:
         unet, vae = self.sd.unet, self.sd.vae
         with torch.inference_mode():
             x = images.to(self.device, vae.dtype) * 2 - 1
-            z0 = torch.cat([vae.encode(xi).latent_dist.mean for xi in x.split(1)]) * vae.config.scaling_factor
+            z0 = torch.cat([sample_latent(vae, xi) for xi in x.split(1)]) * vae.config.scaling_factor
             b, _, h, w = z0.shape
             noise = self._noise(tuple(z0.shape[1:])).to(z0.device, z0.dtype)
             zt = math.sqrt(self.alpha_bar) * z0 + math.sqrt(1 - self.alpha_bar) * noise
@@ -158,6 +160,20 @@ class SDPart:
             if sorted(filled) != list(range(len(blocks))):
                 raise RuntimeError(f"SD feature hooks fired {len(filled)} times for {len(blocks)} layers")
             return out
+
+
+def sample_latent(vae, x: torch.Tensor) -> torch.Tensor:
+    """One image (1,3,H,W) in [-1,1] → a sample of the VAE's posterior, mean + std · ε (1,4,H/8,W/8).
+
+    The authors sample (`latent_dist.sample()`, sdov `sd.py`) rather than take the mean; ε here is a
+    fixed seeded field (`LATENT_SEED`), so a support image and a target give the same latent every run.
+    """
+    import torch
+
+    dist = vae.encode(x).latent_dist
+    g = torch.Generator(device="cpu").manual_seed(LATENT_SEED)
+    eps = torch.randn(tuple(dist.mean.shape), generator=g).to(dist.mean.device, dist.mean.dtype)
+    return dist.mean + dist.std * eps
 
 
 def _to_grid(q: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -328,8 +344,8 @@ class Part:
         return math.ceil(size / self.stride) * self.stride
 
     def window(self, crops: torch.Tensor) -> torch.Tensor:
-        """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`,
-        rounded up to the stride): (B,D,h',w') on the part's own grid."""
+        """Features of target crops (B,3,h,w) in [0,1] at this part's input size (`input_size`, the
+        patches that fit in it): (B,D,h',w') on the part's own grid."""
         return self(self._resized(crops))
 
     def resize(self, crop: torch.Tensor) -> torch.Tensor:
@@ -338,15 +354,15 @@ class Part:
         return self._resized(crop[None])[0]
 
     def _resized(self, crops: torch.Tensor) -> torch.Tensor:
+        """As the authors' `resize` (sdov predict.py): a tensor resize, bilinear without antialiasing, to the
+        part's input size; then the patch embedding's view of it, floor(side / patch) patches a side (the
+        last pixels of a 448×597 crop go unseen: 56×74 DINO patches, 448×592 px)."""
         import torch.nn.functional as F
 
-        th, tw = self.input_size(*crops.shape[-2:])
-        th, tw = math.ceil(th / self.stride) * self.stride, math.ceil(tw / self.stride) * self.stride
+        th, tw = (max(s, self.stride) for s in self.input_size(*crops.shape[-2:]))
         if (th, tw) != tuple(crops.shape[-2:]):
-            crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False, antialias=True).clamp(
-                0, 1
-            )
-        return crops
+            crops = F.interpolate(crops, size=(th, tw), mode="bilinear", align_corners=False).clamp(0, 1)
+        return crops[..., : th // self.stride * self.stride, : tw // self.stride * self.stride]
 
 
 # --------------------------------------------------------------------------- many images

@@ -200,7 +200,7 @@ def _lloyd_pass(data: CentredCells, centres: torch.Tensor, sums: bool = True):
     return labels, torch.cat(dist), total, counts
 
 
-def _relocate_empty(
+def relocate_empty(
     data: CentredCells, labels: torch.Tensor, dist: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
 ) -> None:
     """scikit-learn's rule for a centre no point chose: it moves onto one of the points farthest from
@@ -242,7 +242,7 @@ def kmeans(
     previous, converged = None, False
     for _ in range(iters):
         labels, dist, sums, counts = _lloyd_pass(data, centres)
-        _relocate_empty(data, labels, dist, sums, counts)
+        relocate_empty(data, labels, dist, sums, counts)
         filled = counts > 0
         new = centres.clone()
         new[filled] = sums[filled] / counts[filled, None]

@@ -26,6 +26,7 @@ Text embeddings are kept by prompt in a `types.TextMemo` (the run's cache), so a
 from __future__ import annotations
 
 import itertools
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -36,6 +37,7 @@ from PIL import Image
 from ...types import ImageTextScorer, TextMemo
 from ..stage2_prototypes.features import clip_mean_std
 
+ENCODE_BATCH = 2048  # prompts encoded between two progress lines of a cold large vocabulary
 FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdata.prep_sample), then to CLIP's size
 
 
@@ -65,14 +67,14 @@ def select_classes(
     else:
         probs = torch.sigmoid(sigmoid[0] * scores + sigmoid[1])
         probs = probs / probs.sum().clamp_min(1e-30)
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    passed = [i for i in range(len(order)) if probs[i] >= 1.0 / len(order)]
+    order = torch.argsort(scores, descending=True, stable=True)
+    passes = probs >= 1.0 / len(order)  # in tensors: no Python loop over a vocabulary's classes
+    passed = int(passes.sum())
     if not passed:
-        return order[:eta]
-    if len(passed) <= eta:
-        return passed
-    keep = set(passed)
-    return [i for i in order if i in keep][:eta]
+        return order[:eta].tolist()
+    if passed <= eta:
+        return torch.nonzero(passes).flatten().tolist()
+    return order[passes[order]][:eta].tolist()
 
 
 def subsets(candidates: list[int]) -> list[list[int]]:
@@ -156,7 +158,7 @@ class CategoryFilter:
             if e is not None
         }
         if fresh:
-            embs = self.scorer.encode_texts(fresh).float().cpu()
+            embs = self._encode(fresh)
             found.update(zip(fresh, embs, strict=True))
             if self.texts is not None:
                 self.texts.put_text_embeddings(fp, {p: e.numpy() for p, e in zip(fresh, embs, strict=True)})
@@ -168,6 +170,18 @@ class CategoryFilter:
         while len(self._memo) > self._memo_size:
             self._memo.popitem(last=False)
         return out
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        """The text encoder over `prompts`, in batches of ENCODE_BATCH; a large vocabulary's first run (cold
+        text cache) says how far it is on stderr, one line a batch."""
+        if len(prompts) <= ENCODE_BATCH:
+            return self.scorer.encode_texts(prompts).float().cpu()
+        out = []
+        for start in range(0, len(prompts), ENCODE_BATCH):
+            out.append(self.scorer.encode_texts(prompts[start : start + ENCODE_BATCH]).float().cpu())
+            done = start + len(out[-1])
+            print(f"category filter: encoded {done}/{len(prompts)} class prompts (once; cached)", file=sys.stderr)
+        return torch.cat(out)
 
     def embed(self, image: np.ndarray) -> torch.Tensor:
         """`image_embedding` with this filter's scorer and size: the only image-side work of `select`."""

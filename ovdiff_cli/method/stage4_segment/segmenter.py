@@ -28,7 +28,7 @@ import torch
 
 from ...config import SegmentConfig
 from ...errors import OvdiffError
-from ...types import ClassParts, ImageTextScorer, TextMemo
+from ...types import ClassParts, ImageTextScorer, TextMemo, VocabMemo
 from ..stage3_filter.prefilter import CategoryFilter
 from .bank import NO_SCORE, Provenance, assemble_vocabulary
 from .matching import (
@@ -40,6 +40,7 @@ from .matching import (
     upsample_argmax,
     window_features,
 )
+from .stream import Read, StreamedVocabulary
 from .targets import working_image
 
 if TYPE_CHECKING:
@@ -104,6 +105,11 @@ class Segmenter:
     image/text scorer (None: no filter, whatever `cfg.use_filter` says); texts: where the filter's
     text embeddings are kept between runs (`types.TextMemo`, e.g. the cache; None: memory only).
     refiner: `refine.PamrRefiner` or `RegionRefiner` (None: the paper). `compose.Stages.segmenter` builds one for a run.
+
+    Classes given as heads (`engines.vocab.load_heads`: row counts, no arrays) with `read` (a class part's
+    id → its arrays) are matched as `StreamedVocabulary`s: each image reads only the classes the filter
+    keeps, so memory does not grow with the vocabulary, and the labels are those of the classes in memory.
+    `memo` keeps what is computed once per vocabulary (the stuff scores) under the vocabulary's id.
     """
 
     def __init__(
@@ -117,6 +123,8 @@ class Segmenter:
         window_batch: int | None = None,
         merge_crops: bool | None = None,
         refiner: Refiner | None = None,
+        read: Read | None = None,
+        memo: VocabMemo | None = None,
     ):
         if not classes:
             raise OvdiffError("no classes to segment with")
@@ -127,15 +135,20 @@ class Segmenter:
                     f"class {c.name!r} has no prototypes for part(s) {', '.join(sorted(set(names) - set(c.parts)))}"
                 )
         self.cfg, self.device, self.parts = cfg, device, parts
+        heads = all(p.rows and not p.fg for c in classes for p in c.parts.values())
+        if heads and read is None:
+            raise OvdiffError("classes without their prototypes (heads) need a cache to read them from")
+        settings = {
+            "kinds": cfg.proto_kinds,
+            "background": cfg.background,
+            "stuff_filter": cfg.stuff_filter,
+            "stuff_threshold": cfg.stuff_threshold,
+            "bg_threshold": None if cfg.bg_prototypes else cfg.fg_threshold,
+        }
         self.vocabs = [
-            assemble_vocabulary(
-                [c.parts[n] for c in classes],
-                cfg.proto_kinds,
-                background=cfg.background,
-                stuff_filter=cfg.stuff_filter,
-                stuff_threshold=cfg.stuff_threshold,
-                bg_threshold=None if cfg.bg_prototypes else cfg.fg_threshold,
-            )
+            StreamedVocabulary([c.parts[n] for c in classes], read, memo=memo, device=device, **settings)
+            if heads
+            else assemble_vocabulary([c.parts[n] for c in classes], **settings)
             for n in names
         ]
         # what explanations read of a class (name, kind, ids, sources), without its arrays: the vocabularies hold

@@ -1,4 +1,4 @@
-"""Reliability (issue 6): kill -9 at chosen and random moments, concurrent writers, a reader beside a
+"""Reliability: kill -9 at chosen and random moments, concurrent writers, a reader beside a
 writer, map growth, a full disk, and `cache verify` finding and repairing every kind of broken entry.
 
 The subprocess scenarios drive the real CLI (`python -m ovdiff_cli …`) on the `procedural` preset, whose
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mounted_tmpfs
+from conftest import PROC, mounted_tmpfs
 from typer.testing import CliRunner
 
 from ovdiff_cli.cli.app import app
@@ -31,7 +31,6 @@ from ovdiff_cli.store import cache as cache_mod
 from ovdiff_cli.store.cache import Cache
 
 REPO = Path(__file__).resolve().parents[1]
-PROC = ["--preset", "procedural", "--device", "cpu", "--dtype", "fp32"]
 
 # Runs the CLI with optional test hooks (env): OVDIFF_TEST_GEN_DELAY seconds slept before each generator
 # call; OVDIFF_TEST_GATE a file: from the second generator call on, wait while it exists;
