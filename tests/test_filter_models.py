@@ -18,7 +18,7 @@ from ovdiff_cli.compose import Stages
 from ovdiff_cli.method.stage3_filter.prefilter import CategoryFilter, select_classes
 from ovdiff_cli.models.filtermodels import FILTERS, filter_source
 from ovdiff_cli.models.presets import ModelSpecs
-from ovdiff_cli.store.keys import text_embedding_id
+from ovdiff_cli.store.keys import clip_text_id
 
 runner = CliRunner()
 
@@ -71,14 +71,20 @@ def test_tiny_filter_models_are_their_familys_classes_and_pick_their_rule(spec, 
 
 
 def test_each_filter_model_keys_its_own_text_embeddings():
-    ids = {s: text_embedding_id(ModelSpecs.of("sd15", {"filter": s})) for s in (None, "clip", *FILTERS)}
+    """The scorer's key is `clip_text_id` of what its spec loads (`filter_source`, else the run's CLIP), as
+    `compose.build_scorer` names it."""
+
+    def key(spec: str | None, preset: str, seed: int = 0) -> str:
+        specs = ModelSpecs.of(preset, {"filter": spec}, weights_seed=seed)
+        return clip_text_id(filter_source(spec, specs.preset.weights) or specs.models["clip"], seed)
+
+    ids = {s: key(s, "sd15") for s in (None, "clip", *FILTERS)}
     assert ids[None] == ids["clip"] == "open_clip-text:ViT-B-16:openai"
     assert (
         ids["siglip2"] == "open_clip-text:ViT-B-16-SigLIP2:webli"
         and ids["pecore"] == "open_clip-text:PE-Core-B-16:meta"
     )
-    tiny = {s: text_embedding_id(ModelSpecs.of("tiny", {"filter": s}, weights_seed=1)) for s in FILTERS}
-    assert tiny == {s: f"open_clip-text:tiny:{s}@seed1" for s in FILTERS}
+    assert {s: key(s, "tiny", seed=1) for s in FILTERS} == {s: f"open_clip-text:tiny:{s}@seed1" for s in FILTERS}
     assert filter_source("siglip2", "full") == "random:siglip2" and filter_source("siglip2", "procedural") is None
 
 

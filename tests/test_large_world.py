@@ -1,4 +1,4 @@
-"""Issue 38: `ovdiff eval` over a thousand classes of the procedural world, end to end, reads per image only
+"""`ovdiff eval` over a thousand classes of the procedural world, end to end, reads per image only
 the classes the filter keeps, and scores exactly what the vocabulary held in memory scores."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 38: `--proto-dtype fp16` stores prototypes in half precision under their own cache key; they are read
+"""`--proto-dtype fp16` stores prototypes in half precision under their own cache key; they are read
 back as float32, so matching accumulates in fp32 as with fp32 storage."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 38: a vocabulary read per image. A `StreamedVocabulary` over heads reads only the classes an image
+"""A vocabulary read per image. A `StreamedVocabulary` over heads reads only the classes an image
 keeps and gives the bank, and so the labels, of the vocabulary held in memory, bit for bit."""
 
 from __future__ import annotations
