@@ -176,7 +176,7 @@ def test_the_modern_preset_names_its_models_and_says_it_is_unmeasured(tmp_path, 
         "generator": "stabilityai/sdxl-turbo",
         "clip": "timm/vit_base_patch16_clip_224.openai",
         "filter": "timm/ViT-B-16-SigLIP2",
-        "dino": "timm/vit_base_patch8_224.dino",
+        "cutler": "http://dl.fbaipublicfiles.com/cutler/checkpoints/cutler_cascade_final.pth",  # Γ, the paper's
         "dinov3": "timm/vit_base_patch16_dinov3.lvd1689m",
         "siglip2": "timm/vit_base_patch16_siglip_224.v2_webli",
     }

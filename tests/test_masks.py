@@ -205,8 +205,8 @@ def test_threshold_proposer_proposes_nothing_and_unknown_names_are_refused(tiny_
         == []
     )
     assert isinstance(build_proposer("ncut-fast", tiny_stages.store), FastNCutProposer)  # the lighter cut, kept
-    with pytest.raises(OvdiffError, match="ncut, ncut-fast, threshold, sam"):
-        build_proposer("cutler", tiny_stages.store)
+    with pytest.raises(OvdiffError, match="cutler, ncut, ncut-fast, threshold, sam"):
+        build_proposer("maskrcnn", tiny_stages.store)
 
 
 def test_sam_without_weights_explains_how_to_get_them(tiny_stages, tmp_path):

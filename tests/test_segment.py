@@ -239,8 +239,9 @@ def test_images_segmented_together_equal_one_by_one_and_share_extractor_batches(
 
 
 def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(tiny_stages):
-    """sdov predict.py on the tiny preset's scale: SD sees every crop at 64², CLIP at 96², DINO as it
-    is (the whole 96×150 image too, rounded up to its stride); the whole image is one more crop."""
+    """sdov predict.py on the tiny preset's scale: SD sees every crop at 64², CLIP at 96², DINO as it is in the
+    whole patches that fit (the whole 96×150 image as 96×144, as the authors' DINO takes it); the whole image is one
+    more crop."""
     import dataclasses
 
     from ovdiff_cli.bench.settings import synthetic_bank
@@ -262,7 +263,7 @@ def test_every_window_and_the_whole_image_reach_each_part_at_its_own_input_size(
     assert labels.shape == (96, 150)
     n_crops = sum(len(window_boxes(96, 150, w, cfg.stride)) for w in cfg.windows) + 1
     assert seen["sd"] == [(64, 64)] * n_crops and seen["clip"] == [(96, 96)] * n_crops
-    assert sorted(set(seen["dino"])) == [(64, 64), (96, 96), (96, 152)] and len(seen["dino"]) == n_crops
+    assert sorted(set(seen["dino"])) == [(64, 64), (96, 96), (96, 144)] and len(seen["dino"]) == n_crops
 
 
 def test_an_encoded_image_holds_every_parts_features_and_matches_as_predict_does(tiny_stages):

@@ -47,14 +47,28 @@ def scene_png(seed: int = 3, size: tuple[int, int] = (128, 192)) -> bytes:
     return buf.getvalue()
 
 
+# The real command, with the procedural world's drawing slowed to a real generator's pace (half a second a batch),
+# so a class build outlasts the page's 300 ms progress polls as it does with real weights.
+SLOW_DRAWING = """
+import sys, time
+from ovdiff_cli import procedural
+from ovdiff_cli.cli.app import main
+
+draw = procedural.ProceduralGenerator.generate
+procedural.ProceduralGenerator.generate = lambda self, *a, **k: (time.sleep(0.5), draw(self, *a, **k))[1]
+sys.argv[0] = "ovdiff"
+main()
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The URL of a running `ovdiff serve --preset procedural --port 0`, and the line it printed."""
     cache = tmp_path_factory.mktemp("serve") / "cache"
     cmd = [
         sys.executable,
-        "-m",
-        "ovdiff_cli",
+        "-c",
+        SLOW_DRAWING,
         "serve",
         "--preset",
         "procedural",
