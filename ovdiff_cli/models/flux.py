@@ -84,9 +84,9 @@ def tiny_flux(seed: int, guidance: bool, device: torch.device, dtype: torch.dtyp
     guidance input (schnell has none). One double-stream and one single-stream block of 2 heads; a
     two-level VAE (64 px → 16×16 image tokens)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from .tokenizer import offline_clip_tokenizer
+    from .tokenizer import offline_clip_tokenizer, tiny_clip_text_config
 
     torch.manual_seed(seed)
     tokenizer_2 = offline_t5_tokenizer()
@@ -114,16 +114,7 @@ def tiny_flux(seed: int, guidance: bool, device: torch.device, dtype: torch.dtyp
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    clip = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
+    clip = tiny_clip_text_config("gelu")
     t5 = T5Config(
         vocab_size=len(tokenizer_2),
         d_model=32,

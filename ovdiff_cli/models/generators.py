@@ -138,10 +138,10 @@ def _freeze(parts: SDXLComponents, device: torch.device, dtype: torch.dtype) -> 
 def tiny_sdxl(seed: int, device: torch.device, dtype: torch.dtype) -> SDXLComponents:
     """SDXL's classes with a few channels and seeded random weights (two text encoders of width 32)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from .sd import dpm_solver
-    from .tokenizer import offline_clip_tokenizer
+    from .tokenizer import offline_clip_tokenizer, tiny_clip_text_config
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -170,16 +170,7 @@ def tiny_sdxl(seed: int, device: torch.device, dtype: torch.dtype) -> SDXLCompon
         up_block_types=("UpDecoderBlock2D",) * 4,
         scaling_factor=0.13025,
     )
-    text = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
+    text = tiny_clip_text_config("gelu")
     parts = SDXLComponents(
         unet,
         vae,

@@ -53,9 +53,9 @@ def _freeze(parts: SD3Components, device: torch.device, dtype: torch.dtype) -> S
 def tiny_sd3(seed: int, device: torch.device, dtype: torch.dtype) -> SD3Components:
     """SD3's classes with a few channels and seeded random weights (two CLIP encoders of width 32)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    from .tokenizer import offline_clip_tokenizer
+    from .tokenizer import offline_clip_tokenizer, tiny_clip_text_config
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
@@ -82,16 +82,7 @@ def tiny_sd3(seed: int, device: torch.device, dtype: torch.dtype) -> SD3Componen
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    text = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
+    text = tiny_clip_text_config("gelu")
     parts = SD3Components(
         transformer,
         vae,

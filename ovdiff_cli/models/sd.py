@@ -78,22 +78,13 @@ def random_sd(size: str, seed: int, device: torch.device, dtype: torch.dtype) ->
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer import offline_clip_tokenizer
+    from .tokenizer import offline_clip_tokenizer, tiny_clip_text_config
 
     torch.manual_seed(seed)
     down = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     up = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     if size == "tiny":
-        text_cfg = CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act="quick_gelu",
-        )
+        text_cfg = tiny_clip_text_config("quick_gelu")
         unet = UNet2DConditionModel(
             sample_size=8,
             block_out_channels=(16, 16, 32, 32),

@@ -51,3 +51,20 @@ def offline_clip_tokenizer(model_max_length: int = 77):
     vocab, merges = clip_vocab_and_merges()
     pairs = [tuple(m.split()) for m in merges]
     return CLIPTokenizer(vocab=dict(vocab), merges=pairs, model_max_length=model_max_length)
+
+
+def tiny_clip_text_config(hidden_act: str):
+    """A CLIP text encoder of width 32 over the real vocabulary and context (49,408 tokens, 77 positions), the
+    text tower of every tiny generator (SD1.5's activation is quick_gelu, SDXL's, SD3's and FLUX's gelu)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act=hidden_act,
+    )
