@@ -15,6 +15,7 @@ from ovdiff_cli.bench.settings import synthetic_bank
 from ovdiff_cli.cli.app import app
 from ovdiff_cli.engines.photos import photo_class
 from ovdiff_cli.engines.vocab import build_from_photos, ensure_classes, put_prototypes
+from ovdiff_cli.method.stage3_filter.prefilter import CategoryFilter
 from ovdiff_cli.models.presets import ModelSpecs, get_preset
 from ovdiff_cli.store import schema
 from ovdiff_cli.store.audit import check, verify
@@ -51,7 +52,19 @@ def every_kind(procedural_stages, tmp_path_factory):
     put_prototypes(cache, procedural_stages.specs, bank, 0, P.sample, P.protos, source="test")
     cache.put_text_embeddings("test-model", {"a photo of a kite": np.eye(4, dtype=np.float32)[0]})
     VocabArrays(cache).put_vocab_array("0" * 24, "stuff_sim", np.array([0.5, -2.0], np.float32))  # streamed vocab
+    CategoryFilter(procedural_stages.scorer(), cache, ["kite", "car"], vocab=VocabArrays(cache))  # v/<fid>/class_text
     return cache
+
+
+def test_a_vocabulary_array_of_the_wrong_shape_or_norm_is_reported(tmp_path):
+    cache = Cache(tmp_path / "c")
+    memo = VocabArrays(cache)
+    memo.put_vocab_array("1" * 24, "class_text", np.full((2, 4), 0.5, np.float32))  # unit rows: sound
+    assert verify(cache) == []
+    memo.put_vocab_array("2" * 24, "class_text", np.ones((2, 4), np.float32))  # rows of norm 2
+    memo.put_vocab_array("3" * 24, "stuff_sim", np.ones((2, 2), np.float32))  # not one number per prototype
+    problems = " ".join(map(str, verify(cache)))
+    assert "not unit vectors" in problems and "not one number per prototype" in problems
 
 
 def test_every_kind_the_writers_produce_is_in_the_schema_and_verifies_sound(every_kind):

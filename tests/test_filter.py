@@ -115,3 +115,31 @@ def test_clip_scorer_truncated_context_equals_open_clip_encode_text(tiny_stages)
     with torch.no_grad():
         ref = F.normalize(model.encode_image((x - scorer.mean) / scorer.std).float(), dim=-1)
     torch.testing.assert_close(scorer.encode_images(x), ref)
+
+
+def test_a_vocabularys_class_prompts_are_kept_whole_and_read_in_one_piece(cache_dir):
+    """A second run over the same names reads the (C,E) matrix under the vocabulary's id: no prompt is looked up
+    one by one (10,000 reads for a large vocabulary) and none is encoded; the choices are the same."""
+    from ovdiff_cli.method.stage3_filter.prefilter import class_text_id
+    from ovdiff_cli.store.protos import VocabArrays
+
+    class CountingCache(Cache):
+        looked_up = 0
+
+        def text_embeddings(self, fingerprint, prompts):
+            CountingCache.looked_up += len(prompts)
+            return super().text_embeddings(fingerprint, prompts)
+
+    first = CategoryFilter(StubScorer(), Cache(cache_dir), StubScorer.names, eta=3, vocab=VocabArrays(Cache(cache_dir)))
+    prompts = [f"a {n}" for n in StubScorer.names]
+    kept = VocabArrays(Cache(cache_dir)).vocab_array(class_text_id("stub/v1", prompts), "class_text")
+    assert kept is not None and np.array_equal(kept, first.text_embeddings(prompts).numpy())
+    fresh, cache = StubScorer(), CountingCache(cache_dir)
+    again = CategoryFilter(fresh, cache, StubScorer.names, eta=3, vocab=VocabArrays(cache))
+    assert CountingCache.looked_up == 0 and fresh.text_calls == 0
+    assert again.select(image_with([0, 2])) == first.select(image_with([0, 2])) == [0, 2]
+    CountingCache.looked_up = 0  # the subset prompts of `select` are looked up by prompt, as before
+    other = CategoryFilter(StubScorer(), cache, ["dog", "cat"], eta=3, vocab=VocabArrays(cache))  # its own id
+    swapped = VocabArrays(cache).vocab_array(class_text_id("stub/v1", ["a dog", "a cat"]), "class_text")
+    assert CountingCache.looked_up == 2 and np.array_equal(swapped, kept[[1, 0]])
+    assert other.select(image_with([1])) == [0]  # a dog: the first of its names

@@ -1,14 +1,18 @@
 """The bench's class-build sections: where a class build's time goes, and its peak memory at two N.
 
 Both run the real streaming build (`classbuild.part_prototypes`: every part of the spec, the masks
-made in the same pass as the part the proposer reads). Time is split by wrapping the extractor parts
-and the mask proposer; K-means + aggregation is the rest. Memory is measured in a new process per
+made in the same pass as the part the proposer reads). Time is split by wrapping the extractor parts,
+the mask proposer and the aggregation itself (`RegionAccumulator.add`: Eq. 1 and the cells kept;
+`.finish`: K-means and the part labels), each timed directly; what is left of the wall time (images
+resized, masks coded, batches formed) is reported apart. Memory is measured in a new process per
 build, so one build's allocations cannot hide the next one's.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,12 +66,37 @@ class _ClockedStages:
         return _Clock(self._stages.mask_proposer(name), ("propose", "thresholds"), self.seconds, "masks", self.device)
 
 
+@contextmanager
+def _clocked_aggregation(into: dict[str, float], device: torch.device) -> Iterator[None]:
+    """While open, every `RegionAccumulator.add` adds its time to into["aggregation"] and every `.finish` (K-means
+    on the cells, then the part labels) to into["kmeans"]."""
+    from ..method.stage2_prototypes.aggregation import RegionAccumulator
+
+    saved = {"add": RegionAccumulator.add, "finish": RegionAccumulator.finish}
+
+    def clock(method: str, key: str):
+        inner = saved[method]
+
+        def run(self, *args):
+            dt, out = timed(lambda: inner(self, *args), device)
+            into[key] += dt
+            return out
+
+        return run
+
+    RegionAccumulator.add, RegionAccumulator.finish = clock("add", "aggregation"), clock("finish", "kmeans")
+    try:
+        yield
+    finally:
+        RegionAccumulator.add, RegionAccumulator.finish = saved["add"], saved["finish"]
+
+
 def build_once(
     stages: Stages, samples: list[Sample], feature_size: int, k: int, seed: int, spill: Path
-) -> tuple[float, float, float, dict[str, dict[str, np.ndarray]]]:
-    """One class build from `samples`, every part of the preset's spec: (features s, masks s,
-    K-means + aggregation s, part → arrays). The last is the wall time less the other two: Eq. 1,
-    the class prototype, K-means on every masked cell (streamed), part labels, and the masks' fg/bg rule."""
+) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """One class build from `samples`, every part of the preset's spec: seconds of each stage ("features",
+    "masks", "aggregation": Eq. 1 and the masked cells kept, "kmeans": K-means and the part labels, each timed
+    directly; "other": the wall time less those) and part → arrays."""
     from ..config import spec_parts
     from ..method.stage2_prototypes.classbuild import part_prototypes
 
@@ -75,41 +104,54 @@ def build_once(
     cfg = replace(base, feature_size=feature_size, k_parts=k)
     clocked = _ClockedStages(stages)
     parts = spec_parts(cfg.extractor)
-    wall, built = timed(
-        lambda: {p: a for p, a, _ in part_prototypes(samples, clocked, cfg, parts, seed, False, spill_dir=str(spill))},
-        stages.device,
-    )
-    feat, mask = clocked.seconds["features"], clocked.seconds["masks"]
-    return feat, mask, wall - feat - mask, built
+    seconds = clocked.seconds
+    seconds.update(aggregation=0.0, kmeans=0.0)
+    with _clocked_aggregation(seconds, stages.device):
+        wall, built = timed(
+            lambda: {
+                p: a for p, a, _ in part_prototypes(samples, clocked, cfg, parts, seed, False, spill_dir=str(spill))
+            },
+            stages.device,
+        )
+    return {**seconds, "other": wall - sum(seconds.values())}, built
 
 
 def bench_prototypes(
     stages: Stages, samples: list[Sample], s: BenchSettings, seed: int, spill: Path
 ) -> tuple[dict, dict[str, int]]:
-    """Seconds per class of the build's three stages on the support set just drawn, and K-means'
+    """Seconds per class of the build's stages on the support set just drawn, and K-means + aggregation's
     share of the feature time. Returns the section and each part's feature dimension D."""
     from .settings import dims_text
 
     build_once(stages, samples, s.feature_size, s.k_parts, seed, spill)  # warm-up
     runs = [build_once(stages, samples, s.feature_size, s.k_parts, seed, spill) for _ in range(s.repeats)]
-    feat, mask, km = (list(col) for col in zip(*(r[:3] for r in runs), strict=True))
-    dims = {p: int(a["fg/class"].shape[1]) for p, a in runs[0][3].items()}
+
+    def col(key: str) -> list[float]:
+        return [r[0][key] for r in runs]
+
+    km = [a + b for a, b in zip(col("aggregation"), col("kmeans"), strict=True)]
+    dims = {p: int(a["fg/class"].shape[1]) for p, a in runs[0][1].items()}
     cfg = _proto_cfg(stages.specs.preset.name)
     section = {
         "figures": {
-            "features": figure("features (backbones)", "s/class", feat),
-            "masks": figure("mask proposals", "s/class", mask),
+            "features": figure("features (backbones)", "s/class", col("features")),
+            "masks": figure("mask proposals", "s/class", col("masks")),
             "kmeans": figure("K-means + aggregation", "s/class", km),
+            "kmeans_only": figure("  of which K-means and part labels", "s/class", col("kmeans")),
             "kmeans_share": figure(
-                "K-means + aggregation / features", "%", [100 * a / b for a, b in zip(km, feat, strict=True)], 10.0
+                "K-means + aggregation / features",
+                "%",
+                [100 * a / b for a, b in zip(km, col("features"), strict=True)],
+                10.0,
             ),
-            "total": figure("total (without sampling)", "s/class", [sum(r[:3]) for r in runs]),
+            "other": figure("the rest (resizing, mask coding, batching)", "s/class", col("other")),
+            "total": figure("total (without sampling)", "s/class", [sum(r[0].values()) for r in runs]),
         },
         "notes": [
             f"{len(samples)} support image(s) per class at {s.feature_size} px, extractor {cfg.extractor} "
             f"(D={dims_text(dims)}), proposer {cfg.mask_proposer} on {cfg.mask_features}, K={s.k_parts}, "
-            f"streamed {cfg.batch_size} image(s) per batch (classbuild.part_prototypes); K-means + aggregation "
-            "is the build's wall time less the backbones' and the proposer's"
+            f"streamed {cfg.batch_size} image(s) per batch (classbuild.part_prototypes); every stage timed "
+            "directly (K-means + aggregation: RegionAccumulator.add and .finish), the rest is the wall time less them"
         ],
     }
     return section, dims

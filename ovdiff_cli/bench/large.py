@@ -1,11 +1,12 @@
-"""The bench's large-vocabulary section (issue 28): a thousand classes of the paper's size in one cache.
+"""The bench's large-vocabulary section (issues 28, 38): ten thousand classes of the paper's size in one cache.
 
 Every class is synthetic (random unit prototypes of the preset's feature dimensions, N = K =
 bank_rows) and written through `put_prototypes`, under the ids `ensure_classes` looks up, so
 reading one costs what reading a built one does. Each measurement runs in a new process, as a
-user's `segment` or `protos add` starts with nothing else in it: reading the vocabulary (time and
-memory at a tenth and at all of the classes), segmenting one encoded image with all of them
-against 20, the category filter over all of the names, and adding one real class to the cache.
+user's `segment` or `protos add` starts with nothing else in it: reading the vocabulary class by class
+as a segment reads it (time and memory at a tenth and at all of the classes), segmenting one encoded
+image with all of them against 20, the category filter over all of the names, a segment's memory with
+100 classes and with all of them, and adding one real class to the cache.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from ..classnames.lists import ADE, CITYSCAPES, CONTEXT, STUFF, VOC
 from .settings import BenchSettings, dims_text, fresh_cache, preset_configs, synthetic_bank, write_images
 from .stats import figure, in_child, interleaved_pairs, ratios, timed
+
+MEMORY_BASELINE = 100  # the vocabulary size a large one's segment memory is compared with (issue 38: within 10%)
 
 if TYPE_CHECKING:
     from ..store.cache import Cache
@@ -97,13 +100,15 @@ def _reset_peak() -> None:
 
 
 def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
-    """Run in a new process: read the first n classes of the filled cache (`ensure_classes` with
-    build=False, as `segment --no-build` does). Seconds, prototype bytes and the growth of the
-    process's anonymous memory (its own copies), file-backed pages (LMDB's map: the OS page cache,
-    shared and reclaimable) and high-water mark, in MiB."""
+    """Run in a new process: read the first n classes of the filled cache as a streamed segment reads them (heads
+    from `ensure_classes(arrays=False)`, then each class part's arrays with `load_class`, let go before the next).
+    Seconds, the float32 bytes read, and the growth of the process's anonymous memory
+    (its own copies) at its peak and at the end, and of its file-backed pages (LMDB's map: the OS page cache,
+    shared and reclaimable), in MiB."""
     from ..compose import Stages
     from ..engines.vocab import ensure_classes
     from ..store.cache import Cache
+    from ..store.protos import load_class
 
     s = BenchSettings(**settings)
     stages = Stages.for_run(s.preset, "cpu", "fp32")
@@ -114,75 +119,77 @@ def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
     _reset_peak()
     before = _status_mib(fields)
     t0 = time.perf_counter()
-    classes = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False)
+    heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
+    nbytes = 0
+    for head in heads:
+        for part in head.parts.values():
+            arrays = load_class(cache, part.pid)
+            nbytes += sum(a.nbytes for g in (arrays.fg, arrays.bg) for a in g.values())
+            del arrays
     seconds = time.perf_counter() - t0
     after = _status_mib(fields)
-    nbytes = sum(a.nbytes for c in classes for p in c.parts.values() for g in (p.fg, p.bg) for a in g.values())
-    return {"seconds": seconds, "proto_mib": nbytes / 2**20, **{k: after[k] - before[k] for k in fields}}
+    grown = {k: after[k] - before[k] for k in fields}
+    return {"seconds": seconds, "proto_mib": nbytes / 2**20, **grown}
+
+
+def _segment_setup(s: BenchSettings, device: str, dtype: str):
+    """(stages, sample config, proto config, segment config, the extractor parts, the filter's scorer), all loaded."""
+    from ..compose import Stages
+    from ..config import spec_parts
+
+    stages = Stages.for_run(s.preset, device, dtype)
+    sample_cfg, proto_cfg = _configs(s)
+    cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
+    parts = [stages.part(p) for p in spec_parts(proto_cfg.extractor)]
+    return stages, sample_cfg, proto_cfg, cfg, parts, stages.scorer()
 
 
 def segment_large(
     settings: dict, cache_root: str, image_dir: str, device: str, dtype: str, seed: int, root: str
 ) -> dict:
-    """Run in a new process: encode one image once (the backbones' work, the same whatever the
-    vocabulary), then time `predict_encoded` with the 20 first classes and with all of them in
-    interleaved pairs; the filter over all of the names cold (fresh text cache) and warm; RSS."""
-    from ..compose import Stages
-    from ..config import spec_parts
+    """Run in a new process: encode one image once (the backbones' work, the same whatever the vocabulary; kept
+    at root/large-encoded.pt for `segment_memory`); the filter over all of the names, cold (nothing cached) once,
+    then warm; then `predict_encoded` with the 20 first classes and with all of them in interleaved pairs."""
+    import torch
+
     from ..engines.vocab import ensure_classes
     from ..io.images import load_image
     from ..method.stage3_filter.prefilter import CategoryFilter
     from ..method.stage4_segment.segmenter import encode_image
     from ..method.stage4_segment.targets import working_image
     from ..store.cache import Cache
+    from ..store.protos import VocabArrays
 
     s = BenchSettings(**settings)
-    stages = Stages.for_run(s.preset, device, dtype)
-    sample_cfg, proto_cfg = _configs(s)
-    cfg = replace(preset_configs(s.preset)[2], short_side=s.short_side, windows=s.windows, stride=s.stride, eta=s.eta)
-    parts = [stages.part(p) for p in spec_parts(proto_cfg.extractor)]
-    scorer = stages.scorer()
+    stages, sample_cfg, proto_cfg, cfg, parts, scorer = _segment_setup(s, device, dtype)
     image = load_image(next(Path(image_dir).glob("*.jpg")))
     encode_image(parts, scorer, cfg, image, stages.device)  # warm-up: kernel selection at this shape
     t_enc, enc = timed(lambda: encode_image(parts, scorer, cfg, image, stages.device), stages.device)
+    torch.save(enc, Path(root) / "large-encoded.pt")
     cache = Cache(cache_root)
     names = vocabulary_names(s.large_classes)
-    _reset_peak()
-    base = _status_mib(("VmRSS",))["VmRSS"]
+    # the filter as the segment's own builds it: cold, every prompt is encoded and kept (by prompt and as the
+    # vocabulary's matrix); warm, the matrix is read back in one piece
+    work = working_image(image, cfg.short_side)
+
+    def select():
+        return CategoryFilter(scorer, cache, names, s.eta, cfg.filter_size, vocab=VocabArrays(cache)).select(work)
+
+    cold = [timed(select, stages.device)[0]]
+    warm = [timed(select, stages.device)[0] for _ in range(s.repeats)]
     # as `segment` and `eval` run: heads (no array read) and a segmenter that reads each image's kept classes
     few = ensure_classes(cache, stages, names[: s.bank_classes], seed, sample_cfg, proto_cfg, build=False, arrays=False)
     many = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
     segs = [stages.segmenter(c, cfg, proto_cfg.extractor, cache, scorer=scorer) for c in (few, many)]
     del few, many
     for seg in segs:
-        seg.predict_encoded(enc)  # warm-up: the prompts are encoded and cached once
+        seg.predict_encoded(enc)  # warm-up: the subset prompts are encoded and cached once
     runs: dict[int, list[dict]] = {0: [], 1: []}
 
     def side(j: int):
         return lambda: runs[j].append(segs[j].predict_encoded(enc).timings)
 
     t_many, t_few = interleaved_pairs(side(1), side(0), s.large_pairs, stages.device)
-    status = _status_mib(("VmRSS", "VmHWM"))
-    kept = segs[1].filter.select(working_image(image, cfg.short_side)) if segs[1].filter else list(range(len(names)))
-    nbytes = sum(v.restrict(kept).protos.numel() * 4 for v in segs[1].vocabs)  # one image's bank
-    # the filter alone over every name: cold with a fresh text cache, then warm over the same cache
-    work = working_image(image, cfg.short_side)  # what the segmenter's filter sees
-    text_cache = fresh_cache(Path(root), "large-filter-")
-    cold, warm = [], []
-    for _ in range(s.repeats):
-        cold.append(
-            timed(
-                lambda tc=text_cache: CategoryFilter(scorer, tc, names, s.eta, cfg.filter_size).select(work),
-                stages.device,
-            )[0]
-        )
-        warm.append(
-            timed(
-                lambda tc=text_cache: CategoryFilter(scorer, tc, names, s.eta, cfg.filter_size).select(work),
-                stages.device,
-            )[0]
-        )
-        text_cache = fresh_cache(Path(root), "large-filter-")
     return {
         "encode": t_enc,
         "many": t_many,
@@ -190,18 +197,51 @@ def segment_large(
         "filter_many": [r["filter"] for r in runs[1]],
         "cold": cold,
         "warm": warm,
-        "rss_base": base,
-        "rss_after": status["VmRSS"],
-        "rss_peak": status["VmHWM"],
+    }
+
+
+def segment_memory(settings: dict, cache_root: str, root: str, k: int, device: str, dtype: str, seed: int) -> dict:
+    """Run in a new process: a segment's memory with the first k classes, as `segment` runs (heads, each image's
+    kept classes read from the cache), on the image `segment_large` encoded. The base is taken once the models
+    and the encoded image are in memory; the peak covers the heads, the segmenter and two `predict_encoded`."""
+    import gc
+
+    import torch
+
+    from ..engines.vocab import ensure_classes
+    from ..method.stage4_segment.targets import working_image
+    from ..store.cache import Cache
+
+    s = BenchSettings(**settings)
+    stages, sample_cfg, proto_cfg, cfg, _, scorer = _segment_setup(s, device, dtype)
+    enc = torch.load(Path(root) / "large-encoded.pt", weights_only=False)
+    cache = Cache(cache_root)
+    names = vocabulary_names(s.large_classes)[:k]
+    gc.collect()
+    _reset_peak()
+    base = _status_mib(("VmRSS",))["VmRSS"]
+    heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
+    seg = stages.segmenter(heads, cfg, proto_cfg.extractor, cache, scorer=scorer)
+    del heads
+    for _ in range(2):
+        seg.predict_encoded(enc)
+    status = _status_mib(("VmHWM",))
+    kept = seg.filter.select(working_image(enc.image, cfg.short_side)) if seg.filter else list(range(k))
+    nbytes = sum(v.restrict(kept).protos.numel() * 4 for v in seg.vocabs)  # one image's bank
+    return {
+        "base": base,
+        "peak": status["VmHWM"],
+        "beyond": status["VmHWM"] - base,
         "vocab_mib": nbytes / 2**20,
         "kept": len(kept),
     }
 
 
 def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: int, root: str) -> dict:
-    """Run in a new process: seconds of `protos add` of one class into the filled cache and into an
-    empty one, in interleaved pairs. Pair i builds a class neither cache has held (a new name per
-    pair, both sides the same), so no side re-adds what it removed."""
+    """Run in a new process: `protos add` of one class into the filled cache and into an empty one, in
+    interleaved pairs; wall seconds and this process's CPU seconds (all its threads: what another process does
+    on the machine is not counted in them). Pair i builds a class neither cache has held (a new name per pair,
+    both sides the same), so no side re-adds what it removed."""
     from ..compose import Stages
     from ..engines.vocab import ensure_classes
     from ..store.cache import Cache
@@ -211,9 +251,13 @@ def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: in
     sample_cfg, proto_cfg = _configs(s)
     big = Cache(cache_root)
     extra = [f"okapi {i}" for i in range(s.large_pairs + 1)]
+    cpu: dict[str, list[float]] = {"add": [], "alone": []}
 
-    def build(cache: Cache, name: str) -> None:
+    def build(cache: Cache, name: str, side: str | None = None) -> None:
+        t0 = time.process_time()
         ensure_classes(cache, stages, [name], seed, sample_cfg, proto_cfg, kinds={name: "thing"})
+        if side is not None:
+            cpu[side].append(time.process_time() - t0)
 
     build(fresh_cache(Path(root), "large-warmup-"), extra[-1])  # models loaded, kernels chosen
     todo_big, todo_alone = iter(extra), iter(extra)
@@ -222,9 +266,12 @@ def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: in
     )  # opened before the clock, as `big`
     os.sync()  # the fill's pages are on disk before the clock runs (see the vocabulary section)
     t_add, t_alone = interleaved_pairs(
-        lambda: build(big, next(todo_big)), lambda: build(next(empty), next(todo_alone)), s.large_pairs, stages.device
+        lambda: build(big, next(todo_big), "add"),
+        lambda: build(next(empty), next(todo_alone), "alone"),
+        s.large_pairs,
+        stages.device,
     )
-    return {"add": t_add, "alone": t_alone}
+    return {"add": t_add, "alone": t_alone, "add_cpu": cpu["add"], "alone_cpu": cpu["alone"]}
 
 
 def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, seed: int, root: Path) -> dict:
@@ -248,8 +295,12 @@ def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype:
         root,
         "large-segment",
     )
+    mem = {
+        k: in_child("ovdiff_cli.bench.large:segment_memory", [*args, str(root), k, device, dtype, seed], root, tag)
+        for k, tag in ((min(MEMORY_BASELINE, n), "large-memory-few"), (n, "large-memory"))
+    }
     add = in_child("ovdiff_cli.bench.large:add_pairs", [*args, device, dtype, seed, str(root)], root, "large-add")
-    return _section(s, n, small, t_fill, loads, seg, add, dim)
+    return _section(s, n, small, t_fill, loads, seg, mem, add, dim)
 
 
 def _section(
@@ -259,6 +310,7 @@ def _section(
     t_fill: float,
     loads: dict[int, list[dict]],
     seg: dict,
+    mem: dict[int, dict],
     add: dict,
     dim: dict[str, int],
 ) -> dict:
@@ -266,42 +318,49 @@ def _section(
         return [r[key] for r in loads[k]]
 
     per_class = [(b["seconds"] / n) / (a["seconds"] / small) for a, b in zip(loads[small], loads[n], strict=True)]
-    copies = [r["RssAnon"] / r["proto_mib"] for r in loads[n]]
+    held = [r["VmHWM"] / r["proto_mib"] for r in loads[n]]
     total_many = [seg["encode"] + t for t in seg["many"]]
     total_few = [seg["encode"] + t for t in seg["few"]]
     share = [100 * f / t for f, t in zip(seg["filter_many"], total_many, strict=True)]
-    beyond = seg["rss_peak"] - seg["rss_base"]
+    few_k = min(MEMORY_BASELINE, n)
+    beyond, beyond_few = mem[n]["beyond"], mem[few_k]["beyond"]
     return {
         "figures": {
             "fill": figure(f"write {n} classes (put_prototypes)", "s", [t_fill]),
-            "load_small": figure(f"read {small} classes", "s", col(small, "seconds")),
-            "load": figure(f"read {n} classes", "s", col(n, "seconds")),
+            "load_small": figure(f"read {small} classes, one at a time", "s", col(small, "seconds")),
+            "load": figure(f"read {n} classes, one at a time", "s", col(n, "seconds")),
             "load_per_class": figure(f"  time per class, {n} / {small}", "×", per_class, 1.2),
             "load_mib": figure(f"  prototypes of {n} classes (float32)", "MiB", col(n, "proto_mib")),
-            "load_anon": figure(f"  RSS growth, own memory, {n} classes", "MiB", col(n, "RssAnon")),
-            "load_copies": figure("  own memory / prototype bytes (copies held)", "×", copies, 1.1),
+            "load_peak": figure("  peak growth of own memory while reading", "MiB", col(n, "VmHWM")),
+            "load_held": figure(f"  peak own memory / the {n} classes' bytes (1: all held)", "×", held),
             "load_file": figure("  RSS growth, LMDB map pages (page cache)", "MiB", col(n, "RssFile")),
             "segment_few": figure(f"segment, {s.bank_classes} classes + background", "s/image", total_few),
             "segment_many": figure(f"segment, {n} classes + background", "s/image", total_many),
             "segment_ratio": figure(f"  {n} / {s.bank_classes} classes", "×", ratios(total_many, total_few), 1.3),
             "matching_ratio": figure("  of which after the backbones, ratio", "×", ratios(seg["many"], seg["few"])),
-            "filter_cold": figure(f"filter over {n} names, cold text cache", "s/image", seg["cold"]),
-            "filter_warm": figure(f"filter over {n} names, warm text cache", "s/image", seg["warm"]),
-            "filter_share": figure(f"  warm filter's share of a segment, {n} classes", "%", share),
-            "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [seg["rss_peak"]]),
+            "filter_cold": figure(f"filter over {n} names, cold (nothing cached)", "s", seg["cold"]),
+            "filter_warm": figure(f"filter over {n} names, warm (cached matrix)", "s", seg["warm"]),
+            "filter_share": figure(f"  filter's share of a segment, {n} classes", "%", share),
+            "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [mem[n]["peak"]]),
             "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond], 1536),
-            "rss_vocab": figure("  of which one image's bank (kept classes, float32)", "MiB", [seg["vocab_mib"]]),
+            "rss_beyond_few": figure(f"  the same with {few_k} classes", "MiB", [beyond_few]),
+            "rss_ratio": figure(f"  {n} / {few_k} classes", "×", [beyond / beyond_few], 1.1),
+            "rss_vocab": figure("  of which one image's bank (kept classes, float32)", "MiB", [mem[n]["vocab_mib"]]),
             "add": figure(f"protos add 1 class to {n} cached", "s", add["add"]),
             "alone": figure("build that class alone", "s", add["alone"]),
-            "add_ratio": figure("  add / alone", "×", ratios(add["add"], add["alone"]), 1.02),
+            "add_wall_ratio": figure("  add / alone, wall time", "×", ratios(add["add"], add["alone"])),
+            "add_ratio": figure(
+                "  add / alone, CPU time of the process", "×", ratios(add["add_cpu"], add["alone_cpu"]), 1.02
+            ),
         },
         "notes": [
             f"{n} SYNTHETIC classes (random unit prototypes, fg+bg × (1 class + {s.bank_rows} instance + "
             f"{s.bank_rows} part), D={dims_text(dim)}, all things, stored {s.large_proto_dtype}) written with "
-            f"put_prototypes; segment streams (heads, each image reads its kept classes); each measurement "
-            f"in a new process; reading: ensure_classes(build=False), one class at a time, each array decoded "
-            f"straight from LMDB's memory map into one float32 copy; segment: one image encoded once "
-            f"({seg['encode']:.3g} s, the same for any vocabulary) + predict_encoded, {s.large_pairs} interleaved "
-            f"pairs, η={s.eta} (kept {seg['kept']}); add: {s.large_pairs} pairs, a new class name per pair"
+            f"put_prototypes; each measurement in a new process; reading: heads, then each class part's arrays "
+            f"(load_class, as a streamed segment reads a kept class), let go before the next; segment: heads and "
+            f"the streamed vocabulary, one image encoded once ({seg['encode']:.3g} s, the same for any vocabulary) "
+            f"+ predict_encoded, {s.large_pairs} interleaved pairs, η={s.eta} (kept {mem[n]['kept']}); memory: a "
+            f"process per vocabulary size, base after the models and the encoded image; add: {s.large_pairs} "
+            f"pairs, a new class name per pair, the target on the process's CPU time"
         ],
     }

@@ -397,7 +397,7 @@ def run_bench(
     elif {"segment", "vocabulary", "large_vocab"} & set(only):  # the feature dimensions, from one build
         dim = {
             p: int(a["fg/class"].shape[1])
-            for p, a in build_once(stages, samples[:1], s.feature_size, s.k_parts, seed, root)[3].items()
+            for p, a in build_once(stages, samples[:1], s.feature_size, s.k_parts, seed, root)[1].items()
         }
     folder = write_images(root / "images", s.segment_images, s.image_hw, seed)
     if "segment" in only:

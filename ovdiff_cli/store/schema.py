@@ -101,6 +101,12 @@ def _embedding_check(a: np.ndarray, parent: None, ids: dict) -> str | None:
 
 
 def _vocab_array_check(a: np.ndarray, parent: None, ids: dict) -> str | None:
+    if ids["array"] == "class_text":
+        if a.ndim != 2 or a.dtype.kind != "f" or not np.isfinite(a).all():
+            return "class-prompt embeddings are not a finite (classes, E) float array"
+        if not np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-3):
+            return "class-prompt embeddings are not unit vectors"
+        return None
     if a.ndim != 1 or a.dtype.kind != "f" or np.isnan(a).any():
         return "vocabulary array is not one number per prototype"
     return None
@@ -228,7 +234,7 @@ KINDS: tuple[Kind, ...] = (
         "vocab-array",
         re.compile(rf"v/{_ID}/(?P<array>[a-z_]+)"),
         "array",
-        "an array computed once for a vocabulary (its bg prototypes' stuff scores), under the vocabulary's id",
+        "an array computed once for a vocabulary (stuff scores, class-prompt embeddings), under the vocabulary's id",
         check=_vocab_array_check,
     ),
     Kind(

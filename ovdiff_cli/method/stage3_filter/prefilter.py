@@ -20,7 +20,9 @@ the average class", which is what it stays. Step 2 ranks by cosine as before (σ
 CLIP sees the working image (short side 448, Lanczos) squeezed to 512² (Lanczos) and then to 224²
 without antialiasing, normalised with CLIP's own mean/std: the authors' input (`filter_input`).
 
-Text embeddings are kept by prompt in a `types.TextMemo` (the run's cache), so a folder never re-encodes a prompt.
+Text embeddings are kept by prompt in a `types.TextMemo` (the run's cache), so a folder never re-encodes a prompt;
+with a `types.VocabMemo` the class prompts' matrix is also kept whole under the vocabulary's id (`class_text_id`),
+so a second run over a 10,000-class vocabulary reads one array instead of 10,000 entries.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...types import ImageTextScorer, TextMemo
+from ...types import ImageTextScorer, TextMemo, VocabMemo
 from ..stage2_prototypes.features import clip_mean_std
 
 ENCODE_BATCH = 2048  # prompts encoded between two progress lines of a cold large vocabulary
@@ -43,6 +45,13 @@ FILTER_SQUARE = 512  # the filter's image is first squeezed to 512² (sdov mmdat
 
 def class_prompt(name: str) -> str:
     return f"a {name}"
+
+
+def class_text_id(fingerprint: str, prompts: list[str]) -> str:
+    """The id of a vocabulary's class-prompt matrix: the text tower's identity and the prompts, in order."""
+    from hashlib import sha256
+
+    return sha256(repr((fingerprint, prompts)).encode("utf-8")).hexdigest()[:24]
 
 
 def subset_prompt(names: list[str]) -> str:
@@ -114,7 +123,9 @@ class CategoryFilter:
     the cache) when it has them, and are put there when encoded.
 
     `stuff[i]` marks class i as stuff: stuff classes are always kept and never scored, the filter
-    chooses among the others (with no or one thing class there is nothing to choose).
+    chooses among the others (with no or one thing class there is nothing to choose). `vocab` keeps the
+    class prompts' (C,E) matrix under `class_text_id` (`v/<id>/class_text` in the cache): a second filter
+    over the same names reads it in one piece.
     """
 
     def __init__(
@@ -126,6 +137,7 @@ class CategoryFilter:
         size: int = 224,
         memo: int = 4096,
         stuff: list[bool] | None = None,
+        vocab: VocabMemo | None = None,
     ):
         if eta < 1:
             raise ValueError(f"eta must be at least 1, got {eta}")
@@ -142,7 +154,20 @@ class CategoryFilter:
         self.size = size
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memo_size = memo
-        self._class_embs = self.text_embeddings([class_prompt(n) for n in self.names]) if len(self.names) > 1 else None
+        self._class_embs = self._class_embeddings(vocab) if len(self.names) > 1 else None
+
+    def _class_embeddings(self, vocab: VocabMemo | None) -> torch.Tensor:
+        """(C,E) class-prompt embeddings: the vocabulary's kept matrix, else by prompt (then kept whole)."""
+        prompts = [class_prompt(n) for n in self.names]
+        if vocab is None:
+            return self.text_embeddings(prompts)
+        vid = class_text_id(self.scorer.identity(), prompts)
+        kept = vocab.vocab_array(vid, "class_text")
+        if kept is not None and kept.shape[0] == len(prompts):
+            return torch.from_numpy(np.array(kept, dtype=np.float32))
+        embs = self.text_embeddings(prompts)
+        vocab.put_vocab_array(vid, "class_text", embs.numpy())
+        return embs
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """(T,E) float32 unit vectors: from memory, else `texts`, else the text encoder (then stored)."""

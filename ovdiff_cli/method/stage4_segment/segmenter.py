@@ -109,7 +109,8 @@ class Segmenter:
     Classes given as heads (`engines.vocab.load_heads`: row counts, no arrays) with `read` (a class part's
     id → its arrays) are matched as `StreamedVocabulary`s: each image reads only the classes the filter
     keeps, so memory does not grow with the vocabulary, and the labels are those of the classes in memory.
-    `memo` keeps what is computed once per vocabulary (the stuff scores) under the vocabulary's id.
+    `memo` keeps what is computed once per vocabulary (the stuff scores, the filter's class-prompt matrix) under
+    the vocabulary's id.
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class Segmenter:
         self._device_vocabs = [v.to(device) for v in self.vocabs]
         stuff = [c.kind == "stuff" for c in classes]
         self.filter = (  # stuff classes bypass it: with fewer than two things there is nothing to choose
-            CategoryFilter(scorer, texts, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff)
+            CategoryFilter(scorer, texts, [c.name for c in classes], cfg.eta, cfg.filter_size, stuff=stuff, vocab=memo)
             if scorer is not None and cfg.use_filter and stuff.count(False) > 1
             else None
         )
