@@ -369,3 +369,21 @@ def test_progress_into_a_pipe_is_plain_lines_every_few_seconds_whatever_the_task
 
     assert isinstance(printer().progress(), LogProgress)  # what every command gets off a terminal
     assert not isinstance(printer(quiet=True).progress(), LogProgress)
+
+
+def test_a_legend_never_turns_no_class_into_class_255_of_a_large_benchmark(tmp_path):
+    """In ade847 (and pc459) 255 is a class: masks of a small vocabulary (8-bit, 255 = no class) and a
+    'background' prediction must score as no class there, not as class 255."""
+    from types import SimpleNamespace
+
+    from ovdiff_cli.classnames import NO_CLASS
+    from ovdiff_cli.eval.datasets import class_names
+    from ovdiff_cli.eval.legends import UNNAMED, legend_lookup
+
+    names = class_names("ade847")
+    ade = SimpleNamespace(name="ade847", classes=names, has_background=False, num_classes=len(names))
+    legend = tmp_path / "classes.json"
+    entries = [(0, "background"), (1, names[255]), (2, names[0])]
+    legend.write_text(json.dumps({"labels": [{"index": i, "name": n} for i, n in entries]}))
+    lut = legend_lookup(legend, ade)
+    assert lut[255] == lut[0] == NO_CLASS and lut[1] == 255 and lut[2] == 0 and lut[3] == UNNAMED

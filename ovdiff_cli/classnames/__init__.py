@@ -148,3 +148,4 @@ def class_kinds(dataset: str) -> list[str] | None:
 
 
 IGNORE_INDEX = 255  # the label value every benchmark's label maps leave unscored (mmsegmentation's ignore_index)
+NO_CLASS = -1  # a prediction of no class that, unlike 255, is no class index of a >255-class vocabulary

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ..classnames import IGNORE_INDEX
+from ..classnames import IGNORE_INDEX, NO_CLASS
 from ..errors import InvalidSetting, OvdiffError
 from ..io.legend import LEGEND_FILE
 from ..io.palette import rgb_to_labels
 from ..limits import in_range
 from .datasets import ItemInfo, SegDataset, load_image
-from .legends import legend_lookup
+from .legends import UNNAMED, legend_lookup
 from .metrics import ConfusionMatrix
 from .paper import weights_kind
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from ..method.stage4_segment.segmenter import Segmenter
 
 Predict = Callable[[np.ndarray, ItemInfo], np.ndarray]
-NO_CLASS = -1  # a prediction of no class that, unlike 255, is no class index of a >255-class vocabulary
 OnImage = Callable[[int, int, float], None]  # (images done, total, running mIoU)
 
 
@@ -214,9 +213,9 @@ def predictions_from_dir(pred_dir: Path | str, dataset: SegDataset, offset: int 
         values = raw.astype(np.int64)
         if lut is not None:
             labels = lut[np.clip(values, 0, len(lut) - 1)]
-            if (labels < 0).any():
+            if (labels == UNNAMED).any():
                 raise OvdiffError(
-                    f"prediction {path} has value {int(values[labels < 0].max())}, which its legend {root / LEGEND_FILE} does not name"
+                    f"prediction {path} has value {int(values[labels == UNNAMED].max())}, which its legend {root / LEGEND_FILE} does not name"
                 )
             return labels
         labels = values - off

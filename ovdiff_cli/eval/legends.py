@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..classnames import IGNORE_INDEX
+from ..classnames import IGNORE_INDEX, NO_CLASS
 from ..errors import OvdiffError
 
 if TYPE_CHECKING:
@@ -22,10 +22,13 @@ def _fold(name: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFC", name).casefold() if c.isalnum())
 
 
+UNNAMED = -2  # in `legend_lookup`'s table: a mask value its legend does not name (an error to meet)
+
+
 def legend_lookup(path: Path, dataset: SegDataset) -> np.ndarray:
-    """(65536,) int64: mask value → dataset index (IGNORE_INDEX for 255 unless the legend names it and,
-    without background, for background; -1 for values the legend does not name), from an `ovdiff
-    segment` classes.json.
+    """(65536,) int64: mask value → dataset index (NO_CLASS for 255 unless the legend names it and,
+    without background, for background; UNNAMED for values the legend does not name), from an `ovdiff
+    segment` classes.json. No class is NO_CLASS, never 255: in ade847 and pc459, 255 is a class.
 
     Names are matched to the dataset's classes (its corrected and raw names) loosely; a name that
     matches none is a one-line error, so masks of other classes are never scored under wrong labels.
@@ -40,15 +43,15 @@ def legend_lookup(path: Path, dataset: SegDataset) -> np.ndarray:
     known = {_fold(n): j for j, n in enumerate(dataset.classes)}
     if dataset.classes == class_names(dataset.name):
         known.update({_fold(n): j for j, n in enumerate(class_names(dataset.name, raw=True))})
-    lut = np.full(1 << 16, -1, np.int64)  # 8-bit and 16-bit masks
+    lut = np.full(1 << 16, UNNAMED, np.int64)  # 8-bit and 16-bit masks
     if IGNORE_INDEX not in {index for index, _ in entries}:
-        lut[IGNORE_INDEX] = IGNORE_INDEX  # 255 is "no class" unless the legend names it (16-bit masks)
+        lut[IGNORE_INDEX] = NO_CLASS  # 255 is "no class" unless the legend names it (16-bit masks)
     unmatched = []
     for index, name in entries:
         if not 0 <= index < 1 << 16:
             raise OvdiffError(f"the legend {path} lists index {index}: mask values are 0..65535")
         if _fold(name) == "background":
-            lut[index] = 0 if dataset.has_background else IGNORE_INDEX
+            lut[index] = 0 if dataset.has_background else NO_CLASS
         elif _fold(name) in known:
             lut[index] = known[_fold(name)]
         else:
