@@ -379,3 +379,27 @@ def test_segment_with_refine_on_ray_writes_the_local_masks(world, tmp_path, tiny
         assert any(
             (plain / m).read_bytes() != (tmp_path / "local" / m).read_bytes() for m in masks
         )  # refined on Ray too
+
+
+def test_workers_on_one_machine_get_heads_and_the_cache_and_on_a_cluster_the_arrays(tmp_path, procedural_stages):
+    """One machine: the object store holds heads (no prototype) and each worker opens the cache and reads each
+    image's kept classes, as a local run; several machines: every class's arrays, since no worker can open it."""
+    from types import SimpleNamespace
+
+    from ovdiff_cli.engines.raysegment import shipped
+    from ovdiff_cli.store.protos import load_parts
+
+    P = get_preset("procedural")
+    cache = Cache(tmp_path / "c")
+    names = ["kite", "sky"]
+    heads = ensure_classes(cache, procedural_stages, names, 0, P.sample, P.protos, arrays=False)
+    assert all(not p.fg and p.rows for c in heads for p in c.parts.values())
+    classes, root = shipped(ray, heads, cache)  # the module's local instance: one node
+    assert classes is heads and root == str(cache.root)
+    two = SimpleNamespace(nodes=lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    classes, root = shipped(two, heads, cache)
+    assert root is None
+    for got, head in zip(classes, heads, strict=True):
+        want = load_parts(cache, {p: head.parts[p].pid for p in head.parts})
+        for part, protos in got.parts.items():
+            assert protos.fg and all(np.array_equal(a, want.parts[part].fg[k]) for k, a in protos.fg.items())

@@ -176,13 +176,15 @@ def _model_predictor(
         workers=workers,
         on_event=on_event,
         seed=seed,
-        arrays=engine == "ray",  # a local segmenter reads each image's kept classes from the cache
+        arrays=False,  # heads: a segmenter (local, or a Ray worker) reads each image's kept classes from the cache
     )
     cfg = protocol_config(session.segment_config, ds)
     if engine == "ray":
         from .raysegment import dataset_predictions
 
-        return dataset_predictions(session.run_config, classes, cfg, session.proto_config.extractor, ds, workers)
+        return dataset_predictions(
+            session.run_config, classes, session.cache, cfg, session.proto_config.extractor, ds, workers
+        )
     segmenter = session.stages.segmenter(classes, cfg, session.proto_config.extractor, session.cache)
     return segmenter_predictor(segmenter, ds)
 

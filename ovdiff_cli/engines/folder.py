@@ -224,7 +224,7 @@ def segment_folder(
                     job.address,
                     job.workers,
                     on_event,
-                    arrays=job.engine == "ray",  # a local segmenter reads each image's kept classes itself
+                    arrays=False,  # heads: a segmenter (local, or a Ray worker) reads each image's kept classes
                 )
                 save_legend(names, session.segment_config.background, out_dir, job.fmt)
                 if on_event is not None:
@@ -254,6 +254,7 @@ def _segment(
         return segment_items(
             session.run_config,
             classes,
+            session.cache,
             cfg,
             spec,
             items,

@@ -1,5 +1,8 @@
 """The Ray engine's segmentation (`segment --engine ray`, `eval --engine ray`): a Ray Data stream of images through an
-actor pool of segmenters, with the vocabulary in the object store. The cluster and class builds are `raycluster`'s."""
+actor pool of segmenters. On one machine the workers get the classes' heads and open the cache themselves, reading
+each image's kept classes as a local run does (memory does not grow with the vocabulary); on a cluster of several
+machines, whose workers cannot open this machine's cache, the vocabulary's arrays go to the object store. The
+cluster and class builds are `raycluster`'s."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from ..eval.evaluate import Predict
     from ..io.images import InputImage
     from ..io.outputs import JobSummary, OutputWriter
+    from ..store.cache import Cache
     from ..types import ClassParts
 
 
@@ -44,13 +48,17 @@ class SegmentWorker:
         extractor_spec: str,
         loader: Callable[[str], np.ndarray],
         threads: int | None,
+        cache_root: str | None = None,
     ):
         import ray
 
+        from ..store.cache import Cache
+
         set_threads(threads)
-        classes = ray.get(vocab[0])  # the vocabulary, from the object store
+        classes = ray.get(vocab[0])  # the vocabulary (heads with a cache to read them from), from the object store
         self.loader = loader
-        self.segmenter = worker_stages(run_cfg).segmenter(classes, seg_cfg, extractor_spec)
+        cache = Cache(cache_root, create=False) if cache_root is not None else None
+        self.segmenter = worker_stages(run_cfg).segmenter(classes, seg_cfg, extractor_spec, cache)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..io.images import InputImage
@@ -154,10 +162,21 @@ def stderr_without(marker: bytes) -> Iterator[None]:
         os.close(saved)
 
 
+def shipped(ray, classes: list[ClassParts], cache: Cache) -> tuple[list[ClassParts], str | None]:
+    """What the workers get of `classes` (heads, `ensure_classes(arrays=False)`): on a one-machine Ray, the heads
+    and the cache's folder, which every worker opens; else every class's arrays (read here, one copy)."""
+    from ..store.protos import load_parts
+
+    if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+        return classes, str(cache.root)
+    return [load_parts(cache, {p: c.parts[p].pid for p in c.parts}) for c in classes], None
+
+
 def _segment_rows(
     ray,
     run_cfg: RunConfig,
     classes: list[ClassParts],
+    cache: Cache,
     seg_cfg: SegmentConfig,
     extractor_spec: str,
     paths: list[str],
@@ -171,6 +190,7 @@ def _segment_rows(
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = in_order
     n, resources = worker_resources(ray, workers)
+    classes, cache_root = shipped(ray, classes, cache)
     vocab = ray.put(classes)
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
     out = ds.map_batches(
@@ -185,6 +205,7 @@ def _segment_rows(
             "extractor_spec": extractor_spec,
             "loader": loader,
             "threads": driver_threads(resources),
+            "cache_root": cache_root,
         },
         **resources,
     )
@@ -202,6 +223,7 @@ def _labels(row: dict) -> np.ndarray:
 def segment_items(
     run_cfg: RunConfig,
     classes: list[ClassParts],
+    cache: Cache,
     seg_cfg: SegmentConfig,
     extractor_spec: str,
     items: list[InputImage],
@@ -219,6 +241,7 @@ def segment_items(
                 ray,
                 run_cfg,
                 classes,
+                cache,
                 seg_cfg,
                 extractor_spec,
                 [str(i.path) for i in items],
@@ -240,6 +263,7 @@ def segment_items(
 def dataset_predictions(
     run_cfg: RunConfig,
     classes: list[ClassParts],
+    cache: Cache,
     seg_cfg: SegmentConfig,
     extractor_spec: str,
     dataset: SegDataset,
@@ -259,6 +283,7 @@ def dataset_predictions(
         ray,
         run_cfg,
         classes,
+        cache,
         seg_cfg,
         extractor_spec,
         [str(i.image_path) for i in infos],
