@@ -30,7 +30,7 @@ SECTIONS = {
         "overhead_share_filter",
     },
     "filter": {"cold", "warm", "speedup", "prompts"},
-    "vocabulary": {"add", "alone", "ratio", "load", "first_run_calls", "second_run_calls"},
+    "vocabulary": {"add", "alone", "ratio_wall", "ratio", "load", "first_run_calls", "second_run_calls"},
     "memory": {"small", "large", "growth"},
     "class_build": {"small", "large", "growth", "beyond_small", "beyond_models"},
     "large_vocab": {
@@ -231,3 +231,18 @@ def test_in_child_returns_the_json_result_and_names_a_failure(tmp_path):
     assert in_child("posixpath:join", ["a", "b"], tmp_path, "ok") == "a/b"
     with pytest.raises(OvdiffError, match="bench run bad exited with 1: .*math domain error"):
         in_child("math:sqrt", [-1], tmp_path, "bad")
+
+
+def test_the_cpu_clock_counts_this_process_work_not_waiting():
+    """A ratio's target on a CPU is checked on the process's CPU time: time spent waiting (as while another
+    process has the core) is not in it, work is."""
+    import time
+
+    from ovdiff_cli.bench.stats import clock_of, with_cpu_time
+
+    cpu: list[float] = []
+    with_cpu_time(lambda: time.sleep(0.3), cpu)()
+    with_cpu_time(lambda: sum(i * i for i in range(3_000_000)), cpu)()
+    assert cpu[0] < 0.05 < cpu[1]
+    assert clock_of("cpu", [1.0], cpu) == (cpu, "CPU time of the process")
+    assert clock_of("cuda", [1.0], cpu) == ([1.0], "wall time")

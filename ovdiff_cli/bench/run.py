@@ -30,7 +30,7 @@ from .settings import (
     synthetic_bank,
     write_images,
 )
-from .stats import TimedScorer, figure, in_child, interleaved_pairs, ratios, timed
+from .stats import TimedScorer, clock_of, figure, in_child, interleaved_pairs, ratios, timed, with_cpu_time
 
 if TYPE_CHECKING:
     from ..compose import Stages
@@ -224,12 +224,15 @@ def bench_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, 
     generator calls on a second run."""
     run = in_child("ovdiff_cli.bench.run:vocab_pairs", [asdict(s), dim, device, dtype, seed, str(root)], root, "vocab")
     t_add, t_alone, t_load = run["add"], run["alone"], run["load"]
+    c_add, clock = clock_of(device, run["add"], run["add_cpu"])
+    c_alone, _ = clock_of(device, run["alone"], run["alone_cpu"])
     first, second = second_run_calls(s, device, dtype, seed, root)
     return {
         "figures": {
             "add": figure(f"add 1 class to {s.vocab_cached} cached", "s", t_add),
             "alone": figure("build that class alone", "s", t_alone),
-            "ratio": figure("add / alone", "×", ratios(t_add, t_alone), 1.02),
+            "ratio_wall": figure("add / alone, wall time", "×", ratios(t_add, t_alone)),
+            "ratio": figure(f"add / alone, {clock}", "×", ratios(c_add, c_alone), 1.02),
             "load": figure(f"of add: reading the {s.vocab_cached} cached classes", "s", t_load),
             "first_run_calls": figure("generator calls, first segment run", "images", [first]),
             "second_run_calls": figure("generator calls, second segment run", "images", [second], 0),
@@ -283,10 +286,13 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
     def alone() -> None:
         ensure_classes(next(fresh), stages, [EXTRA_CLASS], seed, sample_cfg, proto_cfg)
 
-    t_add, t_alone = interleaved_pairs(add, alone, s.pairs, stages.device)
+    cpu: dict[str, list[float]] = {"add": [], "alone": []}
+    t_add, t_alone = interleaved_pairs(
+        with_cpu_time(add, cpu["add"]), with_cpu_time(alone, cpu["alone"]), s.pairs, stages.device
+    )
     pids = [class_ids(n, seed, stages.specs, sample_cfg, proto_cfg) for n in names]
     t_load = [timed(lambda c=c: [load_parts(c, p) for p in pids], stages.device)[0] for c in bases]
-    return {"add": t_add, "alone": t_alone, "load": t_load}
+    return {"add": t_add, "alone": t_alone, "load": t_load, "add_cpu": cpu["add"], "alone_cpu": cpu["alone"]}
 
 
 def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> tuple[int, int]:

@@ -69,6 +69,24 @@ def interleaved_pairs(
     return ta, tb
 
 
+def with_cpu_time(fn: Callable[[], Any], into: list[float]) -> Callable[[], Any]:
+    """`fn`, appending each call's CPU seconds of this process (all its threads) to `into`: unlike wall time,
+    they do not count what other processes do on the machine. On a CPU device only: GPU work is not in them."""
+
+    def run() -> Any:
+        t0 = time.process_time()
+        out = fn()
+        into.append(time.process_time() - t0)
+        return out
+
+    return run
+
+
+def clock_of(device: str, wall: list[float], cpu: list[float]) -> tuple[list[float], str]:
+    """The runs a ratio's target is checked on, and their name: CPU time on a CPU, wall time on a GPU."""
+    return (cpu, "CPU time of the process") if device == "cpu" else (wall, "wall time")
+
+
 def ratios(ta: list[float], tb: list[float]) -> list[float]:
     return [x / y for x, y in zip(ta, tb, strict=True)]
 
