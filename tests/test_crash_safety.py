@@ -471,6 +471,7 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
     original = dict(c.scan(b""))
     texts = [k for k in original if k.startswith(b"t/")]
     assert texts, "segment with the filter caches text embeddings"
+    (matrix,) = [k for k in original if k.endswith(b"/class_text")]  # and the vocabulary's class-prompt matrix
     size = run.pipe.sample_config.size
     broken = {
         image_key(sid["kite"], 5): _flip(original[image_key(sid["kite"], 5)], 400),  # PNG data, caught by chunk CRC
@@ -479,6 +480,7 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
         class_key(pid["grass"]): b'{"name": "grass", "arr',  # class record JSON
         image_key(sid["car"], 3): encode_png(np.zeros((size // 2, size, 3), np.uint8)),  # decodes, wrong shape
         texts[0]: original[texts[0]][:-5],  # text embedding, truncated
+        matrix: _flip(original[matrix], -11),  # the filter's class-prompt matrix, array checksum
     }
     c.write(broken)
 
@@ -525,5 +527,6 @@ def test_verify_reports_every_kind_of_broken_entry_and_repair_lets_protos_add_re
         app, ["segment", str(img_dir), "--classes", ",".join(names), "--out", str(tmp_path / "m3"), *common]
     )
     assert res.exit_code == 0, res.output
-    assert texts[0] in dict(Cache(cache_dir).scan(b"t/"))  # the text embedding is encoded again
+    again = dict(Cache(cache_dir).scan(b""))
+    assert texts[0] in again and matrix in again  # the text embedding is encoded again, the matrix kept again
     assert_sound(cache_dir)

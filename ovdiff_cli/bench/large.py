@@ -92,19 +92,40 @@ def _status_mib(fields: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _reset_peak() -> None:
-    try:  # noqa: SIM105
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    except OSError:
-        pass
+class AnonPeak:
+    """The peak of this process's own (anonymous) memory while open, in MiB, sampled every `every` seconds.
+
+    Linux keeps a high-water mark only of the whole RSS, which also counts the file pages of LMDB's map: the
+    OS page cache, shared and reclaimable, which the kernel maps in large runs around each page read (reading
+    the heads of 10,000 classes maps most of the file), so it says nothing of what a process holds."""
+
+    def __init__(self, every: float = 0.002):
+        import threading
+
+        self.every, self._stop = every, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self.base = self.peak = 0.0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, _status_mib(("RssAnon",))["RssAnon"])
+
+    def __enter__(self) -> AnonPeak:
+        self.base = self.peak = _status_mib(("RssAnon",))["RssAnon"]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_mib(("RssAnon",))["RssAnon"])
 
 
 def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
     """Run in a new process: read the first n classes of the filled cache as a streamed segment reads them (heads
     from `ensure_classes(arrays=False)`, then each class part's arrays with `load_class`, let go before the next).
-    Seconds, the float32 bytes read, and the growth of the process's anonymous memory
-    (its own copies) at its peak and at the end, and of its file-backed pages (LMDB's map: the OS page cache,
-    shared and reclaimable), in MiB."""
+    Seconds, the float32 bytes read, and in MiB the peak growth of the process's own memory (`AnonPeak`) and the
+    growth of its file-backed pages (LMDB's map: the OS page cache, shared and reclaimable)."""
     from ..compose import Stages
     from ..engines.vocab import ensure_classes
     from ..store.cache import Cache
@@ -115,21 +136,19 @@ def load_vocabulary(settings: dict, cache_root: str, n: int, seed: int) -> dict:
     sample_cfg, proto_cfg = _configs(s)
     cache = Cache(cache_root)
     names = vocabulary_names(n)
-    fields = ("RssAnon", "RssFile", "VmHWM")
-    _reset_peak()
-    before = _status_mib(fields)
-    t0 = time.perf_counter()
-    heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
-    nbytes = 0
-    for head in heads:
-        for part in head.parts.values():
-            arrays = load_class(cache, part.pid)
-            nbytes += sum(a.nbytes for g in (arrays.fg, arrays.bg) for a in g.values())
-            del arrays
-    seconds = time.perf_counter() - t0
-    after = _status_mib(fields)
-    grown = {k: after[k] - before[k] for k in fields}
-    return {"seconds": seconds, "proto_mib": nbytes / 2**20, **grown}
+    before = _status_mib(("RssFile",))["RssFile"]
+    with AnonPeak() as own:
+        t0 = time.perf_counter()
+        heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
+        nbytes = 0
+        for head in heads:
+            for part in head.parts.values():
+                arrays = load_class(cache, part.pid)
+                nbytes += sum(a.nbytes for g in (arrays.fg, arrays.bg) for a in g.values())
+                del arrays
+        seconds = time.perf_counter() - t0
+    file_pages = _status_mib(("RssFile",))["RssFile"] - before
+    return {"seconds": seconds, "proto_mib": nbytes / 2**20, "own_peak": own.peak - own.base, "file": file_pages}
 
 
 def _segment_setup(s: BenchSettings, device: str, dtype: str):
@@ -218,20 +237,20 @@ def segment_memory(settings: dict, cache_root: str, root: str, k: int, device: s
     cache = Cache(cache_root)
     names = vocabulary_names(s.large_classes)[:k]
     gc.collect()
-    _reset_peak()
-    base = _status_mib(("VmRSS",))["VmRSS"]
-    heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
-    seg = stages.segmenter(heads, cfg, proto_cfg.extractor, cache, scorer=scorer)
-    del heads
-    for _ in range(2):
-        seg.predict_encoded(enc)
-    status = _status_mib(("VmHWM",))
+    before = _status_mib(("RssFile", "VmRSS"))
+    with AnonPeak() as own:
+        heads = ensure_classes(cache, stages, names, seed, sample_cfg, proto_cfg, build=False, arrays=False)
+        seg = stages.segmenter(heads, cfg, proto_cfg.extractor, cache, scorer=scorer)
+        del heads
+        for _ in range(2):
+            seg.predict_encoded(enc)
+    after = _status_mib(("RssFile", "VmRSS"))
     kept = seg.filter.select(working_image(enc.image, cfg.short_side)) if seg.filter else list(range(k))
     nbytes = sum(v.restrict(kept).protos.numel() * 4 for v in seg.vocabs)  # one image's bank
     return {
-        "base": base,
-        "peak": status["VmHWM"],
-        "beyond": status["VmHWM"] - base,
+        "rss_base": before["VmRSS"],
+        "beyond": own.peak - own.base,
+        "file": after["RssFile"] - before["RssFile"],
         "vocab_mib": nbytes / 2**20,
         "kept": len(kept),
     }
@@ -316,7 +335,7 @@ def _section(
         return [r[key] for r in loads[k]]
 
     per_class = [(b["seconds"] / n) / (a["seconds"] / small) for a, b in zip(loads[small], loads[n], strict=True)]
-    held = [r["VmHWM"] / r["proto_mib"] for r in loads[n]]
+    held = [r["own_peak"] / r["proto_mib"] for r in loads[n]]
     total_many = [seg["encode"] + t for t in seg["many"]]
     total_few = [seg["encode"] + t for t in seg["few"]]
     share = [100 * f / t for f, t in zip(seg["filter_many"], total_many, strict=True)]
@@ -331,9 +350,9 @@ def _section(
             "load": figure(f"read {n} classes, one at a time", "s", col(n, "seconds")),
             "load_per_class": figure(f"  time per class, {n} / {small}", "×", per_class, 1.2),
             "load_mib": figure(f"  prototypes of {n} classes (float32)", "MiB", col(n, "proto_mib")),
-            "load_peak": figure("  peak growth of own memory while reading", "MiB", col(n, "VmHWM")),
+            "load_peak": figure("  peak growth of own memory while reading", "MiB", col(n, "own_peak")),
             "load_held": figure(f"  peak own memory / the {n} classes' bytes (1: all held)", "×", held),
-            "load_file": figure("  RSS growth, LMDB map pages (page cache)", "MiB", col(n, "RssFile")),
+            "load_file": figure("  RSS growth, LMDB map pages (page cache)", "MiB", col(n, "file")),
             "segment_few": figure(f"segment, {s.bank_classes} classes + background", "s/image", total_few),
             "segment_many": figure(f"segment, {n} classes + background", "s/image", total_many),
             "segment_ratio": figure(f"  {n} / {s.bank_classes} classes", "×", ratios(total_many, total_few), 1.3),
@@ -341,11 +360,14 @@ def _section(
             "filter_cold": figure(f"filter over {n} names, cold (nothing cached)", "s", seg["cold"]),
             "filter_warm": figure(f"filter over {n} names, warm (cached matrix)", "s", seg["warm"]),
             "filter_share": figure(f"  filter's share of a segment, {n} classes", "%", share),
-            "rss_peak": figure(f"peak RSS, segment with {n} classes", "MiB", [mem[n]["peak"]]),
-            "rss_beyond": figure("  beyond models and encoded image", "MiB", [beyond], 1536),
+            "rss_base": figure(
+                f"RSS with the models and the encoded image ({n} classes' run)", "MiB", [mem[n]["rss_base"]]
+            ),
+            "rss_beyond": figure("  own memory beyond them, peak (RssAnon)", "MiB", [beyond], 1536),
             "rss_beyond_few": figure(f"  the same with {few_k} classes", "MiB", [beyond_few]),
             "rss_ratio": figure(f"  {n} / {few_k} classes", "×", [beyond / beyond_few], 1.1),
             "rss_vocab": figure("  of which one image's bank (kept classes, float32)", "MiB", [mem[n]["vocab_mib"]]),
+            "rss_file": figure("  LMDB map pages mapped meanwhile (page cache, shared)", "MiB", [mem[n]["file"]]),
             "add": figure(f"protos add 1 class to {n} cached", "s", add["add"]),
             "alone": figure("build that class alone", "s", add["alone"]),
             "add_wall_ratio": figure("  add / alone, wall time", "×", ratios(add["add"], add["alone"])),
@@ -358,7 +380,8 @@ def _section(
             f"(load_class, as a streamed segment reads a kept class), let go before the next; segment: heads and "
             f"the streamed vocabulary, one image encoded once ({seg['encode']:.3g} s, the same for any vocabulary) "
             f"+ predict_encoded, {s.large_pairs} interleaved pairs, η={s.eta} (kept {mem[n]['kept']}); memory: a "
-            f"process per vocabulary size, base after the models and the encoded image; add: {s.large_pairs} "
+            f"process per vocabulary size, base after the models and the encoded image, own memory = anonymous "
+            f"RSS sampled every 2 ms (LMDB's mapped file pages apart: page cache); add: {s.large_pairs} "
             f"pairs, a new class name per pair, the target on the {clock}"
         ],
     }

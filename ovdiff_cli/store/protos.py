@@ -3,6 +3,7 @@ kind and row counts, no array) for a segmenter that reads each image's kept clas
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,9 +53,11 @@ def load_head(cache: Cache, pid: str) -> ClassPrototypes:
     rec = cache.class_record(pid)
     if rec is None:
         raise ClassNotFound(pid)
-    rows = {n: int(a["shape"][0]) for n, a in rec["arrays"].items() if n.split("/", 1)[-1] in PROTO_KINDS}
+    # the array names and kinds are the same few strings in every class: interned, 10,000 heads share them
+    rows = {sys.intern(n): int(a["shape"][0]) for n, a in rec["arrays"].items() if n.split("/", 1)[-1] in PROTO_KINDS}
     stamp = str(rec.get("created_at", ""))
-    return ClassPrototypes(name=rec["name"], kind=rec["kind"], fg={}, bg={}, pid=pid, rows=rows, stamp=stamp)
+    kind = sys.intern(rec["kind"])
+    return ClassPrototypes(name=rec["name"], kind=kind, fg={}, bg={}, pid=pid, rows=rows, stamp=stamp)
 
 
 def load_heads(cache: Cache, pids: dict[str, str]) -> ClassParts:

@@ -154,9 +154,13 @@ class Segmenter:
         ]
         # what explanations read of a class (name, kind, ids, sources), without its arrays: the vocabularies hold
         # the prototypes, so a caller that lets go of `classes` keeps one copy (1,000 classes: 4.5 GiB, not 9)
-        self.classes = [
-            ClassParts(c.name, c.kind, {n: replace(p, fg={}, bg={}) for n, p in c.parts.items()}) for c in classes
-        ]
+        self.classes = (
+            list(classes)  # heads hold no arrays already
+            if heads
+            else [
+                ClassParts(c.name, c.kind, {n: replace(p, fg={}, bg={}) for n, p in c.parts.items()}) for c in classes
+            ]
+        )
         sizes = [len(v.bank or v) for v in self.vocabs]
         self.offsets = [sum(sizes[:j]) for j in range(len(sizes))]
         self._device_vocabs = [v.to(device) for v in self.vocabs]

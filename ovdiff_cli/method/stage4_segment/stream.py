@@ -83,26 +83,22 @@ class StreamedVocabulary:
         self.stuff_threshold = stuff_threshold if stuff_filter else None
         self.bg_threshold = bg_threshold if background else None
         self.device = torch.device(device)
-        self.blocks: dict[tuple[str, int], list[Block]] = {}
-        start = 0
-        for group in self.groups:
-            for ci, h in enumerate(heads):
+        # the row counts and first rows of every (group, class, kind) array in the full vocabulary, as tables:
+        # group-major, then class, then kind (stuff classes keep fg prototypes only); a few bytes a class
+        counts = np.zeros((len(self.groups), len(heads), len(self.kinds)), np.int64)
+        for ci, h in enumerate(heads):
+            for gi, group in enumerate(self.groups):
                 if group == "bg" and h.kind == "stuff":
-                    continue  # stuff classes keep fg prototypes only
-                own = []
-                for kind in self.kinds:
-                    n = int(h.rows.get(f"{group}/{kind}", 0))
-                    own.append(Block(group, ci, kind, start, n))
-                    start += n
-                self.blocks[(group, ci)] = own
-        self.size = start
-        self.n_bg = sum(b.n for (g, _), bs in self.blocks.items() if g == "bg" for b in bs)
+                    continue
+                counts[gi, ci] = [int(h.rows.get(f"{group}/{kind}", 0)) for kind in self.kinds]
+        flat = counts.ravel()
+        self._counts, self._first = counts, (np.cumsum(flat) - flat).reshape(counts.shape)
+        self.size = int(flat.sum())
+        self.n_bg = int(counts[self.groups.index("bg")].sum()) if "bg" in self.groups else 0
         if self.n_bg == self.size:
             raise ValueError("no foreground prototypes of the requested kinds in any class")
-        flat = [b for bs in self.blocks.values() for b in bs if b.n]
-        flat.sort(key=lambda b: b.start)
-        self._flat = flat
-        self._starts = np.array([b.start for b in flat], dtype=np.int64)
+        self._blocks = np.flatnonzero(flat)  # the non-empty arrays, in row order
+        self._starts = self._first.ravel()[self._blocks]
         self.stuff_sim = self._stuff_sim(memo)
 
     def _stuff_sim(self, memo: VocabMemo | None) -> torch.Tensor:
@@ -132,14 +128,26 @@ class StreamedVocabulary:
         """Provenance of the prototype at position `index` of the full vocabulary."""
         if not 0 <= index < self.size:
             raise IndexError(index)
-        b = self._flat[int(np.searchsorted(self._starts, index, side="right")) - 1]
-        return Provenance(b.cls, b.group, b.kind, index - b.start)
+        j = int(np.searchsorted(self._starts, index, side="right")) - 1
+        gi, ci, ki = np.unravel_index(self._blocks[j], self._counts.shape)
+        return Provenance(int(ci), self.groups[gi], self.kinds[ki], index - int(self._starts[j]))
+
+    def bg_classes(self) -> list[int]:
+        """The classes with background rows (the thing classes), in vocabulary order."""
+        if "bg" not in self.groups:
+            return []
+        return np.flatnonzero(self._counts[self.groups.index("bg")].sum(1)).tolist()
 
     def _arrays(self, ci: int, group: str, one: ClassPrototypes) -> Iterator[tuple[Block, np.ndarray]]:
+        if group not in self.groups:
+            return
+        gi = self.groups.index(group)
         table = one.bg if group == "bg" else one.fg
-        for b in self.blocks.get((group, ci), ()):
-            if not b.n:
+        for ki, kind in enumerate(self.kinds):
+            n = int(self._counts[gi, ci, ki])
+            if not n:
                 continue
+            b = Block(group, ci, kind, int(self._first[gi, ci, ki]), n)
             a = table.get(b.kind)
             if a is None or a.shape[0] != b.n:
                 raise OvdiffError(
@@ -202,7 +210,7 @@ def stuff_scores(vocab: StreamedVocabulary) -> torch.Tensor:
     class), so memory stays within twice `STUFF_BUDGET` whatever the vocabulary."""
     out = torch.full((vocab.n_bg,), NO_SCORE)
     stuff = [ci for ci, h in enumerate(vocab.heads) if h.kind == "stuff"]
-    things = [ci for ci in range(len(vocab.heads)) if any(b.n for b in vocab.blocks.get(("bg", ci), ()))]
+    things = vocab.bg_classes()
     if vocab.n_bg == 0 or not stuff or not things:
         return out
     batch: list[torch.Tensor] = []
