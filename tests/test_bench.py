@@ -83,7 +83,7 @@ def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "r.json"
     # seed 1: the bench's own segment run must find the classes it built (it looked them up with seed 0)
     res = CliRunner().invoke(
-        app, ["bench", "--quick", "--out", str(out), "--device", "cpu", "--dtype", "fp32", "--seed", "1"]
+        app, ["bench", "--quick", "--out", str(out), "--device", "auto", "--dtype", "fp32", "--seed", "1"]
     )
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()), res.output
@@ -122,6 +122,8 @@ def test_results_record_machine_settings_and_exact_counts(quick_results):
     assert large["load_mib"]["median"] > 0 and large["rss_beyond_few"]["label"].endswith(f"with {min(100, n)} classes")
     assert len(large["add"]["runs"]) == len(large["segment_many"]["runs"]) == results["settings"]["large_pairs"]
     assert len(large["add_ratio"]["runs"]) == results["settings"]["large_pairs"]
+    for ratio in (large["add_ratio"], results["sections"]["vocabulary"]["figures"]["ratio"]):  # --device auto: CPU
+        assert ratio["label"].endswith("CPU time of the process"), ratio["label"]
     build = results["sections"]["prototypes"]["figures"]  # K-means timed in the build, not left over from it
     assert 0 < build["kmeans_only"]["median"] < build["kmeans"]["median"]
 

@@ -287,7 +287,13 @@ def add_pairs(settings: dict, cache_root: str, device: str, dtype: str, seed: in
         s.large_pairs,
         stages.device,
     )
-    return {"add": t_add, "alone": t_alone, "add_cpu": cpu["add"], "alone_cpu": cpu["alone"]}
+    return {
+        "add": t_add,
+        "alone": t_alone,
+        "add_cpu": cpu["add"],
+        "alone_cpu": cpu["alone"],
+        "device": stages.device.type,
+    }
 
 
 def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, seed: int, root: Path) -> dict:
@@ -316,7 +322,7 @@ def bench_large_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype:
         for k, tag in ((min(MEMORY_BASELINE, n), "large-memory-few"), (n, "large-memory"))
     }
     add = in_child("ovdiff_cli.bench.large:add_pairs", [*args, device, dtype, seed, str(root)], root, "large-add")
-    return _section(s, n, small, t_fill, loads, seg, mem, add, dim, device)
+    return _section(s, n, small, t_fill, loads, seg, mem, add, dim)
 
 
 def _section(
@@ -329,7 +335,6 @@ def _section(
     mem: dict[int, dict],
     add: dict,
     dim: dict[str, int],
-    device: str,
 ) -> dict:
     def col(k: int, key: str) -> list[float]:
         return [r[key] for r in loads[k]]
@@ -341,8 +346,8 @@ def _section(
     share = [100 * f / t for f, t in zip(seg["filter_many"], total_many, strict=True)]
     few_k = min(MEMORY_BASELINE, n)
     beyond, beyond_few = mem[n]["beyond"], mem[few_k]["beyond"]
-    c_add, clock = clock_of(device, add["add"], add["add_cpu"])
-    c_alone, _ = clock_of(device, add["alone"], add["alone_cpu"])
+    c_add, clock = clock_of(add["device"], add["add"], add["add_cpu"])
+    c_alone, _ = clock_of(add["device"], add["alone"], add["alone_cpu"])
     return {
         "figures": {
             "fill": figure(f"write {n} classes (put_prototypes)", "s", [t_fill]),

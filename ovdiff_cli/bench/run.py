@@ -224,8 +224,8 @@ def bench_vocab(s: BenchSettings, dim: dict[str, int], device: str, dtype: str, 
     generator calls on a second run."""
     run = in_child("ovdiff_cli.bench.run:vocab_pairs", [asdict(s), dim, device, dtype, seed, str(root)], root, "vocab")
     t_add, t_alone, t_load = run["add"], run["alone"], run["load"]
-    c_add, clock = clock_of(device, run["add"], run["add_cpu"])
-    c_alone, _ = clock_of(device, run["alone"], run["alone_cpu"])
+    c_add, clock = clock_of(run["device"], run["add"], run["add_cpu"])
+    c_alone, _ = clock_of(run["device"], run["alone"], run["alone_cpu"])
     first, second = second_run_calls(s, device, dtype, seed, root)
     return {
         "figures": {
@@ -292,7 +292,14 @@ def vocab_pairs(settings: dict, dim: dict[str, int], device: str, dtype: str, se
     )
     pids = [class_ids(n, seed, stages.specs, sample_cfg, proto_cfg) for n in names]
     t_load = [timed(lambda c=c: [load_parts(c, p) for p in pids], stages.device)[0] for c in bases]
-    return {"add": t_add, "alone": t_alone, "load": t_load, "add_cpu": cpu["add"], "alone_cpu": cpu["alone"]}
+    return {
+        "add": t_add,
+        "alone": t_alone,
+        "load": t_load,
+        "add_cpu": cpu["add"],
+        "alone_cpu": cpu["alone"],
+        "device": stages.device.type,  # what --device auto became: the clock of the target follows it
+    }
 
 
 def second_run_calls(s: BenchSettings, device: str, dtype: str, seed: int, root: Path) -> tuple[int, int]:
