@@ -9,19 +9,13 @@ import typer
 
 from ..api import ModelOptions
 from .common import make_run, phrase
-from .options import CacheOpt, DeviceOpt, DtypeOpt, PresetOpt, SeedOpt, grouped
+from .options import CacheOpt, DeviceOpt, DtypeOpt, HostOpt, PresetOpt, SeedOpt, grouped
 
 
 @grouped
 def label_studio(
     *,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host",
-            help="Address to listen on; 127.0.0.1 serves this machine only (0.0.0.0: anyone who can reach it).",
-        ),
-    ] = "127.0.0.1",
+    host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: any free port).")] = 9090,
     url: Annotated[
         str | None,

@@ -41,6 +41,12 @@ DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), fp16, bf16, fp32.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed of the support sets (part of the cache key).")]
+HostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host", help="Address to listen on; 127.0.0.1 serves this machine only (0.0.0.0: anyone who can reach it)."
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
 QuietOpt = Annotated[
     bool,

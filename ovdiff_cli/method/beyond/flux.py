@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ...errors import InvalidSetting
 from ...models.generators import GeneratorFamily
 from ...types import Sample
-from ..stage1_support.sampling import AttributionRecorder
+from ..stage1_support.sampling import AttributionRecorder, pipe_arguments
 from .generators import check_turbo
 from .mmdit import JointAttentionGenerator, samples
 
@@ -93,7 +93,6 @@ class FluxGenerator(JointAttentionGenerator):
 
     def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
-        import torch
 
         if self.family.turbo:
             check_turbo(self.family.name, config)
@@ -105,13 +104,8 @@ class FluxGenerator(JointAttentionGenerator):
         recorder = AttributionRecorder(self.token_indices(class_name, config), False, config.attribution_size)
         images = self.draw(
             lambda inner: FluxAttributionProcessor(inner, recorder, self.parts.text_len),
-            prompt=[config.prompt_template.format(class_name)] * len(seeds),
-            height=config.size,
-            width=config.size,
-            num_inference_steps=config.steps,
-            guidance_scale=config.guidance_scale,
+            **pipe_arguments(config, class_name, seeds, None),
             max_sequence_length=self.parts.text_len,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
             output_type="pt",
         )  # (B, 3, size, size) in [0, 1]
         return samples(images * 2 - 1, recorder)

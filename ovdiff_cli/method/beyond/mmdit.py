@@ -19,7 +19,7 @@ import numpy as np
 from ...config import FLOW_SCHEDULER, generator_fields
 from ...models.generators import GeneratorFamily
 from ...types import Sample
-from ..stage1_support.sampling import AttributionRecorder, class_token_indices, to_uint8
+from ..stage1_support.sampling import AttributionRecorder, class_token_indices, pipe_arguments, to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -102,13 +102,7 @@ class MMDiTGenerator(JointAttentionGenerator):
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg, config.attribution_size)
         latents = self.draw(
             lambda inner: JointAttributionProcessor(inner, recorder),
-            prompt=[config.prompt_template.format(class_name)] * len(seeds),
-            negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
-            height=config.size,
-            width=config.size,
-            num_inference_steps=config.steps,
-            guidance_scale=config.guidance_scale,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            **pipe_arguments(config, class_name, seeds, cfg),
             output_type="latent",
         )
         with torch.inference_mode():

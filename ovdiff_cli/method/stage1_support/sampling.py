@@ -209,6 +209,25 @@ def capture_processors(unet, recorder: AttributionRecorder) -> dict:
 # --------------------------------------------------------------------------- generator
 
 
+def pipe_arguments(config: SampleConfig, class_name: str, seeds: list[int], cfg: bool | None) -> dict:
+    """What every generator's diffusers pipeline draws one class's batch with: the class prompt per image, each
+    image's own seeded CPU generator (the same images on every device), and under classifier-free guidance
+    (`cfg`) the negative prompt; None leaves it out (FLUX, guidance-distilled, takes none)."""
+    import torch
+
+    args = {
+        "prompt": [config.prompt_template.format(class_name)] * len(seeds),
+        "height": config.size,
+        "width": config.size,
+        "num_inference_steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "generator": [torch.Generator().manual_seed(s) for s in seeds],
+    }
+    if cfg is not None:
+        args["negative_prompt"] = [config.negative_prompt] * len(seeds) if cfg else None
+    return args
+
+
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """(B,3,H,W) in [-1,1] → list of HxWx3 uint8."""
     import torch
@@ -246,7 +265,6 @@ class SDGenerator:
         unet = self.sd.unet
         cfg = config.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
         recorder = AttributionRecorder(self.token_indices(class_name, config), cfg, config.attribution_size)
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
         original = unet.attn_processors
         unet.set_attn_processor(capture_processors(unet, recorder))
         # The pipeline's own "Token indices sequence length …" and "part of your input was truncated":
@@ -262,16 +280,7 @@ class SDGenerator:
         for q in quiet:
             q.setLevel(logging.ERROR)
         try:
-            latents = self.pipe(
-                prompt=[config.prompt_template.format(class_name)] * len(seeds),
-                negative_prompt=[config.negative_prompt] * len(seeds) if cfg else None,
-                height=config.size,
-                width=config.size,
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                generator=generators,
-                output_type="latent",
-            ).images
+            latents = self.pipe(**pipe_arguments(config, class_name, seeds, cfg), output_type="latent").images
         finally:
             for q, level in zip(quiet, levels, strict=True):
                 q.setLevel(level)
