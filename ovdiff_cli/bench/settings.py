@@ -56,7 +56,7 @@ class BenchSettings:
     build_feature_size: int
     build_pairs: int
     large_classes: int  # the large-vocabulary section's cached classes
-    large_pairs: int  # its interleaved pairs (segment 1,000 vs 20 classes; protos add vs alone)
+    large_pairs: int  # its interleaved pairs (segment all vs 20 classes; protos add vs alone)
     beyond_scenes: int = 6  # procedural scenes of the "beyond the paper" section (refiners, a class from photos)
     large_proto_dtype: str = "fp32"  # how the large section stores its prototypes (fp16: half the disk)
 

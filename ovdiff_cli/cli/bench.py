@@ -102,7 +102,8 @@ def bench(
     takes minutes; on CUDA they are the paper's (8 support images per class). Each figure is the
     median of --repeats runs, with min, max and spread; each ratio the median of --pairs interleaved
     pair ratios. The class-build section measures peak memory of one build at N=8 and N=32, the
-    large-vocabulary one reading, filtering, segmenting with and adding to 1,000 cached classes.
+    large-vocabulary one reading, filtering, segmenting with and adding to 10,000 cached classes
+    (fp16, ~24 GiB of disk; it says so and stops where the disk is too small).
     Without --quick, a last section compares `segment --engine ray` (1 and 2 workers) with the local
     engine.
 
