@@ -83,15 +83,17 @@ def server(tmp_path_factory):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
     try:
         line = lines.get(timeout=120)
         assert line.startswith("ovdiff serve: http://"), line
         yield line.split()[2], line
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a normal stop, not the batch commands' "interrupted" exit 130
         assert proc.wait(timeout=60) == 0
-        time.sleep(0.5)  # the reader thread drains the last lines
-        assert "ovdiff serve: stopped" in list(lines.queue)[-1]
+        reader.join(timeout=60)  # the pipe's end: every line the server printed is in the queue (no fixed sleep)
+        rest = list(lines.queue)
+        assert rest and "ovdiff serve: stopped" in rest[-1], rest
     finally:
         proc.kill()
         proc.wait(timeout=30)
