@@ -81,7 +81,14 @@ def server(tmp_path_factory):
         "--max-classes",
         "8",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as at a terminal, whoever runs pytest
+    )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     reader.start()
@@ -91,7 +98,7 @@ def server(tmp_path_factory):
         yield line.split()[2], line
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a normal stop, not the batch commands' "interrupted" exit 130
         assert proc.wait(timeout=60) == 0
-        reader.join(timeout=60)  # the pipe's end: every line the server printed is in the queue (no fixed sleep)
+        reader.join(timeout=60)  # the pipe's end: every line the server printed is in the queue
         rest = list(lines.queue)
         assert rest and "ovdiff serve: stopped" in rest[-1], rest
     finally:
@@ -368,13 +375,28 @@ def test_a_chunked_upload_is_counted_as_it_arrives_and_stopped_at_the_limit(tmp_
     assert not (tmp_path / "cache").exists()
 
 
-def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "sigint_at_start"),
+    [
+        (signal.SIGTERM, signal.SIG_DFL),  # `kill`: stops as Ctrl-C does
+        (signal.SIGINT, signal.SIG_IGN),  # `ovdiff serve &` in a script starts with SIGINT ignored: uvicorn still
+        # stops on it, then returns instead of raising, and the command must still say it stopped
+    ],
+)
+def test_sigterm_and_an_ignored_sigint_stop_serve_as_ctrl_c_does(tmp_path, stop, sigint_at_start):
     cmd = [sys.executable, "-m", "ovdiff_cli", "serve", "--preset", "procedural", "--cache", str(tmp_path / "c")]
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint_at_start),
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("ovdiff serve: http://"), first
-        proc.send_signal(signal.SIGTERM)
+        urllib.request.urlopen(first.split()[2], timeout=60).close()  # serving: uvicorn's signal handlers are set
+        proc.send_signal(stop)
         rest, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()

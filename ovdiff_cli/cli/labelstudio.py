@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -61,7 +62,7 @@ def label_studio(
             flush=True,
         )
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or uvicorn's return where SIGINT was ignored: see serve
         serve_label_studio(
             run.pipe,
             host,
@@ -72,5 +73,4 @@ def label_studio(
             phrase=phrase,
             on_listen=on_listen,
         )
-    except KeyboardInterrupt:
-        print("ovdiff label-studio: stopped", file=sys.stderr)
+    print("ovdiff label-studio: stopped", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -54,7 +55,10 @@ def serve(
             flush=True,
         )
 
-    try:
+    # uvicorn answers the requests in flight, then passes Ctrl-C on (KeyboardInterrupt): a normal stop. Where the
+    # process started with SIGINT ignored (`ovdiff serve &` in a script), the signal passed on is ignored and
+    # uvicorn returns: the same stop.
+    with contextlib.suppress(KeyboardInterrupt):
         serve_pipeline(
             run.pipe,
             host,
@@ -65,5 +69,4 @@ def serve(
             phrase=phrase,
             on_listen=on_listen,
         )
-    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
-        print("ovdiff serve: stopped", file=sys.stderr)
+    print("ovdiff serve: stopped", file=sys.stderr)
