@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Annotated
 
@@ -62,7 +61,7 @@ def label_studio(
             flush=True,
         )
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or uvicorn's return where SIGINT was ignored: see serve
+    try:
         serve_label_studio(
             run.pipe,
             host,
@@ -73,4 +72,5 @@ def label_studio(
             phrase=phrase,
             on_listen=on_listen,
         )
-    print("ovdiff label-studio: stopped", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("ovdiff label-studio: stopped", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Annotated
 
@@ -55,10 +54,7 @@ def serve(
             flush=True,
         )
 
-    # uvicorn answers the requests in flight, then passes Ctrl-C on (KeyboardInterrupt): a normal stop. Where the
-    # process started with SIGINT ignored (`ovdiff serve &` in a script), the signal passed on is ignored and
-    # uvicorn returns: the same stop.
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         serve_pipeline(
             run.pipe,
             host,
@@ -69,4 +65,5 @@ def serve(
             phrase=phrase,
             on_listen=on_listen,
         )
-    print("ovdiff serve: stopped", file=sys.stderr)
+    except KeyboardInterrupt:  # uvicorn finished the requests in flight, then passed the signal on: a normal stop
+        print("ovdiff serve: stopped", file=sys.stderr)

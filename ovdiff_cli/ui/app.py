@@ -195,7 +195,12 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
 
 def run(app: Starlette, sock: socket.socket) -> None:
-    """Serve `app` on `sock` until Ctrl-C (uvicorn, access log off)."""
+    """Serve `app` on `sock` until Ctrl-C or SIGTERM, then raise KeyboardInterrupt (uvicorn, access log off)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+    if server.should_exit:
+        # uvicorn stops on the signal, then passes it on to the handler the process had. Where SIGINT was ignored
+        # when the process started (`ovdiff serve &` in a script) nothing is raised: stopped by Ctrl-C all the same.
+        raise KeyboardInterrupt

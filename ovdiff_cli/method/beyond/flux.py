@@ -93,7 +93,6 @@ class FluxGenerator(JointAttentionGenerator):
 
     def generate(self, class_name: str, seeds: list[int], config: SampleConfig) -> list[Sample]:
         """As `sampling.SDGenerator.generate`: images (size², 3) uint8 and maps (attribution_size²) float32 >= 0."""
-
         if self.family.turbo:
             check_turbo(self.family.name, config)
         stride = 2 * self.pipe.vae_scale_factor  # the VAE's stride times FLUX's 2×2 latent patches
